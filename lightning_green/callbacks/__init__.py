@@ -1,0 +1,6 @@
+"""The public Lightning callbacks, one per file."""
+
+from lightning_green.callbacks.energy_budget import EnergyBudget
+from lightning_green.callbacks.energy_monitor import EnergyMonitor
+
+__all__ = ["EnergyBudget", "EnergyMonitor"]

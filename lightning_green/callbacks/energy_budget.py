@@ -1,0 +1,125 @@
+"""EnergyBudget: stop training cleanly when energy or CO₂ reaches a budget, or is forecast to."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_green._internal.distributed import agree
+from lightning_green._internal.validation import check_choice, check_optional_number
+from lightning_green.callbacks.energy_monitor import EnergyMonitor
+from lightning_green.energy.carbon import joules_to, to_joules
+
+__all__ = ["EnergyBudget"]
+
+EnergyUnit = Literal["J", "Wh", "kWh"]
+ForecastAction = Literal["stop", "warn", "ignore"]
+_UNITS = ("J", "Wh", "kWh")
+_ACTIONS = ("stop", "warn", "ignore")
+
+
+class EnergyBudget(Callback):
+    """Stop ``fit`` when its energy or CO₂ reaches a budget — or, optionally, when it is forecast to.
+
+    Reads the totals of the :class:`~lightning_green.EnergyMonitor` in the same Trainer (one meter, no second
+    set of counter reads), after each of its updates: every ``log_every_n_steps`` batches and at each epoch end.
+    The stop is Lightning's own ``trainer.should_stop``: the current step finishes, the usual end-of-epoch
+    checkpointing and ``on_train_end`` hooks run, and a message says why. The decision is taken collectively, so
+    every DDP rank stops at the same step.
+
+    Args:
+        max_energy: Energy budget in ``unit``; ``None`` for none.
+        unit: Unit of ``max_energy``: ``"J"``, ``"Wh"`` or ``"kWh"``.
+        max_gco2e: CO₂e budget in grams (with the monitor's intensity and PUE); ``None`` for none.
+        on_forecast: When the monitor's forecast exceeds a budget: ``"stop"`` now, ``"warn"`` once, or ``"ignore"``.
+
+    Raises:
+        ValueError: No budget given, a negative budget, an unknown unit or action.
+
+    Example:
+        >>> budget = EnergyBudget(max_energy=0.5, unit="Wh", on_forecast="stop")
+        >>> budget.max_energy_j
+        1800.0
+    """
+
+    def __init__(
+        self,
+        max_energy: float | None = None,
+        unit: EnergyUnit = "kWh",
+        max_gco2e: float | None = None,
+        on_forecast: ForecastAction = "warn",
+    ) -> None:
+        name = type(self).__name__
+        check_optional_number(name, "max_energy", max_energy, gt=0)
+        check_choice(name, "unit", unit, _UNITS)
+        check_optional_number(name, "max_gco2e", max_gco2e, gt=0)
+        check_choice(name, "on_forecast", on_forecast, _ACTIONS)
+        if max_energy is None and max_gco2e is None:
+            raise ValueError(f"{name}(max_energy=None, max_gco2e=None): give at least one budget.")
+        self.max_energy = max_energy
+        self.unit = unit
+        self.max_gco2e = max_gco2e
+        self.on_forecast = on_forecast
+        self.stopped_reason: str | None = None
+        self._warned = False
+        self._monitor: EnergyMonitor | None = None
+
+    @property
+    def max_energy_j(self) -> float | None:
+        """The energy budget in joules."""
+        return None if self.max_energy is None else to_joules(self.max_energy, self.unit)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, EnergyMonitor)]  # type: ignore[attr-defined]
+        if not monitors:
+            raise ValueError(
+                "EnergyBudget reads the energy measured by an EnergyMonitor, and the Trainer has none: add "
+                "EnergyMonitor() to Trainer(callbacks=[...]) (or to trainer.callbacks in the YAML config)."
+            )
+        self._monitor = monitors[0]
+        self._monitor.add_listener(self._check)
+
+    def _exceeded(self, energy_j: float, gco2e: float) -> str | None:
+        limit_j = self.max_energy_j
+        if limit_j is not None and energy_j >= limit_j:
+            return f"{joules_to(energy_j, self.unit):.4g} {self.unit} >= budget {self.max_energy:g} {self.unit}"
+        if self.max_gco2e is not None and gco2e >= self.max_gco2e:
+            return f"{gco2e:.4g} gCO2e >= budget {self.max_gco2e:g} gCO2e"
+        return None
+
+    def _check(self, trainer: pl.Trainer, monitor: EnergyMonitor) -> None:
+        if trainer.state.fn != "fit":
+            return
+        reason = self._exceeded(monitor.total_energy_j("fit"), monitor.total_gco2e("fit"))
+        why = f"energy used so far: {reason}" if reason else None
+        forecast = monitor.forecast_total_j
+        if why is None and forecast is not None and self.on_forecast != "ignore":
+            over = self._exceeded(forecast, monitor.carbon.gco2e(forecast))
+            if over and self.on_forecast == "stop":
+                why = f"forecast for the run: {over}"
+            elif over and not self._warned:
+                self._warned = True
+                rank_zero_warn(f"EnergyBudget: the forecast exceeds the budget ({over}); training continues.")
+        # Totals are identical on every rank, but the stop must be too: decide collectively.
+        if agree(trainer.strategy, why is not None, all=False):
+            if self.stopped_reason is None:
+                self.stopped_reason = why or "another rank reached the budget"
+                rank_zero_info(
+                    f"EnergyBudget: stopping training at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+                    f"{self.stopped_reason} ({monitor.label('fit')})."
+                )
+            trainer.should_stop = True
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": 1, "stopped_reason": self.stopped_reason, "warned": self._warned}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stopped_reason = state_dict.get("stopped_reason")
+        self._warned = bool(state_dict.get("warned", False))

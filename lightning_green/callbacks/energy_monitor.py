@@ -1,0 +1,721 @@
+"""EnergyMonitor: energy per step, epoch and stage, CO₂, a forecast and a report, for any LightningModule."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from typing_extensions import override
+
+from lightning_green._internal.distributed import agree, gather_rows
+from lightning_green._internal.validation import check_bool, check_number, check_optional_number, fail
+from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
+from lightning_green.energy.estimate import DEFAULT_DRAM_W_PER_GB, EstimateModel
+from lightning_green.energy.forecast import EnergyForecast
+from lightning_green.energy.meter import COMPONENTS, SOURCES, EnergyMeter, Reading, combine_label
+from lightning_green.energy.report import REPORT_VERSION, format_summary, write_json_atomic
+from lightning_green.events import WorkloadChange
+
+__all__ = ["EnergyMonitor", "StageLedger"]
+
+log = logging.getLogger(__name__)
+
+_N = len(COMPONENTS)
+# One gathered row per rank: energy per component, wall time, steps, samples, source code per component.
+_TIME, _STEPS, _SAMPLES, _SRC = _N, _N + 1, _N + 2, _N + 3
+_SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+
+
+@dataclass
+class StageLedger:
+    """Totals of one stage (``fit``, ``validate``, ``test``, ``predict``), identical on every rank.
+
+    ``per_rank[r]`` holds rank ``r``'s cumulative joules per component followed by its wall seconds.
+    """
+
+    per_rank: list[list[float]] = field(default_factory=list)
+    sources: list[list[str]] = field(default_factory=list)
+    steps: int = 0
+    samples: int = 0
+    epochs_j: list[float] = field(default_factory=list)
+
+    def add(self, rows: list[list[float]], counts: bool) -> None:
+        """Add one gathered window; ``counts``: the window's steps/samples belong to this stage."""
+        while len(self.per_rank) < len(rows):
+            self.per_rank.append([0.0] * (_N + 1))
+            self.sources.append(["none"] * _N)
+        for r, row in enumerate(rows):
+            for i in range(_N + 1):
+                self.per_rank[r][i] += row[i]
+            self.sources[r] = [SOURCES[int(c)] for c in row[_SRC : _SRC + _N]]
+        if counts:
+            self.steps += int(rows[0][_STEPS])
+            self.samples += int(sum(row[_SAMPLES] for row in rows))
+
+    def component_j(self) -> dict[str, float]:
+        """Joules per component, summed over ranks."""
+        return {c: float(sum(r[i] for r in self.per_rank)) for i, c in enumerate(COMPONENTS)}
+
+    @property
+    def total_j(self) -> float:
+        """Joules over all components and ranks."""
+        return float(sum(sum(r[:_N]) for r in self.per_rank))
+
+    @property
+    def time_s(self) -> float:
+        """Wall seconds (the slowest rank)."""
+        return max((r[_N] for r in self.per_rank), default=0.0)
+
+    def merged_sources(self) -> dict[str, str]:
+        """Per component: the common source over ranks, or ``mixed``."""
+        out = {}
+        for i, c in enumerate(COMPONENTS):
+            kinds = {s[i] for s in self.sources} - {"none"}
+            out[c] = "none" if not kinds else (kinds.pop() if len(kinds) == 1 else "mixed")
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-type state."""
+        return {
+            "per_rank": [list(r) for r in self.per_rank],
+            "sources": [list(s) for s in self.sources],
+            "steps": self.steps,
+            "samples": self.samples,
+            "epochs_j": list(self.epochs_j),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> StageLedger:
+        """Rebuild from :meth:`state_dict` output."""
+        return cls(
+            per_rank=[list(map(float, r)) for r in state.get("per_rank", [])],
+            sources=[list(s) for s in state.get("sources", [])],
+            steps=int(state.get("steps", 0)),
+            samples=int(state.get("samples", 0)),
+            epochs_j=[float(e) for e in state.get("epochs_j", [])],
+        )
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One flushed window, summed over ranks."""
+
+    energy_j: float
+    time_s: float
+    steps: int
+    samples: int
+
+
+class EnergyMonitor(Callback):
+    """Measure the energy of training, validation, testing and prediction, and log it to every logger.
+
+    Energy comes from hardware counters through Zeus (NVML for GPUs, RAPL for CPU and DRAM); a component without
+    a counter is estimated (process CPU time × per-core power, resident memory × W/GB — see
+    :mod:`lightning_green.energy.estimate`). Every figure is labelled ``measured`` or ``estimated`` in the
+    report; totals that mix both say ``mixed``.
+
+    Logged (to every logger; fit names shown, other stages prefixed ``validate/``, ``test/``, ``predict/``):
+    ``energy/step_J``, ``power/avg_W``, ``energy/J_per_sample`` every ``log_every_n_steps`` training batches;
+    ``energy/epoch_J`` per epoch; running totals ``energy/total_J``, ``energy/{gpu,cpu,dram}_J`` and
+    ``carbon/total_gCO2e``; ``energy/forecast_total_J`` and ``carbon/forecast_gCO2e`` once a forecast exists.
+    At the end of each stage ``energy_report.json`` is written atomically to ``trainer.log_dir`` and, after fit,
+    a summary table is printed on rank 0.
+
+    Counters are read only at logging points, never every step, and a window shorter than ``min_window_s`` is
+    extended until it is long enough (NVML's counter updates every few tens of ms: a shorter window reads 0).
+
+    Under DDP each rank measures its own GPU; RAPL (node-wide) is read by local rank 0 only; estimates are per
+    process. Totals are gathered with the strategy's collectives, so nothing is counted twice, and the report
+    keeps the per-rank breakdown. Totals live in the checkpoint: ``fit(ckpt_path=...)`` continues them.
+
+    Args:
+        carbon_intensity: Grid intensity in gCO2e/kWh. ``None`` uses the world average (475 g/kWh), and the
+            report says it is a default. Never looked up over the network.
+        pue: Power usage effectiveness of the facility (>= 1).
+        log_every_n_steps: Training batches between step-level logs; ``None`` follows
+            ``Trainer(log_every_n_steps=...)``.
+        samples_per_batch: Samples in a batch; ``None`` infers it from the first tensor's leading dimension.
+        forecast_after_epochs: Completed epochs before forecasting total energy and CO₂.
+        gpu_indices: GPUs to measure (Zeus indices). ``None``: the CUDA device this rank trains on, none on CPU.
+        cpu_tdp_w: CPU package TDP for the estimate; ``None`` assumes 12 W per busy core.
+        cpu_tdp_cores: Cores the TDP is shared by; ``None`` uses ``os.cpu_count()``.
+        dram_w_per_gb: DRAM power per GB resident, for the estimate.
+        min_window_s: Shortest window read from the counters.
+        report_filename: File name of the JSON report in ``trainer.log_dir``; ``None`` writes none.
+        print_summary: Print the summary table after fit.
+
+    Raises:
+        ValueError: An argument is out of range (message names it and what is allowed).
+        TypeError: An argument has the wrong type.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> import tempfile
+        >>> monitor = EnergyMonitor(carbon_intensity=56.0, pue=1.1, print_summary=False)
+        >>> trainer = Trainer(default_root_dir=tempfile.mkdtemp(), max_epochs=1, limit_train_batches=4,
+        ...                   limit_val_batches=2, callbacks=[monitor], enable_progress_bar=False,
+        ...                   enable_model_summary=False, logger=False, enable_checkpointing=False)
+        >>> trainer.fit(BoringModel())
+        >>> monitor.total_energy_j("fit") > 0, monitor.label("fit")
+        (True, 'estimated')
+    """
+
+    def __init__(
+        self,
+        carbon_intensity: float | None = None,
+        pue: float = 1.0,
+        log_every_n_steps: int | None = None,
+        samples_per_batch: int | None = None,
+        forecast_after_epochs: int = 1,
+        gpu_indices: list[int] | None = None,
+        cpu_tdp_w: float | None = None,
+        cpu_tdp_cores: int | None = None,
+        dram_w_per_gb: float = DEFAULT_DRAM_W_PER_GB,
+        min_window_s: float = 0.2,
+        report_filename: str | None = "energy_report.json",
+        print_summary: bool = True,
+    ) -> None:
+        name = type(self).__name__
+        check_optional_number(name, "carbon_intensity", carbon_intensity, ge=0)
+        check_number(name, "pue", pue, ge=1.0)
+        check_optional_number(name, "log_every_n_steps", log_every_n_steps, integer=True, ge=1)
+        check_optional_number(name, "samples_per_batch", samples_per_batch, integer=True, ge=1)
+        check_number(name, "forecast_after_epochs", forecast_after_epochs, integer=True, ge=1)
+        if gpu_indices is not None and (
+            not isinstance(gpu_indices, (list, tuple))
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in gpu_indices)
+        ):
+            fail(name, "gpu_indices", gpu_indices, "None or a list of non-negative ints")
+        check_optional_number(name, "cpu_tdp_w", cpu_tdp_w, gt=0)
+        check_optional_number(name, "cpu_tdp_cores", cpu_tdp_cores, integer=True, ge=1)
+        check_number(name, "dram_w_per_gb", dram_w_per_gb, ge=0)
+        check_number(name, "min_window_s", min_window_s, ge=0)
+        if report_filename is not None and (
+            not isinstance(report_filename, str)
+            or not report_filename
+            or os.path.basename(report_filename) != report_filename
+        ):
+            fail(name, "report_filename", report_filename, "None or a plain file name (no directory part)")
+        check_bool(name, "print_summary", print_summary)
+
+        self.carbon = CarbonModel(carbon_intensity, pue)
+        self.log_every_n_steps = log_every_n_steps
+        self.samples_per_batch = samples_per_batch
+        self.forecast_after_epochs = forecast_after_epochs
+        self.gpu_indices = list(gpu_indices) if gpu_indices is not None else None
+        self.estimate = EstimateModel.from_tdp(cpu_tdp_w, cpu_tdp_cores, dram_w_per_gb)
+        self.min_window_s = min_window_s
+        self.report_filename = report_filename
+        self.print_summary = print_summary
+
+        self.ledgers: dict[str, StageLedger] = {}
+        self.forecast = EnergyForecast(after_epochs=forecast_after_epochs)
+        self.forecast_total_j: float | None = None
+        self._meter: EnergyMeter | None = None
+        self._open: list[str] = []
+        self._last = Reading.zero()
+        self._pending_batches = 0
+        self._pending_samples = 0
+        self._gs_last = 0
+        self._batches_since_flush = 0
+        self._epoch_mark_j = 0.0
+        self._epoch_mark_steps = 0
+        self._restored = False
+        self._forecast_announced = False
+        self._listeners: list[Callable[[pl.Trainer, EnergyMonitor], None]] = []
+        self._stride = 50
+        self._rank = 0
+
+    # ------------------------------------------------------------------------------------------------ public
+    def total_energy_j(self, stage: str = "fit") -> float:
+        """Joules of ``stage`` so far, all components and ranks (0 if the stage never ran)."""
+        ledger = self.ledgers.get(stage)
+        return ledger.total_j if ledger else 0.0
+
+    def total_gco2e(self, stage: str = "fit") -> float:
+        """Grams CO₂e of ``stage`` so far, with this monitor's intensity and PUE."""
+        return self.carbon.gco2e(self.total_energy_j(stage))
+
+    def label(self, stage: str = "fit") -> str:
+        """``measured``, ``estimated``, ``mixed`` or ``none`` for ``stage``'s total."""
+        ledger = self.ledgers.get(stage)
+        return combine_label(ledger.merged_sources()) if ledger else "none"
+
+    @property
+    def meter(self) -> EnergyMeter | None:
+        """The running meter (between ``setup`` and ``teardown``), shared with other callbacks."""
+        return self._meter
+
+    def add_listener(self, fn: Callable[[pl.Trainer, EnergyMonitor], None]) -> None:
+        """Call ``fn(trainer, monitor)`` on every rank after each training-time update (used by EnergyBudget)."""
+        if fn not in self._listeners:
+            self._listeners.append(fn)
+
+    def report(self, status: str = "complete") -> dict[str, Any]:
+        """The energy report as plain data (what ``energy_report.json`` holds)."""
+        stages = {}
+        for stage, ledger in self.ledgers.items():
+            comp = ledger.component_j()
+            sources = ledger.merged_sources()
+            total = ledger.total_j
+            stages[stage] = {
+                "energy_j": {**comp, "total": total},
+                "kwh": total / J_PER_KWH,
+                "gco2e": self.carbon.gco2e(total),
+                "sources": sources,
+                "label": combine_label(sources),
+                "time_s": ledger.time_s,
+                "steps": ledger.steps,
+                "samples": ledger.samples,
+                "epochs_j": list(ledger.epochs_j),
+                "per_rank": [
+                    {
+                        "rank": r,
+                        "energy_j": dict(zip(COMPONENTS, row[:_N], strict=False)),
+                        "time_s": row[_N],
+                        "sources": dict(zip(COMPONENTS, ledger.sources[r], strict=False)),
+                    }
+                    for r, row in enumerate(ledger.per_rank)
+                ],
+            }
+        forecast = None
+        if self.forecast_total_j is not None:
+            forecast = {"total_j": self.forecast_total_j, "gco2e": self.carbon.gco2e(self.forecast_total_j)}
+        return {
+            "version": REPORT_VERSION,
+            "status": status,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "carbon": self.carbon.as_dict(),
+            "meter": self._meter.describe() if self._meter else None,
+            "estimate": self.estimate.as_dict(),
+            "stages": stages,
+            "forecast": forecast,
+        }
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        others = [cb for cb in trainer.callbacks if isinstance(cb, EnergyMonitor) and cb is not self]  # type: ignore[attr-defined]
+        if others:
+            raise ValueError(
+                "Trainer(callbacks=[...]) holds more than one EnergyMonitor; keep one (they would log the same keys "
+                "and read the same counters)."
+            )
+        self._stride = self.log_every_n_steps or max(int(trainer.log_every_n_steps), 1)
+        self._rank = trainer.global_rank
+        if self._meter is None:
+            self._meter = self._build_meter(trainer)
+            self._meter.start()
+            self._last = Reading.zero(self._meter.sources)
+
+    def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
+        indices = self.gpu_indices
+        if indices is None:
+            device = trainer.strategy.root_device
+            indices = [device.index or 0] if device.type == "cuda" else []
+        if indices:
+            from zeus.device import get_gpus
+
+            try:
+                available = len(get_gpus())
+            except Exception:  # Zeus found no GPU library at all
+                available = 0
+            missing = [i for i in indices if i >= available]
+            if missing:
+                raise ValueError(
+                    f"EnergyMonitor(gpu_indices={self.gpu_indices!r}): GPU index {missing} not found; Zeus sees "
+                    f"{available} GPU(s). Pass indices below {available}, or None to measure the training device."
+                )
+        return EnergyMeter(gpu_indices=indices, node_counters=trainer.local_rank == 0, estimate=self.estimate)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._meter is not None:
+            self._meter.stop()
+            self._meter = None
+        self._open.clear()
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._restored:
+            self.ledgers["fit"] = StageLedger()
+            self.ledgers["validate"] = StageLedger()
+            self.forecast.reset()
+            self.forecast_total_j = None
+            self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
+        self._restored = False
+        self._open_stage(trainer, "fit")
+        self._add_custom_scalars(trainer)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._count(batch)
+        self._batches_since_flush += 1
+        if self._batches_since_flush < self._stride:
+            return
+        window = self._flush(trainer, force=False)
+        if window is None:
+            return
+        metrics = self._totals_metrics("fit")
+        if window.steps > 0:
+            metrics["energy/step_J"] = window.energy_j / window.steps
+        if window.time_s > 0:
+            metrics["power/avg_W"] = window.energy_j / window.time_s
+        if window.samples > 0:
+            metrics["energy/J_per_sample"] = window.energy_j / window.samples
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+        self._notify(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, force=True)
+        fit = self.ledgers["fit"]
+        epoch_j = fit.total_j - self._epoch_mark_j
+        epoch_steps = fit.steps - self._epoch_mark_steps
+        self._epoch_mark_j, self._epoch_mark_steps = fit.total_j, fit.steps
+        fit.epochs_j.append(epoch_j)
+        self.forecast.add_epoch(epoch_j, epoch_steps)
+        self.forecast_total_j = self.forecast.predict(
+            fit.total_j,
+            epochs_done=trainer.current_epoch + 1,
+            max_epochs=trainer.max_epochs,
+            steps_done=trainer.global_step,
+            max_steps=trainer.max_steps,
+        )
+        metrics = {"energy/epoch_J": epoch_j, **self._totals_metrics("fit")}
+        if fit.time_s > 0:
+            metrics["power/avg_W"] = fit.total_j / fit.time_s
+        if fit.samples > 0:
+            metrics["energy/J_per_sample"] = fit.total_j / fit.samples
+        if self.forecast_total_j is not None:
+            metrics["energy/forecast_total_J"] = self.forecast_total_j
+            metrics["carbon/forecast_gCO2e"] = self.carbon.gco2e(self.forecast_total_j)
+            if not self._forecast_announced:
+                self._forecast_announced = True
+                rank_zero_info(
+                    f"EnergyMonitor: forecast for this run: {self.forecast_total_j:.4g} J "
+                    f"({self.forecast_total_j / J_PER_KWH:.4g} kWh, {self.carbon.gco2e(self.forecast_total_j):.4g} "
+                    f"gCO2e, {self.label('fit')}) after {len(fit.epochs_j)} epoch(s)."
+                )
+        elif self.forecast.ready and not self._forecast_announced and trainer.max_epochs in (None, -1):
+            self._forecast_announced = True
+            rank_zero_info("EnergyMonitor: no forecast: max_epochs and max_steps are unbounded.")
+        self._log_epoch(pl_module, metrics)
+        self._notify(trainer)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, force=True)
+        self._close_stage("fit")
+        report = self._write_report(trainer)
+        self._log_hparams(trainer)
+        if self.print_summary and report is not None:
+            rank_zero_info(format_summary(report))
+
+    # validation / test / predict: one ledger each, logged at the end of the loop
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._begin_eval(trainer, "validate")
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._count(batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._end_eval(trainer, pl_module, "validate")
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn != "fit":
+            self._write_report(trainer)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._begin_eval(trainer, "test")
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._count(batch)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_eval(trainer, pl_module, "test")
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_report(trainer)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._begin_eval(trainer, "predict")
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._count(batch)
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # self.log is not allowed in predict hooks: write straight to the loggers.
+        metrics = self._end_eval(trainer, None, "predict")
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+        self._write_report(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Other ranks may be gone: account this rank's last window locally, no collectives, then save the report.
+        if self._meter is not None and self._meter.started:
+            try:
+                rows = [self._local_row(self._meter.read())]
+                for i, stage in enumerate(self._open):
+                    self.ledgers[stage].add(rows, counts=i == len(self._open) - 1)
+            except Exception:  # never mask the user's exception with a metering problem
+                log.debug("final meter read failed", exc_info=True)
+        self._open.clear()
+        self._write_report(trainer, status=f"interrupted: {type(exception).__name__}")
+        if self._meter is not None:
+            try:
+                self._meter.stop()
+            finally:
+                self._meter = None
+
+    def on_workload_changed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: WorkloadChange) -> None:
+        """A prune or precision switch changed the cost of a step: re-fit the forecast from here on."""
+        self.forecast.reset()
+
+    # ------------------------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        ledgers = {k: v.state_dict() for k, v in self.ledgers.items()}
+        # Energy since the last flush is known only on this rank and no collective may run here: add this rank's
+        # share to the saved copy (the running ledgers still get it at the next flush).
+        if self._meter is not None and self._meter.started and self._open:
+            row = self._delta_row(self._meter.read())
+            for stage in self._open:
+                per_rank = ledgers[stage]["per_rank"]
+                while len(per_rank) <= self._rank:
+                    per_rank.append([0.0] * (_N + 1))
+                for i in range(_N + 1):
+                    per_rank[self._rank][i] += row[i]
+        return {
+            "version": 1,
+            "ledgers": ledgers,
+            "forecast": self.forecast.state_dict(),
+            "forecast_total_j": self.forecast_total_j,
+            "epoch_mark_j": self._epoch_mark_j,
+            "epoch_mark_steps": self._epoch_mark_steps,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.ledgers = {k: StageLedger.from_state(v) for k, v in state_dict.get("ledgers", {}).items()}
+        self.forecast.load_state_dict(state_dict.get("forecast", {}))
+        self.forecast_total_j = state_dict.get("forecast_total_j")
+        self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
+        self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
+        self._restored = True
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _count(self, batch: Any) -> None:
+        self._pending_batches += 1
+        if self.samples_per_batch is not None:
+            self._pending_samples += self.samples_per_batch
+        else:
+            self._pending_samples += _batch_size(batch)
+
+    def _delta_row(self, reading: Reading) -> list[float]:
+        """This rank's window since the last flush as one gather row (steps filled in by the caller)."""
+        delta = reading - self._last
+        return [
+            *(delta.energy_j[c] for c in COMPONENTS),
+            delta.time_s,
+            0.0,
+            float(self._pending_samples),
+            *(float(_SOURCE_CODE[reading.sources.get(c, "none")]) for c in COMPONENTS),
+        ]
+
+    def _local_row(self, reading: Reading) -> list[float]:
+        row = self._delta_row(reading)
+        self._last = reading
+        return row
+
+    def _flush(self, trainer: pl.Trainer, force: bool) -> _Window | None:
+        """Read the meter, gather every rank's window and add it to the open stages. Collective."""
+        if self._meter is None or not self._open:
+            return None
+        if not force:
+            long_enough = (self._meter.elapsed_s() - self._last.time_s) >= self.min_window_s
+            if not agree(trainer.strategy, long_enough, all=True):
+                return None
+        row = self._local_row(self._meter.read())
+        innermost = self._open[-1]
+        if innermost == "fit":
+            row[_STEPS] = float(trainer.global_step - self._gs_last)
+            self._gs_last = trainer.global_step
+        else:
+            row[_STEPS] = float(self._pending_batches)
+        self._pending_batches = self._pending_samples = self._batches_since_flush = 0
+        rows = gather_rows(trainer.strategy, row)
+        for stage in self._open:
+            self.ledgers[stage].add(rows, counts=stage == innermost)
+        return _Window(
+            energy_j=float(sum(sum(r[:_N]) for r in rows)),
+            time_s=max(r[_TIME] for r in rows),
+            steps=int(rows[0][_STEPS]),
+            samples=int(sum(r[_SAMPLES] for r in rows)),
+        )
+
+    def _open_stage(self, trainer: pl.Trainer, stage: str) -> None:
+        if self._meter is None:
+            return
+        # Energy since the last read belongs to no stage (set-up between stages): skip it locally.
+        if not self._open:
+            self._last = self._meter.read()
+            self._pending_batches = self._pending_samples = self._batches_since_flush = 0
+        self._gs_last = trainer.global_step
+        self.ledgers.setdefault(stage, StageLedger())
+        self._open.append(stage)
+
+    def _close_stage(self, stage: str) -> None:
+        if self._open and self._open[-1] == stage:
+            self._open.pop()
+
+    def _begin_eval(self, trainer: pl.Trainer, stage: str) -> None:
+        if self._open:
+            self._flush(trainer, force=True)  # what ran before belongs to the outer stage only
+        if trainer.state.fn != "fit" or stage != "validate":
+            self.ledgers[stage] = StageLedger()  # a standalone validate/test/predict run starts from zero
+        self._open_stage(trainer, stage)
+
+    def _end_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None, stage: str) -> dict[str, float]:
+        before = self.ledgers[stage].total_j
+        self._flush(trainer, force=True)
+        self._close_stage(stage)
+        ledger = self.ledgers[stage]
+        metrics = {f"{stage}/energy/epoch_J": ledger.total_j - before}
+        metrics.update({f"{stage}/{k}": v for k, v in self._totals_metrics(stage).items()})
+        if ledger.time_s > 0:
+            metrics[f"{stage}/power/avg_W"] = ledger.total_j / ledger.time_s
+        if ledger.samples > 0:
+            metrics[f"{stage}/energy/J_per_sample"] = ledger.total_j / ledger.samples
+        if pl_module is not None:
+            self._log_epoch(pl_module, metrics)
+        return metrics
+
+    def _totals_metrics(self, stage: str) -> dict[str, float]:
+        ledger = self.ledgers[stage]
+        metrics = {f"energy/{c}_J": v for c, v in ledger.component_j().items()}
+        metrics["energy/total_J"] = ledger.total_j
+        metrics["carbon/total_gCO2e"] = self.carbon.gco2e(ledger.total_j)
+        return metrics
+
+    @staticmethod
+    def _log_epoch(pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
+        # Values are already summed over ranks: no sync_dist. Through self.log so they reach callback_metrics
+        # (ModelCheckpoint/EarlyStopping can monitor them) as well as every logger.
+        for k, v in metrics.items():
+            pl_module.log(k, float(v), on_step=False, on_epoch=True, sync_dist=False)
+
+    def _notify(self, trainer: pl.Trainer) -> None:
+        for fn in self._listeners:
+            fn(trainer, self)
+
+    @rank_zero_only
+    def _add_custom_scalars(self, trainer: pl.Trainer) -> None:
+        layout = {
+            "energy": {
+                "energy per step / epoch (J)": ["Multiline", ["energy/step_J", "energy/epoch_J"]],
+                "total energy (J)": ["Multiline", [r"energy/(total|gpu|cpu|dram|forecast_total)_J"]],
+                "energy per sample (J)": ["Multiline", [r"energy/J_per_sample"]],
+                "evaluation energy (J)": ["Multiline", [r"(validate|test|predict)/energy/(epoch|total)_J"]],
+            },
+            "power": {"average power (W)": ["Multiline", [r"(.*/)?power/avg_W"]]},
+            "carbon": {"CO2e (g)": ["Multiline", [r"(.*/)?carbon/(total|forecast)_gCO2e"]]},
+        }
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                lg.experiment.add_custom_scalars(layout)
+
+    @rank_zero_only
+    def _log_hparams(self, trainer: pl.Trainer) -> None:
+        fit = self.ledgers.get("fit")
+        if fit is None:
+            return
+        metrics = {
+            "hparams/energy_total_J": fit.total_j,
+            "hparams/energy_kWh": fit.total_j / J_PER_KWH,
+            "hparams/carbon_total_gCO2e": self.carbon.gco2e(fit.total_j),
+        }
+        params = {
+            "energy_monitor/carbon_intensity_g_per_kwh": self.carbon.intensity,
+            "energy_monitor/pue": self.carbon.pue,
+            "energy_monitor/label": self.label("fit"),
+        }
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=trainer.global_step)
+
+    def _write_report(self, trainer: pl.Trainer, status: str = "complete") -> dict[str, Any] | None:
+        report = self.report(status)
+        if self.report_filename is None or trainer.global_rank != 0:
+            return report
+        path = os.path.join(trainer.log_dir or trainer.default_root_dir, self.report_filename)
+        try:
+            write_json_atomic(path, report)
+        except OSError as err:
+            rank_zero_warn(f"EnergyMonitor: could not write the energy report to {path!r}: {err}")
+        return report
+
+
+def _batch_size(batch: Any) -> int:
+    """Leading dimension of the first tensor in ``batch`` (1 if there is none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            if isinstance(item, (torch.Tensor, list, tuple, dict)):
+                return _batch_size(item)
+    return 1

@@ -1,0 +1,226 @@
+"""A cumulative energy meter built on :class:`zeus.monitor.ZeusMonitor`.
+
+GPU energy comes from Zeus (NVML's total-energy counter; Zeus samples power on GPUs without one), CPU and
+DRAM from RAPL through Zeus where readable. Any component without a counter falls back to the documented
+estimate in :mod:`lightning_green.energy.estimate`. Every :class:`Reading` says, per component, whether its
+figure is ``measured`` or ``estimated`` (or ``none``: nothing of that kind is metered here).
+
+The meter is cumulative: :meth:`EnergyMeter.read` returns everything since :meth:`EnergyMeter.start`, and
+the energy of any window is the difference of two readings. Readings are cheap but not free (a Zeus window
+ends and restarts), so callers read at logging intervals, never on every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from lightning_green.energy.estimate import EstimateModel, process_cpu_seconds, resident_gb
+
+__all__ = ["COMPONENTS", "EnergyMeter", "Reading", "combine_label"]
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("gpu", "cpu", "dram")
+SOURCES = ("none", "estimated", "measured")
+_WINDOW = "__lightning_green_meter"
+
+
+def combine_label(sources: Mapping[str, str]) -> str:
+    """Label for a total over components: ``measured``, ``estimated``, ``mixed`` or ``none``.
+
+    Example:
+        >>> combine_label({"gpu": "measured", "cpu": "estimated", "dram": "estimated"})
+        'mixed'
+        >>> combine_label({"gpu": "none", "cpu": "estimated", "dram": "estimated"})
+        'estimated'
+    """
+    kinds = {s for s in sources.values() if s != "none"}
+    if not kinds:
+        return "none"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Energy (J) per component and elapsed wall time (s), cumulative or as a window difference."""
+
+    time_s: float
+    energy_j: Mapping[str, float]
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def total_j(self) -> float:
+        """Sum over components."""
+        return float(sum(self.energy_j.values()))
+
+    @property
+    def label(self) -> str:
+        """``measured``, ``estimated``, ``mixed`` or ``none`` for :attr:`total_j`."""
+        return combine_label(self.sources)
+
+    def __sub__(self, other: Reading) -> Reading:
+        return Reading(
+            self.time_s - other.time_s,
+            {c: self.energy_j.get(c, 0.0) - other.energy_j.get(c, 0.0) for c in COMPONENTS},
+            dict(self.sources),
+        )
+
+    @classmethod
+    def zero(cls, sources: Mapping[str, str] | None = None) -> Reading:
+        """An all-zero reading."""
+        return cls(0.0, dict.fromkeys(COMPONENTS, 0.0), dict(sources or {}))
+
+
+def _rapl_zones() -> tuple[int, int]:
+    """Number of readable RAPL package zones and how many of them have a DRAM sub-zone."""
+    try:
+        from zeus.device import get_cpus
+
+        cpus = get_cpus()
+        n = len(cpus)
+        return n, sum(bool(cpus.supports_get_dram_energy_consumption(i)) for i in range(n))
+    except Exception:  # no RAPL, no permission, or an unsupported platform: all mean "no counter"
+        return 0, 0
+
+
+class EnergyMeter:
+    """Meter one process's share of the machine's energy.
+
+    Args:
+        gpu_indices: GPUs this process measures (Zeus indices, ``CUDA_VISIBLE_DEVICES`` applied). Under DDP each
+            rank measures only its own GPU.
+        node_counters: Whether this process reads the node-wide CPU/DRAM counters (RAPL). Exactly one process
+            per node should (local rank 0); the others contribute no CPU/DRAM *measurement*, so node energy is
+            never counted twice. Estimates are per process (CPU time, RSS) and so never overlap.
+        estimate: The model used where a component has no counter.
+        sync_cuda: Let Zeus synchronise CUDA at each read so the window holds exactly the work issued in it.
+            Only takes effect when CUDA is available (a simulated GPU on CPU torch must not sync).
+
+    Example:
+        >>> meter = EnergyMeter(gpu_indices=[])
+        >>> meter.start()
+        >>> _ = sum(i * i for i in range(100_000))
+        >>> r = meter.read()
+        >>> r.sources["cpu"], r.energy_j["cpu"] > 0
+        ('estimated', True)
+        >>> meter.stop().time_s >= r.time_s
+        True
+    """
+
+    def __init__(
+        self,
+        gpu_indices: list[int] | None = None,
+        node_counters: bool = True,
+        estimate: EstimateModel | None = None,
+        sync_cuda: bool = True,
+    ) -> None:
+        from zeus.monitor import ZeusMonitor
+
+        self.estimate = estimate or EstimateModel()
+        zones, dram_zones = _rapl_zones()
+        # "counter": this process reads RAPL; "elsewhere": RAPL exists but local rank 0 reads it for the node,
+        # so this process adds nothing (no double counting); "estimate": no counter on this machine.
+        self.cpu_mode = ("counter" if node_counters else "elsewhere") if zones else "estimate"
+        self.dram_mode = self.cpu_mode if (zones and dram_zones == zones) else "estimate"
+        self.monitor = ZeusMonitor(
+            gpu_indices=list(gpu_indices or []),
+            cpu_indices=None if self.cpu_mode == "counter" else [],
+            approx_instant_energy=True,
+        )
+        self.gpu_indices = list(self.monitor.gpu_indices)
+        self._sync = sync_cuda and self._cuda_available()
+        self.gpu_method = self._gpu_method()
+        self._started = False
+        self._t0 = self._t_last = 0.0
+        self._cpu_last = self._rss_last = 0.0
+        self._acc = dict.fromkeys(COMPONENTS, 0.0)
+
+    @staticmethod
+    def _cuda_available() -> bool:
+        try:
+            import torch
+
+            return torch.cuda.is_available()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return False
+
+    def _gpu_method(self) -> str | None:
+        if not self.gpu_indices:
+            return None
+        if all(self.monitor.gpus.supports_get_total_energy_consumption(i) for i in self.gpu_indices):
+            return "energy counter"
+        return "power sampling"
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each component's figure comes from."""
+        return {
+            "gpu": "measured" if self.gpu_indices else "none",
+            "cpu": "estimated" if self.cpu_mode == "estimate" else "measured",
+            "dram": "estimated" if self.dram_mode == "estimate" else "measured",
+        }
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` was called and :meth:`stop` not yet."""
+        return self._started
+
+    def elapsed_s(self) -> float:
+        """Wall seconds since :meth:`start`, without reading any counter."""
+        return time.perf_counter() - self._t0 if self._started else 0.0
+
+    def start(self) -> None:
+        """Start metering; readings count from here."""
+        if self._started:
+            return
+        self.monitor.begin_window(_WINDOW, sync_execution=self._sync, restart=True)
+        self._t0 = self._t_last = time.perf_counter()
+        self._cpu_last = process_cpu_seconds()
+        self._rss_last = resident_gb()
+        self._acc = dict.fromkeys(COMPONENTS, 0.0)
+        self._started = True
+
+    def read(self) -> Reading:
+        """Everything since :meth:`start`, per component."""
+        if not self._started:
+            raise RuntimeError("EnergyMeter.read() called before start().")
+        m = self.monitor.end_window(_WINDOW, sync_execution=self._sync)
+        self.monitor.begin_window(_WINDOW, sync_execution=False)
+        now, cpu_s, rss = time.perf_counter(), process_cpu_seconds(), resident_gb()
+        dt = now - self._t_last
+
+        self._acc["gpu"] += float(sum(m.gpu_energy.values()))
+        if self.cpu_mode == "counter":
+            self._acc["cpu"] += float(sum((m.cpu_energy or {}).values()))
+        elif self.cpu_mode == "estimate":
+            self._acc["cpu"] += self.estimate.cpu_energy_j(cpu_s - self._cpu_last)
+        if self.dram_mode == "counter":
+            self._acc["dram"] += float(sum((m.dram_energy or {}).values()))
+        elif self.dram_mode == "estimate":
+            self._acc["dram"] += self.estimate.dram_energy_j((rss + self._rss_last) / 2.0, dt)
+
+        self._t_last, self._cpu_last, self._rss_last = now, cpu_s, rss
+        log.debug("meter read: %.3f s, %s", now - self._t0, self._acc)
+        return Reading(now - self._t0, dict(self._acc), self.sources)
+
+    def stop(self) -> Reading:
+        """Final reading; the meter can be started again afterwards."""
+        reading = self.read()
+        self.monitor.end_window(_WINDOW, sync_execution=False, cancel=True)
+        self._started = False
+        return reading
+
+    def describe(self) -> dict[str, object]:
+        """What is metered and how, for the energy report."""
+        return {
+            "gpu_indices": self.gpu_indices,
+            "gpu_method": self.gpu_method,
+            "cpu": {"counter": "RAPL (this process)", "elsewhere": "RAPL (read by local rank 0)"}.get(
+                self.cpu_mode, "estimate"
+            ),
+            "sources": self.sources,
+            "estimate": self.estimate.as_dict(),
+        }

@@ -1,0 +1,105 @@
+"""The energy report: raw joules per stage, component and rank, written atomically as JSON, and a summary table."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_green.energy.carbon import J_PER_KWH
+from lightning_green.energy.meter import COMPONENTS
+
+__all__ = ["REPORT_VERSION", "format_summary", "read_report", "write_json_atomic"]
+
+REPORT_VERSION = 1
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    r"""Write ``data`` as JSON so that ``path`` holds either the old or the new content, never a torn file.
+
+    The JSON goes to a temporary file in the same directory, is flushed and fsynced, then renamed over ``path``
+    (``os.replace`` is atomic on POSIX and Windows).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> write_json_atomic(d / "r.json", {"a": 1}).read_text()
+        '{\\n  "a": 1\\n}\\n'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load an energy report, checking that it is one."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or "stages" not in data or "version" not in data:
+        raise ValueError(f"{os.fspath(path)!r} is not a lightning-green energy report (no 'stages'/'version').")
+    return data
+
+
+def _fmt_j(j: float) -> str:
+    if abs(j) >= J_PER_KWH / 10:
+        return f"{j / J_PER_KWH:.3f} kWh"
+    if abs(j) >= 3600:
+        return f"{j / 3600:.2f} Wh"
+    return f"{j:.1f} J"
+
+
+def format_summary(report: Mapping[str, Any]) -> str:
+    """A plain-text table of a report: one row per stage, energy per component, power, CO₂ and the labels.
+
+    Example:
+        >>> r = {"carbon": CarbonModel(100.0).as_dict(), "stages": {"fit": {
+        ...     "energy_j": {"gpu": 0.0, "cpu": 300.0, "dram": 60.0, "total": 360.0},
+        ...     "sources": {"gpu": "none", "cpu": "estimated", "dram": "estimated"}, "label": "estimated",
+        ...     "time_s": 12.0, "samples": 1200, "gco2e": 0.01}}}
+        >>> print(format_summary(r))  # doctest: +NORMALIZE_WHITESPACE
+        lightning-green energy summary (carbon intensity 100 g/kWh (user), PUE 1.00)
+        stage      gpu        cpu        dram       total      avg W     J/sample   gCO2e      label
+        fit        -          300.0 J    60.0 J     360.0 J    30.0      0.3        0.01       estimated
+    """
+    carbon = report.get("carbon", {})
+    src = carbon.get("intensity_source", "")
+    head = (
+        f"lightning-green energy summary (carbon intensity {carbon.get('intensity_g_per_kwh', 0):g} g/kWh "
+        f"({'default' if src.startswith('default') else 'user'}), PUE {carbon.get('pue', 1.0):.2f})"
+    )
+    cols = ["stage", *COMPONENTS, "total", "avg W", "J/sample", "gCO2e", "label"]
+    rows = [cols]
+    for stage, s in report.get("stages", {}).items():
+        e = s["energy_j"]
+        sources = s.get("sources", {})
+        t = s.get("time_s", 0.0)
+        samples = s.get("samples", 0)
+        rows.append(
+            [
+                stage,
+                *("-" if sources.get(c) == "none" else _fmt_j(e.get(c, 0.0)) for c in COMPONENTS),
+                _fmt_j(e["total"]),
+                f"{e['total'] / t:.1f}" if t > 0 else "-",
+                f"{e['total'] / samples:.3g}" if samples else "-",
+                f"{s.get('gco2e', 0.0):.3g}",
+                s.get("label", ""),
+            ]
+        )
+    lines = [head] + ["".join(f"{c:<11}" for c in r).rstrip() for r in rows]
+    return "\n".join(lines)
