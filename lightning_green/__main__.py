@@ -1,0 +1,5 @@
+"""``python -m lightning_green`` runs the ``lightning-green`` CLI."""
+
+from lightning_green.cli import main
+
+main()
