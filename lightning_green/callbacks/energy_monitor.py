@@ -235,6 +235,7 @@ class EnergyMonitor(Callback):
         self._listeners: list[Callable[[pl.Trainer, EnergyMonitor], None]] = []
         self._stride = 50
         self._rank = 0
+        self._log_dir: str | None = None
 
     # ------------------------------------------------------------------------------------------------ public
     def total_energy_j(self, stage: str = "fit") -> float:
@@ -305,14 +306,10 @@ class EnergyMonitor(Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        others = [cb for cb in trainer.callbacks if isinstance(cb, EnergyMonitor) and cb is not self]  # type: ignore[attr-defined]
-        if others:
-            raise ValueError(
-                "Trainer(callbacks=[...]) holds more than one EnergyMonitor; keep one (they would log the same keys "
-                "and read the same counters)."
-            )
         self._stride = self.log_every_n_steps or max(int(trainer.log_every_n_steps), 1)
         self._rank = trainer.global_rank
+        # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
+        self._log_dir = trainer.log_dir or trainer.default_root_dir
         if self._meter is None:
             self._meter = self._build_meter(trainer)
             self._meter.start()
@@ -358,6 +355,11 @@ class EnergyMonitor(Callback):
         self._add_custom_scalars(trainer)
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The loop's global step is restored from a checkpoint only after on_fit_start.
+        self._gs_last = trainer.global_step
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -375,8 +377,9 @@ class EnergyMonitor(Callback):
             metrics["power/avg_W"] = window.energy_j / window.time_s
         if window.samples > 0:
             metrics["energy/J_per_sample"] = window.energy_j / window.samples
+        # Lightning logs a step's metrics at the index of that step (global_step - 1 once it has run).
         for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=trainer.global_step)
+            lg.log_metrics(metrics, step=max(trainer.global_step - 1, 0))
         self._notify(trainer)
 
     @override
@@ -420,6 +423,9 @@ class EnergyMonitor(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush(trainer, force=True)
         self._close_stage("fit")
+        # Final totals (self.log is not allowed here: straight to the loggers).
+        for lg in trainer.loggers:
+            lg.log_metrics(self._totals_metrics("fit"), step=max(trainer.global_step - 1, 0))
         report = self._write_report(trainer)
         self._log_hparams(trainer)
         if self.print_summary and report is not None:
@@ -700,7 +706,7 @@ class EnergyMonitor(Callback):
         report = self.report(status)
         if self.report_filename is None or trainer.global_rank != 0:
             return report
-        path = os.path.join(trainer.log_dir or trainer.default_root_dir, self.report_filename)
+        path = os.path.join(self._log_dir or trainer.default_root_dir, self.report_filename)
         try:
             write_json_atomic(path, report)
         except OSError as err:

@@ -135,7 +135,8 @@ class DigitsCNN(pl.LightningModule):
         lr: Adam learning rate (cosine-annealed over ``max_epochs``).
         weight_decay: Adam weight decay.
         channels_last: Keep weights and activations in NHWC, the layout oneDNN's fast (bf16) CPU kernels use.
-        image_size: Side of the input images (for ``example_input_array`` and MAC counts).
+
+    ``example_input_array`` (used for MAC counts and pruning graphs) follows the datamodule's ``image_size``.
 
     Example:
         >>> model = DigitsCNN(channels=[8, 16])
@@ -150,7 +151,6 @@ class DigitsCNN(pl.LightningModule):
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         channels_last: bool = True,
-        image_size: int = 24,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -160,7 +160,6 @@ class DigitsCNN(pl.LightningModule):
         check_number(name, "lr", lr, gt=0)
         check_number(name, "weight_decay", weight_decay, ge=0)
         check_bool(name, "channels_last", channels_last)
-        check_number(name, "image_size", image_size, integer=True, ge=8)
         self.save_hyperparameters()
         layers: list[nn.Module] = []
         c_in = 1
@@ -175,10 +174,17 @@ class DigitsCNN(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
-        self.example_input_array = torch.zeros(1, 1, image_size, image_size)
+        self.example_input_array = torch.zeros(1, 1, 24, 24)
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        """Size ``example_input_array`` like the datamodule's images."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = getattr(datamodule, "image_size", None)
+        if isinstance(size, int):
+            self.example_input_array = torch.zeros(1, 1, size, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of images."""

@@ -27,8 +27,8 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> write_json_atomic(d / "r.json", {"a": 1}).read_text()
-        '{\\n  "a": 1\\n}\\n'
+        >>> json.loads(write_json_atomic(d / "r.json", {"a": 1}).read_text())
+        {'a': 1}
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +68,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
     """A plain-text table of a report: one row per stage, energy per component, power, CO₂ and the labels.
 
     Example:
+        >>> from lightning_green.energy.carbon import CarbonModel
         >>> r = {"carbon": CarbonModel(100.0).as_dict(), "stages": {"fit": {
         ...     "energy_j": {"gpu": 0.0, "cpu": 300.0, "dram": 60.0, "total": 360.0},
         ...     "sources": {"gpu": "none", "cpu": "estimated", "dram": "estimated"}, "label": "estimated",

@@ -1,0 +1,67 @@
+"""Helpers shared by the benchmark scripts (side-by-side ratios in one process, never timed assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch (put it last in the callbacks so the others' epoch-end work counts)."""
+
+    def __init__(self) -> None:
+        self.epoch_s: list[float] = []
+        self._t0 = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: D102
+        self.epoch_s.append(time.perf_counter() - self._t0)
+
+
+def median(values: list[float]) -> float:
+    """Median of a non-empty list."""
+    return float(statistics.median(values))
+
+
+def environment() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark has."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a fast smoke run (fewer rounds/epochs)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return p
+
+
+def emit(results: dict[str, Any], path: str | None) -> None:
+    """Print results as JSON (and write them to ``path``)."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")

@@ -1,0 +1,445 @@
+import json
+import os
+
+import pytest
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lightning_green import EnergyBudget, EnergyMonitor, workload_changed
+from lightning_green.energy import read_report
+from tests.helpers import QUIET, FailingModel, SteadyModel
+
+
+def _report(trainer_or_dir) -> dict:
+    log_dir = trainer_or_dir if isinstance(trainer_or_dir, (str, os.PathLike)) else trainer_or_dir.log_dir
+    return read_report(os.path.join(log_dir, "energy_report.json"))
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"carbon_intensity": -1.0}, ValueError, r"EnergyMonitor\(carbon_intensity=-1.0\): `carbon_intensity` must be"),
+        ({"pue": 0.9}, ValueError, r"`pue` must be a number >= 1.0"),
+        ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1"),
+        ({"samples_per_batch": 0}, ValueError, r"`samples_per_batch` must be an int >= 1"),
+        ({"forecast_after_epochs": 0}, ValueError, r"`forecast_after_epochs` must be an int >= 1"),
+        ({"forecast_after_epochs": 1.5}, TypeError, r"`forecast_after_epochs` must be an int"),
+        ({"gpu_indices": [-1]}, ValueError, r"`gpu_indices` must be None or a list of non-negative ints"),
+        ({"gpu_indices": "0"}, ValueError, r"`gpu_indices` must be None or a list"),
+        ({"cpu_tdp_w": 0}, ValueError, r"`cpu_tdp_w` must be a number > 0"),
+        ({"cpu_tdp_cores": 0}, ValueError, r"`cpu_tdp_cores` must be an int >= 1"),
+        ({"dram_w_per_gb": -0.1}, ValueError, r"`dram_w_per_gb` must be a number >= 0"),
+        ({"min_window_s": -1}, ValueError, r"`min_window_s` must be a number >= 0"),
+        ({"report_filename": "logs/r.json"}, ValueError, r"`report_filename` must be None or a plain file name"),
+        ({"print_summary": "yes"}, TypeError, r"`print_summary` must be a bool"),
+    ],
+)
+def test_monitor_rejects_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        EnergyMonitor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_energy": -1.0}, r"EnergyBudget\(max_energy=-1.0\): `max_energy` must be a number > 0"),
+        ({"max_energy": 1.0, "unit": "GJ"}, r"`unit` must be one of \('J', 'Wh', 'kWh'\)"),
+        ({"max_gco2e": 0.0}, r"`max_gco2e` must be a number > 0"),
+        ({"max_energy": 1.0, "on_forecast": "panic"}, r"`on_forecast` must be one of \('stop', 'warn', 'ignore'\)"),
+        ({}, r"give at least one budget"),
+    ],
+)
+def test_budget_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EnergyBudget(**kwargs)
+
+
+def test_setup_errors_name_the_fix(tmp_path):
+    trainer = Trainer(default_root_dir=tmp_path, max_steps=1, callbacks=[EnergyBudget(max_energy=1.0)], **QUIET)
+    with pytest.raises(ValueError, match=r"add EnergyMonitor\(\) to Trainer\(callbacks"):
+        trainer.fit(BoringModel())
+    trainer = Trainer(default_root_dir=tmp_path, max_steps=1, callbacks=[EnergyMonitor(gpu_indices=[3])], **QUIET)
+    with pytest.raises(ValueError, match=r"gpu_indices=\[3\]\): GPU index \[3\] not found; Zeus sees 0 GPU"):
+        trainer.fit(BoringModel())
+
+
+# ------------------------------------------------------------------------------------------------- loggers
+def _tb_scalars(log_dir: str) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    plugin_tags: set[str] = set()
+    for name in sorted(os.listdir(log_dir)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        for event in EventFileLoader(os.path.join(log_dir, name)).Load():
+            for v in event.summary.value:
+                plugin_tags.add(v.tag)
+                if v.HasField("simple_value"):
+                    scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+                elif v.HasField("tensor") and v.metadata.plugin_data.plugin_name == "scalars":
+                    import tensorboard.util.tensor_util as tu
+
+                    scalars.setdefault(v.tag, []).append((event.step, float(tu.make_ndarray(v.tensor))))
+    return scalars, plugin_tags
+
+
+def test_tensorboard_gets_scalars_layout_and_hparams(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    monitor = EnergyMonitor(min_window_s=0.0, carbon_intensity=100.0, print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        logger=logger,
+        max_epochs=2,
+        limit_train_batches=8,
+        limit_val_batches=2,
+        log_every_n_steps=2,
+        callbacks=[monitor],
+        **QUIET,
+    )
+    trainer.fit(BoringModel())
+    scalars, tags = _tb_scalars(logger.log_dir)
+    for tag in (
+        "energy/step_J",
+        "energy/epoch_J",
+        "energy/total_J",
+        "power/avg_W",
+        "energy/J_per_sample",
+        "carbon/total_gCO2e",
+        "energy/cpu_J",
+        "energy/dram_J",
+        "validate/energy/total_J",
+        "energy/forecast_total_J",
+        "hparams/energy_total_J",
+    ):
+        assert tag in scalars, tag
+    assert len(scalars["energy/step_J"]) == 2 * 8 // 2  # every 2nd of 8 batches, two epochs
+    totals = [v for _, v in sorted(scalars["energy/total_J"])]
+    assert totals == sorted(totals) and totals[-1] > 0
+    assert all(v > 0 for _, v in scalars["energy/step_J"])
+    report = _report(logger.log_dir)
+    assert totals[-1] == pytest.approx(report["stages"]["fit"]["energy_j"]["total"], rel=1e-5)
+    co2 = scalars["carbon/total_gCO2e"][-1][1]
+    assert co2 == pytest.approx(totals[-1] / 3.6e6 * 100.0, rel=1e-5)
+    assert "custom_scalars__config__" in tags
+    assert "_hparams_/session_start_info" in tags
+
+
+def test_csv_logger_gets_the_same_metrics(tmp_path):
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        logger=logger,
+        max_epochs=1,
+        limit_train_batches=6,
+        limit_val_batches=2,
+        log_every_n_steps=3,
+        callbacks=[EnergyMonitor(min_window_s=0.0, print_summary=False)],
+        **QUIET,
+    )
+    trainer.fit(BoringModel())
+    import csv
+
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    header = rows[0].keys()
+    for col in ("energy/step_J", "energy/epoch_J", "energy/total_J", "power/avg_W", "carbon/total_gCO2e"):
+        assert col in header, col
+    totals = [float(r["energy/total_J"]) for r in rows if r["energy/total_J"]]
+    assert totals[-1] == pytest.approx(_report(logger.log_dir)["stages"]["fit"]["energy_j"]["total"], rel=1e-5)
+    assert sum(1 for r in rows if r["energy/step_J"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------- measurement
+def test_simulated_gpu_is_measured_cpu_estimated(tmp_path, sim_gpu):
+    sim_gpu.demand_w = 120.0
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=20,
+        limit_val_batches=2,
+        logger=False,
+        callbacks=[EnergyMonitor(gpu_indices=[0], print_summary=False)],
+        **QUIET,
+    )
+    trainer.fit(SteadyModel(step_cpu_s=0.01))
+    fit = _report(tmp_path)["stages"]["fit"]
+    assert fit["sources"] == {"gpu": "measured", "cpu": "estimated", "dram": "estimated"}
+    assert fit["label"] == "mixed"
+    # the simulated GPU draws 120 W while the fit runs
+    assert fit["energy_j"]["gpu"] == pytest.approx(120.0 * fit["time_s"], rel=0.1)
+    assert fit["energy_j"]["cpu"] > 0
+
+
+def test_counters_are_read_at_log_points_not_every_step(tmp_path, monkeypatch):
+    from lightning_green.energy.meter import EnergyMeter
+
+    reads = []
+    original = EnergyMeter.read
+
+    def counting_read(self):
+        reads.append(1)
+        return original(self)
+
+    monkeypatch.setattr(EnergyMeter, "read", counting_read)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=30,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[EnergyMonitor(min_window_s=0.0, log_every_n_steps=10, print_summary=False)],
+        **QUIET,
+    )
+    trainer.fit(BoringModel())
+    # stage start + 3 step flushes + epoch end + fit end + stop: far fewer than 30 steps
+    assert 4 <= len(reads) <= 8
+
+
+def test_short_windows_are_extended_not_logged_as_zero(tmp_path):
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        logger=logger,
+        max_epochs=1,
+        limit_train_batches=10,
+        limit_val_batches=0,
+        callbacks=[EnergyMonitor(min_window_s=30.0, log_every_n_steps=1, print_summary=False)],
+        **QUIET,
+    )
+    trainer.fit(BoringModel())
+    import csv
+
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert not any(r.get("energy/step_J") for r in rows)  # no window reached 30 s
+    epoch = [float(r["energy/epoch_J"]) for r in rows if r.get("energy/epoch_J")]
+    assert len(epoch) == 1 and epoch[0] > 0  # the epoch end still accounts everything
+
+
+def test_samples_inferred_or_given(tmp_path):
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=5,
+        limit_val_batches=3,
+        logger=False,
+        callbacks=[monitor],
+        **QUIET,
+    )
+    trainer.fit(BoringModel())  # batch size 1
+    assert monitor.ledgers["fit"].samples == 5
+    assert monitor.ledgers["validate"].samples == 3
+    assert monitor.ledgers["fit"].steps == 5
+    given = EnergyMonitor(samples_per_batch=7, print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=5,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[given],
+        **QUIET,
+    )
+    trainer.fit(BoringModel())
+    assert given.ledgers["fit"].samples == 35
+
+
+def test_validate_test_predict_are_separate_stages(tmp_path):
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        limit_val_batches=4,
+        limit_test_batches=3,
+        limit_predict_batches=2,
+        logger=False,
+        callbacks=[monitor],
+        **QUIET,
+    )
+    model = BoringModel()
+    trainer.validate(model)
+    trainer.test(model)
+    assert trainer.callback_metrics["test/energy/total_J"] > 0  # reached callback_metrics through self.log
+    trainer.predict(model)
+    stages = _report(tmp_path)["stages"]
+    assert set(stages) == {"validate", "test", "predict"}
+    assert [stages[s]["samples"] for s in ("validate", "test", "predict")] == [4, 3, 2]
+    assert all(stages[s]["energy_j"]["total"] > 0 for s in stages)
+
+
+# ------------------------------------------------------------------------------------------------- forecast, budget
+def test_forecast_on_a_steady_workload_is_within_ten_percent(tmp_path):
+    monitor = EnergyMonitor(print_summary=False, forecast_after_epochs=1)
+    seen = []
+    monitor.add_listener(lambda trainer, m: seen.append((trainer.current_epoch, m.forecast_total_j)))
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=5,
+        limit_train_batches=10,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[monitor],
+        **QUIET,
+    )
+    trainer.fit(SteadyModel(step_cpu_s=0.02))
+    forecast_after_2 = [f for epoch, f in seen if epoch == 1 and f is not None][-1]
+    actual = monitor.total_energy_j("fit")
+    assert forecast_after_2 == pytest.approx(actual, rel=0.10)
+
+
+def test_workload_change_refits_the_forecast(tmp_path):
+    class Pruner(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                workload_changed(trainer, "pruning", self)
+
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[Pruner(), monitor],
+        **QUIET,
+    )
+    trainer.fit(BoringModel())
+    assert len(monitor.forecast.history) == 1  # history restarted at the change
+    assert len(monitor.ledgers["fit"].epochs_j) == 3
+
+
+def test_budget_stops_training_cleanly_and_checkpoints(tmp_path):
+    budget = EnergyBudget(max_energy=0.2, unit="J")
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=20,
+        limit_train_batches=20,
+        limit_val_batches=1,
+        logger=False,
+        callbacks=[EnergyMonitor(min_window_s=0.0, log_every_n_steps=2, print_summary=False), budget, ckpt],
+        **QUIET,
+    )
+    trainer.fit(SteadyModel(step_cpu_s=0.01))
+    assert trainer.should_stop
+    assert trainer.current_epoch < 19
+    assert budget.stopped_reason and "budget 0.2 J" in budget.stopped_reason
+    assert os.listdir(tmp_path / "ckpt")  # Lightning's normal checkpointing still ran
+
+
+@pytest.mark.parametrize("action", ["stop", "warn", "ignore"])
+def test_budget_acts_on_the_forecast(tmp_path, action):
+    monitor = EnergyMonitor(print_summary=False)
+    # a forecast far over budget, whatever this machine measures
+    monitor.add_listener(lambda trainer, m: setattr(m, "forecast_total_j", 1e9))
+    budget = EnergyBudget(max_energy=1e6, unit="J", on_forecast=action)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[monitor, budget],
+        **QUIET,
+    )
+    if action == "warn":
+        with pytest.warns(UserWarning, match="forecast exceeds the budget"):
+            trainer.fit(BoringModel())
+    else:
+        trainer.fit(BoringModel())
+    if action == "stop":
+        assert trainer.global_step == 2 and "forecast for the run" in budget.stopped_reason
+    else:
+        assert trainer.global_step == 6 and budget.stopped_reason is None
+
+
+# ------------------------------------------------------------------------------------------------- state, crash
+def test_resume_continues_totals(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    first = EnergyMonitor(print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        logger=False,
+        callbacks=[first, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)],
+        **QUIET,
+    )
+    trainer.fit(SteadyModel(0.005))
+    after_two = first.total_energy_j("fit")
+    state = first.state_dict()
+    assert state["version"] == 1 and len(state["ledgers"]["fit"]["epochs_j"]) == 2
+
+    second = EnergyMonitor(print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=4,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        logger=False,
+        callbacks=[second],
+        **QUIET,
+    )
+    trainer.fit(SteadyModel(0.005), ckpt_path=ckpt_dir / "last.ckpt")
+    ledger = second.ledgers["fit"]
+    assert len(ledger.epochs_j) == 4
+    assert ledger.epochs_j[:2] == pytest.approx(first.ledgers["fit"].epochs_j, rel=1e-6)
+    assert second.total_energy_j("fit") > after_two * 1.5
+    assert ledger.steps == 16 and ledger.samples == 16
+
+
+def test_crash_leaves_a_valid_interrupted_report(tmp_path):
+    monitor = EnergyMonitor(print_summary=False, min_window_s=0.0, log_every_n_steps=1)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=10,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[monitor],
+        **QUIET,
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(FailingModel(fail_at=3))
+    report = _report(tmp_path)
+    assert report["status"] == "interrupted: RuntimeError"
+    assert report["stages"]["fit"]["energy_j"]["total"] > 0
+    assert monitor.meter is None  # meter stopped
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+# ------------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_ddp_total_is_the_sum_of_ranks(tmp_path):
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=6,
+        limit_val_batches=2,
+        logger=False,
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EnergyMonitor(print_summary=False, min_window_s=0.0, log_every_n_steps=2)],
+    )
+    trainer.fit(SteadyModel(0.005))
+    fit = _report(tmp_path)["stages"]["fit"]
+    assert fit["sources"]["cpu"] == "estimated"
+    ranks = fit["per_rank"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["energy_j"]["cpu"] > 0 for r in ranks)
+    summed = sum(sum(r["energy_j"].values()) for r in ranks)
+    assert fit["energy_j"]["total"] == pytest.approx(summed, rel=1e-9)
+    # each rank's own CPU work, not the node's counted twice: neither rank dwarfs the other
+    cpu = sorted(r["energy_j"]["cpu"] for r in ranks)
+    assert cpu[1] < 3 * cpu[0]
+    assert fit["samples"] == 2 * 6  # both ranks' batches of 1
+    assert fit["steps"] == 6
+    json.dumps(fit)  # plain data

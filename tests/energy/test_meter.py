@@ -1,0 +1,59 @@
+import time
+
+import pytest
+
+from lightning_green.energy import EnergyMeter, EstimateModel, Reading, combine_label
+
+
+def _busy(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_cpu_only_machine_is_estimated_and_grows_with_cpu_time():
+    meter = EnergyMeter(gpu_indices=[], estimate=EstimateModel(cpu_w_per_core=10.0, dram_w_per_gb=0.0))
+    meter.start()
+    _busy(0.05)
+    first = meter.read()
+    _busy(0.2)
+    second = meter.read()
+    meter.stop()
+    assert first.sources == {"gpu": "none", "cpu": "estimated", "dram": "estimated"}
+    assert first.label == "estimated"
+    window = second - first
+    # 10 W per core x ~0.2 CPU-seconds
+    assert 1.5 < window.energy_j["cpu"] < 4.0
+    assert window.energy_j["gpu"] == 0.0
+
+
+def test_simulated_gpu_is_measured_and_total_is_mixed(sim_gpu):
+    sim_gpu.demand_w = 200.0
+    meter = EnergyMeter(gpu_indices=[0])
+    meter.start()
+    time.sleep(0.3)
+    r = meter.read()
+    meter.stop()
+    assert r.sources["gpu"] == "measured" and r.sources["cpu"] == "estimated"
+    assert r.label == "mixed"
+    # 200 W over the window's wall time, from the simulated counter
+    assert r.energy_j["gpu"] == pytest.approx(200.0 * r.time_s, rel=0.05)
+    assert meter.describe()["gpu_method"] == "energy counter"
+
+
+def test_readings_are_cumulative_and_read_requires_start():
+    meter = EnergyMeter(gpu_indices=[])
+    with pytest.raises(RuntimeError, match="before start"):
+        meter.read()
+    meter.start()
+    a = meter.read()
+    _busy(0.02)
+    b = meter.read()
+    meter.stop()
+    assert b.time_s > a.time_s and b.total_j >= a.total_j
+
+
+def test_combine_label_and_zero_reading():
+    assert combine_label({"gpu": "measured", "cpu": "measured", "dram": "none"}) == "measured"
+    assert combine_label({"gpu": "none"}) == "none"
+    assert Reading.zero().total_j == 0.0

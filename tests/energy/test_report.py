@@ -1,0 +1,52 @@
+import json
+import os
+
+import pytest
+
+from lightning_green.energy import format_summary, read_report, write_json_atomic
+from lightning_green.energy.carbon import CarbonModel
+
+
+def test_atomic_write_keeps_old_content_when_serialisation_fails(tmp_path):
+    path = tmp_path / "energy_report.json"
+    write_json_atomic(path, {"version": 1, "stages": {}})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"version": 2, "stages": {"bad": object()}})
+    assert json.loads(path.read_text()) == {"version": 1, "stages": {}}
+    assert os.listdir(tmp_path) == ["energy_report.json"]  # no temp file left behind
+
+
+def test_read_report_rejects_other_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a lightning-green energy report"):
+        read_report(p)
+
+
+def test_summary_has_a_row_per_stage_and_marks_missing_components():
+    report = {
+        "carbon": CarbonModel().as_dict(),
+        "stages": {
+            "fit": {
+                "energy_j": {"gpu": 7200.0, "cpu": 100.0, "dram": 1.0, "total": 7301.0},
+                "sources": {"gpu": "measured", "cpu": "estimated", "dram": "estimated"},
+                "label": "mixed",
+                "time_s": 10.0,
+                "samples": 100,
+                "gco2e": 1.0,
+            },
+            "test": {
+                "energy_j": {"gpu": 0.0, "cpu": 5.0, "dram": 0.0, "total": 5.0},
+                "sources": {"gpu": "none", "cpu": "estimated", "dram": "estimated"},
+                "label": "estimated",
+                "time_s": 0.0,
+                "samples": 0,
+                "gco2e": 0.0,
+            },
+        },
+    }
+    text = format_summary(report)
+    lines = text.splitlines()
+    assert "475 g/kWh (default)" in lines[0]
+    assert lines[2].split()[:3] == ["fit", "2.00", "Wh"] and lines[2].endswith("mixed")
+    assert lines[3].split()[1] == "-"  # no GPU metered in the test stage

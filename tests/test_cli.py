@@ -1,0 +1,102 @@
+import os
+
+import pytest
+import yaml
+
+from lightning_green import EnergyBudget, EnergyMonitor
+from lightning_green.cli import cli, main
+from lightning_green.energy import read_report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.image_size=8",
+]
+
+
+def test_fit_with_no_arguments_uses_the_demo_and_energy_monitor(tmp_path):
+    result = cli(["fit", f"--trainer.default_root_dir={tmp_path}", *FAST])
+    assert type(result.model).__name__ == "DigitsCNN"
+    assert type(result.datamodule).__name__ == "DigitsDataModule"
+    monitors = [cb for cb in result.trainer.callbacks if isinstance(cb, EnergyMonitor)]
+    assert len(monitors) == 1
+    log_dir = result.trainer.log_dir
+    assert log_dir.startswith(os.path.join(str(tmp_path), "lightning_logs"))  # TensorBoard logs
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(log_dir))
+    report = read_report(os.path.join(log_dir, "energy_report.json"))
+    assert report["stages"]["fit"]["energy_j"]["total"] > 0
+
+
+def test_yaml_config_builds_typed_callbacks(tmp_path):
+    result = cli(
+        [
+            "fit",
+            "--config",
+            os.path.join(ROOT, "examples/configs/energy.yaml"),
+            f"--trainer.default_root_dir={tmp_path}",
+            *FAST,
+        ]
+    )
+    monitor = next(cb for cb in result.trainer.callbacks if isinstance(cb, EnergyMonitor))
+    budget = next(cb for cb in result.trainer.callbacks if isinstance(cb, EnergyBudget))
+    assert monitor.carbon.intensity == 56.0 and monitor.carbon.pue == 1.1
+    assert budget.max_energy_j == 5.0 * 3600
+    saved = yaml.safe_load(open(os.path.join(result.trainer.log_dir, "config.yaml")))
+    assert saved["trainer"]["callbacks"][1]["class_path"] == "lightning_green.EnergyBudget"
+
+
+def test_callbacks_can_be_appended_on_the_command_line(tmp_path):
+    result = cli(
+        [
+            "fit",
+            f"--trainer.default_root_dir={tmp_path}",
+            *FAST,
+            "--trainer.callbacks+=lightning_green.EnergyBudget",
+            "--trainer.callbacks.max_gco2e=100",
+        ]
+    )
+    kinds = [type(cb).__name__ for cb in result.trainer.callbacks]
+    assert "EnergyMonitor" in kinds and "EnergyBudget" in kinds
+
+
+def test_print_config_lists_the_default_callback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["fit", "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["trainer"]["callbacks"][0]["class_path"] == "lightning_green.EnergyMonitor"
+    assert config["model"]["class_path"] == "lightning_green.demos.DigitsCNN"
+
+
+def test_bad_argument_is_one_line_and_exit_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.callbacks+=lightning_green.EnergyBudget",
+                "--trainer.callbacks.max_energy=-3",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "lightning-green: error: EnergyBudget(max_energy=-3.0): `max_energy` must be a number > 0."
+    assert not any("Traceback" in line for line in err)
+
+
+def test_test_subcommand_reports_the_test_stage(tmp_path):
+    result = cli(
+        [
+            "test",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.limit_test_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--data.image_size=8",
+        ]
+    )
+    report = read_report(os.path.join(result.trainer.log_dir, "energy_report.json"))
+    assert set(report["stages"]) == {"test"}
