@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.validation import check_bool, check_number, check_optional_number, fail
 from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
@@ -145,7 +146,8 @@ class EnergyMonitor(Callback):
             ``Trainer(log_every_n_steps=...)``.
         samples_per_batch: Samples in a batch; ``None`` infers it from the first tensor's leading dimension.
         forecast_after_epochs: Completed epochs before forecasting total energy and CO₂.
-        gpu_indices: GPUs to measure (Zeus indices). ``None``: the CUDA device this rank trains on, none on CPU.
+        gpu_indices: GPUs to measure (Zeus indices). ``None``: the CUDA device this rank trains on; none on CPU,
+            unless simulated GPUs are installed (:mod:`lightning_green.testing`), then GPU ``local_rank``.
         cpu_tdp_w: CPU package TDP for the estimate; ``None`` assumes 12 W per busy core.
         cpu_tdp_cores: Cores the TDP is shared by; ``None`` uses ``os.cpu_count()``.
         dram_w_per_gb: DRAM power per GB resident, for the estimate.
@@ -321,8 +323,8 @@ class EnergyMonitor(Callback):
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
         if indices is None:
-            device = trainer.strategy.root_device
-            indices = [device.index or 0] if device.type == "cuda" else []
+            index = rank_gpu_index(trainer)
+            indices = [] if index is None else [index]
         if indices:
             from zeus.device import get_gpus
 
