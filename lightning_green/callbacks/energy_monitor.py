@@ -235,6 +235,7 @@ class EnergyMonitor(Callback):
         self._restored = False
         self._forecast_announced = False
         self._listeners: list[Callable[[pl.Trainer, EnergyMonitor], None]] = []
+        self._report_sections: dict[str, Any] = {}
         self._stride = 50
         self._rank = 0
 
@@ -262,6 +263,13 @@ class EnergyMonitor(Callback):
         """Call ``fn(trainer, monitor)`` on every rank after each training-time update (used by EnergyBudget)."""
         if fn not in self._listeners:
             self._listeners.append(fn)
+
+    def add_report_section(self, name: str, data: Any) -> None:
+        """Put ``data`` (plain JSON types) under ``report()["extra"][name]``, replacing any section of that name.
+
+        Other callbacks add their part of the energy report this way (the power-limit tuner adds its profile).
+        """
+        self._report_sections[str(name)] = data
 
     def report(self, status: str = "complete") -> dict[str, Any]:
         """The energy report as plain data (what ``energy_report.json`` holds)."""
@@ -302,6 +310,7 @@ class EnergyMonitor(Callback):
             "estimate": self.estimate.as_dict(),
             "stages": stages,
             "forecast": forecast,
+            **({"extra": dict(self._report_sections)} if self._report_sections else {}),
         }
 
     # ------------------------------------------------------------------------------------------------ hooks
