@@ -222,13 +222,16 @@ class PowerLimitSearch:
     # -- events -------------------------------------------------------------------------------------------------
     def step_begin(self) -> Window | None:
         """An optimizer step begins. Returns this process's window when one just finished."""
-        if self.state in ("warmup", "profiling"):
+        window = self._step_begin()
+        if self.state in ("warmup", "profiling"):  # the step now starting runs at a profiled limit
             self.profiling_steps += 1
+        return window
+
+    def _step_begin(self) -> Window | None:
         if self.state == "waiting":
             self._remaining -= 1
             if self._remaining <= 0:
                 self._start_limit()
-                self.profiling_steps += 1
         elif self.state == "warmup":
             self._remaining -= 1
             if self._remaining <= 0:
@@ -279,6 +282,7 @@ class PowerLimitSearch:
         self._index += 1
         if self._index < len(self.limits_mw):
             self._start_limit()
+            self.profiling_steps += 1  # the step begun with this window's end warms up the next limit
             return False
         self.state = "selecting"
         return True
