@@ -337,3 +337,13 @@ def test_ddp_each_rank_tunes_its_gpu_with_the_true_world_size(tmp_path):
         assert ranks[0]["chosen"] * 1000 in gpu["limit_history"] and 100_000 in gpu["limit_history"]
     (key,) = json.loads((tmp_path / "power.json").read_text())["profiles"]
     assert "|world=2|" in key
+
+
+def test_example_config_builds_the_tuner(tmp_path, monkeypatch):
+    from lightning_green.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "power.yaml"
+    run = cli(["--config", str(config), "--trainer.logger=false"], run=False)
+    (tuner,) = [cb for cb in run.trainer.callbacks if isinstance(cb, PowerLimitTuner)]
+    assert tuner.objective == "zeus-cost" and tuner.profile_path == "power_profiles.json"
