@@ -165,3 +165,22 @@ def test_zeus_windows_measure_a_simulated_gpu_on_a_sim_clock():
         windows.begin()
         windows.cancel()
         windows.cancel()  # idempotent
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_zeus_windows_read_a_real_gpus_energy_without_changing_it():
+    # Real GPUs are only read here: no power limit is ever set on one in tests.
+    import torch
+    from zeus.device import get_gpus
+    from zeus.monitor import ZeusMonitor
+
+    before = get_gpus().get_power_management_limit(0)
+    windows = ZeusWindows(ZeusMonitor(gpu_indices=[0], cpu_indices=[]), 0, sync=True)
+    x = torch.randn(4096, 4096, device="cuda")
+    windows.begin()
+    for _ in range(50):
+        x = (x @ x).tanh()
+    t, e = windows.end()
+    assert t > 0 and e > 0
+    assert get_gpus().get_power_management_limit(0) == before
