@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.validation import check_bool, check_number, check_optional_number, fail
 from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
@@ -145,7 +146,8 @@ class EnergyMonitor(Callback):
             ``Trainer(log_every_n_steps=...)``.
         samples_per_batch: Samples in a batch; ``None`` infers it from the first tensor's leading dimension.
         forecast_after_epochs: Completed epochs before forecasting total energy and CO₂.
-        gpu_indices: GPUs to measure (Zeus indices). ``None``: the CUDA device this rank trains on, none on CPU.
+        gpu_indices: GPUs to measure (Zeus indices). ``None``: the CUDA device this rank trains on; none on CPU,
+            unless simulated GPUs are installed (:mod:`lightning_green.testing`), then GPU ``local_rank``.
         cpu_tdp_w: CPU package TDP for the estimate; ``None`` assumes 12 W per busy core.
         cpu_tdp_cores: Cores the TDP is shared by; ``None`` uses ``os.cpu_count()``.
         dram_w_per_gb: DRAM power per GB resident, for the estimate.
@@ -233,6 +235,7 @@ class EnergyMonitor(Callback):
         self._restored = False
         self._forecast_announced = False
         self._listeners: list[Callable[[pl.Trainer, EnergyMonitor], None]] = []
+        self._report_sections: dict[str, Any] = {}
         self._stride = 50
         self._rank = 0
         self._log_dir: str | None = None
@@ -261,6 +264,13 @@ class EnergyMonitor(Callback):
         """Call ``fn(trainer, monitor)`` on every rank after each training-time update (used by EnergyBudget)."""
         if fn not in self._listeners:
             self._listeners.append(fn)
+
+    def add_report_section(self, name: str, data: Any) -> None:
+        """Put ``data`` (plain JSON types) under ``report()["extra"][name]``, replacing any section of that name.
+
+        Other callbacks add their part of the energy report this way (the power-limit tuner adds its profile).
+        """
+        self._report_sections[str(name)] = data
 
     def report(self, status: str = "complete") -> dict[str, Any]:
         """The energy report as plain data (what ``energy_report.json`` holds)."""
@@ -301,6 +311,7 @@ class EnergyMonitor(Callback):
             "estimate": self.estimate.as_dict(),
             "stages": stages,
             "forecast": forecast,
+            **({"extra": dict(self._report_sections)} if self._report_sections else {}),
         }
 
     # ------------------------------------------------------------------------------------------------ hooks
@@ -318,8 +329,8 @@ class EnergyMonitor(Callback):
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
         if indices is None:
-            device = trainer.strategy.root_device
-            indices = [device.index or 0] if device.type == "cuda" else []
+            index = rank_gpu_index(trainer)
+            indices = [] if index is None else [index]
         if indices:
             from zeus.device import get_gpus
 

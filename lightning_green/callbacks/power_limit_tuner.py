@@ -1,0 +1,589 @@
+"""PowerLimitTuner: Zeus's GPU power-limit tuning for any Lightning Trainer — safe, DDP-correct, closed-loop."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+from zeus.device.gpu.common import ZeusBaseGPUError
+
+from lightning_green._internal.devices import rank_gpu_index
+from lightning_green._internal.distributed import agree, gather_rows
+from lightning_green._internal.validation import check_bool, check_choice, check_number, check_optional_number, fail
+from lightning_green.events import WorkloadChange
+from lightning_green.power.capability import check_power_control
+from lightning_green.power.guard import LimitGuard
+from lightning_green.power.profile import OBJECTIVES, ProfileCache, make_selector, profile_key, profile_table
+from lightning_green.power.search import STATE_CODES, PowerLimitSearch, ZeusWindows, limit_grid
+
+__all__ = ["PowerLimitTuner"]
+
+log = logging.getLogger(__name__)
+
+Objective = Literal["zeus-cost", "energy", "time", "max-slowdown"]
+
+
+class PowerLimitTuner(Callback):
+    """Find the GPU power limit that minimises energy (or Zeus's time–energy cost) while training, and use it.
+
+    Zeus's just-in-time profiling, mapped onto Lightning: at optimizer-step boundaries (gradient accumulation
+    respected) the tuner waits ``wait_steps``, then for each power limit from the maximum down by ``pl_step_w``
+    sets it, warms up ``warmup_steps`` and measures GPU time and energy over ``profile_steps``; it then keeps the
+    limit Zeus's selector picks for ``objective`` for the rest of training. Validation and epoch ends pause a
+    measurement instead of discarding it. Zeus's selectors are used as they are; the state machine, the
+    collectives and the safety rails are lightning-green's (see :mod:`lightning_green.power`).
+
+    Safety:
+
+    * In ``setup`` it checks that this process may set limits (Zeus's ``SYS_ADMIN`` check or the zeusd socket,
+      then an unchanged write). If not, it warns once and stays off; training continues untouched. A permission
+      error later in the run is caught the same way.
+    * Each GPU's limit is recorded before tuning and *that* value (not the maximum) is restored at train end, in
+      ``on_exception``, on SIGTERM/SIGINT and at interpreter exit.
+    * No GPU (a CPU-only run) → a one-line notice, then nothing. With simulated GPUs installed
+      (:mod:`lightning_green.testing`) a CPU run tunes the rank's simulated GPU.
+
+    DDP: each rank tunes its own GPU, every rank takes the same steps, energy is summed over ranks and time is the
+    slowest rank's, and Zeus's cost uses the true world size; collectives go through the Lightning strategy (gloo
+    works), so all ranks end on one limit.
+
+    Closed loop: ``on_workload_changed`` (a ``StructuredPruning`` step, an ``AMPScheduler`` precision switch)
+    starts a new profile, because the optimum moves when the model shrinks.
+
+    Logged to every logger: ``power/limit_W`` and ``power/tuner_state`` (0 off, 1 waiting, 2 warm-up,
+    3 profiling, 4 measured, 5 selecting, 6 done), then ``power/chosen_limit_W`` and the profile table
+    ``power/profile/{W}W/{energy_J,time_s,cost}`` (per step); TensorBoard also gets the table as text. With an
+    :class:`~lightning_green.EnergyMonitor`, the tuner shares its Zeus monitor and adds a ``power_limit`` section
+    to the energy report.
+
+    Args:
+        objective: What to minimise: ``"zeus-cost"`` (``eta·energy + (1−eta)·max_power·time``), ``"energy"``,
+            ``"time"``, or ``"max-slowdown"`` (the lowest limit at most ``max_slowdown`` × slower than the maximum).
+        eta: Zeus's energy–time knob in [0, 1] (``zeus-cost``; also used for the logged cost column).
+        max_slowdown: Slowdown factor (>= 1) for ``"max-slowdown"``; must be ``None`` for other objectives.
+        warmup_steps: Optimizer steps at each limit before measuring (>= 1).
+        profile_steps: Optimizer steps measured at each limit (>= 1).
+        pl_step_w: Stride between profiled limits, W (>= 1).
+        profile_path: JSON profile cache: a stored profile for this GPU model and job is reused (no profiling);
+            a new one is added. Its folder must exist and be writable.
+        job: Name of the job in the cache key; ``None`` uses the LightningModule's class name.
+        wait_steps: Optimizer steps before profiling starts, and after a workload change (>= 0).
+        reprofile_on_change: Re-profile when the workload changes.
+
+    Raises:
+        ValueError: An argument is out of range (message names it and what is allowed).
+        TypeError: An argument has the wrong type.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lightning_green.testing import SimulatedGPUWorkload
+        >>> gpu = SimulatedGPUWorkload(step_work_s=0.001, gpu_kwargs={"curve": "v100-resnet50"})
+        >>> tuner = PowerLimitTuner(objective="energy", warmup_steps=1, profile_steps=2, pl_step_w=50)
+        >>> trainer = Trainer(max_steps=16, callbacks=[gpu, tuner], logger=False, enable_progress_bar=False,
+        ...                   enable_model_summary=False, enable_checkpointing=False)
+        >>> trainer.fit(BoringModel())
+        >>> tuner.state, [row["limit_w"] for row in tuner.table()]
+        ('done', [250.0, 200.0, 150.0, 100.0])
+    """
+
+    def __init__(
+        self,
+        objective: Objective = "zeus-cost",
+        eta: float = 0.5,
+        max_slowdown: float | None = None,
+        warmup_steps: int = 10,
+        profile_steps: int = 40,
+        pl_step_w: int = 25,
+        profile_path: str | None = None,
+        job: str | None = None,
+        wait_steps: int = 1,
+        reprofile_on_change: bool = True,
+    ) -> None:
+        name = type(self).__name__
+        check_choice(name, "objective", objective, OBJECTIVES)
+        check_number(name, "eta", eta, ge=0.0, le=1.0)
+        check_optional_number(name, "max_slowdown", max_slowdown, ge=1.0)
+        if objective == "max-slowdown" and max_slowdown is None:
+            fail(name, "max_slowdown", max_slowdown, "a number >= 1 when objective='max-slowdown'")
+        if objective != "max-slowdown" and max_slowdown is not None:
+            fail(name, "max_slowdown", max_slowdown, f"None unless objective='max-slowdown' (got {objective!r})")
+        check_number(name, "warmup_steps", warmup_steps, integer=True, ge=1)
+        check_number(name, "profile_steps", profile_steps, integer=True, ge=1)
+        check_number(name, "pl_step_w", pl_step_w, integer=True, ge=1)
+        check_number(name, "wait_steps", wait_steps, integer=True, ge=0)
+        if job is not None and (not isinstance(job, str) or not job or "|" in job):
+            fail(name, "job", job, "None or a non-empty string without '|'")
+        check_bool(name, "reprofile_on_change", reprofile_on_change)
+        if profile_path is not None:
+            _check_writable(name, profile_path)
+
+        self.objective = objective
+        self.eta = float(eta)
+        self.max_slowdown = max_slowdown
+        self.warmup_steps = warmup_steps
+        self.profile_steps = profile_steps
+        self.pl_step_w = pl_step_w
+        self.profile_path = os.fspath(profile_path) if profile_path is not None else None
+        self.job = job
+        self.wait_steps = wait_steps
+        self.reprofile_on_change = reprofile_on_change
+
+        self.world_size = 1
+        self.gpu_index: int | None = None
+        self.disabled_reason: str | None = None
+        self.workload = 0
+        self.reprofiles = 0
+        self.cache_hits = 0
+        self._guard: LimitGuard | None = None
+        self._search: PowerLimitSearch | None = None
+        self._windows: ZeusWindows | None = None
+        self._limits_mw: list[int] = []
+        self._gpu_name = ""
+        self._job = ""
+        self._gs_boundary: int | None = None
+        self._boundaries = 0
+        self._restored: dict[str, Any] | None = None
+        self._pending_cache: list[Any] | None = None
+        self._warned = False
+
+    # ------------------------------------------------------------------------------------------------ public
+    @property
+    def state(self) -> str:
+        """``off``, ``waiting``, ``warmup``, ``profiling``, ``measured``, ``selecting`` or ``done``."""
+        return self._search.state if self._search is not None else "off"
+
+    @property
+    def chosen_limit_w(self) -> float | None:
+        """The limit the tuner settled on, W (``None`` before it did)."""
+        if self._search is None or self._search.chosen_mw is None:
+            return None
+        return self._search.chosen_mw / 1000.0
+
+    @property
+    def profiling_steps(self) -> int:
+        """Optimizer steps spent warming up or profiling so far, over all passes."""
+        return self._search.profiling_steps if self._search is not None else 0
+
+    def table(self) -> list[dict[str, float]]:
+        """The current profile: energy (J) and time (s) per step, average power and cost per limit."""
+        if self._search is None:
+            return []
+        return profile_table(self._search.measurements, self.eta, self.world_size, self._steps_per_window())
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.world_size = int(trainer.world_size)
+        self.disabled_reason = None
+        self._warned = False
+        index = rank_gpu_index(trainer)
+        any_gpu = agree(trainer.strategy, index is not None, all=False)
+        all_gpu = agree(trainer.strategy, index is not None, all=True)
+        if not any_gpu:
+            self.disabled_reason = "no GPU"
+            rank_zero_info("PowerLimitTuner: no GPU to tune (CPU-only run); the tuner is off.")
+            return
+        from zeus.device import get_gpus
+
+        control = check_power_control(get_gpus(), index) if index is not None else None
+        local_ok = control is not None and control.ok
+        if not agree(trainer.strategy, local_ok, all=True):
+            reason = control.reason if control is not None and not control.ok else None
+            if not all_gpu:
+                reason = "some ranks train without a GPU"
+            self._disable(trainer, reason or "power limits may not be set on another rank", restore=False)
+            return
+        assert index is not None and control is not None
+        gpus = get_gpus()
+        self.gpu_index = index
+        self._gpu_name = str(gpus.get_name(index))
+        self._job = self.job or type(pl_module).__name__
+        self._limits_mw = limit_grid(control.min_mw, control.max_mw, self.pl_step_w)
+        self._guard = LimitGuard(gpus, [index], on_restore_failure=self._restore_failed)
+        self._guard.arm()
+        self._pending_cache = self._read_cache(trainer, self.workload)
+        log.debug("PowerLimitTuner: GPU %d (%s) via %s, limits %s", index, self._gpu_name, control.method, control)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._guard is None or self.gpu_index is None:
+            return
+        self._windows = ZeusWindows(self._monitor(trainer), self.gpu_index, sync=self._sync(trainer))
+        self._search = PowerLimitSearch(
+            self._limits_mw,
+            self._set_limit,
+            self._windows,
+            make_selector(self.objective, self.eta, self.max_slowdown, self.world_size),
+            warmup_steps=self.warmup_steps,
+            profile_steps=self.profile_steps,
+            wait_steps=self.wait_steps,
+        )
+        restored, self._restored = self._restored, None
+        if restored and restored.get("measurements") and int(restored.get("world_size", 0)) == self.world_size:
+            from zeus.optimizer.power_limit import PowerLimitMeasurement
+
+            self.workload = int(restored.get("workload", 0))
+            self._search.load([PowerLimitMeasurement(**m) for m in restored["measurements"]])
+        elif self._pending_cache:
+            self.cache_hits += 1
+            self._search.load(self._pending_cache)
+            rank_zero_info(f"PowerLimitTuner: reusing the stored profile for {self._key()} from {self.profile_path}.")
+        self._pending_cache = None
+        self._gs_boundary = None
+        self._boundaries = 0
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._guard is None or self._search is None:
+            return
+        # After Lightning's own SIGTERM handler (registered just before the loop), so ours runs first and then
+        # hands the signal on to Lightning's graceful stop.
+        self._guard.install_signals()
+        if self._search.state == "selecting":
+            self._conclude(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        search = self._search
+        if search is None or search.state in ("off", "done"):
+            return
+        gs = trainer.global_step
+        if gs == self._gs_boundary:  # same optimizer step: gradient accumulation
+            return
+        self._gs_boundary = gs
+        self._boundaries += 1
+        sync = search.transitions_next()
+        window, error = None, None
+        try:
+            window = search.step_begin()
+        except ZeusBaseGPUError as err:
+            error = err
+        if sync:
+            self._sync_point(trainer, window, error)
+        elif error is not None:  # cannot happen (only transitions touch the GPU); stay safe without a collective
+            self._disable(trainer, f"setting the power limit failed mid-run ({error})")
+        if self._search is not None and (sync or self._boundaries % max(int(trainer.log_every_n_steps), 1) == 0):
+            self._log_state(trainer)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._pause(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._search is not None:
+            self._search.cancel()
+        if self._guard is not None:
+            self._guard.disarm()
+            self._log_state(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Other ranks may be gone: local clean-up only, no collectives.
+        if self._search is not None:
+            try:
+                self._search.cancel()
+            except Exception:  # never mask the user's exception with a metering problem
+                log.debug("cancelling the profiling window failed", exc_info=True)
+        if self._guard is not None:
+            self._guard.disarm()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self._guard is not None:
+            self._guard.disarm()
+            self._guard = None
+        self._windows = None
+
+    def on_workload_changed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: WorkloadChange) -> None:
+        """The cost of a step changed (a prune, a precision switch): profile again, from the next step on."""
+        if self._search is None or self._search.state == "off" or not self.reprofile_on_change:
+            return
+        self.workload += 1
+        self.reprofiles += 1
+        self._search.restart()
+        cached = self._read_cache(trainer, self.workload)
+        if cached:
+            self.cache_hits += 1
+            self._search.load(cached)
+            self._conclude(trainer)
+        rank_zero_info(
+            f"PowerLimitTuner: workload changed ({change.reason} by {change.source}); "
+            + ("using the stored profile." if cached else "re-profiling power limits.")
+        )
+        self._log_state(trainer)
+
+    # ------------------------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        search = self._search
+        return {
+            "version": 1,
+            "state": self.state,
+            "workload": self.workload,
+            "world_size": self.world_size,
+            "chosen_limit_w": self.chosen_limit_w,
+            "measurements": (
+                [{"power_limit": m.power_limit, "energy": m.energy, "time": m.time} for m in search.measurements]
+                if search is not None and search.state == "done"
+                else []
+            ),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _steps_per_window(self) -> int:
+        return self.profile_steps
+
+    def _key(self) -> str:
+        return profile_key(self._gpu_name, self._job, self.world_size, self.workload)
+
+    def _read_cache(self, trainer: pl.Trainer, workload: int) -> list[Any] | None:
+        """Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does."""
+        if self.profile_path is None:
+            return None
+        found = None
+        if trainer.global_rank == 0:
+            key = profile_key(self._gpu_name, self._job, self.world_size, workload)
+            try:
+                found = ProfileCache(self.profile_path).load(key)
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"PowerLimitTuner(profile_path={self.profile_path!r}): cannot read the profile cache ({err}). "
+                    "Delete or move the file, or pass another path."
+                ) from err
+        rows = [[m.power_limit, m.energy, m.time] for m in found] if found else []
+        rows = trainer.strategy.broadcast(rows, src=0)
+        if not rows:
+            return None
+        from zeus.optimizer.power_limit import PowerLimitMeasurement
+
+        return [PowerLimitMeasurement(power_limit=int(p), energy=float(e), time=float(t)) for p, e, t in rows]
+
+    def _monitor(self, trainer: pl.Trainer) -> object:
+        """The EnergyMonitor's Zeus monitor when it measures this GPU, else a monitor of our own."""
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            meter = getattr(cb, "meter", None)
+            monitor = getattr(meter, "monitor", None)
+            if monitor is not None and self.gpu_index in getattr(monitor, "gpu_indices", []):
+                log.debug("PowerLimitTuner shares %s's Zeus monitor", type(cb).__name__)
+                return monitor
+        from zeus.monitor import ZeusMonitor
+
+        return ZeusMonitor(gpu_indices=[self.gpu_index], cpu_indices=[], approx_instant_energy=True)
+
+    def shares_monitor_with(self, trainer: pl.Trainer) -> str | None:
+        """Name of the callback whose Zeus monitor the tuner uses, if it shares one."""
+        if self._windows is None:
+            return None
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if getattr(getattr(cb, "meter", None), "monitor", None) is self._windows.monitor:
+                return type(cb).__name__
+        return None
+
+    @staticmethod
+    def _sync(trainer: pl.Trainer) -> bool:
+        return trainer.strategy.root_device.type == "cuda" and torch.cuda.is_available()
+
+    def _set_limit(self, limit_mw: int) -> None:
+        assert self._guard is not None and self.gpu_index is not None
+        self._guard.set_limit(self.gpu_index, limit_mw)
+
+    def _sync_point(self, trainer: pl.Trainer, window: Any, error: BaseException | None) -> None:
+        """Every rank reaches this at the same step: agree on success, aggregate a finished window, conclude."""
+        assert self._search is not None
+        row = [float(error is None), window.energy_j if window else 0.0, window.time_s if window else 0.0]
+        rows = gather_rows(trainer.strategy, row)
+        if not all(r[0] > 0 for r in rows):
+            self._disable(trainer, self._refusal(error))
+            return
+        if window is None:
+            return
+        energy = float(sum(r[1] for r in rows))
+        elapsed = float(max(r[2] for r in rows))
+        local_error: BaseException | None = None
+        done = False
+        try:
+            done = self._search.record(energy, elapsed)
+        except (ZeusBaseGPUError, ValueError) as err:
+            local_error = err
+        if not agree(trainer.strategy, local_error is None, all=True):
+            self._disable(trainer, self._refusal(local_error))
+            return
+        if done:
+            self._conclude(trainer)
+
+    def _conclude(self, trainer: pl.Trainer) -> None:
+        """Select (the same on every rank: rank 0's choice is broadcast), apply, save and log."""
+        assert self._search is not None
+        chosen = int(trainer.strategy.broadcast(self._search.select(), src=0))
+        error: BaseException | None = None
+        try:
+            self._search.finish(chosen)
+        except ZeusBaseGPUError as err:
+            error = err
+        if not agree(trainer.strategy, error is None, all=True):
+            self._disable(trainer, self._refusal(error))
+            return
+        self._save_cache(trainer)
+        self._log_profile(trainer)
+        rank_zero_info(
+            f"PowerLimitTuner: {self.objective} → {chosen // 1000} W on {self._gpu_name} "
+            f"(profiled {len(self._search.measurements)} limits; world size {self.world_size})."
+        )
+
+    def _pause(self, trainer: pl.Trainer) -> None:
+        if self._search is None:
+            return
+        completed = self._gs_boundary is not None and trainer.global_step > self._gs_boundary
+        self._search.pause(step_completed=completed)
+
+    def _refusal(self, error: BaseException | None) -> str:
+        if error is None:
+            return "setting the power limit failed on another rank"
+        return f"setting the power limit failed mid-run ({type(error).__name__}: {error})"
+
+    def _disable(self, trainer: pl.Trainer, reason: str, restore: bool = True) -> None:
+        self.disabled_reason = reason
+        if self._search is not None:
+            try:
+                self._search.stop()
+            except Exception:  # a broken monitor must not stop training
+                log.debug("stopping the search failed", exc_info=True)
+        if restore and self._guard is not None:
+            self._guard.restore()
+        if not self._warned:
+            self._warned = True
+            rank_zero_warn(
+                f"PowerLimitTuner: cannot tune power limits: {reason}. The tuner is off; training continues "
+                "at the GPU's original power limit."
+            )
+            if trainer.global_rank != 0:
+                log.warning("PowerLimitTuner off on rank %d: %s", trainer.global_rank, reason)
+        self._log_state(trainer)
+
+    def _restore_failed(self, index: int, original_mw: int, error: BaseException) -> None:
+        warnings.warn(
+            f"PowerLimitTuner: could not restore GPU {index}'s power limit to {original_mw // 1000} W ({error}). "
+            f"Restore it by hand: `nvidia-smi -i {index} -pl {original_mw // 1000}`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def _save_cache(self, trainer: pl.Trainer) -> None:
+        if self.profile_path is None or trainer.global_rank != 0 or self._search is None:
+            return
+        try:
+            ProfileCache(self.profile_path).save(
+                self._key(),
+                self._search.measurements,
+                steps=self._steps_per_window(),
+                gpu_name=self._gpu_name,
+                job=self._job,
+                world_size=self.world_size,
+                workload=self.workload,
+                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            )
+        except (OSError, ValueError) as err:
+            rank_zero_warn(f"PowerLimitTuner: could not save the profile to {self.profile_path!r}: {err}")
+
+    def _current_limit_w(self) -> float | None:
+        if self._guard is None or self.gpu_index is None:
+            return None
+        try:
+            return self._guard.gpus.get_power_management_limit(self.gpu_index) / 1000.0
+        except ZeusBaseGPUError:
+            return None
+
+    def _log_state(self, trainer: pl.Trainer) -> None:
+        if trainer.global_rank != 0 or not trainer.loggers:
+            return
+        metrics = {"power/tuner_state": float(STATE_CODES[self.state])}
+        limit = self._current_limit_w()
+        if limit is not None:
+            metrics["power/limit_W"] = limit
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+
+    def _log_profile(self, trainer: pl.Trainer) -> None:
+        rows = self.table()
+        section = {
+            "objective": self.objective,
+            "eta": self.eta,
+            "max_slowdown": self.max_slowdown,
+            "gpu_name": self._gpu_name,
+            "job": self._job,
+            "world_size": self.world_size,
+            "workload": self.workload,
+            "chosen_limit_w": self.chosen_limit_w,
+            "profiling_steps": self.profiling_steps,
+            "steps_per_limit": self.profile_steps,
+            "table": rows,
+        }
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            add = getattr(cb, "add_report_section", None)
+            if callable(add):
+                add("power_limit", section)
+        if trainer.global_rank != 0 or not trainer.loggers:
+            return
+        metrics: dict[str, float] = {"power/chosen_limit_W": float(self.chosen_limit_w or 0.0)}
+        for r in rows:
+            w = int(r["limit_w"])
+            metrics[f"power/profile/{w}W/energy_J"] = r["energy_j"]
+            metrics[f"power/profile/{w}W/time_s"] = r["time_s"]
+            metrics[f"power/profile/{w}W/cost"] = r["cost"]
+        text = _markdown_table(rows, self.chosen_limit_w)
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(lg, TensorBoardLogger):
+                lg.experiment.add_text("power/profile", text, global_step=trainer.global_step)
+
+
+def _markdown_table(rows: list[dict[str, float]], chosen_w: float | None) -> str:
+    lines = ["| limit (W) | energy/step (J) | time/step (s) | avg power (W) | cost/step |", "|---|---|---|---|---|"]
+    for r in rows:
+        mark = " ✓" if chosen_w is not None and r["limit_w"] == chosen_w else ""
+        lines.append(
+            f"| {r['limit_w']:.0f}{mark} | {r['energy_j']:.4g} | {r['time_s']:.4g} | {r['avg_power_w']:.4g} "
+            f"| {r['cost']:.4g} |"
+        )
+    return "\n".join(lines)
+
+
+def _check_writable(owner: str, path: Any) -> None:
+    """``path`` can be written: an existing writable file, or a new file in an existing writable folder."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        fail(owner, "profile_path", path, "None or a file path (str)", TypeError)
+    p = Path(path)
+    if p.exists():
+        if not p.is_file() or not os.access(p, os.R_OK | os.W_OK):
+            fail(owner, "profile_path", path, "a readable, writable file (it exists but is not one)")
+        return
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        fail(owner, "profile_path", path, f"a file in an existing, writable folder ({str(parent)!r} is not one)")

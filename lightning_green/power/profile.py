@@ -1,0 +1,154 @@
+"""Power-limit profiles: Zeus's optimum selectors, the cost table, and the on-disk profile cache.
+
+A profile is one :class:`zeus.optimizer.power_limit.PowerLimitMeasurement` per power limit: GPU energy (J,
+summed over all ranks) and time (s, the slowest rank) of the same number of training steps. The selectors are
+Zeus's own (``Energy``, ``Time``, ``ZeusCost``, ``MaxSlowdownConstraint``), built with the job's *true* world
+size (Zeus's optimizer would pass the number of GPUs one rank monitors, i.e. 1 under DDP).
+
+The cache file holds many profiles, keyed by GPU name, job, world size and workload generation (it grows by
+one per workload change: a prune, a precision switch), so a rerun of the same job skips profiling. A file
+written by Zeus's ``GlobalPowerLimitOptimizer(profile_path=...)`` (``{"measurements": [...]}``) is read too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zeus.optimizer.power_limit import (
+    Energy,
+    MaxSlowdownConstraint,
+    OptimumSelector,
+    PowerLimitMeasurement,
+    Time,
+    ZeusCost,
+)
+from zeus.utils.metric import zeus_cost
+
+from lightning_green.energy.report import write_json_atomic
+
+__all__ = [
+    "OBJECTIVES",
+    "CACHE_VERSION",
+    "ProfileCache",
+    "make_selector",
+    "profile_key",
+    "profile_table",
+]
+
+OBJECTIVES = ("zeus-cost", "energy", "time", "max-slowdown")
+CACHE_VERSION = 1
+
+
+def make_selector(objective: str, eta: float, max_slowdown: float | None, world_size: int) -> OptimumSelector:
+    """Zeus's selector for ``objective``; ``zeus-cost`` uses ``world_size`` for the maximum power term.
+
+    Example:
+        >>> type(make_selector("zeus-cost", 0.5, None, 4)).__name__, make_selector("zeus-cost", 0.5, None, 4).world_size
+        ('ZeusCost', 4)
+    """
+    if objective == "zeus-cost":
+        return ZeusCost(eta_knob=eta, world_size=world_size)
+    if objective == "energy":
+        return Energy()
+    if objective == "time":
+        return Time()
+    if objective == "max-slowdown":
+        return MaxSlowdownConstraint(factor=float(max_slowdown if max_slowdown is not None else 1.0))
+    raise ValueError(f"unknown objective {objective!r}; one of {OBJECTIVES}")
+
+
+def profile_key(gpu_name: str, job: str, world_size: int, workload: int) -> str:
+    """The cache key of one profile.
+
+    Example:
+        >>> profile_key("NVIDIA A100-SXM4-40GB", "GPT", 8, 0)
+        'NVIDIA A100-SXM4-40GB|GPT|world=8|workload=0'
+    """
+    return f"{gpu_name}|{job}|world={world_size}|workload={workload}"
+
+
+def profile_table(
+    measurements: Sequence[PowerLimitMeasurement], eta: float, world_size: int, steps: int
+) -> list[dict[str, float]]:
+    """One row per limit, highest first: energy and time per step, average power and Zeus's cost per step.
+
+    The cost is ``eta·energy + (1−eta)·max_limit·world_size·time`` (Zeus's, in J per step).
+    """
+    if not measurements:
+        return []
+    max_power = max(m.power_limit for m in measurements) * world_size
+    steps = max(int(steps), 1)
+    rows = []
+    for m in sorted(measurements, key=lambda m: -m.power_limit):
+        rows.append(
+            {
+                "limit_w": float(m.power_limit),
+                "energy_j": m.energy / steps,
+                "time_s": m.time / steps,
+                "avg_power_w": m.energy / m.time / world_size if m.time > 0 else 0.0,
+                "cost": zeus_cost(m.energy, m.time, eta, max_power) / steps,
+            }
+        )
+    return rows
+
+
+def _measurements(raw: Any) -> list[PowerLimitMeasurement]:
+    return [PowerLimitMeasurement(**{k: m[k] for k in ("power_limit", "energy", "time")}) for m in raw]
+
+
+class ProfileCache:
+    """A JSON file of profiles (see the module docstring). Reads are lenient about absent files, strict otherwise.
+
+    Example:
+        >>> import tempfile, os
+        >>> cache = ProfileCache(os.path.join(tempfile.mkdtemp(), "power.json"))
+        >>> cache.load("k") is None
+        True
+        >>> m = [PowerLimitMeasurement(power_limit=300, energy=900.0, time=3.0)]
+        >>> cache.save("k", m, steps=40)
+        >>> cache.load("k")[0].power_limit, cache.entry("k")["steps"]
+        (300, 40)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"version": CACHE_VERSION, "profiles": {}}
+        with self.path.open(encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and "measurements" in data and "profiles" not in data:
+            return {"version": CACHE_VERSION, "profiles": {"*": {"measurements": data["measurements"], "steps": 1}}}
+        if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
+            raise ValueError(f"{os.fspath(self.path)!r} is not a power-limit profile file (no 'profiles').")
+        return data
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """The stored entry for ``key`` (a Zeus-written file answers every key)."""
+        profiles = self._read()["profiles"]
+        entry = profiles.get(key, profiles.get("*"))
+        return dict(entry) if isinstance(entry, dict) else None
+
+    def load(self, key: str) -> list[PowerLimitMeasurement] | None:
+        """The measurements stored for ``key``, or ``None``."""
+        entry = self.entry(key)
+        if entry is None:
+            return None
+        measurements = _measurements(entry.get("measurements", []))
+        return measurements or None
+
+    def save(self, key: str, measurements: Sequence[PowerLimitMeasurement], steps: int, **meta: Any) -> None:
+        """Store ``measurements`` under ``key`` (atomically; other keys are kept)."""
+        data = self._read()
+        data["version"] = CACHE_VERSION
+        data["profiles"][key] = {
+            "measurements": [{"power_limit": m.power_limit, "energy": m.energy, "time": m.time} for m in measurements],
+            "steps": int(steps),
+            **meta,
+        }
+        write_json_atomic(self.path, data)

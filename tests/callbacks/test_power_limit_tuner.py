@@ -1,0 +1,349 @@
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_green import EnergyMonitor, PowerLimitTuner, workload_changed
+from lightning_green.testing import SimulatedGPUWorkload, simulated_gpus
+
+FAST = {"warmup_steps": 1, "profile_steps": 2, "pl_step_w": 50, "wait_steps": 0}
+# 4 limits (250, 200, 150, 100 W) x (1 warm-up + 2 profiled) steps, +1 to close the last window
+PROFILE_STEPS = 4 * 3 + 1
+
+
+def _trainer(tmp_path, callbacks, **kw):
+    kw = {
+        "max_steps": 20,
+        "limit_val_batches": 0,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        **kw,
+    }
+    return Trainer(default_root_dir=tmp_path, callbacks=callbacks, **kw)
+
+
+def _work(**gpu):
+    return SimulatedGPUWorkload(step_work_s=0.002, gpu_kwargs={"curve": "v100-resnet50", **gpu})
+
+
+@pytest.fixture
+def v100():
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240) as gpus:
+        yield gpus.gpus[0]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"objective": "carbon"}, ValueError, r"objective='carbon'\): `objective` must be one of"),
+        ({"eta": 1.5}, ValueError, r"eta=1.5\): `eta` must be a number >= 0.0 and <= 1.0"),
+        ({"eta": -0.1}, ValueError, r"`eta` must be a number >= 0.0"),
+        ({"eta": "half"}, TypeError, r"`eta` must be a number"),
+        ({"objective": "max-slowdown", "max_slowdown": 0.9}, ValueError, r"`max_slowdown` must be a number >= 1.0"),
+        ({"objective": "max-slowdown"}, ValueError, r"max_slowdown=None\): `max_slowdown` must be a number >= 1"),
+        ({"max_slowdown": 1.2}, ValueError, r"`max_slowdown` must be None unless objective='max-slowdown'"),
+        ({"warmup_steps": 0}, ValueError, r"warmup_steps=0\): `warmup_steps` must be an int >= 1"),
+        ({"profile_steps": 0}, ValueError, r"profile_steps=0\): `profile_steps` must be an int >= 1"),
+        ({"profile_steps": -3}, ValueError, r"`profile_steps` must be an int >= 1"),
+        ({"profile_steps": 2.5}, TypeError, r"`profile_steps` must be an int"),
+        ({"pl_step_w": 0}, ValueError, r"pl_step_w=0\): `pl_step_w` must be an int >= 1"),
+        ({"pl_step_w": -25}, ValueError, r"`pl_step_w` must be an int >= 1"),
+        ({"wait_steps": -1}, ValueError, r"`wait_steps` must be an int >= 0"),
+        ({"job": ""}, ValueError, r"`job` must be None or a non-empty string"),
+        ({"reprofile_on_change": 1}, TypeError, r"`reprofile_on_change` must be a bool"),
+        ({"profile_path": 3}, TypeError, r"`profile_path` must be None or a file path"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        PowerLimitTuner(**kwargs)
+
+
+def test_unwritable_profile_path_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"profile_path=.*in an existing, writable folder"):
+        PowerLimitTuner(profile_path=str(tmp_path / "missing" / "power.json"))
+    with pytest.raises(ValueError, match=r"`profile_path` must be a readable, writable file"):
+        PowerLimitTuner(profile_path=str(tmp_path))  # a folder
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"in an existing, writable folder"):
+        PowerLimitTuner(profile_path=str(tmp_path / "file" / "power.json"))  # parent is a file
+
+
+def test_corrupt_profile_cache_fails_in_setup_with_the_fix(tmp_path, v100):
+    path = tmp_path / "power.json"
+    path.write_text("not json")
+    trainer = _trainer(tmp_path, [PowerLimitTuner(profile_path=str(path), **FAST)])
+    with pytest.raises(ValueError, match=r"cannot read the profile cache .* Delete or move the file"):
+        trainer.fit(BoringModel())
+    assert v100.get_power_management_limit() == 240_000
+
+
+# ---------------------------------------------------------------------------------------------- tuning
+def test_profiles_every_limit_then_keeps_the_chosen_one_and_restores_at_the_end(tmp_path, v100):
+    tuner = PowerLimitTuner(objective="time", **FAST)
+    work = _work()
+    _trainer(tmp_path, [work, tuner], max_steps=PROFILE_STEPS + 5).fit(BoringModel())
+    distinct = list(dict.fromkeys(v100.limit_history))
+    assert distinct[:5] == [240_000, 250_000, 200_000, 150_000, 100_000]
+    assert tuner.state == "done" and tuner.chosen_limit_w is not None
+    assert v100.limit_history[-2] == tuner.chosen_limit_w * 1000  # held after profiling
+    assert v100.get_power_management_limit() == 240_000  # the original, restored at train end
+    assert [r["limit_w"] for r in tuner.table()] == [250.0, 200.0, 150.0, 100.0]
+    assert tuner.profiling_steps == PROFILE_STEPS - 1
+
+
+def test_lower_limits_really_cost_time_and_save_power(tmp_path, v100):
+    tuner = PowerLimitTuner(objective="energy", warmup_steps=1, profile_steps=4, pl_step_w=150, wait_steps=0)
+    work = SimulatedGPUWorkload(step_work_s=0.02)  # GPU-bound steps: the limit dominates the step time
+    _trainer(tmp_path, [work, tuner], max_steps=12).fit(BoringModel())
+    high, low = tuner.table()  # 250 W, 100 W
+    assert low["time_s"] > 1.5 * high["time_s"]  # the curve: 100 W runs at 52 % speed
+    assert low["avg_power_w"] < high["avg_power_w"]
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    _trainer(tmp_path, [_work(), tuner], max_steps=PROFILE_STEPS, accumulate_grad_batches=3).fit(BoringModel())
+    assert tuner.state == "done" and tuner.profiling_steps == PROFILE_STEPS - 1
+
+
+def test_validation_and_epoch_ends_pause_instead_of_restarting(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    # 3 batches per epoch with validation: every window is interrupted, none is thrown away
+    trainer = _trainer(
+        tmp_path,
+        [_work(), tuner],
+        max_steps=PROFILE_STEPS + 2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(BoringModel())
+    assert tuner.state == "done" and tuner.profiling_steps == PROFILE_STEPS - 1
+
+
+def test_cpu_only_run_gives_one_notice_and_does_nothing(tmp_path, caplog):
+    tuner = PowerLimitTuner(**FAST)
+    with caplog.at_level(logging.INFO):
+        _trainer(tmp_path, [tuner], max_steps=3).fit(BoringModel())
+    notices = [r.getMessage() for r in caplog.records if "PowerLimitTuner" in r.getMessage()]
+    assert notices == ["PowerLimitTuner: no GPU to tune (CPU-only run); the tuner is off."]
+    assert tuner.state == "off" and tuner.disabled_reason == "no GPU"
+
+
+# ---------------------------------------------------------------------------------------------- permissions
+def test_permission_denied_up_front_warns_once_and_leaves_the_gpu_alone(tmp_path):
+    with simulated_gpus(1, curve="v100-resnet50", can_set_limits=False) as gpus:
+        tuner = PowerLimitTuner(**FAST)
+        with pytest.warns(UserWarning, match="cannot tune power limits: the simulated GPU has can_set_limits=False"):
+            _trainer(tmp_path, [_work(), tuner]).fit(BoringModel())
+        assert tuner.state == "off" and gpus.gpus[0].limit_history == [250_000]
+
+
+class _RevokeAt(Callback):
+    """Takes the permission away before optimizer step ``at`` (e.g. a zeusd token expired) and gives it back later."""
+
+    def __init__(self, at, back):
+        self.at, self.back = at, back
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from lightning_green.testing import installed_simulated_gpus
+
+        gpu = installed_simulated_gpus().gpus[0]
+        if trainer.global_step == self.at:
+            gpu.can_set_limits = False
+        if trainer.global_step == self.back:
+            gpu.can_set_limits = True
+
+
+def test_permission_error_mid_run_is_caught_the_same_way(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    # step 3 is the boundary that moves from 250 W to 200 W: refused
+    with pytest.warns(UserWarning, match="cannot tune power limits: setting the power limit failed mid-run"):
+        _trainer(tmp_path, [_RevokeAt(at=3, back=6), _work(), tuner]).fit(BoringModel())
+    assert tuner.state == "off" and "ZeusGPUNoPermissionError" in tuner.disabled_reason
+    assert 200_000 not in v100.limit_history
+    assert v100.get_power_management_limit() == 240_000  # restored once the permission came back (train end)
+
+
+# ---------------------------------------------------------------------------------------------- safety
+class _Boom(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 5:
+            raise RuntimeError("boom")
+
+
+def test_exception_restores_the_original_limit(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    with pytest.raises(RuntimeError, match="boom"):
+        _trainer(tmp_path, [_work(), tuner, _Boom()]).fit(BoringModel())
+    assert min(v100.limit_history) < 240_000
+    assert v100.get_power_management_limit() == 240_000
+
+
+# ---------------------------------------------------------------------------------------------- cache, state
+def test_profile_cache_is_reused_and_skips_profiling(tmp_path, v100):
+    path = tmp_path / "power.json"
+    first = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    _trainer(tmp_path, [_work(), first], max_steps=PROFILE_STEPS).fit(BoringModel())
+    stored = json.loads(path.read_text())["profiles"]
+    assert list(stored) == ["Simulated v100-resnet50|demo|world=1|workload=0"]
+    assert len(stored["Simulated v100-resnet50|demo|world=1|workload=0"]["measurements"]) == 4
+
+    mark = len(v100.limit_history)
+    second = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    _trainer(tmp_path, [_work(), second], max_steps=4).fit(BoringModel())
+    assert second.cache_hits == 1 and second.profiling_steps == 0
+    assert second.chosen_limit_w == first.chosen_limit_w
+    assert set(v100.limit_history[mark:]) == {first.chosen_limit_w * 1000, 240_000}
+
+
+def test_checkpoint_resume_keeps_the_profile(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    trainer = _trainer(tmp_path, [_work(), tuner], max_steps=PROFILE_STEPS + 1, enable_checkpointing=True)
+    trainer.fit(BoringModel())
+    ckpt = trainer.checkpoint_callback.best_model_path or str(next(Path(tmp_path).rglob("*.ckpt")))
+    state = torch.load(ckpt, weights_only=True)["callbacks"]
+    (tuner_state,) = [v for k, v in state.items() if k.startswith("PowerLimitTuner")]
+    assert tuner_state["version"] == 1 and len(tuner_state["measurements"]) == 4
+
+    resumed = PowerLimitTuner(**FAST)
+    _trainer(tmp_path, [_work(), resumed], max_steps=PROFILE_STEPS + 4).fit(BoringModel(), ckpt_path=ckpt)
+    assert resumed.state == "done" and resumed.profiling_steps == 0
+    assert resumed.chosen_limit_w == tuner.chosen_limit_w
+
+
+# ---------------------------------------------------------------------------------------------- closed loop
+class _PruneAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            workload_changed(trainer, "pruning", "StructuredPruning", macs=1000)
+
+
+def test_reprofiles_after_a_pruning_event(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    prune_at = PROFILE_STEPS + 2
+    _trainer(tmp_path, [_work(), tuner, _PruneAt(prune_at)], max_steps=prune_at + PROFILE_STEPS + 2).fit(BoringModel())
+    assert tuner.reprofiles == 1 and tuner.workload == 1 and tuner.state == "done"
+    assert tuner.profiling_steps == 2 * (PROFILE_STEPS - 1)
+    after = v100.limit_history[v100.limit_history.index(tuner.chosen_limit_w * 1000) :]
+    assert {250_000, 200_000, 150_000, 100_000} <= set(after)  # every limit tried again
+
+
+def test_reprofile_can_be_switched_off(tmp_path, v100):
+    tuner = PowerLimitTuner(reprofile_on_change=False, **FAST)
+    _trainer(tmp_path, [_work(), tuner, _PruneAt(PROFILE_STEPS + 1)], max_steps=PROFILE_STEPS + 4).fit(BoringModel())
+    assert tuner.reprofiles == 0 and tuner.profiling_steps == PROFILE_STEPS - 1
+
+
+# ---------------------------------------------------------------------------------------------- logging, sharing
+def test_logs_limit_state_and_profile_and_fills_the_energy_report(tmp_path, v100):
+    monitor = EnergyMonitor(print_summary=False)
+    tuner = PowerLimitTuner(**FAST)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = _trainer(
+        tmp_path, [_work(), monitor, tuner], max_steps=PROFILE_STEPS + 2, logger=logger, log_every_n_steps=1
+    )
+    trainer.fit(BoringModel())
+    assert tuner.shares_monitor_with(trainer) is None  # torn down; checked during fit below
+    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in (
+        "power/limit_W",
+        "power/tuner_state",
+        "power/chosen_limit_W",
+        "power/profile/250W/energy_J",
+        "power/profile/100W/time_s",
+        "power/profile/150W/cost",
+    ):
+        assert key in header
+    report = json.loads((Path(logger.log_dir) / "energy_report.json").read_text())
+    section = report["extra"]["power_limit"]
+    assert section["chosen_limit_w"] == tuner.chosen_limit_w and len(section["table"]) == 4
+    assert report["meter"]["gpu_indices"] == [0]  # the CPU run measured the rank's simulated GPU
+
+
+class _SharedProbe(Callback):
+    shared = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        tuner = next(cb for cb in trainer.callbacks if isinstance(cb, PowerLimitTuner))
+        _SharedProbe.shared = tuner.shares_monitor_with(trainer)
+
+
+def test_shares_the_energy_monitors_zeus_monitor(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    # the tuner is listed first: sharing must not depend on callback order
+    _trainer(tmp_path, [_work(), tuner, EnergyMonitor(print_summary=False), _SharedProbe()], max_steps=3).fit(
+        BoringModel()
+    )
+    assert _SharedProbe.shared == "EnergyMonitor"
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+class _DumpRank(Callback):
+    def __init__(self, out):
+        self.out = out
+
+    def teardown(self, trainer, pl_module, stage):
+        tuner = next(cb for cb in trainer.callbacks if isinstance(cb, PowerLimitTuner))
+        Path(self.out, f"rank{trainer.global_rank}.json").write_text(
+            json.dumps(
+                {
+                    "chosen": tuner.chosen_limit_w,
+                    "world_size": tuner.world_size,
+                    "gpu": tuner.gpu_index,
+                    "selector_world": tuner._search.selector.world_size,
+                    "table": tuner.table(),
+                }
+            )
+        )
+
+
+@pytest.mark.slow
+def test_ddp_each_rank_tunes_its_gpu_with_the_true_world_size(tmp_path):
+    state = tmp_path / "gpus"
+    work = SimulatedGPUWorkload(
+        count=2, step_work_s=0.002, state_dir=str(state), gpu_kwargs={"curve": "v100-resnet50", "initial_limit_w": 240}
+    )
+    tuner = PowerLimitTuner(profile_path=str(tmp_path / "power.json"), **FAST)
+    trainer = _trainer(
+        tmp_path,
+        [work, tuner, _DumpRank(tmp_path)],
+        max_steps=PROFILE_STEPS + 2,
+        strategy="ddp_spawn",
+        devices=2,
+        accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["gpu"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 and r["selector_world"] == 2 for r in ranks)
+    assert ranks[0]["chosen"] == ranks[1]["chosen"] is not None  # one decision
+    assert ranks[0]["table"] == ranks[1]["table"]  # the same aggregated profile on both ranks
+    for i in (0, 1):
+        gpu = json.loads((state / f"gpu{i}.json").read_text())
+        assert gpu["limit_mw"] == 240_000  # restored on each rank
+        assert ranks[0]["chosen"] * 1000 in gpu["limit_history"] and 100_000 in gpu["limit_history"]
+    (key,) = json.loads((tmp_path / "power.json").read_text())["profiles"]
+    assert "|world=2|" in key
+
+
+def test_example_config_builds_the_tuner(tmp_path, monkeypatch):
+    from lightning_green.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "power.yaml"
+    run = cli(["--config", str(config), "--trainer.logger=false"], run=False)
+    (tuner,) = [cb for cb in run.trainer.callbacks if isinstance(cb, PowerLimitTuner)]
+    assert tuner.objective == "zeus-cost" and tuner.profile_path == "power_profiles.json"
