@@ -45,7 +45,8 @@ def test_yaml_config_builds_typed_callbacks(tmp_path):
     budget = next(cb for cb in result.trainer.callbacks if isinstance(cb, EnergyBudget))
     assert monitor.carbon.intensity == 56.0 and monitor.carbon.pue == 1.1
     assert budget.max_energy_j == 5.0 * 3600
-    saved = yaml.safe_load(open(os.path.join(result.trainer.log_dir, "config.yaml")))
+    with open(os.path.join(result.trainer.log_dir, "config.yaml")) as f:
+        saved = yaml.safe_load(f)
     assert saved["trainer"]["callbacks"][1]["class_path"] == "lightning_green.EnergyBudget"
 
 

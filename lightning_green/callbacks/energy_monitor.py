@@ -154,6 +154,8 @@ class EnergyMonitor(Callback):
         min_window_s: Shortest window read from the counters.
         report_filename: File name of the JSON report in ``trainer.log_dir``; ``None`` writes none.
         print_summary: Print the summary table after fit.
+        progress_bar: Show live average power (``W``) and the fit's cumulative energy (``J``) in Lightning's progress
+            bar (TQDM or Rich), updated at each counter read.
 
     Raises:
         ValueError: An argument is out of range (message names it and what is allowed).
@@ -186,6 +188,7 @@ class EnergyMonitor(Callback):
         min_window_s: float = 0.2,
         report_filename: str | None = "energy_report.json",
         print_summary: bool = True,
+        progress_bar: bool = True,
     ) -> None:
         name = type(self).__name__
         check_optional_number(name, "carbon_intensity", carbon_intensity, ge=0)
@@ -209,6 +212,7 @@ class EnergyMonitor(Callback):
         ):
             fail(name, "report_filename", report_filename, "None or a plain file name (no directory part)")
         check_bool(name, "print_summary", print_summary)
+        check_bool(name, "progress_bar", progress_bar)
 
         self.carbon = CarbonModel(carbon_intensity, pue)
         self.log_every_n_steps = log_every_n_steps
@@ -219,6 +223,7 @@ class EnergyMonitor(Callback):
         self.min_window_s = min_window_s
         self.report_filename = report_filename
         self.print_summary = print_summary
+        self.progress_bar = progress_bar
 
         self.ledgers: dict[str, StageLedger] = {}
         self.forecast = EnergyForecast(after_epochs=forecast_after_epochs)
@@ -391,6 +396,8 @@ class EnergyMonitor(Callback):
         # Lightning logs a step's metrics at the index of that step (global_step - 1 once it has run).
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=max(trainer.global_step - 1, 0))
+        if self.progress_bar:
+            self._show(pl_module, metrics.get("power/avg_W"), metrics["energy/total_J"], on_step=True)
         self._notify(trainer)
 
     @override
@@ -428,6 +435,8 @@ class EnergyMonitor(Callback):
             self._forecast_announced = True
             rank_zero_info("EnergyMonitor: no forecast: max_epochs and max_steps are unbounded.")
         self._log_epoch(pl_module, metrics)
+        if self.progress_bar:
+            self._show(pl_module, metrics.get("power/avg_W"), fit.total_j, on_step=False)
         self._notify(trainer)
 
     @override
@@ -673,6 +682,13 @@ class EnergyMonitor(Callback):
         # (ModelCheckpoint/EarlyStopping can monitor them) as well as every logger.
         for k, v in metrics.items():
             pl_module.log(k, float(v), on_step=False, on_epoch=True, sync_dist=False)
+
+    @staticmethod
+    def _show(pl_module: pl.LightningModule, watts: float | None, joules: float, on_step: bool) -> None:
+        # Progress bar only (logger=False): the same figures already went to the loggers under their full names.
+        if watts is not None:
+            pl_module.log("W", float(watts), prog_bar=True, logger=False, on_step=on_step, on_epoch=not on_step)
+        pl_module.log("J", float(joules), prog_bar=True, logger=False, on_step=on_step, on_epoch=not on_step)
 
     def _notify(self, trainer: pl.Trainer) -> None:
         for fn in self._listeners:

@@ -35,6 +35,7 @@ def _report(trainer_or_dir) -> dict:
         ({"min_window_s": -1}, ValueError, r"`min_window_s` must be a number >= 0"),
         ({"report_filename": "logs/r.json"}, ValueError, r"`report_filename` must be None or a plain file name"),
         ({"print_summary": "yes"}, TypeError, r"`print_summary` must be a bool"),
+        ({"progress_bar": 1}, TypeError, r"`progress_bar` must be a bool"),
     ],
 )
 def test_monitor_rejects_bad_arguments(kwargs, exc, match):
@@ -443,3 +444,33 @@ def test_ddp_total_is_the_sum_of_ranks(tmp_path):
     assert fit["samples"] == 2 * 6  # both ranks' batches of 1
     assert fit["steps"] == 6
     json.dumps(fit)  # plain data
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_bar_shows_live_power_and_energy(tmp_path, enabled):
+    class Spy(Callback):
+        seen: list = []
+
+        def on_train_batch_end(self, trainer, *args):
+            self.seen.append(dict(trainer.progress_bar_metrics))
+
+    spy = Spy()
+    spy.seen = []
+    monitor = EnergyMonitor(min_window_s=0.0, log_every_n_steps=2, print_summary=False, progress_bar=enabled)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=6,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[monitor, spy],
+        **QUIET,
+    )
+    trainer.fit(SteadyModel(0.002))
+    if enabled:
+        joules = [m["J"] for m in spy.seen if "J" in m]
+        assert len(joules) == 5 and joules == sorted(joules) and joules[0] > 0  # live from the 2nd batch on
+        assert spy.seen[-1]["W"] > 0
+        assert trainer.progress_bar_metrics["J"] == pytest.approx(monitor.ledgers["fit"].total_j, rel=0.5)
+    else:
+        assert all("J" not in m and "W" not in m for m in spy.seen)
