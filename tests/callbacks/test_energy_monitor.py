@@ -474,3 +474,23 @@ def test_progress_bar_shows_live_power_and_energy(tmp_path, enabled):
         assert trainer.progress_bar_metrics["J"] == pytest.approx(monitor.ledgers["fit"].total_j, rel=0.5)
     else:
         assert all("J" not in m and "W" not in m for m in spy.seen)
+
+
+def test_budget_on_carbon_uses_the_monitors_intensity(tmp_path):
+    budget = EnergyBudget(max_gco2e=1e-4)
+    monitor = EnergyMonitor(
+        carbon_intensity=1000.0, pue=2.0, min_window_s=0.0, log_every_n_steps=2, print_summary=False
+    )
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=50,
+        limit_train_batches=10,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[monitor, budget],
+        **QUIET,
+    )
+    trainer.fit(SteadyModel(0.01))
+    assert "gCO2e >= budget 0.0001 gCO2e" in budget.stopped_reason
+    assert monitor.total_gco2e() >= 1e-4
+    assert trainer.current_epoch < 49
