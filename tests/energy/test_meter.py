@@ -63,7 +63,7 @@ class _FakeRapl:
     """A RAPL package counting 50 W (package) and 5 W (DRAM), installed where Zeus looks its CPUs up."""
 
     def __init__(self, with_dram: bool = True) -> None:
-        from zeus.device.cpu.common import CPU, CPUs, CpuDramMeasurement
+        from zeus.device.cpu.common import CPU, CpuDramMeasurement, CPUs
 
         t0 = time.monotonic()
 
