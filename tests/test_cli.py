@@ -18,6 +18,12 @@ FAST = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    # The CLI gets its arguments from `args`; pytest's own argv must not look like CLI input.
+    monkeypatch.setattr("sys.argv", ["lightning-green"])
+
+
 def test_fit_with_no_arguments_uses_the_demo_and_energy_monitor(tmp_path):
     result = cli(["fit", f"--trainer.default_root_dir={tmp_path}", *FAST])
     assert type(result.model).__name__ == "DigitsCNN"
