@@ -1,6 +1,7 @@
 """The public Lightning callbacks, one per file."""
 
+from lightning_green.callbacks.amp_scheduler import AMPScheduler
 from lightning_green.callbacks.energy_budget import EnergyBudget
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 
-__all__ = ["EnergyBudget", "EnergyMonitor"]
+__all__ = ["AMPScheduler", "EnergyBudget", "EnergyMonitor"]
