@@ -180,10 +180,7 @@ class AMPScheduler(Callback):
         if stage != "fit":
             return
         name = type(self).__name__
-        if any(isinstance(cb, AMPScheduler) and cb is not self for cb in trainer.callbacks):  # type: ignore[attr-defined]
-            raise ValueError(
-                f"Trainer(callbacks=[...]) holds more than one {name}; keep one (both would swap the precision plugin)."
-            )
+        # A second AMPScheduler is refused by Lightning itself (two stateful callbacks with one state_key).
         original_mode = check_swappable(name, trainer.strategy)
         device_type = trainer.strategy.root_device.type
         schedule = self._build_schedule(trainer)

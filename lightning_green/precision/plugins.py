@@ -40,9 +40,9 @@ def check_swappable(owner: str, strategy: Any) -> str:
     if name in _HALF_TRUE:
         raise ValueError(
             f"{owner}: Trainer(precision={precision!r}) is not supported: `precision` must be '32-true' (the default), "
-            f"'16-mixed' or 'bf16-mixed'. With {precision!r} the weights themselves are low precision ({name}), so "
-            f"there is nothing to schedule and no fp32 to fall back to; use Trainer(precision='32-true') and let "
-            f"{owner} pick the precision."
+            f"'16-mixed' or 'bf16-mixed'. With {precision!r} ({name}) the weights themselves are cast away from "
+            f"fp32, so there is no fp32 model to schedule around or fall back to; use Trainer(precision='32-true') "
+            f"and let {owner} pick the precision."
         )
     raise ValueError(
         f"{owner}: the strategy {type(strategy).__name__} uses its own precision plugin ({name}, "
