@@ -459,3 +459,64 @@ def test_auto_policy_on_cuda_uses_native_low_precision(tmp_path):
     expected = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "16"
     assert {dtype for epoch, *_, dtype in model.train_log if epoch == 1} == {expected}
     assert math.isfinite(amp.loss_scale)
+
+
+# ---------------------------------------------------------------------------------------------- CLI / YAML
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+def _amp_of(trainer):
+    return next(cb for cb in trainer.callbacks if isinstance(cb, AMPScheduler))
+
+
+def test_example_yaml_runs_through_the_cli(tmp_path):
+    from lightning_green.cli import cli
+
+    config = ROOT / "examples" / "configs" / "amp.yaml"
+    run = cli(
+        ["fit", "--config", str(config), "--trainer.max_epochs=3", f"--trainer.default_root_dir={tmp_path}", *TINY]
+    )
+    amp = _amp_of(run.trainer)
+    assert (amp.policy, amp.warmup_epochs, amp.final_fp32_epochs) == ("auto", 1, 1)
+    low = amp.choice.mode  # bf16-mixed on a CPU with AVX-512-BF16/AMX, else 32-true
+    expected = [] if low == "32-true" else [(1, low), (2, "32-true")]
+    assert [(s["epoch"], s["to"]) for s in amp.switches] == expected
+    assert run.trainer.state.finished
+
+
+def test_yaml_schedule_is_typed(tmp_path):
+    from lightning_green.cli import cli
+
+    config = tmp_path / "schedule.yaml"
+    config.write_text(
+        "trainer:\n"
+        "  callbacks:\n"
+        "    - class_path: lightning_green.AMPScheduler\n"
+        "      init_args:\n"
+        "        schedule: {0: 32-true, 2: bf16-mixed}\n"
+        "        interval: step\n"
+    )
+    run = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    amp = _amp_of(run.trainer)
+    assert amp.schedule == {0: "32-true", 2: "bf16-mixed"} and amp.interval == "step"
+
+
+def test_cli_bad_schedule_ends_with_the_one_line_message(tmp_path, capsys):
+    from lightning_green.cli import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_green.AMPScheduler\n"
+        "      init_args:\n        schedule: {0: fp8}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lightning-green: error: AMPScheduler(schedule={0: 'fp8'}): `schedule` must be mapping to one of" in err
