@@ -187,8 +187,10 @@ class AMPScheduler(Callback):
         self.choice = resolve_policy(self.policy, device_type)
         self.active_schedule = schedule.resolve(self.choice.mode)
         uses_policy = self.schedule is None or "auto" in self.schedule.values()
-        if uses_policy:
-            rank_zero_info(f"{name}: policy={self.policy!r} picked {self.choice.mode}: {self.choice.reason}.")
+        if uses_policy and self.policy == "auto":
+            rank_zero_info(f"{name}: policy='auto' picked {self.choice.mode}: {self.choice.reason}.")
+        elif uses_policy and self.choice.reason != "requested":
+            rank_zero_warn(f"{name}: policy={self.policy!r} on {device_type}: {self.choice.reason}.")
         for mode in sorted(set(schedule.entries.values()) & set(LOW_MODES)):
             reason = resolve_policy(mode, device_type).reason
             if reason != "requested":

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_green import AMPScheduler
 from lightning_green.demos import DigitsCNN, DigitsDataModule
+from lightning_green.precision import resolve_policy
 
 NAMES = {torch.float32: "32", torch.bfloat16: "bf16", torch.float16: "16"}
 
@@ -167,6 +168,14 @@ def test_shortcuts_warmup_and_final_fp32_epochs(tmp_path):
     assert [dtype for *_, dtype in model.train_log] == ["32", "bf16", "bf16", "32"]
 
 
+def test_auto_policy_says_what_it_picked(tmp_path, caplog):
+    amp = AMPScheduler()
+    with caplog.at_level("INFO"):
+        make_trainer(tmp_path, [amp], max_epochs=1, limit_train_batches=1).fit(Recorder())
+    assert amp.choice == resolve_policy("auto", "cpu")
+    assert f"AMPScheduler: policy='auto' picked {amp.choice.mode}: {amp.choice.reason}." in caplog.text
+
+
 def test_switch_announces_workload_change_and_trainer_plugin_is_restored(tmp_path):
     heard = []
 
@@ -278,7 +287,8 @@ def test_fp16_overflow_storm_falls_back_then_retries(tmp_path):
     plugin = MixedPrecision("16-mixed", "cpu")  # Trainer(precision="16-mixed") would turn into bf16 on CPU
     model = Recorder(storm_steps=range(2, 8))
     amp = AMPScheduler(schedule={0: "16-mixed"}, overflow_patience=3, cooldown_steps=2)
-    make_trainer(tmp_path, [amp], plugins=[plugin], max_epochs=3).fit(model)
+    with pytest.warns(UserWarning, match="16-mixed on cpu: .*fp16 autocast on CPU is slow"):
+        make_trainer(tmp_path, [amp], plugins=[plugin], max_epochs=3).fit(model)
     modes = steps_by_dtype(model)
     assert [modes[s] for s in range(10)] == ["16"] * 5 + ["32"] * 2 + ["16"] * 3
     assert amp.fallbacks == 1 and amp.tracker.overflows == 4  # steps 2-4, then 7 after the retry
@@ -520,3 +530,12 @@ def test_cli_bad_schedule_ends_with_the_one_line_message(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "lightning-green: error: AMPScheduler(schedule={0: 'fp8'}): `schedule` must be mapping to one of" in err
+
+
+def test_plain_python_example_runs(tmp_path, capsys):
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "examples" / "amp_example.py"))["main"]
+    amp = main(["--epochs", "3", "--limit-train-batches", "2", "--root", str(tmp_path)])
+    assert amp.final_fp32_epochs == 1 and amp.mode == "32-true"  # the last epoch is fp32 whatever the device
+    assert "val_acc:" in capsys.readouterr().out
