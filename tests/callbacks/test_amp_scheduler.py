@@ -209,7 +209,7 @@ class ListLogger(Logger):
         return 0
 
     def log_metrics(self, metrics, step=None):
-        self.rows.append(dict(metrics))
+        self.rows.append({**metrics, "step": step})
 
     def log_hyperparams(self, params, *args, **kwargs):
         pass
@@ -230,6 +230,15 @@ def test_logs_mode_scale_and_fallbacks_to_every_logger(tmp_path):
     assert all(r["precision/loss_scale"] == 1.0 for r in rows)
     header = (Path(csv.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"precision/mode", "precision/loss_scale", "precision/fallbacks"} <= set(header)
+
+
+def test_logs_every_n_steps_and_after_each_switch(tmp_path):
+    memory = ListLogger()
+    amp = AMPScheduler(schedule={0: "32-true", 4: "bf16-mixed"}, interval="step")
+    make_trainer(tmp_path, [amp], logger=memory, log_every_n_steps=3, limit_val_batches=0).fit(Recorder())
+    rows = [(r["step"], r["precision/mode"]) for r in memory.rows if "precision/mode" in r]
+    # first log, steps 3 and 6 (every 3), and step 5: the end of the first bf16 step (global_step 4 → 5)
+    assert rows == [(1, 32.0), (3, 32.0), (5, 16.5), (6, 16.5)]
 
 
 # ---------------------------------------------------------------------------------------------- fallback
@@ -295,6 +304,18 @@ def test_fp16_overflow_storm_falls_back_then_retries(tmp_path):
     assert amp.switches[0]["cause"] == "fallback after 3 consecutive fp16 overflows at step 4"
     assert amp.switches[1]["cause"] == "retry after the fp32 cooldown"
     assert plugin.scaler.get_scale() == 2.0**16 / 2**4  # the user's scaler was used and kept across the switch
+    assert all_finite(model)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_overflow_storm_on_cuda(tmp_path):
+    model = Recorder(storm_steps=range(2, 8))
+    amp = AMPScheduler(schedule={0: "16-mixed"}, overflow_patience=3, cooldown_steps=2)
+    make_trainer(tmp_path, [amp], accelerator="cuda", precision="16-mixed", max_epochs=3).fit(model)
+    modes = steps_by_dtype(model)
+    assert [modes[s] for s in range(10)] == ["16"] * 5 + ["32"] * 2 + ["16"] * 3
+    assert amp.fallbacks == 1 and amp.loss_scale == 2.0**16 / 2**4
     assert all_finite(model)
 
 
@@ -453,6 +474,13 @@ def test_strategy_with_its_own_precision_plugin_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match=r"uses its own precision plugin \(OwnPrecision.*`strategy` must be one that"):
         make_trainer(tmp_path, [AMPScheduler()], plugins=[OwnPrecision()]).fit(Recorder())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fsdp_is_refused_in_setup(tmp_path):
+    with pytest.raises(ValueError, match=r"the strategy FSDPStrategy uses its own precision plugin \(FSDPPrecision"):
+        make_trainer(tmp_path, [AMPScheduler()], accelerator="cuda", strategy="fsdp").fit(Recorder())
 
 
 def test_two_schedulers_are_refused(tmp_path):
