@@ -56,11 +56,14 @@ class AMPScheduler(Callback):
     DDP the decision is taken collectively: one rank's NaN switches every rank.
 
     *Logged* to every logger every ``log_every_n_steps`` optimizer steps and after each switch (with
-    ``step=global_step``): ``precision/mode`` as a number —
-    32 = fp32, 16 = fp16, 16.5 = bf16 — ``precision/loss_scale`` (1.0 outside fp16), ``precision/fallbacks`` and
-    ``precision/skipped_steps``. Each switch prints one line and calls
-    :func:`~lightning_green.events.workload_changed` (reason ``"precision"``) so the energy forecast and the power
-    tuner re-fit. Mode, counters, schedule position and the fp16 loss scale are kept in checkpoints.
+    ``step=global_step``): ``precision/mode`` as a number — 32 = fp32, 16 = fp16, 16.5 = bf16 —
+    ``precision/loss_scale`` (1.0 outside fp16), ``precision/fallbacks`` and ``precision/skipped_steps``. Each
+    switch prints one line and calls :func:`~lightning_green.events.workload_changed` (reason ``"precision"``) so
+    the energy forecast and the power tuner re-fit. Mode, counters, schedule position and the fp16 loss scale are
+    kept in checkpoints; after fit the Trainer's own precision plugin is put back for validate/test/predict.
+
+    *Cost* per optimizer step: one device sync (the non-finite check), one pass over the gradients, a copy of the
+    buffers (``guard_buffers``) and, under DDP, one all-reduce of a flag.
 
     Args:
         schedule: ``{epoch_or_step: "32-true" | "bf16-mixed" | "16-mixed" | "auto"}``; ``None`` uses the shortcuts.
