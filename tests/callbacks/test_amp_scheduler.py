@@ -261,7 +261,7 @@ class NaNDigits(DigitsCNN):
 
 def _digits_run(tmp_path, nan_steps, amp):
     torch.manual_seed(0)
-    model = NaNDigits(nan_steps=nan_steps, channels=[8, 16], image_size=8, lr=1e-2)
+    model = NaNDigits(nan_steps=nan_steps, channels=[8, 16], lr=1e-2)
     data = DigitsDataModule(batch_size=128, image_size=8)
     trainer = make_trainer(tmp_path, [amp], max_epochs=4, limit_train_batches=None, limit_val_batches=None)
     trainer.fit(model, data)
