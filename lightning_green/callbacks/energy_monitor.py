@@ -34,6 +34,8 @@ _N = len(COMPONENTS)
 # One gathered row per rank: energy per component, wall time, steps, samples, source code per component.
 _TIME, _STEPS, _SAMPLES, _SRC = _N, _N + 1, _N + 2, _N + 3
 _SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+# Epoch-level metrics that also go to trainer.callback_metrics (suffixes; other stages add a prefix).
+_MONITORABLE = ("energy/epoch_J", "energy/total_J", "carbon/total_gCO2e")
 
 
 @dataclass
@@ -434,7 +436,7 @@ class EnergyMonitor(Callback):
         elif self.forecast.ready and not self._forecast_announced and trainer.max_epochs in (None, -1):
             self._forecast_announced = True
             rank_zero_info("EnergyMonitor: no forecast: max_epochs and max_steps are unbounded.")
-        self._log_epoch(pl_module, metrics)
+        self._log_epoch(trainer, pl_module, metrics)
         if self.progress_bar:
             self._show(pl_module, metrics.get("power/avg_W"), fit.total_j, on_step=False)
         self._notify(trainer)
@@ -522,10 +524,8 @@ class EnergyMonitor(Callback):
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # self.log is not allowed in predict hooks: write straight to the loggers.
-        metrics = self._end_eval(trainer, None, "predict")
-        for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=trainer.global_step)
+        # self.log is not allowed in predict hooks: everything goes straight to the loggers.
+        self._end_eval(trainer, None, "predict")
         self._write_report(trainer)
 
     @override
@@ -665,8 +665,7 @@ class EnergyMonitor(Callback):
             metrics[f"{stage}/power/avg_W"] = ledger.total_j / ledger.time_s
         if ledger.samples > 0:
             metrics[f"{stage}/energy/J_per_sample"] = ledger.total_j / ledger.samples
-        if pl_module is not None:
-            self._log_epoch(pl_module, metrics)
+        self._log_epoch(trainer, pl_module, metrics)
         return metrics
 
     def _totals_metrics(self, stage: str) -> dict[str, float]:
@@ -677,11 +676,18 @@ class EnergyMonitor(Callback):
         return metrics
 
     @staticmethod
-    def _log_epoch(pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
-        # Values are already summed over ranks: no sync_dist. Through self.log so they reach callback_metrics
-        # (ModelCheckpoint/EarlyStopping can monitor them) as well as every logger.
+    def _log_epoch(trainer: pl.Trainer, pl_module: pl.LightningModule | None, metrics: dict[str, float]) -> None:
+        # The totals go through self.log so they reach trainer.callback_metrics (ModelCheckpoint/EarlyStopping can
+        # monitor them); values are already summed over ranks, so no sync_dist. self.log costs ~0.5 ms a call, so
+        # everything else goes straight to the loggers, at the step index Lightning uses for epoch-end logs.
+        direct = {}
         for k, v in metrics.items():
-            pl_module.log(k, float(v), on_step=False, on_epoch=True, sync_dist=False)
+            if pl_module is not None and k.endswith(_MONITORABLE):
+                pl_module.log(k, float(v), on_step=False, on_epoch=True, sync_dist=False)
+            else:
+                direct[k] = v
+        for lg in trainer.loggers:
+            lg.log_metrics(direct, step=max(trainer.global_step - 1, 0))
 
     @staticmethod
     def _show(pl_module: pl.LightningModule, watts: float | None, joules: float, on_step: bool) -> None:

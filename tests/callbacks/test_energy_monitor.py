@@ -152,6 +152,8 @@ def test_csv_logger_gets_the_same_metrics(tmp_path):
     totals = [float(r["energy/total_J"]) for r in rows if r["energy/total_J"]]
     assert totals[-1] == pytest.approx(_report(logger.log_dir)["stages"]["fit"]["energy_j"]["total"], rel=1e-5)
     assert sum(1 for r in rows if r["energy/step_J"]) == 2
+    # the totals are also monitorable (ModelCheckpoint / EarlyStopping read callback_metrics)
+    assert {"energy/total_J", "energy/epoch_J", "carbon/total_gCO2e"} <= set(trainer.callback_metrics)
 
 
 # ------------------------------------------------------------------------------------------------- measurement
