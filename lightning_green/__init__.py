@@ -1,8 +1,16 @@
 """lightning-green: PyTorch Lightning callbacks that make any LightningModule train greener."""
 
-from lightning_green.callbacks import EnergyBudget, EnergyMonitor, PowerLimitTuner
+from lightning_green.callbacks import EnergyBudget, EnergyMonitor, GreenReport, PowerLimitTuner
 from lightning_green.events import WorkloadChange, workload_changed
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["EnergyBudget", "EnergyMonitor", "PowerLimitTuner", "WorkloadChange", "__version__", "workload_changed"]
+__all__ = [
+    "EnergyBudget",
+    "EnergyMonitor",
+    "GreenReport",
+    "PowerLimitTuner",
+    "WorkloadChange",
+    "__version__",
+    "workload_changed",
+]

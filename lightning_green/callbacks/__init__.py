@@ -2,6 +2,7 @@
 
 from lightning_green.callbacks.energy_budget import EnergyBudget
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
+from lightning_green.callbacks.green_report import GreenReport
 from lightning_green.callbacks.power_limit_tuner import PowerLimitTuner
 
-__all__ = ["EnergyBudget", "EnergyMonitor", "PowerLimitTuner"]
+__all__ = ["EnergyBudget", "EnergyMonitor", "GreenReport", "PowerLimitTuner"]
