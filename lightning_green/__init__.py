@@ -1,11 +1,12 @@
 """lightning-green: PyTorch Lightning callbacks that make any LightningModule train greener."""
 
-from lightning_green.callbacks import EnergyBudget, EnergyMonitor, GreenReport, PowerLimitTuner
+from lightning_green.callbacks import AMPScheduler, EnergyBudget, EnergyMonitor, GreenReport, PowerLimitTuner
 from lightning_green.events import WorkloadChange, workload_changed
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AMPScheduler",
     "EnergyBudget",
     "EnergyMonitor",
     "GreenReport",

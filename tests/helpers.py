@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 QUIET: dict[str, Any] = {
@@ -14,6 +15,12 @@ QUIET: dict[str, Any] = {
     "accelerator": "cpu",
     "devices": 1,
 }
+
+
+def make_trainer(root_dir: Any, **overrides: Any) -> Trainer:
+    """A quiet CPU Trainer writing under ``root_dir``: no logger, one epoch, no validation unless overridden."""
+    kwargs: dict[str, Any] = {"logger": False, "max_epochs": 1, "limit_val_batches": 0, **QUIET, **overrides}
+    return Trainer(default_root_dir=root_dir, **kwargs)
 
 
 def busy_cpu(seconds: float) -> None:

@@ -18,6 +18,12 @@ FAST = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    # The CLI gets its arguments from `args`; pytest's own argv must not look like CLI input.
+    monkeypatch.setattr("sys.argv", ["lightning-green"])
+
+
 def test_fit_with_no_arguments_uses_the_demo_and_energy_monitor(tmp_path):
     result = cli(["fit", f"--trainer.default_root_dir={tmp_path}", *FAST])
     assert type(result.model).__name__ == "DigitsCNN"
@@ -45,7 +51,8 @@ def test_yaml_config_builds_typed_callbacks(tmp_path):
     budget = next(cb for cb in result.trainer.callbacks if isinstance(cb, EnergyBudget))
     assert monitor.carbon.intensity == 56.0 and monitor.carbon.pue == 1.1
     assert budget.max_energy_j == 5.0 * 3600
-    saved = yaml.safe_load(open(os.path.join(result.trainer.log_dir, "config.yaml")))
+    with open(os.path.join(result.trainer.log_dir, "config.yaml")) as f:
+        saved = yaml.safe_load(f)
     assert saved["trainer"]["callbacks"][1]["class_path"] == "lightning_green.EnergyBudget"
 
 

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_green import EnergyBudget, EnergyMonitor, workload_changed
 from lightning_green.energy import read_report
-from tests.helpers import QUIET, FailingModel, SteadyModel
+from tests.helpers import QUIET, FailingModel, SteadyModel, make_trainer
 
 
 def _report(trainer_or_dir) -> dict:
@@ -35,6 +35,7 @@ def _report(trainer_or_dir) -> dict:
         ({"min_window_s": -1}, ValueError, r"`min_window_s` must be a number >= 0"),
         ({"report_filename": "logs/r.json"}, ValueError, r"`report_filename` must be None or a plain file name"),
         ({"print_summary": "yes"}, TypeError, r"`print_summary` must be a bool"),
+        ({"progress_bar": 1}, TypeError, r"`progress_bar` must be a bool"),
     ],
 )
 def test_monitor_rejects_bad_arguments(kwargs, exc, match):
@@ -90,15 +91,14 @@ def _tb_scalars(log_dir: str) -> tuple[dict[str, list[tuple[int, float]]], set[s
 def test_tensorboard_gets_scalars_layout_and_hparams(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tb")
     monitor = EnergyMonitor(min_window_s=0.0, carbon_intensity=100.0, print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
+    trainer = make_trainer(
+        tmp_path,
         logger=logger,
         max_epochs=2,
         limit_train_batches=8,
         limit_val_batches=2,
         log_every_n_steps=2,
         callbacks=[monitor],
-        **QUIET,
     )
     trainer.fit(BoringModel())
     scalars, tags = _tb_scalars(logger.log_dir)
@@ -130,15 +130,13 @@ def test_tensorboard_gets_scalars_layout_and_hparams(tmp_path):
 
 def test_csv_logger_gets_the_same_metrics(tmp_path):
     logger = CSVLogger(tmp_path, name="csv")
-    trainer = Trainer(
-        default_root_dir=tmp_path,
+    trainer = make_trainer(
+        tmp_path,
         logger=logger,
-        max_epochs=1,
         limit_train_batches=6,
         limit_val_batches=2,
         log_every_n_steps=3,
         callbacks=[EnergyMonitor(min_window_s=0.0, print_summary=False)],
-        **QUIET,
     )
     trainer.fit(BoringModel())
     import csv
@@ -151,19 +149,18 @@ def test_csv_logger_gets_the_same_metrics(tmp_path):
     totals = [float(r["energy/total_J"]) for r in rows if r["energy/total_J"]]
     assert totals[-1] == pytest.approx(_report(logger.log_dir)["stages"]["fit"]["energy_j"]["total"], rel=1e-5)
     assert sum(1 for r in rows if r["energy/step_J"]) == 2
+    # the totals are also monitorable (ModelCheckpoint / EarlyStopping read callback_metrics)
+    assert {"energy/total_J", "energy/epoch_J", "carbon/total_gCO2e"} <= set(trainer.callback_metrics)
 
 
 # ------------------------------------------------------------------------------------------------- measurement
 def test_simulated_gpu_is_measured_cpu_estimated(tmp_path, sim_gpu):
     sim_gpu.demand_w = 120.0
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
+    trainer = make_trainer(
+        tmp_path,
         limit_train_batches=20,
         limit_val_batches=2,
-        logger=False,
         callbacks=[EnergyMonitor(gpu_indices=[0], print_summary=False)],
-        **QUIET,
     )
     trainer.fit(SteadyModel(step_cpu_s=0.01))
     fit = _report(tmp_path)["stages"]["fit"]
@@ -185,14 +182,10 @@ def test_counters_are_read_at_log_points_not_every_step(tmp_path, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(EnergyMeter, "read", counting_read)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
+    trainer = make_trainer(
+        tmp_path,
         limit_train_batches=30,
-        limit_val_batches=0,
-        logger=False,
         callbacks=[EnergyMonitor(min_window_s=0.0, log_every_n_steps=10, print_summary=False)],
-        **QUIET,
     )
     trainer.fit(BoringModel())
     # stage start + 3 step flushes + epoch end + fit end + stop: far fewer than 30 steps
@@ -201,14 +194,11 @@ def test_counters_are_read_at_log_points_not_every_step(tmp_path, monkeypatch):
 
 def test_short_windows_are_extended_not_logged_as_zero(tmp_path):
     logger = CSVLogger(tmp_path, name="csv")
-    trainer = Trainer(
-        default_root_dir=tmp_path,
+    trainer = make_trainer(
+        tmp_path,
         logger=logger,
-        max_epochs=1,
         limit_train_batches=10,
-        limit_val_batches=0,
         callbacks=[EnergyMonitor(min_window_s=30.0, log_every_n_steps=1, print_summary=False)],
-        **QUIET,
     )
     trainer.fit(BoringModel())
     import csv
@@ -222,43 +212,21 @@ def test_short_windows_are_extended_not_logged_as_zero(tmp_path):
 
 def test_samples_inferred_or_given(tmp_path):
     monitor = EnergyMonitor(print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=5,
-        limit_val_batches=3,
-        logger=False,
-        callbacks=[monitor],
-        **QUIET,
-    )
+    trainer = make_trainer(tmp_path, limit_train_batches=5, limit_val_batches=3, callbacks=[monitor])
     trainer.fit(BoringModel())  # batch size 1
     assert monitor.ledgers["fit"].samples == 5
     assert monitor.ledgers["validate"].samples == 3
     assert monitor.ledgers["fit"].steps == 5
     given = EnergyMonitor(samples_per_batch=7, print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=5,
-        limit_val_batches=0,
-        logger=False,
-        callbacks=[given],
-        **QUIET,
-    )
+    trainer = make_trainer(tmp_path, limit_train_batches=5, callbacks=[given])
     trainer.fit(BoringModel())
     assert given.ledgers["fit"].samples == 35
 
 
 def test_validate_test_predict_are_separate_stages(tmp_path):
     monitor = EnergyMonitor(print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        limit_val_batches=4,
-        limit_test_batches=3,
-        limit_predict_batches=2,
-        logger=False,
-        callbacks=[monitor],
-        **QUIET,
+    trainer = make_trainer(
+        tmp_path, limit_val_batches=4, limit_test_batches=3, limit_predict_batches=2, callbacks=[monitor]
     )
     model = BoringModel()
     trainer.validate(model)
@@ -276,15 +244,7 @@ def test_forecast_on_a_steady_workload_is_within_ten_percent(tmp_path):
     monitor = EnergyMonitor(print_summary=False, forecast_after_epochs=1)
     seen = []
     monitor.add_listener(lambda trainer, m: seen.append((trainer.current_epoch, m.forecast_total_j)))
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=5,
-        limit_train_batches=10,
-        limit_val_batches=0,
-        logger=False,
-        callbacks=[monitor],
-        **QUIET,
-    )
+    trainer = make_trainer(tmp_path, max_epochs=5, limit_train_batches=10, callbacks=[monitor])
     trainer.fit(SteadyModel(step_cpu_s=0.02))
     forecast_after_2 = [f for epoch, f in seen if epoch == 1 and f is not None][-1]
     actual = monitor.total_energy_j("fit")
@@ -298,15 +258,7 @@ def test_workload_change_refits_the_forecast(tmp_path):
                 workload_changed(trainer, "pruning", self)
 
     monitor = EnergyMonitor(print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=3,
-        limit_train_batches=3,
-        limit_val_batches=0,
-        logger=False,
-        callbacks=[Pruner(), monitor],
-        **QUIET,
-    )
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_train_batches=3, callbacks=[Pruner(), monitor])
     trainer.fit(BoringModel())
     assert len(monitor.forecast.history) == 1  # history restarted at the change
     assert len(monitor.ledgers["fit"].epochs_j) == 3
@@ -315,14 +267,12 @@ def test_workload_change_refits_the_forecast(tmp_path):
 def test_budget_stops_training_cleanly_and_checkpoints(tmp_path):
     budget = EnergyBudget(max_energy=0.2, unit="J")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt")
-    trainer = Trainer(
-        default_root_dir=tmp_path,
+    trainer = make_trainer(
+        tmp_path,
         max_epochs=20,
         limit_train_batches=20,
         limit_val_batches=1,
-        logger=False,
         callbacks=[EnergyMonitor(min_window_s=0.0, log_every_n_steps=2, print_summary=False), budget, ckpt],
-        **QUIET,
     )
     trainer.fit(SteadyModel(step_cpu_s=0.01))
     assert trainer.should_stop
@@ -337,15 +287,7 @@ def test_budget_acts_on_the_forecast(tmp_path, action):
     # a forecast far over budget, whatever this machine measures
     monitor.add_listener(lambda trainer, m: setattr(m, "forecast_total_j", 1e9))
     budget = EnergyBudget(max_energy=1e6, unit="J", on_forecast=action)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=3,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        callbacks=[monitor, budget],
-        **QUIET,
-    )
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_train_batches=2, callbacks=[monitor, budget])
     if action == "warn":
         with pytest.warns(UserWarning, match="forecast exceeds the budget"):
             trainer.fit(BoringModel())
@@ -361,14 +303,12 @@ def test_budget_acts_on_the_forecast(tmp_path, action):
 def test_resume_continues_totals(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     first = EnergyMonitor(print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
+    trainer = make_trainer(
+        tmp_path,
         max_epochs=2,
         limit_train_batches=4,
         limit_val_batches=1,
-        logger=False,
         callbacks=[first, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)],
-        **QUIET,
     )
     trainer.fit(SteadyModel(0.005))
     after_two = first.total_energy_j("fit")
@@ -376,15 +316,7 @@ def test_resume_continues_totals(tmp_path):
     assert state["version"] == 1 and len(state["ledgers"]["fit"]["epochs_j"]) == 2
 
     second = EnergyMonitor(print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=4,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        logger=False,
-        callbacks=[second],
-        **QUIET,
-    )
+    trainer = make_trainer(tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=1, callbacks=[second])
     trainer.fit(SteadyModel(0.005), ckpt_path=ckpt_dir / "last.ckpt")
     ledger = second.ledgers["fit"]
     assert len(ledger.epochs_j) == 4
@@ -395,15 +327,7 @@ def test_resume_continues_totals(tmp_path):
 
 def test_crash_leaves_a_valid_interrupted_report(tmp_path):
     monitor = EnergyMonitor(print_summary=False, min_window_s=0.0, log_every_n_steps=1)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=10,
-        limit_val_batches=0,
-        logger=False,
-        callbacks=[monitor],
-        **QUIET,
-    )
+    trainer = make_trainer(tmp_path, limit_train_batches=10, callbacks=[monitor])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(FailingModel(fail_at=3))
     report = _report(tmp_path)
@@ -443,3 +367,37 @@ def test_ddp_total_is_the_sum_of_ranks(tmp_path):
     assert fit["samples"] == 2 * 6  # both ranks' batches of 1
     assert fit["steps"] == 6
     json.dumps(fit)  # plain data
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_bar_shows_live_power_and_energy(tmp_path, enabled):
+    class Spy(Callback):
+        seen: list = []
+
+        def on_train_batch_end(self, trainer, *args):
+            self.seen.append(dict(trainer.progress_bar_metrics))
+
+    spy = Spy()
+    spy.seen = []
+    monitor = EnergyMonitor(min_window_s=0.0, log_every_n_steps=2, print_summary=False, progress_bar=enabled)
+    trainer = make_trainer(tmp_path, limit_train_batches=6, callbacks=[monitor, spy])
+    trainer.fit(SteadyModel(0.002))
+    if enabled:
+        joules = [m["J"] for m in spy.seen if "J" in m]
+        assert len(joules) == 5 and joules == sorted(joules) and joules[0] > 0  # live from the 2nd batch on
+        assert spy.seen[-1]["W"] > 0
+        assert trainer.progress_bar_metrics["J"] == pytest.approx(monitor.ledgers["fit"].total_j, rel=0.5)
+    else:
+        assert all("J" not in m and "W" not in m for m in spy.seen)
+
+
+def test_budget_on_carbon_uses_the_monitors_intensity(tmp_path):
+    budget = EnergyBudget(max_gco2e=1e-4)
+    monitor = EnergyMonitor(
+        carbon_intensity=1000.0, pue=2.0, min_window_s=0.0, log_every_n_steps=2, print_summary=False
+    )
+    trainer = make_trainer(tmp_path, max_epochs=50, limit_train_batches=10, callbacks=[monitor, budget])
+    trainer.fit(SteadyModel(0.01))
+    assert "gCO2e >= budget 0.0001 gCO2e" in budget.stopped_reason
+    assert monitor.total_gco2e() >= 1e-4
+    assert trainer.current_epoch < 49

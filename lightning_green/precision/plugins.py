@@ -1,0 +1,118 @@
+"""Lightning precision plugins for each mode, and the check that a Trainer's plugin can be swapped at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+__all__ = ["PluginSet", "check_swappable", "plugin_mode"]
+
+_HALF_TRUE = {"HalfPrecision", "DoublePrecision", "BitsandbytesPrecision", "TransformerEnginePrecision"}
+
+
+def plugin_mode(plugin: Any) -> str | None:
+    """The mode of a plain Lightning plugin (``Precision`` → ``"32-true"``, ``MixedPrecision`` → its precision).
+
+    ``None`` for any other plugin (true half precision, FSDP's, DeepSpeed's, a custom subclass): those cannot be
+    swapped.
+
+    Example:
+        >>> plugin_mode(Precision()), plugin_mode(MixedPrecision("bf16-mixed", "cpu"))
+        ('32-true', 'bf16-mixed')
+    """
+    if type(plugin) is Precision:
+        return "32-true"
+    if type(plugin) is MixedPrecision:
+        return str(plugin.precision)
+    return None
+
+
+def check_swappable(owner: str, strategy: Any) -> str:
+    """Return the mode of ``strategy.precision_plugin``, or raise ``ValueError`` saying why it cannot be swapped."""
+    plugin = strategy.precision_plugin
+    mode = plugin_mode(plugin)
+    if mode is not None:
+        return mode
+    name = type(plugin).__name__
+    precision = getattr(plugin, "precision", "?")
+    if name in _HALF_TRUE:
+        raise ValueError(
+            f"{owner}: Trainer(precision={precision!r}) is not supported: `precision` must be '32-true' (the default), "
+            f"'16-mixed' or 'bf16-mixed'. With {precision!r} ({name}) the weights themselves are cast away from "
+            f"fp32, so there is no fp32 model to schedule around or fall back to; use Trainer(precision='32-true') "
+            f"and let {owner} pick the precision."
+        )
+    raise ValueError(
+        f"{owner}: the strategy {type(strategy).__name__} uses its own precision plugin ({name}, "
+        f"precision={precision!r}), which {owner} cannot swap: `strategy` must be one that uses Lightning's "
+        f"Precision/MixedPrecision plugins (single device, 'ddp', 'ddp_spawn'). For FSDP or DeepSpeed use the "
+        f"strategy's own mixed-precision setting instead of {owner}."
+    )
+
+
+class PluginSet:
+    """One plugin per mode, built on first use and kept, so the fp16 grad scaler survives switches.
+
+    Args:
+        device_type: Device type for autocast (``"cpu"``, ``"cuda"``, ...).
+        original: The Trainer's own plugin; reused for its mode (a user's ``MixedPrecision`` keeps its scaler).
+
+    Example:
+        >>> plugins = PluginSet("cpu", Precision())
+        >>> type(plugins.get("bf16-mixed")).__name__, plugins.get("bf16-mixed") is plugins.get("bf16-mixed")
+        ('MixedPrecision', True)
+        >>> plugins.loss_scale("bf16-mixed")
+        1.0
+    """
+
+    def __init__(self, device_type: str, original: Precision | None = None) -> None:
+        self.device_type = device_type
+        self._plugins: dict[str, Precision] = {}
+        if original is not None and plugin_mode(original) is not None:
+            self._plugins[plugin_mode(original)] = original  # type: ignore[index]
+        self._scaler_state: dict[str, Any] | None = None
+
+    def get(self, mode: str) -> Precision:
+        """The plugin for ``mode``."""
+        plugin = self._plugins.get(mode)
+        if plugin is None:
+            if mode == "32-true":
+                plugin = Precision()
+            else:
+                scaler = torch.amp.GradScaler(self.device_type) if mode == "16-mixed" else None
+                plugin = MixedPrecision(mode, self.device_type, scaler=scaler)  # type: ignore[arg-type]
+            self._plugins[mode] = plugin
+        if mode == "16-mixed" and self._scaler_state:
+            scaler = self.scaler
+            if scaler is not None:
+                scaler.load_state_dict(self._scaler_state)
+            self._scaler_state = None
+        return plugin
+
+    def load_scaler_state(self, state: dict[str, Any]) -> None:
+        """Load a ``GradScaler.state_dict()`` into the fp16 scaler now, or when it is built (resume)."""
+        self._scaler_state = dict(state)
+        if self.scaler is not None:
+            self.get("16-mixed")
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 grad scaler, once the fp16 plugin exists."""
+        plugin = self._plugins.get("16-mixed")
+        return getattr(plugin, "scaler", None)
+
+    def loss_scale(self, mode: str) -> float:
+        """The current fp16 loss scale under ``mode``; 1.0 when no scaling applies."""
+        scaler = self.scaler
+        if mode != "16-mixed" or scaler is None:
+            return 1.0
+        return float(scaler.get_scale())
+
+    def scaler_state(self) -> dict[str, Any] | None:
+        """The fp16 scaler's state (plain types) for a checkpoint; the pending restored one if not built yet."""
+        scaler = self.scaler
+        if scaler is None:
+            return dict(self._scaler_state) if self._scaler_state else None
+        return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()}
