@@ -119,3 +119,32 @@ def test_cli_selects_the_language_model_by_short_name(tmp_path):
     )
     assert isinstance(result.model, TinyGPT) and isinstance(result.datamodule, StdlibTextDataModule)
     assert "val_ppl" in result.trainer.callback_metrics
+
+
+def test_language_model_trains_under_scheduled_bf16_and_the_report_shows_it(tmp_path):
+    from lightning_green import AMPScheduler, EnergyMonitor, GreenReport
+    from lightning_green.report import load_run
+
+    seed_everything(0)
+    report = GreenReport()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=6,
+        limit_val_batches=2,
+        log_every_n_steps=2,
+        callbacks=[
+            EnergyMonitor(print_summary=False),
+            AMPScheduler(schedule={0: "32-true", 1: "bf16-mixed"}),
+            report,
+        ],
+        **QUIET,
+    )
+    model = TinyGPT(**SMALL_MODEL)
+    trainer.fit(model, StdlibTextDataModule(**SMALL_DATA))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    run = load_run(trainer.log_dir)
+    assert {p.value for p in run.scalars.series("precision/mode")} == {32.0, 16.5}
+    assert run.metric_name() == "val_loss" and len(run.curve("val_loss")) == 2
+    assert {p.name for p in report.files.images} >= {"precision_mode.png", "metric_vs_energy.png"}
+    assert run.extra("model")["macs"] > 0
