@@ -7,7 +7,8 @@ the ``energy_report.json`` that :class:`~lightning_green.EnergyMonitor` writes, 
 How the derived figures are read:
 
 * Cumulative energy at the end of epoch *k* is the ``energy/total_J`` logged together with that epoch's
-  ``energy/epoch_J`` (validation included, since validation runs inside the epoch). A validation metric logged at
+  ``energy/epoch_J`` (validation included, since validation runs inside the epoch); its split by component is
+  the ``energy/{gpu,cpu,dram}_J`` logged at that step that adds up to it. A validation metric logged at
   an epoch end gets that value; one logged mid-epoch (``val_check_interval`` < 1) gets the running total at its
   step.
 * Elapsed time at a validation comes from ``time/elapsed_s`` (logged by :class:`~lightning_green.GreenReport`
@@ -160,17 +161,29 @@ class Run:
         prev = dict.fromkeys(COMPONENTS, 0.0)
         cumulative = 0.0
         for i, anchor in enumerate(anchors):
-            comps: dict[str, float] = {}
-            for c in COMPONENTS:
-                p = self.scalars.with_(f"energy/{c}_J", anchor)
-                if p is not None:
-                    comps[c] = p.value - prev[c]
-                    prev[c] = p.value
             total_p = self.scalars.with_("energy/total_J", anchor)
             cumulative = total_p.value if total_p is not None else cumulative + anchor.value
+            comps: dict[str, float] = {}
+            for c, value in self._components_at(anchor.step, cumulative).items():
+                comps[c] = value - prev[c]
+                prev[c] = value
             epoch = self.epoch_of(anchor)
             out.append(EpochEnergy(epoch if epoch is not None else i, anchor.step, anchor.value, comps, cumulative))
         return out
+
+    def _components_at(self, step: int, total_j: float) -> dict[str, float]:
+        """The cumulative per-component energy logged at ``step`` that adds up to ``total_j``.
+
+        Components are logged together, several times at an epoch's last step (a logging window, the epoch end,
+        the end of fit); the set whose sum is the epoch-end total is the epoch end's.
+        """
+        columns = {c: self.scalars.at_step(f"energy/{c}_J", step) for c in COMPONENTS}
+        columns = {c: pts for c, pts in columns.items() if pts}
+        if not columns:
+            return {}
+        n = min(len(pts) for pts in columns.values())
+        best = min(range(n), key=lambda i: abs(sum(pts[i].value for pts in columns.values()) - total_j))
+        return {c: pts[best].value for c, pts in columns.items()}
 
     # ------------------------------------------------------------------------------------------------ metric
     def metric_name(self, preferred: str | None = None) -> str | None:

@@ -1,8 +1,7 @@
 """Scalars of a finished run, read back from the logger's files: TensorBoard event files or CSVLogger's metrics.csv.
 
-Every logged value keeps its step, its order of appearance and what ties it to the other values of the same
-``log_metrics`` call — the CSV row, or TensorBoard's wall time — so a value can be looked up *as logged together
-with* another (the cumulative energy logged with an epoch's energy, say), not only by step.
+Every logged value keeps its step, its order of appearance and (from CSV) its row, so a value can be looked up *as
+logged together with* another (the validation time logged with a validation metric, say), not only by step.
 """
 
 from __future__ import annotations
@@ -94,19 +93,26 @@ class Scalars:
         return points[-1] if points else None
 
     def with_(self, tag: str, anchor: Point) -> Point | None:
-        """The value of ``tag`` logged in the same call as ``anchor``.
+        """The value of ``tag`` logged with ``anchor``.
 
-        That is: same step and same CSV row, or the nearest TensorBoard wall time at that step (within a second).
+        That is the value at ``anchor``'s step in its CSV row if there is one, else the nearest in written order
+        (the earlier one on a tie).
+
+        Lightning writes a hook's ``self.log`` values as one batch and a callback's direct ``log_metrics`` call as
+        another, so values logged together sit next to each other in the files.
         """
         same_step = [p for p in self._tags.get(tag, []) if p.step == anchor.step]
         if not same_step:
             return None
         if anchor.row is not None:
-            return next((p for p in same_step if p.row == anchor.row), None)
-        if anchor.wall_time is None:
-            return None
-        best = min(same_step, key=lambda p: abs((p.wall_time or math.inf) - anchor.wall_time))
-        return best if best.wall_time is not None and abs(best.wall_time - anchor.wall_time) <= 1.0 else None
+            same_row = next((p for p in same_step if p.row == anchor.row), None)
+            if same_row is not None:
+                return same_row
+        return min(same_step, key=lambda p: (abs(p.order - anchor.order), p.order))
+
+    def at_step(self, tag: str, step: int) -> list[Point]:
+        """The values of ``tag`` logged at ``step``, in written order."""
+        return [p for p in self._tags.get(tag, []) if p.step == step]
 
     def max_up_to(self, tag: str, step: int) -> float | None:
         """Largest value of ``tag`` at steps ``<= step`` (the running total there, for a cumulative series)."""
