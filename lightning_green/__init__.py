@@ -1,6 +1,6 @@
 """lightning-green: PyTorch Lightning callbacks that make any LightningModule train greener."""
 
-from lightning_green.callbacks import AMPScheduler, EnergyBudget, EnergyMonitor, PowerLimitTuner
+from lightning_green.callbacks import AMPScheduler, EnergyBudget, EnergyMonitor, GreenReport, PowerLimitTuner
 from lightning_green.events import WorkloadChange, workload_changed
 
 __version__ = "0.1.0.dev0"
@@ -9,6 +9,7 @@ __all__ = [
     "AMPScheduler",
     "EnergyBudget",
     "EnergyMonitor",
+    "GreenReport",
     "PowerLimitTuner",
     "WorkloadChange",
     "__version__",

@@ -6,10 +6,14 @@ logs to TensorBoard under ``lightning_logs/`` and prints the energy summary. Eve
 any LightningCLI: ``--model``/``--data`` (any LightningModule/LightningDataModule), ``--trainer.*``,
 ``--trainer.callbacks+=lightning_green.AMPScheduler``, ``--config examples/configs/energy.yaml``,
 ``--print_config``.
+
+``lightning-green report RUN_DIR [RUN_DIR ...]`` (see :func:`report`) regenerates the green report of finished
+runs and, given several, compares them side by side.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -19,11 +23,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_green._internal.validation import find_argument_error
 
-__all__ = ["GreenCLI", "cli", "main"]
+__all__ = ["GreenCLI", "cli", "main", "report"]
 
 DEFAULT_MODEL = "lightning_green.demos.DigitsCNN"
 DEFAULT_DATA = "lightning_green.demos.DigitsDataModule"
-DEFAULT_CALLBACKS = [{"class_path": "lightning_green.EnergyMonitor"}]
+DEFAULT_CALLBACKS = [{"class_path": "lightning_green.EnergyMonitor"}, {"class_path": "lightning_green.GreenReport"}]
 DEFAULT_MAX_EPOCHS = 15
 
 
@@ -63,14 +67,89 @@ def cli(args: Sequence[str] | None = None, run: bool = True) -> GreenCLI:
     )
 
 
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lightning-green report",
+        description="Regenerate the green report of finished runs (written into each run directory) and, given "
+        "several, compare them side by side: energy-to-target, time-to-target, final metric, MACs.",
+    )
+    p.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="log dir of a fit run (e.g. lightning_logs/version_0)"
+    )
+    p.add_argument(
+        "--metric", default=None, help="validation metric (default: the first logged of val_acc, val_loss, val_ppl)"
+    )
+    p.add_argument(
+        "--mode", choices=("auto", "max", "min"), default="auto", help="is higher better? (default: by name)"
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="metric value for energy-/time-to-target (comparison default: the least good best value among the runs)",
+    )
+    p.add_argument("--names", default=None, help="comma-separated names of the runs, in order")
+    p.add_argument("--out", default=".", help="folder of the comparison files (several runs; default: .)")
+    p.add_argument("--json", default=None, help="also write the comparison as JSON to this file")
+    p.add_argument("--no-html", action="store_true", help="Markdown only")
+    return p
+
+
+def report(args: Sequence[str]) -> int:
+    """``lightning-green report``: regenerate reports of finished runs and compare several; returns the exit status.
+
+    Raises:
+        RunDirError: A run directory is missing or unreadable (``main`` turns it into a one-line error).
+    """
+    from lightning_green.report import format_comparison, load_run, write_comparison, write_report
+    from lightning_green.report.document import write_bytes_atomic
+    from lightning_green.report.run import RunDirError
+
+    ns = _report_parser().parse_args(list(args))
+    names = [n.strip() for n in ns.names.split(",")] if ns.names else []
+    if names and len(names) != len(ns.run_dirs):
+        raise RunDirError(f"--names has {len(names)} name(s) for {len(ns.run_dirs)} run directories.")
+    runs = [load_run(d, name=names[i] if names else None) for i, d in enumerate(ns.run_dirs)]
+    seen: dict[str, int] = {}
+    for run in runs:  # names must tell runs apart in the comparison
+        seen[run.name] = seen.get(run.name, 0) + 1
+        if seen[run.name] > 1:
+            run.name = f"{run.name} ({seen[run.name]})"
+    for run in runs:
+        files = write_report(run, metric=ns.metric, mode=ns.mode, target=ns.target, html=not ns.no_html)
+        print(f"{run.name}: {files.markdown}" + (f", {files.html}" if files.html else ""))
+    if len(runs) > 1:
+        cmp, files = write_comparison(
+            runs, ns.out, metric=ns.metric, target=ns.target, mode=ns.mode, html=not ns.no_html
+        )
+        print(format_comparison(cmp))
+        print(f"comparison: {files.markdown}" + (f", {files.html}" if files.html else ""))
+        if ns.json:
+            import json
+
+            write_bytes_atomic(ns.json, (json.dumps(cmp.as_dict(), indent=2) + "\n").encode("utf-8"))
+    return 0
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``lightning-green`` console script.
 
     A bad lightning-green argument ends with its one-line message and exit status 2, not a traceback from
-    inside jsonargparse (set ``LIGHTNING_GREEN_DEBUG=1`` for the traceback).
+    inside jsonargparse (set ``LIGHTNING_GREEN_DEBUG=1`` for the traceback). So does a bad ``report`` run directory.
     """
+    argv = list(args) if args is not None else sys.argv[1:]
+    if argv[:1] == ["report"]:
+        from lightning_green.report.run import RunDirError
+
+        try:
+            raise SystemExit(report(argv[1:]))
+        except (RunDirError, OSError) as err:
+            if os.environ.get("LIGHTNING_GREEN_DEBUG"):
+                raise
+            print(f"lightning-green: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     try:
-        cli(args)
+        cli(argv)
     except Exception as exc:
         err = find_argument_error(exc)
         if err is None or os.environ.get("LIGHTNING_GREEN_DEBUG"):

@@ -3,6 +3,7 @@
 from lightning_green.callbacks.amp_scheduler import AMPScheduler
 from lightning_green.callbacks.energy_budget import EnergyBudget
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
+from lightning_green.callbacks.green_report import GreenReport
 from lightning_green.callbacks.power_limit_tuner import PowerLimitTuner
 
-__all__ = ["AMPScheduler", "EnergyBudget", "EnergyMonitor", "PowerLimitTuner"]
+__all__ = ["AMPScheduler", "EnergyBudget", "EnergyMonitor", "GreenReport", "PowerLimitTuner"]

@@ -1,0 +1,236 @@
+"""GreenReport: at the end of fit, write the green report (Markdown + HTML with PNG plots) into the log dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_green._internal.validation import check_bool, check_choice, check_optional_number, fail
+
+__all__ = ["GreenReport"]
+
+log = logging.getLogger(__name__)
+
+_MODES = ("auto", "max", "min")
+
+
+class GreenReport(Callback):
+    """Write the green report of a fit into its log dir: Markdown, a standalone HTML page and PNG plots.
+
+    Files: ``green_report.md``, ``green_report.html`` and the plots in ``green_report_files/``.
+
+    The report is built from the run's files only — the :class:`~lightning_green.EnergyMonitor`'s
+    ``energy_report.json`` and the first logger's scalars (TensorBoard event files or CSVLogger's ``metrics.csv``) —
+    exactly as ``lightning-green report RUN_DIR`` regenerates it later (see :mod:`lightning_green.report`). Plots:
+    energy per epoch by component, average power, the validation metric against cumulative energy, MACs per
+    pruning step, precision over training, the GPU power limit — each only when the run logged its data. Tables:
+    totals, measured vs estimated, CO₂ with intensity and PUE, the pruning ledger, precision fallbacks, the power
+    profile.
+
+    What the callback adds to the run so the report can say it: ``time/elapsed_s`` (seconds since fit start,
+    logged with each validation's metrics, so time-to-target is exact) and a ``model`` section in the energy report
+    (MACs and parameters at the start and end of fit, counted by torch-pruning on ``example_input_array``).
+
+    The report is written once fit has finished (in ``teardown``, after every callback's ``on_fit_end`` — the
+    EnergyMonitor's report is on disk then — and after the loggers are flushed), on global rank 0 only, atomically.
+    A run that ended in an exception gets no report (regenerate one from its files if wanted).
+
+    Args:
+        metric: Validation metric to follow; ``None`` picks the first logged of ``val_acc``, ``val_loss``,
+            ``val_ppl``.
+        mode: Is higher better? ``"max"``, ``"min"``, or ``"auto"`` from the metric's name.
+        target: Value of ``metric`` for energy-to-target and time-to-target; ``None`` leaves them out.
+        filename: Base name of the report files (no directory part).
+        html: Also write the standalone HTML page.
+        count_macs: Record MACs/params at fit start and end (one forward pass of ``example_input_array`` each).
+
+    Raises:
+        ValueError: An argument is out of range; in ``setup``: no EnergyMonitor writing a report in the Trainer.
+        TypeError: An argument has the wrong type.
+
+    Example:
+        >>> import os, tempfile
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_green import EnergyMonitor
+        >>> from lightning_green.demos import DigitsCNN, DigitsDataModule
+        >>> trainer = Trainer(default_root_dir=tempfile.mkdtemp(), max_epochs=2, limit_train_batches=3,
+        ...                   limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False,
+        ...                   callbacks=[EnergyMonitor(print_summary=False), GreenReport()])
+        >>> trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(image_size=8))
+        >>> sorted(f for f in os.listdir(trainer.log_dir) if f.startswith("green_report"))
+        ['green_report.html', 'green_report.md', 'green_report_files']
+    """
+
+    def __init__(
+        self,
+        metric: str | None = None,
+        mode: Literal["auto", "max", "min"] = "auto",
+        target: float | None = None,
+        filename: str = "green_report",
+        html: bool = True,
+        count_macs: bool = True,
+    ) -> None:
+        name = type(self).__name__
+        if metric is not None and (not isinstance(metric, str) or not metric):
+            fail(name, "metric", metric, "None or the name of a logged validation metric", TypeError)
+        check_choice(name, "mode", mode, _MODES)
+        check_optional_number(name, "target", target)
+        if not isinstance(filename, str) or not filename or os.path.basename(filename) != filename:
+            fail(name, "filename", filename, "a plain file name without extension or directory part")
+        check_bool(name, "html", html)
+        check_bool(name, "count_macs", count_macs)
+        self.metric = metric
+        self.mode = mode
+        self.target = target
+        self.filename = filename
+        self.html = html
+        self.count_macs = count_macs
+
+        #: The files of the last report written (``None`` before).
+        self.files: Any = None
+        self.elapsed_s = 0.0
+        self._t0: float | None = None
+        self._log_dir: str | None = None
+        self._report_name = "energy_report.json"
+        self._model: dict[str, Any] = {}
+        self._fit_done = False
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        monitors = [cb for cb in trainer.callbacks if getattr(cb, "add_report_section", None) is not None]  # type: ignore[attr-defined]
+        named = [m for m in monitors if getattr(m, "report_filename", None)]
+        if not named:
+            raise ValueError(
+                f"{type(self).__name__}: the report is built from the EnergyMonitor's energy report, and the Trainer "
+                "has no EnergyMonitor writing one; add `lightning_green.EnergyMonitor()` to the callbacks "
+                "(with report_filename set)."
+            )
+        self._report_name = named[0].report_filename
+        # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
+        self._log_dir = trainer.log_dir or trainer.default_root_dir
+        self._fit_done = False
+        self._model = {}
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        if self.count_macs and not self._model:
+            macs, params = _count(pl_module)
+            self._model = {"macs_start": macs, "params_start": params}
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self._t0 is None or trainer.state.fn != "fit":
+            return
+        # Logged with the validation metrics (same logger call), so the report pairs them exactly.
+        pl_module.log("time/elapsed_s", self._elapsed(), on_step=False, on_epoch=True, sync_dist=False)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before on_fit_end, where the EnergyMonitor writes its report with this section in it.
+        section = dict(self._model)
+        if self.count_macs:
+            macs, params = _count(pl_module)
+            section.update({"macs": macs, "params": params})
+        section["elapsed_s"] = self._elapsed()
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            add = getattr(cb, "add_report_section", None)
+            if callable(add):
+                add("model", section)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_done = True
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not self._fit_done:
+            return
+        self._fit_done = False
+        if trainer.global_rank != 0:
+            return
+        for lg in trainer.loggers:
+            _flush(lg)
+        self.write(self._log_dir or trainer.default_root_dir)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._fit_done = False
+
+    # ------------------------------------------------------------------------------------------------ public
+    def write(self, run_dir: str | os.PathLike[str]) -> Any:
+        """Build the report of ``run_dir`` and write it there; returns the files (``None`` if it failed)."""
+        from lightning_green.report import load_run, write_report
+        from lightning_green.report.run import RunDirError
+
+        try:
+            run = load_run(run_dir, energy_report=self._report_name)
+            self.files = write_report(
+                run, metric=self.metric, mode=self.mode, target=self.target, filename=self.filename, html=self.html
+            )
+        except (OSError, RunDirError) as err:
+            rank_zero_warn(f"{type(self).__name__}: could not write the green report in {os.fspath(run_dir)!r}: {err}")
+            return None
+        rank_zero_info(f"{type(self).__name__}: wrote {self.files.markdown}")
+        return self.files
+
+    # ------------------------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": 1, "elapsed_s": self._elapsed(), "model": dict(self._model)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.elapsed_s = float(state_dict.get("elapsed_s", 0.0))
+        self._model = dict(state_dict.get("model", {}))
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _elapsed(self) -> float:
+        """Fit seconds so far, continued across a resume."""
+        if self._t0 is None:
+            return self.elapsed_s
+        return self.elapsed_s + time.perf_counter() - self._t0
+
+
+def _count(pl_module: pl.LightningModule) -> tuple[float | None, int]:
+    """MACs per sample (torch-pruning's counter on ``example_input_array``; ``None`` without one) and parameters."""
+    params = int(sum(p.numel() for p in pl_module.parameters()))
+    example = pl_module.example_input_array
+    if example is None:
+        return None, params
+    import torch_pruning as tp
+
+    was_training = pl_module.training
+    try:
+        example = example.to(pl_module.device) if isinstance(example, torch.Tensor) else example
+        with torch.no_grad():
+            macs, _ = tp.utils.count_ops_and_params(pl_module, example)
+    except Exception as err:  # a model torch-pruning cannot trace: the report just lacks MACs
+        log.debug("MAC count failed: %s", err, exc_info=True)
+        return None, params
+    finally:
+        pl_module.train(was_training)
+    return float(macs), params
+
+
+def _flush(logger: Any) -> None:
+    """Write what a logger buffers (CSV rows, TensorBoard events) so the report reads the whole run."""
+    try:
+        logger.save()
+        experiment = getattr(logger, "experiment", None)
+        flush = getattr(experiment, "flush", None)
+        if callable(flush):
+            flush()
+    except Exception as err:  # a logger that cannot flush: the report reads what is on disk
+        log.debug("flushing %s failed: %s", type(logger).__name__, err)

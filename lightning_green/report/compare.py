@@ -1,0 +1,187 @@
+"""Several runs side by side: energy-to-target, time-to-target, final metric, MACs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_green.report import plots
+from lightning_green.report.document import Document, ReportFiles
+from lightning_green.report.green import fmt_energy, fmt_macs, fmt_num, fmt_seconds, resolve_mode
+from lightning_green.report.run import METRIC_CANDIDATES, Run, RunDirError, TargetResult
+
+__all__ = ["Comparison", "ComparisonRow", "compare_runs", "comparison_table", "format_comparison", "write_comparison"]
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One run's figures in a comparison."""
+
+    name: str
+    path: str
+    final: float | None
+    best: float | None
+    target: TargetResult
+    energy_j: float | None
+    time_s: float | None
+    macs: float | None
+    dense_macs: float | None
+    label: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Runs compared on one metric and target; ratios are against the first run."""
+
+    metric: str
+    mode: str
+    target: float
+    target_source: str
+    rows: tuple[ComparisonRow, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (for JSON)."""
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "target": self.target,
+            "target_source": self.target_source,
+            "runs": [{**asdict(r), "target": asdict(r.target)} for r in self.rows],
+        }
+
+
+def _common_metric(runs: Sequence[Run], metric: str | None) -> str:
+    if metric is not None:
+        missing = [r.name for r in runs if metric not in r.scalars]
+        if missing:
+            raise RunDirError(f"metric {metric!r} was not logged in: {', '.join(missing)}.")
+        return metric
+    for m in METRIC_CANDIDATES:
+        if all(m in r.scalars for r in runs):
+            return m
+    raise RunDirError(f"no validation metric common to all runs among {METRIC_CANDIDATES}; name one with --metric.")
+
+
+def compare_runs(
+    runs: Sequence[Run], metric: str | None = None, target: float | None = None, mode: str = "auto"
+) -> Comparison:
+    """Compare ``runs`` on ``metric`` (auto-detected if ``None``) against ``target``.
+
+    Without a ``target`` the least good of the runs' best values is used, so that every run reaches it.
+
+    Raises:
+        RunDirError: No metric common to all runs, or the named one is missing from a run.
+    """
+    name = _common_metric(runs, metric)
+    mode = resolve_mode(name, mode)
+    source = "given"
+    if target is None:
+        bests = [r.best_metric(name, mode) for r in runs]
+        finite = [b for b in bests if b is not None]
+        if not finite:
+            raise RunDirError(f"no finite value of {name!r} in the runs; cannot pick a target.")
+        target = min(finite) if mode == "max" else max(finite)
+        source = "the least good best value among the runs"
+    rows = []
+    for r in runs:
+        macs, _ = r.macs()
+        rows.append(
+            ComparisonRow(
+                name=r.name,
+                path=str(r.path),
+                final=r.final_metric(name),
+                best=r.best_metric(name, mode),
+                target=r.to_target(name, target, mode),
+                energy_j=r.total_energy_j,
+                time_s=r.time_s,
+                macs=macs,
+                dense_macs=r.dense_macs(),
+                label=r.label,
+            )
+        )
+    return Comparison(name, mode, float(target), source, tuple(rows))
+
+
+def _ratio(x: float | None, base: float | None) -> str:
+    if x is None or base is None or base == 0:
+        return "n/a"
+    return f"{x / base:.2f}×"
+
+
+def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table (ratios against the first run)."""
+    base = cmp.rows[0]
+    header = [
+        "run",
+        f"final {cmp.metric}",
+        f"best {cmp.metric}",
+        "energy-to-target",
+        "vs first",
+        "time-to-target",
+        "vs first",
+        "total energy",
+        "MACs/sample",
+        "label",
+    ]
+    rows = []
+    for r in cmp.rows:
+        t = r.target
+        rows.append(
+            [
+                r.name,
+                fmt_num(r.final),
+                fmt_num(r.best),
+                f"{fmt_energy(t.energy_j)} (epoch {t.epoch})" if t.reached else "not reached",
+                _ratio(t.energy_j, base.target.energy_j) if t.reached else "–",
+                fmt_seconds(t.time_s) if t.reached else "not reached",
+                _ratio(t.time_s, base.target.time_s) if t.reached else "–",
+                fmt_energy(r.energy_j),
+                fmt_macs(r.macs) if r.macs is not None else "n/a",
+                r.label,
+            ]
+        )
+    return header, rows
+
+
+def format_comparison(cmp: Comparison) -> str:
+    """The comparison as a plain-text table."""
+    header, rows = comparison_table(cmp)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    sign = "≥" if cmp.mode == "max" else "≤"
+    lines = [f"target: {cmp.metric} {sign} {cmp.target:g} ({cmp.target_source})"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def write_comparison(
+    runs: Sequence[Run],
+    out_dir: str | os.PathLike[str],
+    metric: str | None = None,
+    target: float | None = None,
+    mode: str = "auto",
+    filename: str = "green_comparison",
+    html: bool = True,
+) -> tuple[Comparison, ReportFiles]:
+    """Compare ``runs`` and write ``{filename}.md`` / ``.html`` with a metric-vs-energy plot into ``out_dir``."""
+    cmp = compare_runs(runs, metric=metric, target=target, mode=mode)
+    doc = Document(f"Green comparison — {cmp.metric}")
+    sign = "≥" if cmp.mode == "max" else "≤"
+    doc.paragraph(
+        f"Target: {cmp.metric} {sign} {cmp.target:g} ({cmp.target_source}). *energy-to-target* is the cumulative fit "
+        "energy when the validation metric first reached the target; ratios are against the first run."
+    )
+    header, rows = comparison_table(cmp)
+    doc.table(header, rows)
+    png = plots.compare_metric_vs_energy(runs, cmp.metric, [r.target for r in cmp.rows])
+    if png is not None:
+        doc.image("metric_vs_energy.png", png, f"{cmp.metric} vs cumulative energy, all runs")
+    doc.heading("Runs")
+    doc.table(
+        ["run", "directory", "green report"],
+        [[r.name, r.path, str(Path(r.path) / "green_report.md")] for r in cmp.rows],
+    )
+    return cmp, doc.write(out_dir, filename, html_page=html)

@@ -1,0 +1,394 @@
+"""The green report of one run: plots and tables from its energy report and logged scalars."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning_green.energy.carbon import J_PER_KWH
+from lightning_green.energy.meter import COMPONENTS
+from lightning_green.report import plots
+from lightning_green.report.document import Document, ReportFiles
+from lightning_green.report.run import Run, TargetResult, load_run, metric_mode
+
+__all__ = ["build_report", "fmt_energy", "fmt_macs", "fmt_num", "fmt_seconds", "resolve_mode", "write_report"]
+
+_KNOWN_EXTRA = {"power_limit", "model"}
+
+
+def fmt_energy(j: float | None) -> str:
+    """Joules for a table: J, Wh or kWh by size; ``n/a`` for ``None``.
+
+    Example:
+        >>> fmt_energy(12.345), fmt_energy(7200.0), fmt_energy(None)
+        ('12.3 J', '2.00 Wh', 'n/a')
+    """
+    if j is None or not math.isfinite(j):
+        return "n/a"
+    if abs(j) >= J_PER_KWH / 10:
+        return f"{j / J_PER_KWH:.3f} kWh"
+    if abs(j) >= 3600:
+        return f"{j / 3600:.2f} Wh"
+    return f"{j:.1f} J"
+
+
+def fmt_num(x: float | None, digits: int = 4) -> str:
+    """A number with ``digits`` significant digits; ``n/a`` for ``None``."""
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}g}"
+
+
+def fmt_macs(x: float | None) -> str:
+    """MACs as M or G; ``n/a`` for ``None``."""
+    if x is None:
+        return "n/a"
+    return f"{x / 1e9:.3g} G" if x >= 1e9 else f"{x / 1e6:.3g} M"
+
+
+def fmt_seconds(s: float | None) -> str:
+    """Seconds, or minutes from 10 minutes on; ``n/a`` for ``None``."""
+    if s is None or not math.isfinite(s):
+        return "n/a"
+    return f"{s:.1f} s" if s < 600 else f"{s / 60:.1f} min"
+
+
+def resolve_mode(metric: str, mode: str) -> str:
+    """``mode`` unless it is ``"auto"``: then by the metric's name (see :func:`~.run.metric_mode`)."""
+    return metric_mode(metric) if mode == "auto" else mode
+
+
+def build_report(run: Run, metric: str | None = None, mode: str = "auto", target: float | None = None) -> Document:
+    """The report of ``run`` as a :class:`~lightning_green.report.document.Document`.
+
+    Args:
+        run: The finished run.
+        metric: Validation metric to follow; ``None`` picks the first logged of ``val_acc``, ``val_loss``,
+            ``val_ppl``.
+        mode: ``"max"``/``"min"`` (is higher better?), or ``"auto"`` from the metric's name.
+        target: Value of ``metric`` for energy-/time-to-target; ``None`` leaves those out.
+    """
+    doc = Document(f"Green report — {run.name}")
+    name = run.metric_name(metric)
+    mode = resolve_mode(name, mode) if name else mode
+    hit = run.to_target(name, target, mode) if name is not None and target is not None else None
+    status = run.energy.get("status", "?")
+    doc.paragraph(
+        f"Run directory `{run.path}`. Energy report: status {status}, written {run.energy.get('created', '?')}. "
+        f"Scalars from {run.scalars.source}."
+    )
+    if status != "complete":
+        doc.paragraph(f"The run did not finish normally ({status}): the figures cover what ran.", note=True)
+    if metric is not None and name is None:
+        doc.paragraph(f"Metric `{metric}` was not logged in this run.", note=True)
+
+    _summary(doc, run, name, mode, hit)
+    _energy(doc, run)
+    _totals(doc, run)
+    _measured_vs_estimated(doc, run)
+    _carbon(doc, run)
+    if name is not None:
+        _metric(doc, run, name, hit)
+    _pruning(doc, run)
+    _precision(doc, run)
+    _power(doc, run)
+    _other_sections(doc, run)
+    return doc
+
+
+def write_report(
+    run_dir: str | os.PathLike[str] | Run,
+    metric: str | None = None,
+    mode: str = "auto",
+    target: float | None = None,
+    filename: str = "green_report",
+    html: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> ReportFiles:
+    """Build the report of a run directory and write it there (or into ``out_dir``).
+
+    Writes ``{filename}.md``, ``{filename}.html`` and the PNGs in ``{filename}_files/``.
+
+    Raises:
+        RunDirError: ``run_dir`` is not a readable run directory.
+    """
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+    doc = build_report(run, metric=metric, mode=mode, target=target)
+    return doc.write(Path(out_dir) if out_dir is not None else run.path, filename, html_page=html)
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def _summary(doc: Document, run: Run, metric: str | None, mode: str, hit: TargetResult | None) -> None:
+    doc.heading("Summary")
+    total, time_s = run.total_energy_j, run.time_s
+    fit = run.stage("fit") or {}
+    rows = [
+        ["fit energy", f"{fmt_energy(total)} ({run.label})"],
+        ["fit time (metered)", fmt_seconds(time_s)],
+        ["average power", f"{total / time_s:.1f} W" if total is not None and time_s else "n/a"],
+        ["CO₂", f"{fit['gco2e']:.4g} gCO2e" if "gco2e" in fit else "n/a"],
+        ["optimizer steps / samples", f"{fit.get('steps', 'n/a')} / {fit.get('samples', 'n/a')}"],
+    ]
+    if metric is not None:
+        rows.append([f"final {metric}", fmt_num(run.final_metric(metric))])
+        rows.append([f"best {metric} ({mode})", fmt_num(run.best_metric(metric, mode))])
+    if hit is not None:
+        sign = "≥" if hit.mode == "max" else "≤"
+        if hit.reached:
+            rows.append(
+                [f"energy to {metric} {sign} {hit.target:g}", f"{fmt_energy(hit.energy_j)} (epoch {hit.epoch})"]
+            )
+            rows.append([f"time to {metric} {sign} {hit.target:g}", fmt_seconds(hit.time_s)])
+        else:
+            rows.append([f"target {metric} {sign} {hit.target:g}", "not reached"])
+    macs, params = run.macs()
+    dense = run.dense_macs()
+    if macs is not None:
+        speed = f" ({dense / macs:.2f}× fewer than dense)" if dense and macs and dense != macs else ""
+        rows.append(["model MACs per sample (final)", fmt_macs(macs) + speed])
+    if params is not None:
+        rows.append(["model parameters (final)", f"{int(params):,}"])
+    doc.table(["", "value"], rows)
+
+
+def _energy(doc: Document, run: Run) -> None:
+    images = [
+        ("energy_per_epoch.png", plots.energy_per_epoch, "Energy per epoch by component"),
+        ("average_power.png", plots.average_power, "Average power over training"),
+    ]
+    made = _images(run, images)
+    if made:
+        doc.heading("Energy", level=2)
+        for args in made:
+            doc.image(*args)
+
+
+def _images(run: Run, specs: list[tuple[str, Callable[[Run], bytes | None], str]]) -> list[Any]:
+    out = []
+    for name, fn, alt in specs:
+        png = fn(run)
+        if png is not None:
+            out.append((name, png, alt))
+    return out
+
+
+def _totals(doc: Document, run: Run) -> None:
+    stages = run.energy.get("stages", {})
+    if not stages:
+        return
+    doc.heading("Totals by stage")
+    rows = []
+    for stage, s in stages.items():
+        e, t, n = s["energy_j"], s.get("time_s", 0.0), s.get("samples", 0)
+        srcs = s.get("sources", {})
+        rows.append(
+            [
+                stage,
+                *("–" if srcs.get(c) == "none" else fmt_energy(e.get(c)) for c in COMPONENTS),
+                fmt_energy(e["total"]),
+                fmt_seconds(t),
+                f"{e['total'] / t:.1f}" if t else "n/a",
+                f"{e['total'] / n:.3g}" if n else "n/a",
+                f"{s.get('gco2e', 0.0):.4g}",
+                s.get("label", ""),
+            ]
+        )
+    doc.table(["stage", *COMPONENTS, "total", "time", "avg W", "J/sample", "gCO2e", "label"], rows)
+    doc.paragraph(
+        "Fit includes the validation run inside it; the `validate` row is that part on its own.",
+        note=True,
+    )
+
+
+def _measured_vs_estimated(doc: Document, run: Run) -> None:
+    fit = run.stage("fit")
+    if not fit:
+        return
+    doc.heading("Measured vs estimated")
+    total = float(fit["energy_j"]["total"]) or 1.0
+    sources = fit.get("sources", {})
+    rows = []
+    by_kind = {"measured": 0.0, "estimated": 0.0}
+    for c in COMPONENTS:
+        src = sources.get(c, "none")
+        j = float(fit["energy_j"].get(c, 0.0))
+        if src in by_kind:
+            by_kind[src] += j
+        rows.append(
+            [c, src, fmt_energy(j) if src != "none" else "–", f"{100 * j / total:.1f} %" if src != "none" else "–"]
+        )
+    rows.append(
+        [
+            "measured (hardware counters)",
+            "",
+            fmt_energy(by_kind["measured"]),
+            f"{100 * by_kind['measured'] / total:.1f} %",
+        ]
+    )
+    rows.append(
+        ["estimated (model)", "", fmt_energy(by_kind["estimated"]), f"{100 * by_kind['estimated'] / total:.1f} %"]
+    )
+    doc.table(["component", "source", "fit energy", "share"], rows)
+    meter = run.energy.get("meter") or {}
+    est = run.energy.get("estimate") or {}
+    doc.paragraph(
+        f"Meter: GPUs {meter.get('gpu_indices', [])} via {meter.get('gpu_method', 'n/a')}; CPU/DRAM: "
+        f"{meter.get('cpu', 'n/a')}. Estimate model: {est.get('cpu_w_per_core', 'n/a')} W per busy core × process "
+        f"CPU time, {est.get('dram_w_per_gb', 'n/a')} W/GB × resident memory (`lightning_green.energy.estimate`).",
+        note=True,
+    )
+
+
+def _carbon(doc: Document, run: Run) -> None:
+    carbon = run.energy.get("carbon") or {}
+    if not carbon:
+        return
+    doc.heading("CO₂")
+    rows = [
+        [
+            "carbon intensity",
+            f"{carbon.get('intensity_g_per_kwh', 0):g} gCO2e/kWh ({carbon.get('intensity_source', '?')})",
+        ],
+        ["PUE", f"{carbon.get('pue', 1.0):.2f}"],
+    ]
+    for stage, s in run.energy.get("stages", {}).items():
+        rows.append([f"{stage}: energy → CO₂", f"{s.get('kwh', 0.0):.4g} kWh → {s.get('gco2e', 0.0):.4g} gCO2e"])
+    forecast = run.energy.get("forecast")
+    if forecast:
+        rows.append(
+            ["forecast (fit)", f"{fmt_energy(forecast.get('total_j'))} → {forecast.get('gco2e', 0.0):.4g} gCO2e"]
+        )
+    doc.table(["", "value"], rows)
+    doc.paragraph(f"Formula: {carbon.get('formula', 'gCO2e = kWh × intensity × PUE')}.", note=True)
+
+
+def _metric(doc: Document, run: Run, metric: str, hit: TargetResult | None) -> None:
+    curve = run.curve(metric)
+    if not curve:
+        return
+    doc.heading(f"Validation: {metric}")
+    png = plots.metric_vs_energy(run, metric, hit)
+    if png is not None:
+        doc.image("metric_vs_energy.png", png, f"{metric} vs cumulative energy")
+    rows = [
+        [
+            str(cp.epoch) if cp.epoch is not None else "?",
+            str(cp.step),
+            fmt_num(cp.value),
+            fmt_energy(cp.energy_j),
+            fmt_seconds(cp.time_s),
+        ]
+        for cp in curve
+    ]
+    doc.table(["epoch", "step", metric, "cumulative energy", "elapsed"], rows)
+
+
+def _pruning(doc: Document, run: Run) -> None:
+    macs = run.scalars.series("pruning/macs")
+    if not macs:
+        return
+    doc.heading("Pruning")
+    png = plots.macs_per_prune(run)
+    if png is not None:
+        doc.image("macs_per_prune.png", png, "MACs per pruning step")
+    params = run.scalars.series("pruning/params")
+    speed = run.scalars.series("pruning/speedup")
+    steps = run.scalars.series("pruning/step")
+    dense = run.dense_macs()
+    rows = []
+    if dense:
+        dense_params = (run.extra("model") or {}).get("params_start")
+        rows.append(["dense", "–", fmt_macs(dense), f"{int(dense_params):,}" if dense_params else "n/a", "1.00×"])
+    for i, p in enumerate(macs):
+        rows.append(
+            [
+                str(int(steps[i].value)) if i < len(steps) else str(i + 1),
+                str(p.step),
+                fmt_macs(p.value),
+                f"{int(params[i].value):,}" if i < len(params) else "n/a",
+                f"{speed[i].value:.2f}×" if i < len(speed) else "n/a",
+            ]
+        )
+    doc.table(["prune", "global step", "MACs/sample", "params", "speedup"], rows)
+
+
+def _precision(doc: Document, run: Run) -> None:
+    mode = run.scalars.series("precision/mode")
+    if not mode:
+        return
+    doc.heading("Precision")
+    png = plots.precision_mode(run)
+    if png is not None:
+        doc.image("precision_mode.png", png, "Precision mode over training")
+    names = plots.PRECISION_NAMES
+    switches = [
+        [str(b.step), names.get(a.value, f"{a.value:g}"), names.get(b.value, f"{b.value:g}")]
+        for a, b in zip(mode, mode[1:], strict=False)
+        if a.value != b.value
+    ]
+    first = names.get(mode[0].value, f"{mode[0].value:g}")
+    doc.paragraph(f"Started in {first}; {len(switches)} switch(es) seen at the logging points.")
+    if switches:
+        doc.table(["≈ step", "from", "to"], switches)
+    doc.heading("Fallbacks", level=3)
+    fallbacks = run.scalars.series("precision/fallbacks")
+    rows, prev = [], 0.0
+    for p in fallbacks:
+        if p.value > prev:
+            rows.append([str(p.step), f"{int(p.value)}"])
+        prev = p.value
+    skipped = run.scalars.last("precision/skipped_steps")
+    if rows:
+        doc.table(["≈ step", "fallbacks so far"], rows)
+    else:
+        doc.paragraph("No fallback to fp32.")
+    if skipped is not None:
+        doc.paragraph(f"Optimizer steps skipped for non-finite loss or gradients: {int(skipped.value)}.")
+
+
+def _power(doc: Document, run: Run) -> None:
+    section = run.extra("power_limit") or {}
+    png = plots.power_limit(run)
+    if png is None and not section:
+        return
+    doc.heading("GPU power limit")
+    if png is not None:
+        doc.image("power_limit.png", png, "GPU power limit over training")
+    if section:
+        chosen = section.get("chosen_limit_w")
+        doc.paragraph(
+            f"Objective {section.get('objective', '?')} (eta {section.get('eta', '?')}) on "
+            f"{section.get('gpu_name', '?')}: chose {fmt_num(chosen)} W after {section.get('profiling_steps', '?')} "
+            "profiling steps."
+        )
+        rows = [
+            [
+                f"{r['limit_w']:.0f}{' ✓' if chosen is not None and r['limit_w'] == chosen else ''}",
+                fmt_num(r.get("energy_j")),
+                fmt_num(r.get("time_s")),
+                fmt_num(r.get("avg_power_w")),
+                fmt_num(r.get("cost")),
+            ]
+            for r in section.get("table", [])
+        ]
+        if rows:
+            doc.table(["limit (W)", "energy/step (J)", "time/step (s)", "avg power (W)", "cost/step"], rows)
+
+
+def _other_sections(doc: Document, run: Run) -> None:
+    extra = run.energy.get("extra") or {}
+    others = {k: v for k, v in extra.items() if k not in _KNOWN_EXTRA}
+    if not others:
+        return
+    doc.heading("Other report sections")
+    rows = []
+    for name, data in others.items():
+        items = data.items() if isinstance(data, dict) else [("", data)]
+        for key, value in items:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            rows.append([name, str(key), text if len(text) <= 200 else text[:197] + "..."])
+    doc.table(["section", "key", "value"], rows)

@@ -1,0 +1,310 @@
+"""A finished run, read back from its log dir: the energy report plus the logged scalars, and what follows from them.
+
+A *run directory* is the log dir of one ``fit`` (``trainer.log_dir``, e.g. ``lightning_logs/version_0``): it holds
+the ``energy_report.json`` that :class:`~lightning_green.EnergyMonitor` writes, and the logger's scalars
+(TensorBoard event files or CSVLogger's ``metrics.csv``).
+
+How the derived figures are read:
+
+* Cumulative energy at the end of epoch *k* is the ``energy/total_J`` logged together with that epoch's
+  ``energy/epoch_J`` (validation included, since validation runs inside the epoch); its split by component is
+  the ``energy/{gpu,cpu,dram}_J`` logged at that step that adds up to it. A validation metric logged at
+  an epoch end gets that value; one logged mid-epoch (``val_check_interval`` < 1) gets the running total at its
+  step.
+* Elapsed time at a validation comes from ``time/elapsed_s`` (logged by :class:`~lightning_green.GreenReport`
+  with the validation metrics), else from TensorBoard's wall clock since the run's first event; a CSV log without
+  ``time/elapsed_s`` has none.
+* *energy-to-target* / *time-to-target*: energy and time at the first validation whose metric reaches the target.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning_green.energy.meter import COMPONENTS
+from lightning_green.energy.report import read_report
+from lightning_green.report.scalars import Point, Scalars, read_scalars
+
+__all__ = [
+    "METRIC_CANDIDATES",
+    "CurvePoint",
+    "EpochEnergy",
+    "Run",
+    "RunDirError",
+    "TargetResult",
+    "load_run",
+    "metric_mode",
+]
+
+#: Validation metrics looked for, in order, when none is named.
+METRIC_CANDIDATES = ("val_acc", "val_loss", "val_ppl")
+ENERGY_REPORT = "energy_report.json"
+_HIGHER_IS_BETTER = ("acc", "f1", "auroc", "auc", "precision", "recall", "iou", "dice", "score", "map", "bleu")
+
+
+class RunDirError(ValueError):
+    """A path is not a readable run directory (the message says why and what to pass instead)."""
+
+
+def metric_mode(name: str) -> Literal["max", "min"]:
+    """``"max"`` for metrics where higher is better (accuracy, F1, ...), else ``"min"`` (loss, perplexity, error).
+
+    Example:
+        >>> metric_mode("val_acc"), metric_mode("val_ppl")
+        ('max', 'min')
+    """
+    low = name.lower()
+    return "max" if any(k in low for k in _HIGHER_IS_BETTER) else "min"
+
+
+@dataclass(frozen=True)
+class EpochEnergy:
+    """Energy of one training epoch (validation included): total and per component, J."""
+
+    epoch: int
+    step: int
+    total_j: float
+    components_j: dict[str, float]
+    cumulative_j: float
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One validation: its metric, and the cumulative energy and elapsed time when it was logged."""
+
+    step: int
+    epoch: int | None
+    value: float
+    energy_j: float | None
+    time_s: float | None
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """When (if ever) a run first reached a target value of its metric."""
+
+    metric: str
+    target: float
+    mode: str
+    reached: bool
+    epoch: int | None = None
+    step: int | None = None
+    value: float | None = None
+    energy_j: float | None = None
+    time_s: float | None = None
+
+
+@dataclass
+class Run:
+    """A finished run: its energy report (plain dict, as written) and its scalars."""
+
+    path: Path
+    energy: dict[str, Any]
+    scalars: Scalars
+    name: str = ""
+    _curves: dict[str, list[CurvePoint]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------------------------------- energy report
+    def stage(self, stage: str = "fit") -> dict[str, Any] | None:
+        """The energy report's section for ``stage``."""
+        return self.energy.get("stages", {}).get(stage)
+
+    @property
+    def total_energy_j(self) -> float | None:
+        """Joules of fit (all components and ranks)."""
+        fit = self.stage("fit")
+        return float(fit["energy_j"]["total"]) if fit else None
+
+    @property
+    def time_s(self) -> float | None:
+        """Wall seconds of fit as metered."""
+        fit = self.stage("fit")
+        return float(fit.get("time_s", 0.0)) if fit else None
+
+    @property
+    def label(self) -> str:
+        """``measured``, ``estimated``, ``mixed`` or ``none`` for fit's energy."""
+        fit = self.stage("fit")
+        return str(fit.get("label", "none")) if fit else "none"
+
+    def extra(self, name: str) -> Any:
+        """A section other callbacks added to the energy report (``None`` if absent)."""
+        return self.energy.get("extra", {}).get(name)
+
+    # ------------------------------------------------------------------------------------------------ epochs
+    def epoch_of(self, point: Point) -> int | None:
+        """The epoch a value was logged in (from the ``epoch`` scalar Lightning logs with epoch-level metrics)."""
+        same = self.scalars.with_("epoch", point)
+        if same is not None:
+            return int(same.value)
+        before = [p for p in self.scalars.series("epoch") if p.step <= point.step]
+        return int(before[-1].value) if before else None
+
+    def epoch_energy(self) -> list[EpochEnergy]:
+        """Energy of every training epoch, split by component where the components were logged.
+
+        Falls back to the energy report's ``epochs_j`` (totals only) when the scalars lack ``energy/epoch_J``.
+        """
+        anchors = self.scalars.series("energy/epoch_J")
+        out: list[EpochEnergy] = []
+        if not anchors:
+            fit = self.stage("fit") or {}
+            cumulative = 0.0
+            for i, e in enumerate(fit.get("epochs_j", [])):
+                cumulative += float(e)
+                out.append(EpochEnergy(i, -1, float(e), {}, cumulative))
+            return out
+        prev = dict.fromkeys(COMPONENTS, 0.0)
+        cumulative = 0.0
+        for i, anchor in enumerate(anchors):
+            total_p = self.scalars.with_("energy/total_J", anchor)
+            cumulative = total_p.value if total_p is not None else cumulative + anchor.value
+            comps: dict[str, float] = {}
+            for c, value in self._components_at(anchor.step, cumulative).items():
+                comps[c] = value - prev[c]
+                prev[c] = value
+            epoch = self.epoch_of(anchor)
+            out.append(EpochEnergy(epoch if epoch is not None else i, anchor.step, anchor.value, comps, cumulative))
+        return out
+
+    def _components_at(self, step: int, total_j: float) -> dict[str, float]:
+        """The cumulative per-component energy logged at ``step`` that adds up to ``total_j``.
+
+        Components are logged together, several times at an epoch's last step (a logging window, the epoch end,
+        the end of fit); the set whose sum is the epoch-end total is the epoch end's.
+        """
+        columns = {c: self.scalars.at_step(f"energy/{c}_J", step) for c in COMPONENTS}
+        columns = {c: pts for c, pts in columns.items() if pts}
+        if not columns:
+            return {}
+        n = min(len(pts) for pts in columns.values())
+        best = min(range(n), key=lambda i: abs(sum(pts[i].value for pts in columns.values()) - total_j))
+        return {c: pts[best].value for c, pts in columns.items()}
+
+    # ------------------------------------------------------------------------------------------------ metric
+    def metric_name(self, preferred: str | None = None) -> str | None:
+        """``preferred`` if it was logged, else the first of :data:`METRIC_CANDIDATES` that was, else ``None``."""
+        if preferred is not None:
+            return preferred if preferred in self.scalars else None
+        return next((m for m in METRIC_CANDIDATES if m in self.scalars), None)
+
+    def time_at(self, point: Point) -> float | None:
+        """Elapsed fit time when ``point`` was logged (``None`` if the log cannot tell)."""
+        logged = self.scalars.with_("time/elapsed_s", point)
+        if logged is not None:
+            return logged.value
+        start = self.scalars.start_wall_time
+        if point.wall_time is not None and start is not None:
+            return point.wall_time - start
+        return None
+
+    def curve(self, metric: str) -> list[CurvePoint]:
+        """Every logged value of ``metric`` with the cumulative energy and time at it."""
+        if metric not in self._curves:
+            ends = {e.step: e.cumulative_j for e in self.epoch_energy() if e.step >= 0}
+            points = []
+            for p in self.scalars.series(metric):
+                energy = ends.get(p.step)
+                if energy is None:
+                    energy = self.scalars.max_up_to("energy/total_J", p.step)
+                points.append(CurvePoint(p.step, self.epoch_of(p), p.value, energy, self.time_at(p)))
+            self._curves[metric] = points
+        return list(self._curves[metric])
+
+    def final_metric(self, metric: str) -> float | None:
+        """The last logged value of ``metric``."""
+        last = self.scalars.last(metric)
+        return last.value if last is not None else None
+
+    def best_metric(self, metric: str, mode: str) -> float | None:
+        """The best logged value of ``metric`` (``mode`` ``"max"`` or ``"min"``)."""
+        vals = [v for v in self.scalars.values(metric) if math.isfinite(v)]
+        if not vals:
+            return None
+        return max(vals) if mode == "max" else min(vals)
+
+    def to_target(self, metric: str, target: float, mode: str) -> TargetResult:
+        """The first validation at which ``metric`` reached ``target`` (``>=`` for ``max``, ``<=`` for ``min``)."""
+        for cp in self.curve(metric):
+            if math.isfinite(cp.value) and (cp.value >= target if mode == "max" else cp.value <= target):
+                return TargetResult(metric, target, mode, True, cp.epoch, cp.step, cp.value, cp.energy_j, cp.time_s)
+        return TargetResult(metric, target, mode, False)
+
+    # ------------------------------------------------------------------------------------------------ model
+    def macs(self) -> tuple[float | None, float | None]:
+        """(MACs, params) of the final model: the last prune's, else the ``model`` section GreenReport records."""
+        macs, params = self.scalars.last("pruning/macs"), self.scalars.last("pruning/params")
+        if macs is not None:
+            return macs.value, params.value if params is not None else None
+        model = self.extra("model") or {}
+        return model.get("macs"), model.get("params")
+
+    def dense_macs(self) -> float | None:
+        """MACs before any prune (from the first prune's MACs × speedup, else the recorded start MACs)."""
+        model = self.extra("model") or {}
+        if model.get("macs_start") is not None:
+            return float(model["macs_start"])
+        first = self.scalars.series("pruning/macs")
+        speed = self.scalars.series("pruning/speedup")
+        if first and speed:
+            return first[0].value * speed[0].value
+        return model.get("macs")
+
+
+def _runs_below(path: Path, energy_report: str, limit: int = 8) -> list[str]:
+    """Run directories under ``path`` (two levels deep), for the error message."""
+    found = sorted(str(p.parent) for p in path.glob(f"*/{energy_report}"))
+    found += sorted(str(p.parent) for p in path.glob(f"*/*/{energy_report}"))
+    return found[:limit]
+
+
+def load_run(path: str | os.PathLike[str], name: str | None = None, energy_report: str = ENERGY_REPORT) -> Run:
+    """Read a run directory.
+
+    Args:
+        path: The run's log dir.
+        name: Name of the run in reports; ``None``: ``parent/version_N`` or the folder name.
+        energy_report: File name of the energy report in it (``EnergyMonitor(report_filename=...)``).
+
+    Raises:
+        RunDirError: ``path`` is missing, not a directory, has no ``energy_report.json`` (the message lists run
+            directories found below it) or holds an unreadable one.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"run directory {os.fspath(path)!r} does not exist.")
+    if not p.is_dir():
+        raise RunDirError(
+            f"{os.fspath(path)!r} is not a directory; pass a run's log dir (e.g. lightning_logs/version_0)."
+        )
+    report_path = p / energy_report
+    if not report_path.is_file():
+        below = _runs_below(p, energy_report)
+        hint = (
+            f"runs found below it: {', '.join(below)}"
+            if below
+            else "pass the log dir of a fit run with an EnergyMonitor (e.g. lightning_logs/version_0)"
+        )
+        raise RunDirError(f"{os.fspath(path)!r} is not a run directory (no {energy_report}); {hint}.")
+    try:
+        energy = read_report(report_path)
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"cannot read {os.fspath(report_path)!r}: {err}") from err
+    try:
+        scalars = read_scalars(p)
+    except Exception as err:  # a corrupt event file or CSV: say which run, not a traceback from TensorBoard
+        raise RunDirError(f"cannot read the logged scalars in {os.fspath(path)!r}: {err}") from err
+    return Run(path=p, energy=energy, scalars=scalars, name=name or _default_name(p))
+
+
+def _default_name(p: Path) -> str:
+    """``parent/version_N`` for Lightning's version folders, else the folder name."""
+    p = p.resolve()
+    if p.name.startswith("version_") and p.parent.name:
+        parent = p.parent.parent.name if p.parent.name == "lightning_logs" and p.parent.parent.name else p.parent.name
+        return f"{parent}/{p.name}"
+    return p.name

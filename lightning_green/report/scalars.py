@@ -1,0 +1,187 @@
+"""Scalars of a finished run, read back from the logger's files: TensorBoard event files or CSVLogger's metrics.csv.
+
+Every logged value keeps its step, its order of appearance and (from CSV) its row, so a value can be looked up *as
+logged together with* another (the validation time logged with a validation metric, say), not only by step.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Point", "Scalars", "find_scalar_files", "read_csv", "read_scalars", "read_tensorboard"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One logged value.
+
+    Attributes:
+        step: The logger's step.
+        value: The value.
+        order: Position among all values read from the run (file order).
+        wall_time: Seconds since the epoch when TensorBoard wrote it (``None`` from CSV).
+        row: The CSV row it was logged in (``None`` from TensorBoard).
+    """
+
+    step: int
+    value: float
+    order: int
+    wall_time: float | None = None
+    row: int | None = None
+
+
+class Scalars:
+    """Logged scalars by tag, each a list of :class:`Point` in the order they were written.
+
+    Example:
+        >>> s = Scalars.from_rows([{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.5, "acc": 0.7}])
+        >>> s.values("loss"), s.last("acc").step
+        ([2.0, 1.5], 1)
+    """
+
+    def __init__(self, source: str = "none") -> None:
+        self.source = source
+        self._tags: dict[str, list[Point]] = {}
+        self._order = 0
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict[str, float]], source: str = "rows") -> Scalars:
+        """Build from dicts of ``{"step": s, tag: value, ...}`` (one dict per log call, like CSV rows)."""
+        out = cls(source)
+        for i, row in enumerate(rows):
+            step = int(row["step"])
+            for tag, value in row.items():
+                if tag != "step":
+                    out.add(tag, step, float(value), row=i)
+        return out
+
+    def add(self, tag: str, step: int, value: float, wall_time: float | None = None, row: int | None = None) -> None:
+        """Append one value (NaN/inf are kept: a run that diverged should show it)."""
+        self._tags.setdefault(tag, []).append(Point(int(step), float(value), self._order, wall_time, row))
+        self._order += 1
+
+    def __contains__(self, tag: object) -> bool:
+        return tag in self._tags and bool(self._tags[tag])
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._tags.values())
+
+    def tags(self) -> list[str]:
+        """Tags with at least one value."""
+        return [t for t, v in self._tags.items() if v]
+
+    def series(self, tag: str) -> list[Point]:
+        """All values of ``tag`` in written order (empty if never logged)."""
+        return list(self._tags.get(tag, []))
+
+    def values(self, tag: str) -> list[float]:
+        """Just the values of ``tag``."""
+        return [p.value for p in self._tags.get(tag, [])]
+
+    def last(self, tag: str) -> Point | None:
+        """The last value written for ``tag``."""
+        points = self._tags.get(tag)
+        return points[-1] if points else None
+
+    def with_(self, tag: str, anchor: Point) -> Point | None:
+        """The value of ``tag`` logged with ``anchor``.
+
+        That is the value at ``anchor``'s step in its CSV row if there is one, else the nearest in written order
+        (the earlier one on a tie).
+
+        Lightning writes a hook's ``self.log`` values as one batch and a callback's direct ``log_metrics`` call as
+        another, so values logged together sit next to each other in the files.
+        """
+        same_step = [p for p in self._tags.get(tag, []) if p.step == anchor.step]
+        if not same_step:
+            return None
+        if anchor.row is not None:
+            same_row = next((p for p in same_step if p.row == anchor.row), None)
+            if same_row is not None:
+                return same_row
+        return min(same_step, key=lambda p: (abs(p.order - anchor.order), p.order))
+
+    def at_step(self, tag: str, step: int) -> list[Point]:
+        """The values of ``tag`` logged at ``step``, in written order."""
+        return [p for p in self._tags.get(tag, []) if p.step == step]
+
+    def max_up_to(self, tag: str, step: int) -> float | None:
+        """Largest value of ``tag`` at steps ``<= step`` (the running total there, for a cumulative series)."""
+        vals = [p.value for p in self._tags.get(tag, []) if p.step <= step and math.isfinite(p.value)]
+        return max(vals) if vals else None
+
+    @property
+    def start_wall_time(self) -> float | None:
+        """The earliest TensorBoard wall time (``None`` for CSV)."""
+        times = [p.wall_time for pts in self._tags.values() for p in pts if p.wall_time is not None]
+        return min(times) if times else None
+
+
+def find_scalar_files(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path | None]:
+    """TensorBoard event files (sorted) and ``metrics.csv`` directly in ``run_dir``."""
+    run_dir = Path(run_dir)
+    events = sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(str(run_dir)), "events.out.tfevents.*")))
+    csv_path = run_dir / "metrics.csv"
+    return events, csv_path if csv_path.is_file() else None
+
+
+def read_tensorboard(paths: Iterable[str | os.PathLike[str]]) -> Scalars:
+    """Scalars of TensorBoard event files, read with TensorBoard's own ``EventFileLoader``."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    paths = [Path(p) for p in paths]
+    out = Scalars("tensorboard: " + ", ".join(p.name for p in paths))
+    for path in paths:
+        for event in EventFileLoader(str(path)).Load():
+            if not event.HasField("summary"):
+                continue
+            for value in event.summary.value:
+                kind = value.WhichOneof("value")
+                if kind == "simple_value":
+                    out.add(value.tag, event.step, value.simple_value, wall_time=event.wall_time)
+                elif kind == "tensor" and value.metadata.plugin_data.plugin_name in ("scalars", ""):
+                    array = tensor_util.make_ndarray(value.tensor)
+                    if array.size == 1 and array.dtype.kind in "fiu":
+                        out.add(value.tag, event.step, float(array.reshape(())), wall_time=event.wall_time)
+    return out
+
+
+def read_csv(path: str | os.PathLike[str]) -> Scalars:
+    """Scalars of a CSVLogger ``metrics.csv`` (one row per log call; empty cells are values not logged)."""
+    out = Scalars(f"csv: {Path(path).name}")
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            raw_step = row.get("step")
+            if raw_step in (None, ""):
+                continue
+            step = int(float(raw_step))
+            for tag, cell in row.items():
+                if tag == "step" or tag is None or cell in (None, ""):
+                    continue
+                try:
+                    out.add(tag, step, float(cell), row=i)
+                except ValueError:
+                    log.debug("skipping non-numeric %s=%r in %s", tag, cell, path)
+    return out
+
+
+def read_scalars(run_dir: str | os.PathLike[str]) -> Scalars:
+    """The run's scalars: TensorBoard event files if it has any with scalars, else ``metrics.csv``, else none."""
+    events, csv_path = find_scalar_files(run_dir)
+    if events:
+        scalars = read_tensorboard(events)
+        if len(scalars):
+            return scalars
+    if csv_path is not None:
+        return read_csv(csv_path)
+    return Scalars("none")

@@ -1,0 +1,161 @@
+import json
+import os
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_green import EnergyMonitor, GreenReport
+from lightning_green.demos import DigitsCNN, DigitsDataModule
+from lightning_green.report import load_run
+from tests.helpers import QUIET
+from tests.report.runs import fit_digits
+
+
+class TimeLog(GreenReport):
+    """Records what it logs as time/elapsed_s."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.logged = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        super().on_validation_epoch_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self.logged.append(float(trainer.callback_metrics["time/elapsed_s"]))
+
+
+class Exploding(DigitsCNN):
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "up"}, r"GreenReport\(mode='up'\): `mode` must be one of \('auto', 'max', 'min'\)"),
+        ({"metric": ""}, r"GreenReport\(metric=''\): `metric` must be None or the name of a logged validation"),
+        ({"target": float("nan")}, r"`target` must be a number that is finite"),
+        ({"filename": "a/b"}, r"GreenReport\(filename='a/b'\): `filename` must be a plain file name"),
+        ({"html": "yes"}, r"GreenReport\(html='yes'\): `html` must be a bool"),
+        ({"count_macs": 1}, r"`count_macs` must be a bool"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        GreenReport(**kwargs)
+
+
+def test_needs_an_energy_monitor(tmp_path):
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=1, callbacks=[GreenReport()], logger=False, **QUIET)
+    with pytest.raises(ValueError, match=r"GreenReport: .* has no EnergyMonitor writing one; add"):
+        trainer.fit(DigitsCNN(channels=[4]), DigitsDataModule(image_size=8))
+
+
+def test_written_at_fit_end_whatever_the_callback_order(tmp_path):
+    report = GreenReport(target=0.0)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        callbacks=[report, EnergyMonitor(print_summary=False)],  # GreenReport *before* the monitor
+        **QUIET,
+    )
+    trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(image_size=8))
+    md = report.files.markdown.read_text()
+    assert str(report.files.markdown) == os.path.join(trainer.log_dir, "green_report.md")
+    assert "| 1 | 5 |" in md  # both epochs' validations are in (the loggers were flushed)
+    assert "energy to val_acc ≥ 0" in md
+    model = load_run(trainer.log_dir).extra("model")
+    assert model["macs"] == model["macs_start"] > 0 and model["params"] == sum(
+        p.numel() for p in trainer.lightning_module.parameters()
+    )
+
+
+def test_csv_logger_rows_are_flushed_before_the_report(tmp_path):
+    trainer = fit_digits(tmp_path, "csv", epochs=3)
+    run = load_run(trainer.log_dir)
+    assert [cp.epoch for cp in run.curve("val_acc")] == [0, 1, 2]
+    assert (run.path / "green_report_files" / "metric_vs_energy.png").is_file()
+
+
+def test_without_a_logger_the_report_has_the_energy_tables(tmp_path):
+    report = GreenReport()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[EnergyMonitor(print_summary=False), report],
+        **QUIET,
+    )
+    trainer.fit(DigitsCNN(channels=[4]), DigitsDataModule(image_size=8))
+    assert report.files.markdown.parent == tmp_path
+    assert {p.name for p in report.files.images} == {"energy_per_epoch.png"}  # from the report's epochs_j
+    assert "## Measured vs estimated" in report.files.markdown.read_text()
+
+
+def test_no_report_after_an_exception(tmp_path):
+    report = GreenReport()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        callbacks=[EnergyMonitor(print_summary=False), report],
+        **QUIET,
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Exploding(channels=[4]), DigitsDataModule(image_size=8))
+    assert report.files is None
+    assert not os.path.exists(os.path.join(trainer.log_dir, "green_report.md"))
+    with open(os.path.join(trainer.log_dir, "energy_report.json")) as f:
+        assert json.load(f)["status"] == "interrupted: RuntimeError"
+
+
+def test_elapsed_time_and_start_macs_continue_across_a_resume(tmp_path):
+    first = TimeLog()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit_digits(tmp_path, "csv", epochs=2, report=first, callbacks=[ckpt], enable_checkpointing=True)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]["TimeLog"]
+    assert saved["version"] == 1 and saved["elapsed_s"] >= first.logged[-1]
+
+    second = TimeLog()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        limit_train_batches=4,
+        limit_val_batches=3,
+        callbacks=[EnergyMonitor(print_summary=False), second],
+        **QUIET,
+    )
+    trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(image_size=8), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert len(second.logged) == 1 and second.logged[0] > saved["elapsed_s"]
+    assert load_run(trainer.log_dir).extra("model")["macs_start"] == saved["model"]["macs_start"]
+
+
+@pytest.mark.slow
+def test_ddp_writes_one_report_from_rank_zero(tmp_path):
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EnergyMonitor(print_summary=False), GreenReport()],
+    )
+    trainer.fit(DigitsCNN(channels=[4]), DigitsDataModule(image_size=8))
+    run = load_run(tmp_path / "lightning_logs" / "version_0")  # the parent's trainer.log_dir moves on to version_1
+    assert len(run.stage("fit")["per_rank"]) == 2
+    assert (run.path / "green_report.md").is_file() and (run.path / "green_report.html").is_file()
+    assert not [f for f in os.listdir(run.path) if f.endswith(".tmp")]

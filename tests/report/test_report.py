@@ -1,0 +1,230 @@
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from lightning_green.report import (
+    RunDirError,
+    Scalars,
+    build_report,
+    compare_runs,
+    format_comparison,
+    load_run,
+    write_comparison,
+    write_report,
+)
+from lightning_green.report.run import Run
+from tests.report.runs import fit_digits
+
+PLOTS = {"energy_per_epoch.png", "average_power.png", "metric_vs_energy.png"}
+
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory):
+    return fit_digits(tmp_path_factory.mktemp("tb"), "tb").log_dir
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    return fit_digits(tmp_path_factory.mktemp("csv"), "csv").log_dir
+
+
+def energy_report(epochs_j=(10.0, 8.0, 8.0), cpu=None, status="complete", extra=None):
+    total = sum(epochs_j)
+    cpu = total if cpu is None else cpu
+    fit = {
+        "energy_j": {"gpu": total - cpu, "cpu": cpu, "dram": 0.0, "total": total},
+        "sources": {"gpu": "measured" if total > cpu else "none", "cpu": "estimated", "dram": "estimated"},
+        "label": "mixed" if total > cpu else "estimated",
+        "time_s": 10.0,
+        "steps": 30,
+        "samples": 300,
+        "epochs_j": list(epochs_j),
+        "kwh": total / 3.6e6,
+        "gco2e": 0.5,
+    }
+    out = {"version": 1, "status": status, "carbon": {"intensity_g_per_kwh": 56.0, "pue": 1.1}, "stages": {"fit": fit}}
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def synthetic_run(tmp_path, rows, name="synthetic", **report):
+    return Run(path=tmp_path, energy=energy_report(**report), scalars=Scalars.from_rows(rows), name=name)
+
+
+def epoch_rows(accs, epoch_j=(10.0, 8.0, 8.0), times=(1.0, 2.0, 3.0)):
+    rows, total = [], 0.0
+    for e, (acc, ej, t) in enumerate(zip(accs, epoch_j, times, strict=True)):
+        step = 10 * e + 9
+        total += ej
+        rows.append({"step": step - 4, "energy/total_J": total - ej / 2, "power/avg_W": 50.0})  # mid-epoch window
+        rows.append({"step": step, "val_acc": acc, "epoch": e, "time/elapsed_s": t})  # validation end
+        rows.append({"step": step, "energy/epoch_J": ej, "energy/total_J": total, "epoch": e})  # train epoch end
+    rows.append({"step": 29, "energy/total_J": total + 5.0})  # fit end: after the last epoch
+    return rows
+
+
+def assert_png(path):
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > 100 and img.height > 100
+        img.verify()
+
+
+# ------------------------------------------------------------------------------------------------ a real run
+def test_report_of_a_real_run_has_the_files_and_valid_pngs(tb_run):
+    files = write_report(tb_run, target=0.05, filename="again")
+    assert files.markdown.name == "again.md" and files.html is not None
+    assert {p.name for p in files.images} == PLOTS  # no pruning/precision/power data: no such plots
+    for png in files.images:
+        assert_png(png)
+    md = files.markdown.read_text()
+    for name in PLOTS:
+        assert f"](again_files/{name})" in md
+    page = files.html.read_text()
+    assert page.count('src="data:image/png;base64,') == len(PLOTS)
+    assert 'src="http' not in page and "again_files/" not in page  # standalone
+
+
+def test_tensorboard_and_csv_logs_give_the_same_epochs(tb_run, csv_run):
+    for run_dir in (tb_run, csv_run):
+        run = load_run(run_dir)
+        epochs = run.epoch_energy()
+        expected = run.stage("fit")["epochs_j"]
+        assert [e.epoch for e in epochs] == [0, 1, 2]
+        assert [e.total_j for e in epochs] == pytest.approx(expected, rel=1e-5)
+        for e in epochs:  # the components add up to the epoch
+            assert sum(e.components_j.values()) == pytest.approx(e.total_j, rel=1e-4)
+        curve = run.curve("val_acc")
+        # each validation gets the energy at the end of its epoch, validation included
+        assert [cp.energy_j for cp in curve] == pytest.approx([sum(expected[: i + 1]) for i in range(3)], rel=1e-5)
+        times = [cp.time_s for cp in curve]
+        assert all(t is not None for t in times) and times == sorted(times)
+
+
+def test_runs_are_read_back_from_either_logger(tb_run, csv_run):
+    assert load_run(tb_run).scalars.source.startswith("tensorboard")
+    assert load_run(csv_run).scalars.source == "csv: metrics.csv"
+
+
+# ------------------------------------------------------------------------------------------------ derived figures
+def test_metric_vs_energy_uses_epoch_end_totals_not_the_fit_end(tmp_path):
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]))
+    assert [cp.energy_j for cp in run.curve("val_acc")] == [10.0, 18.0, 26.0]
+    assert [cp.epoch for cp in run.curve("val_acc")] == [0, 1, 2]
+
+
+def test_a_mid_epoch_validation_gets_the_running_total(tmp_path):
+    rows = [{"step": 4, "energy/total_J": 3.0}, {"step": 5, "val_loss": 2.0}, {"step": 9, "energy/total_J": 7.0}]
+    run = synthetic_run(tmp_path, rows)
+    assert run.curve("val_loss")[0].energy_j == 3.0
+
+
+@pytest.mark.parametrize(
+    ("metric", "target", "mode", "epoch", "energy"),
+    [("val_acc", 0.8, "max", 1, 18.0), ("val_acc", 0.95, "max", None, None), ("val_loss", 0.2, "min", 2, 26.0)],
+)
+def test_energy_and_time_to_target(tmp_path, metric, target, mode, epoch, energy):
+    rows = epoch_rows([0.5, 0.8, 0.9])
+    for r in rows:
+        if "val_acc" in r:
+            r["val_loss"] = 1.0 - r["val_acc"] + 0.05
+    hit = synthetic_run(tmp_path, rows).to_target(metric, target, mode)
+    assert hit.reached is (epoch is not None)
+    assert hit.epoch == epoch and hit.energy_j == energy
+    if hit.reached:
+        assert hit.time_s == float(epoch + 1)
+
+
+def test_pruning_precision_and_power_plots_appear_with_their_data(tmp_path):
+    rows = epoch_rows([0.5, 0.8, 0.9])
+    rows += [
+        {"step": 10, "pruning/macs": 5e6, "pruning/params": 4000, "pruning/speedup": 2.0, "pruning/step": 1},
+        {"step": 20, "pruning/macs": 2.5e6, "pruning/params": 2000, "pruning/speedup": 4.0, "pruning/step": 2},
+        {"step": 0, "precision/mode": 32.0, "precision/fallbacks": 0},
+        {"step": 10, "precision/mode": 16.5, "precision/fallbacks": 0},
+        {"step": 14, "precision/mode": 32.0, "precision/fallbacks": 1, "precision/skipped_steps": 1},
+        {"step": 20, "precision/mode": 16.5, "precision/fallbacks": 1, "precision/skipped_steps": 1},
+        {"step": 1, "power/limit_W": 250.0},
+        {"step": 5, "power/limit_W": 150.0},
+    ]
+    extra = {"power_limit": {"chosen_limit_w": 150.0, "table": [{"limit_w": 150.0, "energy_j": 1.0}]}}
+    run = synthetic_run(tmp_path, rows, extra=extra)
+    doc = build_report(run)
+    names = {n for n, _ in doc.images}
+    assert names == PLOTS | {"macs_per_prune.png", "precision_mode.png", "power_limit.png"}
+    md = doc.to_markdown("x")
+    assert "| dense | – | 10 M |" in md and "| 2 | 20 | 2.5 M | 2,000 | 4.00× |" in md  # dense = MACs × speedup
+    assert "| 10 | fp32 | bf16 |" in md and "| 14 | bf16 | fp32 |" in md  # switches
+    assert "| 14 | 1 |" in md and "skipped for non-finite loss or gradients: 1" in md  # the fallback
+    assert "| 150 ✓ |" in md
+
+
+def test_report_says_when_the_run_was_interrupted_and_when_a_metric_is_missing(tmp_path):
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), status="interrupted: RuntimeError")
+    md = build_report(run, metric="val_f1").to_markdown("x")
+    assert "did not finish normally (interrupted: RuntimeError)" in md
+    assert "Metric `val_f1` was not logged" in md
+
+
+def test_measured_vs_estimated_splits_the_total(tmp_path):
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), cpu=6.5)
+    md = build_report(run).to_markdown("x")
+    assert "| gpu | measured | 19.5 J | 75.0 % |" in md
+    assert "| estimated (model) |  | 6.5 J | 25.0 % |" in md
+    assert "56 gCO2e/kWh" in md and "| PUE | 1.10 |" in md
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+def test_compare_two_runs_with_ratios_against_the_first(tmp_path):
+    base = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name="baseline")
+    green = synthetic_run(
+        tmp_path, epoch_rows([0.85, 0.88, 0.9], epoch_j=(4.0, 4.0, 4.0), times=(0.5, 1.0, 1.5)), name="green"
+    )
+    cmp = compare_runs([base, green], target=0.8)
+    assert cmp.metric == "val_acc" and cmp.mode == "max"
+    assert [r.target.energy_j for r in cmp.rows] == [18.0, 4.0]
+    text = format_comparison(cmp)
+    assert "0.22×" in text and "0.25×" in text  # 4/18 J, 0.5/2 s
+    _, files = write_comparison([base, green], tmp_path / "cmp", target=0.8)
+    assert_png(files.images[0])
+    assert json.loads(json.dumps(cmp.as_dict()))["runs"][1]["target"]["epoch"] == 0
+
+
+def test_comparison_target_defaults_to_what_every_run_reached(tmp_path):
+    a = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name="a")
+    b = synthetic_run(tmp_path, epoch_rows([0.4, 0.6, 0.7]), name="b")
+    cmp = compare_runs([a, b])
+    assert cmp.target == pytest.approx(0.7) and all(r.target.reached for r in cmp.rows)
+
+
+def test_comparison_needs_a_common_metric(tmp_path):
+    a = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name="a")
+    b = synthetic_run(tmp_path, [{"step": 1, "val_f1": 0.3}], name="b")
+    with pytest.raises(RunDirError, match=r"no validation metric common to all runs"):
+        compare_runs([a, b])
+    with pytest.raises(RunDirError, match=r"metric 'val_acc' was not logged in: b"):
+        compare_runs([a, b], metric="val_acc")
+
+
+# ------------------------------------------------------------------------------------------------ bad run dirs
+def test_bad_run_directories_say_why(tmp_path, tb_run):
+    with pytest.raises(RunDirError, match=r"does not exist"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(RunDirError, match=r"is not a directory"):
+        load_run(tmp_path / "file.txt")
+    parent = str(tb_run).rsplit("/", 1)[0]
+    with pytest.raises(RunDirError, match=r"no energy_report.json\); runs found below it: .*version_0"):
+        load_run(parent)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "energy_report.json").write_text("{not json")
+    with pytest.raises(RunDirError, match=r"cannot read .*energy_report.json"):
+        load_run(bad)
+
+
+def test_scalars_keep_non_finite_values_and_skip_them_for_the_best(tmp_path):
+    run = synthetic_run(tmp_path, [{"step": 1, "val_loss": 2.0}, {"step": 2, "val_loss": math.nan}])
+    assert run.best_metric("val_loss", "min") == 2.0 and math.isnan(run.final_metric("val_loss"))

@@ -1,0 +1,82 @@
+import json
+import os
+import re
+
+import pytest
+
+from lightning_green import GreenReport
+from lightning_green.cli import cli, main
+from tests.report.runs import fit_digits
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return [fit_digits(root / name, "tb", epochs=2).log_dir for name in ("baseline", "green")]
+
+
+def run_main(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_fit_writes_the_green_report_by_default(tmp_path):
+    result = cli(
+        [
+            "fit",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--data.image_size=8",
+        ]
+    )
+    assert any(isinstance(cb, GreenReport) for cb in result.trainer.callbacks)
+    assert os.path.isfile(os.path.join(result.trainer.log_dir, "green_report.md"))
+
+
+def test_report_regenerates_one_run(two_runs, capsys):
+    md = os.path.join(two_runs[0], "green_report.md")
+    os.remove(md)
+    code, out, _ = run_main(["report", two_runs[0], "--no-html"], capsys)
+    assert code == 0 and os.path.isfile(md) and md in out
+    assert not os.path.exists(os.path.join(two_runs[1], "green_comparison.md"))
+
+
+def test_report_compares_two_runs(two_runs, tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    args = ["report", *two_runs, "--target", "0.0", "--names", "base,green", "--out", str(out_dir)]
+    code, out, _ = run_main([*args, "--json", str(tmp_path / "cmp.json")], capsys)
+    assert code == 0
+    assert "target: val_acc ≥ 0 (given)" in out
+    lines = out.splitlines()
+    assert any(line.startswith("base ") and "1.00×" in line for line in lines)
+    assert any(line.startswith("green ") for line in lines)
+    assert (out_dir / "green_comparison.md").is_file() and (out_dir / "green_comparison.html").is_file()
+    data = json.loads((tmp_path / "cmp.json").read_text())
+    assert [r["name"] for r in data["runs"]] == ["base", "green"]
+    assert all(r["target"]["reached"] and r["target"]["energy_j"] > 0 for r in data["runs"])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root, runs: str(root / "nope"), r"run directory '.*nope' does not exist\."),
+        (lambda root, runs: os.path.dirname(runs[0]), r"is not a run directory \(no energy_report\.json\); runs found"),
+        (lambda root, runs: str(root), r"is not a run directory .*pass the log dir of a fit run"),
+    ],
+)
+def test_bad_run_directory_is_a_one_line_error_with_exit_2(two_runs, tmp_path, capsys, make, message):
+    code, _, err = run_main(["report", make(tmp_path, two_runs)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("lightning-green: error: ")
+    assert re.search(message, lines[0])
+
+
+def test_names_must_match_the_runs(two_runs, capsys):
+    code, _, err = run_main(["report", *two_runs, "--names", "only-one"], capsys)
+    assert code == 2 and "--names has 1 name(s) for 2 run directories" in err
