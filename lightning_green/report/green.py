@@ -235,8 +235,10 @@ def _measured_vs_estimated(doc: Document, run: Run) -> None:
     doc.table(["component", "source", "fit energy", "share"], rows)
     meter = run.energy.get("meter") or {}
     est = run.energy.get("estimate") or {}
+    gpus = meter.get("gpu_indices") or []
+    gpu_text = f"GPUs {gpus} via {meter.get('gpu_method')}" if gpus else "no GPU metered"
     doc.paragraph(
-        f"Meter: GPUs {meter.get('gpu_indices', [])} via {meter.get('gpu_method', 'n/a')}; CPU/DRAM: "
+        f"Meter: {gpu_text}; CPU/DRAM: "
         f"{meter.get('cpu', 'n/a')}. Estimate model: {est.get('cpu_w_per_core', 'n/a')} W per busy core × process "
         f"CPU time, {est.get('dram_w_per_gb', 'n/a')} W/GB × resident memory (`lightning_green.energy.estimate`).",
         note=True,
