@@ -1,8 +1,15 @@
 """lightning-green: PyTorch Lightning callbacks that make any LightningModule train greener."""
 
-from lightning_green.callbacks import EnergyBudget, EnergyMonitor
+from lightning_green.callbacks import EnergyBudget, EnergyMonitor, StructuredPruning
 from lightning_green.events import WorkloadChange, workload_changed
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["EnergyBudget", "EnergyMonitor", "WorkloadChange", "__version__", "workload_changed"]
+__all__ = [
+    "EnergyBudget",
+    "EnergyMonitor",
+    "StructuredPruning",
+    "WorkloadChange",
+    "__version__",
+    "workload_changed",
+]
