@@ -327,13 +327,6 @@ class StructuredPruning(Callback):
     # --------------------------------------------------------------------------------------------- fit hooks
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.importance in NEEDS_GRADIENTS and not trainer.optimizers:
-            fail(
-                type(self).__name__,
-                "importance",
-                self.importance,
-                "a criterion without gradients (e.g. 'magnitude-l2'): configure_optimizers returned no optimizer",
-            )
         x = self._example(trainer, pl_module)
         if self.dense_macs is None:
             self.dense_macs, self.dense_params = count_macs_params(pl_module, x)
@@ -469,7 +462,12 @@ class StructuredPruning(Callback):
             check_at = self._position(trainer) + self.frequency - (0 if self.by_steps else 1)
             self._guard = {"prune": k, "baseline": baseline, "check_at": check_at, "validations": 0}
         self._after_change(trainer, pl_module, x)
-        if self.target_speedup is not None and not payload.get("reached", True):
+        if not payload["entries"]:
+            rank_zero_warn(
+                f"{type(self).__name__}: prune {k}/{n} removed no channel: every layer is ignored, frozen, an output, "
+                "at `max_layer_ratio`, or invisible to the traced graph (e.g. behind a .detach() in forward)."
+            )
+        elif self.target_speedup is not None and not payload.get("reached", True):
             rank_zero_warn(
                 f"{type(self).__name__}: prune {k}/{n} reached {self.speedup:.2f}x, short of its target: the layers "
                 "hit `max_layer_ratio` or could not be cut further."
