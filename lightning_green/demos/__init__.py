@@ -1,5 +1,6 @@
 """Built-in demo models and data modules (no download: the data ships with scikit-learn / Python)."""
 
 from lightning_green.demos.digits import DigitsCNN, DigitsDataModule
+from lightning_green.demos.resnet import DigitsResNet
 
-__all__ = ["DigitsCNN", "DigitsDataModule"]
+__all__ = ["DigitsCNN", "DigitsDataModule", "DigitsResNet"]
