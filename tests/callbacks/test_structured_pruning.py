@@ -487,3 +487,13 @@ def test_ddp_ranks_prune_the_same_channels_and_stay_identical(tmp_path):
     assert rank0["state"].keys() == rank1["state"].keys()
     for name, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][name]), name
+
+
+def test_example_config_builds_the_callback_through_the_cli(tmp_path):
+    from lightning_green.cli import cli
+
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "pruning.yaml"
+    built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    (pruning,) = [cb for cb in built.trainer.callbacks if isinstance(cb, StructuredPruning)]
+    assert (pruning.target_speedup, pruning.importance, pruning.schedule) == (2.5, "taylor", "cubic")
+    assert (pruning.monitor, pruning.max_drop) == ("val_acc", 0.02)
