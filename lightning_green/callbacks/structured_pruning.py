@@ -426,8 +426,13 @@ class StructuredPruning(Callback):
                         pl_module, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients
                     )
                 lineage = result.lineage
-                payload = {"entries": result.entries, "macs": result.macs, "params": result.params}
-                payload["reached"] = result.reached
+                payload = {
+                    "entries": result.entries,
+                    "macs": result.macs,
+                    "params": result.params,
+                    "needed": result.needed,
+                    "reached": result.reached,
+                }
             except Exception as exc:  # shared with the other ranks so that none waits forever
                 error = exc
                 payload = {"error": f"{type(exc).__name__}: {exc}"}
@@ -438,6 +443,21 @@ class StructuredPruning(Callback):
             if error is not None:
                 raise error
             raise RuntimeError(f"{type(self).__name__}: rank 0 failed to prune: {payload['error']}")
+        self.prunes_done = k
+        if not payload["entries"]:
+            self._reset_window()
+            self._snapshot = None
+            if payload["needed"]:
+                rank_zero_warn(
+                    f"{type(self).__name__}: prune {k}/{n} removed no channel: every layer is ignored, frozen, an "
+                    "output, at `max_layer_ratio`, or invisible to the traced graph (e.g. behind a .detach() in "
+                    "forward)."
+                )
+            elif self.verbose:
+                rank_zero_info(
+                    f"{type(self).__name__}: prune {k}/{n}: already at {self.speedup:.2f}x, its target; nothing cut."
+                )
+            return
         if strategy.global_rank != 0:
             lineage = replay(pl_module, x, payload["entries"])
             for p in pl_module.parameters():
@@ -457,17 +477,11 @@ class StructuredPruning(Callback):
                 "params": self.params,
             }
         )
-        self.prunes_done = k
         if baseline is not None:
             check_at = self._position(trainer) + self.frequency - (0 if self.by_steps else 1)
             self._guard = {"prune": k, "baseline": baseline, "check_at": check_at, "validations": 0}
         self._after_change(trainer, pl_module, x)
-        if not payload["entries"]:
-            rank_zero_warn(
-                f"{type(self).__name__}: prune {k}/{n} removed no channel: every layer is ignored, frozen, an output, "
-                "at `max_layer_ratio`, or invisible to the traced graph (e.g. behind a .detach() in forward)."
-            )
-        elif self.target_speedup is not None and not payload.get("reached", True):
+        if self.target_speedup is not None and not payload["reached"]:
             rank_zero_warn(
                 f"{type(self).__name__}: prune {k}/{n} reached {self.speedup:.2f}x, short of its target: the layers "
                 "hit `max_layer_ratio` or could not be cut further."

@@ -36,6 +36,8 @@ class PruneResult:
     lineage: Lineage = field(default_factory=Lineage)
     macs: float = 0.0
     params: int = 0
+    #: Whether the goal asked for any cut (a speedup target may already be met by an earlier prune).
+    needed: bool = True
     reached: bool = True
 
 
@@ -181,6 +183,7 @@ class ChannelPruner:
                 if ratio is not None:
                     pruner = self._pruner(module, example_inputs, ratio=ratio, steps=1, dense=dense_channels)
                     self._check_gradients(pruner, gradients)
+                    result.needed = ratio > 0
                     if ratio > 0:
                         with eager():
                             pruner.step()
@@ -188,6 +191,8 @@ class ChannelPruner:
                 else:
                     pruner = self._pruner(module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels)
                     self._check_gradients(pruner, gradients)
+                    before, _ = count_macs_params(module, example_inputs)
+                    result.needed = before > target_macs
                     result.macs, result.params = self._prune_to_macs(pruner, module, example_inputs, target_macs)
                     result.reached = result.macs <= target_macs
                 result.entries = plain_entries(pruner.pruning_history())
