@@ -73,8 +73,9 @@ class StructuredPruning(Callback):
         pruning_ratio: Share of channels to remove by the last prune, in (0, 1) — per layer, or over all layers with
             ``global_pruning``. Default 0.5 unless ``target_speedup`` is given.
         target_speedup: Instead of a ratio: prune until MACs dense / MACs pruned reaches this (> 1).
-        importance: How channels are ranked: ``"magnitude-l1"``, ``"magnitude-l2"``, ``"taylor"`` (|w·∂L/∂w| over
-            ``importance_batches`` optimizer steps before each prune), ``"bn-scale"``, ``"lamp"`` or ``"random"``.
+        importance: How channels are ranked: ``"magnitude-l1"``, ``"magnitude-l2"``, ``"taylor"`` (|w·∂L/∂w| with
+            gradients summed over ``importance_batches`` optimizer steps: the first steps of the prune's epoch, or
+            the steps just before a step-scheduled prune), ``"bn-scale"``, ``"lamp"`` or ``"random"``.
         schedule: ``"linear"`` or ``"cubic"`` progression of the goal over the prunes.
         start_epoch: Epoch (0-based) at whose start the first prune happens.
         end_epoch: Epoch of the last prune; ``None``: halfway from ``start_epoch`` to ``max_epochs``.
@@ -82,8 +83,9 @@ class StructuredPruning(Callback):
         end_step: Global step of the last prune.
         frequency: Epochs (or steps) between prunes; the fine-tune window of each prune.
         global_pruning: Rank channels across layers (layers lose different shares) instead of within each layer.
-        round_to: Keep channel counts multiples of this (e.g. 8 for fast kernels). ``None``: 1, or the number of
-            heads when the model has ``nn.MultiheadAttention``.
+        round_to: Channel counts after the last prune are multiples of this (e.g. 8 for fast kernels); earlier
+            prunes are not rounded, so small layers are not floored by a whole multiple each time. Models with
+            ``nn.MultiheadAttention`` are always rounded to its number of heads (``round_to`` must be a multiple).
         ignored_layers: Module names or glob patterns (``"head.*"``) never cut. The output layer is added
             automatically.
         max_layer_ratio: Largest share of a layer's dense channels that may be removed, in (0, 1).
@@ -418,12 +420,17 @@ class StructuredPruning(Callback):
                 if self.target_speedup is not None:
                     target = self.dense_macs * macs_fraction(self.target_speedup, self.schedule, k, n)  # type: ignore[operator]
                     result = self.pruner.prune(
-                        pl_module, x, target_macs=target, dense_channels=self.dense_channels, gradients=gradients
+                        pl_module,
+                        x,
+                        target_macs=target,
+                        dense_channels=self.dense_channels,
+                        gradients=gradients,
+                        final=k == n,
                     )
                 else:
                     ratio = step_ratio(self.pruning_ratio, self.schedule, k, n)  # type: ignore[arg-type]
                     result = self.pruner.prune(
-                        pl_module, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients
+                        pl_module, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients, final=k == n
                     )
                 lineage = result.lineage
                 payload = {

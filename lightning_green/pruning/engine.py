@@ -59,7 +59,7 @@ class ChannelPruner:
         owner: Class name used in error messages.
         importance: A name of :data:`~lightning_green.pruning.importance.IMPORTANCES`.
         global_pruning: Rank channels across all layers instead of within each layer.
-        round_to: Keep channel counts multiples of this.
+        round_to: Channel counts after the ``final`` prune are multiples of this.
         ignored_layers: Module names or glob patterns never cut.
         max_layer_ratio: Largest share of a layer's dense channels that may be removed.
         num_heads: Attention projection layer name → number of heads, so heads are cut alike.
@@ -117,22 +117,26 @@ class ChannelPruner:
             fail(self.owner, "importance", self.importance, "a criterion the model supports: it has no BatchNorm layer")
         self.effective_round_to(module)
 
-    def effective_round_to(self, module: nn.Module) -> int | None:
-        """``round_to``, or the heads of the model's ``nn.MultiheadAttention`` layers (their lcm) when unset."""
+    def effective_round_to(self, module: nn.Module, final: bool = True) -> int | None:
+        """The channel multiple of a prune: ``round_to`` for the ``final`` one, else only what attention needs.
+
+        ``nn.MultiheadAttention`` needs its embedding to stay a multiple of its heads at every prune (the lcm of
+        all heads when there are several). Rounding intermediate prunes to ``round_to`` as well would floor every
+        small layer by a whole multiple at each prune and overshoot the schedule; the final shapes are what runs.
+        """
         heads = {n: m.num_heads for n, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)}
-        if not heads:
-            return self.round_to
-        if self.round_to is None:
-            return math.lcm(*heads.values())
+        needed = math.lcm(*heads.values()) if heads else None
         for name, h in heads.items():
-            if self.round_to % h:
+            if self.round_to is not None and self.round_to % h:
                 fail(
                     self.owner,
                     "round_to",
                     self.round_to,
                     f"a multiple of the {h} heads of nn.MultiheadAttention {name!r} (or None)",
                 )
-        return self.round_to
+        if final and self.round_to is not None:
+            return self.round_to
+        return needed
 
     @staticmethod
     def _match(pattern: str, names: Sequence[str]) -> list[str]:
@@ -159,6 +163,7 @@ class ChannelPruner:
         target_macs: float | None = None,
         dense_channels: Mapping[str, Sequence[int]] | None = None,
         gradients: Mapping[str, torch.Tensor] | None = None,
+        final: bool = True,
     ) -> PruneResult:
         """Cut ``module`` in place: ``ratio`` of its current channels, or until its MACs are at most ``target_macs``.
 
@@ -169,6 +174,7 @@ class ChannelPruner:
             target_macs: Remove channels in fine steps until one forward costs at most this many MACs.
             dense_channels: :meth:`channels` of the dense model, so ``max_layer_ratio`` counts from there.
             gradients: Parameter name → accumulated gradient, for gradient-based importance.
+            final: The last prune of a schedule: ``round_to`` applies (see :meth:`effective_round_to`).
         """
         if (ratio is None) == (target_macs is None):
             raise ValueError("give exactly one of `ratio` and `target_macs`")
@@ -181,7 +187,9 @@ class ChannelPruner:
         try:
             with pruning_session(module) as lineage:
                 if ratio is not None:
-                    pruner = self._pruner(module, example_inputs, ratio=ratio, steps=1, dense=dense_channels)
+                    pruner = self._pruner(
+                        module, example_inputs, ratio=ratio, steps=1, dense=dense_channels, final=final
+                    )
                     self._check_gradients(pruner, gradients)
                     result.needed = ratio > 0
                     if ratio > 0:
@@ -189,7 +197,9 @@ class ChannelPruner:
                             pruner.step()
                     result.macs, result.params = count_macs_params(module, example_inputs)
                 else:
-                    pruner = self._pruner(module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels)
+                    pruner = self._pruner(
+                        module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels, final=final
+                    )
                     self._check_gradients(pruner, gradients)
                     before, _ = count_macs_params(module, example_inputs)
                     result.needed = before > target_macs
@@ -265,6 +275,7 @@ class ChannelPruner:
         ratio: float,
         steps: int,
         dense: Mapping[str, Sequence[int]] | None = None,
+        final: bool = True,
         cls: type = tp.pruner.BasePruner,
         **extra: Any,
     ) -> Any:
@@ -288,7 +299,7 @@ class ChannelPruner:
                 max_pruning_ratio=self.max_layer_ratio,
                 iterative_steps=steps,
                 ignored_layers=list(ignored | frozen),
-                round_to=self.effective_round_to(module),
+                round_to=self.effective_round_to(module, final),
                 num_heads={modules[n]: h for n, h in self.num_heads.items()},
                 **extra,
             )

@@ -226,3 +226,16 @@ def test_round_to_must_respect_attention_heads():
         ChannelPruner(round_to=6).check_module(MHABlock())
     assert ChannelPruner().effective_round_to(MHABlock(heads=4)) == 4
     assert ChannelPruner(round_to=8).effective_round_to(MHABlock(heads=4)) == 8
+
+
+def test_round_to_applies_to_the_final_prune_and_heads_to_every_prune():
+    cnn = DigitsCNN(channels=[8, 16])
+    assert ChannelPruner(round_to=8).effective_round_to(cnn, final=False) is None
+    assert ChannelPruner(round_to=8).effective_round_to(cnn, final=True) == 8
+    assert ChannelPruner(round_to=8).effective_round_to(MHABlock(heads=4), final=False) == 4
+    model = DigitsCNN(channels=[24, 48, 96])
+    x = model.example_input_array
+    ChannelPruner(round_to=8).prune(model, x, ratio=0.1, final=False)
+    assert [model.features[i].out_channels for i in (0, 3, 7)] == [21, 43, 86]  # not floored to multiples of 8
+    ChannelPruner(round_to=8).prune(model, x, ratio=0.1, final=True)
+    assert [model.features[i].out_channels for i in (0, 3, 7)] == [16, 32, 72]
