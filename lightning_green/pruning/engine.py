@@ -201,9 +201,8 @@ class ChannelPruner:
                         module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels, final=final
                     )
                     self._check_gradients(pruner, gradients)
-                    before, _ = count_macs_params(module, example_inputs)
-                    result.needed = before > target_macs
-                    result.macs, result.params = self._prune_to_macs(pruner, module, example_inputs, target_macs)
+                    result.macs, result.params, start = self._prune_to_macs(pruner, module, example_inputs, target_macs)
+                    result.needed = start > target_macs
                     result.reached = result.macs <= target_macs
                 result.entries = plain_entries(pruner.pruning_history())
             result.lineage = lineage
@@ -215,8 +214,8 @@ class ChannelPruner:
 
     def _prune_to_macs(
         self, pruner: Any, module: nn.Module, example_inputs: Any, target_macs: float
-    ) -> tuple[float, int]:
-        """Step the pruner's ratio up until MACs <= ``target_macs``, counting after each step.
+    ) -> tuple[float, int, float]:
+        """Step the pruner's ratio up until MACs <= ``target_macs``; returns MACs, params and the MACs before.
 
         MACs after removing a share ``r`` of channels behave like ``(1 - r) ** alpha`` (alpha ~ 2 when both sides
         of most layers shrink). Each step aims at 80 % of the way to the ratio that model predicts, then refits
@@ -236,7 +235,7 @@ class ChannelPruner:
             macs, params = count_macs_params(module, example_inputs)
             if 0.0 < macs < start:
                 alpha = max(0.5, math.log(macs / start) / math.log(1.0 - ratio))
-        return macs, params
+        return macs, params, start
 
     def _check_gradients(self, pruner: Any, gradients: Mapping[str, torch.Tensor] | None) -> None:
         """Refuse a gradient criterion when no gradient reached any layer that may be cut."""
