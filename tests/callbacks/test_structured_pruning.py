@@ -155,6 +155,14 @@ def test_sharded_strategies_are_refused(strategy):
         StructuredPruning().setup(trainer, small_cnn(), "fit")
 
 
+def test_open_ended_training_needs_an_end_epoch():
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    trainer = SimpleNamespace(strategy=SingleDeviceStrategy("cpu"), max_epochs=-1, callbacks=[])
+    with pytest.raises(ValueError, match=r"end_epoch=None\): `end_epoch` must be an int when the Trainer has no"):
+        StructuredPruning().setup(trainer, small_cnn(), "fit")
+
+
 @pytest.mark.slow
 def test_ddp_spawn_fails_early_and_names_ddp(tmp_path):
     trainer = make_trainer(tmp_path, [StructuredPruning()], strategy="ddp_spawn", devices=2)
