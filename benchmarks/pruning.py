@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
     print(f"\nthreads={torch.get_num_threads()}; written {args.json}")
+    if args.quick:
+        print("--quick is a smoke run: a dozen training steps, so its accuracies mean nothing.")
     return 0
 
 
