@@ -173,7 +173,8 @@ class ChannelPruner:
             ratio: Share of the current channels of each layer (or of all, with global pruning) to remove.
             target_macs: Remove channels in fine steps until one forward costs at most this many MACs.
             dense_channels: :meth:`channels` of the dense model, so ``max_layer_ratio`` counts from there.
-            gradients: Parameter name → accumulated gradient, for gradient-based importance.
+            gradients: Parameter name → accumulated gradient, for gradient-based importance. Every ``.grad`` is
+                ``None`` afterwards.
             final: The last prune of a schedule: ``round_to`` applies (see :meth:`effective_round_to`).
         """
         if (ratio is None) == (target_macs is None):
@@ -207,9 +208,10 @@ class ChannelPruner:
                 result.entries = plain_entries(pruner.pruning_history())
             result.lineage = lineage
         finally:
-            if gradients is not None:
-                for p in module.parameters():
-                    p.grad = None
+            # Old gradients (torch-pruning cuts them too) belong to a step that is over; they would only cost memory
+            # and mismatch the restored channels-last layout of the new weights.
+            for p in module.parameters():
+                p.grad = None
         return result
 
     def _prune_to_macs(
