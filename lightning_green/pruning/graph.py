@@ -9,6 +9,7 @@ which old one it kept (a :class:`Lineage`), so optimizer state can follow the su
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,8 @@ from torch import nn
 from torch_pruning.pruner import function as tp_function
 
 __all__ = ["Lineage", "build_graph", "count_macs_params", "eager", "pruning_session"]
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -119,6 +122,9 @@ def pruning_session(module: nn.Module) -> Iterator[Lineage]:
         >>> net.training, net[2].weight.requires_grad, tuple(net[2].weight.shape), len(lineage)
         (True, False, (2, 6), 3)
     """
+    ties: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        ties.setdefault(id(p), []).append(name)
     modes = {m: m.training for m in module.modules()}
     flags = {name: p.requires_grad for name, p in module.named_parameters()}
     channels_last = {
@@ -131,6 +137,7 @@ def pruning_session(module: nn.Module) -> Iterator[Lineage]:
         try:
             yield lineage
         finally:
+            _retie(module, [names for names in ties.values() if len(names) > 1])
             for m, training in modes.items():
                 m.training = training
             for name, p in module.named_parameters():
@@ -138,6 +145,26 @@ def pruning_session(module: nn.Module) -> Iterator[Lineage]:
                     p.requires_grad_(flags[name])
                 if name in channels_last and not p.is_contiguous(memory_format=torch.channels_last):
                     p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+def _retie(module: nn.Module, tied: list[list[str]]) -> None:
+    """Share tied parameters again (e.g. a language model's embedding and output weights).
+
+    Torch-pruning cuts each use of a shared parameter separately and hands every module its own copy; the copies
+    hold the same values, but would train apart.
+    """
+    for names in tied:
+        first = module.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            holder = module.get_submodule(owner) if owner else module
+            other = getattr(holder, attr)
+            if other is first:
+                continue
+            if other.shape != first.shape:
+                log.warning("tied parameters %s and %s were cut differently; they are no longer tied", names[0], name)
+                continue
+            setattr(holder, attr, first)
 
 
 @contextlib.contextmanager

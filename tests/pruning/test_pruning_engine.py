@@ -239,3 +239,13 @@ def test_round_to_applies_to_the_final_prune_and_heads_to_every_prune():
     assert [model.features[i].out_channels for i in (0, 3, 7)] == [21, 43, 86]  # not floored to multiples of 8
     ChannelPruner(round_to=8).prune(model, x, ratio=0.1, final=True)
     assert [model.features[i].out_channels for i in (0, 3, 7)] == [16, 32, 72]
+
+
+def test_tied_embedding_and_output_weights_stay_tied():
+    net = TinyGPT(d=32, heads=4)
+    net.head.weight = net.wte.weight
+    x = torch.randint(0, 20, (2, 6))
+    ChannelPruner(num_heads={"attn.qkv": 4}).prune(net, x, ratio=0.5)
+    assert net.head.weight is net.wte.weight
+    assert net.wte.weight.shape == (20, 16)
+    assert net(x).shape == (2, 6, 20)
