@@ -1,6 +1,13 @@
 """lightning-green: PyTorch Lightning callbacks that make any LightningModule train greener."""
 
-from lightning_green.callbacks import AMPScheduler, EnergyBudget, EnergyMonitor, GreenReport, PowerLimitTuner
+from lightning_green.callbacks import (
+    AMPScheduler,
+    EnergyBudget,
+    EnergyMonitor,
+    GreenReport,
+    PowerLimitTuner,
+    StructuredPruning,
+)
 from lightning_green.events import WorkloadChange, workload_changed
 
 __version__ = "0.1.0.dev0"
@@ -11,6 +18,7 @@ __all__ = [
     "EnergyMonitor",
     "GreenReport",
     "PowerLimitTuner",
+    "StructuredPruning",
     "WorkloadChange",
     "__version__",
     "workload_changed",

@@ -2,5 +2,6 @@
 
 from lightning_green.demos.digits import DigitsCNN, DigitsDataModule
 from lightning_green.demos.gpt import StdlibTextDataModule, TinyGPT
+from lightning_green.demos.resnet import DigitsResNet
 
-__all__ = ["DigitsCNN", "DigitsDataModule", "StdlibTextDataModule", "TinyGPT"]
+__all__ = ["DigitsCNN", "DigitsDataModule", "DigitsResNet", "StdlibTextDataModule", "TinyGPT"]

@@ -1,0 +1,688 @@
+"""StructuredPruning: iterative structured pruning during training that really shrinks the model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_green._internal.validation import (
+    check_bool,
+    check_choice,
+    check_number,
+    check_optional_number,
+    check_str_list,
+    fail,
+)
+from lightning_green.events import workload_changed
+from lightning_green.pruning.engine import ChannelPruner
+from lightning_green.pruning.graph import count_macs_params
+from lightning_green.pruning.history import STATE_VERSION, flatten_entries, replay
+from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
+from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
+from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, step_ratio
+
+__all__ = ["StructuredPruning"]
+
+log = logging.getLogger(__name__)
+
+ImportanceName = Literal["magnitude-l1", "magnitude-l2", "taylor", "bn-scale", "lamp", "random"]
+ScheduleName = Literal["linear", "cubic"]
+Regularization = Literal["none", "group-norm", "bn-scale"]
+_REGULARIZATIONS = ("none", "group-norm", "bn-scale")
+_MODES = ("max", "min")
+
+
+class StructuredPruning(Callback):
+    """Remove whole channels (and heads, hidden units) during training, so the model really gets smaller and faster.
+
+    Unlike Lightning's ``ModelPruning``, which multiplies weights by masks, this callback uses Torch-Pruning's
+    dependency graph to cut coupled channels out of every layer that shares them (residual adds, concatenations,
+    depthwise and grouped convs, BatchNorm, LayerNorm, ``nn.MultiheadAttention``). Pruning is gradual: prunes at
+    ``start_epoch``, every ``frequency`` epochs, up to ``end_epoch`` (or the same in optimizer steps with
+    ``start_step``/``end_step``), each followed by fine-tuning, the amount per prune following a linear or cubic
+    (Zhu & Gupta) schedule. The goal is either a share of channels (``pruning_ratio``) or a MAC reduction
+    (``target_speedup`` = MACs dense / MACs pruned, torch-pruning's counter on ``example_input_array``).
+
+    After each prune the optimizers and LR schedulers are rebuilt by the strategy (``configure_optimizers`` runs
+    again), keeping the learning rates and scheduler state, and per-parameter state (momentum, Adam's moments,
+    the step count) is carried over for the surviving channels. Under DDP rank 0 decides, the other ranks replay
+    its decision and the DDP wrapper is rebuilt, so ranks stay identical. Frozen modules and the output layer are
+    never cut; the module's train/eval modes and channels-last weights are kept.
+
+    The pruning history (layer names and channel indices, plain lists) is part of the checkpoint:
+    ``Trainer.fit(ckpt_path=...)`` rebuilds the pruned architecture before the weights load, and
+    :func:`lightning_green.pruning.load_pruned` does the same for inference.
+
+    Logged to every logger after each prune: ``pruning/macs``, ``pruning/params``, ``pruning/speedup``,
+    ``pruning/step``; other callbacks hear ``on_workload_changed`` with reason ``"pruning"``.
+
+    Args:
+        pruning_ratio: Share of channels to remove by the last prune, in (0, 1) — per layer, or over all layers with
+            ``global_pruning``. Default 0.5 unless ``target_speedup`` is given.
+        target_speedup: Instead of a ratio: prune until MACs dense / MACs pruned reaches this (> 1).
+        importance: How channels are ranked: ``"magnitude-l1"``, ``"magnitude-l2"``, ``"taylor"`` (|w·∂L/∂w| with
+            gradients summed over ``importance_batches`` optimizer steps: the first steps of the prune's epoch, or
+            the steps just before a step-scheduled prune), ``"bn-scale"``, ``"lamp"`` or ``"random"``.
+        schedule: ``"linear"`` or ``"cubic"`` progression of the goal over the prunes.
+        start_epoch: Epoch (0-based) at whose start the first prune happens.
+        end_epoch: Epoch of the last prune; ``None``: halfway from ``start_epoch`` to ``max_epochs``.
+        start_step: Prune by optimizer steps instead: global step of the first prune (then give ``end_step``).
+        end_step: Global step of the last prune.
+        frequency: Epochs (or steps) between prunes; the fine-tune window of each prune.
+        global_pruning: Rank channels across layers (layers lose different shares) instead of within each layer.
+        round_to: Channel counts after the last prune are multiples of this (e.g. 8 for fast kernels); earlier
+            prunes are not rounded, so small layers are not floored by a whole multiple each time. Models with
+            ``nn.MultiheadAttention`` are always rounded to its number of heads (``round_to`` must be a multiple).
+        ignored_layers: Module names or glob patterns (``"head.*"``) never cut. The output layer is added
+            automatically.
+        max_layer_ratio: Largest share of a layer's dense channels that may be removed, in (0, 1).
+        num_heads: For hand-written attention: name of each q/k/v (or fused qkv) ``nn.Linear`` → its number of
+            heads, so every head loses the same dimensions.
+        importance_batches: Optimizer steps whose gradients ``"taylor"`` accumulates before a prune.
+        regularization: Sparsity regularisation on the gradients until the last prune: ``"group-norm"``
+            (DepGraph's group lasso) or ``"bn-scale"`` (network slimming, L1 on BN scales); ``"none"``.
+        regularization_strength: Coefficient of the regulariser.
+        monitor: Validation metric of the accuracy guard; ``None`` disables the guard.
+        max_drop: Largest allowed worsening of ``monitor`` after a prune's fine-tune window; beyond it the prune is
+            rolled back (model and optimizer state) and pruning stops.
+        mode: ``"max"`` if a larger ``monitor`` is better (accuracy), ``"min"`` if smaller is (loss).
+        verbose: Print one line per prune.
+
+    Raises:
+        ValueError: An argument is out of range or inconsistent (the message names it and what is allowed); in
+            ``setup``: an unsupported strategy (``ddp_spawn``, FSDP, DeepSpeed), a module without
+            ``example_input_array``, an ``ignored_layers`` entry that matches no module.
+        TypeError: An argument has the wrong type.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_green.demos import DigitsCNN, DigitsDataModule
+        >>> import tempfile
+        >>> pruning = StructuredPruning(target_speedup=2.0, start_epoch=1, end_epoch=2, verbose=False)
+        >>> trainer = Trainer(default_root_dir=tempfile.mkdtemp(), max_epochs=3, limit_train_batches=2,
+        ...                   limit_val_batches=1, callbacks=[pruning], logger=False, enable_progress_bar=False,
+        ...                   enable_model_summary=False, enable_checkpointing=False)
+        >>> trainer.fit(DigitsCNN(channels=[8, 16]), DigitsDataModule(batch_size=16))
+        >>> pruning.speedup >= 2.0, len(pruning.history)
+        (True, 2)
+    """
+
+    def __init__(
+        self,
+        pruning_ratio: float | None = None,
+        target_speedup: float | None = None,
+        importance: ImportanceName = "magnitude-l2",
+        schedule: ScheduleName = "linear",
+        start_epoch: int = 1,
+        end_epoch: int | None = None,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        frequency: int = 1,
+        global_pruning: bool = False,
+        round_to: int | None = None,
+        ignored_layers: list[str] | None = None,
+        max_layer_ratio: float = 0.9,
+        num_heads: dict[str, int] | None = None,
+        importance_batches: int = 4,
+        regularization: Regularization = "none",
+        regularization_strength: float = 1e-4,
+        monitor: str | None = None,
+        max_drop: float | None = None,
+        mode: Literal["max", "min"] = "max",
+        verbose: bool = True,
+    ) -> None:
+        name = type(self).__name__
+        check_optional_number(name, "pruning_ratio", pruning_ratio, gt=0, lt=1)
+        check_optional_number(name, "target_speedup", target_speedup, gt=1)
+        if pruning_ratio is not None and target_speedup is not None:
+            fail(name, "pruning_ratio", pruning_ratio, "None when `target_speedup` is given (choose one goal)")
+        check_choice(name, "importance", importance, tuple(IMPORTANCES))
+        check_choice(name, "schedule", schedule, SCHEDULES)
+        check_number(name, "start_epoch", start_epoch, integer=True, ge=0)
+        check_optional_number(name, "end_epoch", end_epoch, integer=True, ge=0)
+        if end_epoch is not None and end_epoch < start_epoch:
+            fail(name, "start_epoch", start_epoch, f"<= end_epoch ({end_epoch})")
+        check_optional_number(name, "start_step", start_step, integer=True, ge=0)
+        check_optional_number(name, "end_step", end_step, integer=True, ge=0)
+        if (start_step is None) != (end_step is None):
+            fail(name, "start_step", start_step, f"given together with `end_step` (end_step={end_step})")
+        if start_step is not None and end_step is not None and end_step < start_step:
+            fail(name, "start_step", start_step, f"<= end_step ({end_step})")
+        check_number(name, "frequency", frequency, integer=True, ge=1)
+        check_bool(name, "global_pruning", global_pruning)
+        check_optional_number(name, "round_to", round_to, integer=True, ge=1)
+        ignored_layers = check_str_list(name, "ignored_layers", ignored_layers)
+        check_number(name, "max_layer_ratio", max_layer_ratio, gt=0, lt=1)
+        if pruning_ratio is not None and not global_pruning and pruning_ratio > max_layer_ratio:
+            fail(name, "pruning_ratio", pruning_ratio, f"<= max_layer_ratio ({max_layer_ratio}) without global pruning")
+        if num_heads is not None and (
+            not isinstance(num_heads, dict)
+            or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                for k, v in num_heads.items()
+            )
+        ):
+            fail(name, "num_heads", num_heads, "None or a dict of module name -> number of heads (int >= 1)", TypeError)
+        check_number(name, "importance_batches", importance_batches, integer=True, ge=1)
+        check_choice(name, "regularization", regularization, _REGULARIZATIONS)
+        check_number(name, "regularization_strength", regularization_strength, gt=0)
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            fail(name, "monitor", monitor, "None or the name of a logged validation metric", TypeError)
+        check_optional_number(name, "max_drop", max_drop, ge=0)
+        if (monitor is None) != (max_drop is None):
+            fail(name, "max_drop", max_drop, f"given together with `monitor` (monitor={monitor!r})")
+        check_choice(name, "mode", mode, _MODES)
+        check_bool(name, "verbose", verbose)
+
+        self.pruning_ratio = 0.5 if pruning_ratio is None and target_speedup is None else pruning_ratio
+        self.target_speedup = target_speedup
+        self.importance = importance
+        self.schedule = schedule
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.start_step = start_step
+        self.end_step = end_step
+        self.frequency = frequency
+        self.importance_batches = importance_batches
+        self.regularization = regularization
+        self.regularization_strength = regularization_strength
+        self.monitor = monitor
+        self.max_drop = max_drop
+        self.mode = mode
+        self.verbose = verbose
+        self.pruner = ChannelPruner(
+            owner=name,
+            importance=importance,
+            global_pruning=global_pruning,
+            round_to=round_to,
+            ignored_layers=ignored_layers,
+            max_layer_ratio=max_layer_ratio,
+            num_heads=num_heads,
+        )
+
+        # Progress (checkpointed).
+        self.history: list[dict[str, Any]] = []
+        self.prunes_done = 0
+        self.stopped = False
+        self.rollbacks: list[dict[str, Any]] = []
+        self.dense_macs: float | None = None
+        self.dense_params: int | None = None
+        self.dense_channels: dict[str, list[int]] | None = None
+        self.macs: float | None = None
+        self.params: int | None = None
+        self._guard: dict[str, Any] | None = None
+        # Per run.
+        self._points: list[int] = []
+        self._grad_sums: dict[str, torch.Tensor] = {}
+        self._grad_steps = 0
+        self._window_batches = 0
+        self._names: dict[torch.Tensor, str] = {}
+        self._regularizer: Any = None
+        self._snapshot: tuple[ModuleSnapshot, OptimizerState] | None = None
+        self._restore_hook: tuple[pl.LightningModule, Any] | None = None
+
+    # ------------------------------------------------------------------------------------------------ public
+    @property
+    def speedup(self) -> float:
+        """MACs of the dense model / MACs now (1.0 before the first prune)."""
+        if not self.dense_macs or not self.macs:
+            return 1.0
+        return self.dense_macs / self.macs
+
+    @property
+    def by_steps(self) -> bool:
+        """Whether prunes are scheduled by optimizer steps rather than epochs."""
+        return self.start_step is not None
+
+    @property
+    def finished(self) -> bool:
+        """No prune is left: all done, or stopped by the accuracy guard."""
+        return self.stopped or (bool(self._points) and self.prunes_done >= len(self._points))
+
+    # ------------------------------------------------------------------------------------------------- setup
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        name = type(self).__name__
+        if pl_module.example_input_array is None:
+            raise ValueError(
+                f"{name}: {type(pl_module).__name__} has no `example_input_array`; set one in its __init__ "
+                "(e.g. `self.example_input_array = torch.zeros(1, 3, 32, 32)`): it is traced to find coupled channels "
+                "and to count MACs."
+            )
+        self.pruner.check_module(pl_module)
+        self._install_restore_hook(pl_module)
+        if stage != "fit":
+            return
+        self._check_strategy(trainer.strategy)
+        if self.by_steps:
+            self._points = prune_points(self.start_step, self.end_step, self.frequency)  # type: ignore[arg-type]
+        else:
+            end = self.end_epoch
+            if end is None:
+                if trainer.max_epochs is None or trainer.max_epochs < 0:
+                    fail(name, "end_epoch", None, "an int when the Trainer has no `max_epochs`")
+                end = max(self.start_epoch, self.start_epoch + (trainer.max_epochs - self.start_epoch) // 2)
+            self._points = prune_points(self.start_epoch, end, self.frequency)
+            if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self._points[-1]:
+                rank_zero_warn(
+                    f"{name}: the last prune is at epoch {self._points[-1]} but max_epochs={trainer.max_epochs}; "
+                    "the goal will not be reached and the last prunes get no fine-tuning."
+                )
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, ModelCheckpoint) and cb.save_weights_only:
+                rank_zero_warn(
+                    f"{name}: ModelCheckpoint(save_weights_only=True) leaves the pruning history out of the "
+                    "checkpoint; such checkpoints cannot be reloaded into the pruned architecture."
+                )
+            if isinstance(cb, StochasticWeightAveraging):
+                rank_zero_warn(
+                    f"{name}: StochasticWeightAveraging keeps a copy of the model; it breaks if it starts before the "
+                    "last prune."
+                )
+
+    def _check_strategy(self, strategy: Strategy) -> None:
+        name = type(self).__name__
+        if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            fail(
+                name,
+                "strategy",
+                type(strategy).__name__,
+                "a single device or 'ddp' (sharded parameters cannot be cut channel-wise)",
+            )
+        if isinstance(strategy, DDPStrategy):
+            if _spawns_workers(strategy):
+                fail(
+                    name,
+                    "strategy",
+                    "ddp_spawn",
+                    "'ddp' (use Trainer(strategy=\"ddp\")): spawned workers copy their pruned weights back into the "
+                    "parent's unpruned model, which fails on shape",
+                )
+            return
+        if not isinstance(strategy, SingleDeviceStrategy):
+            fail(name, "strategy", type(strategy).__name__, "a single device or 'ddp'")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._restore_hook is not None:
+            module, hook = self._restore_hook
+            if module.__dict__.get("on_load_checkpoint") is hook:
+                del module.__dict__["on_load_checkpoint"]
+            self._restore_hook = None
+        self._reset_window()
+        self._regularizer = None
+        self._snapshot = None
+
+    # --------------------------------------------------------------------------------------------- fit hooks
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        x = self._example(trainer, pl_module)
+        if self.dense_macs is None:
+            self.dense_macs, self.dense_params = count_macs_params(pl_module, x)
+            self.dense_channels = self.pruner.channels(pl_module, x)
+        self.macs, self.params = count_macs_params(pl_module, x)
+        self._names = {p: n for n, p in pl_module.named_parameters()}
+        self._build_regularizer(pl_module, x)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.finished or batch_idx % max(1, trainer.accumulate_grad_batches):
+            return
+        if self._position(trainer) < self._points[self.prunes_done]:
+            return
+        if self.importance in NEEDS_GRADIENTS and self._grad_steps < self.importance_batches:
+            if self._grad_steps == 0 and self._window_batches >= self.importance_batches * max(
+                1, trainer.accumulate_grad_batches
+            ):
+                self._no_gradients()
+            self._window_batches += 1
+            return
+        self._guard_check(trainer, pl_module, forced=True)
+        if not self.stopped:
+            self._prune(trainer, pl_module)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.finished:
+            return
+        if self._regularizer is not None:
+            if self.regularization == "group-norm":
+                self._regularizer.regularize(pl_module)
+            else:
+                self._regularizer.regularize(pl_module, reg=self.regularization_strength)
+        if self.importance not in NEEDS_GRADIENTS or self._grad_steps >= self.importance_batches:
+            return
+        lead = self.importance_batches if self.by_steps else 0
+        if self._position(trainer) < self._points[self.prunes_done] - lead:
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                name = self._names.get(p)
+                if p.grad is None or name is None or not torch.isfinite(p.grad).all():
+                    continue
+                acc = self._grad_sums.get(name)
+                self._grad_sums[name] = p.grad.detach().clone() if acc is None else acc.add_(p.grad.detach())
+        self._grad_steps += 1
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self._guard is None:
+            return
+        self._guard["validations"] = self._guard.get("validations", 0) + 1
+        if self._position(trainer) >= self._guard["check_at"]:
+            self._guard_check(trainer, pl_module, forced=False)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._guard is not None:
+            rank_zero_warn(
+                f"{type(self).__name__}: training ended inside the fine-tune window of prune "
+                f"{self._guard['prune']}; the accuracy guard did not check it."
+            )
+
+    # -------------------------------------------------------------------------------------------------- core
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        k = self.prunes_done + 1
+        n = len(self._points)
+        x = self._example(trainer, pl_module)
+        baseline = self._metric(trainer, k) if self.monitor is not None else None
+        if self.monitor is not None:
+            self._snapshot = (ModuleSnapshot(pl_module), OptimizerState.capture(trainer, pl_module, clone=True))
+        before = OptimizerState.capture(trainer, pl_module)
+        gradients = self._grad_sums if self.importance in NEEDS_GRADIENTS else None
+        if gradients is not None:
+            gradients = {name: g / max(1, self._grad_steps) for name, g in gradients.items()}
+            if not gradients:
+                self._no_gradients()
+
+        strategy = trainer.strategy
+        payload: dict[str, Any] | None = None
+        error: BaseException | None = None
+        if strategy.global_rank == 0:
+            try:
+                if self.target_speedup is not None:
+                    target = self.dense_macs * macs_fraction(self.target_speedup, self.schedule, k, n)  # type: ignore[operator]
+                    result = self.pruner.prune(
+                        pl_module,
+                        x,
+                        target_macs=target,
+                        dense_channels=self.dense_channels,
+                        gradients=gradients,
+                        final=k == n,
+                    )
+                else:
+                    ratio = step_ratio(self.pruning_ratio, self.schedule, k, n)  # type: ignore[arg-type]
+                    result = self.pruner.prune(
+                        pl_module, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients, final=k == n
+                    )
+                lineage = result.lineage
+                payload = {
+                    "entries": result.entries,
+                    "macs": result.macs,
+                    "params": result.params,
+                    "needed": result.needed,
+                    "reached": result.reached,
+                }
+            except Exception as exc:  # shared with the other ranks so that none waits forever
+                error = exc
+                payload = {"error": f"{type(exc).__name__}: {exc}"}
+        if strategy.world_size > 1:
+            payload = strategy.broadcast(payload, src=0)
+        assert payload is not None
+        if "error" in payload:
+            if error is not None:
+                raise error
+            raise RuntimeError(f"{type(self).__name__}: rank 0 failed to prune: {payload['error']}")
+        self.prunes_done = k
+        if not payload["entries"]:
+            self._reset_window()
+            self._snapshot = None
+            if payload["needed"]:
+                rank_zero_warn(
+                    f"{type(self).__name__}: prune {k}/{n} removed no channel: every layer is ignored, frozen, an "
+                    "output, at `max_layer_ratio`, or invisible to the traced graph (e.g. behind a .detach() in "
+                    "forward)."
+                )
+            elif self.verbose:
+                rank_zero_info(
+                    f"{type(self).__name__}: prune {k}/{n}: already at {self.speedup:.2f}x, its target; nothing cut."
+                )
+            return
+        if strategy.global_rank != 0:
+            lineage = replay(pl_module, x, payload["entries"])
+            for p in pl_module.parameters():
+                p.grad = None
+
+        rebuild_ddp(trainer)
+        dropped = before.restore(trainer, pl_module, carry=lineage.carry)
+        if dropped:
+            log.warning("%d parameters restart their optimizer state after the prune", dropped)
+        self.macs, self.params = float(payload["macs"]), int(payload["params"])
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "entries": payload["entries"],
+                "macs": self.macs,
+                "params": self.params,
+            }
+        )
+        if baseline is not None:
+            check_at = self._position(trainer) + self.frequency - (0 if self.by_steps else 1)
+            self._guard = {"prune": k, "baseline": baseline, "check_at": check_at, "validations": 0}
+        self._after_change(trainer, pl_module, x)
+        if self.target_speedup is not None and not payload["reached"]:
+            rank_zero_warn(
+                f"{type(self).__name__}: prune {k}/{n} reached {self.speedup:.2f}x, short of its target: the layers "
+                "hit `max_layer_ratio` or could not be cut further."
+            )
+        if self.verbose:
+            unit = "step" if self.by_steps else "epoch"
+            rank_zero_info(
+                f"{type(self).__name__}: prune {k}/{n} at {unit} {self._position(trainer)}: "
+                f"MACs {_si(self.macs)} ({self.speedup:.2f}x fewer than dense), params {_si(self.params)} "
+                f"(dense {_si(self.dense_params or 0)})"
+            )
+
+    def _after_change(self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Any) -> None:
+        """Bookkeeping after the architecture changed (a prune or a rollback): log, tell the others, reset."""
+        self._names = {p: n for n, p in pl_module.named_parameters()}
+        self._reset_window()
+        self._build_regularizer(pl_module, x)
+        metrics = {
+            "pruning/macs": float(self.macs or 0.0),
+            "pruning/params": float(self.params or 0),
+            "pruning/speedup": self.speedup,
+            "pruning/step": float(len(self.history)),
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        workload_changed(
+            trainer,
+            "pruning",
+            self,
+            macs=self.macs,
+            params=self.params,
+            speedup=self.speedup,
+            step=len(self.history),
+        )
+
+    def _guard_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, forced: bool) -> None:
+        """Compare ``monitor`` with its value before the last prune; roll the prune back if it fell too far."""
+        guard = self._guard
+        if guard is None:
+            return
+        self._guard = None
+        name = type(self).__name__
+        if forced and not guard.get("validations"):
+            rank_zero_warn(
+                f"{name}: no validation ran in the fine-tune window of prune {guard['prune']}; "
+                f"`monitor` ({self.monitor!r}) could not be checked."
+            )
+            self._snapshot = None
+            return
+        value = self._metric(trainer, guard["prune"])
+        drop = (guard["baseline"] - value) if self.mode == "max" else (value - guard["baseline"])
+        rollback = drop > self.max_drop  # type: ignore[operator]
+        if trainer.world_size > 1:
+            rollback = bool(trainer.strategy.broadcast(rollback, src=0))
+        if not rollback:
+            self._snapshot = None
+            return
+        if self._snapshot is None:
+            rank_zero_warn(
+                f"{name}: {self.monitor} fell by {drop:.4g} after prune {guard['prune']} (more than max_drop="
+                f"{self.max_drop}), but the run was resumed inside its fine-tune window, so there is no copy to roll "
+                "back to; pruning stops here."
+            )
+            self.stopped = True
+            return
+        module_snapshot, optimizer_snapshot = self._snapshot
+        self._snapshot = None
+        module_snapshot.restore(pl_module)
+        rebuild_ddp(trainer)
+        now = OptimizerState.capture(trainer, pl_module)
+        OptimizerState(optimizer_snapshot.states, now.groups, now.schedulers).restore(trainer, pl_module)
+        undone = self.history.pop()
+        self.stopped = True
+        self.rollbacks.append(
+            {"prune": guard["prune"], "baseline": guard["baseline"], "value": value, "entries": len(undone["entries"])}
+        )
+        self.macs = self.history[-1]["macs"] if self.history else self.dense_macs
+        self.params = self.history[-1]["params"] if self.history else self.dense_params
+        self._after_change(trainer, pl_module, self._example(trainer, pl_module))
+        rank_zero_info(
+            f"{name}: {self.monitor} went from {guard['baseline']:.4g} to {value:.4g} after prune {guard['prune']} "
+            f"(worse by more than max_drop={self.max_drop}): rolled it back and stopped pruning at "
+            f"{self.speedup:.2f}x."
+        )
+
+    # --------------------------------------------------------------------------------------------- helpers
+    def _position(self, trainer: pl.Trainer) -> int:
+        return trainer.global_step if self.by_steps else trainer.current_epoch
+
+    def _example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        x = move_data_to_device(pl_module.example_input_array, pl_module.device)
+        return trainer.precision_plugin.convert_input(x)
+
+    def _metric(self, trainer: pl.Trainer, prune: int) -> float:
+        value = trainer.callback_metrics.get(self.monitor)  # type: ignore[arg-type]
+        if value is None:
+            available = sorted(trainer.callback_metrics)
+            raise RuntimeError(
+                f"{type(self).__name__}(monitor={self.monitor!r}): `monitor` was not logged before prune {prune} "
+                f"(logged: {available}). Log it in validation_step and let a validation run before the first prune."
+            )
+        return float(value)
+
+    def _no_gradients(self) -> None:
+        fail(
+            type(self).__name__,
+            "importance",
+            self.importance,
+            f"a criterion without gradients (e.g. 'magnitude-l2'): no gradients reached the model in the "
+            f"{self.importance_batches} optimizer steps before prune {self.prunes_done + 1}",
+        )
+
+    def _reset_window(self) -> None:
+        self._grad_sums = {}
+        self._grad_steps = 0
+        self._window_batches = 0
+
+    def _build_regularizer(self, pl_module: pl.LightningModule, x: Any) -> None:
+        self._regularizer = None
+        if self.regularization != "none" and not self.finished:
+            self._regularizer = self.pruner.regularizer(pl_module, x, self.regularization, self.regularization_strength)
+
+    def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
+        """Rebuild the pruned architecture when a checkpoint loads, before Lightning loads its weights.
+
+        Lightning restores model weights before any callback restore hook runs; the LightningModule's own
+        ``on_load_checkpoint`` is the last call before, and Lightning looks it up on the instance at call time.
+        """
+        if self._restore_hook is not None and self._restore_hook[0] is pl_module:
+            return
+        original = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            self._rebuild(pl_module, checkpoint)
+            original(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+        self._restore_hook = (pl_module, on_load_checkpoint)
+
+    def _rebuild(self, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        weights = checkpoint.get("state_dict", {})
+        own = pl_module.state_dict()
+        if not state or not any(k in own and own[k].shape != v.shape for k, v in weights.items()):
+            return
+        x = move_data_to_device(pl_module.example_input_array, pl_module.device)
+        replay(pl_module, x, flatten_entries(state.get("history", [])))
+        own = pl_module.state_dict()
+        if any(k in own and own[k].shape != v.shape for k, v in weights.items()):
+            raise RuntimeError(
+                f"{type(self).__name__}: replaying the checkpoint's pruning history did not give its shapes; was the "
+                "model built with other hyperparameters than in training?"
+            )
+
+    # --------------------------------------------------------------------------------------------------- state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "history": [dict(event) for event in self.history],
+            "prunes_done": self.prunes_done,
+            "stopped": self.stopped,
+            "rollbacks": [dict(r) for r in self.rollbacks],
+            "dense_macs": self.dense_macs,
+            "dense_params": self.dense_params,
+            "dense_channels": {k: list(v) for k, v in (self.dense_channels or {}).items()},
+            "guard": dict(self._guard) if self._guard else None,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(event) for event in state_dict.get("history", [])]
+        self.prunes_done = int(state_dict.get("prunes_done", len(self.history)))
+        self.stopped = bool(state_dict.get("stopped", False))
+        self.rollbacks = [dict(r) for r in state_dict.get("rollbacks", [])]
+        self.dense_macs = state_dict.get("dense_macs")
+        self.dense_params = state_dict.get("dense_params")
+        channels = state_dict.get("dense_channels") or None
+        self.dense_channels = {k: list(v) for k, v in channels.items()} if channels else None
+        guard = state_dict.get("guard")
+        self._guard = dict(guard) if guard else None
+
+
+def _spawns_workers(strategy: DDPStrategy) -> bool:
+    # Lightning has no public flag for DDP's start method: "ddp_spawn", "ddp_fork" and "ddp_notebook" are
+    # DDPStrategy with a multiprocessing launcher, which copies the workers' weights back into the parent's model
+    # at the end (and that model was never pruned). Only "ddp" (a subprocess script launcher) keeps them apart.
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    return isinstance(strategy.launcher, _MultiProcessingLauncher)
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"

@@ -1,0 +1,34 @@
+"""Torch-Pruning glue for :class:`~lightning_green.StructuredPruning`.
+
+Importance registry, schedules, the pruning engine, optimizer-state carry-over by surviving index, pruning history
+record/replay, and :func:`load_pruned` to rebuild a pruned model from a checkpoint for inference.
+"""
+
+from lightning_green.pruning.engine import ChannelPruner, PruneResult
+from lightning_green.pruning.graph import Lineage, build_graph, count_macs_params, pruning_session
+from lightning_green.pruning.history import find_pruning_state, load_pruned, replay
+from lightning_green.pruning.importance import IMPORTANCES, build_importance
+from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
+from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, schedule_fraction, step_ratio
+
+__all__ = [
+    "IMPORTANCES",
+    "SCHEDULES",
+    "ChannelPruner",
+    "Lineage",
+    "ModuleSnapshot",
+    "OptimizerState",
+    "PruneResult",
+    "build_graph",
+    "build_importance",
+    "count_macs_params",
+    "find_pruning_state",
+    "load_pruned",
+    "macs_fraction",
+    "prune_points",
+    "pruning_session",
+    "rebuild_ddp",
+    "replay",
+    "schedule_fraction",
+    "step_ratio",
+]

@@ -1,0 +1,343 @@
+"""One prune of a model with torch-pruning: which layers may be cut, how far, and the record of what was cut."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from lightning_green._internal.validation import fail
+from lightning_green.pruning.graph import Lineage, count_macs_params, eager, pruning_session
+from lightning_green.pruning.history import plain_entries
+from lightning_green.pruning.importance import NEEDS_BATCHNORM, build_importance
+
+__all__ = ["ChannelPruner", "PruneResult"]
+
+log = logging.getLogger(__name__)
+
+#: Most counted steps a speedup-targeted prune takes; it stops at the first that reaches the target.
+MAX_SUBSTEPS = 64
+#: Smallest increase of the channel ratio between those steps.
+MIN_SUBSTEP = 1.0 / 64
+
+
+@dataclass
+class PruneResult:
+    """What one prune did."""
+
+    entries: list[list[Any]] = field(default_factory=list)
+    lineage: Lineage = field(default_factory=Lineage)
+    macs: float = 0.0
+    params: int = 0
+    #: Whether the goal asked for any cut (a speedup target may already be met by an earlier prune).
+    needed: bool = True
+    reached: bool = True
+
+
+def _is_frozen(module: nn.Module) -> bool:
+    own = list(module.parameters(recurse=False))
+    return bool(own) and not all(p.requires_grad for p in own)
+
+
+class ChannelPruner:
+    """Prunes channels of a module in place with torch-pruning's ``BasePruner``, under the callback's rules.
+
+    Rules beyond torch-pruning's defaults: layers whose outputs are the model's outputs (the classifier) are never
+    cut; frozen modules (any parameter with ``requires_grad=False``) keep every channel — including the input
+    channels another layer's prune would take from them; ``ignored_layers`` takes names and glob patterns;
+    ``nn.MultiheadAttention`` gets ``round_to`` = its number of heads; ``max_layer_ratio`` counts from the
+    *dense* width of each layer, also after a resume.
+
+    Args:
+        owner: Class name used in error messages.
+        importance: A name of :data:`~lightning_green.pruning.importance.IMPORTANCES`.
+        global_pruning: Rank channels across all layers instead of within each layer.
+        round_to: Channel counts after the ``final`` prune are multiples of this.
+        ignored_layers: Module names or glob patterns never cut.
+        max_layer_ratio: Largest share of a layer's dense channels that may be removed.
+        num_heads: Attention projection layer name → number of heads, so heads are cut alike.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        >>> pruner = ChannelPruner(importance="magnitude-l2")
+        >>> result = pruner.prune(net, torch.zeros(1, 1, 8, 8), ratio=0.5)
+        >>> net[0].out_channels, net[3].out_channels, result.entries[0][:2]
+        (4, 4, ['0', True])
+    """
+
+    def __init__(
+        self,
+        owner: str = "StructuredPruning",
+        importance: str = "magnitude-l2",
+        global_pruning: bool = False,
+        round_to: int | None = None,
+        ignored_layers: Sequence[str] | None = None,
+        max_layer_ratio: float = 0.9,
+        num_heads: Mapping[str, int] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.importance = importance
+        self.global_pruning = global_pruning
+        self.round_to = round_to
+        self.ignored_layers = list(ignored_layers or [])
+        self.max_layer_ratio = max_layer_ratio
+        self.num_heads = dict(num_heads or {})
+
+    # ------------------------------------------------------------------------------------------------- checks
+    def check_module(self, module: nn.Module) -> None:
+        """Raise ``ValueError`` when the settings do not fit ``module`` (names that match nothing, ...)."""
+        names = [n for n, _ in module.named_modules() if n]
+        for pattern in self.ignored_layers:
+            if not self._match(pattern, names):
+                fail(
+                    self.owner,
+                    "ignored_layers",
+                    self.ignored_layers,
+                    f"names or glob patterns of modules; {pattern!r} matches none (modules: {_preview(names)})",
+                )
+        modules = dict(module.named_modules())
+        for name in self.num_heads:
+            if not isinstance(modules.get(name), nn.Linear):
+                fail(
+                    self.owner,
+                    "num_heads",
+                    self.num_heads,
+                    f"keyed by names of nn.Linear attention projections; {name!r} is not one",
+                )
+        if self.importance in NEEDS_BATCHNORM and not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()
+        ):
+            fail(self.owner, "importance", self.importance, "a criterion the model supports: it has no BatchNorm layer")
+        self.effective_round_to(module)
+
+    def effective_round_to(self, module: nn.Module, final: bool = True) -> int | None:
+        """The channel multiple of a prune: ``round_to`` for the ``final`` one, else only what attention needs.
+
+        ``nn.MultiheadAttention`` needs its embedding to stay a multiple of its heads at every prune (the lcm of
+        all heads when there are several). Rounding intermediate prunes to ``round_to`` as well would floor every
+        small layer by a whole multiple at each prune and overshoot the schedule; the final shapes are what runs.
+        """
+        heads = {n: m.num_heads for n, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)}
+        needed = math.lcm(*heads.values()) if heads else None
+        for name, h in heads.items():
+            if self.round_to is not None and self.round_to % h:
+                fail(
+                    self.owner,
+                    "round_to",
+                    self.round_to,
+                    f"a multiple of the {h} heads of nn.MultiheadAttention {name!r} (or None)",
+                )
+        if final and self.round_to is not None:
+            return self.round_to
+        return needed
+
+    @staticmethod
+    def _match(pattern: str, names: Sequence[str]) -> list[str]:
+        return [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+
+    # ---------------------------------------------------------------------------------------------- pruning
+    def channels(self, module: nn.Module, example_inputs: Any) -> dict[str, list[int]]:
+        """``{layer name: [out channels, in channels]}`` of every prunable layer (the dense record)."""
+        with pruning_session(module):
+            pruner = self._pruner(module, example_inputs, ratio=0.0, steps=1)
+        names = {m: n for n, m in module.named_modules()}
+        return {
+            names[m]: [int(pruner.layer_init_out_ch[m] or 0), int(pruner.layer_init_in_ch[m] or 0)]
+            for m in pruner.layer_init_out_ch
+            if m in names
+        }
+
+    def prune(
+        self,
+        module: nn.Module,
+        example_inputs: Any,
+        *,
+        ratio: float | None = None,
+        target_macs: float | None = None,
+        dense_channels: Mapping[str, Sequence[int]] | None = None,
+        gradients: Mapping[str, torch.Tensor] | None = None,
+        final: bool = True,
+    ) -> PruneResult:
+        """Cut ``module`` in place: ``ratio`` of its current channels, or until its MACs are at most ``target_macs``.
+
+        Args:
+            module: The model.
+            example_inputs: Input for tracing and MAC counts (on the model's device).
+            ratio: Share of the current channels of each layer (or of all, with global pruning) to remove.
+            target_macs: Remove channels in fine steps until one forward costs at most this many MACs.
+            dense_channels: :meth:`channels` of the dense model, so ``max_layer_ratio`` counts from there.
+            gradients: Parameter name → accumulated gradient, for gradient-based importance. Every ``.grad`` is
+                ``None`` afterwards.
+            final: The last prune of a schedule: ``round_to`` applies (see :meth:`effective_round_to`).
+        """
+        if (ratio is None) == (target_macs is None):
+            raise ValueError("give exactly one of `ratio` and `target_macs`")
+        params = dict(module.named_parameters())
+        if gradients is not None:
+            for name, p in params.items():
+                g = gradients.get(name)
+                p.grad = g.to(p.dtype).reshape(p.shape) if g is not None else torch.zeros_like(p)
+        result = PruneResult()
+        try:
+            with pruning_session(module) as lineage:
+                if ratio is not None:
+                    pruner = self._pruner(
+                        module, example_inputs, ratio=ratio, steps=1, dense=dense_channels, final=final
+                    )
+                    self._check_gradients(pruner, gradients)
+                    result.needed = ratio > 0
+                    if ratio > 0:
+                        with eager():
+                            pruner.step()
+                    result.macs, result.params = count_macs_params(module, example_inputs)
+                else:
+                    pruner = self._pruner(
+                        module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels, final=final
+                    )
+                    self._check_gradients(pruner, gradients)
+                    result.macs, result.params, start = self._prune_to_macs(pruner, module, example_inputs, target_macs)
+                    result.needed = start > target_macs
+                    result.reached = result.macs <= target_macs
+                result.entries = plain_entries(pruner.pruning_history())
+            result.lineage = lineage
+        finally:
+            # Old gradients (torch-pruning cuts them too) belong to a step that is over; they would only cost memory
+            # and mismatch the restored channels-last layout of the new weights.
+            for p in module.parameters():
+                p.grad = None
+        return result
+
+    def _prune_to_macs(
+        self, pruner: Any, module: nn.Module, example_inputs: Any, target_macs: float
+    ) -> tuple[float, int, float]:
+        """Step the pruner's ratio up until MACs <= ``target_macs``; returns MACs, params and the MACs before.
+
+        MACs after removing a share ``r`` of channels behave like ``(1 - r) ** alpha`` (alpha ~ 2 when both sides
+        of most layers shrink). Each step aims at 80 % of the way to the ratio that model predicts, then refits
+        ``alpha`` from the count, so the target is met in a few counted steps, from below.
+        """
+        macs, params = count_macs_params(module, example_inputs)
+        start, ratio, alpha = macs, 0.0, 2.0
+        ratios = pruner.per_step_pruning_ratio  # read at each step(); torch-pruning fills it from its scheduler
+        for step in range(1, MAX_SUBSTEPS + 1):
+            if macs <= target_macs or ratio >= self.max_layer_ratio:
+                break
+            predicted = 1.0 - (target_macs / start) ** (1.0 / alpha)
+            ratio = min(self.max_layer_ratio, max(ratio + MIN_SUBSTEP, ratio + 0.8 * (predicted - ratio)))
+            ratios[step] = ratio
+            with eager():
+                pruner.step()
+            macs, params = count_macs_params(module, example_inputs)
+            if 0.0 < macs < start:
+                alpha = max(0.5, math.log(macs / start) / math.log(1.0 - ratio))
+        return macs, params, start
+
+    def _check_gradients(self, pruner: Any, gradients: Mapping[str, torch.Tensor] | None) -> None:
+        """Refuse a gradient criterion when no gradient reached any layer that may be cut."""
+        if gradients is None:
+            return
+        names = {m: n for n, m in pruner.model.named_modules()}
+        roots = [
+            names.get(group[0].dep.target.module, "?")
+            for group in pruner.DG.get_all_groups(
+                ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+            )
+        ]
+        if roots and not any(f"{root}.weight" in gradients for root in roots):
+            fail(
+                self.owner,
+                "importance",
+                self.importance,
+                f"a criterion without gradients (e.g. 'magnitude-l2'): no gradient reached the layers it would cut "
+                f"({_preview(roots)})",
+            )
+
+    def regularizer(self, module: nn.Module, example_inputs: Any, kind: str, strength: float) -> Any:
+        """Torch-pruning's sparsity regulariser for ``module`` (``"group-norm"`` or ``"bn-scale"``), same rules."""
+        with pruning_session(module):
+            if kind == "group-norm":
+                return self._pruner(
+                    module, example_inputs, ratio=0.0, steps=1, cls=tp.pruner.GroupNormPruner, reg=strength
+                )
+            return self._pruner(module, example_inputs, ratio=0.0, steps=1, cls=tp.pruner.BNScalePruner, reg=strength)
+
+    def _pruner(
+        self,
+        module: nn.Module,
+        example_inputs: Any,
+        *,
+        ratio: float,
+        steps: int,
+        dense: Mapping[str, Sequence[int]] | None = None,
+        final: bool = True,
+        cls: type = tp.pruner.BasePruner,
+        **extra: Any,
+    ) -> Any:
+        modules = dict(module.named_modules())
+        names = [n for n in modules if n]
+        ignored = {modules[n] for pattern in self.ignored_layers for n in self._match(pattern, names)}
+        frozen = {m for m in module.modules() if _is_frozen(m)}
+        # The regularisers rank by group norm; only the pruner itself uses the chosen criterion.
+        importance = (
+            build_importance(self.importance)
+            if cls is tp.pruner.BasePruner
+            else tp.importance.GroupMagnitudeImportance(p=2)
+        )
+        with eager():
+            pruner = cls(
+                module,
+                example_inputs,
+                importance=importance,
+                global_pruning=self.global_pruning,
+                pruning_ratio=ratio,
+                max_pruning_ratio=self.max_layer_ratio,
+                iterative_steps=steps,
+                ignored_layers=list(ignored | frozen),
+                round_to=self.effective_round_to(module, final),
+                num_heads={modules[n]: h for n, h in self.num_heads.items()},
+                **extra,
+            )
+            extra_ignored = self._protected_roots(pruner, frozen)
+        for m in extra_ignored:
+            pruner.ignored_layers.extend(m.modules())
+        if hasattr(pruner, "update_regularizer"):
+            pruner.update_regularizer()
+        if dense:
+            # torch-pruning caps each layer relative to the width it had when this pruner was built; make the cap
+            # relative to the dense width, which the callback keeps across prunes and resumes.
+            for name, (out_ch, in_ch) in dense.items():
+                m = modules.get(name)
+                if m is not None and m in pruner.layer_init_out_ch:
+                    pruner.layer_init_out_ch[m] = out_ch
+                    pruner.layer_init_in_ch[m] = in_ch
+        return pruner
+
+    @staticmethod
+    def _protected_roots(pruner: Any, frozen: set[nn.Module]) -> set[nn.Module]:
+        """Root layers whose outputs are model outputs (no layer consumes them) or whose group touches a frozen module.
+
+        A layer *consumes* channels when it prunes them on its input side only (a conv, a linear); norms,
+        depthwise convs and attention pass their channels on, so the group continues behind them.
+        """
+        graph = pruner.DG
+        protected = set()
+        for group in graph.get_all_groups(root_module_types=pruner.root_module_types):
+            consumed = any(
+                graph.is_in_channel_pruning_fn(dep.handler) and not graph.is_out_channel_pruning_fn(dep.handler)
+                for dep, _ in group
+            )
+            if not consumed or any(dep.target.module in frozen for dep, _ in group):
+                protected.add(group[0].dep.target.module)
+        return protected
+
+
+def _preview(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (", ..." if len(names) > limit else "")

@@ -1,0 +1,186 @@
+"""The torch-pruning seam: dependency graphs, MAC counts and a *pruning session* that undoes its side effects.
+
+Torch-pruning changes a model in place and, on the way, (1) switches it to ``eval()`` while tracing, (2) replaces
+every pruned tensor by a new ``nn.Parameter`` with ``requires_grad=True`` and (3) drops the channels-last layout
+of 4-D weights. :func:`pruning_session` restores all three, and records for every new parameter which indices of
+which old one it kept (a :class:`Lineage`), so optimizer state can follow the surviving channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.pruner import function as tp_function
+
+__all__ = ["Lineage", "build_graph", "count_macs_params", "eager", "pruning_session"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run ``torch.compile``'d code eagerly: tracing and MAC counting must see the original modules."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+def build_graph(module: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+    """Torch-pruning's dependency graph of ``module`` (traced eagerly; call inside :func:`pruning_session`)."""
+    with eager():
+        return tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs, verbose=False)
+
+
+class _EagerForward(nn.Module):
+    """Calls the class's ``forward``, not one set on the instance.
+
+    Lightning's ``from_compiled`` puts a compiled ``forward`` on the instance, which torch-pruning's counter (it
+    deep-copies the model) would call on the *original*, uncounted modules.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        m = self.module
+        if "forward" in vars(m):
+            return type(m).forward(m, *args, **kwargs)
+        return m(*args, **kwargs)
+
+
+def count_macs_params(module: nn.Module, example_inputs: Any) -> tuple[float, int]:
+    """MACs of one forward (per sample of ``example_inputs``) and parameter count, by torch-pruning's counter.
+
+    Example:
+        >>> count_macs_params(nn.Linear(4, 2), torch.zeros(1, 4))  # 8 multiply-adds + 2 bias adds
+        (10.0, 10)
+    """
+    with eager(), torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(_EagerForward(module), example_inputs)
+    return float(macs), int(params)
+
+
+class Lineage:
+    """For each parameter a prune created: the old parameter it came from and the indices kept, dimension by dimension.
+
+    A weight can be cut several times in one prune (output channels by one group, input channels by another), so
+    the record is a chain back to the parameter that existed before the session.
+    """
+
+    def __init__(self) -> None:
+        self._parent: dict[nn.Parameter, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def record(self, new: nn.Parameter, old: torch.Tensor, dim: int, keep: list[int]) -> None:
+        """``new`` is ``old`` indexed with ``keep`` along ``dim``."""
+        self._parent[new] = (old, dim, torch.as_tensor(keep, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def trace(self, param: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        """The parameter ``param`` descends from and the index selections that lead to it (oldest first)."""
+        steps: list[tuple[int, torch.Tensor]] = []
+        while param in self._parent:
+            param, dim, keep = self._parent[param]  # type: ignore[index]
+            steps.append((dim, keep))
+        return param, steps[::-1]
+
+    def carry(self, param: torch.Tensor, value: torch.Tensor) -> torch.Tensor | None:
+        """``value`` — a tensor shaped like ``param``'s ancestor (an optimizer moment) — cut the way ``param`` was.
+
+        Returns ``value`` unchanged when ``param`` was not pruned and shapes agree, ``None`` when ``value`` does not
+        have the ancestor's shape (nothing can be carried).
+        """
+        root, steps = self.trace(param)
+        if value.shape != root.shape:
+            return None
+        for dim, keep in steps:
+            value = torch.index_select(value, dim, keep.to(value.device))
+        return value
+
+
+@contextlib.contextmanager
+def pruning_session(module: nn.Module) -> Iterator[Lineage]:
+    """Prune ``module`` inside this block; its modes, frozen flags and layouts survive.
+
+    Train/eval modes, ``requires_grad`` flags and channels-last layouts are restored on exit, and the returned
+    :class:`Lineage` fills up with every parameter torch-pruning replaces.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).train()
+        >>> net[2].requires_grad_(False)  # doctest: +ELLIPSIS
+        Linear(...)
+        >>> with pruning_session(net) as lineage:
+        ...     graph = build_graph(net, torch.zeros(1, 4))
+        ...     graph.get_pruning_group(net[0], tp.prune_linear_out_channels, [0, 1]).prune()
+        >>> net.training, net[2].weight.requires_grad, tuple(net[2].weight.shape), len(lineage)
+        (True, False, (2, 6), 3)
+    """
+    ties: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        ties.setdefault(id(p), []).append(name)
+    modes = {m: m.training for m in module.modules()}
+    flags = {name: p.requires_grad for name, p in module.named_parameters()}
+    channels_last = {
+        name
+        for name, p in module.named_parameters()
+        if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    }
+    lineage = Lineage()
+    with _observe_parameter_cuts(lineage):
+        try:
+            yield lineage
+        finally:
+            _retie(module, [names for names in ties.values() if len(names) > 1])
+            for m, training in modes.items():
+                m.training = training
+            for name, p in module.named_parameters():
+                if name in flags and p.requires_grad != flags[name]:
+                    p.requires_grad_(flags[name])
+                if name in channels_last and not p.is_contiguous(memory_format=torch.channels_last):
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+def _retie(module: nn.Module, tied: list[list[str]]) -> None:
+    """Share tied parameters again (e.g. a language model's embedding and output weights).
+
+    Torch-pruning cuts each use of a shared parameter separately and hands every module its own copy; the copies
+    hold the same values, but would train apart.
+    """
+    for names in tied:
+        first = module.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            holder = module.get_submodule(owner) if owner else module
+            other = getattr(holder, attr)
+            if other is first:
+                continue
+            if other.shape != first.shape:
+                log.warning("tied parameters %s and %s were cut differently; they are no longer tied", names[0], name)
+                continue
+            setattr(holder, attr, first)
+
+
+@contextlib.contextmanager
+def _observe_parameter_cuts(lineage: Lineage) -> Iterator[None]:
+    # Every layer pruner in torch-pruning 1.6 creates its new tensors through this one method (weights, biases,
+    # attention projections, norms, embeddings, LSTMs). Wrapping it is the only way to learn *which* indices
+    # survived without re-implementing each layer's pruning rule.
+    original = tp_function.BasePruningFunc._prune_parameter_and_grad
+
+    def observed(self: Any, weight: torch.Tensor, keep_idxs: list[int], pruning_dim: int) -> nn.Parameter:
+        new = original(self, weight, keep_idxs, pruning_dim)
+        lineage.record(new, weight, pruning_dim, list(keep_idxs))
+        return new
+
+    tp_function.BasePruningFunc._prune_parameter_and_grad = observed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        tp_function.BasePruningFunc._prune_parameter_and_grad = original  # type: ignore[method-assign]

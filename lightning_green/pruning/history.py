@@ -1,0 +1,125 @@
+"""Pruning history: what was cut, as plain lists, and how to cut a fresh model the same way.
+
+An *entry* is torch-pruning's own record of one group prune, ``[module_name, is_output_channels, indices]``: the
+root layer of the group, which side was cut and the channel indices. Replaying the entries in order on the dense
+architecture reproduces the pruned one exactly, so a checkpoint only needs these lists (they load with
+``torch.load(..., weights_only=True)``) next to the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_green.pruning.graph import Lineage, build_graph, pruning_session
+
+__all__ = ["STATE_VERSION", "find_pruning_state", "flatten_entries", "load_pruned", "plain_entries", "replay"]
+
+#: ``"version"`` of the callback state that carries the history.
+STATE_VERSION = 1
+
+Entry = list  # [str, bool, list[int]]
+
+
+def plain_entries(entries: Iterable[Sequence[Any]]) -> list[Entry]:
+    """Entries as plain Python types (``str``, ``bool``, ``list[int]``), whatever torch-pruning handed out.
+
+    Example:
+        >>> plain_entries([("conv", 1, (3, torch.tensor(5)))])
+        [['conv', True, [3, 5]]]
+    """
+    return [[str(name), bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in entries]
+
+
+def flatten_entries(events: Iterable[Mapping[str, Any]]) -> list[Entry]:
+    """All entries of a list of prune events (each a dict with an ``"entries"`` list), in order."""
+    return [list(e) for event in events for e in event.get("entries", [])]
+
+
+def replay(module: nn.Module, example_inputs: Any, entries: Sequence[Sequence[Any]]) -> Lineage:
+    """Cut ``module`` as ``entries`` say (in place) and return which indices of which parameter survived.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> lineage = replay(net, torch.zeros(1, 4), [["0", True, [1, 5]]])
+        >>> tuple(net[0].weight.shape), tuple(net[2].weight.shape)
+        ((6, 4), (2, 6))
+    """
+    with pruning_session(module) as lineage:
+        if entries:
+            graph = build_graph(module, example_inputs)
+            graph.load_pruning_history(plain_entries(entries))
+    return lineage
+
+
+def find_pruning_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The :class:`~lightning_green.StructuredPruning` state stored in a Lightning checkpoint dict, if any."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("StructuredPruning") and isinstance(state, Mapping) and "history" in state:
+            return dict(state)
+    return None
+
+
+def _shapes_differ(module: nn.Module, state_dict: Mapping[str, Any]) -> bool:
+    own = module.state_dict()
+    return any(k in own and hasattr(v, "shape") and own[k].shape != v.shape for k, v in state_dict.items())
+
+
+def load_pruned(
+    module: nn.Module,
+    ckpt_path: str | os.PathLike,
+    example_inputs: Any = None,
+    map_location: Any = "cpu",
+    strict: bool = True,
+) -> nn.Module:
+    """Rebuild the pruned architecture recorded in a checkpoint on a freshly built ``module``, then load its weights.
+
+    Use it for inference on a model trained with :class:`~lightning_green.StructuredPruning`::
+
+        model = load_pruned(DigitsCNN(), "epoch=9.ckpt").eval()
+
+    The checkpoint is read with ``torch.load(..., weights_only=True)``. A module that already has the pruned
+    shapes is not cut again.
+
+    Args:
+        module: The model as its constructor builds it (dense), e.g. the same ``LightningModule`` class and
+            hyperparameters as in training.
+        ckpt_path: A checkpoint written by Lightning while :class:`~lightning_green.StructuredPruning` was active.
+        example_inputs: An input for tracing; ``None`` uses ``module.example_input_array``.
+        map_location: Passed to ``torch.load``.
+        strict: Passed to ``load_state_dict``.
+
+    Returns:
+        ``module``, pruned and with the checkpoint's weights.
+
+    Raises:
+        ValueError: The checkpoint's weights have other shapes than ``module`` and it holds no pruning history
+            (e.g. it was saved with ``save_weights_only=True``), or ``module`` has no example input.
+    """
+    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    if _shapes_differ(module, state_dict):
+        state = find_pruning_state(checkpoint)
+        if state is None:
+            raise ValueError(
+                f"load_pruned: {os.fspath(ckpt_path)!r} has weights of other shapes than the module but no "
+                "StructuredPruning history (was it saved with `save_weights_only=True`?); it cannot be rebuilt."
+            )
+        if example_inputs is None:
+            example_inputs = getattr(module, "example_input_array", None)
+        if example_inputs is None:
+            raise ValueError("load_pruned: the module has no `example_input_array`; pass `example_inputs` to trace it.")
+        device = next(module.parameters()).device
+        replay(module, _to_device(example_inputs, device), flatten_entries(state["history"]))
+    module.load_state_dict(state_dict, strict=strict)
+    return module
+
+
+def _to_device(data: Any, device: torch.device) -> Any:
+    from lightning.pytorch.utilities import move_data_to_device
+
+    return move_data_to_device(data, device)

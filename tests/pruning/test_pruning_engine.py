@@ -1,0 +1,251 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_green.demos import DigitsCNN
+from lightning_green.pruning import ChannelPruner, count_macs_params
+
+
+class ResidualNet(nn.Module):
+    """Residual add, depthwise + pointwise, grouped conv, concatenation, BatchNorm, LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.c1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.a = nn.Conv2d(32, 8, 1)
+        self.b = nn.Conv2d(32, 8, 1)
+        self.ln = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.stem(x)))
+        h = h + F.relu(self.b1(self.c1(h)))
+        h = self.grouped(self.pw(self.dw(h)))
+        h = torch.cat([self.a(h), self.b(h)], 1).mean((2, 3))
+        return self.fc(self.ln(h))
+
+
+class MHABlock(nn.Module):
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.emb = nn.Linear(8, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.emb(x)
+        a = self.ln1(x)
+        x = x + self.attn(a, a, a, need_weights=False)[0]
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(x)
+
+
+class Attention(nn.Module):
+    """Hand-written causal attention with a fused qkv projection (timm/GPT style)."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab=20, d=32, heads=4):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = Attention(d, heads)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+        self.lnf = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        x = x + self.attn(self.ln1(x))
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(self.lnf(x))
+
+
+def test_residual_depthwise_grouped_concat_layernorm_prune_and_still_run():
+    net = ResidualNet().train()
+    x = torch.randn(2, 3, 8, 8)
+    dense_macs, _ = count_macs_params(net, x)
+    result = ChannelPruner().prune(net, x, ratio=0.5)
+    assert net(x).shape == (2, 10)
+    assert net.stem.out_channels == net.c1.out_channels == net.dw.out_channels == 8  # residual: cut alike
+    assert net.dw.groups == net.dw.in_channels == 8  # depthwise stays depthwise
+    assert net.grouped.out_channels == 16 and net.grouped.groups == 4
+    assert net.ln.normalized_shape == (net.a.out_channels + net.b.out_channels,)  # concatenation
+    assert net.fc.out_features == 10  # the output layer is never cut
+    assert result.macs < dense_macs / 2
+    assert net.training  # torch-pruning's eval() during tracing is undone
+
+
+def test_multihead_attention_is_cut_in_multiples_of_its_heads():
+    net = MHABlock(d=32, heads=4)
+    x = torch.randn(2, 6, 8)
+    ChannelPruner().prune(net, x, ratio=0.3)
+    assert net.attn.embed_dim < 32
+    assert net.attn.embed_dim % 4 == 0
+    assert net.attn.head_dim * 4 == net.attn.embed_dim
+    assert net(x).shape == (2, 6, 5)
+
+
+def test_hand_written_attention_loses_the_same_dims_in_every_head():
+    net = TinyGPT(d=32, heads=4)
+    x = torch.randint(0, 20, (2, 6))
+    result = ChannelPruner(num_heads={"attn.qkv": 4}).prune(net, x, ratio=0.5)
+    assert net(x).shape == (2, 6, 20)
+    assert net.head.out_features == 20
+    out = net.attn.qkv.out_features
+    assert out < 96 and out % 12 == 0  # q, k, v × 4 heads of equal size
+    _, steps = result.lineage.trace(net.attn.qkv.weight)
+    kept = torch.arange(96)
+    for dim, keep in steps:
+        if dim == 0:
+            kept = kept[keep]
+    per_head = kept.reshape(12, -1) % 8  # 12 chunks (3 projections × 4 heads) of the original head size 8
+    assert (per_head == per_head[0]).all()
+
+
+def test_output_layer_is_protected_and_frozen_modules_keep_every_channel():
+    model = DigitsCNN(channels=[8, 16, 32])
+    model.features[3].requires_grad_(False)  # frozen conv in the middle
+    x = model.example_input_array
+    ChannelPruner().prune(model, x, ratio=0.5)
+    assert model.classifier.out_features == 10
+    assert tuple(model.features[3].weight.shape) == (16, 8, 3, 3)  # neither its outputs nor its inputs
+    assert model.features[0].out_channels == 8  # the group feeding the frozen conv is left alone
+    assert not model.features[3].weight.requires_grad
+    assert model.features[7].out_channels == 16  # the rest is cut
+
+
+def test_ignored_layers_take_names_and_patterns():
+    model = DigitsCNN(channels=[8, 16, 32])
+    ChannelPruner(ignored_layers=["features.[07]"]).prune(model, model.example_input_array, ratio=0.5)
+    assert model.features[0].out_channels == 8
+    assert model.features[7].out_channels == 32
+    assert model.features[3].out_channels == 8
+
+
+def test_magnitude_removes_the_smallest_channels():
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    with torch.no_grad():
+        net[0].weight[[1, 4, 6]] *= 1e-3
+        survivors = net[0].weight[[0, 2, 3, 5, 7]].clone()
+    result = ChannelPruner(importance="magnitude-l1").prune(net, torch.zeros(1, 1, 8, 8), ratio=3 / 8)
+    assert torch.equal(net[0].weight, survivors)
+    assert result.entries == [["0", True, [1, 4, 6]]]
+
+
+def test_taylor_ranks_by_weight_times_gradient():
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    grads = {"0.weight": torch.ones(6, 4), "0.bias": torch.ones(6)}
+    grads["0.weight"][[2, 3]] = 0.0  # zero sensitivity: cut first, however large the weights
+    grads["0.bias"][[2, 3]] = 0.0
+    with torch.no_grad():
+        net[0].weight[[2, 3]] = 10.0
+    result = ChannelPruner(importance="taylor").prune(net, torch.zeros(1, 4), ratio=2 / 6, gradients=grads)
+    assert result.entries[0][2] == [2, 3]
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_taylor_without_gradients_on_the_prunable_layers_is_refused():
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"StructuredPruning\(importance='taylor'\): .*no gradient reached the layers"):
+        ChannelPruner(importance="taylor").prune(
+            net, torch.zeros(1, 4), ratio=0.5, gradients={"2.weight": torch.ones(2, 6)}
+        )
+    assert net[0].out_features == 6
+
+
+def test_target_macs_is_reached_from_below_in_few_steps():
+    model = DigitsCNN()
+    x = model.example_input_array
+    dense, _ = count_macs_params(model, x)
+    result = ChannelPruner().prune(model, x, target_macs=dense / 2)
+    assert result.reached
+    assert 0.35 * dense < result.macs <= 0.5 * dense
+    assert result.macs == count_macs_params(model, x)[0]
+
+
+def test_max_layer_ratio_counts_from_the_dense_width():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.zeros(1, 4)
+    dense = {"0": [100, 4], "2": [8, 8]}  # layer 0 already lost 92 % of a (pretend) dense width of 100
+    ChannelPruner(max_layer_ratio=0.9).prune(net, x, ratio=0.5, dense_channels=dense)
+    assert net[0].out_features == 8
+    assert net[2].out_features == 4
+
+
+def test_channels_last_layout_survives():
+    model = DigitsCNN(channels=[8, 16, 32], channels_last=True)
+    ChannelPruner().prune(model, model.example_input_array, ratio=0.5)
+    w = model.features[7].weight
+    assert w.shape[0] == 16 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ignored_layers": ["features.9", "nothing.*"]}, r"`ignored_layers` must be .*'features.9' matches none"),
+        ({"num_heads": {"features.1": 2}}, r"`num_heads` must be keyed by names of nn.Linear .*'features.1'"),
+        ({"importance": "bn-scale"}, r"importance='bn-scale'\): .*no BatchNorm"),
+    ],
+)
+def test_settings_that_do_not_fit_the_model_are_refused(kwargs, match):
+    model = DigitsCNN(channels=[8, 16])
+    if kwargs.get("importance") == "bn-scale":
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=match):
+        ChannelPruner(**kwargs).check_module(model)
+
+
+def test_round_to_must_respect_attention_heads():
+    with pytest.raises(ValueError, match=r"round_to=6\): `round_to` must be a multiple of the 4 heads"):
+        ChannelPruner(round_to=6).check_module(MHABlock())
+    assert ChannelPruner().effective_round_to(MHABlock(heads=4)) == 4
+    assert ChannelPruner(round_to=8).effective_round_to(MHABlock(heads=4)) == 8
+
+
+def test_round_to_applies_to_the_final_prune_and_heads_to_every_prune():
+    cnn = DigitsCNN(channels=[8, 16])
+    assert ChannelPruner(round_to=8).effective_round_to(cnn, final=False) is None
+    assert ChannelPruner(round_to=8).effective_round_to(cnn, final=True) == 8
+    assert ChannelPruner(round_to=8).effective_round_to(MHABlock(heads=4), final=False) == 4
+    model = DigitsCNN(channels=[24, 48, 96])
+    x = model.example_input_array
+    ChannelPruner(round_to=8).prune(model, x, ratio=0.1, final=False)
+    assert [model.features[i].out_channels for i in (0, 3, 7)] == [21, 43, 86]  # not floored to multiples of 8
+    ChannelPruner(round_to=8).prune(model, x, ratio=0.1, final=True)
+    assert [model.features[i].out_channels for i in (0, 3, 7)] == [16, 32, 72]
+
+
+def test_tied_embedding_and_output_weights_stay_tied():
+    net = TinyGPT(d=32, heads=4)
+    net.head.weight = net.wte.weight
+    x = torch.randint(0, 20, (2, 6))
+    ChannelPruner(num_heads={"attn.qkv": 4}).prune(net, x, ratio=0.5)
+    assert net.head.weight is net.wte.weight
+    assert net.wte.weight.shape == (20, 16)
+    assert net(x).shape == (2, 6, 20)
