@@ -57,9 +57,8 @@ class DigitsResNet(DigitsCNN):
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         channels_last: bool = True,
-        image_size: int = 24,
     ) -> None:
-        super().__init__(channels, num_classes, lr, weight_decay, channels_last, image_size)
+        super().__init__(channels, num_classes, lr, weight_decay, channels_last)
         stages: list[nn.Module] = [
             nn.Conv2d(1, channels[0], 3, padding=1, bias=False),
             nn.BatchNorm2d(channels[0]),
