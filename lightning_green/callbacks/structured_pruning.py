@@ -213,7 +213,8 @@ class StructuredPruning(Callback):
             num_heads=num_heads,
         )
 
-        # Progress (checkpointed).
+        # Progress (checkpointed). `history` holds the prunes that cut something (what replay needs);
+        # `prunes_done` counts the schedule's points passed, including those whose target was already met.
         self.history: list[dict[str, Any]] = []
         self.prunes_done = 0
         self.stopped = False
