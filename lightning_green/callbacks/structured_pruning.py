@@ -29,7 +29,7 @@ from lightning_green._internal.validation import (
 from lightning_green.events import workload_changed
 from lightning_green.pruning.engine import ChannelPruner
 from lightning_green.pruning.graph import count_macs_params
-from lightning_green.pruning.history import STATE_VERSION, flatten_entries, replay
+from lightning_green.pruning.history import STATE_VERSION, rebuild_from_checkpoint, replay
 from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, step_ratio
@@ -213,7 +213,8 @@ class StructuredPruning(Callback):
             num_heads=num_heads,
         )
 
-        # Progress (checkpointed).
+        # Progress (checkpointed). `history` holds the prunes that cut something (what replay needs);
+        # `prunes_done` counts the schedule's points passed, including those whose target was already met.
         self.history: list[dict[str, Any]] = []
         self.prunes_done = 0
         self.stopped = False
@@ -630,18 +631,7 @@ class StructuredPruning(Callback):
 
     def _rebuild(self, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         state = (checkpoint.get("callbacks") or {}).get(self.state_key)
-        weights = checkpoint.get("state_dict", {})
-        own = pl_module.state_dict()
-        if not state or not any(k in own and own[k].shape != v.shape for k, v in weights.items()):
-            return
-        x = move_data_to_device(pl_module.example_input_array, pl_module.device)
-        replay(pl_module, x, flatten_entries(state.get("history", [])))
-        own = pl_module.state_dict()
-        if any(k in own and own[k].shape != v.shape for k, v in weights.items()):
-            raise RuntimeError(
-                f"{type(self).__name__}: replaying the checkpoint's pruning history did not give its shapes; was the "
-                "model built with other hyperparameters than in training?"
-            )
+        rebuild_from_checkpoint(pl_module, checkpoint, state=state, owner=type(self).__name__)
 
     # --------------------------------------------------------------------------------------------------- state
     @override

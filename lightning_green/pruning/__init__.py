@@ -6,7 +6,7 @@ record/replay, and :func:`load_pruned` to rebuild a pruned model from a checkpoi
 
 from lightning_green.pruning.engine import ChannelPruner, PruneResult
 from lightning_green.pruning.graph import Lineage, build_graph, count_macs_params, pruning_session
-from lightning_green.pruning.history import find_pruning_state, load_pruned, replay
+from lightning_green.pruning.history import find_pruning_state, load_pruned, rebuild_from_checkpoint, replay
 from lightning_green.pruning.importance import IMPORTANCES, build_importance
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, schedule_fraction, step_ratio
@@ -28,6 +28,7 @@ __all__ = [
     "prune_points",
     "pruning_session",
     "rebuild_ddp",
+    "rebuild_from_checkpoint",
     "replay",
     "schedule_fraction",
     "step_ratio",

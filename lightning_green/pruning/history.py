@@ -13,11 +13,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
 from lightning_green.pruning.graph import Lineage, build_graph, pruning_session
 
-__all__ = ["STATE_VERSION", "find_pruning_state", "flatten_entries", "load_pruned", "plain_entries", "replay"]
+__all__ = [
+    "STATE_VERSION",
+    "find_pruning_state",
+    "flatten_entries",
+    "load_pruned",
+    "plain_entries",
+    "rebuild_from_checkpoint",
+    "replay",
+    "shapes_differ",
+]
 
 #: ``"version"`` of the callback state that carries the history.
 STATE_VERSION = 1
@@ -64,9 +74,56 @@ def find_pruning_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _shapes_differ(module: nn.Module, state_dict: Mapping[str, Any]) -> bool:
+def shapes_differ(module: nn.Module, state_dict: Mapping[str, Any]) -> bool:
+    """Whether some tensor of ``state_dict`` has another shape than the same entry of ``module``."""
     own = module.state_dict()
     return any(k in own and hasattr(v, "shape") and own[k].shape != v.shape for k, v in state_dict.items())
+
+
+def rebuild_from_checkpoint(
+    module: nn.Module,
+    checkpoint: Mapping[str, Any],
+    example_inputs: Any = None,
+    state: Mapping[str, Any] | None = None,
+    owner: str = "load_pruned",
+) -> bool:
+    """Cut ``module`` to the shapes of ``checkpoint["state_dict"]`` by replaying its pruning history.
+
+    Args:
+        module: The model as its constructor builds it.
+        checkpoint: A loaded Lightning checkpoint.
+        example_inputs: An input for tracing; ``None`` uses ``module.example_input_array``.
+        state: The :class:`~lightning_green.StructuredPruning` state; ``None`` looks it up in ``checkpoint``.
+        owner: Who is asking, for error messages.
+
+    Returns:
+        Whether anything was cut (``False`` when the shapes already agree).
+
+    Raises:
+        ValueError: The shapes differ and there is no history (a ``save_weights_only=True`` checkpoint), the module
+            has no example input, or the replay does not give the checkpoint's shapes (other hyperparameters).
+    """
+    weights = checkpoint.get("state_dict", checkpoint)
+    if not shapes_differ(module, weights):
+        return False
+    state = state if state is not None else find_pruning_state(checkpoint)
+    if not state:
+        raise ValueError(
+            f"{owner}: the checkpoint has weights of other shapes than the module but no StructuredPruning history "
+            "(was it saved with `save_weights_only=True`?); it cannot be rebuilt."
+        )
+    if example_inputs is None:
+        example_inputs = getattr(module, "example_input_array", None)
+    if example_inputs is None:
+        raise ValueError(f"{owner}: the module has no `example_input_array`; pass `example_inputs` to trace it.")
+    device = next(module.parameters()).device
+    replay(module, move_data_to_device(example_inputs, device), flatten_entries(state.get("history", [])))
+    if shapes_differ(module, weights):
+        raise ValueError(
+            f"{owner}: replaying the checkpoint's pruning history did not give its shapes; was the module built "
+            "with other hyperparameters than in training?"
+        )
+    return True
 
 
 def load_pruned(
@@ -97,29 +154,9 @@ def load_pruned(
         ``module``, pruned and with the checkpoint's weights.
 
     Raises:
-        ValueError: The checkpoint's weights have other shapes than ``module`` and it holds no pruning history
-            (e.g. it was saved with ``save_weights_only=True``), or ``module`` has no example input.
+        ValueError: See :func:`rebuild_from_checkpoint`.
     """
     checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    if _shapes_differ(module, state_dict):
-        state = find_pruning_state(checkpoint)
-        if state is None:
-            raise ValueError(
-                f"load_pruned: {os.fspath(ckpt_path)!r} has weights of other shapes than the module but no "
-                "StructuredPruning history (was it saved with `save_weights_only=True`?); it cannot be rebuilt."
-            )
-        if example_inputs is None:
-            example_inputs = getattr(module, "example_input_array", None)
-        if example_inputs is None:
-            raise ValueError("load_pruned: the module has no `example_input_array`; pass `example_inputs` to trace it.")
-        device = next(module.parameters()).device
-        replay(module, _to_device(example_inputs, device), flatten_entries(state["history"]))
-    module.load_state_dict(state_dict, strict=strict)
+    rebuild_from_checkpoint(module, checkpoint, example_inputs)
+    module.load_state_dict(checkpoint.get("state_dict", checkpoint), strict=strict)
     return module
-
-
-def _to_device(data: Any, device: torch.device) -> Any:
-    from lightning.pytorch.utilities import move_data_to_device
-
-    return move_data_to_device(data, device)

@@ -504,7 +504,7 @@ def test_example_config_builds_the_callback_through_the_cli(tmp_path):
     built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (pruning,) = [cb for cb in built.trainer.callbacks if isinstance(cb, StructuredPruning)]
     assert (pruning.target_speedup, pruning.importance, pruning.schedule) == (2.5, "taylor", "cubic")
-    assert (pruning.monitor, pruning.max_drop) == ("val_acc", 0.02)
+    assert (pruning.monitor, pruning.max_drop) == ("val_acc", 0.05)
 
 
 def test_a_speedup_target_already_met_cuts_nothing_and_stays_quiet(tmp_path, recwarn):

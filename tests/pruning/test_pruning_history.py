@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from lightning_green.demos import DigitsCNN
-from lightning_green.pruning import ChannelPruner, ModuleSnapshot, find_pruning_state, load_pruned, replay
+from lightning_green.pruning import (
+    ChannelPruner,
+    ModuleSnapshot,
+    find_pruning_state,
+    load_pruned,
+    rebuild_from_checkpoint,
+    replay,
+)
 
 
 def _pruned_pair(ratio=0.5):
@@ -79,7 +86,10 @@ def test_load_pruned_rebuilds_for_inference(tmp_path):
 def test_load_pruned_without_history_is_refused(tmp_path):
     pruned, _, result = _pruned_pair()
     path = _checkpoint(tmp_path / "p.ckpt", pruned, result.entries, with_history=False)
-    with pytest.raises(ValueError, match=r"no StructuredPruning history \(was it saved with `save_weights_only=True`"):
+    with pytest.raises(
+        ValueError,
+        match=r"load_pruned: the checkpoint has weights of other shapes .* saved with `save_weights_only=True`",
+    ):
         load_pruned(DigitsCNN(channels=[8, 16, 32]), path)
 
 
@@ -90,3 +100,13 @@ def test_load_pruned_leaves_a_dense_checkpoint_dense(tmp_path):
     model = load_pruned(DigitsCNN(channels=[8, 16]), path)
     assert model.features[0].out_channels == 8
     assert torch.equal(model.classifier.weight, dense.classifier.weight)
+
+
+def test_rebuild_refuses_a_module_built_with_other_hyperparameters(tmp_path):
+    pruned, _, result = _pruned_pair()
+    checkpoint = torch.load(_checkpoint(tmp_path / "p.ckpt", pruned, result.entries), weights_only=True)
+    with pytest.raises(ValueError, match=r"StructuredPruning: replaying the checkpoint's pruning history did not"):
+        rebuild_from_checkpoint(DigitsCNN(channels=[8, 16, 48]), checkpoint, owner="StructuredPruning")
+    fresh = DigitsCNN(channels=[8, 16, 32])
+    assert rebuild_from_checkpoint(fresh, checkpoint) is True
+    assert rebuild_from_checkpoint(fresh, checkpoint) is False  # already cut: nothing to do
