@@ -25,6 +25,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/energy_overhead.py
+	$(PY) benchmarks/amp_schedule.py
+	$(PY) benchmarks/pruning.py
+	$(PY) benchmarks/power_limit.py
 
 clean:
 	rm -rf $(VENV) lightning_logs
