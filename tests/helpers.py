@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 QUIET: dict[str, Any] = {
@@ -58,3 +58,62 @@ class FailingModel(BoringModel):
 def finite(model: torch.nn.Module) -> bool:
     """All parameters finite."""
     return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class FakeRapl:
+    """A RAPL package counting 50 W (package) and 5 W (DRAM), installed where Zeus looks its CPUs up."""
+
+    PACKAGE_W = 50.0
+    DRAM_W = 5.0
+
+    def __init__(self, with_dram: bool = True) -> None:
+        from zeus.device.cpu.common import CPU, CpuDramMeasurement, CPUs
+
+        t0 = time.monotonic()
+        package_mw, dram_mw = self.PACKAGE_W * 1000, self.DRAM_W * 1000
+
+        class Package(CPU):
+            def get_total_energy_consumption(self):
+                dt = time.monotonic() - t0
+                return CpuDramMeasurement(cpu_mj=package_mw * dt, dram_mj=dram_mw * dt if with_dram else None)
+
+            def supports_get_dram_energy_consumption(self):
+                return with_dram
+
+        class Packages(CPUs):
+            def __init__(self):
+                self._cpus = [Package(0)]
+
+            def __del__(self):
+                pass
+
+            @property
+            def cpus(self):
+                return self._cpus
+
+        self.cpus = Packages()
+        self._previous = None
+
+    def __enter__(self) -> FakeRapl:
+        import zeus.device.cpu as zeus_cpu
+
+        self._previous, zeus_cpu._cpus = zeus_cpu._cpus, self.cpus
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import zeus.device.cpu as zeus_cpu
+
+        zeus_cpu._cpus = self._previous
+
+
+class InstallFakeRapl(Callback):
+    """Installs :class:`FakeRapl` in ``setup`` — in every ddp_spawn worker too — and removes it in ``teardown``."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._rapl = FakeRapl().__enter__()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._rapl.__exit__()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._internal.distributed import agree
-from lightning_green._internal.validation import check_choice, check_optional_number
+from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_optional_number, fail
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 from lightning_green.energy.carbon import joules_to, to_joules
 
@@ -59,7 +59,7 @@ class EnergyBudget(Callback):
         check_optional_number(name, "max_gco2e", max_gco2e, gt=0)
         check_choice(name, "on_forecast", on_forecast, _ACTIONS)
         if max_energy is None and max_gco2e is None:
-            raise ValueError(f"{name}(max_energy=None, max_gco2e=None): give at least one budget.")
+            fail(name, "max_energy", max_energy, "given when max_gco2e is None (give at least one budget)")
         self.max_energy = max_energy
         self.unit = unit
         self.max_gco2e = max_gco2e
@@ -77,7 +77,7 @@ class EnergyBudget(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         monitors = [cb for cb in trainer.callbacks if isinstance(cb, EnergyMonitor)]  # type: ignore[attr-defined]
         if not monitors:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "EnergyBudget reads the energy measured by an EnergyMonitor, and the Trainer has none: add "
                 "EnergyMonitor() to Trainer(callbacks=[...]) (or to trainer.callbacks in the YAML config)."
             )
@@ -121,5 +121,6 @@ class EnergyBudget(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.stopped_reason = state_dict.get("stopped_reason")
+        # The stop reason is not restored: a resumed run (perhaps with a larger budget) is judged afresh, and a stop
+        # it reaches gets its own message. Only the forecast warning is not repeated.
         self._warned = bool(state_dict.get("warned", False))

@@ -18,7 +18,13 @@ from typing_extensions import override
 
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
-from lightning_green._internal.validation import check_bool, check_number, check_optional_number, fail
+from lightning_green._internal.validation import (
+    InvalidArgumentError,
+    check_bool,
+    check_number,
+    check_optional_number,
+    fail,
+)
 from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
 from lightning_green.energy.estimate import DEFAULT_DRAM_W_PER_GB, EstimateModel
 from lightning_green.energy.forecast import EnergyForecast
@@ -52,17 +58,25 @@ class StageLedger:
     epochs_j: list[float] = field(default_factory=list)
 
     def add(self, rows: list[list[float]], counts: bool) -> None:
-        """Add one gathered window; ``counts``: the window's steps/samples belong to this stage."""
-        while len(self.per_rank) < len(rows):
-            self.per_rank.append([0.0] * (_N + 1))
-            self.sources.append(["none"] * _N)
+        """Add one gathered window (a row per rank); ``counts``: the window's steps/samples belong to this stage."""
         for r, row in enumerate(rows):
-            for i in range(_N + 1):
-                self.per_rank[r][i] += row[i]
-            self.sources[r] = [SOURCES[int(c)] for c in row[_SRC : _SRC + _N]]
+            self.add_row(r, row)
         if counts:
             self.steps += int(rows[0][_STEPS])
             self.samples += int(sum(row[_SAMPLES] for row in rows))
+
+    def add_row(self, rank: int, row: list[float]) -> None:
+        """Add one rank's window (energy, time and sources only)."""
+        self._ensure(rank + 1)
+        for i in range(_N + 1):
+            self.per_rank[rank][i] += row[i]
+        self.sources[rank] = [SOURCES[int(c)] for c in row[_SRC : _SRC + _N]]
+
+    def _ensure(self, ranks: int) -> None:
+        while len(self.per_rank) < ranks:
+            self.per_rank.append([0.0] * (_N + 1))
+        while len(self.sources) < len(self.per_rank):
+            self.sources.append(["none"] * _N)
 
     def component_j(self) -> dict[str, float]:
         """Joules per component, summed over ranks."""
@@ -99,13 +113,15 @@ class StageLedger:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> StageLedger:
         """Rebuild from :meth:`state_dict` output."""
-        return cls(
+        ledger = cls(
             per_rank=[list(map(float, r)) for r in state.get("per_rank", [])],
             sources=[list(s) for s in state.get("sources", [])],
             steps=int(state.get("steps", 0)),
             samples=int(state.get("samples", 0)),
             epochs_j=[float(e) for e in state.get("epochs_j", [])],
         )
+        ledger._ensure(len(ledger.per_rank))
+        return ledger
 
 
 @dataclass(frozen=True)
@@ -149,7 +165,8 @@ class EnergyMonitor(Callback):
         samples_per_batch: Samples in a batch; ``None`` infers it from the first tensor's leading dimension.
         forecast_after_epochs: Completed epochs before forecasting total energy and CO₂.
         gpu_indices: GPUs to measure (Zeus indices). ``None``: the CUDA device this rank trains on; none on CPU,
-            unless simulated GPUs are installed (:mod:`lightning_green.testing`), then GPU ``local_rank``.
+            unless simulated GPUs are installed (:mod:`lightning_green.testing`), then GPU ``local_rank``. An explicit
+            list is node-wide: under DDP only local rank 0 measures it (as with RAPL), so no GPU is counted twice.
         cpu_tdp_w: CPU package TDP for the estimate; ``None`` assumes 12 W per busy core.
         cpu_tdp_cores: Cores the TDP is shared by; ``None`` uses ``os.cpu_count()``.
         dram_w_per_gb: DRAM power per GB resident, for the estimate.
@@ -338,6 +355,8 @@ class EnergyMonitor(Callback):
         if indices is None:
             index = rank_gpu_index(trainer)
             indices = [] if index is None else [index]
+        elif trainer.local_rank != 0:
+            indices = []  # an explicit list is the node's GPUs: local rank 0 measures them for every rank
         if indices:
             from zeus.device import get_gpus
 
@@ -347,7 +366,7 @@ class EnergyMonitor(Callback):
                 available = 0
             missing = [i for i in indices if i >= available]
             if missing:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"EnergyMonitor(gpu_indices={self.gpu_indices!r}): GPU index {missing} not found; Zeus sees "
                     f"{available} GPU(s). Pass indices below {available}, or None to measure the training device."
                 )
@@ -531,20 +550,23 @@ class EnergyMonitor(Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Other ranks may be gone: account this rank's last window locally, no collectives, then save the report.
-        if self._meter is not None and self._meter.started:
-            try:
-                rows = [self._local_row(self._meter.read())]
-                for i, stage in enumerate(self._open):
-                    self.ledgers[stage].add(rows, counts=i == len(self._open) - 1)
-            except Exception:  # never mask the user's exception with a metering problem
-                log.debug("final meter read failed", exc_info=True)
-        self._open.clear()
-        self._write_report(trainer, status=f"interrupted: {type(exception).__name__}")
-        if self._meter is not None:
-            try:
-                self._meter.stop()
-            finally:
-                self._meter = None
+        # Nothing here may mask the user's exception: failures are logged at debug level.
+        try:
+            if self._meter is not None and self._meter.started:
+                row = self._local_row(self._meter.read())
+                for stage in self._open:
+                    self.ledgers[stage].add_row(self._rank, row)
+            self._open.clear()
+            self._write_report(trainer, status=f"interrupted: {type(exception).__name__}")
+        except Exception:
+            log.debug("EnergyMonitor could not account the interrupted run", exc_info=True)
+        finally:
+            meter, self._meter = self._meter, None
+            if meter is not None and meter.started:
+                try:
+                    meter.stop()
+                except Exception:
+                    log.debug("EnergyMonitor could not stop its meter", exc_info=True)
 
     def on_workload_changed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: WorkloadChange) -> None:
         """A prune or precision switch changed the cost of a step: re-fit the forecast from here on."""
@@ -555,15 +577,14 @@ class EnergyMonitor(Callback):
     def state_dict(self) -> dict[str, Any]:
         ledgers = {k: v.state_dict() for k, v in self.ledgers.items()}
         # Energy since the last flush is known only on this rank and no collective may run here: add this rank's
-        # share to the saved copy (the running ledgers still get it at the next flush).
+        # share to the saved copy (the running ledgers still get it at the next flush). Rank 0 writes the checkpoint,
+        # so other ranks' unflushed windows (at most `log_every_n_steps` batches) are not in it.
         if self._meter is not None and self._meter.started and self._open:
             row = self._delta_row(self._meter.read())
             for stage in self._open:
-                per_rank = ledgers[stage]["per_rank"]
-                while len(per_rank) <= self._rank:
-                    per_rank.append([0.0] * (_N + 1))
-                for i in range(_N + 1):
-                    per_rank[self._rank][i] += row[i]
+                saved = StageLedger.from_state(ledgers[stage])
+                saved.add_row(self._rank, row)
+                ledgers[stage] = saved.state_dict()
         return {
             "version": 1,
             "ledgers": ledgers,
@@ -613,6 +634,7 @@ class EnergyMonitor(Callback):
         if not force:
             long_enough = (self._meter.elapsed_s() - self._last.time_s) >= self.min_window_s
             if not agree(trainer.strategy, long_enough, all=True):
+                self._batches_since_flush = 0  # look again after another stride, not on every batch
                 return None
         row = self._local_row(self._meter.read())
         innermost = self._open[-1]

@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -9,7 +10,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_green import EnergyBudget, EnergyMonitor, workload_changed
 from lightning_green.energy import read_report
-from tests.helpers import QUIET, FailingModel, SteadyModel, make_trainer
+from lightning_green.testing import SimulatedGPUWorkload
+from tests.helpers import QUIET, FailingModel, FakeRapl, InstallFakeRapl, SteadyModel, make_trainer
 
 
 def _report(trainer_or_dir) -> dict:
@@ -338,35 +340,72 @@ def test_crash_leaves_a_valid_interrupted_report(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- DDP
-@pytest.mark.slow
-def test_ddp_total_is_the_sum_of_ranks(tmp_path):
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
+def _ddp_fit(tmp_path, *callbacks, **monitor_kwargs) -> dict:
+    monitor = EnergyMonitor(print_summary=False, min_window_s=0.0, log_every_n_steps=2, **monitor_kwargs)
+    trainer = make_trainer(
+        tmp_path,
         limit_train_batches=6,
         limit_val_batches=2,
-        logger=False,
         strategy="ddp_spawn",
-        accelerator="cpu",
         devices=2,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EnergyMonitor(print_summary=False, min_window_s=0.0, log_every_n_steps=2)],
+        callbacks=[*callbacks, monitor],
     )
     trainer.fit(SteadyModel(0.005))
-    fit = _report(tmp_path)["stages"]["fit"]
-    assert fit["sources"]["cpu"] == "estimated"
+    return _report(tmp_path)["stages"]["fit"]
+
+
+@pytest.mark.slow
+def test_ddp_counts_each_rank_once_and_the_node_once(tmp_path):
+    # Each spawned rank installs a fake RAPL package (50 W, node-wide) and its own simulated GPU.
+    fit = _ddp_fit(tmp_path, InstallFakeRapl(), SimulatedGPUWorkload(count=2, step_work_s=0.002))
     ranks = fit["per_rank"]
     assert [r["rank"] for r in ranks] == [0, 1]
-    assert all(r["energy_j"]["cpu"] > 0 for r in ranks)
-    summed = sum(sum(r["energy_j"].values()) for r in ranks)
-    assert fit["energy_j"]["total"] == pytest.approx(summed, rel=1e-9)
-    # each rank's own CPU work, not the node's counted twice: neither rank dwarfs the other
-    cpu = sorted(r["energy_j"]["cpu"] for r in ranks)
-    assert cpu[1] < 3 * cpu[0]
+    assert fit["sources"] == {"gpu": "measured", "cpu": "measured", "dram": "measured"}
+    # the node's RAPL counter is read by local rank 0 only: 50 W over the run, not 2 x 50 W
+    assert ranks[0]["energy_j"]["cpu"] == pytest.approx(FakeRapl.PACKAGE_W * ranks[0]["time_s"], rel=0.1)
+    assert ranks[1]["energy_j"]["cpu"] == 0.0 and ranks[1]["energy_j"]["dram"] == 0.0
+    assert fit["energy_j"]["cpu"] == pytest.approx(FakeRapl.PACKAGE_W * fit["time_s"], rel=0.1)
+    # each rank measures the GPU it trains on
+    assert ranks[0]["energy_j"]["gpu"] > 0 and ranks[1]["energy_j"]["gpu"] > 0
     assert fit["samples"] == 2 * 6  # both ranks' batches of 1
     assert fit["steps"] == 6
     json.dumps(fit)  # plain data
+
+
+@pytest.mark.slow
+def test_ddp_estimates_are_per_process_and_explicit_gpus_per_node(tmp_path):
+    fit = _ddp_fit(tmp_path, SimulatedGPUWorkload(count=2, step_work_s=0.002), gpu_indices=[0, 1])
+    ranks = fit["per_rank"]
+    assert fit["sources"]["cpu"] == "estimated"
+    # no RAPL: every rank estimates its own process's CPU time, which neither double counts nor misses a rank
+    cpu = sorted(r["energy_j"]["cpu"] for r in ranks)
+    assert cpu[0] > 0 and cpu[1] < 3 * cpu[0]
+    # an explicit GPU list is the node's: measured by local rank 0 only
+    assert ranks[0]["sources"]["gpu"] == "measured" and ranks[0]["energy_j"]["gpu"] > 0
+    assert ranks[1]["sources"]["gpu"] == "none" and ranks[1]["energy_j"]["gpu"] == 0.0
+
+
+def test_resume_from_a_checkpoint_taken_before_the_first_flush(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+    first = EnergyMonitor(print_summary=False)  # flushes every 50 batches: none before the checkpoint at step 1
+    make_trainer(tmp_path, max_steps=1, callbacks=[first, ckpt]).fit(BoringModel())
+    saved = torch.load(next((tmp_path / "ckpt").iterdir()), weights_only=True)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("EnergyMonitor"))
+    assert len(state["ledgers"]["fit"]["per_rank"]) == 1  # the unflushed window was saved
+    second = EnergyMonitor(print_summary=False)
+    make_trainer(tmp_path, max_steps=4, callbacks=[second]).fit(
+        BoringModel(), ckpt_path=next((tmp_path / "ckpt").iterdir())
+    )
+    assert second.total_energy_j() > state["ledgers"]["fit"]["per_rank"][0][1]
+    assert second.ledgers["fit"].sources[0][1] == "estimated"
+
+
+def test_a_failing_report_does_not_mask_the_users_exception(tmp_path, monkeypatch):
+    monitor = EnergyMonitor(print_summary=False)
+    monkeypatch.setattr(monitor, "_write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(RuntimeError, match="boom"):
+        make_trainer(tmp_path, limit_train_batches=10, callbacks=[monitor]).fit(FailingModel(fail_at=2))
+    assert monitor.meter is None  # stopped all the same
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -3,6 +3,7 @@ import time
 import pytest
 
 from lightning_green.energy import EnergyMeter, EstimateModel, Reading, combine_label
+from tests.helpers import FakeRapl
 
 
 def _busy(seconds: float) -> None:
@@ -59,50 +60,9 @@ def test_combine_label_and_zero_reading():
     assert Reading.zero().total_j == 0.0
 
 
-class _FakeRapl:
-    """A RAPL package counting 50 W (package) and 5 W (DRAM), installed where Zeus looks its CPUs up."""
-
-    def __init__(self, with_dram: bool = True) -> None:
-        from zeus.device.cpu.common import CPU, CpuDramMeasurement, CPUs
-
-        t0 = time.monotonic()
-
-        class Package(CPU):
-            def get_total_energy_consumption(self):
-                dt = time.monotonic() - t0
-                return CpuDramMeasurement(cpu_mj=50_000.0 * dt, dram_mj=5_000.0 * dt if with_dram else None)
-
-            def supports_get_dram_energy_consumption(self):
-                return with_dram
-
-        class Packages(CPUs):
-            def __init__(self):
-                self._cpus = [Package(0)]
-
-            def __del__(self):
-                pass
-
-            @property
-            def cpus(self):
-                return self._cpus
-
-        self.cpus = Packages()
-
-    def __enter__(self):
-        import zeus.device.cpu as zeus_cpu
-
-        self._previous, zeus_cpu._cpus = zeus_cpu._cpus, self.cpus
-        return self
-
-    def __exit__(self, *exc):
-        import zeus.device.cpu as zeus_cpu
-
-        zeus_cpu._cpus = self._previous
-
-
 @pytest.mark.parametrize("with_dram", [True, False])
 def test_rapl_is_read_once_per_node(with_dram):
-    with _FakeRapl(with_dram):
+    with FakeRapl(with_dram):
         node = EnergyMeter(gpu_indices=[], node_counters=True)  # local rank 0
         other = EnergyMeter(gpu_indices=[], node_counters=False)  # another rank on the same node
         node.start()
