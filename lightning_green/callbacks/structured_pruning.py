@@ -318,6 +318,14 @@ class StructuredPruning(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning skips teardown on this path: take the hook off the user's module and free the snapshots.
+        self._release()
+
+    def _release(self) -> None:
         if self._restore_hook is not None:
             module, hook = self._restore_hook
             if module.__dict__.get("on_load_checkpoint") is hook:

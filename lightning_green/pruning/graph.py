@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def eager() -> Iterator[None]:
-    """Run ``torch.compile``'d code eagerly: tracing and MAC counting must see the original modules."""
-    with torch.compiler.set_stance("force_eager"):
+    """Run ``torch.compile``'d code eagerly: tracing and MAC counting must see the original modules.
+
+    ``torch.compiler.set_stance`` exists from torch 2.6; on older torch (the package allows >= 2.3) compiled
+    submodules are traced as they are — ``_EagerForward`` still bypasses a compiled ``forward`` on the instance.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    with set_stance("force_eager") if set_stance is not None else contextlib.nullcontext():
         yield
 
 

@@ -516,3 +516,18 @@ def test_a_speedup_target_already_met_cuts_nothing_and_stays_quiet(tmp_path, rec
     assert len(pruning.history) == len(listener.changes) == 1
     assert pruning.speedup >= 1.2
     assert not [w for w in recwarn if "removed no channel" in str(w.message)]
+
+
+def test_a_crash_takes_the_restore_hook_off_the_module_and_frees_snapshots(tmp_path):
+    class Crash(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("boom")
+
+    model = small_cnn()
+    pruning = StructuredPruning(pruning_ratio=0.3, start_epoch=1, end_epoch=1, monitor="val_acc", max_drop=0.5)
+    with pytest.raises(RuntimeError, match="boom"):
+        make_trainer(tmp_path, [pruning, Crash()], max_epochs=4).fit(model, data())
+    assert pruning.history  # it pruned before the crash
+    assert "on_load_checkpoint" not in vars(model)  # the module is the user's again (picklable, no closure)
+    assert pruning._snapshot is None
