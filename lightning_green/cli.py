@@ -101,8 +101,8 @@ def report(args: Sequence[str]) -> int:
     Raises:
         RunDirError: A run directory is missing or unreadable (``main`` turns it into a one-line error).
     """
+    from lightning_green.energy.report import write_bytes_atomic
     from lightning_green.report import format_comparison, load_run, write_comparison, write_report
-    from lightning_green.report.document import write_bytes_atomic
     from lightning_green.report.run import RunDirError
 
     ns = _report_parser().parse_args(list(args))

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["J_PER_KWH", "J_PER_WH", "WORLD_AVERAGE_G_PER_KWH", "CarbonModel", "joules_to", "to_joules"]
+__all__ = [
+    "J_PER_KWH",
+    "J_PER_WH",
+    "WORLD_AVERAGE_G_PER_KWH",
+    "CarbonModel",
+    "energy_unit",
+    "format_energy",
+    "joules_to",
+    "to_joules",
+]
 
 J_PER_WH = 3600.0
 J_PER_KWH = 3.6e6
@@ -24,6 +33,32 @@ def joules_to(energy_j: float, unit: str) -> float:
         2.0
     """
     return energy_j / _UNIT_J[unit]
+
+
+def energy_unit(max_j: float) -> tuple[float, str]:
+    """Divisor and unit to show ``max_j`` joules: J below 1 Wh, Wh below 0.1 kWh, else kWh.
+
+    Example:
+        >>> energy_unit(500.0), energy_unit(7200.0), energy_unit(1e6)
+        ((1.0, 'J'), (3600.0, 'Wh'), (3600000.0, 'kWh'))
+    """
+    if abs(max_j) < J_PER_WH:
+        return 1.0, "J"
+    if abs(max_j) < J_PER_KWH / 10:
+        return J_PER_WH, "Wh"
+    return J_PER_KWH, "kWh"
+
+
+def format_energy(energy_j: float) -> str:
+    """Joules for people: ``12.3 J``, ``2.00 Wh`` or ``0.150 kWh``.
+
+    Example:
+        >>> format_energy(12.345), format_energy(7200.0), format_energy(5.4e5)
+        ('12.3 J', '2.00 Wh', '0.150 kWh')
+    """
+    divisor, unit = energy_unit(energy_j)
+    digits = {"J": 1, "Wh": 2, "kWh": 3}[unit]
+    return f"{energy_j / divisor:.{digits}f} {unit}"
 
 
 def to_joules(value: float, unit: str) -> float:

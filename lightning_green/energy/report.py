@@ -10,19 +10,52 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_green.energy.carbon import J_PER_KWH
+from lightning_green.energy.carbon import format_energy
 from lightning_green.energy.meter import COMPONENTS
 
-__all__ = ["REPORT_VERSION", "format_summary", "read_report", "write_json_atomic"]
+__all__ = ["REPORT_VERSION", "format_summary", "read_report", "write_bytes_atomic", "write_json_atomic"]
 
 REPORT_VERSION = 1
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    r"""Write ``data`` as JSON so that ``path`` holds either the old or the new content, never a torn file.
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; a report (or a shared profile cache) should get the usual umask-based mode.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
-    The JSON goes to a temporary file in the same directory, is flushed and fsynced, then renamed over ``path``
-    (``os.replace`` is atomic on POSIX and Windows).
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` so that ``path`` holds either the old or the new content, never a torn file.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, then renamed over ``path``
+    (``os.replace`` is atomic on POSIX and Windows). The file gets the mode a plain ``open`` would give it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> write_bytes_atomic(pathlib.Path(tempfile.mkdtemp()) / "x.txt", b"hi").read_bytes()
+        b'hi'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):  # e.g. a file system without POSIX modes
+            os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as JSON atomically (see :func:`write_bytes_atomic`); nothing is written if it cannot serialise.
 
     Example:
         >>> import tempfile, pathlib
@@ -30,21 +63,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
         >>> json.loads(write_json_atomic(d / "r.json", {"a": 1}).read_text())
         {'a': 1}
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -54,14 +73,6 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict) or "stages" not in data or "version" not in data:
         raise ValueError(f"{os.fspath(path)!r} is not a lightning-green energy report (no 'stages'/'version').")
     return data
-
-
-def _fmt_j(j: float) -> str:
-    if abs(j) >= J_PER_KWH / 10:
-        return f"{j / J_PER_KWH:.3f} kWh"
-    if abs(j) >= 3600:
-        return f"{j / 3600:.2f} Wh"
-    return f"{j:.1f} J"
 
 
 def format_summary(report: Mapping[str, Any]) -> str:
@@ -94,8 +105,8 @@ def format_summary(report: Mapping[str, Any]) -> str:
         rows.append(
             [
                 stage,
-                *("-" if sources.get(c) == "none" else _fmt_j(e.get(c, 0.0)) for c in COMPONENTS),
-                _fmt_j(e["total"]),
+                *("-" if sources.get(c) == "none" else format_energy(e.get(c, 0.0)) for c in COMPONENTS),
+                format_energy(e["total"]),
                 f"{e['total'] / t:.1f}" if t > 0 else "-",
                 f"{e['total'] / samples:.3g}" if samples else "-",
                 f"{s.get('gco2e', 0.0):.3g}",

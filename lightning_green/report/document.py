@@ -7,13 +7,13 @@ previous report or the new one, never half of one.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lightning_green.energy.report import write_bytes_atomic
 
 __all__ = ["Document", "ReportFiles", "write_bytes_atomic"]
 
@@ -25,31 +25,6 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px so
 text-align:right}th{background:#f1f5f4}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;margin:.4em 0}code{background:#f4f4f4;padding:0 .2em}.note{color:#666;font-size:.9em}
 """
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = write_bytes_atomic(pathlib.Path(tempfile.mkdtemp()) / "x.txt", b"hi")
-        >>> p.read_bytes()
-        b'hi'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_green.energy.carbon import J_PER_KWH
+from lightning_green.energy.carbon import format_energy
 from lightning_green.energy.meter import COMPONENTS
 from lightning_green.report import plots
 from lightning_green.report.document import Document, ReportFiles
@@ -21,7 +21,7 @@ _KNOWN_EXTRA = {"power_limit", "model"}
 
 
 def fmt_energy(j: float | None) -> str:
-    """Joules for a table: J, Wh or kWh by size; ``n/a`` for ``None``.
+    """Joules for a table (J, Wh or kWh by size, see ``format_energy``); ``n/a`` for ``None``.
 
     Example:
         >>> fmt_energy(12.345), fmt_energy(7200.0), fmt_energy(None)
@@ -29,11 +29,7 @@ def fmt_energy(j: float | None) -> str:
     """
     if j is None or not math.isfinite(j):
         return "n/a"
-    if abs(j) >= J_PER_KWH / 10:
-        return f"{j / J_PER_KWH:.3f} kWh"
-    if abs(j) >= 3600:
-        return f"{j / 3600:.2f} Wh"
-    return f"{j:.1f} J"
+    return format_energy(j)
 
 
 def fmt_num(x: float | None, digits: int = 4) -> str:

@@ -9,6 +9,7 @@ import io
 import math
 from collections.abc import Sequence
 
+from lightning_green.energy.carbon import energy_unit
 from lightning_green.report.run import Run, TargetResult
 
 __all__ = [
@@ -28,17 +29,13 @@ PRECISION_NAMES = {32.0: "fp32", 16.5: "bf16", 16.0: "fp16"}
 
 
 def energy_scale(max_j: float) -> tuple[float, str]:
-    """Divisor and unit for plotting joules: J below 3.6 kJ, Wh below 0.1 kWh, else kWh.
+    """Divisor and unit for plotting joules (:func:`~lightning_green.energy.carbon.energy_unit`).
 
     Example:
         >>> energy_scale(500.0), energy_scale(7200.0)
         ((1.0, 'J'), (3600.0, 'Wh'))
     """
-    if max_j < 3600:
-        return 1.0, "J"
-    if max_j < 3.6e5:
-        return 3600.0, "Wh"
-    return 3.6e6, "kWh"
+    return energy_unit(max_j)
 
 
 def _figure(width: float = 6.4, height: float = 3.6):

@@ -50,3 +50,12 @@ def test_summary_has_a_row_per_stage_and_marks_missing_components():
     assert "475 g/kWh (default)" in lines[0]
     assert lines[2].split()[:3] == ["fit", "2.00", "Wh"] and lines[2].endswith("mixed")
     assert lines[3].split()[1] == "-"  # no GPU metered in the test stage
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", {"version": 1, "stages": {}})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by teammates, not mkstemp's 0600
