@@ -107,3 +107,21 @@ def test_test_subcommand_reports_the_test_stage(tmp_path):
     )
     report = read_report(os.path.join(result.trainer.log_dir, "energy_report.json"))
     assert set(report["stages"]) == {"test"}
+
+
+def test_setup_errors_are_one_line_too(capsys, tmp_path):
+    # the YAML/CLI list replaces the default callbacks: a budget with no monitor to read from
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.callbacks=lightning_green.EnergyBudget",
+                "--trainer.callbacks.max_energy=1",
+                *FAST,
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightning-green: error: EnergyBudget reads the energy measured by an EnergyMonitor")
+    assert not any("Traceback" in line for line in err)

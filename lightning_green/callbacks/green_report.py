@@ -13,7 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_green._internal.validation import check_bool, check_choice, check_optional_number, fail
+from lightning_green._internal.validation import (
+    InvalidArgumentError,
+    check_bool,
+    check_choice,
+    check_optional_number,
+    fail,
+)
 
 __all__ = ["GreenReport"]
 
@@ -111,7 +117,7 @@ class GreenReport(Callback):
         monitors = [cb for cb in trainer.callbacks if getattr(cb, "add_report_section", None) is not None]  # type: ignore[attr-defined]
         named = [m for m in monitors if getattr(m, "report_filename", None)]
         if not named:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{type(self).__name__}: the report is built from the EnergyMonitor's energy report, and the Trainer "
                 "has no EnergyMonitor writing one; add `lightning_green.EnergyMonitor()` to the callbacks "
                 "(with report_filename set)."

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, ran
 from typing_extensions import override
 
 from lightning_green._internal.validation import (
+    InvalidArgumentError,
     check_bool,
     check_choice,
     check_number,
@@ -258,7 +259,7 @@ class StructuredPruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(self).__name__
         if pl_module.example_input_array is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name}: {type(pl_module).__name__} has no `example_input_array`; set one in its __init__ "
                 "(e.g. `self.example_input_array = torch.zeros(1, 3, 32, 32)`): it is traced to find coupled channels "
                 "and to count MACs."

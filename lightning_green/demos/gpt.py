@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 
-from lightning_green._internal.validation import check_number, fail
+from lightning_green._internal.validation import InvalidArgumentError, check_number, fail
 
 __all__ = ["StdlibTextDataModule", "TinyGPT", "stdlib_files"]
 
@@ -134,7 +134,7 @@ class StdlibTextDataModule(pl.LightningDataModule):
         val, val_files, rest = self._take(files, self.val_bytes)
         train, train_files, _ = self._take(rest, self.train_bytes)
         if len(val) < self.val_bytes or len(train) < self.train_bytes:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name}(root={self.root!r}): {root!r} holds {len(files)} .py file(s), too little text for "
                 f"val_bytes={self.val_bytes} + train_bytes={self.train_bytes}; lower them or point `root` at a "
                 "folder with more .py files."
@@ -278,7 +278,7 @@ class TinyGPT(pl.LightningModule):
         if not isinstance(seq_len, int):
             return
         if seq_len > self.block_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{type(self).__name__}(block_size={self.block_size}): the datamodule's seq_len={seq_len} is longer "
                 f"than the model's context; raise block_size to >= {seq_len} or lower seq_len."
             )

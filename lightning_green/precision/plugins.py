@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
+from lightning_green._internal.validation import InvalidArgumentError
+
 __all__ = ["PluginSet", "check_swappable", "plugin_mode"]
 
 _HALF_TRUE = {"HalfPrecision", "DoublePrecision", "BitsandbytesPrecision", "TransformerEnginePrecision"}
@@ -38,13 +40,13 @@ def check_swappable(owner: str, strategy: Any) -> str:
     name = type(plugin).__name__
     precision = getattr(plugin, "precision", "?")
     if name in _HALF_TRUE:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{owner}: Trainer(precision={precision!r}) is not supported: `precision` must be '32-true' (the default), "
             f"'16-mixed' or 'bf16-mixed'. With {precision!r} ({name}) the weights themselves are cast away from "
             f"fp32, so there is no fp32 model to schedule around or fall back to; use Trainer(precision='32-true') "
             f"and let {owner} pick the precision."
         )
-    raise ValueError(
+    raise InvalidArgumentError(
         f"{owner}: the strategy {type(strategy).__name__} uses its own precision plugin ({name}, "
         f"precision={precision!r}), which {owner} cannot swap: `strategy` must be one that uses Lightning's "
         f"Precision/MixedPrecision plugins (single device, 'ddp', 'ddp_spawn'). For FSDP or DeepSpeed use the "
