@@ -83,6 +83,8 @@ class EnergyBudget(Callback):
             )
         self._monitor = monitors[0]
         self._monitor.add_listener(self._check)
+        if stage == "fit":
+            self.stopped_reason = None  # each fit is judged afresh
 
     def _exceeded(self, energy_j: float, gco2e: float) -> str | None:
         limit_j = self.max_energy_j
