@@ -364,21 +364,30 @@ class PowerLimitTuner(Callback):
         return profile_key(self._gpu_name, self._job, self.world_size, self.workload)
 
     def _read_cache(self, trainer: pl.Trainer, workload: int) -> list[Any] | None:
-        """Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does."""
+        """Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does.
+
+        A cache that cannot be read is broadcast as an error message, and every rank raises it: raising on rank 0
+        alone would leave the other ranks waiting in the broadcast forever.
+
+        Raises:
+            ValueError: The cache cannot be read or is corrupt (on every rank, with the same message).
+        """
         if self.profile_path is None:
             return None
-        found = None
+        answer: dict[str, Any] = {"rows": [], "error": None}
         if trainer.global_rank == 0:
             key = profile_key(self._gpu_name, self._job, self.world_size, workload)
             try:
                 found = ProfileCache(self.profile_path).load(key)
-            except (OSError, ValueError) as err:
-                raise ValueError(
-                    f"PowerLimitTuner(profile_path={self.profile_path!r}): cannot read the profile cache ({err}). "
-                    "Delete or move the file, or pass another path."
-                ) from err
-        rows = [[m.power_limit, m.energy, m.time] for m in found] if found else []
-        rows = trainer.strategy.broadcast(rows, src=0)
+                answer["rows"] = [[m.power_limit, m.energy, m.time] for m in found] if found else []
+            except ValueError as err:  # corrupt: the message names the file, the problem and the fix
+                answer["error"] = f"cannot read the profile cache: {err}"
+            except OSError as err:
+                answer["error"] = f"cannot read the profile cache ({err}). Make it readable, or pass another path."
+        answer = trainer.strategy.broadcast(answer, src=0)
+        if answer["error"] is not None:
+            raise ValueError(f"PowerLimitTuner(profile_path={self.profile_path!r}): {answer['error']}")
+        rows = answer["rows"]
         if not rows:
             return None
         from zeus.optimizer.power_limit import PowerLimitMeasurement

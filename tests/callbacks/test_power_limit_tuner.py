@@ -81,7 +81,7 @@ def test_corrupt_profile_cache_fails_in_setup_with_the_fix(tmp_path, v100):
     path = tmp_path / "power.json"
     path.write_text("not json")
     trainer = _trainer(tmp_path, [PowerLimitTuner(profile_path=str(path), **FAST)])
-    with pytest.raises(ValueError, match=r"cannot read the profile cache .* Delete or move the file"):
+    with pytest.raises(ValueError, match=r"cannot read the profile cache: corrupt .*not valid JSON.* Delete or move"):
         trainer.fit(BoringModel())
     assert v100.get_power_management_limit() == 240_000
 
@@ -337,6 +337,38 @@ def test_ddp_each_rank_tunes_its_gpu_with_the_true_world_size(tmp_path):
         assert ranks[0]["chosen"] * 1000 in gpu["limit_history"] and 100_000 in gpu["limit_history"]
     (key,) = json.loads((tmp_path / "power.json").read_text())["profiles"]
     assert "|world=2|" in key
+
+
+class _RecordSetupError(PowerLimitTuner):
+    """Writes the error each rank's ``setup`` raises to ``out/rank{r}.err``."""
+
+    def __init__(self, out, **kwargs):
+        super().__init__(**kwargs)
+        self.out = out
+
+    def setup(self, trainer, pl_module, stage):
+        try:
+            super().setup(trainer, pl_module, stage)
+        except ValueError as err:
+            Path(self.out, f"rank{trainer.global_rank}.err").write_text(str(err))
+            raise
+
+
+@pytest.mark.slow
+def test_ddp_corrupt_cache_fails_on_every_rank_instead_of_hanging(tmp_path):
+    # Only rank 0 reads the cache. It used to raise before the broadcast, leaving rank 1 waiting in it forever
+    # (here the spawn launcher kills it once rank 0 died, so it never raised anything).
+    path = tmp_path / "power.json"
+    entry = {"measurements": [{"power_limit": 250, "time": 1.0}], "steps": 2}  # no "energy"
+    path.write_text(json.dumps({"version": 1, "profiles": {"Simulated v100-resnet50|demo|world=2|workload=0": entry}}))
+    work = SimulatedGPUWorkload(count=2, step_work_s=0.0, gpu_kwargs={"curve": "v100-resnet50"})
+    tuner = _RecordSetupError(tmp_path, profile_path=str(path), job="demo", **FAST)
+    trainer = _trainer(tmp_path, [work, tuner], max_steps=2, strategy="ddp_spawn", devices=2, accelerator="cpu")
+    with pytest.raises(Exception, match="corrupt power-limit profile cache"):
+        trainer.fit(BoringModel())
+    errors = [(tmp_path / f"rank{r}.err").read_text() if (tmp_path / f"rank{r}.err").exists() else None for r in (0, 1)]
+    assert errors[0] is not None and errors[1] == errors[0]  # the same error on every rank
+    assert "measurement 0: missing 'energy'" in errors[0] and "Delete or move the file" in errors[0]
 
 
 def test_example_config_builds_the_tuner(tmp_path, monkeypatch):
