@@ -189,6 +189,13 @@ class PowerLimitTuner(Callback):
         self.world_size = int(trainer.world_size)
         self.disabled_reason = None
         self._warned = False
+        # A new fit starts with the dense model: per-fit counters start again (a resumed fit restores them from
+        # the checkpoint in on_fit_start, since load_state_dict runs after setup).
+        self.workload = 0
+        self.reprofiles = 0
+        self.cache_hits = 0
+        self._restored = None
+        self._pending_cache = None
         index = rank_gpu_index(trainer)
         any_gpu = agree(trainer.strategy, index is not None, all=False)
         all_gpu = agree(trainer.strategy, index is not None, all=True)
@@ -214,6 +221,8 @@ class PowerLimitTuner(Callback):
         self._limits_mw = limit_grid(control.min_mw, control.max_mw, self.pl_step_w)
         self._guard = LimitGuard(gpus, [index], on_restore_failure=self._restore_failed)
         self._guard.arm()
+        # Read now so that a corrupt cache fails before training; on_fit_start reads again if a checkpoint
+        # restores a later workload.
         self._pending_cache = self._read_cache(trainer, self.workload)
         log.debug("PowerLimitTuner: GPU %d (%s) via %s, limits %s", index, self._gpu_name, control.method, control)
 
@@ -232,16 +241,23 @@ class PowerLimitTuner(Callback):
             wait_steps=self.wait_steps,
         )
         restored, self._restored = self._restored, None
+        pending, self._pending_cache = self._pending_cache, None
+        if restored is not None:  # the workload the checkpointed model is at, whatever the search's state was
+            self.workload = int(restored.get("workload", 0))
+            self.reprofiles = int(restored.get("reprofiles", self.workload))
         if restored and restored.get("measurements") and int(restored.get("world_size", 0)) == self.world_size:
             from zeus.optimizer.power_limit import PowerLimitMeasurement
 
-            self.workload = int(restored.get("workload", 0))
             self._search.load([PowerLimitMeasurement(**m) for m in restored["measurements"]])
-        elif self._pending_cache:
-            self.cache_hits += 1
-            self._search.load(self._pending_cache)
-            rank_zero_info(f"PowerLimitTuner: reusing the stored profile for {self._key()} from {self.profile_path}.")
-        self._pending_cache = None
+        else:
+            if self.workload != 0:  # setup read workload 0's profile; same branch on every rank (same checkpoint)
+                pending = self._read_cache(trainer, self.workload)
+            if pending:
+                self.cache_hits += 1
+                self._search.load(pending)
+                rank_zero_info(
+                    f"PowerLimitTuner: reusing the stored profile for {self._key()} from {self.profile_path}."
+                )
         self._gs_boundary = None
         self._boundaries = 0
 
@@ -343,6 +359,7 @@ class PowerLimitTuner(Callback):
             "version": 1,
             "state": self.state,
             "workload": self.workload,
+            "reprofiles": self.reprofiles,
             "world_size": self.world_size,
             "chosen_limit_w": self.chosen_limit_w,
             "measurements": (

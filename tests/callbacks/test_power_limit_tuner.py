@@ -247,6 +247,45 @@ def test_reprofile_can_be_switched_off(tmp_path, v100):
     assert tuner.reprofiles == 0 and tuner.profiling_steps == PROFILE_STEPS - 1
 
 
+def test_resume_mid_reprofile_keeps_the_workload_and_the_cache_key(tmp_path, v100):
+    path = tmp_path / "power.json"
+    dense_key, pruned_key = (f"Simulated v100-resnet50|demo|world=1|workload={w}" for w in (0, 1))
+    prune_at = PROFILE_STEPS + 2
+    tuner = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    trainer = _trainer(
+        tmp_path, [_work(), tuner, _PruneAt(prune_at)], max_steps=prune_at + 5, enable_checkpointing=True
+    )
+    trainer.fit(BoringModel())
+    assert tuner.workload == 1 and tuner.state in ("warmup", "profiling")  # stopped while re-profiling
+    ckpt = str(next(Path(tmp_path).rglob("*.ckpt")))
+    dense = json.loads(path.read_text())["profiles"]
+    assert list(dense) == [dense_key]
+
+    resumed = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    _trainer(tmp_path, [_work(), resumed], max_steps=prune_at + 5 + PROFILE_STEPS + 1).fit(
+        BoringModel(), ckpt_path=ckpt
+    )
+    assert resumed.workload == 1 and resumed.state == "done" and resumed.profiling_steps == PROFILE_STEPS - 1
+    profiles = json.loads(path.read_text())["profiles"]
+    assert sorted(profiles) == [dense_key, pruned_key]  # the pruned model's profile under its own key
+    assert profiles[dense_key] == dense[dense_key]  # the dense model's profile untouched
+
+
+def test_a_second_fit_starts_again_at_workload_zero(tmp_path, v100):
+    path = tmp_path / "power.json"
+    tuner = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    prune_at = PROFILE_STEPS + 2
+    _trainer(tmp_path, [_work(), tuner, _PruneAt(prune_at)], max_steps=prune_at + PROFILE_STEPS + 2).fit(BoringModel())
+    assert tuner.workload == 1 and tuner.reprofiles == 1
+    stored = json.loads(path.read_text())["profiles"]
+    dense = stored["Simulated v100-resnet50|demo|world=1|workload=0"]
+
+    _trainer(tmp_path, [_work(), tuner], max_steps=3).fit(BoringModel())  # a fresh, dense model
+    assert tuner.workload == 0 and tuner.reprofiles == 0 and tuner.cache_hits == 1
+    assert [r["limit_w"] for r in tuner.table()] == [m["power_limit"] for m in dense["measurements"]]
+    assert tuner.table()[0]["energy_j"] == dense["measurements"][0]["energy"] / FAST["profile_steps"]
+
+
 # ---------------------------------------------------------------------------------------------- logging, sharing
 def test_logs_limit_state_and_profile_and_fills_the_energy_report(tmp_path, v100):
     monitor = EnergyMonitor(print_summary=False)
