@@ -154,7 +154,7 @@ class PowerLimitTuner(Callback):
         self._gs_boundary: int | None = None
         self._boundaries = 0
         self._restored: dict[str, Any] | None = None
-        self._pending_cache: list[Any] | None = None
+        self._pending_cache: tuple[list[Any], int] | None = None
         self._warned = False
 
     # ------------------------------------------------------------------------------------------------ public
@@ -179,7 +179,8 @@ class PowerLimitTuner(Callback):
         """The current profile: energy (J) and time (s) per step, average power and cost per limit."""
         if self._search is None:
             return []
-        return profile_table(self._search.measurements, self.eta, self.world_size, self._steps_per_window())
+        search = self._search
+        return profile_table(search.measurements, self.eta, self.world_size, search.measurement_steps)
 
     # ------------------------------------------------------------------------------------------------ hooks
     @override
@@ -248,13 +249,14 @@ class PowerLimitTuner(Callback):
         if restored and restored.get("measurements") and int(restored.get("world_size", 0)) == self.world_size:
             from zeus.optimizer.power_limit import PowerLimitMeasurement
 
-            self._search.load([PowerLimitMeasurement(**m) for m in restored["measurements"]])
+            measurements = [PowerLimitMeasurement(**m) for m in restored["measurements"]]
+            self._search.load(measurements, steps=int(restored.get("steps", self.profile_steps)))
         else:
             if self.workload != 0:  # setup read workload 0's profile; same branch on every rank (same checkpoint)
                 pending = self._read_cache(trainer, self.workload)
             if pending:
                 self.cache_hits += 1
-                self._search.load(pending)
+                self._search.load(*pending)
                 rank_zero_info(
                     f"PowerLimitTuner: reusing the stored profile for {self._key()} from {self.profile_path}."
                 )
@@ -343,7 +345,7 @@ class PowerLimitTuner(Callback):
         cached = self._read_cache(trainer, self.workload)
         if cached:
             self.cache_hits += 1
-            self._search.load(cached)
+            self._search.load(*cached)
             self._conclude(trainer)
         rank_zero_info(
             f"PowerLimitTuner: workload changed ({change.reason} by {change.source}); "
@@ -367,6 +369,7 @@ class PowerLimitTuner(Callback):
                 if search is not None and search.state == "done"
                 else []
             ),
+            "steps": search.measurement_steps if search is not None else self.profile_steps,
         }
 
     @override
@@ -374,14 +377,13 @@ class PowerLimitTuner(Callback):
         self._restored = dict(state_dict)
 
     # ------------------------------------------------------------------------------------------------ internals
-    def _steps_per_window(self) -> int:
-        return self.profile_steps
-
     def _key(self) -> str:
         return profile_key(self._gpu_name, self._job, self.world_size, self.workload)
 
-    def _read_cache(self, trainer: pl.Trainer, workload: int) -> list[Any] | None:
-        """Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does.
+    def _read_cache(self, trainer: pl.Trainer, workload: int) -> tuple[list[Any], int] | None:
+        """The stored profile for ``workload`` and its steps per measurement, or ``None``.
+
+        Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does.
 
         A cache that cannot be read is broadcast as an error message, and every rank raises it: raising on rank 0
         alone would leave the other ranks waiting in the broadcast forever.
@@ -391,12 +393,14 @@ class PowerLimitTuner(Callback):
         """
         if self.profile_path is None:
             return None
-        answer: dict[str, Any] = {"rows": [], "error": None}
+        answer: dict[str, Any] = {"rows": [], "steps": 1, "error": None}
         if trainer.global_rank == 0:
             key = profile_key(self._gpu_name, self._job, self.world_size, workload)
             try:
-                found = ProfileCache(self.profile_path).load(key)
-                answer["rows"] = [[m.power_limit, m.energy, m.time] for m in found] if found else []
+                found = ProfileCache(self.profile_path).profile(key)
+                if found is not None:
+                    answer["rows"] = [[m.power_limit, m.energy, m.time] for m in found[0]]
+                    answer["steps"] = found[1]
             except ValueError as err:  # corrupt: the message names the file, the problem and the fix
                 answer["error"] = f"cannot read the profile cache: {err}"
             except OSError as err:
@@ -409,7 +413,8 @@ class PowerLimitTuner(Callback):
             return None
         from zeus.optimizer.power_limit import PowerLimitMeasurement
 
-        return [PowerLimitMeasurement(power_limit=int(p), energy=float(e), time=float(t)) for p, e, t in rows]
+        measurements = [PowerLimitMeasurement(power_limit=int(p), energy=float(e), time=float(t)) for p, e, t in rows]
+        return measurements, int(answer["steps"])
 
     def _monitor(self, trainer: pl.Trainer) -> object:
         """The EnergyMonitor's Zeus monitor when it measures this GPU, else a monitor of our own."""
@@ -528,7 +533,7 @@ class PowerLimitTuner(Callback):
             ProfileCache(self.profile_path).save(
                 self._key(),
                 self._search.measurements,
-                steps=self._steps_per_window(),
+                steps=self._search.measurement_steps,
                 gpu_name=self._gpu_name,
                 job=self._job,
                 world_size=self.world_size,
@@ -568,7 +573,7 @@ class PowerLimitTuner(Callback):
             "workload": self.workload,
             "chosen_limit_w": self.chosen_limit_w,
             "profiling_steps": self.profiling_steps,
-            "steps_per_limit": self.profile_steps,
+            "steps_per_limit": self._search.measurement_steps if self._search is not None else self.profile_steps,
             "table": rows,
         }
         for cb in trainer.callbacks:  # type: ignore[attr-defined]

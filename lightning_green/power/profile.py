@@ -131,7 +131,7 @@ class ProfileCache:
         True
         >>> m = [PowerLimitMeasurement(power_limit=300, energy=900.0, time=3.0)]
         >>> cache.save("k", m, steps=40)
-        >>> cache.load("k")[0].power_limit, cache.entry("k")["steps"]
+        >>> cache.load("k")[0].power_limit, cache.profile("k")[1]
         (300, 40)
     """
 
@@ -176,8 +176,10 @@ class ProfileCache:
         found = self._lookup(key)
         return found[1] if found is not None else None
 
-    def load(self, key: str) -> list[PowerLimitMeasurement] | None:
-        """The measurements stored for ``key``, or ``None``.
+    def profile(self, key: str) -> tuple[list[PowerLimitMeasurement], int] | None:
+        """The measurements stored for ``key`` and the training steps each one covers, or ``None``.
+
+        A file written by Zeus's optimizer counts one step per measurement (Zeus stores per-step figures).
 
         Raises:
             ValueError: The file or the entry is corrupt (the message names the file, the problem and the fix).
@@ -190,9 +192,21 @@ class ProfileCache:
             if "measurements" not in entry:
                 raise _Corrupt(f"profile {name!r} has no `measurements`")
             measurements = _measurements(entry["measurements"], name)
+            steps = entry.get("steps")
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                raise _Corrupt(f"profile {name!r}: `steps` must be an int >= 1 (got {steps!r})")
         except _Corrupt as err:
             raise self._corrupt(str(err)) from err
-        return measurements or None
+        return (measurements, steps) if measurements else None
+
+    def load(self, key: str) -> list[PowerLimitMeasurement] | None:
+        """The measurements stored for ``key``, or ``None`` (:meth:`profile` also gives their step count).
+
+        Raises:
+            ValueError: The file or the entry is corrupt (the message names the file, the problem and the fix).
+        """
+        found = self.profile(key)
+        return found[0] if found is not None else None
 
     def save(self, key: str, measurements: Sequence[PowerLimitMeasurement], steps: int, **meta: Any) -> None:
         """Store ``measurements`` under ``key`` (atomically; other keys are kept)."""

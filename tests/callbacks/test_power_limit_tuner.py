@@ -206,6 +206,55 @@ def test_profile_cache_is_reused_and_skips_profiling(tmp_path, v100):
     assert set(v100.limit_history[mark:]) == {first.chosen_limit_w * 1000, 240_000}
 
 
+def _logged(logger, name):
+    import csv
+
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
+
+
+def test_cached_profile_is_reported_per_step_with_its_own_step_count(tmp_path, v100):
+    path = tmp_path / "power.json"
+    first = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)  # measures 2 steps per limit
+    _trainer(tmp_path, [_work(), first], max_steps=PROFILE_STEPS).fit(BoringModel())
+    expected = [pytest.approx(row) for row in first.table()]
+
+    # read back by a tuner that would measure 5 steps per limit
+    second = PowerLimitTuner(profile_path=str(path), job="demo", **{**FAST, "profile_steps": 5})
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = _trainer(
+        tmp_path,
+        [_work(), EnergyMonitor(print_summary=False), second],
+        max_steps=3,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=True,
+    )
+    trainer.fit(BoringModel())
+    assert second.cache_hits == 1 and second.table() == expected
+    assert _logged(logger, "power/profile/250W/energy_J") == pytest.approx([first.table()[0]["energy_j"]])
+    assert _logged(logger, "power/profile/100W/cost") == pytest.approx([first.table()[-1]["cost"]])
+    section = json.loads((Path(logger.log_dir) / "energy_report.json").read_text())["extra"]["power_limit"]
+    assert section["table"] == expected and section["steps_per_limit"] == 2
+    assert json.loads(path.read_text())["profiles"]["Simulated v100-resnet50|demo|world=1|workload=0"]["steps"] == 2
+
+    # the profile restored from a checkpoint keeps its step count too
+    resumed = PowerLimitTuner(job="demo", **{**FAST, "profile_steps": 7})
+    ckpt = str(next(Path(logger.log_dir).rglob("*.ckpt")))
+    _trainer(tmp_path, [_work(), resumed], max_steps=5).fit(BoringModel(), ckpt_path=ckpt)
+    assert resumed.state == "done" and resumed.table() == expected
+
+
+def test_zeus_written_profile_counts_one_step_per_measurement(tmp_path, v100):
+    path = tmp_path / "zeus.json"
+    ms = [{"power_limit": 250, "energy": 300.0, "time": 1.5}, {"power_limit": 150, "energy": 240.0, "time": 2.0}]
+    path.write_text(json.dumps({"measurements": ms}))
+    tuner = PowerLimitTuner(objective="energy", profile_path=str(path), **FAST)
+    _trainer(tmp_path, [_work(), tuner], max_steps=3).fit(BoringModel())
+    assert tuner.cache_hits == 1 and tuner.chosen_limit_w == 150
+    assert [(r["energy_j"], r["time_s"]) for r in tuner.table()] == [(300.0, 1.5), (240.0, 2.0)]
+
+
 def test_checkpoint_resume_keeps_the_profile(tmp_path, v100):
     tuner = PowerLimitTuner(**FAST)
     trainer = _trainer(tmp_path, [_work(), tuner], max_steps=PROFILE_STEPS + 1, enable_checkpointing=True)

@@ -147,6 +147,8 @@ def test_profile_cache_keys_and_zeus_files(tmp_path):
     zeus_file = tmp_path / "zeus.json"
     zeus_file.write_text('{"measurements": [{"power_limit": 175, "energy": 3.0, "time": 1.5}]}')
     assert ProfileCache(zeus_file).load("anything")[0].power_limit == 175
+    assert cache.profile(profile_key("V100", "Net", 1, 0))[1] == 40
+    assert ProfileCache(zeus_file).profile("anything")[1] == 1  # Zeus stores per-step figures
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a power-limit profile"):
         ProfileCache(tmp_path / "bad.json").load("k")
@@ -166,6 +168,14 @@ def test_profile_cache_keys_and_zeus_files(tmp_path):
         (
             '{"profiles": {"k": {"measurements": [{"power_limit": 250, "energy": "lots", "time": 1.0}], "steps": 4}}}',
             r"profile 'k', measurement 0: bad value",
+        ),
+        (
+            '{"profiles": {"k": {"measurements": [{"power_limit": 250, "energy": 1, "time": 1}]}}}',
+            r"profile 'k': `steps` must be an int >= 1 \(got None\)",
+        ),
+        (
+            '{"profiles": {"k": {"measurements": [], "steps": 0}}}',
+            r"profile 'k': `steps` must be an int >= 1 \(got 0\)",
         ),
         ('{"measurements": [{"power_limit": 175, "energy": 3.0}]}', r"profile '\*', measurement 0: missing 'time'"),
     ],
