@@ -197,6 +197,9 @@ class PowerLimitTuner(Callback):
         self.cache_hits = 0
         self._restored = None
         self._pending_cache = None
+        self._release()  # nothing left over from an earlier fit (a guard, a search) may act in this one
+        self._search = None  # the last fit's profile stays readable until the next fit starts
+        self.gpu_index = None
         index = rank_gpu_index(trainer)
         any_gpu = agree(trainer.strategy, index is not None, all=False)
         all_gpu = agree(trainer.strategy, index is not None, all=True)
@@ -317,19 +320,26 @@ class PowerLimitTuner(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Other ranks may be gone: local clean-up only, no collectives.
-        if self._search is not None:
-            try:
-                self._search.cancel()
-            except Exception:  # never mask the user's exception with a metering problem
-                log.debug("cancelling the profiling window failed", exc_info=True)
-        if self._guard is not None:
-            self._guard.disarm()
+        # Other ranks may be gone: local clean-up only, no collectives. Lightning does not call teardown after an
+        # exception: release here what teardown releases (the open window is discarded first).
+        self._release()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._release()
+
+    def _release(self) -> None:
+        """Restore the limits, unregister the exit and signal handlers, and let go of the GPUs and the monitor.
+
+        The search (the profile and the choice) stays readable until the next fit.
+        """
+        if self._search is not None:
+            try:
+                self._search.release()
+            except Exception:  # never mask the user's exception with a metering problem
+                log.debug("releasing the profiling windows failed", exc_info=True)
         if self._guard is not None:
             self._guard.disarm()
             self._guard = None

@@ -66,6 +66,19 @@ class WindowSource(Protocol):
         """Close the window, discarding it (no-op when none is open)."""
 
 
+class _Released:
+    """The window source of a released :class:`PowerLimitSearch`: it measures nothing any more."""
+
+    def begin(self) -> None:
+        raise RuntimeError("PowerLimitSearch was released: it cannot measure again")
+
+    def end(self) -> tuple[float, float]:
+        raise RuntimeError("PowerLimitSearch was released: it cannot measure again")
+
+    def cancel(self) -> None:
+        pass
+
+
 class ZeusWindows:
     """Measurement windows on a ``ZeusMonitor`` (shareable: Zeus supports concurrent windows).
 
@@ -324,6 +337,14 @@ class PowerLimitSearch:
         if self._open:
             self.windows.cancel()
             self._open = False
+
+    def release(self) -> None:
+        """Discard any open window and let go of the window source (a Zeus monitor may hold sampling processes).
+
+        The profile and the choice stay readable; the machine cannot measure again.
+        """
+        self.cancel()
+        self.windows = _Released()
 
     def stop(self) -> None:
         """Turn the machine off (the tuner is disabled)."""

@@ -1,5 +1,7 @@
+import gc
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,17 @@ def _trainer(tmp_path, callbacks, **kw):
 
 def _work(**gpu):
     return SimulatedGPUWorkload(step_work_s=0.002, gpu_kwargs={"curve": "v100-resnet50", **gpu})
+
+
+class _MonitorRef(Callback):
+    """A weak reference to the tuner's own Zeus monitor (on older GPUs it runs power-sampling processes)."""
+
+    def __init__(self):
+        self.ref = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        tuner = next(cb for cb in trainer.callbacks if isinstance(cb, PowerLimitTuner))
+        self.ref = weakref.ref(tuner._windows.monitor)
 
 
 @pytest.fixture
@@ -90,7 +103,10 @@ def test_corrupt_profile_cache_fails_in_setup_with_the_fix(tmp_path, v100):
 def test_profiles_every_limit_then_keeps_the_chosen_one_and_restores_at_the_end(tmp_path, v100):
     tuner = PowerLimitTuner(objective="time", **FAST)
     work = _work()
-    _trainer(tmp_path, [work, tuner], max_steps=PROFILE_STEPS + 5).fit(BoringModel())
+    probe = _MonitorRef()
+    _trainer(tmp_path, [work, tuner, probe], max_steps=PROFILE_STEPS + 5).fit(BoringModel())
+    gc.collect()
+    assert probe.ref() is None  # teardown let go of the tuner's Zeus monitor
     distinct = list(dict.fromkeys(v100.limit_history))
     assert distinct[:5] == [240_000, 250_000, 200_000, 150_000, 100_000]
     assert tuner.state == "done" and tuner.chosen_limit_w is not None
@@ -187,6 +203,21 @@ def test_exception_restores_the_original_limit(tmp_path, v100):
         _trainer(tmp_path, [_work(), tuner, _Boom()]).fit(BoringModel())
     assert min(v100.limit_history) < 240_000
     assert v100.get_power_management_limit() == 240_000
+
+
+def test_exception_releases_what_teardown_releases_so_the_callback_can_fit_again(tmp_path, caplog):
+    tuner, probe = PowerLimitTuner(**FAST), _MonitorRef()
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240) as gpus:
+        with pytest.raises(RuntimeError, match="boom"):
+            _trainer(tmp_path, [_work(), tuner, probe, _Boom()]).fit(BoringModel())
+        assert gpus.gpus[0].get_power_management_limit() == 240_000  # restored (kept as it was)
+        gc.collect()
+        assert probe.ref is not None and probe.ref() is None  # the tuner let go of its Zeus monitor
+    # the same callback on a CPU-only run afterwards: the notice, then nothing (no stale GPU from the crashed fit)
+    with caplog.at_level(logging.INFO):
+        _trainer(tmp_path, [tuner], max_steps=3).fit(BoringModel())
+    assert tuner.state == "off" and tuner.disabled_reason == "no GPU"
+    assert "PowerLimitTuner: no GPU to tune (CPU-only run); the tuner is off." in caplog.messages
 
 
 # ---------------------------------------------------------------------------------------------- cache, state
