@@ -154,7 +154,7 @@ class PowerLimitTuner(Callback):
         self._gs_boundary: int | None = None
         self._boundaries = 0
         self._restored: dict[str, Any] | None = None
-        self._pending_cache: list[Any] | None = None
+        self._pending_cache: tuple[list[Any], int] | None = None
         self._warned = False
 
     # ------------------------------------------------------------------------------------------------ public
@@ -179,7 +179,8 @@ class PowerLimitTuner(Callback):
         """The current profile: energy (J) and time (s) per step, average power and cost per limit."""
         if self._search is None:
             return []
-        return profile_table(self._search.measurements, self.eta, self.world_size, self._steps_per_window())
+        search = self._search
+        return profile_table(search.measurements, self.eta, self.world_size, search.measurement_steps)
 
     # ------------------------------------------------------------------------------------------------ hooks
     @override
@@ -189,6 +190,16 @@ class PowerLimitTuner(Callback):
         self.world_size = int(trainer.world_size)
         self.disabled_reason = None
         self._warned = False
+        # A new fit starts with the dense model: per-fit counters start again (a resumed fit restores them from
+        # the checkpoint in on_fit_start, since load_state_dict runs after setup).
+        self.workload = 0
+        self.reprofiles = 0
+        self.cache_hits = 0
+        self._restored = None
+        self._pending_cache = None
+        self._release()  # nothing left over from an earlier fit (a guard, a search) may act in this one
+        self._search = None  # the last fit's profile stays readable until the next fit starts
+        self.gpu_index = None
         index = rank_gpu_index(trainer)
         any_gpu = agree(trainer.strategy, index is not None, all=False)
         all_gpu = agree(trainer.strategy, index is not None, all=True)
@@ -214,6 +225,8 @@ class PowerLimitTuner(Callback):
         self._limits_mw = limit_grid(control.min_mw, control.max_mw, self.pl_step_w)
         self._guard = LimitGuard(gpus, [index], on_restore_failure=self._restore_failed)
         self._guard.arm()
+        # Read now so that a corrupt cache fails before training; on_fit_start reads again if a checkpoint
+        # restores a later workload.
         self._pending_cache = self._read_cache(trainer, self.workload)
         log.debug("PowerLimitTuner: GPU %d (%s) via %s, limits %s", index, self._gpu_name, control.method, control)
 
@@ -232,16 +245,24 @@ class PowerLimitTuner(Callback):
             wait_steps=self.wait_steps,
         )
         restored, self._restored = self._restored, None
+        pending, self._pending_cache = self._pending_cache, None
+        if restored is not None:  # the workload the checkpointed model is at, whatever the search's state was
+            self.workload = int(restored.get("workload", 0))
+            self.reprofiles = int(restored.get("reprofiles", self.workload))
         if restored and restored.get("measurements") and int(restored.get("world_size", 0)) == self.world_size:
             from zeus.optimizer.power_limit import PowerLimitMeasurement
 
-            self.workload = int(restored.get("workload", 0))
-            self._search.load([PowerLimitMeasurement(**m) for m in restored["measurements"]])
-        elif self._pending_cache:
-            self.cache_hits += 1
-            self._search.load(self._pending_cache)
-            rank_zero_info(f"PowerLimitTuner: reusing the stored profile for {self._key()} from {self.profile_path}.")
-        self._pending_cache = None
+            measurements = [PowerLimitMeasurement(**m) for m in restored["measurements"]]
+            self._search.load(measurements, steps=int(restored.get("steps", self.profile_steps)))
+        else:
+            if self.workload != 0:  # setup read workload 0's profile; same branch on every rank (same checkpoint)
+                pending = self._read_cache(trainer, self.workload)
+            if pending:
+                self.cache_hits += 1
+                self._search.load(*pending)
+                rank_zero_info(
+                    f"PowerLimitTuner: reusing the stored profile for {self._key()} from {self.profile_path}."
+                )
         self._gs_boundary = None
         self._boundaries = 0
 
@@ -299,19 +320,26 @@ class PowerLimitTuner(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Other ranks may be gone: local clean-up only, no collectives.
-        if self._search is not None:
-            try:
-                self._search.cancel()
-            except Exception:  # never mask the user's exception with a metering problem
-                log.debug("cancelling the profiling window failed", exc_info=True)
-        if self._guard is not None:
-            self._guard.disarm()
+        # Other ranks may be gone: local clean-up only, no collectives. Lightning does not call teardown after an
+        # exception: release here what teardown releases (the open window is discarded first).
+        self._release()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._release()
+
+    def _release(self) -> None:
+        """Restore the limits, unregister the exit and signal handlers, and let go of the GPUs and the monitor.
+
+        The search (the profile and the choice) stays readable until the next fit.
+        """
+        if self._search is not None:
+            try:
+                self._search.release()
+            except Exception:  # never mask the user's exception with a metering problem
+                log.debug("releasing the profiling windows failed", exc_info=True)
         if self._guard is not None:
             self._guard.disarm()
             self._guard = None
@@ -327,7 +355,7 @@ class PowerLimitTuner(Callback):
         cached = self._read_cache(trainer, self.workload)
         if cached:
             self.cache_hits += 1
-            self._search.load(cached)
+            self._search.load(*cached)
             self._conclude(trainer)
         rank_zero_info(
             f"PowerLimitTuner: workload changed ({change.reason} by {change.source}); "
@@ -343,6 +371,7 @@ class PowerLimitTuner(Callback):
             "version": 1,
             "state": self.state,
             "workload": self.workload,
+            "reprofiles": self.reprofiles,
             "world_size": self.world_size,
             "chosen_limit_w": self.chosen_limit_w,
             "measurements": (
@@ -350,6 +379,7 @@ class PowerLimitTuner(Callback):
                 if search is not None and search.state == "done"
                 else []
             ),
+            "steps": search.measurement_steps if search is not None else self.profile_steps,
         }
 
     @override
@@ -357,33 +387,44 @@ class PowerLimitTuner(Callback):
         self._restored = dict(state_dict)
 
     # ------------------------------------------------------------------------------------------------ internals
-    def _steps_per_window(self) -> int:
-        return self.profile_steps
-
     def _key(self) -> str:
         return profile_key(self._gpu_name, self._job, self.world_size, self.workload)
 
-    def _read_cache(self, trainer: pl.Trainer, workload: int) -> list[Any] | None:
-        """Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does."""
+    def _read_cache(self, trainer: pl.Trainer, workload: int) -> tuple[list[Any], int] | None:
+        """The stored profile for ``workload`` and its steps per measurement, or ``None``.
+
+        Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does.
+
+        A cache that cannot be read is broadcast as an error message, and every rank raises it: raising on rank 0
+        alone would leave the other ranks waiting in the broadcast forever.
+
+        Raises:
+            ValueError: The cache cannot be read or is corrupt (on every rank, with the same message).
+        """
         if self.profile_path is None:
             return None
-        found = None
+        answer: dict[str, Any] = {"rows": [], "steps": 1, "error": None}
         if trainer.global_rank == 0:
             key = profile_key(self._gpu_name, self._job, self.world_size, workload)
             try:
-                found = ProfileCache(self.profile_path).load(key)
-            except (OSError, ValueError) as err:
-                raise ValueError(
-                    f"PowerLimitTuner(profile_path={self.profile_path!r}): cannot read the profile cache ({err}). "
-                    "Delete or move the file, or pass another path."
-                ) from err
-        rows = [[m.power_limit, m.energy, m.time] for m in found] if found else []
-        rows = trainer.strategy.broadcast(rows, src=0)
+                found = ProfileCache(self.profile_path).profile(key)
+                if found is not None:
+                    answer["rows"] = [[m.power_limit, m.energy, m.time] for m in found[0]]
+                    answer["steps"] = found[1]
+            except ValueError as err:  # corrupt: the message names the file, the problem and the fix
+                answer["error"] = f"cannot read the profile cache: {err}"
+            except OSError as err:
+                answer["error"] = f"cannot read the profile cache ({err}). Make it readable, or pass another path."
+        answer = trainer.strategy.broadcast(answer, src=0)
+        if answer["error"] is not None:
+            raise ValueError(f"PowerLimitTuner(profile_path={self.profile_path!r}): {answer['error']}")
+        rows = answer["rows"]
         if not rows:
             return None
         from zeus.optimizer.power_limit import PowerLimitMeasurement
 
-        return [PowerLimitMeasurement(power_limit=int(p), energy=float(e), time=float(t)) for p, e, t in rows]
+        measurements = [PowerLimitMeasurement(power_limit=int(p), energy=float(e), time=float(t)) for p, e, t in rows]
+        return measurements, int(answer["steps"])
 
     def _monitor(self, trainer: pl.Trainer) -> object:
         """The EnergyMonitor's Zeus monitor when it measures this GPU, else a monitor of our own."""
@@ -502,7 +543,7 @@ class PowerLimitTuner(Callback):
             ProfileCache(self.profile_path).save(
                 self._key(),
                 self._search.measurements,
-                steps=self._steps_per_window(),
+                steps=self._search.measurement_steps,
                 gpu_name=self._gpu_name,
                 job=self._job,
                 world_size=self.world_size,
@@ -542,7 +583,7 @@ class PowerLimitTuner(Callback):
             "workload": self.workload,
             "chosen_limit_w": self.chosen_limit_w,
             "profiling_steps": self.profiling_steps,
-            "steps_per_limit": self.profile_steps,
+            "steps_per_limit": self._search.measurement_steps if self._search is not None else self.profile_steps,
             "table": rows,
         }
         for cb in trainer.callbacks:  # type: ignore[attr-defined]

@@ -96,8 +96,29 @@ def profile_table(
     return rows
 
 
-def _measurements(raw: Any) -> list[PowerLimitMeasurement]:
-    return [PowerLimitMeasurement(**{k: m[k] for k in ("power_limit", "energy", "time")}) for m in raw]
+_FIELDS = ("power_limit", "energy", "time")
+
+
+class _Corrupt(ValueError):
+    """What is wrong with a cache file (the :class:`ProfileCache` adds the path and the fix)."""
+
+
+def _measurements(raw: Any, key: str) -> list[PowerLimitMeasurement]:
+    if not isinstance(raw, list):
+        raise _Corrupt(f"profile {key!r}: `measurements` is not a list")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise _Corrupt(f"profile {key!r}, measurement {i}: not an object")
+        missing = [k for k in _FIELDS if k not in m]
+        if missing:
+            raise _Corrupt(f"profile {key!r}, measurement {i}: missing {missing[0]!r}")
+        try:
+            out.append(PowerLimitMeasurement(**{k: m[k] for k in _FIELDS}))
+        except (TypeError, ValueError) as err:
+            values = {k: m[k] for k in _FIELDS}
+            raise _Corrupt(f"profile {key!r}, measurement {i}: bad value in {values} ({type(err).__name__})") from err
+    return out
 
 
 class ProfileCache:
@@ -110,37 +131,82 @@ class ProfileCache:
         True
         >>> m = [PowerLimitMeasurement(power_limit=300, energy=900.0, time=3.0)]
         >>> cache.save("k", m, steps=40)
-        >>> cache.load("k")[0].power_limit, cache.entry("k")["steps"]
+        >>> cache.load("k")[0].power_limit, cache.profile("k")[1]
         (300, 40)
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
+    def _corrupt(self, what: str) -> ValueError:
+        return ValueError(
+            f"corrupt power-limit profile cache {os.fspath(self.path)!r}: {what}. Delete or move the file (or "
+            "remove that profile from it) to profile again."
+        )
+
     def _read(self) -> dict[str, Any]:
         if not self.path.exists():
             return {"version": CACHE_VERSION, "profiles": {}}
-        with self.path.open(encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with self.path.open(encoding="utf-8") as f:
+                data = json.load(f)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise self._corrupt(f"not valid JSON ({err})") from err
         if isinstance(data, dict) and "measurements" in data and "profiles" not in data:
             return {"version": CACHE_VERSION, "profiles": {"*": {"measurements": data["measurements"], "steps": 1}}}
         if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
-            raise ValueError(f"{os.fspath(self.path)!r} is not a power-limit profile file (no 'profiles').")
+            raise self._corrupt("it is not a power-limit profile file (no 'profiles')")
         return data
 
-    def entry(self, key: str) -> dict[str, Any] | None:
-        """The stored entry for ``key`` (a Zeus-written file answers every key)."""
+    def _lookup(self, key: str) -> tuple[str, dict[str, Any]] | None:
         profiles = self._read()["profiles"]
-        entry = profiles.get(key, profiles.get("*"))
-        return dict(entry) if isinstance(entry, dict) else None
+        name = key if key in profiles else "*"
+        if name not in profiles:
+            return None
+        if not isinstance(profiles[name], dict):
+            raise self._corrupt(f"profile {name!r} is not an object")
+        return name, dict(profiles[name])
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """The stored entry for ``key`` (a Zeus-written file answers every key).
+
+        Raises:
+            ValueError: The file or the entry is corrupt (the message names the file, the problem and the fix).
+        """
+        found = self._lookup(key)
+        return found[1] if found is not None else None
+
+    def profile(self, key: str) -> tuple[list[PowerLimitMeasurement], int] | None:
+        """The measurements stored for ``key`` and the training steps each one covers, or ``None``.
+
+        A file written by Zeus's optimizer counts one step per measurement (Zeus stores per-step figures).
+
+        Raises:
+            ValueError: The file or the entry is corrupt (the message names the file, the problem and the fix).
+        """
+        found = self._lookup(key)
+        if found is None:
+            return None
+        name, entry = found
+        try:
+            if "measurements" not in entry:
+                raise _Corrupt(f"profile {name!r} has no `measurements`")
+            measurements = _measurements(entry["measurements"], name)
+            steps = entry.get("steps")
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                raise _Corrupt(f"profile {name!r}: `steps` must be an int >= 1 (got {steps!r})")
+        except _Corrupt as err:
+            raise self._corrupt(str(err)) from err
+        return (measurements, steps) if measurements else None
 
     def load(self, key: str) -> list[PowerLimitMeasurement] | None:
-        """The measurements stored for ``key``, or ``None``."""
-        entry = self.entry(key)
-        if entry is None:
-            return None
-        measurements = _measurements(entry.get("measurements", []))
-        return measurements or None
+        """The measurements stored for ``key``, or ``None`` (:meth:`profile` also gives their step count).
+
+        Raises:
+            ValueError: The file or the entry is corrupt (the message names the file, the problem and the fix).
+        """
+        found = self.profile(key)
+        return found[0] if found is not None else None
 
     def save(self, key: str, measurements: Sequence[PowerLimitMeasurement], steps: int, **meta: Any) -> None:
         """Store ``measurements`` under ``key`` (atomically; other keys are kept)."""

@@ -66,6 +66,19 @@ class WindowSource(Protocol):
         """Close the window, discarding it (no-op when none is open)."""
 
 
+class _Released:
+    """The window source of a released :class:`PowerLimitSearch`: it measures nothing any more."""
+
+    def begin(self) -> None:
+        raise RuntimeError("PowerLimitSearch was released: it cannot measure again")
+
+    def end(self) -> tuple[float, float]:
+        raise RuntimeError("PowerLimitSearch was released: it cannot measure again")
+
+    def cancel(self) -> None:
+        pass
+
+
 class ZeusWindows:
     """Measurement windows on a ``ZeusMonitor`` (shareable: Zeus supports concurrent windows).
 
@@ -157,6 +170,8 @@ class PowerLimitSearch:
         self.profile_steps = int(profile_steps)
         self.wait_steps = int(wait_steps)
         self.measurements: list[PowerLimitMeasurement] = []
+        self.measurement_steps = self.profile_steps
+        """Training steps each of :attr:`measurements` covers (a loaded profile's own count)."""
         self.chosen_mw: int | None = None
         self.current_mw: int | None = None
         self.profiling_steps = 0
@@ -169,6 +184,7 @@ class PowerLimitSearch:
     def _reset(self) -> None:
         self.state = "waiting"
         self.measurements = []
+        self.measurement_steps = self.profile_steps
         self.chosen_mw = None
         self._index = 0
         self._remaining = self.wait_steps + 1
@@ -287,10 +303,16 @@ class PowerLimitSearch:
         self.state = "selecting"
         return True
 
-    def load(self, measurements: Sequence[PowerLimitMeasurement]) -> None:
-        """Use a stored profile instead of profiling: the machine waits in ``selecting``."""
+    def load(self, measurements: Sequence[PowerLimitMeasurement], steps: int | None = None) -> None:
+        """Use a stored profile instead of profiling: the machine waits in ``selecting``.
+
+        Args:
+            measurements: The stored profile.
+            steps: Training steps each measurement covers (``None``: ``profile_steps``).
+        """
         self.cancel()
         self.measurements = list(measurements)
+        self.measurement_steps = int(steps) if steps is not None else self.profile_steps
         self.state = "selecting"
 
     def select(self) -> int:
@@ -315,6 +337,14 @@ class PowerLimitSearch:
         if self._open:
             self.windows.cancel()
             self._open = False
+
+    def release(self) -> None:
+        """Discard any open window and let go of the window source (a Zeus monitor may hold sampling processes).
+
+        The profile and the choice stay readable; the machine cannot measure again.
+        """
+        self.cancel()
+        self.windows = _Released()
 
     def stop(self) -> None:
         """Turn the machine off (the tuner is disabled)."""

@@ -484,6 +484,8 @@ class SimulatedGPUWorkload(Callback):
     training batch runs ``step_work_s × work_scale`` seconds of simulated kernels on the rank's GPU (index
     ``local_rank``), sleeping (or advancing a :class:`SimClock`) for as long as the current power limit makes them
     take. Put it first in ``Trainer(callbacks=[...])`` so the GPUs exist before other callbacks look for them.
+    GPUs it installed are removed again in ``teardown`` and, since Lightning skips ``teardown`` after a crash, in
+    ``on_exception``.
 
     Args:
         count: GPUs to install when none are.
@@ -551,6 +553,16 @@ class SimulatedGPUWorkload(Callback):
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._uninstall()
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Lightning does not call teardown after an exception: without this, the simulated GPUs would stay in
+        # Zeus's process-wide singleton and later CPU runs in this process would "measure" them.
+        self._uninstall()
+
+    def _uninstall(self) -> None:
+        """Put back what Zeus's GPU singleton held before :meth:`setup` installed the simulated GPUs."""
         if self._installed is not None:
             import zeus.device.gpu as zeus_gpu
 

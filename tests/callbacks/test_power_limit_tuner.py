@@ -1,5 +1,7 @@
+import gc
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,17 @@ def _trainer(tmp_path, callbacks, **kw):
 
 def _work(**gpu):
     return SimulatedGPUWorkload(step_work_s=0.002, gpu_kwargs={"curve": "v100-resnet50", **gpu})
+
+
+class _MonitorRef(Callback):
+    """A weak reference to the tuner's own Zeus monitor (on older GPUs it runs power-sampling processes)."""
+
+    def __init__(self):
+        self.ref = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        tuner = next(cb for cb in trainer.callbacks if isinstance(cb, PowerLimitTuner))
+        self.ref = weakref.ref(tuner._windows.monitor)
 
 
 @pytest.fixture
@@ -81,7 +94,7 @@ def test_corrupt_profile_cache_fails_in_setup_with_the_fix(tmp_path, v100):
     path = tmp_path / "power.json"
     path.write_text("not json")
     trainer = _trainer(tmp_path, [PowerLimitTuner(profile_path=str(path), **FAST)])
-    with pytest.raises(ValueError, match=r"cannot read the profile cache .* Delete or move the file"):
+    with pytest.raises(ValueError, match=r"cannot read the profile cache: corrupt .*not valid JSON.* Delete or move"):
         trainer.fit(BoringModel())
     assert v100.get_power_management_limit() == 240_000
 
@@ -90,7 +103,10 @@ def test_corrupt_profile_cache_fails_in_setup_with_the_fix(tmp_path, v100):
 def test_profiles_every_limit_then_keeps_the_chosen_one_and_restores_at_the_end(tmp_path, v100):
     tuner = PowerLimitTuner(objective="time", **FAST)
     work = _work()
-    _trainer(tmp_path, [work, tuner], max_steps=PROFILE_STEPS + 5).fit(BoringModel())
+    probe = _MonitorRef()
+    _trainer(tmp_path, [work, tuner, probe], max_steps=PROFILE_STEPS + 5).fit(BoringModel())
+    gc.collect()
+    assert probe.ref() is None  # teardown let go of the tuner's Zeus monitor
     distinct = list(dict.fromkeys(v100.limit_history))
     assert distinct[:5] == [240_000, 250_000, 200_000, 150_000, 100_000]
     assert tuner.state == "done" and tuner.chosen_limit_w is not None
@@ -189,6 +205,21 @@ def test_exception_restores_the_original_limit(tmp_path, v100):
     assert v100.get_power_management_limit() == 240_000
 
 
+def test_exception_releases_what_teardown_releases_so_the_callback_can_fit_again(tmp_path, caplog):
+    tuner, probe = PowerLimitTuner(**FAST), _MonitorRef()
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240) as gpus:
+        with pytest.raises(RuntimeError, match="boom"):
+            _trainer(tmp_path, [_work(), tuner, probe, _Boom()]).fit(BoringModel())
+        assert gpus.gpus[0].get_power_management_limit() == 240_000  # restored (kept as it was)
+        gc.collect()
+        assert probe.ref is not None and probe.ref() is None  # the tuner let go of its Zeus monitor
+    # the same callback on a CPU-only run afterwards: the notice, then nothing (no stale GPU from the crashed fit)
+    with caplog.at_level(logging.INFO):
+        _trainer(tmp_path, [tuner], max_steps=3).fit(BoringModel())
+    assert tuner.state == "off" and tuner.disabled_reason == "no GPU"
+    assert "PowerLimitTuner: no GPU to tune (CPU-only run); the tuner is off." in caplog.messages
+
+
 # ---------------------------------------------------------------------------------------------- cache, state
 def test_profile_cache_is_reused_and_skips_profiling(tmp_path, v100):
     path = tmp_path / "power.json"
@@ -204,6 +235,55 @@ def test_profile_cache_is_reused_and_skips_profiling(tmp_path, v100):
     assert second.cache_hits == 1 and second.profiling_steps == 0
     assert second.chosen_limit_w == first.chosen_limit_w
     assert set(v100.limit_history[mark:]) == {first.chosen_limit_w * 1000, 240_000}
+
+
+def _logged(logger, name):
+    import csv
+
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
+
+
+def test_cached_profile_is_reported_per_step_with_its_own_step_count(tmp_path, v100):
+    path = tmp_path / "power.json"
+    first = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)  # measures 2 steps per limit
+    _trainer(tmp_path, [_work(), first], max_steps=PROFILE_STEPS).fit(BoringModel())
+    expected = [pytest.approx(row) for row in first.table()]
+
+    # read back by a tuner that would measure 5 steps per limit
+    second = PowerLimitTuner(profile_path=str(path), job="demo", **{**FAST, "profile_steps": 5})
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = _trainer(
+        tmp_path,
+        [_work(), EnergyMonitor(print_summary=False), second],
+        max_steps=3,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=True,
+    )
+    trainer.fit(BoringModel())
+    assert second.cache_hits == 1 and second.table() == expected
+    assert _logged(logger, "power/profile/250W/energy_J") == pytest.approx([first.table()[0]["energy_j"]])
+    assert _logged(logger, "power/profile/100W/cost") == pytest.approx([first.table()[-1]["cost"]])
+    section = json.loads((Path(logger.log_dir) / "energy_report.json").read_text())["extra"]["power_limit"]
+    assert section["table"] == expected and section["steps_per_limit"] == 2
+    assert json.loads(path.read_text())["profiles"]["Simulated v100-resnet50|demo|world=1|workload=0"]["steps"] == 2
+
+    # the profile restored from a checkpoint keeps its step count too
+    resumed = PowerLimitTuner(job="demo", **{**FAST, "profile_steps": 7})
+    ckpt = str(next(Path(logger.log_dir).rglob("*.ckpt")))
+    _trainer(tmp_path, [_work(), resumed], max_steps=5).fit(BoringModel(), ckpt_path=ckpt)
+    assert resumed.state == "done" and resumed.table() == expected
+
+
+def test_zeus_written_profile_counts_one_step_per_measurement(tmp_path, v100):
+    path = tmp_path / "zeus.json"
+    ms = [{"power_limit": 250, "energy": 300.0, "time": 1.5}, {"power_limit": 150, "energy": 240.0, "time": 2.0}]
+    path.write_text(json.dumps({"measurements": ms}))
+    tuner = PowerLimitTuner(objective="energy", profile_path=str(path), **FAST)
+    _trainer(tmp_path, [_work(), tuner], max_steps=3).fit(BoringModel())
+    assert tuner.cache_hits == 1 and tuner.chosen_limit_w == 150
+    assert [(r["energy_j"], r["time_s"]) for r in tuner.table()] == [(300.0, 1.5), (240.0, 2.0)]
 
 
 def test_checkpoint_resume_keeps_the_profile(tmp_path, v100):
@@ -245,6 +325,45 @@ def test_reprofile_can_be_switched_off(tmp_path, v100):
     tuner = PowerLimitTuner(reprofile_on_change=False, **FAST)
     _trainer(tmp_path, [_work(), tuner, _PruneAt(PROFILE_STEPS + 1)], max_steps=PROFILE_STEPS + 4).fit(BoringModel())
     assert tuner.reprofiles == 0 and tuner.profiling_steps == PROFILE_STEPS - 1
+
+
+def test_resume_mid_reprofile_keeps_the_workload_and_the_cache_key(tmp_path, v100):
+    path = tmp_path / "power.json"
+    dense_key, pruned_key = (f"Simulated v100-resnet50|demo|world=1|workload={w}" for w in (0, 1))
+    prune_at = PROFILE_STEPS + 2
+    tuner = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    trainer = _trainer(
+        tmp_path, [_work(), tuner, _PruneAt(prune_at)], max_steps=prune_at + 5, enable_checkpointing=True
+    )
+    trainer.fit(BoringModel())
+    assert tuner.workload == 1 and tuner.state in ("warmup", "profiling")  # stopped while re-profiling
+    ckpt = str(next(Path(tmp_path).rglob("*.ckpt")))
+    dense = json.loads(path.read_text())["profiles"]
+    assert list(dense) == [dense_key]
+
+    resumed = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    _trainer(tmp_path, [_work(), resumed], max_steps=prune_at + 5 + PROFILE_STEPS + 1).fit(
+        BoringModel(), ckpt_path=ckpt
+    )
+    assert resumed.workload == 1 and resumed.state == "done" and resumed.profiling_steps == PROFILE_STEPS - 1
+    profiles = json.loads(path.read_text())["profiles"]
+    assert sorted(profiles) == [dense_key, pruned_key]  # the pruned model's profile under its own key
+    assert profiles[dense_key] == dense[dense_key]  # the dense model's profile untouched
+
+
+def test_a_second_fit_starts_again_at_workload_zero(tmp_path, v100):
+    path = tmp_path / "power.json"
+    tuner = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
+    prune_at = PROFILE_STEPS + 2
+    _trainer(tmp_path, [_work(), tuner, _PruneAt(prune_at)], max_steps=prune_at + PROFILE_STEPS + 2).fit(BoringModel())
+    assert tuner.workload == 1 and tuner.reprofiles == 1
+    stored = json.loads(path.read_text())["profiles"]
+    dense = stored["Simulated v100-resnet50|demo|world=1|workload=0"]
+
+    _trainer(tmp_path, [_work(), tuner], max_steps=3).fit(BoringModel())  # a fresh, dense model
+    assert tuner.workload == 0 and tuner.reprofiles == 0 and tuner.cache_hits == 1
+    assert [r["limit_w"] for r in tuner.table()] == [m["power_limit"] for m in dense["measurements"]]
+    assert tuner.table()[0]["energy_j"] == dense["measurements"][0]["energy"] / FAST["profile_steps"]
 
 
 # ---------------------------------------------------------------------------------------------- logging, sharing
@@ -337,6 +456,38 @@ def test_ddp_each_rank_tunes_its_gpu_with_the_true_world_size(tmp_path):
         assert ranks[0]["chosen"] * 1000 in gpu["limit_history"] and 100_000 in gpu["limit_history"]
     (key,) = json.loads((tmp_path / "power.json").read_text())["profiles"]
     assert "|world=2|" in key
+
+
+class _RecordSetupError(PowerLimitTuner):
+    """Writes the error each rank's ``setup`` raises to ``out/rank{r}.err``."""
+
+    def __init__(self, out, **kwargs):
+        super().__init__(**kwargs)
+        self.out = out
+
+    def setup(self, trainer, pl_module, stage):
+        try:
+            super().setup(trainer, pl_module, stage)
+        except ValueError as err:
+            Path(self.out, f"rank{trainer.global_rank}.err").write_text(str(err))
+            raise
+
+
+@pytest.mark.slow
+def test_ddp_corrupt_cache_fails_on_every_rank_instead_of_hanging(tmp_path):
+    # Only rank 0 reads the cache. It used to raise before the broadcast, leaving rank 1 waiting in it forever
+    # (here the spawn launcher kills it once rank 0 died, so it never raised anything).
+    path = tmp_path / "power.json"
+    entry = {"measurements": [{"power_limit": 250, "time": 1.0}], "steps": 2}  # no "energy"
+    path.write_text(json.dumps({"version": 1, "profiles": {"Simulated v100-resnet50|demo|world=2|workload=0": entry}}))
+    work = SimulatedGPUWorkload(count=2, step_work_s=0.0, gpu_kwargs={"curve": "v100-resnet50"})
+    tuner = _RecordSetupError(tmp_path, profile_path=str(path), job="demo", **FAST)
+    trainer = _trainer(tmp_path, [work, tuner], max_steps=2, strategy="ddp_spawn", devices=2, accelerator="cpu")
+    with pytest.raises(Exception, match="corrupt power-limit profile cache"):
+        trainer.fit(BoringModel())
+    errors = [(tmp_path / f"rank{r}.err").read_text() if (tmp_path / f"rank{r}.err").exists() else None for r in (0, 1)]
+    assert errors[0] is not None and errors[1] == errors[0]  # the same error on every rank
+    assert "measurement 0: missing 'energy'" in errors[0] and "Delete or move the file" in errors[0]
 
 
 def test_example_config_builds_the_tuner(tmp_path, monkeypatch):

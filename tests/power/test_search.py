@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from zeus.optimizer.power_limit import Energy, MaxSlowdownConstraint, PowerLimitMeasurement, Time, ZeusCost
 
@@ -145,9 +147,45 @@ def test_profile_cache_keys_and_zeus_files(tmp_path):
     zeus_file = tmp_path / "zeus.json"
     zeus_file.write_text('{"measurements": [{"power_limit": 175, "energy": 3.0, "time": 1.5}]}')
     assert ProfileCache(zeus_file).load("anything")[0].power_limit == 175
+    assert cache.profile(profile_key("V100", "Net", 1, 0))[1] == 40
+    assert ProfileCache(zeus_file).profile("anything")[1] == 1  # Zeus stores per-step figures
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a power-limit profile"):
         ProfileCache(tmp_path / "bad.json").load("k")
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        ("not json", r"not valid JSON"),
+        ('{"profiles": {"k": [1, 2]}}', r"profile 'k' is not an object"),
+        ('{"profiles": {"k": {"steps": 4}}}', r"profile 'k' has no `measurements`"),
+        ('{"profiles": {"k": {"measurements": 7, "steps": 4}}}', r"profile 'k': `measurements` is not a list"),
+        (
+            '{"profiles": {"k": {"measurements": [{"power_limit": 250, "time": 1.0}], "steps": 4}}}',
+            r"profile 'k', measurement 0: missing 'energy'",
+        ),
+        (
+            '{"profiles": {"k": {"measurements": [{"power_limit": 250, "energy": "lots", "time": 1.0}], "steps": 4}}}',
+            r"profile 'k', measurement 0: bad value",
+        ),
+        (
+            '{"profiles": {"k": {"measurements": [{"power_limit": 250, "energy": 1, "time": 1}]}}}',
+            r"profile 'k': `steps` must be an int >= 1 \(got None\)",
+        ),
+        (
+            '{"profiles": {"k": {"measurements": [], "steps": 0}}}',
+            r"profile 'k': `steps` must be an int >= 1 \(got 0\)",
+        ),
+        ('{"measurements": [{"power_limit": 175, "energy": 3.0}]}', r"profile '\*', measurement 0: missing 'time'"),
+    ],
+)
+def test_corrupt_profile_cache_names_the_file_the_problem_and_the_fix(tmp_path, content, what):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    where = re.escape(repr(str(path)))
+    with pytest.raises(ValueError, match=rf"corrupt power-limit profile cache {where}: {what}.*Delete or move"):
+        ProfileCache(path).load("k")
 
 
 def test_zeus_windows_measure_a_simulated_gpu_on_a_sim_clock():

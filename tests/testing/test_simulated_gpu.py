@@ -1,10 +1,20 @@
 import json
 
 import pytest
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.demos.boring_classes import BoringModel
 from zeus.device.gpu.common import ZeusGPUInvalidArgError, ZeusGPUNoPermissionError
 from zeus.monitor import ZeusMonitor
 
-from lightning_green.testing import V100_RESNET50, PowerCurve, SimClock, SimulatedGPU, simulated_gpus
+from lightning_green import EnergyMonitor
+from lightning_green.testing import (
+    V100_RESNET50,
+    PowerCurve,
+    SimClock,
+    SimulatedGPU,
+    SimulatedGPUWorkload,
+    simulated_gpus,
+)
 from lightning_green.testing.simulated_gpu import installed_simulated_gpus
 
 
@@ -91,3 +101,43 @@ def test_simulated_gpus_work_under_zeus_monitor_and_uninstall():
         m = monitor.end_window("w", sync_execution=False)
         assert m.gpu_energy[1] > 0.02 * 200
     assert installed_simulated_gpus() is None
+
+
+class _Boom(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        raise RuntimeError("boom")
+
+
+def test_workload_uninstalls_its_gpus_after_a_crash(tmp_path):
+    import zeus.device.gpu as zeus_gpu
+
+    before = zeus_gpu._gpus
+    work = SimulatedGPUWorkload(step_work_s=0.0)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_steps=3,
+        callbacks=[work, _Boom()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            trainer.fit(BoringModel())  # Lightning calls on_exception, not teardown
+        assert installed_simulated_gpus() is None and zeus_gpu._gpus is before
+        # a later CPU-only run in this process measures no (simulated) GPU
+        monitor = EnergyMonitor(print_summary=False)
+        Trainer(
+            default_root_dir=tmp_path / "cpu",
+            max_steps=1,
+            callbacks=[monitor],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        ).fit(BoringModel())
+        report = json.loads((tmp_path / "cpu" / "energy_report.json").read_text())
+        assert report["meter"]["gpu_indices"] == []
+    finally:
+        zeus_gpu._gpus = before  # keep a failure here from leaking simulated GPUs into other tests
