@@ -19,7 +19,14 @@ from zeus.device.gpu.common import ZeusBaseGPUError
 
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
-from lightning_green._internal.validation import check_bool, check_choice, check_number, check_optional_number, fail
+from lightning_green._internal.validation import (
+    InvalidArgumentError,
+    check_bool,
+    check_choice,
+    check_number,
+    check_optional_number,
+    fail,
+)
 from lightning_green.events import WorkloadChange
 from lightning_green.power.capability import check_power_control
 from lightning_green.power.guard import LimitGuard
@@ -417,7 +424,7 @@ class PowerLimitTuner(Callback):
                 answer["error"] = f"cannot read the profile cache ({err}). Make it readable, or pass another path."
         answer = trainer.strategy.broadcast(answer, src=0)
         if answer["error"] is not None:
-            raise ValueError(f"PowerLimitTuner(profile_path={self.profile_path!r}): {answer['error']}")
+            raise InvalidArgumentError(f"PowerLimitTuner(profile_path={self.profile_path!r}): {answer['error']}")
         rows = answer["rows"]
         if not rows:
             return None
