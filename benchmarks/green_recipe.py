@@ -272,8 +272,11 @@ def _j(x: float | None) -> str:
     return f"{x / 1000:.3g} kJ" if x >= 1000 else f"{x:.3g} J"
 
 
-def format_summary(task: Task, summary: dict[str, Any], target: float, label: str) -> str:
-    """The task's table: each variant's medians, then the ratios green / baseline."""
+def format_summary(task: Task, summary: dict[str, Any], targets: Sequence[float], given: bool, label: str) -> str:
+    """The task's table: each variant's medians, then the ratios green / baseline.
+
+    ``targets`` are the rounds' targets; ``given``: a fixed target, else each round's worse best value.
+    """
     sign = "<=" if task.metric.endswith(("loss", "ppl")) else ">="
     runs, ratios = summary["runs"], summary["ratios"]
     n = summary["rounds"]
@@ -317,9 +320,11 @@ def format_summary(task: Task, summary: dict[str, Any], target: float, label: st
         ]
     )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        f"{task.name}: {task.config}, target {task.metric} {sign} {target:.4g}, energy {label}, median of {n} round(s)"
-    ]
+    if given:
+        what = f"{targets[0]:.4g}"
+    else:
+        what = f"the worse of the two runs' best values ({', '.join(f'{t:.4g}' for t in targets)})"
+    lines = [f"{task.name}: {task.config}, target {task.metric} {sign} {what}, energy {label}, median of {n} round(s)"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     return "\n".join(lines)
 
@@ -405,13 +410,23 @@ def run_task(task: Task, args: argparse.Namespace, runs_dir: Path) -> dict[str, 
         figures = round_figures(cmp)
         figures.update({"seed": seed, "order": list(order), "comparison": cmp.as_dict()})
         rounds.append(figures)
+        ratios, delta = figures["ratios"], figures["final_delta"]
+        scale, unit = (100.0, " pt") if task.metric.endswith("acc") else (1.0, "")
+        print(
+            f"  round {k + 1}: energy-to-target {_num(ratios['energy_to_target'], '{:.2f}x')}, fit energy "
+            f"{_num(ratios['energy'], '{:.2f}x')}, final {task.metric} "
+            f"{'n/a' if delta is None else f'{scale * delta:+.2f}{unit}'} (green vs baseline)",
+            flush=True,
+        )
     summary = summarize(rounds)
     label = rounds[-1]["runs"]["green"]["label"]
-    result = {"preset": task.config, "metric": task.metric, "target": rounds[-1]["target"], "label": label}
+    targets = [r["target"] for r in rounds]
+    result = {"preset": task.config, "metric": task.metric, "targets": targets, "target_given": target is not None}
+    result["label"] = label
     result.update({"summary": summary, "rounds": rounds})
     if task.name == "digits":
         result["goals"] = goals(summary)
-    print(format_summary(task, summary, rounds[-1]["target"], label))
+    print(format_summary(task, summary, targets, target is not None, label))
     if "goals" in result and not args.quick:
         g = result["goals"]
         ratio, delta = summary["ratios"]["energy_to_target"], summary["final_delta"]

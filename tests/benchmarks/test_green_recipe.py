@@ -98,7 +98,8 @@ def test_summary_takes_medians_over_rounds_and_checks_the_goal():
     assert goals["energy_to_target_met"] and goals["final_met"]
     assert not green_recipe.goals(summary, max_energy_ratio=0.35)["energy_to_target_met"]
     assert not green_recipe.goals(summary, max_drop=0.005)["final_met"]
-    text = green_recipe.format_summary(green_recipe.TASKS["digits"], summary, 0.97, "estimated")
+    text = green_recipe.format_summary(green_recipe.TASKS["digits"], summary, [0.97] * 3, True, "estimated")
+    assert "target val_acc >= 0.97," in text and "median of 3 round(s)" in text
     assert "green / baseline" in text and "0.40x" in text and "-1.00 pt" in text
 
 
