@@ -18,6 +18,9 @@ memory x 0.3725 W/GB), *measured* by NVML for a GPU (its CPU share still estimat
 estimate follows CPU time, so the script runs torch on one thread by default (``--threads``): two threads on a
 shared two-core machine spin in OpenMP and can take ten times longer, which says nothing about either recipe.
 
+On a GPU where this process may set power limits (SYS_ADMIN or zeusd), the green runs' PowerLimitTuner does set them
+(and restores the original limit afterwards); on a shared GPU pass ``--no-power-tuner``. Elsewhere it is off.
+
 Goal (digits): energy-to-target <= 0.4x the baseline's, final accuracy within 1 point.
 
     PYTHONPATH=. python benchmarks/green_recipe.py                    # 3 rounds per task

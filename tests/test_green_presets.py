@@ -5,11 +5,13 @@ import math
 import os
 
 import pytest
-from torch import nn
+import torch
 
 from lightning_green import AMPScheduler, PowerLimitTuner, StructuredPruning
 from lightning_green.cli import cli
+from lightning_green.demos import TinyGPT
 from lightning_green.precision.capability import resolve_policy
+from lightning_green.pruning import ChannelPruner, count_macs_params
 from lightning_green.report import load_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +74,7 @@ def test_digits_preset_prunes_switches_precision_and_reports(tmp_path, caplog):
     assert run.to_target("val_acc", 0.0, "max").reached  # GreenReport(target=...) has a metric to follow
 
 
-def test_language_model_preset_keeps_heads_consistent_and_switches_to_bf16(tmp_path, caplog):
+def test_language_model_preset_prunes_the_mlp_keeps_the_heads_and_switches_to_bf16(tmp_path, caplog):
     tiny_lm = [
         "--model.d_model=32",
         "--model.block_size=32",
@@ -83,14 +85,13 @@ def test_language_model_preset_keeps_heads_consistent_and_switches_to_bf16(tmp_p
     ]
     result, callbacks, run = fit_preset("green_gpt.yaml", tmp_path, caplog, *tiny_lm)
     assert_green_run(result, callbacks, run, caplog)
-    # Every attention block keeps its 4 heads, each with the same (smaller) width; the output layer is whole.
-    attentions = [m for m in result.model.modules() if isinstance(m, nn.MultiheadAttention)]
-    assert len(attentions) == 2
-    for attn in attentions:
-        assert attn.num_heads == 4 and attn.embed_dim % 4 == 0 and attn.embed_dim < 32
-        assert attn.head_dim * 4 == attn.embed_dim == attn.in_proj_weight.shape[1]
-        assert attn.in_proj_weight.shape[0] == 3 * attn.embed_dim
-    assert result.model.head.out_features == 256
+    # The MLPs lost hidden units; every attention block keeps its 4 heads whole; the output layer is whole.
+    model = result.model
+    assert all(block.mlp[0].out_features < 4 * 32 for block in model.blocks)
+    for block in model.blocks:
+        attn = block.attn
+        assert (attn.num_heads, attn.embed_dim, tuple(attn.in_proj_weight.shape)) == (4, 32, (96, 32))
+    assert model.head.out_features == 256
     # One fp32 warm-up epoch, then the device's low precision.
     amp = callbacks[AMPScheduler]
     chosen = resolve_policy("auto", "cpu").mode
@@ -98,3 +99,28 @@ def test_language_model_preset_keeps_heads_consistent_and_switches_to_bf16(tmp_p
         assert [(s["epoch"], s["from"], s["to"]) for s in amp.switches] == [(1, "32-true", chosen)]
     assert math.isfinite(result.trainer.callback_metrics["val_loss"])
     assert run.metric_name("val_loss") == "val_loss" and len(run.curve("val_loss")) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="lightning_green.pruning cuts the residual width unevenly across the heads of nn.MultiheadAttention, which "
+    "then regroups the surviving dimensions contiguously: dimensions move between heads (why green_gpt.yaml keeps "
+    "the attention layers out of pruning). Remove this mark once the engine cuts every head alike.",
+)
+def test_cutting_the_residual_width_keeps_each_head_s_dimensions_together():
+    torch.manual_seed(0)
+    model = TinyGPT(d_model=64, n_layers=1, n_heads=4)
+    x = torch.zeros(1, 32, dtype=torch.long)
+    pruner = ChannelPruner(owner="test", importance="magnitude-l2", round_to=8)
+    dense_macs, _ = count_macs_params(model, x)
+    result = pruner.prune(model, x, target_macs=dense_macs / 1.5, dense_channels=pruner.channels(model, x))
+    attn = model.blocks[0].attn
+    assert attn.embed_dim < 64  # the width was cut
+    # Which original q rows does each new head hold? All must come from one original head (16 dims each).
+    original, steps = result.lineage.trace(attn.in_proj_weight)
+    rows = torch.arange(original.shape[0])
+    for dim, keep in steps:
+        if dim == 0:
+            rows = rows[keep]
+    q_rows = rows[: attn.embed_dim].view(4, attn.head_dim)
+    assert [sorted(set((r // 16).tolist())) for r in q_rows] == [[0], [1], [2], [3]]
