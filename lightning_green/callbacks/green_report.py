@@ -43,7 +43,8 @@ class GreenReport(Callback):
 
     What the callback adds to the run so the report can say it: ``time/elapsed_s`` (seconds since fit start,
     logged with each validation's metrics, so time-to-target is exact) and a ``model`` section in the energy report
-    (MACs and parameters at the start and end of fit, counted by torch-pruning on ``example_input_array``).
+    (MACs and parameters at the start and end of fit, counted by torch-pruning on ``example_input_array`` as
+    :class:`~lightning_green.StructuredPruning` counts ``pruning/macs``).
 
     The report is written once fit has finished (in ``teardown``, after every callback's ``on_fit_end`` — the
     EnergyMonitor's report is on disk then — and after the loggers are flushed), on global rank 0 only, atomically.
@@ -210,18 +211,17 @@ class GreenReport(Callback):
 
 
 def _count(pl_module: pl.LightningModule) -> tuple[float | None, int]:
-    """MACs per sample (torch-pruning's counter on ``example_input_array``; ``None`` without one) and parameters."""
+    """MACs per sample (``None`` without an ``example_input_array``) and parameters, as ``pruning/macs`` counts them."""
     params = int(sum(p.numel() for p in pl_module.parameters()))
     example = pl_module.example_input_array
     if example is None:
         return None, params
-    import torch_pruning as tp
+    from lightning_green.pruning.graph import count_macs_params
 
     was_training = pl_module.training
     try:
         example = example.to(pl_module.device) if isinstance(example, torch.Tensor) else example
-        with torch.no_grad():
-            macs, _ = tp.utils.count_ops_and_params(pl_module, example)
+        macs, _ = count_macs_params(pl_module, example)
     except Exception as err:  # a model torch-pruning cannot trace: the report just lacks MACs
         log.debug("MAC count failed: %s", err, exc_info=True)
         return None, params
