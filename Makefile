@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/amp_schedule.py
 	$(PY) benchmarks/pruning.py
 	$(PY) benchmarks/power_limit.py
+	$(PY) benchmarks/green_recipe.py
 
 clean:
 	rm -rf $(VENV) lightning_logs

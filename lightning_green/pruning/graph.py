@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,7 +139,7 @@ def pruning_session(module: nn.Module) -> Iterator[Lineage]:
         if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
     }
     lineage = Lineage()
-    with _observe_parameter_cuts(lineage):
+    with _observe_parameter_cuts(lineage), _heads_kept_whole():
         try:
             yield lineage
         finally:
@@ -189,3 +190,99 @@ def _observe_parameter_cuts(lineage: Lineage) -> Iterator[None]:
         yield
     finally:
         tp_function.BasePruningFunc._prune_parameter_and_grad = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _heads_kept_whole() -> Iterator[None]:
+    # Torch-pruning 1.6 cuts nn.MultiheadAttention's q/k/v rows at the *residual* indices it removes, and the layer
+    # then regroups the survivors contiguously into heads: an uneven cut moves dimensions between heads. Before each
+    # cut, reorder the rows inside the layer so that the rows at the removed indices are each head's weakest and the
+    # survivors land, head by head, in the order the layer will regroup them (see regroup_heads).
+    cls = tp_function.MultiheadAttentionPruner
+    original = cls.prune_out_channels
+
+    def prune(self: Any, layer: nn.MultiheadAttention, idxs: Any) -> nn.Module:
+        regroup_heads(self, layer, list(idxs))
+        return original(self, layer, idxs)
+
+    cls.prune_out_channels = cls.prune_in_channels = prune  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.prune_out_channels = cls.prune_in_channels = original  # type: ignore[method-assign]
+
+
+def _head_order(scores: torch.Tensor, removed: list[int], num_heads: int) -> list[int]:
+    """Row order so that cutting the ``removed`` positions leaves each head's strongest rows, head by head."""
+    embed = scores.numel()
+    head_dim, cut = embed // num_heads, len(removed) // num_heads
+    kept_at = [p for p in range(embed) if p not in set(removed)]
+    order = [0] * embed
+    for h in range(num_heads):
+        rows = list(range(h * head_dim, (h + 1) * head_dim))
+        ranked = sorted(rows, key=lambda r: (-float(scores[r]), r))
+        keep, drop = sorted(ranked[: head_dim - cut]), sorted(ranked[head_dim - cut :])
+        for pos, row in zip(kept_at[h * (head_dim - cut) : (h + 1) * (head_dim - cut)], keep, strict=True):
+            order[pos] = row
+        for pos, row in zip(removed[h * cut : (h + 1) * cut], drop, strict=True):
+            order[pos] = row
+    return order
+
+
+def regroup_heads(fn: Any, layer: nn.MultiheadAttention, idxs: list[int]) -> None:
+    """Reorder ``layer``'s inner rows so that removing the embedding indices ``idxs`` removes as many rows per head.
+
+    Inside one head the q/k dimensions (paired: a score sums ``q_j * k_j``) and the v dimensions (paired with the
+    output projection's input columns) can be reordered freely, and the two orders are independent. Each head
+    drops its ``len(idxs) / num_heads`` weakest q/k pairs (by ``|W_q[j]| * |W_k[j]|``) and v dimensions (by
+    ``|W_v[j]| * |W_out[:, j]|``); the rows are placed so that after torch-pruning removes the ``idxs`` rows the
+    survivors of head 0 come first, then head 1's, ... Rows move through ``fn._prune_parameter_and_grad`` (with a
+    permutation as its index list), so gradients move with them and the session's :class:`Lineage` records the
+    move for the optimizer state. The q rows are scaled by ``sqrt(new head_dim / head_dim)``, because the layer
+    divides its scores by ``sqrt(head_dim)``: what the surviving dimensions contribute to each score is unchanged.
+
+    Example:
+        >>> mha = nn.MultiheadAttention(8, 2)
+        >>> k_before = mha.in_proj_weight[8:16].detach().clone()
+        >>> regroup_heads(tp_function.MultiheadAttentionPruner(), mha, [0, 1, 2, 3])
+        >>> k_after = mha.in_proj_weight[8:16].detach()
+        >>> # rows 4..7 are what survives: two rows of head 0 (rows 0-3), then two of head 1 (rows 4-7)
+        >>> [int((k_before == row).all(1).nonzero()) // 4 for row in k_after[4:]]
+        [0, 0, 1, 1]
+    """
+    embed, heads = layer.embed_dim, layer.num_heads
+    removed = sorted({int(i) for i in idxs})
+    if not removed or len(removed) % heads or len(removed) >= embed:
+        return  # nothing to cut, or a cut torch-pruning's own check refuses
+    separate = layer.in_proj_weight is None
+    with torch.no_grad():
+        if separate:
+            wq, wk, wv = layer.q_proj_weight, layer.k_proj_weight, layer.v_proj_weight
+        else:
+            wq, wk, wv = layer.in_proj_weight.split(embed)
+        qk = _head_order(wq.float().norm(dim=1) * wk.float().norm(dim=1), removed, heads)
+        v = _head_order(wv.float().norm(dim=1) * layer.out_proj.weight.float().norm(dim=0), removed, heads)
+    move = fn._prune_parameter_and_grad
+    rows = qk + [embed + r for r in qk] + [2 * embed + r for r in v]
+    if separate:
+        layer.q_proj_weight = move(layer.q_proj_weight, qk, 0)
+        layer.k_proj_weight = move(layer.k_proj_weight, qk, 0)
+        layer.v_proj_weight = move(layer.v_proj_weight, v, 0)
+    else:
+        layer.in_proj_weight = move(layer.in_proj_weight, rows, 0)
+    if layer.in_proj_bias is not None:
+        layer.in_proj_bias = move(layer.in_proj_bias, rows, 0)
+    # Attention scores are scaled by 1/sqrt(head_dim): scale q so the surviving dimensions score as before.
+    with torch.no_grad():
+        scale = math.sqrt((embed - len(removed)) / embed)
+        if separate:
+            layer.q_proj_weight.mul_(scale)
+        else:
+            layer.in_proj_weight[:embed].mul_(scale)
+        if layer.in_proj_bias is not None:
+            layer.in_proj_bias[:embed].mul_(scale)
+    if layer.bias_k is not None:
+        layer.bias_k = move(layer.bias_k, qk, 2)
+    if layer.bias_v is not None:
+        layer.bias_v = move(layer.bias_v, v, 2)
+    layer.out_proj.weight = move(layer.out_proj.weight, v, 1)

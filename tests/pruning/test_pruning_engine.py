@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 
 from lightning_green.demos import DigitsCNN
@@ -249,3 +250,70 @@ def test_tied_embedding_and_output_weights_stay_tied():
     assert net.head.weight is net.wte.weight
     assert net.wte.weight.shape == (20, 16)
     assert net(x).shape == (2, 6, 20)
+
+
+def test_cutting_the_residual_width_keeps_each_head_s_dimensions_together():
+    from lightning_green.demos import TinyGPT as DemoGPT
+
+    torch.manual_seed(0)
+    model = DemoGPT(d_model=64, n_layers=1, n_heads=4)
+    x = torch.zeros(1, 32, dtype=torch.long)
+    pruner = ChannelPruner(owner="test", importance="magnitude-l2", round_to=8)
+    dense_macs, _ = count_macs_params(model, x)
+    result = pruner.prune(model, x, target_macs=dense_macs / 1.5, dense_channels=pruner.channels(model, x))
+    attn = model.blocks[0].attn
+    assert attn.embed_dim < 64  # the width was cut
+    # Which original rows does each new head hold? All must come from one original head (16 dims each).
+    original, steps = result.lineage.trace(attn.in_proj_weight)
+    rows = torch.arange(original.shape[0])
+    for dim, keep in steps:
+        if dim == 0:
+            rows = rows[keep]
+    new = attn.embed_dim
+    for block in (rows[:new], rows[new : 2 * new] - 64, rows[2 * new :] - 128):  # q, k, v
+        assert [sorted(set((r // 16).tolist())) for r in block.view(4, attn.head_dim)] == [[0], [1], [2], [3]]
+    assert torch.equal(rows[:new] + 64, rows[new : 2 * new])  # q and k keep the same dimensions
+    # The lineage carries optimizer moments the same way: carrying the old weight gives the new one (q is also
+    # rescaled by sqrt(new head_dim / old head_dim), as the layer's score scale changes).
+    carried = result.lineage.carry(attn.in_proj_weight, original.detach())
+    assert torch.equal(carried[new:], attn.in_proj_weight[new:].detach())
+    scale = (attn.head_dim / 16) ** 0.5
+    torch.testing.assert_close(carried[:new] * scale, attn.in_proj_weight[:new].detach())
+
+
+class _AttnNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.attn, self.out = nn.Linear(4, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.attn(h, h, h, need_weights=False)[0])
+
+
+def test_an_uneven_cut_of_the_width_drops_each_head_s_weakest_dimensions_and_keeps_the_function():
+    from lightning_green.pruning.graph import build_graph, pruning_session
+
+    torch.manual_seed(0)
+    net = _AttnNet().eval()
+    with torch.no_grad():
+        # The residual dims 0-3 (all of "head 0's" positions) carry nothing: zero in, ignored out.
+        net.inp.weight[:4] = 0
+        net.inp.bias[:4] = 0
+        net.out.weight[:, :4] = 0
+        # Inside each head (4 dims), two q/k pairs and two v dims are dead: cutting them changes nothing.
+        w, b, e = net.attn.in_proj_weight, net.attn.in_proj_bias, 8
+        for rows in ([0, 1, 4, 5], [2, 3, 6, 7]):
+            qk, v = (rows, None) if rows[0] == 0 else (None, rows)
+            for r in qk or []:
+                w[r], w[e + r], b[r], b[e + r] = 0, 0, 0, 0
+            for r in v or []:
+                w[2 * e + r], b[2 * e + r] = 0, 0
+                net.attn.out_proj.weight[:, r] = 0
+    x = torch.randn(2, 5, 4)
+    before = net(x)
+    with pruning_session(net):
+        graph = build_graph(net, x)
+        graph.get_pruning_group(net.inp, tp.prune_linear_out_channels, [0, 1, 2, 3]).prune()
+    assert (net.attn.embed_dim, net.attn.head_dim) == (4, 2)
+    torch.testing.assert_close(net(x), before)
