@@ -12,15 +12,16 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_green._internal.validation import check_bool, check_number, fail
+from lightning_green.demos._data import SplitDataModule
 
 __all__ = ["DigitsCNN", "DigitsDataModule"]
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn's handwritten digits as train/val/test splits (stratified, seeded).
 
     Args:
@@ -72,9 +73,6 @@ class DigitsDataModule(pl.LightningDataModule):
         self.test_fraction = test_fraction
         self.seed = seed
         self.num_workers = num_workers
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
 
     def setup(self, stage: str) -> None:
         """Load, scale to [0, 1], upsample and split (once)."""
@@ -98,32 +96,6 @@ class DigitsDataModule(pl.LightningDataModule):
         self.train_set = TensorDataset(x[train_idx], y[train_idx])
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
         self.test_set = TensorDataset(x[test_idx], y[test_idx])
-
-    def _loader(self, ds: TensorDataset | None, shuffle: bool) -> DataLoader:
-        assert ds is not None, "call setup() first"
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches."""
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Test images for prediction."""
-        return self._loader(self.test_set, shuffle=False)
 
 
 class DigitsCNN(pl.LightningModule):

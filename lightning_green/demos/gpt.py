@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchmetrics import MeanMetric
 
 from lightning_green._internal.validation import InvalidArgumentError, check_number, fail
+from lightning_green.demos._data import SplitDataModule
 
 __all__ = ["StdlibTextDataModule", "TinyGPT", "stdlib_files"]
 
@@ -61,7 +62,7 @@ class ByteWindows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-class StdlibTextDataModule(pl.LightningDataModule):
+class StdlibTextDataModule(SplitDataModule):
     """Bytes of the Python standard library's ``.py`` files, split by file into train and validation text.
 
     The file list (sorted names) is shuffled with ``seed``; validation takes whole files from the front until it
@@ -122,8 +123,6 @@ class StdlibTextDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.train_files: list[str] = []
         self.val_files: list[str] = []
-        self.train_set: ByteWindows | None = None
-        self.val_set: ByteWindows | None = None
 
     def setup(self, stage: str) -> None:
         """Pick the files and read the text (once)."""
@@ -158,32 +157,6 @@ class StdlibTextDataModule(pl.LightningDataModule):
             parts.append(text)
             used += len(text)
         return b"".join(parts)[:budget], list(files), []
-
-    def _loader(self, ds: ByteWindows | None, shuffle: bool) -> DataLoader:
-        assert ds is not None, "call setup() first"
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training windows."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation windows (held-out files)."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The validation windows."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The validation windows."""
-        return self._loader(self.val_set, shuffle=False)
 
 
 class Block(nn.Module):

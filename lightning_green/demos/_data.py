@@ -1,0 +1,53 @@
+"""What the demo datamodules share: their splits and the dataloaders over them."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["SplitDataModule"]
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """A datamodule whose ``setup`` fills ``train_set``, ``val_set`` and (optionally) ``test_set``.
+
+    Test and predict read ``test_set``, or ``val_set`` where the data has no separate test split.
+    """
+
+    batch_size: int
+    num_workers: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, ds: Dataset | None, shuffle: bool) -> DataLoader:
+        assert ds is not None, "call setup() first"
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _held_out(self) -> Dataset | None:
+        return self.test_set if self.test_set is not None else self.val_set
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches."""
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (the validation split where there is no test split)."""
+        return self._loader(self._held_out(), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test batches, for prediction."""
+        return self._loader(self._held_out(), shuffle=False)
