@@ -71,7 +71,7 @@ def test_digits_preset_prunes_switches_precision_and_reports(tmp_path, caplog):
     assert run.to_target("val_acc", 0.0, "max").reached  # GreenReport(target=...) has a metric to follow
 
 
-def test_language_model_preset_prunes_the_mlp_keeps_the_heads_and_switches_to_bf16(tmp_path, caplog):
+def test_language_model_preset_prunes_width_and_mlp_head_by_head_and_switches_to_bf16(tmp_path, caplog):
     tiny_lm = [
         "--model.d_model=32",
         "--model.block_size=32",
@@ -82,12 +82,16 @@ def test_language_model_preset_prunes_the_mlp_keeps_the_heads_and_switches_to_bf
     ]
     result, callbacks, run = fit_preset("green_gpt.yaml", tmp_path, caplog, *tiny_lm)
     assert_green_run(result, callbacks, run, caplog)
-    # The MLPs lost hidden units; every attention block keeps its 4 heads whole; the output layer is whole.
+    # The MLPs lost hidden units and the width was cut with 4 whole heads of equal size left; the output layer is
+    # whole (256 bytes).
     model = result.model
-    assert all(block.mlp[0].out_features < 4 * 32 for block in model.blocks)
+    assert sum(block.mlp[0].out_features for block in model.blocks) < len(model.blocks) * 4 * 32
+    width = model.blocks[0].attn.embed_dim
+    assert width < 32 and width % 4 == 0
     for block in model.blocks:
         attn = block.attn
-        assert (attn.num_heads, attn.embed_dim, tuple(attn.in_proj_weight.shape)) == (4, 32, (96, 32))
+        assert (attn.num_heads, attn.embed_dim, attn.head_dim * 4) == (4, width, width)
+        assert tuple(attn.in_proj_weight.shape) == (3 * width, width)
     assert model.head.out_features == 256
     # One fp32 warm-up epoch, then the device's low precision.
     amp = callbacks[AMPScheduler]
