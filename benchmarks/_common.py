@@ -59,9 +59,13 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def emit(results: dict[str, Any], path: str | None) -> None:
     """Print results as JSON (and write them to ``path``)."""
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
+    save_json(results, path)
+
+
+def save_json(results: dict[str, Any], path: str | None) -> None:
+    """Write ``results`` as JSON to ``path`` (nothing when ``path`` is None)."""
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+            f.write(json.dumps(results, indent=2) + "\n")

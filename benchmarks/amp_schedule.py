@@ -22,7 +22,9 @@ import tempfile
 import time
 from typing import Any
 
+import _common  # noqa: F401 - puts the repository root on sys.path
 import torch
+from _common import environment, save_json
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_green import AMPScheduler
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--limit-train-batches", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 epochs of 5 batches")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.rounds, args.limit_train_batches = 3, 1, 5
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"final val_acc (mean of {n}): fp32 {100 * result['fp32_val_acc']:.2f} %, scheduled "
         f"{100 * result['scheduled_val_acc']:.2f} %, difference {points:+.2f} points    goal within 0.5"
     )
+    save_json({"benchmark": "amp_schedule", "rounds": n, **result, "environment": environment()}, args.json)
     return result
 
 

@@ -21,6 +21,8 @@ import random
 import statistics
 import sys
 
+import _common  # noqa: F401 - puts the repository root on sys.path
+from _common import environment, save_json
 from zeus.monitor import ZeusMonitor
 from zeus.utils.metric import zeus_cost
 
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps per epoch")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.steps, args.seeds = 2, 600, 1
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     ok = True
     runs: dict[tuple[int, int], tuple] = {}
+    table: list[dict] = []
 
     def fixed(seed: int, limit_w: int) -> tuple:
         if (seed, limit_w) not in runs:
@@ -144,12 +148,38 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<16}{chosen:>9}{oracle_w:>9}{med[0]:>11.3f}{med[1]:>11.3f}{med[2]:>14.3f}"
             f"{med[3]:>8.4f} [{worst_oracle:.4f}]{med[4]:>11.1%}"
         )
+        table.append(
+            {
+                "objective": objective,
+                "eta": eta,
+                "chosen_w": chosen,
+                "oracle_w": oracle_w,
+                "energy_vs_default": med[0],
+                "time_vs_default": med[1],
+                "cost_vs_default": med[2],
+                "cost_vs_oracle": med[3],
+                "cost_vs_oracle_worst": worst_oracle,
+                "profiling_share": med[4],
+            }
+        )
         if objective == "zeus-cost" and eta == 0.5:
             ok = worst_oracle <= 1.01 and med[4] <= 0.05
     print(
         "\ngoals (zeus-cost η=0.5): cost within 1 % of the oracle, profiling <= 5 % of steps: "
         + ("met" if ok else "NOT met")
         + ("" if not args.quick else " (--quick: the run is too short for the profiling goal)")
+    )
+    save_json(
+        {
+            "benchmark": "power_limit",
+            "epochs": args.epochs,
+            "steps": args.steps,
+            "seeds": args.seeds,
+            "objectives": table,
+            "goals_met": ok,
+            "environment": environment(),
+        },
+        args.json,
     )
     return 0
 

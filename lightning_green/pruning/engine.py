@@ -13,7 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_green._internal.validation import fail
+from lightning_green._internal.validation import InvalidArgumentError, fail
 from lightning_green.pruning.graph import Lineage, count_macs_params, eager, pruning_session
 from lightning_green.pruning.history import plain_entries
 from lightning_green.pruning.importance import NEEDS_BATCHNORM, build_importance
@@ -103,6 +103,23 @@ class ChannelPruner:
                     f"names or glob patterns of modules; {pattern!r} matches none (modules: {_preview(names)})",
                 )
         modules = dict(module.named_modules())
+        ignored = {n for pattern in self.ignored_layers for n in self._match(pattern, names)}
+        for name, m in modules.items():
+            if not isinstance(m, nn.MultiheadAttention):
+                continue
+            if m.add_zero_attn:
+                raise InvalidArgumentError(
+                    f"{self.owner}: cannot prune this model: nn.MultiheadAttention {name!r} has add_zero_attn=True, "
+                    "which torch-pruning 1.6 cannot trace."
+                )
+            if not m._qkv_same_embed_dim and name not in ignored:
+                fail(
+                    self.owner,
+                    "ignored_layers",
+                    self.ignored_layers,
+                    f"a list that names nn.MultiheadAttention {name!r}: torch-pruning 1.6 cannot cut attention whose "
+                    f"kdim/vdim ({m.kdim}/{m.vdim}) differ from embed_dim ({m.embed_dim})",
+                )
         for name in self.num_heads:
             if not isinstance(modules.get(name), nn.Linear):
                 fail(

@@ -192,35 +192,58 @@ def _observe_parameter_cuts(lineage: Lineage) -> Iterator[None]:
         tp_function.BasePruningFunc._prune_parameter_and_grad = original  # type: ignore[method-assign]
 
 
+#: torch-pruning's own cut of nn.MultiheadAttention, and the public aliases bound to it at import.
+_MHA_PRUNE = tp_function.MultiheadAttentionPruner.prune_out_channels
+_MHA_ALIASES = ("prune_multihead_attention_out_channels", "prune_multihead_attention_in_channels")
+_regrouping = 0  # depth of nested sessions; only the outermost installs the wrapper
+
+
 @contextlib.contextmanager
 def _heads_kept_whole() -> Iterator[None]:
     # Torch-pruning 1.6 cuts nn.MultiheadAttention's q/k/v rows at the *residual* indices it removes, and the layer
     # then regroups the survivors contiguously into heads: an uneven cut moves dimensions between heads. Before each
     # cut, reorder the rows inside the layer so that the rows at the removed indices are each head's weakest and the
-    # survivors land, head by head, in the order the layer will regroup them (see regroup_heads).
-    cls = tp_function.MultiheadAttentionPruner
-    original = cls.prune_out_channels
+    # survivors land, head by head, in the order the layer will regroup them (see regroup_heads). The public aliases
+    # (tp.prune_multihead_attention_*_channels) point at the wrapper too, so groups asked for by alias still match.
+    global _regrouping
+    if _regrouping:
+        _regrouping += 1
+        try:
+            yield
+        finally:
+            _regrouping -= 1
+        return
 
     def prune(self: Any, layer: nn.MultiheadAttention, idxs: Any) -> nn.Module:
         regroup_heads(self, layer, list(idxs))
-        return original(self, layer, idxs)
+        return _MHA_PRUNE(self, layer, idxs)
 
+    cls = tp_function.MultiheadAttentionPruner
+    holders = [(m, name, getattr(m, name)) for m in (tp_function, tp) for name in _MHA_ALIASES if hasattr(m, name)]
     cls.prune_out_channels = cls.prune_in_channels = prune  # type: ignore[method-assign]
+    handler = tp_function.PrunerBox[tp.ops.OPTYPE.MHA].prune_out_channels
+    for m, name, _ in holders:
+        setattr(m, name, handler)
+    _regrouping = 1
     try:
         yield
     finally:
-        cls.prune_out_channels = cls.prune_in_channels = original  # type: ignore[method-assign]
+        _regrouping = 0
+        cls.prune_out_channels = cls.prune_in_channels = _MHA_PRUNE  # type: ignore[method-assign]
+        for m, name, old in holders:
+            setattr(m, name, old)
 
 
-def _head_order(scores: torch.Tensor, removed: list[int], num_heads: int) -> list[int]:
+def _head_order(scores: list[float], removed: list[int], num_heads: int) -> list[int]:
     """Row order so that cutting the ``removed`` positions leaves each head's strongest rows, head by head."""
-    embed = scores.numel()
+    embed = len(scores)
     head_dim, cut = embed // num_heads, len(removed) // num_heads
-    kept_at = [p for p in range(embed) if p not in set(removed)]
+    gone = set(removed)
+    kept_at = [p for p in range(embed) if p not in gone]
     order = [0] * embed
     for h in range(num_heads):
         rows = list(range(h * head_dim, (h + 1) * head_dim))
-        ranked = sorted(rows, key=lambda r: (-float(scores[r]), r))
+        ranked = sorted(rows, key=lambda r: (-scores[r], r))
         keep, drop = sorted(ranked[: head_dim - cut]), sorted(ranked[head_dim - cut :])
         for pos, row in zip(kept_at[h * (head_dim - cut) : (h + 1) * (head_dim - cut)], keep, strict=True):
             order[pos] = row
@@ -229,17 +252,29 @@ def _head_order(scores: torch.Tensor, removed: list[int], num_heads: int) -> lis
     return order
 
 
+def _row_norms(*parts: torch.Tensor | None) -> torch.Tensor:
+    """L2 norm of each row of the given (rows, ...) tensors side by side; ``None`` parts are skipped."""
+    return torch.cat([p.detach().float().reshape(p.shape[0], -1) for p in parts if p is not None], dim=1).norm(dim=1)
+
+
 def regroup_heads(fn: Any, layer: nn.MultiheadAttention, idxs: list[int]) -> None:
     """Reorder ``layer``'s inner rows so that removing the embedding indices ``idxs`` removes as many rows per head.
 
+    Only valid right before torch-pruning's cut of the same ``idxs`` (inside :func:`pruning_session` that is
+    automatic): on its own it mixes the heads and rescales q.
+
     Inside one head the q/k dimensions (paired: a score sums ``q_j * k_j``) and the v dimensions (paired with the
     output projection's input columns) can be reordered freely, and the two orders are independent. Each head
-    drops its ``len(idxs) / num_heads`` weakest q/k pairs (by ``|W_q[j]| * |W_k[j]|``) and v dimensions (by
-    ``|W_v[j]| * |W_out[:, j]|``); the rows are placed so that after torch-pruning removes the ``idxs`` rows the
-    survivors of head 0 come first, then head 1's, ... Rows move through ``fn._prune_parameter_and_grad`` (with a
-    permutation as its index list), so gradients move with them and the session's :class:`Lineage` records the
-    move for the optimizer state. The q rows are scaled by ``sqrt(new head_dim / head_dim)``, because the layer
-    divides its scores by ``sqrt(head_dim)``: what the surviving dimensions contribute to each score is unchanged.
+    drops its ``len(idxs) / num_heads`` weakest q/k pairs and v dimensions by magnitude: ``|q_j| * |k_j|`` and
+    ``|v_j| * |out_j|``, each row with its bias and without the residual dimensions being cut. The rows are placed
+    so that after torch-pruning removes the ``idxs`` rows the survivors of head 0 come first, then head 1's, ...
+    Rows move through ``fn._prune_parameter_and_grad`` (with a permutation as its index list), so gradients move
+    with them and the session's :class:`Lineage` records the move for the optimizer state. The q rows are scaled by
+    ``sqrt(new head_dim / head_dim)``, because the layer divides its scores by ``sqrt(head_dim)``: what the
+    surviving dimensions contribute to each score is unchanged. (q's carried optimizer moments are not rescaled.)
+
+    Layers with separate q/k/v weights (``kdim``/``vdim`` other than ``embed_dim``) are not handled: torch-pruning
+    1.6 cannot cut them (:class:`~lightning_green.pruning.ChannelPruner` refuses them).
 
     Example:
         >>> mha = nn.MultiheadAttention(8, 2)
@@ -252,33 +287,36 @@ def regroup_heads(fn: Any, layer: nn.MultiheadAttention, idxs: list[int]) -> Non
     """
     embed, heads = layer.embed_dim, layer.num_heads
     removed = sorted({int(i) for i in idxs})
-    if not removed or len(removed) % heads or len(removed) >= embed:
-        return  # nothing to cut, or a cut torch-pruning's own check refuses
-    separate = layer.in_proj_weight is None
+    if not removed or layer.in_proj_weight is None:
+        return
+    if len(removed) % heads or len(removed) >= embed:
+        log.warning(
+            "nn.MultiheadAttention with %d heads: cutting %d of %d dimensions cannot keep the heads whole",
+            heads,
+            len(removed),
+            embed,
+        )
+        return
+    gone = set(removed)
+    kept = torch.tensor([c for c in range(embed) if c not in gone], device=layer.in_proj_weight.device)
     with torch.no_grad():
-        if separate:
-            wq, wk, wv = layer.q_proj_weight, layer.k_proj_weight, layer.v_proj_weight
-        else:
-            wq, wk, wv = layer.in_proj_weight.split(embed)
-        qk = _head_order(wq.float().norm(dim=1) * wk.float().norm(dim=1), removed, heads)
-        v = _head_order(wv.float().norm(dim=1) * layer.out_proj.weight.float().norm(dim=0), removed, heads)
+        wq, wk, wv = layer.in_proj_weight[:, kept].split(embed)
+        bq, bk, bv = layer.in_proj_bias.split(embed) if layer.in_proj_bias is not None else (None, None, None)
+        bias_k = layer.bias_k.reshape(embed, 1) if layer.bias_k is not None else None
+        bias_v = layer.bias_v.reshape(embed, 1) if layer.bias_v is not None else None
+        qk_scores = _row_norms(wq, bq) * _row_norms(wk, bk, bias_k)
+        v_scores = _row_norms(wv, bv, bias_v) * _row_norms(layer.out_proj.weight[kept].T)
+        qk = _head_order(qk_scores.tolist(), removed, heads)
+        v = _head_order(v_scores.tolist(), removed, heads)
     move = fn._prune_parameter_and_grad
     rows = qk + [embed + r for r in qk] + [2 * embed + r for r in v]
-    if separate:
-        layer.q_proj_weight = move(layer.q_proj_weight, qk, 0)
-        layer.k_proj_weight = move(layer.k_proj_weight, qk, 0)
-        layer.v_proj_weight = move(layer.v_proj_weight, v, 0)
-    else:
-        layer.in_proj_weight = move(layer.in_proj_weight, rows, 0)
+    layer.in_proj_weight = move(layer.in_proj_weight, rows, 0)
     if layer.in_proj_bias is not None:
         layer.in_proj_bias = move(layer.in_proj_bias, rows, 0)
     # Attention scores are scaled by 1/sqrt(head_dim): scale q so the surviving dimensions score as before.
     with torch.no_grad():
         scale = math.sqrt((embed - len(removed)) / embed)
-        if separate:
-            layer.q_proj_weight.mul_(scale)
-        else:
-            layer.in_proj_weight[:embed].mul_(scale)
+        layer.in_proj_weight[:embed].mul_(scale)
         if layer.in_proj_bias is not None:
             layer.in_proj_bias[:embed].mul_(scale)
     if layer.bias_k is not None:

@@ -291,9 +291,7 @@ class _AttnNet(nn.Module):
         return self.out(self.attn(h, h, h, need_weights=False)[0])
 
 
-def test_an_uneven_cut_of_the_width_drops_each_head_s_weakest_dimensions_and_keeps_the_function():
-    from lightning_green.pruning.graph import build_graph, pruning_session
-
+def _dead_dims_net():
     torch.manual_seed(0)
     net = _AttnNet().eval()
     with torch.no_grad():
@@ -310,10 +308,58 @@ def test_an_uneven_cut_of_the_width_drops_each_head_s_weakest_dimensions_and_kee
             for r in v or []:
                 w[2 * e + r], b[2 * e + r] = 0, 0
                 net.attn.out_proj.weight[:, r] = 0
+    return net
+
+
+@pytest.mark.parametrize("how", ["linear root", "attention alias, nested sessions"])
+def test_an_uneven_cut_of_the_width_drops_each_head_s_weakest_dimensions_and_keeps_the_function(how):
+    from lightning_green.pruning.graph import build_graph, pruning_session
+
+    net = _dead_dims_net()
     x = torch.randn(2, 5, 4)
     before = net(x)
+    alias = tp.prune_multihead_attention_out_channels
     with pruning_session(net):
-        graph = build_graph(net, x)
-        graph.get_pruning_group(net.inp, tp.prune_linear_out_channels, [0, 1, 2, 3]).prune()
+        if how == "linear root":
+            graph = build_graph(net, x)
+            graph.get_pruning_group(net.inp, tp.prune_linear_out_channels, [0, 1, 2, 3]).prune()
+        else:  # torch-pruning's public alias still finds the group, and an inner session changes nothing
+            with pruning_session(net):
+                graph = build_graph(net, x)
+                group = graph.get_pruning_group(net.attn, tp.prune_multihead_attention_out_channels, [0, 1, 2, 3])
+                assert len(group) > 1
+                group.prune()
     assert (net.attn.embed_dim, net.attn.head_dim) == (4, 2)
     torch.testing.assert_close(net(x), before)
+    assert tp.prune_multihead_attention_out_channels is alias  # the session put torch-pruning's alias back
+
+
+def test_heads_keep_a_dimension_that_only_its_bias_carries():
+    from torch_pruning.pruner.function import MultiheadAttentionPruner
+
+    from lightning_green.pruning.graph import regroup_heads
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2)
+    with torch.no_grad():
+        mha.in_proj_weight[0:2] = 0.01  # head 0's q rows 0 and 1: weak weights ...
+        mha.in_proj_bias[:8] = torch.arange(8) * 1e-3  # distinct, small
+        mha.in_proj_bias[0] = 100.0  # ... but row 0 carries a large bias, so it stays
+        mha.in_proj_weight[2:4] *= 10
+    before = mha.in_proj_bias[:8].clone()
+    regroup_heads(MultiheadAttentionPruner(), mha, [0, 1, 2, 3])  # two of head 0's four q/k pairs go
+    kept_q_bias = mha.in_proj_bias[4:6] / (4 / 8) ** 0.5  # positions 4, 5 hold head 0's survivors (q rescaled)
+    torch.testing.assert_close(kept_q_bias[0], before[0])  # row 0 kept (first of head 0's survivors)
+    assert not torch.isclose(kept_q_bias, before[1]).any()  # row 1 (weak, no bias) dropped
+
+
+def test_attention_torch_pruning_cannot_cut_is_refused_up_front():
+    cross = nn.Module()
+    cross.attn = nn.MultiheadAttention(8, 2, kdim=6, vdim=6)
+    with pytest.raises(ValueError, match=r"`ignored_layers` must be a list that names nn.MultiheadAttention 'attn'"):
+        ChannelPruner().check_module(cross)
+    ChannelPruner(ignored_layers=["attn"]).check_module(cross)  # ignored: fine
+    zero = nn.Module()
+    zero.attn = nn.MultiheadAttention(8, 2, add_zero_attn=True)
+    with pytest.raises(ValueError, match=r"cannot prune this model: .*'attn' has add_zero_attn=True"):
+        ChannelPruner(ignored_layers=["attn"]).check_module(zero)
