@@ -2,6 +2,7 @@
 
     python benchmarks/energy_overhead.py            # 10 rounds
     python benchmarks/energy_overhead.py --quick    # 3 rounds
+    (torch on one thread by default: --threads)
 
 Each round trains the digits demo (DigitsCNN, 24x24, batch 64) for 3 epochs without and 3 epochs with an
 EnergyMonitor (order alternating between rounds), timing epochs 2-3 from epoch start to epoch end, so the monitor's
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 
 import _common  # noqa: F401 - puts the repository root on sys.path
+import torch
 from _common import EpochTimer, emit, environment, median, parser
 from lightning.pytorch import Trainer, seed_everything
 
@@ -60,7 +62,12 @@ def epoch_times(monitor: EnergyMonitor | None, epochs: int) -> list[float]:
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's own choice)")
+    args = p.parse_args()
+    if args.threads:
+        # One thread: two OpenMP threads on a shared two-core machine spin and make epoch times swing by +-30 %.
+        torch.set_num_threads(args.threads)
     rounds = 3 if args.quick else 10
     epochs = 3
     settings = {"default": {}, "every_5_batches": {"log_every_n_steps": 5, "min_window_s": 0.0}}
