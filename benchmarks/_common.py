@@ -24,13 +24,15 @@ class EpochTimer(Callback):
 
     def __init__(self) -> None:
         self.epoch_s: list[float] = []
-        self._t0 = 0.0
+        self.epoch_cpu_s: list[float] = []  # process CPU time: far less sensitive to a shared machine's neighbours
+        self._t0 = self._c0 = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: D102
         self.epoch_s.append(time.perf_counter() - self._t0)
+        self.epoch_cpu_s.append(time.process_time() - self._c0)
 
 
 def median(values: list[float]) -> float:

@@ -19,36 +19,15 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
-from typing import Any
 
 import _common  # noqa: F401 - puts the repository root on sys.path
 import torch
-from _common import environment, save_json
+from _common import EpochTimer, environment, save_json
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_green import AMPScheduler
 from lightning_green.demos import DigitsCNN, DigitsDataModule
 from lightning_green.precision.capability import cpu_bf16_supported
-
-
-class EpochTimer(Callback):
-    """Wall and process-CPU seconds of each training epoch (its batches and the validation run at its end).
-
-    CPU time is the steadier figure on a shared machine: it leaves out the time other processes held the cores.
-    """
-
-    def __init__(self) -> None:
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self._t0 = self._c0 = 0.0
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self._t0, self._c0 = time.perf_counter(), time.process_time()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        self.wall.append(time.perf_counter() - self._t0)
-        self.cpu.append(time.process_time() - self._c0)
 
 
 def run(variant: str, args: argparse.Namespace, seed: int) -> tuple[EpochTimer, float, AMPScheduler | None]:
@@ -114,15 +93,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if amp is not None:
                 assert amp.fallbacks == 0, "a fallback would make the timing meaningless"
         f, s = timers["fp32"], timers["scheduled"]
-        ratios["bulk"].append(statistics.fmean(s.wall[1:]) / statistics.fmean(f.wall[1:]))
-        ratios["warm"].append(s.wall[0] / f.wall[0])
-        ratios["whole"].append(sum(s.wall) / sum(f.wall))
-        ratios["bulk_cpu"].append(statistics.fmean(s.cpu[1:]) / statistics.fmean(f.cpu[1:]))
-        ratios["warm_cpu"].append(s.cpu[0] / f.cpu[0])
-        ratios["whole_cpu"].append(sum(s.cpu) / sum(f.cpu))
+        ratios["bulk"].append(statistics.fmean(s.epoch_s[1:]) / statistics.fmean(f.epoch_s[1:]))
+        ratios["warm"].append(s.epoch_s[0] / f.epoch_s[0])
+        ratios["whole"].append(sum(s.epoch_s) / sum(f.epoch_s))
+        ratios["bulk_cpu"].append(statistics.fmean(s.epoch_cpu_s[1:]) / statistics.fmean(f.epoch_cpu_s[1:]))
+        ratios["warm_cpu"].append(s.epoch_cpu_s[0] / f.epoch_cpu_s[0])
+        ratios["whole_cpu"].append(sum(s.epoch_cpu_s) / sum(f.epoch_cpu_s))
         print(
             f"round {r + 1} (seed {seed}, {' then '.join(order)}): wall s per epoch: fp32 "
-            f"{' '.join(f'{t:.2f}' for t in f.wall)} | scheduled {' '.join(f'{t:.2f}' for t in s.wall)}; "
+            f"{' '.join(f'{t:.2f}' for t in f.epoch_s)} | scheduled {' '.join(f'{t:.2f}' for t in s.epoch_s)}; "
             f"bulk ratio {ratios['bulk'][-1]:.3f} (CPU time {ratios['bulk_cpu'][-1]:.3f}), "
             f"whole-run {ratios['whole'][-1]:.3f} (CPU time {ratios['whole_cpu'][-1]:.3f})"
         )
