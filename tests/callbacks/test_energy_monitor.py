@@ -430,6 +430,28 @@ def test_progress_bar_shows_live_power_and_energy(tmp_path, enabled):
         assert all("J" not in m and "W" not in m for m in spy.seen)
 
 
+@pytest.mark.parametrize("bar", ["tqdm", "rich"])
+def test_lightning_s_progress_bars_show_watts_and_joules(tmp_path, bar):
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    progress = TQDMProgressBar() if bar == "tqdm" else RichProgressBar()
+    monitor = EnergyMonitor(min_window_s=0.0, log_every_n_steps=2, print_summary=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[monitor, progress],
+    )
+    model = SteadyModel(0.002)
+    trainer.fit(model)
+    shown = progress.get_metrics(trainer, model)  # what the bar renders after its own entries
+    assert shown["W"] > 0 and shown["J"] > 0
+
+
 def test_budget_on_carbon_uses_the_monitors_intensity(tmp_path):
     budget = EnergyBudget(max_gco2e=1e-4)
     monitor = EnergyMonitor(
