@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import time
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.distributed import _destroy_dist_connection
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
@@ -117,3 +119,21 @@ class InstallFakeRapl(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
+
+
+_destroy_registered = False
+
+
+class DestroyProcessGroupAtExit(Callback):
+    """Destroys the process group when a DDP worker process exits (add it to every DDP test's callbacks).
+
+    Lightning registers that at exit for NCCL only. A gloo group left to interpreter finalization can abort the
+    worker with "terminate called without an active exception" (SIGABRT) after a successful fit: Gloo's threads still
+    hold work objects whose tensors need the GIL (pytorch/pytorch#190489, #179291).
+    """
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        global _destroy_registered
+        if not _destroy_registered and torch.distributed.is_available() and torch.distributed.is_initialized():
+            atexit.register(_destroy_dist_connection)
+            _destroy_registered = True

@@ -54,6 +54,10 @@ def main(out: Path) -> None:
         ],
     )
     trainer.fit(DigitsCNN(channels=[8, 16], channels_last=False), DigitsDataModule(batch_size=16))
+    # Lightning destroys only NCCL groups at exit; a gloo group left to interpreter finalization can abort the
+    # process after a successful fit (pytorch/pytorch#190489).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

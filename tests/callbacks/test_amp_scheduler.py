@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_green import AMPScheduler
 from lightning_green.demos import DigitsCNN, DigitsDataModule
 from lightning_green.precision import resolve_policy
+from tests.helpers import DestroyProcessGroupAtExit
 
 NAMES = {torch.float32: "32", torch.bfloat16: "bf16", torch.float16: "16"}
 
@@ -392,7 +393,14 @@ def test_ddp_one_rank_nan_switches_both_ranks(tmp_path):
     # step 5: rank 1's activations are NaN (gradients too, after the all-reduce, and its BatchNorm statistics)
     model = Recorder(loss_nan_steps={1}, nan_steps={5}, nan_rank=1, out_dir=str(tmp_path))
     amp = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=1)
-    make_trainer(tmp_path, [amp], strategy="ddp_spawn", devices=2, max_epochs=3, limit_train_batches=3).fit(model)
+    make_trainer(
+        tmp_path,
+        [amp, DestroyProcessGroupAtExit()],
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=3,
+        limit_train_batches=3,
+    ).fit(model)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     modes = [[(step, dtype) for _, step, _, dtype in rep["log"]] for rep in reports]
     expected = [(s, "32" if s in (2, 6) else "bf16") for s in range(9)]

@@ -11,7 +11,15 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_green import EnergyBudget, EnergyMonitor, workload_changed
 from lightning_green.energy import read_report
 from lightning_green.testing import SimulatedGPUWorkload
-from tests.helpers import QUIET, FailingModel, FakeRapl, InstallFakeRapl, SteadyModel, make_trainer
+from tests.helpers import (
+    QUIET,
+    DestroyProcessGroupAtExit,
+    FailingModel,
+    FakeRapl,
+    InstallFakeRapl,
+    SteadyModel,
+    make_trainer,
+)
 
 
 def _report(trainer_or_dir) -> dict:
@@ -348,7 +356,7 @@ def _ddp_fit(tmp_path, *callbacks, **monitor_kwargs) -> dict:
         limit_val_batches=2,
         strategy="ddp_spawn",
         devices=2,
-        callbacks=[*callbacks, monitor],
+        callbacks=[*callbacks, monitor, DestroyProcessGroupAtExit()],
     )
     trainer.fit(SteadyModel(0.005))
     return _report(tmp_path)["stages"]["fit"]

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_green import EnergyMonitor, GreenReport
 from lightning_green.demos import DigitsCNN, DigitsDataModule
 from lightning_green.report import load_run
-from tests.helpers import QUIET
+from tests.helpers import QUIET, DestroyProcessGroupAtExit
 from tests.report.runs import fit_digits
 
 
@@ -152,7 +152,7 @@ def test_ddp_writes_one_report_from_rank_zero(tmp_path):
         devices=2,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[EnergyMonitor(print_summary=False), GreenReport()],
+        callbacks=[EnergyMonitor(print_summary=False), GreenReport(), DestroyProcessGroupAtExit()],
     )
     trainer.fit(DigitsCNN(channels=[4]), DigitsDataModule(image_size=8))
     run = load_run(tmp_path / "lightning_logs" / "version_0")  # the parent's trainer.log_dir moves on to version_1

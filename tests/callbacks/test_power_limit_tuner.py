@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_green import EnergyMonitor, PowerLimitTuner, workload_changed
 from lightning_green.testing import SimulatedGPUWorkload, simulated_gpus
+from tests.helpers import DestroyProcessGroupAtExit
 
 FAST = {"warmup_steps": 1, "profile_steps": 2, "pl_step_w": 50, "wait_steps": 0}
 # 4 limits (250, 200, 150, 100 W) x (1 warm-up + 2 profiled) steps, +1 to close the last window
@@ -438,7 +439,7 @@ def test_ddp_each_rank_tunes_its_gpu_with_the_true_world_size(tmp_path):
     tuner = PowerLimitTuner(profile_path=str(tmp_path / "power.json"), **FAST)
     trainer = _trainer(
         tmp_path,
-        [work, tuner, _DumpRank(tmp_path)],
+        [work, tuner, _DumpRank(tmp_path), DestroyProcessGroupAtExit()],
         max_steps=PROFILE_STEPS + 2,
         strategy="ddp_spawn",
         devices=2,
@@ -482,7 +483,14 @@ def test_ddp_corrupt_cache_fails_on_every_rank_instead_of_hanging(tmp_path):
     path.write_text(json.dumps({"version": 1, "profiles": {"Simulated v100-resnet50|demo|world=2|workload=0": entry}}))
     work = SimulatedGPUWorkload(count=2, step_work_s=0.0, gpu_kwargs={"curve": "v100-resnet50"})
     tuner = _RecordSetupError(tmp_path, profile_path=str(path), job="demo", **FAST)
-    trainer = _trainer(tmp_path, [work, tuner], max_steps=2, strategy="ddp_spawn", devices=2, accelerator="cpu")
+    trainer = _trainer(
+        tmp_path,
+        [work, tuner, DestroyProcessGroupAtExit()],
+        max_steps=2,
+        strategy="ddp_spawn",
+        devices=2,
+        accelerator="cpu",
+    )
     with pytest.raises(Exception, match="corrupt power-limit profile cache"):
         trainer.fit(BoringModel())
     errors = [(tmp_path / f"rank{r}.err").read_text() if (tmp_path / f"rank{r}.err").exists() else None for r in (0, 1)]
