@@ -444,16 +444,8 @@ def test_lightning_s_progress_bars_show_watts_and_joules(tmp_path, bar):
 
     progress = TQDMProgressBar() if bar == "tqdm" else RichProgressBar()
     monitor = EnergyMonitor(min_window_s=0.0, log_every_n_steps=2, print_summary=False)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=[monitor, progress],
-    )
+    bar_on = {"enable_progress_bar": True, "enable_checkpointing": False}
+    trainer = make_trainer(tmp_path, limit_train_batches=4, callbacks=[monitor, progress], **bar_on)
     model = SteadyModel(0.002)
     trainer.fit(model)
     shown = progress.get_metrics(trainer, model)  # what the bar renders after its own entries
