@@ -8,9 +8,8 @@ import time
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._internal.validation import (
@@ -218,15 +217,11 @@ def _count(pl_module: pl.LightningModule) -> tuple[float | None, int]:
         return None, params
     from lightning_green.pruning.graph import count_macs_params
 
-    was_training = pl_module.training
-    try:
-        example = example.to(pl_module.device) if isinstance(example, torch.Tensor) else example
-        macs, _ = count_macs_params(pl_module, example)
+    try:  # torch-pruning counts on a deep copy: the module's own train/eval modes are untouched
+        macs, _ = count_macs_params(pl_module, move_data_to_device(example, pl_module.device))
     except Exception as err:  # a model torch-pruning cannot trace: the report just lacks MACs
         log.debug("MAC count failed: %s", err, exc_info=True)
         return None, params
-    finally:
-        pl_module.train(was_training)
     return float(macs), params
 
 

@@ -3,13 +3,13 @@ import os
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_green import EnergyMonitor, GreenReport
 from lightning_green.demos import DigitsCNN, DigitsDataModule
 from lightning_green.report import load_run
-from tests.helpers import QUIET, DestroyProcessGroupAtExit
+from tests.helpers import QUIET, DestroyProcessGroupAtExit, make_trainer
 from tests.report.runs import fit_digits
 
 
@@ -159,3 +159,20 @@ def test_ddp_writes_one_report_from_rank_zero(tmp_path):
     assert len(run.stage("fit")["per_rank"]) == 2
     assert (run.path / "green_report.md").is_file() and (run.path / "green_report.html").is_file()
     assert not [f for f in os.listdir(run.path) if f.endswith(".tmp")]
+
+
+def test_counting_macs_leaves_each_submodule_s_train_or_eval_mode_alone(tmp_path):
+    class Modes(Callback):
+        seen: list = []
+
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            self.seen.append(pl_module.features[0].training)
+
+    model = DigitsCNN(channels=[4])
+    model.features[0].eval()  # e.g. a frozen stem the user keeps in eval mode
+    spy = Modes()
+    spy.seen = []
+    make_trainer(
+        tmp_path, limit_train_batches=2, callbacks=[EnergyMonitor(print_summary=False), GreenReport(), spy]
+    ).fit(model, DigitsDataModule(image_size=8))
+    assert spy.seen == [False, False] and not model.features[0].training
