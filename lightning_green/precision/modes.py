@@ -15,6 +15,8 @@ SCHEDULE_VALUES = (*MODES, "auto")
 #: ``precision/mode`` is logged as a number so every logger can plot it: fp32 → 32, fp16 → 16 and bf16 → 16.5
 #: (a 16-bit format, drawn just above fp16 so the two stay apart in a plot).
 MODE_CODES = {"32-true": 32.0, "16-mixed": 16.0, "bf16-mixed": 16.5}
+#: Short names of the modes, for reports and plots.
+SHORT_NAMES = {"32-true": "fp32", "16-mixed": "fp16", "bf16-mixed": "bf16"}
 
 
 def mode_code(mode: str) -> float:

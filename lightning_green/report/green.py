@@ -333,12 +333,7 @@ def _precision(doc: Document, run: Run) -> None:
     if switches:
         doc.table(["≈ step", "from", "to"], switches)
     doc.heading("Fallbacks", level=3)
-    fallbacks = run.scalars.series("precision/fallbacks")
-    rows, prev = [], 0.0
-    for p in fallbacks:
-        if p.value > prev:
-            rows.append([str(p.step), f"{int(p.value)}"])
-        prev = p.value
+    rows = [[str(p.step), f"{int(p.value)}"] for p in run.scalars.increases("precision/fallbacks")]
     skipped = run.scalars.last("precision/skipped_steps")
     if rows:
         doc.table(["≈ step", "fallbacks so far"], rows)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 from lightning_green.energy.carbon import energy_unit
+from lightning_green.precision.modes import MODE_CODES, SHORT_NAMES
 from lightning_green.report.run import Run, TargetResult
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
 
 _COLORS = {"gpu": "#2a9d8f", "cpu": "#e9c46a", "dram": "#f4a261", "total": "#264653"}
 #: ``precision/mode`` codes (AMPScheduler) → names.
-PRECISION_NAMES = {32.0: "fp32", 16.5: "bf16", 16.0: "fp16"}
+PRECISION_NAMES = {code: SHORT_NAMES[mode] for mode, code in MODE_CODES.items()}
 
 
 def energy_scale(max_j: float) -> tuple[float, str]:
@@ -178,12 +179,7 @@ def precision_mode(run: Run) -> bytes | None:
     fig = _figure(height=3.0)
     ax = fig.add_subplot()
     ax.step([p.step for p in mode], [p.value for p in mode], where="post", color=_COLORS["total"], lw=1.5)
-    fallbacks = run.scalars.series("precision/fallbacks")
-    hits, prev = [], 0.0
-    for p in fallbacks:
-        if p.value > prev:
-            hits.append(p.step)
-        prev = p.value
+    hits = [p.step for p in run.scalars.increases("precision/fallbacks")]
     if hits:
         ax.plot(hits, [32.0] * len(hits), "v", color="#e76f51", ms=8, label="fallback to fp32")
         ax.legend(loc="best", fontsize="small")

@@ -92,6 +92,15 @@ class Scalars:
         points = self._tags.get(tag)
         return points[-1] if points else None
 
+    def increases(self, tag: str) -> list[Point]:
+        """The points where a running count ``tag`` went up (from 0 before the first point)."""
+        out, prev = [], 0.0
+        for p in self._tags.get(tag, []):
+            if p.value > prev:
+                out.append(p)
+            prev = p.value
+        return out
+
     def with_(self, tag: str, anchor: Point) -> Point | None:
         """The value of ``tag`` logged with ``anchor``.
 
@@ -101,7 +110,7 @@ class Scalars:
         Lightning writes a hook's ``self.log`` values as one batch and a callback's direct ``log_metrics`` call as
         another, so values logged together sit next to each other in the files.
         """
-        same_step = [p for p in self._tags.get(tag, []) if p.step == anchor.step]
+        same_step = self.at_step(tag, anchor.step)
         if not same_step:
             return None
         if anchor.row is not None:
