@@ -382,13 +382,19 @@ class StructuredPruning(Callback):
         lead = self.importance_batches if self.by_steps else 0
         if self._position(trainer) < self._points[self.prunes_done] - lead:
             return
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                name = self._names.get(p)
-                if p.grad is None or name is None or not torch.isfinite(p.grad).all():
-                    continue
+        named = [
+            (name, p.grad.detach())
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None and (name := self._names.get(p)) is not None
+        ]
+        # One device sync for all gradients: a non-finite one is left out of the sums.
+        norms = torch._foreach_norm([g for _, g in named], float("inf")) if named else []
+        finite = torch.stack(norms).isfinite().tolist() if named else []
+        for (name, grad), ok in zip(named, finite, strict=True):
+            if ok:
                 acc = self._grad_sums.get(name)
-                self._grad_sums[name] = p.grad.detach().clone() if acc is None else acc.add_(p.grad.detach())
+                self._grad_sums[name] = grad.clone() if acc is None else acc.add_(grad)
         self._grad_steps += 1
 
     @override

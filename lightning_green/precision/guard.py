@@ -83,15 +83,15 @@ class BufferSnapshot:
         ):
             self._copies = [(b, b.detach().clone()) for b in buffers]
             return
-        with torch.no_grad():
-            for src, copy in self._copies:
-                copy.copy_(src)
+        if self._copies:
+            with torch.no_grad():  # one batched copy instead of a launch per buffer, every optimizer step
+                torch._foreach_copy_([c for _, c in self._copies], [src for src, _ in self._copies])
 
     def restore(self) -> None:
         """Write the copies back."""
-        with torch.no_grad():
-            for src, copy in self._copies:
-                src.copy_(copy)
+        if self._copies:
+            with torch.no_grad():
+                torch._foreach_copy_([src for src, _ in self._copies], [c for _, c in self._copies])
 
 
 class FallbackTracker:
