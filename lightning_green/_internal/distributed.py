@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from lightning.pytorch.strategies import Strategy
 
-__all__ = ["agree", "gather_rows"]
+__all__ = ["agree", "any_rank", "gather_rows"]
 
 
 def gather_rows(strategy: Strategy, row: Sequence[float], device: torch.device | None = None) -> list[list[float]]:
@@ -29,3 +29,17 @@ def agree(strategy: Strategy, decision: bool, all: bool = True) -> bool:  # noqa
     if strategy.world_size <= 1:
         return bool(decision)
     return bool(strategy.reduce_boolean_decision(bool(decision), all=all))
+
+
+def any_rank(strategy: Strategy, flags: torch.Tensor) -> list[bool]:
+    """For each entry of the boolean tensor ``flags``: whether it is True on any rank (one collective, one sync).
+
+    Example:
+        >>> from lightning.pytorch.strategies import SingleDeviceStrategy
+        >>> any_rank(SingleDeviceStrategy("cpu"), torch.tensor([True, False]))
+        [True, False]
+    """
+    counts = flags.to(torch.int32)
+    if strategy.world_size > 1:
+        counts = strategy.reduce(counts, reduce_op="sum")
+    return [c > 0 for c in counts.tolist()]

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_green._internal.distributed import agree
+from lightning_green._internal.distributed import any_rank
 from lightning_green._internal.validation import check_bool, check_choice, check_number, fail
 from lightning_green.events import workload_changed
 from lightning_green.precision.capability import PolicyChoice, resolve_policy
@@ -19,7 +19,7 @@ from lightning_green.precision.guard import (
     BufferSnapshot,
     FallbackTracker,
     drop_grads,
-    grads_nonfinite,
+    nonfinite_flag,
     optimizer_params,
 )
 from lightning_green.precision.modes import FP32, LOW_MODES, MODES, mode_code
@@ -303,14 +303,16 @@ class AMPScheduler(Callback):
         self._backward_pending = False
         mode = self.mode or FP32
         params = optimizer_params(optimizer)
-        loss_bad = bool(self._loss_bad)
+        device = trainer.strategy.root_device
+        loss_flag = torch.as_tensor(self._loss_bad, device=device).reshape(())
         self._loss_bad = False
-        # In fp16 the grads were unscaled before this hook; non-finite ones are an overflow the scaler will skip.
-        local = loss_bad or grads_nonfinite(params)
+        # One collective and one device sync per optimizer step (every rank reaches this once per step). In fp16
+        # the grads were unscaled before this hook; non-finite ones are an overflow the scaler will skip.
+        any_loss, any_grad = any_rank(trainer.strategy, torch.stack([loss_flag, nonfinite_flag(params, device)]))
         bad = overflow = False
-        if agree(trainer.strategy, local, all=False):  # every rank reaches this once per optimizer step
+        if any_loss or any_grad:
             if mode == "16-mixed":
-                bad = agree(trainer.strategy, loss_bad, all=False)
+                bad = any_loss
                 overflow = not bad
             else:
                 bad = True

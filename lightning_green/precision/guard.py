@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_green.precision.modes import FP32
 
-__all__ = ["BufferSnapshot", "FallbackTracker", "drop_grads", "grads_nonfinite", "optimizer_params"]
+__all__ = ["BufferSnapshot", "FallbackTracker", "drop_grads", "grads_nonfinite", "nonfinite_flag", "optimizer_params"]
 
 
 def optimizer_params(optimizer: Any) -> list[torch.Tensor]:
@@ -27,21 +27,24 @@ def grads_nonfinite(params: Iterable[torch.Tensor]) -> bool:
         >>> grads_nonfinite([p])
         True
     """
+    return bool(nonfinite_flag(params, torch.device("cpu")))
+
+
+def nonfinite_flag(params: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A 0-dim bool tensor on ``device``: whether any gradient holds a NaN or an infinity (no sync on its own)."""
     grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
-    if not grads:
-        return False
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for g in grads:
         by_device.setdefault(g.device, []).append(g)
-    flags = []
+    flags = [torch.zeros((), dtype=torch.bool, device=device)]
     for tensors in by_device.values():
         # The max-norm propagates NaN and is inf for any inf: finite iff every element is.
         if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: one fused pass
             norm = torch.nn.utils.get_total_norm(tensors, norm_type=float("inf"))
         else:  # pragma: no cover - older torch
             norm = torch.stack([torch.linalg.vector_norm(g.float(), float("inf")) for g in tensors]).max()
-        flags.append((~torch.isfinite(norm)).cpu())
-    return bool(torch.stack(flags).any())
+        flags.append((~torch.isfinite(norm)).to(device))
+    return torch.stack(flags).any()
 
 
 def drop_grads(params: Iterable[torch.Tensor]) -> None:
