@@ -59,6 +59,9 @@ def test_report_compares_two_runs(two_runs, tmp_path, capsys):
     data = json.loads((tmp_path / "cmp.json").read_text())
     assert [r["name"] for r in data["runs"]] == ["base", "green"]
     assert all(r["target"]["reached"] and r["target"]["energy_j"] > 0 for r in data["runs"])
+    base, green = (r["target"]["energy_j"] for r in data["runs"])
+    green_line = next(line for line in lines if line.startswith("green "))
+    assert f"{green / base:.2f}×" in green_line  # energy-to-target against the first run
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,8 @@ def test_digits_preset_prunes_switches_precision_and_reports(tmp_path, caplog):
     assert modes == ({BF16} if chosen == "bf16-mixed" else {32.0})
     assert type(result.trainer.strategy.precision_plugin).__name__ == "Precision"
     assert run.to_target("val_acc", 0.0, "max").reached  # GreenReport(target=...) has a metric to follow
+    with open(os.path.join(result.trainer.log_dir, "green_report.md"), encoding="utf-8") as f:
+        assert "val_acc ≥ 0.97 |" in f.read()  # the preset's own target reaches the report
 
 
 def test_language_model_preset_prunes_width_and_mlp_head_by_head_and_switches_to_bf16(tmp_path, caplog):

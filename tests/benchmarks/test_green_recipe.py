@@ -119,6 +119,8 @@ def test_quick_run_compares_the_two_variants_and_writes_json(tmp_path, capsys, m
     assert digits["label"] == "estimated" and len(digits["rounds"]) == 1
     runs = digits["rounds"][0]["runs"]
     assert runs["baseline"]["reached"] and runs["green"]["reached"]  # --quick: the worse best value is the target
+    assert digits["rounds"][0]["target"] == min(runs[v]["best"] for v in runs)
+    assert all(runs[v]["target_epoch"] is not None for v in runs)
     assert runs["green"]["macs"] < runs["baseline"]["macs"] == runs["baseline"]["dense_macs"]
     assert digits["summary"]["ratios"]["macs"] < 1
     green_config = yaml.safe_load((tmp_path / "digits" / "green.yaml").read_text())
