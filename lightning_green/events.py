@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["WorkloadChange", "workload_changed"]
+__all__ = ["WorkloadChange", "add_report_section", "workload_changed"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,11 @@ def workload_changed(trainer: pl.Trainer, reason: str, source: object, **details
         if callable(hook) and cb is not source:
             hook(trainer, trainer.lightning_module, change)
     return change
+
+
+def add_report_section(trainer: pl.Trainer, name: str, data: dict[str, Any]) -> None:
+    """Hand ``data`` to every callback with ``add_report_section`` (the EnergyMonitor), as section ``name``."""
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        add = getattr(cb, "add_report_section", None)
+        if callable(add):
+            add(name, data)

@@ -8,6 +8,7 @@ Every public constructor validates through these helpers, so all messages read t
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "InvalidArgumentTypeError",
     "check_bool",
     "check_choice",
+    "check_filename",
     "check_number",
     "check_optional_number",
     "check_str_list",
@@ -134,3 +136,19 @@ def check_str_list(owner: str, name: str, value: Any) -> list[str] | None:
     if not all(isinstance(v, str) for v in items):
         fail(owner, name, value, "a list of strings", TypeError)
     return items
+
+
+def check_filename(owner: str, name: str, value: Any, allowed: str, optional: bool = False) -> str | None:
+    """Return ``value`` if it is a plain, non-empty file name (no directory part; ``None`` too when ``optional``).
+
+    Example:
+        >>> check_filename("X", "filename", "../a", "a plain file name")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_green...InvalidArgumentError: X(filename='../a'): `filename` must be a plain file name.
+    """
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or os.path.basename(value) != value:
+        fail(owner, name, value, allowed)
+    return value

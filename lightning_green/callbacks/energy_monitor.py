@@ -21,6 +21,7 @@ from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
+    check_filename,
     check_number,
     check_optional_number,
     fail,
@@ -224,12 +225,9 @@ class EnergyMonitor(Callback):
         check_optional_number(name, "cpu_tdp_cores", cpu_tdp_cores, integer=True, ge=1)
         check_number(name, "dram_w_per_gb", dram_w_per_gb, ge=0)
         check_number(name, "min_window_s", min_window_s, ge=0)
-        if report_filename is not None and (
-            not isinstance(report_filename, str)
-            or not report_filename
-            or os.path.basename(report_filename) != report_filename
-        ):
-            fail(name, "report_filename", report_filename, "None or a plain file name (no directory part)")
+        check_filename(
+            name, "report_filename", report_filename, "None or a plain file name (no directory part)", optional=True
+        )
         check_bool(name, "print_summary", print_summary)
         check_bool(name, "progress_bar", progress_bar)
 

@@ -16,9 +16,11 @@ from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
     check_choice,
+    check_filename,
     check_optional_number,
     fail,
 )
+from lightning_green.events import add_report_section
 
 __all__ = ["GreenReport"]
 
@@ -89,8 +91,7 @@ class GreenReport(Callback):
             fail(name, "metric", metric, "None or the name of a logged validation metric", TypeError)
         check_choice(name, "mode", mode, _MODES)
         check_optional_number(name, "target", target)
-        if not isinstance(filename, str) or not filename or os.path.basename(filename) != filename:
-            fail(name, "filename", filename, "a plain file name without extension or directory part")
+        check_filename(name, "filename", filename, "a plain file name without extension or directory part")
         check_bool(name, "html", html)
         check_bool(name, "count_macs", count_macs)
         self.metric = metric
@@ -150,10 +151,7 @@ class GreenReport(Callback):
             macs, params = _count(pl_module)
             section.update({"macs": macs, "params": params})
         section["elapsed_s"] = self._elapsed()
-        for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            add = getattr(cb, "add_report_section", None)
-            if callable(add):
-                add("model", section)
+        add_report_section(trainer, "model", section)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -27,7 +27,7 @@ from lightning_green._internal.validation import (
     check_optional_number,
     fail,
 )
-from lightning_green.events import WorkloadChange
+from lightning_green.events import WorkloadChange, add_report_section
 from lightning_green.power.capability import check_power_control
 from lightning_green.power.guard import LimitGuard
 from lightning_green.power.profile import OBJECTIVES, ProfileCache, make_selector, profile_key, profile_table
@@ -593,10 +593,7 @@ class PowerLimitTuner(Callback):
             "steps_per_limit": self._search.measurement_steps if self._search is not None else self.profile_steps,
             "table": rows,
         }
-        for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            add = getattr(cb, "add_report_section", None)
-            if callable(add):
-                add("power_limit", section)
+        add_report_section(trainer, "power_limit", section)
         if trainer.global_rank != 0 or not trainer.loggers:
             return
         metrics: dict[str, float] = {"power/chosen_limit_W": float(self.chosen_limit_w or 0.0)}
