@@ -372,11 +372,8 @@ class StructuredPruning(Callback):
     ) -> None:
         if self.finished:
             return
-        if self._regularizer is not None:
-            if self.regularization == "group-norm":
-                self._regularizer.regularize(pl_module)
-            else:
-                self._regularizer.regularize(pl_module, reg=self.regularization_strength)
+        if self._regularizer is not None:  # both kinds were built with reg=regularization_strength
+            self._regularizer.regularize(pl_module)
         if self.importance not in NEEDS_GRADIENTS or self._grad_steps >= self.importance_batches:
             return
         lead = self.importance_batches if self.by_steps else 0
