@@ -58,6 +58,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from lightning_green.report import Comparison, format_comparison, load_run, write_comparison  # noqa: E402
+from lightning_green.report.run import metric_mode  # noqa: E402
 
 #: Callbacks the baseline keeps from a preset: they measure and report, they do not change the training.
 MEASURING = ("lightning_green.EnergyMonitor", "lightning_green.EnergyBudget", "lightning_green.GreenReport")
@@ -280,7 +281,7 @@ def format_summary(task: Task, summary: dict[str, Any], targets: Sequence[float]
 
     ``targets`` are the rounds' targets; ``given``: a fixed target, else each round's worse best value.
     """
-    sign = "<=" if task.metric.endswith(("loss", "ppl")) else ">="
+    sign = ">=" if metric_mode(task.metric) == "max" else "<="
     runs, ratios = summary["runs"], summary["ratios"]
     n = summary["rounds"]
     header = [

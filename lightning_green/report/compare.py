@@ -11,7 +11,7 @@ from typing import Any
 from lightning_green.report import plots
 from lightning_green.report.document import Document, ReportFiles
 from lightning_green.report.green import fmt_energy, fmt_macs, fmt_num, fmt_seconds, resolve_mode
-from lightning_green.report.run import METRIC_CANDIDATES, Run, RunDirError, TargetResult
+from lightning_green.report.run import METRIC_CANDIDATES, Run, RunDirError, TargetResult, target_sign
 
 __all__ = ["Comparison", "ComparisonRow", "compare_runs", "comparison_table", "format_comparison", "write_comparison"]
 
@@ -139,7 +139,7 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
                 fmt_seconds(t.time_s) if t.reached else "not reached",
                 _ratio(t.time_s, base.target.time_s) if t.reached else "–",
                 fmt_energy(r.energy_j),
-                fmt_macs(r.macs) if r.macs is not None else "n/a",
+                fmt_macs(r.macs),
                 r.label,
             ]
         )
@@ -150,7 +150,7 @@ def format_comparison(cmp: Comparison) -> str:
     """The comparison as a plain-text table."""
     header, rows = comparison_table(cmp)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    sign = "≥" if cmp.mode == "max" else "≤"
+    sign = target_sign(cmp.mode)
     lines = [f"target: {cmp.metric} {sign} {cmp.target:g} ({cmp.target_source})"]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -169,7 +169,7 @@ def write_comparison(
     """Compare ``runs`` and write ``{filename}.md`` / ``.html`` with a metric-vs-energy plot into ``out_dir``."""
     cmp = compare_runs(runs, metric=metric, target=target, mode=mode)
     doc = Document(f"Green comparison — {cmp.metric}")
-    sign = "≥" if cmp.mode == "max" else "≤"
+    sign = target_sign(cmp.mode)
     doc.paragraph(
         f"Target: {cmp.metric} {sign} {cmp.target:g} ({cmp.target_source}). *energy-to-target* is the cumulative fit "
         "energy when the validation metric first reached the target; ratios are against the first run."

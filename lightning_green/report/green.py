@@ -13,7 +13,7 @@ from lightning_green.energy.carbon import format_energy
 from lightning_green.energy.meter import COMPONENTS
 from lightning_green.report import plots
 from lightning_green.report.document import Document, ReportFiles
-from lightning_green.report.run import Run, TargetResult, load_run, metric_mode
+from lightning_green.report.run import Run, TargetResult, load_run, metric_mode, target_sign
 
 __all__ = ["build_report", "fmt_energy", "fmt_macs", "fmt_num", "fmt_seconds", "resolve_mode", "write_report"]
 
@@ -133,7 +133,7 @@ def _summary(doc: Document, run: Run, metric: str | None, mode: str, hit: Target
         rows.append([f"final {metric}", fmt_num(run.final_metric(metric))])
         rows.append([f"best {metric} ({mode})", fmt_num(run.best_metric(metric, mode))])
     if hit is not None:
-        sign = "≥" if hit.mode == "max" else "≤"
+        sign = target_sign(hit.mode)
         if hit.reached:
             rows.append(
                 [f"energy to {metric} {sign} {hit.target:g}", f"{fmt_energy(hit.energy_j)} (epoch {hit.epoch})"]

@@ -61,6 +61,11 @@ def metric_mode(name: str) -> Literal["max", "min"]:
     return "max" if any(k in low for k in _HIGHER_IS_BETTER) else "min"
 
 
+def target_sign(mode: str) -> str:
+    """``≥`` for a metric to maximise, ``≤`` for one to minimise (how a target reads in the report)."""
+    return "≥" if mode == "max" else "≤"
+
+
 @dataclass(frozen=True)
 class EpochEnergy:
     """Energy of one training epoch (validation included): total and per component, J."""
