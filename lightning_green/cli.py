@@ -138,6 +138,10 @@ def main(args: Sequence[str] | None = None) -> None:
     inside jsonargparse (set ``LIGHTNING_GREEN_DEBUG=1`` for the traceback). So does a bad ``report`` run directory.
     """
     argv = list(args) if args is not None else sys.argv[1:]
+    if argv[:1] in (["export"], ["bench-inference"]):
+        from lightning_green.export.cli import main as export_main
+
+        raise SystemExit(export_main(argv))
     if argv[:1] == ["report"]:
         from lightning_green.report.run import RunDirError
 

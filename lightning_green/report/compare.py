@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_green.export.report import headline
 from lightning_green.report import plots
 from lightning_green.report.document import Document, ReportFiles
 from lightning_green.report.green import fmt_energy, fmt_macs, fmt_num, fmt_seconds, resolve_mode
@@ -30,6 +31,7 @@ class ComparisonRow:
     macs: float | None
     dense_macs: float | None
     label: str
+    inference: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def compare_runs(
                 macs=macs,
                 dense_macs=r.dense_macs(),
                 label=r.label,
+                inference=headline(r.extra("inference_cost")),
             )
         )
     return Comparison(name, mode, float(target), source, tuple(rows))
@@ -126,6 +129,9 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         "MACs/sample",
         "label",
     ]
+    inference = any(r.inference for r in cmp.rows)
+    if inference:  # only runs benchmarked with `lightning-green bench-inference` have it
+        header += ["inference J/1k", "vs first"]
     rows = []
     for r in cmp.rows:
         t = r.target
@@ -143,7 +149,19 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
                 r.label,
             ]
         )
+        if inference:
+            rows[-1] += _inference_cells(r.inference, base.inference)
     return header, rows
+
+
+def _inference_cells(inf: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
+    """Energy per 1,000 predictions/tokens (its format and batch) and its ratio to the first run's."""
+    if not inf:
+        return ["n/a", "–"]
+    unit = "tok" if inf["unit"] == "token" else "pred"
+    text = f"{fmt_energy(inf['energy_per_1k_j'])}/1k {unit} ({inf['format']}, b{inf['batch_size']}, {inf['label']})"
+    same = base is not None and base.get("unit") == inf["unit"]
+    return [text, _ratio(inf["energy_per_1k_j"], base["energy_per_1k_j"]) if same else "–"]
 
 
 def format_comparison(cmp: Comparison) -> str:

@@ -17,7 +17,7 @@ from lightning_green.report.run import Run, TargetResult, load_run, metric_mode,
 
 __all__ = ["build_report", "fmt_energy", "fmt_macs", "fmt_num", "fmt_seconds", "resolve_mode", "write_report"]
 
-_KNOWN_EXTRA = {"power_limit", "model"}
+_KNOWN_EXTRA = {"power_limit", "model", "inference_cost"}
 
 
 def fmt_energy(j: float | None) -> str:
@@ -92,6 +92,7 @@ def build_report(run: Run, metric: str | None = None, mode: str = "auto", target
     _pruning(doc, run)
     _precision(doc, run)
     _power(doc, run)
+    _inference(doc, run)
     _other_sections(doc, run)
     return doc
 
@@ -370,6 +371,53 @@ def _power(doc: Document, run: Run) -> None:
         ]
         if rows:
             doc.table(["limit (W)", "energy/step (J)", "time/step (s)", "avg power (W)", "cost/step"], rows)
+
+
+def _inference(doc: Document, run: Run) -> None:
+    """The ``inference_cost`` section ``lightning-green bench-inference`` stores (see ``lightning_green.export``)."""
+    section = run.extra("inference_cost") or {}
+    if not section.get("rows"):
+        return
+    from lightning_green.export.bench import format_ratio
+
+    unit = section.get("unit", "prediction")
+    doc.heading("Inference cost")
+    doc.paragraph(
+        f"Per 1,000 {unit}s on {section.get('device', '?')} with {section.get('threads', '?')} thread(s) for PyTorch "
+        f"and ONNX Runtime alike; models run side by side in alternating order; energy {section.get('label', '?')}."
+    )
+    doc.table(
+        ["model", "format", "batch", "median latency", "p90 latency", f"{unit}s/s", f"energy / 1k {unit}s", "label"],
+        [
+            [
+                str(r["model"]),
+                str(r["format"]),
+                str(r["batch_size"]),
+                f"{r['latency_ms_median']:.3g} ms",
+                f"{r['latency_ms_p90']:.3g} ms",
+                fmt_num(r["throughput_per_s"]),
+                fmt_energy(r["energy_per_1k_j"]),
+                str(r["label"]),
+            ]
+            for r in section["rows"]
+        ],
+    )
+    ratios = section.get("ratios") or []
+    if ratios:
+        base = section.get("baseline", "baseline")
+        doc.table(
+            ["format", "batch", f"energy vs {base}", f"latency vs {base}", f"energy vs {base} eager"],
+            [
+                [
+                    str(q["format"]),
+                    str(q["batch_size"]),
+                    format_ratio(q.get("energy_per_1k_ratio")),
+                    format_ratio(q.get("latency_ratio")),
+                    format_ratio(q.get("energy_per_1k_ratio_vs_baseline_eager")),
+                ]
+                for q in ratios
+            ],
+        )
 
 
 def _other_sections(doc: Document, run: Run) -> None:

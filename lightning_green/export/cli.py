@@ -1,0 +1,157 @@
+"""``lightning-green export`` and ``lightning-green bench-inference``: argument parsing and the printed output.
+
+Bad input ends with a one-line ``lightning-green: error: ...`` and exit status 2 (``LIGHTNING_GREEN_DEBUG=1``
+shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["bench_main", "export_main", "main"]
+
+COMMANDS = ("export", "bench-inference")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt", metavar="CKPT", help="Lightning checkpoint (pruned ones are rebuilt from their history)")
+    p.add_argument(
+        "--module",
+        default=None,
+        help="LightningModule class path (e.g. lightning_green.demos.DigitsCNN) or a demo's short name "
+        "(default: the config's model.class_path)",
+    )
+    p.add_argument("--config", default=None, help="LightningCLI YAML used in training (model/data init_args)")
+    p.add_argument("--data", default=None, help="datamodule class path (default: the config's data section)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON to this file")
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lightning-green export",
+        description="Rebuild the (pruned) model from a checkpoint, export it and check the export's outputs.",
+    )
+    _common(p)
+    p.add_argument("--format", default="onnx", help="onnx | torch-export | hf (default: onnx)")
+    p.add_argument("--out", required=True, help="output file (.onnx/.pt2) or folder (hf); its directory must exist")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the output check")
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the output check")
+    return p
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lightning-green bench-inference",
+        description="Latency, throughput and energy per 1,000 predictions (tokens for LMs) per format and batch "
+        "size, the model vs a baseline checkpoint side by side; stored in the run's green report.",
+    )
+    _common(p)
+    p.add_argument("--against", default="none", help="baseline checkpoint (e.g. the dense run's), or 'none' (default)")
+    p.add_argument("--formats", default="eager,bf16,onnx", help="comma-separated: eager,bf16,onnx,torch-export")
+    p.add_argument("--batch-sizes", default="1,64", help="comma-separated ints >= 1 (default: 1,64)")
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per model per round")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (the models' order rotates each round)")
+    p.add_argument("--threads", type=int, default=1, help="threads for PyTorch and ONNX Runtime alike (default: 1)")
+    p.add_argument("--per", default="auto", help="auto | prediction | token")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="run whose green report gets the 'inference cost' section (default: the run the checkpoint is in)",
+    )
+    p.add_argument("--no-report", action="store_true", help="do not touch any run's report")
+    return p
+
+
+def _write_json(path: str, data: dict) -> None:
+    from lightning_green.energy.report import write_bytes_atomic
+    from lightning_green.export.load import check_output_path
+
+    check_output_path(f"lightning-green {'export'}", path, "json")
+    write_bytes_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
+
+
+def export_main(args: Sequence[str]) -> int:
+    """``lightning-green export``; returns the exit status."""
+    from lightning_green.export.api import export_checkpoint
+
+    ns = _export_parser().parse_args(list(args))
+    if ns.json:
+        from lightning_green.export.load import check_output_path
+
+        check_output_path("export", ns.json, "json")
+    result = export_checkpoint(
+        ns.ckpt, ns.module, ns.out, ns.format, config=ns.config, datamodule=ns.data, atol=ns.atol, rtol=ns.rtol
+    )
+    if ns.json:
+        _write_json(ns.json, result.as_dict())
+    return 0
+
+
+def bench_main(args: Sequence[str]) -> int:
+    """``lightning-green bench-inference``; returns the exit status."""
+    from lightning_green.export.api import build_datamodule  # noqa: F401 - same loading path as export
+    from lightning_green.export.bench import bench_inference, format_bench, parse_batch_sizes, parse_formats
+    from lightning_green.export.load import check_output_path, load_checkpoint_module
+    from lightning_green.export.report import attach_to_run, find_run_dir
+
+    owner = "bench-inference"
+    ns = _bench_parser().parse_args(list(args))
+    formats = parse_formats(ns.formats, owner)
+    sizes = parse_batch_sizes(ns.batch_sizes, owner)
+    if ns.json:
+        check_output_path(owner, ns.json, "json")
+    model = load_checkpoint_module(ns.ckpt, ns.module, config=ns.config, owner=owner)
+    models = {}
+    against = None if str(ns.against).lower() in ("none", "") else ns.against
+    if against is not None:
+        base = load_checkpoint_module(against, ns.module, config=ns.config, owner=owner)
+        models["baseline"] = base
+    models["model"] = model
+    result = bench_inference(
+        models,
+        formats=formats,
+        batch_sizes=sizes,
+        repeats=ns.repeats,
+        warmup=ns.warmup,
+        rounds=ns.rounds,
+        threads=ns.threads,
+        per=ns.per,
+        baseline="baseline" if against is not None else None,
+    )
+    data = result.as_dict()
+    data["checkpoints"] = {"model": os.fspath(ns.ckpt), "baseline": against}
+    print(format_bench(data))
+    if ns.json:
+        _write_json(ns.json, data)
+        print(f"json: {ns.json}")
+    if not ns.no_report:
+        run_dir = ns.run_dir or find_run_dir(ns.ckpt)
+        if run_dir is None:
+            print("no run directory found above the checkpoint (pass --run-dir); no report updated.")
+        else:
+            path = attach_to_run(run_dir, data)
+            print(f"inference cost added to {path} and the green report in {run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Dispatch ``argv`` (starting with the subcommand name) and turn bad input into a one-line error, exit 2."""
+    from lightning_green._internal.validation import find_argument_error
+
+    command, rest = argv[0], list(argv[1:])
+    fn = export_main if command == "export" else bench_main
+    try:
+        return fn(rest)
+    except Exception as exc:
+        err = find_argument_error(exc)
+        if err is None and isinstance(exc, (OSError, ValueError)):
+            err = exc
+        if err is None or os.environ.get("LIGHTNING_GREEN_DEBUG"):
+            raise
+        print(f"lightning-green {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2

@@ -1,0 +1,498 @@
+"""Export a model to ONNX, ``torch.export`` (``.pt2``) or Hugging Face ``save_pretrained``, then check the export.
+
+Every export is checked: the original (eager, fp32) and the exported model run on the example input and on the
+check inputs (e.g. a datamodule batch), and the export fails when an output differs by more than
+``atol + rtol * |reference|`` (the tolerance and the largest difference are printed). ONNX runs through ONNX Runtime,
+``.pt2`` through ``torch.export.load``, a Hugging Face folder through ``from_pretrained``.
+
+``onnx``, ``onnxscript`` and ``onnxruntime`` (the ``[export]`` extra) and ``transformers`` are imported only here,
+inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number
+from lightning_green.export.load import check_output_path, example_inputs_of
+
+__all__ = [
+    "FORMATS",
+    "CheckResult",
+    "ExportError",
+    "ExportResult",
+    "export_model",
+    "find_pretrained",
+    "load_exported",
+    "onnx_session",
+    "tensor_outputs",
+]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torch-export", "hf")
+Format = Literal["onnx", "torch-export", "hf"]
+
+
+class ExportError(InvalidArgumentError):
+    """The model cannot be exported to the format, or the export's outputs differ from the model's."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One output check: which input, its batch size, the largest difference and the tolerance."""
+
+    input: str
+    batch_size: int
+    max_abs_diff: float
+    atol: float
+    rtol: float
+    ok: bool
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how it checked out."""
+
+    format: str
+    path: str
+    files: list[str]
+    size_bytes: int
+    params: int
+    export_s: float
+    checks: list[CheckResult] = field(default_factory=list)
+    macs: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (for JSON)."""
+        return {**asdict(self), "checks": [asdict(c) for c in self.checks]}
+
+    def summary(self) -> str:
+        """Lines for the terminal: file, size, parameters, each check with its tolerance."""
+        lines = [
+            f"exported {self.format}: {self.path} ({_fmt_bytes(self.size_bytes)}, {self.params:,} parameters"
+            + (f", {self.macs / 1e6:.3g} M MACs/sample" if self.macs else "")
+            + f") in {self.export_s:.1f} s"
+        ]
+        for c in self.checks:
+            lines.append(
+                f"  check {c.input} (batch {c.batch_size}): max |diff| {c.max_abs_diff:.3g} "
+                f"{'<=' if c.ok else '>'} atol {c.atol:g} + rtol {c.rtol:g}·|ref| — {'ok' if c.ok else 'FAILED'}"
+            )
+        return "\n".join(lines)
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def _as_tensors(out: Any) -> tuple[torch.Tensor, ...]:
+    """Tensors of a forward's output: a tensor, a tuple/list, or a mapping/ModelOutput (``logits`` first)."""
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, Mapping):  # transformers' ModelOutput is an OrderedDict
+        if isinstance(out.get("logits"), torch.Tensor):
+            return (out["logits"],)
+        return tuple(v for v in out.values() if isinstance(v, torch.Tensor))
+    if isinstance(out, (tuple, list)):
+        return tuple(t for o in out for t in _as_tensors(o))
+    return ()
+
+
+class _TensorOutputs(nn.Module):
+    """Wrap a model whose forward returns a ModelOutput/dict so that it returns plain tensors (``logits`` alone)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        out = _as_tensors(self.model(*args))
+        return out[0] if len(out) == 1 else out
+
+
+def tensor_outputs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Module:
+    """``model`` itself when its forward returns tensors, else a wrapper returning them (for export and ORT)."""
+    with torch.no_grad():
+        out = model(*example)
+    if isinstance(out, torch.Tensor) or (
+        isinstance(out, (tuple, list)) and out and all(isinstance(t, torch.Tensor) for t in out)
+    ):
+        return model
+    if not _as_tensors(out):
+        raise ExportError(
+            f"export(model={type(model).__name__}): the forward returns {type(out).__name__} with no tensor; "
+            "export needs a forward that returns tensors (or a dict/ModelOutput holding them)."
+        )
+    return _TensorOutputs(model).eval()
+
+
+def find_pretrained(model: nn.Module) -> nn.Module | None:
+    """The Hugging Face ``PreTrainedModel`` that ``model`` is or holds (the outermost one), else ``None``."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return None
+    return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+
+
+# ------------------------------------------------------------------------------------------------ blockers
+_OP = re.compile(r"(aten[.:]{1,2}[A-Za-z0-9_.]+|<OpOverload\(op='[^']+'[^>]*>)")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return (text[:300] + "...") if len(text) > 300 else text
+
+
+@contextlib.contextmanager
+def quiet() -> Any:
+    """Keep the exporters' progress prints and graph dumps off stdout (``LIGHTNING_GREEN_DEBUG=1`` shows them)."""
+    if os.environ.get("LIGHTNING_GREEN_DEBUG"):
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+_PLAIN = (torch.Tensor, type(None), bool, int, float, str)
+
+
+def _blocking_module(
+    model: nn.Module, example: tuple[torch.Tensor, ...], fails: Callable[..., bool], budget_s: float = 30.0
+) -> str | None:
+    """The deepest submodule whose own export fails too (``fails(module, args, kwargs)``), as ``name (Class)``.
+
+    Records every submodule's inputs in one eager forward, then walks down from the root through children that fail
+    on their own (children called with other than tensors and plain values are skipped), for at most ``budget_s``.
+    """
+    inputs: dict[nn.Module, tuple[tuple, dict]] = {}
+
+    def record(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs.setdefault(mod, (args, kwargs))
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(*example)
+    except Exception:  # the eager forward itself fails: no smaller culprit to name
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    names = {m: n for n, m in model.named_modules()}
+    current, found = model, None
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline:
+        nxt = None
+        for child in current.children():
+            args, kwargs = inputs.get(child, (None, None))
+            if args is None or not all(isinstance(a, _PLAIN) for a in (*args, *kwargs.values())):
+                continue
+            if not any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())):
+                continue
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                failed = fails(child, args, kwargs)
+            if failed:
+                nxt = child
+                break
+            if time.perf_counter() >= deadline:
+                break
+        if nxt is None:
+            break
+        current = found = nxt
+    return f"{names.get(found, '?')} ({type(found).__name__})" if found is not None else None
+
+
+def _blocked(fmt: str, model: nn.Module, example: tuple, err: BaseException) -> ExportError:
+    """The one-line error for a model ``fmt`` cannot take, naming the op and the deepest failing submodule."""
+    op = _OP.search(str(err))
+    # ONNX export's first step is torch.export: a failure there is found faster by torch.export alone.
+    step1 = fmt != "onnx" or "torch.export" in str(err).split("\n", 1)[0] or type(err).__name__ == "TorchExportError"
+    where = _blocking_module(model, example, _export_fails if step1 else _onnx_fails)
+    what = []
+    if where:
+        what.append(f"blocked in module {where}")
+    if op:
+        what.append(f"op {op.group(0)}")
+    detail = "; ".join(what) or "see the error"
+    name = type(model.model if isinstance(model, _TensorOutputs) else model).__name__
+    return ExportError(
+        f"export(format={fmt!r}): {name} cannot be exported to {fmt!r} ({detail}): "
+        f"{type(err).__name__}: {_one_line(err)}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ exporters
+def _batch_spec(
+    model: nn.Module, example: tuple[torch.Tensor, ...]
+) -> tuple[tuple[torch.Tensor, ...], tuple[Any, ...]]:
+    """Inputs with batch 2 and a dynamic batch axis per input (a batch of 1 would be specialised by the tracer)."""
+    batch = torch.export.Dim("batch", min=1)
+    traced = tuple(torch.cat([x[:1]] * 2) if x.shape[0] != 2 else x for x in example)
+    dynamic: tuple[Any, ...] = tuple({0: batch} for _ in traced)
+    if isinstance(model, _TensorOutputs):  # forward(*args): the specs of all inputs are one entry, as a tuple
+        dynamic = (dynamic,)
+    return traced, dynamic
+
+
+def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+    traced, dynamic = _batch_spec(model, example)
+    return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
+
+
+def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
+    try:
+        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
+    except ImportError:
+        raise ExportError(
+            "export(format='onnx'): needs `onnx`, `onnxscript` and `onnxruntime`; install the extra: "
+            "pip install 'lightning-green[export]'."
+        ) from None
+    traced, dynamic = _batch_spec(model, example)
+    names = [f"input_{i}" for i in range(len(traced))] if len(traced) > 1 else ["input"]
+    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic, "input_names": names, "verbose": False}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    # The exporter logs progress through the "torch.onnx" logger and prints; keep both quiet unless debugging.
+    prog = torch.onnx.export(copy.deepcopy(model), traced, str(path), **kwargs)
+    if prog is not None and not path.exists():  # torch < 2.6 returned the program without saving it
+        prog.save(str(path))
+
+
+def _onnx_fails(child: nn.Module, args: tuple, kwargs: dict) -> bool:
+    try:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            torch.onnx.export(
+                copy.deepcopy(child), args, os.path.join(d, "m.onnx"), kwargs=kwargs, dynamo=True, verbose=False
+            )
+        return False
+    except Exception:
+        return True
+
+
+def _export_fails(child: nn.Module, args: tuple, kwargs: dict) -> bool:
+    try:
+        torch.export.export(copy.deepcopy(child), args, kwargs)
+        return False
+    except Exception:
+        return True
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads (``None``: ORT's default).
+
+    Inter-op parallelism is off (one thread), so ``threads`` is the whole pool: pin it to the same number as
+    ``torch.get_num_threads()`` for a fair comparison with eager PyTorch.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_exported(fmt: str, path: str | os.PathLike, threads: int | None = None) -> Callable[..., tuple]:
+    """A callable running the export at ``path``: positional CPU tensors in, a tuple of CPU tensors out."""
+    if fmt == "onnx":
+        sess = onnx_session(path, threads)
+        names = [i.name for i in sess.get_inputs()]
+
+        def run_onnx(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            feeds = {n: a.detach().cpu().contiguous().numpy() for n, a in zip(names, args, strict=True)}
+            return tuple(torch.from_numpy(o) for o in sess.run(None, feeds))
+
+        return run_onnx
+    if fmt == "torch-export":
+        program = torch.export.load(os.fspath(path)).module()
+
+        def run_pt2(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            with torch.no_grad():
+                return _as_tensors(program(*args))
+
+        return run_pt2
+    raise InvalidArgumentError(f"load_exported(fmt={fmt!r}): `fmt` must be one of ('onnx', 'torch-export').")
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    extra = [Path(str(path) + ".data")] if Path(str(path) + ".data").exists() else []
+    return [path, *extra]
+
+
+def _compare(
+    name: str, ref: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...], atol: float, rtol: float
+) -> CheckResult:
+    if len(ref) != len(got):
+        return CheckResult(name, int(ref[0].shape[0]) if ref else 0, float("inf"), atol, rtol, False)
+    worst, ok = 0.0, True
+    for r, g in zip(ref, got, strict=True):
+        r, g = r.detach().float().cpu(), g.detach().float().cpu()
+        if r.shape != g.shape:
+            return CheckResult(name, int(r.shape[0]) if r.dim() else 1, float("inf"), atol, rtol, False)
+        diff = (r - g).abs()
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+        ok = ok and bool((diff <= atol + rtol * r.abs()).all())
+    return CheckResult(name, int(ref[0].shape[0]) if ref[0].dim() else 1, worst, atol, rtol, ok)
+
+
+def export_model(
+    model: nn.Module,
+    out: str | os.PathLike,
+    format: Format = "onnx",  # noqa: A002 - the word users know from the CLI flag
+    example_inputs: Any = None,
+    check_inputs: Sequence[tuple[str, Any]] = (),
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    opset: int | None = None,
+    verbose: bool = True,
+) -> ExportResult:
+    """Export ``model`` (a module in eval mode, on CPU) and check the export's outputs against it.
+
+    Args:
+        model: The trained model (e.g. from :func:`~lightning_green.export.load_checkpoint_module`).
+        out: File to write (``.onnx`` / ``.pt2``), or for ``"hf"`` a folder (created; its parent must exist).
+        format: ``"onnx"`` (``torch.onnx.export(..., dynamo=True)``, dynamic batch axis), ``"torch-export"``
+            (``torch.export`` program saved as ``.pt2``, dynamic batch axis) or ``"hf"`` (``save_pretrained`` of
+            the Hugging Face model the module holds).
+        example_inputs: Forward inputs with the batch on dim 0; ``None`` uses ``model.example_input_array``.
+        check_inputs: More ``(name, inputs)`` to compare on, e.g. ``("datamodule batch", x)``.
+        atol: Absolute tolerance of the output check.
+        rtol: Relative tolerance of the output check.
+        opset: ONNX opset (``None``: the exporter's default).
+        verbose: Print the summary (file, size, parameters, checks with their tolerance).
+
+    Returns:
+        What was written, its size and parameter count, and each check.
+
+    Raises:
+        ValueError: A bad argument (unknown format, missing output directory, negative tolerance), a model that
+            cannot be exported to ``format`` (the message names the blocking module/op), or outputs that differ
+            beyond the tolerance (:class:`ExportError`).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> net = nn.Sequential(nn.Linear(4, 3)).eval()
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "net.pt2"
+        >>> res = export_model(net, path, "torch-export", example_inputs=torch.randn(1, 4), verbose=False)
+        >>> res.params, all(c.ok for c in res.checks), path.exists()
+        (15, True, True)
+    """
+    owner = "export"
+    check_choice(owner, "format", format, FORMATS)
+    check_number(owner, "atol", atol, ge=0)
+    check_number(owner, "rtol", rtol, ge=0)
+    path = check_output_path(owner, out)
+    if format == "torch-export" and path.suffix != ".pt2":
+        raise InvalidArgumentError(
+            f"{owner}(out={os.fspath(out)!r}): `out` must end in '.pt2' for format 'torch-export' (torch.export.load "
+            "reads only such files)."
+        )
+    model = model.eval()
+    example = example_inputs_of(owner, model, example_inputs)
+    checks_in = [("example input", example)]
+    for name, x in check_inputs:
+        checks_in.append((name, example_inputs_of(owner, model, x)))
+    params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    if format == "hf":
+        runner = _export_hf(model, path)
+        exported_params = params
+    else:
+        net = tensor_outputs(model, example)
+        if format == "onnx":
+            try:
+                with quiet():
+                    _export_onnx(net, example, path, opset)
+            except ExportError:
+                raise
+            except Exception as err:
+                raise _blocked(format, net, example, err) from None
+        else:
+            try:
+                with quiet():
+                    program = _torch_export(net, example)
+            except Exception as err:
+                raise _blocked(format, net, example, err) from None
+            torch.export.save(program, os.fspath(path))
+        runner = load_exported(format, path, threads=torch.get_num_threads())
+        exported_params = params
+    export_s = time.perf_counter() - t0
+    files = _files_of(path)
+    checks = []
+    for name, x in checks_in:
+        with torch.no_grad():
+            ref = _as_tensors(model(*x))
+        checks.append(_compare(name, ref, runner(*x), atol, rtol))
+    macs = None
+    try:
+        from lightning_green.pruning.graph import count_macs_params
+
+        macs = count_macs_params(model, example[0] if len(example) == 1 else example)[0]
+    except Exception:  # MACs are a courtesy figure: a model torch-pruning cannot trace still exports
+        log.debug("MAC count failed for %s", type(model).__name__, exc_info=True)
+    result = ExportResult(
+        format=format,
+        path=os.fspath(path),
+        files=[os.fspath(f) for f in files],
+        size_bytes=sum(f.stat().st_size for f in files),
+        params=exported_params,
+        export_s=export_s,
+        checks=checks,
+        macs=macs,
+    )
+    if verbose:
+        print(result.summary())
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        c = bad[0]
+        raise ExportError(
+            f"export(format={format!r}): the export's outputs differ from the model's on the {c.input} "
+            f"(max |diff| {c.max_abs_diff:.3g} > atol {c.atol:g} + rtol {c.rtol:g}·|ref|); the file is at "
+            f"{os.fspath(path)!r}."
+        )
+    return result
+
+
+def _export_hf(model: nn.Module, path: Path) -> Callable[..., tuple]:
+    hf = find_pretrained(model)
+    if hf is None:
+        raise ExportError(
+            f"export(format='hf'): `format` 'hf' needs a module that is or holds a transformers PreTrainedModel; "
+            f"{type(model).__name__} holds none. Use 'onnx' or 'torch-export'."
+        )
+    hf.save_pretrained(os.fspath(path))
+    loaded = type(hf).from_pretrained(os.fspath(path)).eval()
+    if hf is model:
+        reloaded = loaded
+    else:  # the holder's forward around the reloaded HF model: the same code path the user's module runs
+        reloaded = copy.deepcopy(model)
+        owner_name = next(n for n, m in model.named_modules() if m is hf)
+        parent_name, _, attr = owner_name.rpartition(".")
+        setattr(reloaded.get_submodule(parent_name) if parent_name else reloaded, attr, loaded)
+
+    def run(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return _as_tensors(reloaded(*args))
+
+    return run

@@ -1,0 +1,255 @@
+"""Rebuild a trained (pruned) model from a Lightning checkpoint, and find its inputs, for export and benchmarks.
+
+A module is named by class (an import path such as ``lightning_green.demos.DigitsCNN``, a demo's short name, or the
+class itself); its constructor arguments come from a LightningCLI config (``model.init_args``) or else from the
+hyperparameters the checkpoint saved (``save_hyperparameters``). A checkpoint written while
+:class:`~lightning_green.StructuredPruning` was active is rebuilt with its pruning history
+(:func:`~lightning_green.pruning.rebuild_from_checkpoint`), so the result has the pruned shapes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_green._internal.validation import InvalidArgumentError, InvalidArgumentTypeError
+
+__all__ = [
+    "check_output_path",
+    "example_inputs_of",
+    "first_batch_input",
+    "load_checkpoint_module",
+    "resolve_class",
+]
+
+
+def resolve_class(owner: str, name: str, value: str | type) -> type:
+    """The class ``value`` names: an import path (``pkg.mod.Class``) or the short name of a built-in demo."""
+    if isinstance(value, type):
+        return value
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentTypeError(f"{owner}({name}={value!r}): `{name}` must be a class or its import path.")
+    if "." not in value:
+        import lightning_green.demos as demos
+
+        cls = getattr(demos, value, None)
+        if isinstance(cls, type):
+            return cls
+        raise InvalidArgumentError(
+            f"{owner}({name}={value!r}): `{name}` must be an import path like 'package.module.Class' or one of the "
+            f"demos {tuple(demos.__all__)!r}."
+        )
+    mod_name, _, cls_name = value.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise InvalidArgumentError(
+            f"{owner}({name}={value!r}): `{name}` must be an importable class path ({type(err).__name__}: {err})."
+        ) from None
+    if not isinstance(cls, type):
+        raise InvalidArgumentError(f"{owner}({name}={value!r}): `{name}` must name a class, not {type(cls).__name__}.")
+    return cls
+
+
+def _read_config(owner: str, config: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    path = Path(config)
+    if not path.is_file():
+        raise InvalidArgumentError(f"{owner}(config={os.fspath(config)!r}): `config` must be an existing YAML file.")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise InvalidArgumentError(
+            f"{owner}(config={os.fspath(config)!r}): `config` must be valid YAML ({str(err).splitlines()[0]})."
+        ) from None
+    if not isinstance(data, Mapping):
+        raise InvalidArgumentError(f"{owner}(config={os.fspath(config)!r}): `config` must hold a YAML mapping.")
+    return dict(data)
+
+
+def _section_args(section: Any) -> tuple[str | None, dict[str, Any]]:
+    """(class_path, init_args) of a LightningCLI ``model:``/``data:`` section (either form)."""
+    if not isinstance(section, Mapping):
+        return None, {}
+    if "class_path" in section or "init_args" in section:
+        return section.get("class_path"), dict(section.get("init_args") or {})
+    return None, dict(section)
+
+
+def _accepted(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``kwargs`` that ``cls.__init__`` accepts (all of them when it takes ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    names = {p.name for p in params}
+    return {k: v for k, v in kwargs.items() if k in names}
+
+
+def _load_checkpoint(owner: str, ckpt_path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise InvalidArgumentError(
+            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must be an existing checkpoint file."
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # not a torch file, or one that needs pickled classes: say so, on one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidArgumentError(
+            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must be a Lightning checkpoint readable with "
+            f"weights_only=True ({first[:200]})."
+        ) from None
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict", ckpt), Mapping):
+        raise InvalidArgumentError(f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must hold a `state_dict`.")
+    return dict(ckpt)
+
+
+def _mismatch(module: nn.Module, weights: Mapping[str, Any]) -> str:
+    """What differs between ``module``'s state and ``weights`` (empty when they match)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("other shapes (checkpoint vs module)", shapes),
+    ):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{label}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts)
+
+
+def load_checkpoint_module(
+    ckpt_path: str | os.PathLike,
+    module: str | type | nn.Module,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    map_location: Any = "cpu",
+    owner: str = "load_checkpoint_module",
+) -> nn.Module:
+    """Build ``module`` (dense, as its constructor does), cut it to the checkpoint's pruned shapes, load the weights.
+
+    Args:
+        ckpt_path: A Lightning checkpoint (``weights_only`` loadable), pruned or not.
+        module: The module's class, its import path (or a demo's short name), or an instance built as in training.
+        config: A LightningCLI YAML (or its dict) whose ``model`` section gives the constructor arguments; without
+            it, the hyperparameters the checkpoint saved are used.
+        map_location: Passed to ``torch.load``.
+        owner: Who is asking, for error messages.
+
+    Returns:
+        The module in eval mode, with the checkpoint's architecture and weights.
+
+    Raises:
+        ValueError: The checkpoint is missing or unreadable, or does not match the module (the message lists the
+            missing/unexpected keys and shape differences, and how to fix it).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from lightning_green.demos import DigitsCNN
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.ckpt"
+        >>> torch.save({"state_dict": DigitsCNN(channels=[8]).state_dict(), "hyper_parameters": {"channels": [8]}},
+        ...            path)
+        >>> load_checkpoint_module(path, "DigitsCNN").classifier.in_features
+        8
+    """
+    ckpt = _load_checkpoint(owner, ckpt_path, map_location)
+    cfg = _read_config(owner, config)
+    if isinstance(module, nn.Module):
+        model = module
+    else:
+        cfg_class, init_args = _section_args(cfg.get("model"))
+        cls = resolve_class(owner, "module", module if module is not None else cfg_class)
+        kwargs = init_args if cfg else dict(ckpt.get("hyper_parameters") or {})
+        try:
+            model = cls(**_accepted(cls, kwargs))
+        except (TypeError, ValueError) as err:
+            raise InvalidArgumentError(
+                f"{owner}(module={cls.__name__}): building it with {kwargs!r} failed: {str(err).splitlines()[0]}"
+            ) from None
+    weights = ckpt.get("state_dict", ckpt)
+    name = type(model).__name__
+    from lightning_green.pruning.history import rebuild_from_checkpoint
+
+    try:
+        rebuild_from_checkpoint(model, ckpt, owner=owner)
+    except Exception as err:  # replaying a history recorded on another architecture fails anywhere in the replay
+        why = str(err).split(": ", 1)[-1] if isinstance(err, ValueError) else f"replaying its pruning history: {err!r}"
+        raise InvalidArgumentError(
+            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` does not match {name}: {_mismatch(model, weights)} "
+            f"({' '.join(why.split())})"
+        ) from None
+    diff = _mismatch(model, weights)
+    if diff:
+        raise InvalidArgumentError(
+            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must be a checkpoint of {name} as built here; {diff}. "
+            "Pass the module class and config (or hyperparameters) used in training."
+        )
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def example_inputs_of(owner: str, model: nn.Module, example_inputs: Any = None) -> tuple[torch.Tensor, ...]:
+    """The model's example input as a tuple of tensors (``example_input_array`` unless given).
+
+    Raises:
+        ValueError: There is none, or it is not a tensor or a tuple/list of tensors.
+    """
+    x = example_inputs if example_inputs is not None else getattr(model, "example_input_array", None)
+    if x is None:
+        raise InvalidArgumentError(
+            f"{owner}(example_inputs=None): `example_inputs` must be given when {type(model).__name__} has no "
+            "`example_input_array`."
+        )
+    if isinstance(x, torch.Tensor):
+        return (x,)
+    if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+        return tuple(x)
+    raise InvalidArgumentError(
+        f"{owner}(example_inputs={type(x).__name__}): `example_inputs` must be a tensor or a tuple of tensors "
+        "(positional forward arguments with the batch on dim 0)."
+    )
+
+
+def first_batch_input(batch: Any) -> tuple[torch.Tensor, ...] | None:
+    """The model input of a dataloader batch: a tensor, the first item of a tuple/list, or ``input_ids`` of a dict."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return (batch[0],)
+    if isinstance(batch, Mapping):
+        x = batch.get("input_ids", next((v for v in batch.values() if isinstance(v, torch.Tensor)), None))
+        return (x,) if isinstance(x, torch.Tensor) else None
+    return None
+
+
+def check_output_path(owner: str, out: str | os.PathLike, name: str = "out") -> Path:
+    """``out`` as a Path whose parent directory exists (a missing directory is an error, not created silently)."""
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise InvalidArgumentTypeError(f"{owner}({name}={out!r}): `{name}` must be a file path.")
+    path = Path(out)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidArgumentError(
+            f"{owner}({name}={os.fspath(out)!r}): `{name}` must be in an existing directory; "
+            f"{os.fspath(parent)!r} does not exist (create it first)."
+        )
+    return path

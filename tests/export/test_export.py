@@ -1,0 +1,231 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_green.demos import DigitsDataModule, DigitsResNet, TinyGPT
+from lightning_green.export import ExportError, export_checkpoint, export_model, load_checkpoint_module
+from lightning_green.export.formats import load_exported
+from tests.export.conftest import save_ckpt
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+pytest.importorskip("onnxscript", reason="needs the [export] extra")
+
+SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
+
+
+@pytest.fixture(scope="module")
+def digits_exports(digits_ckpts, tmp_path_factory):
+    """Each format, pruned and dense, exported once for the module's tests."""
+    out = tmp_path_factory.mktemp("exports")
+    res = {}
+    for fmt, suffix in SUFFIX.items():
+        for kind in ("pruned", "dense"):
+            res[(fmt, kind)] = export_checkpoint(
+                digits_ckpts[kind],
+                "lightning_green.demos.DigitsCNN",
+                out / f"{kind}{suffix}",
+                fmt,
+                datamodule=DigitsDataModule(batch_size=16) if kind == "pruned" else None,
+                verbose=False,
+            )
+    return res
+
+
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+def test_pruned_digits_round_trip(digits_exports, digits_ckpts, fmt):
+    res = digits_exports[(fmt, "pruned")]
+    assert [c.input for c in res.checks] == ["example input", "datamodule batch"]
+    assert all(c.ok and c.max_abs_diff <= 1e-4 for c in res.checks)
+    assert res.checks[1].batch_size == 16  # the dynamic batch axis took the datamodule's batch
+    model = digits_ckpts["pruned_model"]
+    run = load_exported(fmt, res.path)
+    x = torch.randn(5, 1, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(run(x)[0], model(x), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+def test_pruned_export_is_smaller(digits_exports, fmt):
+    pruned, dense = digits_exports[(fmt, "pruned")], digits_exports[(fmt, "dense")]
+    assert pruned.params < dense.params
+    assert pruned.size_bytes < dense.size_bytes
+    assert pruned.size_bytes == sum(os.path.getsize(f) for f in pruned.files)
+
+
+def test_summary_prints_size_params_and_tolerance(digits_exports):
+    text = digits_exports[("onnx", "pruned")].summary()
+    assert "parameters" in text and "kB" in text and "atol 0.0001 + rtol 0.001" in text and "ok" in text
+
+
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+def test_resnet_demo_round_trip(tmp_path, fmt):
+    torch.manual_seed(0)
+    model = DigitsResNet(channels=[8, 16]).eval()
+    res = export_model(model, tmp_path / f"r{SUFFIX[fmt]}", fmt, verbose=False)
+    assert all(c.ok for c in res.checks)
+    x = torch.randn(3, 1, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(fmt, res.path)(x)[0], model(x), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+def test_tiny_gpt_round_trip(tmp_path, fmt):
+    torch.manual_seed(0)
+    model = TinyGPT(d_model=32, n_layers=1, n_heads=4, block_size=32).eval()
+    x = torch.randint(0, 256, (1, 16))
+    res = export_model(model, tmp_path / f"g{SUFFIX[fmt]}", fmt, example_inputs=x, verbose=False)
+    assert all(c.ok for c in res.checks)
+    batch = torch.randint(0, 256, (4, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(fmt, res.path)(batch)[0], model(batch), atol=1e-4, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ Hugging Face
+@pytest.fixture(scope="module")
+def hf_module():
+    """A LightningModule holding a tiny LlamaForCausalLM built from a config (no download)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    import lightning.pytorch as pl
+
+    class Holder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            cfg = transformers.LlamaConfig(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+            )
+            self.model = transformers.LlamaForCausalLM(cfg)
+            self.example_input_array = torch.randint(0, 64, (1, 12))
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids)  # a ModelOutput, not a tensor
+
+    return Holder().eval()
+
+
+@pytest.mark.parametrize("fmt", ["hf", "torch-export", "onnx"])
+def test_hf_model_round_trip(hf_module, tmp_path, fmt):
+    out = tmp_path / ("hf" if fmt == "hf" else f"m{SUFFIX[fmt]}")
+    res = export_model(hf_module, out, fmt, verbose=False)
+    assert all(c.ok for c in res.checks)
+    if fmt == "hf":
+        assert (out / "config.json").is_file() and res.size_bytes > 0
+        from transformers import LlamaForCausalLM
+
+        reloaded = LlamaForCausalLM.from_pretrained(out).eval()
+        x = torch.randint(0, 64, (2, 12))
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(x).logits, hf_module(x).logits)
+    else:
+        x = torch.randint(0, 64, (3, 12))
+        with torch.no_grad():
+            torch.testing.assert_close(load_exported(fmt, out)(x)[0], hf_module(x).logits, atol=1e-4, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_mismatched_checkpoint_is_one_line(digits_ckpts, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"export\(ckpt='.*dense\.ckpt'\): `ckpt` must be a checkpoint of DigitsResNet"
+    ) as e:
+        export_checkpoint(digits_ckpts["dense"], "DigitsResNet", tmp_path / "m.onnx", "onnx")
+    assert "\n" not in str(e.value) and "missing" in str(e.value)
+
+
+def test_checkpoint_of_other_hyperparameters_is_one_line(digits_ckpts, tmp_path):
+    config = {"model": {"class_path": "lightning_green.demos.DigitsCNN", "init_args": {"channels": [8, 16]}}}
+    with pytest.raises(ValueError, match=r"`ckpt` .*DigitsCNN.*(unexpected|other shapes)") as e:
+        load_checkpoint_module(digits_ckpts["pruned"], None, config=config, owner="export")
+    assert "\n" not in str(e.value)
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x  # data-dependent control flow: no graph captures it
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.gate = Gate()
+
+    def forward(self, x):
+        return self.gate(self.lin(x))
+
+
+def test_a_model_the_format_cannot_take_names_the_module(tmp_path):
+    with pytest.raises(
+        ExportError, match=r"Gated cannot be exported to 'torch-export' \(blocked in module gate \(Gate\)"
+    ) as e:
+        export_model(Gated(), tmp_path / "g.pt2", "torch-export", example_inputs=torch.randn(1, 4), verbose=False)
+    assert "\n" not in str(e.value)
+
+
+def test_hf_format_needs_a_pretrained_model(tmp_path):
+    with pytest.raises(
+        ExportError, match=r"`format` 'hf' needs a module that is or holds a transformers PreTrainedModel"
+    ):
+        export_model(nn.Linear(2, 2), tmp_path / "hf", "hf", example_inputs=torch.zeros(1, 2), verbose=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"format": "tflite"}, r"export\(format='tflite'\): `format` must be one of \('onnx', 'torch-export', 'hf'\)"),
+        ({"out": "missing/dir/m.onnx"}, r"`out` must be in an existing directory; '.*missing/dir' does not exist"),
+        ({"out": "m.onnx", "format": "torch-export"}, r"`out` must end in '.pt2' for format 'torch-export'"),
+        ({"atol": -1.0}, r"export\(atol=-1.0\): `atol` must be a number >= 0"),
+        ({"example_inputs": {"x": 1}}, r"`example_inputs` must be a tensor or a tuple of tensors"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    kwargs = {"out": "m.onnx", **kwargs}
+    kwargs["out"] = tmp_path / kwargs["out"]
+    with pytest.raises(ValueError, match=match):
+        export_model(nn.Linear(2, 2), **{"example_inputs": torch.zeros(1, 2), **kwargs}, verbose=False)
+
+
+def test_outputs_beyond_tolerance_fail(tmp_path, monkeypatch):
+    import lightning_green.export.formats as formats
+
+    real = formats.load_exported
+
+    def off_by_one(fmt, path, threads=None):
+        run = real(fmt, path, threads)
+        return lambda *x: tuple(t + 1 for t in run(*x))
+
+    monkeypatch.setattr(formats, "load_exported", off_by_one)
+    with pytest.raises(
+        ExportError, match=r"outputs differ from the model's on the example input \(max \|diff\| 1 > atol"
+    ):
+        export_model(
+            nn.Linear(2, 2), tmp_path / "m.pt2", "torch-export", example_inputs=torch.zeros(1, 2), verbose=False
+        )
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"`ckpt` must be an existing checkpoint file"):
+        export_checkpoint(tmp_path / "nope.ckpt", "DigitsCNN", tmp_path / "m.onnx")
+
+
+def test_pruned_module_rebuilt_without_history_is_refused(digits_ckpts, tmp_path):
+    ckpt = torch.load(digits_ckpts["pruned"], weights_only=True)
+    ckpt.pop("callbacks")
+    torch.save(ckpt, tmp_path / "nohist.ckpt")
+    with pytest.raises(ValueError, match=r"`ckpt` does not match DigitsCNN: .*no StructuredPruning history"):
+        load_checkpoint_module(tmp_path / "nohist.ckpt", "DigitsCNN", owner="export")
+
+
+def test_unknown_module_path(digits_ckpts):
+    with pytest.raises(ValueError, match=r"`module` must be an importable class path"):
+        load_checkpoint_module(digits_ckpts["dense"], "no_such_pkg.Model")
+    assert save_ckpt  # shared helper imported for other tests
