@@ -1,0 +1,133 @@
+import json
+import os
+
+import pytest
+from lightning_green import StructuredPruning
+from lightning_green.cli import main
+from lightning_green.export import load_checkpoint_module
+from lightning_green.report import load_run
+from tests.report.runs import fit_digits
+
+pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+
+
+def run_main(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([os.fspath(a) for a in args])
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A dense and a pruned digits run (EnergyMonitor + GreenReport + a checkpoint each)."""
+    root = tmp_path_factory.mktemp("runs")
+    dense = fit_digits(root / "dense", "tb", epochs=2)
+    pruning = StructuredPruning(target_speedup=2.0, start_epoch=0, end_epoch=0, round_to=2, verbose=False)
+    pruned = fit_digits(root / "pruned", "tb", epochs=2, callbacks=[pruning])
+    return {
+        name: (t.log_dir, t.checkpoint_callback.best_model_path or t.checkpoint_callback.last_model_path)
+        for name, t in (("dense", dense), ("pruned", pruned))
+    }
+
+
+def test_export_cli_writes_and_checks(runs, tmp_path, capsys):
+    _, ckpt = runs["pruned"]
+    out = tmp_path / "m.pt2"
+    code, text, err = run_main(
+        [
+            "export",
+            ckpt,
+            "--module",
+            "DigitsCNN",
+            "--format",
+            "torch-export",
+            "--out",
+            out,
+            "--data",
+            "lightning_green.demos.DigitsDataModule",
+            "--json",
+            tmp_path / "e.json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert out.is_file() and "check datamodule batch (batch 64)" in text and "parameters" in text
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["format"] == "torch-export" and all(c["ok"] for c in data["checks"])
+    dense = load_checkpoint_module(runs["dense"][1], "DigitsCNN")
+    assert data["params"] < sum(p.numel() for p in dense.parameters())  # the run pruned, the export holds the cut
+
+
+def test_bench_cli_adds_the_section_and_the_comparison_shows_it(runs, tmp_path, capsys):
+    for name, other in (("pruned", "dense"), ("dense", None)):
+        log_dir, ckpt = runs[name]
+        args = [
+            "bench-inference",
+            ckpt,
+            "--module",
+            "DigitsCNN",
+            "--formats",
+            "eager",
+            "--batch-sizes",
+            "1,4",
+            "--repeats",
+            "2",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            tmp_path / f"{name}.json",
+        ]
+        if other:
+            args += ["--against", runs[other][1]]
+        code, text, err = run_main(args, capsys)
+        assert code == 0, err
+        assert "J/1k predictions" in text and f"inference cost added to {log_dir}" in text.replace("\n", " ")
+        with open(os.path.join(log_dir, "green_report.md"), encoding="utf-8") as f:
+            md = f.read()
+        assert "## Inference cost" in md
+        section = load_run(log_dir).extra("inference_cost")
+        assert section == json.loads((tmp_path / f"{name}.json").read_text())
+    assert "| model | eager | 4 |" in md
+    code, text, err = run_main(["report", runs["dense"][0], runs["pruned"][0], "--out", tmp_path, "--no-html"], capsys)
+    assert code == 0, err
+    assert "inference J/1k" in text and "/1k pred (eager, b" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--batch-sizes", "0,64"], r"bench-inference\(batch_sizes='0,64'\): `batch_sizes` must be a comma-separated"),
+        (["--formats", "eager,gguf"], r"`formats` must be a comma-separated list"),
+        (["--module", "DigitsResNet"], r"`ckpt` must be a checkpoint of DigitsResNet as built here; missing: "),
+        (["--json", "no/such/dir/b.json"], r"`json` must be in an existing directory"),
+    ],
+)
+def test_bench_cli_bad_input_is_one_line_exit_2(runs, capsys, args, match):
+    args = ["bench-inference", runs["dense"][1], *(["--module", "DigitsCNN"] if "--module" not in args else []), *args]
+    code, _, err = run_main(args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("lightning-green bench-inference: error: ")
+    import re
+
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--format", "tflite", "--out", "m.x"], r"export\(format='tflite'\): `format` must be one of"),
+        (["--format", "onnx", "--out", "missing/m.onnx"], r"`out` must be in an existing directory"),
+        (["--format", "hf", "--out", "hfdir"], r"`format` 'hf' needs a module that is or holds a transformers"),
+    ],
+)
+def test_export_cli_bad_input_is_one_line_exit_2(runs, tmp_path, capsys, args, match):
+    args = [a if not a.endswith(("m.x", "m.onnx", "hfdir")) else str(tmp_path / a) for a in args]
+    code, _, err = run_main(["export", runs["dense"][1], "--module", "DigitsCNN", *args], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("lightning-green export: error: ")
+    import re
+
+    assert re.search(match, err), err
