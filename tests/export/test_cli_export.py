@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+
 from lightning_green import StructuredPruning
 from lightning_green.cli import main
 from lightning_green.export import load_checkpoint_module
