@@ -38,6 +38,7 @@ __all__ = [
     "find_pretrained",
     "load_exported",
     "onnx_session",
+    "require_onnx",
     "tensor_outputs",
 ]
 
@@ -255,14 +256,20 @@ def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
     return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
 
 
-def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
-    try:
-        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
-    except ImportError:
+def require_onnx() -> None:
+    """Raise a one-line :class:`ExportError` with the install command when the ``[export]`` extra is missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
         raise ExportError(
-            "export(format='onnx'): needs `onnx`, `onnxscript` and `onnxruntime`; install the extra: "
+            f"export(format='onnx'): `format` 'onnx' needs {', '.join(missing)} (not installed); install the extra: "
             "pip install 'lightning-green[export]'."
-        ) from None
+        )
+
+
+def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
+    require_onnx()
     traced, dynamic = _batch_spec(model, example)
     names = [f"input_{i}" for i in range(len(traced))] if len(traced) > 1 else ["input"]
     kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic, "input_names": names, "verbose": False}
@@ -301,6 +308,7 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
     Inter-op parallelism is off (one thread), so ``threads`` is the whole pool: pin it to the same number as
     ``torch.get_num_threads()`` for a fair comparison with eager PyTorch.
     """
+    require_onnx()
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

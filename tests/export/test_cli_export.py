@@ -9,8 +9,6 @@ from lightning_green.export import load_checkpoint_module
 from lightning_green.report import load_run
 from tests.report.runs import fit_digits
 
-pytest.importorskip("onnxruntime", reason="needs the [export] extra")
-
 
 def run_main(args, capsys):
     with pytest.raises(SystemExit) as exit_info:

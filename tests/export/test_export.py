@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import pytest
@@ -9,33 +10,36 @@ from lightning_green.export import ExportError, export_checkpoint, export_model,
 from lightning_green.export.formats import load_exported
 from tests.export.conftest import save_ckpt
 
-onnxruntime = pytest.importorskip("onnxruntime", reason="needs the [export] extra")
-pytest.importorskip("onnxscript", reason="needs the [export] extra")
-
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs the [export] extra (onnx, onnxscript, onnxruntime)")
 SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
+FORMATS = [pytest.param("onnx", marks=needs_onnx), "torch-export"]
 
 
 @pytest.fixture(scope="module")
 def digits_exports(digits_ckpts, tmp_path_factory):
-    """Each format, pruned and dense, exported once for the module's tests."""
+    """Each (format, pruned/dense) exported once, on first use, for the module's tests."""
     out = tmp_path_factory.mktemp("exports")
-    res = {}
-    for fmt, suffix in SUFFIX.items():
-        for kind in ("pruned", "dense"):
-            res[(fmt, kind)] = export_checkpoint(
+    cache = {}
+
+    def get(fmt, kind):
+        if (fmt, kind) not in cache:
+            cache[(fmt, kind)] = export_checkpoint(
                 digits_ckpts[kind],
                 "lightning_green.demos.DigitsCNN",
-                out / f"{kind}{suffix}",
+                out / f"{kind}{SUFFIX[fmt]}",
                 fmt,
                 datamodule=DigitsDataModule(batch_size=16) if kind == "pruned" else None,
                 verbose=False,
             )
-    return res
+        return cache[(fmt, kind)]
+
+    return get
 
 
-@pytest.mark.parametrize("fmt", list(SUFFIX))
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_pruned_digits_round_trip(digits_exports, digits_ckpts, fmt):
-    res = digits_exports[(fmt, "pruned")]
+    res = digits_exports(fmt, "pruned")
     assert [c.input for c in res.checks] == ["example input", "datamodule batch"]
     assert all(c.ok and c.max_abs_diff <= 1e-4 for c in res.checks)
     assert res.checks[1].batch_size == 16  # the dynamic batch axis took the datamodule's batch
@@ -46,20 +50,20 @@ def test_pruned_digits_round_trip(digits_exports, digits_ckpts, fmt):
         torch.testing.assert_close(run(x)[0], model(x), atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("fmt", list(SUFFIX))
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_pruned_export_is_smaller(digits_exports, fmt):
-    pruned, dense = digits_exports[(fmt, "pruned")], digits_exports[(fmt, "dense")]
+    pruned, dense = digits_exports(fmt, "pruned"), digits_exports(fmt, "dense")
     assert pruned.params < dense.params
     assert pruned.size_bytes < dense.size_bytes
     assert pruned.size_bytes == sum(os.path.getsize(f) for f in pruned.files)
 
 
 def test_summary_prints_size_params_and_tolerance(digits_exports):
-    text = digits_exports[("onnx", "pruned")].summary()
+    text = digits_exports("torch-export", "pruned").summary()
     assert "parameters" in text and "kB" in text and "atol 0.0001 + rtol 0.001" in text and "ok" in text
 
 
-@pytest.mark.parametrize("fmt", list(SUFFIX))
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_resnet_demo_round_trip(tmp_path, fmt):
     torch.manual_seed(0)
     model = DigitsResNet(channels=[8, 16]).eval()
@@ -70,7 +74,7 @@ def test_resnet_demo_round_trip(tmp_path, fmt):
         torch.testing.assert_close(load_exported(fmt, res.path)(x)[0], model(x), atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("fmt", list(SUFFIX))
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_tiny_gpt_round_trip(tmp_path, fmt):
     torch.manual_seed(0)
     model = TinyGPT(d_model=32, n_layers=1, n_heads=4, block_size=32).eval()
@@ -112,7 +116,7 @@ def hf_module():
     return Holder().eval()
 
 
-@pytest.mark.parametrize("fmt", ["hf", "torch-export", "onnx"])
+@pytest.mark.parametrize("fmt", ["hf", "torch-export", pytest.param("onnx", marks=needs_onnx)])
 def test_hf_model_round_trip(hf_module, tmp_path, fmt):
     out = tmp_path / ("hf" if fmt == "hf" else f"m{SUFFIX[fmt]}")
     res = export_model(hf_module, out, fmt, verbose=False)
@@ -210,6 +214,13 @@ def test_outputs_beyond_tolerance_fail(tmp_path, monkeypatch):
         export_model(
             nn.Linear(2, 2), tmp_path / "m.pt2", "torch-export", example_inputs=torch.zeros(1, 2), verbose=False
         )
+
+
+def test_missing_onnx_extra_is_one_line(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(ExportError, match=r"`format` 'onnx' needs onnxscript \(not installed\); install the extra"):
+        export_model(nn.Linear(2, 2), tmp_path / "m.onnx", "onnx", example_inputs=torch.zeros(1, 2), verbose=False)
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
