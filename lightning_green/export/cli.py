@@ -26,7 +26,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         "(default: the config's model.class_path)",
     )
     p.add_argument("--config", default=None, help="LightningCLI YAML used in training (model/data init_args)")
-    p.add_argument("--data", default=None, help="datamodule class path (default: the config's data section)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON to this file")
 
 
@@ -36,6 +35,11 @@ def _export_parser() -> argparse.ArgumentParser:
         description="Rebuild the (pruned) model from a checkpoint, export it and check the export's outputs.",
     )
     _common(p)
+    p.add_argument(
+        "--data",
+        default=None,
+        help="datamodule class path whose first predict/test/val batch is also checked (default: the config's data)",
+    )
     p.add_argument("--format", default="onnx", help="onnx | torch-export | hf (default: onnx)")
     p.add_argument("--out", required=True, help="output file (.onnx/.pt2) or folder (hf); its directory must exist")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the output check")
@@ -69,9 +73,7 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 def _write_json(path: str, data: dict) -> None:
     from lightning_green.energy.report import write_bytes_atomic
-    from lightning_green.export.load import check_output_path
 
-    check_output_path(f"lightning-green {'export'}", path, "json")
     write_bytes_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
@@ -94,7 +96,6 @@ def export_main(args: Sequence[str]) -> int:
 
 def bench_main(args: Sequence[str]) -> int:
     """``lightning-green bench-inference``; returns the exit status."""
-    from lightning_green.export.api import build_datamodule  # noqa: F401 - same loading path as export
     from lightning_green.export.bench import bench_inference, format_bench, parse_batch_sizes, parse_formats
     from lightning_green.export.load import check_output_path, load_checkpoint_module
     from lightning_green.export.report import attach_to_run, find_run_dir
