@@ -155,8 +155,11 @@ def find_pretrained(model: nn.Module) -> nn.Module | None:
 _OP = re.compile(r"(aten[.:]{1,2}[A-Za-z0-9_.]+|<OpOverload\(op='[^']+'[^>]*>)")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    text = " ".join(_ANSI.sub("", str(err)).split())
     return (text[:300] + "...") if len(text) > 300 else text
 
 

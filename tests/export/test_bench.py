@@ -108,3 +108,15 @@ def test_bad_arguments(kwargs, match):
 def test_parse_batch_sizes_refuses_words():
     with pytest.raises(ValueError, match=r"`batch_sizes` must be"):
         parse_batch_sizes("1,big")
+
+
+def test_run_dir_is_found_above_the_checkpoint_or_refused(tmp_path):
+    from lightning_green.export import attach_to_run, find_run_dir
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert find_run_dir(ckpt) is None
+    (tmp_path / "run" / "energy_report.json").write_text('{"version": 1, "stages": {}}')
+    assert find_run_dir(ckpt) == (tmp_path / "run").resolve()
+    with pytest.raises(ValueError, match=r"`run_dir` must be a fit run's log dir holding energy_report.json"):
+        attach_to_run(tmp_path, {"rows": []})

@@ -174,6 +174,30 @@ def test_a_model_the_format_cannot_take_names_the_module(tmp_path):
     assert "\n" not in str(e.value)
 
 
+class Eigh(nn.Module):
+    def forward(self, x):
+        return torch.linalg.eigh(x @ x.transpose(-1, -2)).eigenvalues  # no ONNX function for aten._linalg_eigh
+
+
+class Spectral(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.eig = Eigh()
+
+    def forward(self, x):
+        return self.eig(self.lin(x))
+
+
+@needs_onnx
+def test_an_op_onnx_lacks_is_named_with_its_module(tmp_path):
+    with pytest.raises(
+        ExportError, match=r"blocked in module eig \(Eigh\); op <OpOverload\(op='aten._linalg_eigh'"
+    ) as e:
+        export_model(Spectral(), tmp_path / "s.onnx", "onnx", example_inputs=torch.randn(1, 3, 4), verbose=False)
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
+
+
 def test_hf_format_needs_a_pretrained_model(tmp_path):
     with pytest.raises(
         ExportError, match=r"`format` 'hf' needs a module that is or holds a transformers PreTrainedModel"
