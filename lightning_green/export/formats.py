@@ -428,7 +428,6 @@ def export_model(
     t0 = time.perf_counter()
     if format == "hf":
         runner = _export_hf(model, path)
-        exported_params = params
     else:
         net = tensor_outputs(model, example)
         if format == "onnx":
@@ -447,7 +446,6 @@ def export_model(
                 raise _blocked(format, net, example, err) from None
             torch.export.save(program, os.fspath(path))
         runner = load_exported(format, path, threads=torch.get_num_threads())
-        exported_params = params
     export_s = time.perf_counter() - t0
     files = _files_of(path)
     checks = []
@@ -467,7 +465,7 @@ def export_model(
         path=os.fspath(path),
         files=[os.fspath(f) for f in files],
         size_bytes=sum(f.stat().st_size for f in files),
-        params=exported_params,
+        params=params,
         export_s=export_s,
         checks=checks,
         macs=macs,
