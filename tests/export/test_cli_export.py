@@ -130,3 +130,24 @@ def test_export_cli_bad_input_is_one_line_exit_2(runs, tmp_path, capsys, args, m
     import re
 
     assert re.search(match, err), err
+
+
+def test_export_cli_reads_model_and_data_from_a_config(digits_ckpts, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model:\n  class_path: lightning_green.demos.DigitsCNN\n  init_args:\n    channels: [8, 16, 32]\n"
+        "data:\n  class_path: lightning_green.demos.DigitsDataModule\n  init_args:\n    batch_size: 8\n"
+    )
+    out = tmp_path / "p.pt2"
+    code, text, err = run_main(
+        ["export", digits_ckpts["pruned"], "--config", config, "--format", "torch-export", "--out", out], capsys
+    )
+    assert code == 0, err
+    assert "check datamodule batch (batch 8)" in text and out.is_file()
+
+
+def test_export_cli_missing_config_is_one_line(digits_ckpts, tmp_path, capsys):
+    code, _, err = run_main(
+        ["export", digits_ckpts["dense"], "--config", tmp_path / "nope.yaml", "--out", tmp_path / "m.pt2"], capsys
+    )
+    assert code == 2 and err.count("\n") == 1 and "`config` must be an existing YAML file" in err
