@@ -5,7 +5,8 @@ import os
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.data import DataLoader
 
 pytest.importorskip("transformers")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -148,3 +149,61 @@ def test_power_limit_tuner_profiles_an_hf_model_on_the_simulated_gpu(tmp_path):
         assert tuner.state == "done" and tuner.chosen_limit_w is not None
         assert [r["limit_w"] for r in tuner.table()] == [250.0, 200.0, 150.0, 100.0]
         assert gpu.get_power_management_limit() == 240_000  # restored at the end
+
+
+class UserLM(LightningModule):
+    """A user's own wrapper: BatchEncoding batches, ``training_step`` returns the HF ``ModelOutput`` itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = tiny_causal_lm("gpt2", hidden_size=32, num_layers=1)
+        self.example_input_array = {"input_ids": torch.zeros(1, 16, dtype=torch.long)}
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        self.log("train_loss", out.loss)
+        return out  # a ModelOutput: a dict with "loss"
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.model(**batch).loss)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def _encodings(n=24, t=16):
+    from transformers import BatchEncoding
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 256, (n, t), generator=g)
+
+    def collate(rows):
+        x = torch.stack(rows)
+        return BatchEncoding({"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()})
+
+    return DataLoader(list(ids), batch_size=4, collate_fn=collate)
+
+
+def test_a_users_hf_module_with_batch_encodings_and_model_outputs_runs_every_callback(tmp_path):
+    amp = AMPScheduler(schedule={0: "32-true", 1: "bf16-mixed"})
+    report = GreenReport()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        callbacks=[EnergyMonitor(print_summary=False), amp, report],
+        **QUIET,
+    )
+    model = UserLM()
+    trainer.fit(model, _encodings(), _encodings(8))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [(s["epoch"], s["to"]) for s in amp.switches] == [(1, "bf16-mixed")]
+    run = load_run(trainer.log_dir)
+    assert run.tokens_per_sample() == 16
+    macs, _ = count_macs_params(model, model.example_input_array)
+    assert run.extra("model")["macs"] == pytest.approx(macs) and macs > 16 * 32 * 256 * 2  # Conv1D counted
