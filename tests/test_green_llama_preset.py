@@ -97,6 +97,7 @@ def test_preset_without_pruning_trains_in_bf16_and_reports_macs_per_token(tmp_pa
         assert "model MACs per token (final)" in f.read()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_LLM_PRUNER, reason="needs the Hugging Face LLM pruner (lightning_green.pruning.llm)")
 def test_preset_prunes_the_llama_to_fewer_macs_with_whole_kv_groups(tmp_path, caplog):
     with caplog.at_level(logging.INFO):

@@ -67,7 +67,7 @@ def tiny_causal_lm(
     attn_implementation: str = "eager",
     **overrides: Any,
 ) -> Any:
-    """A tiny randomly initialised ``AutoModelForCausalLM`` of ``family`` (fp32, eval mode off: as built).
+    """A tiny randomly initialised ``AutoModelForCausalLM`` of ``family`` (fp32 weights, seeded with ``seed``).
 
     Example:
         >>> model = tiny_causal_lm("gpt2", num_layers=1)
