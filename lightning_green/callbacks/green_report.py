@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_green._internal.tokens import tokens_per_sample
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -45,7 +46,9 @@ class GreenReport(Callback):
     What the callback adds to the run so the report can say it: ``time/elapsed_s`` (seconds since fit start,
     logged with each validation's metrics, so time-to-target is exact) and a ``model`` section in the energy report
     (MACs and parameters at the start and end of fit, counted by torch-pruning on ``example_input_array`` as
-    :class:`~lightning_green.StructuredPruning` counts ``pruning/macs``).
+    :class:`~lightning_green.StructuredPruning` counts ``pruning/macs``). When ``example_input_array`` is token ids
+    (an integer ``(batch, time)`` tensor or a dict with ``input_ids``), the section also records the tokens per
+    sample and the report gives MACs **per token**.
 
     The report is written once fit has finished (in ``teardown``, after every callback's ``on_fit_end`` — the
     EnergyMonitor's report is on disk then — and after the loggers are flushed), on global rank 0 only, atomically.
@@ -135,6 +138,9 @@ class GreenReport(Callback):
         if self.count_macs and not self._model:
             macs, params = _count(pl_module)
             self._model = {"macs_start": macs, "params_start": params}
+            tokens = tokens_per_sample(pl_module.example_input_array)
+            if tokens is not None:  # a language model: the report shows MACs per token
+                self._model["tokens_per_sample"] = tokens
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

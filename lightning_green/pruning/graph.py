@@ -67,7 +67,9 @@ def count_macs_params(module: nn.Module, example_inputs: Any) -> tuple[float, in
         >>> count_macs_params(nn.Linear(4, 2), torch.zeros(1, 4))  # 8 multiply-adds + 2 bias adds
         (10.0, 10)
     """
-    with eager(), torch.no_grad():
+    from lightning_green.pruning.op_count import linear_like_counted  # GPT-2's Conv1D counts as the Linear it is
+
+    with eager(), torch.no_grad(), linear_like_counted():
         macs, params = tp.utils.count_ops_and_params(_EagerForward(module), example_inputs)
     return float(macs), int(params)
 

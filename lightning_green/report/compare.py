@@ -31,6 +31,7 @@ class ComparisonRow:
     macs: float | None
     dense_macs: float | None
     label: str
+    macs_unit: str = "sample"  # MACs (and dense MACs) per "sample", or per "token" for a language model
     inference: dict[str, Any] | None = None
 
 
@@ -90,6 +91,7 @@ def compare_runs(
     rows = []
     for r in runs:
         macs, _ = r.macs()
+        unit, per = r.macs_unit()
         rows.append(
             ComparisonRow(
                 name=r.name,
@@ -99,8 +101,9 @@ def compare_runs(
                 target=r.to_target(name, target, mode),
                 energy_j=r.total_energy_j,
                 time_s=r.time_s,
-                macs=macs,
-                dense_macs=r.dense_macs(),
+                macs=macs / per if macs is not None else None,
+                dense_macs=dense / per if (dense := r.dense_macs()) is not None else None,
+                macs_unit=unit,
                 label=r.label,
                 inference=headline(r.extra("inference_cost")),
             )
@@ -126,7 +129,7 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         "time-to-target",
         "vs first",
         "total energy",
-        "MACs/sample",
+        "MACs/sample (LM: /token)" if any(r.macs_unit == "token" for r in cmp.rows) else "MACs/sample",
         "label",
     ]
     inference = any(r.inference for r in cmp.rows)
@@ -145,7 +148,7 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
                 fmt_seconds(t.time_s) if t.reached else "not reached",
                 _ratio(t.time_s, base.target.time_s) if t.reached else "–",
                 fmt_energy(r.energy_j),
-                fmt_macs(r.macs),
+                fmt_macs(r.macs) + ("/token" if r.macs_unit == "token" and r.macs is not None else ""),
                 r.label,
             ]
         )

@@ -145,8 +145,9 @@ def _summary(doc: Document, run: Run, metric: str | None, mode: str, hit: Target
     macs, params = run.macs()
     dense = run.dense_macs()
     if macs is not None:
+        unit, per = run.macs_unit()
         speed = f" ({dense / macs:.2f}× fewer than dense)" if dense and macs and dense != macs else ""
-        rows.append(["model MACs per sample (final)", fmt_macs(macs) + speed])
+        rows.append([f"model MACs per {unit} (final)", fmt_macs(macs / per) + speed])
     if params is not None:
         rows.append(["model parameters (final)", f"{int(params):,}"])
     doc.table(["", "value"], rows)
@@ -298,21 +299,22 @@ def _pruning(doc: Document, run: Run) -> None:
     speed = run.scalars.series("pruning/speedup")
     steps = run.scalars.series("pruning/step")
     dense = run.dense_macs()
+    unit, per = run.macs_unit()
     rows = []
     if dense:
         dense_params = (run.extra("model") or {}).get("params_start")
-        rows.append(["dense", "–", fmt_macs(dense), f"{int(dense_params):,}" if dense_params else "n/a", "1.00×"])
+        rows.append(["dense", "–", fmt_macs(dense / per), f"{int(dense_params):,}" if dense_params else "n/a", "1.00×"])
     for i, p in enumerate(macs):
         rows.append(
             [
                 str(int(steps[i].value)) if i < len(steps) else str(i + 1),
                 str(p.step),
-                fmt_macs(p.value),
+                fmt_macs(p.value / per),
                 f"{int(params[i].value):,}" if i < len(params) else "n/a",
                 f"{speed[i].value:.2f}×" if i < len(speed) else "n/a",
             ]
         )
-    doc.table(["prune", "global step", "MACs/sample", "params", "speedup"], rows)
+    doc.table(["prune", "global step", f"MACs/{unit}", "params", "speedup"], rows)
 
 
 def _precision(doc: Document, run: Run) -> None:

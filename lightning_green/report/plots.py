@@ -146,14 +146,16 @@ def macs_per_prune(run: Run) -> bytes | None:
     if not macs:
         return None
     dense = run.dense_macs()
+    unit, per = run.macs_unit()
+    dense = dense / per if dense else dense
     labels = ["dense"] if dense else []
     values = [dense] if dense else []
     steps = run.scalars.series("pruning/step")
     for i, p in enumerate(macs):
         k = int(steps[i].value) if i < len(steps) else i + 1
         labels.append(f"prune {k}")
-        values.append(p.value)
-    scale, unit = (1e6, "M") if max(values) < 1e9 else (1e9, "G")
+        values.append(p.value / per)
+    scale, prefix = (1e6, "M") if max(values) < 1e9 else (1e9, "G")
     fig = _figure()
     ax = fig.add_subplot()
     bars = ax.bar(labels, [v / scale for v in values], color=_COLORS["gpu"])
@@ -166,7 +168,7 @@ def macs_per_prune(run: Run) -> bytes | None:
                 va="bottom",
                 fontsize="small",
             )
-    ax.set_ylabel(f"MACs ({unit}) per sample")
+    ax.set_ylabel(f"MACs ({prefix}) per {unit}")
     ax.set_title("MACs per pruning step")
     return _png(fig)
 

@@ -248,6 +248,19 @@ class Run:
         model = self.extra("model") or {}
         return model.get("macs"), model.get("params")
 
+    def tokens_per_sample(self) -> int | None:
+        """Tokens in one sample of the model's input when it reads tokens (a language model), else ``None``."""
+        tokens = (self.extra("model") or {}).get("tokens_per_sample")
+        return int(tokens) if isinstance(tokens, (int, float)) and tokens > 0 else None
+
+    def macs_unit(self) -> tuple[str, float]:
+        """What one MAC figure is counted per, and the divisor from per-sample MACs: per token for language models.
+
+        ``("token", tokens_per_sample)`` when the model reads tokens, else ``("sample", 1.0)``.
+        """
+        tokens = self.tokens_per_sample()
+        return ("token", float(tokens)) if tokens else ("sample", 1.0)
+
     def dense_macs(self) -> float | None:
         """MACs before any prune (from the first prune's MACs × speedup, else the recorded start MACs)."""
         model = self.extra("model") or {}
