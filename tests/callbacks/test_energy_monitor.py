@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 
@@ -33,7 +34,7 @@ def _report(trainer_or_dir) -> dict:
     [
         ({"carbon_intensity": -1.0}, ValueError, r"EnergyMonitor\(carbon_intensity=-1.0\): `carbon_intensity` must be"),
         ({"pue": 0.9}, ValueError, r"`pue` must be a number >= 1.0"),
-        ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1"),
+        ({"log_every_n_steps": -1}, ValueError, r"`log_every_n_steps` must be an int >= 0"),
         ({"samples_per_batch": 0}, ValueError, r"`samples_per_batch` must be an int >= 1"),
         ({"forecast_after_epochs": 0}, ValueError, r"`forecast_after_epochs` must be an int >= 1"),
         ({"forecast_after_epochs": 1.5}, TypeError, r"`forecast_after_epochs` must be an int"),
@@ -241,12 +242,42 @@ def test_validate_test_predict_are_separate_stages(tmp_path):
     model = BoringModel()
     trainer.validate(model)
     trainer.test(model)
-    assert trainer.callback_metrics["test/energy/total_J"] > 0  # reached callback_metrics through self.log
     trainer.predict(model)
     stages = _report(tmp_path)["stages"]
     assert set(stages) == {"validate", "test", "predict"}
     assert [stages[s]["samples"] for s in ("validate", "test", "predict")] == [4, 3, 2]
     assert all(stages[s]["energy_j"]["total"] > 0 for s in stages)
+    # J/sample is in the report for every stage (issue 14); BoringModel's batches carry no tokens
+    for s in stages.values():
+        assert s["j_per_sample"] == pytest.approx(s["energy_j"]["total"] / s["samples"])
+        assert s["tokens"] == 0 and s["j_per_token"] is None
+
+
+def test_validate_and_test_results_hold_only_the_users_metrics(tmp_path):
+    # issue 11 item 3: trainer.validate/test returned validate/energy/epoch_J, .../total_J (equal) and carbon keys
+    class Logged(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            out = super().validation_step(batch, batch_idx)
+            self.log("val_loss", out["x"])
+            return out
+
+        def test_step(self, batch, batch_idx):
+            out = super().test_step(batch, batch_idx)
+            self.log("test_loss", out["y"])
+            return out
+
+    monitor = EnergyMonitor(print_summary=False)
+    logger = CSVLogger(tmp_path)
+    trainer = make_trainer(tmp_path, limit_val_batches=3, limit_test_batches=3, callbacks=[monitor], logger=logger)
+    model = Logged()
+    assert set(trainer.validate(model)[0]) == {"val_loss"}
+    assert set(trainer.test(model)[0]) == {"test_loss"}
+    logger.save()
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        logged = set(next(csv.reader(f)))
+    # the figures still reach the loggers, without the stand-alone run's redundant epoch_J
+    assert {"validate/energy/total_J", "test/energy/total_J", "test/energy/J_per_sample"} <= logged
+    assert "validate/energy/epoch_J" not in logged and "test/energy/epoch_J" not in logged
 
 
 # ------------------------------------------------------------------------------------------------- forecast, budget
@@ -430,12 +461,13 @@ def test_progress_bar_shows_live_power_and_energy(tmp_path, enabled):
     trainer = make_trainer(tmp_path, limit_train_batches=6, callbacks=[monitor, spy])
     trainer.fit(SteadyModel(0.002))
     if enabled:
-        joules = [m["J"] for m in spy.seen if "J" in m]
+        joules = [m["energy/fit_J"] for m in spy.seen if "energy/fit_J" in m]
         assert len(joules) == 5 and joules == sorted(joules) and joules[0] > 0  # live from the 2nd batch on
-        assert spy.seen[-1]["W"] > 0
-        assert trainer.progress_bar_metrics["J"] == pytest.approx(monitor.ledgers["fit"].total_j, rel=0.5)
+        assert spy.seen[-1]["energy/power_W"] > 0
+        assert trainer.progress_bar_metrics["energy/fit_J"] == pytest.approx(monitor.ledgers["fit"].total_j, rel=0.5)
     else:
-        assert all("J" not in m and "W" not in m for m in spy.seen)
+        assert all(not any(k.startswith("energy/") for k in m) for m in spy.seen)
+        assert monitor.progress_bar_metrics() == {}
 
 
 @pytest.mark.parametrize("bar", ["tqdm", "rich"])
@@ -449,7 +481,8 @@ def test_lightning_s_progress_bars_show_watts_and_joules(tmp_path, bar):
     model = SteadyModel(0.002)
     trainer.fit(model)
     shown = progress.get_metrics(trainer, model)  # what the bar renders after its own entries
-    assert shown["W"] > 0 and shown["J"] > 0
+    assert shown["energy/power_W"] > 0 and shown["energy/fit_J"] > 0  # namespaced numbers (a bar shows floats)
+    assert "W" not in shown and "J" not in shown
 
 
 def test_budget_on_carbon_uses_the_monitors_intensity(tmp_path):
