@@ -761,14 +761,16 @@ class EnergyMonitor(Callback):
         if watts is not None:
             self._bar["W"] = float(watts)
         self._bar["J"] = float(joules)
-        if isinstance(trainer.progress_bar_callback, GreenProgressBarMixin):
-            return  # the bar formats self._bar itself (progress_bar_metrics): no self.log call needed
+        bar = trainer.progress_bar_callback
+        if bar is None or isinstance(bar, GreenProgressBarMixin):
+            return  # no bar, or one that formats self._bar itself (progress_bar_metrics): no self.log call needed
         # Lightning's own bars show only what is logged, as numbers: progress bar only (logger=False), namespaced.
+        # Equal on every rank; at epoch level sync_dist=True is what Lightning asks for under DDP (no warning).
+        opts: dict[str, Any] = {"prog_bar": True, "logger": False, "on_step": on_step, "on_epoch": not on_step}
+        opts["sync_dist"] = not on_step
         if watts is not None:
-            pl_module.log(
-                "energy/power_W", float(watts), prog_bar=True, logger=False, on_step=on_step, on_epoch=not on_step
-            )
-        pl_module.log("energy/fit_J", float(joules), prog_bar=True, logger=False, on_step=on_step, on_epoch=not on_step)
+            pl_module.log("energy/power_W", float(watts), **opts)
+        pl_module.log("energy/fit_J", float(joules), **opts)
 
     def _notify(self, trainer: pl.Trainer) -> None:
         for fn in self._listeners:
