@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from lightning_green import EnergyBudget, EnergyMonitor, workload_changed
 from lightning_green.energy import read_report
+from lightning_green.energy.report import format_summary
 from lightning_green.testing import SimulatedGPUWorkload
 from tests.helpers import (
     QUIET,
@@ -608,7 +609,9 @@ def test_j_per_token_from_the_attention_mask_in_fit_and_predict(tmp_path, wrap):
     trainer.fit(model)
     trainer.predict(model)
     real_tokens = sum(i + 3 for i in range(6))  # 33 of 48 positions
-    fit, predict = (_report(logger.log_dir)["stages"][s] for s in ("fit", "predict"))
+    report = _report(logger.log_dir)
+    assert "J/token" in format_summary(report).splitlines()[1]
+    fit, predict = (report["stages"][s] for s in ("fit", "predict"))
     for stage in (fit, predict):
         assert stage["samples"] == 6 and stage["tokens"] == real_tokens
         assert stage["j_per_token"] == pytest.approx(stage["energy_j"]["total"] / real_tokens)
