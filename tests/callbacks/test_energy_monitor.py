@@ -14,7 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, default_collate
 
-from lightning_green import EnergyBudget, EnergyMonitor, workload_changed
+from lightning_green import EnergyBudget, EnergyMonitor, GreenReport, workload_changed
 from lightning_green.energy import read_report
 from lightning_green.energy.report import format_summary
 from lightning_green.testing import SimulatedGPUWorkload
@@ -664,5 +664,6 @@ class _SyncDistWarningIsAnError(Callback):
 @pytest.mark.slow
 def test_ddp_epoch_totals_raise_no_sync_dist_warning(tmp_path):
     # issue 11 item 3: each epoch-level self.log(..., sync_dist=False) triggered Lightning's warning under DDP
-    fit = _ddp_fit(tmp_path, _SyncDistWarningIsAnError())
+    fit = _ddp_fit(tmp_path, _SyncDistWarningIsAnError(), GreenReport())
     assert fit["steps"] == 6
+    assert os.path.isfile(tmp_path / "green_report.md")
