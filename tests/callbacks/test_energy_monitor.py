@@ -611,6 +611,9 @@ def test_j_per_token_from_the_attention_mask_in_fit_and_predict(tmp_path, wrap):
     real_tokens = sum(i + 3 for i in range(6))  # 33 of 48 positions
     report = _report(logger.log_dir)
     assert "J/token" in format_summary(report).splitlines()[1]
+    from lightning_green.report import build_report, load_run
+
+    assert "| J/token |" in build_report(load_run(logger.log_dir)).to_markdown(str(tmp_path))
     fit, predict = (report["stages"][s] for s in ("fit", "predict"))
     for stage in (fit, predict):
         assert stage["samples"] == 6 and stage["tokens"] == real_tokens
