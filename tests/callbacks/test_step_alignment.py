@@ -109,3 +109,23 @@ def test_an_explicit_interval_counts_batches_that_stepped(tmp_path):
     logger.save()
     assert _steps(read_csv(find_scalar_files(logger.log_dir)[1]), "energy/step_J") == [2, 5, 8, 11]
     assert trainer.global_step == 24
+
+
+def test_power_limit_tuner_logs_on_lightnings_step_with_two_optimizers(tmp_path):
+    from lightning_green import PowerLimitTuner
+    from lightning_green.testing import SimulatedGPUWorkload, simulated_gpus
+
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240):
+        tuner = PowerLimitTuner(warmup_steps=1, profile_steps=2, pl_step_w=50, wait_steps=0)
+        work = SimulatedGPUWorkload(step_work_s=0.002, gpu_kwargs={"curve": "v100-resnet50"})
+        logger = CSVLogger(tmp_path, name="csv")
+        trainer = make_trainer(tmp_path, logger=logger, callbacks=[work, tuner], limit_train_batches=12,
+                               log_every_n_steps=4)
+        trainer.fit(TwoOptimizers())
+    logger.save()
+    csv = read_csv(find_scalar_files(logger.log_dir)[1])
+    loss = _steps(csv, "train_loss")
+    assert loss == [3, 7, 11] and trainer.global_step == 24
+    state = _steps(csv, "power/tuner_state")
+    # was: global_step (0..24, twice the loss's axis); now every log sits on a batch's step, with the loss's among them
+    assert set(loss) <= set(state) and max(state) <= 11, state
