@@ -4,9 +4,10 @@ Lightning writes a training step's metrics at ``fit_loop.epoch_loop._batches_tha
 stepped, whatever the number of optimizers or the gradient accumulation) and decides whether to write them with
 ``trainer._logger_connector.should_update_logs`` (which honours ``log_every_n_steps``, including 0 = never). A
 callback that writes straight to the loggers (``pl_module.log`` is not allowed in every hook, and costs ~0.5 ms a
-call) must use the same two, or its curves do not line up with the loss. Both are private: this module is the one
-place that reads them (checked on lightning 2.4-2.6; Lightning's own ``DeviceStatsMonitor`` and
-``LearningRateMonitor`` read the same two attributes). ``tests/_internal/test_logging.py`` fails if they move.
+call) must use the same two, or its curves do not line up with the loss; Lightning skips the micro-batches that
+only accumulate gradients with ``fit_loop._should_accumulate()``. All three are private: this module is the one
+place that reads them (checked on lightning 2.6.6; Lightning's own ``DeviceStatsMonitor`` and
+``LearningRateMonitor`` read the first two the same way). ``tests/_internal/test_logging.py`` fails if they move.
 """
 
 from __future__ import annotations
