@@ -5,6 +5,8 @@ from lightning_green.callbacks import (
     EnergyBudget,
     EnergyMonitor,
     GreenReport,
+    GreenRichProgressBar,
+    GreenTQDMProgressBar,
     PowerLimitTuner,
     StructuredPruning,
 )
@@ -17,6 +19,8 @@ __all__ = [
     "EnergyBudget",
     "EnergyMonitor",
     "GreenReport",
+    "GreenRichProgressBar",
+    "GreenTQDMProgressBar",
     "PowerLimitTuner",
     "StructuredPruning",
     "WorkloadChange",

@@ -17,8 +17,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_green._internal.validation import find_argument_error
@@ -29,13 +30,15 @@ DEFAULT_MODEL = "lightning_green.demos.DigitsCNN"
 DEFAULT_DATA = "lightning_green.demos.DigitsDataModule"
 DEFAULT_CALLBACKS = [{"class_path": "lightning_green.EnergyMonitor"}, {"class_path": "lightning_green.GreenReport"}]
 DEFAULT_MAX_EPOCHS = 15
+DEFAULT_LOG_EVERY_N_STEPS = 5  # the digits demo has 20 batches an epoch: per-step energy 4 times an epoch
 
 
 class GreenCLI(LightningCLI):
     """LightningCLI whose defaults are the digits demo with an EnergyMonitor.
 
     A YAML ``trainer.callbacks`` list replaces the default one (list it with the EnergyMonitor you want);
-    ``--trainer.callbacks+=...`` on the command line appends to it.
+    ``--trainer.callbacks+=...`` on the command line appends to it. Lightning's progress bar (TQDM or Rich, the
+    default or one configured) becomes its green twin, which shows the energy figures with units (``516 J``).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -46,8 +49,31 @@ class GreenCLI(LightningCLI):
                 "data": {"class_path": DEFAULT_DATA},
                 "trainer.callbacks": DEFAULT_CALLBACKS,
                 "trainer.max_epochs": DEFAULT_MAX_EPOCHS,
+                "trainer.log_every_n_steps": DEFAULT_LOG_EVERY_N_STEPS,
             }
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Build the Trainer, with Lightning's progress bar swapped for the green one of the same kind."""
+        trainer = super().instantiate_trainer(**kwargs)
+        _green_progress_bar(trainer)
+        return trainer
+
+
+def _green_progress_bar(trainer: Trainer) -> None:
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from lightning_green.callbacks.progress_bar import GreenRichProgressBar, GreenTQDMProgressBar
+
+    twins: dict[type, type] = {RichProgressBar: GreenRichProgressBar, TQDMProgressBar: GreenTQDMProgressBar}
+    for i, cb in enumerate(trainer.callbacks):  # type: ignore[attr-defined]
+        twin = twins.get(type(cb))  # exactly Lightning's class: a user's own subclass is left alone
+        if twin is not None:
+            # The bar has not run yet: the twin takes its settings (refresh rate, theme, ...) as they are. Trainer
+            # looks its progress bar up in trainer.callbacks at each use, so replacing the entry is enough.
+            green = twin.__new__(twin)
+            green.__dict__.update(cb.__dict__)
+            trainer.callbacks[i] = green  # type: ignore[attr-defined]
 
 
 def cli(args: Sequence[str] | None = None, run: bool = True) -> GreenCLI:

@@ -5,6 +5,16 @@ from lightning_green.callbacks.energy_budget import EnergyBudget
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 from lightning_green.callbacks.green_report import GreenReport
 from lightning_green.callbacks.power_limit_tuner import PowerLimitTuner
+from lightning_green.callbacks.progress_bar import GreenRichProgressBar, GreenTQDMProgressBar
 from lightning_green.callbacks.structured_pruning import StructuredPruning
 
-__all__ = ["AMPScheduler", "EnergyBudget", "EnergyMonitor", "GreenReport", "PowerLimitTuner", "StructuredPruning"]
+__all__ = [
+    "AMPScheduler",
+    "EnergyBudget",
+    "EnergyMonitor",
+    "GreenReport",
+    "GreenRichProgressBar",
+    "GreenTQDMProgressBar",
+    "PowerLimitTuner",
+    "StructuredPruning",
+]

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._internal.distributed import any_rank
+from lightning_green._internal.logging import log_metrics, log_step, should_log_step
 from lightning_green._internal.validation import check_bool, check_choice, check_number, fail
 from lightning_green.events import workload_changed
 from lightning_green.precision.capability import PolicyChoice, resolve_policy
@@ -55,8 +56,8 @@ class AMPScheduler(Callback):
     skips those updates itself). The ``max_fallbacks``-th fallback is final: fp32 for the rest of the run. Under
     DDP the decision is taken collectively: one rank's NaN switches every rank.
 
-    *Logged* to every logger every ``log_every_n_steps`` optimizer steps and after each switch (with
-    ``step=global_step``): ``precision/mode`` as a number — 32 = fp32, 16 = fp16, 16.5 = bf16 —
+    *Logged* to every logger when Lightning logs the loss (``log_every_n_steps``, at the loss's step) and after
+    each switch: ``precision/mode`` as a number — 32 = fp32, 16 = fp16, 16.5 = bf16 —
     ``precision/loss_scale`` (1.0 outside fp16), ``precision/fallbacks`` and ``precision/skipped_steps``. Each
     switch prints one line and calls :func:`~lightning_green.events.workload_changed` (reason ``"precision"``) so
     the energy forecast and the power tuner re-fit. Mode, counters, schedule position and the fp16 loss scale are
@@ -339,10 +340,12 @@ class AMPScheduler(Callback):
     ) -> None:
         if not self._active or not trainer.loggers:
             return
-        # Straight to the loggers, every log_every_n_steps optimizer steps and after each switch: LightningModule.log
-        # costs milliseconds a call, a visible share of a small model's bf16 step.
-        step = trainer.global_step
-        due = step % max(int(trainer.log_every_n_steps), 1) == 0 or self._batch_mode != self._logged_mode
+        # Straight to the loggers, when Lightning logs the loss (same step) and after each switch: LightningModule.log
+        # costs milliseconds a call, a visible share of a small model's bf16 step. log_every_n_steps=0: nothing.
+        if not trainer.log_every_n_steps:
+            return
+        step = log_step(trainer)
+        due = should_log_step(trainer) or self._batch_mode != self._logged_mode
         if not due or step == self._logged_step:
             return
         self._logged_step, self._logged_mode = step, self._batch_mode
@@ -352,8 +355,7 @@ class AMPScheduler(Callback):
             "precision/fallbacks": float(self.tracker.fallbacks),
             "precision/skipped_steps": float(self.tracker.skipped_steps),
         }
-        for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=step)
+        log_metrics(trainer, metrics, step=step)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -31,6 +31,10 @@ class EnergyBudget(Callback):
     checkpointing and ``on_train_end`` hooks run, and a message says why. The decision is taken collectively, so
     every DDP rank stops at the same step.
 
+    The budget covers the Trainer's lifetime, as the monitor's totals do: a second ``fit()`` on the same Trainer
+    (say, after raising ``max_epochs``) continues from the energy already spent, and stops before its first batch
+    if the budget is already used up; a run resumed with ``ckpt_path`` continues from the checkpoint's totals.
+
     Args:
         max_energy: Energy budget in ``unit``; ``None`` for none.
         unit: Unit of ``max_energy``: ``"J"``, ``"Wh"`` or ``"kWh"``.
@@ -84,7 +88,13 @@ class EnergyBudget(Callback):
         self._monitor = monitors[0]
         self._monitor.add_listener(self._check)
         if stage == "fit":
-            self.stopped_reason = None  # each fit is judged afresh
+            self.stopped_reason = None  # each fit() says for itself why it stops (the budget itself is not reset)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A budget spent by an earlier fit() on this Trainer (or before the checkpoint) stops this one at once.
+        if self._monitor is not None:
+            self._check(trainer, self._monitor)
 
     def _exceeded(self, energy_j: float, gco2e: float) -> str | None:
         limit_j = self.max_energy_j

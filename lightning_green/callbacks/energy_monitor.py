@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,10 +15,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.data import extract_batch_size
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
+from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -26,6 +30,7 @@ from lightning_green._internal.validation import (
     check_optional_number,
     fail,
 )
+from lightning_green.callbacks.progress_bar import GreenProgressBarMixin, format_energy_short, format_power
 from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
 from lightning_green.energy.estimate import DEFAULT_DRAM_W_PER_GB, EstimateModel
 from lightning_green.energy.forecast import EnergyForecast
@@ -38,11 +43,12 @@ __all__ = ["EnergyMonitor", "StageLedger"]
 log = logging.getLogger(__name__)
 
 _N = len(COMPONENTS)
-# One gathered row per rank: energy per component, wall time, steps, samples, source code per component.
-_TIME, _STEPS, _SAMPLES, _SRC = _N, _N + 1, _N + 2, _N + 3
+# One gathered row per rank: energy per component, wall time, steps, samples, tokens, source code per component.
+_TIME, _STEPS, _SAMPLES, _TOKENS, _SRC = _N, _N + 1, _N + 2, _N + 3, _N + 4
 _SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
-# Epoch-level metrics that also go to trainer.callback_metrics (suffixes; other stages add a prefix).
-_MONITORABLE = ("energy/epoch_J", "energy/total_J", "carbon/total_gCO2e")
+# Fit's epoch-level metrics that also go to trainer.callback_metrics (ModelCheckpoint / EarlyStopping can monitor
+# them). Evaluation stages put nothing there: `trainer.validate/test(...)` return the user's metrics only.
+MONITORABLE = ("energy/epoch_J", "energy/total_J", "carbon/total_gCO2e")
 
 
 @dataclass
@@ -56,6 +62,7 @@ class StageLedger:
     sources: list[list[str]] = field(default_factory=list)
     steps: int = 0
     samples: int = 0
+    tokens: int = 0
     epochs_j: list[float] = field(default_factory=list)
 
     def add(self, rows: list[list[float]], counts: bool) -> None:
@@ -65,6 +72,7 @@ class StageLedger:
         if counts:
             self.steps += int(rows[0][_STEPS])
             self.samples += int(sum(row[_SAMPLES] for row in rows))
+            self.tokens += int(sum(row[_TOKENS] for row in rows))
 
     def add_row(self, rank: int, row: list[float]) -> None:
         """Add one rank's window (energy, time and sources only)."""
@@ -108,6 +116,7 @@ class StageLedger:
             "sources": [list(s) for s in self.sources],
             "steps": self.steps,
             "samples": self.samples,
+            "tokens": self.tokens,
             "epochs_j": list(self.epochs_j),
         }
 
@@ -119,6 +128,7 @@ class StageLedger:
             sources=[list(s) for s in state.get("sources", [])],
             steps=int(state.get("steps", 0)),
             samples=int(state.get("samples", 0)),
+            tokens=int(state.get("tokens", 0)),
             epochs_j=[float(e) for e in state.get("epochs_j", [])],
         )
         ledger._ensure(len(ledger.per_rank))
@@ -133,6 +143,7 @@ class _Window:
     time_s: float
     steps: int
     samples: int
+    tokens: int
 
 
 class EnergyMonitor(Callback):
@@ -144,11 +155,25 @@ class EnergyMonitor(Callback):
     report; totals that mix both say ``mixed``.
 
     Logged (to every logger; fit names shown, other stages prefixed ``validate/``, ``test/``, ``predict/``):
-    ``energy/step_J``, ``power/avg_W``, ``energy/J_per_sample`` every ``log_every_n_steps`` training batches;
-    ``energy/epoch_J`` per epoch; running totals ``energy/total_J``, ``energy/{gpu,cpu,dram}_J`` and
-    ``carbon/total_gCO2e``; ``energy/forecast_total_J`` and ``carbon/forecast_gCO2e`` once a forecast exists.
-    At the end of each stage ``energy_report.json`` is written atomically to ``trainer.log_dir`` and, after fit,
-    a summary table is printed on rank 0.
+    ``energy/step_J`` (per optimizer step), ``power/avg_W``, ``energy/J_per_sample`` and, for batches that carry
+    ``input_ids``/``attention_mask``, ``energy/J_per_token`` (tokens counted from the mask when there is one) when
+    Lightning logs the training loss (``Trainer(log_every_n_steps=...)``, at the same step, so the curves line up
+    for any number of optimizers and with gradient accumulation; ``log_every_n_steps=0`` logs no step and reads no
+    counter between epochs); ``energy/epoch_J`` per epoch; running totals ``energy/total_J``,
+    ``energy/{gpu,cpu,dram}_J`` and ``carbon/total_gCO2e``; ``energy/forecast_total_J`` and
+    ``carbon/forecast_gCO2e`` once a forecast exists. At the end of each stage ``energy_report.json`` is written
+    atomically to ``trainer.log_dir`` (J/sample and J/token per stage included) and, after fit, a summary table
+    is printed on rank 0.
+
+    Monitorable (in ``trainer.callback_metrics`` for ``ModelCheckpoint``/``EarlyStopping``): the fit's
+    ``energy/epoch_J``, ``energy/total_J`` and ``carbon/total_gCO2e``, updated at each training epoch end (use
+    ``save_on_train_epoch_end=True`` / ``check_on_train_epoch_end=True`` to act on the current epoch's value).
+    ``trainer.validate/test(...)`` results hold the user's metrics only: the evaluation figures go to the loggers
+    and the report.
+
+    Several ``fit()`` calls on one Trainer are one run: the totals, the forecast and
+    :class:`~lightning_green.EnergyBudget`'s budget cover the Trainer's lifetime (a new Trainer starts from zero,
+    unless it resumes a checkpoint with ``ckpt_path``).
 
     Counters are read only at logging points, never every step, and a window shorter than ``min_window_s`` is
     extended until it is long enough (NVML's counter updates every few tens of ms: a shorter window reads 0).
@@ -161,9 +186,10 @@ class EnergyMonitor(Callback):
         carbon_intensity: Grid intensity in gCO2e/kWh. ``None`` uses the world average (475 g/kWh), and the
             report says it is a default. Never looked up over the network.
         pue: Power usage effectiveness of the facility (>= 1).
-        log_every_n_steps: Training batches between step-level logs; ``None`` follows
-            ``Trainer(log_every_n_steps=...)``.
-        samples_per_batch: Samples in a batch; ``None`` infers it from the first tensor's leading dimension.
+        log_every_n_steps: Batches that stepped between step-level logs (0: none); ``None`` logs exactly when
+            Lightning logs the loss (``Trainer(log_every_n_steps=...)``).
+        samples_per_batch: Samples in a batch; ``None`` infers it with Lightning's ``extract_batch_size`` (tensors,
+            tuples, dicts, ``BatchEncoding``/``UserDict`` mappings and dataclasses).
         forecast_after_epochs: Completed epochs before forecasting total energy and CO₂.
         gpu_indices: GPUs to measure (Zeus indices). ``None``: the CUDA device this rank trains on; none on CPU,
             unless simulated GPUs are installed (:mod:`lightning_green.testing`), then GPU ``local_rank``. An explicit
@@ -174,8 +200,10 @@ class EnergyMonitor(Callback):
         min_window_s: Shortest window read from the counters.
         report_filename: File name of the JSON report in ``trainer.log_dir``; ``None`` writes none.
         print_summary: Print the summary table after fit.
-        progress_bar: Show live average power (``W``) and the fit's cumulative energy (``J``) in Lightning's progress
-            bar (TQDM or Rich), updated at each counter read.
+        progress_bar: Show live average power and the fit's cumulative energy in the progress bar, updated at each
+            counter read: formatted (``energy/power 23.6 W``, ``energy/total 516 J``, then Wh/kWh) with
+            :class:`~lightning_green.GreenTQDMProgressBar`/:class:`~lightning_green.GreenRichProgressBar`; as plain
+            numbers (``energy/power_W``, ``energy/fit_J``) with Lightning's own bars.
 
     Raises:
         ValueError: An argument is out of range (message names it and what is allowed).
@@ -213,7 +241,7 @@ class EnergyMonitor(Callback):
         name = type(self).__name__
         check_optional_number(name, "carbon_intensity", carbon_intensity, ge=0)
         check_number(name, "pue", pue, ge=1.0)
-        check_optional_number(name, "log_every_n_steps", log_every_n_steps, integer=True, ge=1)
+        check_optional_number(name, "log_every_n_steps", log_every_n_steps, integer=True, ge=0)
         check_optional_number(name, "samples_per_batch", samples_per_batch, integer=True, ge=1)
         check_number(name, "forecast_after_epochs", forecast_after_epochs, integer=True, ge=1)
         if gpu_indices is not None and (
@@ -250,15 +278,16 @@ class EnergyMonitor(Callback):
         self._last = Reading.zero()
         self._pending_batches = 0
         self._pending_samples = 0
+        self._pending_tokens: int | torch.Tensor = 0
         self._gs_last = 0
-        self._batches_since_flush = 0
+        self._trainer_ref: weakref.ref[pl.Trainer] | None = None
+        self._bar: dict[str, float] = {}
         self._epoch_mark_j = 0.0
         self._epoch_mark_steps = 0
         self._restored = False
         self._forecast_announced = False
         self._listeners: list[Callable[[pl.Trainer, EnergyMonitor], None]] = []
         self._report_sections: dict[str, Any] = {}
-        self._stride = 50
         self._rank = 0
         self._log_dir: str | None = None
 
@@ -310,6 +339,9 @@ class EnergyMonitor(Callback):
                 "time_s": ledger.time_s,
                 "steps": ledger.steps,
                 "samples": ledger.samples,
+                "tokens": ledger.tokens,
+                "j_per_sample": total / ledger.samples if ledger.samples else None,
+                "j_per_token": total / ledger.tokens if ledger.tokens else None,
                 "epochs_j": list(ledger.epochs_j),
                 "per_rank": [
                     {
@@ -339,7 +371,6 @@ class EnergyMonitor(Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._stride = self.log_every_n_steps or max(int(trainer.log_every_n_steps), 1)
         self._rank = trainer.global_rank
         # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
         self._log_dir = trainer.log_dir or trainer.default_root_dir
@@ -379,13 +410,20 @@ class EnergyMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._restored:
+        # One run per Trainer: a later fit() on the same Trainer (e.g. after raising max_epochs) continues the totals
+        # and the forecast, as a resumed checkpoint does; the same monitor in a new Trainer starts from zero.
+        same_trainer = self._trainer_ref is not None and self._trainer_ref() is trainer
+        if not (self._restored or same_trainer):
             self.ledgers["fit"] = StageLedger()
             self.ledgers["validate"] = StageLedger()
             self.forecast.reset()
             self.forecast_total_j = None
             self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
+        self._trainer_ref = weakref.ref(trainer)
+        self.forecast_total_j = None  # re-forecast for this fit's max_epochs/max_steps at its first epoch end
         self._restored = False
+        self._forecast_announced = False  # each fit() says once what it forecasts
+        self._bar = {}
         self._open_stage(trainer, "fit")
         self._add_custom_scalars(trainer)
 
@@ -399,8 +437,8 @@ class EnergyMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._count(batch)
-        self._batches_since_flush += 1
-        if self._batches_since_flush < self._stride:
+        # Lightning's own decision and step (one place: _internal/logging.py), so our curves line up with the loss.
+        if not should_log_step(trainer, self.log_every_n_steps):
             return
         window = self._flush(trainer, force=False)
         if window is None:
@@ -408,15 +446,10 @@ class EnergyMonitor(Callback):
         metrics = self._totals_metrics("fit")
         if window.steps > 0:
             metrics["energy/step_J"] = window.energy_j / window.steps
-        if window.time_s > 0:
-            metrics["power/avg_W"] = window.energy_j / window.time_s
-        if window.samples > 0:
-            metrics["energy/J_per_sample"] = window.energy_j / window.samples
-        # Lightning logs a step's metrics at the index of that step (global_step - 1 once it has run).
-        for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=max(trainer.global_step - 1, 0))
+        metrics.update(_rates("", window.energy_j, window.time_s, window.samples, window.tokens))
+        log_metrics(trainer, metrics, step=log_step(trainer))
         if self.progress_bar:
-            self._show(pl_module, metrics.get("power/avg_W"), metrics["energy/total_J"], on_step=True)
+            self._show(trainer, pl_module, metrics.get("power/avg_W"), metrics["energy/total_J"], on_step=True)
         self._notify(trainer)
 
     @override
@@ -436,10 +469,7 @@ class EnergyMonitor(Callback):
             max_steps=trainer.max_steps,
         )
         metrics = {"energy/epoch_J": epoch_j, **self._totals_metrics("fit")}
-        if fit.time_s > 0:
-            metrics["power/avg_W"] = fit.total_j / fit.time_s
-        if fit.samples > 0:
-            metrics["energy/J_per_sample"] = fit.total_j / fit.samples
+        metrics.update(_rates("", fit.total_j, fit.time_s, fit.samples, fit.tokens))
         if self.forecast_total_j is not None:
             metrics["energy/forecast_total_J"] = self.forecast_total_j
             metrics["carbon/forecast_gCO2e"] = self.carbon.gco2e(self.forecast_total_j)
@@ -453,9 +483,9 @@ class EnergyMonitor(Callback):
         elif self.forecast.ready and not self._forecast_announced and trainer.max_epochs in (None, -1):
             self._forecast_announced = True
             rank_zero_info("EnergyMonitor: no forecast: max_epochs and max_steps are unbounded.")
-        self._log_epoch(trainer, pl_module, metrics)
+        self._log_epoch(trainer, pl_module, metrics, step=epoch_log_step(trainer))
         if self.progress_bar:
-            self._show(pl_module, metrics.get("power/avg_W"), fit.total_j, on_step=False)
+            self._show(trainer, pl_module, metrics.get("power/avg_W"), fit.total_j, on_step=False)
         self._notify(trainer)
 
     @override
@@ -463,8 +493,7 @@ class EnergyMonitor(Callback):
         self._flush(trainer, force=True)
         self._close_stage("fit")
         # Final totals (self.log is not allowed here: straight to the loggers).
-        for lg in trainer.loggers:
-            lg.log_metrics(self._totals_metrics("fit"), step=max(trainer.global_step - 1, 0))
+        log_metrics(trainer, self._totals_metrics("fit"), step=epoch_log_step(trainer))
         report = self._write_report(trainer)
         self._log_hparams(trainer)
         if self.print_summary and report is not None:
@@ -492,7 +521,7 @@ class EnergyMonitor(Callback):
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._end_eval(trainer, pl_module, "validate")
+            self._end_eval(trainer, "validate")
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -517,7 +546,7 @@ class EnergyMonitor(Callback):
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_eval(trainer, pl_module, "test")
+        self._end_eval(trainer, "test")
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -541,8 +570,7 @@ class EnergyMonitor(Callback):
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # self.log is not allowed in predict hooks: everything goes straight to the loggers.
-        self._end_eval(trainer, None, "predict")
+        self._end_eval(trainer, "predict")
         self._write_report(trainer)
 
     @override
@@ -608,6 +636,9 @@ class EnergyMonitor(Callback):
             self._pending_samples += self.samples_per_batch
         else:
             self._pending_samples += _batch_size(batch)
+        tokens = _token_count(batch)
+        if tokens is not None:
+            self._pending_tokens = self._pending_tokens + tokens  # a device tensor: read at the next flush, no sync
 
     def _delta_row(self, reading: Reading) -> list[float]:
         """This rank's window since the last flush as one gather row (steps filled in by the caller)."""
@@ -617,6 +648,7 @@ class EnergyMonitor(Callback):
             delta.time_s,
             0.0,
             float(self._pending_samples),
+            float(self._pending_tokens),
             *(float(_SOURCE_CODE[reading.sources.get(c, "none")]) for c in COMPONENTS),
         ]
 
@@ -632,8 +664,7 @@ class EnergyMonitor(Callback):
         if not force:
             long_enough = (self._meter.elapsed_s() - self._last.time_s) >= self.min_window_s
             if not agree(trainer.strategy, long_enough, all=True):
-                self._batches_since_flush = 0  # look again after another stride, not on every batch
-                return None
+                return None  # look again at the next logging point
         row = self._local_row(self._meter.read())
         innermost = self._open[-1]
         if innermost == "fit":
@@ -641,7 +672,7 @@ class EnergyMonitor(Callback):
             self._gs_last = trainer.global_step
         else:
             row[_STEPS] = float(self._pending_batches)
-        self._pending_batches = self._pending_samples = self._batches_since_flush = 0
+        self._pending_batches = self._pending_samples = self._pending_tokens = 0
         rows = gather_rows(trainer.strategy, row)
         for stage in self._open:
             self.ledgers[stage].add(rows, counts=stage == innermost)
@@ -650,6 +681,7 @@ class EnergyMonitor(Callback):
             time_s=max(r[_TIME] for r in rows),
             steps=int(rows[0][_STEPS]),
             samples=int(sum(r[_SAMPLES] for r in rows)),
+            tokens=int(sum(r[_TOKENS] for r in rows)),
         )
 
     def _open_stage(self, trainer: pl.Trainer, stage: str) -> None:
@@ -658,7 +690,7 @@ class EnergyMonitor(Callback):
         # Energy since the last read belongs to no stage (set-up between stages): skip it locally.
         if not self._open:
             self._last = self._meter.read()
-            self._pending_batches = self._pending_samples = self._batches_since_flush = 0
+            self._pending_batches = self._pending_samples = self._pending_tokens = 0
         self._gs_last = trainer.global_step
         self.ledgers.setdefault(stage, StageLedger())
         self._open.append(stage)
@@ -674,18 +706,17 @@ class EnergyMonitor(Callback):
             self.ledgers[stage] = StageLedger()  # a standalone validate/test/predict run starts from zero
         self._open_stage(trainer, stage)
 
-    def _end_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None, stage: str) -> dict[str, float]:
+    def _end_eval(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
         before = self.ledgers[stage].total_j
         self._flush(trainer, force=True)
         self._close_stage(stage)
         ledger = self.ledgers[stage]
-        metrics = {f"{stage}/energy/epoch_J": ledger.total_j - before}
-        metrics.update({f"{stage}/{k}": v for k, v in self._totals_metrics(stage).items()})
-        if ledger.time_s > 0:
-            metrics[f"{stage}/power/avg_W"] = ledger.total_j / ledger.time_s
-        if ledger.samples > 0:
-            metrics[f"{stage}/energy/J_per_sample"] = ledger.total_j / ledger.samples
-        self._log_epoch(trainer, pl_module, metrics)
+        metrics = {f"{stage}/{k}": v for k, v in self._totals_metrics(stage).items()}
+        if trainer.state.fn == "fit":  # a stand-alone run's epoch is its total: not logged twice
+            metrics[f"{stage}/energy/epoch_J"] = ledger.total_j - before
+        metrics.update(_rates(f"{stage}/", ledger.total_j, ledger.time_s, ledger.samples, ledger.tokens))
+        # Lightning logs evaluation results at its fit loop's step (during fit: that of the batch that triggered it).
+        log_metrics(trainer, metrics, step=log_step(trainer))
         return metrics
 
     def _totals_metrics(self, stage: str) -> dict[str, float]:
@@ -696,25 +727,50 @@ class EnergyMonitor(Callback):
         return metrics
 
     @staticmethod
-    def _log_epoch(trainer: pl.Trainer, pl_module: pl.LightningModule | None, metrics: dict[str, float]) -> None:
-        # The totals go through self.log so they reach trainer.callback_metrics (ModelCheckpoint/EarlyStopping can
-        # monitor them); values are already summed over ranks, so no sync_dist. self.log costs ~0.5 ms a call, so
-        # everything else goes straight to the loggers, at the step index Lightning uses for epoch-end logs.
+    def _log_epoch(
+        trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, float], step: int
+    ) -> None:
+        # The fit's totals go through self.log so they reach trainer.callback_metrics (ModelCheckpoint/EarlyStopping
+        # can monitor them). They are already identical on every rank; sync_dist=True (a mean of equal values, three
+        # reductions an epoch) is what Lightning asks for epoch-level values under DDP, and it does not warn then.
+        # self.log costs ~0.5 ms a call, so everything else goes straight to the loggers, at Lightning's step.
         direct = {}
         for k, v in metrics.items():
-            if pl_module is not None and k.endswith(_MONITORABLE):
-                pl_module.log(k, float(v), on_step=False, on_epoch=True, sync_dist=False)
+            if k in MONITORABLE:
+                pl_module.log(k, float(v), on_step=False, on_epoch=True, sync_dist=True)
             else:
                 direct[k] = v
-        for lg in trainer.loggers:
-            lg.log_metrics(direct, step=max(trainer.global_step - 1, 0))
+        log_metrics(trainer, direct, step=step)
 
-    @staticmethod
-    def _show(pl_module: pl.LightningModule, watts: float | None, joules: float, on_step: bool) -> None:
-        # Progress bar only (logger=False): the same figures already went to the loggers under their full names.
+    def progress_bar_metrics(self) -> dict[str, str]:
+        """The fit's live figures for a progress bar, formatted (``{"energy/power": "23.6 W", ...}``).
+
+        Read by :class:`~lightning_green.GreenTQDMProgressBar` / :class:`~lightning_green.GreenRichProgressBar`
+        (empty before the first counter read, or with ``progress_bar=False``).
+        """
+        out = {}
+        if "W" in self._bar:
+            out["energy/power"] = format_power(self._bar["W"])
+        if "J" in self._bar:
+            out["energy/total"] = format_energy_short(self._bar["J"])
+        return out
+
+    def _show(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, watts: float | None, joules: float, on_step: bool
+    ) -> None:
         if watts is not None:
-            pl_module.log("W", float(watts), prog_bar=True, logger=False, on_step=on_step, on_epoch=not on_step)
-        pl_module.log("J", float(joules), prog_bar=True, logger=False, on_step=on_step, on_epoch=not on_step)
+            self._bar["W"] = float(watts)
+        self._bar["J"] = float(joules)
+        bar = trainer.progress_bar_callback
+        if bar is None or isinstance(bar, GreenProgressBarMixin):
+            return  # no bar, or one that formats self._bar itself (progress_bar_metrics): no self.log call needed
+        # Lightning's own bars show only what is logged, as numbers: progress bar only (logger=False), namespaced.
+        # Equal on every rank; at epoch level sync_dist=True is what Lightning asks for under DDP (no warning).
+        opts: dict[str, Any] = {"prog_bar": True, "logger": False, "on_step": on_step, "on_epoch": not on_step}
+        opts["sync_dist"] = not on_step
+        if watts is not None:
+            pl_module.log("energy/power_W", float(watts), **opts)
+        pl_module.log("energy/fit_J", float(joules), **opts)
 
     def _notify(self, trainer: pl.Trainer) -> None:
         for fn in self._listeners:
@@ -768,13 +824,42 @@ class EnergyMonitor(Callback):
 
 
 def _batch_size(batch: Any) -> int:
-    """Leading dimension of the first tensor in ``batch`` (1 if there is none)."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        for item in batch:
-            if isinstance(item, (torch.Tensor, list, tuple, dict)):
-                return _batch_size(item)
-    return 1
+    """Samples in ``batch`` as Lightning counts them for ``self.log`` (1 if it holds no tensor)."""
+    try:
+        return int(extract_batch_size(batch))
+    except (MisconfigurationException, RecursionError, TypeError):
+        return 1
+
+
+def _field(batch: Any, name: str) -> Any:
+    if isinstance(batch, Mapping):  # dict, HF BatchEncoding, UserDict
+        return batch.get(name)
+    if is_dataclass(batch) and not isinstance(batch, type):
+        return getattr(batch, name, None)
+    return None
+
+
+def _token_count(batch: Any) -> int | torch.Tensor | None:
+    """Tokens in a language-model batch: the attention mask's ones, else ``input_ids``' elements; ``None`` if none.
+
+    A tensor count stays on its device (no sync per batch); it is read when the window is flushed.
+    """
+    mask = _field(batch, "attention_mask")
+    if isinstance(mask, torch.Tensor):
+        return mask.detach().sum()
+    ids = _field(batch, "input_ids")
+    if isinstance(ids, torch.Tensor):
+        return ids.numel()
+    return None
+
+
+def _rates(prefix: str, energy_j: float, time_s: float, samples: int, tokens: int) -> dict[str, float]:
+    """Average power, J/sample and J/token of a window or stage (only the ones with a non-zero denominator)."""
+    out = {}
+    if time_s > 0:
+        out[f"{prefix}power/avg_W"] = energy_j / time_s
+    if samples > 0:
+        out[f"{prefix}energy/J_per_sample"] = energy_j / samples
+    if tokens > 0:
+        out[f"{prefix}energy/J_per_token"] = energy_j / tokens
+    return out

@@ -19,6 +19,7 @@ from zeus.device.gpu.common import ZeusBaseGPUError
 
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
+from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_batch
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -305,7 +306,7 @@ class PowerLimitTuner(Callback):
             self._sync_point(trainer, window, error)
         elif error is not None:  # cannot happen (only transitions touch the GPU); stay safe without a collective
             self._disable(trainer, f"setting the power limit failed mid-run ({error})")
-        if self._search is not None and (sync or self._boundaries % max(int(trainer.log_every_n_steps), 1) == 0):
+        if self._search is not None and (sync or should_log_batch(trainer)):
             self._log_state(trainer)
 
     @override
@@ -323,7 +324,7 @@ class PowerLimitTuner(Callback):
             self._search.cancel()
         if self._guard is not None:
             self._guard.disarm()
-            self._log_state(trainer)
+            self._log_state(trainer, step=epoch_log_step(trainer))
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -568,15 +569,14 @@ class PowerLimitTuner(Callback):
         except ZeusBaseGPUError:
             return None
 
-    def _log_state(self, trainer: pl.Trainer) -> None:
-        if trainer.global_rank != 0 or not trainer.loggers:
+    def _log_state(self, trainer: pl.Trainer, step: int | None = None) -> None:
+        if trainer.global_rank != 0 or not trainer.loggers or not trainer.log_every_n_steps:
             return
         metrics = {"power/tuner_state": float(STATE_CODES[self.state])}
         limit = self._current_limit_w()
         if limit is not None:
             metrics["power/limit_W"] = limit
-        for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=trainer.global_step)
+        log_metrics(trainer, metrics, step=log_step(trainer) if step is None else step)
 
     def _log_profile(self, trainer: pl.Trainer) -> None:
         rows = self.table()
@@ -603,10 +603,11 @@ class PowerLimitTuner(Callback):
             metrics[f"power/profile/{w}W/time_s"] = r["time_s"]
             metrics[f"power/profile/{w}W/cost"] = r["cost"]
         text = _markdown_table(rows, self.chosen_limit_w)
+        step = log_step(trainer)  # Lightning's step, so the curves line up with the loss
+        log_metrics(trainer, metrics, step=step)
         for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=trainer.global_step)
             if isinstance(lg, TensorBoardLogger):
-                lg.experiment.add_text("power/profile", text, global_step=trainer.global_step)
+                lg.experiment.add_text("power/profile", text, global_step=step)
 
 
 def _markdown_table(rows: list[dict[str, float]], chosen_w: float | None) -> str:

@@ -18,6 +18,7 @@ from lightning.pytorch.strategies import (
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_green._internal.logging import log_metrics, log_step
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -525,8 +526,7 @@ class StructuredPruning(Callback):
             "pruning/speedup": self.speedup,
             "pruning/step": float(len(self.history)),
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_metrics(trainer, metrics, step=log_step(trainer))  # Lightning's step: lines up with the loss
         workload_changed(
             trainer,
             "pruning",

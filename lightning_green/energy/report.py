@@ -76,7 +76,9 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def format_summary(report: Mapping[str, Any]) -> str:
-    """A plain-text table of a report: one row per stage, energy per component, power, CO₂ and the labels.
+    """A plain-text table of a report: one row per stage, energy per component, power, J/sample, CO₂ and the labels.
+
+    A ``J/token`` column is added when a stage counted tokens (batches with ``input_ids``/``attention_mask``).
 
     Example:
         >>> from lightning_green.energy.carbon import CarbonModel
@@ -95,13 +97,17 @@ def format_summary(report: Mapping[str, Any]) -> str:
         f"lightning-green energy summary (carbon intensity {carbon.get('intensity_g_per_kwh', 0):g} g/kWh "
         f"({'default' if src.startswith('default') else 'user'}), PUE {carbon.get('pue', 1.0):.2f})"
     )
-    cols = ["stage", *COMPONENTS, "total", "avg W", "J/sample", "gCO2e", "label"]
+    stages = report.get("stages", {})
+    with_tokens = any(s.get("tokens") for s in stages.values())  # J/token only for language-model runs
+    cols = ["stage", *COMPONENTS, "total", "avg W", "J/sample", *(["J/token"] if with_tokens else []), "gCO2e", "label"]
     rows = [cols]
-    for stage, s in report.get("stages", {}).items():
+    for stage, s in stages.items():
         e = s["energy_j"]
         sources = s.get("sources", {})
         t = s.get("time_s", 0.0)
         samples = s.get("samples", 0)
+        tokens = s.get("tokens", 0)
+        per_token = [f"{e['total'] / tokens:.3g}" if tokens else "-"] if with_tokens else []
         rows.append(
             [
                 stage,
@@ -109,6 +115,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
                 format_energy(e["total"]),
                 f"{e['total'] / t:.1f}" if t > 0 else "-",
                 f"{e['total'] / samples:.3g}" if samples else "-",
+                *per_token,
                 f"{s.get('gco2e', 0.0):.3g}",
                 s.get("label", ""),
             ]

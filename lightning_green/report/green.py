@@ -180,8 +180,10 @@ def _totals(doc: Document, run: Run) -> None:
         return
     doc.heading("Totals by stage")
     rows = []
+    with_tokens = any(s.get("tokens") for s in stages.values())  # J/token only for language-model runs
     for stage, s in stages.items():
         e, t, n = s["energy_j"], s.get("time_s", 0.0), s.get("samples", 0)
+        tokens = s.get("tokens", 0)
         srcs = s.get("sources", {})
         rows.append(
             [
@@ -191,11 +193,13 @@ def _totals(doc: Document, run: Run) -> None:
                 fmt_seconds(t),
                 f"{e['total'] / t:.1f}" if t else "n/a",
                 f"{e['total'] / n:.3g}" if n else "n/a",
+                *([f"{e['total'] / tokens:.3g}" if tokens else "n/a"] if with_tokens else []),
                 f"{s.get('gco2e', 0.0):.4g}",
                 s.get("label", ""),
             ]
         )
-    doc.table(["stage", *COMPONENTS, "total", "time", "avg W", "J/sample", "gCO2e", "label"], rows)
+    head = ["stage", *COMPONENTS, "total", "time", "avg W", "J/sample", *(["J/token"] if with_tokens else [])]
+    doc.table([*head, "gCO2e", "label"], rows)
     doc.paragraph(
         "Fit includes the validation run inside it; the `validate` row is that part on its own.",
         note=True,

@@ -238,8 +238,9 @@ def test_logs_every_n_steps_and_after_each_switch(tmp_path):
     amp = AMPScheduler(schedule={0: "32-true", 4: "bf16-mixed"}, interval="step")
     make_trainer(tmp_path, [amp], logger=memory, log_every_n_steps=3, limit_val_batches=0).fit(Recorder())
     rows = [(r["step"], r["precision/mode"]) for r in memory.rows if "precision/mode" in r]
-    # first log, steps 3 and 6 (every 3), and step 5: the end of the first bf16 step (global_step 4 → 5)
-    assert rows == [(1, 32.0), (3, 32.0), (5, 16.5), (6, 16.5)]
+    # at Lightning's logging step (the loss's): first batch (0), steps 2 and 5 (every 3rd batch: 2, 5), and the
+    # first bf16 batch (global_step 4 is batch 4 here)
+    assert rows == [(0, 32.0), (2, 32.0), (4, 16.5), (5, 16.5)]
 
 
 # ---------------------------------------------------------------------------------------------- fallback

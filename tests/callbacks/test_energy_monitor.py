@@ -1,15 +1,22 @@
+import collections
+import csv
+import dataclasses
 import json
 import os
+import re
+import warnings
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, default_collate
 
-from lightning_green import EnergyBudget, EnergyMonitor, workload_changed
+from lightning_green import EnergyBudget, EnergyMonitor, GreenReport, workload_changed
 from lightning_green.energy import read_report
+from lightning_green.energy.report import format_summary
 from lightning_green.testing import SimulatedGPUWorkload
 from tests.helpers import (
     QUIET,
@@ -18,6 +25,7 @@ from tests.helpers import (
     FakeRapl,
     InstallFakeRapl,
     SteadyModel,
+    busy_cpu,
     make_trainer,
 )
 
@@ -33,7 +41,7 @@ def _report(trainer_or_dir) -> dict:
     [
         ({"carbon_intensity": -1.0}, ValueError, r"EnergyMonitor\(carbon_intensity=-1.0\): `carbon_intensity` must be"),
         ({"pue": 0.9}, ValueError, r"`pue` must be a number >= 1.0"),
-        ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1"),
+        ({"log_every_n_steps": -1}, ValueError, r"`log_every_n_steps` must be an int >= 0"),
         ({"samples_per_batch": 0}, ValueError, r"`samples_per_batch` must be an int >= 1"),
         ({"forecast_after_epochs": 0}, ValueError, r"`forecast_after_epochs` must be an int >= 1"),
         ({"forecast_after_epochs": 1.5}, TypeError, r"`forecast_after_epochs` must be an int"),
@@ -241,12 +249,42 @@ def test_validate_test_predict_are_separate_stages(tmp_path):
     model = BoringModel()
     trainer.validate(model)
     trainer.test(model)
-    assert trainer.callback_metrics["test/energy/total_J"] > 0  # reached callback_metrics through self.log
     trainer.predict(model)
     stages = _report(tmp_path)["stages"]
     assert set(stages) == {"validate", "test", "predict"}
     assert [stages[s]["samples"] for s in ("validate", "test", "predict")] == [4, 3, 2]
     assert all(stages[s]["energy_j"]["total"] > 0 for s in stages)
+    # J/sample is in the report for every stage (issue 14); BoringModel's batches carry no tokens
+    for s in stages.values():
+        assert s["j_per_sample"] == pytest.approx(s["energy_j"]["total"] / s["samples"])
+        assert s["tokens"] == 0 and s["j_per_token"] is None
+
+
+def test_validate_and_test_results_hold_only_the_users_metrics(tmp_path):
+    # issue 11 item 3: trainer.validate/test returned validate/energy/epoch_J, .../total_J (equal) and carbon keys
+    class Logged(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            out = super().validation_step(batch, batch_idx)
+            self.log("val_loss", out["x"])
+            return out
+
+        def test_step(self, batch, batch_idx):
+            out = super().test_step(batch, batch_idx)
+            self.log("test_loss", out["y"])
+            return out
+
+    monitor = EnergyMonitor(print_summary=False)
+    logger = CSVLogger(tmp_path)
+    trainer = make_trainer(tmp_path, limit_val_batches=3, limit_test_batches=3, callbacks=[monitor], logger=logger)
+    model = Logged()
+    assert set(trainer.validate(model)[0]) == {"val_loss"}
+    assert set(trainer.test(model)[0]) == {"test_loss"}
+    logger.save()
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        logged = set(next(csv.reader(f)))
+    # the figures still reach the loggers, without the stand-alone run's redundant epoch_J
+    assert {"validate/energy/total_J", "test/energy/total_J", "test/energy/J_per_sample"} <= logged
+    assert "validate/energy/epoch_J" not in logged and "test/energy/epoch_J" not in logged
 
 
 # ------------------------------------------------------------------------------------------------- forecast, budget
@@ -427,15 +465,23 @@ def test_progress_bar_shows_live_power_and_energy(tmp_path, enabled):
     spy = Spy()
     spy.seen = []
     monitor = EnergyMonitor(min_window_s=0.0, log_every_n_steps=2, print_summary=False, progress_bar=enabled)
-    trainer = make_trainer(tmp_path, limit_train_batches=6, callbacks=[monitor, spy])
+    trainer = make_trainer(tmp_path, limit_train_batches=6, callbacks=[monitor, spy], enable_progress_bar=True)
     trainer.fit(SteadyModel(0.002))
     if enabled:
-        joules = [m["J"] for m in spy.seen if "J" in m]
+        joules = [m["energy/fit_J"] for m in spy.seen if "energy/fit_J" in m]
         assert len(joules) == 5 and joules == sorted(joules) and joules[0] > 0  # live from the 2nd batch on
-        assert spy.seen[-1]["W"] > 0
-        assert trainer.progress_bar_metrics["J"] == pytest.approx(monitor.ledgers["fit"].total_j, rel=0.5)
+        assert spy.seen[-1]["energy/power_W"] > 0
+        assert trainer.progress_bar_metrics["energy/fit_J"] == pytest.approx(monitor.ledgers["fit"].total_j, rel=0.5)
     else:
-        assert all("J" not in m and "W" not in m for m in spy.seen)
+        assert all(not any(k.startswith("energy/") for k in m) for m in spy.seen)
+        assert monitor.progress_bar_metrics() == {}
+
+
+def test_no_progress_bar_no_progress_bar_logging(tmp_path):
+    monitor = EnergyMonitor(min_window_s=0.0, log_every_n_steps=1, print_summary=False)
+    trainer = make_trainer(tmp_path, limit_train_batches=3, callbacks=[monitor])  # enable_progress_bar=False
+    trainer.fit(SteadyModel(0.002))
+    assert trainer.progress_bar_metrics == {} and "energy/power" in monitor.progress_bar_metrics()
 
 
 @pytest.mark.parametrize("bar", ["tqdm", "rich"])
@@ -449,7 +495,8 @@ def test_lightning_s_progress_bars_show_watts_and_joules(tmp_path, bar):
     model = SteadyModel(0.002)
     trainer.fit(model)
     shown = progress.get_metrics(trainer, model)  # what the bar renders after its own entries
-    assert shown["W"] > 0 and shown["J"] > 0
+    assert shown["energy/power_W"] > 0 and shown["energy/fit_J"] > 0  # namespaced numbers (a bar shows floats)
+    assert "W" not in shown and "J" not in shown
 
 
 def test_budget_on_carbon_uses_the_monitors_intensity(tmp_path):
@@ -462,3 +509,164 @@ def test_budget_on_carbon_uses_the_monitors_intensity(tmp_path):
     assert "gCO2e >= budget 0.0001 gCO2e" in budget.stopped_reason
     assert monitor.total_gco2e() >= 1e-4
     assert trainer.current_epoch < 49
+
+
+# ------------------------------------------------------------------------------------------------- issue 11 / 10 / 14
+def test_green_progress_bars_show_formatted_figures(tmp_path):
+    from lightning_green import GreenTQDMProgressBar
+
+    progress = GreenTQDMProgressBar()
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    bar_on = {"enable_progress_bar": True, "enable_checkpointing": False}
+    trainer = make_trainer(
+        tmp_path, limit_train_batches=4, log_every_n_steps=2, callbacks=[monitor, progress], **bar_on
+    )
+    model = SteadyModel(0.002)
+    trainer.fit(model)
+    shown = progress.get_metrics(trainer, model)
+    assert re.fullmatch(r"[0-9.]+ k?W", shown["energy/power"]), shown
+    assert re.fullmatch(r"[0-9.e+-]+ (J|Wh|kWh)", shown["energy/total"]), shown
+    # the numbers are not logged as well when the bar formats them (no self.log call, no float entries)
+    assert not any(k in trainer.progress_bar_metrics for k in ("W", "J", "energy/power_W", "energy/fit_J"))
+
+
+@pytest.mark.parametrize(
+    ("joules", "text"), [(515.951, "516 J"), (23.551, "23.6 J"), (4500.0, "1.25 Wh"), (9.0e6, "2.5 kWh")]
+)
+def test_progress_bar_energy_switches_units_as_totals_grow(joules, text):
+    from lightning_green.callbacks.progress_bar import format_energy_short
+
+    assert format_energy_short(joules) == text
+
+
+@dataclasses.dataclass
+class _Pair:
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@pytest.mark.parametrize("kind", ["userdict", "dataclass", "batchencoding"])
+def test_samples_of_mapping_and_dataclass_batches(kind):
+    # issue 11 item 14: a Mapping that is not a dict, or a dataclass, counted as 1 sample
+    from lightning_green.callbacks.energy_monitor import _batch_size
+
+    x = torch.zeros(5, 3)
+    if kind == "userdict":
+        batch = collections.UserDict({"x": x})
+    elif kind == "dataclass":
+        batch = _Pair(x, torch.zeros(5))
+    else:
+        transformers = pytest.importorskip("transformers")
+        batch = transformers.BatchEncoding({"input_ids": x.long()})
+    assert _batch_size(batch) == 5
+
+
+class _TokenLM(LightningModule):
+    """A tiny LM over dict batches of ``input_ids``/``attention_mask``."""
+
+    def __init__(self, wrap=dict) -> None:
+        super().__init__()
+        self.wrap = wrap
+        self.emb = torch.nn.Embedding(16, 8)
+        self.head = torch.nn.Linear(8, 16)
+
+    def forward(self, batch):
+        return self.head(self.emb(batch["input_ids"]))
+
+    def training_step(self, batch, batch_idx):
+        busy_cpu(0.002)
+        return self(batch).logsumexp(-1).mean()
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def _loader(self):
+        # 6 sequences of 8 tokens, the i-th with i + 3 real tokens (then padding): batches of 2
+        rows = []
+        for i in range(6):
+            mask = torch.zeros(8, dtype=torch.long)
+            mask[: i + 3] = 1
+            rows.append({"input_ids": torch.randint(0, 16, (8,)), "attention_mask": mask})
+        return DataLoader(rows, batch_size=2, collate_fn=lambda items: self.wrap(default_collate(items)))
+
+    def train_dataloader(self):
+        return self._loader()
+
+    def predict_dataloader(self):
+        return self._loader()
+
+
+@pytest.mark.parametrize("wrap", [dict, collections.UserDict], ids=["dict", "userdict"])
+def test_j_per_token_from_the_attention_mask_in_fit_and_predict(tmp_path, wrap):
+    # issue 10: J/token for token batches; issue 14: J/sample and J/token in the report for predict
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    logger = CSVLogger(tmp_path)
+    trainer = make_trainer(tmp_path, logger=logger, log_every_n_steps=1, callbacks=[monitor])
+    model = _TokenLM(wrap)
+    trainer.fit(model)
+    trainer.predict(model)
+    real_tokens = sum(i + 3 for i in range(6))  # 33 of 48 positions
+    report = _report(logger.log_dir)
+    assert "J/token" in format_summary(report).splitlines()[1]
+    from lightning_green.report import build_report, load_run
+
+    assert "| J/token |" in build_report(load_run(logger.log_dir)).to_markdown(str(tmp_path))
+    fit, predict = (report["stages"][s] for s in ("fit", "predict"))
+    for stage in (fit, predict):
+        assert stage["samples"] == 6 and stage["tokens"] == real_tokens
+        assert stage["j_per_token"] == pytest.approx(stage["energy_j"]["total"] / real_tokens)
+        assert stage["j_per_sample"] == pytest.approx(stage["energy_j"]["total"] / 6)
+    logger.save()
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        header = set(next(csv.reader(f)))
+    assert {"energy/J_per_token", "predict/energy/J_per_token", "predict/energy/J_per_sample"} <= header
+
+
+def test_two_fits_on_one_trainer_are_one_run(tmp_path):
+    # issue 11 item 13: the ledger restarted per fit(), so EnergyBudget budgeted each call, not the run
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    announced = []
+    monitor.add_listener(lambda trainer, m: announced.append(m._forecast_announced))
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, log_every_n_steps=2, callbacks=[monitor])
+    trainer.fit(SteadyModel(0.005))
+    first = monitor.total_energy_j("fit")
+    assert announced[-1] is True
+    trainer.fit_loop.max_epochs = 2
+    announced.clear()
+    trainer.fit(SteadyModel(0.005))
+    fit = monitor.ledgers["fit"]
+    assert monitor.total_energy_j("fit") > 1.5 * first  # continued, not restarted
+    assert len(fit.epochs_j) == 2 and fit.steps == 8 and fit.samples == 8
+    assert announced[0] is False and announced[-1] is True  # the second fit() announces its own forecast
+    # the same monitor in a new Trainer is a new run
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[monitor]).fit(SteadyModel(0.005))
+    assert monitor.ledgers["fit"].steps == 2
+
+
+def test_budget_covers_the_trainers_lifetime(tmp_path):
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[monitor])
+    trainer.fit(SteadyModel(0.005))
+    spent = monitor.total_energy_j("fit")
+    budget = EnergyBudget(max_energy=spent * 0.9, unit="J")  # already used up by the first fit()
+    trainer.callbacks.append(budget)
+    trainer.fit_loop.max_epochs = 3
+    trainer.fit(SteadyModel(0.005))
+    assert budget.stopped_reason is not None and "budget" in budget.stopped_reason
+    assert trainer.current_epoch == 1 and monitor.ledgers["fit"].steps == 4  # stopped before its first batch
+
+
+class _SyncDistWarningIsAnError(Callback):
+    def setup(self, trainer, pl_module, stage):
+        warnings.filterwarnings("error", message=r".*It is recommended to use `self\.log\(")
+
+
+@pytest.mark.slow
+def test_ddp_epoch_totals_raise_no_sync_dist_warning(tmp_path):
+    # issue 11 item 3: each epoch-level self.log(..., sync_dist=False) triggered Lightning's warning under DDP
+    fit = _ddp_fit(tmp_path, _SyncDistWarningIsAnError(), GreenReport())
+    assert fit["steps"] == 6
+    assert os.path.isfile(tmp_path / "green_report.md")
