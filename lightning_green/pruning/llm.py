@@ -361,11 +361,18 @@ def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure
             except AttributeError:
                 m = None
             if m is None or not any(type(m).__name__ == k or isinstance(m, _TYPES.get(k, ())) for k in kinds):
-                got = type(m).__name__ if m is not None else "nothing"
+                if m is None:
+                    parent = sub.rpartition(".")[0]
+                    try:
+                        got = f"{type(block.get_submodule(parent)).__name__} at {parent!r} without {sub!r}"
+                    except AttributeError:
+                        got = f"nothing at {sub!r}"
+                else:
+                    got = f"{type(m).__name__} at {sub!r}"
                 _refuse(
                     owner,
-                    f"{where}: layer {i} has {got} at {sub!r} where a {mtype} block has {' or '.join(kinds)} "
-                    f"(a custom attention/MLP it does not recognise); restore the stock module or {remedy}.",
+                    f"{where}: layer {i} has {got}, where a {mtype} block has {' or '.join(kinds)} (a custom "
+                    f"attention/MLP it does not recognise); restore the stock module, or {remedy}.",
                 )
     return structure
 
@@ -427,16 +434,18 @@ def count_llm_macs(structure: LLMStructure, input_ids: torch.Tensor | None = Non
     HF's ``Conv1D`` (GPT-2) is counted like ``nn.Linear`` through the counter's public per-type table, which the
     counter empties after every call.
     """
+    ids = example_ids(structure) if input_ids is None else input_ids
+    _register_conv1d(structure.model)
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(structure.model, ids)
+    return float(macs), int(params)
+
+
+def _register_conv1d(model: nn.Module) -> None:
     from torch_pruning.utils import op_counter
 
-    ids = example_ids(structure) if input_ids is None else input_ids
-    conv1d = {type(m) for m in structure.model.modules() if type(m).__name__ == "Conv1D"}
-    for t in conv1d:
+    for t in {type(m) for m in model.modules() if type(m).__name__ == "Conv1D"}:
         op_counter.CUSTOM_MODULES_MAPPING[t] = _conv1d_macs
-    model = structure.model
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, {"input_ids": ids, "use_cache": False})
-    return float(macs), int(params)
 
 
 # ------------------------------------------------------------------------------------------------- cutting
@@ -804,27 +813,51 @@ class LLMPruner:
         dense: Mapping[str, Sequence[int]] | None,
         final: bool,
     ) -> dict[int, list[int]]:
-        """The smallest ratio whose cut brings MACs to ``target`` (bisection; each try cuts a copy and counts)."""
-        ids = example_ids(s)
+        """The smallest ratio whose cut brings MACs to ``target`` (bisection on an exact per-layer model).
+
+        One layer-wise count of the current model gives each layer's MACs; a cut scales a layer by the kept share
+        of each of its weight's dimensions, so every try is arithmetic, not a forward.
+        """
+        estimate = _mac_model(s, groups, example_ids(s))
 
         def macs(r: float) -> float:
-            plan = self._plan(groups, scores, r, dense, final)
-            twin = copy.deepcopy(s.model)
-            ts = LLMStructure(s.path, twin, s.family, s.layers)
-            _cut(twin, groups, plan, Lineage())
-            ts.sync_config()
-            return count_llm_macs(ts, ids)[0]
+            return estimate(self._plan(groups, scores, r, dense, final))
 
         lo, hi = 0.0, min(self.max_layer_ratio, 0.999)
         if macs(hi) > target:
             return self._plan(groups, scores, hi, dense, final)
-        for _ in range(12):
+        for _ in range(20):
             mid = (lo + hi) / 2
             if macs(mid) <= target:
                 hi = mid
             else:
                 lo = mid
         return self._plan(groups, scores, hi, dense, final)
+
+
+def _mac_model(s: LLMStructure, groups: list[Group], ids: torch.Tensor) -> Callable[[Mapping[int, list[int]]], float]:
+    """``plan → MACs after that cut``, from one layer-wise count (linear layers scale with in x out)."""
+    _register_conv1d(s.model)
+    with torch.no_grad():
+        _, _, layer_macs, _ = tp.utils.count_ops_and_params(s.model, ids, layer_wise=True)
+    base = {m: float(v) for m, v in layer_macs.items() if v and not list(m.children())}
+    where: list[list[tuple[nn.Module, int]]] = []
+    for g in groups:
+        spots = []
+        for part in g.parts:
+            owner, _, attr = part.path.rpartition(".")
+            if attr == "weight":
+                spots.append((s.model.get_submodule(owner), part.dim))
+        where.append(spots)
+
+    def estimate(plan: Mapping[int, list[int]]) -> float:
+        frac: dict[tuple[nn.Module, int], float] = {}
+        for gi, n in ((gi, len(idxs)) for gi, idxs in plan.items()):
+            for spot in where[gi]:
+                frac[spot] = frac.get(spot, 1.0) * (1.0 - n / groups[gi].units)
+        return sum(v * frac.get((m, 0), 1.0) * frac.get((m, 1), 1.0) for m, v in base.items())
+
+    return estimate
 
 
 def _entry_name(path: str, g: Group) -> str:
