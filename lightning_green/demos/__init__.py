@@ -2,6 +2,7 @@
 
 from lightning_green.demos.digits import DigitsCNN, DigitsDataModule
 from lightning_green.demos.gpt import StdlibTextDataModule, TinyGPT
+from lightning_green.demos.hf import HFCausalLM
 from lightning_green.demos.resnet import DigitsResNet
 
-__all__ = ["DigitsCNN", "DigitsDataModule", "DigitsResNet", "StdlibTextDataModule", "TinyGPT"]
+__all__ = ["DigitsCNN", "DigitsDataModule", "DigitsResNet", "HFCausalLM", "StdlibTextDataModule", "TinyGPT"]

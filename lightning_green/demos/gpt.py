@@ -18,6 +18,7 @@ import glob
 import os
 import random
 import sysconfig
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -27,7 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import Dataset
 from torchmetrics import MeanMetric
 
-from lightning_green._internal.validation import InvalidArgumentError, check_number, fail
+from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
 from lightning_green.demos._data import SplitDataModule
 
 __all__ = ["StdlibTextDataModule", "TinyGPT", "stdlib_files"]
@@ -48,17 +49,25 @@ def stdlib_files(root: str | None = None) -> list[str]:
 
 
 class ByteWindows(Dataset):
-    """Non-overlapping windows of a byte stream: ``(x, y)`` with ``y`` the next byte of each position in ``x``."""
+    """Non-overlapping windows of a byte stream: ``(x, y)`` with ``y`` the next byte of each position in ``x``.
 
-    def __init__(self, data: torch.Tensor, seq_len: int) -> None:
+    With ``causal_lm`` a window is a Hugging Face causal-LM sample instead: ``{"input_ids": x, "attention_mask": 1s,
+    "labels": x}`` (the model shifts the labels).
+    """
+
+    def __init__(self, data: torch.Tensor, seq_len: int, causal_lm: bool = False) -> None:
         self.data = data
         self.seq_len = seq_len
+        self.causal_lm = causal_lm
 
     def __len__(self) -> int:
         return max((len(self.data) - 1) // self.seq_len, 0)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]:
         chunk = self.data[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
+        if self.causal_lm:
+            x = chunk[:-1]
+            return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
         return chunk[:-1], chunk[1:]
 
 
@@ -77,6 +86,9 @@ class StdlibTextDataModule(SplitDataModule):
         seed: Seed of the file shuffle.
         root: Folder whose ``*.py`` files are read; ``None`` is this interpreter's standard library.
         num_workers: DataLoader worker processes.
+        batch_format: ``"pairs"``: ``(x, y)`` tensors, ``y`` the next byte of each position of ``x``;
+            ``"causal_lm"``: Hugging Face dicts ``input_ids``/``attention_mask``/``labels`` (``labels`` = ``input_ids``,
+            the model shifts them), as :class:`~lightning_green.demos.HFCausalLM` and token counting expect.
 
     Raises:
         ValueError: An argument is out of range; in ``setup``: ``root`` has too little ``.py`` text.
@@ -102,9 +114,11 @@ class StdlibTextDataModule(SplitDataModule):
         seed: int = 0,
         root: str | None = None,
         num_workers: int = 0,
+        batch_format: Literal["pairs", "causal_lm"] = "pairs",
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        check_choice(name, "batch_format", batch_format, ("pairs", "causal_lm"))
         check_number(name, "seq_len", seq_len, integer=True, ge=2)
         check_number(name, "batch_size", batch_size, integer=True, ge=1)
         check_number(name, "train_bytes", train_bytes, integer=True, ge=seq_len + 1)
@@ -121,6 +135,7 @@ class StdlibTextDataModule(SplitDataModule):
         self.seed = seed
         self.root = root
         self.num_workers = num_workers
+        self.batch_format = batch_format
         self.train_files: list[str] = []
         self.val_files: list[str] = []
 
@@ -141,8 +156,9 @@ class StdlibTextDataModule(SplitDataModule):
                 "folder with more .py files."
             )
         self.val_files, self.train_files = val_files, train_files
-        self.val_set = ByteWindows(torch.frombuffer(bytearray(val), dtype=torch.uint8), self.seq_len)
-        self.train_set = ByteWindows(torch.frombuffer(bytearray(train), dtype=torch.uint8), self.seq_len)
+        causal_lm = self.batch_format == "causal_lm"
+        self.val_set = ByteWindows(torch.frombuffer(bytearray(val), dtype=torch.uint8), self.seq_len, causal_lm)
+        self.train_set = ByteWindows(torch.frombuffer(bytearray(train), dtype=torch.uint8), self.seq_len, causal_lm)
 
     @staticmethod
     def _take(files: list[str], budget: int) -> tuple[bytes, list[str], list[str]]:
