@@ -23,7 +23,6 @@ No Lightning import here.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import sys
@@ -74,8 +73,10 @@ _SEP = "::"
 # --------------------------------------------------------------------------------------------------- structure
 @dataclass(frozen=True)
 class Part:
-    """One tensor that follows a group of units: ``path`` (relative to the block or model), the cut dimension and the
-    segments ``(offset, rows per unit)`` of that dimension that belong to the units (several for fused layers).
+    """One tensor that follows a group of units.
+
+    ``path`` is relative to the HF model, ``dim`` the dimension cut, ``segments`` the ``(offset, rows per unit)`` runs
+    of that dimension that belong to the units (several for fused layers: Phi-3's ``qkv_proj``, ``gate_up_proj``).
     """
 
     path: str
@@ -107,33 +108,40 @@ class LLMStructure:
 
     @property
     def config(self) -> Any:
+        """The HF model's config."""
         return self.model.config
 
     def blocks(self) -> nn.ModuleList:
+        """The decoder layers."""
         return self.model.get_submodule(self.layers)
 
     def head_dim(self) -> int:
+        """Width of one attention head."""
         cfg = self.config
         if self.family == "gpt2":
             return cfg.n_embd // cfg.n_head
         return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def mlp_width(self) -> int:
+        """MLP hidden units per layer."""
         cfg = self.config
         if self.family == "gpt2":
             return cfg.n_inner if cfg.n_inner is not None else 4 * cfg.n_embd
         return cfg.intermediate_size
 
     def hidden(self) -> int:
+        """Residual width."""
         return self.config.n_embd if self.family == "gpt2" else self.config.hidden_size
 
     def kv_heads(self) -> int:
+        """Key/value heads per layer (the units of a head cut)."""
         cfg = self.config
         if self.family == "gpt2":
             return cfg.n_head
         return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
 
     def q_per_kv(self) -> int:
+        """Query heads that read one key/value head."""
         heads = self.config.n_head if self.family == "gpt2" else self.config.num_attention_heads
         return heads // self.kv_heads()
 
@@ -428,6 +436,13 @@ def example_ids(structure: LLMStructure, length: int = 32) -> torch.Tensor:
     return (torch.arange(n, device=device) * 7 % int(cfg.vocab_size)).unsqueeze(0)
 
 
+def _token_ids(s: LLMStructure, x: Any) -> torch.Tensor:
+    """``x`` when it is a batch of token ids, else :func:`example_ids`."""
+    if isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and not x.is_complex():
+        return x
+    return example_ids(s)
+
+
 def count_llm_macs(structure: LLMStructure, input_ids: torch.Tensor | None = None) -> tuple[float, int]:
     """MACs of one forward over ``input_ids`` and the parameter count, by torch-pruning's counter.
 
@@ -552,6 +567,7 @@ class LLMPruner:
 
     # ------------------------------------------------------------------------------------------------ checks
     def structure(self, module: nn.Module) -> LLMStructure:
+        """The HF causal LM inside ``module`` (refuses what it cannot prune)."""
         s = analyse(module, self.owner)
         if s is None:
             raise InvalidArgumentError(f"{self.owner}: no Hugging Face model inside {type(module).__name__}")
@@ -648,16 +664,17 @@ class LLMPruner:
 
     # ------------------------------------------------------------------------------------------- interface
     def example(self, module: nn.Module) -> torch.Tensor:
-        return example_ids(self.structure(module))
+        """Token ids for MAC counts: the module's integer ``example_input_array`` if it has one, else 32 fixed ids."""
+        s = self.structure(module)
+        x = getattr(module, "example_input_array", None)
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and not x.is_complex():
+            return x.to(next(s.model.parameters()).device)
+        return example_ids(s)
 
     def count(self, module: nn.Module, example_inputs: Any = None) -> tuple[float, int]:
+        """MACs and parameters of the HF model over ``example_inputs`` (token ids; ``None``: fixed ids)."""
         s = self.structure(module)
-        ids = (
-            example_inputs
-            if isinstance(example_inputs, torch.Tensor) and not example_inputs.is_floating_point()
-            else None
-        )
-        return count_llm_macs(s, ids)
+        return count_llm_macs(s, _token_ids(s, example_inputs))
 
     def channels(self, module: nn.Module, example_inputs: Any = None) -> dict[str, list[int]]:
         """Dense widths ``{kind: [width, width]}`` (the callback's record for ``max_layer_ratio``)."""
@@ -687,9 +704,11 @@ class LLMPruner:
         return hook
 
     def reset_activations(self) -> None:
+        """Forget the recorded activations (after a prune the units are others)."""
         self._stats = {}
 
     def release(self) -> None:
+        """Remove the activation hooks."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -778,7 +797,7 @@ class LLMPruner:
         kinds = self.kinds(s)
         groups = s.groups(kinds)
         scores = self._scores(s, groups, gradients)
-        ids = example_ids(s)
+        ids = _token_ids(s, example_inputs)
         result = PruneResult()
         start, _ = count_llm_macs(s, ids)
         if ratio is not None:
@@ -786,7 +805,7 @@ class LLMPruner:
             result.needed = ratio > 0
         else:
             result.needed = start > target_macs  # type: ignore[operator]
-            plan = self._search(s, groups, scores, target_macs, dense_channels, final) if result.needed else {}
+            plan = self._search(s, groups, scores, target_macs, dense_channels, final, ids) if result.needed else {}
         lineage = Lineage()
         entries = self._apply(s, groups, plan, lineage)
         for p in module.parameters():
@@ -812,13 +831,14 @@ class LLMPruner:
         target: float,
         dense: Mapping[str, Sequence[int]] | None,
         final: bool,
+        ids: torch.Tensor,
     ) -> dict[int, list[int]]:
         """The smallest ratio whose cut brings MACs to ``target`` (bisection on an exact per-layer model).
 
         One layer-wise count of the current model gives each layer's MACs; a cut scales a layer by the kept share
         of each of its weight's dimensions, so every try is arithmetic, not a forward.
         """
-        estimate = _mac_model(s, groups, example_ids(s))
+        estimate = _mac_model(s, groups, ids)
 
         def macs(r: float) -> float:
             return estimate(self._plan(groups, scores, r, dense, final))

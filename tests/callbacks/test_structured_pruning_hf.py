@@ -30,8 +30,13 @@ def test_llama_gqa_fit_resume_and_load_pruned(tmp_path):
     """Activation importance, residual width too: 1.5x fewer MACs, checkpoint loads weights-only, resume and
     load_pruned rebuild the pruned shape."""
     pruning = StructuredPruning(
-        target_speedup=1.5, start_epoch=1, end_epoch=2, importance="activation", importance_batches=1,
-        prune_hidden=True, verbose=False,
+        target_speedup=1.5,
+        start_epoch=1,
+        end_epoch=2,
+        importance="activation",
+        importance_batches=1,
+        prune_hidden=True,
+        verbose=False,
     )
     model, trainer = _fit(tmp_path, "llama", pruning)
     assert pruning.speedup >= 1.5 and len(pruning.history) == 2
@@ -50,8 +55,13 @@ def test_llama_gqa_fit_resume_and_load_pruned(tmp_path):
     assert inference.model.config.hidden_size == cfg.hidden_size
 
     resumed = StructuredPruning(
-        target_speedup=1.5, start_epoch=1, end_epoch=2, importance="activation", importance_batches=1,
-        prune_hidden=True, verbose=False,
+        target_speedup=1.5,
+        start_epoch=1,
+        end_epoch=2,
+        importance="activation",
+        importance_batches=1,
+        prune_hidden=True,
+        verbose=False,
     )
     again = TinyLM("llama")
     trainer2 = make_trainer(tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=0, callbacks=[resumed])
@@ -63,7 +73,12 @@ def test_llama_gqa_fit_resume_and_load_pruned(tmp_path):
 
 def test_qwen2_tied_taylor_keeps_optimizer_state_and_ties(tmp_path):
     pruning = StructuredPruning(
-        pruning_ratio=0.5, start_epoch=1, end_epoch=1, importance="taylor", importance_batches=1, prune_hidden=True,
+        pruning_ratio=0.5,
+        start_epoch=1,
+        end_epoch=1,
+        importance="taylor",
+        importance_batches=1,
+        prune_hidden=True,
         verbose=False,
     )
     model, trainer = _fit(tmp_path, "qwen2", pruning, max_epochs=2)
@@ -112,8 +127,15 @@ def test_unsupported_hf_model_refused_at_setup_fast(tmp_path):
     import transformers as tf
 
     model = TinyLM("llama")
-    cfg = tf.MixtralConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=2)
+    cfg = tf.MixtralConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+    )
     model.model = tf.MixtralForCausalLM(cfg)
     trainer = make_trainer(tmp_path, callbacks=[StructuredPruning(verbose=False)])
     start = time.perf_counter()

@@ -32,8 +32,9 @@ def tiny_lm(family: str, seed: int = 0) -> torch.nn.Module:
     elif family == "phi3":
         model = tf.Phi3ForCausalLM(tf.Phi3Config(**GQA, pad_token_id=0, bos_token_id=1, eos_token_id=2, **COMMON))
     elif family == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
-                            eos_token_id=2)
+        cfg = tf.GPT2Config(
+            vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2
+        )
         model = tf.GPT2LMHeadModel(cfg)
     else:
         raise ValueError(family)
@@ -45,7 +46,9 @@ def token_data(n: int = 64, length: int = 16, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     base = torch.randint(3, 256, (n, 4), generator=g)
     ids = base.repeat(1, length // 4)
-    return DataLoader(TensorDataset(ids), batch_size=8, collate_fn=lambda rows: {"input_ids": torch.stack([r[0] for r in rows])})
+    return DataLoader(
+        TensorDataset(ids), batch_size=8, collate_fn=lambda rows: {"input_ids": torch.stack([r[0] for r in rows])}
+    )
 
 
 class TinyLM(LightningModule):

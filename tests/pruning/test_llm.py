@@ -165,8 +165,14 @@ def test_activation_importance_keeps_the_active_units():
 
 def test_analysis_is_fast_and_linear_in_layers():
     def cost(layers: int) -> float:
-        cfg = tf.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                             num_key_value_heads=2, num_hidden_layers=layers)
+        cfg = tf.LlamaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_hidden_layers=layers,
+        )
         model = tf.LlamaForCausalLM(cfg)
         start = time.perf_counter()
         s = analyse(model)
@@ -186,14 +192,29 @@ def _refused_fast(model: torch.nn.Module, match: str) -> None:
 
 
 def test_refuses_mixture_of_experts_fast():
-    cfg = tf.MixtralConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=2)
+    cfg = tf.MixtralConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+    )
     _refused_fast(tf.MixtralForCausalLM(cfg), r"cannot prune MixtralForCausalLM at 'lm' is a mixture-of-experts")
 
 
 def test_refuses_encoder_decoder_fast():
-    cfg = tf.BartConfig(vocab_size=256, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)
+    cfg = tf.BartConfig(
+        vocab_size=256,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+    )
     _refused_fast(tf.BartForConditionalGeneration(cfg), r"is an encoder-decoder model \('bart'\)")
 
 
@@ -203,8 +224,9 @@ def test_refuses_state_space_model_fast():
 
 
 def test_refuses_unknown_family_fast():
-    cfg = tf.OPTConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,
-                       word_embed_proj_dim=32)
+    cfg = tf.OPTConfig(
+        vocab_size=256, hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32
+    )
     _refused_fast(tf.OPTForCausalLM(cfg), r"model_type 'opt', a family it does not know \(supported model_types")
 
 
@@ -216,12 +238,15 @@ def test_refuses_custom_attention_fast():
             raise AssertionError("never called")
 
     model.model.layers[1].self_attn = MyAttention()
-    _refused_fast(model, r"layer 1 has MyAttention at 'self_attn' without 'self_attn.q_proj', where a llama block has Linear")
+    _refused_fast(
+        model, r"layer 1 has MyAttention at 'self_attn' without 'self_attn.q_proj', where a llama block has Linear"
+    )
 
 
 def test_refuses_a_model_without_logits():
-    model = tf.LlamaModel(tf.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4))
+    model = tf.LlamaModel(
+        tf.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    )
     _refused_fast(model, r"LlamaModel at 'lm' has no language-model head, so its forward returns no logits")
 
 
