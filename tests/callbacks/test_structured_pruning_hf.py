@@ -20,8 +20,14 @@ IDS = torch.tensor([[5, 17, 99, 3, 42, 42, 7, 250]])
 
 def _fit(tmp_path, family: str, pruning: StructuredPruning, **kwargs) -> tuple[TinyLM, object]:
     model = TinyLM(family)
-    settings = {"max_epochs": 3, "limit_train_batches": 4, "limit_val_batches": 1, **kwargs}
-    trainer = make_trainer(tmp_path, callbacks=[pruning], enable_checkpointing=True, **settings)
+    settings = {
+        "max_epochs": 3,
+        "limit_train_batches": 4,
+        "limit_val_batches": 1,
+        "enable_checkpointing": True,
+        **kwargs,
+    }
+    trainer = make_trainer(tmp_path, callbacks=[pruning], **settings)
     trainer.fit(model)
     return model, trainer
 
@@ -142,3 +148,38 @@ def test_unsupported_hf_model_refused_at_setup_fast(tmp_path):
     with pytest.raises(ValueError, match=r"StructuredPruning: cannot prune MixtralForCausalLM at 'model' is a mixture"):
         trainer.fit(model)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen3", "phi3", "gpt2"])
+def test_fit_prunes_every_family(tmp_path, family):
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+    model, _ = _fit(
+        tmp_path, family, pruning, max_epochs=2, limit_train_batches=2, limit_val_batches=0, enable_checkpointing=False
+    )
+    assert pruning.speedup > 1.3 and len(pruning.history) == 1
+    fresh = type(model.model)(model.model.config)  # the config describes the pruned weights
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in model.model.state_dict().items()
+    }
+
+
+@pytest.mark.slow
+def test_ddp_ranks_cut_the_same_units(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("_ddp_pruning_hf_script.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["history"] == rank1["history"] and len(rank0["history"]) == 2
+    assert rank0["state"]["model.model.layers.0.mlp.up_proj.weight"].shape[0] == 64  # 128 -> 96 -> 64
+    for name, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][name]), name
