@@ -49,7 +49,15 @@ def datamodule(seq_len: int, batch_size: int):
     return StdlibTextDataModule(seq_len=seq_len, batch_size=batch_size, batch_format="causal_lm", seed=0)
 
 
-def train(speedup: float | None, steps: int, seq_len: int, batch_size: int, val_batches: int) -> dict:
+def train(
+    speedup: float | None,
+    steps: int,
+    seq_len: int,
+    batch_size: int,
+    val_batches: int,
+    prune_hidden: bool = False,
+    round_to: int | None = None,
+) -> dict:
     """One run with ``steps`` optimizer steps; ``speedup`` None is dense."""
     from lightning.pytorch import Trainer
 
@@ -66,6 +74,8 @@ def train(speedup: float | None, steps: int, seq_len: int, batch_size: int, val_
             start_step=max(1, int(0.1 * steps)),
             end_step=end,
             frequency=max(1, (end - int(0.1 * steps)) // 2),
+            prune_hidden=prune_hidden,
+            round_to=round_to,
             verbose=False,
         )
         callbacks.append(pruning)
@@ -175,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200, help="optimizer steps of each training run")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--prune-hidden", action="store_true", help="also cut the residual width")
+    p.add_argument("--round-to", type=int, default=None, help="final widths (MLP, residual) a multiple of this")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     steps = 30 if args.quick else args.steps
@@ -188,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         model_name = next((line for line in info if line.startswith("model name")), "").strip()
         print(model_name, "| avx512_bf16:", "avx512_bf16" in flags, "| avx512f:", "avx512f" in flags)
 
-    runs = [train(s, steps, args.seq_len, args.batch_size, val_batches) for s in (None, 1.5, 2.0)]
+    runs = [
+        train(s, steps, args.seq_len, args.batch_size, val_batches, args.prune_hidden, args.round_to)
+        for s in (None, 1.5, 2.0)
+    ]
     models = {r["name"]: r["model"] for r in runs}
     bench = side_by_side(
         models,

@@ -156,7 +156,8 @@ def test_fit_prunes_every_family(tmp_path, family):
     model, _ = _fit(
         tmp_path, family, pruning, max_epochs=2, limit_train_batches=2, limit_val_batches=0, enable_checkpointing=False
     )
-    assert pruning.speedup > 1.3 and len(pruning.history) == 1
+    # GPT-2 keeps its heads and residual width: only its MLP (a smaller share of the MACs) is cut.
+    assert pruning.speedup > (1.15 if family == "gpt2" else 1.3) and len(pruning.history) == 1
     fresh = type(model.model)(model.model.config)  # the config describes the pruned weights
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {
         k: v.shape for k, v in model.model.state_dict().items()

@@ -1,9 +1,8 @@
-"""Tiny Hugging Face causal LMs (2 layers, width 64, vocab 256) built from configs, and a LightningModule around one."""
+"""Tiny Hugging Face causal LMs (2 layers, width 64, vocab 256) and a LightningModule around one, for pruning tests."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -11,34 +10,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-COMMON: dict[str, Any] = {"vocab_size": 256, "num_hidden_layers": 2, "max_position_embeddings": 64}
-GQA: dict[str, Any] = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2}
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2")
 
 
 def tiny_lm(family: str, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised 2-layer causal LM of ``family`` (GQA with 4 query / 2 KV heads where it has GQA)."""
-    import transformers as tf
+    """lightning_green.testing's tiny 2-layer causal LM of ``family`` (width 64, MLP 128, 4 query / 2 KV heads where
+    the family has GQA, Qwen2 with tied embeddings, vocabulary 256)."""
+    from lightning_green.testing.hf import tiny_causal_lm
 
-    torch.manual_seed(seed)
-    if family == "llama":
-        model = tf.LlamaForCausalLM(tf.LlamaConfig(**GQA, **COMMON))
-    elif family == "mistral":
-        model = tf.MistralForCausalLM(tf.MistralConfig(**GQA, **COMMON))
-    elif family == "qwen2":
-        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**GQA, tie_word_embeddings=True, **COMMON))
-    elif family == "qwen3":
-        model = tf.Qwen3ForCausalLM(tf.Qwen3Config(**GQA, head_dim=16, tie_word_embeddings=True, **COMMON))
-    elif family == "phi3":
-        model = tf.Phi3ForCausalLM(tf.Phi3Config(**GQA, pad_token_id=0, bos_token_id=1, eos_token_id=2, **COMMON))
-    elif family == "gpt2":
-        cfg = tf.GPT2Config(
-            vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2
-        )
-        model = tf.GPT2LMHeadModel(cfg)
-    else:
-        raise ValueError(family)
-    return model
+    return tiny_causal_lm(family, seed=seed)
 
 
 def token_data(n: int = 64, length: int = 16, seed: int = 0) -> DataLoader:

@@ -35,7 +35,7 @@ def test_macs_fall(pruned):
     family, _, model, result, dense_macs = pruned
     assert result.entries and all(is_llm_entry(e) for e in result.entries)
     # GPT-2 keeps its heads and residual width (its config cannot express them cut): only its MLP shrinks.
-    assert result.macs < (0.75 if family == "gpt2" else 0.4) * dense_macs
+    assert result.macs < (0.85 if family == "gpt2" else 0.4) * dense_macs
     assert result.macs == count_llm_macs(analyse(model))[0]
 
 
@@ -81,7 +81,7 @@ def test_tied_embeddings_stay_one_tensor(pruned):
     family, dense, model, _, _ = pruned
     tied = dense.get_input_embeddings().weight is dense.get_output_embeddings().weight
     assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
-    if family in ("qwen2", "qwen3", "gpt2"):
+    if family in ("qwen2", "gpt2"):
         assert tied
 
 
