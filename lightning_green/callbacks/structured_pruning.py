@@ -657,6 +657,8 @@ class StructuredPruning(Callback):
             prune_hidden=self.prune_hidden,
         )
         llm.check_module(pl_module)
+        if self.pruning_ratio is not None:
+            llm.check_ratio(pl_module, self.pruning_ratio)
         return llm
 
     def _example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:

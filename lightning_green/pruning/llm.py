@@ -505,9 +505,16 @@ def _retie(model: nn.Module, replaced: Mapping[int, nn.Parameter]) -> None:
                 setattr(m, attr, replaced[id(p)])
 
 
+def _kept_after(units: int, ratio: float) -> int:
+    """Units left after removing ``ratio`` of ``units``, to the nearest unit (so that coarse groups, two KV heads,
+    follow an iterative schedule: 2 -> 2 -> 1 for step ratios 0.25, 0.33).
+    """
+    return int(math.floor(units * (1.0 - ratio) + 0.5))
+
+
 def _removed_count(units: int, dense: int, ratio: float, max_ratio: float, round_to: int | None) -> int:
     """Units to remove now: ``ratio`` of the current ones, capped so at most ``max_ratio`` of ``dense`` go in all."""
-    n = int(math.floor(units * ratio + 1e-9))
+    n = units - max(1, _kept_after(units, ratio))
     floor_keep = dense - int(math.floor(dense * max_ratio + 1e-9))
     n = min(n, max(0, units - max(1, floor_keep)))
     if round_to and n:
@@ -757,6 +764,22 @@ class LLMPruner:
         return out
 
     # --------------------------------------------------------------------------------------------- pruning
+    def check_ratio(self, module: nn.Module, ratio: float) -> None:
+        """Refuse a ``ratio`` that would remove every unit of a group (the two KV heads of a layer at 0.8)."""
+        s = self.structure(module)
+        for kind in self.kinds(s):
+            units = s.widths()[kind]
+            if _kept_after(units, ratio) < 1:
+                what = {"heads": "attention head (KV group)", "mlp": "MLP unit", "hidden": "residual channel"}[kind]
+                fix = "ignored_layers=['*self_attn*'] to keep the heads" if kind == "heads" else "a smaller ratio"
+                fail(
+                    self.owner,
+                    "pruning_ratio",
+                    ratio,
+                    f"below {1 - 0.5 / units:.3g}: it would remove every {what} of each layer ({units} of {units}); "
+                    f"use a smaller ratio or {fix}",
+                )
+
     def _plan(
         self,
         groups: list[Group],
@@ -770,9 +793,6 @@ class LLMPruner:
             d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
             round_to = self.round_to if final and g.kind != "heads" else None
             n = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to)
-            if n >= g.units:
-                where = f"layer {g.layer}" if g.layer is not None else "the model"
-                fail(self.owner, "pruning_ratio", ratio, f"a ratio that keeps some {g.kind} units of {where}")
             if n:
                 plan[gi] = sorted(torch.argsort(scores[gi], stable=True)[:n].tolist())
         return plan
@@ -793,6 +813,8 @@ class LLMPruner:
             raise ValueError("give exactly one of `ratio` and `target_macs`")
         if ratio is not None and not 0 <= ratio < 1:
             fail(self.owner, "pruning_ratio", ratio, "in [0, 1): a ratio of 1 would remove every head of a layer")
+        if ratio is not None:
+            self.check_ratio(module, ratio)
         s = self.structure(module)
         kinds = self.kinds(s)
         groups = s.groups(kinds)

@@ -105,10 +105,11 @@ def test_qwen2_tied_taylor_keeps_optimizer_state_and_ties(tmp_path):
         ({"regularization": "group-norm"}, r"regularization='group-norm'.*'none' for a Hugging Face causal LM"),
         ({"importance": "bn-scale"}, r"importance='bn-scale'.*for a Hugging Face causal LM"),
         ({"num_heads": {"model.model.layers.0.mlp.up_proj": 4}}, r"keyed by attention projections"),
+        ({"pruning_ratio": 0.8}, r"pruning_ratio=0.8.*would remove every attention head \(KV group\) of each layer"),
     ],
 )
 def test_bad_settings_for_an_llm_refused_at_setup(tmp_path, kwargs, match):
-    pruning = StructuredPruning(pruning_ratio=0.5, verbose=False, **kwargs)
+    pruning = StructuredPruning(**{"pruning_ratio": 0.5, "verbose": False, **kwargs})
     start = time.perf_counter()
     with pytest.raises(ValueError, match=match):
         _fit(tmp_path, "llama", pruning)

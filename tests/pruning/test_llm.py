@@ -264,6 +264,21 @@ def test_num_heads_must_match_config():
 def test_ratio_removing_every_head_refused():
     with pytest.raises(ValueError, match=r"pruning_ratio=1.0.*would remove every head of a layer"):
         LLMPruner().prune(tiny_lm("llama"), ratio=1.0)
+    pattern = r"pruning_ratio=0.8.*would remove every attention head \(KV group\) of each layer \(2 of 2\)"
+    with pytest.raises(ValueError, match=pattern):
+        LLMPruner().prune(tiny_lm("llama"), ratio=0.8)
+    LLMPruner(ignored_layers=["*self_attn*"]).check_ratio(tiny_lm("llama"), 0.8)  # heads kept: allowed
+
+
+def test_coarse_heads_follow_an_iterative_schedule():
+    """Two KV groups under step ratios 0.25 then 1/3 (a linear schedule to 0.5): 2 -> 2 -> 1."""
+    model = tiny_lm("llama")
+    pruner = LLMPruner()
+    dense = pruner.channels(model)
+    pruner.prune(model, ratio=0.25, dense_channels=dense)
+    assert model.config.num_key_value_heads == 2 and model.config.intermediate_size == 96
+    pruner.prune(model, ratio=1 / 3, dense_channels=dense)
+    assert model.config.num_key_value_heads == 1 and model.config.intermediate_size == 64
 
 
 def test_importance_must_fit_llms():
@@ -299,3 +314,20 @@ def test_no_hf_model_is_not_mine():
 def test_replay_llm_refuses_a_history_of_another_model():
     with pytest.raises(ValueError, match=r"cuts mlp of layer '5', which the model lacks"):
         replay_llm(tiny_lm("llama"), [["::mlp::5", True, [0]]])
+
+
+def test_rollback_restores_weights_and_config():
+    """The accuracy guard's ModuleSnapshot puts the weights back; sync_config then makes the config follow."""
+    from lightning_green.pruning.optim import ModuleSnapshot
+
+    model = tiny_lm("phi3").eval()
+    with torch.no_grad():
+        before = model(IDS).logits
+    snapshot = ModuleSnapshot(model)
+    pruner = LLMPruner(prune_hidden=True)
+    pruner.prune(model, ratio=0.5)
+    snapshot.restore(model)
+    pruner.structure(model).sync_config()
+    assert (model.config.intermediate_size, model.config.num_key_value_heads, model.config.hidden_size) == (128, 2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, before)
