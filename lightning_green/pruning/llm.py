@@ -506,8 +506,9 @@ def _retie(model: nn.Module, replaced: Mapping[int, nn.Parameter]) -> None:
 
 
 def _kept_after(units: int, ratio: float) -> int:
-    """Units left after removing ``ratio`` of ``units``, to the nearest unit (so that coarse groups, two KV heads,
-    follow an iterative schedule: 2 -> 2 -> 1 for step ratios 0.25, 0.33).
+    """Units left after removing ``ratio`` of ``units``, to the nearest unit.
+
+    Coarse groups (two KV heads) then follow an iterative schedule: 2 -> 2 -> 1 for step ratios 0.25, 0.33.
     """
     return int(math.floor(units * (1.0 - ratio) + 0.5))
 
