@@ -33,6 +33,7 @@ from lightning_green.pruning.engine import ChannelPruner
 from lightning_green.pruning.graph import count_macs_params
 from lightning_green.pruning.history import STATE_VERSION, rebuild_from_checkpoint, replay
 from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
+from lightning_green.pruning.llm import LLMPruner, find_hf_model
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, step_ratio
 
@@ -40,11 +41,13 @@ __all__ = ["StructuredPruning"]
 
 log = logging.getLogger(__name__)
 
-ImportanceName = Literal["magnitude-l1", "magnitude-l2", "taylor", "bn-scale", "lamp", "random"]
+ImportanceName = Literal["magnitude-l1", "magnitude-l2", "taylor", "bn-scale", "lamp", "random", "activation"]
 ScheduleName = Literal["linear", "cubic"]
 Regularization = Literal["none", "group-norm", "bn-scale"]
 _REGULARIZATIONS = ("none", "group-norm", "bn-scale")
 _MODES = ("max", "min")
+#: Criteria that look at a window of training batches before each prune (gradients, or activations of an HF LLM).
+_WINDOWED = NEEDS_GRADIENTS | {"activation"}
 
 
 class StructuredPruning(Callback):
@@ -77,7 +80,8 @@ class StructuredPruning(Callback):
         target_speedup: Instead of a ratio: prune until MACs dense / MACs pruned reaches this (> 1).
         importance: How channels are ranked: ``"magnitude-l1"``, ``"magnitude-l2"``, ``"taylor"`` (|w·∂L/∂w| with
             gradients summed over ``importance_batches`` optimizer steps: the first steps of the prune's epoch, or
-            the steps just before a step-scheduled prune), ``"bn-scale"``, ``"lamp"`` or ``"random"``.
+            the steps just before a step-scheduled prune), ``"bn-scale"``, ``"lamp"``, ``"random"``, or for Hugging
+            Face causal LMs ``"activation"`` (mean |activation| of each unit over the same window, as Minitron).
         schedule: ``"linear"`` or ``"cubic"`` progression of the goal over the prunes.
         start_epoch: Epoch (0-based) at whose start the first prune happens.
         end_epoch: Epoch of the last prune; ``None``: halfway from ``start_epoch`` to ``max_epochs``.
@@ -102,6 +106,14 @@ class StructuredPruning(Callback):
             rolled back (model and optimizer state) and pruning stops.
         mode: ``"max"`` if a larger ``monitor`` is better (accuracy), ``"min"`` if smaller is (loss).
         verbose: Print one line per prune.
+        prune_hidden: Hugging Face causal LMs only: also cut the residual width (embeddings, every norm,
+            ``lm_head``; tied weights stay tied). MLP units and attention heads (whole KV groups) are always cut.
+
+    Hugging Face decoder-only causal LMs (Llama, Mistral, Qwen2, Qwen3, Phi-3, GPT-2) inside the LightningModule
+    are recognised and cut by :class:`~lightning_green.pruning.llm.LLMPruner` on their known block structure (no
+    graph tracing, no ``example_input_array`` needed): every layer keeps the same widths and the model's ``config``
+    follows, so ``generate()`` and ``save_pretrained()`` work on the pruned model. Other HF architectures
+    (mixture-of-experts, encoder-decoder, state-space, unknown attention) are refused in ``setup``.
 
     Raises:
         ValueError: An argument is out of range or inconsistent (the message names it and what is allowed); in
@@ -145,13 +157,14 @@ class StructuredPruning(Callback):
         max_drop: float | None = None,
         mode: Literal["max", "min"] = "max",
         verbose: bool = True,
+        prune_hidden: bool = False,
     ) -> None:
         name = type(self).__name__
         check_optional_number(name, "pruning_ratio", pruning_ratio, gt=0, lt=1)
         check_optional_number(name, "target_speedup", target_speedup, gt=1)
         if pruning_ratio is not None and target_speedup is not None:
             fail(name, "pruning_ratio", pruning_ratio, "None when `target_speedup` is given (choose one goal)")
-        check_choice(name, "importance", importance, tuple(IMPORTANCES))
+        check_choice(name, "importance", importance, (*IMPORTANCES, "activation"))
         check_choice(name, "schedule", schedule, SCHEDULES)
         check_number(name, "start_epoch", start_epoch, integer=True, ge=0)
         check_optional_number(name, "end_epoch", end_epoch, integer=True, ge=0)
@@ -188,6 +201,7 @@ class StructuredPruning(Callback):
             fail(name, "max_drop", max_drop, f"given together with `monitor` (monitor={monitor!r})")
         check_choice(name, "mode", mode, _MODES)
         check_bool(name, "verbose", verbose)
+        check_bool(name, "prune_hidden", prune_hidden)
 
         self.pruning_ratio = 0.5 if pruning_ratio is None and target_speedup is None else pruning_ratio
         self.target_speedup = target_speedup
@@ -205,6 +219,8 @@ class StructuredPruning(Callback):
         self.max_drop = max_drop
         self.mode = mode
         self.verbose = verbose
+        self.prune_hidden = prune_hidden
+        self._global_pruning = global_pruning
         self.pruner = ChannelPruner(
             owner=name,
             importance=importance,
@@ -236,6 +252,8 @@ class StructuredPruning(Callback):
         self._regularizer: Any = None
         self._snapshot: tuple[ModuleSnapshot, OptimizerState] | None = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
+        #: Set in `setup` when the module holds a Hugging Face causal LM: it is cut by its known structure.
+        self._llm: LLMPruner | None = None
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -259,13 +277,18 @@ class StructuredPruning(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(self).__name__
-        if pl_module.example_input_array is None:
+        self._llm = self._llm_pruner(pl_module)
+        if self._llm is None and pl_module.example_input_array is None:
             raise InvalidArgumentError(
                 f"{name}: {type(pl_module).__name__} has no `example_input_array`; set one in its __init__ "
                 "(e.g. `self.example_input_array = torch.zeros(1, 3, 32, 32)`): it is traced to find coupled channels "
                 "and to count MACs."
             )
-        self.pruner.check_module(pl_module)
+        if self._llm is None:
+            if self.importance == "activation" or self.prune_hidden:
+                arg, value = ("importance", "activation") if self.importance == "activation" else ("prune_hidden", True)
+                fail(name, arg, value, "used with a Hugging Face causal LM only; this module holds none")
+            self.pruner.check_module(pl_module)
         self._install_restore_hook(pl_module)
         if stage != "fit":
             return
@@ -336,15 +359,19 @@ class StructuredPruning(Callback):
         self._reset_window()
         self._regularizer = None
         self._snapshot = None
+        if self._llm is not None:
+            self._llm.release()
 
     # --------------------------------------------------------------------------------------------- fit hooks
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x = self._example(trainer, pl_module)
         if self.dense_macs is None:
-            self.dense_macs, self.dense_params = count_macs_params(pl_module, x)
-            self.dense_channels = self.pruner.channels(pl_module, x)
-        self.macs, self.params = count_macs_params(pl_module, x)
+            self.dense_macs, self.dense_params = self._count(pl_module, x)
+            self.dense_channels = self._engine.channels(pl_module, x)
+        self.macs, self.params = self._count(pl_module, x)
+        if self._llm is not None and self.importance == "activation":
+            self._llm.observe(pl_module)
         self._names = {p: n for n, p in pl_module.named_parameters()}
         self._build_regularizer(pl_module, x)
 
@@ -352,11 +379,18 @@ class StructuredPruning(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self._llm is not None and self.importance == "activation":
+            lead = self.importance_batches if self.by_steps else 0
+            self._llm.recording = (
+                not self.finished
+                and self._grad_steps < self.importance_batches
+                and self._position(trainer) >= self._points[self.prunes_done] - lead
+            )
         if self.finished or batch_idx % max(1, trainer.accumulate_grad_batches):
             return
         if self._position(trainer) < self._points[self.prunes_done]:
             return
-        if self.importance in NEEDS_GRADIENTS and self._grad_steps < self.importance_batches:
+        if self.importance in _WINDOWED and self._grad_steps < self.importance_batches:
             if self._grad_steps == 0 and self._window_batches >= self.importance_batches * max(
                 1, trainer.accumulate_grad_batches
             ):
@@ -375,10 +409,13 @@ class StructuredPruning(Callback):
             return
         if self._regularizer is not None:  # both kinds were built with reg=regularization_strength
             self._regularizer.regularize(pl_module)
-        if self.importance not in NEEDS_GRADIENTS or self._grad_steps >= self.importance_batches:
+        if self.importance not in _WINDOWED or self._grad_steps >= self.importance_batches:
             return
         lead = self.importance_batches if self.by_steps else 0
         if self._position(trainer) < self._points[self.prunes_done] - lead:
+            return
+        if self.importance == "activation":  # the module's forward hooks recorded this batch
+            self._grad_steps += 1
             return
         named = [
             (name, p.grad.detach())
@@ -433,7 +470,7 @@ class StructuredPruning(Callback):
             try:
                 if self.target_speedup is not None:
                     target = self.dense_macs * macs_fraction(self.target_speedup, self.schedule, k, n)  # type: ignore[operator]
-                    result = self.pruner.prune(
+                    result = self._engine.prune(
                         pl_module,
                         x,
                         target_macs=target,
@@ -443,7 +480,7 @@ class StructuredPruning(Callback):
                     )
                 else:
                     ratio = step_ratio(self.pruning_ratio, self.schedule, k, n)  # type: ignore[arg-type]
-                    result = self.pruner.prune(
+                    result = self._engine.prune(
                         pl_module, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients, final=k == n
                     )
                 lineage = result.lineage
@@ -570,6 +607,8 @@ class StructuredPruning(Callback):
         module_snapshot, optimizer_snapshot = self._snapshot
         self._snapshot = None
         module_snapshot.restore(pl_module)
+        if self._llm is not None:
+            self._llm.structure(pl_module).sync_config()
         rebuild_ddp(trainer)
         now = OptimizerState.capture(trainer, pl_module)
         OptimizerState(optimizer_snapshot.states, now.groups, now.schedulers).restore(trainer, pl_module)
@@ -591,7 +630,40 @@ class StructuredPruning(Callback):
     def _position(self, trainer: pl.Trainer) -> int:
         return trainer.global_step if self.by_steps else trainer.current_epoch
 
+    @property
+    def _engine(self) -> ChannelPruner | LLMPruner:
+        return self._llm if self._llm is not None else self.pruner
+
+    def _count(self, pl_module: pl.LightningModule, x: Any) -> tuple[float, int]:
+        return self._llm.count(pl_module, x) if self._llm is not None else count_macs_params(pl_module, x)
+
+    def _llm_pruner(self, pl_module: pl.LightningModule) -> LLMPruner | None:
+        """An :class:`LLMPruner` when ``pl_module`` holds a Hugging Face model it can cut (refuses the others)."""
+        if find_hf_model(pl_module) is None:
+            return None
+        name = type(self).__name__
+        if self._global_pruning:
+            fail(name, "global_pruning", True, "False for a Hugging Face causal LM: every layer keeps the same widths")
+        if self.regularization != "none":
+            fail(name, "regularization", self.regularization, "'none' for a Hugging Face causal LM")
+        p = self.pruner
+        llm = LLMPruner(
+            owner=name,
+            importance=self.importance,
+            round_to=p.round_to,
+            ignored_layers=p.ignored_layers,
+            max_layer_ratio=p.max_layer_ratio,
+            num_heads=p.num_heads,
+            prune_hidden=self.prune_hidden,
+        )
+        llm.check_module(pl_module)
+        if self.pruning_ratio is not None:
+            llm.check_ratio(pl_module, self.pruning_ratio)
+        return llm
+
     def _example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        if self._llm is not None:
+            return self._llm.example(pl_module)
         x = move_data_to_device(pl_module.example_input_array, pl_module.device)
         return trainer.precision_plugin.convert_input(x)
 
@@ -615,6 +687,8 @@ class StructuredPruning(Callback):
         )
 
     def _reset_window(self) -> None:
+        if self._llm is not None:
+            self._llm.reset_activations()
         self._grad_sums = {}
         self._grad_steps = 0
         self._window_batches = 0

@@ -59,11 +59,20 @@ def replay(module: nn.Module, example_inputs: Any, entries: Sequence[Sequence[An
         >>> tuple(net[0].weight.shape), tuple(net[2].weight.shape)
         ((6, 4), (2, 6))
     """
+    if entries and _is_llm(entries[0]):
+        from lightning_green.pruning.llm import replay_llm  # structure-aware: no tracing, no example input
+
+        return replay_llm(module, entries)
     with pruning_session(module) as lineage:
         if entries:
             graph = build_graph(module, example_inputs)
             graph.load_pruning_history(plain_entries(entries))
     return lineage
+
+
+def _is_llm(entry: Sequence[Any]) -> bool:
+    # Entries of the Hugging Face LLM pruner name "<model path>::<kind>::<layer>" (lightning_green.pruning.llm).
+    return "::" in str(entry[0])
 
 
 def find_pruning_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -112,12 +121,13 @@ def rebuild_from_checkpoint(
             f"{owner}: the checkpoint has weights of other shapes than the module but no StructuredPruning history "
             "(was it saved with `save_weights_only=True`?); it cannot be rebuilt."
         )
+    entries = flatten_entries(state.get("history", []))
     if example_inputs is None:
         example_inputs = getattr(module, "example_input_array", None)
-    if example_inputs is None:
+    if example_inputs is None and not (entries and _is_llm(entries[0])):
         raise ValueError(f"{owner}: the module has no `example_input_array`; pass `example_inputs` to trace it.")
     device = next(module.parameters()).device
-    replay(module, move_data_to_device(example_inputs, device), flatten_entries(state.get("history", [])))
+    replay(module, move_data_to_device(example_inputs, device), entries)
     if shapes_differ(module, weights):
         raise ValueError(
             f"{owner}: replaying the checkpoint's pruning history did not give its shapes; was the module built "

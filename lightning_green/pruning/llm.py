@@ -1,0 +1,940 @@
+"""Structured pruning of Hugging Face decoder-only causal LMs on a structure known per family.
+
+Torch-Pruning's dependency-graph search does not return on these models (upstream VainF/Torch-Pruning#527, #519;
+see the project notes), and there is no need to search: every decoder block of a family is built the same way, so
+which weights share a channel is known from the family and the config. :class:`LLMPruner` recognises Llama,
+Mistral, Qwen2, Qwen3, Phi-3 and GPT-2 and cuts, in every decoder layer alike (one config still describes the
+model):
+
+- MLP hidden units (gate, up and down projections together; Phi-3's fused ``gate_up_proj``; GPT-2's ``c_fc`` and
+  ``c_proj`` Conv1D),
+- attention heads, by whole key/value groups under grouped-query attention (a KV head with the query heads that
+  read it; Phi-3's fused ``qkv_proj``); GPT-2 keeps its heads (its config ties the attention width to the
+  residual width),
+- optionally the residual width (embeddings, every norm, every projection's residual side, ``lm_head``; tied
+  embeddings stay one tensor).
+
+The model's ``config`` (``intermediate_size``/``n_inner``, ``num_attention_heads``, ``num_key_value_heads``,
+``head_dim``, ``hidden_size``) and the attention modules' run-time attributes follow each cut, so ``generate()``,
+``save_pretrained()``/``from_pretrained()`` work on the pruned model. A cut is recorded as plain history entries
+``["<model path>::<kind>::<layer>", True, [removed unit indices]]`` that :func:`replay_llm` applies to a fresh model.
+No Lightning import here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green.pruning.engine import PruneResult
+from lightning_green.pruning.graph import Lineage
+
+__all__ = [
+    "LLM_IMPORTANCES",
+    "SUPPORTED_FAMILIES",
+    "LLMPruner",
+    "LLMStructure",
+    "analyse",
+    "count_llm_macs",
+    "find_hf_model",
+    "is_llm_entry",
+    "replay_llm",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``model_type`` → family whose block layout it shares.
+SUPPORTED_FAMILIES: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "phi3": "phi3",
+    "gpt2": "gpt2",
+}
+#: Importance criteria the LLM pruner understands (``"lamp"`` ranks like ``"magnitude-l2"`` within a layer, which
+#: is all that uniform widths need).
+LLM_IMPORTANCES = ("magnitude-l1", "magnitude-l2", "taylor", "lamp", "random", "activation")
+_SSM_TYPES = ("mamba", "mamba2", "falcon_mamba", "rwkv", "jamba", "zamba", "zamba2", "bamba", "falcon_h1", "xlstm")
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
+_SEP = "::"
+
+
+# --------------------------------------------------------------------------------------------------- structure
+@dataclass(frozen=True)
+class Part:
+    """One tensor that follows a group of units.
+
+    ``path`` is relative to the HF model, ``dim`` the dimension cut, ``segments`` the ``(offset, rows per unit)`` runs
+    of that dimension that belong to the units (several for fused layers: Phi-3's ``qkv_proj``, ``gate_up_proj``).
+    """
+
+    path: str
+    dim: int
+    segments: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class Group:
+    """A set of coupled units (MLP hidden units, KV groups, residual channels) and the tensors they span."""
+
+    kind: str  # "mlp" | "heads" | "hidden"
+    layer: int | None  # decoder layer, None for the model-wide residual width
+    units: int
+    parts: list[Part] = field(default_factory=list)
+    #: Modules whose input holds one row per unit (activation importance reads |input| there).
+    probe: str = ""
+    probe_rows: int = 1
+
+
+@dataclass
+class LLMStructure:
+    """What :func:`analyse` found: the HF model, where it sits, its family and the coupled groups."""
+
+    path: str
+    model: nn.Module
+    family: str
+    layers: str  # path of the decoder-layer ModuleList inside the HF model
+
+    @property
+    def config(self) -> Any:
+        """The HF model's config."""
+        return self.model.config
+
+    def blocks(self) -> nn.ModuleList:
+        """The decoder layers."""
+        return self.model.get_submodule(self.layers)
+
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        cfg = self.config
+        if self.family == "gpt2":
+            return cfg.n_embd // cfg.n_head
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def mlp_width(self) -> int:
+        """MLP hidden units per layer."""
+        cfg = self.config
+        if self.family == "gpt2":
+            return cfg.n_inner if cfg.n_inner is not None else 4 * cfg.n_embd
+        return cfg.intermediate_size
+
+    def hidden(self) -> int:
+        """Residual width."""
+        return self.config.n_embd if self.family == "gpt2" else self.config.hidden_size
+
+    def kv_heads(self) -> int:
+        """Key/value heads per layer (the units of a head cut)."""
+        cfg = self.config
+        if self.family == "gpt2":
+            return cfg.n_head
+        return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+    def q_per_kv(self) -> int:
+        """Query heads that read one key/value head."""
+        heads = self.config.n_head if self.family == "gpt2" else self.config.num_attention_heads
+        return heads // self.kv_heads()
+
+    def widths(self) -> dict[str, int]:
+        """Current widths by group kind (what one config says about every layer)."""
+        return {"mlp": self.mlp_width(), "heads": self.kv_heads(), "hidden": self.hidden()}
+
+    # groups ------------------------------------------------------------------------------------------------
+    def groups(self, kinds: Sequence[str]) -> list[Group]:
+        """The coupled groups of ``kinds``, layer by layer (one block's layout serves all)."""
+        out = []
+        n = len(self.blocks())
+        prefix = self.layers
+        for kind in kinds:
+            if kind == "hidden":
+                out.append(self._hidden_group(n))
+                continue
+            for i in range(n):
+                g = self._mlp_group(i) if kind == "mlp" else self._heads_group(i)
+                g.parts = [Part(f"{prefix}.{i}.{p.path}", p.dim, p.segments) for p in g.parts]
+                g.probe = f"{prefix}.{i}.{g.probe}"
+                out.append(g)
+        return [g for g in out if self._exists(g)]
+
+    def _exists(self, group: Group) -> bool:
+        group.parts = [p for p in group.parts if _get_param(self.model, p.path) is not None]
+        return bool(group.parts)
+
+    def _mlp_group(self, i: int) -> Group:
+        w = self.mlp_width()
+        one = ((0, 1),)
+        if self.family == "gpt2":
+            parts = [Part("mlp.c_fc.weight", 1, one), Part("mlp.c_fc.bias", 0, one), Part("mlp.c_proj.weight", 0, one)]
+            return Group("mlp", i, w, parts, probe="mlp.c_proj")
+        if self.family == "phi3":
+            two = ((0, 1), (w, 1))
+            parts = [Part("mlp.gate_up_proj.weight", 0, two), Part("mlp.gate_up_proj.bias", 0, two)]
+        else:
+            parts = [Part(f"mlp.{n}.{t}", 0, one) for n in ("gate_proj", "up_proj") for t in ("weight", "bias")]
+        return Group("mlp", i, w, [*parts, Part("mlp.down_proj.weight", 1, one)], probe="mlp.down_proj")
+
+    def _heads_group(self, i: int) -> Group:
+        hd, kv, g = self.head_dim(), self.kv_heads(), self.q_per_kv()
+        q = ((0, g * hd),)
+        if self.family == "phi3":
+            nq = kv * g * hd
+            qkv = ((0, g * hd), (nq, hd), (nq + kv * hd, hd))
+            parts = [Part(f"self_attn.qkv_proj.{t}", 0, qkv) for t in ("weight", "bias")]
+        else:
+            parts = [Part(f"self_attn.q_proj.{t}", 0, q) for t in ("weight", "bias")]
+            parts += [
+                Part(f"self_attn.{n}.{t}", 0, ((0, hd),)) for n in ("k_proj", "v_proj") for t in ("weight", "bias")
+            ]
+        parts.append(Part("self_attn.o_proj.weight", 1, q))
+        return Group("heads", i, kv, parts, probe="self_attn.o_proj", probe_rows=g * hd)
+
+    def _hidden_group(self, n: int) -> Group:
+        one = ((0, 1),)
+        base = self.layers.rpartition(".")[0]  # "model"
+        pre = f"{base}." if base else ""
+        parts = [Part(f"{pre}embed_tokens.weight", 1, one)]
+        for i in range(n):
+            b = f"{self.layers}.{i}."
+            parts += [Part(f"{b}{nm}.weight", 0, one) for nm in ("input_layernorm", "post_attention_layernorm")]
+            if self.family == "phi3":
+                ins = ("self_attn.qkv_proj", "mlp.gate_up_proj")
+            else:
+                ins = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+            parts += [Part(f"{b}{nm}.weight", 1, one) for nm in ins]
+            for nm in ("self_attn.o_proj", "mlp.down_proj"):
+                parts += [Part(f"{b}{nm}.weight", 0, one), Part(f"{b}{nm}.bias", 0, one)]
+        parts.append(Part(f"{pre}norm.weight", 0, one))
+        out_name = _module_name(self.model, self.model.get_output_embeddings())
+        parts.append(Part(f"{out_name}.weight", 1, one))
+        return Group("hidden", None, self.hidden(), parts, probe=f"{pre}norm")
+
+    # config -------------------------------------------------------------------------------------------------
+    def sync_config(self) -> None:
+        """Write the weights' widths into ``config`` and the attention modules' run-time attributes."""
+        cfg, blocks = self.config, self.blocks()
+        b0 = blocks[0]
+        if self.family == "gpt2":
+            cfg.n_inner = b0.mlp.c_fc.weight.shape[1]
+            for b in blocks:
+                _sync_module_shapes(b)
+            return
+        hd = self.head_dim()
+        cfg.head_dim = hd  # explicit from now on: hidden_size / num_heads no longer gives it
+        cfg.intermediate_size = b0.mlp.down_proj.weight.shape[1]
+        heads = b0.self_attn.o_proj.weight.shape[1] // hd
+        g = self.q_per_kv()
+        cfg.num_attention_heads = heads
+        cfg.num_key_value_heads = heads // g
+        cfg.hidden_size = self.model.get_input_embeddings().weight.shape[1]
+        for b in blocks:
+            attn = b.self_attn
+            for attr, value in (
+                ("num_heads", heads),
+                ("num_attention_heads", heads),
+                ("num_key_value_heads", heads // g),
+                ("num_key_value_groups", g),
+                ("head_dim", hd),
+                ("hidden_size", cfg.hidden_size),
+            ):
+                if isinstance(getattr(attn, attr, None), int):
+                    setattr(attn, attr, value)
+            for attr, value in (("intermediate_size", cfg.intermediate_size), ("hidden_size", cfg.hidden_size)):
+                if isinstance(getattr(b.mlp, attr, None), int):
+                    setattr(b.mlp, attr, value)
+            _sync_module_shapes(b)
+        _sync_module_shapes(self.model, recurse=False)
+
+
+def _sync_module_shapes(root: nn.Module, recurse: bool = True) -> None:
+    """Keep ``in_features``/``out_features`` & co. in step with the weights (for repr and for code that reads them)."""
+    mods = root.modules() if recurse else [root.get_input_embeddings(), root.get_output_embeddings()]
+    for m in mods:
+        if m is None:
+            continue
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor):
+            continue
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = w.shape
+        elif isinstance(m, nn.Embedding):
+            m.num_embeddings, m.embedding_dim = w.shape
+        elif isinstance(m, nn.LayerNorm):
+            m.normalized_shape = tuple(w.shape)
+        elif type(m).__name__ == "Conv1D":
+            m.nx, m.nf = w.shape
+
+
+def _get_param(model: nn.Module, path: str) -> torch.Tensor | None:
+    owner, _, attr = path.rpartition(".")
+    try:
+        holder = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return None
+    value = getattr(holder, attr, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _module_name(root: nn.Module, target: nn.Module | None) -> str:
+    for name, m in root.named_modules():
+        if m is target:
+            return name
+    raise InvalidArgumentError(f"module {target!r} is not inside the model")
+
+
+def _rows(part: Part, units: torch.Tensor) -> torch.Tensor:
+    """Indices along ``part.dim`` that belong to ``units`` (in segment order, units ascending)."""
+    idx = []
+    for offset, size in part.segments:
+        base = offset + units[:, None] * size
+        idx.append((base + torch.arange(size)).reshape(-1))
+    return torch.cat(idx)
+
+
+# ---------------------------------------------------------------------------------------------------- finding
+def find_hf_model(module: nn.Module) -> tuple[str, nn.Module] | None:
+    """The outermost Hugging Face ``PreTrainedModel`` inside ``module`` (or ``module`` itself), with its path.
+
+    ``transformers`` is not imported here: a module can only hold an HF model when it is already imported.
+    """
+    tf = sys.modules.get("transformers")
+    if tf is None:
+        return None
+    base = getattr(tf, "PreTrainedModel", None)
+    if base is None:
+        return None
+    for name, m in module.named_modules():
+        if isinstance(m, base):
+            return name, m
+    return None
+
+
+def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure | None:
+    """Recognise a supported HF causal LM inside ``module``; ``None`` when there is no HF model at all.
+
+    Raises:
+        ValueError: An HF model this pruner cannot cut (encoder-decoder, mixture-of-experts, state-space, an
+            unknown family or attention module, no language-model head), in one line that says what to do.
+    """
+    found = find_hf_model(module)
+    if found is None:
+        return None
+    path, model = found
+    cfg = getattr(model, "config", None)
+    mtype = str(getattr(cfg, "model_type", "") or "")
+    cls = type(model).__name__
+    where = f"{cls} at {path!r}" if path else cls
+    families = ", ".join(sorted(SUPPORTED_FAMILIES))
+    remedy = f"supported model_types: {families}; remove StructuredPruning to train this model unpruned"
+    if getattr(cfg, "is_encoder_decoder", False):
+        _refuse(
+            owner,
+            f"{where} is an encoder-decoder model ({mtype!r}); only decoder-only causal LMs can be pruned ({remedy}).",
+        )
+    if any(getattr(cfg, k, None) for k in _MOE_KEYS) or "moe" in mtype:
+        _refuse(
+            owner, f"{where} is a mixture-of-experts model ({mtype!r}): expert MLPs are not prunable here ({remedy})."
+        )
+    if mtype in _SSM_TYPES or "mamba" in mtype or hasattr(cfg, "state_size") or hasattr(cfg, "ssm_cfg"):
+        _refuse(owner, f"{where} is a state-space model ({mtype!r}), which has no heads or MLP to cut ({remedy}).")
+    family = SUPPORTED_FAMILIES.get(mtype)
+    if family is None:
+        _refuse(owner, f"{where} has model_type {mtype!r}, a family it does not know ({remedy}).")
+    if model.get_output_embeddings() is None:
+        _refuse(
+            owner,
+            f"{where} has no language-model head, so its forward returns no logits; wrap an AutoModelForCausalLM "
+            f"(e.g. {cls.replace('Model', 'ForCausalLM')}) instead.",
+        )
+    layers = "transformer.h" if family == "gpt2" else "model.layers"
+    try:
+        blocks = model.get_submodule(layers)
+    except AttributeError:
+        _refuse(owner, f"{where} has no decoder layers at {layers!r}; it is not laid out like {mtype!r} ({remedy}).")
+    structure = LLMStructure(path=path, model=model, family=family, layers=layers)
+    expected = _EXPECTED[family]
+    for i, block in enumerate(blocks):
+        for sub, kinds in expected.items():
+            try:
+                m = block.get_submodule(sub)
+            except AttributeError:
+                m = None
+            if m is None or not any(type(m).__name__ == k or isinstance(m, _TYPES.get(k, ())) for k in kinds):
+                if m is None:
+                    parent = sub.rpartition(".")[0]
+                    try:
+                        got = f"{type(block.get_submodule(parent)).__name__} at {parent!r} without {sub!r}"
+                    except AttributeError:
+                        got = f"nothing at {sub!r}"
+                else:
+                    got = f"{type(m).__name__} at {sub!r}"
+                _refuse(
+                    owner,
+                    f"{where}: layer {i} has {got}, where a {mtype} block has {' or '.join(kinds)} (a custom "
+                    f"attention/MLP it does not recognise); restore the stock module, or {remedy}.",
+                )
+    return structure
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"Linear": (nn.Linear,)}
+_EXPECTED: dict[str, dict[str, tuple[str, ...]]] = {
+    "llama": {
+        "self_attn.q_proj": ("Linear",),
+        "self_attn.k_proj": ("Linear",),
+        "self_attn.v_proj": ("Linear",),
+        "self_attn.o_proj": ("Linear",),
+        "mlp.gate_proj": ("Linear",),
+        "mlp.up_proj": ("Linear",),
+        "mlp.down_proj": ("Linear",),
+    },
+    "phi3": {
+        "self_attn.qkv_proj": ("Linear",),
+        "self_attn.o_proj": ("Linear",),
+        "mlp.gate_up_proj": ("Linear",),
+        "mlp.down_proj": ("Linear",),
+    },
+    "gpt2": {
+        "attn.c_attn": ("Conv1D",),
+        "attn.c_proj": ("Conv1D",),
+        "mlp.c_fc": ("Conv1D",),
+        "mlp.c_proj": ("Conv1D",),
+    },
+}
+
+
+def _refuse(owner: str, message: str) -> None:
+    raise InvalidArgumentError(f"{owner}: cannot prune {message}")
+
+
+def is_llm_entry(entry: Sequence[Any]) -> bool:
+    """Whether a history entry was written by :class:`LLMPruner` (not by torch-pruning)."""
+    return _SEP in str(entry[0])
+
+
+# ---------------------------------------------------------------------------------------------------- MACs
+def _conv1d_macs(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+    # Same convention as torch-pruning's nn.Linear counter: in * out per token, plus the bias once per output.
+    x = inputs[0]
+    module.__flops__ += int(x.numel() * output.shape[-1] + output.shape[-1])
+
+
+def example_ids(structure: LLMStructure, length: int = 32) -> torch.Tensor:
+    """A fixed ``input_ids`` batch of one sequence (for MAC counts and the logits check)."""
+    cfg = structure.config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or length
+    n = min(length, int(limit))
+    device = next(structure.model.parameters()).device
+    return (torch.arange(n, device=device) * 7 % int(cfg.vocab_size)).unsqueeze(0)
+
+
+def _token_ids(s: LLMStructure, x: Any) -> torch.Tensor:
+    """``x`` when it is a batch of token ids, else :func:`example_ids`."""
+    if isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and not x.is_complex():
+        return x
+    return example_ids(s)
+
+
+def count_llm_macs(structure: LLMStructure, input_ids: torch.Tensor | None = None) -> tuple[float, int]:
+    """MACs of one forward over ``input_ids`` and the parameter count, by torch-pruning's counter.
+
+    HF's ``Conv1D`` (GPT-2) is counted like ``nn.Linear`` through the counter's public per-type table, which the
+    counter empties after every call.
+    """
+    ids = example_ids(structure) if input_ids is None else input_ids
+    _register_conv1d(structure.model)
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(structure.model, ids)
+    return float(macs), int(params)
+
+
+def _register_conv1d(model: nn.Module) -> None:
+    from torch_pruning.utils import op_counter
+
+    for t in {type(m) for m in model.modules() if type(m).__name__ == "Conv1D"}:
+        op_counter.CUSTOM_MODULES_MAPPING[t] = _conv1d_macs
+
+
+# ------------------------------------------------------------------------------------------------- cutting
+def _cut(model: nn.Module, groups: Sequence[Group], removed: Mapping[int, list[int]], lineage: Lineage) -> None:
+    """Remove units ``removed[i]`` of ``groups[i]`` from every tensor the group spans (tied tensors once)."""
+    for gi, group in enumerate(groups):
+        gone = sorted(set(removed.get(gi, [])))
+        if not gone:
+            continue
+        keep_units = torch.tensor([u for u in range(group.units) if u not in set(gone)], dtype=torch.long)
+        done: dict[int, nn.Parameter] = {}
+        for part in group.parts:
+            owner, _, attr = part.path.rpartition(".")
+            holder = model.get_submodule(owner) if owner else model
+            old = getattr(holder, attr)
+            if id(old) in done:
+                setattr(holder, attr, done[id(old)])
+                continue
+            keep = _rows(part, keep_units)
+            total = old.shape[part.dim]
+            # Rows outside every segment (none in these families) are kept as they are.
+            covered = _rows(part, torch.arange(group.units))
+            rest = torch.tensor(sorted(set(range(total)) - set(covered.tolist())), dtype=torch.long)
+            if len(rest):
+                keep = torch.sort(torch.cat([keep, rest])).values
+            with torch.no_grad():
+                data = torch.index_select(old.detach(), part.dim, keep.to(old.device)).clone()
+            new = nn.Parameter(data, requires_grad=old.requires_grad)
+            lineage.record(new, old, part.dim, keep.tolist())
+            setattr(holder, attr, new)
+            done[id(old)] = new
+        # A tensor shared with a module outside this group (a tied embedding) follows too.
+        _retie(model, done)
+
+
+def _retie(model: nn.Module, replaced: Mapping[int, nn.Parameter]) -> None:
+    if not replaced:
+        return
+    for m in model.modules():
+        for attr, p in list(m._parameters.items()):
+            if p is not None and id(p) in replaced:
+                setattr(m, attr, replaced[id(p)])
+
+
+def _kept_after(units: int, ratio: float) -> int:
+    """Units left after removing ``ratio`` of ``units``, to the nearest unit.
+
+    Coarse groups (two KV heads) then follow an iterative schedule: 2 -> 2 -> 1 for step ratios 0.25, 0.33.
+    """
+    return int(math.floor(units * (1.0 - ratio) + 0.5))
+
+
+def _removed_count(units: int, dense: int, ratio: float, max_ratio: float, round_to: int | None) -> int:
+    """Units to remove now: ``ratio`` of the current ones, capped so at most ``max_ratio`` of ``dense`` go in all."""
+    n = units - max(1, _kept_after(units, ratio))
+    floor_keep = dense - int(math.floor(dense * max_ratio + 1e-9))
+    n = min(n, max(0, units - max(1, floor_keep)))
+    if round_to and n:
+        keep = units - n
+        keep = max(round_to, (keep // round_to) * round_to)
+        n = max(0, units - keep)
+    return n
+
+
+# -------------------------------------------------------------------------------------------------- pruner
+class LLMPruner:
+    """Prunes a Hugging Face causal LM inside a module in place, with the interface of ``ChannelPruner``.
+
+    Args:
+        owner: Class name used in error messages.
+        importance: One of :data:`LLM_IMPORTANCES`. ``"activation"`` is mean |activation| of each unit (the input
+            of ``down_proj``/``o_proj``, the residual stream at the final norm) over the batches observed with
+            :meth:`observe` (Minitron's width criterion).
+        round_to: Widths of MLP and residual after the ``final`` prune are multiples of this.
+        ignored_layers: Names or patterns; one that matches an MLP / attention projection / embedding or norm
+            stops all cuts of that kind (every layer keeps the same widths).
+        max_layer_ratio: Largest share of a dense width that may be removed.
+        num_heads: Optional check only: an attention projection name → its heads, which must match the config.
+        prune_hidden: Also cut the residual width.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                   num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(cfg)
+        >>> result = LLMPruner().prune(model, None, ratio=0.5)
+        >>> cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        (32, 2, 1, 8)
+    """
+
+    def __init__(
+        self,
+        owner: str = "StructuredPruning",
+        importance: str = "magnitude-l2",
+        round_to: int | None = None,
+        ignored_layers: Sequence[str] | None = None,
+        max_layer_ratio: float = 0.9,
+        num_heads: Mapping[str, int] | None = None,
+        prune_hidden: bool = False,
+    ) -> None:
+        self.owner = owner
+        self.importance = importance
+        self.round_to = round_to
+        self.ignored_layers = list(ignored_layers or [])
+        self.max_layer_ratio = max_layer_ratio
+        self.num_heads = dict(num_heads or {})
+        self.prune_hidden = prune_hidden
+        self.analysis_s = 0.0
+        self.recording = False
+        self._stats: dict[str, torch.Tensor] = {}
+        self._hooks: list[Any] = []
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def structure(self, module: nn.Module) -> LLMStructure:
+        """The HF causal LM inside ``module`` (refuses what it cannot prune)."""
+        s = analyse(module, self.owner)
+        if s is None:
+            raise InvalidArgumentError(f"{self.owner}: no Hugging Face model inside {type(module).__name__}")
+        return s
+
+    def _ignored(self, s: LLMStructure) -> set[str]:
+        """Names (relative to the HF model) of its modules that ``ignored_layers`` matches."""
+        import fnmatch
+
+        out = set()
+        for rel, _ in s.model.named_modules():
+            full = f"{s.path}.{rel}" if s.path and rel else (rel or s.path)
+            if any(full == pat or fnmatch.fnmatchcase(full, pat) for pat in self.ignored_layers):
+                out.add(rel)
+        return out
+
+    def kinds(self, s: LLMStructure) -> list[str]:
+        """The group kinds this pruner cuts on ``s`` (after ``ignored_layers`` and the family's limits)."""
+        ignored = self._ignored(s)
+        parts = [set(n.split(".")) for n in ignored]
+        kinds = []
+        if not any("mlp" in p for p in parts):
+            kinds.append("mlp")
+        if s.family != "gpt2" and not any("self_attn" in p for p in parts):
+            kinds.append("heads")
+        if self.prune_hidden and not any(
+            p & {"embed_tokens", "norm", "input_layernorm", "post_attention_layernorm", "lm_head"} for p in parts
+        ):
+            kinds.append("hidden")
+        return kinds
+
+    def check_module(self, module: nn.Module) -> LLMStructure:
+        """Refuse what this pruner cannot do on ``module`` (in a second: no tracing) and return its structure."""
+        start = time.perf_counter()
+        s = self.structure(module)
+        if self.importance not in LLM_IMPORTANCES:
+            fail(self.owner, "importance", self.importance, f"one of {LLM_IMPORTANCES} for a Hugging Face causal LM")
+        if self.prune_hidden and s.family == "gpt2":
+            fail(
+                self.owner,
+                "prune_hidden",
+                True,
+                "False for GPT-2: its config ties the attention width to the residual width (n_embd = n_head * "
+                "head_dim), so only the MLP width can be cut",
+            )
+        import fnmatch
+
+        names = [n for n, _ in module.named_modules() if n]
+        for pattern in self.ignored_layers:
+            if not any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in names):
+                fail(
+                    self.owner,
+                    "ignored_layers",
+                    self.ignored_layers,
+                    f"names or glob patterns of modules; {pattern!r} matches none (e.g. {names[:3]})",
+                )
+        modules = dict(s.model.named_modules())
+        for name, heads in self.num_heads.items():
+            rel = name[len(s.path) + 1 :] if s.path and name.startswith(s.path + ".") else name
+            leaf = rel.rpartition(".")[2]
+            if rel not in modules or leaf not in ("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn"):
+                fail(
+                    self.owner,
+                    "num_heads",
+                    self.num_heads,
+                    f"keyed by attention projections (q_proj, k_proj, v_proj, qkv_proj, c_attn); {name!r} is not one "
+                    f"(heads of a Hugging Face model are read from its config, so `num_heads` can be left out)",
+                )
+            want = s.kv_heads() if leaf in ("k_proj", "v_proj") else s.kv_heads() * s.q_per_kv()
+            if heads != want:
+                fail(self.owner, "num_heads", self.num_heads, f"{want} for {name!r} as in the model's config")
+        if not self.kinds(s):
+            fail(self.owner, "ignored_layers", self.ignored_layers, "a list that leaves some MLP or attention to cut")
+        self._check_logits(s)
+        self.analysis_s = time.perf_counter() - start
+        return s
+
+    def _check_logits(self, s: LLMStructure) -> None:
+        ids = example_ids(s, length=4)
+        was = s.model.training
+        s.model.eval()
+        try:
+            with torch.no_grad():
+                out = s.model(input_ids=ids, use_cache=False)
+        finally:
+            s.model.train(was)
+        logits = getattr(out, "logits", None)
+        if not isinstance(logits, torch.Tensor):
+            _refuse(
+                self.owner,
+                f"{type(s.model).__name__}: its forward returns {type(out).__name__} without `logits`; wrap an "
+                "AutoModelForCausalLM.",
+            )
+
+    # ------------------------------------------------------------------------------------------- interface
+    def example(self, module: nn.Module) -> torch.Tensor:
+        """Token ids for MAC counts: the module's integer ``example_input_array`` if it has one, else 32 fixed ids."""
+        s = self.structure(module)
+        x = getattr(module, "example_input_array", None)
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and not x.is_complex():
+            return x.to(next(s.model.parameters()).device)
+        return example_ids(s)
+
+    def count(self, module: nn.Module, example_inputs: Any = None) -> tuple[float, int]:
+        """MACs and parameters of the HF model over ``example_inputs`` (token ids; ``None``: fixed ids)."""
+        s = self.structure(module)
+        return count_llm_macs(s, _token_ids(s, example_inputs))
+
+    def channels(self, module: nn.Module, example_inputs: Any = None) -> dict[str, list[int]]:
+        """Dense widths ``{kind: [width, width]}`` (the callback's record for ``max_layer_ratio``)."""
+        s = self.structure(module)
+        return {k: [v, v] for k, v in s.widths().items()}
+
+    # ---------------------------------------------------------------------------------------- activations
+    def observe(self, module: nn.Module) -> None:
+        """Hook the probes of every group: while :attr:`recording`, sum |input| per unit."""
+        self.release()
+        s = self.structure(module)
+        for g in s.groups(self.kinds(s)):
+            key = f"{g.kind}{_SEP}{g.layer}"
+            m = s.model.get_submodule(g.probe)
+            self._hooks.append(m.register_forward_hook(self._hook(key, g.probe_rows)))
+
+    def _hook(self, key: str, rows: int) -> Callable[..., None]:
+        def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+            if not self.recording or not inputs or not isinstance(inputs[0], torch.Tensor):
+                return
+            with torch.no_grad():
+                x = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).mean(0)
+                x = x.reshape(-1, rows).sum(1)
+                acc = self._stats.get(key)
+                self._stats[key] = x if acc is None or acc.shape != x.shape else acc + x
+
+        return hook
+
+    def reset_activations(self) -> None:
+        """Forget the recorded activations (after a prune the units are others)."""
+        self._stats = {}
+
+    def release(self) -> None:
+        """Remove the activation hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self._stats = {}
+        self.recording = False
+
+    # ---------------------------------------------------------------------------------------------- scores
+    def _scores(self, s: LLMStructure, groups: list[Group], gradients: Mapping[str, torch.Tensor] | None) -> list:
+        out = []
+        prefix = f"{s.path}." if s.path else ""
+        for g in groups:
+            if self.importance == "random":
+                out.append(torch.rand(g.units))
+                continue
+            if self.importance == "activation":
+                acc = self._stats.get(f"{g.kind}{_SEP}{g.layer}")
+                if acc is None or acc.numel() != g.units:
+                    fail(
+                        self.owner,
+                        "importance",
+                        self.importance,
+                        "a criterion with data: no activations were recorded for "
+                        f"{g.kind} of layer {g.layer} before this prune",
+                    )
+                out.append(acc.detach().cpu())
+                continue
+            total = torch.zeros(g.units)
+            for part in g.parts:
+                w = _get_param(s.model, part.path)
+                if w is None:
+                    continue
+                t = w.detach().float()
+                if self.importance == "taylor":
+                    grad = (gradients or {}).get(prefix + part.path)
+                    if grad is None:
+                        continue
+                    t = (t * grad.to(t.device).float().reshape(t.shape)).abs()
+                elif self.importance == "magnitude-l1":
+                    t = t.abs()
+                else:
+                    t = t.pow(2)
+                per_row = t.transpose(0, part.dim).reshape(t.shape[part.dim], -1).sum(1).cpu()
+                for offset, size in part.segments:
+                    total += per_row[offset : offset + g.units * size].reshape(g.units, size).sum(1)
+            out.append(total)
+        return out
+
+    # --------------------------------------------------------------------------------------------- pruning
+    def check_ratio(self, module: nn.Module, ratio: float) -> None:
+        """Refuse a ``ratio`` that would remove every unit of a group (the two KV heads of a layer at 0.8)."""
+        s = self.structure(module)
+        for kind in self.kinds(s):
+            units = s.widths()[kind]
+            if _kept_after(units, ratio) < 1:
+                what = {"heads": "attention head (KV group)", "mlp": "MLP unit", "hidden": "residual channel"}[kind]
+                fix = "ignored_layers=['*self_attn*'] to keep the heads" if kind == "heads" else "a smaller ratio"
+                fail(
+                    self.owner,
+                    "pruning_ratio",
+                    ratio,
+                    f"below {1 - 0.5 / units:.3g}: it would remove every {what} of each layer ({units} of {units}); "
+                    f"use a smaller ratio or {fix}",
+                )
+
+    def _plan(
+        self,
+        groups: list[Group],
+        scores: list[torch.Tensor],
+        ratio: float,
+        dense: Mapping[str, Sequence[int]] | None,
+        final: bool,
+    ) -> dict[int, list[int]]:
+        plan = {}
+        for gi, g in enumerate(groups):
+            d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
+            round_to = self.round_to if final and g.kind != "heads" else None
+            n = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to)
+            if n:
+                plan[gi] = sorted(torch.argsort(scores[gi], stable=True)[:n].tolist())
+        return plan
+
+    def prune(
+        self,
+        module: nn.Module,
+        example_inputs: Any = None,
+        *,
+        ratio: float | None = None,
+        target_macs: float | None = None,
+        dense_channels: Mapping[str, Sequence[int]] | None = None,
+        gradients: Mapping[str, torch.Tensor] | None = None,
+        final: bool = True,
+    ) -> PruneResult:
+        """Cut ``ratio`` of every group's current units, or the least until MACs are at most ``target_macs``."""
+        if (ratio is None) == (target_macs is None):
+            raise ValueError("give exactly one of `ratio` and `target_macs`")
+        if ratio is not None and not 0 <= ratio < 1:
+            fail(self.owner, "pruning_ratio", ratio, "in [0, 1): a ratio of 1 would remove every head of a layer")
+        if ratio is not None:
+            self.check_ratio(module, ratio)
+        s = self.structure(module)
+        kinds = self.kinds(s)
+        groups = s.groups(kinds)
+        scores = self._scores(s, groups, gradients)
+        ids = _token_ids(s, example_inputs)
+        result = PruneResult()
+        start, _ = count_llm_macs(s, ids)
+        if ratio is not None:
+            plan = self._plan(groups, scores, ratio, dense_channels, final)
+            result.needed = ratio > 0
+        else:
+            result.needed = start > target_macs  # type: ignore[operator]
+            plan = self._search(s, groups, scores, target_macs, dense_channels, final, ids) if result.needed else {}
+        lineage = Lineage()
+        entries = self._apply(s, groups, plan, lineage)
+        for p in module.parameters():
+            p.grad = None
+        result.entries = entries
+        result.lineage = lineage
+        result.macs, result.params = count_llm_macs(s, ids)
+        if target_macs is not None:
+            result.reached = result.macs <= target_macs
+        self._stats = {}
+        return result
+
+    def _apply(self, s: LLMStructure, groups: list[Group], plan: Mapping[int, list[int]], lineage: Lineage) -> list:
+        _cut(s.model, groups, plan, lineage)
+        s.sync_config()
+        return [[_entry_name(s.path, g), True, list(plan[gi])] for gi, g in enumerate(groups) if plan.get(gi)]
+
+    def _search(
+        self,
+        s: LLMStructure,
+        groups: list[Group],
+        scores: list[torch.Tensor],
+        target: float,
+        dense: Mapping[str, Sequence[int]] | None,
+        final: bool,
+        ids: torch.Tensor,
+    ) -> dict[int, list[int]]:
+        """The smallest ratio whose cut brings MACs to ``target`` (bisection on an exact per-layer model).
+
+        One layer-wise count of the current model gives each layer's MACs; a cut scales a layer by the kept share
+        of each of its weight's dimensions, so every try is arithmetic, not a forward.
+        """
+        estimate = _mac_model(s, groups, ids)
+
+        def macs(r: float) -> float:
+            return estimate(self._plan(groups, scores, r, dense, final))
+
+        lo, hi = 0.0, min(self.max_layer_ratio, 0.999)
+        if macs(hi) > target:
+            return self._plan(groups, scores, hi, dense, final)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            if macs(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+        return self._plan(groups, scores, hi, dense, final)
+
+
+def _mac_model(s: LLMStructure, groups: list[Group], ids: torch.Tensor) -> Callable[[Mapping[int, list[int]]], float]:
+    """``plan → MACs after that cut``, from one layer-wise count (linear layers scale with in x out)."""
+    _register_conv1d(s.model)
+    with torch.no_grad():
+        _, _, layer_macs, _ = tp.utils.count_ops_and_params(s.model, ids, layer_wise=True)
+    base = {m: float(v) for m, v in layer_macs.items() if v and not list(m.children())}
+    where: list[list[tuple[nn.Module, int]]] = []
+    for g in groups:
+        spots = []
+        for part in g.parts:
+            owner, _, attr = part.path.rpartition(".")
+            if attr == "weight":
+                spots.append((s.model.get_submodule(owner), part.dim))
+        where.append(spots)
+
+    def estimate(plan: Mapping[int, list[int]]) -> float:
+        frac: dict[tuple[nn.Module, int], float] = {}
+        for gi, n in ((gi, len(idxs)) for gi, idxs in plan.items()):
+            for spot in where[gi]:
+                frac[spot] = frac.get(spot, 1.0) * (1.0 - n / groups[gi].units)
+        return sum(v * frac.get((m, 0), 1.0) * frac.get((m, 1), 1.0) for m, v in base.items())
+
+    return estimate
+
+
+def _entry_name(path: str, g: Group) -> str:
+    return f"{path}{_SEP}{g.kind}{_SEP}{'' if g.layer is None else g.layer}"
+
+
+def replay_llm(module: nn.Module, entries: Sequence[Sequence[Any]], owner: str = "load_pruned") -> Lineage:
+    """Cut a freshly built ``module`` as the :class:`LLMPruner` entries say (in order) and return the lineage.
+
+    The entries of one prune come kind by kind, layer by layer; each such run is cut from the widths of the config
+    before it, then the config follows, exactly as :meth:`LLMPruner.prune` did.
+    """
+    lineage = Lineage()
+    s = analyse(module, owner)
+    if s is None:
+        raise InvalidArgumentError(f"{owner}: the history prunes a Hugging Face model, but the module holds none")
+    runs: list[tuple[str, dict[str, list[int]]]] = []
+    for name, _, idxs in entries:
+        path, kind, layer = str(name).split(_SEP)
+        if path != s.path:
+            raise InvalidArgumentError(
+                f"{owner}: the history prunes a model at {path!r}, the module has one at {s.path!r}"
+            )
+        if not runs or runs[-1][0] != kind or layer in runs[-1][1]:
+            runs.append((kind, {}))
+        runs[-1][1][layer] = [int(i) for i in idxs]
+    for kind, cuts in runs:
+        groups = s.groups([kind])
+        by_layer = {("" if g.layer is None else str(g.layer)): gi for gi, g in enumerate(groups)}
+        unknown = [layer for layer in cuts if layer not in by_layer]
+        if unknown:
+            raise InvalidArgumentError(
+                f"{owner}: the history cuts {kind} of layer {unknown[0]!r}, which the model lacks"
+            )
+        _cut(s.model, groups, {by_layer[layer]: idxs for layer, idxs in cuts.items()}, lineage)
+        s.sync_config()
+    return lineage

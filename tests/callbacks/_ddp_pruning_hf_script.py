@@ -1,0 +1,46 @@
+"""Run by test_structured_pruning_hf.py in a subprocess: the DDP check of _ddp_pruning_script.py on a tiny HF Llama.
+
+Random importance seeded per rank: the ranks agree only if rank 0's cut is broadcast and replayed (by the LLM
+pruner's history entries), and stay identical only if the DDP wrapper was rebuilt. Writes OUT/rank<r>.pt.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from lightning_green import StructuredPruning  # noqa: E402
+from tests.callbacks._ddp_pruning_script import Dump, PerRankSeed  # noqa: E402
+from tests.pruning.hf_models import TinyLM  # noqa: E402
+
+
+def main(out: Path) -> None:
+    seed_everything(0, verbose=False)
+    trainer = Trainer(
+        default_root_dir=out,
+        strategy="ddp",
+        devices=2,
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[
+            PerRankSeed(),
+            StructuredPruning(importance="random", pruning_ratio=0.5, start_epoch=1, end_epoch=2, verbose=False),
+            Dump(out),
+        ],
+    )
+    trainer.fit(TinyLM("llama"))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

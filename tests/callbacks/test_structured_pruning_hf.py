@@ -1,0 +1,187 @@
+"""StructuredPruning on Hugging Face causal LMs inside a LightningModule: fit, checkpoint, resume, load_pruned."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from lightning_green import StructuredPruning  # noqa: E402
+from lightning_green.pruning import load_pruned  # noqa: E402
+from lightning_green.pruning.llm import is_llm_entry  # noqa: E402
+from tests.helpers import make_trainer  # noqa: E402
+from tests.pruning.hf_models import TinyLM  # noqa: E402
+
+IDS = torch.tensor([[5, 17, 99, 3, 42, 42, 7, 250]])
+
+
+def _fit(tmp_path, family: str, pruning: StructuredPruning, **kwargs) -> tuple[TinyLM, object]:
+    model = TinyLM(family)
+    settings = {
+        "max_epochs": 3,
+        "limit_train_batches": 4,
+        "limit_val_batches": 1,
+        "enable_checkpointing": True,
+        **kwargs,
+    }
+    trainer = make_trainer(tmp_path, callbacks=[pruning], **settings)
+    trainer.fit(model)
+    return model, trainer
+
+
+def test_llama_gqa_fit_resume_and_load_pruned(tmp_path):
+    """Activation importance, residual width too: 1.5x fewer MACs, checkpoint loads weights-only, resume and
+    load_pruned rebuild the pruned shape."""
+    pruning = StructuredPruning(
+        target_speedup=1.5,
+        start_epoch=1,
+        end_epoch=2,
+        importance="activation",
+        importance_batches=1,
+        prune_hidden=True,
+        verbose=False,
+    )
+    model, trainer = _fit(tmp_path, "llama", pruning)
+    assert pruning.speedup >= 1.5 and len(pruning.history) == 2
+    cfg = model.model.config
+    assert cfg.hidden_size < 64 and cfg.intermediate_size < 128
+    assert cfg.num_attention_heads % cfg.num_key_value_heads == 0
+    ckpt = trainer.checkpoint_callback.best_model_path
+    state = torch.load(ckpt, weights_only=True)
+    entries = [e for event in state["callbacks"][pruning.state_key]["history"] for e in event["entries"]]
+    assert entries and all(is_llm_entry(e) for e in entries)
+
+    inference = load_pruned(TinyLM("llama"), ckpt).eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(inference(IDS), model(IDS))
+    assert inference.model.config.hidden_size == cfg.hidden_size
+
+    resumed = StructuredPruning(
+        target_speedup=1.5,
+        start_epoch=1,
+        end_epoch=2,
+        importance="activation",
+        importance_batches=1,
+        prune_hidden=True,
+        verbose=False,
+    )
+    again = TinyLM("llama")
+    trainer2 = make_trainer(tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=0, callbacks=[resumed])
+    trainer2.fit(again, ckpt_path=ckpt)
+    assert trainer2.global_step == 16
+    assert again.model.config.intermediate_size == cfg.intermediate_size
+    assert resumed.speedup == pytest.approx(pruning.speedup)
+
+
+def test_qwen2_tied_taylor_keeps_optimizer_state_and_ties(tmp_path):
+    pruning = StructuredPruning(
+        pruning_ratio=0.5,
+        start_epoch=1,
+        end_epoch=1,
+        importance="taylor",
+        importance_batches=1,
+        prune_hidden=True,
+        verbose=False,
+    )
+    model, trainer = _fit(tmp_path, "qwen2", pruning, max_epochs=2)
+    lm = model.model
+    assert lm.get_input_embeddings().weight is lm.get_output_embeddings().weight
+    assert lm.config.intermediate_size == 64 and lm.config.num_key_value_heads == 1
+    opt = trainer.optimizers[0]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert {id(p) for p in params} == {id(p) for p in model.parameters()}
+    carried = [p for p in params if p in opt.state]
+    assert carried and all(opt.state[p]["exp_avg"].shape == p.shape for p in carried)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"global_pruning": True}, r"global_pruning=True.*every layer keeps the same widths"),
+        ({"regularization": "group-norm"}, r"regularization='group-norm'.*'none' for a Hugging Face causal LM"),
+        ({"importance": "bn-scale"}, r"importance='bn-scale'.*for a Hugging Face causal LM"),
+        ({"num_heads": {"model.model.layers.0.mlp.up_proj": 4}}, r"keyed by attention projections"),
+        ({"pruning_ratio": 0.8}, r"pruning_ratio=0.8.*would remove every attention head \(KV group\) of each layer"),
+    ],
+)
+def test_bad_settings_for_an_llm_refused_at_setup(tmp_path, kwargs, match):
+    pruning = StructuredPruning(**{"pruning_ratio": 0.5, "verbose": False, **kwargs})
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        _fit(tmp_path, "llama", pruning)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_llm_only_options_refused_on_other_models(tmp_path):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    for kwargs, match in (
+        ({"prune_hidden": True}, r"prune_hidden=True.*with a Hugging Face causal LM only"),
+        ({"importance": "activation"}, r"importance='activation'.*with a Hugging Face causal LM only"),
+    ):
+        trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[StructuredPruning(verbose=False, **kwargs)])
+        model = BoringModel()
+        model.example_input_array = torch.zeros(1, 32)
+        with pytest.raises(ValueError, match=match):
+            trainer.fit(model)
+
+
+def test_unsupported_hf_model_refused_at_setup_fast(tmp_path):
+    import transformers as tf
+
+    model = TinyLM("llama")
+    cfg = tf.MixtralConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+    )
+    model.model = tf.MixtralForCausalLM(cfg)
+    trainer = make_trainer(tmp_path, callbacks=[StructuredPruning(verbose=False)])
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"StructuredPruning: cannot prune MixtralForCausalLM at 'model' is a mixture"):
+        trainer.fit(model)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen3", "phi3", "gpt2"])
+def test_fit_prunes_every_family(tmp_path, family):
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+    model, _ = _fit(
+        tmp_path, family, pruning, max_epochs=2, limit_train_batches=2, limit_val_batches=0, enable_checkpointing=False
+    )
+    # GPT-2 keeps its heads and residual width: only its MLP (a smaller share of the MACs) is cut.
+    assert pruning.speedup > (1.15 if family == "gpt2" else 1.3) and len(pruning.history) == 1
+    fresh = type(model.model)(model.model.config)  # the config describes the pruned weights
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in model.model.state_dict().items()
+    }
+
+
+@pytest.mark.slow
+def test_ddp_ranks_cut_the_same_units(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("_ddp_pruning_hf_script.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["history"] == rank1["history"] and len(rank0["history"]) == 2
+    assert rank0["state"]["model.model.layers.0.mlp.up_proj.weight"].shape[0] == 64  # 128 -> 96 -> 64
+    for name, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][name]), name
