@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 __all__ = [
+    "GreenRuntimeError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "check_bool",
@@ -32,6 +33,14 @@ class InvalidArgumentError(ValueError):
 
 class InvalidArgumentTypeError(TypeError):
     """A lightning-green argument has a bad type (a ``TypeError``: catch that)."""
+
+
+class GreenRuntimeError(RuntimeError):
+    """A run reached a state a lightning-green callback cannot go on from (not a configuration error).
+
+    Raised during training, e.g. when no gradient reached the layers a gradient criterion would prune. The CLI
+    keeps its traceback; only configuration errors (:class:`InvalidArgumentError`) become one-line messages.
+    """
 
 
 def find_argument_error(exc: BaseException) -> BaseException | None:

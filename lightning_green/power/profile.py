@@ -16,19 +16,12 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from zeus.optimizer.power_limit import (
-    Energy,
-    MaxSlowdownConstraint,
-    OptimumSelector,
-    PowerLimitMeasurement,
-    Time,
-    ZeusCost,
-)
-from zeus.utils.metric import zeus_cost
+from typing import TYPE_CHECKING, Any
 
 from lightning_green.energy.report import write_json_atomic
+
+if TYPE_CHECKING:  # zeus.optimizer.power_limit imports zeus.monitor (pandas, scikit-learn): only when used
+    from zeus.optimizer.power_limit import OptimumSelector, PowerLimitMeasurement
 
 __all__ = [
     "OBJECTIVES",
@@ -50,6 +43,8 @@ def make_selector(objective: str, eta: float, max_slowdown: float | None, world_
         >>> type(make_selector("zeus-cost", 0.5, None, 4)).__name__, make_selector("zeus-cost", 0.5, None, 4).world_size
         ('ZeusCost', 4)
     """
+    from zeus.optimizer.power_limit import Energy, MaxSlowdownConstraint, Time, ZeusCost
+
     if objective == "zeus-cost":
         return ZeusCost(eta_knob=eta, world_size=world_size)
     if objective == "energy":
@@ -80,6 +75,8 @@ def profile_table(
     """
     if not measurements:
         return []
+    from zeus.utils.metric import zeus_cost
+
     max_power = max(m.power_limit for m in measurements) * world_size
     steps = max(int(steps), 1)
     rows = []
@@ -104,6 +101,8 @@ class _Corrupt(ValueError):
 
 
 def _measurements(raw: Any, key: str) -> list[PowerLimitMeasurement]:
+    from zeus.optimizer.power_limit import PowerLimitMeasurement
+
     if not isinstance(raw, list):
         raise _Corrupt(f"profile {key!r}: `measurements` is not a list")
     out = []
@@ -126,6 +125,7 @@ class ProfileCache:
 
     Example:
         >>> import tempfile, os
+        >>> from zeus.optimizer.power_limit import PowerLimitMeasurement
         >>> cache = ProfileCache(os.path.join(tempfile.mkdtemp(), "power.json"))
         >>> cache.load("k") is None
         True
