@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, ran
 from typing_extensions import override
 
 from lightning_green._internal.validation import (
+    GreenRuntimeError,
     InvalidArgumentError,
     check_bool,
     check_choice,
@@ -599,7 +600,7 @@ class StructuredPruning(Callback):
         value = trainer.callback_metrics.get(self.monitor)  # type: ignore[arg-type]
         if value is None:
             available = sorted(trainer.callback_metrics)
-            raise RuntimeError(
+            raise GreenRuntimeError(
                 f"{type(self).__name__}(monitor={self.monitor!r}): `monitor` was not logged before prune {prune} "
                 f"(logged: {available}). Log it in validation_step and let a validation run before the first prune."
             )
@@ -612,6 +613,7 @@ class StructuredPruning(Callback):
             self.importance,
             f"a criterion without gradients (e.g. 'magnitude-l2'): no gradients reached the model in the "
             f"{self.importance_batches} optimizer steps before prune {self.prunes_done + 1}",
+            GreenRuntimeError,  # found mid-fit: a runtime state, not a bad argument
         )
 
     def _reset_window(self) -> None:
