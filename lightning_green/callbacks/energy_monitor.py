@@ -24,6 +24,7 @@ from lightning_green._internal.validation import (
     check_filename,
     check_number,
     check_optional_number,
+    check_state_version,
     fail,
 )
 from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
@@ -594,6 +595,7 @@ class EnergyMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         self.ledgers = {k: StageLedger.from_state(v) for k, v in state_dict.get("ledgers", {}).items()}
         self.forecast.load_state_dict(state_dict.get("forecast", {}))
         self.forecast_total_j = state_dict.get("forecast_total_j")

@@ -25,6 +25,7 @@ from lightning_green._internal.validation import (
     check_choice,
     check_number,
     check_optional_number,
+    check_state_version,
     fail,
 )
 from lightning_green.events import WorkloadChange, add_report_section
@@ -391,6 +392,7 @@ class PowerLimitTuner(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         self._restored = dict(state_dict)
 
     # ------------------------------------------------------------------------------------------------ internals

@@ -25,6 +25,7 @@ from lightning_green._internal.validation import (
     check_choice,
     check_number,
     check_optional_number,
+    check_state_version,
     check_str_list,
     fail,
 )
@@ -664,6 +665,7 @@ class StructuredPruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=STATE_VERSION)
         self.history = [dict(event) for event in state_dict.get("history", [])]
         self.prunes_done = int(state_dict.get("prunes_done", len(self.history)))
         self.stopped = bool(state_dict.get("stopped", False))
