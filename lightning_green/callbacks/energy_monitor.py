@@ -356,20 +356,25 @@ class EnergyMonitor(Callback):
             indices = [] if index is None else [index]
         elif trainer.local_rank != 0:
             indices = []  # an explicit list is the node's GPUs: local rank 0 measures them for every rank
+        gpu_problem = None
         if indices:
-            from zeus.device import get_gpus
-
-            try:
-                available = len(get_gpus())
-            except Exception:  # Zeus found no GPU library at all
-                available = 0
-            missing = [i for i in indices if i >= available]
-            if missing:
+            available, gpu_problem = _zeus_gpus()
+            if gpu_problem is not None and self.gpu_indices is None:
+                indices = []  # the training GPU cannot be opened: measure the rest, say why (below)
+            elif gpu_problem is not None or any(i >= available for i in indices):
+                missing = [i for i in indices if i >= available]
                 raise InvalidArgumentError(
                     f"EnergyMonitor(gpu_indices={self.gpu_indices!r}): GPU index {missing} not found; Zeus sees "
-                    f"{available} GPU(s). Pass indices below {available}, or None to measure the training device."
+                    f"{available} GPU(s){f' ({gpu_problem})' if gpu_problem else ''}. Pass indices below {available}, "
+                    "or None to measure the training device."
                 )
-        return EnergyMeter(gpu_indices=indices, node_counters=trainer.local_rank == 0, estimate=self.estimate)
+        meter = EnergyMeter(gpu_indices=indices, node_counters=trainer.local_rank == 0, estimate=self.estimate)
+        if gpu_problem is not None:
+            meter.problems["gpu"] = gpu_problem
+        for component, why in meter.problems.items():
+            what = "GPU energy is not measured" if component == "gpu" else f"{component.upper()} energy is estimated"
+            rank_zero_warn(f"EnergyMonitor: {what}: {why}.")
+        return meter
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -767,6 +772,20 @@ class EnergyMonitor(Callback):
         except OSError as err:
             rank_zero_warn(f"EnergyMonitor: could not write the energy report to {path!r}: {err}")
         return report
+
+
+def _zeus_gpus() -> tuple[int, str | None]:
+    """How many GPUs Zeus sees, and why it sees none when its GPU library fails to start (else ``None``)."""
+    from zeus.device import get_gpus
+
+    try:
+        return len(get_gpus()), None
+    except Exception as err:  # NVML/AMDSMI missing or failing (driver, container, permission): Zeus wraps them all
+        return 0, (
+            f"Zeus could not open the GPUs ({type(err).__name__}: {err}). Check that `nvidia-smi` (or `amd-smi`) works "
+            "in this environment: the driver is loaded, the container was started with GPU access (e.g. "
+            "`docker run --gpus all`), and the NVML library (`nvidia-ml-py`) matches the driver"
+        )
 
 
 def _batch_size(batch: Any) -> int:
