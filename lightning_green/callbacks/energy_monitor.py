@@ -606,7 +606,12 @@ class EnergyMonitor(Callback):
         self.forecast_total_j = state_dict.get("forecast_total_j")
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
-        self._restored = True
+        # Usually before on_fit_start, which then keeps these ledgers. A strategy with
+        # `restore_checkpoint_after_setup` (FSDP, DeepSpeed) restores after on_fit_start opened the fit: take the
+        # checkpoint's ledgers for the open stages now, and leave no flag behind for the next fit.
+        for stage in self._open:
+            self.ledgers.setdefault(stage, StageLedger())
+        self._restored = not self._open
 
     # ------------------------------------------------------------------------------------------------ internals
     def _count(self, batch: Any) -> None:
