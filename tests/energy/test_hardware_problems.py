@@ -41,8 +41,10 @@ def unreadable_rapl(tmp_path, monkeypatch):
     monkeypatch.setattr(zeus_rapl, "RAPL_DIR", str(rapl))
     monkeypatch.setattr(zeus_rapl, "open", guarded_open, raising=False)  # RAPLFile's `open`
     monkeypatch.setattr(zeus_cpu, "_cpus", None)
+    zeus_rapl.rapl_is_available.cache_clear()  # Zeus caches the answer for the process (functools.lru_cache)
     yield
     zeus_cpu._cpus = None
+    zeus_rapl.rapl_is_available.cache_clear()
 
 
 def test_unreadable_rapl_says_why_with_the_fix(unreadable_rapl):
@@ -56,7 +58,9 @@ def test_no_rapl_at_all_is_no_problem(tmp_path, monkeypatch):
     monkeypatch.setattr(zeus_rapl, "RAPL_DIR", str(tmp_path / "absent"))
     monkeypatch.setattr(zeus_rapl, "CONTAINER_RAPL_DIR", str(tmp_path / "absent2"))
     monkeypatch.setattr(zeus_cpu, "_cpus", None)
+    zeus_rapl.rapl_is_available.cache_clear()
     meter = EnergyMeter(gpu_indices=[])
+    zeus_rapl.rapl_is_available.cache_clear()
     assert meter.problems == {} and meter.describe()["cpu"] == "estimate"
 
 
