@@ -8,7 +8,12 @@ any LightningCLI: ``--model``/``--data`` (any LightningModule/LightningDataModul
 ``--print_config``.
 
 ``lightning-green report RUN_DIR [RUN_DIR ...]`` (see :func:`report`) regenerates the green report of finished
-runs and, given several, compares them side by side.
+runs and, given several, compares them side by side. Such commands, which are not a Trainer method, are listed
+in :data:`COMMANDS` (a new one is one entry there) and shown by ``lightning-green --help``.
+
+Errors: a bad argument or setting found while parsing, instantiating or setting up (up to ``on_fit_start``) ends
+with its one-line message and exit status 2. A failure once training runs (:class:`GreenRuntimeError`, or any
+other) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -24,7 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_green._internal.validation import find_argument_error
 
-__all__ = ["GreenCLI", "cli", "main", "report"]
+__all__ = ["COMMANDS", "Command", "GreenCLI", "cli", "main", "report"]
 
 DEFAULT_MODEL = "lightning_green.demos.DigitsCNN"
 DEFAULT_DATA = "lightning_green.demos.DigitsDataModule"
@@ -40,6 +46,17 @@ class GreenCLI(LightningCLI):
     ``--trainer.callbacks+=...`` on the command line appends to it. Lightning's progress bar (TQDM or Rich, the
     default or one configured) becomes its green twin, which shows the energy figures with units (``516 J``).
     """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """LightningCLI's parser, whose help also lists the commands of :data:`COMMANDS`."""
+        from jsonargparse import DefaultHelpFormatter
+
+        class _Formatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+            """Keeps the epilog's lines."""
+
+        kwargs.setdefault("epilog", _commands_epilog())
+        kwargs.setdefault("formatter_class", _Formatter)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Install the demo defaults."""
@@ -157,35 +174,106 @@ def report(args: Sequence[str]) -> int:
     return 0
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lightning-green`` console script.
+def _report_errors() -> tuple[type[BaseException], ...]:
+    from lightning_green.report.run import RunDirError
 
-    A bad lightning-green argument ends with its one-line message and exit status 2, not a traceback from
-    inside jsonargparse (set ``LIGHTNING_GREEN_DEBUG=1`` for the traceback). So does a bad ``report`` run directory.
+    return (RunDirError, OSError)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``lightning-green`` command that is not a Trainer method (those are LightningCLI's own subcommands).
+
+    Args:
+        help: One line for ``lightning-green --help``.
+        run: Called with the arguments after the command name; returns the exit status.
+        errors: Returns the exception types that are the user's mistake (a missing file, a bad option): they end
+            with a one-line message and exit status 2 (a callable, so that the command's modules load lazily).
     """
-    argv = list(args) if args is not None else sys.argv[1:]
-    if argv[:1] in (["export"], ["bench-inference"]):
+
+    help: str
+    run: Callable[[Sequence[str]], int]
+    errors: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
+
+
+def _export_command(name: str) -> Callable[[Sequence[str]], int]:
+    def run(args: Sequence[str]) -> int:
+        # lightning_green.export.cli turns its own bad input into a one-line error and exit status 2.
         from lightning_green.export.cli import main as export_main
 
-        raise SystemExit(export_main(argv))
-    if argv[:1] == ["report"]:
-        from lightning_green.report.run import RunDirError
+        return export_main([name, *args])
 
+    return run
+
+
+COMMANDS: dict[str, Command] = {
+    "report": Command(
+        "regenerate the green report of finished runs; compare several side by side", report, _report_errors
+    ),
+    "export": Command(
+        "export a (pruned) checkpoint to ONNX, torch.export or Hugging Face, checked against the original",
+        _export_command("export"),
+    ),
+    "bench-inference": Command(
+        "latency, throughput and energy per 1,000 predictions of a checkpoint, against a baseline",
+        _export_command("bench-inference"),
+    ),
+}
+"""The commands besides LightningCLI's fit/validate/test/predict, by name. Add one here."""
+
+
+def _commands_epilog() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name.ljust(width)}  {cmd.help}" for name, cmd in sorted(COMMANDS.items())]
+    return "other commands (lightning-green COMMAND --help):\n" + "\n".join(lines)
+
+
+def _raised_while_running(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of the Trainer's run stage (sanity check, training, evaluation), not its setup.
+
+    Everything up to ``on_fit_start`` (callback/module setup, strategy setup, checkpoint restore) runs before
+    ``Trainer._run_stage`` (Lightning 2.4-2.6); an argument error raised there is a configuration error. The name is
+    read from the traceback, nothing is patched; tests/test_cli.py checks it still matches.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "_run_stage" and os.path.basename(code.co_filename) == "trainer.py":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _one_line_exit(err: BaseException) -> None:
+    print(f"lightning-green: error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``lightning-green`` console script (``args`` default to the command line).
+
+    A configuration error (a bad argument or setting, found while parsing, instantiating or setting up) ends with
+    its one-line message and exit status 2, not a traceback from inside jsonargparse; so does a user mistake in a
+    :data:`COMMANDS` command (e.g. a bad ``report`` run directory). A failure once training runs keeps its
+    traceback. Set ``LIGHTNING_GREEN_DEBUG=1`` for the traceback of every error.
+    """
+    argv = list(args) if args is not None else sys.argv[1:]
+    command = COMMANDS.get(argv[0]) if argv else None
+    if command is not None:
         try:
-            raise SystemExit(report(argv[1:]))
-        except (RunDirError, OSError) as err:
+            raise SystemExit(command.run(argv[1:]))
+        except command.errors() as err:
             if os.environ.get("LIGHTNING_GREEN_DEBUG"):
                 raise
-            print(f"lightning-green: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            _one_line_exit(err)
     try:
-        cli(argv)
+        # Without `args`, LightningCLI reads sys.argv itself: passing both makes it warn at every run.
+        cli(args)
     except Exception as exc:
         err = find_argument_error(exc)
-        if err is None or os.environ.get("LIGHTNING_GREEN_DEBUG"):
+        if err is None or _raised_while_running(exc) or os.environ.get("LIGHTNING_GREEN_DEBUG"):
             raise
-        print(f"lightning-green: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _one_line_exit(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

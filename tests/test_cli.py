@@ -1,10 +1,14 @@
 import os
+import sys
+from typing import Literal
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import Callback
 
-from lightning_green import EnergyBudget, EnergyMonitor
-from lightning_green.cli import cli, main
+from lightning_green import EnergyBudget, EnergyMonitor, GreenRuntimeError
+from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green.cli import COMMANDS, cli, main
 from lightning_green.energy import read_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,3 +129,50 @@ def test_setup_errors_are_one_line_too(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lightning-green: error: EnergyBudget reads the energy measured by an EnergyMonitor")
     assert not any("Traceback" in line for line in err)
+
+
+def test_command_line_run_gives_no_args_and_argv_warning(monkeypatch, recwarn, tmp_path):
+    # The console script calls main() with no arguments: LightningCLI must read sys.argv itself.
+    monkeypatch.setattr(sys, "argv", ["lightning-green", "fit", f"--trainer.default_root_dir={tmp_path}", *FAST])
+    main()
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "not recommended to provide both args and command line arguments" in m]
+    assert os.path.exists(os.path.join(tmp_path, "lightning_logs", "version_0", "energy_report.json"))
+
+
+def test_help_lists_the_report_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "fit" in out
+    line = next(line for line in out.splitlines() if line.strip().startswith("report"))
+    assert COMMANDS["report"].help in line
+
+
+class FailsMidFit(Callback):
+    """Raises on the second training batch, as a callback that meets a bad state mid-fit would."""
+
+    def __init__(self, kind: Literal["argument", "runtime"] = "argument") -> None:
+        self.kind = kind
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 1:
+            exc = InvalidArgumentError if self.kind == "argument" else GreenRuntimeError
+            fail("FailsMidFit", "kind", self.kind, "what this test raises", exc)
+
+
+@pytest.mark.parametrize("kind, exc", [("argument", InvalidArgumentError), ("runtime", GreenRuntimeError)])
+def test_failure_during_training_keeps_its_traceback(tmp_path, kind, exc):
+    # One-line errors are for parse/instantiate/setup; this one is raised hours into a run, so to speak.
+    with pytest.raises(exc, match=r"FailsMidFit\(kind=") as info:
+        main(
+            [
+                "fit",
+                f"--trainer.default_root_dir={tmp_path}",
+                *FAST,
+                "--trainer.callbacks+=tests.test_cli.FailsMidFit",
+                f"--trainer.callbacks.kind={kind}",
+            ]
+        )
+    assert any(entry.name == "on_train_batch_end" for entry in info.traceback)

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 __all__ = [
+    "GreenRuntimeError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "check_bool",
@@ -20,6 +21,7 @@ __all__ = [
     "check_filename",
     "check_number",
     "check_optional_number",
+    "check_state_version",
     "check_str_list",
     "fail",
     "find_argument_error",
@@ -32,6 +34,14 @@ class InvalidArgumentError(ValueError):
 
 class InvalidArgumentTypeError(TypeError):
     """A lightning-green argument has a bad type (a ``TypeError``: catch that)."""
+
+
+class GreenRuntimeError(RuntimeError):
+    """A run reached a state a lightning-green callback cannot go on from (not a configuration error).
+
+    Raised during training, e.g. when no gradient reached the layers a gradient criterion would prune. The CLI
+    keeps its traceback; only configuration errors (:class:`InvalidArgumentError`) become one-line messages.
+    """
 
 
 def find_argument_error(exc: BaseException) -> BaseException | None:
@@ -152,3 +162,35 @@ def check_filename(owner: str, name: str, value: Any, allowed: str, optional: bo
     if not isinstance(value, str) or not value or os.path.basename(value) != value:
         fail(owner, name, value, allowed)
     return value
+
+
+def check_state_version(owner: str, state: Any, supported: int) -> int:
+    """Return the ``"version"`` of a saved callback ``state``; refuse one newer than ``supported`` or malformed.
+
+    A state without a version is read as version 1 (the first format).
+
+    Example:
+        >>> check_state_version("X", {"version": 1}, supported=1)
+        1
+        >>> check_state_version("X", {"version": 2}, supported=1)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_green...InvalidArgumentError: X: the checkpoint holds this callback's state in version 2, ...
+    """
+    if not isinstance(state, dict):
+        raise InvalidArgumentError(
+            f"{owner}: the checkpoint's state for this callback is a {type(state).__name__}, not a dict; it was not "
+            "written by lightning-green."
+        )
+    version = state.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidArgumentError(
+            f"{owner}: the checkpoint's state has version {version!r}; a version must be an int >= 1. The checkpoint "
+            "is corrupt or was not written by lightning-green."
+        )
+    if version > supported:
+        raise InvalidArgumentError(
+            f"{owner}: the checkpoint holds this callback's state in version {version}, newer than this "
+            f"lightning-green reads (<= {supported}). Upgrade lightning-green to resume from it."
+        )
+    return version

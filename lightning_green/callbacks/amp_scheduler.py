@@ -13,7 +13,14 @@ from typing_extensions import override
 
 from lightning_green._internal.distributed import any_rank
 from lightning_green._internal.logging import log_metrics, log_step, should_log_step
-from lightning_green._internal.validation import check_bool, check_choice, check_number, fail
+from lightning_green._internal.validation import (
+    InvalidArgumentError,
+    check_bool,
+    check_choice,
+    check_number,
+    check_state_version,
+    fail,
+)
 from lightning_green.events import workload_changed
 from lightning_green.precision.capability import PolicyChoice, resolve_policy
 from lightning_green.precision.guard import (
@@ -257,9 +264,8 @@ class AMPScheduler(Callback):
             self._pending_scaler = None
         # The loops' progress is restored only after on_fit_start: on resume, install the checkpoint's mode, so
         # Lightning restores the grad-scaler state into the plugin that saved it; the first batch re-targets.
-        resumed = restored is not None and restored.get("mode") in MODES
-        mode = restored["mode"] if resumed else self._target(trainer)  # type: ignore[index]
-        self._install(trainer, mode)
+        mode = self._restored_mode(restored)
+        self._install(trainer, mode if mode is not None else self._target(trainer))
         self._snapshot = BufferSnapshot(pl_module) if self.guard_buffers else None
 
     @override
@@ -373,9 +379,7 @@ class AMPScheduler(Callback):
         return {
             "version": 1,
             "mode": self.mode,
-            "interval": self.interval,
             "position": self.position,
-            "low_precision": self.choice.mode if self.choice else None,
             "tracker": self.tracker.state_dict(),
             "scaler": scaler,
             "forced": self._was_forced,
@@ -384,6 +388,7 @@ class AMPScheduler(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         self._restored = dict(state_dict)
         self.tracker.load_state_dict(state_dict.get("tracker", {}))
         self.switches = [dict(s) for s in state_dict.get("switches", [])]
@@ -393,6 +398,27 @@ class AMPScheduler(Callback):
         self._pending_scaler = dict(scaler) if scaler else None
 
     # ------------------------------------------------------------------------------------------------ internals
+    def _restored_mode(self, restored: dict[str, Any] | None) -> str | None:
+        """The checkpoint's precision mode if this run may install it; ``None``: re-target from the schedule."""
+        mode = restored.get("mode") if restored is not None else None
+        if mode is None:
+            return None
+        name = type(self).__name__
+        if mode not in MODES:
+            raise InvalidArgumentError(
+                f"{name}: the checkpoint's precision mode {mode!r} is not one of {MODES}; the checkpoint is corrupt "
+                "or was not written by lightning-green."
+            )
+        assert self.active_schedule is not None
+        allowed = self.active_schedule.modes() | {FP32}
+        if mode not in allowed:
+            rank_zero_warn(
+                f"{name}: the checkpoint was saved in {mode}, which this run's schedule does not use here "
+                f"({', '.join(sorted(allowed))}); resuming in the schedule's mode instead."
+            )
+            return None
+        return mode
+
     def _target(self, trainer: pl.Trainer) -> str:
         assert self.active_schedule is not None
         self.position = trainer.current_epoch if self.interval == "epoch" else trainer.global_step

@@ -10,7 +10,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._internal.distributed import agree
-from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_optional_number, fail
+from lightning_green._internal.validation import (
+    InvalidArgumentError,
+    check_choice,
+    check_optional_number,
+    check_state_version,
+    fail,
+)
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 from lightning_green.energy.carbon import joules_to, to_joules
 
@@ -133,6 +139,7 @@ class EnergyBudget(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         # The stop reason is not restored: a resumed run (perhaps with a larger budget) is judged afresh, and a stop
         # it reaches gets its own message. Only the forecast warning is not repeated.
         self._warned = bool(state_dict.get("warned", False))

@@ -28,6 +28,7 @@ from lightning_green._internal.validation import (
     check_filename,
     check_number,
     check_optional_number,
+    check_state_version,
     fail,
 )
 from lightning_green.callbacks.progress_bar import GreenProgressBarMixin, format_energy_short, format_power
@@ -386,20 +387,25 @@ class EnergyMonitor(Callback):
             indices = [] if index is None else [index]
         elif trainer.local_rank != 0:
             indices = []  # an explicit list is the node's GPUs: local rank 0 measures them for every rank
+        gpu_problem = None
         if indices:
-            from zeus.device import get_gpus
-
-            try:
-                available = len(get_gpus())
-            except Exception:  # Zeus found no GPU library at all
-                available = 0
-            missing = [i for i in indices if i >= available]
-            if missing:
+            available, gpu_problem = _zeus_gpus()
+            if gpu_problem is not None and self.gpu_indices is None:
+                indices = []  # the training GPU cannot be opened: measure the rest, say why (below)
+            elif gpu_problem is not None or any(i >= available for i in indices):
+                missing = [i for i in indices if i >= available]
                 raise InvalidArgumentError(
                     f"EnergyMonitor(gpu_indices={self.gpu_indices!r}): GPU index {missing} not found; Zeus sees "
-                    f"{available} GPU(s). Pass indices below {available}, or None to measure the training device."
+                    f"{available} GPU(s){f' ({gpu_problem})' if gpu_problem else ''}. Pass indices below {available}, "
+                    "or None to measure the training device."
                 )
-        return EnergyMeter(gpu_indices=indices, node_counters=trainer.local_rank == 0, estimate=self.estimate)
+        meter = EnergyMeter(gpu_indices=indices, node_counters=trainer.local_rank == 0, estimate=self.estimate)
+        if gpu_problem is not None:
+            meter.problems["gpu"] = gpu_problem
+        for component, why in meter.problems.items():
+            what = "GPU energy is not measured" if component == "gpu" else f"{component.upper()} energy is estimated"
+            rank_zero_warn(f"EnergyMonitor: {what}: {why}.")
+        return meter
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -622,12 +628,18 @@ class EnergyMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         self.ledgers = {k: StageLedger.from_state(v) for k, v in state_dict.get("ledgers", {}).items()}
         self.forecast.load_state_dict(state_dict.get("forecast", {}))
         self.forecast_total_j = state_dict.get("forecast_total_j")
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
-        self._restored = True
+        # Usually before on_fit_start, which then keeps these ledgers. A strategy with
+        # `restore_checkpoint_after_setup` (FSDP, DeepSpeed) restores after on_fit_start opened the fit: take the
+        # checkpoint's ledgers for the open stages now, and leave no flag behind for the next fit.
+        for stage in self._open:
+            self.ledgers.setdefault(stage, StageLedger())
+        self._restored = not self._open
 
     # ------------------------------------------------------------------------------------------------ internals
     def _count(self, batch: Any) -> None:
@@ -821,6 +833,20 @@ class EnergyMonitor(Callback):
         except OSError as err:
             rank_zero_warn(f"EnergyMonitor: could not write the energy report to {path!r}: {err}")
         return report
+
+
+def _zeus_gpus() -> tuple[int, str | None]:
+    """How many GPUs Zeus sees, and why it sees none when its GPU library fails to start (else ``None``)."""
+    from zeus.device import get_gpus
+
+    try:
+        return len(get_gpus()), None
+    except Exception as err:  # NVML/AMDSMI missing or failing (driver, container, permission): Zeus wraps them all
+        return 0, (
+            f"Zeus could not open the GPUs ({type(err).__name__}: {err}). Check that `nvidia-smi` (or `amd-smi`) works "
+            "in this environment: the driver is loaded, the container was started with GPU access (e.g. "
+            "`docker run --gpus all`), and the NVML library (`nvidia-ml-py`) matches the driver"
+        )
 
 
 def _batch_size(batch: Any) -> int:

@@ -19,6 +19,7 @@ from lightning_green._internal.validation import (
     check_choice,
     check_filename,
     check_optional_number,
+    check_state_version,
     fail,
 )
 from lightning_green.events import add_report_section
@@ -203,6 +204,7 @@ class GreenReport(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         self.elapsed_s = float(state_dict.get("elapsed_s", 0.0))
         self._model = dict(state_dict.get("model", {}))
 

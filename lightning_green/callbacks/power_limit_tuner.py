@@ -26,6 +26,7 @@ from lightning_green._internal.validation import (
     check_choice,
     check_number,
     check_optional_number,
+    check_state_version,
     fail,
 )
 from lightning_green.events import WorkloadChange, add_report_section
@@ -82,9 +83,12 @@ class PowerLimitTuner(Callback):
         warmup_steps: Optimizer steps at each limit before measuring (>= 1).
         profile_steps: Optimizer steps measured at each limit (>= 1).
         pl_step_w: Stride between profiled limits, W (>= 1).
-        profile_path: JSON profile cache: a stored profile for this GPU model and job is reused (no profiling);
-            a new one is added. Its folder must exist and be writable.
-        job: Name of the job in the cache key; ``None`` uses the LightningModule's class name.
+        profile_path: JSON profile cache: a stored profile for the same workload (GPU model, world size, precision,
+            the model's parameters and MACs, batch size) is reused (no profiling); a new one is added. Its folder
+            must exist and be writable. A file written by Zeus's ``GlobalPowerLimitOptimizer(profile_path=...)``
+            is read as the profile of the workload the fit starts with, its totals divided by ``profile_steps``
+            (give the value Zeus used).
+        job: An extra label in the cache key, to keep apart jobs whose workloads would otherwise share one.
         wait_steps: Optimizer steps before profiling starts, and after a workload change (>= 0).
         reprofile_on_change: Re-profile when the workload changes.
 
@@ -162,8 +166,14 @@ class PowerLimitTuner(Callback):
         self._gs_boundary: int | None = None
         self._boundaries = 0
         self._restored: dict[str, Any] | None = None
-        self._pending_cache: tuple[list[Any], int] | None = None
         self._warned = False
+        # Profiles measured or read in this process, by workload key: a workload seen before (fp32 again after a
+        # precision fallback, then low precision again) reuses its profile instead of profiling again.
+        self._profiles: dict[str, tuple[list[Any], int]] = {}
+        self._lookup_pending = False  # the first look-up waits for the first batch (the batch size)
+        self._batch_size: int | None = None
+        self._size: tuple[int, float | None] | None = None
+        self._fit_started = False
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -204,7 +214,10 @@ class PowerLimitTuner(Callback):
         self.reprofiles = 0
         self.cache_hits = 0
         self._restored = None
-        self._pending_cache = None
+        self._lookup_pending = False
+        self._fit_started = False
+        self._batch_size = None
+        self._size = None
         self._release()  # nothing left over from an earlier fit (a guard, a search) may act in this one
         self._search = None  # the last fit's profile stays readable until the next fit starts
         self.gpu_index = None
@@ -229,13 +242,11 @@ class PowerLimitTuner(Callback):
         gpus = get_gpus()
         self.gpu_index = index
         self._gpu_name = str(gpus.get_name(index))
-        self._job = self.job or type(pl_module).__name__
+        self._job = self.job or ""
         self._limits_mw = limit_grid(control.min_mw, control.max_mw, self.pl_step_w)
         self._guard = LimitGuard(gpus, [index], on_restore_failure=self._restore_failed)
         self._guard.arm()
-        # Read now so that a corrupt cache fails before training; on_fit_start reads again if a checkpoint
-        # restores a later workload.
-        self._pending_cache = self._read_cache(trainer, self.workload)
+        self._check_cache(trainer)  # a corrupt cache fails now, before training
         log.debug("PowerLimitTuner: GPU %d (%s) via %s, limits %s", index, self._gpu_name, control.method, control)
 
     @override
@@ -253,26 +264,28 @@ class PowerLimitTuner(Callback):
             wait_steps=self.wait_steps,
         )
         restored, self._restored = self._restored, None
-        pending, self._pending_cache = self._pending_cache, None
-        if restored is not None:  # the workload the checkpointed model is at, whatever the search's state was
-            self.workload = int(restored.get("workload", 0))
-            self.reprofiles = int(restored.get("reprofiles", self.workload))
-        if restored and restored.get("measurements") and int(restored.get("world_size", 0)) == self.world_size:
+        self._fit_started = True
+        self._lookup_pending = True
+        if restored is not None:
+            self._apply_restored(restored)
+        self._gs_boundary = None
+        self._boundaries = 0
+
+    def _apply_restored(self, restored: dict[str, Any]) -> None:
+        """Take the checkpoint's workload and profile.
+
+        Called from on_fit_start, or from load_state_dict when the strategy restores after setup
+        (``restore_checkpoint_after_setup``, e.g. FSDP, DeepSpeed), which is after on_fit_start.
+        """
+        assert self._search is not None
+        self.workload = int(restored.get("workload", 0))  # the workload the checkpointed model is at
+        self.reprofiles = int(restored.get("reprofiles", self.workload))
+        if restored.get("measurements") and int(restored.get("world_size", 0)) == self.world_size:
             from zeus.optimizer.power_limit import PowerLimitMeasurement
 
             measurements = [PowerLimitMeasurement(**m) for m in restored["measurements"]]
             self._search.load(measurements, steps=int(restored.get("steps", self.profile_steps)))
-        else:
-            if self.workload != 0:  # setup read workload 0's profile; same branch on every rank (same checkpoint)
-                pending = self._read_cache(trainer, self.workload)
-            if pending:
-                self.cache_hits += 1
-                self._search.load(*pending)
-                rank_zero_info(
-                    f"PowerLimitTuner: reusing the stored profile for {self._key()} from {self.profile_path}."
-                )
-        self._gs_boundary = None
-        self._boundaries = 0
+            self._lookup_pending = False
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -296,6 +309,12 @@ class PowerLimitTuner(Callback):
             return
         self._gs_boundary = gs
         self._boundaries += 1
+        self._batch_size = _batch_size(batch, self._batch_size)
+        if self._lookup_pending:  # first step of the fit: every rank is here, at the same step
+            self._lookup_pending = False
+            if self._use_known_profile(trainer, pl_module, initial=self.workload == 0):
+                self._log_state(trainer)
+                return
         sync = search.transitions_next()
         window, error = None, None
         try:
@@ -360,14 +379,11 @@ class PowerLimitTuner(Callback):
         self.workload += 1
         self.reprofiles += 1
         self._search.restart()
-        cached = self._read_cache(trainer, self.workload)
-        if cached:
-            self.cache_hits += 1
-            self._search.load(*cached)
-            self._conclude(trainer)
+        self._size = None  # a prune changes the model's size: count again
+        known = not self._lookup_pending and self._use_known_profile(trainer, pl_module, initial=False)
         rank_zero_info(
             f"PowerLimitTuner: workload changed ({change.reason} by {change.source}); "
-            + ("using the stored profile." if cached else "re-profiling power limits.")
+            + ("using the profile of this workload seen before." if known else "re-profiling power limits.")
         )
         self._log_state(trainer)
 
@@ -392,16 +408,64 @@ class PowerLimitTuner(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = dict(state_dict)
+        check_state_version(type(self).__name__, state_dict, supported=1)
+        if self._fit_started and self._search is not None:  # restore_checkpoint_after_setup: after on_fit_start
+            self._apply_restored(dict(state_dict))
+        else:
+            self._restored = dict(state_dict)
 
     # ------------------------------------------------------------------------------------------------ internals
-    def _key(self) -> str:
-        return profile_key(self._gpu_name, self._job, self.world_size, self.workload)
+    def _key(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        """The workload's cache key: GPU model, world size, precision, model size (params, MACs), batch size."""
+        if self._size is None:
+            self._size = _model_size(pl_module)
+        params, macs = self._size
+        key = profile_key(
+            self._gpu_name, self.world_size, _precision(trainer), params, macs, self._batch_size, self._job or None
+        )
+        # Rank 0's key on every rank, so that every rank takes the same branch (reuse or profile).
+        return str(trainer.strategy.broadcast(key, src=0))
 
-    def _read_cache(self, trainer: pl.Trainer, workload: int) -> tuple[list[Any], int] | None:
-        """The stored profile for ``workload`` and its steps per measurement, or ``None``.
+    def _use_known_profile(self, trainer: pl.Trainer, pl_module: pl.LightningModule, initial: bool) -> bool:
+        """Load the profile of this workload if one was seen in this process or is in the cache, and conclude."""
+        assert self._search is not None
+        key = self._key(trainer, pl_module)
+        known = self._profiles.get(key)
+        if known is not None:
+            self.cache_hits += 1
+            rank_zero_info(f"PowerLimitTuner: reusing the profile measured earlier for {key}.")
+        else:
+            known = self._read_cache(trainer, key, initial)
+            if known is not None:
+                self.cache_hits += 1
+                rank_zero_info(f"PowerLimitTuner: reusing the stored profile for {key} from {self.profile_path}.")
+        if known is None:
+            return False
+        self._search.load(*known)
+        self._conclude(trainer)
+        return True
+
+    def _check_cache(self, trainer: pl.Trainer) -> None:
+        """Read the whole cache on rank 0 and raise its problem on every rank (a collective)."""
+        if self.profile_path is None:
+            return
+        error = None
+        if trainer.global_rank == 0:
+            try:
+                ProfileCache(self.profile_path, zeus_profile_steps=self.profile_steps).check()
+            except ValueError as err:  # corrupt: the message names the file, the problem and the fix
+                error = f"cannot read the profile cache: {err}"
+            except OSError as err:
+                error = f"cannot read the profile cache ({err}). Make it readable, or pass another path."
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise InvalidArgumentError(f"PowerLimitTuner(profile_path={self.profile_path!r}): {error}")
+
+    def _read_cache(self, trainer: pl.Trainer, key: str, initial: bool) -> tuple[list[Any], int] | None:
+        """The stored profile for ``key`` and its steps per measurement, or ``None``.
 
         Rank 0 reads the cache; every rank gets its answer (a broadcast), so all skip profiling or none does.
+        A Zeus-written file answers only the ``initial`` workload (see :class:`~lightning_green.power.ProfileCache`).
 
         A cache that cannot be read is broadcast as an error message, and every rank raises it: raising on rank 0
         alone would leave the other ranks waiting in the broadcast forever.
@@ -413,9 +477,8 @@ class PowerLimitTuner(Callback):
             return None
         answer: dict[str, Any] = {"rows": [], "steps": 1, "error": None}
         if trainer.global_rank == 0:
-            key = profile_key(self._gpu_name, self._job, self.world_size, workload)
             try:
-                found = ProfileCache(self.profile_path).profile(key)
+                found = ProfileCache(self.profile_path, zeus_profile_steps=self.profile_steps).profile(key, initial)
                 if found is not None:
                     answer["rows"] = [[m.power_limit, m.energy, m.time] for m in found[0]]
                     answer["steps"] = found[1]
@@ -499,7 +562,9 @@ class PowerLimitTuner(Callback):
         if not agree(trainer.strategy, error is None, all=True):
             self._disable(trainer, self._refusal(error))
             return
-        self._save_cache(trainer)
+        key = self._key(trainer, trainer.lightning_module)  # of the workload just profiled (or loaded)
+        self._profiles[key] = (list(self._search.measurements), self._search.measurement_steps)
+        self._save_cache(trainer, key)
         self._log_profile(trainer)
         rank_zero_info(
             f"PowerLimitTuner: {self.objective} → {chosen // 1000} W on {self._gpu_name} "
@@ -544,18 +609,22 @@ class PowerLimitTuner(Callback):
             stacklevel=2,
         )
 
-    def _save_cache(self, trainer: pl.Trainer) -> None:
+    def _save_cache(self, trainer: pl.Trainer, key: str) -> None:
         if self.profile_path is None or trainer.global_rank != 0 or self._search is None:
             return
+        params, macs = self._size if self._size is not None else (None, None)
         try:
-            ProfileCache(self.profile_path).save(
-                self._key(),
+            ProfileCache(self.profile_path, zeus_profile_steps=self.profile_steps).save(
+                key,
                 self._search.measurements,
                 steps=self._search.measurement_steps,
                 gpu_name=self._gpu_name,
-                job=self._job,
+                job=self._job or None,
                 world_size=self.world_size,
-                workload=self.workload,
+                precision=_precision(trainer),
+                params=params,
+                macs=macs,
+                batch_size=self._batch_size,
                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             )
         except (OSError, ValueError) as err:
@@ -633,3 +702,42 @@ def _check_writable(owner: str, path: Any) -> None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         fail(owner, "profile_path", path, f"a file in an existing, writable folder ({str(parent)!r} is not one)")
+
+
+def _precision(trainer: pl.Trainer) -> str:
+    """The precision the steps run in now (AMPScheduler swaps the plugin; its mode is what runs)."""
+    from lightning_green.precision.plugins import plugin_mode
+
+    return plugin_mode(trainer.strategy.precision_plugin) or str(trainer.precision)
+
+
+def _batch_size(batch: Any, previous: int | None) -> int | None:
+    from lightning.pytorch.utilities.data import extract_batch_size
+
+    try:
+        return int(extract_batch_size(batch))
+    except Exception:  # Lightning found no tensor in the batch: keep what was seen
+        return previous
+
+
+def _model_size(pl_module: pl.LightningModule) -> tuple[int, float | None]:
+    """Parameters, and MACs of one forward of ``example_input_array`` (``None`` without one) by torch-pruning."""
+    params = sum(p.numel() for p in pl_module.parameters())
+    example = getattr(pl_module, "example_input_array", None)
+    if example is None:
+        return params, None
+    from lightning.pytorch.utilities import move_data_to_device
+
+    from lightning_green.pruning.graph import count_macs_params
+
+    modes = {m: m.training for m in pl_module.modules()}
+    try:
+        pl_module.eval()  # no BatchNorm statistics update, no dropout draw
+        macs, _ = count_macs_params(pl_module, move_data_to_device(example, pl_module.device))
+    except Exception:  # a forward torch-pruning cannot trace: the key goes without MACs
+        log.debug("counting MACs for the profile key failed", exc_info=True)
+        macs = None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return params, macs

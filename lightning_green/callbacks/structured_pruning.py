@@ -20,11 +20,13 @@ from typing_extensions import override
 
 from lightning_green._internal.logging import log_metrics, log_step
 from lightning_green._internal.validation import (
+    GreenRuntimeError,
     InvalidArgumentError,
     check_bool,
     check_choice,
     check_number,
     check_optional_number,
+    check_state_version,
     check_str_list,
     fail,
 )
@@ -671,7 +673,7 @@ class StructuredPruning(Callback):
         value = trainer.callback_metrics.get(self.monitor)  # type: ignore[arg-type]
         if value is None:
             available = sorted(trainer.callback_metrics)
-            raise RuntimeError(
+            raise GreenRuntimeError(
                 f"{type(self).__name__}(monitor={self.monitor!r}): `monitor` was not logged before prune {prune} "
                 f"(logged: {available}). Log it in validation_step and let a validation run before the first prune."
             )
@@ -684,6 +686,7 @@ class StructuredPruning(Callback):
             self.importance,
             f"a criterion without gradients (e.g. 'magnitude-l2'): no gradients reached the model in the "
             f"{self.importance_batches} optimizer steps before prune {self.prunes_done + 1}",
+            GreenRuntimeError,  # found mid-fit: a runtime state, not a bad argument
         )
 
     def _reset_window(self) -> None:
@@ -736,6 +739,7 @@ class StructuredPruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=STATE_VERSION)
         self.history = [dict(event) for event in state_dict.get("history", [])]
         self.prunes_done = int(state_dict.get("prunes_done", len(self.history)))
         self.stopped = bool(state_dict.get("stopped", False))

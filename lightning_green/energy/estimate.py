@@ -15,7 +15,6 @@ Every figure from this module is labelled ``estimated``; figures from NVML/RAPL 
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -43,9 +42,19 @@ def resident_gb() -> float:
             pages = int(f.read().split()[1])
         return pages * _PAGE_SIZE / 1e9
     except (OSError, ValueError, IndexError):
-        # Peak RSS is the best portable fallback: kilobytes on Linux, bytes on macOS.
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
+        pass
+    try:
+        import resource  # POSIX only: importing it at module level would break `import lightning_green` on Windows
+    except ImportError:  # Windows: psutil where installed, else no DRAM estimate rather than a crash
+        try:
+            import psutil
+
+            return psutil.Process().memory_info().rss / 1e9
+        except ImportError:
+            return 0.0
+    # Peak RSS is the best portable fallback: kilobytes on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
 
 
 @dataclass(frozen=True)

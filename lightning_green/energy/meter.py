@@ -74,16 +74,38 @@ class Reading:
         return cls(0.0, dict.fromkeys(COMPONENTS, 0.0), dict(sources or {}))
 
 
-def _rapl_zones() -> tuple[int, int]:
-    """Number of readable RAPL package zones and how many of them have a DRAM sub-zone."""
+RAPL_FIX = (
+    "grant this user read access to the RAPL counters, e.g. `sudo chmod -R a+r /sys/class/powercap/intel-rapl` "
+    "(root-only since Linux 5.10, CVE-2020-8694; redo after a reboot or use a udev rule), or run Zeus's zeusd daemon "
+    "(https://ml.energy/zeus/getting_started/#system-privileges)"
+)
+
+
+def _rapl_zones() -> tuple[int, int, str | None]:
+    """Readable RAPL package zones, how many have a DRAM sub-zone, and why RAPL is present but unusable (or None).
+
+    No RAPL directory at all (a VM, a non-Intel/AMD CPU, macOS, Windows) is no problem: there is no counter to read.
+    RAPL that exists but cannot be read (permission, a broken zone) is: the caller says why once, with the fix.
+    """
     try:
         from zeus.device import get_cpus
-
+        from zeus.device.cpu.rapl import rapl_is_available
+    except ImportError as err:  # pragma: no cover - Zeus is a dependency
+        return 0, 0, f"Zeus's CPU support does not import ({err})"
+    try:
         cpus = get_cpus()
         n = len(cpus)
-        return n, sum(bool(cpus.supports_get_dram_energy_consumption(i)) for i in range(n))
-    except Exception:  # no RAPL, no permission, or an unsupported platform: all mean "no counter"
-        return 0, 0
+        return n, sum(bool(cpus.supports_get_dram_energy_consumption(i)) for i in range(n)), None
+    except Exception as err:  # Zeus wraps the PermissionError in its own error types; any failure means "no counter"
+        if not rapl_is_available():
+            return 0, 0, None
+        chain, e = [], err
+        while e is not None and len(chain) < 5:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        if any(isinstance(e, PermissionError) or "ermission" in type(e).__name__ for e in chain):
+            return 0, 0, f"RAPL (/sys/class/powercap) is not readable by this process (permission denied): {RAPL_FIX}"
+        return 0, 0, f"RAPL (/sys/class/powercap) could not be read ({type(err).__name__}: {err})"
 
 
 class EnergyMeter:
@@ -120,7 +142,10 @@ class EnergyMeter:
         from zeus.monitor import ZeusMonitor
 
         self.estimate = estimate or EstimateModel()
-        zones, dram_zones = _rapl_zones()
+        zones, dram_zones, rapl_problem = _rapl_zones()
+        #: Why a component that has hardware here is estimated or unmeasured (component -> reason); said once by the
+        #: caller and kept in :meth:`describe` (EnergyMonitor adds ``"gpu"`` when Zeus cannot open the GPUs).
+        self.problems: dict[str, str] = {"cpu": rapl_problem} if rapl_problem and node_counters else {}
         # "counter": this process reads RAPL; "elsewhere": RAPL exists but local rank 0 reads it for the node,
         # so this process adds nothing (no double counting); "estimate": no counter on this machine.
         self.cpu_mode = ("counter" if node_counters else "elsewhere") if zones else "estimate"
@@ -217,10 +242,11 @@ class EnergyMeter:
         """What is metered and how, for the energy report."""
         return {
             "gpu_indices": self.gpu_indices,
-            "gpu_method": self.gpu_method,
+            "gpu_method": self.gpu_method or ("unmeasured (GPUs not openable)" if "gpu" in self.problems else None),
             "cpu": {"counter": "RAPL (this process)", "elsewhere": "RAPL (read by local rank 0)"}.get(
-                self.cpu_mode, "estimate"
+                self.cpu_mode, "estimate (RAPL unreadable)" if "cpu" in self.problems else "estimate"
             ),
+            "problems": dict(self.problems),
             "sources": self.sources,
             "estimate": self.estimate.as_dict(),
         }

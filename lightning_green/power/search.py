@@ -18,9 +18,10 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from zeus.optimizer.power_limit import OptimumSelector, PowerLimitMeasurement
+if TYPE_CHECKING:  # zeus.optimizer.power_limit imports zeus.monitor (pandas, scikit-learn): only when used
+    from zeus.optimizer.power_limit import OptimumSelector, PowerLimitMeasurement
 
 __all__ = ["STATES", "STATE_CODES", "PowerLimitSearch", "Window", "WindowSource", "ZeusWindows", "limit_grid"]
 
@@ -293,7 +294,7 @@ class PowerLimitSearch:
                 f"(energy {energy_j:.3g} J, time {time_s:.3g} s)"
             )
         self.measurements.append(
-            PowerLimitMeasurement(power_limit=self.limits_mw[self._index] // 1000, energy=energy_j, time=time_s)
+            _measurement(power_limit=self.limits_mw[self._index] // 1000, energy=energy_j, time=time_s)
         )
         self._index += 1
         if self._index < len(self.limits_mw):
@@ -350,3 +351,9 @@ class PowerLimitSearch:
         """Turn the machine off (the tuner is disabled)."""
         self.cancel()
         self.state = "off"
+
+
+def _measurement(**fields: float) -> PowerLimitMeasurement:
+    from zeus.optimizer.power_limit import PowerLimitMeasurement
+
+    return PowerLimitMeasurement(**fields)

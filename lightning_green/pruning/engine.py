@@ -13,7 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green._internal.validation import GreenRuntimeError, InvalidArgumentError, fail
 from lightning_green.pruning.graph import Lineage, count_macs_params, eager, pruning_session
 from lightning_green.pruning.history import plain_entries
 from lightning_green.pruning.importance import NEEDS_BATCHNORM, build_importance
@@ -274,6 +274,7 @@ class ChannelPruner:
                 self.importance,
                 f"a criterion without gradients (e.g. 'magnitude-l2'): no gradient reached the layers it would cut "
                 f"({_preview(roots)})",
+                GreenRuntimeError,  # found mid-fit: a runtime state, not a bad argument
             )
 
     def regularizer(self, module: nn.Module, example_inputs: Any, kind: str, strength: float) -> Any:

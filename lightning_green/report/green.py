@@ -55,7 +55,7 @@ def fmt_seconds(s: float | None) -> str:
 
 def resolve_mode(metric: str, mode: str) -> str:
     """``mode`` unless it is ``"auto"``: then by the metric's name (see :func:`~.run.metric_mode`)."""
-    return metric_mode(metric) if mode == "auto" else mode
+    return metric_mode(metric, mode)
 
 
 def build_report(run: Run, metric: str | None = None, mode: str = "auto", target: float | None = None) -> Document:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,22 +44,104 @@ __all__ = [
 #: Validation metrics looked for, in order, when none is named.
 METRIC_CANDIDATES = ("val_acc", "val_loss", "val_ppl")
 ENERGY_REPORT = "energy_report.json"
-_HIGHER_IS_BETTER = ("acc", "f1", "auroc", "auc", "precision", "recall", "iou", "dice", "score", "map", "bleu")
+# A logged name's token -> the torchmetrics class whose `higher_is_better` says its direction (module, class).
+_TORCHMETRICS = {
+    **dict.fromkeys(("acc", "accuracy"), ("classification", "MulticlassAccuracy")),
+    **dict.fromkeys(("f1", "f1score"), ("classification", "MulticlassF1Score")),
+    **dict.fromkeys(("precision", "prec"), ("classification", "MulticlassPrecision")),
+    **dict.fromkeys(("recall", "rec"), ("classification", "MulticlassRecall")),
+    "auroc": ("classification", "MulticlassAUROC"),
+    **dict.fromkeys(("ap", "averageprecision"), ("classification", "MulticlassAveragePrecision")),
+    **dict.fromkeys(("iou", "jaccard", "jaccardindex"), ("classification", "MulticlassJaccardIndex")),
+    **dict.fromkeys(("mcc", "matthews"), ("classification", "MulticlassMatthewsCorrCoef")),
+    **dict.fromkeys(("kappa", "cohenkappa"), ("classification", "MulticlassCohenKappa")),
+    **dict.fromkeys(("ece", "calibrationerror"), ("classification", "MulticlassCalibrationError")),
+    **dict.fromkeys(("hamming", "hammingdistance"), ("classification", "MulticlassHammingDistance")),
+    **dict.fromkeys(("dice", "dicescore"), ("segmentation", "DiceScore")),
+    **dict.fromkeys(("miou", "meaniou"), ("segmentation", "MeanIoU")),
+    "mape": ("regression", "MeanAbsolutePercentageError"),
+    "smape": ("regression", "SymmetricMeanAbsolutePercentageError"),
+    **dict.fromkeys(("mse", "rmse"), ("regression", "MeanSquaredError")),
+    "mae": ("regression", "MeanAbsoluteError"),
+    "msle": ("regression", "MeanSquaredLogError"),
+    "r2": ("regression", "R2Score"),
+    **dict.fromkeys(("spearman", "spearmancorrcoef"), ("regression", "SpearmanCorrCoef")),
+    "explainedvariance": ("regression", "ExplainedVariance"),
+    **dict.fromkeys(("ppl", "perplexity"), ("text", "Perplexity")),
+    "bleu": ("text", "BLEUScore"),
+    "sacrebleu": ("text", "SacreBLEUScore"),
+    "rouge": ("text", "ROUGEScore"),
+    "wer": ("text", "WordErrorRate"),
+    "cer": ("text", "CharErrorRate"),
+    "psnr": ("image", "PeakSignalNoiseRatio"),
+    "ssim": ("image", "StructuralSimilarityIndexMeasure"),
+}
+# The documented rule for names torchmetrics does not settle: a whole token (not a substring) in this set means
+# higher is better; anything else (loss, error, perplexity, an unknown name) is minimised.
+_HIGHER_IS_BETTER = frozenset({"score", "map", "top1", "top5", "auc", "reward", "return", "sim", "similarity"})
 
 
 class RunDirError(ValueError):
     """A path is not a readable run directory (the message says why and what to pass instead)."""
 
 
-def metric_mode(name: str) -> Literal["max", "min"]:
-    """``"max"`` for metrics where higher is better (accuracy, F1, ...), else ``"min"`` (loss, perplexity, error).
+def _tokens(name: str) -> list[str]:
+    """``"val/MeanAbsoluteError_epoch"`` -> ``["val", "meanabsoluteerror", "epoch"]`` (split on non-alphanumerics)."""
+    return [t for t in re.split(r"[^0-9a-z]+", name.lower()) if t]
+
+
+def _torchmetrics_direction(token: str) -> bool | None:
+    """Torchmetrics' ``higher_is_better`` for a token naming one of its metrics (alias or class name), else ``None``."""
+    import torchmetrics
+
+    found = _TORCHMETRICS.get(token)
+    if found is not None:
+        try:
+            cls = getattr(_tm_module(found[0]), found[1])
+        except AttributeError:  # a metric this torchmetrics version lacks (or whose extra is missing)
+            return None
+        return getattr(cls, "higher_is_better", None)
+    for module in (torchmetrics, *(_tm_module(m) for m in ("classification", "regression", "text", "segmentation"))):
+        cls = next((v for k, v in vars(module).items() if k.lower() == token and isinstance(v, type)), None)
+        if cls is not None and getattr(cls, "higher_is_better", None) is not None:
+            return cls.higher_is_better
+    return None
+
+
+def _tm_module(name: str) -> Any:
+    import importlib
+    import types
+
+    try:
+        return importlib.import_module(f"torchmetrics.{name}")
+    except ImportError:  # pragma: no cover - an optional part of torchmetrics
+        return types.ModuleType(name)
+
+
+def metric_mode(name: str, mode: str = "auto") -> Literal["max", "min"]:
+    """Whether the logged metric ``name`` is maximised (``"max"``) or minimised (``"min"``).
+
+    In order: an explicit ``mode`` (``"max"``/``"min"``); else torchmetrics' ``higher_is_better`` for the metric
+    the name's last recognised token names (``acc``, ``f1``, ``mape``, ``ppl``, ``bleu``, ... or a torchmetrics
+    class name such as ``MeanAbsoluteError``); else the documented rule: a whole token among ``score``, ``map``,
+    ``auc``, ``top1``, ``top5``, ``reward``, ``return``, ``similarity`` means higher is better, and anything else
+    (``loss``, an error, an unknown name) is minimised. Tokens are the name split on non-alphanumerics, so
+    ``val_mape`` (mean absolute percentage error) is never mistaken for ``map``.
 
     Example:
-        >>> metric_mode("val_acc"), metric_mode("val_ppl")
-        ('max', 'min')
+        >>> metric_mode("val_acc"), metric_mode("val_ppl"), metric_mode("val_mape"), metric_mode("val/mAP")
+        ('max', 'min', 'min', 'max')
+        >>> metric_mode("val_loss", mode="max")
+        'max'
     """
-    low = name.lower()
-    return "max" if any(k in low for k in _HIGHER_IS_BETTER) else "min"
+    if mode in ("max", "min"):
+        return mode  # type: ignore[return-value]
+    tokens = _tokens(name)
+    for token in reversed(tokens):
+        higher = _torchmetrics_direction(token)
+        if higher is not None:
+            return "max" if higher else "min"
+    return "max" if any(t in _HIGHER_IS_BETTER for t in tokens) else "min"
 
 
 def target_sign(mode: str) -> str:

@@ -15,6 +15,9 @@ from lightning_green.testing import SimulatedGPUWorkload, simulated_gpus
 from tests.helpers import DestroyProcessGroupAtExit
 
 FAST = {"warmup_steps": 1, "profile_steps": 2, "pl_step_w": 50, "wait_steps": 0}
+# BoringModel (Linear(32, 2): 66 parameters, no example input) in fp32, batches of 1, on the simulated V100.
+DEMO_KEY = "Simulated v100-resnet50|job=demo|world=1|precision=32-true|params=66|macs=?|batch=1"
+PRUNED_KEY = DEMO_KEY.replace("params=66", "params=64")  # after _PruneAt drops the bias
 # 4 limits (250, 200, 150, 100 W) x (1 warm-up + 2 profiled) steps, +1 to close the last window
 PROFILE_STEPS = 4 * 3 + 1
 
@@ -227,8 +230,8 @@ def test_profile_cache_is_reused_and_skips_profiling(tmp_path, v100):
     first = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
     _trainer(tmp_path, [_work(), first], max_steps=PROFILE_STEPS).fit(BoringModel())
     stored = json.loads(path.read_text())["profiles"]
-    assert list(stored) == ["Simulated v100-resnet50|demo|world=1|workload=0"]
-    assert len(stored["Simulated v100-resnet50|demo|world=1|workload=0"]["measurements"]) == 4
+    assert list(stored) == [DEMO_KEY]
+    assert len(stored[DEMO_KEY]["measurements"]) == 4
 
     mark = len(v100.limit_history)
     second = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
@@ -268,7 +271,7 @@ def test_cached_profile_is_reported_per_step_with_its_own_step_count(tmp_path, v
     assert _logged(logger, "power/profile/100W/cost") == pytest.approx([first.table()[-1]["cost"]])
     section = json.loads((Path(logger.log_dir) / "energy_report.json").read_text())["extra"]["power_limit"]
     assert section["table"] == expected and section["steps_per_limit"] == 2
-    assert json.loads(path.read_text())["profiles"]["Simulated v100-resnet50|demo|world=1|workload=0"]["steps"] == 2
+    assert json.loads(path.read_text())["profiles"][DEMO_KEY]["steps"] == 2
 
     # the profile restored from a checkpoint keeps its step count too
     resumed = PowerLimitTuner(job="demo", **{**FAST, "profile_steps": 7})
@@ -277,14 +280,14 @@ def test_cached_profile_is_reported_per_step_with_its_own_step_count(tmp_path, v
     assert resumed.state == "done" and resumed.table() == expected
 
 
-def test_zeus_written_profile_counts_one_step_per_measurement(tmp_path, v100):
+def test_zeus_written_profile_is_divided_by_its_profile_steps(tmp_path, v100):
     path = tmp_path / "zeus.json"
     ms = [{"power_limit": 250, "energy": 300.0, "time": 1.5}, {"power_limit": 150, "energy": 240.0, "time": 2.0}]
     path.write_text(json.dumps({"measurements": ms}))
-    tuner = PowerLimitTuner(objective="energy", profile_path=str(path), **FAST)
+    tuner = PowerLimitTuner(objective="energy", profile_path=str(path), **FAST)  # profile_steps=2, as Zeus's
     _trainer(tmp_path, [_work(), tuner], max_steps=3).fit(BoringModel())
     assert tuner.cache_hits == 1 and tuner.chosen_limit_w == 150
-    assert [(r["energy_j"], r["time_s"]) for r in tuner.table()] == [(300.0, 1.5), (240.0, 2.0)]
+    assert [(r["energy_j"], r["time_s"]) for r in tuner.table()] == [(150.0, 0.75), (120.0, 1.0)]
 
 
 def test_checkpoint_resume_keeps_the_profile(tmp_path, v100):
@@ -308,8 +311,22 @@ class _PruneAt(Callback):
         self.step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step:  # a real change of the model: its bias goes (66 -> 64 parameters)
+            _drop_bias(pl_module)
             workload_changed(trainer, "pruning", "StructuredPruning", macs=1000)
+
+
+def _drop_bias(module):
+    module.layer = torch.nn.Linear(32, 2, bias=False)
+    module.spare = torch.nn.Parameter(torch.zeros(0))  # keeps two parameters, as the checkpointed optimizer has
+
+
+class _PrunedBoring(BoringModel):
+    """The model as _PruneAt leaves it."""
+
+    def __init__(self):
+        super().__init__()
+        _drop_bias(self)
 
 
 def test_reprofiles_after_a_pruning_event(tmp_path, v100):
@@ -330,7 +347,7 @@ def test_reprofile_can_be_switched_off(tmp_path, v100):
 
 def test_resume_mid_reprofile_keeps_the_workload_and_the_cache_key(tmp_path, v100):
     path = tmp_path / "power.json"
-    dense_key, pruned_key = (f"Simulated v100-resnet50|demo|world=1|workload={w}" for w in (0, 1))
+    dense_key, pruned_key = DEMO_KEY, PRUNED_KEY
     prune_at = PROFILE_STEPS + 2
     tuner = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
     trainer = _trainer(
@@ -344,11 +361,11 @@ def test_resume_mid_reprofile_keeps_the_workload_and_the_cache_key(tmp_path, v10
 
     resumed = PowerLimitTuner(profile_path=str(path), job="demo", **FAST)
     _trainer(tmp_path, [_work(), resumed], max_steps=prune_at + 5 + PROFILE_STEPS + 1).fit(
-        BoringModel(), ckpt_path=ckpt
+        _PrunedBoring(), ckpt_path=ckpt
     )
     assert resumed.workload == 1 and resumed.state == "done" and resumed.profiling_steps == PROFILE_STEPS - 1
     profiles = json.loads(path.read_text())["profiles"]
-    assert sorted(profiles) == [dense_key, pruned_key]  # the pruned model's profile under its own key
+    assert sorted(profiles) == sorted([dense_key, pruned_key])  # the pruned model's profile under its own key
     assert profiles[dense_key] == dense[dense_key]  # the dense model's profile untouched
 
 
@@ -359,7 +376,7 @@ def test_a_second_fit_starts_again_at_workload_zero(tmp_path, v100):
     _trainer(tmp_path, [_work(), tuner, _PruneAt(prune_at)], max_steps=prune_at + PROFILE_STEPS + 2).fit(BoringModel())
     assert tuner.workload == 1 and tuner.reprofiles == 1
     stored = json.loads(path.read_text())["profiles"]
-    dense = stored["Simulated v100-resnet50|demo|world=1|workload=0"]
+    dense = stored[DEMO_KEY]
 
     _trainer(tmp_path, [_work(), tuner], max_steps=3).fit(BoringModel())  # a fresh, dense model
     assert tuner.workload == 0 and tuner.reprofiles == 0 and tuner.cache_hits == 1
@@ -480,7 +497,7 @@ def test_ddp_corrupt_cache_fails_on_every_rank_instead_of_hanging(tmp_path):
     # (here the spawn launcher kills it once rank 0 died, so it never raised anything).
     path = tmp_path / "power.json"
     entry = {"measurements": [{"power_limit": 250, "time": 1.0}], "steps": 2}  # no "energy"
-    path.write_text(json.dumps({"version": 1, "profiles": {"Simulated v100-resnet50|demo|world=2|workload=0": entry}}))
+    path.write_text(json.dumps({"version": 1, "profiles": {DEMO_KEY.replace("world=1", "world=2"): entry}}))
     work = SimulatedGPUWorkload(count=2, step_work_s=0.0, gpu_kwargs={"curve": "v100-resnet50"})
     tuner = _RecordSetupError(tmp_path, profile_path=str(path), job="demo", **FAST)
     trainer = _trainer(
@@ -506,3 +523,84 @@ def test_example_config_builds_the_tuner(tmp_path, monkeypatch):
     run = cli(["--config", str(config), "--trainer.logger=false"], run=False)
     (tuner,) = [cb for cb in run.trainer.callbacks if isinstance(cb, PowerLimitTuner)]
     assert tuner.objective == "zeus-cost" and tuner.profile_path == "power_profiles.json"
+
+
+# ---------------------------------------------------------------------------------------------- cache keys (issue 11)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_profile_written_by_zeus_is_read_per_step_and_only_for_the_starting_workload(tmp_path, v100):
+    import subprocess
+    import sys
+
+    path = tmp_path / "zeus.json"
+    script = ROOT / "tests" / "power" / "_zeus_profile_script.py"
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(path), "5"], capture_output=True, text=True, env=env, timeout=300, check=True
+    )
+    per_step = {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    zeus = {m["power_limit"]: m for m in json.loads(path.read_text())["measurements"]}  # Zeus's own format
+
+    tuner = PowerLimitTuner(objective="energy", profile_path=str(path), **{**FAST, "profile_steps": 5})
+    prune_at = 3
+    _trainer(tmp_path, [_work(), tuner, _PruneAt(prune_at)], max_steps=prune_at + 4 * 6 + 4).fit(BoringModel())
+    assert tuner.cache_hits == 1  # the starting workload, from Zeus's file
+    assert tuner.reprofiles == 1 and tuner.profiling_steps == 4 * 6  # the pruned model was profiled afresh
+    stored = json.loads(path.read_text())
+    assert stored["zeus_profile"]["steps"] == 5  # Zeus's profile kept, our two added under their own keys
+    assert sorted(stored["profiles"]) == sorted(k.replace("job=demo|", "") for k in (DEMO_KEY, PRUNED_KEY))
+
+    first = PowerLimitTuner(objective="energy", profile_path=str(path), **{**FAST, "profile_steps": 5})
+    _trainer(tmp_path, [_work(), first], max_steps=2).fit(BoringModel())
+    rows = {int(r["limit_w"]): r for r in first.table()}
+    for limit_w, row in rows.items():
+        assert row["energy_j"] == pytest.approx(zeus[limit_w]["energy"] / 5)  # Zeus's totals over its 5 steps
+        assert row["energy_j"] == pytest.approx(per_step[limit_w], rel=0.02)  # = what one step really costs
+
+
+def test_a_workload_seen_before_reuses_its_profile(tmp_path, v100):
+    # fp32 -> bf16 -> fp32 (a fallback) -> bf16 (the retry): only the first two are profiled
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+    class SwitchPrecision(Callback):
+        def __init__(self, at):
+            self.at = at  # global step -> precision
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            mode = self.at.get(trainer.global_step)
+            if mode is not None and trainer.global_step not in getattr(self, "done", set()):
+                self.done = getattr(self, "done", set()) | {trainer.global_step}
+                plugin = Precision() if mode == "32-true" else MixedPrecision(mode, "cpu")
+                trainer.strategy.precision_plugin = plugin
+                workload_changed(trainer, "precision", "AMPScheduler", precision=mode)
+
+    p = PROFILE_STEPS + 1
+    switches = {p: "bf16-mixed", 2 * p + 1: "32-true", 2 * p + 3: "bf16-mixed"}
+    tuner = PowerLimitTuner(**FAST)
+    _trainer(tmp_path, [_work(), tuner, SwitchPrecision(switches)], max_steps=2 * p + 6).fit(BoringModel())
+    assert tuner.reprofiles == 3 and tuner.cache_hits == 2 and tuner.state == "done"
+    assert tuner.profiling_steps == 2 * (PROFILE_STEPS - 1)  # two profiles, not four
+    assert sorted(k.split("|")[2] for k in tuner._profiles) == ["precision=32-true", "precision=bf16-mixed"]
+
+
+def test_batch_size_is_part_of_the_key(tmp_path, v100):
+    path = tmp_path / "power.json"
+
+    class Batched(BoringModel):
+        def __init__(self, batch_size):
+            super().__init__()
+            self.batch_size = batch_size
+
+        def train_dataloader(self):
+            from lightning.pytorch.demos.boring_classes import RandomDataset
+            from torch.utils.data import DataLoader
+
+            return DataLoader(RandomDataset(32, 64), batch_size=self.batch_size)
+
+    for batch_size in (1, 4):
+        _trainer(tmp_path, [_work(), PowerLimitTuner(profile_path=str(path), **FAST)], max_steps=PROFILE_STEPS).fit(
+            Batched(batch_size)
+        )
+    keys = list(json.loads(path.read_text())["profiles"])
+    assert sorted(k.rsplit("|", 1)[1] for k in keys) == ["batch=1", "batch=4"]

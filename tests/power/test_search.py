@@ -139,19 +139,30 @@ def test_profile_cache_keys_and_zeus_files(tmp_path):
     cache = ProfileCache(path)
     a = [PowerLimitMeasurement(power_limit=250, energy=5.0, time=1.0)]
     b = [PowerLimitMeasurement(power_limit=200, energy=4.0, time=1.2)]
-    cache.save(profile_key("V100", "Net", 1, 0), a, steps=40)
-    cache.save(profile_key("V100", "Net", 1, 1), b, steps=40)
-    assert cache.load(profile_key("V100", "Net", 1, 0))[0].power_limit == 250
-    assert cache.load(profile_key("V100", "Net", 1, 1))[0].power_limit == 200
-    assert cache.load(profile_key("A100", "Net", 1, 0)) is None
-    zeus_file = tmp_path / "zeus.json"
-    zeus_file.write_text('{"measurements": [{"power_limit": 175, "energy": 3.0, "time": 1.5}]}')
-    assert ProfileCache(zeus_file).load("anything")[0].power_limit == 175
-    assert cache.profile(profile_key("V100", "Net", 1, 0))[1] == 40
-    assert ProfileCache(zeus_file).profile("anything")[1] == 1  # Zeus stores per-step figures
+    dense, pruned = (profile_key("V100", 1, "bf16-mixed", p, 2e6, 32) for p in (1000, 800))
+    cache.save(dense, a, steps=40)
+    cache.save(pruned, b, steps=40)
+    assert cache.load(dense)[0].power_limit == 250
+    assert cache.load(pruned)[0].power_limit == 200
+    assert cache.load(dense.replace("V100", "A100")) is None
+    assert cache.load(dense.replace("batch=32", "batch=64")) is None
+    assert cache.load(dense.replace("bf16-mixed", "32-true")) is None
+    assert cache.profile(dense)[1] == 40
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a power-limit profile"):
         ProfileCache(tmp_path / "bad.json").load("k")
+
+
+def test_a_zeus_file_answers_only_the_initial_workload_with_its_profile_steps(tmp_path):
+    zeus_file = tmp_path / "zeus.json"
+    zeus_file.write_text('{"measurements": [{"power_limit": 175, "energy": 3.0, "time": 1.5}]}')
+    cache = ProfileCache(zeus_file, zeus_profile_steps=40)
+    assert cache.load("anything") is None  # e.g. the pruned model: no "*" answering every key
+    measurements, steps = cache.profile("anything", initial=True)
+    assert measurements[0].power_limit == 175 and steps == 40  # Zeus stores totals over its profile_steps
+    cache.save("k", measurements, steps=2)  # our profiles are added; Zeus's is kept
+    assert ProfileCache(zeus_file, zeus_profile_steps=40).profile("other", initial=True)[1] == 40
+    assert ProfileCache(zeus_file).load("k")[0].power_limit == 175
 
 
 @pytest.mark.parametrize(
@@ -177,7 +188,7 @@ def test_profile_cache_keys_and_zeus_files(tmp_path):
             '{"profiles": {"k": {"measurements": [], "steps": 0}}}',
             r"profile 'k': `steps` must be an int >= 1 \(got 0\)",
         ),
-        ('{"measurements": [{"power_limit": 175, "energy": 3.0}]}', r"profile '\*', measurement 0: missing 'time'"),
+        ('{"measurements": [{"power_limit": 175, "energy": 3.0}]}', r"profile 'zeus_profile', measurement 0: missing"),
     ],
 )
 def test_corrupt_profile_cache_names_the_file_the_problem_and_the_fix(tmp_path, content, what):
@@ -185,7 +196,9 @@ def test_corrupt_profile_cache_names_the_file_the_problem_and_the_fix(tmp_path, 
     path.write_text(content)
     where = re.escape(repr(str(path)))
     with pytest.raises(ValueError, match=rf"corrupt power-limit profile cache {where}: {what}.*Delete or move"):
-        ProfileCache(path).load("k")
+        ProfileCache(path).load("k", initial=True)
+    with pytest.raises(ValueError, match=rf"corrupt power-limit profile cache {where}: {what}.*Delete or move"):
+        ProfileCache(path).check()
 
 
 def test_zeus_windows_measure_a_simulated_gpu_on_a_sim_clock():
