@@ -11,8 +11,10 @@ re-planning every time; CO2 is the actual trace integrated over the hours it ran
 median and worst CO2 ratio versus running immediately, deadline misses, the oracle's median ratio (the cleanest
 feasible hours known in hindsight) and the share of the oracle's saving captured, sum over all starts of
 (immediate - scheduled) / sum of (immediate - oracle).
-Forecasts: "perfect" (the trace itself) and "persistence" (the same hours of the previous day, shifted by how far
-today's intensity so far is from yesterday's; only intensities up to now are used).
+Forecasts: "perfect" (the trace itself) and "persistence" (the mean of the same hours over the previous
+--persistence-days days, default 7, shifted by how far the intensity now is from that mean, the shift fading over
+48 h; only intensities up to now are used; --persistence-days 1 is yesterday's hours alone). Starts begin after
+the first week so every start has that history.
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ DEADLINE_S = 24 * 3600.0
 FORECAST_NAMES = {"perfect": "trace", "persistence": "persistence"}
 
 
-def simulate(trace: IntensityTrace, start_s: float, forecast: str, safety_margin: float) -> tuple[float, bool]:
+def simulate(
+    trace: IntensityTrace, start_s: float, forecast: str, safety_margin: float, days: int = 7
+) -> tuple[float, bool]:
     """CO2 (g per kWh of job energy × hours, i.e. Σ intensity × run hours) of one job, and whether it missed."""
     deadline = start_s + DEADLINE_S
-    planner = CarbonPlanner(trace, deadline, forecast=FORECAST_NAMES[forecast], safety_margin=safety_margin)
+    planner = CarbonPlanner(
+        trace, deadline, forecast=FORECAST_NAMES[forecast], safety_margin=safety_margin, persistence_days=days
+    )
     t, done, gram_h = start_s, 0.0, 0.0
     while done < JOB_S - 1e-6:
         if t >= deadline - 1e-6:
@@ -56,16 +62,16 @@ def simulate(trace: IntensityTrace, start_s: float, forecast: str, safety_margin
     return gram_h, t > deadline + 1e-6
 
 
-def evaluate(trace: IntensityTrace, forecast: str, safety_margin: float) -> dict[str, float]:
+def evaluate(trace: IntensityTrace, forecast: str, safety_margin: float, days: int = 7) -> dict[str, float]:
     """Replay a job started at every hour; ratios against running immediately."""
     hourly = trace.hourly()
     vals = hourly.values
     ratios, oracle_ratios, saved, oracle_saved, misses = [], [], 0.0, 0.0, 0
-    for h in range(24, len(vals) - 24):
+    for h in range(24 * 7, len(vals) - 24):
         start = hourly.start_s + h * 3600.0
         immediate = sum(vals[h : h + 8])
         oracle = sum(sorted(vals[h : h + 24])[:8])
-        g, missed = simulate(hourly, start, forecast, safety_margin)
+        g, missed = simulate(hourly, start, forecast, safety_margin, days)
         misses += missed
         ratios.append(g / immediate)
         oracle_ratios.append(oracle / immediate)
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", action="append", help="CSV trace (repeatable); default: all in ../shared/data/carbon")
     ap.add_argument("--forecast", choices=tuple(FORECAST_NAMES), action="append", help="default: both")
     ap.add_argument("--safety-margin", type=float, default=0.05, help="CarbonAwareScheduler's default is 0.05")
+    ap.add_argument("--persistence-days", type=int, default=7, help="days averaged by the persistence forecast")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     traces = args.trace or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "data", "carbon", "*.csv")))
@@ -94,14 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("no trace given and none found in ../shared/data/carbon")
     forecasts = args.forecast or list(FORECAST_NAMES)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    print(f"job {JOB_S / 3600:g} h of compute, deadline {DEADLINE_S / 3600:g} h, safety margin {args.safety_margin}")
+    print(
+        f"job {JOB_S / 3600:g} h of compute, deadline {DEADLINE_S / 3600:g} h, safety margin {args.safety_margin}, "
+        f"persistence over {args.persistence_days} day(s)"
+    )
     print(f"{'trace':32} {'forecast':12} {'median':>7} {'worst':>7} {'oracle':>7} {'share':>7} {'misses':>6} {'s':>5}")
     for path in traces:
         trace = read_trace(path)
         name = os.path.basename(path)
         for fc in forecasts:
             t0 = time.perf_counter()
-            r = evaluate(trace, fc, args.safety_margin)
+            r = evaluate(trace, fc, args.safety_margin, args.persistence_days)
             out.setdefault(name, {})[fc] = r
             print(
                 f"{name:32} {fc:12} {r['median_ratio']:7.3f} {r['worst_ratio']:7.3f} {r['oracle_median_ratio']:7.3f} "

@@ -2,6 +2,7 @@
 
 from lightning_green.callbacks import (
     AMPScheduler,
+    CarbonAwareScheduler,
     EnergyBudget,
     EnergyMonitor,
     GreenReport,
@@ -14,6 +15,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AMPScheduler",
+    "CarbonAwareScheduler",
     "EnergyBudget",
     "EnergyMonitor",
     "GreenReport",

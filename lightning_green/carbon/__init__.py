@@ -22,6 +22,7 @@ from lightning_green.carbon.source import (
     ensure_covers,
 )
 from lightning_green.carbon.trace import UNITS, IntensityTrace, read_trace, to_seconds
+from lightning_green.carbon.tracker import CarbonTracker
 
 __all__ = [
     "EXTEND_CHOICES",
@@ -30,6 +31,7 @@ __all__ = [
     "CallableIntensity",
     "CarbonAccount",
     "CarbonPlanner",
+    "CarbonTracker",
     "ConstantIntensity",
     "Decision",
     "Extend",

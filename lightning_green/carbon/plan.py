@@ -170,12 +170,14 @@ class CarbonPlanner:
         source: Intensity source (a trace, a callable or a constant) — the actual grid intensity.
         deadline_s: POSIX time by which the work must be done.
         forecast: ``"trace"``: the source's values are the forecast (a forecast file, or a replay with perfect
-            knowledge). ``"persistence"``: each future hour is expected to repeat the same hour of the previous day,
-            shifted by how much today's intensity so far differs from yesterday's at the same time (the shift
-            fades over ``persistence_tau_h`` hours); only times up to now are read from the source.
+            knowledge). ``"persistence"``: each future hour is expected to repeat the same hour of the previous
+            ``persistence_days`` days (their mean), shifted by how far the intensity now is from that mean at this
+            hour (the shift fades over ``persistence_tau_h`` hours); the current hour is the intensity now. Only
+            times up to now are read from the source.
         safety_margin: Never pause once ``remaining × (1 + safety_margin)`` no longer fits before the deadline.
         slot_s: Planning grid, seconds.
         persistence_tau_h: Fade-out time of the persistence forecast's level shift, hours.
+        persistence_days: Past days averaged by the persistence forecast (1: yesterday's hours only).
 
     Example:
         >>> from lightning_green.carbon.trace import IntensityTrace
@@ -195,7 +197,8 @@ class CarbonPlanner:
         forecast: Forecast = "trace",
         safety_margin: float = 0.05,
         slot_s: float = 3600.0,
-        persistence_tau_h: float = 6.0,
+        persistence_tau_h: float = 48.0,
+        persistence_days: int = 7,
     ) -> None:
         if forecast not in FORECASTS:
             fail("CarbonPlanner", "forecast", forecast, f"one of {FORECASTS!r}")
@@ -205,6 +208,7 @@ class CarbonPlanner:
         self.safety_margin = float(safety_margin)
         self.slot_s = float(slot_s)
         self.tau_s = float(persistence_tau_h) * 3600.0
+        self.days = int(persistence_days)
 
     def _forecast_fn(self, now_s: float) -> Any:
         src = self.source
@@ -215,14 +219,19 @@ class CarbonPlanner:
                 return src.mean(a, b)
 
             return perfect
-        shift = now_value - src.mean(now_s - DAY_S, now_s - DAY_S)
+        days = range(1, self.days + 1)
+
+        def past(a: float, b: float) -> float:
+            return sum(src.mean(a - d * DAY_S, b - d * DAY_S) for d in days) / self.days
+
+        shift = now_value - past(now_s, now_s)
         current_end = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
 
         def persistence(a: float, b: float) -> float:
             if a < current_end:
                 return now_value  # the current hour: what the grid shows now
             fade = math.exp(-(a - now_s) / self.tau_s) if self.tau_s > 0 else 0.0
-            return src.mean(a - DAY_S, b - DAY_S) + shift * fade
+            return past(a, b) + shift * fade
 
         return persistence
 
@@ -234,7 +243,8 @@ class CarbonPlanner:
         """Run now, or pause until the next planned slot (at most until the next slot boundary, to re-plan)."""
         plan = self.plan(now_s, remaining_s)
         intensity = self.source.mean(now_s, now_s)
-        if plan.runs_at(now_s) or remaining_s * (1.0 + self.safety_margin) >= self.deadline_s - now_s:
+        no_slack = remaining_s * (1.0 + self.safety_margin) >= self.deadline_s - now_s
+        if remaining_s <= 0 or plan.runs_at(now_s) or no_slack:
             return Decision(True, 0.0, plan, intensity)
         boundary = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
         nxt = plan.next_start(now_s)

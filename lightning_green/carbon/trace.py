@@ -220,7 +220,7 @@ def read_trace(
     unit: str | None = None,
     max_gap_h: float = 24.0,
 ) -> IntensityTrace:
-    """Read a carbon-intensity CSV (timestamp + intensity) into an :class:`IntensityTrace`.
+    r"""Read a carbon-intensity CSV (timestamp + intensity) into an :class:`IntensityTrace`.
 
     Recognised without options: the files in ``shared/data/carbon`` (``Time``/``Carbon Intensity``;
     ``timestamp``/``avg_CI``), an Electricity Maps export (``Datetime (UTC)`` and the life-cycle
@@ -245,8 +245,8 @@ def read_trace(
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "ci.csv"
-        >>> _ = p.write_text("timestamp,avg_CI\\n2022-01-01 00:00:00+00:00,100\\n2022-01-01 01:00:00+00:00,\\n"
-        ...                  "2022-01-01 02:00:00+00:00,300\\n")
+        >>> _ = p.write_text("timestamp,avg_CI\n2022-01-01 00:00:00+00:00,100\n2022-01-01 01:00:00+00:00,\n"
+        ...                  "2022-01-01 02:00:00+00:00,300\n")
         >>> read_trace(p).values
         (100.0, 200.0, 300.0)
     """
