@@ -22,7 +22,15 @@ from lightning_green._internal.validation import (
     check_number,
     fail,
 )
-from lightning_green.carbon.plan import FORECASTS, CarbonPlanner, Forecast, Plan, parse_deadline, parse_duration
+from lightning_green.carbon.plan import (
+    FORECASTS,
+    PERSISTENCE_DAYS,
+    CarbonPlanner,
+    Forecast,
+    Plan,
+    parse_deadline,
+    parse_duration,
+)
 from lightning_green.carbon.source import EXTEND_CHOICES, Extend, as_intensity_source, ensure_covers
 from lightning_green.carbon.trace import _iso
 from lightning_green.events import WorkloadChange, add_report_section
@@ -194,7 +202,7 @@ class CarbonAwareScheduler(Callback):
                 f"at least expected_duration={self.expected_duration_s / 3600:g} h after the start ({_iso(now)}); "
                 f"it leaves {(deadline_s - now) / 3600:g} h",
             )
-        first = now - _DAY_S * self._planner_days() if self.forecast == "persistence" else now
+        first = now - _DAY_S * PERSISTENCE_DAYS if self.forecast == "persistence" else now
         self.source = ensure_covers(self.source, first, deadline_s, name, "intensity", self.extend)
         self.start_s, self.deadline_s = now, deadline_s
         self.planner = CarbonPlanner(self.source, deadline_s, self.forecast, self.safety_margin)
@@ -286,10 +294,6 @@ class CarbonAwareScheduler(Callback):
         }
 
     # ------------------------------------------------------------------------------------------------ internals
-    @staticmethod
-    def _planner_days() -> int:
-        return int(CarbonPlanner.__init__.__defaults__[-1])  # type: ignore[index]
-
     def _rank0_decision(self, trainer: pl.Trainer) -> list[float]:
         """[pause seconds, next check step, run flag, intensity now]; computed on rank 0 only."""
         assert self.planner is not None
@@ -322,6 +326,7 @@ class CarbonAwareScheduler(Callback):
                 self._log(trainer, 0.0, intensity)
                 if may_checkpoint and self.checkpoint_after_s is not None and pause_s >= self.checkpoint_after_s:
                     self._checkpoint(trainer)
+                _close_energy_windows(trainer)
                 nxt = self.last_plan.next_start(pausing_since) if self.last_plan is not None else None
                 self._say(
                     f"CarbonAwareScheduler: pausing at step {trainer.global_step} ({_iso(pausing_since)}, "
@@ -331,9 +336,17 @@ class CarbonAwareScheduler(Callback):
             self.paused_s += pause_s
         self._next_check = int(next_check)
         if pausing_since is not None:
+            _close_energy_windows(trainer)  # the pause's idle energy gets the pause's own intensity
             now = self.clock()
-            self.pauses.append({"step": trainer.global_step, "start": _iso(pausing_since), "end": _iso(now),
-                                "start_s": pausing_since, "seconds": now - pausing_since})
+            self.pauses.append(
+                {
+                    "step": trainer.global_step,
+                    "start": _iso(pausing_since),
+                    "end": _iso(now),
+                    "start_s": pausing_since,
+                    "seconds": now - pausing_since,
+                }
+            )
             self._say(
                 f"CarbonAwareScheduler: resuming at step {trainer.global_step} ({_iso(now)}, {intensity:.0f} "
                 f"gCO2e/kWh) after {(now - pausing_since) / 3600:.2f} h."
@@ -383,3 +396,11 @@ class CarbonAwareScheduler(Callback):
         if self.verbose:
             rank_zero_info(text)
         log.debug(text)
+
+
+def _close_energy_windows(trainer: pl.Trainer) -> None:
+    """Let an EnergyMonitor (duck-typed: ``close_window``) end its counter window here; every rank calls this."""
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        close = getattr(cb, "close_window", None)
+        if callable(close):
+            close(trainer)

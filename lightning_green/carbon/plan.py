@@ -18,6 +18,7 @@ from lightning_green.carbon.trace import _iso
 
 __all__ = [
     "FORECASTS",
+    "PERSISTENCE_DAYS",
     "CarbonPlanner",
     "Decision",
     "Forecast",
@@ -30,8 +31,12 @@ __all__ = [
 Forecast = Literal["trace", "persistence"]
 FORECASTS = ("trace", "persistence")
 DAY_S = 86400.0
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
-                       r"(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
+PERSISTENCE_DAYS = 7
+"""Past days the persistence forecast averages by default (the trace must reach that far back)."""
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
+    r"(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
+)
 
 
 def parse_duration(value: Any, owner: str, name: str) -> float:
@@ -198,7 +203,7 @@ class CarbonPlanner:
         safety_margin: float = 0.05,
         slot_s: float = 3600.0,
         persistence_tau_h: float = 48.0,
-        persistence_days: int = 7,
+        persistence_days: int = PERSISTENCE_DAYS,
     ) -> None:
         if forecast not in FORECASTS:
             fail("CarbonPlanner", "forecast", forecast, f"one of {FORECASTS!r}")
