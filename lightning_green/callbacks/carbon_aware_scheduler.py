@@ -6,6 +6,7 @@ import datetime as _dt
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -50,7 +51,8 @@ class CarbonAwareScheduler(Callback):
     From the expected compute time left and the intensity forecast it plans the remaining training into the
     cleanest hours before ``deadline``; between optimizer steps it pauses when the current hour is not in the plan,
     and re-plans at every decision, so a changed forecast of the remaining time (a prune or a precision switch:
-    ``on_workload_changed``; or simply measured step times) moves the plan. Its own pauses never make the run miss
+    ``on_workload_changed``, after which it runs until the new step time is measured; or simply measured step times)
+    moves the plan. Its own pauses never make the run miss
     the deadline: once ``remaining × (1 + safety_margin)`` no longer fits before it, it stops pausing.
 
     The remaining time is ``expected_duration`` minus the compute done until step times are measured
@@ -60,7 +62,8 @@ class CarbonAwareScheduler(Callback):
     A pause longer than ``checkpoint_after`` is preceded by a checkpoint (``carbon-pause.ckpt`` in the
     ``ModelCheckpoint``'s folder, when the Trainer has one), so a job killed while it waits loses nothing.
     With ``power="clean-fast"`` and a :class:`~lightning_green.PowerLimitTuner` that has finished profiling, clean
-    hours run at the profile's fastest limit and dirty hours at its most energy-efficient one.
+    hours (intensity at or below the mean forecast of the hours left) run at the profile's fastest limit and dirty
+    hours at its most energy-efficient one.
 
     All time comes from ``clock`` (POSIX seconds); a clock with an ``advance(seconds)`` method (such as
     :class:`lightning_green.testing.SimClock`) is advanced instead of slept on, so days of grid data replay in
@@ -170,6 +173,8 @@ class CarbonAwareScheduler(Callback):
         self._next_check = 0
         self._total_steps: float = math.inf
         self._limit_mode: str | None = None
+        self.power_modes: list[str] = []  # "time"/"energy" each time clean-fast switched the limit
+        self._remeasure = False  # after a workload change: run until the new step time is measured
 
     # ------------------------------------------------------------------------------------------------ public
     def remaining_s(self, trainer: pl.Trainer) -> float | None:
@@ -236,6 +241,9 @@ class CarbonAwareScheduler(Callback):
             self._meas_s += spent
             if self._meas_steps >= self.estimate_after_steps:
                 self._step_s = self._meas_s / self._meas_steps
+                if self._remeasure:
+                    self._remeasure = False
+                    self._next_check = trainer.global_step  # re-plan now, with the new step time
         self._gs_last = trainer.global_step
         if self._next_check <= trainer.global_step < self._total_steps:
             self._decide(trainer, may_checkpoint=True)
@@ -243,8 +251,13 @@ class CarbonAwareScheduler(Callback):
 
     def on_workload_changed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: WorkloadChange) -> None:
         """Step time changed (a prune, a precision switch): re-measure it and re-plan at the next step."""
+        # Steps so far belong to the old workload: account them, and measure the new one from here.
+        now = self.clock()
+        if self._t_last is not None and trainer.global_step > self._gs_last:
+            self.compute_s += max(now - self._t_last, 0.0)
+        self._t_last, self._gs_last = now, trainer.global_step
         self._meas_steps, self._meas_s = 0, 0.0
-        self._next_check = trainer.global_step
+        self._remeasure = True
         self.replans += 1
 
     @override
@@ -298,7 +311,7 @@ class CarbonAwareScheduler(Callback):
         """[pause seconds, next check step, run flag, intensity now]; computed on rank 0 only."""
         assert self.planner is not None
         now = self.clock()
-        remaining = self.remaining_s(trainer)
+        remaining = None if self._remeasure else self.remaining_s(trainer)
         if remaining is None:
             return [0.0, float(trainer.global_step + 1), 1.0, self.source.mean(now, now)]
         decision = self.planner.decide(now, remaining)
@@ -379,12 +392,13 @@ class CarbonAwareScheduler(Callback):
             return
         clean = 0.0
         if trainer.is_global_zero and self.last_plan is not None and self.last_plan.slots:
-            values = sorted(v for _, _, v in self.last_plan.slots)
-            clean = float(intensity <= values[len(values) // 2])
+            # Clean: at or below the mean forecast of the hours left before the deadline.
+            clean = float(intensity <= statistics.fmean(v for _, _, v in self.last_plan.slots))
         clean = float(trainer.strategy.broadcast(clean, src=0))
         mode = "time" if clean else "energy"
         if mode != self._limit_mode and tuner.use_profile_optimum(mode):
             self._limit_mode = mode
+            self.power_modes.append(mode)
             self._say(f"CarbonAwareScheduler: {'clean' if clean else 'dirty'} hour: {mode}-optimal power limit.")
 
     def _log(self, trainer: pl.Trainer, run: float, intensity: float) -> None:
