@@ -25,11 +25,14 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "carbon"
 CAISO = str(DATA / "us_caiso_2022-06-01_14_eia.csv")
 
 
-def by_hour(table: dict[int, float], default: float = 400.0):
-    def intensity(when: dt.datetime) -> float:
-        return table.get(int((when - START).total_seconds() // H), default)
+class by_hour:  # noqa: N801 - reads as a function; a class so that ddp_spawn can pickle it
+    """Intensity by hour since START (``default`` for hours not in ``table``)."""
 
-    return intensity
+    def __init__(self, table: dict[int, float], default: float = 400.0) -> None:
+        self.table, self.default = table, default
+
+    def __call__(self, when: dt.datetime) -> float:
+        return self.table.get(int((when - START).total_seconds() // H), self.default)
 
 
 class StepClock(Callback):
