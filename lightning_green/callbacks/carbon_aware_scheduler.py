@@ -165,6 +165,7 @@ class CarbonAwareScheduler(Callback):
         self.plans: list[dict[str, Any]] = []
         self.replans = 0
         self.last_plan: Plan | None = None
+        self.first_plan: Plan | None = None
         self._step_s: float | None = None  # mean step time since the last workload change (rank 0)
         self._meas_steps = 0
         self._meas_s = 0.0
@@ -290,7 +291,7 @@ class CarbonAwareScheduler(Callback):
 
     def report(self) -> dict[str, Any]:
         """The schedule as plain data: deadline, pauses, the last plan and the forecast it was made from."""
-        plan = self.last_plan
+        plan, first = self.last_plan, self.first_plan
         return {
             "source": self.source.describe(),
             "forecast": self.forecast,
@@ -304,6 +305,8 @@ class CarbonAwareScheduler(Callback):
             "plans": list(self.plans),
             "last_plan": plan.as_dict() if plan is not None else None,
             "forecast_slots": [[a, b, v] for a, b, v in plan.slots] if plan is not None else [],
+            "first_plan_slots": [[a, b, v] for a, b, v in first.slots] if first is not None else [],
+            "first_plan_chosen_s": [[a, b] for a, b, _ in first.chosen] if first is not None else [],
         }
 
     # ------------------------------------------------------------------------------------------------ internals
@@ -316,6 +319,8 @@ class CarbonAwareScheduler(Callback):
             return [0.0, float(trainer.global_step + 1), 1.0, self.source.mean(now, now)]
         decision = self.planner.decide(now, remaining)
         self.last_plan = decision.plan
+        if self.first_plan is None:
+            self.first_plan = decision.plan
         if not self.plans or self.plans[-1]["chosen"] != decision.plan.as_dict()["chosen"]:
             self.plans.append(decision.plan.as_dict())
         if not decision.run:

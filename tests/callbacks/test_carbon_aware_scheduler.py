@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_green import CarbonAwareScheduler, EnergyMonitor, PowerLimitTuner, workload_changed
+from lightning_green.report import write_report
 from lightning_green.testing import SimClock, SimulatedGPUWorkload, simulated_gpus
 from tests.helpers import make_trainer
 
@@ -156,6 +157,13 @@ def test_reads_a_csv_trace_and_logs_decisions(tmp_path):
     section = report["extra"]["carbon_schedule"]
     assert section["paused_s"] == sched.paused_s and section["forecast_slots"]
     assert report["carbon"]["intensity_source"].startswith("trace: ")
+    files = write_report(trainer.log_dir)
+    names = {p.name for p in files.images}
+    assert {"carbon_intensity.png", "carbon_plan.png"} <= names
+    for png in files.images:
+        if png.name.startswith("carbon_"):
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert "carbon-aware pauses" in files.markdown.read_text()
 
 
 @pytest.mark.slow
