@@ -96,6 +96,36 @@ def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
     assert saved["callbacks"]  # loadable, with the callbacks' state
 
 
+def test_pause_time_and_deadline_survive_a_resume(tmp_path):
+    def run(max_steps: int, ckpt_path: str | None = None):
+        clock = sim_clock()
+        if ckpt_path:
+            clock.advance(2 * H)  # the restarted job starts later: its deadline stays the original one
+        sched = CarbonAwareScheduler(
+            intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
+            deadline="12h",
+            expected_duration="3h",
+            clock=clock,
+            verbose=False,
+        )
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = make_trainer(
+            tmp_path,
+            max_steps=max_steps,
+            max_epochs=-1,
+            enable_checkpointing=True,
+            callbacks=[StepClock(clock, 0.25 * H), sched, ckpt],
+        )
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+        return sched
+
+    first = run(2)
+    assert first.paused_s == H
+    resumed = run(12, str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.deadline_s == first.deadline_s == START.timestamp() + 12 * H
+    assert resumed.paused_s > first.paused_s and resumed.pauses[0] == first.pauses[0]
+
+
 class SlowDown(Callback):
     """At step 4 the workload changes (e.g. a precision switch back to fp32): steps take twice as long."""
 
