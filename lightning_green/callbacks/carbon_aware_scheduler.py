@@ -33,7 +33,7 @@ from lightning_green.carbon.plan import (
     parse_duration,
 )
 from lightning_green.carbon.source import EXTEND_CHOICES, Extend, as_intensity_source, ensure_covers
-from lightning_green.carbon.trace import _iso
+from lightning_green.carbon.trace import _iso, check_timezone
 from lightning_green.events import WorkloadChange, add_report_section
 
 __all__ = ["CarbonAwareScheduler"]
@@ -131,6 +131,7 @@ class CarbonAwareScheduler(Callback):
         verbose: bool = True,
     ) -> None:
         name = type(self).__name__
+        check_timezone(name, "timezone", timezone)
         self.source = as_intensity_source(intensity, name, "intensity", timezone=timezone)
         parse_deadline(deadline, 0.0, name)  # validates the form; resolved against the clock in setup
         self.expected_duration_s = (

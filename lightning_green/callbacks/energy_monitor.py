@@ -28,6 +28,7 @@ from lightning_green._internal.validation import (
     fail,
 )
 from lightning_green.carbon.source import EXTEND_CHOICES, Extend
+from lightning_green.carbon.trace import check_timezone
 from lightning_green.carbon.tracker import CarbonTracker
 from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
 from lightning_green.energy.estimate import DEFAULT_DRAM_W_PER_GB, EstimateModel
@@ -230,7 +231,6 @@ class EnergyMonitor(Callback):
         check_choice(name, "carbon_extend", carbon_extend, EXTEND_CHOICES)
         if clock is not None and not callable(clock):
             fail(name, "clock", clock, "None or a callable returning POSIX seconds", TypeError)
-        self.carbon_tracker = CarbonTracker(carbon_intensity, pue, carbon_extend, carbon_timezone, clock, name)
         check_number(name, "pue", pue, ge=1.0)
         check_optional_number(name, "log_every_n_steps", log_every_n_steps, integer=True, ge=1)
         check_optional_number(name, "samples_per_batch", samples_per_batch, integer=True, ge=1)
@@ -249,6 +249,8 @@ class EnergyMonitor(Callback):
         )
         check_bool(name, "print_summary", print_summary)
         check_bool(name, "progress_bar", progress_bar)
+        check_timezone(name, "carbon_timezone", carbon_timezone)
+        self.carbon_tracker = CarbonTracker(carbon_intensity, pue, carbon_extend, carbon_timezone, clock, name)
 
         const = carbon_intensity if isinstance(carbon_intensity, (int, float)) else None
         self.carbon = CarbonModel(const, pue)  # the constant part (and the PUE); CO₂ comes from carbon_tracker

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
 
-__all__ = ["UNITS", "IntensityTrace", "read_trace", "to_seconds"]
+__all__ = ["UNITS", "IntensityTrace", "check_timezone", "read_trace", "to_seconds"]
 
 WEEK_S = 7 * 86400.0
 
@@ -48,6 +48,20 @@ _VALUE_COLUMNS = (
 )
 _UNIT_IN_HEADER = re.compile(r"\b(k?g|lbs?|t)\s*co[2₂][a-z]*\s*/\s*(k|m)wh", re.IGNORECASE)
 _OWNER = "read_trace"
+
+
+def check_timezone(owner: str, name: str, value: object) -> str:
+    """Return ``value`` if it is an IANA time-zone name; else raise naming ``owner(name=value)``.
+
+    Example:
+        >>> check_timezone("X", "timezone", "Europe/Berlin")
+        'Europe/Berlin'
+    """
+    try:
+        ZoneInfo(value)  # type: ignore[arg-type]
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        fail(owner, name, value, "an IANA time-zone name such as 'UTC' or 'Europe/Berlin'")
+    return value  # type: ignore[return-value]
 
 
 def to_seconds(when: _dt.datetime | float) -> float:

@@ -259,6 +259,7 @@ def test_clean_fast_switches_the_power_limit_by_the_grid(tmp_path):
         ({"estimate_after_steps": 0}, ValueError, r"\(estimate_after_steps=0\): `estimate_after_steps` must be"),
         ({"extend": "loop"}, ValueError, r"\(extend='loop'\): `extend` must be one of \('none', 'repeat-last-week'"),
         ({"clock": 5}, TypeError, r"\(clock=5\): `clock` must be None or a callable"),
+        ({"timezone": "Moon/Base"}, ValueError, r"\(timezone='Moon/Base'\): `timezone` must be an IANA"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):

@@ -110,3 +110,19 @@ def test_cli_refusal_is_one_line(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lightning-green: error: EnergyMonitor(carbon_intensity=")
     assert "the trace covers 2022-06-01T00:00+00:00 .. 2022-06-15T00:00+00:00" in err[-1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"carbon_intensity": -1.0}, ValueError, r"EnergyMonitor\(carbon_intensity=-1.0\): `carbon_intensity` must be"),
+        ({"carbon_intensity": {"a": 1}}, TypeError, r"EnergyMonitor\(carbon_intensity=\{'a': 1\}\)"),
+        ({"carbon_extend": "forever"}, ValueError, r"\(carbon_extend='forever'\): `carbon_extend` must be one of"),
+        ({"carbon_timezone": "CET+5"}, ValueError, r"\(carbon_timezone='CET\+5'\): `carbon_timezone` must be an IANA"),
+        ({"clock": "now"}, TypeError, r"EnergyMonitor\(clock='now'\): `clock` must be None or a callable"),
+        ({"pue": "high"}, TypeError, r"EnergyMonitor\(pue='high'\): `pue` must be a number"),
+    ],
+)
+def test_bad_carbon_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        EnergyMonitor(**kwargs)
