@@ -14,6 +14,7 @@ __version__ = "0.1.0.dev0"
 # Public name -> module that defines it. Add a new public name here and in `__all__`.
 _LAZY = {
     "AMPScheduler": "lightning_green.callbacks.amp_scheduler",
+    "CarbonAwareScheduler": "lightning_green.callbacks.carbon_aware_scheduler",
     "EnergyBudget": "lightning_green.callbacks.energy_budget",
     "EnergyMonitor": "lightning_green.callbacks.energy_monitor",
     "GreenReport": "lightning_green.callbacks.green_report",
@@ -28,6 +29,7 @@ _LAZY = {
 
 __all__ = [
     "AMPScheduler",
+    "CarbonAwareScheduler",
     "EnergyBudget",
     "EnergyMonitor",
     "GreenReport",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from lightning_green._internal.validation import GreenRuntimeError
     from lightning_green.callbacks import (
         AMPScheduler,
+        CarbonAwareScheduler,
         EnergyBudget,
         EnergyMonitor,
         GreenReport,

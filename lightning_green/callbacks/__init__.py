@@ -1,6 +1,7 @@
 """The public Lightning callbacks, one per file."""
 
 from lightning_green.callbacks.amp_scheduler import AMPScheduler
+from lightning_green.callbacks.carbon_aware_scheduler import CarbonAwareScheduler
 from lightning_green.callbacks.energy_budget import EnergyBudget
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 from lightning_green.callbacks.green_report import GreenReport
@@ -10,6 +11,7 @@ from lightning_green.callbacks.structured_pruning import StructuredPruning
 
 __all__ = [
     "AMPScheduler",
+    "CarbonAwareScheduler",
     "EnergyBudget",
     "EnergyMonitor",
     "GreenReport",

@@ -44,7 +44,8 @@ class EnergyBudget(Callback):
     Args:
         max_energy: Energy budget in ``unit``; ``None`` for none.
         unit: Unit of ``max_energy``: ``"J"``, ``"Wh"`` or ``"kWh"``.
-        max_gco2e: CO₂e budget in grams (with the monitor's intensity and PUE); ``None`` for none.
+        max_gco2e: CO₂e budget in grams (with the monitor's intensity and PUE; a time-varying intensity counts each
+            window at its own intensity, and the forecast's remaining energy at the current one); ``None`` for none.
         on_forecast: When the monitor's forecast exceeds a budget: ``"stop"`` now, ``"warn"`` once, or ``"ignore"``.
 
     Raises:
@@ -117,7 +118,7 @@ class EnergyBudget(Callback):
         why = f"energy used so far: {reason}" if reason else None
         forecast = monitor.forecast_total_j
         if why is None and forecast is not None and self.on_forecast != "ignore":
-            over = self._exceeded(forecast, monitor.carbon.gco2e(forecast))
+            over = self._exceeded(forecast, monitor.forecast_gco2e(forecast) or 0.0)
             if over and self.on_forecast == "stop":
                 why = f"forecast for the run: {over}"
             elif over and not self._warned:

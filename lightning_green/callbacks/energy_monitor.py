@@ -25,6 +25,7 @@ from lightning_green._internal.logging import epoch_log_step, log_metrics, log_s
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
+    check_choice,
     check_filename,
     check_number,
     check_optional_number,
@@ -32,6 +33,9 @@ from lightning_green._internal.validation import (
     fail,
 )
 from lightning_green.callbacks.progress_bar import GreenProgressBarMixin, format_energy_short, format_power
+from lightning_green.carbon.source import EXTEND_CHOICES, Extend
+from lightning_green.carbon.trace import check_timezone
+from lightning_green.carbon.tracker import CarbonTracker
 from lightning_green.energy.carbon import J_PER_KWH, CarbonModel
 from lightning_green.energy.estimate import DEFAULT_DRAM_W_PER_GB, EstimateModel
 from lightning_green.energy.forecast import EnergyForecast
@@ -184,8 +188,12 @@ class EnergyMonitor(Callback):
     keeps the per-rank breakdown. Totals live in the checkpoint: ``fit(ckpt_path=...)`` continues them.
 
     Args:
-        carbon_intensity: Grid intensity in gCO2e/kWh. ``None`` uses the world average (475 g/kWh), and the
-            report says it is a default. Never looked up over the network.
+        carbon_intensity: Grid intensity: a number in gCO2e/kWh; a CSV path of an intensity trace (timestamp +
+            gCO2e/kWh, see :func:`lightning_green.carbon.read_trace`); or (Python only) a callable
+            ``datetime -> gCO2e/kWh``. ``None`` uses the world average (475 g/kWh), and the report says it is a
+            default. With a trace or a callable, CO₂ is integrated per counter window (window energy × mean
+            intensity over the window), the report keeps every window's intensity and the source, and
+            ``carbon/intensity_g_per_kWh`` is logged. Never looked up over the network.
         pue: Power usage effectiveness of the facility (>= 1).
         log_every_n_steps: Batches that stepped between step-level logs (0: none); ``None`` logs exactly when
             Lightning logs the loss (``Trainer(log_every_n_steps=...)``).
@@ -201,6 +209,12 @@ class EnergyMonitor(Callback):
         min_window_s: Shortest window read from the counters.
         report_filename: File name of the JSON report in ``trainer.log_dir``; ``None`` writes none.
         print_summary: Print the summary table after fit.
+        carbon_extend: A trace that does not cover the start is refused at setup (``"none"``), or its last week is
+            repeated (``"repeat-last-week"``). A run that outlives the trace gets a warning and the repetition,
+            flagged in the report.
+        carbon_timezone: Zone of a trace's timestamps that carry no offset.
+        clock: POSIX-seconds clock placing windows on the intensity trace (``time.time``; pass the same clock as
+            the ``CarbonAwareScheduler``'s in simulations).
         progress_bar: Show live average power and the fit's cumulative energy in the progress bar, updated at each
             counter read: formatted (``energy/power 23.6 W``, ``energy/total 516 J``, then Wh/kWh) with
             :class:`~lightning_green.GreenTQDMProgressBar`/:class:`~lightning_green.GreenRichProgressBar`; as plain
@@ -225,7 +239,7 @@ class EnergyMonitor(Callback):
 
     def __init__(
         self,
-        carbon_intensity: float | None = None,
+        carbon_intensity: float | str | Callable[[_dt.datetime], float] | None = None,
         pue: float = 1.0,
         log_every_n_steps: int | None = None,
         samples_per_batch: int | None = None,
@@ -238,9 +252,14 @@ class EnergyMonitor(Callback):
         report_filename: str | None = "energy_report.json",
         print_summary: bool = True,
         progress_bar: bool = True,
+        carbon_extend: Extend = "none",
+        carbon_timezone: str = "UTC",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         name = type(self).__name__
-        check_optional_number(name, "carbon_intensity", carbon_intensity, ge=0)
+        check_choice(name, "carbon_extend", carbon_extend, EXTEND_CHOICES)
+        if clock is not None and not callable(clock):
+            fail(name, "clock", clock, "None or a callable returning POSIX seconds", TypeError)
         check_number(name, "pue", pue, ge=1.0)
         check_optional_number(name, "log_every_n_steps", log_every_n_steps, integer=True, ge=0)
         check_optional_number(name, "samples_per_batch", samples_per_batch, integer=True, ge=1)
@@ -259,8 +278,11 @@ class EnergyMonitor(Callback):
         )
         check_bool(name, "print_summary", print_summary)
         check_bool(name, "progress_bar", progress_bar)
+        check_timezone(name, "carbon_timezone", carbon_timezone)
+        self.carbon_tracker = CarbonTracker(carbon_intensity, pue, carbon_extend, carbon_timezone, clock, name)
 
-        self.carbon = CarbonModel(carbon_intensity, pue)
+        const = carbon_intensity if isinstance(carbon_intensity, (int, float)) else None
+        self.carbon = CarbonModel(const, pue)  # the constant part (and the PUE); CO₂ comes from carbon_tracker
         self.log_every_n_steps = log_every_n_steps
         self.samples_per_batch = samples_per_batch
         self.forecast_after_epochs = forecast_after_epochs
@@ -300,7 +322,22 @@ class EnergyMonitor(Callback):
 
     def total_gco2e(self, stage: str = "fit") -> float:
         """Grams CO₂e of ``stage`` so far, with this monitor's intensity and PUE."""
-        return self.carbon.gco2e(self.total_energy_j(stage))
+        return self.carbon_tracker.gco2e(stage, self.total_energy_j(stage))
+
+    def forecast_gco2e(self, forecast_j: float | None = None) -> float | None:
+        """Grams CO₂e forecast for the fit: so far, plus the remaining energy at the current intensity."""
+        forecast_j = self.forecast_total_j if forecast_j is None else forecast_j
+        if forecast_j is None:
+            return None
+        return self.carbon_tracker.forecast_gco2e("fit", self.total_energy_j("fit"), forecast_j)
+
+    def close_window(self, trainer: pl.Trainer) -> None:
+        """Account the energy so far as one window now (collective: call on every rank at the same step).
+
+        The ``CarbonAwareScheduler`` calls it around a pause, so a pause's idle energy gets the pause's intensity.
+        """
+        if self._open and self._meter is not None:
+            self._flush(trainer, force=True)
 
     def label(self, stage: str = "fit") -> str:
         """``measured``, ``estimated``, ``mixed`` or ``none`` for ``stage``'s total."""
@@ -334,7 +371,12 @@ class EnergyMonitor(Callback):
             stages[stage] = {
                 "energy_j": {**comp, "total": total},
                 "kwh": total / J_PER_KWH,
-                "gco2e": self.carbon.gco2e(total),
+                "gco2e": self.carbon_tracker.gco2e(stage, total),
+                **(
+                    {"carbon_windows": self.carbon_tracker.stage_windows(stage)}
+                    if not self.carbon_tracker.constant
+                    else {}
+                ),
                 "sources": sources,
                 "label": combine_label(sources),
                 "time_s": ledger.time_s,
@@ -356,12 +398,12 @@ class EnergyMonitor(Callback):
             }
         forecast = None
         if self.forecast_total_j is not None:
-            forecast = {"total_j": self.forecast_total_j, "gco2e": self.carbon.gco2e(self.forecast_total_j)}
+            forecast = {"total_j": self.forecast_total_j, "gco2e": self.forecast_gco2e()}
         return {
             "version": REPORT_VERSION,
             "status": status,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "carbon": self.carbon.as_dict(),
+            "carbon": self.carbon_tracker.as_dict(self.carbon_tracker.account.mean_intensity("fit")),
             "meter": self._meter.describe() if self._meter else None,
             "estimate": self.estimate.as_dict(),
             "stages": stages,
@@ -375,6 +417,7 @@ class EnergyMonitor(Callback):
         self._rank = trainer.global_rank
         # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
         self._log_dir = trainer.log_dir or trainer.default_root_dir
+        self.carbon_tracker.check_covers_now()
         if self._meter is None:
             self._meter = self._build_meter(trainer)
             self._meter.start()
@@ -422,6 +465,8 @@ class EnergyMonitor(Callback):
         if not (self._restored or same_trainer):
             self.ledgers["fit"] = StageLedger()
             self.ledgers["validate"] = StageLedger()
+            self.carbon_tracker.reset("fit")
+            self.carbon_tracker.reset("validate")
             self.forecast.reset()
             self.forecast_total_j = None
             self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
@@ -478,12 +523,12 @@ class EnergyMonitor(Callback):
         metrics.update(_rates("", fit.total_j, fit.time_s, fit.samples, fit.tokens))
         if self.forecast_total_j is not None:
             metrics["energy/forecast_total_J"] = self.forecast_total_j
-            metrics["carbon/forecast_gCO2e"] = self.carbon.gco2e(self.forecast_total_j)
+            metrics["carbon/forecast_gCO2e"] = self.forecast_gco2e()
             if not self._forecast_announced:
                 self._forecast_announced = True
                 rank_zero_info(
                     f"EnergyMonitor: forecast for this run: {self.forecast_total_j:.4g} J "
-                    f"({self.forecast_total_j / J_PER_KWH:.4g} kWh, {self.carbon.gco2e(self.forecast_total_j):.4g} "
+                    f"({self.forecast_total_j / J_PER_KWH:.4g} kWh, {self.forecast_gco2e():.4g} "
                     f"gCO2e, {self.label('fit')}) after {len(fit.epochs_j)} epoch(s)."
                 )
         elif self.forecast.ready and not self._forecast_announced and trainer.max_epochs in (None, -1):
@@ -588,6 +633,7 @@ class EnergyMonitor(Callback):
                 row = self._local_row(self._meter.read())
                 for stage in self._open:
                     self.ledgers[stage].add_row(self._rank, row)
+                self._carbon_window(list(self._open), float(sum(row[:_N])))
             self._open.clear()
             self._write_report(trainer, status=f"interrupted: {type(exception).__name__}")
         except Exception:
@@ -624,6 +670,7 @@ class EnergyMonitor(Callback):
             "forecast_total_j": self.forecast_total_j,
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
+            "carbon": self.carbon_tracker.state_dict(),
         }
 
     @override
@@ -639,6 +686,7 @@ class EnergyMonitor(Callback):
         # checkpoint's ledgers for the open stages now, and leave no flag behind for the next fit.
         for stage in self._open:
             self.ledgers.setdefault(stage, StageLedger())
+        self.carbon_tracker.load_state_dict(state_dict.get("carbon", {}))
         self._restored = not self._open
 
     # ------------------------------------------------------------------------------------------------ internals
@@ -688,6 +736,7 @@ class EnergyMonitor(Callback):
         rows = gather_rows(trainer.strategy, row)
         for stage in self._open:
             self.ledgers[stage].add(rows, counts=stage == innermost)
+        self._carbon_window(list(self._open), float(sum(sum(r[:_N]) for r in rows)))
         return _Window(
             energy_j=float(sum(sum(r[:_N]) for r in rows)),
             time_s=max(r[_TIME] for r in rows),
@@ -702,6 +751,7 @@ class EnergyMonitor(Callback):
         # Energy since the last read belongs to no stage (set-up between stages): skip it locally.
         if not self._open:
             self._last = self._meter.read()
+            self.carbon_tracker.start()
             self._pending_batches = self._pending_samples = self._pending_tokens = 0
         self._gs_last = trainer.global_step
         self.ledgers.setdefault(stage, StageLedger())
@@ -716,6 +766,7 @@ class EnergyMonitor(Callback):
             self._flush(trainer, force=True)  # what ran before belongs to the outer stage only
         if trainer.state.fn != "fit" or stage != "validate":
             self.ledgers[stage] = StageLedger()  # a standalone validate/test/predict run starts from zero
+            self.carbon_tracker.reset(stage)
         self._open_stage(trainer, stage)
 
     def _end_eval(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
@@ -735,8 +786,20 @@ class EnergyMonitor(Callback):
         ledger = self.ledgers[stage]
         metrics = {f"energy/{c}_J": v for c, v in ledger.component_j().items()}
         metrics["energy/total_J"] = ledger.total_j
-        metrics["carbon/total_gCO2e"] = self.carbon.gco2e(ledger.total_j)
+        metrics["carbon/total_gCO2e"] = self.carbon_tracker.gco2e(stage, ledger.total_j)
+        if not self.carbon_tracker.constant:
+            metrics["carbon/intensity_g_per_kWh"] = self.carbon_tracker.intensity_now
         return metrics
+
+    def _carbon_window(self, stages: list[str], energy_j: float) -> None:
+        self.carbon_tracker.window(stages, energy_j)
+        if self.carbon_tracker.extrapolated and not self.carbon_tracker.warned_extrapolation:
+            self.carbon_tracker.warned_extrapolation = True
+            if self.carbon_tracker.extend == "none":
+                rank_zero_warn(
+                    "EnergyMonitor: the run outlived the carbon-intensity trace; its last week is repeated from here "
+                    "on (the report flags it). Give a longer trace, or carbon_extend='repeat-last-week' to expect this."
+                )
 
     @staticmethod
     def _log_epoch(
@@ -812,10 +875,12 @@ class EnergyMonitor(Callback):
         metrics = {
             "hparams/energy_total_J": fit.total_j,
             "hparams/energy_kWh": fit.total_j / J_PER_KWH,
-            "hparams/carbon_total_gCO2e": self.carbon.gco2e(fit.total_j),
+            "hparams/carbon_total_gCO2e": self.total_gco2e("fit"),
         }
         params = {
-            "energy_monitor/carbon_intensity_g_per_kwh": self.carbon.intensity,
+            "energy_monitor/carbon_intensity_g_per_kwh": self.carbon_tracker.as_dict(
+                self.carbon_tracker.account.mean_intensity("fit")
+            )["intensity_g_per_kwh"],
             "energy_monitor/pue": self.carbon.pue,
             "energy_monitor/label": self.label("fit"),
         }

@@ -200,6 +200,25 @@ class PowerLimitTuner(Callback):
         search = self._search
         return profile_table(search.measurements, self.eta, self.world_size, search.measurement_steps)
 
+    def use_profile_optimum(self, objective: Literal["time", "energy"]) -> bool:
+        """Set the profiled limit with the shortest step time (``"time"``) or the least energy (``"energy"``).
+
+        For other callbacks (``CarbonAwareScheduler(power="clean-fast")`` switches between the two by the grid's
+        intensity). Only once profiling is done; call it on every rank at the same step. The original limit is
+        still restored at the end. Returns whether a limit was set.
+        """
+        rows = self.table()
+        if self.state != "done" or not rows or self._guard is None or self.gpu_index is None:
+            return False
+        key = "time_s" if objective == "time" else "energy_j"
+        best = min(rows, key=lambda r: r[key])
+        try:
+            self._set_limit(int(best["limit_w"] * 1000))
+        except ZeusBaseGPUError as err:
+            log.debug("PowerLimitTuner could not set the %s-optimal limit: %s", objective, err)
+            return False
+        return True
+
     # ------------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

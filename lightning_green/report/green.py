@@ -11,13 +11,13 @@ from typing import Any
 
 from lightning_green.energy.carbon import format_energy
 from lightning_green.energy.meter import COMPONENTS
-from lightning_green.report import plots
+from lightning_green.report import carbon_plots, plots
 from lightning_green.report.document import Document, ReportFiles
 from lightning_green.report.run import Run, TargetResult, load_run, metric_mode, target_sign
 
 __all__ = ["build_report", "fmt_energy", "fmt_macs", "fmt_num", "fmt_seconds", "resolve_mode", "write_report"]
 
-_KNOWN_EXTRA = {"power_limit", "model", "inference_cost"}
+_KNOWN_EXTRA = {"power_limit", "model", "inference_cost", "carbon_schedule"}
 
 
 def fmt_energy(j: float | None) -> str:
@@ -266,8 +266,21 @@ def _carbon(doc: Document, run: Run) -> None:
         rows.append(
             ["forecast (fit)", f"{fmt_energy(forecast.get('total_j'))} → {forecast.get('gco2e', 0.0):.4g} gCO2e"]
         )
+    schedule = run.extra("carbon_schedule") or {}
+    if schedule:
+        rows.append(
+            ["carbon-aware pauses", f"{fmt_seconds(schedule.get('paused_s'))} (deadline {schedule.get('deadline')})"]
+        )
     doc.table(["", "value"], rows)
     doc.paragraph(f"Formula: {carbon.get('formula', 'gCO2e = kWh × intensity × PUE')}.", note=True)
+    for args in _images(
+        run,
+        [
+            ("carbon_intensity.png", carbon_plots.intensity_and_co2_rate, "Grid intensity and CO2 rate over time"),
+            ("carbon_plan.png", carbon_plots.carbon_plan, "Carbon-aware plan against the forecast intensity"),
+        ],
+    ):
+        doc.image(*args)
 
 
 def _metric(doc: Document, run: Run, metric: str, hit: TargetResult | None) -> None:

@@ -1,0 +1,426 @@
+"""CarbonAwareScheduler: train in the cleanest hours of the grid that still finish before a deadline."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from lightning_green._internal.validation import (
+    InvalidArgumentError,
+    check_bool,
+    check_choice,
+    check_number,
+    fail,
+)
+from lightning_green.carbon.plan import (
+    FORECASTS,
+    PERSISTENCE_DAYS,
+    CarbonPlanner,
+    Forecast,
+    Plan,
+    parse_deadline,
+    parse_duration,
+)
+from lightning_green.carbon.source import EXTEND_CHOICES, Extend, as_intensity_source, ensure_covers
+from lightning_green.carbon.trace import _iso, check_timezone
+from lightning_green.events import WorkloadChange, add_report_section
+
+__all__ = ["CarbonAwareScheduler"]
+
+log = logging.getLogger(__name__)
+
+Power = Literal["off", "clean-fast"]
+_POWER = ("off", "clean-fast")
+_DAY_S = 86400.0
+
+
+class CarbonAwareScheduler(Callback):
+    """Pause training between optimizer steps while the grid is dirty, and still finish before a deadline.
+
+    From the expected compute time left and the intensity forecast it plans the remaining training into the
+    cleanest hours before ``deadline``; between optimizer steps it pauses when the current hour is not in the plan,
+    and re-plans at every decision, so a changed forecast of the remaining time (a prune or a precision switch:
+    ``on_workload_changed``, after which it runs until the new step time is measured; or simply measured step times)
+    moves the plan. Its own pauses never make the run miss
+    the deadline: once ``remaining × (1 + safety_margin)`` no longer fits before it, it stops pausing.
+
+    The remaining time is ``expected_duration`` minus the compute done until step times are measured
+    (``estimate_after_steps`` optimizer steps, again after each workload change), then the mean step time ×
+    the steps left (``trainer.estimated_stepping_batches``). With neither, it runs until it has measured.
+
+    A pause longer than ``checkpoint_after`` is preceded by a checkpoint (``carbon-pause.ckpt`` in the
+    ``ModelCheckpoint``'s folder, when the Trainer has one), so a job killed while it waits loses nothing.
+    With ``power="clean-fast"`` and a :class:`~lightning_green.PowerLimitTuner` that has finished profiling, clean
+    hours (intensity at or below the mean forecast of the hours left) run at the profile's fastest limit and dirty
+    hours at its most energy-efficient one.
+
+    All time comes from ``clock`` (POSIX seconds); a clock with an ``advance(seconds)`` method (such as
+    :class:`lightning_green.testing.SimClock`) is advanced instead of slept on, so days of grid data replay in
+    seconds. Under DDP rank 0 decides and broadcasts; every rank pauses and resumes at the same step.
+
+    Logged to every logger at each decision: ``carbon/plan`` (1 run, 0 pause), ``carbon/paused_s`` (total so far)
+    and ``carbon/intensity_g_per_kWh`` (now). One line is printed per pause and per resume. With an
+    :class:`~lightning_green.EnergyMonitor` the energy report gets a ``carbon_schedule`` section: the plan and the
+    forecast it was made from, every pause, and the deadline.
+
+    Args:
+        intensity: The grid's intensity: a CSV path (see :func:`lightning_green.carbon.read_trace`), a number, or
+            (Python only) a callable ``datetime -> gCO2e/kWh``.
+        deadline: ISO date-time (``"2026-12-01T08:00"``, naive = UTC) or a duration from the start (``"24h"``,
+            seconds).
+        expected_duration: Compute time the job needs (``"8h"``, seconds); ``None`` measures it.
+        forecast: ``"trace"`` (the intensity source is the forecast) or ``"persistence"`` (the same hours of the
+            past 7 days, level-corrected by the intensity now; only past intensities are read, so the trace must
+            start a week before the run).
+        safety_margin: Share of the remaining time kept as slack before the deadline (>= 0).
+        checkpoint_after: Pauses at least this long are preceded by a checkpoint (``"10m"``, seconds); ``None``
+            never.
+        power: ``"off"`` or ``"clean-fast"`` (see above).
+        estimate_after_steps: Optimizer steps measured before the step time is trusted (>= 1).
+        extend: ``"none"``: a trace that does not reach the deadline is refused; ``"repeat-last-week"``: its last
+            week is repeated to cover it.
+        timezone: Zone of a CSV's timestamps without an offset.
+        clock: POSIX-seconds clock; ``None`` is ``time.time``.
+        verbose: Print the pause/resume lines.
+
+    Raises:
+        ValueError: An argument is out of range; at ``setup``: a deadline in the past or shorter than the expected
+            duration, a trace that does not cover the time up to the deadline.
+        TypeError: An argument has the wrong type.
+
+    Example:
+        >>> import datetime, tempfile
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lightning_green.testing import SimClock
+        >>> clock = SimClock(datetime.datetime(2022, 6, 1, 0, tzinfo=datetime.timezone.utc).timestamp())
+        >>> dirty_now = lambda when: 400.0 if when.hour < 3 else 100.0  # clean from 03:00
+        >>> sched = CarbonAwareScheduler(intensity=dirty_now, deadline="12h", expected_duration="1h", clock=clock,
+        ...                              verbose=False)
+        >>> trainer = Trainer(default_root_dir=tempfile.mkdtemp(), max_steps=3, callbacks=[sched], logger=False,
+        ...                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        >>> trainer.fit(BoringModel())
+        >>> sched.paused_s / 3600
+        3.0
+    """
+
+    def __init__(
+        self,
+        intensity: float | str | Callable[[_dt.datetime], float],
+        deadline: str | float = "24h",
+        expected_duration: str | float | None = None,
+        forecast: Forecast = "trace",
+        safety_margin: float = 0.05,
+        checkpoint_after: str | float | None = "10m",
+        power: Power = "off",
+        estimate_after_steps: int = 5,
+        extend: Extend = "none",
+        timezone: str = "UTC",
+        clock: Callable[[], float] | None = None,
+        verbose: bool = True,
+    ) -> None:
+        name = type(self).__name__
+        check_timezone(name, "timezone", timezone)
+        self.source = as_intensity_source(intensity, name, "intensity", timezone=timezone)
+        parse_deadline(deadline, 0.0, name)  # validates the form; resolved against the clock in setup
+        self.expected_duration_s = (
+            None if expected_duration is None else parse_duration(expected_duration, name, "expected_duration")
+        )
+        check_choice(name, "forecast", forecast, FORECASTS)
+        check_number(name, "safety_margin", safety_margin, ge=0.0)
+        self.checkpoint_after_s = (
+            None if checkpoint_after is None else parse_duration(checkpoint_after, name, "checkpoint_after")
+        )
+        check_choice(name, "power", power, _POWER)
+        check_number(name, "estimate_after_steps", estimate_after_steps, integer=True, ge=1)
+        check_choice(name, "extend", extend, EXTEND_CHOICES)
+        if clock is not None and not callable(clock):
+            fail(name, "clock", clock, "None or a callable returning POSIX seconds", TypeError)
+        check_bool(name, "verbose", verbose)
+        self.deadline = deadline
+        self.forecast = forecast
+        self.safety_margin = float(safety_margin)
+        self.power = power
+        self.estimate_after_steps = estimate_after_steps
+        self.extend = extend
+        self.clock: Callable[[], float] = clock if clock is not None else time.time
+        self.verbose = verbose
+
+        self.planner: CarbonPlanner | None = None
+        self.start_s: float | None = None
+        self.deadline_s: float | None = None
+        self.paused_s = 0.0
+        self.compute_s = 0.0
+        self.pauses: list[dict[str, Any]] = []
+        self.plans: list[dict[str, Any]] = []
+        self.replans = 0
+        self.last_plan: Plan | None = None
+        self.first_plan: Plan | None = None
+        self._step_s: float | None = None  # mean step time since the last workload change (rank 0)
+        self._meas_steps = 0
+        self._meas_s = 0.0
+        self._t_last: float | None = None
+        self._gs_last = -1
+        self._next_check = 0
+        self._total_steps: float = math.inf
+        self._limit_mode: str | None = None
+        self.power_modes: list[str] = []  # "time"/"energy" each time clean-fast switched the limit
+        self._remeasure = False  # after a workload change: run until the new step time is measured
+
+    # ------------------------------------------------------------------------------------------------ public
+    def remaining_s(self, trainer: pl.Trainer) -> float | None:
+        """Compute time still needed, seconds (``None``: not known yet)."""
+        steps_left = max(self._total_steps - trainer.global_step, 0.0)
+        if self._step_s is not None and math.isfinite(steps_left):
+            return self._step_s * steps_left
+        if self.expected_duration_s is not None:
+            if math.isfinite(self._total_steps) and self._total_steps > 0:
+                return self.expected_duration_s * steps_left / self._total_steps
+            return max(self.expected_duration_s - self.compute_s, 0.0)
+        return None
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        name = type(self).__name__
+        # Rank 0's clock is the one that counts: every rank plans against the same start.
+        now = float(trainer.strategy.broadcast(float(self.clock()), src=0))
+        deadline_s = parse_deadline(self.deadline, now, name)
+        if deadline_s <= now:
+            fail(name, "deadline", self.deadline, f"in the future (it is {_iso(now)} now)")
+        if self.expected_duration_s is not None and self.expected_duration_s > deadline_s - now:
+            fail(
+                name,
+                "deadline",
+                self.deadline,
+                f"at least expected_duration={self.expected_duration_s / 3600:g} h after the start ({_iso(now)}); "
+                f"it leaves {(deadline_s - now) / 3600:g} h",
+            )
+        first = now - _DAY_S * PERSISTENCE_DAYS if self.forecast == "persistence" else now
+        self.source = ensure_covers(self.source, first, deadline_s, name, "intensity", self.extend)
+        self.start_s, self.deadline_s = now, deadline_s
+        self.planner = CarbonPlanner(self.source, deadline_s, self.forecast, self.safety_margin)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        self._total_steps = float(total) if total is not None else math.inf
+        if not math.isfinite(self._total_steps) and self.expected_duration_s is None:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}(expected_duration=None): training has no step limit (max_steps/max_epochs), "
+                "so the remaining time cannot be measured; give expected_duration (e.g. '8h')."
+            )
+        self._gs_last = trainer.global_step
+        self._next_check = trainer.global_step
+        self._decide(trainer, may_checkpoint=False)
+        self._t_last = self.clock()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self._gs_last:
+            return  # inside gradient accumulation: decide only between optimizer steps
+        now = self.clock()
+        if self._t_last is not None:
+            spent = max(now - self._t_last, 0.0)
+            steps = trainer.global_step - self._gs_last
+            self.compute_s += spent
+            self._meas_steps += steps
+            self._meas_s += spent
+            if self._meas_steps >= self.estimate_after_steps:
+                self._step_s = self._meas_s / self._meas_steps
+                if self._remeasure:
+                    self._remeasure = False
+                    self._next_check = trainer.global_step  # re-plan now, with the new step time
+        self._gs_last = trainer.global_step
+        if self._next_check <= trainer.global_step < self._total_steps:
+            self._decide(trainer, may_checkpoint=True)
+        self._t_last = self.clock()
+
+    def on_workload_changed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: WorkloadChange) -> None:
+        """Step time changed (a prune, a precision switch): re-measure it and re-plan at the next step."""
+        # Steps so far belong to the old workload: account them, and measure the new one from here.
+        now = self.clock()
+        if self._t_last is not None and trainer.global_step > self._gs_last:
+            self.compute_s += max(now - self._t_last, 0.0)
+        self._t_last, self._gs_last = now, trainer.global_step
+        self._meas_steps, self._meas_s = 0, 0.0
+        self._remeasure = True
+        self.replans += 1
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        add_report_section(trainer, "carbon_schedule", self.report())
+
+    # ------------------------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "paused_s": self.paused_s,
+            "compute_s": self.compute_s,
+            "pauses": list(self.pauses),
+            "step_s": self._step_s,
+            "deadline_s": self.deadline_s,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.paused_s = float(state_dict.get("paused_s", 0.0))
+        self.compute_s = float(state_dict.get("compute_s", 0.0))
+        self.pauses = list(state_dict.get("pauses", []))
+        self._step_s = state_dict.get("step_s")
+        # A resumed job keeps its original deadline (an absolute time) rather than one re-read from "24h".
+        deadline_s = state_dict.get("deadline_s")
+        if deadline_s is not None and self.planner is not None:
+            self.deadline_s = float(deadline_s)
+            self.planner = CarbonPlanner(self.source, self.deadline_s, self.forecast, self.safety_margin)
+
+    def report(self) -> dict[str, Any]:
+        """The schedule as plain data: deadline, pauses, the last plan and the forecast it was made from."""
+        plan, first = self.last_plan, self.first_plan
+        return {
+            "source": self.source.describe(),
+            "forecast": self.forecast,
+            "start": _iso(self.start_s) if self.start_s is not None else None,
+            "deadline": _iso(self.deadline_s) if self.deadline_s is not None else None,
+            "deadline_s": self.deadline_s,
+            "paused_s": self.paused_s,
+            "compute_s": self.compute_s,
+            "pauses": list(self.pauses),
+            "replans": self.replans,
+            "plans": list(self.plans),
+            "last_plan": plan.as_dict() if plan is not None else None,
+            "forecast_slots": [[a, b, v] for a, b, v in plan.slots] if plan is not None else [],
+            "first_plan_slots": [[a, b, v] for a, b, v in first.slots] if first is not None else [],
+            "first_plan_chosen_s": [[a, b] for a, b, _ in first.chosen] if first is not None else [],
+        }
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _rank0_decision(self, trainer: pl.Trainer) -> list[float]:
+        """[pause seconds, next check step, run flag, intensity now]; computed on rank 0 only."""
+        assert self.planner is not None
+        now = self.clock()
+        remaining = None if self._remeasure else self.remaining_s(trainer)
+        if remaining is None:
+            return [0.0, float(trainer.global_step + 1), 1.0, self.source.mean(now, now)]
+        decision = self.planner.decide(now, remaining)
+        self.last_plan = decision.plan
+        if self.first_plan is None:
+            self.first_plan = decision.plan
+        if not self.plans or self.plans[-1]["chosen"] != decision.plan.as_dict()["chosen"]:
+            self.plans.append(decision.plan.as_dict())
+        if not decision.run:
+            return [decision.pause_s, float(trainer.global_step), 0.0, decision.intensity_now]
+        boundary = (math.floor(now / 3600.0 + 1e-9) + 1) * 3600.0
+        steps = 1
+        if self._step_s:
+            steps = max(1, int(0.5 * (boundary - now) / self._step_s))
+        return [0.0, float(trainer.global_step + steps), 1.0, decision.intensity_now]
+
+    def _decide(self, trainer: pl.Trainer, may_checkpoint: bool) -> None:
+        pausing_since: float | None = None
+        intensity = 0.0
+        while True:
+            row = self._rank0_decision(trainer) if trainer.is_global_zero else [0.0, 0.0, 1.0, 0.0]
+            pause_s, next_check, run, intensity = (float(x) for x in trainer.strategy.broadcast(row, src=0))
+            if run or pause_s <= 0:
+                break
+            if pausing_since is None:
+                pausing_since = self.clock()
+                self._log(trainer, 0.0, intensity)
+                if may_checkpoint and self.checkpoint_after_s is not None and pause_s >= self.checkpoint_after_s:
+                    self._checkpoint(trainer)
+                _close_energy_windows(trainer)
+                nxt = self.last_plan.next_start(pausing_since) if self.last_plan is not None else None
+                self._say(
+                    f"CarbonAwareScheduler: pausing at step {trainer.global_step} ({_iso(pausing_since)}, "
+                    f"{intensity:.0f} gCO2e/kWh); next planned slot {_iso(nxt) if nxt else 'unknown'}."
+                )
+            self._sleep(pause_s)
+            self.paused_s += pause_s
+        self._next_check = int(next_check)
+        if pausing_since is not None:
+            _close_energy_windows(trainer)  # the pause's idle energy gets the pause's own intensity
+            now = self.clock()
+            self.pauses.append(
+                {
+                    "step": trainer.global_step,
+                    "start": _iso(pausing_since),
+                    "end": _iso(now),
+                    "start_s": pausing_since,
+                    "seconds": now - pausing_since,
+                }
+            )
+            self._say(
+                f"CarbonAwareScheduler: resuming at step {trainer.global_step} ({_iso(now)}, {intensity:.0f} "
+                f"gCO2e/kWh) after {(now - pausing_since) / 3600:.2f} h."
+            )
+        self._log(trainer, 1.0, intensity)
+        self._apply_power(trainer, intensity)
+
+    def _sleep(self, seconds: float) -> None:
+        advance = getattr(self.clock, "advance", None)
+        if callable(advance):
+            advance(seconds)
+        else:
+            time.sleep(seconds)
+
+    def _checkpoint(self, trainer: pl.Trainer) -> None:
+        ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)  # type: ignore[attr-defined]
+        if ckpt is None or ckpt.dirpath is None:
+            return
+        path = os.path.join(ckpt.dirpath, f"carbon-pause{ckpt.FILE_EXTENSION}")
+        trainer.save_checkpoint(path)  # collective: every rank is here at the same step
+        self._say(f"CarbonAwareScheduler: checkpoint before a long pause: {path}")
+
+    def _apply_power(self, trainer: pl.Trainer, intensity: float) -> None:
+        if self.power != "clean-fast":
+            return
+        from lightning_green.callbacks.power_limit_tuner import PowerLimitTuner
+
+        tuner = next((cb for cb in trainer.callbacks if isinstance(cb, PowerLimitTuner)), None)  # type: ignore[attr-defined]
+        if tuner is None or tuner.state != "done":
+            return
+        clean = 0.0
+        if trainer.is_global_zero and self.last_plan is not None and self.last_plan.slots:
+            # Clean: at or below the mean forecast of the hours left before the deadline.
+            clean = float(intensity <= statistics.fmean(v for _, _, v in self.last_plan.slots))
+        clean = float(trainer.strategy.broadcast(clean, src=0))
+        mode = "time" if clean else "energy"
+        if mode != self._limit_mode and tuner.use_profile_optimum(mode):
+            self._limit_mode = mode
+            self.power_modes.append(mode)
+            self._say(f"CarbonAwareScheduler: {'clean' if clean else 'dirty'} hour: {mode}-optimal power limit.")
+
+    def _log(self, trainer: pl.Trainer, run: float, intensity: float) -> None:
+        metrics = {"carbon/plan": run, "carbon/paused_s": self.paused_s, "carbon/intensity_g_per_kWh": intensity}
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=max(trainer.global_step - 1, 0))
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            rank_zero_info(text)
+        log.debug(text)
+
+
+def _close_energy_windows(trainer: pl.Trainer) -> None:
+    """Let an EnergyMonitor (duck-typed: ``close_window``) end its counter window here; every rank calls this."""
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        close = getattr(cb, "close_window", None)
+        if callable(close):
+            close(trainer)

@@ -1,0 +1,262 @@
+"""Carbon-aware planning: put the remaining compute into the cleanest hours that still finish before a deadline.
+
+No Lightning import. :class:`CarbonPlanner` is what :class:`~lightning_green.CarbonAwareScheduler` and
+``benchmarks/carbon_aware.py`` both call: given the time now and the remaining compute, it plans and says whether
+to run now or how long to pause.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green.carbon.trace import _iso
+
+__all__ = [
+    "FORECASTS",
+    "PERSISTENCE_DAYS",
+    "CarbonPlanner",
+    "Decision",
+    "Forecast",
+    "Plan",
+    "make_plan",
+    "parse_deadline",
+    "parse_duration",
+]
+
+Forecast = Literal["trace", "persistence"]
+FORECASTS = ("trace", "persistence")
+DAY_S = 86400.0
+PERSISTENCE_DAYS = 7
+"""Past days the persistence forecast averages by default (the trace must reach that far back)."""
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
+    r"(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
+)
+
+
+def parse_duration(value: Any, owner: str, name: str) -> float:
+    """Seconds from a number of seconds or a text like ``"8h"``, ``"1d"``, ``"1h30m"``, ``"90s"``.
+
+    Example:
+        >>> parse_duration("1h30m", "X", "d"), parse_duration(60, "X", "d")
+        (5400.0, 60.0)
+    """
+    allowed = "a duration: seconds > 0, or text like '8h', '90m', '1d', '1h30m'"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value > 0):
+            fail(owner, name, value, allowed)
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m and any(m.groups()):
+            d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+            total = d * DAY_S + h * 3600 + mi * 60 + s
+            if total > 0:
+                return total
+    fail(owner, name, value, allowed)
+    raise AssertionError  # pragma: no cover
+
+
+def parse_deadline(value: Any, start_s: float, owner: str, name: str = "deadline") -> float:
+    """POSIX deadline from an ISO date-time (naive = UTC) or a duration from ``start_s``.
+
+    Example:
+        >>> parse_deadline("1970-01-02T00:00", 0.0, "X"), parse_deadline("24h", 0.0, "X")
+        (86400.0, 86400.0)
+    """
+    if isinstance(value, _dt.datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+        return when.timestamp()
+    if isinstance(value, str) and re.match(r"^\d{4}-\d{2}-\d{2}", value.strip()):
+        try:
+            when = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            fail(owner, name, value, "an ISO date-time like '2026-12-01T08:00' or a duration like '24h'")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return when.timestamp()
+    try:
+        return start_s + parse_duration(value, owner, name)
+    except InvalidArgumentError:
+        fail(owner, name, value, "an ISO date-time like '2026-12-01T08:00' or a duration like '24h'")
+    raise AssertionError  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Chosen slots (start, end, forecast g/kWh), in time order, and what they were chosen from."""
+
+    created_s: float
+    deadline_s: float
+    remaining_s: float
+    chosen: tuple[tuple[float, float, float], ...]
+    slots: tuple[tuple[float, float, float], ...]
+    forced: bool
+
+    def runs_at(self, t_s: float) -> bool:
+        """Whether ``t_s`` falls in a chosen slot."""
+        return self.forced or any(a <= t_s < b for a, b, _ in self.chosen)
+
+    def next_start(self, t_s: float) -> float | None:
+        """Start of the next chosen slot after ``t_s`` (``None`` if none)."""
+        return next((a for a, _, _ in self.chosen if a > t_s), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain form for logs and the report."""
+        return {
+            "created": _iso(self.created_s),
+            "deadline": _iso(self.deadline_s),
+            "remaining_s": self.remaining_s,
+            "forced": self.forced,
+            "chosen": [[_iso(a), _iso(b), round(v, 3)] for a, b, v in self.chosen],
+            "chosen_s": [[a, b] for a, b, _ in self.chosen],
+        }
+
+
+def _slots(now_s: float, deadline_s: float, slot_s: float) -> list[tuple[float, float]]:
+    out = []
+    t = now_s
+    while t < deadline_s - 1e-9:
+        boundary = (math.floor(t / slot_s + 1e-9) + 1) * slot_s
+        end = min(boundary, deadline_s)
+        out.append((t, end))
+        t = end
+    return out
+
+
+def make_plan(forecast: Any, now_s: float, deadline_s: float, remaining_s: float, slot_s: float = 3600.0) -> Plan:
+    """Choose the cleanest slots (by ``forecast(t0, t1)``) between now and the deadline holding ``remaining_s``.
+
+    The slots start at ``now_s`` and follow the ``slot_s`` grid (hours by default); the first may be partial. If
+    they cannot hold the remaining time the plan is ``forced``: run without pausing.
+
+    Example:
+        >>> f = lambda a, b: {0: 300.0, 1: 100.0, 2: 200.0}[int(a // 3600)]
+        >>> p = make_plan(f, 0.0, 3 * 3600.0, 7200.0)
+        >>> [int(a) for a, _, _ in p.chosen], p.runs_at(0.0), p.next_start(0.0)
+        ([3600, 7200], False, 3600.0)
+    """
+    slots = [(a, b, float(forecast(a, b))) for a, b in _slots(now_s, deadline_s, slot_s)]
+    capacity = sum(b - a for a, b, _ in slots)
+    if remaining_s <= 0:
+        return Plan(now_s, deadline_s, remaining_s, (), tuple(slots), False)
+    if capacity <= remaining_s + 1e-6:
+        return Plan(now_s, deadline_s, remaining_s, tuple(slots), tuple(slots), True)
+    chosen = []
+    held = 0.0
+    # Cleanest first; among equals, the earliest (finishing early is free insurance).
+    for a, b, v in sorted(slots, key=lambda s: (s[2], s[0])):
+        chosen.append((a, b, v))
+        held += b - a
+        if held >= remaining_s - 1e-6:
+            break
+    return Plan(now_s, deadline_s, remaining_s, tuple(sorted(chosen)), tuple(slots), False)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Run now, or pause for ``pause_s`` seconds (then decide again)."""
+
+    run: bool
+    pause_s: float
+    plan: Plan
+    intensity_now: float
+
+
+class CarbonPlanner:
+    """Decide, at a point in time, whether to run or to pause, re-planning every time it is asked.
+
+    Args:
+        source: Intensity source (a trace, a callable or a constant) — the actual grid intensity.
+        deadline_s: POSIX time by which the work must be done.
+        forecast: ``"trace"``: the source's values are the forecast (a forecast file, or a replay with perfect
+            knowledge). ``"persistence"``: each future hour is expected to repeat the same hour of the previous
+            ``persistence_days`` days (their mean), shifted by how far the intensity now is from that mean at this
+            hour (the shift fades over ``persistence_tau_h`` hours); the current hour is the intensity now. Only
+            times up to now are read from the source.
+        safety_margin: Never pause once ``remaining × (1 + safety_margin)`` no longer fits before the deadline.
+        slot_s: Planning grid, seconds.
+        persistence_tau_h: Fade-out time of the persistence forecast's level shift, hours.
+        persistence_days: Past days averaged by the persistence forecast (1: yesterday's hours only).
+
+    Example:
+        >>> from lightning_green.carbon.trace import IntensityTrace
+        >>> tr = IntensityTrace(0.0, 3600.0, (300.0, 100.0, 200.0, 400.0))
+        >>> planner = CarbonPlanner(tr, deadline_s=4 * 3600.0, safety_margin=0.0)
+        >>> d = planner.decide(now_s=0.0, remaining_s=3600.0)
+        >>> d.run, d.pause_s
+        (False, 3600.0)
+        >>> planner.decide(now_s=3600.0, remaining_s=3600.0).run
+        True
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        deadline_s: float,
+        forecast: Forecast = "trace",
+        safety_margin: float = 0.05,
+        slot_s: float = 3600.0,
+        persistence_tau_h: float = 48.0,
+        persistence_days: int = PERSISTENCE_DAYS,
+    ) -> None:
+        if forecast not in FORECASTS:
+            fail("CarbonPlanner", "forecast", forecast, f"one of {FORECASTS!r}")
+        self.source = source
+        self.deadline_s = float(deadline_s)
+        self.forecast = forecast
+        self.safety_margin = float(safety_margin)
+        self.slot_s = float(slot_s)
+        self.tau_s = float(persistence_tau_h) * 3600.0
+        self.days = int(persistence_days)
+
+    def _forecast_fn(self, now_s: float) -> Any:
+        src = self.source
+        now_value = src.mean(now_s, now_s)
+        if self.forecast == "trace":
+
+            def perfect(a: float, b: float) -> float:
+                return src.mean(a, b)
+
+            return perfect
+        days = range(1, self.days + 1)
+
+        def past(a: float, b: float) -> float:
+            return sum(src.mean(a - d * DAY_S, b - d * DAY_S) for d in days) / self.days
+
+        shift = now_value - past(now_s, now_s)
+        current_end = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
+
+        def persistence(a: float, b: float) -> float:
+            if a < current_end:
+                return now_value  # the current hour: what the grid shows now
+            fade = math.exp(-(a - now_s) / self.tau_s) if self.tau_s > 0 else 0.0
+            return past(a, b) + shift * fade
+
+        return persistence
+
+    def plan(self, now_s: float, remaining_s: float) -> Plan:
+        """A plan for ``remaining_s`` of compute from ``now_s``."""
+        return make_plan(self._forecast_fn(now_s), now_s, self.deadline_s, remaining_s, self.slot_s)
+
+    def decide(self, now_s: float, remaining_s: float) -> Decision:
+        """Run now, or pause until the next planned slot (at most until the next slot boundary, to re-plan)."""
+        plan = self.plan(now_s, remaining_s)
+        intensity = self.source.mean(now_s, now_s)
+        no_slack = remaining_s * (1.0 + self.safety_margin) >= self.deadline_s - now_s
+        if remaining_s <= 0 or plan.runs_at(now_s) or no_slack:
+            return Decision(True, 0.0, plan, intensity)
+        boundary = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
+        nxt = plan.next_start(now_s)
+        until = min(boundary, nxt) if nxt is not None else boundary
+        # Never pause past the last moment that still leaves room for the work (with the margin).
+        latest = self.deadline_s - remaining_s * (1.0 + self.safety_margin)
+        until = min(until, max(latest, now_s))
+        if until <= now_s:
+            return Decision(True, 0.0, plan, intensity)
+        return Decision(False, until - now_s, plan, intensity)

@@ -1,0 +1,253 @@
+"""Intensity sources (a constant, a trace, a callable) and the per-window CO₂ account. No Lightning import."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, Union, runtime_checkable
+
+from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green.carbon.trace import WEEK_S, IntensityTrace, _iso, read_trace
+
+__all__ = [
+    "EXTEND_CHOICES",
+    "CallableIntensity",
+    "CarbonAccount",
+    "ConstantIntensity",
+    "Extend",
+    "IntensityLike",
+    "IntensitySource",
+    "as_intensity_source",
+    "ensure_covers",
+]
+
+J_PER_KWH = 3.6e6
+Extend = Literal["none", "repeat-last-week"]
+EXTEND_CHOICES = ("none", "repeat-last-week")
+IntensityLike = Union[float, str, "os.PathLike[str]", IntensityTrace, Callable[[_dt.datetime], float]]
+
+
+@runtime_checkable
+class IntensitySource(Protocol):
+    """Anything with a time-weighted mean intensity (gCO2e/kWh) over a span of POSIX seconds."""
+
+    def mean(self, t0_s: float, t1_s: float) -> float:  # noqa: D102
+        ...
+
+    def covers(self, t0_s: float, t1_s: float) -> bool:  # noqa: D102
+        ...
+
+    def describe(self) -> dict[str, object]:  # noqa: D102
+        ...
+
+
+class ConstantIntensity:
+    """The same intensity at all times.
+
+    Example:
+        >>> ConstantIntensity(56.0).mean(0.0, 3600.0)
+        56.0
+    """
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def mean(self, t0_s: float, t1_s: float) -> float:
+        """The constant."""
+        return self.value
+
+    def at(self, t_s: float) -> float:
+        """The constant."""
+        return self.value
+
+    def covers(self, t0_s: float, t1_s: float) -> bool:
+        """Always."""
+        return True
+
+    def describe(self) -> dict[str, object]:
+        """Plain-dict form for reports."""
+        return {"kind": "constant", "source": "user", "value_g_per_kwh": self.value}
+
+
+class CallableIntensity:
+    """A user function ``datetime (UTC) -> gCO2e/kWh``, averaged over a span by sampling it every ``sample_s``.
+
+    Example:
+        >>> src = CallableIntensity(lambda when: 100.0 if when.hour < 12 else 300.0)
+        >>> src.mean(0.0, 86400.0)
+        200.0
+    """
+
+    def __init__(self, fn: Callable[[_dt.datetime], float], sample_s: float = 900.0) -> None:
+        self.fn = fn
+        self.sample_s = float(sample_s)
+
+    def at(self, t_s: float) -> float:
+        """The function's value at ``t_s``, checked."""
+        value = self.fn(_dt.datetime.fromtimestamp(t_s, _dt.timezone.utc))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise InvalidArgumentError(
+                f"carbon_intensity={_name(self.fn)}: returned {value!r} for {_iso(t_s)}; it must return a finite "
+                "number >= 0 (gCO2e/kWh)."
+            )
+        return float(value)
+
+    def mean(self, t0_s: float, t1_s: float) -> float:
+        """Midpoint-rule mean over ``[t0_s, t1_s]``."""
+        if t1_s <= t0_s:
+            return self.at(t0_s)
+        n = max(1, math.ceil((t1_s - t0_s) / self.sample_s))
+        h = (t1_s - t0_s) / n
+        return sum(self.at(t0_s + (i + 0.5) * h) for i in range(n)) / n
+
+    def covers(self, t0_s: float, t1_s: float) -> bool:
+        """A function is defined everywhere."""
+        return True
+
+    def describe(self) -> dict[str, object]:
+        """Plain-dict form for reports."""
+        return {"kind": "callable", "source": _name(self.fn)}
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def as_intensity_source(
+    value: Any,
+    owner: str,
+    name: str = "carbon_intensity",
+    **csv_options: Any,
+) -> ConstantIntensity | IntensityTrace | CallableIntensity:
+    """Turn a number, a CSV path, a trace or a callable into an intensity source; refuse anything else.
+
+    ``csv_options`` go to :func:`~lightning_green.carbon.read_trace`.
+
+    Example:
+        >>> as_intensity_source(56, "EnergyMonitor").describe()
+        {'kind': 'constant', 'source': 'user', 'value_g_per_kwh': 56.0}
+        >>> as_intensity_source(-1, "EnergyMonitor")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_green...InvalidArgumentError: EnergyMonitor(carbon_intensity=-1): `carbon_intensity` must be ...
+    """
+    allowed = "a number >= 0 (gCO2e/kWh), a CSV path, an IntensityTrace or a callable datetime -> gCO2e/kWh"
+    if isinstance(value, (IntensityTrace, ConstantIntensity, CallableIntensity)):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value >= 0):
+            fail(owner, name, value, allowed)
+        return ConstantIntensity(value)
+    if isinstance(value, (str, os.PathLike)):
+        if not os.path.isfile(value):
+            fail(owner, name, value, f"{allowed}; no file at that path")
+        try:
+            return read_trace(value, **csv_options)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"{owner}({name}={os.fspath(value)!r}): {err}") from None
+    if callable(value):
+        return CallableIntensity(value)
+    fail(owner, name, value, allowed, TypeError)
+    raise AssertionError  # pragma: no cover
+
+
+def ensure_covers(source: Any, t0_s: float, t1_s: float, owner: str, name: str, extend: str) -> Any:
+    """Return ``source`` if it covers ``[t0_s, t1_s]``, the trace extended if ``extend`` allows; else refuse.
+
+    Example:
+        >>> tr = IntensityTrace(0.0, 3600.0, (1.0,) * 168)
+        >>> ensure_covers(tr, 0.0, 2 * WEEK_S, "X", "intensity", "repeat-last-week").end_s >= 2 * WEEK_S
+        True
+    """
+    if source.covers(t0_s, t1_s):
+        return source
+    if extend == "repeat-last-week" and isinstance(source, IntensityTrace) and source.start_s <= t0_s:
+        try:
+            return source.extended(t1_s + WEEK_S)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"{owner}({name}=...): {err}") from None
+    desc = source.describe()
+    raise InvalidArgumentError(
+        f"{owner}({name}={desc.get('source')!r}): the trace covers {desc.get('start')} .. {desc.get('end')} but "
+        f"the run needs {_iso(t0_s)} .. {_iso(t1_s)}; a trace is never extrapolated silently. Give a trace that "
+        "covers the run, or extend='repeat-last-week' to repeat its last week."
+    )
+
+
+class CarbonAccount:
+    """CO₂ per window: each window's energy × the source's mean intensity over the window × PUE.
+
+    ``gco2e(stage)`` is the sum of that stage's window contributions; every window keeps its span, energy and
+    intensity, so the total can be recomputed from the stored figures.
+
+    Example:
+        >>> tr = IntensityTrace(0.0, 3600.0, (100.0, 300.0))
+        >>> acc = CarbonAccount(tr, pue=1.0)
+        >>> acc.add(["fit"], 0.0, 3600.0, 3.6e6), acc.add(["fit"], 3600.0, 7200.0, 3.6e6)
+        (100.0, 300.0)
+        >>> acc.gco2e("fit")
+        400.0
+    """
+
+    def __init__(self, source: Any, pue: float = 1.0, extend: str = "none") -> None:
+        self.source = source
+        self.pue = float(pue)
+        self.extend = extend
+        self.windows: dict[str, list[list[float]]] = {}
+        self.extrapolated_windows = 0
+        self.last_intensity: float | None = None
+
+    def intensity(self, t0_s: float, t1_s: float) -> float:
+        """Mean intensity over a span, extending the trace by its last week when the run outlives it."""
+        if not self.source.covers(t0_s, t1_s) and isinstance(self.source, IntensityTrace):
+            if self.source.start_s > t0_s:
+                raise InvalidArgumentError(
+                    f"carbon intensity trace {self.source.source!r} starts at {_iso(self.source.start_s)}, after the "
+                    f"window {_iso(t0_s)}: it is never extrapolated backwards."
+                )
+            self.source = self.source.extended(t1_s + WEEK_S)
+            self.extrapolated_windows += 1
+        return self.source.mean(t0_s, t1_s)
+
+    def add(self, stages: list[str], t0_s: float, t1_s: float, energy_j: float) -> float:
+        """Account one window for ``stages``; return its intensity (g/kWh)."""
+        value = self.intensity(t0_s, t1_s)
+        self.last_intensity = value
+        for stage in stages:
+            self.windows.setdefault(stage, []).append([t0_s, t1_s, float(energy_j), value])
+        return value
+
+    def reset(self, stage: str) -> None:
+        """Forget a stage's windows (a fresh run of it)."""
+        self.windows[stage] = []
+
+    def gco2e(self, stage: str) -> float:
+        """Grams CO₂e of ``stage``: Σ window energy × intensity × PUE."""
+        return sum(e * i for _, _, e, i in self.windows.get(stage, ())) / J_PER_KWH * self.pue
+
+    def energy_j(self, stage: str) -> float:
+        """Joules accounted in ``stage``'s windows."""
+        return sum(w[2] for w in self.windows.get(stage, ()))
+
+    def mean_intensity(self, stage: str) -> float | None:
+        """Energy-weighted mean intensity of ``stage`` (g/kWh)."""
+        e = self.energy_j(stage)
+        return None if e <= 0 else sum(w[2] * w[3] for w in self.windows.get(stage, ())) / e
+
+    def as_dict(self, stage: str) -> dict[str, Any]:
+        """Per-window figures of ``stage`` for the report."""
+        return {
+            "columns": ["start", "end", "energy_j", "intensity_g_per_kwh"],
+            "windows": [[_iso(a), _iso(b), e, i] for a, b, e, i in self.windows.get(stage, ())],
+            "windows_s": [[a, b] for a, b, _, _ in self.windows.get(stage, ())],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-type state."""
+        return {"windows": {k: [list(w) for w in v] for k, v in self.windows.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.windows = {k: [[float(x) for x in w] for w in v] for k, v in state.get("windows", {}).items()}

@@ -1,0 +1,371 @@
+"""Grid carbon-intensity traces: CSV parsing with explicit units, time-weighted means, coverage and extension.
+
+No Lightning import and no network. Times are POSIX seconds (UTC) inside; the public readers take datetimes and
+time-zone names. A trace is a step function on a regular grid: the value at ``times_s[i]`` holds until the next
+grid point (an hourly average holds for its hour).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from lightning_green._internal.validation import InvalidArgumentError, fail
+
+__all__ = ["UNITS", "IntensityTrace", "check_timezone", "read_trace", "to_seconds"]
+
+WEEK_S = 7 * 86400.0
+
+UNITS: dict[str, float] = {
+    "g/kWh": 1.0,
+    "kg/MWh": 1.0,
+    "kg/kWh": 1000.0,
+    "t/MWh": 1000.0,
+    "lbs/MWh": 453.59237 / 1000.0,
+    "lbs/kWh": 453.59237,
+}
+"""Units a trace may be given in, with the factor to gCO2e/kWh. Converted only when named explicitly."""
+
+# Column names of the supported formats, most specific first (compared case-insensitively).
+_TIME_COLUMNS = ("datetime (utc)", "datetime_utc", "datetime", "timestamp", "time", "from", "date")
+_VALUE_COLUMNS = (
+    "avg_ci",  # EIA exports of HewlettPackard/dc-rl (shared/data/carbon/us_*)
+    "carbon intensity",  # dos-group/lets-wait-awhile (shared/data/carbon/de_*)
+    "carbon intensity gco₂eq/kwh (lca)",  # Electricity Maps data portal export
+    "carbon intensity gco2eq/kwh (lca)",
+    "carbon_intensity_avg",  # older Electricity Maps export
+    "carbon_intensity",
+    "actual",  # UK Carbon Intensity API (from, to, forecast, actual, index)
+    "actual carbon intensity (gco2/kwh)",  # UK Carbon Intensity download
+    "intensity",
+    "ci",
+)
+_UNIT_IN_HEADER = re.compile(r"\b(k?g|lbs?|t)\s*co[2₂][a-z]*\s*/\s*(k|m)wh", re.IGNORECASE)
+_OWNER = "read_trace"
+
+
+def check_timezone(owner: str, name: str, value: object) -> str:
+    """Return ``value`` if it is an IANA time-zone name; else raise naming ``owner(name=value)``.
+
+    Example:
+        >>> check_timezone("X", "timezone", "Europe/Berlin")
+        'Europe/Berlin'
+    """
+    try:
+        ZoneInfo(value)  # type: ignore[arg-type]
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        fail(owner, name, value, "an IANA time-zone name such as 'UTC' or 'Europe/Berlin'")
+    return value  # type: ignore[return-value]
+
+
+def to_seconds(when: _dt.datetime | float) -> float:
+    """POSIX seconds of ``when``; a naive datetime is taken as UTC.
+
+    Example:
+        >>> to_seconds(_dt.datetime(1970, 1, 2))
+        86400.0
+    """
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return when.timestamp()
+    return float(when)
+
+
+def _iso(t_s: float) -> str:
+    return _dt.datetime.fromtimestamp(t_s, _dt.timezone.utc).isoformat(timespec="minutes")
+
+
+@dataclass(frozen=True)
+class IntensityTrace:
+    """Carbon intensity (gCO2e/kWh) on a regular time grid.
+
+    Args:
+        start_s: POSIX time of the first value.
+        step_s: Grid step, seconds.
+        values: One value per step, gCO2e/kWh (finite, >= 0).
+        source: Where it came from (a path, ``"extended: ..."``), for the report.
+
+    Example:
+        >>> tr = IntensityTrace(start_s=0.0, step_s=3600.0, values=(100.0, 300.0))
+        >>> tr.at(1800.0), tr.mean(1800.0, 5400.0), tr.end_s
+        (100.0, 200.0, 7200.0)
+    """
+
+    start_s: float
+    step_s: float
+    values: tuple[float, ...]
+    source: str = "trace"
+    _cum: list[float] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise InvalidArgumentError(f"IntensityTrace(source={self.source!r}): the trace has no values.")
+        if not (self.step_s > 0 and math.isfinite(self.step_s)):
+            raise InvalidArgumentError(f"IntensityTrace(step_s={self.step_s!r}): `step_s` must be > 0.")
+        bad = next((v for v in self.values if not (math.isfinite(v) and v >= 0)), None)
+        if bad is not None:
+            raise InvalidArgumentError(
+                f"IntensityTrace(source={self.source!r}): intensity {bad!r} is not allowed; values must be finite "
+                "and >= 0 gCO2e/kWh."
+            )
+        cum = [0.0]
+        for v in self.values:
+            cum.append(cum[-1] + v * self.step_s)
+        object.__setattr__(self, "_cum", cum)
+
+    @property
+    def end_s(self) -> float:
+        """POSIX time where the trace stops (end of its last step)."""
+        return self.start_s + len(self.values) * self.step_s
+
+    def covers(self, t0_s: float, t1_s: float) -> bool:
+        """Whether ``[t0_s, t1_s]`` lies inside the trace."""
+        return self.start_s <= t0_s and t1_s <= self.end_s
+
+    def _check(self, t0_s: float, t1_s: float) -> None:
+        if not self.covers(t0_s, t1_s):
+            raise InvalidArgumentError(
+                f"IntensityTrace(source={self.source!r}): the time {_iso(t0_s)} .. {_iso(t1_s)} is outside the "
+                f"trace ({_iso(self.start_s)} .. {_iso(self.end_s)}); it is never extrapolated silently. Use a trace "
+                "that covers it, or extend it explicitly (extend='repeat-last-week')."
+            )
+
+    def at(self, t_s: float) -> float:
+        """Intensity at POSIX time ``t_s`` (the value of the step holding it)."""
+        self._check(t_s, t_s)
+        i = min(int((t_s - self.start_s) // self.step_s), len(self.values) - 1)
+        return self.values[i]
+
+    def _integral(self, t_s: float) -> float:
+        x = (t_s - self.start_s) / self.step_s
+        i = min(int(x), len(self.values) - 1)
+        return self._cum[i] + (x - i) * self.step_s * self.values[i]
+
+    def mean(self, t0_s: float, t1_s: float) -> float:
+        """Time-weighted mean intensity over ``[t0_s, t1_s]`` (the value at ``t0_s`` for an empty span)."""
+        if t1_s <= t0_s:
+            return self.at(t0_s)
+        self._check(t0_s, t1_s)
+        return (self._integral(t1_s) - self._integral(t0_s)) / (t1_s - t0_s)
+
+    def extended(self, until_s: float) -> IntensityTrace:
+        """A copy that reaches ``until_s`` by repeating the trace's last week (as many times as needed).
+
+        Raises:
+            ValueError: The trace is shorter than a week.
+        """
+        if until_s <= self.end_s:
+            return self
+        per_week = round(WEEK_S / self.step_s)
+        if len(self.values) < per_week:
+            raise InvalidArgumentError(
+                f"IntensityTrace(source={self.source!r}): extend='repeat-last-week' needs at least a week of data; "
+                f"the trace spans {len(self.values) * self.step_s / 3600:.1f} h."
+            )
+        week = self.values[-per_week:]
+        missing = math.ceil((until_s - self.end_s) / self.step_s)
+        extra = tuple(week[i % per_week] for i in range(missing))
+        return IntensityTrace(self.start_s, self.step_s, self.values + extra, f"{self.source} (last week repeated)")
+
+    def hourly(self) -> IntensityTrace:
+        """Hourly means (for traces finer than an hour whose start is on the hour); hourly traces are returned as is."""
+        if self.step_s >= 3600.0:
+            return self
+        n = int((self.end_s - self.start_s) // 3600.0)
+        vals = tuple(self.mean(self.start_s + h * 3600.0, self.start_s + (h + 1) * 3600.0) for h in range(n))
+        return IntensityTrace(self.start_s, 3600.0, vals, self.source)
+
+    def describe(self) -> dict[str, object]:
+        """Plain-dict form for reports."""
+        return {
+            "kind": "trace",
+            "source": self.source,
+            "start": _iso(self.start_s),
+            "end": _iso(self.end_s),
+            "step_s": self.step_s,
+        }
+
+
+def _pick(header: Sequence[str], wanted: str | None, candidates: Sequence[str], arg: str, path: str) -> int:
+    lower = [h.strip().lower() for h in header]
+    if wanted is not None:
+        if wanted not in header:
+            fail(_OWNER, arg, wanted, f"a column of {path!r} (it has {list(header)!r})")
+        return list(header).index(wanted)
+    for c in candidates:
+        if c in lower:
+            return lower.index(c)
+    if arg == "value_column":
+        found = [i for i, h in enumerate(lower) if "intensity" in h]
+        found.sort(key=lambda i: ("lca" not in lower[i], "forecast" in lower[i]))
+        if found:
+            return found[0]
+    fail(_OWNER, arg, None, f"given: no known column name found in {path!r} (it has {list(header)!r})")
+    return -1  # pragma: no cover
+
+
+def _parse_time(text: str, tz: _dt.tzinfo, row: int, path: str) -> float:
+    s = text.strip()
+    if not s:
+        raise InvalidArgumentError(f"read_trace(path={path!r}): row {row} has no timestamp; every row needs one.")
+    try:
+        when = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgumentError(
+            f"read_trace(path={path!r}): row {row} timestamp {s!r} is not an ISO date-time (e.g. 2022-01-01 00:00)."
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    return when.timestamp()
+
+
+def read_trace(
+    path: str | os.PathLike[str],
+    time_column: str | None = None,
+    value_column: str | None = None,
+    timezone: str = "UTC",
+    unit: str | None = None,
+    max_gap_h: float = 24.0,
+) -> IntensityTrace:
+    r"""Read a carbon-intensity CSV (timestamp + intensity) into an :class:`IntensityTrace`.
+
+    Recognised without options: the files in ``shared/data/carbon`` (``Time``/``Carbon Intensity``;
+    ``timestamp``/``avg_CI``), an Electricity Maps export (``Datetime (UTC)`` and the life-cycle
+    ``Carbon Intensity gCO₂eq/kWh (LCA)``) and a UK Carbon Intensity export (``from``/``actual``).
+
+    Rows with an empty intensity and grid points missing from the file are interpolated linearly when the gap is
+    at most ``max_gap_h`` hours; anything else that is not a clean time series is refused.
+
+    Args:
+        path: CSV file with a header row.
+        time_column: Timestamp column; ``None`` picks a known name.
+        value_column: Intensity column; ``None`` picks a known name.
+        timezone: IANA zone of timestamps that carry no offset (``"UTC"``, ``"Europe/Berlin"``).
+        unit: Unit of the values, one of :data:`UNITS`. ``None``: gCO2e/kWh, unless the column header names
+            another unit — then it must be given explicitly to be converted.
+        max_gap_h: Longest gap (hours) that is interpolated.
+
+    Raises:
+        ValueError: Missing, unsorted, duplicate or off-grid timestamps, negative or NaN intensities, an unknown or
+            implicit non-g/kWh unit, an unknown column or time zone, a gap longer than ``max_gap_h``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "ci.csv"
+        >>> _ = p.write_text("timestamp,avg_CI\n2022-01-01 00:00:00+00:00,100\n2022-01-01 01:00:00+00:00,\n"
+        ...                  "2022-01-01 02:00:00+00:00,300\n")
+        >>> read_trace(p).values
+        (100.0, 200.0, 300.0)
+    """
+    spath = os.fspath(path)
+    if unit is not None and unit not in UNITS:
+        fail(_OWNER, "unit", unit, f"one of {tuple(UNITS)!r} (or None for gCO2e/kWh)")
+    if isinstance(max_gap_h, bool) or not isinstance(max_gap_h, (int, float)) or not max_gap_h >= 0:
+        fail(_OWNER, "max_gap_h", max_gap_h, "a number >= 0")
+    try:
+        tz: _dt.tzinfo = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        fail(_OWNER, "timezone", timezone, "an IANA time-zone name such as 'UTC' or 'Europe/Berlin'")
+    try:
+        with open(spath, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except OSError as err:
+        fail(_OWNER, "path", spath, f"a readable CSV file ({err.strerror})")
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        fail(_OWNER, "path", spath, "a CSV with a header row and at least one data row")
+    header = rows[0]
+    ti = _pick(header, time_column, _TIME_COLUMNS, "time_column", spath)
+    vi = _pick(header, value_column, _VALUE_COLUMNS, "value_column", spath)
+    factor = 1.0
+    if unit is None:
+        m = _UNIT_IN_HEADER.search(header[vi])
+        if m and (m.group(1).lower(), m.group(2).lower()) not in {("g", "k"), ("kg", "m")}:
+            fail(
+                _OWNER,
+                "unit",
+                unit,
+                f"given explicitly: column {header[vi]!r} is not in gCO2e/kWh; pass unit= one of {tuple(UNITS)!r} "
+                "to convert",
+            )
+    else:
+        factor = UNITS[unit]
+
+    times: list[float] = []
+    vals: list[float | None] = []
+    for n, r in enumerate(rows[1:], start=2):
+        t = _parse_time(r[ti] if ti < len(r) else "", tz, n, spath)
+        cell = r[vi].strip() if vi < len(r) else ""
+        if cell == "":
+            v = None
+        else:
+            try:
+                v = float(cell) * factor
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"read_trace(path={spath!r}): row {n} intensity {cell!r} is not a number."
+                ) from None
+            if not (math.isfinite(v) and v >= 0):
+                raise InvalidArgumentError(
+                    f"read_trace(path={spath!r}): row {n} intensity {cell!r} is not allowed; intensities must be "
+                    "finite numbers >= 0."
+                )
+        if times and t <= times[-1]:
+            what = "duplicate" if t == times[-1] else "unsorted"
+            raise InvalidArgumentError(
+                f"read_trace(path={spath!r}): row {n} timestamp {r[ti].strip()!r} is {what}; timestamps must be "
+                "strictly increasing."
+            )
+        times.append(t)
+        vals.append(v)
+    known = [(t, v) for t, v in zip(times, vals, strict=True) if v is not None]
+    if not known:
+        fail(_OWNER, "path", spath, "a CSV with at least one intensity value")
+    if len(times) == 1:
+        return IntensityTrace(times[0], 3600.0, (known[0][1],), spath)
+    steps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    step = steps[len(steps) // 2]
+    start = times[0]
+    for t in times:
+        k = (t - start) / step
+        if abs(k - round(k)) > 1e-6:
+            raise InvalidArgumentError(
+                f"read_trace(path={spath!r}): timestamp {_iso(t)} is off the trace's {step:g}-s grid; a trace must "
+                "be regular (gaps are allowed)."
+            )
+    n_grid = round((times[-1] - start) / step) + 1
+    grid: list[float | None] = [None] * n_grid
+    for t, v in known:
+        grid[round((t - start) / step)] = v
+    # Leading/trailing empty values are not interpolated: trim them.
+    first = next(i for i, v in enumerate(grid) if v is not None)
+    last = max(i for i, v in enumerate(grid) if v is not None)
+    grid = grid[first : last + 1]
+    out: list[float] = []
+    i = 0
+    while i < len(grid):
+        if grid[i] is not None:
+            out.append(grid[i])  # type: ignore[arg-type]
+            i += 1
+            continue
+        j = i
+        while grid[j] is None:
+            j += 1
+        gap_h = (j - i + 1) * step / 3600.0
+        if gap_h > max_gap_h:
+            raise InvalidArgumentError(
+                f"read_trace(path={spath!r}, max_gap_h={max_gap_h!r}): {gap_h:g} h of values are missing after "
+                f"{_iso(start + (first + i - 1) * step)}; gaps longer than `max_gap_h` are refused."
+            )
+        a, b = grid[i - 1], grid[j]
+        for k in range(i, j):
+            out.append(a + (b - a) * (k - i + 1) / (j - i + 1))  # type: ignore[operator]
+        i = j
+    return IntensityTrace(start + first * step, step, tuple(out), spath)

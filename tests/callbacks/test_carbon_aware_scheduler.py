@@ -1,0 +1,305 @@
+"""CarbonAwareScheduler on a real Trainer with a simulated clock: pauses at step boundaries, checkpoints, re-plans,
+DDP agreement, power switching and every bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from lightning_green import CarbonAwareScheduler, EnergyMonitor, PowerLimitTuner, workload_changed
+from lightning_green.report import write_report
+from lightning_green.testing import SimClock, SimulatedGPUWorkload, simulated_gpus
+from tests.helpers import make_trainer
+
+H = 3600.0
+START = dt.datetime(2022, 6, 1, tzinfo=dt.timezone.utc)
+DATA = Path(__file__).resolve().parents[1] / "data" / "carbon"
+CAISO = str(DATA / "us_caiso_2022-06-01_14_eia.csv")
+
+
+class by_hour:  # noqa: N801 - reads as a function; a class so that ddp_spawn can pickle it
+    """Intensity by hour since START (``default`` for hours not in ``table``)."""
+
+    def __init__(self, table: dict[int, float], default: float = 400.0) -> None:
+        self.table, self.default = table, default
+
+    def __call__(self, when: dt.datetime) -> float:
+        return self.table.get(int((when - START).total_seconds() // H), self.default)
+
+
+class StepClock(Callback):
+    """Each training step takes ``step_s`` of simulated time (rank r: ``step_s * (1 + skew * r)``); records when."""
+
+    def __init__(self, clock: SimClock, step_s: float, skew: float = 0.0, out: str | None = None) -> None:
+        self.clock, self.step_s, self.skew, self.out = clock, step_s, skew, out
+        self.step_hours: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.step_hours.append((self.clock() - START.timestamp()) / H)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.clock.advance(self.step_s * (1 + self.skew * trainer.global_rank))
+
+    def on_train_end(self, trainer, pl_module):
+        if self.out is not None:
+            sched = next(cb for cb in trainer.callbacks if isinstance(cb, CarbonAwareScheduler))
+            steps = [p["step"] for p in sched.pauses]
+            with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
+                json.dump({"pause_steps": steps, "paused_s": sched.paused_s}, f)
+
+
+def sim_clock() -> SimClock:
+    return SimClock(START.timestamp())
+
+
+def test_pauses_and_resumes_at_step_boundaries_in_the_planned_hours(tmp_path):
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}), deadline="12h", expected_duration="3h", clock=clock
+    )
+    steps = StepClock(clock, step_s=0.25 * H)
+    trainer = make_trainer(tmp_path, max_steps=12, callbacks=[steps, sched])
+    trainer.fit(BoringModel())
+    assert sorted({int(h) for h in steps.step_hours}) == [1, 4, 5]
+    assert [p["step"] for p in sched.pauses] == [0, 4]
+    assert [p["seconds"] for p in sched.pauses] == [H, 2 * H]
+    assert sched.paused_s == 3 * H
+    assert clock() == START.timestamp() + 6 * H
+
+
+def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
+        deadline="12h",
+        expected_duration="3h",
+        checkpoint_after="30m",
+        clock=clock,
+        verbose=False,
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    trainer = make_trainer(
+        tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(clock, 0.25 * H), sched, ckpt]
+    )
+    trainer.fit(BoringModel())
+    saved = torch.load(tmp_path / "ckpt" / "carbon-pause.ckpt", weights_only=False)
+    assert saved["global_step"] == 4  # the pause at step 4 (2 h); the one before step 0 has nothing to save
+    assert saved["callbacks"]  # loadable, with the callbacks' state
+
+
+def test_pause_time_and_deadline_survive_a_resume(tmp_path):
+    def run(max_steps: int, ckpt_path: str | None = None):
+        clock = sim_clock()
+        if ckpt_path:
+            clock.advance(2 * H)  # the restarted job starts later: its deadline stays the original one
+        sched = CarbonAwareScheduler(
+            intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
+            deadline="12h",
+            expected_duration="3h",
+            clock=clock,
+            verbose=False,
+        )
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = make_trainer(
+            tmp_path,
+            max_steps=max_steps,
+            max_epochs=-1,
+            enable_checkpointing=True,
+            callbacks=[StepClock(clock, 0.25 * H), sched, ckpt],
+        )
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+        return sched
+
+    first = run(2)
+    assert first.paused_s == H
+    resumed = run(12, str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.deadline_s == first.deadline_s == START.timestamp() + 12 * H
+    assert resumed.paused_s > first.paused_s and resumed.pauses[0] == first.pauses[0]
+
+
+class SlowDown(Callback):
+    """At step 4 the workload changes (e.g. a precision switch back to fp32): steps take twice as long."""
+
+    def __init__(self, step_clock: StepClock) -> None:
+        self.step_clock = step_clock
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 4:
+            self.step_clock.step_s *= 2
+            workload_changed(trainer, "precision", source=self)
+
+
+def test_replans_after_a_workload_change_and_still_meets_the_deadline(tmp_path):
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({0: 100.0, 9: 100.0, 10: 100.0, 11: 100.0}),
+        deadline="12h",
+        estimate_after_steps=2,
+        clock=clock,
+        verbose=False,
+    )
+    steps = StepClock(clock, 0.25 * H)
+    trainer = make_trainer(tmp_path, max_steps=16, callbacks=[steps, SlowDown(steps), sched])
+    trainer.fit(BoringModel())
+    assert sched.replans == 1
+    # After the change it measured 2 steps of 30 min before planning: 10 steps left = 5 h, not the 3 h the old
+    # step time would say (which would have paused until 09:00 and missed the deadline by 3 h).
+    remaining = [p["remaining_s"] for p in sched.plans]
+    first_after = next(r for r in remaining if r > 3.5 * H)
+    assert first_after == 5 * H
+    assert clock() <= START.timestamp() + 12 * H
+    assert sched.paused_s > 0
+
+
+def test_never_pauses_when_the_time_is_short(tmp_path):
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({10: 1.0}), deadline="4h", expected_duration="3h50m", clock=clock, verbose=False
+    )
+    trainer = make_trainer(tmp_path, max_steps=4, callbacks=[StepClock(clock, 0.9 * H), sched])
+    trainer.fit(BoringModel())
+    assert sched.paused_s == 0.0
+
+
+def test_reads_a_csv_trace_and_logs_decisions(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    clock = SimClock(dt.datetime(2022, 6, 3, 8, tzinfo=dt.timezone.utc).timestamp())
+    sched = CarbonAwareScheduler(intensity=CAISO, deadline="24h", expected_duration="4h", clock=clock, verbose=False)
+    monitor = EnergyMonitor(carbon_intensity=CAISO, clock=clock, print_summary=False, progress_bar=False)
+    trainer = make_trainer(
+        tmp_path, max_steps=8, logger=CSVLogger(tmp_path), callbacks=[StepClock(clock, 0.5 * H), sched, monitor]
+    )
+    trainer.fit(BoringModel())
+    assert sched.paused_s > 0  # California at 08:00 UTC is night: the clean solar hours come later
+    text = Path(trainer.logger.log_dir, "metrics.csv").read_text()
+    assert "carbon/plan" in text and "carbon/paused_s" in text and "carbon/intensity_g_per_kWh" in text
+    report = json.loads(Path(trainer.log_dir, "energy_report.json").read_text())
+    section = report["extra"]["carbon_schedule"]
+    assert section["paused_s"] == sched.paused_s and section["forecast_slots"]
+    assert report["carbon"]["intensity_source"].startswith("trace: ")
+    files = write_report(trainer.log_dir)
+    names = {p.name for p in files.images}
+    assert {"carbon_intensity.png", "carbon_plan.png"} <= names
+    for png in files.images:
+        if png.name.startswith("carbon_"):
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert "carbon-aware pauses" in files.markdown.read_text()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_pause_at_the_same_steps(tmp_path):
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
+        deadline="12h",
+        expected_duration="3h",
+        clock=clock,
+        verbose=False,
+    )
+    # rank 1's steps take 10 % longer: its clock drifts, but rank 0 decides for both
+    steps = StepClock(clock, 0.25 * H, skew=0.1, out=str(tmp_path))
+    trainer = make_trainer(
+        tmp_path, max_steps=12, strategy="ddp_spawn", devices=2, callbacks=[steps, sched], use_distributed_sampler=False
+    )
+    trainer.fit(BoringModel())
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["pause_steps"] == r1["pause_steps"] == [0, 4]
+    assert r0["paused_s"] == r1["paused_s"]
+
+
+def test_clean_fast_switches_the_power_limit_by_the_grid(tmp_path):
+    clock = sim_clock()
+    # The GPU sleeps for real (Zeus times the profile with the wall clock); the grid's clock is simulated.
+    with simulated_gpus(1, curve="v100-resnet50") as sims:
+        gpu = SimulatedGPUWorkload(step_work_s=0.02)
+        tuner = PowerLimitTuner(objective="energy", warmup_steps=1, profile_steps=2, pl_step_w=50, wait_steps=0)
+        sched = CarbonAwareScheduler(
+            intensity=by_hour({h: 100.0 for h in range(0, 24, 2)}),  # even hours clean, odd hours dirty
+            deadline="18h",
+            expected_duration="15h",
+            power="clean-fast",
+            clock=clock,
+            verbose=False,
+        )
+        steps = StepClock(clock, 0.25 * H)  # 15 min of simulated time a step
+        trainer = make_trainer(tmp_path, max_steps=60, callbacks=[gpu, steps, tuner, sched])
+        trainer.fit(BoringModel())
+        history = [mw // 1000 for mw in sims.gpus[0].limit_history]
+    assert tuner.state == "done"
+    table = tuner.table()
+    fastest = min(table, key=lambda r: r["time_s"])["limit_w"]
+    leanest = min(table, key=lambda r: r["energy_j"])["limit_w"]
+    assert fastest != leanest
+    assert {"time", "energy"} <= set(sched.power_modes)
+    after_profile = history[len(table) + 1 :]
+    assert fastest in after_profile and leanest in after_profile
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"intensity": -1}, ValueError, r"CarbonAwareScheduler\(intensity=-1\): `intensity` must be a number >= 0"),
+        ({"deadline": "soon"}, ValueError, r"CarbonAwareScheduler\(deadline='soon'\): `deadline` must be an ISO"),
+        ({"expected_duration": "8 hours please"}, ValueError, r"\(expected_duration='8 hours please'\)"),
+        ({"forecast": "oracle"}, ValueError, r"\(forecast='oracle'\): `forecast` must be one of \('trace'"),
+        ({"safety_margin": -0.1}, ValueError, r"\(safety_margin=-0.1\): `safety_margin` must be a number >= 0"),
+        ({"power": "max"}, ValueError, r"\(power='max'\): `power` must be one of \('off', 'clean-fast'\)"),
+        ({"checkpoint_after": 0}, ValueError, r"\(checkpoint_after=0\): `checkpoint_after` must be a duration"),
+        ({"estimate_after_steps": 0}, ValueError, r"\(estimate_after_steps=0\): `estimate_after_steps` must be"),
+        ({"extend": "loop"}, ValueError, r"\(extend='loop'\): `extend` must be one of \('none', 'repeat-last-week'"),
+        ({"clock": 5}, TypeError, r"\(clock=5\): `clock` must be None or a callable"),
+        ({"timezone": "Moon/Base"}, ValueError, r"\(timezone='Moon/Base'\): `timezone` must be an IANA"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    args = {"intensity": 100.0, **kwargs}
+    with pytest.raises(exc, match=match):
+        CarbonAwareScheduler(**args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"deadline": "2022-05-31T12:00"}, r"\(deadline='2022-05-31T12:00'\): `deadline` must be in the future"),
+        ({"deadline": "6h", "expected_duration": "8h"}, r"`deadline` must be at least expected_duration=8 h .*6 h"),
+        ({"intensity": CAISO, "deadline": "2022-06-20T00:00"}, r"\(intensity='.*caiso.*'\): the trace covers"),
+        ({"intensity": CAISO, "forecast": "persistence"}, r"the run needs 2022-05-25T00:00"),
+    ],
+)
+def test_bad_deadlines_and_coverage_are_refused_at_setup(tmp_path, kwargs, match):
+    args = {"intensity": 100.0, "clock": sim_clock(), **kwargs}
+    trainer = make_trainer(tmp_path, max_steps=2, callbacks=[CarbonAwareScheduler(**args)])
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(BoringModel())
+
+
+def test_unbounded_training_needs_an_expected_duration(tmp_path):
+    sched = CarbonAwareScheduler(intensity=100.0, clock=sim_clock())
+    trainer = make_trainer(tmp_path, max_epochs=-1, max_steps=-1, max_time={"seconds": 5}, callbacks=[sched])
+    with pytest.raises(ValueError, match=r"\(expected_duration=None\): training has no step limit"):
+        trainer.fit(BoringModel())
+
+
+def test_jsonargparse_builds_it_from_a_path(tmp_path):
+    parser = ArgumentParser()
+    parser.add_class_arguments(CarbonAwareScheduler, "sched")
+    parser.add_class_arguments(EnergyMonitor, "monitor")
+    cfg = parser.parse_args(
+        [f"--sched.intensity={CAISO}", "--sched.deadline=2022-06-02T08:00", f"--monitor.carbon_intensity={CAISO}"]
+    )
+    assert cfg.sched.intensity == CAISO and cfg.monitor.carbon_intensity == CAISO
+    init = parser.instantiate(cfg)
+    assert init.sched.source.describe()["source"] == CAISO
+    assert init.monitor.carbon_tracker.source.describe()["kind"] == "trace"
+    assert parser.parse_args(["--sched.intensity=56.5"]).sched.intensity == 56.5

@@ -1,0 +1,92 @@
+"""Planning: feasibility (never past the deadline), the no-slack rule, deadline/duration parsing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lightning_green.carbon import CarbonPlanner, IntensityTrace, make_plan, parse_deadline, parse_duration
+
+H = 3600.0
+
+
+def random_trace(seed: int, hours: int = 24 * 10) -> IntensityTrace:
+    rng = random.Random(seed)
+    return IntensityTrace(0.0, H, tuple(rng.uniform(50, 500) for _ in range(hours)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_is_feasible_and_cleanest(seed):
+    tr = random_trace(seed)
+    rng = random.Random(seed)
+    now = rng.uniform(0, 48) * H
+    deadline = now + rng.uniform(6, 30) * H
+    remaining = rng.uniform(0.5, 0.9) * (deadline - now)
+    plan = make_plan(tr.mean, now, deadline, remaining)
+    assert not plan.forced
+    assert all(now <= a < b <= deadline for a, b, _ in plan.chosen)
+    assert sum(b - a for a, b, _ in plan.chosen) >= remaining - 1e-6
+    # every slot left out is at least as dirty as every slot chosen
+    left_out = set(plan.slots) - set(plan.chosen)
+    assert max(v for _, _, v in plan.chosen) <= min((v for _, _, v in left_out), default=float("inf"))
+
+
+def test_plan_is_forced_when_the_work_no_longer_fits():
+    tr = random_trace(0)
+    plan = make_plan(tr.mean, 0.0, 5 * H, 6 * H)
+    assert plan.forced and plan.runs_at(0.0)
+
+
+@pytest.mark.parametrize("forecast", ["trace", "persistence"])
+@pytest.mark.parametrize("seed", range(3))
+def test_replayed_jobs_never_miss_the_deadline(forecast, seed):
+    """Decide, run or pause, as the scheduler does, for jobs of 8 h with a 24 h deadline at several starts."""
+    tr = random_trace(seed)
+    for start_h in range(24 * 7, 24 * 7 + 48, 7):
+        start = start_h * H + 600.0  # not on the hour
+        planner = CarbonPlanner(tr, start + 24 * H, forecast=forecast, safety_margin=0.05)
+        t, done = start, 0.0
+        while done < 8 * H - 1e-6:
+            d = planner.decide(t, 8 * H - done)
+            if d.run:
+                t1 = min((t // H + 1) * H, t + 8 * H - done)
+                done += t1 - t
+                t = t1
+            else:
+                assert d.pause_s > 0
+                t += d.pause_s
+        assert t <= start + 24 * H + 1e-6
+
+
+def test_no_pause_once_the_margin_is_reached():
+    tr = IntensityTrace(0.0, H, (500.0,) * 3 + (10.0,) * 21)
+    planner = CarbonPlanner(tr, 10 * H, safety_margin=0.1)
+    # 9.2 h of work * 1.1 > 10 h left: must run now, although the clean hours come later
+    assert planner.decide(0.0, 9.2 * H).run
+    d = planner.decide(0.0, 5 * H)
+    assert not d.run and d.pause_s == H
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("eight hours", r"X\(d='eight hours'\): `d` must be a duration"),
+        (0, r"X\(d=0\): `d` must be a duration"),
+        (-5.0, r"X\(d=-5.0\)"),
+        (True, r"X\(d=True\)"),
+    ],
+)
+def test_bad_durations(value, match):
+    with pytest.raises(ValueError, match=match):
+        parse_duration(value, "X", "d")
+
+
+def test_deadlines():
+    assert parse_deadline("2022-01-01T08:00", 0.0, "X") == pytest.approx(1641024000.0)
+    assert parse_deadline("2022-01-01T09:00+01:00", 0.0, "X") == pytest.approx(1641024000.0)
+    assert parse_deadline("1d2h", 100.0, "X") == 100.0 + 26 * H
+    with pytest.raises(ValueError, match=r"X\(deadline='2022-13-45'\): `deadline` must be an ISO date-time"):
+        parse_deadline("2022-13-45", 0.0, "X")
+    with pytest.raises(ValueError, match=r"X\(deadline='soon'\): `deadline` must be an ISO date-time"):
+        parse_deadline("soon", 0.0, "X")

@@ -1,0 +1,188 @@
+"""Intensity traces: each CSV format, units, gaps, integration against hand-computed values, every bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+
+import pytest
+
+from lightning_green.carbon import (
+    CallableIntensity,
+    CarbonAccount,
+    IntensityTrace,
+    as_intensity_source,
+    ensure_covers,
+    read_trace,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "carbon"
+CAISO = DATA / "us_caiso_2022-06-01_14_eia.csv"
+DE = DATA / "de_2020-12-19_20_lwa.csv"
+UTC = dt.timezone.utc
+
+
+def ts(*args: int) -> float:
+    return dt.datetime(*args, tzinfo=UTC).timestamp()
+
+
+def write(tmp_path: Path, text: str, name: str = "ci.csv") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_eia_format_interpolates_the_empty_row():
+    tr = read_trace(CAISO)
+    assert tr.step_s == 3600.0 and tr.start_s == ts(2022, 6, 1) and tr.end_s == ts(2022, 6, 15)
+    assert len(tr.values) == 14 * 24
+    rows = {line.split(",")[0]: line.split(",")[-1] for line in CAISO.read_text().splitlines()[1:]}
+    before = float(rows["2022-06-13 17:00:00+00:00"])
+    after = float(rows["2022-06-13 19:00:00+00:00"])
+    assert rows["2022-06-13 18:00:00+00:00"] == ""
+    assert tr.at(ts(2022, 6, 13, 18, 30)) == pytest.approx((before + after) / 2)
+    assert tr.at(ts(2022, 6, 1, 0)) == pytest.approx(float(rows["2022-06-01 00:00:00+00:00"]))
+
+
+def test_lets_wait_awhile_format_fills_the_missing_quarter_hours():
+    tr = read_trace(DE)
+    assert tr.step_s == 900.0 and len(tr.values) == 2 * 96
+    rows = dict(line.split(",") for line in DE.read_text().splitlines()[1:])
+    a, b = float(rows["2020-12-19 23:00:00"]), float(rows["2020-12-19 23:30:00"])
+    assert tr.at(ts(2020, 12, 19, 23, 15)) == pytest.approx((a + b) / 2)
+
+
+def test_naive_timestamps_use_the_given_time_zone():
+    utc = read_trace(DE)
+    berlin = read_trace(DE, timezone="Europe/Berlin")  # UTC+1 in December
+    assert berlin.start_s == utc.start_s - 3600.0
+    assert berlin.values == utc.values
+
+
+def test_electricity_maps_export_uses_the_life_cycle_column(tmp_path):
+    p = write(
+        tmp_path,
+        "Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq/kWh (direct),"
+        "Carbon Intensity gCO₂eq/kWh (LCA),Low Carbon Percentage,Renewable Percentage,Data Source,Data Estimated,"
+        "Data Estimation Method\n"
+        "2023-01-01 00:00:00,Germany,Germany,DE,300.5,350.25,40,35,entsoe.eu,false,\n"
+        "2023-01-01 01:00:00,Germany,Germany,DE,280.0,330.0,42,37,entsoe.eu,false,\n",
+    )
+    tr = read_trace(p)
+    assert tr.values == (350.25, 330.0) and tr.start_s == ts(2023, 1, 1)
+    assert read_trace(p, value_column="Carbon Intensity gCO₂eq/kWh (direct)").values == (300.5, 280.0)
+
+
+def test_uk_carbon_intensity_export(tmp_path):
+    p = write(
+        tmp_path,
+        "from,to,forecast,actual,index\n"
+        "2023-03-01T00:00Z,2023-03-01T00:30Z,120,118,low\n"
+        "2023-03-01T00:30Z,2023-03-01T01:00Z,125,121,low\n",
+    )
+    tr = read_trace(p)
+    assert tr.values == (118.0, 121.0) and tr.step_s == 1800.0 and tr.start_s == ts(2023, 3, 1)
+
+
+def test_integration_against_hand_computed_values():
+    tr = IntensityTrace(start_s=0.0, step_s=3600.0, values=(100.0, 400.0, 200.0))
+    # 30 min at 100, a full hour at 400, 15 min at 200 -> (50 + 400 + 50) / 1.75 h
+    assert tr.mean(1800.0, 2 * 3600.0 + 900.0) == pytest.approx((0.5 * 100 + 400 + 0.25 * 200) / 1.75)
+    acc = CarbonAccount(tr, pue=1.2)
+    acc.add(["fit"], 1800.0, 3600.0, 1.8e6)  # 0.5 kWh at 100
+    acc.add(["fit"], 3600.0, 9000.0, 3.6e6)  # 1 kWh at (400 h + 200 * 0.5 h) / 1.5 h
+    expected = (0.5 * 100 + 1.0 * (400 + 100) / 1.5) * 1.2
+    assert acc.gco2e("fit") == pytest.approx(expected)
+    assert [w[3] for w in acc.windows["fit"]] == pytest.approx([100.0, 500 / 1.5])
+
+
+def test_callable_source_is_averaged_over_the_window():
+    src = CallableIntensity(lambda when: 100.0 if when.hour < 6 else 500.0)
+    assert src.mean(0.0, 12 * 3600.0) == pytest.approx(300.0)
+    bad = CallableIntensity(lambda when: float("nan"))
+    with pytest.raises(ValueError, match=r"returned nan .* finite number >= 0"):
+        bad.mean(0.0, 1.0)
+
+
+def test_extension_repeats_the_last_week_and_coverage_is_refused_otherwise():
+    week = tuple(float(i) for i in range(168))
+    tr = IntensityTrace(0.0, 3600.0, (999.0,) * 24 + week)
+    ext = ensure_covers(tr, 0.0, tr.end_s + 5 * 3600.0, "X", "intensity", "repeat-last-week")
+    assert ext.at(tr.end_s + 2 * 3600.0 + 1) == 2.0
+    with pytest.raises(ValueError, match=r"X\(intensity=.*never extrapolated silently.*repeat-last-week"):
+        ensure_covers(tr, 0.0, tr.end_s + 1.0, "X", "intensity", "none")
+    short = IntensityTrace(0.0, 3600.0, (1.0,) * 10)
+    with pytest.raises(ValueError, match="needs at least a week of data"):
+        ensure_covers(short, 0.0, short.end_s + 1.0, "X", "intensity", "repeat-last-week")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("timestamp,avg_CI\n2022-01-01 00:00,1\n,2\n", r"row 3 has no timestamp"),
+        ("timestamp,avg_CI\n2022-01-01 01:00,1\n2022-01-01 00:00,2\n", r"row 3 timestamp .* is unsorted"),
+        ("timestamp,avg_CI\n2022-01-01 00:00,1\n2022-01-01 00:00,2\n", r"row 3 timestamp .* is duplicate"),
+        ("timestamp,avg_CI\n2022-01-01 00:00,1\n2022-01-01 01:00,-5\n", r"row 3 intensity '-5' is not allowed"),
+        ("timestamp,avg_CI\n2022-01-01 00:00,nan\n2022-01-01 01:00,1\n", r"row 2 intensity 'nan' is not allowed"),
+        ("timestamp,avg_CI\n2022-01-01 00:00,abc\n", r"row 2 intensity 'abc' is not a number"),
+        ("timestamp,avg_CI\nyesterday,1\n", r"row 2 timestamp 'yesterday' is not an ISO date-time"),
+        ("when,value\n2022-01-01 00:00,1\n", r"read_trace\(time_column=None\).*no known column name"),
+        (
+            "timestamp,avg_CI\n2022-01-01 00:00,1\n2022-01-01 01:00,1\n2022-01-01 01:20,1\n2022-01-01 02:20,1\n",
+            r"off the trace's 3600-s grid",
+        ),
+        (
+            "timestamp,avg_CI\n2022-01-01 00:00,1\n2022-01-01 01:00,1\n2022-01-03 01:00,1\n2022-01-03 02:00,1\n",
+            r"max_gap_h=24.0\): 48 h of values are missing",
+        ),
+        (
+            "timestamp,Carbon Intensity lbs CO2/MWh\n2022-01-01 00:00,900\n",
+            r"read_trace\(unit=None\): `unit` must be given",
+        ),
+    ],
+)
+def test_bad_csv_is_refused(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        read_trace(write(tmp_path, text))
+
+
+def test_explicit_units_are_converted(tmp_path):
+    p = write(tmp_path, "timestamp,Carbon Intensity lbs CO2/MWh\n2022-01-01 00:00,1000\n2022-01-01 01:00,500\n")
+    assert read_trace(p, unit="lbs/MWh").values == pytest.approx((453.59237, 226.796185))
+    p2 = write(tmp_path, "timestamp,ci_kg\n2022-01-01 00:00,0.25\n", "kg.csv")
+    assert read_trace(p2, value_column="ci_kg", unit="kg/kWh").values == (250.0,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"unit": "oz/kWh"}, r"read_trace\(unit='oz/kWh'\): `unit` must be one of \('g/kWh'"),
+        ({"timezone": "Mars/Olympus"}, r"read_trace\(timezone='Mars/Olympus'\): `timezone` must be an IANA"),
+        ({"value_column": "nope"}, r"read_trace\(value_column='nope'\): `value_column` must be a column of"),
+        ({"max_gap_h": -1}, r"read_trace\(max_gap_h=-1\): `max_gap_h` must be a number >= 0"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        read_trace(CAISO, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "match"),
+    [
+        (-3.0, ValueError, r"EnergyMonitor\(carbon_intensity=-3.0\): `carbon_intensity` must be a number >= 0"),
+        (math.nan, ValueError, r"EnergyMonitor\(carbon_intensity=nan\)"),
+        ("/no/such/file.csv", ValueError, r"carbon_intensity='/no/such/file.csv'\).*no file at that path"),
+        ([1, 2], TypeError, r"EnergyMonitor\(carbon_intensity=\[1, 2\]\)"),
+    ],
+)
+def test_bad_intensity_values(value, exc, match):
+    with pytest.raises(exc, match=match):
+        as_intensity_source(value, "EnergyMonitor")
+
+
+def test_a_bad_csv_names_the_argument(tmp_path):
+    p = write(tmp_path, "timestamp,avg_CI\n2022-01-01 00:00,-1\n")
+    with pytest.raises(ValueError, match=r"^EnergyMonitor\(carbon_intensity='.*ci.csv'\): read_trace.*-1"):
+        as_intensity_source(str(p), "EnergyMonitor")
