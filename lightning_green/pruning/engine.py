@@ -14,7 +14,7 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
-from lightning_green.pruning.graph import Lineage, count_macs_params, eager, pruning_session
+from lightning_green.pruning.graph import Lineage, count_macs_params, eager, follow_widths, pruning_session
 from lightning_green.pruning.history import plain_entries
 from lightning_green.pruning.importance import NEEDS_BATCHNORM, build_importance
 
@@ -89,6 +89,10 @@ class ChannelPruner:
         self.ignored_layers = list(ignored_layers or [])
         self.max_layer_ratio = max_layer_ratio
         self.num_heads = dict(num_heads or {})
+        #: ``forward_fn(module, example_inputs)`` when calling the module with the inputs does not run it.
+        self.forward_fn: Any = None
+        #: Module names left whole besides ``ignored_layers`` (their cut failed the check of a prune).
+        self.left_whole: set[str] = set()
 
     # ------------------------------------------------------------------------------------------------- checks
     def check_module(self, module: nn.Module) -> None:
@@ -213,13 +217,16 @@ class ChannelPruner:
                     if ratio > 0:
                         with eager():
                             pruner.step()
-                    result.macs, result.params = count_macs_params(module, example_inputs)
+                        follow_widths(module, lineage)
+                    result.macs, result.params = count_macs_params(module, example_inputs, self.forward_fn)
                 else:
                     pruner = self._pruner(
                         module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels, final=final
                     )
                     self._check_gradients(pruner, gradients)
-                    result.macs, result.params, start = self._prune_to_macs(pruner, module, example_inputs, target_macs)
+                    result.macs, result.params, start = self._prune_to_macs(
+                        pruner, module, example_inputs, target_macs, lineage
+                    )
                     result.needed = start > target_macs
                     result.reached = result.macs <= target_macs
                 result.entries = plain_entries(pruner.pruning_history())
@@ -232,7 +239,7 @@ class ChannelPruner:
         return result
 
     def _prune_to_macs(
-        self, pruner: Any, module: nn.Module, example_inputs: Any, target_macs: float
+        self, pruner: Any, module: nn.Module, example_inputs: Any, target_macs: float, lineage: Lineage
     ) -> tuple[float, int, float]:
         """Step the pruner's ratio up until MACs <= ``target_macs``; returns MACs, params and the MACs before.
 
@@ -240,7 +247,7 @@ class ChannelPruner:
         of most layers shrink). Each step aims at 80 % of the way to the ratio that model predicts, then refits
         ``alpha`` from the count, so the target is met in a few counted steps, from below.
         """
-        macs, params = count_macs_params(module, example_inputs)
+        macs, params = count_macs_params(module, example_inputs, self.forward_fn)
         start, ratio, alpha = macs, 0.0, 2.0
         ratios = pruner.per_step_pruning_ratio  # read at each step(); torch-pruning fills it from its scheduler
         for step in range(1, MAX_SUBSTEPS + 1):
@@ -251,7 +258,8 @@ class ChannelPruner:
             ratios[step] = ratio
             with eager():
                 pruner.step()
-            macs, params = count_macs_params(module, example_inputs)
+            follow_widths(module, lineage)
+            macs, params = count_macs_params(module, example_inputs, self.forward_fn)
             if 0.0 < macs < start:
                 alpha = max(0.5, math.log(macs / start) / math.log(1.0 - ratio))
         return macs, params, start
@@ -300,6 +308,7 @@ class ChannelPruner:
         modules = dict(module.named_modules())
         names = [n for n in modules if n]
         ignored = {modules[n] for pattern in self.ignored_layers for n in self._match(pattern, names)}
+        ignored |= {modules[n] for n in self.left_whole if n in modules}
         frozen = {m for m in module.modules() if _is_frozen(m)}
         # The regularisers rank by group norm; only the pruner itself uses the chosen criterion.
         importance = (
@@ -319,6 +328,7 @@ class ChannelPruner:
                 ignored_layers=list(ignored | frozen),
                 round_to=self.effective_round_to(module, final),
                 num_heads={modules[n]: h for n, h in self.num_heads.items()},
+                forward_fn=self.forward_fn,
                 **extra,
             )
             extra_ignored = self._protected_roots(pruner, frozen)
