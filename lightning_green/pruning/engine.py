@@ -218,7 +218,6 @@ class ChannelPruner:
                         with eager():
                             pruner.step()
                         follow_widths(module, lineage)
-                    result.macs, result.params = count_macs_params(module, example_inputs, self.forward_fn)
                 else:
                     pruner = self._pruner(
                         module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels, final=final
@@ -231,6 +230,8 @@ class ChannelPruner:
                     result.reached = result.macs <= target_macs
                 result.entries = plain_entries(pruner.pruning_history())
             result.lineage = lineage
+            # Counted outside the session, where coupled buffers are buffers again (not parameters).
+            result.macs, result.params = count_macs_params(module, example_inputs, self.forward_fn)
         finally:
             # Old gradients (torch-pruning cuts them too) belong to a step that is over; they would only cost memory
             # and mismatch the restored channels-last layout of the new weights.

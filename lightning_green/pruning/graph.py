@@ -21,7 +21,15 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function as tp_function
 
-__all__ = ["Lineage", "build_graph", "count_macs_params", "coupled_tensors", "eager", "follow_widths", "pruning_session"]
+__all__ = [
+    "Lineage",
+    "build_graph",
+    "count_macs_params",
+    "coupled_tensors",
+    "eager",
+    "follow_widths",
+    "pruning_session",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +78,7 @@ class _EagerForward(nn.Module):
         return m(*args, **kwargs)
 
 
-def count_macs_params(
-    module: nn.Module, example_inputs: Any, forward_fn: Callable | None = None
-) -> tuple[float, int]:
+def count_macs_params(module: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> tuple[float, int]:
     """MACs of one forward (per sample of ``example_inputs``) and parameter count, by torch-pruning's counter.
 
     Torch-pruning's counter runs a deep copy of the model. It is given a copy on the ``meta`` device (parameters,
@@ -209,7 +215,7 @@ WIDTH_ATTRIBUTES = ("embed_dim", "d_model", "hidden_size", "all_head_size", "int
 
 
 def follow_widths(module: nn.Module, lineage: Lineage) -> None:
-    """Set the width attributes of other modules (``embed_dim``, ``d_model``, ...) to the width their layers were cut to.
+    """Set width attributes of other modules (``embed_dim``, ``d_model``, ...) to the width their layers were cut to.
 
     A width is followed only where the cut is unambiguous: every tensor dimension of that size that was cut in the
     session ended at the same new size. ``head_dim`` becomes the new width over ``num_heads`` (heads stay whole).
@@ -238,9 +244,14 @@ def follow_widths(module: nn.Module, lineage: Lineage) -> None:
             if isinstance(value, int) and not isinstance(value, bool) and (new := final(value)) is not None:
                 setattr(m, attr, new)
                 heads = vars(m).get("num_heads")
-                if attr in ("embed_dim", "hidden_size", "all_head_size", "d_model") and isinstance(heads, int):
-                    if "head_dim" in vars(m) and heads > 0 and new % heads == 0:
-                        m.head_dim = new // heads
+                if (
+                    attr in ("embed_dim", "hidden_size", "all_head_size", "d_model")
+                    and isinstance(heads, int)
+                    and "head_dim" in vars(m)
+                    and heads > 0
+                    and new % heads == 0
+                ):
+                    m.head_dim = new // heads
 
 
 #: Layers torch-pruning cuts itself, tensors included (a BatchNorm's running statistics, an attention's biases).

@@ -25,11 +25,14 @@ __all__ = [
     "Probe",
     "VerifiedPrune",
     "describe",
+    "example_from_spec",
+    "example_spec",
     "first_line",
     "has_own_forward",
     "probe_from_batch",
     "prune_verified",
     "quiet_forward",
+    "tensors_in",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,11 @@ def has_own_forward(module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class Probe:
-    """How to run the module being pruned: ``forward_fn(module, example)``, or ``module(*example)`` /
-    ``module(**example)`` / ``module(example)`` as torch-pruning calls it."""
+    """How to run the module being pruned.
+
+    ``forward_fn(module, example)``, or ``module(*example)`` / ``module(**example)`` / ``module(example)`` as
+    torch-pruning calls it.
+    """
 
     example: Any
     forward_fn: ForwardFn | None = None
@@ -57,6 +63,7 @@ class Probe:
     source: str = "example_input_array"
 
     def __call__(self, module: nn.Module) -> Any:
+        """Run ``module`` on the example; returns its output."""
         x = self.example
         if self.forward_fn is not None:
             return self.forward_fn(module, x)
@@ -124,8 +131,10 @@ def _rng_kept() -> Iterator[None]:
 
 
 def quiet_forward(module: nn.Module, probe: Probe) -> Any:
-    """Run ``probe`` on ``module`` with no trace left: no grad, eval mode, then the modes, every buffer's values
-    (BatchNorm running statistics, custom norms' statistics) and the global random streams exactly as before.
+    """Run ``probe`` on ``module`` with no trace left.
+
+    No grad, eval mode; afterwards the modes, every buffer's values (BatchNorm running statistics, custom norms'
+    statistics) and the global random streams (torch CPU/CUDA, Python, NumPy) are exactly as before.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
@@ -151,9 +160,11 @@ def quiet_forward(module: nn.Module, probe: Probe) -> Any:
 
 
 class ModelState:
-    """The exact pre-prune model, by reference: undoing a prune that just failed its check puts back the very same
-    parameter, buffer and gradient objects, so the optimizers (which hold those parameters) need no rebuild and the
-    model is bit-identical. Costs no memory: torch-pruning creates new tensors and leaves the old ones alone.
+    """The exact pre-prune model, by reference.
+
+    Undoing a prune that just failed its check puts back the very same parameter, buffer and gradient objects, so
+    the optimizers (which hold those parameters) need no rebuild and the model is bit-identical. Costs no memory:
+    torch-pruning creates new tensors and leaves the old ones alone.
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -318,3 +329,35 @@ def probe_from_batch(module: nn.Module, batch: Any, forward_fn: ForwardFn | None
             continue
         return probe, what
     raise ValueError("; ".join(errors))
+
+
+def example_spec(example: Any) -> Any:
+    """Shapes and dtypes of an example input as plain values (what a checkpoint keeps to trace the model again).
+
+    Example:
+        >>> spec = example_spec((torch.zeros(2, 3, dtype=torch.long), {"mask": torch.ones(2)}))
+        >>> spec
+        ['tuple', [['tensor', [2, 3], 'int64'], ['dict', [['mask', ['tensor', [2], 'float32']]]]]]
+        >>> example_from_spec(spec)[0].dtype
+        torch.int64
+    """
+    if torch.is_tensor(example):
+        return ["tensor", list(example.shape), str(example.dtype).removeprefix("torch.")]
+    if isinstance(example, Mapping):
+        return ["dict", [[str(k), example_spec(v)] for k, v in example.items()]]
+    if isinstance(example, (tuple, list)):
+        return ["tuple" if isinstance(example, tuple) else "list", [example_spec(v) for v in example]]
+    return ["value", example if isinstance(example, (int, float, bool, str, type(None))) else None]
+
+
+def example_from_spec(spec: Any, device: Any = None) -> Any:
+    """Zeros with the shapes and dtypes :func:`example_spec` recorded (enough to trace the model's structure)."""
+    kind, value = spec
+    if kind == "tensor":
+        return torch.zeros(value[0], dtype=getattr(torch, value[1]), device=device)
+    if kind == "dict":
+        return {k: example_from_spec(v, device) for k, v in value}
+    if kind in ("tuple", "list"):
+        items = [example_from_spec(v, device) for v in value]
+        return tuple(items) if kind == "tuple" else items
+    return value
