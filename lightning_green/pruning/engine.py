@@ -17,6 +17,7 @@ from lightning_green._internal.validation import InvalidArgumentError, fail
 from lightning_green.pruning.graph import Lineage, count_macs_params, eager, follow_widths, pruning_session
 from lightning_green.pruning.history import plain_entries
 from lightning_green.pruning.importance import NEEDS_BATCHNORM, build_importance
+from lightning_green.pruning.verify import first_line
 
 __all__ = ["ChannelPruner", "PruneResult"]
 
@@ -39,6 +40,19 @@ class PruneResult:
     #: Whether the goal asked for any cut (a speedup target may already be met by an earlier prune).
     needed: bool = True
     reached: bool = True
+    #: The first line of the error the cut model raised when its MACs were counted (it is broken); ``None`` if fine.
+    error: str | None = None
+
+
+class _CutBroke(Exception):
+    """The model raised in the MAC count right after a cut."""
+
+
+def _count_cut(module: nn.Module, example_inputs: Any, forward_fn: Any) -> tuple[float, int]:
+    try:
+        return count_macs_params(module, example_inputs, forward_fn)
+    except Exception as exc:  # a cut the model cannot take (a hard-coded width): the caller's check undoes it
+        raise _CutBroke(first_line(exc)) from exc
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -223,15 +237,22 @@ class ChannelPruner:
                         module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels, final=final
                     )
                     self._check_gradients(pruner, gradients)
-                    result.macs, result.params, start = self._prune_to_macs(
-                        pruner, module, example_inputs, target_macs, lineage
-                    )
-                    result.needed = start > target_macs
-                    result.reached = result.macs <= target_macs
+                    try:
+                        result.macs, result.params, start = self._prune_to_macs(
+                            pruner, module, example_inputs, target_macs, lineage
+                        )
+                        result.needed = start > target_macs
+                        result.reached = result.macs <= target_macs
+                    except _CutBroke as exc:
+                        result.error = str(exc)
                 result.entries = plain_entries(pruner.pruning_history())
             result.lineage = lineage
-            # Counted outside the session, where coupled buffers are buffers again (not parameters).
-            result.macs, result.params = count_macs_params(module, example_inputs, self.forward_fn)
+            if result.error is None:
+                # Counted outside the session, where coupled buffers are buffers again (not parameters).
+                try:
+                    result.macs, result.params = _count_cut(module, example_inputs, self.forward_fn)
+                except _CutBroke as exc:
+                    result.error = str(exc)
         finally:
             # Old gradients (torch-pruning cuts them too) belong to a step that is over; they would only cost memory
             # and mismatch the restored channels-last layout of the new weights.
@@ -260,7 +281,7 @@ class ChannelPruner:
             with eager():
                 pruner.step()
             follow_widths(module, lineage)
-            macs, params = count_macs_params(module, example_inputs, self.forward_fn)
+            macs, params = _count_cut(module, example_inputs, self.forward_fn)
             if 0.0 < macs < start:
                 alpha = max(0.5, math.log(macs / start) / math.log(1.0 - ratio))
         return macs, params, start

@@ -243,16 +243,17 @@ def prune_verified(
         except Exception:
             state.restore()
             raise
-        t0 = time.perf_counter()
-        error = None
-        try:
-            got = describe(quiet_forward(module, probe))
-            if got != expected:
-                error = f"the output changed from {_short(expected)} to {_short(got)}"
-        except Exception as exc:  # any failure of the pruned model is what this check is for
-            error = first_line(exc)
-        out.checks += 1
-        out.check_s += time.perf_counter() - t0
+        error = getattr(result, "error", None)  # the cut model already failed (e.g. in the MAC count)
+        if error is None:
+            t0 = time.perf_counter()
+            try:
+                got = describe(quiet_forward(module, probe))
+                if got != expected:
+                    error = f"the output changed from {_short(expected)} to {_short(got)}"
+            except Exception as exc:  # any failure of the pruned model is what this check is for
+                error = first_line(exc)
+            out.checks += 1
+            out.check_s += time.perf_counter() - t0
         if error is not None:
             state.restore()
         return result, error
@@ -352,9 +353,9 @@ def example_spec(example: Any) -> Any:
 
 def example_from_spec(spec: Any, device: Any = None) -> Any:
     """Zeros with the shapes and dtypes :func:`example_spec` recorded (enough to trace the model's structure)."""
-    kind, value = spec
+    kind, value = spec[0], spec[1]
     if kind == "tensor":
-        return torch.zeros(value[0], dtype=getattr(torch, value[1]), device=device)
+        return torch.zeros(value, dtype=getattr(torch, spec[2]), device=device)
     if kind == "dict":
         return {k: example_from_spec(v, device) for k, v in value}
     if kind in ("tuple", "list"):
