@@ -134,7 +134,9 @@ def test_when_nothing_can_be_cut_safely_the_model_is_exactly_as_before():
     objects = list(net.parameters())
     values = [p.detach().clone() for p in objects]
     done = prune_verified(
-        net, Probe(torch.randn(2, 6)), lambda ignored: ChannelPruner().prune(net, torch.zeros(1, 6), ratio=0.5),
+        net,
+        Probe(torch.randn(2, 6)),
+        lambda ignored: ChannelPruner().prune(net, torch.zeros(1, 6), ratio=0.5),
         roots=lambda r: [e[0] for e in r.entries],
     )
     assert done.result is None and list(done.left_whole) == ["0"]
