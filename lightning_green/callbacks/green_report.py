@@ -159,8 +159,8 @@ class GreenReport(Callback):
         if not self._told:
             self._told = True
             rank_zero_info(
-                f"{type(self).__name__}: {type(pl_module).__name__} has no `example_input_array`; counting MACs on "
-                f"{what} of the first training batch."
+                f"{type(self).__name__}: {type(pl_module).__name__} has no `example_input_array`; counting MACs on the "
+                f"first training batch ({what})."
             )
         if not self._model:
             macs, params = _count(pl_module, self._example)

@@ -765,8 +765,8 @@ class StructuredPruning(Callback):
         if not self._told:
             self._told = True
             rank_zero_info(
-                f"{name}: {type(target).__name__} has no `example_input_array`; tracing it with {what} of the first "
-                "training batch."
+                f"{name}: {type(target).__name__} has no `example_input_array`; tracing it on the first training batch "
+                f"({what})."
             )
         self._start(trainer, pl_module, probe.example, probe.source)
 

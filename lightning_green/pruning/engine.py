@@ -42,10 +42,28 @@ class PruneResult:
     reached: bool = True
     #: The first line of the error the cut model raised when its MACs were counted (it is broken); ``None`` if fine.
     error: str | None = None
+    #: The root layer of the group whose cut itself raised (torch-pruning has no rule for it), if one did.
+    blame: str | None = None
 
 
 class _CutBroke(Exception):
-    """The model raised in the MAC count right after a cut."""
+    """The model raised in the MAC count right after a cut, or torch-pruning in the cut of group ``blame``."""
+
+    def __init__(self, message: str, blame: str | None = None) -> None:
+        super().__init__(message)
+        self.blame = blame
+
+
+def _step(pruner: Any, module: nn.Module) -> None:
+    """``pruner.step()``, group by group, so a group torch-pruning fails to cut is named."""
+    names = {m: n for n, m in module.named_modules()}
+    with eager():
+        for group in pruner.step(interactive=True):
+            try:
+                group.prune()
+            except Exception as exc:  # e.g. torch-pruning 1.6 asserts num_layers == 1 in the middle of an LSTM cut
+                error = f"torch-pruning cannot cut it ({first_line(exc)})"
+                raise _CutBroke(error, names.get(group[0].dep.target.module, "?")) from exc
 
 
 def _count_cut(module: nn.Module, example_inputs: Any, forward_fn: Any) -> tuple[float, int]:
@@ -229,8 +247,10 @@ class ChannelPruner:
                     self._check_gradients(pruner, gradients)
                     result.needed = ratio > 0
                     if ratio > 0:
-                        with eager():
-                            pruner.step()
+                        try:
+                            _step(pruner, module)
+                        except _CutBroke as exc:
+                            result.error, result.blame = str(exc), exc.blame
                         follow_widths(module, lineage)
                 else:
                     pruner = self._pruner(
@@ -244,7 +264,7 @@ class ChannelPruner:
                         result.needed = start > target_macs
                         result.reached = result.macs <= target_macs
                     except _CutBroke as exc:
-                        result.error = str(exc)
+                        result.error, result.blame = str(exc), exc.blame
                 result.entries = plain_entries(pruner.pruning_history())
             result.lineage = lineage
             if result.error is None:
@@ -278,8 +298,7 @@ class ChannelPruner:
             predicted = 1.0 - (target_macs / start) ** (1.0 / alpha)
             ratio = min(self.max_layer_ratio, max(ratio + MIN_SUBSTEP, ratio + 0.8 * (predicted - ratio)))
             ratios[step] = ratio
-            with eager():
-                pruner.step()
+            _step(pruner, module)
             follow_widths(module, lineage)
             macs, params = _count_cut(module, example_inputs, self.forward_fn)
             if 0.0 < macs < start:

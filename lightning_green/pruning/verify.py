@@ -281,11 +281,15 @@ def prune_verified(
                 out.result = result
                 return out
             break
+        blame = getattr(result, "blame", None)  # the group whose cut itself raised
         cut = [r for r in dict.fromkeys(roots(result)) if r not in ignored]
-        if not cut:
+        if blame is None and not cut:
             break
-        log.debug("prune failed its check (%s); bisecting over %d groups", error, len(cut))
-        found = culprits(cut, ignored, error)
+        if blame is not None:
+            found = {blame: error}
+        else:
+            log.debug("prune failed its check (%s); bisecting over %d groups", error, len(cut))
+            found = culprits(cut, ignored, error)
         out.left_whole.update(found)
         ignored = ignored | frozenset(found)
         state.restore()
@@ -312,7 +316,7 @@ def probe_from_batch(module: nn.Module, batch: Any, forward_fn: ForwardFn | None
         ValueError: ``module`` takes none of them (the message holds each failure's first line).
     """
     if forward_fn is not None:
-        return Probe(batch, forward_fn, "the first training batch"), "the batch, through `forward_fn`"
+        return Probe(batch, forward_fn, "the first training batch"), "the batch through `forward_fn`"
     candidates: list[tuple[Any, str]] = []
     if isinstance(batch, (tuple, list)) and batch:
         candidates.append(((batch[0],), "batch[0]"))
