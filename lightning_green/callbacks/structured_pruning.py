@@ -426,12 +426,15 @@ class StructuredPruning(Callback):
             arg = "forward_fn" if self._forward is not None else "module"
             arg = "example_input" if self.example_input is not None and self._forward is None else arg
             raise InvalidArgumentError(
-                f"{name}({arg}={getattr(self, arg)!r}): {what} cannot be run on {source} ({first_line(exc)}); "
+                f"{name}({arg}={_brief(getattr(self, arg))}): {what} cannot be run on {source} ({first_line(exc)}); "
                 f"`{arg}` must name a module and an input that it takes (`module`, `example_input`, `forward_fn`)."
             ) from exc
         if not tensors_in(out):
             arg = "forward_fn" if self._forward is not None else "module"
-            fail(name, arg, getattr(self, arg), f"a choice whose output holds a tensor (got {type(out).__name__})")
+            raise InvalidArgumentError(
+                f"{name}({arg}={_brief(getattr(self, arg))}): `{arg}` must give an output that holds a tensor; "
+                f"{what} returned a {type(out).__name__}."
+            )
         self._probe, self._expected = probe, describe(out)
         if source.startswith("the first training batch"):
             self._example_spec = example_spec(x)
@@ -756,11 +759,11 @@ class StructuredPruning(Callback):
         try:
             probe, what = probe_from_batch(target, x, self._forward)
         except ValueError as exc:
-            arg = "module" if self.module is not None else "forward_fn"
+            arg = "forward_fn" if self._forward is not None else "module" if self.module is not None else None
+            owner = f"{name}({arg}={_brief(getattr(self, arg))})" if arg else name
             raise InvalidArgumentError(
-                f"{name}({arg}={getattr(self, arg)!r}): {type(target).__name__} has no `example_input_array` and does "
-                f"not take the first training batch ({exc}); give `example_input=`, or `forward_fn=` to call it on "
-                "the batch."
+                f"{owner}: {type(target).__name__} has no `example_input_array` and does not take the first training "
+                f"batch ({exc}); give `example_input=`, or `forward_fn=` to call it on the batch."
             ) from exc
         if not self._told:
             self._told = True
@@ -858,6 +861,16 @@ class StructuredPruning(Callback):
         self.left_whole = dict(state_dict.get("left_whole") or {})
         self.pruner.left_whole = set(self.left_whole)
         self._example_spec = state_dict.get("example")
+
+
+def _brief(value: Any) -> str:
+    """A one-line repr: tensors by shape and dtype, callables by name."""
+    if value is None or isinstance(value, str):
+        return repr(value)
+    if callable(value) and not torch.is_tensor(value):
+        return getattr(value, "__qualname__", type(value).__name__)
+    spec = example_spec(value)
+    return repr(spec) if len(repr(spec)) <= 120 else repr(spec)[:117] + "..."
 
 
 def _resolve_forward_fn(owner: str, forward_fn: Any) -> Callable[..., Any] | None:
