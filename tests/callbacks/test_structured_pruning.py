@@ -139,13 +139,6 @@ def test_ignored_layer_that_matches_nothing_fails_in_setup(tmp_path):
         trainer.fit(small_cnn(), data())
 
 
-def test_module_without_example_input_fails_in_setup(tmp_path):
-    model = small_cnn()
-    model.example_input_array = None
-    with pytest.raises(ValueError, match=r"DigitsCNN has no `example_input_array`; set one"):
-        make_trainer(tmp_path, [StructuredPruning()]).fit(model, data())
-
-
 @pytest.mark.parametrize(
     "strategy", [FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)], ids=["fsdp", "deepspeed"]
 )
