@@ -289,7 +289,8 @@ def test_resume_mid_pruning_gives_the_same_architecture_and_losses(tmp_path):
     resumed, resumed_losses, resumed_pruning = run(tmp_path / "b", ckpt_path=ckpt)
     assert min(resumed_losses) == 7  # it really resumed after epoch 1 (steps 1-6)
     assert {k: v.shape for k, v in resumed.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
-    untimed = [[{k: v for k, v in e.items() if k != "check_s"} for e in p.history] for p in (full_pruning, resumed_pruning)]
+    runs = (full_pruning, resumed_pruning)
+    untimed = [[{k: v for k, v in e.items() if k != "check_s"} for e in p.history] for p in runs]
     assert untimed[0] == untimed[1]
     for step, loss in resumed_losses.items():
         assert loss == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step

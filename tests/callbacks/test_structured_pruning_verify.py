@@ -320,3 +320,28 @@ def test_module_without_example_input_is_traced_on_its_first_batch_and_says_so_o
     assert len(pruning.history) == 2 and pruning.speedup > 2.0 and model.features[0].out_channels == 4
     section = load_run(tmp_path).extra("model")
     assert section["macs_start"] == pruning.dense_macs and section["macs"] == pruning.macs < pruning.dense_macs
+
+
+def test_a_forward_that_does_not_take_the_example_input_array_is_refused_with_what_to_do(tmp_path):
+    model = DemoTransformer(vocab_size=256)
+    model.example_input_array = torch.zeros(2, 8, dtype=torch.long)  # forward takes (inputs, target)
+    with pytest.raises(
+        ValueError,
+        match=r"^StructuredPruning: DemoTransformer's forward does not take its `example_input_array` \(TypeError: "
+        r".*\); name the submodule to prune with `module=` \(e\.g\. StructuredPruning\(module='model'\)\), or give "
+        r"`example_input=` / `forward_fn=`\.$",
+    ):
+        fit(tmp_path, model, tokens(), [StructuredPruning(start_epoch=0, end_epoch=1)])
+
+
+def test_module_and_a_dotted_forward_fn_come_from_yaml(tmp_path):
+    from lightning_green.cli import cli
+
+    config = tmp_path / "pruning.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_green.StructuredPruning\n      init_args:\n"
+        "        module: model\n        forward_fn: tests.callbacks.test_structured_pruning_verify.run_lstm\n"
+    )
+    built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    (pruning,) = [cb for cb in built.trainer.callbacks if isinstance(cb, StructuredPruning)]
+    assert pruning.module == "model" and pruning._forward is run_lstm

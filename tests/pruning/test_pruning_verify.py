@@ -188,3 +188,10 @@ def test_example_spec_rebuilds_shapes_and_dtypes_as_zeros():
     example = {"ids": torch.ones(2, 7, dtype=torch.long), "extra": (torch.ones(3), 4)}
     rebuilt = example_from_spec(example_spec(example))
     assert describe(rebuilt) == describe(example) and rebuilt["extra"][1] == 4 and not rebuilt["ids"].any()
+
+
+def test_a_custom_norm_s_running_statistics_are_cut_with_its_width():
+    net = nn.Sequential(nn.Linear(4, 8), RunningNorm(8), nn.ReLU(), nn.Linear(8, 2))
+    ChannelPruner().prune(net, torch.zeros(1, 4), ratio=0.5)
+    assert net[0].out_features == 4 and net[1].running_mean.shape == (4,)
+    assert list(dict(net.named_buffers())) == ["1.running_mean"] and net(torch.randn(3, 4)).shape == (3, 2)
