@@ -7,13 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.lstm import LightningLSTM
 from lightning.pytorch.demos.transformer import LightningTransformer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_green import EnergyMonitor, GreenReport, StructuredPruning
-from lightning_green.pruning import ChannelPruner
+from lightning_green.demos import DigitsCNN
+from lightning_green.pruning import ChannelPruner, load_pruned
 from lightning_green.report import load_run
 from tests.callbacks.test_structured_pruning import ParamCountScore, Probe, data, make_trainer, small_cnn
 
@@ -294,18 +296,19 @@ def test_regulariser_runs_once_per_batch_with_two_optimizers(tmp_path, monkeypat
     assert len(calls) == 3  # 3 batches, 2 optimizer steps each
 
 
+class NoExample(DigitsCNN):  # a user module usually has no example_input_array; DigitsCNN sets one
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.example_input_array = None
+
+    def setup(self, stage):
+        pass
+
+
 def test_module_without_example_input_is_traced_on_its_first_batch_and_says_so_once(tmp_path, monkeypatch):
     said = []
     for where in ("structured_pruning", "green_report"):
         monkeypatch.setattr(f"lightning_green.callbacks.{where}.rank_zero_info", said.append)
-
-    class NoExample(type(small_cnn())):  # a user module usually has no example_input_array; DigitsCNN sets one
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.example_input_array = None
-
-        def setup(self, stage):
-            pass
 
     model = NoExample(channels=[8, 16])
     assert model.example_input_array is None
@@ -345,3 +348,19 @@ def test_module_and_a_dotted_forward_fn_come_from_yaml(tmp_path):
     built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (pruning,) = [cb for cb in built.trainer.callbacks if isinstance(cb, StructuredPruning)]
     assert pruning.module == "model" and pruning._forward is run_lstm
+
+
+def test_a_model_traced_on_its_first_batch_resumes_and_reloads_pruned(tmp_path):
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=1, verbose=False)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = make_trainer(tmp_path, [pruning, checkpoints], max_epochs=2, enable_checkpointing=True)
+    model = NoExample(channels=[8, 16])
+    trainer.fit(model, data())
+    assert model.features[0].out_channels == 4
+    # The checkpoint keeps the first batch's shapes (not the batch), enough to trace the dense model again.
+    again = StructuredPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=2, verbose=False)
+    resumed = NoExample(channels=[8, 16])
+    make_trainer(tmp_path, [again], max_epochs=3).fit(resumed, data(), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.features[0].out_channels < 4 and len(again.history) == 3
+    reloaded = load_pruned(NoExample(channels=[8, 16]), tmp_path / "last.ckpt")
+    assert reloaded.features[0].out_channels == 4
