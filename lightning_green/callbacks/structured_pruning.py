@@ -595,7 +595,7 @@ class StructuredPruning(Callback):
                 f"{name}: prune {k}/{n}: cutting {', '.join(map(repr, left))} broke the model, so the prune was undone "
                 f"and they are left whole ({reasons})."
             )
-        if payload.get("unsafe"):
+        if payload.get("unsafe") or (left and not payload["entries"]):
             self._reset_window()
             self._snapshot = None
             self.stopped = True

@@ -198,7 +198,7 @@ class ModelState:
 class VerifiedPrune:
     """What :func:`prune_verified` did."""
 
-    #: The prune that passed its check; ``None`` when nothing could be cut safely (the model is as before).
+    #: The prune that passed its check; ``None`` when every try failed (the model is as before).
     result: Any = None
     #: Module names newly left whole → why (the first line of the failure).
     left_whole: dict[str, str] = field(default_factory=dict)
@@ -276,11 +276,9 @@ def prune_verified(
     ignored: frozenset[str] = frozenset()
     for _ in range(max_rounds):
         result, error = attempt(ignored)
-        if error is None:
-            if _cut_something(result, roots):
-                out.result = result
-                return out
-            break
+        if error is None:  # passed (it may have cut nothing: a target already met, everything left whole)
+            out.result = result
+            return out
         blame = getattr(result, "blame", None)  # the group whose cut itself raised
         cut = [r for r in dict.fromkeys(roots(result)) if r not in ignored]
         if blame is None and not cut:
@@ -294,10 +292,6 @@ def prune_verified(
         ignored = ignored | frozenset(found)
         state.restore()
     return out
-
-
-def _cut_something(result: Any, roots: Callable[[Any], Sequence[str]]) -> bool:
-    return bool(roots(result))
 
 
 def _short(desc: Any, limit: int = 160) -> str:

@@ -133,13 +133,14 @@ def test_when_nothing_can_be_cut_safely_the_model_is_exactly_as_before():
     net = nn.Sequential(nn.Linear(6, 16), nn.Unflatten(1, (4, 4)), nn.Flatten(), nn.Linear(16, 3))
     objects = list(net.parameters())
     values = [p.detach().clone() for p in objects]
-    done = prune_verified(
-        net,
-        Probe(torch.randn(2, 6)),
-        lambda ignored: ChannelPruner().prune(net, torch.zeros(1, 6), ratio=0.5),
-        roots=lambda r: [e[0] for e in r.entries],
-    )
-    assert done.result is None and list(done.left_whole) == ["0"]
+    pruner = ChannelPruner()
+
+    def cut(ignored):
+        pruner.left_whole = set(ignored)
+        return pruner.prune(net, torch.zeros(1, 6), ratio=0.5)
+
+    done = prune_verified(net, Probe(torch.randn(2, 6)), cut, roots=lambda r: [e[0] for e in r.entries])
+    assert done.result.entries == [] and list(done.left_whole) == ["0"] and done.attempts == 2
     assert list(net.parameters()) == objects and all(torch.equal(p, v) for p, v in zip(objects, values, strict=True))
 
 
