@@ -114,8 +114,8 @@ class StructuredPruning(Callback):
         round_to: Channel counts after the last prune are multiples of this (e.g. 8 for fast kernels); earlier
             prunes are not rounded, so small layers are not floored by a whole multiple each time. Models with
             ``nn.MultiheadAttention`` are always rounded to its number of heads (``round_to`` must be a multiple).
-        ignored_layers: Module names or glob patterns (``"head.*"``) never cut. The output layer is added
-            automatically.
+        ignored_layers: Module names or glob patterns (``"head.*"``) never cut (relative to ``module`` when it is
+            given). The output layer is added automatically.
         max_layer_ratio: Largest share of a layer's dense channels that may be removed, in (0, 1).
         num_heads: For hand-written attention: name of each q/k/v (or fused qkv) ``nn.Linear`` → its number of
             heads, so every head loses the same dimensions.
