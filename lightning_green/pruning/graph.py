@@ -285,8 +285,8 @@ def coupled_tensors(module: nn.Module) -> list[tuple[nn.Module, str, bool]]:
                 widths.add(value)
     found = []
     for m in module.modules():
-        if isinstance(m, _KNOWN_LAYERS):
-            continue
+        if isinstance(m, _KNOWN_LAYERS) or type(m).__module__.startswith("torchmetrics."):
+            continue  # torch-pruning cuts these layers' tensors itself; a metric's states are not the model's
         own = [(k, t, True) for k, t in m._buffers.items() if t is not None]
         own += [(k, t, False) for k, t in vars(m).items() if torch.is_tensor(t) and not isinstance(t, nn.Parameter)]
         for k, t, is_buffer in own:
