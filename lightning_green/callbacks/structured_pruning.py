@@ -523,8 +523,9 @@ class StructuredPruning(Callback):
         target = self._target(pl_module)
         baseline = self._metric(trainer, k) if self.monitor is not None else None
         if self.monitor is not None:
-            self._snapshot = (ModuleSnapshot(target), OptimizerState.capture(trainer, target, clone=True))
-        before = OptimizerState.capture(trainer, target)
+            # The whole LightningModule and every optimizer (also of parameters outside `module`), in host memory.
+            self._snapshot = (ModuleSnapshot(pl_module), OptimizerState.capture(trainer, pl_module, clone=True))
+        before = OptimizerState.capture(trainer, pl_module)
         gradients = self._grad_sums if self.importance in NEEDS_GRADIENTS else None
         if gradients is not None:
             gradients = {name: g / max(1, self._grad_steps) for name, g in gradients.items()}
@@ -624,7 +625,7 @@ class StructuredPruning(Callback):
                 p.grad = None
 
         rebuild_ddp(trainer)
-        dropped = before.restore(trainer, target, carry=lineage.carry)
+        dropped = before.restore(trainer, pl_module, carry=lineage.carry)
         if dropped:
             log.warning("%d parameters restart their optimizer state after the prune", dropped)
         self.macs, self.params = float(payload["macs"]), int(payload["params"])
@@ -712,11 +713,10 @@ class StructuredPruning(Callback):
             return
         module_snapshot, optimizer_snapshot = self._snapshot
         self._snapshot = None
-        target = self._target(pl_module)
-        module_snapshot.restore(target)
+        module_snapshot.restore(pl_module)
         rebuild_ddp(trainer)
-        now = OptimizerState.capture(trainer, target)
-        OptimizerState(optimizer_snapshot.states, now.groups, now.schedulers).restore(trainer, target)
+        now = OptimizerState.capture(trainer, pl_module)
+        OptimizerState(optimizer_snapshot.states, now.groups, now.schedulers).restore(trainer, pl_module)
         undone = self.history.pop()
         self.stopped = True
         self.rollbacks.append(

@@ -364,3 +364,14 @@ def test_a_model_traced_on_its_first_batch_resumes_and_reloads_pruned(tmp_path):
     assert resumed.features[0].out_channels < 4 and len(again.history) == 3
     reloaded = load_pruned(NoExample(channels=[8, 16]), tmp_path / "last.ckpt")
     assert reloaded.features[0].out_channels == 4
+
+
+def test_module_prunes_only_that_submodule_and_keeps_the_optimizer_state_of_the_rest(tmp_path):
+    model = NoExample(channels=[8, 16])
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, module="features", verbose=False)
+    trainer = make_trainer(tmp_path, [pruning], max_epochs=2)
+    trainer.fit(model, data())
+    assert model.features[0].out_channels == 4 and model.features[4].num_features == 16  # its output stays whole
+    assert pruning.history[0]["entries"][0][0] == "0"  # names relative to the submodule
+    state = trainer.optimizers[0].state
+    assert int(state[model.classifier.weight]["step"]) == int(state[model.features[0].weight]["step"]) == 6
