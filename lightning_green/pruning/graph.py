@@ -303,7 +303,9 @@ def _coupled_tensors_cut(module: nn.Module) -> Iterator[None]:
     # embedding) and cuts its last non-singleton dimension with the width it is used with. Outside, it is the
     # buffer or plain attribute it was, with its requires_grad=False values.
     converted = []
+    orders = {}
     for m, k, is_buffer in coupled_tensors(module):
+        orders.setdefault(m, list(m._buffers))
         t = m._buffers.pop(k) if is_buffer else vars(m).pop(k)
         m._parameters[k] = nn.Parameter(t.detach(), requires_grad=True)
         converted.append((m, k, is_buffer))
@@ -321,6 +323,10 @@ def _coupled_tensors_cut(module: nn.Module) -> Iterator[None]:
                 m._buffers[k] = value
             else:
                 vars(m)[k] = value
+        for m, order in orders.items():  # buffers in their registration order (state_dict keys, printing)
+            items = sorted(m._buffers.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+            m._buffers.clear()
+            m._buffers.update(items)
 
 
 def _retie(module: nn.Module, tied: list[list[str]]) -> None:

@@ -145,7 +145,12 @@ def quiet_forward(module: nn.Module, probe: Probe) -> Any:
         (True, True, True)
     """
     modes = {m: m.training for m in module.modules()}
-    buffers = [(b, b._version, b.detach().clone()) for b in module.buffers()]
+    buffers = [
+        (m, k, b, b._version, b.detach().clone())
+        for m in module.modules()
+        for k, b in m._buffers.items()
+        if b is not None
+    ]
     try:
         with _rng_kept(), torch.no_grad():
             module.eval()
@@ -154,7 +159,8 @@ def quiet_forward(module: nn.Module, probe: Probe) -> Any:
         for m, training in modes.items():
             m.training = training
         with torch.no_grad():
-            for b, version, value in buffers:
+            for m, k, b, version, value in buffers:
+                m._buffers[k] = b  # a forward that replaced a buffer gets the old one back
                 if b._version != version and b.shape == value.shape:
                     b.copy_(value)
 

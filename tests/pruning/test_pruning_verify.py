@@ -25,10 +25,12 @@ class RunningNorm(nn.Module):
     def __init__(self, width):
         super().__init__()
         self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def forward(self, x):
         with torch.no_grad():
             self.running_mean.mul_(0.9).add_(0.1 * x.mean(0))
+            self.count = self.count + 1  # replaced, not updated in place
         return x - self.running_mean
 
 
@@ -195,4 +197,4 @@ def test_a_custom_norm_s_running_statistics_are_cut_with_its_width():
     net = nn.Sequential(nn.Linear(4, 8), RunningNorm(8), nn.ReLU(), nn.Linear(8, 2))
     ChannelPruner().prune(net, torch.zeros(1, 4), ratio=0.5)
     assert net[0].out_features == 4 and net[1].running_mean.shape == (4,)
-    assert list(dict(net.named_buffers())) == ["1.running_mean"] and net(torch.randn(3, 4)).shape == (3, 2)
+    assert list(dict(net.named_buffers())) == ["1.running_mean", "1.count"] and net(torch.randn(3, 4)).shape == (3, 2)
