@@ -47,9 +47,10 @@ class GreenReport(Callback):
     What the callback adds to the run so the report can say it: ``time/elapsed_s`` (seconds since fit start,
     logged with each validation's metrics, so time-to-target is exact) and a ``model`` section in the energy report
     (MACs and parameters at the start and end of fit, counted by torch-pruning on ``example_input_array`` as
-    :class:`~lightning_green.StructuredPruning` counts ``pruning/macs``). When ``example_input_array`` is token ids
-    (an integer ``(batch, time)`` tensor or a dict with ``input_ids``), the section also records the tokens per
-    sample and the report gives MACs **per token**.
+    :class:`~lightning_green.StructuredPruning` counts ``pruning/macs``; a module without one is counted on its
+    first training batch — its first element when ``forward`` takes that, else the batch — and this is said once).
+    When the example is token ids (an integer ``(batch, time)`` tensor or a dict with ``input_ids``), the section also
+    records the tokens per sample and the report gives MACs **per token**.
 
     The report is written once fit has finished (in ``teardown``, after every callback's ``on_fit_end`` — the
     EnergyMonitor's report is on disk then — and after the loggers are flushed), on global rank 0 only, atomically.
@@ -62,7 +63,7 @@ class GreenReport(Callback):
         target: Value of ``metric`` for energy-to-target and time-to-target; ``None`` leaves them out.
         filename: Base name of the report files (no directory part).
         html: Also write the standalone HTML page.
-        count_macs: Record MACs/params at fit start and end (one forward pass of ``example_input_array`` each).
+        count_macs: Record MACs/params at fit start and end (one forward pass of the example input each).
 
     Raises:
         ValueError: An argument is out of range; in ``setup``: no EnergyMonitor writing a report in the Trainer.
@@ -113,6 +114,8 @@ class GreenReport(Callback):
         self._report_name = "energy_report.json"
         self._model: dict[str, Any] = {}
         self._fit_done = False
+        self._example: Any = None  # the first training batch's input, for a module without example_input_array
+        self._told = False
 
     # ------------------------------------------------------------------------------------------------ hooks
     @override
@@ -136,11 +139,41 @@ class GreenReport(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
-        if self.count_macs and not self._model:
+        self._example = None
+        if self.count_macs and not self._model and pl_module.example_input_array is not None:
             macs, params = _count(pl_module)
             self._model = {"macs_start": macs, "params_start": params}
             tokens = tokens_per_sample(pl_module.example_input_array)
             if tokens is not None:  # a language model: the report shows MACs per token
+                self._model["tokens_per_sample"] = tokens
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.count_macs or self._example is not None or pl_module.example_input_array is not None:
+            return
+        # No example_input_array: count on the first training batch (its first element when forward takes that).
+        from lightning_green.pruning.verify import probe_from_batch
+
+        try:
+            probe, what = probe_from_batch(pl_module, batch)
+        except ValueError as err:
+            self._example = False  # tried; the report goes without MACs
+            log.debug("no MAC count: %s does not take its first training batch: %s", type(pl_module).__name__, err)
+            return
+        self._example = probe.example
+        if not self._told:
+            self._told = True
+            rank_zero_info(
+                f"{type(self).__name__}: {type(pl_module).__name__} has no `example_input_array`; counting MACs on the "
+                f"first training batch ({what})."
+            )
+        if not self._model:
+            macs, params = _count(pl_module, self._example)
+            self._model = {"macs_start": macs, "params_start": params}
+            tokens = tokens_per_sample(self._example)
+            if tokens is not None:
                 self._model["tokens_per_sample"] = tokens
 
     @override
@@ -156,7 +189,7 @@ class GreenReport(Callback):
         # Before on_fit_end, where the EnergyMonitor writes its report with this section in it.
         section = dict(self._model)
         if self.count_macs:
-            macs, params = _count(pl_module)
+            macs, params = _count(pl_module, None if self._example is False else self._example)
             section.update({"macs": macs, "params": params})
         section["elapsed_s"] = self._elapsed()
         add_report_section(trainer, "model", section)
@@ -216,10 +249,10 @@ class GreenReport(Callback):
         return self.elapsed_s + time.perf_counter() - self._t0
 
 
-def _count(pl_module: pl.LightningModule) -> tuple[float | None, int]:
-    """MACs per sample (``None`` without an ``example_input_array``) and parameters, as ``pruning/macs`` counts them."""
+def _count(pl_module: pl.LightningModule, example: Any = None) -> tuple[float | None, int]:
+    """MACs per sample (``None`` without an example input) and parameters, as ``pruning/macs`` counts them."""
     params = int(sum(p.numel() for p in pl_module.parameters()))
-    example = pl_module.example_input_array
+    example = pl_module.example_input_array if example is None else example
     if example is None:
         return None, params
     from lightning_green.pruning.graph import count_macs_params

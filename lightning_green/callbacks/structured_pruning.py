@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -38,8 +40,24 @@ from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
 from lightning_green.pruning.llm import LLMPruner, find_hf_model
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, step_ratio
+from lightning_green.pruning.verify import (
+    Probe,
+    describe,
+    example_spec,
+    first_line,
+    has_own_forward,
+    probe_from_batch,
+    prune_verified,
+    quiet_forward,
+    tensors_in,
+)
 
 __all__ = ["StructuredPruning"]
+
+
+def _hf_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """A Hugging Face causal LM's logits (no KV cache: the check compares outputs, not cache objects)."""
+    return model(input_ids=input_ids, use_cache=False).logits
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +79,21 @@ class StructuredPruning(Callback):
     ``start_epoch``, every ``frequency`` epochs, up to ``end_epoch`` (or the same in optimizer steps with
     ``start_step``/``end_step``), each followed by fine-tuning, the amount per prune following a linear or cubic
     (Zhu & Gupta) schedule. The goal is either a share of channels (``pruning_ratio``) or a MAC reduction
-    (``target_speedup`` = MACs dense / MACs pruned, torch-pruning's counter on ``example_input_array``).
+    (``target_speedup`` = MACs dense / MACs pruned, torch-pruning's counter on the example input).
+
+    Every prune is checked: right after cutting, the model runs once on the example input (no grad, in eval mode,
+    then its modes, buffers — BatchNorm statistics — and the global random streams put back) and its output must
+    have the structure and shapes it had before. A prune that fails (the forward raises, a shape changed: a
+    ``view`` with a hard-coded width, a buffer torch-pruning could not follow) is undone exactly, the groups
+    responsible are found by bisection and left whole (one warning names them and why), and the prune is done
+    again without them; when nothing can be cut safely, pruning stops with a warning and training continues.
+    Buffers and tensor attributes of the model's own modules whose size is a cut width (a positional encoding)
+    are cut with it, and width attributes (``embed_dim``, ``d_model``, ``hidden_size``, ``head_dim``, ...) follow.
+
+    The example input is, in this order: ``example_input``, the pruned module's ``example_input_array``, or the
+    first training batch (its first element when the module takes that, else the batch itself; said once).
+    A LightningModule without a ``forward`` of its own (its ``training_step`` calls a submodule) needs
+    ``module=`` naming that submodule, with ``forward_fn`` when the submodule is not called with the batch alone.
 
     After each prune the optimizers and LR schedulers are rebuilt by the strategy (``configure_optimizers`` runs
     again), keeping the learning rates and scheduler state, and per-parameter state (momentum, Adam's moments,
@@ -94,8 +126,8 @@ class StructuredPruning(Callback):
         round_to: Channel counts after the last prune are multiples of this (e.g. 8 for fast kernels); earlier
             prunes are not rounded, so small layers are not floored by a whole multiple each time. Models with
             ``nn.MultiheadAttention`` are always rounded to its number of heads (``round_to`` must be a multiple).
-        ignored_layers: Module names or glob patterns (``"head.*"``) never cut. The output layer is added
-            automatically.
+        ignored_layers: Module names or glob patterns (``"head.*"``) never cut (relative to ``module`` when it is
+            given). The output layer is added automatically.
         max_layer_ratio: Largest share of a layer's dense channels that may be removed, in (0, 1).
         num_heads: For hand-written attention: name of each q/k/v (or fused qkv) ``nn.Linear`` → its number of
             heads, so every head loses the same dimensions.
@@ -110,6 +142,13 @@ class StructuredPruning(Callback):
         verbose: Print one line per prune.
         prune_hidden: Hugging Face causal LMs only: also cut the residual width (embeddings, every norm,
             ``lm_head``; tied weights stay tied). MLP units and attention heads (whole KV groups) are always cut.
+        module: Name of the submodule to prune (e.g. ``"model"``), traced on its own; ``None``: the LightningModule.
+        example_input: Input of the pruned module for tracing, checks and MAC counts (a tensor, a tuple of
+            positional arguments or a dict of keyword arguments). Python only (YAML cannot hold tensors).
+        forward_fn: ``forward_fn(module, example)`` runs the pruned module on the example (e.g. on the first batch:
+            ``lambda m, batch: m(batch[0], m.init_hidden(len(batch[0])))``) and returns its output, which must hold
+            a tensor. A callable from Python, or its dotted import path (``"my_pkg.prune_utils.run_lstm"``) from
+            YAML/the CLI.
 
     Hugging Face decoder-only causal LMs (Llama, Mistral, Qwen2, Qwen3, Phi-3, GPT-2) inside the LightningModule
     are recognised and cut by :class:`~lightning_green.pruning.llm.LLMPruner` on their known block structure (no
@@ -119,8 +158,10 @@ class StructuredPruning(Callback):
 
     Raises:
         ValueError: An argument is out of range or inconsistent (the message names it and what is allowed); in
-            ``setup``: an unsupported strategy (``ddp_spawn``, FSDP, DeepSpeed), a module without
-            ``example_input_array``, an ``ignored_layers`` entry that matches no module.
+            ``setup``: an unsupported strategy (``ddp_spawn``, FSDP, DeepSpeed), a LightningModule without a
+            ``forward`` and no ``module``, a ``module`` naming no submodule, an ``ignored_layers`` entry that
+            matches no module; at fit start (or the first batch): an example input the module cannot take, a
+            ``forward_fn`` whose output holds no tensor.
         TypeError: An argument has the wrong type.
 
     Example:
@@ -160,6 +201,9 @@ class StructuredPruning(Callback):
         mode: Literal["max", "min"] = "max",
         verbose: bool = True,
         prune_hidden: bool = False,
+        module: str | None = None,
+        example_input: Any = None,
+        forward_fn: Callable[..., Any] | str | None = None,
     ) -> None:
         name = type(self).__name__
         check_optional_number(name, "pruning_ratio", pruning_ratio, gt=0, lt=1)
@@ -204,6 +248,11 @@ class StructuredPruning(Callback):
         check_choice(name, "mode", mode, _MODES)
         check_bool(name, "verbose", verbose)
         check_bool(name, "prune_hidden", prune_hidden)
+        if module is not None and (not isinstance(module, str) or not module):
+            fail(name, "module", module, "None or the name of a submodule (e.g. 'model')", TypeError)
+        if example_input is not None and not tensors_in(example_input):
+            fail(name, "example_input", example_input, "None or a tensor, a tuple or a dict of tensors", TypeError)
+        forward = _resolve_forward_fn(name, forward_fn)
 
         self.pruning_ratio = 0.5 if pruning_ratio is None and target_speedup is None else pruning_ratio
         self.target_speedup = target_speedup
@@ -223,6 +272,10 @@ class StructuredPruning(Callback):
         self.verbose = verbose
         self.prune_hidden = prune_hidden
         self._global_pruning = global_pruning
+        self.module = module
+        self.example_input = example_input
+        self.forward_fn = forward_fn
+        self._forward = forward
         self.pruner = ChannelPruner(
             owner=name,
             importance=importance,
@@ -245,6 +298,9 @@ class StructuredPruning(Callback):
         self.macs: float | None = None
         self.params: int | None = None
         self._guard: dict[str, Any] | None = None
+        #: Modules whose cut failed the check of a prune → why (checkpointed; they are never cut again).
+        self.left_whole: dict[str, str] = {}
+        self._example_spec: Any = None
         # Per run.
         self._points: list[int] = []
         self._grad_sums: dict[str, torch.Tensor] = {}
@@ -256,6 +312,11 @@ class StructuredPruning(Callback):
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
         #: Set in `setup` when the module holds a Hugging Face causal LM: it is cut by its known structure.
         self._llm: LLMPruner | None = None
+        self._probe: Probe | None = None
+        self._expected: Any = None
+        self._batches = 0
+        self._regularized_at = -1
+        self._told = False
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -279,18 +340,20 @@ class StructuredPruning(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(self).__name__
-        self._llm = self._llm_pruner(pl_module)
-        if self._llm is None and pl_module.example_input_array is None:
+        self._llm = self._llm_pruner(self._target(pl_module))
+        if self._llm is None and self.module is None and self._forward is None and not has_own_forward(pl_module):
             raise InvalidArgumentError(
-                f"{name}: {type(pl_module).__name__} has no `example_input_array`; set one in its __init__ "
-                "(e.g. `self.example_input_array = torch.zeros(1, 3, 32, 32)`): it is traced to find coupled channels "
-                "and to count MACs."
+                f"{name}: {type(pl_module).__name__} has no `forward` of its own, so it cannot be traced; name the "
+                "submodule to prune with `module=` (e.g. StructuredPruning(module='model')), or give `forward_fn=`."
             )
+        target = self._target(pl_module)
         if self._llm is None:
             if self.importance == "activation" or self.prune_hidden:
                 arg, value = ("importance", "activation") if self.importance == "activation" else ("prune_hidden", True)
                 fail(name, arg, value, "used with a Hugging Face causal LM only; this module holds none")
-            self.pruner.check_module(pl_module)
+            self.pruner.check_module(target)
+            self.pruner.forward_fn = self._forward
+            self.pruner.left_whole = set(self.left_whole)
         self._install_restore_hook(pl_module)
         if stage != "fit":
             return
@@ -363,19 +426,61 @@ class StructuredPruning(Callback):
         self._snapshot = None
         if self._llm is not None:
             self._llm.release()
+        self._probe = None
+        self._expected = None
 
     # --------------------------------------------------------------------------------------------- fit hooks
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        x = self._example(trainer, pl_module)
+        self._batches, self._regularized_at = 0, -1
+        target = self._target(pl_module)
+        if self._llm is not None:  # an HF causal LM is counted and checked on token ids of its own
+            self._start(trainer, pl_module, self._llm.example(target), "token ids")
+        elif self.example_input is not None:
+            self._start(trainer, pl_module, self.example_input, "example_input")
+        elif getattr(target, "example_input_array", None) is not None:
+            self._start(trainer, pl_module, target.example_input_array, "example_input_array")
+        # else: the first training batch (on_train_batch_start)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Any, source: str) -> None:
+        """Check that the pruned module takes ``example``, then count the dense model and build the regulariser."""
+        name = type(self).__name__
+        target = self._target(pl_module)
+        x = trainer.precision_plugin.convert_input(move_data_to_device(example, pl_module.device))
+        probe = Probe(x, _hf_logits if self._llm is not None else self._forward, source)
+        what = type(target).__name__
+        try:
+            out = quiet_forward(self._checked(target), probe)
+        except Exception as exc:
+            if source == "example_input_array" and self.module is None and self._forward is None:
+                raise InvalidArgumentError(
+                    f"{name}: {what}'s forward does not take its `example_input_array` ({first_line(exc)}); name the "
+                    "submodule to prune with `module=` (e.g. StructuredPruning(module='model')), or give "
+                    "`example_input=` / `forward_fn=`."
+                ) from exc
+            arg = "forward_fn" if self._forward is not None else "module"
+            arg = "example_input" if self.example_input is not None and self._forward is None else arg
+            raise InvalidArgumentError(
+                f"{name}({arg}={_brief(getattr(self, arg))}): {what} cannot be run on {source} ({first_line(exc)}); "
+                f"`{arg}` must name a module and an input that it takes (`module`, `example_input`, `forward_fn`)."
+            ) from exc
+        if not tensors_in(out):
+            arg = "forward_fn" if self._forward is not None else "module"
+            raise InvalidArgumentError(
+                f"{name}({arg}={_brief(getattr(self, arg))}): `{arg}` must give an output that holds a tensor; "
+                f"{what} returned a {type(out).__name__}."
+            )
+        self._probe, self._expected = probe, describe(out)
+        if source.startswith("the first training batch"):
+            self._example_spec = example_spec(x)
         if self.dense_macs is None:
-            self.dense_macs, self.dense_params = self._count(pl_module, x)
-            self.dense_channels = self._engine.channels(pl_module, x)
-        self.macs, self.params = self._count(pl_module, x)
+            self.dense_macs, self.dense_params = self._count(target, x)
+            self.dense_channels = self._engine.channels(target, x)
+        self.macs, self.params = self._count(target, x)
         if self._llm is not None and self.importance == "activation":
-            self._llm.observe(pl_module)
-        self._names = {p: n for n, p in pl_module.named_parameters()}
-        self._build_regularizer(pl_module, x)
+            self._llm.observe(target)
+        self._names = {p: n for n, p in target.named_parameters()}
+        self._build_regularizer(target, x)
 
     @override
     def on_train_batch_start(
@@ -388,6 +493,9 @@ class StructuredPruning(Callback):
                 and self._grad_steps < self.importance_batches
                 and self._position(trainer) >= self._points[self.prunes_done] - lead
             )
+        self._batches += 1
+        if self._probe is None:
+            self._start_from_batch(trainer, pl_module, batch)
         if self.finished or batch_idx % max(1, trainer.accumulate_grad_batches):
             return
         if self._position(trainer) < self._points[self.prunes_done]:
@@ -409,8 +517,10 @@ class StructuredPruning(Callback):
     ) -> None:
         if self.finished:
             return
-        if self._regularizer is not None:  # both kinds were built with reg=regularization_strength
-            self._regularizer.regularize(pl_module)
+        if self._regularizer is not None and self._regularized_at != self._batches:
+            # Once per batch, not once per optimizer (both kinds were built with reg=regularization_strength).
+            self._regularized_at = self._batches
+            self._regularizer.regularize(self._target(pl_module))
         if self.importance not in _WINDOWED or self._grad_steps >= self.importance_batches:
             return
         lead = self.importance_batches if self.by_steps else 0
@@ -454,9 +564,13 @@ class StructuredPruning(Callback):
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         k = self.prunes_done + 1
         n = len(self._points)
-        x = self._example(trainer, pl_module)
+        name = type(self).__name__
+        assert self._probe is not None
+        probe, x = self._probe, self._probe.example
+        target = self._target(pl_module)
         baseline = self._metric(trainer, k) if self.monitor is not None else None
         if self.monitor is not None:
+            # The whole LightningModule and every optimizer (also of parameters outside `module`), in host memory.
             self._snapshot = (ModuleSnapshot(pl_module), OptimizerState.capture(trainer, pl_module, clone=True))
         before = OptimizerState.capture(trainer, pl_module)
         gradients = self._grad_sums if self.importance in NEEDS_GRADIENTS else None
@@ -469,30 +583,49 @@ class StructuredPruning(Callback):
         payload: dict[str, Any] | None = None
         error: BaseException | None = None
         if strategy.global_rank == 0:
-            try:
-                if self.target_speedup is not None:
-                    target = self.dense_macs * macs_fraction(self.target_speedup, self.schedule, k, n)  # type: ignore[operator]
-                    result = self._engine.prune(
-                        pl_module,
-                        x,
-                        target_macs=target,
-                        dense_channels=self.dense_channels,
-                        gradients=gradients,
-                        final=k == n,
-                    )
-                else:
+
+            def cut(ignored: frozenset[str]) -> Any:
+                saved = set(self.pruner.left_whole)
+                self.pruner.left_whole |= ignored
+                try:
+                    if self.target_speedup is not None:
+                        macs = self.dense_macs * macs_fraction(self.target_speedup, self.schedule, k, n)  # type: ignore[operator]
+                        return self._engine.prune(
+                            target,
+                            x,
+                            target_macs=macs,
+                            dense_channels=self.dense_channels,
+                            gradients=gradients,
+                            final=k == n,
+                        )
                     ratio = step_ratio(self.pruning_ratio, self.schedule, k, n)  # type: ignore[arg-type]
-                    result = self._engine.prune(
-                        pl_module, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients, final=k == n
+                    return self._engine.prune(
+                        target, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients, final=k == n
                     )
-                lineage = result.lineage
-                payload = {
-                    "entries": result.entries,
-                    "macs": result.macs,
-                    "params": result.params,
-                    "needed": result.needed,
-                    "reached": result.reached,
-                }
+                finally:
+                    self.pruner.left_whole = saved
+
+            try:
+                # An HF causal LM is cut by its known structure, group kinds across all layers alike: a failed check
+                # undoes the prune and stops pruning (no groups to bisect); the config follows the restored weights.
+                roots = (lambda r: []) if self._llm is not None else (lambda r: [e[0] for e in r.entries])
+                verified = prune_verified(self._checked(target), probe, cut, roots=roots, expected=self._expected)
+                if self._llm is not None:
+                    self._llm.structure(target).sync_config()
+                result = verified.result
+                check = {"left_whole": verified.left_whole, "check_s": verified.check_s, "checks": verified.checks}
+                if result is None:
+                    payload = {"entries": [], "needed": True, "unsafe": True, **check}
+                else:
+                    lineage = result.lineage
+                    payload = {
+                        "entries": result.entries,
+                        "macs": result.macs,
+                        "params": result.params,
+                        "needed": result.needed,
+                        "reached": result.reached,
+                        **check,
+                    }
             except Exception as exc:  # shared with the other ranks so that none waits forever
                 error = exc
                 payload = {"error": f"{type(exc).__name__}: {exc}"}
@@ -504,6 +637,24 @@ class StructuredPruning(Callback):
                 raise error
             raise RuntimeError(f"{type(self).__name__}: rank 0 failed to prune: {payload['error']}")
         self.prunes_done = k
+        left = payload.get("left_whole") or {}
+        if left:
+            self.left_whole.update(left)
+            self.pruner.left_whole |= set(left)
+            reasons = "; ".join(f"{m!r}: {why}" for m, why in left.items())
+            rank_zero_warn(
+                f"{name}: prune {k}/{n}: cutting {', '.join(map(repr, left))} broke the model, so the prune was undone "
+                f"and they are left whole ({reasons})."
+            )
+        if payload.get("unsafe") or (left and not payload["entries"]):
+            self._reset_window()
+            self._snapshot = None
+            self.stopped = True
+            rank_zero_warn(
+                f"{name}: prune {k}/{n}: nothing left can be cut without breaking the model; pruning stops at "
+                f"{self.speedup:.2f}x and training continues."
+            )
+            return
         if not payload["entries"]:
             self._reset_window()
             self._snapshot = None
@@ -519,8 +670,8 @@ class StructuredPruning(Callback):
                 )
             return
         if strategy.global_rank != 0:
-            lineage = replay(pl_module, x, payload["entries"])
-            for p in pl_module.parameters():
+            lineage = replay(target, x, payload["entries"], self._forward)
+            for p in target.parameters():
                 p.grad = None
 
         rebuild_ddp(trainer)
@@ -535,12 +686,13 @@ class StructuredPruning(Callback):
                 "entries": payload["entries"],
                 "macs": self.macs,
                 "params": self.params,
+                "check_s": float(payload.get("check_s", 0.0)),
             }
         )
         if baseline is not None:
             check_at = self._position(trainer) + self.frequency - (0 if self.by_steps else 1)
             self._guard = {"prune": k, "baseline": baseline, "check_at": check_at, "validations": 0}
-        self._after_change(trainer, pl_module, x)
+        self._after_change(trainer, pl_module)
         if self.target_speedup is not None and not payload["reached"]:
             rank_zero_warn(
                 f"{type(self).__name__}: prune {k}/{n} reached {self.speedup:.2f}x, short of its target: the layers "
@@ -551,14 +703,16 @@ class StructuredPruning(Callback):
             rank_zero_info(
                 f"{type(self).__name__}: prune {k}/{n} at {unit} {self._position(trainer)}: "
                 f"MACs {_si(self.macs)} ({self.speedup:.2f}x fewer than dense), params {_si(self.params)} "
-                f"(dense {_si(self.dense_params or 0)})"
+                f"(dense {_si(self.dense_params or 0)}); checked in {1e3 * float(payload.get('check_s', 0.0)):.0f} ms"
             )
 
-    def _after_change(self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Any) -> None:
+    def _after_change(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Bookkeeping after the architecture changed (a prune or a rollback): log, tell the others, reset."""
-        self._names = {p: n for n, p in pl_module.named_parameters()}
+        target = self._target(pl_module)
+        self._names = {p: n for n, p in target.named_parameters()}
         self._reset_window()
-        self._build_regularizer(pl_module, x)
+        if self._probe is not None:
+            self._build_regularizer(target, self._probe.example)
         metrics = {
             "pruning/macs": float(self.macs or 0.0),
             "pruning/params": float(self.params or 0),
@@ -621,7 +775,7 @@ class StructuredPruning(Callback):
         )
         self.macs = self.history[-1]["macs"] if self.history else self.dense_macs
         self.params = self.history[-1]["params"] if self.history else self.dense_params
-        self._after_change(trainer, pl_module, self._example(trainer, pl_module))
+        self._after_change(trainer, pl_module)
         rank_zero_info(
             f"{name}: {self.monitor} went from {guard['baseline']:.4g} to {value:.4g} after prune {guard['prune']} "
             f"(worse by more than max_drop={self.max_drop}): rolled it back and stopped pruning at "
@@ -636,8 +790,12 @@ class StructuredPruning(Callback):
     def _engine(self) -> ChannelPruner | LLMPruner:
         return self._llm if self._llm is not None else self.pruner
 
-    def _count(self, pl_module: pl.LightningModule, x: Any) -> tuple[float, int]:
-        return self._llm.count(pl_module, x) if self._llm is not None else count_macs_params(pl_module, x)
+    def _count(self, target: torch.nn.Module, x: Any) -> tuple[float, int]:
+        return self._llm.count(target, x) if self._llm is not None else count_macs_params(target, x, self._forward)
+
+    def _checked(self, target: torch.nn.Module) -> torch.nn.Module:
+        """What each prune is checked on: the HF model itself for a causal LM (on its logits), else ``target``."""
+        return self._llm.structure(target).model if self._llm is not None else target
 
     def _llm_pruner(self, pl_module: pl.LightningModule) -> LLMPruner | None:
         """An :class:`LLMPruner` when ``pl_module`` holds a Hugging Face model it can cut (refuses the others)."""
@@ -663,11 +821,43 @@ class StructuredPruning(Callback):
             llm.check_ratio(pl_module, self.pruning_ratio)
         return llm
 
-    def _example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        if self._llm is not None:
-            return self._llm.example(pl_module)
-        x = move_data_to_device(pl_module.example_input_array, pl_module.device)
-        return trainer.precision_plugin.convert_input(x)
+    def _target(self, pl_module: pl.LightningModule) -> torch.nn.Module:
+        """The module being pruned: ``module`` names a submodule of ``pl_module``, else ``pl_module`` itself."""
+        if self.module is None:
+            return pl_module
+        try:
+            return pl_module.get_submodule(self.module)
+        except AttributeError:
+            names = [n for n, _ in pl_module.named_children()]
+            fail(
+                type(self).__name__,
+                "module",
+                self.module,
+                f"None or the name of a submodule of {type(pl_module).__name__} (its children: {names})",
+            )
+            raise  # unreachable: fail() raises
+
+    def _start_from_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        """No example input was given: take it from the first training batch, and say so once."""
+        name = type(self).__name__
+        target = self._target(pl_module)
+        x = trainer.precision_plugin.convert_input(batch)
+        try:
+            probe, what = probe_from_batch(target, x, self._forward)
+        except ValueError as exc:
+            arg = "forward_fn" if self._forward is not None else "module" if self.module is not None else None
+            owner = f"{name}({arg}={_brief(getattr(self, arg))})" if arg else name
+            raise InvalidArgumentError(
+                f"{owner}: {type(target).__name__} has no `example_input_array` and does not take the first training "
+                f"batch ({exc}); give `example_input=`, or `forward_fn=` to call it on the batch."
+            ) from exc
+        if not self._told:
+            self._told = True
+            rank_zero_info(
+                f"{name}: {type(target).__name__} has no `example_input_array`; tracing it on the first training batch "
+                f"({what})."
+            )
+        self._start(trainer, pl_module, probe.example, probe.source)
 
     def _metric(self, trainer: pl.Trainer, prune: int) -> float:
         value = trainer.callback_metrics.get(self.monitor)  # type: ignore[arg-type]
@@ -696,10 +886,10 @@ class StructuredPruning(Callback):
         self._grad_steps = 0
         self._window_batches = 0
 
-    def _build_regularizer(self, pl_module: pl.LightningModule, x: Any) -> None:
+    def _build_regularizer(self, target: torch.nn.Module, x: Any) -> None:
         self._regularizer = None
         if self.regularization != "none" and not self.finished:
-            self._regularizer = self.pruner.regularizer(pl_module, x, self.regularization, self.regularization_strength)
+            self._regularizer = self.pruner.regularizer(target, x, self.regularization, self.regularization_strength)
 
     def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
         """Rebuild the pruned architecture when a checkpoint loads, before Lightning loads its weights.
@@ -720,7 +910,12 @@ class StructuredPruning(Callback):
 
     def _rebuild(self, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         state = (checkpoint.get("callbacks") or {}).get(self.state_key)
-        rebuild_from_checkpoint(pl_module, checkpoint, state=state, owner=type(self).__name__)
+        example = self.example_input
+        if example is None:
+            example = getattr(self._target(pl_module), "example_input_array", None)
+        rebuild_from_checkpoint(
+            pl_module, checkpoint, example, state=state, owner=type(self).__name__, forward_fn=self._forward
+        )
 
     # --------------------------------------------------------------------------------------------------- state
     @override
@@ -735,6 +930,9 @@ class StructuredPruning(Callback):
             "dense_params": self.dense_params,
             "dense_channels": {k: list(v) for k, v in (self.dense_channels or {}).items()},
             "guard": dict(self._guard) if self._guard else None,
+            "module": self.module,
+            "left_whole": dict(self.left_whole),
+            "example": self._example_spec,
         }
 
     @override
@@ -750,6 +948,36 @@ class StructuredPruning(Callback):
         self.dense_channels = {k: list(v) for k, v in channels.items()} if channels else None
         guard = state_dict.get("guard")
         self._guard = dict(guard) if guard else None
+        self.left_whole = dict(state_dict.get("left_whole") or {})
+        self.pruner.left_whole = set(self.left_whole)
+        self._example_spec = state_dict.get("example")
+
+
+def _brief(value: Any) -> str:
+    """A one-line repr: tensors by shape and dtype, callables by name."""
+    if value is None or isinstance(value, str):
+        return repr(value)
+    if callable(value) and not torch.is_tensor(value):
+        return getattr(value, "__qualname__", type(value).__name__)
+    spec = example_spec(value)
+    return repr(spec) if len(repr(spec)) <= 120 else repr(spec)[:117] + "..."
+
+
+def _resolve_forward_fn(owner: str, forward_fn: Any) -> Callable[..., Any] | None:
+    """``forward_fn`` as a callable: itself, or what its dotted import path names (from YAML)."""
+    if forward_fn is None or callable(forward_fn):
+        return forward_fn
+    allowed = "None, a callable `forward_fn(module, example)`, or the dotted import path of one ('pkg.mod.fn')"
+    if not isinstance(forward_fn, str) or "." not in forward_fn:
+        fail(owner, "forward_fn", forward_fn, allowed, TypeError)
+    path, _, attr = forward_fn.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(path), attr)
+    except (ImportError, AttributeError) as exc:
+        fail(owner, "forward_fn", forward_fn, f"{allowed}; it does not import ({first_line(exc)})")
+    if not callable(found):
+        fail(owner, "forward_fn", forward_fn, f"{allowed}; it names a {type(found).__name__}")
+    return found
 
 
 def _spawns_workers(strategy: DDPStrategy) -> bool:

@@ -1,8 +1,8 @@
 """Torch-Pruning glue for :class:`~lightning_green.StructuredPruning`.
 
 Importance registry, schedules, the pruning engine, optimizer-state carry-over by surviving index, pruning history
-record/replay, and :func:`load_pruned` to rebuild a pruned model from a checkpoint for inference; :class:`LLMPruner`
-cuts Hugging Face causal LMs on their known block structure.
+record/replay, the check of each prune (:func:`prune_verified`), and :func:`load_pruned` to rebuild a pruned model
+from a checkpoint for inference; :class:`LLMPruner` cuts Hugging Face causal LMs on their known block structure.
 """
 
 from lightning_green.pruning.engine import ChannelPruner, PruneResult
@@ -12,6 +12,7 @@ from lightning_green.pruning.importance import IMPORTANCES, build_importance
 from lightning_green.pruning.llm import LLMPruner, replay_llm
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, schedule_fraction, step_ratio
+from lightning_green.pruning.verify import Probe, VerifiedPrune, prune_verified, quiet_forward
 
 __all__ = [
     "IMPORTANCES",
@@ -21,7 +22,9 @@ __all__ = [
     "Lineage",
     "ModuleSnapshot",
     "OptimizerState",
+    "Probe",
     "PruneResult",
+    "VerifiedPrune",
     "build_graph",
     "build_importance",
     "count_macs_params",
@@ -29,7 +32,9 @@ __all__ = [
     "load_pruned",
     "macs_fraction",
     "prune_points",
+    "prune_verified",
     "pruning_session",
+    "quiet_forward",
     "rebuild_ddp",
     "rebuild_from_checkpoint",
     "replay",

@@ -14,9 +14,10 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_green._internal.validation import GreenRuntimeError, InvalidArgumentError, fail
-from lightning_green.pruning.graph import Lineage, count_macs_params, eager, pruning_session
+from lightning_green.pruning.graph import Lineage, count_macs_params, eager, follow_widths, pruning_session
 from lightning_green.pruning.history import plain_entries
 from lightning_green.pruning.importance import NEEDS_BATCHNORM, build_importance
+from lightning_green.pruning.verify import first_line
 
 __all__ = ["ChannelPruner", "PruneResult"]
 
@@ -39,6 +40,37 @@ class PruneResult:
     #: Whether the goal asked for any cut (a speedup target may already be met by an earlier prune).
     needed: bool = True
     reached: bool = True
+    #: The first line of the error the cut model raised when its MACs were counted (it is broken); ``None`` if fine.
+    error: str | None = None
+    #: The root layer of the group whose cut itself raised (torch-pruning has no rule for it), if one did.
+    blame: str | None = None
+
+
+class _CutBroke(Exception):
+    """The model raised in the MAC count right after a cut, or torch-pruning in the cut of group ``blame``."""
+
+    def __init__(self, message: str, blame: str | None = None) -> None:
+        super().__init__(message)
+        self.blame = blame
+
+
+def _step(pruner: Any, module: nn.Module) -> None:
+    """``pruner.step()``, group by group, so a group torch-pruning fails to cut is named."""
+    names = {m: n for n, m in module.named_modules()}
+    with eager():
+        for group in pruner.step(interactive=True):
+            try:
+                group.prune()
+            except Exception as exc:  # e.g. torch-pruning 1.6 asserts num_layers == 1 in the middle of an LSTM cut
+                error = f"torch-pruning cannot cut it ({first_line(exc)})"
+                raise _CutBroke(error, names.get(group[0].dep.target.module, "?")) from exc
+
+
+def _count_cut(module: nn.Module, example_inputs: Any, forward_fn: Any) -> tuple[float, int]:
+    try:
+        return count_macs_params(module, example_inputs, forward_fn)
+    except Exception as exc:  # a cut the model cannot take (a hard-coded width): the caller's check undoes it
+        raise _CutBroke(first_line(exc)) from exc
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -89,6 +121,10 @@ class ChannelPruner:
         self.ignored_layers = list(ignored_layers or [])
         self.max_layer_ratio = max_layer_ratio
         self.num_heads = dict(num_heads or {})
+        #: ``forward_fn(module, example_inputs)`` when calling the module with the inputs does not run it.
+        self.forward_fn: Any = None
+        #: Module names left whole besides ``ignored_layers`` (their cut failed the check of a prune).
+        self.left_whole: set[str] = set()
 
     # ------------------------------------------------------------------------------------------------- checks
     def check_module(self, module: nn.Module) -> None:
@@ -211,19 +247,32 @@ class ChannelPruner:
                     self._check_gradients(pruner, gradients)
                     result.needed = ratio > 0
                     if ratio > 0:
-                        with eager():
-                            pruner.step()
-                    result.macs, result.params = count_macs_params(module, example_inputs)
+                        try:
+                            _step(pruner, module)
+                        except _CutBroke as exc:
+                            result.error, result.blame = str(exc), exc.blame
+                        follow_widths(module, lineage)
                 else:
                     pruner = self._pruner(
                         module, example_inputs, ratio=0.0, steps=MAX_SUBSTEPS, dense=dense_channels, final=final
                     )
                     self._check_gradients(pruner, gradients)
-                    result.macs, result.params, start = self._prune_to_macs(pruner, module, example_inputs, target_macs)
-                    result.needed = start > target_macs
-                    result.reached = result.macs <= target_macs
+                    try:
+                        result.macs, result.params, start = self._prune_to_macs(
+                            pruner, module, example_inputs, target_macs, lineage
+                        )
+                        result.needed = start > target_macs
+                        result.reached = result.macs <= target_macs
+                    except _CutBroke as exc:
+                        result.error, result.blame = str(exc), exc.blame
                 result.entries = plain_entries(pruner.pruning_history())
             result.lineage = lineage
+            if result.error is None:
+                # Counted outside the session, where coupled buffers are buffers again (not parameters).
+                try:
+                    result.macs, result.params = _count_cut(module, example_inputs, self.forward_fn)
+                except _CutBroke as exc:
+                    result.error = str(exc)
         finally:
             # Old gradients (torch-pruning cuts them too) belong to a step that is over; they would only cost memory
             # and mismatch the restored channels-last layout of the new weights.
@@ -232,7 +281,7 @@ class ChannelPruner:
         return result
 
     def _prune_to_macs(
-        self, pruner: Any, module: nn.Module, example_inputs: Any, target_macs: float
+        self, pruner: Any, module: nn.Module, example_inputs: Any, target_macs: float, lineage: Lineage
     ) -> tuple[float, int, float]:
         """Step the pruner's ratio up until MACs <= ``target_macs``; returns MACs, params and the MACs before.
 
@@ -240,7 +289,7 @@ class ChannelPruner:
         of most layers shrink). Each step aims at 80 % of the way to the ratio that model predicts, then refits
         ``alpha`` from the count, so the target is met in a few counted steps, from below.
         """
-        macs, params = count_macs_params(module, example_inputs)
+        macs, params = count_macs_params(module, example_inputs, self.forward_fn)
         start, ratio, alpha = macs, 0.0, 2.0
         ratios = pruner.per_step_pruning_ratio  # read at each step(); torch-pruning fills it from its scheduler
         for step in range(1, MAX_SUBSTEPS + 1):
@@ -249,9 +298,9 @@ class ChannelPruner:
             predicted = 1.0 - (target_macs / start) ** (1.0 / alpha)
             ratio = min(self.max_layer_ratio, max(ratio + MIN_SUBSTEP, ratio + 0.8 * (predicted - ratio)))
             ratios[step] = ratio
-            with eager():
-                pruner.step()
-            macs, params = count_macs_params(module, example_inputs)
+            _step(pruner, module)
+            follow_widths(module, lineage)
+            macs, params = _count_cut(module, example_inputs, self.forward_fn)
             if 0.0 < macs < start:
                 alpha = max(0.5, math.log(macs / start) / math.log(1.0 - ratio))
         return macs, params, start
@@ -301,6 +350,7 @@ class ChannelPruner:
         modules = dict(module.named_modules())
         names = [n for n in modules if n]
         ignored = {modules[n] for pattern in self.ignored_layers for n in self._match(pattern, names)}
+        ignored |= {modules[n] for n in self.left_whole if n in modules}
         frozen = {m for m in module.modules() if _is_frozen(m)}
         # The regularisers rank by group norm; only the pruner itself uses the chosen criterion.
         importance = (
@@ -320,6 +370,7 @@ class ChannelPruner:
                 ignored_layers=list(ignored | frozen),
                 round_to=self.effective_round_to(module, final),
                 num_heads={modules[n]: h for n, h in self.num_heads.items()},
+                forward_fn=self.forward_fn,
                 **extra,
             )
             extra_ignored = self._protected_roots(pruner, frozen)

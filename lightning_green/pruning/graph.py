@@ -9,9 +9,11 @@ which old one it kept (a :class:`Lineage`), so optimizer state can follow the su
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,7 +21,15 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function as tp_function
 
-__all__ = ["Lineage", "build_graph", "count_macs_params", "eager", "pruning_session"]
+__all__ = [
+    "Lineage",
+    "build_graph",
+    "count_macs_params",
+    "coupled_tensors",
+    "eager",
+    "follow_widths",
+    "pruning_session",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +46,15 @@ def eager() -> Iterator[None]:
         yield
 
 
-def build_graph(module: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
-    """Torch-pruning's dependency graph of ``module`` (traced eagerly; call inside :func:`pruning_session`)."""
+def build_graph(module: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> tp.DependencyGraph:
+    """Torch-pruning's dependency graph of ``module`` (traced eagerly; call inside :func:`pruning_session`).
+
+    ``forward_fn(module, example_inputs)`` runs the module when calling it with the inputs does not.
+    """
     with eager():
-        return tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs, verbose=False)
+        return tp.DependencyGraph().build_dependency(
+            module, example_inputs=example_inputs, forward_fn=forward_fn, verbose=False
+        )
 
 
 class _EagerForward(nn.Module):
@@ -49,19 +64,27 @@ class _EagerForward(nn.Module):
     deep-copies the model) would call on the *original*, uncounted modules.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, forward_fn: Callable | None = None) -> None:
         super().__init__()
         self.module = module
+        self.forward_fn = forward_fn
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         m = self.module
+        if self.forward_fn is not None:
+            return self.forward_fn(m, args[0] if len(args) == 1 and not kwargs else (args or kwargs))
         if "forward" in vars(m):
             return type(m).forward(m, *args, **kwargs)
         return m(*args, **kwargs)
 
 
-def count_macs_params(module: nn.Module, example_inputs: Any) -> tuple[float, int]:
+def count_macs_params(module: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> tuple[float, int]:
     """MACs of one forward (per sample of ``example_inputs``) and parameter count, by torch-pruning's counter.
+
+    Torch-pruning's counter runs a deep copy of the model. It is given a copy on the ``meta`` device (parameters,
+    buffers and tensor attributes are replaced, not copied), so counting costs no accelerator memory and no copy
+    of the weights; a model that cannot run on ``meta`` (data-dependent Python control flow) is counted as is.
+    ``forward_fn(module, example_inputs)`` runs the module when calling it with the inputs does not.
 
     Example:
         >>> count_macs_params(nn.Linear(4, 2), torch.zeros(1, 4))  # 8 multiply-adds + 2 bias adds
@@ -69,9 +92,42 @@ def count_macs_params(module: nn.Module, example_inputs: Any) -> tuple[float, in
     """
     from lightning_green.pruning.op_count import linear_like_counted  # GPT-2's Conv1D counts as the Linear it is
 
+    if forward_fn is not None:
+        example_inputs = (example_inputs,)  # _EagerForward hands the one argument to forward_fn
     with eager(), torch.no_grad(), linear_like_counted():
-        macs, params = tp.utils.count_ops_and_params(_EagerForward(module), example_inputs)
+        try:
+            shadow, inputs = _meta_copy(module), _to_meta(example_inputs)
+            macs, params = tp.utils.count_ops_and_params(_EagerForward(shadow, forward_fn), inputs)
+        except Exception as err:  # not runnable on meta: count the real module
+            log.debug("MAC count on the meta device failed (%s); counting on %s", err, _device(module))
+            macs, params = tp.utils.count_ops_and_params(_EagerForward(module, forward_fn), example_inputs)
     return float(macs), int(params)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters, buffers and tensor attributes live on the ``meta`` device."""
+    memo: dict[int, Any] = {}
+    for m in module.modules():
+        for p in m._parameters.values():
+            if p is not None and id(p) not in memo:
+                memo[id(p)] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+        for b in m._buffers.values():
+            if b is not None and id(b) not in memo:
+                memo[id(b)] = b.detach().to("meta")
+        for v in vars(m).values():
+            if torch.is_tensor(v) and id(v) not in memo:
+                memo[id(v)] = v.detach().to("meta")
+    return copy.deepcopy(module, memo)
+
+
+def _to_meta(data: Any) -> Any:
+    from lightning_utilities.core.apply_func import apply_to_collection
+
+    return apply_to_collection(data, torch.Tensor, lambda t: t.to("meta"))
 
 
 class Lineage:
@@ -141,10 +197,11 @@ def pruning_session(module: nn.Module) -> Iterator[Lineage]:
         if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
     }
     lineage = Lineage()
-    with _observe_parameter_cuts(lineage), _heads_kept_whole():
+    with _observe_parameter_cuts(lineage), _heads_kept_whole(), _coupled_tensors_cut(module):
         try:
             yield lineage
         finally:
+            follow_widths(module, lineage)
             _retie(module, [names for names in ties.values() if len(names) > 1])
             for m, training in modes.items():
                 m.training = training
@@ -153,6 +210,125 @@ def pruning_session(module: nn.Module) -> Iterator[Lineage]:
                     p.requires_grad_(flags[name])
                 if name in channels_last and not p.is_contiguous(memory_format=torch.channels_last):
                     p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+#: Width attributes of modules torch-pruning has no rule for (attention, transformer blocks) that follow a cut.
+WIDTH_ATTRIBUTES = ("embed_dim", "d_model", "hidden_size", "all_head_size", "intermediate_size", "dim_feedforward")
+
+
+def follow_widths(module: nn.Module, lineage: Lineage) -> None:
+    """Set width attributes of other modules (``embed_dim``, ``d_model``, ...) to the width their layers were cut to.
+
+    A width is followed only where the cut is unambiguous: every tensor dimension of that size that was cut in the
+    session ended at the same new size. ``head_dim`` becomes the new width over ``num_heads`` (heads stay whole).
+    """
+    cuts: dict[int, set[int]] = {}
+    for _new, (old, dim, keep) in lineage._parent.items():
+        before, after = int(old.shape[dim]), len(keep)
+        if before != after:
+            cuts.setdefault(before, set()).add(after)
+    step = {old: next(iter(new)) for old, new in cuts.items() if len(new) == 1}
+    if not step:
+        return
+
+    def final(width: int) -> int | None:
+        seen = set()
+        while width in step and width not in seen:
+            seen.add(width)
+            width = step[width]
+        return width if seen else None
+
+    for m in module.modules():
+        if isinstance(m, _KNOWN_LAYERS):
+            continue
+        for attr in WIDTH_ATTRIBUTES:
+            value = vars(m).get(attr)
+            if isinstance(value, int) and not isinstance(value, bool) and (new := final(value)) is not None:
+                setattr(m, attr, new)
+                heads = vars(m).get("num_heads")
+                if (
+                    attr in ("embed_dim", "hidden_size", "all_head_size", "d_model")
+                    and isinstance(heads, int)
+                    and "head_dim" in vars(m)
+                    and heads > 0
+                    and new % heads == 0
+                ):
+                    m.head_dim = new // heads
+
+
+#: Layers torch-pruning cuts itself, tensors included (a BatchNorm's running statistics, an attention's biases).
+_KNOWN_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.Embedding,
+    nn.MultiheadAttention,
+    nn.LSTM,
+    nn.PReLU,
+)
+
+
+def coupled_tensors(module: nn.Module) -> list[tuple[nn.Module, str, bool]]:
+    """Tensors torch-pruning does not see that may carry a width it cuts: ``(owner, name, is_buffer)``.
+
+    Buffers and plain tensor attributes (e.g. a positional encoding, a custom norm's running statistics) of modules
+    torch-pruning has no rule for, floating point, whose last non-singleton size is the width of some layer of the
+    model (a linear's or conv's output, an embedding's dimension).
+    """
+    widths = set()
+    for m in module.modules():
+        for attr in ("out_features", "out_channels", "embedding_dim", "num_features", "normalized_shape"):
+            value = getattr(m, attr, None)
+            value = value[-1] if isinstance(value, tuple) and value else value
+            if isinstance(value, int) and value > 1:
+                widths.add(value)
+    found = []
+    for m in module.modules():
+        if isinstance(m, _KNOWN_LAYERS) or type(m).__module__.startswith("torchmetrics."):
+            continue  # torch-pruning cuts these layers' tensors itself; a metric's states are not the model's
+        own = [(k, t, True) for k, t in m._buffers.items() if t is not None]
+        own += [(k, t, False) for k, t in vars(m).items() if torch.is_tensor(t) and not isinstance(t, nn.Parameter)]
+        for k, t, is_buffer in own:
+            sizes = [s for s in t.shape if s > 1]
+            if t.is_floating_point() and sizes and sizes[-1] in widths:
+                found.append((m, k, is_buffer))
+    return found
+
+
+@contextlib.contextmanager
+def _coupled_tensors_cut(module: nn.Module) -> Iterator[None]:
+    # Torch-pruning follows parameters only. Inside the session, make each coupled tensor a parameter: torch-pruning
+    # then finds it in the traced graph as an "unwrapped parameter" (its public mechanism for a ViT's positional
+    # embedding) and cuts its last non-singleton dimension with the width it is used with. Outside, it is the
+    # buffer or plain attribute it was, with its requires_grad=False values.
+    converted = []
+    orders = {}
+    for m, k, is_buffer in coupled_tensors(module):
+        orders.setdefault(m, list(m._buffers))
+        t = m._buffers.pop(k) if is_buffer else vars(m).pop(k)
+        m._parameters[k] = nn.Parameter(t.detach(), requires_grad=True)
+        converted.append((m, k, is_buffer))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            yield
+    finally:
+        for m, k, is_buffer in converted:
+            p = m._parameters.pop(k, None)
+            if p is None:
+                continue
+            value = p.detach().requires_grad_(False)
+            if is_buffer:
+                m._buffers[k] = value
+            else:
+                vars(m)[k] = value
+        for m, order in orders.items():  # buffers in their registration order (state_dict keys, printing)
+            items = sorted(m._buffers.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+            m._buffers.clear()
+            m._buffers.update(items)
 
 
 def _retie(module: nn.Module, tied: list[list[str]]) -> None:

@@ -50,7 +50,7 @@ def flatten_entries(events: Iterable[Mapping[str, Any]]) -> list[Entry]:
     return [list(e) for event in events for e in event.get("entries", [])]
 
 
-def replay(module: nn.Module, example_inputs: Any, entries: Sequence[Sequence[Any]]) -> Lineage:
+def replay(module: nn.Module, example_inputs: Any, entries: Sequence[Sequence[Any]], forward_fn: Any = None) -> Lineage:
     """Cut ``module`` as ``entries`` say (in place) and return which indices of which parameter survived.
 
     Example:
@@ -65,7 +65,7 @@ def replay(module: nn.Module, example_inputs: Any, entries: Sequence[Sequence[An
         return replay_llm(module, entries)
     with pruning_session(module) as lineage:
         if entries:
-            graph = build_graph(module, example_inputs)
+            graph = build_graph(module, example_inputs, forward_fn)
             graph.load_pruning_history(plain_entries(entries))
     return lineage
 
@@ -95,6 +95,7 @@ def rebuild_from_checkpoint(
     example_inputs: Any = None,
     state: Mapping[str, Any] | None = None,
     owner: str = "load_pruned",
+    forward_fn: Any = None,
 ) -> bool:
     """Cut ``module`` to the shapes of ``checkpoint["state_dict"]`` by replaying its pruning history.
 
@@ -104,6 +105,7 @@ def rebuild_from_checkpoint(
         example_inputs: An input for tracing; ``None`` uses ``module.example_input_array``.
         state: The :class:`~lightning_green.StructuredPruning` state; ``None`` looks it up in ``checkpoint``.
         owner: Who is asking, for error messages.
+        forward_fn: ``forward_fn(module, example_inputs)`` when the pruned module is not called with the inputs.
 
     Returns:
         Whether anything was cut (``False`` when the shapes already agree).
@@ -113,9 +115,14 @@ def rebuild_from_checkpoint(
             has no example input, or the replay does not give the checkpoint's shapes (other hyperparameters).
     """
     weights = checkpoint.get("state_dict", checkpoint)
+    state = state if state is not None else find_pruning_state(checkpoint)
+    name = (state or {}).get("module")
+    if name:  # StructuredPruning(module=...) pruned a submodule: its entries and weights are relative to it
+        module = module.get_submodule(name)
+        prefix = name + "."
+        weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     if not shapes_differ(module, weights):
         return False
-    state = state if state is not None else find_pruning_state(checkpoint)
     if not state:
         raise ValueError(
             f"{owner}: the checkpoint has weights of other shapes than the module but no StructuredPruning history "
@@ -124,10 +131,15 @@ def rebuild_from_checkpoint(
     entries = flatten_entries(state.get("history", []))
     if example_inputs is None:
         example_inputs = getattr(module, "example_input_array", None)
-    if example_inputs is None and not (entries and _is_llm(entries[0])):
+    llm = bool(entries) and _is_llm(entries[0])  # structure-aware replay: no tracing, no example input
+    if example_inputs is None and state.get("example") and not llm:
+        from lightning_green.pruning.verify import example_from_spec
+
+        example_inputs = example_from_spec(state["example"])  # the first batch's shapes, as zeros
+    if example_inputs is None and not llm:
         raise ValueError(f"{owner}: the module has no `example_input_array`; pass `example_inputs` to trace it.")
     device = next(module.parameters()).device
-    replay(module, move_data_to_device(example_inputs, device), entries)
+    replay(module, move_data_to_device(example_inputs, device), entries, forward_fn)
     if shapes_differ(module, weights):
         raise ValueError(
             f"{owner}: replaying the checkpoint's pruning history did not give its shapes; was the module built "
@@ -142,6 +154,7 @@ def load_pruned(
     example_inputs: Any = None,
     map_location: Any = "cpu",
     strict: bool = True,
+    forward_fn: Any = None,
 ) -> nn.Module:
     """Rebuild the pruned architecture recorded in a checkpoint on a freshly built ``module``, then load its weights.
 
@@ -159,6 +172,8 @@ def load_pruned(
         example_inputs: An input for tracing; ``None`` uses ``module.example_input_array``.
         map_location: Passed to ``torch.load``.
         strict: Passed to ``load_state_dict``.
+        forward_fn: ``forward_fn(module, example_inputs)``, as given to the callback, when the pruned module is not
+            called with the inputs.
 
     Returns:
         ``module``, pruned and with the checkpoint's weights.
@@ -167,6 +182,6 @@ def load_pruned(
         ValueError: See :func:`rebuild_from_checkpoint`.
     """
     checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    rebuild_from_checkpoint(module, checkpoint, example_inputs)
+    rebuild_from_checkpoint(module, checkpoint, example_inputs, forward_fn=forward_fn)
     module.load_state_dict(checkpoint.get("state_dict", checkpoint), strict=strict)
     return module

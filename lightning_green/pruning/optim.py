@@ -42,10 +42,10 @@ class OptimizerState:
 
     @classmethod
     def capture(cls, trainer: pl.Trainer, module: nn.Module, clone: bool = False) -> OptimizerState:
-        """Read the state of ``trainer``'s optimizers and schedulers; ``clone`` copies it (for a later rollback)."""
+        """Read the state of ``trainer``'s optimizers and schedulers; ``clone`` copies it to host memory (rollback)."""
         names = {p: n for n, p in module.named_parameters()}
         dup: Callable[[Any], Any] = (
-            (lambda v: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)) if clone else (lambda v: v)
+            (lambda v: _offload(v) if torch.is_tensor(v) else copy.deepcopy(v)) if clone else (lambda v: v)
         )
         out = cls()
         for opt in trainer.optimizers:
@@ -116,55 +116,86 @@ def rebuild_ddp(trainer: pl.Trainer) -> bool:
     return True
 
 
-class ModuleSnapshot:
-    """A copy of a model's parameters, buffers and layer sizes, to undo a prune (for the accuracy guard).
+def _offload(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` in host memory (pinned when it comes from an accelerator, for a fast copy back)."""
+    out = t.detach().to("cpu", copy=True)
+    return out.pin_memory() if t.is_cuda else out
 
-    Only modules whose tensors changed shape are put back, so plain attributes of untouched modules (e.g. a
-    LightningModule's counters) are never rolled back.
+
+#: Width attributes put back on every module by a rollback, whether or not its own tensors changed shape
+#: (``nn.Transformer.d_model`` has no tensors of its own).
+_WIDTH_ATTRIBUTES = frozenset(
+    {"embed_dim", "d_model", "hidden_size", "all_head_size", "intermediate_size", "dim_feedforward", "head_dim"}
+)
+
+
+class ModuleSnapshot:
+    """A host-memory copy of a whole model, to undo a prune after its fine-tune window (for the accuracy guard).
+
+    It holds every parameter, buffer, tensor attribute and layer size.
+
+    :meth:`restore` puts back *every* parameter and buffer, so the model is exactly the pre-prune one (not a mix of
+    restored and fine-tuned layers); plain attributes are put back on modules whose tensors changed shape and for
+    width attributes (``embed_dim``, ``d_model``, ...), so a LightningModule's own counters are not rolled back.
+    The copy lives on the CPU (pinned for an accelerator), not beside the model on the device.
     """
 
     _SKIP = frozenset({"training"})
 
     def __init__(self, module: nn.Module) -> None:
-        self._modules: dict[
-            str, tuple[dict[str, Any], dict[str, tuple[torch.Tensor, bool]], dict[str, torch.Tensor]]
-        ] = {}
+        self._modules: dict[str, tuple[dict[str, Any], dict[str, tuple[torch.Tensor, bool, bool]], dict[str, Any]]] = {}
         for name, m in module.named_modules():
-            params = {k: (p.detach().clone(), p.requires_grad) for k, p in m.named_parameters(recurse=False)}
-            buffers = {k: b.detach().clone() for k, b in m.named_buffers(recurse=False)}
-            if not params and not buffers:
-                continue
+            params = {
+                k: (
+                    _offload(p),
+                    p.requires_grad,
+                    p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous(),
+                )
+                for k, p in m.named_parameters(recurse=False)
+            }
+            buffers = {k: _offload(b) if b is not None else None for k, b in m._buffers.items()}
             attrs = {
-                k: v
+                k: (_offload(v) if torch.is_tensor(v) else v)
                 for k, v in vars(m).items()
-                if not k.startswith("_") and k not in self._SKIP and isinstance(v, (int, float, bool, str, tuple))
+                if not k.startswith("_")
+                and k not in self._SKIP
+                and (isinstance(v, (int, float, bool, str, tuple)) or torch.is_tensor(v))
             }
             self._modules[name] = (attrs, params, buffers)
 
-    def _changed(self, m: nn.Module, params: dict[str, Any], buffers: dict[str, Any]) -> bool:
+    @staticmethod
+    def _changed(m: nn.Module, params: dict[str, Any], buffers: dict[str, Any]) -> bool:
         now_p = dict(m.named_parameters(recurse=False))
-        now_b = dict(m.named_buffers(recurse=False))
-        return any(k not in now_p or now_p[k].shape != v.shape for k, (v, _) in params.items()) or any(
-            k not in now_b or now_b[k].shape != v.shape for k, v in buffers.items()
+        return any(k not in now_p or now_p[k].shape != v.shape for k, (v, _, _) in params.items()) or any(
+            v is not None and (m._buffers.get(k) is None or m._buffers[k].shape != v.shape) for k, v in buffers.items()
         )
 
     def restore(self, module: nn.Module) -> list[str]:
-        """Put back every module whose shapes changed since the snapshot; returns their names."""
-        restored = []
+        """Put the whole model back as it was; returns the names of the modules whose shapes had changed."""
+        changed = []
         modules = dict(module.named_modules())
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
         for name, (attrs, params, buffers) in self._modules.items():
             m = modules.get(name)
-            if m is None or not self._changed(m, params, buffers):
+            if m is None:
                 continue
+            reshaped = self._changed(m, params, buffers)
             for k, v in attrs.items():
-                setattr(m, k, v)
-            for k, (value, requires_grad) in params.items():
-                old = getattr(m, k)
-                value = value.to(old.device)
-                if old.dim() == 4 and old.is_contiguous(memory_format=torch.channels_last):
+                if torch.is_tensor(v):
+                    old = vars(m).get(k)
+                    setattr(m, k, v.to(old.device if torch.is_tensor(old) else device, copy=True))
+                elif reshaped or k in _WIDTH_ATTRIBUTES:
+                    setattr(m, k, v)
+            for k, (value, requires_grad, channels_last) in params.items():
+                old = m._parameters.get(k)
+                value = value.to(old.device if old is not None else device, copy=True)
+                if channels_last:
                     value = value.contiguous(memory_format=torch.channels_last)
                 setattr(m, k, nn.Parameter(value, requires_grad=requires_grad))
             for k, value in buffers.items():
-                setattr(m, k, value.to(getattr(m, k).device))
-            restored.append(name)
-        return restored
+                if value is not None:
+                    old = m._buffers.get(k)
+                    m._buffers[k] = value.to(old.device if old is not None else device, copy=True)
+            if reshaped:
+                changed.append(name)
+        return changed

@@ -139,13 +139,6 @@ def test_ignored_layer_that_matches_nothing_fails_in_setup(tmp_path):
         trainer.fit(small_cnn(), data())
 
 
-def test_module_without_example_input_fails_in_setup(tmp_path):
-    model = small_cnn()
-    model.example_input_array = None
-    with pytest.raises(ValueError, match=r"DigitsCNN has no `example_input_array`; set one"):
-        make_trainer(tmp_path, [StructuredPruning()]).fit(model, data())
-
-
 @pytest.mark.parametrize(
     "strategy", [FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)], ids=["fsdp", "deepspeed"]
 )
@@ -296,7 +289,9 @@ def test_resume_mid_pruning_gives_the_same_architecture_and_losses(tmp_path):
     resumed, resumed_losses, resumed_pruning = run(tmp_path / "b", ckpt_path=ckpt)
     assert min(resumed_losses) == 7  # it really resumed after epoch 1 (steps 1-6)
     assert {k: v.shape for k, v in resumed.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
-    assert resumed_pruning.history == full_pruning.history
+    runs = (full_pruning, resumed_pruning)
+    untimed = [[{k: v for k, v in e.items() if k != "check_s"} for e in p.history] for p in runs]
+    assert untimed[0] == untimed[1]
     for step, loss in resumed_losses.items():
         assert loss == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step
 
@@ -515,7 +510,8 @@ def test_a_speedup_target_already_met_cuts_nothing_and_stays_quiet(tmp_path, rec
     assert pruning.prunes_done == 2 and pruning.finished
     assert len(pruning.history) == len(listener.changes) == 1
     assert pruning.speedup >= 1.2
-    assert not [w for w in recwarn if "removed no channel" in str(w.message)]
+    assert not [w for w in recwarn if "removed no channel" in str(w.message) or "StructuredPruning" in str(w.message)]
+    assert not pruning.stopped
 
 
 def test_a_crash_takes_the_restore_hook_off_the_module_and_frees_snapshots(tmp_path):
