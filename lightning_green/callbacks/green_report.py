@@ -141,11 +141,7 @@ class GreenReport(Callback):
         self._t0 = time.perf_counter()
         self._example = None
         if self.count_macs and not self._model and pl_module.example_input_array is not None:
-            macs, params = _count(pl_module)
-            self._model = {"macs_start": macs, "params_start": params}
-            tokens = tokens_per_sample(pl_module.example_input_array)
-            if tokens is not None:  # a language model: the report shows MACs per token
-                self._model["tokens_per_sample"] = tokens
+            self._count_start(pl_module, pl_module.example_input_array)
 
     @override
     def on_train_batch_start(
@@ -170,11 +166,14 @@ class GreenReport(Callback):
                 f"first training batch ({what})."
             )
         if not self._model:
-            macs, params = _count(pl_module, self._example)
-            self._model = {"macs_start": macs, "params_start": params}
-            tokens = tokens_per_sample(self._example)
-            if tokens is not None:
-                self._model["tokens_per_sample"] = tokens
+            self._count_start(pl_module, self._example)
+
+    def _count_start(self, pl_module: pl.LightningModule, example: Any) -> None:
+        macs, params = _count(pl_module, example)
+        self._model = {"macs_start": macs, "params_start": params}
+        tokens = tokens_per_sample(example)
+        if tokens is not None:  # a language model: the report shows MACs per token
+            self._model["tokens_per_sample"] = tokens
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
