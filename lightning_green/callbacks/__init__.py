@@ -1,10 +1,19 @@
 """The public Lightning callbacks, one per file."""
 
 from lightning_green.callbacks.amp_scheduler import AMPScheduler
+from lightning_green.callbacks.data_pruning import DataPruning
 from lightning_green.callbacks.energy_budget import EnergyBudget
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 from lightning_green.callbacks.green_report import GreenReport
 from lightning_green.callbacks.power_limit_tuner import PowerLimitTuner
 from lightning_green.callbacks.structured_pruning import StructuredPruning
 
-__all__ = ["AMPScheduler", "EnergyBudget", "EnergyMonitor", "GreenReport", "PowerLimitTuner", "StructuredPruning"]
+__all__ = [
+    "AMPScheduler",
+    "DataPruning",
+    "EnergyBudget",
+    "EnergyMonitor",
+    "GreenReport",
+    "PowerLimitTuner",
+    "StructuredPruning",
+]
