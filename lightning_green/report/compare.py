@@ -30,6 +30,7 @@ class ComparisonRow:
     macs: float | None
     dense_macs: float | None
     label: str
+    samples: int | None = None  # samples processed in training, from DataPruning's report section
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def compare_runs(
                 macs=macs,
                 dense_macs=r.dense_macs(),
                 label=r.label,
+                samples=(r.extra("data") or {}).get("samples_seen") if isinstance(r.extra("data"), dict) else None,
             )
         )
     return Comparison(name, mode, float(target), source, tuple(rows))
@@ -143,6 +145,10 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
                 r.label,
             ]
         )
+    if any(r.samples is not None for r in cmp.rows):  # a DataPruning run: samples processed, vs the first run
+        header.insert(-1, "samples")
+        for row, r in zip(rows, cmp.rows, strict=True):
+            row.insert(-1, f"{r.samples:,}" if r.samples is not None else "all")
     return header, rows
 
 
