@@ -288,3 +288,19 @@ def test_ddp_ranks_agree_on_the_kept_set_and_run_equal_batch_counts(tmp_path):
         assert set(a) | set(b) == kept and len(set(a) & set(b)) <= 1  # disjoint shards (one padded repeat at most)
     assert len(r0["kept"][1]) < r0["n"]  # epoch 1 pruned
     assert all(v == v for v in r0["scores"])  # every sample scored on both ranks (scores were gathered)
+
+
+def test_green_report_and_comparison_show_the_data_section(tmp_path):
+    from lightning_green.report import compare_runs, load_run, write_report
+    from lightning_green.report.compare import comparison_table
+    from tests.report.runs import fit_digits
+
+    base = fit_digits(tmp_path / "full", epochs=2)
+    pruned = fit_digits(tmp_path / "pruned", epochs=2, callbacks=[DataPruning(prune_ratio=0.9, anneal_fraction=0.0)])
+    run = load_run(pruned.log_dir)
+    assert run.extra("data")["samples_saved"] > 0
+    text = write_report(run).markdown.read_text()
+    assert "## Data pruning" in text and "samples saved" in text
+    header, rows = comparison_table(compare_runs([load_run(base.log_dir), run]))
+    col = header.index("samples")
+    assert rows[0][col] == "all" and rows[1][col] == f"{run.extra('data')['samples_seen']:,}"
