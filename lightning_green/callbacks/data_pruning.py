@@ -188,14 +188,7 @@ class DataPruning(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._sampler is None or self.scores is None:
-            return
-        n = len(self.scores)
-        self._buffers = (
-            torch.zeros(n, dtype=torch.float64),
-            torch.zeros(n, dtype=torch.float64),
-            torch.zeros(n, dtype=torch.float64),
-        )
+        self._buffers = None  # created on the losses' device by the first record (no host sync per step)
         self._epoch_calls = 0
         self._epoch_seen = 0
 
@@ -217,34 +210,53 @@ class DataPruning(Callback):
         self._weights = None
 
     def _record(self, losses: torch.Tensor) -> None:
-        assert self._buffers is not None and self._indices is not None
+        assert self.scores is not None and self._indices is not None
+        device = losses.device
+        if self._buffers is None:
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+            self._buffers = tuple(torch.zeros(len(self.scores), dtype=dtype, device=device) for _ in range(3))
         sums, counts, bad = self._buffers
-        idx = torch.tensor(self._indices, dtype=torch.long)
-        values = losses.to("cpu", torch.float64).reshape(-1)
+        idx = torch.tensor(self._indices, dtype=torch.long, device=device)
+        values = losses.to(sums.dtype).reshape(-1)
         finite = torch.isfinite(values)
-        if not bool(finite.all()) and not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            rank_zero_warn(
-                f"reduce_sample_losses: {int((~finite).sum())} non-finite (NaN/inf) loss(es); those samples' scores "
-                "are not updated and they stay in the training data (`losses` must be finite to be scored)."
-            )
-        sums.index_add_(0, idx[finite], values[finite])
-        counts.index_add_(0, idx[finite], torch.ones(int(finite.sum()), dtype=torch.float64))
-        bad.index_add_(0, idx[~finite], torch.ones(int((~finite).sum()), dtype=torch.float64))
+        ones = finite.to(sums.dtype)
+        sums.index_add_(0, idx, torch.where(finite, values, torch.zeros_like(values)))
+        counts.index_add_(0, idx, ones)
+        bad.index_add_(0, idx, 1.0 - ones)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._sampler is None or self.scores is None or self._buffers is None:
+        if self._sampler is None or self.scores is None:
             return
         strategy = trainer.strategy
+        if self._buffers is None:
+            n = len(self.scores)
+            self._buffers = tuple(torch.zeros(n, dtype=torch.float64, device=strategy.root_device) for _ in range(3))
         sums, counts, bad = self._buffers
         totals = torch.tensor([float(self._epoch_calls), float(self._epoch_seen)], dtype=torch.float64)
         if trainer.world_size > 1:  # one collective: every rank's scores reach every rank
-            packed = torch.cat([sums, counts, bad, totals]).to(strategy.root_device)
+            packed = torch.cat(
+                [
+                    sums.to(strategy.root_device),
+                    counts.to(strategy.root_device),
+                    bad.to(strategy.root_device),
+                    totals.to(strategy.root_device),
+                ]
+            )
             packed = strategy.reduce(packed, reduce_op="sum").cpu()
             n = len(sums)
             sums, counts, bad, totals = packed[:n], packed[n : 2 * n], packed[2 * n : 3 * n], packed[3 * n :]
+        else:
+            sums, counts, bad = sums.cpu(), counts.cpu(), bad.cpu()
         calls, seen = int(totals[0]), int(totals[1])
+        nonfinite = int(bad.sum())
+        if nonfinite and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"reduce_sample_losses: {nonfinite} non-finite (NaN/inf) loss(es) in epoch {trainer.current_epoch}; "
+                "those samples' scores are not updated and they stay in the training data (`losses` must be finite "
+                "to be scored)."
+            )
         if calls == 0 and self._first_epoch:
             raise InvalidArgumentError(
                 "DataPruning: training_step never called reduce_sample_losses in the first epoch, so no sample was "
