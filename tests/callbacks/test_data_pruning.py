@@ -305,3 +305,17 @@ def test_green_report_and_comparison_show_the_data_section(tmp_path):
     header, rows = comparison_table(compare_runs([load_run(base.log_dir), run]))
     col = header.index("samples")
     assert rows[0][col] == "all" and rows[1][col] == f"{run.extra('data')['samples_seen']:,}"
+
+
+def test_the_cli_builds_it_from_yaml(tmp_path, monkeypatch):
+    from lightning_green.cli import cli
+
+    monkeypatch.setattr("sys.argv", ["lightning-green"])
+    config = tmp_path / "dp.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_green.DataPruning\n"
+        "      init_args: {prune_ratio: 0.3, anneal_fraction: 0.25, seed: 7}\n"
+    )
+    built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    (dp,) = [cb for cb in built.trainer.callbacks if isinstance(cb, DataPruning)]
+    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed) == (0.3, 0.25, 7)
