@@ -84,6 +84,7 @@ class DataPruning(Callback):
         self._weights: torch.Tensor | None = None
         self._epoch_calls = 0
         self._epoch_seen = 0
+        self._batch_number = 0
         self._first_epoch = True
         self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._warned_nonfinite = False
@@ -98,6 +99,11 @@ class DataPruning(Callback):
     def sampler(self) -> PruningSampler | None:
         """The sampler of the current training DataLoader."""
         return self._sampler
+
+    @property
+    def batch_indices(self) -> list[int] | None:
+        """Dataset indices of the training batch in progress (``None`` between batches)."""
+        return None if self._indices is None else list(self._indices)
 
     def plan(self, epoch: int) -> EpochPlan:
         """The kept samples and weights of ``epoch`` from the current scores (what the sampler uses)."""
@@ -141,6 +147,7 @@ class DataPruning(Callback):
                 )
             trainer.reload_dataloaders_every_n_epochs = 1
         self._first_epoch = True
+        self._batch_number = 0
         self._undo = install_train_sampler(trainer, type(self).__name__, lambda dl: self._make_sampler(trainer, dl))
 
     def _make_sampler(self, trainer: pl.Trainer, loader: DataLoader) -> PruningSampler:
@@ -189,6 +196,7 @@ class DataPruning(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._buffers = None  # created on the losses' device by the first record (no host sync per step)
+        self._batch_number = 0
         self._epoch_calls = 0
         self._epoch_seen = 0
 
@@ -198,7 +206,10 @@ class DataPruning(Callback):
     ) -> None:
         if self._sampler is None:
             return
-        self._indices = self._sampler.batch_indices(batch_idx)
+        # Our own count of the batches drawn from this DataLoader iterator, not Lightning's batch_idx: after a
+        # mid-epoch resume Lightning continues batch_idx while a non-resumable loader starts from its first batch.
+        self._indices = self._sampler.batch_indices(self._batch_number)
+        self._batch_number += 1
         self._weights = self._sampler.weights_of(self._indices)
         self._epoch_seen += len(self._indices)
 

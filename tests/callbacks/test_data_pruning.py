@@ -57,7 +57,7 @@ class Model(LightningModule):
         x, idx = batch
         self.seen.setdefault(self.current_epoch, []).extend(idx.tolist())
         dp = next((cb for cb in self.trainer.callbacks if isinstance(cb, DataPruning)), None)
-        if dp is not None and dp.sampler is not None and dp.sampler.batch_indices(batch_idx) != idx.tolist():
+        if dp is not None and dp.batch_indices != idx.tolist():
             self.mismatches += 1
         losses = x[:, 0] + 0.0 * self.layer(x)[:, 0]
         if self.nan_at is not None and self.nan_at in idx.tolist():
@@ -68,7 +68,7 @@ class Model(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def fit(tmp_path, model, dp, max_epochs=4, **kwargs):
+def fit(tmp_path, model, dp, max_epochs=4, ckpt_path=None, **kwargs):
     trainer = Trainer(
         default_root_dir=tmp_path,
         max_epochs=max_epochs,
@@ -78,7 +78,7 @@ def fit(tmp_path, model, dp, max_epochs=4, **kwargs):
         **QUIET,
         **kwargs,
     )
-    trainer.fit(model)
+    trainer.fit(model, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -181,6 +181,17 @@ def test_resume_reproduces_the_kept_sets(tmp_path):
         assert resumed.seen[epoch] == full.seen[epoch]  # same samples, same order
         assert len(full.seen[epoch]) < N
     assert dp.history[-1]["epoch"] == 4 and len(dp.history) == 5
+
+
+def test_a_mid_epoch_resume_maps_batches_to_their_indices(tmp_path):
+    seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=13, filename="{step}")
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, callbacks=[DataPruning(0.5), ckpt],
+                      **QUIET)  # fmt: skip
+    trainer.fit(Model())
+    resumed = Model()
+    fit(tmp_path, resumed, DataPruning(0.5), max_epochs=3, ckpt_path=str(tmp_path / "ck" / "step=13.ckpt"))
+    assert resumed.mismatches == 0 and set(resumed.seen) == {1, 2}
 
 
 def test_no_reduce_sample_losses_call_in_the_first_epoch_is_an_error(tmp_path):
