@@ -330,3 +330,26 @@ def test_the_cli_builds_it_from_yaml(tmp_path, monkeypatch):
     built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (dp,) = [cb for cb in built.trainer.callbacks if isinstance(cb, DataPruning)]
     assert (dp.prune_ratio, dp.anneal_fraction, dp.seed) == (0.3, 0.25, 7)
+
+
+@pytest.mark.slow
+def test_next_to_structured_pruning_and_amp_on_the_digits_demo(tmp_path):
+    from lightning_green import AMPScheduler, StructuredPruning
+    from lightning_green.demos import DigitsCNN, DigitsDataModule
+
+    seed_everything(0)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25)
+    sp = StructuredPruning(importance="random", pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=4,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[AMPScheduler(policy="auto"), sp, dp],
+        **QUIET,
+    )
+    trainer.fit(DigitsCNN(channels=[8, 16], channels_last=False), DigitsDataModule(image_size=8, batch_size=64))
+    assert sp.speedup > 1.2
+    assert [h["kept"] < h["total"] for h in dp.history] == [False, True, True, False]
+    assert torch.isfinite(dp.scores.values).all()  # every sample scored through the pruned model
