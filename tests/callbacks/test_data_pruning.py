@@ -318,18 +318,14 @@ def test_green_report_and_comparison_show_the_data_section(tmp_path):
     assert rows[0][col] == "all" and rows[1][col] == f"{run.extra('data')['samples_seen']:,}"
 
 
-def test_the_cli_builds_it_from_yaml(tmp_path, monkeypatch):
+def test_the_example_config_builds_it_through_the_cli(tmp_path, monkeypatch):
     from lightning_green.cli import cli
 
     monkeypatch.setattr("sys.argv", ["lightning-green"])
-    config = tmp_path / "dp.yaml"
-    config.write_text(
-        "trainer:\n  callbacks:\n    - class_path: lightning_green.DataPruning\n"
-        "      init_args: {prune_ratio: 0.3, anneal_fraction: 0.25, seed: 7}\n"
-    )
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "data_pruning.yaml"
     built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (dp,) = [cb for cb in built.trainer.callbacks if isinstance(cb, DataPruning)]
-    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed) == (0.3, 0.25, 7)
+    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed) == (0.7, 0.125, 0)
 
 
 @pytest.mark.slow
