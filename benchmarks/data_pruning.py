@@ -61,8 +61,8 @@ def pruning_configs(
     Example:
         >>> preset = {"trainer": {"callbacks": ["lightning_green.EnergyMonitor", "lightning_green.GreenReport"]}}
         >>> cfg = pruning_configs(preset, "baseline", 0.5, 0.125)
-        >>> [class_path(c) for c in cfg["pruned"]["trainer"]["callbacks"]][-1]
-        'lightning_green.DataPruning'
+        >>> [class_path(c) for c in cfg["pruned"]["trainer"]["callbacks"]][-2:]
+        ['lightning_green.DataPruning', 'lightning_green.GreenReport']
     """
     given = [cb for cb in preset["trainer"]["callbacks"] if class_path(cb) == DATA_PRUNING]
     stripped = copy.deepcopy(preset)
