@@ -15,6 +15,7 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "AMPScheduler": "lightning_green.callbacks.amp_scheduler",
     "CarbonAwareScheduler": "lightning_green.callbacks.carbon_aware_scheduler",
+    "DataPruning": "lightning_green.callbacks.data_pruning",
     "EnergyBudget": "lightning_green.callbacks.energy_budget",
     "EnergyMonitor": "lightning_green.callbacks.energy_monitor",
     "GreenReport": "lightning_green.callbacks.green_report",
@@ -24,12 +25,14 @@ _LAZY = {
     "PowerLimitTuner": "lightning_green.callbacks.power_limit_tuner",
     "StructuredPruning": "lightning_green.callbacks.structured_pruning",
     "WorkloadChange": "lightning_green.events",
+    "reduce_sample_losses": "lightning_green.data.losses",
     "workload_changed": "lightning_green.events",
 }
 
 __all__ = [
     "AMPScheduler",
     "CarbonAwareScheduler",
+    "DataPruning",
     "EnergyBudget",
     "EnergyMonitor",
     "GreenReport",
@@ -40,6 +43,7 @@ __all__ = [
     "StructuredPruning",
     "WorkloadChange",
     "__version__",
+    "reduce_sample_losses",
     "workload_changed",
 ]
 
@@ -48,6 +52,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from lightning_green.callbacks import (
         AMPScheduler,
         CarbonAwareScheduler,
+        DataPruning,
         EnergyBudget,
         EnergyMonitor,
         GreenReport,
@@ -56,6 +61,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         PowerLimitTuner,
         StructuredPruning,
     )
+    from lightning_green.data.losses import reduce_sample_losses
     from lightning_green.events import WorkloadChange, workload_changed
 
 

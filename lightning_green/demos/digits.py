@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_green._internal.validation import check_bool, check_number, fail
+from lightning_green.data.losses import reduce_sample_losses
 from lightning_green.demos._data import SplitDataModule
 
 __all__ = ["DigitsCNN", "DigitsDataModule"]
@@ -167,10 +168,12 @@ class DigitsCNN(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits.float(), y)
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        # The plain mean, except under DataPruning in training (its weighted mean of the kept samples).
+        loss = reduce_sample_losses(self, losses) if stage == "train" else losses.mean()
         acc = getattr(self, f"{stage}_acc")
         acc(logits, y)
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "train", on_step=False, on_epoch=True)
+        self.log(f"{stage}_loss", losses.mean(), prog_bar=stage != "train", on_step=False, on_epoch=True)
         self.log(f"{stage}_acc", acc, prog_bar=stage != "train", on_step=False, on_epoch=True)
         return loss
 

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from torchmetrics import MeanMetric
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
+from lightning_green.data.losses import reduce_sample_losses
 from lightning_green.demos._data import SplitDataModule
 
 __all__ = ["StdlibTextDataModule", "TinyGPT", "stdlib_files"]
@@ -298,10 +299,13 @@ class TinyGPT(pl.LightningModule):
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of the next byte."""
-        loss = self._loss(batch)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        return loss
+        """Cross-entropy of the next byte: one loss per window (mean over its bytes), via ``reduce_sample_losses``."""
+        x, y = batch
+        logits = self(x)
+        token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+        losses = token.view(y.shape[0], -1).mean(dim=1)
+        self.log("train_loss", losses.mean(), on_step=True, on_epoch=True, prog_bar=True)
+        return reduce_sample_losses(self, losses)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Accumulate the validation loss, weighted by bytes."""

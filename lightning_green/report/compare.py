@@ -33,6 +33,7 @@ class ComparisonRow:
     label: str
     macs_unit: str = "sample"  # MACs (and dense MACs) per "sample", or per "token" for a language model
     inference: dict[str, Any] | None = None
+    samples: int | None = None  # samples processed in training, from DataPruning's report section
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def compare_runs(
                 macs_unit=unit,
                 label=r.label,
                 inference=headline(r.extra("inference_cost")),
+                samples=(r.extra("data") or {}).get("samples_seen") if isinstance(r.extra("data"), dict) else None,
             )
         )
     return Comparison(name, mode, float(target), source, tuple(rows))
@@ -154,6 +156,11 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         )
         if inference:
             rows[-1] += _inference_cells(r.inference, base.inference)
+    if any(r.samples is not None for r in cmp.rows):  # a DataPruning run: samples processed
+        at = header.index("label")
+        header.insert(at, "samples")
+        for row, r in zip(rows, cmp.rows, strict=True):
+            row.insert(at, f"{r.samples:,}" if r.samples is not None else "all")
     return header, rows
 
 

@@ -17,7 +17,7 @@ from lightning_green.report.run import Run, TargetResult, load_run, metric_mode,
 
 __all__ = ["build_report", "fmt_energy", "fmt_macs", "fmt_num", "fmt_seconds", "resolve_mode", "write_report"]
 
-_KNOWN_EXTRA = {"power_limit", "model", "inference_cost", "carbon_schedule"}
+_KNOWN_EXTRA = {"power_limit", "model", "inference_cost", "carbon_schedule", "data"}
 
 
 def fmt_energy(j: float | None) -> str:
@@ -93,6 +93,7 @@ def build_report(run: Run, metric: str | None = None, mode: str = "auto", target
     _precision(doc, run)
     _power(doc, run)
     _inference(doc, run)
+    _data(doc, run)
     _other_sections(doc, run)
     return doc
 
@@ -437,6 +438,28 @@ def _inference(doc: Document, run: Run) -> None:
                 for q in ratios
             ],
         )
+
+
+def _data(doc: Document, run: Run) -> None:
+    """DataPruning's section: samples processed against the full data (energy-to-target is in the summary)."""
+    section = run.extra("data")
+    if not isinstance(section, dict):
+        return
+    doc.heading("Data pruning")
+    seen, full = section.get("samples_seen"), section.get("samples_full_data")
+    ratio = section.get("samples_ratio")
+    rows = [
+        ["method", str(section.get("method", "n/a"))],
+        ["prune ratio / annealed share of epochs", f"{section.get('prune_ratio')} / {section.get('anneal_fraction')}"],
+        ["samples processed", f"{seen:,}" if isinstance(seen, int) else "n/a"],
+        ["samples of the full data over the same epochs", f"{full:,}" if isinstance(full, int) else "n/a"],
+        ["samples saved", f"{section.get('samples_saved', 0):,}" + (f" ({1 - ratio:.1%})" if ratio else "")],
+    ]
+    doc.table(["", "value"], rows)
+    kept = section.get("kept_per_epoch") or []
+    if kept and full:
+        per_epoch = full / len(kept)
+        doc.paragraph("Kept per epoch: " + ", ".join(f"{k / per_epoch:.0%}" for k in kept) + ".")
 
 
 def _other_sections(doc: Document, run: Run) -> None:

@@ -1,0 +1,226 @@
+"""DataPruning side by side: the same preset trained on all the data vs with DataPruning, in one process.
+
+For each task, two fits per round through the ``lightning-green`` CLI with the same model, data, seed and epoch
+budget (the task's preset, as in ``benchmarks/green_recipe.py``):
+
+- ``digits``: ``examples/configs/green.yaml`` (DigitsCNN), metric ``val_acc``, target 0.97;
+- ``lm``: ``examples/configs/green_gpt.yaml`` (TinyGPT), metric ``val_loss``, target: the worse best value.
+
+``--on baseline`` (default) compares the preset's fp32 baseline (only EnergyMonitor + GreenReport) with the same plus
+``DataPruning``; ``--on green`` compares the green preset as written (no PowerLimitTuner) with the green preset plus
+``DataPruning`` — the combination. Any DataPruning already in the preset is removed from the *full* variant and its
+arguments are used for the *pruned* one (else ``--prune-ratio``/``--anneal-fraction``). The order alternates by round,
+each round has its own seed. Figures (median over rounds): samples processed (from DataPruning's report section),
+energy-to-target, fit time, final metric; ratios are pruned / full.
+
+Energy on a CPU is the EnergyMonitor's estimate (it follows process CPU time), so torch runs on one thread.
+
+Goals: energy-to-target <= 0.7x, final accuracy within 0.3 pt (digits), final val_loss within 0.02 nats (lm).
+
+    PYTHONPATH=. python benchmarks/data_pruning.py --json out.json               # 3 rounds, both tasks
+    PYTHONPATH=. python benchmarks/data_pruning.py --on green --tasks digits     # combined with the green preset
+    PYTHONPATH=. python benchmarks/data_pruning.py --quick                       # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (str(ROOT), str(ROOT / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from green_recipe import TASKS, _median, _num, class_path, environment, fit, variant_configs  # noqa: E402
+
+from lightning_green.report import load_run, write_comparison  # noqa: E402
+
+VARIANTS = ("full", "pruned")
+DATA_PRUNING = "lightning_green.DataPruning"
+GOALS = {"digits": {"energy_to_target": 0.7, "max_drop": 0.003}, "lm": {"energy_to_target": 0.7, "max_drop": 0.02}}
+
+
+def pruning_configs(
+    preset: dict[str, Any], on: str, prune_ratio: float, anneal_fraction: float
+) -> dict[str, dict[str, Any]]:
+    """The *full* and *pruned* configs of a preset: identical but for a DataPruning callback in the latter.
+
+    Example:
+        >>> preset = {"trainer": {"callbacks": ["lightning_green.EnergyMonitor", "lightning_green.GreenReport"]}}
+        >>> cfg = pruning_configs(preset, "baseline", 0.5, 0.125)
+        >>> [class_path(c) for c in cfg["pruned"]["trainer"]["callbacks"]][-2:]
+        ['lightning_green.DataPruning', 'lightning_green.GreenReport']
+    """
+    given = [cb for cb in preset["trainer"]["callbacks"] if class_path(cb) == DATA_PRUNING]
+    stripped = copy.deepcopy(preset)
+    stripped["trainer"]["callbacks"] = [cb for cb in preset["trainer"]["callbacks"] if class_path(cb) != DATA_PRUNING]
+    full = variant_configs(stripped, power_tuner=False)[on]
+    pruned = copy.deepcopy(full)
+    dp = copy.deepcopy(given[0]) if given else None
+    if not isinstance(dp, dict):
+        dp = {"class_path": DATA_PRUNING, "init_args": {"prune_ratio": prune_ratio, "anneal_fraction": anneal_fraction}}
+    callbacks = pruned["trainer"]["callbacks"]
+    # Before the GreenReport (it reads the report sections at the end of the fit).
+    at = next((i for i, cb in enumerate(callbacks) if class_path(cb) == "lightning_green.GreenReport"), len(callbacks))
+    callbacks.insert(at, dp)
+    return {"full": full, "pruned": pruned}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b is not None and b > 0 else None
+
+
+def round_figures(runs: dict[str, Any], cmp: Any) -> dict[str, Any]:
+    """One round: per variant its figures; ratios pruned / full; the final-metric delta pruned - full."""
+    rows = dict(zip(VARIANTS, cmp.rows, strict=True))
+    data = runs["pruned"].extra("data") or {}
+    out: dict[str, Any] = {"runs": {}}
+    for v, row in rows.items():
+        out["runs"][v] = {
+            "final": row.final,
+            "reached": row.target.reached,
+            "energy_to_target_j": row.target.energy_j,
+            "energy_j": row.energy_j,
+            "time_s": row.time_s,
+        }
+    out["runs"]["full"]["samples"] = data.get("samples_full_data")
+    out["runs"]["pruned"]["samples"] = data.get("samples_seen")
+    f, p = out["runs"]["full"], out["runs"]["pruned"]
+    both = f["reached"] and p["reached"]
+    out["energy_to_target_ratio"] = _ratio(p["energy_to_target_j"], f["energy_to_target_j"]) if both else None
+    out["energy_ratio"] = _ratio(p["energy_j"], f["energy_j"])
+    out["time_ratio"] = _ratio(p["time_s"], f["time_s"])
+    out["samples_ratio"] = _ratio(p["samples"], f["samples"])
+    out["final_metric_delta"] = p["final"] - f["final"] if p["final"] is not None and f["final"] is not None else None
+    out["target"] = cmp.target
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    p.add_argument("--on", choices=("baseline", "green"), default="baseline", help="the full variant (see above)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prune-ratio", type=float, default=0.5)
+    p.add_argument("--anneal-fraction", type=float, default=0.125)
+    p.add_argument("--quick", action="store_true", help="smoke run: 4 short epochs, 1 round")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--fit-arg", action="append", default=[], metavar="ARG", help="extra fit argument (repeatable)")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = 1
+    return args
+
+
+def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
+    task = TASKS[name]
+    preset = yaml.safe_load((ROOT / task.config).read_text(encoding="utf-8"))
+    configs = pruning_configs(preset, args.on, args.prune_ratio, args.anneal_fraction)
+    task_dir = runs_dir / name
+    task_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for v, config in configs.items():
+        paths[v] = task_dir / f"{v}.yaml"
+        paths[v].write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    target = None if args.quick else task.target
+    extra = [*(task.quick if args.quick else ()), *args.fit_arg]
+    rounds = []
+    for k in range(args.rounds):
+        seed = args.seed + k
+        order = VARIANTS if k % 2 == 0 else VARIANTS[::-1]
+        dirs = {}
+        for v in order:
+            t0 = time.perf_counter()
+            dirs[v] = fit(paths[v], task_dir / v, seed, args.accelerator, extra, args.verbose)
+            print(f"  {name} round {k + 1} (seed {seed}): {v} {time.perf_counter() - t0:.0f} s", flush=True)
+        runs = {v: load_run(dirs[v], name=v) for v in VARIANTS}
+        cmp, _ = write_comparison(
+            [runs[v] for v in VARIANTS], task_dir / f"comparison_round{k + 1}", metric=task.metric, target=target
+        )
+        fig = round_figures(runs, cmp)
+        fig.update({"seed": seed, "order": list(order)})
+        rounds.append(fig)
+        print(
+            f"  round {k + 1}: energy-to-target {_num(fig['energy_to_target_ratio'], '{:.2f}x')}, samples "
+            f"{_num(fig['samples_ratio'], '{:.2f}x')}, fit energy {_num(fig['energy_ratio'], '{:.2f}x')}, final "
+            f"{task.metric} {_num(fig['final_metric_delta'], '{:+.4f}')} (pruned vs full)",
+            flush=True,
+        )
+    keys = ("energy_to_target_ratio", "samples_ratio", "energy_ratio", "time_ratio", "final_metric_delta")
+    summary = {key: _median([r[key] for r in rounds]) for key in keys}
+    goal = GOALS[name]
+    e, d = summary["energy_to_target_ratio"], summary["final_metric_delta"]
+    sign = 1.0 if task.metric.endswith("acc") else -1.0  # higher accuracy / lower loss is better
+    summary["goals"] = {
+        "energy_to_target_max": goal["energy_to_target"],
+        "energy_to_target_met": e is not None and e <= goal["energy_to_target"],
+        "final_max_drop": goal["max_drop"],
+        "final_met": d is not None and sign * d >= -goal["max_drop"] - 1e-9,
+    }
+    print(
+        f"{name} ({args.on} vs {args.on} + DataPruning, median of {len(rounds)}): energy-to-target "
+        f"{_num(e, '{:.2f}x')} (goal <= {goal['energy_to_target']}x: "
+        f"{'met' if summary['goals']['energy_to_target_met'] else 'NOT met'}), samples "
+        f"{_num(summary['samples_ratio'], '{:.2f}x')}, fit time {_num(summary['time_ratio'], '{:.2f}x')}, final "
+        f"{task.metric} {_num(d, '{:+.4f}')} (goal within {goal['max_drop']}: "
+        f"{'met' if summary['goals']['final_met'] else 'NOT met'})\n",
+        flush=True,
+    )
+    return {"preset": task.config, "metric": task.metric, "target": target, **summary, "rounds": rounds}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns what ``--json`` writes (per task: the three ratios/deltas and more)."""
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        command = shlex.join([sys.executable, *(sys.argv if argv is None else ["benchmarks/data_pruning.py", *argv])])
+        env = environment(args.threads)
+        print("command:", command)
+        print(
+            f"torch {env['torch']}, {env['torch_threads']} thread(s) on {env['cpu_count']} CPU(s), "
+            f"load average {env['load_average']}"
+        )
+        results: dict[str, Any] = {"command": command, "environment": env, "on": args.on, "tasks": {}}
+        with contextlib.ExitStack() as stack:
+            if args.runs_dir:
+                runs_dir = Path(args.runs_dir).resolve()
+            else:
+                runs_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="data_pruning_")))
+            for name in args.tasks:
+                results["tasks"][name] = run_task(name, args, runs_dir)
+        if args.quick:
+            print("--quick is a smoke run: its figures mean nothing.")
+        if args.json:
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            print(f"written {path}")
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

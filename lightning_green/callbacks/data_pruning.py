@@ -1,0 +1,352 @@
+"""DataPruning: skip the samples the model has already learned (InfoBatch), unbiased, and measured."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, RandomSampler
+from typing_extensions import override
+
+from lightning_green._internal.validation import InvalidArgumentError, check_number
+from lightning_green.data.install import install_train_sampler
+from lightning_green.data.sampler import PruningSampler
+from lightning_green.data.scores import EpochPlan, SampleScores, annealing_start, plan_epoch
+from lightning_green.events import add_report_section
+
+__all__ = ["DataPruning"]
+
+log = logging.getLogger(__name__)
+
+
+class DataPruning(Callback):
+    """InfoBatch-style data pruning: each epoch, skip part of the samples the model already gets right.
+
+    Add the callback, and in ``training_step`` reduce one loss per sample with
+    :func:`~lightning_green.reduce_sample_losses`::
+
+        losses = F.cross_entropy(logits, y, reduction="none")
+        loss = reduce_sample_losses(self, losses)
+
+    Each epoch, a sample whose last loss (its *score*) is below the mean score is skipped with probability
+    ``prune_ratio``; the well-learned samples that are kept weigh ``1 / (1 - prune_ratio)``, so the expected gradient of
+    an epoch equals the full data's. Samples never scored, or whose last loss was NaN/inf, are always kept. The last
+    ``anneal_fraction`` of ``max_epochs`` uses every sample. Skipped samples are never loaded: the training DataLoader
+    is re-created by Lightning with a sampler that yields only the kept ones (shuffled when the original was), so each
+    epoch has fewer batches. Under DDP all ranks plan the same epoch from the gathered scores, each gets a disjoint
+    shard, and all run the same number of batches.
+
+    To re-plan every epoch the callback sets ``Trainer(reload_dataloaders_every_n_epochs=1)`` for the fit (Lightning's
+    own mechanism for epochs of changing length: batch counts, validation and progress follow). Schedulers that count
+    *steps* see the shorter epochs; size them for fewer steps or use ``interval="epoch"`` (a warning names a step
+    scheduler sized for the full data).
+
+    Logged each epoch: ``data/kept_fraction`` (samples this epoch / dataset), ``data/samples_seen`` (samples loaded so
+    far, all ranks) and ``data/score_mean``. The EnergyMonitor's report gets a ``data`` section (samples seen, saved).
+
+    Args:
+        prune_ratio: Probability of skipping a well-learned sample, in [0, 1) (0 trains on everything).
+        anneal_fraction: Share of the last epochs that use all the data, in [0, 1].
+        seed: Seed of the per-epoch draws (with the epoch), the same on every rank.
+
+    Raises:
+        ValueError: An argument is out of range; in ``setup``: the training data is not one DataLoader over a
+            map-style dataset; at the end of the first epoch: ``training_step`` never called ``reduce_sample_losses``.
+
+    Example:
+        >>> DataPruning(prune_ratio=0.5, anneal_fraction=0.125).prune_ratio
+        0.5
+    """
+
+    def __init__(self, prune_ratio: float = 0.5, anneal_fraction: float = 0.125, seed: int = 0) -> None:
+        name = type(self).__name__
+        check_number(name, "prune_ratio", prune_ratio, ge=0, lt=1)
+        check_number(name, "anneal_fraction", anneal_fraction, ge=0, le=1)
+        check_number(name, "seed", seed, integer=True)
+        self.prune_ratio = float(prune_ratio)
+        self.anneal_fraction = float(anneal_fraction)
+        self.seed = int(seed)
+        self.scores: SampleScores | None = None
+        self.history: list[dict[str, Any]] = []  # per epoch: epoch, kept, total, pruned
+        self.samples_seen = 0
+        self._pending_state: dict[str, Any] | None = None
+        self._sampler: PruningSampler | None = None
+        self._shuffle = False
+        self._anneal_start: int | None = None
+        self._undo: Callable[[], None] | None = None
+        self._reload_before: int | None = None
+        self._indices: list[int] | None = None
+        self._weights: torch.Tensor | None = None
+        self._epoch_calls = 0
+        self._epoch_seen = 0
+        self._batch_number = 0
+        self._first_epoch = True
+        self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._warned_nonfinite = False
+
+    # ------------------------------------------------------------------------------------------------ public
+    @property
+    def active(self) -> bool:
+        """Whether the sampler drives the training data (between ``setup`` and ``teardown`` of a fit)."""
+        return self._sampler is not None
+
+    @property
+    def sampler(self) -> PruningSampler | None:
+        """The sampler of the current training DataLoader."""
+        return self._sampler
+
+    @property
+    def batch_indices(self) -> list[int] | None:
+        """Dataset indices of the training batch in progress (``None`` between batches)."""
+        return None if self._indices is None else list(self._indices)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The kept samples and weights of ``epoch`` from the current scores (what the sampler uses)."""
+        if self.scores is None:
+            raise RuntimeError("DataPruning.plan: no training data yet (call it during fit).")
+        full = self._anneal_start is not None and epoch >= self._anneal_start
+        return plan_epoch(self.scores, self.prune_ratio, epoch, self.seed, self._shuffle, full_data=full)
+
+    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
+        """Weighted mean of this batch's per-sample ``losses``, recorded as scores (see ``reduce_sample_losses``)."""
+        if self._indices is None or self._weights is None:
+            raise RuntimeError(
+                "reduce_sample_losses: DataPruning has no batch open; call it from training_step of a fit."
+            )
+        if len(losses) != len(self._indices):
+            raise InvalidArgumentError(
+                f"reduce_sample_losses(losses of length {len(losses)}): `losses` must hold one loss per sample of the "
+                f"batch ({len(self._indices)} samples); for sequences average the token losses per sample."
+            )
+        self._record(losses.detach())
+        self._epoch_calls += 1
+        return (losses * self._weights.to(device=losses.device, dtype=losses.dtype)).mean()
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._anneal_start = annealing_start(trainer.max_epochs, self.anneal_fraction)
+        if self._anneal_start is None and self.anneal_fraction > 0:
+            rank_zero_warn(
+                f"DataPruning(anneal_fraction={self.anneal_fraction}): Trainer(max_epochs) is not set, so there are no "
+                "last epochs to train on all the data; set max_epochs to anneal."
+            )
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            self._reload_before = trainer.reload_dataloaders_every_n_epochs
+            if self._reload_before:
+                rank_zero_info(
+                    f"DataPruning: reload_dataloaders_every_n_epochs={self._reload_before} becomes 1 for this fit "
+                    "(the kept samples change every epoch)."
+                )
+            trainer.reload_dataloaders_every_n_epochs = 1
+        self._first_epoch = True
+        self._batch_number = 0
+        self._undo = install_train_sampler(trainer, type(self).__name__, lambda dl: self._make_sampler(trainer, dl))
+
+    def _make_sampler(self, trainer: pl.Trainer, loader: DataLoader) -> PruningSampler:
+        n = len(loader.dataset)  # type: ignore[arg-type]
+        if self.scores is None or len(self.scores) != n:
+            if self.scores is not None:
+                rank_zero_warn(f"DataPruning: the training set changed size ({len(self.scores)} -> {n}); rescoring.")
+            self.scores = SampleScores(n)
+        if self._pending_state is not None:
+            self.scores.load_state_dict(self._pending_state)
+            self._pending_state = None
+        self._shuffle = isinstance(loader.sampler, RandomSampler) or bool(getattr(loader.sampler, "shuffle", False))
+        sampler = PruningSampler(
+            n,
+            self.plan,
+            batch_size=loader.batch_size,  # type: ignore[arg-type]
+            drop_last=loader.drop_last,
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+        )
+        sampler.set_epoch(trainer.current_epoch)
+        self._sampler = sampler
+        return sampler
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sampler is None:
+            return
+        full_steps = trainer.estimated_stepping_batches
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            total = getattr(sched, "total_steps", None)
+            if total is None and config.interval == "step":
+                total = getattr(sched, "T_max", None)
+            if config.interval != "step" or not isinstance(total, int) or self.prune_ratio == 0:
+                continue
+            if total >= 0.99 * full_steps:
+                rank_zero_warn(
+                    f"DataPruning: the step-interval LR scheduler {type(sched).__name__} is sized for {total} steps "
+                    f"(the full data: ~{full_steps:.0f}), but pruned epochs are shorter, so it will not reach its "
+                    "end. Use interval='epoch', or size it for fewer steps (e.g. OneCycleLR(total_steps=...) from the "
+                    "data/kept_fraction of a first run)."
+                )
+                break
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._buffers = None  # created on the losses' device by the first record (no host sync per step)
+        self._batch_number = 0
+        self._epoch_calls = 0
+        self._epoch_seen = 0
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._sampler is None:
+            return
+        # Our own count of the batches drawn from this DataLoader iterator, not Lightning's batch_idx: after a
+        # mid-epoch resume Lightning continues batch_idx while a non-resumable loader starts from its first batch.
+        self._indices = self._sampler.batch_indices(self._batch_number)
+        self._batch_number += 1
+        self._weights = self._sampler.weights_of(self._indices)
+        self._epoch_seen += len(self._indices)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._indices = None
+        self._weights = None
+
+    def _record(self, losses: torch.Tensor) -> None:
+        assert self.scores is not None and self._indices is not None
+        device = losses.device
+        if self._buffers is None:
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+            self._buffers = tuple(torch.zeros(len(self.scores), dtype=dtype, device=device) for _ in range(3))
+        sums, counts, bad = self._buffers
+        idx = torch.tensor(self._indices, dtype=torch.long, device=device)
+        values = losses.to(sums.dtype).reshape(-1)
+        finite = torch.isfinite(values)
+        ones = finite.to(sums.dtype)
+        sums.index_add_(0, idx, torch.where(finite, values, torch.zeros_like(values)))
+        counts.index_add_(0, idx, ones)
+        bad.index_add_(0, idx, 1.0 - ones)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sampler is None or self.scores is None:
+            return
+        strategy = trainer.strategy
+        if self._buffers is None:
+            n = len(self.scores)
+            self._buffers = tuple(torch.zeros(n, dtype=torch.float64, device=strategy.root_device) for _ in range(3))
+        sums, counts, bad = self._buffers
+        totals = torch.tensor([float(self._epoch_calls), float(self._epoch_seen)], dtype=torch.float64)
+        if trainer.world_size > 1:  # one collective: every rank's scores reach every rank
+            packed = torch.cat(
+                [
+                    sums.to(strategy.root_device),
+                    counts.to(strategy.root_device),
+                    bad.to(strategy.root_device),
+                    totals.to(strategy.root_device),
+                ]
+            )
+            packed = strategy.reduce(packed, reduce_op="sum").cpu()
+            n = len(sums)
+            sums, counts, bad, totals = packed[:n], packed[n : 2 * n], packed[2 * n : 3 * n], packed[3 * n :]
+        else:
+            sums, counts, bad = sums.cpu(), counts.cpu(), bad.cpu()
+        calls, seen = int(totals[0]), int(totals[1])
+        nonfinite = int(bad.sum())
+        if nonfinite and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"reduce_sample_losses: {nonfinite} non-finite (NaN/inf) loss(es) in epoch {trainer.current_epoch}; "
+                "those samples' scores are not updated and they stay in the training data (`losses` must be finite "
+                "to be scored)."
+            )
+        if calls == 0 and self._first_epoch:
+            raise InvalidArgumentError(
+                "DataPruning: training_step never called reduce_sample_losses in the first epoch, so no sample was "
+                "scored and nothing can be pruned. Compute one loss per sample and return "
+                "`reduce_sample_losses(self, losses)` from training_step (or remove DataPruning)."
+            )
+        self._first_epoch = False
+        self.scores.merge(sums, counts, bad)
+        plan = self._sampler.plan
+        self.samples_seen += seen
+        self.history.append(
+            {"epoch": trainer.current_epoch, "kept": plan.kept, "total": len(self.scores), "pruned": plan.pruned}
+        )
+        score_mean = self.scores.mean()
+        pl_module.log("data/kept_fraction", plan.kept_fraction, on_step=False, on_epoch=True)
+        pl_module.log("data/samples_seen", float(self.samples_seen), on_step=False, on_epoch=True)
+        if score_mean == score_mean:  # not NaN
+            pl_module.log("data/score_mean", score_mean, on_step=False, on_epoch=True)
+        log.debug(
+            "epoch %d: kept %d of %d, score mean %.4g", trainer.current_epoch, plan.kept, len(self.scores), score_mean
+        )
+        add_report_section(trainer, "data", self.report_section())
+
+    def report_section(self) -> dict[str, Any]:
+        """The ``data`` section of the energy report: samples seen vs. the full data, per-epoch kept counts."""
+        full = sum(h["total"] for h in self.history)
+        return {
+            "method": "DataPruning (InfoBatch)",
+            "prune_ratio": self.prune_ratio,
+            "anneal_fraction": self.anneal_fraction,
+            "epochs": len(self.history),
+            "samples_seen": self.samples_seen,
+            "samples_full_data": full,
+            "samples_saved": max(full - sum(h["kept"] for h in self.history), 0),
+            "samples_ratio": (sum(h["kept"] for h in self.history) / full) if full else None,
+            "kept_per_epoch": [h["kept"] for h in self.history],
+        }
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._uninstall(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._uninstall(trainer)
+
+    def _uninstall(self, trainer: pl.Trainer) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+        if self._reload_before is not None:
+            trainer.reload_dataloaders_every_n_epochs = self._reload_before
+            self._reload_before = None
+        self._sampler = None
+        self._indices = None
+        self._weights = None
+
+    # ------------------------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        scores = self.scores.state_dict() if self.scores is not None else self._pending_state
+        return {
+            "version": 1,
+            "seed": self.seed,
+            "scores": scores,
+            "history": [dict(h) for h in self.history],
+            "samples_seen": self.samples_seen,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # The per-epoch draws derive from (seed, epoch): with the seed and the scores restored, a resumed run plans
+        # exactly the epochs the interrupted one would have.
+        self.seed = int(state_dict.get("seed", self.seed))
+        self.history = [dict(h) for h in state_dict.get("history", [])]
+        self.samples_seen = int(state_dict.get("samples_seen", 0))
+        self._pending_state = state_dict.get("scores")
+        self._first_epoch = False
+        if self.scores is not None and self._pending_state is not None:
+            self.scores.load_state_dict(self._pending_state)
+            self._pending_state = None

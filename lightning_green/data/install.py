@@ -1,0 +1,82 @@
+"""Putting the pruning sampler into the training DataLoader: the one place that touches Lightning internals.
+
+Lightning has no public hook between "the user's ``train_dataloader`` returned a loader" and "the fit loop uses
+it". Lightning itself re-instantiates the user's loader there to inject a ``DistributedSampler``; DataPruning does
+the same with its own sampler through the same code path:
+
+- ``trainer.fit_loop._data_source`` is where Lightning keeps what ``fit()`` was given (a module's or datamodule's
+  ``train_dataloader`` hook, or loaders passed directly); wrapping its ``dataloader`` method covers all three and
+  runs inside Lightning's ``_replace_dunder_methods`` context, so user DataLoader subclasses re-instantiate too.
+- ``lightning.pytorch.utilities.data._update_dataloader`` is Lightning's re-instantiation with a new sampler.
+
+Both are private (checked on Lightning 2.1–2.6); ``tests/data/test_install.py`` checks they still exist and apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+from lightning_green._internal.validation import InvalidArgumentError
+
+__all__ = ["install_train_sampler", "rebuild_with_sampler"]
+
+
+def rebuild_with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
+    """``loader`` re-created by Lightning with ``sampler`` in place of its own (batch size, workers, collate kept)."""
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader  # private, see the module docstring
+
+    return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+
+
+def install_train_sampler(
+    trainer: pl.Trainer, owner: str, make_sampler: Callable[[DataLoader], Sampler]
+) -> Callable[[], None]:
+    """Make every training DataLoader the fit loop requests use ``make_sampler(loader)``; returns the undo.
+
+    Raises:
+        InvalidArgumentError: Lightning no longer has the internals used here (name the version).
+    """
+    source = getattr(trainer.fit_loop, "_data_source", None)  # private, see the module docstring
+    if source is None or not callable(getattr(source, "dataloader", None)):
+        raise InvalidArgumentError(
+            f"{owner}: this Lightning version ({pl.__version__}) has no fit_loop._data_source.dataloader; "
+            "lightning-green supports Lightning 2.1-2.6."
+        )
+    original = source.dataloader
+
+    def dataloader() -> Any:
+        loader = original()
+        check_train_loader(owner, loader)
+        return rebuild_with_sampler(loader, make_sampler(loader))
+
+    source.dataloader = dataloader
+
+    def undo() -> None:
+        if source.__dict__.get("dataloader") is dataloader:
+            del source.dataloader
+
+    return undo
+
+
+def check_train_loader(owner: str, loader: Any) -> None:
+    """Refuse what data pruning cannot drive: not one DataLoader, an IterableDataset, a custom batch sampler."""
+    if not isinstance(loader, DataLoader):
+        raise InvalidArgumentError(
+            f"{owner}: the training data is a {type(loader).__name__}; data pruning needs exactly one "
+            "torch.utils.data.DataLoader over a map-style dataset (return one from train_dataloader())."
+        )
+    if isinstance(loader.dataset, IterableDataset):
+        raise InvalidArgumentError(
+            f"{owner}: the training DataLoader's dataset is an IterableDataset ({type(loader.dataset).__name__}); "
+            "data pruning needs a map-style dataset (with __len__ and __getitem__) so it can skip samples by index."
+        )
+    if loader.batch_size is None:
+        raise InvalidArgumentError(
+            f"{owner}: the training DataLoader has a custom batch_sampler ({type(loader.batch_sampler).__name__}); "
+            "data pruning needs batch_size=... with an ordinary sampler (or shuffle=True)."
+        )

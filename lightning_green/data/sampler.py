@@ -1,0 +1,104 @@
+"""The pruning sampler: yields only the kept samples of an epoch, sharded over ranks, and knows each batch's indices.
+
+A :class:`~torch.utils.data.DistributedSampler` subclass, so Lightning's ``use_distributed_sampler`` leaves it in
+place under DDP (it shards itself). Skipped samples are never yielded, so never loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from lightning_green.data.scores import EpochPlan
+
+__all__ = ["PruningSampler"]
+
+
+class PruningSampler(DistributedSampler):
+    """The kept samples of each epoch, this rank's shard, every rank the same length.
+
+    The epoch's plan comes from ``planner(epoch)`` (a pure function of the scores, seed and epoch, see
+    :func:`~lightning_green.data.scores.plan_epoch`), fetched once per epoch and cached, so ``len()``, iteration
+    and :meth:`batch_indices` agree however often the DataLoader is re-created or its workers prefetch. The kept
+    order is padded (repeating its start) to a multiple of ``num_replicas`` and dealt round-robin, so shards are
+    disjoint apart from the padding and all ranks run the same number of batches.
+
+    Args:
+        num_samples_total: Length of the dataset.
+        planner: ``epoch -> EpochPlan``.
+        batch_size: The DataLoader's batch size (maps a batch number to its sample indices).
+        drop_last: Whether the DataLoader drops the last incomplete batch.
+        num_replicas: World size.
+        rank: This process's global rank.
+
+    Example:
+        >>> from lightning_green.data.scores import SampleScores, plan_epoch
+        >>> scores = SampleScores(10)
+        >>> s = PruningSampler(10, lambda e: plan_epoch(scores, 0.5, e, seed=0, shuffle=False), batch_size=4,
+        ...                    num_replicas=2, rank=1)
+        >>> list(s), len(s), s.batch_indices(1)
+        ([1, 3, 5, 7, 9], 5, [9])
+    """
+
+    def __init__(
+        self,
+        num_samples_total: int,
+        planner: Callable[[int], EpochPlan],
+        batch_size: int,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        # DistributedSampler's constructor only needs a sized dataset; ours is replaced by the plan.
+        super().__init__(range(num_samples_total), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.planner = planner
+        self.batch_size = int(batch_size)
+        self.batch_drop_last = bool(drop_last)
+        self._plan: EpochPlan | None = None
+        self._shard: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (Lightning calls this at every epoch start)."""
+        if epoch != self.epoch:
+            self._plan = None
+        super().set_epoch(epoch)
+
+    @property
+    def plan(self) -> EpochPlan:
+        """This epoch's plan (fetched on first use)."""
+        if self._plan is None or self._plan.epoch != self.epoch:
+            self._plan = self.planner(self.epoch)
+            order = self._plan.order.tolist()
+            total = math.ceil(len(order) / self.num_replicas) * self.num_replicas if order else 0
+            padded = (order * math.ceil(total / len(order)))[:total] if order else []
+            self._shard = padded[self.rank : total : self.num_replicas]
+        return self._plan
+
+    @property
+    def shard(self) -> list[int]:
+        """This rank's indices this epoch, in order."""
+        _ = self.plan
+        return self._shard
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.shard))
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches this rank runs this epoch."""
+        n = len(self.shard)
+        return n // self.batch_size if self.batch_drop_last else math.ceil(n / self.batch_size)
+
+    def batch_indices(self, batch_idx: int) -> list[int]:
+        """Dataset indices of the ``batch_idx``-th batch of this epoch on this rank."""
+        return self.shard[batch_idx * self.batch_size : (batch_idx + 1) * self.batch_size]
+
+    def weights_of(self, indices: list[int]) -> torch.Tensor:
+        """Loss weights of ``indices`` this epoch."""
+        return self.plan.weights[torch.tensor(indices, dtype=torch.long)]

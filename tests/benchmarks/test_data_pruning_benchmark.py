@@ -1,0 +1,40 @@
+"""benchmarks/data_pruning.py: the two variants differ only by the DataPruning callback."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+spec = importlib.util.spec_from_file_location("data_pruning_benchmark", ROOT / "benchmarks" / "data_pruning.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def preset(name):
+    return yaml.safe_load((ROOT / "examples" / "configs" / name).read_text())
+
+
+def paths(config):
+    return [bench.class_path(cb) for cb in config["trainer"]["callbacks"]]
+
+
+@pytest.mark.parametrize("name", ["green.yaml", "green_gpt.yaml"])
+@pytest.mark.parametrize("on", ["baseline", "green"])
+def test_pruned_variant_is_the_full_one_plus_data_pruning(name, on):
+    configs = bench.pruning_configs(preset(name), on, 0.4, 0.25)
+    full, pruned = paths(configs["full"]), paths(configs["pruned"])
+    assert bench.DATA_PRUNING not in full
+    assert [p for p in pruned if p != bench.DATA_PRUNING] == full and pruned.count(bench.DATA_PRUNING) == 1
+    assert pruned.index(bench.DATA_PRUNING) < pruned.index("lightning_green.GreenReport")
+    assert (
+        configs["full"]["model"] == configs["pruned"]["model"] and configs["full"]["data"] == configs["pruned"]["data"]
+    )
+    assert configs["full"]["trainer"].get("precision") == configs["pruned"]["trainer"].get("precision")
+    assert ("lightning_green.AMPScheduler" in full) == (on == "green")
+    dp = next(cb for cb in configs["pruned"]["trainer"]["callbacks"] if bench.class_path(cb) == bench.DATA_PRUNING)
+    if bench.DATA_PRUNING not in paths(preset(name)):
+        assert dp["init_args"] == {"prune_ratio": 0.4, "anneal_fraction": 0.25}

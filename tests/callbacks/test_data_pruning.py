@@ -1,0 +1,351 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from lightning_green import DataPruning, EnergyMonitor, reduce_sample_losses
+from lightning_green.data import PruningSampler
+
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
+N = 40
+
+
+def difficulty(i):
+    """The fixed per-sample loss of sample i: well learned (below the mean 2.0) for i % 5 in {0, 1}."""
+    return float(i % 5)
+
+
+class Indexed(Dataset):
+    """Items carry their index only so the test can check the callback's bookkeeping; DataPruning never reads it."""
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return torch.tensor([difficulty(i)]), i
+
+
+class Model(LightningModule):
+    """Per-sample loss = difficulty (+0 x a trainable output): the scores are known exactly."""
+
+    def __init__(self, batch_size=4, shuffle=True, num_workers=0, drop_last=False, call=True, nan_at=None):
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+        self.loader_kwargs = {
+            "batch_size": batch_size,
+            "shuffle": shuffle,
+            "num_workers": num_workers,
+            "drop_last": drop_last,
+            "persistent_workers": num_workers > 0,
+        }
+        self.call = call
+        self.nan_at = nan_at
+        self.seen: dict[int, list[int]] = {}
+        self.mismatches = 0
+
+    def train_dataloader(self):
+        return DataLoader(Indexed(), **self.loader_kwargs)
+
+    def training_step(self, batch, batch_idx):
+        x, idx = batch
+        self.seen.setdefault(self.current_epoch, []).extend(idx.tolist())
+        dp = next((cb for cb in self.trainer.callbacks if isinstance(cb, DataPruning)), None)
+        if dp is not None and dp.batch_indices != idx.tolist():
+            self.mismatches += 1
+        losses = x[:, 0] + 0.0 * self.layer(x)[:, 0]
+        if self.nan_at is not None and self.nan_at in idx.tolist():
+            losses = torch.where(idx == self.nan_at, torch.full_like(losses, float("nan")), losses)
+        return reduce_sample_losses(self, losses) if self.call else losses.mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def fit(tmp_path, model, dp, max_epochs=4, ckpt_path=None, **kwargs):
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[dp, *kwargs.pop("callbacks", [])],
+        **QUIET,
+        **kwargs,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "drop_last", "shuffle"), [(0, False, True), (2, True, True), (0, False, False)]
+)
+def test_batches_map_to_their_indices_and_the_kept_sets_follow_the_rule(tmp_path, num_workers, drop_last, shuffle):
+    seed_everything(0)
+    model = Model(num_workers=num_workers, drop_last=drop_last, shuffle=shuffle)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25)
+    trainer = fit(tmp_path, model, dp, max_epochs=4)
+    assert model.mismatches == 0
+    hard = {i for i in range(N) if difficulty(i) >= 2.0}
+    full = (N // 4) * 4 if drop_last else N
+    assert len(model.seen[0]) == full  # epoch 0: nothing scored yet, all kept
+    for epoch in (1, 2):
+        seen = model.seen[epoch]
+        kept = set(dp.plan(epoch).order.tolist())
+        assert len(seen) == len(set(seen))  # no sample twice in an epoch
+        assert hard <= kept  # only well-learned samples are skipped
+        if drop_last:
+            assert set(seen) <= kept and len(seen) == len(kept) // 4 * 4
+        else:
+            assert set(seen) == kept
+        assert dp.history[epoch]["kept"] == len(kept) < N
+    assert len(set(model.seen[3])) == full  # annealing epoch: every sample again
+    expected = torch.tensor([difficulty(i) for i in range(N)], dtype=torch.float64)
+    if not drop_last:
+        assert torch.equal(dp.scores.values, expected)  # each sample's loss landed on its own index
+    assert trainer.callback_metrics["data/kept_fraction"].item() == 1.0
+    assert trainer.callback_metrics["data/samples_seen"].item() == sum(len(v) for v in model.seen.values())
+    if shuffle:
+        assert model.seen[1] != sorted(model.seen[1])
+    else:
+        assert model.seen[1] == sorted(model.seen[1])
+
+
+def test_every_hard_sample_is_kept_and_well_learned_ones_are_skipped_at_about_prune_ratio(tmp_path):
+    model = Model()
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    fit(tmp_path, model, dp, max_epochs=9)
+    hard = {i for i in range(N) if difficulty(i) >= 2.0}
+    skipped = 0
+    for epoch in range(1, 9):
+        assert hard <= set(model.seen[epoch])
+        skipped += N - len(model.seen[epoch])
+    assert 0.3 < skipped / (8 * 16) < 0.7  # 16 well-learned samples, skip probability 0.5
+
+
+def test_losses_are_reweighted_for_the_kept_well_learned_samples(tmp_path):
+    class Capture(Model):
+        def training_step(self, batch, batch_idx):
+            x, idx = batch
+            losses = x[:, 0] + 0.0 * self.layer(x)[:, 0]
+            out = reduce_sample_losses(self, losses)
+            w = torch.tensor([2.0 if self.current_epoch > 0 and difficulty(i) < 2.0 else 1.0 for i in idx.tolist()])
+            assert out.item() == pytest.approx((losses.detach() * w).mean().item())
+            return out
+
+    fit(tmp_path, Capture(), DataPruning(prune_ratio=0.5, anneal_fraction=0.0), max_epochs=3)
+
+
+def test_datamodule_and_the_installed_sampler_are_lightning_s_own_route(tmp_path):
+    # The private Lightning seams used by data/install.py still exist and apply.
+    from lightning.pytorch.utilities.data import _update_dataloader  # noqa: F401
+
+    class DM(LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(Indexed(), batch_size=8, shuffle=True)
+
+    class Check(Model):
+        def on_train_epoch_start(self):
+            assert isinstance(self.trainer.train_dataloader.sampler, PruningSampler)
+
+    model = Check()
+    dp = DataPruning(prune_ratio=0.5)
+    trainer = Trainer(
+        default_root_dir=tmp_path, max_epochs=3, logger=False, enable_checkpointing=False, callbacks=[dp], **QUIET
+    )
+    assert hasattr(trainer.fit_loop, "_data_source")
+    trainer.fit(model, datamodule=DM())
+    assert len(model.seen[1]) < N and "dataloader" not in vars(trainer.fit_loop._data_source)  # undone
+    assert trainer.reload_dataloaders_every_n_epochs == 0  # restored
+
+
+def test_resume_reproduces_the_kept_sets(tmp_path):
+    seed_everything(0)
+    full = Model()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer = Trainer(
+        default_root_dir=tmp_path, max_epochs=5, logger=False, callbacks=[DataPruning(0.5, 0.2), ckpt], **QUIET
+    )
+    trainer.fit(full)
+    resumed = Model()
+    dp = DataPruning(0.5, 0.2)
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=5, logger=False, callbacks=[dp], **QUIET)
+    trainer.fit(resumed, ckpt_path=str(tmp_path / "ck" / "epoch=1.ckpt"))
+    assert set(resumed.seen) == {2, 3, 4}
+    for epoch in (2, 3):
+        assert resumed.seen[epoch] == full.seen[epoch]  # same samples, same order
+        assert len(full.seen[epoch]) < N
+    assert dp.history[-1]["epoch"] == 4 and len(dp.history) == 5
+
+
+def test_a_mid_epoch_resume_maps_batches_to_their_indices(tmp_path):
+    seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=13, filename="{step}")
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, callbacks=[DataPruning(0.5), ckpt],
+                      **QUIET)  # fmt: skip
+    trainer.fit(Model())
+    resumed = Model()
+    fit(tmp_path, resumed, DataPruning(0.5), max_epochs=3, ckpt_path=str(tmp_path / "ck" / "step=13.ckpt"))
+    assert resumed.mismatches == 0 and set(resumed.seen) == {1, 2}
+
+
+def test_no_reduce_sample_losses_call_in_the_first_epoch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="never called reduce_sample_losses in the first epoch"):
+        fit(tmp_path, Model(call=False), DataPruning())
+
+
+def test_non_finite_losses_warn_and_keep_their_sample(tmp_path):
+    model = Model(nan_at=3)  # difficulty(3) = 3: a hard sample; NaN keeps it and it stays unscored
+    dp = DataPruning(prune_ratio=0.9, anneal_fraction=0.0)
+    match = r"1 non-finite \(NaN/inf\) loss\(es\) in epoch 0; those samples' scores are not updated"
+    with pytest.warns(UserWarning, match=match):
+        fit(tmp_path, model, dp, max_epochs=3)
+    assert torch.isnan(dp.scores.values[3]) and all(3 in model.seen[e] for e in range(3))
+
+
+def test_length_mismatch_is_refused(tmp_path):
+    class Short(Model):
+        def training_step(self, batch, batch_idx):
+            x, _ = batch
+            return reduce_sample_losses(self, (x[:, 0] + 0.0 * self.layer(x)[:, 0])[:-1])
+
+    with pytest.raises(ValueError, match=r"losses of length 3\): `losses` must hold one loss per sample of the batch"):
+        fit(tmp_path, Short(), DataPruning())
+
+
+def test_iterable_dataset_is_refused(tmp_path):
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from (Indexed()[i] for i in range(N))
+
+    class M(Model):
+        def train_dataloader(self):
+            return DataLoader(Stream(), batch_size=4)
+
+    with pytest.raises(ValueError, match="dataset is an IterableDataset .* needs a map-style dataset"):
+        fit(tmp_path, M(), DataPruning())
+
+
+def test_a_step_scheduler_sized_for_the_full_data_warns_once(tmp_path):
+    class OneCycle(Model):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            total = self.trainer.estimated_stepping_batches
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    with pytest.warns(UserWarning, match="step-interval LR scheduler OneCycleLR is sized for 30 steps") as rec:
+        fit(tmp_path, OneCycle(), DataPruning(), max_epochs=3)
+    assert sum("step-interval LR scheduler" in str(w.message) for w in rec) == 1
+
+
+def test_energy_report_gets_a_data_section(tmp_path):
+    monitor = EnergyMonitor()
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25)
+    fit(tmp_path, Model(), dp, max_epochs=4, callbacks=[monitor])
+    section = monitor.report()["extra"]["data"]
+    assert section["samples_full_data"] == 4 * N
+    assert section["samples_seen"] == sum(section["kept_per_epoch"]) < 4 * N
+    assert section["samples_saved"] == 4 * N - section["samples_seen"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (
+            {"prune_ratio": 1.0},
+            ValueError,
+            r"DataPruning\(prune_ratio=1.0\): `prune_ratio` must be a number >= 0 and < 1",
+        ),
+        ({"prune_ratio": -0.1}, ValueError, r"`prune_ratio` must be a number >= 0 and < 1"),
+        (
+            {"anneal_fraction": 1.5},
+            ValueError,
+            r"DataPruning\(anneal_fraction=1.5\): `anneal_fraction` must be a number >= 0 and <= 1",
+        ),
+        ({"anneal_fraction": "x"}, TypeError, r"`anneal_fraction` must be a number"),
+        ({"seed": 0.5}, TypeError, r"DataPruning\(seed=0.5\): `seed` must be an int"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        DataPruning(**kwargs)
+
+
+def test_no_max_epochs_warns_that_nothing_anneals(tmp_path):
+    with pytest.warns(UserWarning, match=r"anneal_fraction=0.125\): Trainer\(max_epochs\) is not set"):
+        fit(tmp_path, Model(), DataPruning(), max_epochs=-1, max_steps=12)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_the_kept_set_and_run_equal_batch_counts(tmp_path):
+    script = Path(__file__).with_name("_ddp_data_pruning_script.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["kept"] == r1["kept"] and r0["scores"] == r1["scores"]
+    for epoch, (a, b) in enumerate(zip(r0["seen"], r1["seen"], strict=True)):
+        assert len(a) == len(b)  # equal batch counts: no hang
+        kept = set(r0["kept"][epoch])
+        assert set(a) | set(b) == kept and len(set(a) & set(b)) <= 1  # disjoint shards (one padded repeat at most)
+    assert len(r0["kept"][1]) < r0["n"]  # epoch 1 pruned
+    assert all(v == v for v in r0["scores"])  # every sample scored on both ranks (scores were gathered)
+
+
+def test_green_report_and_comparison_show_the_data_section(tmp_path):
+    from lightning_green.report import compare_runs, load_run, write_report
+    from lightning_green.report.compare import comparison_table
+    from tests.report.runs import fit_digits
+
+    base = fit_digits(tmp_path / "full", epochs=2)
+    pruned = fit_digits(tmp_path / "pruned", epochs=2, callbacks=[DataPruning(prune_ratio=0.9, anneal_fraction=0.0)])
+    run = load_run(pruned.log_dir)
+    assert run.extra("data")["samples_saved"] > 0
+    text = write_report(run).markdown.read_text()
+    assert "## Data pruning" in text and "samples saved" in text
+    header, rows = comparison_table(compare_runs([load_run(base.log_dir), run]))
+    col = header.index("samples")
+    assert rows[0][col] == "all" and rows[1][col] == f"{run.extra('data')['samples_seen']:,}"
+
+
+def test_the_example_config_builds_it_through_the_cli(tmp_path, monkeypatch):
+    from lightning_green.cli import cli
+
+    monkeypatch.setattr("sys.argv", ["lightning-green"])
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "data_pruning.yaml"
+    built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    (dp,) = [cb for cb in built.trainer.callbacks if isinstance(cb, DataPruning)]
+    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed) == (0.7, 0.125, 0)
+
+
+@pytest.mark.slow
+def test_next_to_structured_pruning_and_amp_on_the_digits_demo(tmp_path):
+    from lightning_green import AMPScheduler, StructuredPruning
+    from lightning_green.demos import DigitsCNN, DigitsDataModule
+
+    seed_everything(0)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25)
+    sp = StructuredPruning(importance="random", pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=4,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[AMPScheduler(policy="auto"), sp, dp],
+        **QUIET,
+    )
+    trainer.fit(DigitsCNN(channels=[8, 16], channels_last=False), DigitsDataModule(image_size=8, batch_size=64))
+    assert sp.speedup > 1.2
+    assert [h["kept"] < h["total"] for h in dp.history] == [False, True, True, False]
+    assert torch.isfinite(dp.scores.values).all()  # every sample scored through the pruned model
