@@ -33,25 +33,29 @@ def format_power(watts: float) -> str:
     """Watts for a progress bar, 3 significant digits: ``23.6 W``, ``516 W``, ``1.25 kW``.
 
     Example:
-        >>> format_power(23.551), format_power(515.9), format_power(1250.0)
-        ('23.6 W', '516 W', '1.25 kW')
+        >>> format_power(23.551), format_power(515.9), format_power(1250.0), format_power(999.7)
+        ('23.6 W', '516 W', '1.25 kW', '1 kW')
     """
-    if abs(watts) >= 1000:
+    if abs(watts) >= 999.5:  # would print as 1e+03 W and up with 3 significant digits
         return f"{watts / 1000:.3g} kW"
     return f"{watts:.3g} W"
 
 
 def format_energy_short(energy_j: float) -> str:
-    """Energy for a progress bar, 3 significant digits, switching unit as the total grows: J, Wh, kWh.
+    """Energy for a progress bar, 3 significant digits, switching unit as the total grows: J, kJ, Wh, kWh.
 
     Example:
-        >>> format_energy_short(515.951), format_energy_short(4500.0), format_energy_short(7.2e6)
-        ('516 J', '1.25 Wh', '2 kWh')
+        >>> format_energy_short(515.951), format_energy_short(1959.6), format_energy_short(4500.0)
+        ('516 J', '1.96 kJ', '1.25 Wh')
+        >>> format_energy_short(999.9), format_energy_short(7.2e6)
+        ('1 kJ', '2 kWh')
     """
     if abs(energy_j) >= J_PER_KWH:
         return f"{energy_j / J_PER_KWH:.3g} kWh"
     if abs(energy_j) >= _J_PER_WH:
         return f"{energy_j / _J_PER_WH:.3g} Wh"
+    if abs(energy_j) >= 999.5:  # would print as 1e+03 J and up with 3 significant digits
+        return f"{energy_j / 1000:.3g} kJ"
     return f"{energy_j:.3g} J"
 
 
