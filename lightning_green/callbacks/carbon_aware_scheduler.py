@@ -75,8 +75,9 @@ class CarbonAwareScheduler(Callback):
     forecast it was made from, every pause, and the deadline.
 
     Args:
-        intensity: The grid's intensity: a CSV path (see :func:`lightning_green.carbon.read_trace`), a number, or
-            (Python only) a callable ``datetime -> gCO2e/kWh``.
+        intensity: The grid's intensity: a CSV path (see :func:`lightning_green.carbon.read_trace`), a number,
+            ``"electricitymaps:<zone>"`` (Electricity Maps' history and forecast, token in ``ELECTRICITYMAPS_TOKEN``;
+            use ``forecast="trace"`` with it), or (Python only) a callable ``datetime -> gCO2e/kWh``.
         deadline: ISO date-time (``"2026-12-01T08:00"``, naive = UTC) or a duration from the start (``"24h"``,
             seconds).
         expected_duration: Compute time the job needs (``"8h"``, seconds); ``None`` measures it.
@@ -155,6 +156,8 @@ class CarbonAwareScheduler(Callback):
         self.estimate_after_steps = estimate_after_steps
         self.extend = extend
         self.clock: Callable[[], float] = clock if clock is not None else time.time
+        if callable(getattr(self.source, "use_clock", None)):
+            self.source.use_clock(self.clock)  # an online source decides what is past by the same clock
         self.verbose = verbose
 
         self.planner: CarbonPlanner | None = None
