@@ -225,3 +225,22 @@ def test_scheduler_and_monitor_run_on_it(api, monkeypatch, tmp_path):
     assert sched.paused_s == 5400.0 and clock() == NOW + 5400.0
     assert mon.carbon_tracker.intensity_now == FakeAPI.value(14) == 100.0  # measured now, from the history
     assert {"history", "forecast"} <= set(api.endpoints()) and len(api.requests) < 20
+
+
+def test_yaml_builds_it_from_the_spec(api, monkeypatch, tmp_path):
+    from jsonargparse import ArgumentParser
+
+    monkeypatch.setenv(TOKEN_ENV, "t")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "sched:\n  intensity: electricitymaps:DE\n  deadline: 12h\n  forecast: trace\n"
+        "monitor:\n  carbon_intensity: electricitymaps:DE\n"
+    )
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    parser.add_class_arguments(CarbonAwareScheduler, "sched")
+    parser.add_class_arguments(EnergyMonitor, "monitor")
+    init = parser.instantiate(parser.parse_args([f"--config={config}"]))
+    assert isinstance(init.sched.source, ElectricityMapsSource) and init.sched.source.zone == "DE"
+    assert init.monitor.carbon_tracker.source.describe()["source"] == "electricitymaps:DE"
+    assert api.requests == []  # building it from YAML goes nowhere near the network
