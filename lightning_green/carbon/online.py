@@ -14,9 +14,6 @@ import math
 import os
 import socket
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -202,6 +199,10 @@ class ElectricityMapsSource:
         return math.floor(when.timestamp() / _H), float(value)
 
     def _get(self, endpoint: str, params: dict[str, str], field: str) -> list[Any]:
+        import urllib.error  # lazily: only an online source needs the HTTP stack
+        import urllib.parse
+        import urllib.request
+
         query = urllib.parse.urlencode({"zone": self.zone, **params})
         url = f"{self.base_url}/carbon-intensity/{endpoint}?{query}"
         request = urllib.request.Request(url, headers={"auth-token": self._token, "Accept": "application/json"})
