@@ -11,10 +11,11 @@ re-planning every time; CO2 is the actual trace integrated over the hours it ran
 median and worst CO2 ratio versus running immediately, deadline misses, the oracle's median ratio (the cleanest
 feasible hours known in hindsight) and the share of the oracle's saving captured, sum over all starts of
 (immediate - scheduled) / sum of (immediate - oracle).
-Forecasts: "perfect" (the trace itself) and "persistence" (the mean of the same hours over the previous
---persistence-days days, default 7, shifted by how far the intensity now is from that mean, the shift fading over
-48 h; only intensities up to now are used; --persistence-days 1 is yesterday's hours alone). Starts begin after
-the first week so every start has that history.
+Forecasts: "perfect" (the trace itself); "persistence" (the same hours of the previous day, shifted by how far
+the intensity now is from yesterday's at this hour plus the trend of that gap over the last 3 hours, the correction
+fading over 12 h); "persistence-week" (the mean of the same hours over the previous --persistence-days days,
+default 7, shifted by the intensity now, fading over 48 h). Only intensities up to now are read: the planner
+re-plans at every hour with what it has seen. Starts begin after the first week so every start has the history.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from lightning_green.carbon import CarbonPlanner, IntensityTrace, read_trace  # 
 
 JOB_S = 8 * 3600.0
 DEADLINE_S = 24 * 3600.0
-FORECAST_NAMES = {"perfect": "trace", "persistence": "persistence"}
+FORECAST_NAMES = {"perfect": "trace", "persistence": "persistence", "persistence-week": "persistence-week"}
 
 
 def simulate(
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the replay and print a table (and write --json)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", action="append", help="CSV trace (repeatable); default: all in ../shared/data/carbon")
-    ap.add_argument("--forecast", choices=tuple(FORECAST_NAMES), action="append", help="default: both")
+    ap.add_argument("--forecast", choices=tuple(FORECAST_NAMES), action="append", help="default: all")
     ap.add_argument("--safety-margin", type=float, default=0.05, help="CarbonAwareScheduler's default is 0.05")
-    ap.add_argument("--persistence-days", type=int, default=7, help="days averaged by the persistence forecast")
+    ap.add_argument("--persistence-days", type=int, default=7, help="days averaged by persistence-week")
     ap.add_argument("--quick", action="store_true", help="every 7th start hour only")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, dict[str, dict[str, float]]] = {}
     print(
         f"job {JOB_S / 3600:g} h of compute, deadline {DEADLINE_S / 3600:g} h, safety margin {args.safety_margin}, "
-        f"persistence over {args.persistence_days} day(s)"
+        f"persistence-week over {args.persistence_days} day(s)"
     )
-    print(f"{'trace':32} {'forecast':12} {'median':>7} {'worst':>7} {'oracle':>7} {'share':>7} {'misses':>6} {'s':>5}")
+    print(f"{'trace':32} {'forecast':16} {'median':>7} {'worst':>7} {'oracle':>7} {'share':>7} {'misses':>6} {'s':>5}")
     for path in traces:
         trace = read_trace(path)
         name = os.path.basename(path)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             r = evaluate(trace, fc, args.safety_margin, args.persistence_days, 7 if args.quick else 1)
             out.setdefault(name, {})[fc] = r
             print(
-                f"{name:32} {fc:12} {r['median_ratio']:7.3f} {r['worst_ratio']:7.3f} {r['oracle_median_ratio']:7.3f} "
+                f"{name:32} {fc:16} {r['median_ratio']:7.3f} {r['worst_ratio']:7.3f} {r['oracle_median_ratio']:7.3f} "
                 f"{r['oracle_share']:7.1%} {r['deadline_misses']:6d} {time.perf_counter() - t0:5.0f}"
             )
     if args.json:

@@ -25,10 +25,10 @@ from lightning_green._internal.validation import (
 )
 from lightning_green.carbon.plan import (
     FORECASTS,
-    PERSISTENCE_DAYS,
     CarbonPlanner,
     Forecast,
     Plan,
+    history_needed_s,
     parse_deadline,
     parse_duration,
 )
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 Power = Literal["off", "clean-fast"]
 _POWER = ("off", "clean-fast")
-_DAY_S = 86400.0
 
 
 class CarbonAwareScheduler(Callback):
@@ -75,14 +74,17 @@ class CarbonAwareScheduler(Callback):
     forecast it was made from, every pause, and the deadline.
 
     Args:
-        intensity: The grid's intensity: a CSV path (see :func:`lightning_green.carbon.read_trace`), a number, or
-            (Python only) a callable ``datetime -> gCO2e/kWh``.
+        intensity: The grid's intensity: a CSV path (see :func:`lightning_green.carbon.read_trace`), a number,
+            ``"electricitymaps:<zone>"`` (Electricity Maps' history and forecast, token in ``ELECTRICITYMAPS_TOKEN``;
+            use ``forecast="trace"`` with it), or (Python only) a callable ``datetime -> gCO2e/kWh``.
         deadline: ISO date-time (``"2026-12-01T08:00"``, naive = UTC) or a duration from the start (``"24h"``,
             seconds).
         expected_duration: Compute time the job needs (``"8h"``, seconds); ``None`` measures it.
-        forecast: ``"trace"`` (the intensity source is the forecast) or ``"persistence"`` (the same hours of the
-            past 7 days, level-corrected by the intensity now; only past intensities are read, so the trace must
-            start a week before the run).
+        forecast: ``"trace"`` (the intensity source is the forecast), ``"persistence"`` (the same hours of the
+            previous day, corrected by the level and trend of today against yesterday; the trace must start 27 h
+            before the run) or ``"persistence-week"`` (the mean of the same hours of the past 7 days, level-corrected;
+            the trace must start a week before). The persistence forecasts read only past intensities and re-plan
+            as the hours pass (see :class:`lightning_green.carbon.CarbonPlanner`).
         safety_margin: Share of the remaining time kept as slack before the deadline (>= 0).
         checkpoint_after: Pauses at least this long are preceded by a checkpoint (``"10m"``, seconds); ``None``
             never.
@@ -155,6 +157,8 @@ class CarbonAwareScheduler(Callback):
         self.estimate_after_steps = estimate_after_steps
         self.extend = extend
         self.clock: Callable[[], float] = clock if clock is not None else time.time
+        if callable(getattr(self.source, "use_clock", None)):
+            self.source.use_clock(self.clock)  # an online source decides what is past by the same clock
         self.verbose = verbose
 
         self.planner: CarbonPlanner | None = None
@@ -209,7 +213,7 @@ class CarbonAwareScheduler(Callback):
                 f"at least expected_duration={self.expected_duration_s / 3600:g} h after the start ({_iso(now)}); "
                 f"it leaves {(deadline_s - now) / 3600:g} h",
             )
-        first = now - _DAY_S * PERSISTENCE_DAYS if self.forecast == "persistence" else now
+        first = now - history_needed_s(self.forecast)
         self.source = ensure_covers(self.source, first, deadline_s, name, "intensity", self.extend)
         self.start_s, self.deadline_s = now, deadline_s
         self.planner = CarbonPlanner(self.source, deadline_s, self.forecast, self.safety_margin)

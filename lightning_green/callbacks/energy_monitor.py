@@ -189,11 +189,13 @@ class EnergyMonitor(Callback):
 
     Args:
         carbon_intensity: Grid intensity: a number in gCO2e/kWh; a CSV path of an intensity trace (timestamp +
-            gCO2e/kWh, see :func:`lightning_green.carbon.read_trace`); or (Python only) a callable
+            gCO2e/kWh, see :func:`lightning_green.carbon.read_trace`); ``"electricitymaps:<zone>"`` (online, with the
+            token in ``ELECTRICITYMAPS_TOKEN``, see :class:`lightning_green.carbon.ElectricityMapsSource`); or
+            (Python only) a callable
             ``datetime -> gCO2e/kWh``. ``None`` uses the world average (475 g/kWh), and the report says it is a
             default. With a trace or a callable, CO₂ is integrated per counter window (window energy × mean
             intensity over the window), the report keeps every window's intensity and the source, and
-            ``carbon/intensity_g_per_kWh`` is logged. Never looked up over the network.
+            ``carbon/intensity_g_per_kWh`` is logged. Looked up over the network only in the Electricity Maps form.
         pue: Power usage effectiveness of the facility (>= 1).
         log_every_n_steps: Batches that stepped between step-level logs (0: none); ``None`` logs exactly when
             Lightning logs the loss (``Trainer(log_every_n_steps=...)``).

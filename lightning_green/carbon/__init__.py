@@ -1,5 +1,6 @@
 """Time-varying grid carbon intensity: traces, sources, per-window CO₂ and carbon-aware plans. No Lightning import."""
 
+from lightning_green.carbon.online import ElectricityMapsError, ElectricityMapsSource
 from lightning_green.carbon.plan import (
     FORECASTS,
     CarbonPlanner,
@@ -34,6 +35,8 @@ __all__ = [
     "CarbonTracker",
     "ConstantIntensity",
     "Decision",
+    "ElectricityMapsError",
+    "ElectricityMapsSource",
     "Extend",
     "Forecast",
     "IntensityLike",

@@ -19,6 +19,7 @@ from lightning_green.carbon.trace import _iso
 __all__ = [
     "FORECASTS",
     "PERSISTENCE_DAYS",
+    "history_needed_s",
     "CarbonPlanner",
     "Decision",
     "Forecast",
@@ -28,11 +29,13 @@ __all__ = [
     "parse_duration",
 ]
 
-Forecast = Literal["trace", "persistence"]
-FORECASTS = ("trace", "persistence")
+Forecast = Literal["trace", "persistence", "persistence-week"]
+FORECASTS = ("trace", "persistence", "persistence-week")
 DAY_S = 86400.0
 PERSISTENCE_DAYS = 7
-"""Past days the persistence forecast averages by default (the trace must reach that far back)."""
+"""Past days the ``"persistence-week"`` forecast averages by default (the trace must reach that far back)."""
+TREND_H = 3
+"""Hours over which ``"persistence"`` measures how today's intensity moves against yesterday's."""
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
     r"(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
@@ -85,6 +88,25 @@ def parse_deadline(value: Any, start_s: float, owner: str, name: str = "deadline
     except InvalidArgumentError:
         fail(owner, name, value, "an ISO date-time like '2026-12-01T08:00' or a duration like '24h'")
     raise AssertionError  # pragma: no cover
+
+
+def _days_back(b: float, now_s: float) -> int:
+    """Whole days back from a slot ending at ``b`` to reach times at or before ``now_s`` (at least 1)."""
+    return max(1, math.ceil((b - now_s) / DAY_S - 1e-9))
+
+
+def history_needed_s(forecast: str, persistence_days: int = PERSISTENCE_DAYS) -> float:
+    """How far before now a forecast reads the intensity source, seconds.
+
+    Example:
+        >>> [history_needed_s(f) / 3600 for f in ("trace", "persistence", "persistence-week")]
+        [0.0, 27.0, 168.0]
+    """
+    if forecast == "persistence":
+        return DAY_S + TREND_H * 3600.0
+    if forecast == "persistence-week":
+        return DAY_S * persistence_days
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -174,15 +196,18 @@ class CarbonPlanner:
     Args:
         source: Intensity source (a trace, a callable or a constant) — the actual grid intensity.
         deadline_s: POSIX time by which the work must be done.
-        forecast: ``"trace"``: the source's values are the forecast (a forecast file, or a replay with perfect
-            knowledge). ``"persistence"``: each future hour is expected to repeat the same hour of the previous
-            ``persistence_days`` days (their mean), shifted by how far the intensity now is from that mean at this
-            hour (the shift fades over ``persistence_tau_h`` hours); the current hour is the intensity now. Only
-            times up to now are read from the source.
+        forecast: ``"trace"``: the source's values are the forecast (a forecast file, an online forecast, or a
+            replay with perfect knowledge). ``"persistence"``: each future hour is expected to repeat the same hour
+            of the previous day, corrected by what today has shown so far: shifted by how far the intensity now is
+            from yesterday's at this hour, plus the trend of that difference over the last 3 hours (continued for
+            up to 6 hours); the correction fades over ``persistence_tau_h`` hours (default 12). ``"persistence-week"``:
+            the mean of the same hour over the previous ``persistence_days`` days, shifted by the intensity now
+            (fading over 48 h by default). The current hour is the intensity now; only times up to now are read.
         safety_margin: Never pause once ``remaining × (1 + safety_margin)`` no longer fits before the deadline.
         slot_s: Planning grid, seconds.
-        persistence_tau_h: Fade-out time of the persistence forecast's level shift, hours.
-        persistence_days: Past days averaged by the persistence forecast (1: yesterday's hours only).
+        persistence_tau_h: Fade-out time of the persistence forecasts' correction, hours (``None``: 12 for
+            ``"persistence"``, 48 for ``"persistence-week"``).
+        persistence_days: Past days averaged by ``"persistence-week"``.
 
     Example:
         >>> from lightning_green.carbon.trace import IntensityTrace
@@ -202,7 +227,7 @@ class CarbonPlanner:
         forecast: Forecast = "trace",
         safety_margin: float = 0.05,
         slot_s: float = 3600.0,
-        persistence_tau_h: float = 48.0,
+        persistence_tau_h: float | None = None,
         persistence_days: int = PERSISTENCE_DAYS,
     ) -> None:
         if forecast not in FORECASTS:
@@ -212,6 +237,8 @@ class CarbonPlanner:
         self.forecast = forecast
         self.safety_margin = float(safety_margin)
         self.slot_s = float(slot_s)
+        if persistence_tau_h is None:
+            persistence_tau_h = 12.0 if forecast == "persistence" else 48.0
         self.tau_s = float(persistence_tau_h) * 3600.0
         self.days = int(persistence_days)
 
@@ -224,19 +251,46 @@ class CarbonPlanner:
                 return src.mean(a, b)
 
             return perfect
+        current_end = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
+        if self.forecast == "persistence":
+            return self._yesterday(now_s, now_value, current_end)
         days = range(1, self.days + 1)
 
         def past(a: float, b: float) -> float:
-            return sum(src.mean(a - d * DAY_S, b - d * DAY_S) for d in days) / self.days
+            k = _days_back(b, now_s) - 1  # never read after now: a slot more than a day ahead looks further back
+            return sum(src.mean(a - (d + k) * DAY_S, b - (d + k) * DAY_S) for d in days) / self.days
 
         shift = now_value - past(now_s, now_s)
-        current_end = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
 
-        def persistence(a: float, b: float) -> float:
+        def persistence_week(a: float, b: float) -> float:
             if a < current_end:
                 return now_value  # the current hour: what the grid shows now
             fade = math.exp(-(a - now_s) / self.tau_s) if self.tau_s > 0 else 0.0
             return past(a, b) + shift * fade
+
+        return persistence_week
+
+    def _yesterday(self, now_s: float, now_value: float, current_end: float) -> Any:
+        """Yesterday's same hours, corrected by today's level and trend against yesterday (all read up to now)."""
+        src = self.source
+
+        def yesterday(a: float, b: float) -> float:
+            back = _days_back(b, now_s) * DAY_S  # the latest day whose same hours are all past
+            return src.mean(a - back, b - back)
+
+        def gap(t: float) -> float:  # how far today is from yesterday at t (t <= now)
+            return src.mean(t, t) - src.mean(t - DAY_S, t - DAY_S)
+
+        shift = now_value - yesterday(now_s, now_s)
+        # A ramp that started in the last hours (wind picking up, a front passing) tends to go on for a while.
+        trend_per_h = (shift - gap(now_s - TREND_H * 3600.0)) / TREND_H
+
+        def persistence(a: float, b: float) -> float:
+            if a < current_end:
+                return now_value
+            lead_h = (a - now_s) / 3600.0
+            fade = math.exp(-(a - now_s) / self.tau_s) if self.tau_s > 0 else 0.0
+            return yesterday(a, b) + (shift + trend_per_h * min(lead_h, 2 * TREND_H)) * fade
 
         return persistence
 

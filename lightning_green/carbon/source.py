@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green.carbon.online import ELECTRICITYMAPS_PREFIX, ElectricityMapsSource, parse_spec
 from lightning_green.carbon.trace import WEEK_S, IntensityTrace, _iso, read_trace
 
 __all__ = [
@@ -120,10 +121,12 @@ def as_intensity_source(
     owner: str,
     name: str = "carbon_intensity",
     **csv_options: Any,
-) -> ConstantIntensity | IntensityTrace | CallableIntensity:
-    """Turn a number, a CSV path, a trace or a callable into an intensity source; refuse anything else.
+) -> ConstantIntensity | IntensityTrace | CallableIntensity | ElectricityMapsSource:
+    """Turn a number, a CSV path, a trace, a callable or ``"electricitymaps:<zone>"`` into an intensity source.
 
-    ``csv_options`` go to :func:`~lightning_green.carbon.read_trace`.
+    Anything else is refused. ``csv_options`` go to :func:`~lightning_green.carbon.read_trace`. Only the
+    ``"electricitymaps:<zone>"`` form (or an :class:`~lightning_green.carbon.ElectricityMapsSource`) goes online; it
+    needs a token (``ELECTRICITYMAPS_TOKEN``).
 
     Example:
         >>> as_intensity_source(56, "EnergyMonitor").describe()
@@ -133,9 +136,14 @@ def as_intensity_source(
         ...
         lightning_green...InvalidArgumentError: EnergyMonitor(carbon_intensity=-1): `carbon_intensity` must be ...
     """
-    allowed = "a number >= 0 (gCO2e/kWh), a CSV path, an IntensityTrace or a callable datetime -> gCO2e/kWh"
-    if isinstance(value, (IntensityTrace, ConstantIntensity, CallableIntensity)):
+    allowed = (
+        "a number >= 0 (gCO2e/kWh), a CSV path, 'electricitymaps:<zone>', an IntensityTrace or a callable "
+        "datetime -> gCO2e/kWh"
+    )
+    if isinstance(value, (IntensityTrace, ConstantIntensity, CallableIntensity, ElectricityMapsSource)):
         return value
+    if isinstance(value, str) and value.lower().startswith(ELECTRICITYMAPS_PREFIX):
+        return parse_spec(value, owner, name)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not (math.isfinite(value) and value >= 0):
             fail(owner, name, value, allowed)

@@ -60,6 +60,8 @@ class CarbonTracker:
         self.pue = float(pue)
         self.extend = extend
         self.clock: Callable[[], float] = clock if clock is not None else time.time
+        if callable(getattr(self.source, "use_clock", None)):
+            self.source.use_clock(self.clock)  # an online source decides what is past by the same clock
         self.account = CarbonAccount(self.source, pue, extend)
         self._t_mark: float | None = None
         self.warned_extrapolation = False

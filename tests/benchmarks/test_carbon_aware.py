@@ -21,7 +21,7 @@ def test_replay_on_an_excerpt(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())[TRACE.name]
-    assert set(figures) == {"perfect", "persistence"}
+    assert set(figures) == {"perfect", "persistence", "persistence-week"}
     for r in figures.values():
         assert r["deadline_misses"] == 0 and r["starts"] == len(range(7 * 24, 13 * 24, 7))
         assert r["median_ratio"] < 1.0 and r["oracle_median_ratio"] <= r["median_ratio"] + 1e-9

@@ -274,7 +274,8 @@ def test_bad_arguments(kwargs, exc, match):
         ({"deadline": "2022-05-31T12:00"}, r"\(deadline='2022-05-31T12:00'\): `deadline` must be in the future"),
         ({"deadline": "6h", "expected_duration": "8h"}, r"`deadline` must be at least expected_duration=8 h .*6 h"),
         ({"intensity": CAISO, "deadline": "2022-06-20T00:00"}, r"\(intensity='.*caiso.*'\): the trace covers"),
-        ({"intensity": CAISO, "forecast": "persistence"}, r"the run needs 2022-05-25T00:00"),
+        ({"intensity": CAISO, "forecast": "persistence"}, r"the run needs 2022-05-30T21:00"),
+        ({"intensity": CAISO, "forecast": "persistence-week"}, r"the run needs 2022-05-25T00:00"),
     ],
 )
 def test_bad_deadlines_and_coverage_are_refused_at_setup(tmp_path, kwargs, match):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -38,7 +39,7 @@ def test_plan_is_forced_when_the_work_no_longer_fits():
     assert plan.forced and plan.runs_at(0.0)
 
 
-@pytest.mark.parametrize("forecast", ["trace", "persistence"])
+@pytest.mark.parametrize("forecast", ["trace", "persistence", "persistence-week"])
 @pytest.mark.parametrize("seed", range(3))
 def test_replayed_jobs_never_miss_the_deadline(forecast, seed):
     """Decide, run or pause, as the scheduler does, for jobs of 8 h with a 24 h deadline at several starts."""
@@ -90,3 +91,52 @@ def test_deadlines():
         parse_deadline("2022-13-45", 0.0, "X")
     with pytest.raises(ValueError, match=r"X\(deadline='soon'\): `deadline` must be an ISO date-time"):
         parse_deadline("soon", 0.0, "X")
+
+
+class PastOnly:
+    """A trace that fails the test if anything after ``now`` is read (the persistence forecasts must not peek)."""
+
+    def __init__(self, trace: IntensityTrace, now: float) -> None:
+        self.trace, self.now = trace, now
+
+    def mean(self, t0: float, t1: float) -> float:
+        assert t1 <= self.now + 1e-6, f"read {t1 - self.now:.0f} s after now"
+        return self.trace.mean(t0, t1)
+
+
+@pytest.mark.parametrize("forecast", ["persistence", "persistence-week"])
+@pytest.mark.parametrize("deadline_h", [5, 24, 60])
+def test_persistence_forecasts_read_only_the_past(forecast, deadline_h):
+    tr = random_trace(7)
+    now = 8 * 24 * H + 1234.0
+    planner = CarbonPlanner(PastOnly(tr, now), now + deadline_h * H, forecast=forecast)
+    plan = planner.plan(now, 3 * H)
+    assert plan.slots[-1][1] == pytest.approx(now + deadline_h * H) and len(plan.chosen) >= 3
+
+
+def test_persistence_is_yesterdays_hours_shifted_by_today_and_its_trend():
+    # yesterday: 300 except a clean 14:00 (100); today 100 dirtier so far, and the gap grew 30 g/kWh per hour
+    # over the last 3 hours (06:00..09:00)
+    yesterday = [300.0] * 24
+    yesterday[14] = 100.0
+    today = [400.0] * 6 + [430.0, 460.0, 490.0, 520.0]
+    tr = IntensityTrace(0.0, H, tuple(yesterday + today))
+    now = (24 + 9) * H  # 09:00 today
+    planner = CarbonPlanner(tr, now + 12 * H, forecast="persistence", safety_margin=0.0)
+    plan = planner.plan(now, 1 * H)
+    assert [a for a, _, _ in plan.chosen] == [(24 + 14) * H]  # yesterday's clean hour, today
+    values = {round(a / H) - 24: v for a, _, v in plan.slots}
+    assert values[9] == 520.0  # the current hour is what the grid shows now
+    shift, trend = 220.0, 30.0
+    for h in (10, 12, 14, 20):
+        lead = h - 9
+        fade = math.exp(-lead / 12.0)
+        assert values[h] == pytest.approx(yesterday[h] + (shift + trend * min(lead, 6)) * fade)
+
+
+def test_persistence_week_averages_the_week():
+    week = [[200.0 + 10 * d] * 24 for d in range(7)]
+    tr = IntensityTrace(0.0, H, tuple(v for day in week for v in day) + (235.0,) * 24)
+    now = 7 * 24 * H
+    slots = CarbonPlanner(tr, now + 6 * H, forecast="persistence-week", persistence_tau_h=0).plan(now, H).slots
+    assert slots[0][2] == 235.0 and all(v == pytest.approx(230.0) for _, _, v in slots[1:])
