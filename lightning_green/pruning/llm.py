@@ -37,7 +37,7 @@ from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
 from lightning_green.pruning.engine import PruneResult
-from lightning_green.pruning.graph import Lineage
+from lightning_green.pruning.graph import Lineage, count_macs_params
 
 __all__ = [
     "LLM_IMPORTANCES",
@@ -444,16 +444,14 @@ def _token_ids(s: LLMStructure, x: Any) -> torch.Tensor:
 
 
 def count_llm_macs(structure: LLMStructure, input_ids: torch.Tensor | None = None) -> tuple[float, int]:
-    """MACs of one forward over ``input_ids`` and the parameter count, by torch-pruning's counter.
+    """MACs of one forward over ``input_ids`` (per sequence) and the parameter count, by torch-pruning's counter.
 
-    HF's ``Conv1D`` (GPT-2) is counted like ``nn.Linear`` through the counter's public per-type table, which the
-    counter empties after every call.
+    Through :func:`~lightning_green.pruning.graph.count_macs_params`: the counter runs a copy on the ``meta`` device
+    (its own deep copy of a billion-parameter model would need that much accelerator memory again), and HF's
+    ``Conv1D`` (GPT-2) is counted like ``nn.Linear``.
     """
     ids = example_ids(structure) if input_ids is None else input_ids
-    _register_conv1d(structure.model)
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(structure.model, ids)
-    return float(macs), int(params)
+    return count_macs_params(structure.model, ids)
 
 
 def _register_conv1d(model: nn.Module) -> None:
