@@ -350,3 +350,6 @@ def test_mac_count_copies_no_weights(monkeypatch):
     macs, params = count_llm_macs(analyse(model), IDS)
     assert copied and set(copied) == {"meta"}
     assert params == sum(p.numel() for p in model.parameters()) and macs > params * IDS.shape[1] / 2
+    copied.clear()
+    result = LLMPruner().prune(model, IDS, target_macs=macs / 1.5)  # the search's layer-wise count too
+    assert result.reached and copied and set(copied) == {"meta"}
