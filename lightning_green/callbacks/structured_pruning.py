@@ -477,7 +477,7 @@ class StructuredPruning(Callback):
             self.dense_macs, self.dense_params = self._count(target, x)
             self.dense_channels = self._engine.channels(target, x)
         self.macs, self.params = self._count(target, x)
-        if self._llm is not None and self.importance == "activation":
+        if self._llm is not None and self.importance == "activation" and not self.finished:
             self._llm.observe(target)
         self._names = {p: n for n, p in target.named_parameters()}
         self._build_regularizer(target, x)
@@ -487,12 +487,14 @@ class StructuredPruning(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._llm is not None and self.importance == "activation":
-            lead = self.importance_batches if self.by_steps else 0
-            self._llm.recording = (
-                not self.finished
-                and self._grad_steps < self.importance_batches
-                and self._position(trainer) >= self._points[self.prunes_done] - lead
-            )
+            if self.finished:
+                self._llm.release()  # no prune left: the forward hooks go (a no-op once they are gone)
+            else:
+                lead = self.importance_batches if self.by_steps else 0
+                self._llm.recording = (
+                    self._grad_steps < self.importance_batches
+                    and self._position(trainer) >= self._points[self.prunes_done] - lead
+                )
         self._batches += 1
         if self._probe is None:
             self._start_from_batch(trainer, pl_module, batch)
@@ -510,6 +512,15 @@ class StructuredPruning(Callback):
         self._guard_check(trainer, pl_module, forced=True)
         if not self.stopped:
             self._prune(trainer, pl_module)
+        if self.finished and self._llm is not None:
+            self._llm.release()  # the last prune (or a stop): no activation hook needs to run on this batch
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._llm is not None:
+            self._llm.recording = False  # a validation run after this batch is not training data
 
     @override
     def on_before_optimizer_step(

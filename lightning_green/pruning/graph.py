@@ -13,7 +13,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -71,6 +71,8 @@ class _EagerForward(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         m = self.module
+        if len(args) == 1 and not kwargs and isinstance(args[0], _Batch):
+            args, kwargs = args[0].call_args(self.forward_fn is not None)
         if self.forward_fn is not None:
             return self.forward_fn(m, args[0] if len(args) == 1 and not kwargs else (args or kwargs))
         if "forward" in vars(m):
@@ -92,16 +94,53 @@ def count_macs_params(module: nn.Module, example_inputs: Any, forward_fn: Callab
     """
     from lightning_green.pruning.op_count import linear_like_counted  # GPT-2's Conv1D counts as the Linear it is
 
-    if forward_fn is not None:
-        example_inputs = (example_inputs,)  # _EagerForward hands the one argument to forward_fn
     with eager(), torch.no_grad(), linear_like_counted():
         try:
             shadow, inputs = _meta_copy(module), _to_meta(example_inputs)
-            macs, params = tp.utils.count_ops_and_params(_EagerForward(shadow, forward_fn), inputs)
+            macs, params = tp.utils.count_ops_and_params(_EagerForward(shadow, forward_fn), (_Batch(inputs),))
         except Exception as err:  # not runnable on meta: count the real module
             log.debug("MAC count on the meta device failed (%s); counting on %s", err, _device(module))
-            macs, params = tp.utils.count_ops_and_params(_EagerForward(module, forward_fn), example_inputs)
+            macs, params = tp.utils.count_ops_and_params(_EagerForward(module, forward_fn), (_Batch(example_inputs),))
     return float(macs), int(params)
+
+
+class _Batch:
+    """The example inputs as the counter's one positional input, whose ``len`` is their batch size.
+
+    Torch-pruning's counter divides the MACs by ``len`` of the first positional input: keyword inputs (a dict, e.g.
+    a Hugging Face batch) counted a whole batch as one sample, and an input handed to ``forward_fn`` was divided by
+    its number of elements. This one is divided by the leading size of its first tensor, as Lightning counts a batch.
+    """
+
+    def __init__(self, inputs: Any) -> None:
+        self.inputs = inputs
+        first = next(iter(_tensors(inputs)), None)
+        self.size = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
+
+    def __len__(self) -> int:
+        return self.size
+
+    def call_args(self, one: bool) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """How torch-pruning's counter calls a model with these inputs (or one argument, for ``forward_fn``)."""
+        x = self.inputs
+        if one:
+            return (x,), {}
+        if isinstance(x, (tuple, list)):
+            return tuple(x), {}
+        if isinstance(x, dict):
+            return (), dict(x)
+        return (x,), {}
+
+
+def _tensors(data: Any) -> Iterator[torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        yield data
+    elif isinstance(data, Mapping):
+        for v in data.values():
+            yield from _tensors(v)
+    elif isinstance(data, (tuple, list)):
+        for v in data:
+            yield from _tensors(v)
 
 
 def _device(module: nn.Module) -> torch.device:

@@ -37,7 +37,8 @@ from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
 from lightning_green.pruning.engine import PruneResult
-from lightning_green.pruning.graph import Lineage
+from lightning_green.pruning.graph import Lineage, _meta_copy, count_macs_params, eager
+from lightning_green.pruning.op_count import linear_like_counted
 
 __all__ = [
     "LLM_IMPORTANCES",
@@ -421,12 +422,6 @@ def is_llm_entry(entry: Sequence[Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- MACs
-def _conv1d_macs(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-    # Same convention as torch-pruning's nn.Linear counter: in * out per token, plus the bias once per output.
-    x = inputs[0]
-    module.__flops__ += int(x.numel() * output.shape[-1] + output.shape[-1])
-
-
 def example_ids(structure: LLMStructure, length: int = 32) -> torch.Tensor:
     """A fixed ``input_ids`` batch of one sequence (for MAC counts and the logits check)."""
     cfg = structure.config
@@ -444,23 +439,31 @@ def _token_ids(s: LLMStructure, x: Any) -> torch.Tensor:
 
 
 def count_llm_macs(structure: LLMStructure, input_ids: torch.Tensor | None = None) -> tuple[float, int]:
-    """MACs of one forward over ``input_ids`` and the parameter count, by torch-pruning's counter.
+    """MACs of one forward over ``input_ids`` (per sequence) and the parameter count, by torch-pruning's counter.
 
-    HF's ``Conv1D`` (GPT-2) is counted like ``nn.Linear`` through the counter's public per-type table, which the
-    counter empties after every call.
+    Through :func:`~lightning_green.pruning.graph.count_macs_params`: the counter runs a copy on the ``meta`` device
+    (its own deep copy of a billion-parameter model would need that much accelerator memory again), and HF's
+    ``Conv1D`` (GPT-2) is counted like ``nn.Linear``.
     """
     ids = example_ids(structure) if input_ids is None else input_ids
-    _register_conv1d(structure.model)
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(structure.model, ids)
-    return float(macs), int(params)
+    return count_macs_params(structure.model, ids)
 
 
-def _register_conv1d(model: nn.Module) -> None:
-    from torch_pruning.utils import op_counter
+def _layer_macs(model: nn.Module, ids: torch.Tensor) -> dict[nn.Module, Any]:
+    """MACs of each module of ``model`` over ``ids`` (torch-pruning's layer-wise count), keyed by its own modules.
 
-    for t in {type(m) for m in model.modules() if type(m).__name__ == "Conv1D"}:
-        op_counter.CUSTOM_MODULES_MAPPING[t] = _conv1d_macs
+    Counted on a ``meta``-device copy like :func:`~lightning_green.pruning.graph.count_macs_params` (the counter's
+    own deep copy of the model would need its memory again); a model that cannot run on ``meta`` is counted as is.
+    """
+    with eager(), torch.no_grad(), linear_like_counted():
+        try:
+            shadow = _meta_copy(model)
+            _, _, by_copy, _ = tp.utils.count_ops_and_params(shadow, ids.to("meta"), layer_wise=True)
+            return {m: by_copy.get(c) for m, c in zip(model.modules(), shadow.modules(), strict=True)}
+        except Exception as err:  # not runnable on meta (GPT-2's attention calls .item())
+            log.debug("layer-wise MAC count on the meta device failed (%s); counting the model itself", err)
+            _, _, layer_macs, _ = tp.utils.count_ops_and_params(model, ids, layer_wise=True)
+            return layer_macs
 
 
 # ------------------------------------------------------------------------------------------------- cutting
@@ -880,10 +883,7 @@ class LLMPruner:
 
 def _mac_model(s: LLMStructure, groups: list[Group], ids: torch.Tensor) -> Callable[[Mapping[int, list[int]]], float]:
     """``plan → MACs after that cut``, from one layer-wise count (linear layers scale with in x out)."""
-    _register_conv1d(s.model)
-    with torch.no_grad():
-        _, _, layer_macs, _ = tp.utils.count_ops_and_params(s.model, ids, layer_wise=True)
-    base = {m: float(v) for m, v in layer_macs.items() if v and not list(m.children())}
+    base = {m: float(v) for m, v in _layer_macs(s.model, ids).items() if v and not list(m.children())}
     where: list[list[tuple[nn.Module, int]]] = []
     for g in groups:
         spots = []

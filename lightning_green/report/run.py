@@ -324,11 +324,18 @@ class Run:
 
     # ------------------------------------------------------------------------------------------------ model
     def macs(self) -> tuple[float | None, float | None]:
-        """(MACs, params) of the final model: the last prune's, else the ``model`` section GreenReport records."""
+        """(MACs, params) of the final model: GreenReport's final count, else the last prune's.
+
+        GreenReport counts the start (:meth:`dense_macs`) and the end on one input and the whole LightningModule, and
+        :meth:`macs_unit` is that input's: ``pruning/macs`` may be counted on another one (a pruned submodule, the
+        fixed token ids of a Hugging Face LM), so it is the fallback only, for a run without GreenReport's count.
+        """
+        model = self.extra("model") or {}
+        if model.get("macs") is not None and model.get("macs_start") is not None:
+            return float(model["macs"]), model.get("params")
         macs, params = self.scalars.last("pruning/macs"), self.scalars.last("pruning/params")
         if macs is not None:
             return macs.value, params.value if params is not None else None
-        model = self.extra("model") or {}
         return model.get("macs"), model.get("params")
 
     def tokens_per_sample(self) -> int | None:

@@ -185,3 +185,33 @@ def test_ddp_ranks_cut_the_same_units(tmp_path):
     assert rank0["state"]["model.model.layers.0.mlp.up_proj.weight"].shape[0] == 64  # 128 -> 96 -> 64
     for name, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][name]), name
+
+
+def test_activation_hooks_record_training_batches_only_and_go_after_the_last_prune(tmp_path):
+    from lightning.pytorch import Callback
+
+    pruning = StructuredPruning(
+        pruning_ratio=0.5, start_epoch=1, end_epoch=1, importance="activation", importance_batches=4, verbose=False
+    )
+    seen = []
+
+    class Spy(Callback):
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            # the window is the prune epoch's first 4 batches: all of epoch 1's, then its validation runs
+            if not trainer.sanity_checking:
+                seen.append(("val", pruning._llm.recording))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            hooks = sum(len(m._forward_hooks) for m in pl_module.model.modules())
+            seen.append((trainer.current_epoch, len(pruning.history), hooks))
+
+    trainer = make_trainer(
+        tmp_path, callbacks=[pruning, Spy()], max_epochs=3, limit_train_batches=4, limit_val_batches=1
+    )
+    trainer.fit(TinyLM("llama"))
+    assert len(pruning.history) == 1
+    val = [recording for tag, recording in (x for x in seen if x[0] == "val")]
+    assert len(val) == 3 and not any(val)
+    train = [x for x in seen if x[0] != "val"]
+    assert len(train) == 12 and all(h > 0 for _, n, h in train if n == 0)  # observing until the prune
+    assert [h for _, n, h in train if n == 1] == [0] * 4  # the last prune is done: no hook runs per forward

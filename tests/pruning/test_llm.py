@@ -331,3 +331,25 @@ def test_rollback_restores_weights_and_config():
     assert (model.config.intermediate_size, model.config.num_key_value_heads, model.config.hidden_size) == (128, 2, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(IDS).logits, before)
+
+
+def test_mac_count_copies_no_weights(monkeypatch):
+    # torch-pruning's counter deep-copies the model it is given: for an LLM on an accelerator that is its memory
+    # again, so the count runs on a meta-device copy (as count_macs_params does for every other model).
+    model = tiny_lm("llama")
+    copied = []
+    real = copy.deepcopy
+
+    def spy(obj, memo=None):
+        out = real(obj, memo)
+        if isinstance(obj, torch.nn.Module):
+            copied.extend(p.device.type for p in out.parameters())
+        return out
+
+    monkeypatch.setattr(copy, "deepcopy", spy)
+    macs, params = count_llm_macs(analyse(model), IDS)
+    assert copied and set(copied) == {"meta"}
+    assert params == sum(p.numel() for p in model.parameters()) and macs > params * IDS.shape[1] / 2
+    copied.clear()
+    result = LLMPruner().prune(model, IDS, target_macs=macs / 1.5)  # the search's layer-wise count too
+    assert result.reached and copied and set(copied) == {"meta"}

@@ -364,3 +364,29 @@ def test_attention_torch_pruning_cannot_cut_is_refused_up_front():
     zero.attn = nn.MultiheadAttention(8, 2, add_zero_attn=True)
     with pytest.raises(ValueError, match=r"cannot prune this model: .*'attn' has add_zero_attn=True"):
         ChannelPruner(ignored_layers=["attn"]).check_module(zero)
+
+
+class KeywordNet(nn.Module):
+    """Takes keyword inputs, like a Hugging Face model called with a batch dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, pixels, scale=None):
+        return self.conv(pixels) if scale is None else self.conv(pixels) * scale
+
+
+def test_macs_are_per_sample_for_keyword_inputs_and_forward_fn():
+    # torch-pruning divides by len() of the first positional input: a dict batch used to count as one sample, and
+    # an input handed to forward_fn as many samples as it has elements.
+    net = KeywordNet()
+    x = torch.zeros(8, 3, 6, 6)
+    one, _ = count_macs_params(net, x[:1])
+    assert one == 8 * 3 * 9 * 36 + 8 * 36  # multiply-adds + bias, one sample
+    assert count_macs_params(net, x)[0] == one
+    assert count_macs_params(net, {"pixels": x})[0] == one
+    assert count_macs_params(net, {"pixels": x, "scale": torch.ones(8, 1, 1, 1)})[0] == one
+    run = lambda m, batch: m(batch[0])  # noqa: E731
+    assert count_macs_params(net, (x, torch.zeros(8)), forward_fn=run)[0] == one
+    assert count_macs_params(net, (x[:1], torch.zeros(1)), forward_fn=run)[0] == one

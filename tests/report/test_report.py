@@ -161,6 +161,20 @@ def test_pruning_precision_and_power_plots_appear_with_their_data(tmp_path):
     assert "| 150 ✓ |" in md
 
 
+def test_final_macs_and_speedup_come_from_the_same_input_as_the_dense_count(tmp_path):
+    # StructuredPruning counted an HF LM on its own 32 token ids (pruning/macs 1.7 M, 1.69x); GreenReport counted
+    # the start and the end on the first batch (16 tokens a sample). The summary must not mix the two inputs.
+    rows = epoch_rows([0.5, 0.8, 0.9])
+    rows += [{"step": 10, "pruning/macs": 1.7e6, "pruning/params": 70000, "pruning/speedup": 1.69, "pruning/step": 1}]
+    model = {"macs_start": 1.6e6, "params_start": 106816, "tokens_per_sample": 16, "macs": 0.8e6, "params": 70000}
+    run = synthetic_run(tmp_path, rows, extra={"model": model})
+    assert run.macs() == (0.8e6, 70000)
+    md = build_report(run).to_markdown("x")
+    assert "| model MACs per token (final) | 0.05 M (2.00× fewer than dense) |" in md
+    cmp = compare_runs([run, run], "val_acc", target=0.8)
+    assert cmp.rows[0].macs == 0.8e6 / 16 and cmp.rows[0].dense_macs == 1.6e6 / 16
+
+
 def test_report_says_when_the_run_was_interrupted_and_when_a_metric_is_missing(tmp_path):
     run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), status="interrupted: RuntimeError")
     md = build_report(run, metric="val_f1").to_markdown("x")
