@@ -100,6 +100,25 @@ def target_from_full(full_final: float | None, sign: float, margin: float, quick
     return round(full_final - sign * margin, 12)
 
 
+def median_energy_to_target(rounds: Sequence[dict[str, Any]]) -> float | None:
+    """Median energy-to-target ratio; a round whose pruned run never reached the target counts as infinitely worse.
+
+    (Not as missing, so the median does not hide it.) ``None`` when the median round did not reach it.
+
+    Example:
+        >>> r = lambda ratio: {"energy_to_target_ratio": ratio, "runs": {"full": {"reached": True}}}
+        >>> median_energy_to_target([r(0.6), r(None), r(0.7)]), median_energy_to_target([r(0.6), r(None), r(None)])
+        (0.7, None)
+    """
+    ratios = [
+        r["energy_to_target_ratio"] if r["energy_to_target_ratio"] is not None else math.inf
+        for r in rounds
+        if r["runs"]["full"]["reached"]
+    ]
+    median = _median(ratios) if ratios else None
+    return None if median is None or math.isinf(median) else median
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b is not None and b > 0 else None
 
@@ -197,16 +216,7 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
         )
     keys = ("energy_to_target_ratio", "samples_ratio", "energy_ratio", "time_ratio", "final_metric_delta")
     summary = {key: _median([r[key] for r in rounds]) for key in keys}
-    # A round where the full run reached the target and the pruned one never did counts as an infinite ratio (not
-    # as a missing one), so the median does not hide it.
-    e2t = [
-        r["energy_to_target_ratio"] if r["energy_to_target_ratio"] is not None else math.inf
-        for r in rounds
-        if r["runs"]["full"]["reached"]
-    ]
-    summary["energy_to_target_ratio"] = _median(e2t) if e2t else None
-    if summary["energy_to_target_ratio"] == math.inf:
-        summary["energy_to_target_ratio"] = None
+    summary["energy_to_target_ratio"] = median_energy_to_target(rounds)
     summary["reached"] = {v: sum(bool(r["runs"][v]["reached"]) for r in rounds) for v in VARIANTS}
     e, d = summary["energy_to_target_ratio"], summary["final_metric_delta"]
     summary["goals"] = {
