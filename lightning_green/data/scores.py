@@ -164,10 +164,20 @@ def _mix(seed: int, epoch: int) -> int:
 def annealing_start(max_epochs: int | None, anneal_fraction: float) -> int | None:
     """First epoch (0-based) of the full-data annealing, ``None`` when ``max_epochs`` is unknown.
 
+    The annealing epochs are the whole epochs that lie within the last ``anneal_fraction`` of ``max_epochs`` (at least
+    the last epoch when ``anneal_fraction > 0``): 15 epochs at 0.125 anneal 1 epoch (1.875 rounded down), not 2
+    (13 %, more than asked). InfoBatch itself prunes while the epoch is <= ``delta * num_epochs``, which anneals
+    ``floor`` of the fraction or one epoch fewer.
+
     Example:
-        >>> annealing_start(16, 0.125), annealing_start(10, 0.125), annealing_start(10, 0.0), annealing_start(None, 0.1)
-        (14, 8, 10, None)
+        >>> annealing_start(16, 0.125), annealing_start(15, 0.125), annealing_start(4, 0.125), annealing_start(10, 0.0)
+        (14, 14, 3, 10)
+        >>> annealing_start(None, 0.1) is None
+        True
     """
     if max_epochs is None or max_epochs < 0:
         return None
-    return max_epochs - math.ceil(max_epochs * anneal_fraction - 1e-9)
+    epochs = math.floor(max_epochs * anneal_fraction + 1e-9)
+    if anneal_fraction > 0:
+        epochs = max(epochs, min(1, max_epochs))
+    return max_epochs - epochs

@@ -38,3 +38,18 @@ def test_pruned_variant_is_the_full_one_plus_data_pruning(name, on):
     dp = next(cb for cb in configs["pruned"]["trainer"]["callbacks"] if bench.class_path(cb) == bench.DATA_PRUNING)
     if bench.DATA_PRUNING not in paths(preset(name)):
         assert dp["init_args"] == {"prune_ratio": 0.4, "anneal_fraction": 0.25}
+
+
+def test_target_is_the_full_runs_final_metric_within_the_goals_tolerance():
+    assert bench.target_from_full(0.985, 1.0, bench.GOALS["digits"]["max_drop"]) == pytest.approx(0.982)
+    assert bench.target_from_full(1.9, -1.0, bench.GOALS["lm"]["max_drop"]) == pytest.approx(1.92)
+    assert bench.target_from_full(None, 1.0, 0.003) is None
+    assert bench.target_from_full(0.985, 1.0, 0.003, quick=True) is None
+
+
+def test_a_round_whose_pruned_run_misses_the_target_is_not_dropped_from_the_median():
+    def r(ratio):
+        return {"energy_to_target_ratio": ratio, "runs": {"full": {"reached": True}}}
+
+    assert bench.median_energy_to_target([r(0.5), r(None), r(None)]) is None
+    assert bench.median_energy_to_target([r(0.5), r(0.9), r(None)]) == pytest.approx(0.9)

@@ -94,10 +94,18 @@ def test_full_data_epochs_keep_everything_with_weight_one():
 
 
 @pytest.mark.parametrize(
-    ("max_epochs", "fraction", "start"), [(8, 0.125, 7), (10, 0.0, 10), (4, 1.0, 0), (-1, 0.5, None)]
+    ("max_epochs", "fraction", "start"),
+    [(8, 0.125, 7), (10, 0.0, 10), (4, 1.0, 0), (-1, 0.5, None), (16, 0.125, 14), (4, 0.125, 3), (0, 0.5, 0)],
 )
 def test_annealing_start(max_epochs, fraction, start):
     assert annealing_start(max_epochs, fraction) == start
+
+
+@pytest.mark.parametrize(("max_epochs", "start"), [(15, 14), (10, 9), (30, 27)])
+def test_annealing_never_takes_more_than_the_fraction(max_epochs, start):
+    # Regression: ceil() annealed 2 of 15 epochs (13.3 %) for anneal_fraction=0.125, pruning one epoch less than asked.
+    assert annealing_start(max_epochs, 0.125) == start
+    assert (max_epochs - start) / max_epochs <= 0.125
 
 
 def test_plans_are_reproducible_from_seed_and_epoch():
