@@ -9,7 +9,8 @@ the same with its own sampler through the same code path:
   runs inside Lightning's ``_replace_dunder_methods`` context, so user DataLoader subclasses re-instantiate too.
 - ``lightning.pytorch.utilities.data._update_dataloader`` is Lightning's re-instantiation with a new sampler.
 
-Both are private (checked on Lightning 2.1–2.6); ``tests/callbacks/test_data_pruning.py`` checks they still exist and apply.
+Both are private (checked on Lightning 2.1–2.6); ``tests/callbacks/test_data_pruning.py`` checks they still exist
+and apply.
 """
 
 from __future__ import annotations
