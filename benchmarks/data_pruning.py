@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -51,7 +49,7 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from green_recipe import TASKS, _median, _num, class_path, environment, fit, variant_configs  # noqa: E402
+from green_recipe import TASKS, _median, _num, announce, class_path, fit, variant_configs, write_json  # noqa: E402
 
 from lightning_green.report import load_run, write_comparison  # noqa: E402
 
@@ -251,13 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        command = shlex.join([sys.executable, *(sys.argv if argv is None else ["benchmarks/data_pruning.py", *argv])])
-        env = environment(args.threads)
-        print("command:", command)
-        print(
-            f"torch {env['torch']}, {env['torch_threads']} thread(s) on {env['cpu_count']} CPU(s), "
-            f"load average {env['load_average']}"
-        )
+        command, env = announce("benchmarks/data_pruning.py", argv, args.threads)
         results: dict[str, Any] = {"command": command, "environment": env, "on": args.on, "tasks": {}}
         with contextlib.ExitStack() as stack:
             if args.runs_dir:
@@ -268,11 +260,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 results["tasks"][name] = run_task(name, args, runs_dir)
         if args.quick:
             print("--quick is a smoke run: its figures mean nothing.")
-        if args.json:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-            print(f"written {path}")
+        write_json(results, args.json)
         return results
     finally:
         torch.set_num_threads(threads)

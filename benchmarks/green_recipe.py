@@ -333,6 +333,27 @@ def format_summary(task: Task, summary: dict[str, Any], targets: Sequence[float]
     return "\n".join(lines)
 
 
+def announce(script: str, argv: Sequence[str] | None, threads: int | None) -> tuple[str, dict[str, Any]]:
+    """Print and return the command line and :func:`environment` of a benchmark run."""
+    command = shlex.join([sys.executable, *(sys.argv if argv is None else [script, *argv])])
+    env = environment(threads)
+    print("command:", command)
+    print(
+        f"torch {env['torch']}, {env['torch_threads']} thread(s) on {env['cpu_count']} CPU(s), GPU: {env['gpu']}, "
+        f"load average {env['load_average']}"
+    )
+    return command, env
+
+
+def write_json(results: dict[str, Any], path: str | None) -> None:
+    """Write ``results`` to ``path`` (if given), creating its folder."""
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"written {out}")
+
+
 def environment(threads: int | None) -> dict[str, Any]:
     """What the figures were measured on."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -457,13 +478,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
-    command = shlex.join([sys.executable, *(sys.argv if argv is None else ["benchmarks/green_recipe.py", *argv])])
-    env = environment(args.threads)
-    print("command:", command)
-    print(
-        f"torch {env['torch']}, {env['torch_threads']} thread(s) on {env['cpu_count']} CPU(s), GPU: {env['gpu']}, "
-        f"load average {env['load_average']}"
-    )
+    command, env = announce("benchmarks/green_recipe.py", argv, args.threads)
     results: dict[str, Any] = {"command": command, "environment": env, "quick": args.quick, "tasks": {}}
     with contextlib.ExitStack() as stack:
         if args.runs_dir:
@@ -480,11 +495,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any
     results["environment"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if args.quick:
         print("--quick is a smoke run: a few dozen training steps, so its figures mean nothing.")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        print(f"written {path}")
+    write_json(results, args.json)
     if args.runs_dir:
         print(f"runs and comparisons kept in {runs_dir}")
     return results
