@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
+
+from lightning_green._internal.validation import InvalidArgumentError
 
 __all__ = ["SplitDataModule"]
 
@@ -51,3 +56,21 @@ class SplitDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The test batches, for prediction."""
         return self._loader(self._held_out(), shuffle=False)
+
+
+def size_example_to_windows(module: pl.LightningModule, context_arg: str, context: int) -> None:
+    """Size a language model's token-id ``example_input_array`` like its datamodule's windows (``seq_len``).
+
+    Raises:
+        InvalidArgumentError: The windows are longer than the model's context (``context_arg=context``).
+    """
+    datamodule: Any = getattr(module.trainer, "datamodule", None)
+    seq_len = getattr(datamodule, "seq_len", None)
+    if not isinstance(seq_len, int):
+        return
+    if seq_len > context:
+        raise InvalidArgumentError(
+            f"{type(module).__name__}({context_arg}={context}): the datamodule's seq_len={seq_len} is longer than the "
+            f"model's context; raise {context_arg} to >= {seq_len} or lower seq_len."
+        )
+    module.example_input_array = torch.zeros(1, seq_len, dtype=torch.long)

@@ -30,7 +30,7 @@ from torchmetrics import MeanMetric
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
 from lightning_green.data.losses import reduce_sample_losses
-from lightning_green.demos._data import SplitDataModule
+from lightning_green.demos._data import SplitDataModule, size_example_to_windows
 
 __all__ = ["StdlibTextDataModule", "TinyGPT", "stdlib_files"]
 
@@ -265,16 +265,7 @@ class TinyGPT(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Size ``example_input_array`` like the datamodule's windows; refuse windows longer than ``block_size``."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        seq_len = getattr(datamodule, "seq_len", None)
-        if not isinstance(seq_len, int):
-            return
-        if seq_len > self.block_size:
-            raise InvalidArgumentError(
-                f"{type(self).__name__}(block_size={self.block_size}): the datamodule's seq_len={seq_len} is longer "
-                f"than the model's context; raise block_size to >= {seq_len} or lower seq_len."
-            )
-        self.example_input_array = torch.zeros(1, seq_len, dtype=torch.long)
+        size_example_to_windows(self, "block_size", self.block_size)
 
     def _mask(self, t: int, device: torch.device) -> torch.Tensor:
         key = (t, device)

@@ -34,6 +34,7 @@ from lightning_green._internal.validation import (
     check_optional_number,
     fail,
 )
+from lightning_green.demos._data import size_example_to_windows
 from lightning_green.demos.gpt import VOCAB_SIZE, attention_kernels
 
 __all__ = ["FAMILIES", "Family", "HFCausalLM", "causal_lm_config", "to_causal_lm_batch"]
@@ -286,15 +287,7 @@ class HFCausalLM(pl.LightningModule):
                 f"{name}: the datamodule serves (x, y) pairs, which callbacks cannot count tokens in; give it "
                 "batch_format='causal_lm' for Hugging Face dicts (input_ids, attention_mask, labels)."
             )
-        seq_len = getattr(datamodule, "seq_len", None)
-        if not isinstance(seq_len, int):
-            return
-        if seq_len > self.max_positions:
-            raise InvalidArgumentError(
-                f"{name}(max_positions={self.max_positions}): the datamodule's seq_len={seq_len} is longer than the "
-                f"model's context; raise max_positions to >= {seq_len} or lower seq_len."
-            )
-        self.example_input_array = torch.zeros(1, seq_len, dtype=torch.long)
+        size_example_to_windows(self, "max_positions", self.max_positions)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``(batch, time, vocab)`` for token ids ``(batch, time)``."""
