@@ -132,7 +132,8 @@ _WIDTH_ATTRIBUTES = frozenset(
 class ModuleSnapshot:
     """A host-memory copy of a whole model, to undo a prune after its fine-tune window (for the accuracy guard).
 
-    It holds every parameter, buffer, tensor attribute and layer size.
+    It holds every parameter, buffer, tensor attribute and layer size, and which module holds which submodules (a
+    decoder layer that a prune removed goes back into its list).
 
     :meth:`restore` puts back *every* parameter and buffer, so the model is exactly the pre-prune one (not a mix of
     restored and fine-tuned layers); plain attributes are put back on modules whose tensors changed shape and for
@@ -144,6 +145,8 @@ class ModuleSnapshot:
 
     def __init__(self, module: nn.Module) -> None:
         self._modules: dict[str, tuple[dict[str, Any], dict[str, tuple[torch.Tensor, bool, bool]], dict[str, Any]]] = {}
+        # Which module holds which children (a removed decoder layer comes back into its list), by reference.
+        self._children = [(m, dict(m._modules)) for m in module.modules()]
         for name, m in module.named_modules():
             params = {
                 k: (
@@ -173,6 +176,10 @@ class ModuleSnapshot:
     def restore(self, module: nn.Module) -> list[str]:
         """Put the whole model back as it was; returns the names of the modules whose shapes had changed."""
         changed = []
+        for m, children in self._children:
+            if m._modules != children:
+                m._modules.clear()
+                m._modules.update(children)
         modules = dict(module.named_modules())
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         for name, (attrs, params, buffers) in self._modules.items():

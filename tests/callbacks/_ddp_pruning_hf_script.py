@@ -1,7 +1,8 @@
 """Run by test_structured_pruning_hf.py in a subprocess: the DDP check of _ddp_pruning_script.py on a tiny HF Llama.
 
 Random importance seeded per rank: the ranks agree only if rank 0's cut is broadcast and replayed (by the LLM
-pruner's history entries), and stay identical only if the DDP wrapper was rebuilt. Writes OUT/rank<r>.pt.
+pruner's history entries; a decoder layer goes at the first prune, chosen on rank 0), and stay identical only if the
+DDP wrapper was rebuilt. Writes OUT/rank<r>.pt.
 """
 
 import sys
@@ -33,7 +34,15 @@ def main(out: Path) -> None:
         enable_checkpointing=False,
         callbacks=[
             PerRankSeed(),
-            StructuredPruning(importance="random", pruning_ratio=0.5, start_epoch=1, end_epoch=2, verbose=False),
+            StructuredPruning(
+                importance="random",
+                pruning_ratio=0.5,
+                prune_layers=1,
+                importance_batches=1,
+                start_epoch=1,
+                end_epoch=2,
+                verbose=False,
+            ),
             Dump(out),
         ],
     )

@@ -106,6 +106,7 @@ def test_qwen2_tied_taylor_keeps_optimizer_state_and_ties(tmp_path):
         ({"importance": "bn-scale"}, r"importance='bn-scale'.*for a Hugging Face causal LM"),
         ({"num_heads": {"model.model.layers.0.mlp.up_proj": 4}}, r"keyed by attention projections"),
         ({"pruning_ratio": 0.8}, r"pruning_ratio=0.8.*would remove every attention head \(KV group\) of each layer"),
+        ({"prune_layers": 2}, r"prune_layers=2.*from 0 to 1: LlamaForCausalLM has 2 decoder layers"),
     ],
 )
 def test_bad_settings_for_an_llm_refused_at_setup(tmp_path, kwargs, match):
@@ -122,6 +123,7 @@ def test_llm_only_options_refused_on_other_models(tmp_path):
     for kwargs, match in (
         ({"prune_hidden": True}, r"prune_hidden=True.*with a Hugging Face causal LM only"),
         ({"importance": "activation"}, r"importance='activation'.*with a Hugging Face causal LM only"),
+        ({"prune_layers": 1}, r"prune_layers=1.*with a Hugging Face causal LM only"),
     ):
         trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[StructuredPruning(verbose=False, **kwargs)])
         model = BoringModel()
@@ -183,6 +185,8 @@ def test_ddp_ranks_cut_the_same_units(tmp_path):
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0["history"] == rank1["history"] and len(rank0["history"]) == 2
     assert rank0["state"]["model.model.layers.0.mlp.up_proj.weight"].shape[0] == 64  # 128 -> 96 -> 64
+    assert rank0["history"][0]["entries"][0][0] == "model::layers::"  # one of the two decoder layers went
+    assert not any(k.startswith("model.model.layers.1.") for k in rank0["state"])
     for name, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][name]), name
 
@@ -215,3 +219,52 @@ def test_activation_hooks_record_training_batches_only_and_go_after_the_last_pru
     train = [x for x in seen if x[0] != "val"]
     assert len(train) == 12 and all(h > 0 for _, n, h in train if n == 0)  # observing until the prune
     assert [h for _, n, h in train if n == 1] == [0] * 4  # the last prune is done: no hook runs per forward
+
+
+@pytest.mark.parametrize("importance", ["magnitude-l2", "taylor"])
+def test_prune_layers_fit_checkpoint_resume_and_load_pruned(tmp_path, monkeypatch, importance):
+    """A decoder layer goes at the first prune (Block Influence recorded over the window's training batches, also
+    for a criterion without a window of its own), widths make up the rest; the optimizer keeps the kept layers'
+    state; the checkpoint loads weights-only, resumes and load_pruned rebuild the shape."""
+    from lightning_green.pruning.llm import LLMPruner
+
+    recorded = []
+    real = LLMPruner._influence
+
+    def spy(self, s, layers, ids):
+        recorded.append(sorted(k for k in self._stats if k.startswith("layers::")))
+        return real(self, s, layers, ids)
+
+    monkeypatch.setattr(LLMPruner, "_influence", spy)
+    args = {"target_speedup": 2.5, "start_epoch": 1, "end_epoch": 2, "importance_batches": 2, "verbose": False}
+    pruning = StructuredPruning(importance=importance, prune_layers=1, **args)
+    model, trainer = _fit(tmp_path, "llama", pruning)
+    cfg = model.model.config
+    assert cfg.num_hidden_layers == len(model.model.model.layers) == 1
+    assert pruning.speedup >= 2.5 and len(pruning.history) == 2
+    first = pruning.history[0]["entries"]
+    assert first[0][0] == "model::layers::" and len(first[0][2]) == 1
+    assert all(e[0] != "model::layers::" for e in pruning.history[1]["entries"])
+    assert recorded == [["layers::0", "layers::1"]]  # once, from the window's training batches
+    assert pruning._grad_steps == 0 and not pruning._llm._hooks  # the window closed, the hooks went
+    opt = trainer.optimizers[0]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert {id(p) for p in params} == {id(p) for p in model.parameters()}
+    assert all(opt.state[p]["exp_avg"].shape == p.shape for p in params if p in opt.state)
+
+    ckpt = trainer.checkpoint_callback.best_model_path
+    torch.load(ckpt, weights_only=True)
+    inference = load_pruned(TinyLM("llama"), ckpt).eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(inference(IDS), model(IDS))
+    assert inference.model.config.num_hidden_layers == 1
+
+    resumed = StructuredPruning(importance=importance, prune_layers=1, **args)
+    again = TinyLM("llama")
+    trainer2 = make_trainer(tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=0, callbacks=[resumed])
+    trainer2.fit(again, ckpt_path=ckpt)
+    assert trainer2.global_step == 16
+    assert again.model.config.num_hidden_layers == 1
+    assert again.model.config.intermediate_size == cfg.intermediate_size
+    assert resumed.speedup == pytest.approx(pruning.speedup)
