@@ -954,12 +954,11 @@ class LLMPruner:
         start, _ = count_llm_macs(s, ids)
         if ratio is not None:
             plan = self._plan(groups, scores, ratio, dense_channels, final)
-            result.needed = ratio > 0
+            result.needed = ratio > 0 or dropped is not None
         else:
-            result.needed = start > target_macs or dropped is not None  # type: ignore[operator]
-            plan = (
-                self._search(s, groups, scores, target_macs, dense_channels, final, ids) if start > target_macs else {}
-            )  # type: ignore[operator]
+            over = start > target_macs  # type: ignore[operator]
+            result.needed = over or dropped is not None
+            plan = self._search(s, groups, scores, target_macs, dense_channels, final, ids) if over else {}
         entries += self._apply(s, groups, plan, lineage)
         for p in module.parameters():
             p.grad = None
