@@ -69,6 +69,8 @@ _REGULARIZATIONS = ("none", "group-norm", "bn-scale")
 _MODES = ("max", "min")
 #: Criteria that look at a window of training batches before each prune (gradients, or activations of an HF LLM).
 _WINDOWED = NEEDS_GRADIENTS | {"activation"}
+#: What LLMPruner's history entry of removed decoder layers contains.
+_SEP_LAYERS = "::layers::"
 
 
 class StructuredPruning(Callback):
@@ -722,6 +724,13 @@ class StructuredPruning(Callback):
             rank_zero_warn(
                 f"{type(self).__name__}: prune {k}/{n} reached {self.speedup:.2f}x, short of its target: the layers "
                 "hit `max_layer_ratio` or could not be cut further."
+            )
+        dropped_layers = any(_SEP_LAYERS in str(e[0]) for e in payload["entries"])
+        if dropped_layers and self.target_speedup is not None and self.speedup > 1.1 * self.target_speedup:
+            rank_zero_warn(
+                f"{type(self).__name__}(prune_layers={self.prune_layers}): removing the decoder layers alone gave "
+                f"{self.speedup:.2f}x fewer MACs, more than target_speedup={self.target_speedup}; remove fewer layers "
+                "or raise the target."
             )
         if self.verbose:
             unit = "step" if self.by_steps else "epoch"

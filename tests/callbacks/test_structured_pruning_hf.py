@@ -268,3 +268,12 @@ def test_prune_layers_fit_checkpoint_resume_and_load_pruned(tmp_path, monkeypatc
     assert again.model.config.num_hidden_layers == 1
     assert again.model.config.intermediate_size == cfg.intermediate_size
     assert resumed.speedup == pytest.approx(pruning.speedup)
+
+
+def test_prune_layers_beyond_the_target_warns(tmp_path):
+    pruning = StructuredPruning(
+        target_speedup=1.2, prune_layers=1, start_epoch=1, end_epoch=1, importance_batches=1, verbose=False
+    )
+    with pytest.warns(UserWarning, match=r"prune_layers=1\): removing the decoder layers alone gave .* more than"):
+        model, _ = _fit(tmp_path, "llama", pruning, max_epochs=2)
+    assert model.model.config.num_hidden_layers == 1 and pruning.speedup > 1.32
