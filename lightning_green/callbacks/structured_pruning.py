@@ -37,7 +37,7 @@ from lightning_green.pruning.engine import ChannelPruner
 from lightning_green.pruning.graph import count_macs_params
 from lightning_green.pruning.history import STATE_VERSION, rebuild_from_checkpoint, replay
 from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
-from lightning_green.pruning.llm import LLMPruner, find_hf_model
+from lightning_green.pruning.llm import LLMPruner, find_hf_model, renumber_after_layer_drops
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, step_ratio
 from lightning_green.pruning.verify import (
@@ -134,7 +134,9 @@ class StructuredPruning(Callback):
         max_layer_ratio: Largest share of a layer's dense channels that may be removed, in (0, 1).
         num_heads: For hand-written attention: name of each q/k/v (or fused qkv) ``nn.Linear`` → its number of
             heads, so every head loses the same dimensions.
-        importance_batches: Optimizer steps whose gradients ``"taylor"`` accumulates before a prune.
+        importance_batches: Optimizer steps before a prune whose gradients ``"taylor"`` accumulates, whose
+            activations ``"activation"`` records, and (before the first prune) over which ``prune_layers`` measures
+            each decoder layer's influence; such a prune happens after these steps, not at the epoch's start.
         regularization: Sparsity regularisation on the gradients until the last prune: ``"group-norm"``
             (DepGraph's group lasso) or ``"bn-scale"`` (network slimming, L1 on BN scales); ``"none"``.
         regularization_strength: Coefficient of the regulariser.
@@ -148,8 +150,9 @@ class StructuredPruning(Callback):
         prune_layers: Hugging Face causal LMs only: remove this many whole decoder layers at the first prune, those
             whose output differs least from their input over the ``importance_batches`` before it (Block
             Influence, as ShortGPT and Minitron's depth pruning); width cuts then make up the rest of
-            ``target_speedup``. Every op of a layer goes, so the time and energy saved follow the MACs more closely
-            than with width cuts alone. A layer whose block ``ignored_layers`` names is kept.
+            ``target_speedup`` (with ``pruning_ratio``, the widths lose that ratio as well). Every op of a layer
+            goes, so the time and energy saved follow the MACs more closely than with width cuts alone. A layer
+            whose block ``ignored_layers`` names is kept.
         module: Name of the submodule to prune (e.g. ``"model"``), traced on its own; ``None``: the LightningModule.
         example_input: Input of the pruned module for tracing, checks and MAC counts (a tensor, a tuple of
             positional arguments or a dict of keyword arguments). Python only (YAML cannot hold tensors).
@@ -492,6 +495,7 @@ class StructuredPruning(Callback):
             self.dense_macs, self.dense_params = self._count(target, x)
             self.dense_channels = self._engine.channels(target, x)
         self.macs, self.params = self._count(target, x)
+        self._sync_layers_dropped(pl_module)
         if self._records and not self.finished:
             self._llm.observe(target)  # type: ignore[union-attr]
         self._names = {p: n for n, p in target.named_parameters()}
@@ -702,6 +706,8 @@ class StructuredPruning(Callback):
                 p.grad = None
 
         rebuild_ddp(trainer)
+        if self._llm is not None:  # the layers after a removed one carry their state under their new names
+            before = before.renamed(lambda named: self._renumbered(pl_module, named, payload["entries"]))
         dropped = before.restore(trainer, pl_module, carry=lineage.carry)
         if dropped:
             log.warning("%d parameters restart their optimizer state after the prune", dropped)
@@ -744,6 +750,7 @@ class StructuredPruning(Callback):
         """Bookkeeping after the architecture changed (a prune or a rollback): log, tell the others, reset."""
         target = self._target(pl_module)
         self._names = {p: n for n, p in target.named_parameters()}
+        self._sync_layers_dropped(pl_module)
         self._reset_window()
         if self._probe is not None:
             self._build_regularizer(target, self._probe.example)
@@ -823,7 +830,28 @@ class StructuredPruning(Callback):
     @property
     def _records(self) -> bool:
         """Whether forward hooks record training batches before a prune (activations, Block Influence)."""
-        return self._llm is not None and (self.importance == "activation" or self.prune_layers > 0)
+        if self._llm is None:
+            return False
+        return self.importance == "activation" or self.prune_layers > self._llm.layers_dropped
+
+    def _sync_layers_dropped(self, pl_module: pl.LightningModule, llm: LLMPruner | None = None) -> None:
+        """Tell the LLM pruner how many decoder layers are gone since the dense model.
+
+        A new pruner (after a resume, in another stage, after a rollback) and ranks that replay rank 0's cut would
+        not know otherwise.
+        """
+        llm = llm or self._llm
+        if llm is None or not self.dense_channels or "layers" not in self.dense_channels:
+            return
+        now = len(llm.structure(self._target(pl_module)).blocks())
+        llm.layers_dropped = max(0, int(self.dense_channels["layers"][0]) - now)
+
+    def _renumbered(self, pl_module: pl.LightningModule, named: Any, entries: list) -> dict[str, Any]:
+        """``named`` (by parameter name in ``pl_module``) with the layers after removed ones at their new numbers."""
+        assert self._llm is not None
+        s = self._llm.structure(self._target(pl_module))
+        prefix = ".".join(p for p in (self.module, s.path, s.layers) if p) + "."
+        return renumber_after_layer_drops(named, entries, prefix, len(s.blocks()))
 
     @property
     def _windowed(self) -> bool:
@@ -861,6 +889,7 @@ class StructuredPruning(Callback):
             prune_hidden=self.prune_hidden,
             prune_layers=self.prune_layers,
         )
+        self._sync_layers_dropped(pl_module, llm)  # e.g. `validate` after a fit that removed layers
         llm.check_module(pl_module)
         if self.pruning_ratio is not None:
             llm.check_ratio(pl_module, self.pruning_ratio)

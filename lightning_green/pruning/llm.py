@@ -56,6 +56,7 @@ __all__ = [
     "count_llm_macs",
     "find_hf_model",
     "is_llm_entry",
+    "renumber_after_layer_drops",
     "replay_llm",
 ]
 
@@ -375,6 +376,12 @@ def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure
     family = SUPPORTED_FAMILIES.get(mtype)
     if family is None:
         _refuse(owner, f"{where} has model_type {mtype!r}, a family it does not know ({remedy}).")
+    if getattr(cfg, "is_heterogeneous", False) is True:  # transformers >= 5: `per_layer_config` overrides
+        _refuse(
+            owner,
+            f"{where}: its config is heterogeneous (`per_layer_config` gives layers their own settings); every layer "
+            f"must share one shape to be cut alike ({remedy}).",
+        )
     if model.get_output_embeddings() is None:
         _refuse(
             owner,
@@ -718,9 +725,12 @@ class LLMPruner:
         return s
 
     def _check_layers(self, s: LLMStructure) -> None:
-        n = len(s.blocks())
-        if not self.prune_layers:
+        """Refuse a ``prune_layers`` the model cannot give (counted from its dense depth: ``layers_dropped`` ago)."""
+        left = self.prune_layers - self.layers_dropped
+        if left <= 0:
             return
+        now = len(s.blocks())
+        n = now + self.layers_dropped
         if self.prune_layers >= n:
             fail(
                 self.owner,
@@ -729,12 +739,12 @@ class LLMPruner:
                 f"an int from 0 to {n - 1}: {type(s.model).__name__} has {n} decoder layers and keeps at least one",
             )
         free = len(self._droppable(s))
-        if self.prune_layers > free:
+        if left > free:
             fail(
                 self.owner,
                 "prune_layers",
                 self.prune_layers,
-                f"at most {free}: `ignored_layers` keeps {n - free} of the {n} decoder layers",
+                f"at most {free + self.layers_dropped}: `ignored_layers` keeps {now - free} of the {n} decoder layers",
             )
         if s.family == "gpt2" and getattr(s.config, "scale_attn_by_inverse_layer_idx", False):
             fail(
@@ -1108,6 +1118,26 @@ def _renumber_paths(named: Mapping[str, Any], prefix: str, new_index: Mapping[in
                 name = f"{prefix}{new_index[int(layer)]}.{rest}"
         out[name] = value
     return out
+
+
+def renumber_after_layer_drops(
+    named: Mapping[str, Any], entries: Sequence[Sequence[Any]], prefix: str, layers_now: int
+) -> dict[str, Any]:
+    """``named`` (keyed by parameter name) as after the ``layers`` entry in ``entries`` removed its decoder layers.
+
+    ``prefix`` is the name of the decoder-layer list followed by a dot (``"model.model.layers."``) and
+    ``layers_now`` the layer count after the removal. Without such an entry, ``named`` comes back as it is.
+
+    Example:
+        >>> state = {"m.layers.0.w": 0, "m.layers.2.w": 2}
+        >>> renumber_after_layer_drops(state, [["::layers::", True, [1]]], "m.layers.", 2)
+        {'m.layers.0.w': 0, 'm.layers.1.w': 2}
+    """
+    removed = sorted({int(i) for e in entries if str(e[0]).endswith(f"{_SEP}layers{_SEP}") for i in e[2]})
+    if not removed:
+        return dict(named)
+    kept = [i for i in range(layers_now + len(removed)) if i not in set(removed)]
+    return _renumber_paths(named, prefix, {old: new for new, old in enumerate(kept)})
 
 
 def _entry_name(path: str, g: Group) -> str:

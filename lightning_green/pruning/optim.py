@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,13 @@ class OptimizerState:
             out.groups.append([{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in opt.param_groups])
         out.schedulers = [copy.deepcopy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs]
         return out
+
+    def renamed(self, rename: Callable[[Mapping[str, Any]], dict[str, Any]]) -> OptimizerState:
+        """This state with each optimizer's per-parameter entries re-keyed by ``rename``.
+
+        For parameters that moved to other names, as those of the decoder layers after a removed one do.
+        """
+        return OptimizerState([rename(st) for st in self.states], self.groups, self.schedulers)
 
     def restore(self, trainer: pl.Trainer, module: nn.Module, carry: Carry | None = None) -> int:
         """Rebuild optimizers and schedulers through ``trainer.strategy`` and write this state back.

@@ -246,12 +246,17 @@ def test_prune_layers_fit_checkpoint_resume_and_load_pruned(tmp_path, monkeypatc
     assert first[0][0] == "model::layers::" and len(first[0][2]) == 1
     assert all(e[0] != "model::layers::" for e in pruning.history[1]["entries"])
     assert recorded == [["layers::0", "layers::1"]]  # once, from the window's training batches
+    # The first prune waits for its window; once the layer is gone, a criterion without a window of its own prunes
+    # at the epoch's start.
+    steps = [event["global_step"] for event in pruning.history]
+    assert steps == ([6, 10] if importance == "taylor" else [6, 8])
     assert pruning._grad_steps == 0 and not pruning._llm._hooks  # the window closed, the hooks went
     opt = trainer.optimizers[0]
     params = [p for g in opt.param_groups for p in g["params"]]
     assert {id(p) for p in params} == {id(p) for p in model.parameters()}
     assert all(opt.state[p]["exp_avg"].shape == p.shape for p in params if p in opt.state)
 
+    trainer.validate(model, verbose=False)  # another stage on the pruned model: setup checks the dense depth
     ckpt = trainer.checkpoint_callback.best_model_path
     torch.load(ckpt, weights_only=True)
     inference = load_pruned(TinyLM("llama"), ckpt).eval()
@@ -277,3 +282,38 @@ def test_prune_layers_beyond_the_target_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"prune_layers=1\): removing the decoder layers alone gave .* more than"):
         model, _ = _fit(tmp_path, "llama", pruning, max_epochs=2)
     assert model.model.config.num_hidden_layers == 1 and pruning.speedup > 1.32
+
+
+def test_removed_layer_moves_the_next_layers_optimizer_state_with_it(tmp_path, monkeypatch):
+    """After layer 0 goes, the old layer 1 (now 0) keeps *its own* Adam moments, not those of the removed layer."""
+    from lightning.pytorch import Callback
+
+    from lightning_green.pruning.llm import LLMPruner
+
+    monkeypatch.setattr(LLMPruner, "_influence", lambda self, s, layers, ids: {i: float(i) for i in layers})
+    seen: dict = {}
+
+    class Capture(Callback):  # runs just before / just after StructuredPruning's hook of the pruning batch
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:  # the batch whose start prunes (step 4 + one window batch)
+                opt = trainer.optimizers[0]
+                layers = pl_module.model.model.layers
+                seen[self.key] = [{p: opt.state[p]["exp_avg"].clone() for p in b.parameters()} for b in layers]
+
+    pruning = StructuredPruning(
+        target_speedup=1.6, prune_layers=1, start_epoch=1, end_epoch=1, importance_batches=1, verbose=False
+    )
+    model = TinyLM("llama")
+    callbacks = [Capture("before"), pruning, Capture("after")]
+    trainer = make_trainer(tmp_path, callbacks=callbacks, max_epochs=2, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(model)
+    assert pruning.history[0]["entries"] == [["model::layers::", True, [0]]]  # the layer alone reached 1.6x
+    removed, kept = seen["before"]
+    (after,) = seen["after"]
+    assert set(after) == set(kept)  # the same parameter objects, now layer 0
+    for p, value in after.items():
+        assert torch.equal(value, kept[p])
+    assert not all(torch.equal(a, r) for a, r in zip(after.values(), removed.values(), strict=True))

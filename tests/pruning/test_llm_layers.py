@@ -184,3 +184,11 @@ def test_bad_prune_layers_refused(kwargs, family, match):
 def test_replay_refuses_a_layer_history_that_does_not_fit():
     with pytest.raises(ValueError, match=r"removes decoder layers \[5\]"):
         replay_llm(tiny_causal_lm("llama"), [["::layers::", True, [5]]])
+
+
+def test_heterogeneous_config_refused(monkeypatch):
+    """transformers' per-layer overrides (`per_layer_config`) give layers their own shapes: not cut alike, refused."""
+    model = tiny_causal_lm("llama")
+    monkeypatch.setattr(type(model.config), "is_heterogeneous", property(lambda self: True))
+    with pytest.raises(ValueError, match=r"config is heterogeneous \(`per_layer_config`"):
+        LLMPruner().check_module(model)
