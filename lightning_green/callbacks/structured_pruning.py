@@ -37,7 +37,7 @@ from lightning_green.pruning.engine import ChannelPruner
 from lightning_green.pruning.graph import count_macs_params
 from lightning_green.pruning.history import STATE_VERSION, rebuild_from_checkpoint, replay
 from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
-from lightning_green.pruning.llm import LLMPruner, find_hf_model, renumber_after_layer_drops
+from lightning_green.pruning.llm import LLMPruner, find_hf_model, is_layer_drop, renumber_after_layer_drops
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, step_ratio
 from lightning_green.pruning.verify import (
@@ -69,8 +69,6 @@ _REGULARIZATIONS = ("none", "group-norm", "bn-scale")
 _MODES = ("max", "min")
 #: Criteria that look at a window of training batches before each prune (gradients, or activations of an HF LLM).
 _WINDOWED = NEEDS_GRADIENTS | {"activation"}
-#: What LLMPruner's history entry of removed decoder layers contains.
-_SEP_LAYERS = "::layers::"
 
 
 class StructuredPruning(Callback):
@@ -731,7 +729,7 @@ class StructuredPruning(Callback):
                 f"{type(self).__name__}: prune {k}/{n} reached {self.speedup:.2f}x, short of its target: the layers "
                 "hit `max_layer_ratio` or could not be cut further."
             )
-        dropped_layers = any(_SEP_LAYERS in str(e[0]) for e in payload["entries"])
+        dropped_layers = any(is_layer_drop(e) for e in payload["entries"])
         if dropped_layers and self.target_speedup is not None and self.speedup > 1.1 * self.target_speedup:
             rank_zero_warn(
                 f"{type(self).__name__}(prune_layers={self.prune_layers}): removing the decoder layers alone gave "

@@ -55,6 +55,7 @@ __all__ = [
     "analyse",
     "count_llm_macs",
     "find_hf_model",
+    "is_layer_drop",
     "is_llm_entry",
     "renumber_after_layer_drops",
     "replay_llm",
@@ -451,6 +452,11 @@ def _refuse(owner: str, message: str) -> None:
 def is_llm_entry(entry: Sequence[Any]) -> bool:
     """Whether a history entry was written by :class:`LLMPruner` (not by torch-pruning)."""
     return _SEP in str(entry[0])
+
+
+def is_layer_drop(entry: Sequence[Any]) -> bool:
+    """Whether a history entry removed whole decoder layers (``prune_layers``)."""
+    return str(entry[0]).endswith(f"{_SEP}layers{_SEP}")
 
 
 # ---------------------------------------------------------------------------------------------------- MACs
@@ -1133,7 +1139,7 @@ def renumber_after_layer_drops(
         >>> renumber_after_layer_drops(state, [["::layers::", True, [1]]], "m.layers.", 2)
         {'m.layers.0.w': 0, 'm.layers.1.w': 2}
     """
-    removed = sorted({int(i) for e in entries if str(e[0]).endswith(f"{_SEP}layers{_SEP}") for i in e[2]})
+    removed = sorted({int(i) for e in entries if is_layer_drop(e) for i in e[2]})
     if not removed:
         return dict(named)
     kept = [i for i in range(layers_now + len(removed)) if i not in set(removed)]
