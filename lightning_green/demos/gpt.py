@@ -304,7 +304,7 @@ class TinyGPT(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val_loss`` and ``val_ppl``."""
-        self._log_nll(self.val_nll, "val")
+        log_nll(self, self.val_nll, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Accumulate the test loss, weighted by bytes."""
@@ -312,13 +312,7 @@ class TinyGPT(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Log ``test_loss`` and ``test_ppl``."""
-        self._log_nll(self.test_nll, "test")
-
-    def _log_nll(self, metric: MeanMetric, stage: str) -> None:
-        nll = metric.compute()
-        metric.reset()
-        self.log(f"{stage}_loss", nll, prog_bar=True)
-        self.log(f"{stage}_ppl", torch.exp(nll), prog_bar=True)
+        log_nll(self, self.test_nll, "test")
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The most likely next byte at every position."""
@@ -353,6 +347,14 @@ class TinyGPT(pl.LightningModule):
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 10
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def log_nll(module: pl.LightningModule, metric: MeanMetric, stage: str) -> None:
+    """Log ``{stage}_loss`` (the token-weighted mean NLL ``metric`` holds) and ``{stage}_ppl``, then reset it."""
+    nll = metric.compute()
+    metric.reset()
+    module.log(f"{stage}_loss", nll, prog_bar=True)
+    module.log(f"{stage}_ppl", torch.exp(nll), prog_bar=True)
 
 
 def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager:

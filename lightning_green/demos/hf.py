@@ -35,7 +35,7 @@ from lightning_green._internal.validation import (
     fail,
 )
 from lightning_green.demos._data import size_example_to_windows
-from lightning_green.demos.gpt import VOCAB_SIZE, attention_kernels
+from lightning_green.demos.gpt import VOCAB_SIZE, attention_kernels, log_nll
 
 __all__ = ["FAMILIES", "Family", "HFCausalLM", "causal_lm_config", "to_causal_lm_batch"]
 
@@ -329,7 +329,7 @@ class HFCausalLM(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val_loss`` and ``val_ppl``."""
-        self._log_nll(self.val_nll, "val")
+        log_nll(self, self.val_nll, "val")
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         """Accumulate the test loss, weighted by predicted tokens."""
@@ -338,13 +338,7 @@ class HFCausalLM(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Log ``test_loss`` and ``test_ppl``."""
-        self._log_nll(self.test_nll, "test")
-
-    def _log_nll(self, metric: MeanMetric, stage: str) -> None:
-        nll = metric.compute()
-        metric.reset()
-        self.log(f"{stage}_loss", nll, prog_bar=True)
-        self.log(f"{stage}_ppl", torch.exp(nll), prog_bar=True)
+        log_nll(self, self.test_nll, "test")
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The most likely next token at every position."""
