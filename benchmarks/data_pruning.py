@@ -37,7 +37,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,17 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from green_recipe import TASKS, _median, _num, announce, class_path, fit, variant_configs, write_json  # noqa: E402
+from green_recipe import (  # noqa: E402
+    TASKS,
+    _median,
+    _num,
+    announce,
+    class_path,
+    fit_round,
+    variant_configs,
+    write_configs,
+    write_json,
+)
 
 from lightning_green.report import load_run, write_comparison  # noqa: E402
 
@@ -179,24 +188,14 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
     preset = yaml.safe_load((ROOT / task.config).read_text(encoding="utf-8"))
     configs = pruning_configs(preset, args.on, args.prune_ratio, args.anneal_fraction)
     task_dir = runs_dir / name
-    task_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for v, config in configs.items():
-        paths[v] = task_dir / f"{v}.yaml"
-        paths[v].write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    paths = write_configs(configs, task_dir)
     goal = GOALS[name]
     margin = goal["max_drop"] if args.margin is None else args.margin
     sign = 1.0 if task.metric.endswith("acc") else -1.0  # higher accuracy / lower loss is better
     extra = [*(task.quick if args.quick else ()), *args.fit_arg]
     rounds = []
     for k in range(args.rounds):
-        seed = args.seed + k
-        order = VARIANTS if k % 2 == 0 else VARIANTS[::-1]
-        dirs = {}
-        for v in order:
-            t0 = time.perf_counter()
-            dirs[v] = fit(paths[v], task_dir / v, seed, args.accelerator, extra, args.verbose)
-            print(f"  {name} round {k + 1} (seed {seed}): {v} {time.perf_counter() - t0:.0f} s", flush=True)
+        seed, order, dirs = fit_round(k, args, VARIANTS, paths, task_dir, extra, name)
         runs = {v: load_run(dirs[v], name=v) for v in VARIANTS}
         target = target_from_full(runs["full"].final_metric(task.metric), sign, margin, args.quick)
         cmp, _ = write_comparison(

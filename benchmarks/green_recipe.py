@@ -402,31 +402,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def write_configs(configs: dict[str, dict[str, Any]], task_dir: Path) -> dict[str, Path]:
+    """Write each variant's config to ``task_dir/<variant>.yaml``; returns the paths by variant."""
+    task_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for variant, config in configs.items():
+        paths[variant] = task_dir / f"{variant}.yaml"
+        paths[variant].write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return paths
+
+
+def fit_round(
+    k: int,
+    args: argparse.Namespace,
+    variants: tuple[str, ...],
+    paths: dict[str, Path],
+    task_dir: Path,
+    extra: Sequence[str],
+    label: str,
+) -> tuple[int, tuple[str, ...], dict[str, Path]]:
+    """Round ``k``: every variant fitted once with seed ``args.seed + k``, the order alternating by round.
+
+    Returns the seed, the order and each variant's log dir.
+    """
+    seed = args.seed + k
+    order = variants if k % 2 == 0 else variants[::-1]
+    dirs = {}
+    for variant in order:
+        t0 = time.perf_counter()
+        dirs[variant] = fit(paths[variant], task_dir / variant, seed, args.accelerator, extra, args.verbose)
+        took = time.perf_counter() - t0
+        print(f"  {label} round {k + 1}/{args.rounds} (seed {seed}): {variant} {took:.0f} s", flush=True)
+    return seed, order, dirs
+
+
 def run_task(task: Task, args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     """All rounds of one task; returns its results (rounds, summary, goals)."""
     with open(ROOT / task.config, encoding="utf-8") as f:  # ROOT / an absolute path is that path
         preset = yaml.safe_load(f)
     configs = variant_configs(preset, power_tuner=not args.no_power_tuner)
     task_dir = runs_dir / task.name
-    task_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for variant, config in configs.items():
-        paths[variant] = task_dir / f"{variant}.yaml"
-        paths[variant].write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    paths = write_configs(configs, task_dir)
     target = args.digits_target if task.name == "digits" else args.lm_target
     if target is None and not args.quick:
         target = task.target
     extra = [*(task.quick if args.quick else ()), *args.fit_arg]
     rounds = []
     for k in range(args.rounds):
-        seed = args.seed + k
-        order = VARIANTS if k % 2 == 0 else VARIANTS[::-1]
-        dirs = {}
-        for variant in order:
-            t0 = time.perf_counter()
-            dirs[variant] = fit(paths[variant], task_dir / variant, seed, args.accelerator, extra, args.verbose)
-            took = time.perf_counter() - t0
-            print(f"  {task.name} round {k + 1}/{args.rounds} (seed {seed}): {variant} {took:.0f} s", flush=True)
+        seed, order, dirs = fit_round(k, args, VARIANTS, paths, task_dir, extra, task.name)
         runs = [load_run(dirs["baseline"], name="fp32 baseline"), load_run(dirs["green"], name="green preset")]
         out = task_dir / f"comparison_round{k + 1}"
         cmp, _ = write_comparison(runs, out, metric=task.metric, target=target)
