@@ -8,47 +8,27 @@ DDP wrapper was rebuilt. Writes OUT/rank<r>.pt.
 import sys
 from pathlib import Path
 
-import torch
-from lightning.pytorch import Trainer, seed_everything
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from lightning.pytorch import seed_everything  # noqa: E402
+
 from lightning_green import StructuredPruning  # noqa: E402
-from tests.callbacks._ddp_pruning_script import Dump, PerRankSeed  # noqa: E402
+from tests.callbacks._ddp_pruning_script import fit_ddp  # noqa: E402
 from tests.pruning.hf_models import TinyLM  # noqa: E402
 
 
 def main(out: Path) -> None:
-    seed_everything(0, verbose=False)
-    trainer = Trainer(
-        default_root_dir=out,
-        strategy="ddp",
-        devices=2,
-        accelerator="cpu",
-        max_epochs=3,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[
-            PerRankSeed(),
-            StructuredPruning(
-                importance="random",
-                pruning_ratio=0.5,
-                prune_layers=1,
-                importance_batches=1,
-                start_epoch=1,
-                end_epoch=2,
-                verbose=False,
-            ),
-            Dump(out),
-        ],
+    seed_everything(0, verbose=False)  # the model's initial weights, the same on every rank
+    pruning = StructuredPruning(
+        importance="random",
+        pruning_ratio=0.5,
+        prune_layers=1,
+        importance_batches=1,
+        start_epoch=1,
+        end_epoch=2,
+        verbose=False,
     )
-    trainer.fit(TinyLM("llama"))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    fit_ddp(out, pruning, TinyLM("llama"), limit_train_batches=2, limit_val_batches=0)
 
 
 if __name__ == "__main__":

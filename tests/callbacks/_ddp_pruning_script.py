@@ -33,7 +33,8 @@ class Dump(Callback):
         )
 
 
-def main(out: Path) -> None:
+def fit_ddp(out: Path, pruning: StructuredPruning, model, datamodule=None, **trainer_kwargs) -> None:
+    """Fit ``model`` on 2 CPU ranks with ``pruning`` between PerRankSeed and Dump (3 epochs, no logs)."""
     seed_everything(0, verbose=False)
     trainer = Trainer(
         default_root_dir=out,
@@ -41,23 +42,30 @@ def main(out: Path) -> None:
         devices=2,
         accelerator="cpu",
         max_epochs=3,
-        limit_train_batches=3,
-        limit_val_batches=1,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
-        callbacks=[
-            PerRankSeed(),
-            StructuredPruning(importance="random", pruning_ratio=0.5, start_epoch=1, end_epoch=2, verbose=False),
-            Dump(out),
-        ],
+        callbacks=[PerRankSeed(), pruning, Dump(out)],
+        **trainer_kwargs,
     )
-    trainer.fit(DigitsCNN(channels=[8, 16], channels_last=False), DigitsDataModule(batch_size=16))
+    trainer.fit(model, datamodule)
     # Lightning destroys only NCCL groups at exit; a gloo group left to interpreter finalization can abort the
     # process after a successful fit (pytorch/pytorch#190489).
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def main(out: Path) -> None:
+    seed_everything(0, verbose=False)  # the model's initial weights, the same on every rank
+    fit_ddp(
+        out,
+        StructuredPruning(importance="random", pruning_ratio=0.5, start_epoch=1, end_epoch=2, verbose=False),
+        DigitsCNN(channels=[8, 16], channels_last=False),
+        DigitsDataModule(batch_size=16),
+        limit_train_batches=3,
+        limit_val_batches=1,
+    )
 
 
 if __name__ == "__main__":

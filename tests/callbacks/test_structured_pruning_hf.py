@@ -35,15 +35,16 @@ def _fit(tmp_path, family: str, pruning: StructuredPruning, **kwargs) -> tuple[T
 def test_llama_gqa_fit_resume_and_load_pruned(tmp_path):
     """Activation importance, residual width too: 1.5x fewer MACs, checkpoint loads weights-only, resume and
     load_pruned rebuild the pruned shape."""
-    pruning = StructuredPruning(
-        target_speedup=1.5,
-        start_epoch=1,
-        end_epoch=2,
-        importance="activation",
-        importance_batches=1,
-        prune_hidden=True,
-        verbose=False,
-    )
+    args = {
+        "target_speedup": 1.5,
+        "start_epoch": 1,
+        "end_epoch": 2,
+        "importance": "activation",
+        "importance_batches": 1,
+        "prune_hidden": True,
+        "verbose": False,
+    }
+    pruning = StructuredPruning(**args)
     model, trainer = _fit(tmp_path, "llama", pruning)
     assert pruning.speedup >= 1.5 and len(pruning.history) == 2
     cfg = model.model.config
@@ -60,15 +61,7 @@ def test_llama_gqa_fit_resume_and_load_pruned(tmp_path):
         torch.testing.assert_close(inference(IDS), model(IDS))
     assert inference.model.config.hidden_size == cfg.hidden_size
 
-    resumed = StructuredPruning(
-        target_speedup=1.5,
-        start_epoch=1,
-        end_epoch=2,
-        importance="activation",
-        importance_batches=1,
-        prune_hidden=True,
-        verbose=False,
-    )
+    resumed = StructuredPruning(**args)
     again = TinyLM("llama")
     trainer2 = make_trainer(tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=0, callbacks=[resumed])
     trainer2.fit(again, ckpt_path=ckpt)
