@@ -337,16 +337,26 @@ class TinyGPT(pl.LightningModule):
         return out if prompt else out[1:]
 
     def configure_optimizers(self):  # noqa: D102 - Lightning hook
-        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "emb" not in n]
-        rest = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            betas=(0.9, 0.95),
-        )
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 10
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return adamw_cosine(self, {id(p) for n, p in self.named_parameters() if "emb" in n})
+
+
+def adamw_cosine(module: pl.LightningModule, no_decay: set[int]) -> dict:
+    """The language-model demos' optimizer: AdamW with a cosine schedule over ``max_epochs``.
+
+    Betas 0.9/0.95 and ``hparams.lr``; ``hparams.weight_decay`` on the matrices whose ``id`` is not in ``no_decay``
+    (embeddings), none on the rest.
+    """
+    named = list(module.named_parameters())
+    decay = [p for _, p in named if p.dim() >= 2 and id(p) not in no_decay]
+    rest = [p for _, p in named if not (p.dim() >= 2 and id(p) not in no_decay)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": module.hparams.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=module.hparams.lr,
+        betas=(0.9, 0.95),
+    )
+    max_epochs = module.trainer.max_epochs if module.trainer.max_epochs and module.trainer.max_epochs > 0 else 10
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def log_nll(module: pl.LightningModule, metric: MeanMetric, stage: str) -> None:

@@ -35,7 +35,7 @@ from lightning_green._internal.validation import (
     fail,
 )
 from lightning_green.demos._data import size_example_to_windows
-from lightning_green.demos.gpt import VOCAB_SIZE, attention_kernels, log_nll
+from lightning_green.demos.gpt import VOCAB_SIZE, adamw_cosine, attention_kernels, log_nll
 
 __all__ = ["FAMILIES", "Family", "HFCausalLM", "causal_lm_config", "to_causal_lm_batch"]
 
@@ -364,18 +364,7 @@ class HFCausalLM(pl.LightningModule):
         return data if prompt else data[1:]
 
     def configure_optimizers(self):  # noqa: D102 - Lightning hook
-        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Embedding)}
-        named = list(self.named_parameters())
-        decay = [p for _, p in named if p.dim() >= 2 and id(p) not in embeddings]
-        rest = [p for _, p in named if not (p.dim() >= 2 and id(p) not in embeddings)]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            betas=(0.9, 0.95),
-        )
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 10
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return adamw_cosine(self, {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Embedding)})
 
 
 def _max_positions(config: Any) -> int:
