@@ -17,7 +17,9 @@ is crossed at a noisy point of the curve; ``--margin`` changes the tolerance. Va
 ``DataPruning`` — the combination. Any DataPruning already in the preset is removed from the *full* variant and its
 arguments are used for the *pruned* one (else ``--prune-ratio``/``--anneal-fraction``). The order alternates by round,
 each round has its own seed. Figures (median over rounds): samples processed (from DataPruning's report section),
-energy-to-target, fit time, final metric; ratios are pruned / full.
+energy-to-target, fit time, final metric; ratios are pruned / full. Also the *same-epoch* energy ratio: the pruned
+run's energy through the epoch in which the full run reached the target, over the full run's energy-to-target — the
+energy-to-target the pruned run would have had without losing any progress per epoch (see ``round_figures``).
 
 Energy on a CPU is the EnergyMonitor's estimate (it follows process CPU time), so torch runs on one thread.
 
@@ -130,8 +132,29 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b is not None and b > 0 else None
 
 
+def energy_through_epoch(run: Any, epoch: int | None) -> float | None:
+    """A run's cumulative energy at the end of ``epoch`` (validation included), ``None`` past its last epoch.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> run = NS(epoch_energy=lambda: [NS(epoch=0, cumulative_j=10.0), NS(epoch=1, cumulative_j=17.0)])
+        >>> energy_through_epoch(run, 1), energy_through_epoch(run, 5), energy_through_epoch(run, None)
+        (17.0, None, None)
+    """
+    if epoch is None:
+        return None
+    return next((e.cumulative_j for e in run.epoch_energy() if e.epoch == epoch), None)
+
+
 def round_figures(runs: dict[str, Any], cmp: Any) -> dict[str, Any]:
-    """One round: per variant its figures; ratios pruned / full; the final-metric delta pruned - full."""
+    """One round: per variant its figures; ratios pruned / full; the final-metric delta pruned - full.
+
+    ``same_epoch_energy_ratio`` is the energy-to-target the pruned run would have had if it reached the target in the
+    *same epoch* as the full run: its energy through that epoch / the full run's energy-to-target. InfoBatch's rule is
+    built so that an epoch of pruned data makes the progress of a full one (in expectation, under SGD; under Adam the
+    fewer steps move less), so this is about the best energy-to-target the rule can give on the task: whatever the
+    pruned run loses per epoch comes on top.
+    """
     rows = dict(zip(VARIANTS, cmp.rows, strict=True))
     data = runs["pruned"].extra("data") or {}
     out: dict[str, Any] = {"runs": {}}
@@ -152,6 +175,9 @@ def round_figures(runs: dict[str, Any], cmp: Any) -> dict[str, Any]:
     out["time_ratio"] = _ratio(p["time_s"], f["time_s"])
     out["samples_ratio"] = _ratio(p["samples"], f["samples"])
     out["final_metric_delta"] = p["final"] - f["final"] if p["final"] is not None and f["final"] is not None else None
+    full_target = rows["full"].target
+    same_epoch = energy_through_epoch(runs["pruned"], full_target.epoch) if full_target.reached else None
+    out["same_epoch_energy_ratio"] = _ratio(same_epoch, f["energy_to_target_j"])
     out["target"] = cmp.target
     return out
 
@@ -208,10 +234,19 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
             f"  round {k + 1}: energy-to-target {_num(fig['energy_to_target_ratio'], '{:.2f}x')}, samples "
             f"{_num(fig['samples_ratio'], '{:.2f}x')}, fit energy {_num(fig['energy_ratio'], '{:.2f}x')}, final "
             f"{task.metric} {_num(fig['final_metric_delta'], '{:+.4f}')} (pruned vs full), target {_num(target)}, "
-            f"reached full/pruned {fig['runs']['full']['reached']}/{fig['runs']['pruned']['reached']}",
+            f"reached full/pruned {fig['runs']['full']['reached']}/{fig['runs']['pruned']['reached']} (full in "
+            f"epoch {cmp.rows[0].target.epoch}; pruned energy through that epoch "
+            f"{_num(fig['same_epoch_energy_ratio'], '{:.2f}x')})",
             flush=True,
         )
-    keys = ("energy_to_target_ratio", "samples_ratio", "energy_ratio", "time_ratio", "final_metric_delta")
+    keys = (
+        "energy_to_target_ratio",
+        "same_epoch_energy_ratio",
+        "samples_ratio",
+        "energy_ratio",
+        "time_ratio",
+        "final_metric_delta",
+    )
     summary = {key: _median([r[key] for r in rounds]) for key in keys}
     summary["energy_to_target_ratio"] = median_energy_to_target(rounds)
     summary["reached"] = {v: sum(bool(r["runs"][v]["reached"]) for r in rounds) for v in VARIANTS}
@@ -225,7 +260,8 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
     print(
         f"{name} ({args.on} vs {args.on} + DataPruning, median of {len(rounds)}): energy-to-target "
         f"{_num(e, '{:.2f}x')} (goal <= {goal['energy_to_target']}x: "
-        f"{'met' if summary['goals']['energy_to_target_met'] else 'NOT met'}), samples "
+        f"{'met' if summary['goals']['energy_to_target_met'] else 'NOT met'}; had it reached the target in the full "
+        f"run's epoch: {_num(summary['same_epoch_energy_ratio'], '{:.2f}x')}), samples "
         f"{_num(summary['samples_ratio'], '{:.2f}x')}, fit time {_num(summary['time_ratio'], '{:.2f}x')}, final "
         f"{task.metric} {_num(d, '{:+.4f}')} (goal within {goal['max_drop']}: "
         f"{'met' if summary['goals']['final_met'] else 'NOT met'})\n",

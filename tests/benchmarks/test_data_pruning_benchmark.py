@@ -53,3 +53,25 @@ def test_a_round_whose_pruned_run_misses_the_target_is_not_dropped_from_the_medi
 
     assert bench.median_energy_to_target([r(0.5), r(None), r(None)]) is None
     assert bench.median_energy_to_target([r(0.5), r(0.9), r(None)]) == pytest.approx(0.9)
+
+
+def test_same_epoch_energy_ratio_is_the_pruned_energy_through_the_full_runs_target_epoch():
+    from types import SimpleNamespace as NS
+
+    def run(per_epoch, data=None):
+        cumulative = [sum(per_epoch[: i + 1]) for i in range(len(per_epoch))]
+        epochs = [NS(epoch=i, cumulative_j=c) for i, c in enumerate(cumulative)]
+        return NS(epoch_energy=lambda: epochs, extra=lambda name: data)
+
+    def row(final, reached, epoch, energy_j, total_j):
+        return NS(final=final, target=NS(reached=reached, epoch=epoch, energy_j=energy_j), energy_j=total_j, time_s=1.0)
+
+    runs = {"full": run([10.0] * 6), "pruned": run([10.0] + [6.0] * 5, {"samples_seen": 70, "samples_full_data": 100})}
+    # The full run reaches the target in epoch 2 (30 J), the pruned one only in epoch 4 (34 J).
+    cmp = NS(rows=[row(0.98, True, 2, 30.0, 60.0), row(0.98, True, 4, 34.0, 40.0)], target=0.97)
+    fig = bench.round_figures(runs, cmp)
+    assert fig["energy_to_target_ratio"] == pytest.approx(34.0 / 30.0)
+    assert fig["same_epoch_energy_ratio"] == pytest.approx(22.0 / 30.0)  # 10 + 6 + 6 J through epoch 2
+    assert fig["samples_ratio"] == pytest.approx(0.7)
+    cmp_missed = NS(rows=[row(0.98, False, None, None, 60.0), row(0.98, True, 4, 34.0, 40.0)], target=0.99)
+    assert bench.round_figures(runs, cmp_missed)["same_epoch_energy_ratio"] is None
