@@ -25,11 +25,30 @@ def test_splits_are_disjoint_stratified_and_cover_the_dataset():
         (DigitsDataModule, {"val_fraction": 0.6, "test_fraction": 0.5}, r"val_fraction \+ test_fraction < 1"),
         (DigitsCNN, {"channels": []}, r"DigitsCNN\(channels=\[\]\): `channels` must be a non-empty list"),
         (DigitsCNN, {"lr": 0}, r"`lr` must be a number > 0"),
+        (
+            DigitsCNN,
+            {"optimizer": "adamw"},
+            r"DigitsCNN\(optimizer='adamw'\): `optimizer` must be one of \('adam', 'sgd'\)",
+        ),
     ],
 )
 def test_demo_rejects_bad_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize(("optimizer", "cls"), [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_optimizer_choice_is_used_with_the_cosine_schedule(optimizer, cls):
+    model = DigitsCNN(channels=[4, 8], lr=0.05, optimizer=optimizer)
+    model.trainer = Trainer(max_epochs=6, logger=False, **QUIET)
+    config = model.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert type(opt) is cls and opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-4)
+    assert (opt.param_groups[0].get("momentum"), opt.param_groups[0].get("nesterov")) == (
+        (0.9, True) if optimizer == "sgd" else (None, None)
+    )
+    assert sched.T_max == 6
 
 
 def test_predict_returns_a_class_per_image(tmp_path):
