@@ -27,6 +27,7 @@ Goals: energy-to-target <= 0.7x, final accuracy within 0.3 pt (digits), final va
 
     PYTHONPATH=. python benchmarks/data_pruning.py --json out.json               # 3 rounds, both tasks
     PYTHONPATH=. python benchmarks/data_pruning.py --on green --tasks digits     # combined with the green preset
+    PYTHONPATH=. python benchmarks/data_pruning.py --keep-steps --tasks digits   # smaller batches, same steps
     PYTHONPATH=. python benchmarks/data_pruning.py --quick                       # smoke run
 """
 
@@ -70,7 +71,7 @@ GOALS = {"digits": {"energy_to_target": 0.7, "max_drop": 0.003}, "lm": {"energy_
 
 
 def pruning_configs(
-    preset: dict[str, Any], on: str, prune_ratio: float, anneal_fraction: float
+    preset: dict[str, Any], on: str, prune_ratio: float, anneal_fraction: float, keep_steps: bool = False
 ) -> dict[str, dict[str, Any]]:
     """The *full* and *pruned* configs of a preset: identical but for a DataPruning callback in the latter.
 
@@ -88,6 +89,8 @@ def pruning_configs(
     dp = copy.deepcopy(given[0]) if given else None
     if not isinstance(dp, dict):
         dp = {"class_path": DATA_PRUNING, "init_args": {"prune_ratio": prune_ratio, "anneal_fraction": anneal_fraction}}
+    if keep_steps:
+        dp.setdefault("init_args", {})["keep_steps"] = True
     callbacks = pruned["trainer"]["callbacks"]
     # Before the GreenReport (it reads the report sections at the end of the fit).
     at = next((i for i, cb in enumerate(callbacks) if class_path(cb) == "lightning_green.GreenReport"), len(callbacks))
@@ -196,6 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--prune-ratio", type=float, default=0.5)
     p.add_argument("--anneal-fraction", type=float, default=0.125)
+    p.add_argument("--keep-steps", action="store_true", help="DataPruning(keep_steps=True)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 short epochs, 1 round")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--accelerator", default="cpu")
@@ -212,7 +216,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     task = TASKS[name]
     preset = yaml.safe_load((ROOT / task.config).read_text(encoding="utf-8"))
-    configs = pruning_configs(preset, args.on, args.prune_ratio, args.anneal_fraction)
+    configs = pruning_configs(preset, args.on, args.prune_ratio, args.anneal_fraction, args.keep_steps)
     task_dir = runs_dir / name
     paths = write_configs(configs, task_dir)
     goal = GOALS[name]

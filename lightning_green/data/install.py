@@ -7,7 +7,9 @@ the same with its own sampler through the same code path:
 - ``trainer.fit_loop._data_source`` is where Lightning keeps what ``fit()`` was given (a module's or datamodule's
   ``train_dataloader`` hook, or loaders passed directly); wrapping its ``dataloader`` method covers all three and
   runs inside Lightning's ``_replace_dunder_methods`` context, so user DataLoader subclasses re-instantiate too.
-- ``lightning.pytorch.utilities.data._update_dataloader`` is Lightning's re-instantiation with a new sampler.
+- ``lightning.pytorch.utilities.data._update_dataloader`` is Lightning's re-instantiation with a new sampler. For
+  ``DataPruning(keep_steps=True)`` the batch size changes too: its two halves (``_get_dataloader_init_args_and_kwargs``
+  and ``_reinstantiate_wrapped_cls``) are called with ``batch_size`` replaced in between.
 
 Both are private (checked on Lightning 2.1–2.6); ``tests/callbacks/test_data_pruning.py`` checks they still exist
 and apply.
@@ -26,12 +28,38 @@ from lightning_green._internal.validation import InvalidArgumentError
 __all__ = ["install_train_sampler", "rebuild_with_sampler"]
 
 
-def rebuild_with_sampler(loader: DataLoader, sampler: Sampler) -> DataLoader:
-    """``loader`` re-created by Lightning with ``sampler`` in place of its own (batch size, workers, collate kept)."""
-    from lightning.pytorch.trainer.states import RunningStage
-    from lightning.pytorch.utilities.data import _update_dataloader  # private, see the module docstring
+def rebuild_with_sampler(loader: DataLoader, sampler: Sampler, batch_size: int | None = None) -> DataLoader:
+    """``loader`` re-created by Lightning with ``sampler`` (and ``batch_size``, if given) in place of its own.
 
-    return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+    Workers, collate function and the rest are kept.
+
+    Raises:
+        InvalidArgumentError: The loader's class cannot be re-created with another ``batch_size``.
+    """
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities import data as pl_data  # private, see the module docstring
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    if batch_size is None or batch_size == loader.batch_size:
+        return pl_data._update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+    args, kwargs = pl_data._get_dataloader_init_args_and_kwargs(loader, sampler, mode=RunningStage.TRAINING)
+    names = tuple(getattr(loader, "__pl_saved_arg_names", ()))[: len(args)]
+    if "batch_size" in names:  # given positionally to a DataLoader created in a Lightning hook
+        at = names.index("batch_size")
+        args = (*args[:at], batch_size, *args[at + 1 :])
+    else:
+        kwargs["batch_size"] = batch_size
+    try:
+        rebuilt = pl_data._reinstantiate_wrapped_cls(loader, *args, **kwargs)
+    except (TypeError, MisconfigurationException) as err:
+        rebuilt, reason = None, str(err).strip()
+    if rebuilt is None or rebuilt.batch_size != batch_size:
+        reason = reason if rebuilt is None else f"it came back with batch_size={rebuilt.batch_size}"
+        raise InvalidArgumentError(
+            f"DataPruning(keep_steps=True): the training {type(loader).__name__} cannot be re-created with a smaller "
+            f"batch_size ({reason}); accept `batch_size` in its __init__, or use keep_steps=False."
+        )
+    return rebuilt
 
 
 def install_train_sampler(
@@ -53,7 +81,8 @@ def install_train_sampler(
     def dataloader() -> Any:
         loader = original()
         check_train_loader(owner, loader)
-        return rebuild_with_sampler(loader, make_sampler(loader))
+        sampler = make_sampler(loader)
+        return rebuild_with_sampler(loader, sampler, getattr(sampler, "epoch_batch_size", None))
 
     source.dataloader = dataloader
 

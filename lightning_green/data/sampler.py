@@ -33,6 +33,8 @@ class PruningSampler(DistributedSampler):
         drop_last: Whether the DataLoader drops the last incomplete batch.
         num_replicas: World size.
         rank: This process's global rank.
+        keep_steps: Keep the full data's number of batches per epoch and shrink the batches instead
+            (:attr:`epoch_batch_size`); else the batches keep ``batch_size`` and an epoch has fewer of them.
 
     Example:
         >>> from lightning_green.data.scores import SampleScores, plan_epoch
@@ -51,12 +53,14 @@ class PruningSampler(DistributedSampler):
         drop_last: bool = False,
         num_replicas: int = 1,
         rank: int = 0,
+        keep_steps: bool = False,
     ) -> None:
         # DistributedSampler's constructor only needs a sized dataset; ours is replaced by the plan.
         super().__init__(range(num_samples_total), num_replicas=num_replicas, rank=rank, shuffle=False)
         self.planner = planner
         self.batch_size = int(batch_size)
         self.batch_drop_last = bool(drop_last)
+        self.keep_steps = bool(keep_steps)
         self._plan: EpochPlan | None = None
         self._shard: list[int] = []
 
@@ -89,15 +93,31 @@ class PruningSampler(DistributedSampler):
     def __len__(self) -> int:
         return len(self.shard)
 
+    def _batches(self, n: int, size: int) -> int:
+        return n // size if self.batch_drop_last else math.ceil(n / size)
+
+    @property
+    def epoch_batch_size(self) -> int:
+        """This epoch's batch size: ``batch_size``, or with ``keep_steps`` the full data's batch count's.
+
+        That is ``ceil(kept shard / full-data batches)``, never more than ``batch_size``: the epoch has as many
+        batches as on all the data, or a few fewer when the batches get small (the rounding up), never more.
+        """
+        if not self.keep_steps:
+            return self.batch_size
+        full = self._batches(math.ceil(len(self.dataset) / self.num_replicas), self.batch_size)
+        n = len(self.shard)
+        return max(1, min(self.batch_size, math.ceil(n / full))) if full and n else self.batch_size
+
     @property
     def num_batches(self) -> int:
         """Batches this rank runs this epoch."""
-        n = len(self.shard)
-        return n // self.batch_size if self.batch_drop_last else math.ceil(n / self.batch_size)
+        return self._batches(len(self.shard), self.epoch_batch_size)
 
     def batch_indices(self, batch_idx: int) -> list[int]:
         """Dataset indices of the ``batch_idx``-th batch of this epoch on this rank."""
-        return self.shard[batch_idx * self.batch_size : (batch_idx + 1) * self.batch_size]
+        size = self.epoch_batch_size
+        return self.shard[batch_idx * size : (batch_idx + 1) * size]
 
     def weights_of(self, indices: list[int]) -> torch.Tensor:
         """Loss weights of ``indices`` this epoch."""

@@ -38,6 +38,8 @@ def test_pruned_variant_is_the_full_one_plus_data_pruning(name, on):
     dp = next(cb for cb in configs["pruned"]["trainer"]["callbacks"] if bench.class_path(cb) == bench.DATA_PRUNING)
     if bench.DATA_PRUNING not in paths(preset(name)):
         assert dp["init_args"] == {"prune_ratio": 0.4, "anneal_fraction": 0.25}
+    kept = bench.pruning_configs(preset(name), on, 0.4, 0.25, keep_steps=True)["pruned"]["trainer"]["callbacks"]
+    assert next(cb for cb in kept if bench.class_path(cb) == bench.DATA_PRUNING)["init_args"]["keep_steps"] is True
 
 
 def test_target_is_the_full_runs_final_metric_within_the_goals_tolerance():

@@ -30,6 +30,7 @@ class Model(LightningModule):
         super().__init__()
         self.layer = nn.Linear(1, 1)
         self.seen = []
+        self.batches = []
 
     def train_dataloader(self):
         return DataLoader(Indexed(), batch_size=4, shuffle=True)
@@ -38,6 +39,8 @@ class Model(LightningModule):
         x, idx = batch
         if len(self.seen) <= self.current_epoch:
             self.seen.append([])
+            self.batches.append(0)
+        self.batches[self.current_epoch] += 1
         self.seen[self.current_epoch].extend(idx.tolist())
         # Rank-dependent losses for the same sample would make scores differ if they were not gathered.
         return reduce_sample_losses(self, x[:, 0] + self.layer(x)[:, 0] * 0.0)
@@ -58,12 +61,18 @@ class Dump(Callback):
     def on_train_end(self, trainer, pl_module):
         dp = next(cb for cb in trainer.callbacks if isinstance(cb, DataPruning))
         torch.save(
-            {"seen": pl_module.seen, "kept": self.kept, "scores": dp.scores.values.tolist(), "n": N},
+            {
+                "seen": pl_module.seen,
+                "batches": pl_module.batches,
+                "kept": self.kept,
+                "scores": dp.scores.values.tolist(),
+                "n": N,
+            },
             self.out / f"rank{trainer.global_rank}.pt",
         )
 
 
-def main(out: Path) -> None:
+def main(out: Path, keep_steps: bool = False) -> None:
     seed_everything(0, verbose=False)
     trainer = Trainer(
         default_root_dir=out,
@@ -75,7 +84,7 @@ def main(out: Path) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
-        callbacks=[DataPruning(prune_ratio=0.5, anneal_fraction=0.0), Dump(out)],
+        callbacks=[DataPruning(prune_ratio=0.5, anneal_fraction=0.0, keep_steps=keep_steps), Dump(out)],
     )
     trainer.fit(Model())
     # Lightning destroys only NCCL groups at exit; a gloo group left to interpreter finalization can abort the
@@ -85,4 +94,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), keep_steps=sys.argv[2:] == ["keep_steps"])

@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_green import DataPruning, EnergyMonitor, reduce_sample_losses
 from lightning_green.data import PruningSampler
+from lightning_green.data.install import rebuild_with_sampler
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
 N = 40
@@ -114,6 +116,62 @@ def test_batches_map_to_their_indices_and_the_kept_sets_follow_the_rule(tmp_path
         assert model.seen[1] != sorted(model.seen[1])
     else:
         assert model.seen[1] == sorted(model.seen[1])
+
+
+@pytest.mark.parametrize(("num_workers", "drop_last"), [(0, False), (2, True)])
+def test_keep_steps_runs_the_full_data_batch_count_with_smaller_batches(tmp_path, num_workers, drop_last):
+    class Count(Model):
+        def on_train_epoch_start(self):
+            self.loader_sizes = getattr(self, "loader_sizes", [])
+            self.loader_sizes.append(self.trainer.train_dataloader.batch_size)
+
+        def on_train_batch_start(self, batch, batch_idx):
+            self.batches = getattr(self, "batches", {})
+            self.batches[self.current_epoch] = self.batches.get(self.current_epoch, 0) + 1
+
+    seed_everything(0)
+    model = Count(batch_size=8, num_workers=num_workers, drop_last=drop_last)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25, keep_steps=True)
+    trainer = fit(tmp_path, model, dp, max_epochs=4)
+    assert model.mismatches == 0  # shuffled (and multi-worker) batches still map to their indices
+    full_batches = N // 8  # 5 either way (40 samples)
+    assert model.batches[0] == model.batches[3] == full_batches and model.loader_sizes[0] == model.loader_sizes[3] == 8
+    for epoch in (1, 2):
+        kept = dp.plan(epoch).order.tolist()
+        size = math.ceil(len(kept) / full_batches)
+        assert model.loader_sizes[epoch] == size < 8  # smaller batches ...
+        # ... as many as on the full data (24 hard samples are always kept, so ceil rounds to exactly 5 here)
+        assert model.batches[epoch] == (len(kept) // size if drop_last else full_batches)
+        assert set(model.seen[epoch]) <= set(kept) and len(model.seen[epoch]) == len(set(model.seen[epoch]))
+        if not drop_last:
+            assert sorted(model.seen[epoch]) == sorted(kept)
+    assert trainer.callback_metrics["data/samples_seen"].item() == sum(len(v) for v in model.seen.values())
+
+
+def test_keep_steps_accepts_a_positional_batch_size_and_refuses_a_loader_that_cannot_change_it(tmp_path):
+    class Positional(Model):
+        def train_dataloader(self):
+            return DataLoader(Indexed(), 4, shuffle=True)  # batch_size given positionally
+
+        def on_train_epoch_start(self):
+            self.sizes = [*getattr(self, "sizes", []), self.trainer.train_dataloader.batch_size]
+
+    seed_everything(0)
+    model = Positional()
+    fit(tmp_path, model, DataPruning(prune_ratio=0.5, anneal_fraction=0.0, keep_steps=True), max_epochs=3)
+    assert model.mismatches == 0 and len(model.seen[2]) < N
+    assert model.sizes[0] == 4 and model.sizes[1] < 4  # the positional batch_size was replaced
+
+    class FixedSize(DataLoader):
+        def __init__(self, dataset, batch_size=1, shuffle=False, sampler=None, batch_sampler=None, drop_last=False):
+            super().__init__(dataset, batch_size=4, shuffle=shuffle, sampler=sampler)  # ignores batch_size
+
+    sampler = PruningSampler(N, lambda e: dp.plan(e), batch_size=4)
+    dp = DataPruning()
+    rebuilt = rebuild_with_sampler(DataLoader(Indexed(), batch_size=4, shuffle=True), sampler, 3)
+    assert rebuilt.batch_size == 3 and rebuilt.sampler is sampler
+    with pytest.raises(ValueError, match=r"keep_steps=True\): the training FixedSize cannot be re-created with a sm"):
+        rebuild_with_sampler(FixedSize(Indexed(), shuffle=True), sampler, 3)
 
 
 def test_every_hard_sample_is_kept_and_well_learned_ones_are_skipped_at_about_prune_ratio(tmp_path):
@@ -244,6 +302,19 @@ def test_a_step_scheduler_sized_for_the_full_data_warns_once(tmp_path):
     assert sum("step-interval LR scheduler" in str(w.message) for w in rec) == 1
 
 
+def test_keep_steps_leaves_a_full_data_step_scheduler_to_run_to_its_end(tmp_path, recwarn):
+    class OneCycle(Model):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=30)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": self.sched, "interval": "step"}}
+
+    model = OneCycle(batch_size=8)
+    fit(tmp_path, model, DataPruning(keep_steps=True, anneal_fraction=0.0), max_epochs=6)
+    assert not [w for w in recwarn if "step-interval LR scheduler" in str(w.message)]
+    assert model.sched.last_epoch == 30 and len(model.seen[3]) < N  # every step taken, on pruned epochs
+
+
 def test_energy_report_gets_a_data_section(tmp_path):
     monitor = EnergyMonitor()
     dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25)
@@ -270,6 +341,7 @@ def test_energy_report_gets_a_data_section(tmp_path):
         ),
         ({"anneal_fraction": "x"}, TypeError, r"`anneal_fraction` must be a number"),
         ({"seed": 0.5}, TypeError, r"DataPruning\(seed=0.5\): `seed` must be an int"),
+        ({"keep_steps": "yes"}, TypeError, r"DataPruning\(keep_steps='yes'\): `keep_steps` must be a bool"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -283,13 +355,13 @@ def test_no_max_epochs_warns_that_nothing_anneals(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_ranks_agree_on_the_kept_set_and_run_equal_batch_counts(tmp_path):
+@pytest.mark.parametrize("keep_steps", [False, True])
+def test_ddp_ranks_agree_on_the_kept_set_and_run_equal_batch_counts(tmp_path, keep_steps):
     script = Path(__file__).with_name("_ddp_data_pruning_script.py")
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
-    )
+    args = [sys.executable, str(script), str(tmp_path), *(["keep_steps"] if keep_steps else [])]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -299,6 +371,14 @@ def test_ddp_ranks_agree_on_the_kept_set_and_run_equal_batch_counts(tmp_path):
         kept = set(r0["kept"][epoch])
         assert set(a) | set(b) == kept and len(set(a) & set(b)) <= 1  # disjoint shards (one padded repeat at most)
     assert len(r0["kept"][1]) < r0["n"]  # epoch 1 pruned
+    assert r0["batches"] == r1["batches"]
+    if keep_steps:  # smaller batches, as many as on the full data (shard 19 -> 5 batches of 4) up to rounding
+        assert r0["batches"][0] == 5
+        for seen, count in zip(r0["seen"], r0["batches"], strict=True):
+            assert count == math.ceil(len(seen) / math.ceil(len(seen) / 5))
+        assert r0["batches"][1] == 5 and len(r0["seen"][1]) < 19
+    else:
+        assert r0["batches"][1] < r0["batches"][0]
     assert all(v == v for v in r0["scores"])  # every sample scored on both ranks (scores were gathered)
 
 

@@ -139,6 +139,47 @@ def test_sampler_shards_are_disjoint_equal_and_map_batches_to_indices(world, dro
         assert [sp.batch_indices(b) for b in range(sp.num_batches)] == batches
 
 
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_keep_steps_keeps_the_full_data_batch_count_with_smaller_batches(world, drop_last):
+    s = scored([0.0] * 24 + [1.0] * 9)
+
+    def sampler(rank, keep_steps, ratio=0.5):
+        sp = PruningSampler(
+            33,
+            lambda e: plan_epoch(s, ratio, e, 0, True),
+            batch_size=4,
+            drop_last=drop_last,
+            num_replicas=world,
+            rank=rank,
+            keep_steps=keep_steps,
+        )
+        sp.set_epoch(1)
+        return sp
+
+    full = sampler(0, False, ratio=0.0)  # nothing pruned: the full data's batches
+    for r in range(world):
+        fewer, kept = sampler(r, False), sampler(r, True)
+        assert list(kept) == list(fewer) and len(kept) < len(full)  # the same samples either way
+        assert fewer.epoch_batch_size == 4 and fewer.num_batches < full.num_batches
+        assert kept.epoch_batch_size == math.ceil(len(kept) / full.num_batches) < 4
+        assert fewer.num_batches < kept.num_batches <= full.num_batches
+        size, shard = kept.epoch_batch_size, list(kept)
+        batches = [shard[i : i + size] for i in range(0, len(shard), size)]
+        if drop_last and len(batches[-1]) < size:
+            batches = batches[:-1]
+        assert [kept.batch_indices(b) for b in range(kept.num_batches)] == batches
+    assert sampler(0, True, ratio=0.0).epoch_batch_size == 4  # an unpruned epoch keeps the DataLoader's size
+
+
+def test_keep_steps_runs_the_full_data_batch_count_on_a_thousand_samples():
+    s = scored([0.0] * 700 + [1.0] * 300)
+    for ratio in (0.3, 0.5, 0.7):
+        sp = PruningSampler(1000, lambda e, r=ratio: plan_epoch(s, r, e, 0, True), batch_size=32, keep_steps=True)
+        sp.set_epoch(1)
+        assert sp.num_batches == 32 and sp.epoch_batch_size < 32  # ceil(1000 / 32) batches, smaller ones
+
+
 def test_reduce_sample_losses_without_data_pruning_is_the_plain_mean():
     losses = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
     out = reduce_sample_losses(LightningModule(), losses)
