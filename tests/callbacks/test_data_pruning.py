@@ -405,16 +405,17 @@ def test_the_example_config_builds_it_through_the_cli(tmp_path, monkeypatch):
     config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "data_pruning.yaml"
     built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (dp,) = [cb for cb in built.trainer.callbacks if isinstance(cb, DataPruning)]
-    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed) == (0.5, 0.125, 0)
+    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed, dp.keep_steps) == (0.5, 0.125, 0, True)
 
 
 @pytest.mark.slow
-def test_next_to_structured_pruning_and_amp_on_the_digits_demo(tmp_path):
+@pytest.mark.parametrize("keep_steps", [False, True])
+def test_next_to_structured_pruning_and_amp_on_the_digits_demo(tmp_path, keep_steps):
     from lightning_green import AMPScheduler, StructuredPruning
     from lightning_green.demos import DigitsCNN, DigitsDataModule
 
     seed_everything(0)
-    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25, keep_steps=keep_steps)
     sp = StructuredPruning(importance="random", pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
     trainer = Trainer(
         default_root_dir=tmp_path,
@@ -429,3 +430,5 @@ def test_next_to_structured_pruning_and_amp_on_the_digits_demo(tmp_path):
     assert sp.speedup > 1.2
     assert [h["kept"] < h["total"] for h in dp.history] == [False, True, True, False]
     assert torch.isfinite(dp.scores.values).all()  # every sample scored through the pruned model
+    steps = trainer.global_step
+    assert steps == 4 * 20 if keep_steps else steps < 4 * 20  # 1257 training images, batches of 64
