@@ -49,9 +49,10 @@ class DataPruning(Callback):
     The weights keep an epoch's expected *sum of gradients*, which is an epoch's progress under SGD. Adam and AdamW
     make every step about ``lr`` long whatever the loss's scale, so there an epoch of fewer steps moves less and a
     pruned run trails the full one. ``keep_steps=True`` keeps every epoch's number of steps and shrinks its batches
-    instead (each batch's weighted mean is still an unbiased estimate of the full-data gradient); the saving then comes
-    from smaller batches, which costs proportionally less where the batch sets the work (CPUs, GPUs at large batch
-    sizes). README, "DataPruning": measured on the digits demo with both optimizers and both modes.
+    instead, with the weights times the epoch's kept fraction so that each step's expected gradient is the full-data
+    step's (for any optimizer); the saving then comes from smaller batches, which cost proportionally less where the
+    batch sets the work (CPUs, GPUs at large batch sizes). README, "DataPruning": measured on the digits demo with
+    both optimizers and both modes.
 
     Logged each epoch: ``data/kept_fraction`` (samples this epoch / dataset), ``data/samples_seen`` (samples loaded so
     far, all ranks) and ``data/score_mean``. The EnergyMonitor's report gets a ``data`` section (samples seen, saved).

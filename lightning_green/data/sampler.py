@@ -120,5 +120,11 @@ class PruningSampler(DistributedSampler):
         return self.shard[batch_idx * size : (batch_idx + 1) * size]
 
     def weights_of(self, indices: list[int]) -> torch.Tensor:
-        """Loss weights of ``indices`` this epoch."""
-        return self.plan.weights[torch.tensor(indices, dtype=torch.long)]
+        """Loss weights of ``indices`` this epoch.
+
+        With ``keep_steps`` they are the plan's weights times its kept fraction: a batch's weighted mean then has the
+        full data's mean gradient as its expectation (without the factor it would be ``1 / kept fraction`` times it,
+        which is right only when the epoch has that many fewer steps).
+        """
+        weights = self.plan.weights[torch.tensor(indices, dtype=torch.long)]
+        return weights * self.plan.kept_fraction if self.keep_steps else weights

@@ -7,6 +7,7 @@ from lightning.pytorch import LightningModule
 
 from lightning_green import reduce_sample_losses
 from lightning_green.data import PruningSampler, SampleScores, annealing_start, plan_epoch
+from lightning_green.data.scores import EpochPlan
 
 
 def scored(values):
@@ -74,6 +75,39 @@ def test_weights_make_the_expected_gradient_equal_the_full_data_gradient_exactly
         total_p += p
     assert total_p == pytest.approx(1.0)
     assert torch.allclose(expected, full, rtol=1e-12, atol=1e-12)
+
+
+def test_keep_steps_weights_make_each_steps_expected_gradient_the_full_data_steps():
+    # keep_steps: an epoch has the full data's number of steps, so each *step* (a batch's weighted mean) must expect
+    # the full data's mean gradient. Enumerated exactly over the skip draws; a uniformly drawn batch of the kept set
+    # has the kept set's weighted mean as its expectation.
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randn(6, dtype=torch.float64)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def grads():
+        return torch.stack([torch.autograd.grad((x[i] @ w - y[i]) ** 2, w)[0] for i in range(6)])
+
+    r = 0.4
+    scores = scored(((x @ w - y) ** 2).detach().tolist())
+    well = torch.nonzero(scores.values < scores.mean()).reshape(-1).tolist()
+    assert 0 < len(well) < 6
+    g = grads()
+    expected, fewer = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for skip in itertools.product([False, True], repeat=len(well)):
+        p = math.prod(r if s else 1 - r for s in skip)
+        weights = torch.ones(6, dtype=torch.float64)
+        for i, s in zip(well, skip, strict=True):
+            weights[i] = 0.0 if s else 1 / (1 - r)
+        plan = EpochPlan(epoch=1, order=torch.nonzero(weights > 0).reshape(-1), weights=weights, pruned=True)
+        sampler = PruningSampler(6, lambda e, plan=plan: plan, batch_size=2, keep_steps=True)
+        kept = plan.order.tolist()
+        step_weights = sampler.weights_of(kept)
+        expected += p * (step_weights[:, None] * g[kept]).mean(0)  # E over the batch = mean over the kept set
+        fewer += p * (weights[kept][:, None] * g[kept]).mean(0)
+    assert torch.allclose(expected, g.mean(0), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(fewer, g.mean(0))  # the plain weights overshoot per step (fine with fewer steps)
 
 
 def test_unscored_and_non_finite_samples_are_always_kept():
