@@ -43,6 +43,9 @@ def rebuild_with_sampler(loader: DataLoader, sampler: Sampler, batch_size: int |
     if batch_size is None or batch_size == loader.batch_size:
         return pl_data._update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
     args, kwargs = pl_data._get_dataloader_init_args_and_kwargs(loader, sampler, mode=RunningStage.TRAINING)
+    # Copies: for a loader created in a Lightning hook these are its saved arguments, which must stay as the user gave
+    # them (a loader returned again next epoch is re-created from them).
+    args, kwargs = tuple(args), dict(kwargs)
     names = tuple(getattr(loader, "__pl_saved_arg_names", ()))[: len(args)]
     if "batch_size" in names:  # given positionally to a DataLoader created in a Lightning hook
         at = names.index("batch_size")
@@ -57,7 +60,8 @@ def rebuild_with_sampler(loader: DataLoader, sampler: Sampler, batch_size: int |
         reason = reason if rebuilt is None else f"it came back with batch_size={rebuilt.batch_size}"
         raise InvalidArgumentError(
             f"DataPruning(keep_steps=True): the training {type(loader).__name__} cannot be re-created with a smaller "
-            f"batch_size ({reason}); accept `batch_size` in its __init__, or use keep_steps=False."
+            f"batch_size ({reason}); it needs a `batch_size` argument that Lightning can replace (a keyword, or "
+            "positional in a DataLoader created in a Lightning hook), or use keep_steps=False."
         )
     return rebuilt
 
@@ -82,7 +86,10 @@ def install_train_sampler(
         loader = original()
         check_train_loader(owner, loader)
         sampler = make_sampler(loader)
-        return rebuild_with_sampler(loader, sampler, getattr(sampler, "epoch_batch_size", None))
+        rebuilt = rebuild_with_sampler(loader, sampler, getattr(sampler, "epoch_batch_size", None))
+        if rebuilt.batch_size is not None and callable(getattr(sampler, "use_batch_size", None)):
+            sampler.use_batch_size(rebuilt.batch_size)  # batches map to indices with the size really in use
+        return rebuilt
 
     source.dataloader = dataloader
 

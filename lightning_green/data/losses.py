@@ -15,9 +15,9 @@ def reduce_sample_losses(module: Any, losses: torch.Tensor) -> torch.Tensor:
     """The scalar loss to optimise from one loss per sample of the batch.
 
     Under a :class:`~lightning_green.DataPruning` callback during training: the mean of ``losses`` weighted by each
-    sample's weight this epoch (``1 / (1 - prune_ratio)`` for the kept well-learned samples, else 1), and the detached
-    losses are recorded as the samples' scores. Anywhere else (no DataPruning, validation, a module outside a
-    Trainer): the plain mean.
+    sample's weight this epoch (``1 / (1 - prune_ratio)`` for the kept well-learned samples, else 1; with
+    ``keep_steps`` both times the epoch's kept fraction), and the detached losses are recorded as the samples' scores.
+    Anywhere else (no DataPruning, validation, a module outside a Trainer): the plain mean.
 
     Args:
         module: The ``LightningModule`` whose ``training_step`` calls this (``self``).

@@ -61,6 +61,7 @@ class PruningSampler(DistributedSampler):
         self.batch_size = int(batch_size)
         self.batch_drop_last = bool(drop_last)
         self.keep_steps = bool(keep_steps)
+        self._batch_size_in_use: int | None = None
         self._plan: EpochPlan | None = None
         self._shard: list[int] = []
 
@@ -98,16 +99,28 @@ class PruningSampler(DistributedSampler):
 
     @property
     def epoch_batch_size(self) -> int:
-        """This epoch's batch size: ``batch_size``, or with ``keep_steps`` the full data's batch count's.
+        """This epoch's batch size: the DataLoader's once :meth:`use_batch_size` said it, else the planned one.
 
-        That is ``ceil(kept shard / full-data batches)``, never more than ``batch_size``: the epoch has as many
-        batches as on all the data, or a few fewer when the batches get small (the rounding up), never more.
+        Planned: ``batch_size``, or with ``keep_steps`` on a pruned epoch the size that gives the full data's number of
+        batches: ``ceil(kept shard / full-data batches)`` (with ``drop_last``: ``kept shard // full-data batches``
+        where that gives exactly as many), never more than ``batch_size``. The epoch then has as many batches as on
+        all the data, or a few fewer when the batches get small (no size gives exactly as many), never more.
         """
-        if not self.keep_steps:
+        if self._batch_size_in_use is not None:
+            return self._batch_size_in_use
+        if not self.keep_steps or not self.plan.pruned:
             return self.batch_size
         full = self._batches(math.ceil(len(self.dataset) / self.num_replicas), self.batch_size)
         n = len(self.shard)
-        return max(1, min(self.batch_size, math.ceil(n / full))) if full and n else self.batch_size
+        if not full or not n:
+            return self.batch_size
+        if self.batch_drop_last and n >= full and n // (n // full) == full:
+            return min(self.batch_size, n // full)
+        return max(1, min(self.batch_size, math.ceil(n / full)))
+
+    def use_batch_size(self, size: int) -> None:
+        """Record the batch size of the DataLoader this sampler was put in (what :meth:`batch_indices` maps with)."""
+        self._batch_size_in_use = int(size)
 
     @property
     def num_batches(self) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_green import DataPruning, EnergyMonitor, reduce_sample_losses
-from lightning_green.data import PruningSampler
+from lightning_green.data import PruningSampler, SampleScores, plan_epoch
 from lightning_green.data.install import rebuild_with_sampler
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
@@ -148,6 +148,20 @@ def test_keep_steps_runs_the_full_data_batch_count_with_smaller_batches(tmp_path
     assert trainer.callback_metrics["data/samples_seen"].item() == sum(len(v) for v in model.seen.values())
 
 
+def test_keep_steps_with_a_loader_returned_again_every_epoch(tmp_path):
+    class Cached(Model):
+        def train_dataloader(self):
+            if not hasattr(self, "loader"):
+                self.loader = DataLoader(Indexed(), batch_size=8, shuffle=True)
+            return self.loader
+
+    seed_everything(0)
+    model = Cached()
+    fit(tmp_path, model, DataPruning(prune_ratio=0.5, anneal_fraction=0.25, keep_steps=True), max_epochs=4)
+    assert model.mismatches == 0 and len(model.seen[1]) < N
+    assert len(model.seen[3]) == N and model.loader.batch_size == 8  # the annealing epoch is back to batches of 8
+
+
 def test_keep_steps_accepts_a_positional_batch_size_and_refuses_a_loader_that_cannot_change_it(tmp_path):
     class Positional(Model):
         def train_dataloader(self):
@@ -166,8 +180,8 @@ def test_keep_steps_accepts_a_positional_batch_size_and_refuses_a_loader_that_ca
         def __init__(self, dataset, batch_size=1, shuffle=False, sampler=None, batch_sampler=None, drop_last=False):
             super().__init__(dataset, batch_size=4, shuffle=shuffle, sampler=sampler)  # ignores batch_size
 
-    sampler = PruningSampler(N, lambda e: dp.plan(e), batch_size=4)
-    dp = DataPruning()
+    scores = SampleScores(N)
+    sampler = PruningSampler(N, lambda e: plan_epoch(scores, 0.5, e, 0, True), batch_size=4)
     rebuilt = rebuild_with_sampler(DataLoader(Indexed(), batch_size=4, shuffle=True), sampler, 3)
     assert rebuilt.batch_size == 3 and rebuilt.sampler is sampler
     with pytest.raises(ValueError, match=r"keep_steps=True\): the training FixedSize cannot be re-created with a sm"):
@@ -241,15 +255,19 @@ def test_resume_reproduces_the_kept_sets(tmp_path):
     assert dp.history[-1]["epoch"] == 4 and len(dp.history) == 5
 
 
-def test_a_mid_epoch_resume_maps_batches_to_their_indices(tmp_path):
+@pytest.mark.parametrize("keep_steps", [False, True])
+def test_a_mid_epoch_resume_maps_batches_to_their_indices(tmp_path, keep_steps):
     seed_everything(0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=13, filename="{step}")
-    trainer = Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, callbacks=[DataPruning(0.5), ckpt],
-                      **QUIET)  # fmt: skip
-    trainer.fit(Model())
+    dp = DataPruning(0.5, keep_steps=keep_steps)
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, callbacks=[dp, ckpt], **QUIET)
+    full = Model()
+    trainer.fit(full)
     resumed = Model()
-    fit(tmp_path, resumed, DataPruning(0.5), max_epochs=3, ckpt_path=str(tmp_path / "ck" / "step=13.ckpt"))
+    fit(tmp_path, resumed, DataPruning(0.5, keep_steps=keep_steps), max_epochs=3,
+        ckpt_path=str(tmp_path / "ck" / "step=13.ckpt"))  # fmt: skip
     assert resumed.mismatches == 0 and set(resumed.seen) == {1, 2}
+    assert resumed.seen[2] == full.seen[2]  # the same kept samples, in the same order and batches
 
 
 def test_no_reduce_sample_losses_call_in_the_first_epoch_is_an_error(tmp_path):

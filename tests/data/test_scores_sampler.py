@@ -196,14 +196,35 @@ def test_keep_steps_keeps_the_full_data_batch_count_with_smaller_batches(world, 
         fewer, kept = sampler(r, False), sampler(r, True)
         assert list(kept) == list(fewer) and len(kept) < len(full)  # the same samples either way
         assert fewer.epoch_batch_size == 4 and fewer.num_batches < full.num_batches
-        assert kept.epoch_batch_size == math.ceil(len(kept) / full.num_batches) < 4
+        assert kept.epoch_batch_size < 4
         assert fewer.num_batches < kept.num_batches <= full.num_batches
+        if drop_last and len(kept) // (len(kept) // full.num_batches) == full.num_batches:
+            assert kept.num_batches == full.num_batches  # exactly as many where one size gives that
         size, shard = kept.epoch_batch_size, list(kept)
         batches = [shard[i : i + size] for i in range(0, len(shard), size)]
         if drop_last and len(batches[-1]) < size:
             batches = batches[:-1]
         assert [kept.batch_indices(b) for b in range(kept.num_batches)] == batches
     assert sampler(0, True, ratio=0.0).epoch_batch_size == 4  # an unpruned epoch keeps the DataLoader's size
+    unscored = SampleScores(1257)
+    odd = PruningSampler(1257, lambda e: plan_epoch(unscored, 0.5, e, 0, True), batch_size=64, keep_steps=True)
+    odd.set_epoch(0)
+    assert odd.epoch_batch_size == 64  # not ceil(1257 / 20) = 63: nothing scored, nothing pruned
+    in_use = sampler(0, True)
+    in_use.use_batch_size(2)
+    assert in_use.epoch_batch_size == 2 and in_use.batch_indices(0) == list(in_use)[:2]  # the DataLoader's size wins
+
+
+@pytest.mark.parametrize(("n", "full"), [(850, 19), (30, 4), (29, 4), (10, 4), (23, 4)])
+def test_keep_steps_with_drop_last_never_runs_more_batches_and_hits_the_count_where_it_can(n, full):
+    # The full data: full * 64 samples in batches of 64; a pruned epoch keeps n of them.
+    def planner(epoch):
+        return EpochPlan(epoch=epoch, order=torch.arange(n), weights=torch.ones(full * 64), pruned=True)
+
+    sp = PruningSampler(full * 64, planner, batch_size=64, drop_last=True, keep_steps=True)
+    assert len(sp) == n and sp.num_batches <= full
+    exact = [b for b in range(1, 65) if n // b == full]
+    assert (sp.num_batches == full) == bool(exact)  # as many as the full data's whenever some batch size gives it
 
 
 def test_keep_steps_runs_the_full_data_batch_count_on_a_thousand_samples():
