@@ -40,14 +40,19 @@ def test_well_learned_samples_are_skipped_with_probability_prune_ratio_over_epoc
     assert abs(rate - 0.7) < 0.015
 
 
+def linear_problem(seed):
+    """A fixed linear least-squares model on 6 samples: inputs, targets and trainable weights (float64)."""
+    torch.manual_seed(seed)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randn(6, dtype=torch.float64)
+    return x, y, torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+
 def test_weights_make_the_expected_gradient_equal_the_full_data_gradient_exactly():
     # A fixed linear model; the expectation over the plan's sampling distribution is enumerated exactly: every
     # well-learned sample is skipped independently with probability r (the plan's rule), kept ones weigh the plan's
     # weight. E[sum_kept w_i grad l_i] must equal sum_i grad l_i (then also per batch mean of a fixed batch size).
-    torch.manual_seed(0)
-    x = torch.randn(6, 3, dtype=torch.float64)
-    y = torch.randn(6, dtype=torch.float64)
-    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x, y, w = linear_problem(0)
 
     def per_sample_losses():
         return (x @ w - y) ** 2
@@ -81,10 +86,7 @@ def test_keep_steps_weights_make_each_steps_expected_gradient_the_full_data_step
     # keep_steps: an epoch has the full data's number of steps, so each *step* (a batch's weighted mean) must expect
     # the full data's mean gradient. Enumerated exactly over the skip draws; a uniformly drawn batch of the kept set
     # has the kept set's weighted mean as its expectation.
-    torch.manual_seed(1)
-    x = torch.randn(6, 3, dtype=torch.float64)
-    y = torch.randn(6, dtype=torch.float64)
-    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x, y, w = linear_problem(1)
 
     def grads():
         return torch.stack([torch.autograd.grad((x[i] @ w - y[i]) ** 2, w)[0] for i in range(6)])
