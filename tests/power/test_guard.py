@@ -88,18 +88,24 @@ def test_signal_restores_trips_and_chains_to_the_previous_handler():
 
 
 def test_sigint_with_default_handler_raises_keyboard_interrupt_after_restoring():
-    with simulated_gpus(1) as gpus:
-        guard = LimitGuard(gpus, [0])
-        guard.arm()
-        guard.install_signals()
-        try:
-            guard.set_limit(0, 150_000)
-            with pytest.raises(KeyboardInterrupt):
-                guard._on_signal(signal.SIGINT, None)
-            assert gpus.get_power_management_limit(0) == 300_000
-        finally:
-            guard.disarm()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored: install Python's
+    # default handler for this test, as an interactive run has it.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with simulated_gpus(1) as gpus:
+            guard = LimitGuard(gpus, [0])
+            guard.arm()
+            guard.install_signals()
+            try:
+                guard.set_limit(0, 150_000)
+                with pytest.raises(KeyboardInterrupt):
+                    guard._on_signal(signal.SIGINT, None)
+                assert gpus.get_power_management_limit(0) == 300_000
+            finally:
+                guard.disarm()
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.slow
