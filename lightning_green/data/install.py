@@ -9,7 +9,8 @@ the same with its own sampler through the same code path:
   runs inside Lightning's ``_replace_dunder_methods`` context, so user DataLoader subclasses re-instantiate too.
 - ``lightning.pytorch.utilities.data._update_dataloader`` is Lightning's re-instantiation with a new sampler. For
   ``DataPruning(keep_steps=True)`` the batch size changes too: its two halves (``_get_dataloader_init_args_and_kwargs``
-  and ``_reinstantiate_wrapped_cls``) are called with ``batch_size`` replaced in between.
+  and ``_reinstantiate_wrapped_cls``, which make up ``_update_dataloader`` throughout Lightning 2.x; run here on 2.6)
+  are called with ``batch_size`` replaced in between.
 
 Both are private (checked on Lightning 2.1–2.6); ``tests/callbacks/test_data_pruning.py`` checks they still exist
 and apply.

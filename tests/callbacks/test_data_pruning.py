@@ -214,8 +214,12 @@ def test_losses_are_reweighted_for_the_kept_well_learned_samples(tmp_path):
 
 
 def test_datamodule_and_the_installed_sampler_are_lightning_s_own_route(tmp_path):
-    # The private Lightning seams used by data/install.py still exist and apply.
-    from lightning.pytorch.utilities.data import _update_dataloader  # noqa: F401
+    # The private Lightning seams used by data/install.py still exist and apply (the last two: keep_steps).
+    from lightning.pytorch.utilities.data import (  # noqa: F401
+        _get_dataloader_init_args_and_kwargs,
+        _reinstantiate_wrapped_cls,
+        _update_dataloader,
+    )
 
     class DM(LightningDataModule):
         def train_dataloader(self):
