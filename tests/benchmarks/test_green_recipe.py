@@ -126,3 +126,32 @@ def test_quick_run_compares_the_two_variants_and_writes_json(tmp_path, capsys, m
     green_config = yaml.safe_load((tmp_path / "digits" / "green.yaml").read_text())
     assert "lightning_green.PowerLimitTuner" not in paths(green_config)
     assert (tmp_path / "digits" / "comparison_round1" / "green_comparison.md").is_file()
+
+
+def test_the_first_round_starts_with_a_thrown_away_short_fit_of_every_variant(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_fit(config_path, root, seed, accelerator, extra, verbose):
+        calls.append((Path(config_path).name, root.relative_to(tmp_path).as_posix(), list(extra)))
+        return root
+
+    monkeypatch.setattr(green_recipe, "fit", fake_fit)
+    args = green_recipe.argparse.Namespace(seed=3, accelerator="cpu", verbose=False, quick=False, rounds=2)
+    cfg = {v: tmp_path / f"{v}.yaml" for v in green_recipe.VARIANTS}
+    extra = ["--trainer.max_epochs=30"]
+    quick = list(green_recipe.TASKS["digits"].quick)
+    green_recipe.fit_round(0, args, green_recipe.VARIANTS, cfg, tmp_path, extra, "digits")
+    first, second = green_recipe.VARIANTS
+    assert calls == [
+        (f"{first}.yaml", f"warm-up/{first}", extra + quick),  # the quick arguments last: they win
+        (f"{second}.yaml", f"warm-up/{second}", extra + quick),
+        (f"{first}.yaml", first, extra),
+        (f"{second}.yaml", second, extra),
+    ]
+    calls.clear()
+    green_recipe.fit_round(1, args, green_recipe.VARIANTS, cfg, tmp_path, extra, "digits")
+    assert calls == [(f"{second}.yaml", second, extra), (f"{first}.yaml", first, extra)]  # no warm-up, order flipped
+    calls.clear()
+    args.quick = True  # a smoke run is short anyway
+    green_recipe.fit_round(0, args, green_recipe.VARIANTS, cfg, tmp_path, extra, "digits")
+    assert [c[1] for c in calls] == [first, second]
