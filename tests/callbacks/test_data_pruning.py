@@ -427,7 +427,7 @@ def test_the_example_config_builds_it_through_the_cli(tmp_path, monkeypatch):
     config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "data_pruning.yaml"
     built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (dp,) = [cb for cb in built.trainer.callbacks if isinstance(cb, DataPruning)]
-    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed, dp.keep_steps) == (0.5, 0.125, 0, True)
+    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed, dp.keep_steps) == (0.7, 0.125, 0, True)
 
 
 @pytest.mark.slow
