@@ -332,12 +332,14 @@ def _rows(part: Part, units: torch.Tensor) -> torch.Tensor:
 def find_hf_model(module: nn.Module) -> tuple[str, nn.Module] | None:
     """The outermost Hugging Face ``PreTrainedModel`` inside ``module`` (or ``module`` itself), with its path.
 
-    ``transformers`` is not imported here: a module can only hold an HF model when it is already imported.
+    Nothing of ``transformers`` is imported here: a module can only hold an HF model once
+    ``transformers.modeling_utils`` (where ``PreTrainedModel`` lives) is imported. Only ``import transformers`` (as
+    torchmetrics does) leaves that lazy, and reading ``transformers.PreTrainedModel`` would load it (~0.6 s).
     """
-    tf = sys.modules.get("transformers")
-    if tf is None:
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is None:
         return None
-    base = getattr(tf, "PreTrainedModel", None)
+    base = getattr(modeling, "PreTrainedModel", None)
     if base is None:
         return None
     for name, m in module.named_modules():

@@ -353,3 +353,25 @@ def test_mac_count_copies_no_weights(monkeypatch):
     copied.clear()
     result = LLMPruner().prune(model, IDS, target_macs=macs / 1.5)  # the search's layer-wise count too
     assert result.reached and copied and set(copied) == {"meta"}
+
+
+def test_looking_for_an_hf_model_does_not_load_transformers_modeling():
+    """`import transformers` (torchmetrics does it) is lazy; finding no HF model must not load its models (~0.6 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, transformers\n"
+        "from lightning_green.pruning.llm import analyse, find_hf_model\n"
+        "net = torch.nn.Sequential(torch.nn.Linear(2, 2))\n"
+        "assert find_hf_model(net) is None and analyse(net) is None\n"
+        "assert 'transformers.modeling_utils' not in sys.modules, 'loaded'\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,\n"
+        "                  num_attention_heads=2, num_key_value_heads=1)\n"
+        "wrapped = torch.nn.ModuleDict({'lm': LlamaForCausalLM(cfg)})\n"
+        "path, model = find_hf_model(wrapped)\n"
+        "assert path == 'lm' and model is wrapped['lm']\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
