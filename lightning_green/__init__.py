@@ -26,6 +26,7 @@ _LAZY = {
     "StructuredPruning": "lightning_green.callbacks.structured_pruning",
     "WorkloadChange": "lightning_green.events",
     "reduce_sample_losses": "lightning_green.data.losses",
+    "sequence_losses": "lightning_green.data.losses",
     "workload_changed": "lightning_green.events",
 }
 
@@ -44,6 +45,7 @@ __all__ = [
     "WorkloadChange",
     "__version__",
     "reduce_sample_losses",
+    "sequence_losses",
     "workload_changed",
 ]
 
@@ -61,7 +63,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         PowerLimitTuner,
         StructuredPruning,
     )
-    from lightning_green.data.losses import reduce_sample_losses
+    from lightning_green.data.losses import reduce_sample_losses, sequence_losses
     from lightning_green.events import WorkloadChange, workload_changed
 
 

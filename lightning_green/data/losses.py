@@ -1,4 +1,7 @@
-"""``reduce_sample_losses``: the one line a user's ``training_step`` calls to train with :class:`DataPruning`."""
+"""``reduce_sample_losses``: the one line a user's ``training_step`` calls to train with :class:`DataPruning`.
+
+``sequence_losses`` gives the per-sample losses of a (Hugging Face style) causal language model to pass it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,14 @@ from typing import Any
 
 import torch
 
-from lightning_green._internal.validation import InvalidArgumentError, InvalidArgumentTypeError
+from lightning_green._internal.validation import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    check_bool,
+    check_number,
+)
 
-__all__ = ["reduce_sample_losses"]
+__all__ = ["reduce_sample_losses", "sequence_losses"]
 
 
 def reduce_sample_losses(module: Any, losses: torch.Tensor) -> torch.Tensor:
@@ -52,6 +60,73 @@ def reduce_sample_losses(module: Any, losses: torch.Tensor) -> torch.Tensor:
     if pruning is None:
         return losses.mean()
     return pruning.reduce(losses)
+
+
+def sequence_losses(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    shift: bool = True,
+) -> torch.Tensor:
+    """One next-token loss per sequence: the mean cross-entropy over its predicted tokens, for ``reduce_sample_losses``.
+
+    This is what a Hugging Face causal LM's ``loss`` averages over the whole batch, kept per sequence (in fp32):
+    with ``shift`` (the default, as ``labels`` are passed to an HF model) position ``t``'s logits predict
+    ``labels[:, t + 1]``; without it they predict ``labels[:, t]``. Tokens labelled ``ignore_index`` or masked out by
+    ``attention_mask`` (0) are not predicted. A sequence with no predicted token gets 0 (nothing to learn, so
+    DataPruning may skip it). Each sequence counts once in ``reduce_sample_losses``' mean, whatever its length: with
+    padding this weighs short sequences more than the HF ``loss`` (a mean over all tokens) does; with equally long
+    sequences the two are the same.
+
+    Args:
+        logits: ``(batch, time, vocab)`` scores, e.g. ``model(**batch).logits``.
+        labels: ``(batch, time)`` integer targets (often the ``input_ids``).
+        attention_mask: ``(batch, time)``, 0 where padding; ``None``: every token counts.
+        ignore_index: Label value that is not predicted (HF's ``-100``).
+        shift: Whether ``labels`` are the inputs (HF convention, shifted here) or already the next tokens.
+
+    Raises:
+        TypeError: ``logits``/``labels``/``attention_mask`` is not a tensor.
+        ValueError: The shapes do not match ``(batch, time, vocab)`` and ``(batch, time)``, or ``labels`` are not
+            integers.
+
+    Example:
+        >>> logits = torch.zeros(2, 3, 4)  # uniform over 4 tokens: ln 4 per predicted token
+        >>> labels = torch.tensor([[1, 2, 3], [1, -100, -100]])
+        >>> sequence_losses(logits, labels).tolist()  # the second sequence predicts nothing
+        [1.3862943649291992, 0.0]
+    """
+    name = "sequence_losses"
+    for arg, value in (("logits", logits), ("labels", labels), ("attention_mask", attention_mask)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise InvalidArgumentTypeError(f"{name}({arg}={type(value).__name__}): `{arg}` must be a tensor.")
+    check_number(name, "ignore_index", ignore_index, integer=True)
+    check_bool(name, "shift", shift)
+    if logits.dim() != 3:
+        raise InvalidArgumentError(
+            f"{name}(logits of shape {tuple(logits.shape)}): `logits` must be (batch, time, vocab)."
+        )
+    if labels.shape != logits.shape[:2] or labels.is_floating_point() or labels.is_complex():
+        raise InvalidArgumentError(
+            f"{name}(labels of shape {tuple(labels.shape)}, dtype {labels.dtype}): `labels` must be integer token ids "
+            f"of shape (batch, time) = {tuple(logits.shape[:2])}, the logits' first two dimensions."
+        )
+    if attention_mask is not None and attention_mask.shape != labels.shape:
+        raise InvalidArgumentError(
+            f"{name}(attention_mask of shape {tuple(attention_mask.shape)}): `attention_mask` must have the labels' "
+            f"shape {tuple(labels.shape)}, or be None."
+        )
+    labels = labels.long()
+    if attention_mask is not None:
+        labels = labels.masked_fill(attention_mask == 0, ignore_index)
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    token = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
+    ).view(labels.shape)
+    counts = (labels != ignore_index).sum(dim=1)
+    return token.sum(dim=1) / counts.clamp(min=1)
 
 
 def _active_data_pruning(module: Any) -> Any:

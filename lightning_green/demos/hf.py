@@ -34,6 +34,7 @@ from lightning_green._internal.validation import (
     check_optional_number,
     fail,
 )
+from lightning_green.data.losses import reduce_sample_losses, sequence_losses
 from lightning_green.demos._data import size_example_to_windows
 from lightning_green.demos.gpt import VOCAB_SIZE, adamw_cosine, attention_kernels, log_nll
 
@@ -294,8 +295,8 @@ class HFCausalLM(pl.LightningModule):
         with attention_kernels(input_ids.device):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Mean next-token cross-entropy (fp32) and the number of tokens it averages over."""
+    def _losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence mean next-token cross-entropy (fp32) and the number of tokens each averages over."""
         batch = to_causal_lm_batch(batch)
         if not isinstance(batch, Mapping) or "input_ids" not in batch:
             raise InvalidArgumentError(
@@ -309,18 +310,25 @@ class HFCausalLM(pl.LightningModule):
         mask = batch.get("attention_mask")
         if mask is not None:
             labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
-        logits = self(input_ids, mask)
-        targets = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
-        )
-        return loss, int((targets != IGNORE_INDEX).sum())
+        losses = sequence_losses(self(input_ids, mask), labels, ignore_index=IGNORE_INDEX)
+        return losses, (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Mean next-token cross-entropy over the batch's tokens (fp32) and the number of tokens it averages over."""
+        losses, counts = self._losses(batch)
+        n = int(counts.sum())
+        return (losses * counts).sum() / max(n, 1), n
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of the next token."""
-        loss, _ = self._loss(batch)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        return loss
+        """Cross-entropy of the next token: one loss per sequence (mean over its tokens), via ``reduce_sample_losses``.
+
+        Under :class:`~lightning_green.DataPruning` the scores are these per-sequence losses; without it the result is
+        their mean, which equals the batch's mean over tokens when the sequences are equally long (the demo's data).
+        """
+        losses, counts = self._losses(batch)
+        token_mean = (losses.detach() * counts).sum() / counts.sum().clamp(min=1)
+        self.log("train_loss", token_mean, on_step=True, on_epoch=True, prog_bar=True)
+        return reduce_sample_losses(self, losses)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         """Accumulate the validation loss, weighted by predicted tokens."""
