@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -56,7 +57,7 @@ def reduce_sample_losses(module: Any, losses: torch.Tensor) -> torch.Tensor:
             f"reduce_sample_losses(losses of shape {tuple(losses.shape)}): `losses` must be 1-D with one loss per "
             f"sample, shape (batch_size,).{hint if losses.dim() == 0 else ''}"
         )
-    pruning = _active_data_pruning(module)
+    pruning = active_data_pruning(module)
     if pruning is None:
         return losses.mean()
     return pruning.reduce(losses)
@@ -75,9 +76,9 @@ def sequence_losses(
     with ``shift`` (the default, as ``labels`` are passed to an HF model) position ``t``'s logits predict
     ``labels[:, t + 1]``; without it they predict ``labels[:, t]``. Tokens labelled ``ignore_index`` or masked out by
     ``attention_mask`` (0) are not predicted. A sequence with no predicted token gets 0 (nothing to learn, so
-    DataPruning may skip it). Each sequence counts once in ``reduce_sample_losses``' mean, whatever its length: with
-    padding this weighs short sequences more than the HF ``loss`` (a mean over all tokens) does; with equally long
-    sequences the two are the same.
+    DataPruning may skip it). Each sequence counts once in ``reduce_sample_losses``' mean, whatever its number of
+    predicted tokens, where the HF ``loss`` is a mean over all of the batch's tokens: the two are the same when every
+    sequence predicts as many tokens (no padding, no ``ignore_index`` labels).
 
     Args:
         logits: ``(batch, time, vocab)`` scores, e.g. ``model(**batch).logits``.
@@ -87,9 +88,10 @@ def sequence_losses(
         shift: Whether ``labels`` are the inputs (HF convention, shifted here) or already the next tokens.
 
     Raises:
-        TypeError: ``logits``/``labels``/``attention_mask`` is not a tensor.
-        ValueError: The shapes do not match ``(batch, time, vocab)`` and ``(batch, time)``, or ``labels`` are not
-            integers.
+        TypeError: ``logits``/``labels``/``attention_mask`` is not a tensor, ``ignore_index`` not an integer or
+            ``shift`` not a bool.
+        ValueError: The shapes do not match ``(batch, time, vocab)`` and ``(batch, time)``, ``logits`` are not
+            floating point, or ``labels`` are not integer token ids.
 
     Example:
         >>> logits = torch.zeros(2, 3, 4)  # uniform over 4 tokens: ln 4 per predicted token
@@ -101,13 +103,21 @@ def sequence_losses(
     for arg, value in (("logits", logits), ("labels", labels), ("attention_mask", attention_mask)):
         if value is not None and not isinstance(value, torch.Tensor):
             raise InvalidArgumentTypeError(f"{name}({arg}={type(value).__name__}): `{arg}` must be a tensor.")
+    if isinstance(ignore_index, numbers.Integral) and not isinstance(ignore_index, bool):
+        ignore_index = int(ignore_index)  # e.g. a NumPy integer read from a tokenizer's config
     check_number(name, "ignore_index", ignore_index, integer=True)
     check_bool(name, "shift", shift)
-    if logits.dim() != 3:
+    if logits.dim() != 3 or not logits.is_floating_point():
         raise InvalidArgumentError(
-            f"{name}(logits of shape {tuple(logits.shape)}): `logits` must be (batch, time, vocab)."
+            f"{name}(logits of shape {tuple(logits.shape)}, dtype {logits.dtype}): `logits` must be floating-point "
+            "scores of shape (batch, time, vocab)."
         )
-    if labels.shape != logits.shape[:2] or labels.is_floating_point() or labels.is_complex():
+    if (
+        labels.shape != logits.shape[:2]
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
         raise InvalidArgumentError(
             f"{name}(labels of shape {tuple(labels.shape)}, dtype {labels.dtype}): `labels` must be integer token ids "
             f"of shape (batch, time) = {tuple(logits.shape[:2])}, the logits' first two dimensions."
@@ -117,9 +127,9 @@ def sequence_losses(
             f"{name}(attention_mask of shape {tuple(attention_mask.shape)}): `attention_mask` must have the labels' "
             f"shape {tuple(labels.shape)}, or be None."
         )
-    labels = labels.long()
+    labels = labels.to(device=logits.device, dtype=torch.long)  # a model split over devices: logits on the last one
     if attention_mask is not None:
-        labels = labels.masked_fill(attention_mask == 0, ignore_index)
+        labels = labels.masked_fill(attention_mask.to(logits.device) == 0, ignore_index)
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
     token = torch.nn.functional.cross_entropy(
@@ -129,7 +139,7 @@ def sequence_losses(
     return token.sum(dim=1) / counts.clamp(min=1)
 
 
-def _active_data_pruning(module: Any) -> Any:
+def active_data_pruning(module: Any) -> Any:
     """The DataPruning callback of the module's Trainer while it trains, else ``None``."""
     if not getattr(module, "training", False):
         return None

@@ -34,7 +34,7 @@ from lightning_green._internal.validation import (
     check_optional_number,
     fail,
 )
-from lightning_green.data.losses import reduce_sample_losses, sequence_losses
+from lightning_green.data.losses import active_data_pruning, reduce_sample_losses, sequence_losses
 from lightning_green.demos._data import size_example_to_windows
 from lightning_green.demos.gpt import VOCAB_SIZE, adamw_cosine, attention_kernels, log_nll
 
@@ -320,14 +320,16 @@ class HFCausalLM(pl.LightningModule):
         return (losses * counts).sum() / max(n, 1), n
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of the next token: one loss per sequence (mean over its tokens), via ``reduce_sample_losses``.
+        """Cross-entropy of the next token: the mean over the batch's tokens (the HF ``loss``).
 
-        Under :class:`~lightning_green.DataPruning` the scores are these per-sequence losses; without it the result is
-        their mean, which equals the batch's mean over tokens when the sequences are equally long (the demo's data).
+        Under :class:`~lightning_green.DataPruning` one loss per sequence (the mean over its tokens) goes through
+        ``reduce_sample_losses`` instead: those are the scores, and each kept sequence counts once.
         """
         losses, counts = self._losses(batch)
-        token_mean = (losses.detach() * counts).sum() / counts.sum().clamp(min=1)
-        self.log("train_loss", token_mean, on_step=True, on_epoch=True, prog_bar=True)
+        token_mean = (losses * counts).sum() / counts.sum().clamp(min=1)
+        self.log("train_loss", token_mean.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        if active_data_pruning(self) is None:
+            return token_mean
         return reduce_sample_losses(self, losses)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:

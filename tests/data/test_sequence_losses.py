@@ -54,6 +54,17 @@ def test_without_shift_the_logits_predict_the_labels_in_place_and_empty_sequence
     assert logits.grad[2].abs().sum() == 0 and logits.grad[:2].abs().sum() > 0
 
 
+def test_labels_and_mask_follow_the_logits_device_and_numpy_ignore_index_is_taken():
+    import numpy as np
+
+    logits = torch.randn(2, 4, 8, device="meta")  # a model split over devices returns logits on its last one
+    losses = sequence_losses(logits, torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 4, dtype=torch.bool))
+    assert losses.device.type == "meta" and losses.shape == (2,)
+    labels = torch.tensor([[1, 2, 3, 4], [1, 2, 7, 7]])
+    expected = sequence_losses(torch.zeros(2, 4, 8), labels, ignore_index=7)
+    assert torch.equal(sequence_losses(torch.zeros(2, 4, 8), labels, ignore_index=np.int64(7)), expected)
+
+
 def test_half_precision_logits_give_fp32_losses():
     logits = torch.zeros(2, 4, 8, dtype=torch.bfloat16)
     losses = sequence_losses(logits, torch.ones(2, 4, dtype=torch.long))
@@ -63,10 +74,12 @@ def test_half_precision_logits_give_fp32_losses():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "words"),
     [
-        ({"logits": torch.zeros(2, 4)}, InvalidArgumentError, "`logits` must be (batch, time, vocab)"),
+        ({"logits": torch.zeros(2, 4)}, InvalidArgumentError, "of shape (batch, time, vocab)"),
         ({"labels": torch.zeros(2, 4)}, InvalidArgumentError, "`labels` must be integer token ids"),
         ({"labels": torch.zeros(2, 3, dtype=torch.long)}, InvalidArgumentError, "(batch, time) = (2, 4)"),
         ({"attention_mask": torch.ones(2, 5)}, InvalidArgumentError, "`attention_mask` must have the labels' shape"),
+        ({"labels": torch.ones(2, 4, dtype=torch.bool)}, InvalidArgumentError, "`labels` must be integer token ids"),
+        ({"logits": torch.zeros(2, 4, 8, dtype=torch.long)}, InvalidArgumentError, "`logits` must be floating-point"),
         ({"labels": [[1, 2, 3, 4]] * 2}, TypeError, "`labels` must be a tensor"),
         ({"ignore_index": -100.5}, TypeError, "`ignore_index` must be an int"),
         ({"shift": "yes"}, TypeError, "`shift` must be a bool"),
@@ -120,13 +133,17 @@ def test_data_pruning_trains_an_hf_causal_lm_on_dict_batches(tmp_path, keep_step
     assert trainer.global_step == (4 * 6 if keep_steps else sum(-(-k // 8) for k in kept))
 
 
-def test_the_hf_demo_without_data_pruning_still_optimises_the_token_mean():
+def test_the_hf_demo_without_data_pruning_optimises_the_hf_loss_even_with_padding():
     pytest.importorskip("transformers")
     from lightning_green.testing.hf import tiny_hf_module
 
-    module = tiny_hf_module("gpt2", num_layers=1).eval()  # no dropout: the same forward twice
-    batch = {"input_ids": torch.randint(0, 256, (3, 9))}
-    ids = batch["input_ids"]
-    expected = module.model(input_ids=ids, labels=ids).loss  # equally long sequences: the two means agree
-    assert torch.allclose(module.training_step(batch, 0), expected, atol=1e-5)
-    assert torch.allclose(reduce_sample_losses(module, sequence_losses(module(ids), ids)), expected, atol=1e-5)
+    module = tiny_hf_module("llama", num_layers=1).eval()  # no dropout: the same forward twice
+    ids, mask, labels = padded_batch()
+    hf_labels = labels.masked_fill(mask == 0, -100)
+    expected = module.model(input_ids=ids, attention_mask=mask, labels=hf_labels).loss
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with pytest.warns(UserWarning, match="self.trainer"):  # self.log outside a Trainer
+        loss = module.training_step(batch, 0)
+    assert torch.allclose(loss, expected, atol=1e-5)  # the mean over tokens, not over sequences
+    per_sequence = reduce_sample_losses(module, sequence_losses(module(ids, mask), labels, mask))
+    assert not torch.allclose(per_sequence, expected, atol=1e-3)  # what DataPruning's scores reduce would differ
