@@ -34,7 +34,7 @@ from lightning_green._internal.validation import (
     check_optional_number,
     fail,
 )
-from lightning_green.data.losses import active_data_pruning, reduce_sample_losses, sequence_losses
+from lightning_green.data.losses import active_data_pruning, sequence_losses
 from lightning_green.demos._data import size_example_to_windows
 from lightning_green.demos.gpt import VOCAB_SIZE, adamw_cosine, attention_kernels, log_nll
 
@@ -322,15 +322,14 @@ class HFCausalLM(pl.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Cross-entropy of the next token: the mean over the batch's tokens (the HF ``loss``).
 
-        Under :class:`~lightning_green.DataPruning` one loss per sequence (the mean over its tokens) goes through
-        ``reduce_sample_losses`` instead: those are the scores, and each kept sequence counts once.
+        Under :class:`~lightning_green.DataPruning` one loss per sequence (the mean over its tokens) is reduced by it
+        instead (what ``reduce_sample_losses`` does): those are the scores, and each kept sequence counts once.
         """
         losses, counts = self._losses(batch)
         token_mean = (losses * counts).sum() / counts.sum().clamp(min=1)
         self.log("train_loss", token_mean.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        if active_data_pruning(self) is None:
-            return token_mean
-        return reduce_sample_losses(self, losses)
+        pruning = active_data_pruning(self)  # looked up once: reduce_sample_losses would look it up again
+        return token_mean if pruning is None else pruning.reduce(losses)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         """Accumulate the validation loss, weighted by predicted tokens."""
