@@ -159,7 +159,7 @@ def check_filename(owner: str, name: str, value: Any, allowed: str, optional: bo
     """
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or os.path.basename(value) != value:
+    if not isinstance(value, str) or not value or os.path.basename(value) != value or value in (".", ".."):
         fail(owner, name, value, allowed)
     return value
 

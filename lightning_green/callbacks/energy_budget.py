@@ -35,7 +35,8 @@ class EnergyBudget(Callback):
     set of counter reads), after each of its updates: every ``log_every_n_steps`` batches and at each epoch end.
     The stop is Lightning's own ``trainer.should_stop``: the current step finishes, the usual end-of-epoch
     checkpointing and ``on_train_end`` hooks run, and a message says why. The decision is taken collectively, so
-    every DDP rank stops at the same step.
+    every DDP rank stops at the same step. Lightning ignores ``should_stop`` until ``Trainer(min_epochs, min_steps)``
+    are met: a fit that has them is warned at its start that it can run past the budget.
 
     The budget covers the Trainer's lifetime, as the monitor's totals do: a second ``fit()`` on the same Trainer
     (say, after raising ``max_epochs``) continues from the energy already spent, and stops before its first batch
@@ -96,6 +97,13 @@ class EnergyBudget(Callback):
         self._monitor.add_listener(self._check)
         if stage == "fit":
             self.stopped_reason = None  # each fit() says for itself why it stops (the budget itself is not reset)
+            minimum = {k: v for k, v in (("min_epochs", trainer.min_epochs), ("min_steps", trainer.min_steps)) if v}
+            if minimum:  # Lightning ignores should_stop until they are met
+                given = ", ".join(f"{k}={v}" for k, v in minimum.items())
+                rank_zero_warn(
+                    f"EnergyBudget: Trainer({given}) keeps Lightning training until it is met even when the budget "
+                    "stops the run, so the run can exceed the budget; drop it for the budget to be a hard limit."
+                )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -144,3 +152,4 @@ class EnergyBudget(Callback):
         # The stop reason is not restored: a resumed run (perhaps with a larger budget) is judged afresh, and a stop
         # it reaches gets its own message. Only the forecast warning is not repeated.
         self._warned = bool(state_dict.get("warned", False))
+

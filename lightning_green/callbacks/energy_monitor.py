@@ -75,9 +75,13 @@ class StageLedger:
         for r, row in enumerate(rows):
             self.add_row(r, row)
         if counts:
-            self.steps += int(rows[0][_STEPS])
-            self.samples += int(sum(row[_SAMPLES] for row in rows))
-            self.tokens += int(sum(row[_TOKENS] for row in rows))
+            self.add_counts(rows[0][_STEPS], sum(row[_SAMPLES] for row in rows), sum(row[_TOKENS] for row in rows))
+
+    def add_counts(self, steps: float, samples: float, tokens: float) -> None:
+        """Add a window's steps (the same on every rank), samples and tokens (all ranks)."""
+        self.steps += int(steps)
+        self.samples += int(samples)
+        self.tokens += int(tokens)
 
     def add_row(self, rank: int, row: list[float]) -> None:
         """Add one rank's window (energy, time and sources only)."""
@@ -310,6 +314,9 @@ class EnergyMonitor(Callback):
         self._epoch_mark_j = 0.0
         self._epoch_mark_steps = 0
         self._restored = False
+        self._setup_stage: str | None = None
+        self._fit_validation: tuple[StageLedger, Any] | None = None
+        self._validation_of_fit = False
         self._forecast_announced = False
         self._listeners: list[Callable[[pl.Trainer, EnergyMonitor], None]] = []
         self._report_sections: dict[str, Any] = {}
@@ -416,6 +423,7 @@ class EnergyMonitor(Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
         self._rank = trainer.global_rank
         # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
         self._log_dir = trainer.log_dir or trainer.default_root_dir
@@ -458,6 +466,7 @@ class EnergyMonitor(Callback):
             self._meter.stop()
             self._meter = None
         self._open.clear()
+        self._setup_stage = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -472,6 +481,13 @@ class EnergyMonitor(Callback):
             self.forecast.reset()
             self.forecast_total_j = None
             self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
+        elif same_trainer and not self._restored and self._fit_validation is not None:
+            # A stand-alone validate() ran between two fits on this Trainer: its ledger was its own; the fit's
+            # validation epochs continue from where the fit left them.
+            ledger, windows = self._fit_validation
+            self.ledgers["validate"] = ledger
+            self.carbon_tracker.restore_stage("validate", windows)
+        self._fit_validation = None
         self._trainer_ref = weakref.ref(trainer)
         self.forecast_total_j = None  # re-forecast for this fit's max_epochs/max_steps at its first epoch end
         self._restored = False
@@ -659,11 +675,22 @@ class EnergyMonitor(Callback):
         # Energy since the last flush is known only on this rank and no collective may run here: add this rank's
         # share to the saved copy (the running ledgers still get it at the next flush). Rank 0 writes the checkpoint,
         # so other ranks' unflushed windows (at most `log_every_n_steps` batches) are not in it.
+        # The window's steps, samples and tokens go with it (else a run resumed from a mid-epoch checkpoint would count
+        # the energy of those batches but not the batches: J/sample and the forecast's steps per epoch would be off);
+        # samples and tokens are this rank's, like the energy.
         if self._meter is not None and self._meter.started and self._open:
             row = self._delta_row(self._meter.read())
+            innermost = self._open[-1]
+            trainer = self._trainer_ref() if self._trainer_ref is not None else None
+            if innermost != "fit":
+                row[_STEPS] = float(self._pending_batches)
+            elif trainer is not None:
+                row[_STEPS] = float(trainer.global_step - self._gs_last)
             for stage in self._open:
                 saved = StageLedger.from_state(ledgers[stage])
                 saved.add_row(self._rank, row)
+                if stage == innermost:
+                    saved.add_counts(row[_STEPS], row[_SAMPLES], row[_TOKENS])
                 ledgers[stage] = saved.state_dict()
         return {
             "version": 1,
@@ -678,6 +705,12 @@ class EnergyMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_version(type(self).__name__, state_dict, supported=1)
+        if self._setup_stage not in (None, "fit"):
+            # validate/test/predict(ckpt_path=...): Lightning restores every callback's state for any stage, but the
+            # checkpoint's totals are those of the fit that wrote it. This run measures itself; the fit figures this
+            # monitor holds (and its report) stay as they are.
+            log.debug("EnergyMonitor: %s(ckpt_path=...) leaves the fit's totals as they are", self._setup_stage)
+            return
         self.ledgers = {k: StageLedger.from_state(v) for k, v in state_dict.get("ledgers", {}).items()}
         self.forecast.load_state_dict(state_dict.get("forecast", {}))
         self.forecast_total_j = state_dict.get("forecast_total_j")
@@ -767,8 +800,14 @@ class EnergyMonitor(Callback):
         if self._open:
             self._flush(trainer, force=True)  # what ran before belongs to the outer stage only
         if trainer.state.fn != "fit" or stage != "validate":
+            if stage == "validate" and self._validation_of_fit:  # keep the fit's validation for its next fit()
+                kept = self.ledgers.get("validate", StageLedger())
+                self._fit_validation = (kept, self.carbon_tracker.stage_state("validate"))
+                self._validation_of_fit = False
             self.ledgers[stage] = StageLedger()  # a standalone validate/test/predict run starts from zero
             self.carbon_tracker.reset(stage)
+        elif stage == "validate":
+            self._validation_of_fit = True
         self._open_stage(trainer, stage)
 
     def _end_eval(self, trainer: pl.Trainer, stage: str) -> dict[str, float]:
@@ -888,7 +927,7 @@ class EnergyMonitor(Callback):
         }
         for lg in trainer.loggers:
             if isinstance(lg, TensorBoardLogger):
-                lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=trainer.global_step)
+                lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=epoch_log_step(trainer))
 
     def _write_report(self, trainer: pl.Trainer, status: str = "complete") -> dict[str, Any] | None:
         report = self.report(status)

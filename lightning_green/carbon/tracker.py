@@ -90,6 +90,14 @@ class CarbonTracker:
         """A stage starts from zero."""
         self.account.reset(stage)
 
+    def stage_state(self, stage: str) -> list[list[float]]:
+        """A copy of ``stage``'s windows, for :meth:`restore_stage`."""
+        return [list(w) for w in self.account.windows.get(stage, ())]
+
+    def restore_stage(self, stage: str, windows: list[list[float]]) -> None:
+        """Put back what :meth:`stage_state` returned."""
+        self.account.windows[stage] = [list(w) for w in windows]
+
     @property
     def extrapolated(self) -> bool:
         """Whether the run outlived the trace and its last week was repeated."""

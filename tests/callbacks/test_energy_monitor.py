@@ -52,6 +52,8 @@ def _report(trainer_or_dir) -> dict:
         ({"dram_w_per_gb": -0.1}, ValueError, r"`dram_w_per_gb` must be a number >= 0"),
         ({"min_window_s": -1}, ValueError, r"`min_window_s` must be a number >= 0"),
         ({"report_filename": "logs/r.json"}, ValueError, r"`report_filename` must be None or a plain file name"),
+        ({"report_filename": "."}, ValueError, r"`report_filename` must be None or a plain file name"),
+        ({"report_filename": ".."}, ValueError, r"`report_filename` must be None or a plain file name"),
         ({"print_summary": "yes"}, TypeError, r"`print_summary` must be a bool"),
         ({"progress_bar": 1}, TypeError, r"`progress_bar` must be a bool"),
     ],
@@ -144,6 +146,8 @@ def test_tensorboard_gets_scalars_layout_and_hparams(tmp_path):
     assert co2 == pytest.approx(totals[-1] / 3.6e6 * 100.0, rel=1e-5)
     assert "custom_scalars__config__" in tags
     assert "_hparams_/session_start_info" in tags
+    # The final totals sit at Lightning's own last step (that of the epoch metrics), not at global_step.
+    assert scalars["hparams/energy_total_J"][-1][0] == max(step for step, _ in scalars["energy/epoch_J"])
 
 
 def test_csv_logger_gets_the_same_metrics(tmp_path):

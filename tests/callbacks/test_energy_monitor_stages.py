@@ -1,0 +1,92 @@
+"""EnergyMonitor across Trainer runs: evaluating a checkpoint, stand-alone validation between fits, mid-epoch resume."""
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from lightning_green import EnergyBudget, EnergyMonitor
+from lightning_green.energy import read_report
+from tests.helpers import SteadyModel, make_trainer
+
+
+def _counts(monitor: EnergyMonitor, stage: str) -> tuple[float, int, int]:
+    ledger = monitor.ledgers[stage]
+    return ledger.total_j, ledger.steps, ledger.samples
+
+
+@pytest.mark.parametrize("run", ["test", "validate", "predict"])
+def test_evaluating_a_checkpoint_leaves_the_fit_totals_and_report_as_they_are(tmp_path, run):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1)  # one per epoch
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=3,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        limit_test_batches=2,
+        limit_predict_batches=2,
+        callbacks=[monitor, ckpt],
+    )
+    model = SteadyModel(0.002)
+    trainer.fit(model)
+    fit_before = _counts(monitor, "fit")
+    assert fit_before[1] == 12 and len(monitor.ledgers["fit"].epochs_j) == 3
+    first_epoch = sorted((tmp_path / "ckpt").iterdir())[0]
+    assert "epoch=0" in first_epoch.name
+    getattr(trainer, run)(model, ckpt_path=first_epoch, **({} if run == "predict" else {"verbose": False}))
+    # Lightning restored the epoch-0 callback state for this run; the fit's figures must not rewind to it.
+    assert _counts(monitor, "fit") == fit_before
+    report = read_report(tmp_path / "energy_report.json")
+    assert report["stages"]["fit"]["steps"] == 12
+    assert report["stages"]["fit"]["energy_j"]["total"] == pytest.approx(fit_before[0])
+    assert report["stages"][run]["steps"] == 2  # its own batches only
+    # The same monitor in a new Trainer (no ckpt_path) starts from zero, not from the checkpoint's totals.
+    make_trainer(tmp_path / "again", max_steps=2, callbacks=[monitor]).fit(BoringModel())
+    assert monitor.ledgers["fit"].steps == 2
+
+
+def test_a_stand_alone_validate_between_two_fits_keeps_the_fits_validation(tmp_path):
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    trainer = make_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0, callbacks=[monitor]
+    )
+    model = SteadyModel(0.002)
+    trainer.fit(model)
+    in_fit_j, in_fit_batches, _ = _counts(monitor, "validate")
+    assert in_fit_batches == 4  # 2 epochs x 2 batches
+    trainer.test(model, verbose=False)  # another stage in between changes nothing
+    trainer.validate(model, verbose=False)
+    standalone_j, standalone_batches, _ = _counts(monitor, "validate")
+    assert standalone_batches == 2  # its own run, from zero
+    assert read_report(tmp_path / "energy_report.json")["stages"]["validate"]["steps"] == 2
+    trainer.fit_loop.max_epochs = 3
+    trainer.fit(model)  # continues the run: the fit's validation goes on from its own 4 batches
+    total_j, batches, _ = _counts(monitor, "validate")
+    assert batches == 6
+    assert total_j > in_fit_j
+    assert monitor.ledgers["fit"].steps == 9
+
+
+def test_a_mid_epoch_checkpoint_carries_the_steps_and_samples_of_its_unflushed_window(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    first = EnergyMonitor(print_summary=False)  # logs every 50 batches: nothing flushed before the step-3 checkpoint
+    make_trainer(tmp_path, max_steps=3, limit_train_batches=10, callbacks=[first, ckpt]).fit(BoringModel())
+    path = next((tmp_path / "ckpt").iterdir())
+    second = EnergyMonitor(print_summary=False)
+    make_trainer(tmp_path / "resumed", max_steps=8, limit_train_batches=10, callbacks=[second]).fit(
+        BoringModel(), ckpt_path=path
+    )
+    reference = EnergyMonitor(print_summary=False)
+    make_trainer(tmp_path / "ref", max_steps=8, limit_train_batches=10, callbacks=[reference]).fit(BoringModel())
+    assert second.ledgers["fit"].steps == reference.ledgers["fit"].steps == 8
+    assert second.ledgers["fit"].samples == reference.ledgers["fit"].samples == 8  # BoringModel: one sample a batch
+
+
+def test_budget_says_that_min_epochs_or_min_steps_override_its_stop(tmp_path):
+    monitor = EnergyMonitor(print_summary=False)
+    budget = EnergyBudget(max_energy=1e-9, unit="J")
+    trainer = make_trainer(tmp_path, max_epochs=2, min_epochs=2, limit_train_batches=2, callbacks=[monitor, budget])
+    with pytest.warns(UserWarning, match=r"Trainer\(min_epochs=2\) keeps Lightning training"):
+        trainer.fit(BoringModel())
+    assert budget.stopped_reason is not None and trainer.current_epoch == 2  # Lightning trained on, as warned
