@@ -19,6 +19,7 @@ other) keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -93,10 +94,17 @@ def _green_progress_bar(trainer: Trainer) -> None:
             trainer.callbacks[i] = green  # type: ignore[attr-defined]
 
 
-def cli(args: Sequence[str] | None = None, run: bool = True) -> GreenCLI:
-    """Build (and with ``run``, execute) the CLI; ``args`` default to ``sys.argv[1:]``."""
+def cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: bool = True) -> GreenCLI:
+    """Build (and with ``run``, execute) the CLI; ``args`` default to ``sys.argv[1:]``.
+
+    ``exit_on_error=False``: a parse error raises jsonargparse's ``ArgumentError`` instead of printing the usage and
+    exiting (:func:`main` turns it into one line).
+    """
     import lightning_green.demos  # noqa: F401 - registers the demo classes for short names (--model DigitsCNN)
 
+    # LightningCLI passes the top-level keys to the main parser and each subcommand's own to its parser.
+    parser_kwargs: dict[str, Any] = {"exit_on_error": exit_on_error}
+    parser_kwargs.update({name: {"exit_on_error": exit_on_error} for name in LightningCLI.subcommands()})
     return GreenCLI(
         LightningModule,
         LightningDataModule,
@@ -104,6 +112,7 @@ def cli(args: Sequence[str] | None = None, run: bool = True) -> GreenCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
         args=list(args) if args is not None else None,
         auto_configure_optimizers=False,
         run=run,
@@ -148,7 +157,15 @@ def report(args: Sequence[str]) -> int:
     from lightning_green.report import format_comparison, load_run, write_comparison, write_report
     from lightning_green.report.run import RunDirError
 
-    ns = _report_parser().parse_args(list(args))
+    parser = _report_parser()
+    ns = parser.parse_args(list(args))
+    if ns.target is not None and not math.isfinite(ns.target):
+        parser.error(f"argument --target: must be a finite number, got {ns.target}")
+    if ns.json and len(ns.run_dirs) < 2:
+        parser.error(
+            "argument --json: writes the comparison of two or more runs; one run's figures are in its "
+            "energy_report.json"
+        )
     names = [n.strip() for n in ns.names.split(",")] if ns.names else []
     if names and len(names) != len(ns.run_dirs):
         raise RunDirError(f"--names has {len(names)} name(s) for {len(ns.run_dirs)} run directories.")
@@ -244,7 +261,7 @@ def _raised_while_running(exc: BaseException) -> bool:
     return False
 
 
-def _one_line_exit(err: BaseException) -> None:
+def _one_line_exit(err: BaseException | str) -> None:
     print(f"lightning-green: error: {err}", file=sys.stderr)
     raise SystemExit(2) from None
 
@@ -268,7 +285,14 @@ def main(args: Sequence[str] | None = None) -> None:
             _one_line_exit(err)
     try:
         # Without `args`, LightningCLI reads sys.argv itself: passing both makes it warn at every run.
-        cli(args)
+        cli(args, exit_on_error=bool(os.environ.get("LIGHTNING_GREEN_DEBUG")))
+    except argparse.ArgumentError as exc:  # jsonargparse's parse error: the user's mistake in one line, no usage
+        from lightning_green._internal.parse_errors import summarise_parse_error
+
+        message = summarise_parse_error(str(exc))
+        if "invalid choice" in message:  # the subcommand: ours are not LightningCLI's
+            message = message.rstrip(")") + "".join(f", {name!r}" for name in sorted(COMMANDS)) + ")"
+        _one_line_exit(message)
     except Exception as exc:
         err = find_argument_error(exc)
         if err is None or _raised_while_running(exc) or os.environ.get("LIGHTNING_GREEN_DEBUG"):

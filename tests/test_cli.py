@@ -176,3 +176,39 @@ def test_failure_during_training_keeps_its_traceback(tmp_path, kind, exc):
             ]
         )
     assert any(entry.name == "on_train_batch_end" for entry in info.traceback)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--trainer.callbacks+=lightning_green.AMPScheduler", "--trainer.callbacks.interval=hour"],
+            "AMPScheduler(interval='hour'): `interval` must be one of 'epoch', 'step'.",
+        ),
+        (
+            ["--trainer.callbacks+=lightning_green.EnergyBudget", "--trainer.callbacks.max_energy=abc"],
+            "EnergyBudget(max_energy='abc'): `max_energy` must be a float or None.",
+        ),
+        (
+            ["--trainer.callbacks+=lightning_green.EnergyMonitor", "--trainer.callbacks.carbon_intensty=56"],
+            "EnergyMonitor: `carbon_intensty` is not one of its arguments; did you mean `carbon_intensity`?",
+        ),
+        (["--trainer.max_epochs=abc"], "--trainer.max_epochs='abc': must be an int or None."),
+        (["--model.lr=abc"], "DigitsCNN(lr='abc'): `lr` must be a float."),
+    ],
+)
+def test_values_jsonargparse_refuses_are_one_line_too(capsys, tmp_path, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--trainer.default_root_dir={tmp_path}", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lightning-green: error: {message}"]  # no usage text, no tree of Union alternatives
+
+
+def test_an_unknown_command_lists_ours_too(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["nosuch"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid choice: 'nosuch'" in err[0]
+    assert all(repr(name) in err[0] for name in ("fit", "report", "export", "bench-inference"))

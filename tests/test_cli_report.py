@@ -83,3 +83,48 @@ def test_bad_run_directory_is_a_one_line_error_with_exit_2(two_runs, tmp_path, c
 def test_names_must_match_the_runs(two_runs, capsys):
     code, _, err = run_main(["report", *two_runs, "--names", "only-one"], capsys)
     assert code == 2 and "--names has 1 name(s) for 2 run directories" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target", "nan"], "argument --target: must be a finite number, got nan"),
+        (["--target", "inf"], "argument --target: must be a finite number, got inf"),
+        (["--json", "one.json"], "argument --json: writes the comparison of two or more runs"),
+    ],
+)
+def test_report_refuses_a_non_finite_target_and_json_of_one_run(two_runs, tmp_path, capsys, extra, message):
+    code, _, err = run_main(["report", two_runs[0], "--no-html", *extra], capsys)
+    assert code == 2 and message in err
+    assert not (tmp_path / "one.json").exists()
+
+
+def test_an_interrupted_run_is_marked_in_the_comparison(two_runs, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "interrupted"
+    shutil.copytree(two_runs[1], broken)
+    path = broken / "energy_report.json"
+    report = json.loads(path.read_text())
+    report["status"] = "interrupted: KeyboardInterrupt"
+    path.write_text(json.dumps(report))
+    out_dir = tmp_path / "cmp"
+    code, out, _ = run_main(["report", two_runs[0], str(broken), "--names", "base,cut", "--out", str(out_dir)], capsys)
+    assert code == 0
+    assert any(line.startswith("cut (interrupted: KeyboardInterrupt) ") for line in out.splitlines())
+    assert "note: run 'cut' did not finish normally (interrupted: KeyboardInterrupt)" in out
+    assert "did not finish normally" in (out_dir / "green_comparison.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"version": 1, "stages": []}, "'stages' is not a mapping"),
+        ({"version": 1, "stages": {"fit": {}}}, "stage 'fit' has no 'energy_j' total"),
+    ],
+)
+def test_a_malformed_energy_report_is_a_one_line_error(tmp_path, capsys, content, message):
+    (tmp_path / "energy_report.json").write_text(json.dumps(content))
+    code, _, err = run_main(["report", str(tmp_path)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0]

@@ -72,6 +72,23 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.load(f)
     if not isinstance(data, dict) or "stages" not in data or "version" not in data:
         raise ValueError(f"{os.fspath(path)!r} is not a lightning-green energy report (no 'stages'/'version').")
+    stages = data["stages"]
+    bad = (
+        "'stages' is not a mapping"
+        if not isinstance(stages, dict)
+        else next(
+            (
+                f"stage {name!r} has no 'energy_j' total"
+                for name, stage in stages.items()
+                if not isinstance(stage, dict)
+                or not isinstance(stage.get("energy_j"), dict)
+                or "total" not in stage["energy_j"]
+            ),
+            None,
+        )
+    )
+    if bad:
+        raise ValueError(f"{os.fspath(path)!r} is not a well-formed lightning-green energy report: {bad}.")
     return data
 
 

@@ -34,6 +34,7 @@ class ComparisonRow:
     macs_unit: str = "sample"  # MACs (and dense MACs) per "sample", or per "token" for a language model
     inference: dict[str, Any] | None = None
     samples: int | None = None  # samples processed in training, from DataPruning's report section
+    status: str = "complete"  # the energy report's: "interrupted: <exception>" for a run that did not finish
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def compare_runs(
                 label=r.label,
                 inference=headline(r.extra("inference_cost")),
                 samples=(r.extra("data") or {}).get("samples_seen") if isinstance(r.extra("data"), dict) else None,
+                status=str(r.energy.get("status", "complete")),
             )
         )
     return Comparison(name, mode, float(target), source, tuple(rows))
@@ -142,7 +144,7 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         t = r.target
         rows.append(
             [
-                r.name,
+                r.name if r.status == "complete" else f"{r.name} ({r.status})",
                 fmt_num(r.final),
                 fmt_num(r.best),
                 f"{fmt_energy(t.energy_j)} (epoch {t.epoch})" if t.reached else "not reached",
@@ -174,12 +176,23 @@ def _inference_cells(inf: dict[str, Any] | None, base: dict[str, Any] | None) ->
     return [text, _ratio(inf["energy_per_1k_j"], base["energy_per_1k_j"]) if same else "–"]
 
 
+def _unfinished(cmp: Comparison) -> list[str]:
+    """One note per run that did not finish normally: its figures cover only what ran."""
+    return [
+        f"run {r.name!r} did not finish normally ({r.status}): its figures cover only what ran, so it is not a like "
+        "for like comparison."
+        for r in cmp.rows
+        if r.status != "complete"
+    ]
+
+
 def format_comparison(cmp: Comparison) -> str:
     """The comparison as a plain-text table."""
     header, rows = comparison_table(cmp)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     sign = target_sign(cmp.mode)
     lines = [f"target: {cmp.metric} {sign} {cmp.target:g} ({cmp.target_source})"]
+    lines += [f"note: {note}" for note in _unfinished(cmp)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
@@ -202,6 +215,8 @@ def write_comparison(
         f"Target: {cmp.metric} {sign} {cmp.target:g} ({cmp.target_source}). *energy-to-target* is the cumulative fit "
         "energy when the validation metric first reached the target; ratios are against the first run."
     )
+    for note in _unfinished(cmp):
+        doc.paragraph(note, note=True)
     header, rows = comparison_table(cmp)
     doc.table(header, rows)
     png = plots.compare_metric_vs_energy(runs, cmp.metric, [r.target for r in cmp.rows])

@@ -1,0 +1,120 @@
+"""One line from jsonargparse's nested parse errors, in the house style (``Owner(name=value): ... must be ...``).
+
+jsonargparse rejects a value of the wrong type, a ``Literal`` outside its choices, or an unknown key while it parses,
+before any of our own checks run, and says so in a tree of every ``Union`` alternative it tried (the callback the
+user named, Lightning's base ``Callback``, ``None``), some 20 lines under a 50-line usage text. The user's mistake is
+one branch of that tree: the class they named, the key, the value and what the key takes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+
+__all__ = ["summarise_parse_error"]
+
+_CLASS = re.compile(r"^- Problem with given class_path '([^']+)':$")
+_KEY = re.compile(r'^(?:- )?Parser key "([^"]+)":$')
+_NOT_ACCEPTED = re.compile(r"^(?:- )?Option '([^']+)' is not accepted$")
+_EXPECTED = re.compile(r"^(?:- )?Expected an? (.+?)(?:\. Got value: (.*))?$")
+_SUBTYPES = re.compile(r"^Subtypes: \[(.*)\]$")
+_GIVEN = re.compile(r"^Given value: (.*)$")
+_TYPE = re.compile(r"<class '([^']+)'>")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _type_name(text: str) -> str:
+    text = text.strip()
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", text)
+    if literal:
+        return f"one of {literal.group(1)}"
+    match = _TYPE.fullmatch(text)
+    name = match.group(1).rpartition(".")[2] if match else text
+    if name == "NoneType":
+        return "None"
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
+
+
+def _alternatives(subtypes: str) -> str:
+    parts = re.findall(r"<class '[^']+'>|typing\.Literal\[[^\]]*\]|[^,\s][^,]*", subtypes)
+    return " or ".join(dict.fromkeys(_type_name(p) for p in parts))
+
+
+def _suggest(class_path: str, key: str) -> str:
+    """`` (did you mean `x`?)`` from the class's own parameters, or nothing."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except Exception:  # a class we cannot import or inspect: no suggestion
+        return ""
+    close = difflib.get_close_matches(key, params, n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def summarise_parse_error(message: str) -> str:
+    """The user's mistake in jsonargparse's ``message``, on one line (``message`` unchanged if it is not understood).
+
+    Example:
+        >>> msg = '''Parser key "trainer.callbacks":
+        ...   Does not validate against any of the Union subtypes
+        ...   Errors:
+        ...     - Problem with given class_path 'lightning_green.AMPScheduler':
+        ...         Parser key "interval":
+        ...           Expected a typing.Literal['epoch', 'step']. Got value: hour
+        ...     - Problem with given class_path 'lightning.Callback':
+        ...         Option 'interval' is not accepted
+        ...     - Expected a <class 'NoneType'>'''
+        >>> summarise_parse_error(msg)
+        "AMPScheduler(interval='hour'): `interval` must be one of 'epoch', 'step'."
+        >>> summarise_parse_error('''Parser key "trainer.max_epochs":
+        ...   Does not validate against any of the Union subtypes
+        ...   Subtypes: [<class 'int'>, <class 'NoneType'>]
+        ...   Given value: abc''')
+        "--trainer.max_epochs='abc': must be an int or None."
+    """
+    lines = [line.rstrip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message.strip()
+    outer = _KEY.match(lines[0].strip())
+    owner, body = None, lines[1:]
+    for i, line in enumerate(lines):
+        found = _CLASS.match(line.strip())
+        if found:  # the first class jsonargparse tried is the one the user named
+            owner, depth = found.group(1), _indent(line)
+            body = []
+            for inner in lines[i + 1 :]:
+                if _indent(inner) <= depth:
+                    break
+                body.append(inner)
+            break
+    stripped = [line.strip() for line in body]
+    short = owner.rpartition(".")[2] if owner else None
+    for line in stripped:
+        unknown = _NOT_ACCEPTED.match(line)
+        if unknown and owner:
+            key = unknown.group(1)
+            return f"{short}: `{key}` is not one of its arguments{_suggest(owner, key)}"
+    keys = [m.group(1) for m in map(_KEY.match, stripped) if m]
+    key = keys[-1] if keys else (outer.group(1) if outer and not owner else None)
+    if key is None:
+        return message.strip()
+    after = stripped[stripped.index(f'Parser key "{key}":') + 1 :] if keys else stripped
+    expected = value = None
+    for line in after:
+        if expected is None and (sub := _SUBTYPES.match(line)):
+            expected = _alternatives(sub.group(1))
+        elif expected is None and (exp := _EXPECTED.match(line)) and not line.startswith("- "):
+            expected, value = _type_name(exp.group(1)), exp.group(2)
+        elif value is None and (given := _GIVEN.match(line)):
+            value = given.group(1)
+    if expected is None:
+        return message.strip()
+    shown = repr(value) if value is not None else "?"
+    if short:
+        return f"{short}({key}={shown}): `{key}` must be {expected}."
+    return f"--{key}={shown}: must be {expected}."
