@@ -20,8 +20,10 @@ model):
 
 The model's ``config`` (``intermediate_size``/``n_inner``, ``num_attention_heads``, ``num_key_value_heads``,
 ``head_dim``, ``hidden_size``, ``num_hidden_layers``/``layer_types``) and the attention modules' run-time attributes
-(``layer_idx`` after a layer goes) follow each cut, so ``generate()``,
-``save_pretrained()``/``from_pretrained()`` work on the pruned model. A cut is recorded as plain history entries
+(``layer_idx`` after a layer goes) follow each cut, and each cut keeps to the head counts and widths the family's
+config accepts (transformers' own ``config.validate()`` passes), so ``generate()``,
+``save_pretrained()``/``from_pretrained()`` work on the pruned model. Frozen parameters and the modules
+``ignored_layers`` names keep their widths. A cut is recorded as plain history entries
 ``["<model path>::<kind>::<layer>", True, [removed unit indices]]`` (``<kind>`` ``layers`` with no layer: the removed
 decoder layers) that :func:`replay_llm` applies to a fresh model.
 No Lightning import here.
@@ -29,10 +31,14 @@ No Lightning import here.
 
 from __future__ import annotations
 
+import bisect
+import copy
 import logging
 import math
 import sys
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
-from lightning_green.pruning.engine import PruneResult
+from lightning_green.pruning.engine import ChannelPruner, PruneResult
 from lightning_green.pruning.graph import Lineage, _meta_copy, count_macs_params, eager
 from lightning_green.pruning.op_count import linear_like_counted
 
@@ -329,12 +335,19 @@ def _rows(part: Part, units: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- finding
-def find_hf_model(module: nn.Module) -> tuple[str, nn.Module] | None:
-    """The outermost Hugging Face ``PreTrainedModel`` inside ``module`` (or ``module`` itself), with its path.
+def find_hf_model(module: nn.Module, owner: str = "StructuredPruning") -> tuple[str, nn.Module] | None:
+    """The Hugging Face ``PreTrainedModel`` to prune inside ``module`` (or ``module`` itself), with its path.
+
+    Among the outermost HF models inside ``module``, the one with trainable parameters: a frozen teacher beside the
+    student is not the model being trained. When several are trainable (or none is and there are several), which
+    one to prune is ambiguous and ``module=`` must name it.
 
     Nothing of ``transformers`` is imported here: a module can only hold an HF model once
     ``transformers.modeling_utils`` (where ``PreTrainedModel`` lives) is imported. Only ``import transformers`` (as
     torchmetrics does) leaves that lazy, and reading ``transformers.PreTrainedModel`` would load it (~0.6 s).
+
+    Raises:
+        ValueError: Several HF models inside ``module`` could be the one to prune.
     """
     modeling = sys.modules.get("transformers.modeling_utils")
     if modeling is None:
@@ -342,10 +355,27 @@ def find_hf_model(module: nn.Module) -> tuple[str, nn.Module] | None:
     base = getattr(modeling, "PreTrainedModel", None)
     if base is None:
         return None
+    if isinstance(module, base):
+        return "", module
+    found: list[tuple[str, nn.Module]] = []
     for name, m in module.named_modules():
-        if isinstance(m, base):
-            return name, m
-    return None
+        if isinstance(m, base) and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, m))
+    if len(found) <= 1:
+        return found[0] if found else None
+    trainable = [(name, m) for name, m in found if any(p.requires_grad for p in m.parameters())]
+    if len(trainable) == 1:
+        return trainable[0]
+    paths = [name for name, _ in trainable or found]
+    which = "trainable " if trainable else ""
+    fail(
+        owner,
+        "module",
+        None,
+        f"the name of the Hugging Face model to prune: {type(module).__name__} holds {len(paths)} {which}ones "
+        f"({', '.join(map(repr, paths))}), e.g. {owner}(module={paths[-1]!r})",
+    )
+    return None  # unreachable: fail() raises
 
 
 def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure | None:
@@ -355,7 +385,7 @@ def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure
         ValueError: An HF model this pruner cannot cut (encoder-decoder, mixture-of-experts, state-space, an
             unknown family or attention module, no language-model head), in one line that says what to do.
     """
-    found = find_hf_model(module)
+    found = find_hf_model(module, owner)
     if found is None:
         return None
     path, model = found
@@ -596,6 +626,92 @@ def _removed_count(units: int, dense: int, ratio: float, max_ratio: float, round
     return n
 
 
+def _least_kept(units: int, dense: int, max_ratio: float) -> int:
+    """The fewest units a group of ``units`` (``dense`` before any prune) may keep under ``max_ratio``."""
+    return min(units, max(1, dense - int(math.floor(dense * max_ratio + 1e-9))))
+
+
+#: Module names whose mention in ``ignored_layers`` keeps a kind whole (also modules without weights of their own).
+_KIND_MODULES: dict[str, set[str]] = {
+    "mlp": {"mlp"},
+    "heads": {"self_attn"},
+    "hidden": {"embed_tokens", "norm", "input_layernorm", "post_attention_layernorm", "lm_head"},
+}
+_KIND_WORDS = {"mlp": "MLP units", "heads": "attention heads", "hidden": "the residual width"}
+
+
+def _full_name(s: LLMStructure, rel: str) -> str:
+    """``rel`` (relative to the HF model) as named from the pruned module."""
+    return f"{s.path}.{rel}" if s.path and rel else (rel or s.path)
+
+
+def _config_rule(s: LLMStructure) -> tuple[str, Callable[[int, int, int], list[int]]] | None:
+    """What the family's config requires of the residual width for a number of query heads, where it ties them.
+
+    ``(rule, widths)``: ``widths(query heads, lo, hi)`` lists the residual widths in ``[lo, hi]`` that the config
+    accepts with that many query heads; ``None`` when it accepts any pair. transformers' own check
+    (``config.validate()``) still runs on every cut (:meth:`LLMPruner._valid_plan`): this only steers the plan to
+    widths it will pass.
+    """
+    cfg = s.config
+    if getattr(cfg, "model_type", "") == "llama":  # LlamaConfig.validate_architecture
+        return "hidden_size to be a multiple of num_attention_heads", lambda q, lo, hi: list(
+            range(-(-lo // q) * q, hi + 1, q)
+        )
+    rope = getattr(cfg, "rope_parameters", None)
+    if s.family != "phi3" or not isinstance(rope, dict):
+        return None
+    # Phi3Config.validate_rope (longrope): len(short_factor) == int(hidden_size // num_attention_heads * prf) // 2,
+    # though the model itself rotates `head_dim` dimensions.
+    lengths = {len(f) for f in (rope.get("short_factor"), rope.get("long_factor")) if isinstance(f, list)}
+    if len(lengths) != 1:
+        return None
+    (half,) = lengths
+    prf = float(rope.get("partial_rotary_factor") or 1.0)
+    quotients = [a for a in range(1, s.hidden() + 1) if int(a * prf) // 2 == half]
+    if not quotients:
+        return None
+    what = f"hidden_size // num_attention_heads to stay {quotients[0]}" + (
+        f" or {quotients[-1]}" if len(quotients) > 1 else ""
+    )
+
+    def widths(q: int, lo: int, hi: int) -> list[int]:
+        return [w for a in quotients for w in range(max(lo, q * a), min(hi, q * a + q - 1) + 1)]
+
+    return f"{what} (its longrope factors are for that many rotary dimensions)", widths
+
+
+def _config_after(s: LLMStructure, groups: Sequence[Group], plan: Mapping[int, list[int]]) -> Any:
+    """A copy of the model's config with the widths ``plan`` would leave (as :meth:`LLMStructure.sync_config`)."""
+    cfg = copy.deepcopy(s.config)
+    left = {g.kind: g.units - len(plan.get(gi, [])) for gi, g in enumerate(groups)}  # alike in every layer
+    if s.family == "gpt2":
+        if "mlp" in left:
+            cfg.n_inner = left["mlp"]
+        return cfg
+    cfg.head_dim = s.head_dim()
+    if "mlp" in left:
+        cfg.intermediate_size = left["mlp"]
+    if "heads" in left:
+        cfg.num_key_value_heads = left["heads"]
+        cfg.num_attention_heads = left["heads"] * s.q_per_kv()
+    if "hidden" in left:
+        cfg.hidden_size = left["hidden"]
+    return cfg
+
+
+def _config_error(cfg: Any) -> str | None:
+    """Why transformers refuses ``cfg`` (its ``validate()``, which ``save_pretrained`` runs), or ``None``."""
+    validate = getattr(cfg, "validate", None)
+    if not callable(validate):
+        return None
+    try:
+        validate()
+    except Exception as err:  # huggingface_hub's StrictDataclassClassValidationError wraps the ValueError
+        return " ".join(str(err.__cause__ or err).split())
+    return None
+
+
 # -------------------------------------------------------------------------------------------------- pruner
 class LLMPruner:
     """Prunes a Hugging Face causal LM inside a module in place, with the interface of ``ChannelPruner``.
@@ -606,14 +722,23 @@ class LLMPruner:
             of ``down_proj``/``o_proj``, the residual stream at the final norm) over the batches observed with
             :meth:`observe` (Minitron's width criterion).
         round_to: Widths of MLP and residual after the ``final`` prune are multiples of this.
-        ignored_layers: Names or patterns; one that matches an MLP / attention projection / embedding or norm
-            stops all cuts of that kind (every layer keeps the same widths).
+        ignored_layers: Names or glob patterns, as elsewhere in StructuredPruning. A module named that holds tensors
+            of a kind (a decoder block, an attention or MLP or a part of one, a norm, the embeddings, ``lm_head``)
+            stops all cuts of that kind, in every layer (every layer keeps the same widths); said once. A decoder
+            block named is also kept by ``prune_layers``.
         max_layer_ratio: Largest share of a dense width that may be removed.
         num_heads: Optional check only: an attention projection name → its heads, which must match the config.
         prune_hidden: Also cut the residual width.
         prune_layers: Decoder layers to remove in all, at the first prune (lowest Block Influence over the observed
             batches, else over the example input); width cuts then make up the rest of a MAC target. A layer whose
             block ``ignored_layers`` names is kept.
+
+    Frozen parameters (``requires_grad=False``) keep whatever they span, as ``ignored_layers`` does: their kinds in
+    every layer, their decoder layer from ``prune_layers``. Head counts and residual widths are only those the
+    family's config accepts (Llama: ``hidden_size`` a multiple of ``num_attention_heads``; Phi-3 with longrope
+    factors: ``hidden_size // num_attention_heads`` unchanged), rounded to the nearest, and transformers' own check
+    of the config (``config.validate()``, which ``save_pretrained`` runs) passes before every cut: a cut it would
+    refuse is left out, said once. The pruned model always saves and loads.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -650,6 +775,11 @@ class LLMPruner:
         self.recording = False
         self._stats: dict[str, torch.Tensor] = {}
         self._hooks: list[Any] = []
+        self._told: set[str] = set()
+        #: Modules ``ignored_layers`` matched → the name (and pattern) it matched them by (decoder layers renumber).
+        self._ignored_seen: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+        #: The last plan's units to remove per kind: as the ratio asks, and as the config accepts.
+        self._fitted: tuple[dict[str, int], dict[str, int]] = ({}, {})
 
     # ------------------------------------------------------------------------------------------------ checks
     def structure(self, module: nn.Module) -> LLMStructure:
@@ -659,31 +789,100 @@ class LLMPruner:
             raise InvalidArgumentError(f"{self.owner}: no Hugging Face model inside {type(module).__name__}")
         return s
 
-    def _ignored(self, s: LLMStructure) -> set[str]:
-        """Names (relative to the HF model) of its modules that ``ignored_layers`` matches."""
-        import fnmatch
+    def _ignored(self, s: LLMStructure) -> dict[str, str]:
+        """Names (relative to the HF model) of its modules that ``ignored_layers`` matches → how it matched them.
 
-        out = set()
-        for rel, _ in s.model.named_modules():
-            full = f"{s.path}.{rel}" if s.path and rel else (rel or s.path)
-            if any(full == pat or fnmatch.fnmatchcase(full, pat) for pat in self.ignored_layers):
-                out.add(rel)
-        return out
+        ``""`` (the whole model) when a pattern names the HF model itself or a module around it. Names and glob
+        patterns are matched as everywhere in StructuredPruning (:meth:`ChannelPruner._match`). A module matched
+        once stays ignored under its new name when removed decoder layers renumber the ones after them.
+        """
+        modules = dict(s.model.named_modules())
+        full = {rel: _full_name(s, rel) for rel in modules}
+        steps = s.path.split(".") if s.path else []
+        around = [".".join(steps[:i]) for i in range(1, len(steps))]
+        names = [*full.values(), *around]
+        for pattern in self.ignored_layers:
+            hit = ChannelPruner._match(pattern, names)
+            found = {rel: name for rel, name in full.items() if name in hit}
+            for name in hit:
+                if name in around:
+                    found[""] = name
+            for rel, name in found.items():
+                label = repr(name) if name == pattern else f"{name!r} (by {pattern!r})"
+                self._ignored_seen.setdefault(modules[rel], label)
+        return {rel: self._ignored_seen[m] for rel, m in modules.items() if m in self._ignored_seen}
+
+    def _candidate_kinds(self, s: LLMStructure) -> list[str]:
+        """The group kinds the family and ``prune_hidden`` allow (GPT-2 keeps its heads)."""
+        return ["mlp", *(["heads"] if s.family != "gpt2" else []), *(["hidden"] if self.prune_hidden else [])]
+
+    def _excluded(self, s: LLMStructure, frozen: bool = True) -> dict[str, str]:
+        """Kinds that are not cut on ``s`` → why: an ignored module, or (with ``frozen``) a frozen parameter.
+
+        A kind is not cut when ``ignored_layers`` names a module that holds one of its tensors (a decoder block, an
+        attention, an MLP, a norm, the embeddings, ``lm_head``) or a module inside its ``mlp``/``self_attn`` (an
+        activation, say), or when one of its tensors has ``requires_grad=False``. Every decoder layer keeps the same
+        widths (one config describes the model), so one layer's reason keeps the kind whole in every layer.
+        """
+        matched = self._ignored(s)
+        ignored = sorted(matched)
+        why = {}
+        for kind in self._candidate_kinds(s):
+            named = next((n for n in ignored if set(n.split(".")) & _KIND_MODULES[kind]), None)
+            reason = None if named is None else f"`ignored_layers` names {matched[named]}"
+            for g in [] if reason else s.groups([kind]):
+                for part in g.parts:
+                    holder = next((n for n in ignored if not n or part.path.startswith(f"{n}.")), None)
+                    if holder is not None:
+                        now = repr(_full_name(s, holder))
+                        renamed = "" if matched[holder].startswith(now) else f" (now {now})"
+                        held = repr(_full_name(s, part.path))
+                        reason = f"`ignored_layers` names {matched[holder]}{renamed}, which holds {held}"
+                    elif frozen and not _get_param(s.model, part.path).requires_grad:  # type: ignore[union-attr]
+                        reason = f"{_full_name(s, part.path)!r} is frozen (requires_grad=False)"
+                    if reason:
+                        break
+                if reason:
+                    break
+            if reason:
+                why[kind] = reason
+        return why
 
     def kinds(self, s: LLMStructure) -> list[str]:
-        """The group kinds this pruner cuts on ``s`` (after ``ignored_layers`` and the family's limits)."""
-        ignored = self._ignored(s)
-        parts = [set(n.split(".")) for n in ignored]
-        kinds = []
-        if not any("mlp" in p for p in parts):
-            kinds.append("mlp")
-        if s.family != "gpt2" and not any("self_attn" in p for p in parts):
-            kinds.append("heads")
-        if self.prune_hidden and not any(
-            p & {"embed_tokens", "norm", "input_layernorm", "post_attention_layernorm", "lm_head"} for p in parts
-        ):
-            kinds.append("hidden")
-        return kinds
+        """The group kinds this pruner cuts on ``s`` (after ``ignored_layers``, frozen parameters and the family).
+
+        A kind kept whole is told once, with the module or parameter that keeps it.
+        """
+        why = self._excluded(s)
+        if why:
+            words = [_KIND_WORDS[k] for k in why]
+            listed = ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1]
+            fixes = []
+            if any(r.endswith("(requires_grad=False)") for r in why.values()):
+                fixes.append("unfreeze the parameters named")
+            if any(r.startswith("`ignored_layers`") for r in why.values()):
+                fixes.append("leave the modules named out of `ignored_layers`")
+            # Once for these kinds and causes: a removed decoder layer renames the parameters, not the reason.
+            causes = tuple(sorted((k, r.startswith("`ignored_layers`")) for k, r in why.items()))
+            self._warn_once(
+                f"{self.owner}: {listed} {'is' if words == [_KIND_WORDS['hidden']] else 'are'} not cut in any decoder "
+                "layer, as every layer keeps the same widths (one config describes the model): "
+                + "; ".join(f"{_KIND_WORDS[k]}: {r}" for k, r in why.items())
+                + f". To prune {'it' if words == [_KIND_WORDS['hidden']] else 'them'}, {' or '.join(fixes)}.",
+                key=str(causes),
+            )
+        return [k for k in self._candidate_kinds(s) if k not in why]
+
+    def _warn_once(self, message: str, key: str | None = None) -> None:
+        """Warn the user once per pruner and ``key`` (the message by default), on the first process only."""
+        key = message if key is None else key
+        if key in self._told:
+            return
+        self._told.add(key)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        warnings.warn(message, UserWarning, stacklevel=3)
 
     def check_module(self, module: nn.Module) -> LLMStructure:
         """Refuse what this pruner cannot do on ``module`` (in a second: no tracing) and return its structure."""
@@ -699,11 +898,9 @@ class LLMPruner:
                 "False for GPT-2: its config ties the attention width to the residual width (n_embd = n_head * "
                 "head_dim), so only the MLP width can be cut",
             )
-        import fnmatch
-
         names = [n for n, _ in module.named_modules() if n]
         for pattern in self.ignored_layers:
-            if not any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in names):
+            if not ChannelPruner._match(pattern, names):
                 fail(
                     self.owner,
                     "ignored_layers",
@@ -725,8 +922,17 @@ class LLMPruner:
             want = s.kv_heads() if leaf in ("k_proj", "v_proj") else s.kv_heads() * s.q_per_kv()
             if heads != want:
                 fail(self.owner, "num_heads", self.num_heads, f"{want} for {name!r} as in the model's config")
-        if not self.kinds(s):
-            fail(self.owner, "ignored_layers", self.ignored_layers, "a list that leaves some MLP or attention to cut")
+        ignored = self._excluded(s, frozen=False)
+        if self.prune_layers == 0 and all(k in ignored for k in self._candidate_kinds(s)):
+            reasons = "; ".join(f"{_KIND_WORDS[k]}: {why}" for k, why in ignored.items())
+            fail(
+                self.owner,
+                "ignored_layers",
+                self.ignored_layers,
+                f"a list that leaves some MLP or attention to cut (every decoder layer keeps the same widths, so a "
+                f"module it names keeps its kinds whole in every layer; {reasons})",
+            )
+        self.kinds(s)  # tells now which kinds stay whole
         self._check_layers(s)
         self._check_logits(s)
         self.analysis_s = time.perf_counter() - start
@@ -748,11 +954,13 @@ class LLMPruner:
             )
         free = len(self._droppable(s))
         if left > free:
+            frozen = any(not p.requires_grad for p in s.blocks().parameters())
+            keeps = "`ignored_layers` and frozen parameters keep" if frozen else "`ignored_layers` keeps"
             fail(
                 self.owner,
                 "prune_layers",
                 self.prune_layers,
-                f"at most {free + self.layers_dropped}: `ignored_layers` keeps {now - free} of the {n} decoder layers",
+                f"at most {free + self.layers_dropped}: {keeps} {now - free} of the {n} decoder layers",
             )
         if s.family == "gpt2" and getattr(s.config, "scale_attn_by_inverse_layer_idx", False):
             fail(
@@ -764,9 +972,19 @@ class LLMPruner:
             )
 
     def _droppable(self, s: LLMStructure) -> list[int]:
-        """Decoder layers that ``prune_layers`` may remove (those whose block ``ignored_layers`` does not name)."""
+        """Decoder layers that ``prune_layers`` may remove.
+
+        Not those ``ignored_layers`` names (or a module around them), nor those with a frozen parameter.
+        """
         ignored = self._ignored(s)
-        return [i for i in range(len(s.blocks())) if f"{s.layers}.{i}" not in ignored]
+        out = []
+        for i, block in enumerate(s.blocks()):
+            name = f"{s.layers}.{i}"
+            if any(not n or n == name or name.startswith(f"{n}.") for n in ignored):
+                continue
+            if all(p.requires_grad for p in block.parameters()):
+                out.append(i)
+        return out
 
     def _check_logits(self, s: LLMStructure) -> None:
         ids = example_ids(s, length=4)
@@ -924,20 +1142,92 @@ class LLMPruner:
 
     def _plan(
         self,
+        s: LLMStructure,
         groups: list[Group],
         scores: list[torch.Tensor],
         ratio: float,
         dense: Mapping[str, Sequence[int]] | None,
         final: bool,
+        heads: int | None = None,
     ) -> dict[int, list[int]]:
+        """Units to remove per group at ``ratio``, fitted to the config (keeping at least ``heads`` KV heads)."""
+        counts: dict[str, int] = {}  # units to remove in each group of a kind (every layer alike)
+        for g in groups:
+            if g.kind not in counts:
+                d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
+                round_to = self.round_to if final and g.kind != "heads" else None
+                counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to)
+        fitted = self._fit_config(s, counts, dense, final, heads)
+        self._fitted = (counts, fitted)
         plan = {}
         for gi, g in enumerate(groups):
-            d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
-            round_to = self.round_to if final and g.kind != "heads" else None
-            n = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to)
-            if n:
-                plan[gi] = sorted(torch.argsort(scores[gi], stable=True)[:n].tolist())
+            if fitted[g.kind]:
+                plan[gi] = sorted(torch.argsort(scores[gi], stable=True)[: fitted[g.kind]].tolist())
         return plan
+
+    def _fit_config(
+        self,
+        s: LLMStructure,
+        counts: dict[str, int],
+        dense: Mapping[str, Sequence[int]] | None,
+        final: bool,
+        heads: int | None = None,
+    ) -> dict[str, int]:
+        """``counts`` moved to the nearest head count and residual width that the family's config accepts.
+
+        On a tie the one that cuts less; within ``max_layer_ratio`` and ``round_to`` as before, keeping at least
+        ``heads`` KV heads when given. Under a MAC target the other kinds then make up the difference.
+        """
+        rule = _config_rule(s)
+        if rule is None or not {"heads", "hidden"} & counts.keys():
+            return counts
+        widths = rule[1]
+        g, k0, w0 = s.q_per_kv(), s.kv_heads(), s.hidden()
+        if w0 not in widths(k0 * g, w0, w0):  # refused before any cut of ours: nothing to keep
+            return counts
+        k_want, w_want = k0 - counts.get("heads", 0), w0 - counts.get("hidden", 0)
+
+        def least(kind: str, units: int) -> int:
+            d = int(dense[kind][0]) if dense and kind in dense else units
+            return _least_kept(units, d, self.max_layer_ratio) if kind in counts else units
+
+        step = self.round_to if final and self.round_to and "hidden" in counts else None
+        best: tuple[tuple[float, int, int], int, int] | None = None
+        for k in range(max(least("heads", k0), heads or 0), k0 + 1):
+            options = [w for w in widths(k * g, least("hidden", w0), w0) if not step or w % step == 0 or w == w0]
+            i = bisect.bisect_left(options, w_want)
+            for w in options[max(0, i - 1) : i + 1]:
+                key = (abs(k - k_want) / k0 + abs(w - w_want) / w0, -k, -w)
+                if best is None or key < best[0]:
+                    best = (key, k, w)
+        if best is None:
+            return counts
+        fitted = dict(counts)
+        if "heads" in fitted:
+            fitted["heads"] = k0 - best[1]
+        if "hidden" in fitted:
+            fitted["hidden"] = w0 - best[2]
+        return fitted
+
+    def _tell_fitted(self, s: LLMStructure) -> None:
+        """Say once when the config's rule kept a kind whole at a prune (rounding alone goes to the debug log)."""
+        wanted, fitted = self._fitted
+        if wanted == fitted:
+            return
+        rule = _config_rule(s)
+        log.debug("%s: cuts fitted to the config's widths: %s -> %s units removed", self.owner, wanted, fitted)
+        for kind in ("heads", "hidden"):
+            if wanted.get(kind) and not fitted.get(kind) and rule is not None:
+                also = (
+                    " Set prune_hidden=True to cut the heads together with the residual width."
+                    if kind == "heads" and "hidden" not in fitted
+                    else ""
+                )
+                self._warn_once(
+                    f"{self.owner}: {_KIND_WORDS[kind]} of this {type(s.config).__name__} "
+                    f"{'is' if kind == 'hidden' else 'are'} kept whole where a cut "
+                    f"would break its config, which requires {rule[0]}; the other kinds are cut instead.{also}"
+                )
 
     def prune(
         self,
@@ -971,12 +1261,14 @@ class LLMPruner:
         scores = self._scores(s, groups, gradients)
         start, _ = count_llm_macs(s, ids)
         if ratio is not None:
-            plan = self._plan(groups, scores, ratio, dense_channels, final)
+            plan = self._plan(s, groups, scores, ratio, dense_channels, final)
             result.needed = ratio > 0 or dropped is not None
         else:
             over = start > target_macs  # type: ignore[operator]
             result.needed = over or dropped is not None
             plan = self._search(s, groups, scores, target_macs, dense_channels, final, ids) if over else {}
+        if plan:
+            self._tell_fitted(s)
         entries += self._apply(s, groups, plan, lineage)
         for p in module.parameters():
             p.grad = None
@@ -1056,9 +1348,38 @@ class LLMPruner:
         return measured
 
     def _apply(self, s: LLMStructure, groups: list[Group], plan: Mapping[int, list[int]], lineage: Lineage) -> list:
+        plan = self._valid_plan(s, groups, plan)
         _cut(s.model, groups, plan, lineage)
         s.sync_config()
         return [[_entry_name(s.path, g), True, list(plan[gi])] for gi, g in enumerate(groups) if plan.get(gi)]
+
+    def _valid_plan(
+        self, s: LLMStructure, groups: list[Group], plan: Mapping[int, list[int]]
+    ) -> Mapping[int, list[int]]:
+        """``plan`` less the cuts that transformers' own check of the config refuses, so the model stays saveable.
+
+        The plan already keeps to the rules this module knows (:func:`_config_rule`); this catches any other rule a
+        family's config has. Head cuts go first, then residual cuts, then all; said once.
+        """
+        if not plan or _config_error(copy.deepcopy(s.config)) is not None:
+            return plan  # nothing to cut, or a config refused before this cut: nothing to keep valid
+        first = None
+        for drop in (set(), {"heads"}, {"hidden"}, {"heads", "hidden"}, {"mlp", "heads", "hidden"}):
+            kept = {gi: idx for gi, idx in plan.items() if groups[gi].kind not in drop}
+            if drop and len(kept) == len(plan):
+                continue
+            error = _config_error(_config_after(s, groups, kept))
+            if error is None:
+                if drop:
+                    words = " and ".join(_KIND_WORDS[k] for k in ("mlp", "heads", "hidden") if k in drop)
+                    self._warn_once(
+                        f"{self.owner}: {type(s.config).__name__} refuses the widths this prune would leave "
+                        f"({first}), so {words} {'is' if drop == {'hidden'} else 'are'} not cut at this prune and the "
+                        "model stays saveable."
+                    )
+                return kept
+            first = first or error
+        return {}
 
     def _search(
         self,
@@ -1073,23 +1394,53 @@ class LLMPruner:
         """The smallest ratio whose cut brings MACs to ``target`` (bisection on an exact per-layer model).
 
         One layer-wise count of the current model gives each layer's MACs; a cut scales a layer by the kept share
-        of each of its weight's dimensions, so every try is arithmetic, not a forward.
+        of each of its weight's dimensions, so every try is arithmetic, not a forward. Where the family's config
+        accepts only some widths (Llama: 1, 2, 4 or 8 heads in a 128-wide model; Phi-3 longrope: the residual width
+        follows the heads) and that steered the cut, each larger head count is tried too, the other kinds making up
+        the target; the least cut that reaches it wins.
         """
         estimate = _mac_model(s, groups, ids)
 
-        def macs(r: float) -> float:
-            return estimate(self._plan(groups, scores, r, dense, final))
+        def solve(heads: int | None) -> tuple[float, float]:
+            """The smallest ratio that reaches ``target`` keeping at least ``heads`` KV heads, and its MACs."""
 
-        lo, hi = 0.0, min(self.max_layer_ratio, 0.999)
-        if macs(hi) > target:
-            return self._plan(groups, scores, hi, dense, final)
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            if macs(mid) <= target:
-                hi = mid
-            else:
-                lo = mid
-        return self._plan(groups, scores, hi, dense, final)
+            def macs(r: float) -> float:
+                return estimate(self._plan(s, groups, scores, r, dense, final, heads))
+
+            lo, hi = 0.0, min(self.max_layer_ratio, 0.999)
+            if macs(hi) > target:
+                return hi, macs(hi)
+            for _ in range(20):
+                mid = (lo + hi) / 2
+                if macs(mid) <= target:
+                    hi = mid
+                else:
+                    lo = mid
+            return hi, macs(hi)
+
+        r, best = solve(None)
+        choice: tuple[float, int | None] = (r, None)
+        k0 = s.kv_heads()
+        wanted, fitted = self._fitted
+        heads = k0 - fitted.get("heads", 0)
+        rule = _config_rule(s)
+        if best <= target and rule is not None and heads < k0:
+            g, w0 = s.q_per_kv(), s.hidden()
+            lo = w0
+            if any(gr.kind == "hidden" for gr in groups):
+                d = int(dense["hidden"][0]) if dense and "hidden" in dense else w0
+                lo = _least_kept(w0, d, self.max_layer_ratio)
+            # The rule steered this plan: it moved a width, or head counts between this one and no cut are refused.
+            steered = wanted != fitted or any(not rule[1](k * g, lo, w0) for k in range(heads + 1, k0))
+            while steered and heads < k0:
+                least = heads + 1
+                r, m = solve(least)
+                if m > target:
+                    break
+                heads = k0 - self._fitted[1].get("heads", 0)
+                if m > best:
+                    best, choice = m, (r, least)
+        return self._plan(s, groups, scores, choice[0], dense, final, choice[1])
 
 
 def _mac_model(s: LLMStructure, groups: list[Group], ids: torch.Tensor) -> Callable[[Mapping[int, list[int]]], float]:
