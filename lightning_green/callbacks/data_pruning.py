@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,10 @@ class DataPruning(Callback):
         self._first_epoch = True
         self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._warned_nonfinite = False
+        self._rank = 0
+        self._open_epoch: int | None = None  # the epoch whose scores are in _buffers, not yet merged
+        self._pending_epoch: dict[str, Any] | None = None  # a checkpoint's open epoch, for on_train_epoch_start
+        self._step_bounded = False
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -147,6 +152,7 @@ class DataPruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._rank = trainer.global_rank  # before Lightning restores a checkpoint (load_state_dict)
         self._anneal_start = annealing_start(trainer.max_epochs, self.anneal_fraction)
         if self._anneal_start is None and self.anneal_fraction > 0:
             rank_zero_warn(
@@ -186,6 +192,13 @@ class DataPruning(Callback):
         )
         sampler.set_epoch(trainer.current_epoch)
         self._sampler = sampler
+        # A checkpoint taken inside this epoch (mid-epoch, or at validation end before the epoch end merged the
+        # scores): Lightning restarts it without on_train_epoch_start, and a DataLoader is not resumable, so the
+        # sampler continues after the batches already run and the epoch's recorded losses come back.
+        pending, self._pending_epoch = self._pending_epoch, None
+        if pending is not None and pending.get("epoch") == trainer.current_epoch:
+            self._restore_open_epoch(pending)
+            sampler.skip_batches(self._batch_number)
         return sampler
 
     @override
@@ -215,6 +228,7 @@ class DataPruning(Callback):
         self._batch_number = 0
         self._epoch_calls = 0
         self._epoch_seen = 0
+        self._open_epoch = trainer.current_epoch
 
     @override
     def on_train_batch_start(
@@ -242,6 +256,8 @@ class DataPruning(Callback):
         if self._buffers is None:
             dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
             self._buffers = tuple(torch.zeros(len(self.scores), dtype=dtype, device=device) for _ in range(3))
+        if self._buffers[0].device != device:  # restored from a checkpoint on the CPU
+            self._buffers = tuple(b.to(device) for b in self._buffers)
         sums, counts, bad = self._buffers
         idx = torch.tensor(self._indices, dtype=torch.long, device=device)
         values = losses.to(sums.dtype).reshape(-1)
@@ -292,10 +308,23 @@ class DataPruning(Callback):
             )
         self._first_epoch = False
         self.scores.merge(sums, counts, bad)
+        self._buffers, self._open_epoch, self._epoch_calls, self._epoch_seen = None, None, 0, 0  # merged
         plan = self._sampler.plan
         self.samples_seen += seen
+        complete = self._batch_number >= trainer.num_training_batches
+        full = self._full_data_samples(trainer, None if complete else self._batch_number)
+        self._step_bounded = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         self.history.append(
-            {"epoch": trainer.current_epoch, "kept": plan.kept, "total": len(self.scores), "pruned": plan.pruned}
+            {
+                "epoch": trainer.current_epoch,
+                "kept": plan.kept,
+                "total": len(self.scores),
+                "pruned": plan.pruned,
+                "seen": seen,
+                "full": full,
+                "full_per_batch": self._full_data_samples(trainer, 1),
+                "batches": self._batch_number,
+            }
         )
         score_mean = self.scores.mean()
         pl_module.log("data/kept_fraction", plan.kept_fraction, on_step=False, on_epoch=True)
@@ -308,8 +337,20 @@ class DataPruning(Callback):
         add_report_section(trainer, "data", self.report_section())
 
     def report_section(self) -> dict[str, Any]:
-        """The ``data`` section of the energy report: samples seen vs. the full data, per-epoch kept counts."""
-        full = sum(h["total"] for h in self.history)
+        """The ``data`` section of the energy report: samples loaded vs. the full data's, per-epoch kept counts.
+
+        ``samples_full_data`` is what training on all the data would have loaded in the same run: per epoch, the
+        dataset under the Trainer's ``limit_train_batches``; for an epoch cut short (``max_steps``, a stop), and for
+        every epoch of a run bounded by ``max_steps`` (where the full data would have run fewer epochs in as many
+        steps), as many full batches as the epoch ran.
+        """
+        full = 0
+        for h in self.history:
+            per_epoch = int(h.get("full", h["total"]))
+            if "batches" in h and self._step_bounded:
+                per_epoch = min(per_epoch, int(h["batches"]) * int(h["full_per_batch"]))
+            full += per_epoch
+        seen = sum(int(h.get("seen", h["kept"])) for h in self.history)
         return {
             "method": "DataPruning (InfoBatch)",
             "prune_ratio": self.prune_ratio,
@@ -317,10 +358,25 @@ class DataPruning(Callback):
             "epochs": len(self.history),
             "samples_seen": self.samples_seen,
             "samples_full_data": full,
-            "samples_saved": max(full - sum(h["kept"] for h in self.history), 0),
-            "samples_ratio": (sum(h["kept"] for h in self.history) / full) if full else None,
+            "samples_saved": max(full - seen, 0),
+            "samples_ratio": (seen / full) if full else None,
             "kept_per_epoch": [h["kept"] for h in self.history],
         }
+
+    def _full_data_samples(self, trainer: pl.Trainer, batches: int | None) -> int:
+        """Samples an epoch on all the data loads under ``limit_train_batches`` (in ``batches`` batches, if given)."""
+        assert self._sampler is not None and self.scores is not None
+        n, world, size = len(self.scores), max(trainer.world_size, 1), self._sampler.batch_size
+        per_rank = math.ceil(n / world)
+        full_batches = per_rank // size if self._sampler.batch_drop_last else math.ceil(per_rank / size)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, float) and limit != 1.0:  # Lightning's own reading of the limit
+            full_batches = int(full_batches * limit)
+        elif isinstance(limit, int) or (isinstance(limit, float) and limit > 1):
+            full_batches = min(full_batches, int(limit))
+        if batches is not None:
+            full_batches = min(full_batches, batches)
+        return min(n, full_batches * size * world)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -352,7 +408,56 @@ class DataPruning(Callback):
             "scores": scores,
             "history": [dict(h) for h in self.history],
             "samples_seen": self.samples_seen,
+            "open_epoch": self._open_epoch_state(),
         }
+
+    def _open_epoch_state(self) -> dict[str, Any] | None:
+        """The losses recorded so far in an epoch not yet merged (a checkpoint mid-epoch or at validation end).
+
+        Plain lists of this rank's samples only (rank 0 writes the checkpoint: other ranks' part of the epoch is not
+        in it, and those samples keep their previous scores).
+        """
+        if self._open_epoch is None or (self._buffers is None and not self._epoch_calls):
+            return None
+        state: dict[str, Any] = {
+            "epoch": self._open_epoch,
+            "calls": self._epoch_calls,
+            "seen": self._epoch_seen,
+            "batches": self._batch_number,
+            "first": self._first_epoch,
+            "index": [],
+            "sums": [],
+            "counts": [],
+            "bad": [],
+        }
+        if self._buffers is not None:
+            sums, counts, bad = (b.detach().cpu().to(torch.float64) for b in self._buffers)
+            idx = torch.nonzero((counts > 0) | (bad > 0)).flatten()
+            state.update(
+                index=idx.tolist(), sums=sums[idx].tolist(), counts=counts[idx].tolist(), bad=bad[idx].tolist()
+            )
+        return state
+
+    def _restore_open_epoch(self, pending: dict[str, Any]) -> None:
+        assert self.scores is not None
+        self._first_epoch = bool(pending.get("first", False))
+        self._open_epoch = int(pending["epoch"])
+        self._batch_number = int(pending.get("batches", 0))  # the same on every rank
+        if self._rank != 0:  # the checkpoint holds rank 0's part of the epoch: merged once, from rank 0
+            return
+        n = len(self.scores)
+        buffers = tuple(torch.zeros(n, dtype=torch.float64) for _ in range(3))
+        index = torch.tensor(pending.get("index", []), dtype=torch.long)
+        if len(index) and int(index.max()) >= n:
+            raise InvalidArgumentError(
+                f"DataPruning: the checkpoint scores sample {int(index.max())}, the training set has {n}; resume with "
+                "the same training set."
+            )
+        for buffer, key in zip(buffers, ("sums", "counts", "bad"), strict=True):
+            buffer[index] = torch.tensor(pending.get(key, []), dtype=torch.float64)
+        self._buffers = buffers
+        self._epoch_calls = int(pending.get("calls", 0))
+        self._epoch_seen = int(pending.get("seen", 0))
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -363,6 +468,7 @@ class DataPruning(Callback):
         self.samples_seen = int(state_dict.get("samples_seen", 0))
         self._pending_state = state_dict.get("scores")
         self._first_epoch = False
+        self._pending_epoch = state_dict.get("open_epoch")
         if self.scores is not None and self._pending_state is not None:
             self.scores.load_state_dict(self._pending_state)
             self._pending_state = None

@@ -22,7 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from lightning_green._internal.validation import InvalidArgumentError
 
@@ -117,4 +124,18 @@ def check_train_loader(owner: str, loader: Any) -> None:
         raise InvalidArgumentError(
             f"{owner}: the training DataLoader has a custom batch_sampler ({type(loader.batch_sampler).__name__}); "
             "data pruning needs batch_size=... with an ordinary sampler (or shuffle=True)."
+        )
+    sampler = loader.sampler
+    plain = type(sampler) in (SequentialSampler, DistributedSampler) or (
+        type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(loader.dataset)  # type: ignore[arg-type]
+    )
+    if not plain:
+        what = type(sampler).__name__
+        if isinstance(sampler, RandomSampler):
+            what += f"(replacement={sampler.replacement}, num_samples={sampler.num_samples})"
+        raise InvalidArgumentError(
+            f"{owner}: the training DataLoader has its own sampler ({what}); data pruning draws each epoch's samples "
+            "from the whole dataset itself, so it would train on samples that sampler leaves out or weighs "
+            "differently. Pass a dataset of just the training samples (torch.utils.data.Subset) with shuffle=True "
+            "or False, or remove DataPruning."
         )

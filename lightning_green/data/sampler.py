@@ -64,6 +64,7 @@ class PruningSampler(DistributedSampler):
         self._batch_size_in_use: int | None = None
         self._plan: EpochPlan | None = None
         self._shard: list[int] = []
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (Lightning calls this at every epoch start)."""
@@ -88,8 +89,16 @@ class PruningSampler(DistributedSampler):
         _ = self.plan
         return self._shard
 
+    def skip_batches(self, batches: int) -> None:
+        """Start this epoch's iteration after its first ``batches`` batches (a run resumed inside the epoch).
+
+        ``len()`` and :meth:`batch_indices` stay those of the whole epoch, as Lightning counts a resumed epoch's
+        batches from where it stopped.
+        """
+        self._skip = max(int(batches), 0)
+
     def __iter__(self) -> Iterator[int]:
-        return iter(list(self.shard))
+        return iter(list(self.shard[self._skip * self.epoch_batch_size :]))
 
     def __len__(self) -> int:
         return len(self.shard)

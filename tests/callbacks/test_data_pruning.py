@@ -409,10 +409,13 @@ def test_green_report_and_comparison_show_the_data_section(tmp_path):
     from lightning_green.report.compare import comparison_table
     from tests.report.runs import fit_digits
 
-    base = fit_digits(tmp_path / "full", epochs=2)
-    pruned = fit_digits(tmp_path / "pruned", epochs=2, callbacks=[DataPruning(prune_ratio=0.9, anneal_fraction=0.0)])
+    # all the batches: with limit_train_batches=4 both runs load 4 batches an epoch and nothing is saved
+    base = fit_digits(tmp_path / "full", epochs=2, limit_train_batches=1.0)
+    dp = DataPruning(prune_ratio=0.9, anneal_fraction=0.0)
+    pruned = fit_digits(tmp_path / "pruned", epochs=2, callbacks=[dp], limit_train_batches=1.0)
     run = load_run(pruned.log_dir)
     assert run.extra("data")["samples_saved"] > 0
+    assert run.extra("data")["samples_saved"] == run.extra("data")["samples_full_data"] - dp.samples_seen
     text = write_report(run).markdown.read_text()
     assert "## Data pruning" in text and "samples saved" in text
     header, rows = comparison_table(compare_runs([load_run(base.log_dir), run]))
@@ -454,3 +457,92 @@ def test_next_to_structured_pruning_and_amp_on_the_digits_demo(tmp_path, keep_st
     assert torch.isfinite(dp.scores.values).all()  # every sample scored through the pruned model
     steps = trainer.global_step
     assert steps == 4 * 20 if keep_steps else steps < 4 * 20  # 1257 training images, batches of 64
+
+
+class Drifting(Model):
+    """Losses that move between epochs, as real ones do (epoch 0: difficulty, later: 4 - difficulty), so the kept set
+    of an epoch depends on every loss recorded in the epoch before it."""
+
+    def training_step(self, batch, batch_idx):
+        x, idx = batch
+        self.seen.setdefault(self.current_epoch, []).extend(idx.tolist())
+        dp = next(cb for cb in self.trainer.callbacks if isinstance(cb, DataPruning))
+        self.mismatches += dp.batch_indices != idx.tolist()
+        base = x[:, 0] if self.current_epoch == 0 else 4.0 - x[:, 0]
+        return reduce_sample_losses(self, base + 0.0 * self.layer(x)[:, 0])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.layer(batch[0]).mean())
+
+    def val_dataloader(self):
+        return DataLoader(Indexed(), batch_size=8)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "name"),
+    [
+        # mid-epoch: step 13 is the 4th batch of epoch 1 (10 batches, then 7 or 8 kept ones)
+        ({"every_n_train_steps": 13, "filename": "{step}"}, "step=13.ckpt"),
+        # at validation end, before the epoch end merged the epoch's losses (ModelCheckpoint saves there when
+        # validation does not run every epoch)
+        ({"every_n_epochs": 1, "filename": "{epoch}"}, "epoch=1.ckpt"),
+    ],
+)
+def test_a_checkpoint_inside_an_epoch_resumes_to_the_same_kept_sets(tmp_path, checkpoint, name):
+    kwargs = {"max_epochs": 4, "check_val_every_n_epoch": 2, "num_sanity_val_steps": 0, "limit_val_batches": 1}
+    seed_everything(0)
+    full, dp_full = Drifting(), DataPruning(0.5, anneal_fraction=0.0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, **checkpoint)
+    Trainer(default_root_dir=tmp_path, logger=False, callbacks=[dp_full, ckpt], **QUIET, **kwargs).fit(full)
+    saved = torch.load(tmp_path / "ck" / name, weights_only=True)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("DataPruning"))
+    assert state["open_epoch"]["epoch"] == 1 and state["open_epoch"]["index"]  # the epoch's losses so far
+    seed_everything(0)
+    resumed, dp = Drifting(), DataPruning(0.5, anneal_fraction=0.0)
+    fit(tmp_path, resumed, dp, ckpt_path=str(tmp_path / "ck" / name), **kwargs)
+    assert resumed.mismatches == 0
+    for epoch in (2, 3):
+        assert resumed.seen[epoch] == full.seen[epoch]  # the same samples, in the same order
+    assert [h["kept"] for h in dp.history] == [h["kept"] for h in dp_full.history]
+    assert dp.samples_seen == dp_full.samples_seen
+    assert torch.equal(dp.scores.values, dp_full.scores.values)
+    if name.startswith("step"):  # the resumed epoch ran only the batches after the checkpoint, not the first again
+        epoch1 = resumed.seen[1]
+        assert len(epoch1) == len(set(epoch1)) and epoch1 == full.seen[1][-len(epoch1) :]
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        lambda ds: torch.utils.data.SubsetRandomSampler(range(20)),
+        lambda ds: torch.utils.data.WeightedRandomSampler([1.0, 0.0] * 20, num_samples=8),
+        lambda ds: torch.utils.data.RandomSampler(ds, num_samples=10),
+        lambda ds: torch.utils.data.RandomSampler(ds, replacement=True),
+    ],
+)
+def test_a_sampler_of_the_users_own_is_refused(tmp_path, sampler):
+    class OwnSampler(Model):
+        def train_dataloader(self):
+            ds = Indexed()
+            return DataLoader(ds, batch_size=4, sampler=sampler(ds))
+
+    with pytest.raises(ValueError, match=r"the training DataLoader has its own sampler \(\w+.*Subset"):
+        fit(tmp_path, OwnSampler(), DataPruning())
+
+
+@pytest.mark.parametrize(
+    ("limits", "full_data"),
+    [
+        ({"limit_train_batches": 3}, 4 * 3 * 4),  # 3 batches of 4 an epoch, pruned or not: nothing saved
+        ({"limit_train_batches": 0.5}, 4 * 5 * 4),  # 5 of the 10 batches
+        ({"max_steps": 14, "max_epochs": -1}, 14 * 4),  # bounded by steps: as many full batches as the run took
+    ],
+)
+def test_the_samples_saved_count_only_what_the_trainer_would_have_loaded(tmp_path, limits, full_data):
+    monitor = EnergyMonitor(print_summary=False)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.0, keep_steps=True)
+    fit(tmp_path, Model(), dp, **{"max_epochs": 4, **limits}, callbacks=[monitor])
+    section = monitor.report()["extra"]["data"]
+    assert section["samples_full_data"] == full_data
+    assert section["samples_seen"] == dp.samples_seen
+    assert section["samples_saved"] == full_data - dp.samples_seen

@@ -17,12 +17,11 @@ def fit_digits(root, logger: str = "tb", epochs: int = 3, report: GreenReport | 
     trainer = Trainer(
         default_root_dir=root,
         max_epochs=epochs,
-        limit_train_batches=4,
         limit_val_batches=3,
         log_every_n_steps=2,
         logger=loggers[logger],
         callbacks=[EnergyMonitor(print_summary=False, min_window_s=0.0), report or GreenReport(), *callbacks],
-        **{**QUIET, **kwargs},
+        **{"limit_train_batches": 4, **QUIET, **kwargs},
     )
     trainer.fit(DigitsCNN(channels=[4, 8], lr=1e-2), DigitsDataModule(image_size=8, batch_size=32))
     return trainer
