@@ -245,8 +245,9 @@ class AMPScheduler(Callback):
                 name,
                 "warmup_epochs",
                 self.warmup_epochs,
-                f"such that warmup_epochs + final_fp32_epochs (= {self.final_fp32_epochs}) < Trainer(max_epochs="
-                f"{max_epochs}), leaving at least one epoch in low precision",
+                f"such that warmup_epochs + final_fp32_epochs ({self.warmup_epochs} + {self.final_fp32_epochs} = "
+                f"{self.warmup_epochs + self.final_fp32_epochs}) < Trainer(max_epochs={max_epochs}), leaving at least "
+                "one epoch in low precision",
             )
         return PrecisionSchedule.from_shortcuts("auto", self.warmup_epochs, self.final_fp32_epochs, max_epochs)
 
@@ -296,6 +297,8 @@ class AMPScheduler(Callback):
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if not self._active:
             return
+        if not self._backward_pending:  # the first backward since an optimizer step: a new step's losses
+            self._loss_bad = False
         self._backward_pending = True
         # Kept on the device: one sync per optimizer step, not per micro-batch.
         flag = ~torch.isfinite(loss.detach()).all()
@@ -311,8 +314,9 @@ class AMPScheduler(Callback):
         mode = self.mode or FP32
         params = optimizer_params(optimizer)
         device = trainer.strategy.root_device
+        # Not cleared here: with manual optimization one backward can feed several optimizers' steps (a joint loss),
+        # and each of them must skip when it was non-finite. The next backward after a step starts afresh.
         loss_flag = torch.as_tensor(self._loss_bad, device=device).reshape(())
-        self._loss_bad = False
         # One collective and one device sync per optimizer step (every rank reaches this once per step). In fp16
         # the grads were unscaled before this hook; non-finite ones are an overflow the scaler will skip.
         any_loss, any_grad = any_rank(trainer.strategy, torch.stack([loss_flag, nonfinite_flag(params, device)]))
@@ -324,7 +328,11 @@ class AMPScheduler(Callback):
             else:
                 bad = True
         step = trainer.global_step
-        cause = self.tracker.record(step, mode, bad=bad, overflow=overflow)
+        if bad and self._pending_cause is not None:  # another optimizer of this batch already asked for the fallback
+            self.tracker.skipped_steps += 1
+            cause = None
+        else:
+            cause = self.tracker.record(step, mode, bad=bad, overflow=overflow)
         if bad:
             drop_grads(params)
             if self._snapshot is not None:

@@ -463,7 +463,11 @@ def test_bad_arguments(kwargs, exc, match):
             r"keyed by steps < Trainer\(max_steps=10\)",
         ),
         ({"warmup_epochs": 2, "final_fp32_epochs": 1}, {"max_epochs": 3}, r"warmup_epochs \+ final_fp32_epochs"),
-        ({"warmup_epochs": 3}, {"max_epochs": 3}, r"leaving at least one epoch in low precision"),
+        (
+            {"warmup_epochs": 3},
+            {"max_epochs": 3},
+            r"warmup_epochs \+ final_fp32_epochs \(3 \+ 0 = 3\) < Trainer\(max_epochs=3\), leaving at least one epoch",
+        ),
         ({"final_fp32_epochs": 1}, {"max_epochs": -1, "max_steps": 4}, r"0 when Trainer\(max_epochs\) is unbounded"),
         ({}, {"precision": "bf16-true"}, r"Trainer\(precision='bf16-true'\) is not supported: `precision` must be"),
         ({}, {"precision": "16-true"}, r"Trainer\(precision='16-true'\) is not supported"),
@@ -576,3 +580,41 @@ def test_plain_python_example_runs(tmp_path, capsys):
     amp = main(["--epochs", "3", "--limit-train-batches", "2", "--root", str(tmp_path)])
     assert amp.final_fp32_epochs == 1 and amp.mode == "32-true"  # the last epoch is fp32 whatever the device
     assert "val_acc:" in capsys.readouterr().out
+
+
+class JointLoss(LightningModule):
+    """Manual optimization, GAN-style: one backward of a joint loss, then two optimizers step; NaN loss at batch 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 1)
+        self.automatic_optimization = False
+        self.changed: list[list[bool]] = []
+
+    def training_step(self, batch, batch_idx):
+        opt_a, opt_b = self.optimizers()
+        loss = self.b(self.a(batch[0])).float().pow(2).mean()
+        if batch_idx == 2:
+            loss = loss + torch.tensor(float("nan"))  # detached: the gradients stay finite, only the loss is bad
+        before = [p.detach().clone() for p in self.parameters()]
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        self.manual_backward(loss)
+        opt_a.step()
+        opt_b.step()
+        self.changed.append([not torch.equal(x, p) for x, p in zip(before, self.parameters(), strict=True)])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.a.parameters(), lr=0.1), torch.optim.SGD(self.b.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(32, 4)), batch_size=8)
+
+
+def test_a_non_finite_joint_loss_skips_every_optimizer_of_the_batch(tmp_path):
+    model = JointLoss()
+    amp = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=2)
+    make_trainer(tmp_path, [amp], max_epochs=1).fit(model)
+    assert model.changed[2] == [False] * 4  # neither optimizer updated on the NaN batch
+    assert all(all(c) for i, c in enumerate(model.changed) if i != 2)
+    assert amp.skipped_steps == 2 and amp.fallbacks == 1  # two skipped steps, one fallback for the one bad batch
