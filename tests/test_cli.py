@@ -1,5 +1,6 @@
 import os
 import sys
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -212,3 +213,11 @@ def test_an_unknown_command_lists_ours_too(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "invalid choice: 'nosuch'" in err[0]
     assert all(repr(name) in err[0] for name in ("fit", "report", "export", "bench-inference"))
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (Path(ROOT) / "examples" / "configs").glob("*.yaml")))
+def test_every_preset_ends_with_a_green_report(preset):
+    # A YAML callbacks list replaces the CLI's defaults (EnergyMonitor, GreenReport): each preset lists it itself.
+    config = yaml.safe_load((Path(ROOT) / "examples" / "configs" / preset).read_text())
+    paths = [cb["class_path"] for cb in config["trainer"]["callbacks"]]
+    assert "lightning_green.EnergyMonitor" in paths and "lightning_green.GreenReport" in paths
