@@ -154,7 +154,7 @@ def report(args: Sequence[str]) -> int:
         RunDirError: A run directory is missing or unreadable (``main`` turns it into a one-line error).
     """
     from lightning_green.energy.report import write_bytes_atomic
-    from lightning_green.report import format_comparison, load_run, write_comparison, write_report
+    from lightning_green.report import compare_runs, format_comparison, load_run, write_comparison, write_report
     from lightning_green.report.run import RunDirError
 
     parser = _report_parser()
@@ -175,6 +175,8 @@ def report(args: Sequence[str]) -> int:
         seen[run.name] = seen.get(run.name, 0) + 1
         if seen[run.name] > 1:
             run.name = f"{run.name} ({seen[run.name]})"
+    if len(runs) > 1:  # a comparison error (a --metric one run lacks) before any file is rewritten
+        compare_runs(runs, metric=ns.metric, target=ns.target, mode=ns.mode)
     for run in runs:
         files = write_report(run, metric=ns.metric, mode=ns.mode, target=ns.target, html=not ns.no_html)
         print(f"{run.name}: {files.markdown}" + (f", {files.html}" if files.html else ""))
