@@ -128,3 +128,11 @@ def test_a_malformed_energy_report_is_a_one_line_error(tmp_path, capsys, content
     code, _, err = run_main(["report", str(tmp_path)], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0]
+
+
+def test_a_comparison_error_comes_before_any_report_is_rewritten(two_runs, capsys):
+    md = os.path.join(two_runs[0], "green_report.md")
+    before = os.stat(md).st_mtime_ns if os.path.exists(md) else None
+    code, _, err = run_main(["report", *two_runs, "--metric", "no_such_metric"], capsys)
+    assert code == 2 and "metric 'no_such_metric' was not logged in" in err
+    assert (os.stat(md).st_mtime_ns if os.path.exists(md) else None) == before
