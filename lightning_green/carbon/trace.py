@@ -134,7 +134,8 @@ class IntensityTrace:
             raise InvalidArgumentError(
                 f"IntensityTrace(source={self.source!r}): the time {_iso(t0_s)} .. {_iso(t1_s)} is outside the "
                 f"trace ({_iso(self.start_s)} .. {_iso(self.end_s)}); it is never extrapolated silently. Use a trace "
-                "that covers it, or extend it explicitly (extend='repeat-last-week')."
+                "that covers it, or extend it explicitly (IntensityTrace.extended; in the callbacks "
+                "CarbonAwareScheduler(extend=...), EnergyMonitor(carbon_extend=...))."
             )
 
     def at(self, t_s: float) -> float:
@@ -166,7 +167,7 @@ class IntensityTrace:
         per_week = round(WEEK_S / self.step_s)
         if len(self.values) < per_week:
             raise InvalidArgumentError(
-                f"IntensityTrace(source={self.source!r}): extend='repeat-last-week' needs at least a week of data; "
+                f"IntensityTrace(source={self.source!r}): repeating the last week needs at least a week of data; "
                 f"the trace spans {len(self.values) * self.step_s / 3600:.1f} h."
             )
         week = self.values[-per_week:]
@@ -211,19 +212,48 @@ def _pick(header: Sequence[str], wanted: str | None, candidates: Sequence[str], 
     return -1  # pragma: no cover
 
 
-def _parse_time(text: str, tz: _dt.tzinfo, row: int, path: str) -> float:
+def _parse_time(text: str, row: int, path: str) -> _dt.datetime:
     s = text.strip()
     if not s:
         raise InvalidArgumentError(f"read_trace(path={path!r}): row {row} has no timestamp; every row needs one.")
     try:
-        when = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+        return _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidArgumentError(
             f"read_trace(path={path!r}): row {row} timestamp {s!r} is not an ISO date-time (e.g. 2022-01-01 00:00)."
         ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=tz)
-    return when.timestamp()
+
+
+def _local_seconds(
+    when: _dt.datetime,
+    tz: _dt.tzinfo,
+    previous: tuple[_dt.datetime, int | None] | None,
+    row: int,
+    path: str,
+    zone: str,
+) -> tuple[float, int | None]:
+    """POSIX seconds of a naive wall-clock time in ``tz``, and its fold if the time is ambiguous (else ``None``).
+
+    At the autumn clock change an hour of wall-clock times happens twice. A file in local time lists it twice, in
+    order: a repeated time is the second occurrence (fold 1) when the previous row was an ambiguous time at or after
+    it on the wall clock (the clock went back), or was itself a second occurrence. A time the spring change skips
+    does not exist in the zone and is refused.
+    """
+    first, second = when.replace(tzinfo=tz, fold=0), when.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first.timestamp(), None
+    if _dt.datetime.fromtimestamp(first.timestamp(), tz).replace(tzinfo=None) != when:
+        before = (when - _dt.timedelta(hours=3)).replace(tzinfo=tz).tzname()
+        after = (when + _dt.timedelta(hours=3)).replace(tzinfo=tz).tzname()
+        raise InvalidArgumentError(
+            f"read_trace(path={path!r}, timezone={zone!r}): row {row} timestamp {when.isoformat(sep=' ')!r} does not "
+            f"exist in {zone} (the clocks skip it when they change from {before} to {after}); timestamps without an "
+            "offset are read as wall-clock times of `timezone`. Is the file in another zone (e.g. timezone='UTC')?"
+        )
+    fold = 0
+    if previous is not None and previous[1] is not None and (previous[1] == 1 or when <= previous[0]):
+        fold = 1
+    return (second if fold else first).timestamp(), fold
 
 
 def read_trace(
@@ -247,14 +277,17 @@ def read_trace(
         path: CSV file with a header row.
         time_column: Timestamp column; ``None`` picks a known name.
         value_column: Intensity column; ``None`` picks a known name.
-        timezone: IANA zone of timestamps that carry no offset (``"UTC"``, ``"Europe/Berlin"``).
+        timezone: IANA zone of timestamps that carry no offset (``"UTC"``, ``"Europe/Berlin"``): wall-clock times
+            there. The hour the autumn clock change repeats is listed twice, in order (the second time is read as
+            the later one); a time the spring change skips does not exist and is refused with its row.
         unit: Unit of the values, one of :data:`UNITS`. ``None``: gCO2e/kWh, unless the column header names
             another unit — then it must be given explicitly to be converted.
         max_gap_h: Longest gap (hours) that is interpolated.
 
     Raises:
-        ValueError: Missing, unsorted, duplicate or off-grid timestamps, negative or NaN intensities, an unknown or
-            implicit non-g/kWh unit, an unknown column or time zone, a gap longer than ``max_gap_h``.
+        ValueError: Missing, unsorted, duplicate or off-grid timestamps, a local time that does not exist in
+            ``timezone``, negative or NaN intensities, an unknown or implicit non-g/kWh unit, an unknown column or
+            time zone, a gap longer than ``max_gap_h``.
 
     Example:
         >>> import tempfile, pathlib
@@ -300,8 +333,14 @@ def read_trace(
 
     times: list[float] = []
     vals: list[float | None] = []
+    previous: tuple[_dt.datetime, int | None] | None = None  # the last naive time and its fold (DST)
     for n, r in enumerate(rows[1:], start=2):
-        t = _parse_time(r[ti] if ti < len(r) else "", tz, n, spath)
+        when = _parse_time(r[ti] if ti < len(r) else "", n, spath)
+        if when.tzinfo is None:
+            t, fold = _local_seconds(when, tz, previous, n, spath, timezone)
+            previous = (when, fold)
+        else:
+            t, previous = when.timestamp(), None
         cell = r[vi].strip() if vi < len(r) else ""
         if cell == "":
             v = None
