@@ -1,4 +1,4 @@
-"""CarbonAwareScheduler: train in the cleanest hours of the grid that still finish before a deadline."""
+"""CarbonAwareScheduler: train in the cleanest hours (slots) of the grid that still finish before a deadline."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class CarbonAwareScheduler(Callback):
     """Pause training between optimizer steps while the grid is dirty, and still finish before a deadline.
 
     From the expected compute time left and the intensity forecast it plans the remaining training into the
-    cleanest hours before ``deadline``; between optimizer steps it pauses when the current hour is not in the plan,
+    cleanest slots before ``deadline``; between optimizer steps it pauses when the current slot is not in the plan,
     and re-plans at every decision, so a changed forecast of the remaining time (a prune or a precision switch:
     ``on_workload_changed``, after which it runs until the new step time is measured; or simply measured step times)
     moves the plan. Its own pauses never make the run miss
@@ -58,8 +58,14 @@ class CarbonAwareScheduler(Callback):
     (``estimate_after_steps`` optimizer steps, again after each workload change), then the mean step time ×
     the steps left (``trainer.estimated_stepping_batches``). With neither, it runs until it has measured.
 
-    A pause longer than ``checkpoint_after`` is preceded by a checkpoint (``carbon-pause.ckpt`` in the
-    ``ModelCheckpoint``'s folder, when the Trainer has one), so a job killed while it waits loses nothing.
+    Slots follow the trace's own grid: they start where its intervals start and last one step, at most an hour
+    (15 minutes for a 15-minute trace; hours from :30 UTC for an hourly trace in India's time), so a job can start
+    at the trace's cleanest interval. A number, a callable or Electricity Maps is planned in UTC hours. ``slot``
+    sets the length instead.
+
+    A pause expected to last ``checkpoint_after`` or longer (until the next planned slot) is preceded by a checkpoint
+    (``carbon-pause.ckpt`` in the ``ModelCheckpoint``'s folder, when the Trainer has one), so a job killed while it
+    waits loses nothing.
     With ``power="clean-fast"`` and a :class:`~lightning_green.PowerLimitTuner` that has finished profiling, clean
     hours (intensity at or below the mean forecast of the hours left) run at the profile's fastest limit and dirty
     hours at its most energy-efficient one.
@@ -92,6 +98,8 @@ class CarbonAwareScheduler(Callback):
         estimate_after_steps: Optimizer steps measured before the step time is trusted (>= 1).
         extend: ``"none"``: a trace that does not reach the deadline is refused; ``"repeat-last-week"``: its last
             week is repeated to cover it.
+        slot: Planning slot (``"15m"``, ``"1h"``, seconds), aligned on a trace's start; ``None``: the trace's own
+            step (at most an hour; UTC hours for a number, a callable or Electricity Maps).
         timezone: Zone of a CSV's timestamps without an offset.
         clock: POSIX-seconds clock; ``None`` is ``time.time``.
         verbose: Print the pause/resume lines.
@@ -128,6 +136,7 @@ class CarbonAwareScheduler(Callback):
         power: Power = "off",
         estimate_after_steps: int = 5,
         extend: Extend = "none",
+        slot: str | float | None = None,
         timezone: str = "UTC",
         clock: Callable[[], float] | None = None,
         verbose: bool = True,
@@ -147,6 +156,7 @@ class CarbonAwareScheduler(Callback):
         check_choice(name, "power", power, _POWER)
         check_number(name, "estimate_after_steps", estimate_after_steps, integer=True, ge=1)
         check_choice(name, "extend", extend, EXTEND_CHOICES)
+        self.slot_s = None if slot is None else parse_duration(slot, name, "slot")
         if clock is not None and not callable(clock):
             fail(name, "clock", clock, "None or a callable returning POSIX seconds", TypeError)
         check_bool(name, "verbose", verbose)
@@ -216,7 +226,7 @@ class CarbonAwareScheduler(Callback):
         first = now - history_needed_s(self.forecast)
         self.source = ensure_covers(self.source, first, deadline_s, name, "intensity", self.extend)
         self.start_s, self.deadline_s = now, deadline_s
-        self.planner = CarbonPlanner(self.source, deadline_s, self.forecast, self.safety_margin)
+        self.planner = self._planner(deadline_s)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -292,7 +302,7 @@ class CarbonAwareScheduler(Callback):
         deadline_s = state_dict.get("deadline_s")
         if deadline_s is not None and self.planner is not None:
             self.deadline_s = float(deadline_s)
-            self.planner = CarbonPlanner(self.source, self.deadline_s, self.forecast, self.safety_margin)
+            self.planner = self._planner(self.deadline_s)
 
     def report(self) -> dict[str, Any]:
         """The schedule as plain data: deadline, pauses, the last plan and the forecast it was made from."""
@@ -315,13 +325,19 @@ class CarbonAwareScheduler(Callback):
         }
 
     # ------------------------------------------------------------------------------------------------ internals
+    def _planner(self, deadline_s: float) -> CarbonPlanner:
+        return CarbonPlanner(self.source, deadline_s, self.forecast, self.safety_margin, slot_s=self.slot_s)
+
     def _rank0_decision(self, trainer: pl.Trainer) -> list[float]:
-        """[pause seconds, next check step, run flag, intensity now]; computed on rank 0 only."""
+        """[pause seconds, next check step, run flag, intensity now, expected pause]; computed on rank 0 only."""
         assert self.planner is not None
         now = self.clock()
         remaining = None if self._remeasure else self.remaining_s(trainer)
         if remaining is None:
-            return [0.0, float(trainer.global_step + 1), 1.0, self.source.mean(now, now)]
+            return [0.0, float(trainer.global_step + 1), 1.0, self._intensity_now(now), 0.0]
+        if now >= self.planner.deadline_s:
+            # Late (the work took longer than expected): nothing to plan, and a trace may end at the deadline.
+            return self._run_row(trainer, now, self._intensity_now(now))
         decision = self.planner.decide(now, remaining)
         self.last_plan = decision.plan
         if self.first_plan is None:
@@ -329,25 +345,42 @@ class CarbonAwareScheduler(Callback):
         if not self.plans or self.plans[-1]["chosen"] != decision.plan.as_dict()["chosen"]:
             self.plans.append(decision.plan.as_dict())
         if not decision.run:
-            return [decision.pause_s, float(trainer.global_step), 0.0, decision.intensity_now]
-        boundary = (math.floor(now / 3600.0 + 1e-9) + 1) * 3600.0
+            return [
+                decision.pause_s,
+                float(trainer.global_step),
+                0.0,
+                decision.intensity_now,
+                decision.expected_pause_s,
+            ]
+        return self._run_row(trainer, now, decision.intensity_now)
+
+    def _run_row(self, trainer: pl.Trainer, now: float, intensity: float) -> list[float]:
+        """A "run" decision, checked again about halfway to the next slot boundary."""
+        assert self.planner is not None
+        boundary = self.planner.next_boundary(now)
         steps = 1
         if self._step_s:
             steps = max(1, int(0.5 * (boundary - now) / self._step_s))
-        return [0.0, float(trainer.global_step + steps), 1.0, decision.intensity_now]
+        return [0.0, float(trainer.global_step + steps), 1.0, intensity, 0.0]
+
+    def _intensity_now(self, now: float) -> float:
+        """The source's intensity now; NaN past the end of a trace (not logged)."""
+        return self.source.mean(now, now) if self.source.covers(now, now) else math.nan
 
     def _decide(self, trainer: pl.Trainer, may_checkpoint: bool) -> None:
         pausing_since: float | None = None
         intensity = 0.0
         while True:
-            row = self._rank0_decision(trainer) if trainer.is_global_zero else [0.0, 0.0, 1.0, 0.0]
-            pause_s, next_check, run, intensity = (float(x) for x in trainer.strategy.broadcast(row, src=0))
+            row = self._rank0_decision(trainer) if trainer.is_global_zero else [0.0, 0.0, 1.0, 0.0, 0.0]
+            pause_s, next_check, run, intensity, expected_s = (float(x) for x in trainer.strategy.broadcast(row, src=0))
             if run or pause_s <= 0:
                 break
             if pausing_since is None:
                 pausing_since = self.clock()
                 self._log(trainer, 0.0, intensity)
-                if may_checkpoint and self.checkpoint_after_s is not None and pause_s >= self.checkpoint_after_s:
+                # The pause is taken slot by slot (re-planning at each boundary): judge it by its expected length.
+                long_pause = max(pause_s, expected_s)
+                if may_checkpoint and self.checkpoint_after_s is not None and long_pause >= self.checkpoint_after_s:
                     self._checkpoint(trainer)
                 _close_energy_windows(trainer)
                 nxt = self.last_plan.next_start(pausing_since) if self.last_plan is not None else None
@@ -398,7 +431,7 @@ class CarbonAwareScheduler(Callback):
         from lightning_green.callbacks.power_limit_tuner import PowerLimitTuner
 
         tuner = next((cb for cb in trainer.callbacks if isinstance(cb, PowerLimitTuner)), None)  # type: ignore[attr-defined]
-        if tuner is None or tuner.state != "done":
+        if tuner is None or tuner.state != "done" or math.isnan(intensity):
             return
         clean = 0.0
         if trainer.is_global_zero and self.last_plan is not None and self.last_plan.slots:
@@ -412,7 +445,9 @@ class CarbonAwareScheduler(Callback):
             self._say(f"CarbonAwareScheduler: {'clean' if clean else 'dirty'} hour: {mode}-optimal power limit.")
 
     def _log(self, trainer: pl.Trainer, run: float, intensity: float) -> None:
-        metrics = {"carbon/plan": run, "carbon/paused_s": self.paused_s, "carbon/intensity_g_per_kWh": intensity}
+        metrics = {"carbon/plan": run, "carbon/paused_s": self.paused_s}
+        if not math.isnan(intensity):
+            metrics["carbon/intensity_g_per_kWh"] = intensity
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=max(trainer.global_step - 1, 0))
 

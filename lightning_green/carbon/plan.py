@@ -1,8 +1,9 @@
-"""Carbon-aware planning: put the remaining compute into the cleanest hours that still finish before a deadline.
+"""Carbon-aware planning: put the remaining compute into the cleanest slots that still finish before a deadline.
 
 No Lightning import. :class:`CarbonPlanner` is what :class:`~lightning_green.CarbonAwareScheduler` and
 ``benchmarks/carbon_aware.py`` both call: given the time now and the remaining compute, it plans and says whether
-to run now or how long to pause.
+to run now or how long to pause. Slots follow the intensity trace's own grid (its start and its step, at most an
+hour), so a job can start at the trace's cleanest interval; other sources are planned in UTC hours.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
-from lightning_green.carbon.trace import _iso
+from lightning_green.carbon.trace import IntensityTrace, _iso
 
 __all__ = [
     "FORECASTS",
     "PERSISTENCE_DAYS",
     "history_needed_s",
+    "slot_grid",
     "CarbonPlanner",
     "Decision",
     "Forecast",
@@ -32,6 +34,7 @@ __all__ = [
 Forecast = Literal["trace", "persistence", "persistence-week"]
 FORECASTS = ("trace", "persistence", "persistence-week")
 DAY_S = 86400.0
+HOUR_S = 3600.0
 PERSISTENCE_DAYS = 7
 """Past days the ``"persistence-week"`` forecast averages by default (the trace must reach that far back)."""
 TREND_H = 3
@@ -109,6 +112,37 @@ def history_needed_s(forecast: str, persistence_days: int = PERSISTENCE_DAYS) ->
     return 0.0
 
 
+def slot_grid(source: Any, slot_s: float | None = None) -> tuple[float, float]:
+    """The planning grid of ``source``: ``(origin_s, slot_s)``, slot boundaries at ``origin_s + k × slot_s``.
+
+    A trace is planned on its own grid: slots start where its intervals start (a trace in a zone with a
+    half-hour offset starts at :30 UTC) and last one step (15 min for a 15-minute trace), so a job can start at
+    the trace's cleanest interval. A step longer than an hour is cut into equal parts of at most an hour, which
+    still end on the trace's boundaries. A constant, a callable or an online source has no grid of its own: UTC
+    hours. An explicit ``slot_s`` sets the length; a trace's start still sets the origin. ``origin_s`` is reduced
+    to ``[0, slot_s)``.
+
+    Example:
+        >>> slot_grid(IntensityTrace(1800.0, 900.0, (1.0,) * 8)), slot_grid(42.0)
+        ((0.0, 900.0), (0.0, 3600.0))
+        >>> slot_grid(IntensityTrace(1800.0, 3600.0, (1.0,) * 8)), slot_grid(IntensityTrace(0.0, 86400.0, (1.0,)))
+        ((1800.0, 3600.0), (0.0, 3600.0))
+    """
+    trace = isinstance(source, IntensityTrace)
+    if slot_s is None:
+        if not trace:
+            return 0.0, HOUR_S
+        slot_s = source.step_s / math.ceil(source.step_s / HOUR_S - 1e-9)
+    origin = math.fmod(source.start_s, slot_s) if trace else 0.0
+    if origin < 0:
+        origin += slot_s
+    return origin, float(slot_s)
+
+
+def _next_boundary(t_s: float, slot_s: float, origin_s: float) -> float:
+    return origin_s + (math.floor((t_s - origin_s) / slot_s + 1e-9) + 1) * slot_s
+
+
 @dataclass(frozen=True)
 class Plan:
     """Chosen slots (start, end, forecast g/kWh), in time order, and what they were chosen from."""
@@ -140,22 +174,29 @@ class Plan:
         }
 
 
-def _slots(now_s: float, deadline_s: float, slot_s: float) -> list[tuple[float, float]]:
+def _slots(now_s: float, deadline_s: float, slot_s: float, origin_s: float) -> list[tuple[float, float]]:
     out = []
     t = now_s
     while t < deadline_s - 1e-9:
-        boundary = (math.floor(t / slot_s + 1e-9) + 1) * slot_s
-        end = min(boundary, deadline_s)
+        end = min(_next_boundary(t, slot_s, origin_s), deadline_s)
         out.append((t, end))
         t = end
     return out
 
 
-def make_plan(forecast: Any, now_s: float, deadline_s: float, remaining_s: float, slot_s: float = 3600.0) -> Plan:
+def make_plan(
+    forecast: Any,
+    now_s: float,
+    deadline_s: float,
+    remaining_s: float,
+    slot_s: float = HOUR_S,
+    origin_s: float = 0.0,
+) -> Plan:
     """Choose the cleanest slots (by ``forecast(t0, t1)``) between now and the deadline holding ``remaining_s``.
 
-    The slots start at ``now_s`` and follow the ``slot_s`` grid (hours by default); the first may be partial. If
-    they cannot hold the remaining time the plan is ``forced``: run without pausing.
+    The slots start at ``now_s`` and follow the grid ``origin_s + k × slot_s`` (UTC hours by default; see
+    :func:`slot_grid` for a trace's own grid); the first may be partial. If they cannot hold the remaining time
+    the plan is ``forced``: run without pausing.
 
     Example:
         >>> f = lambda a, b: {0: 300.0, 1: 100.0, 2: 200.0}[int(a // 3600)]
@@ -163,7 +204,7 @@ def make_plan(forecast: Any, now_s: float, deadline_s: float, remaining_s: float
         >>> [int(a) for a, _, _ in p.chosen], p.runs_at(0.0), p.next_start(0.0)
         ([3600, 7200], False, 3600.0)
     """
-    slots = [(a, b, float(forecast(a, b))) for a, b in _slots(now_s, deadline_s, slot_s)]
+    slots = [(a, b, float(forecast(a, b))) for a, b in _slots(now_s, deadline_s, slot_s, origin_s)]
     capacity = sum(b - a for a, b, _ in slots)
     if remaining_s <= 0:
         return Plan(now_s, deadline_s, remaining_s, (), tuple(slots), False)
@@ -182,12 +223,17 @@ def make_plan(forecast: Any, now_s: float, deadline_s: float, remaining_s: float
 
 @dataclass(frozen=True)
 class Decision:
-    """Run now, or pause for ``pause_s`` seconds (then decide again)."""
+    """Run now, or pause for ``pause_s`` seconds (then decide again).
+
+    ``pause_s`` ends at the next slot boundary at the latest, to re-plan there; ``expected_pause_s`` is how long the
+    whole pause is expected to last (until the next planned slot, or the last moment that leaves room for the work).
+    """
 
     run: bool
     pause_s: float
     plan: Plan
     intensity_now: float
+    expected_pause_s: float = 0.0
 
 
 class CarbonPlanner:
@@ -204,7 +250,10 @@ class CarbonPlanner:
             the mean of the same hour over the previous ``persistence_days`` days, shifted by the intensity now
             (fading over 48 h by default). The current hour is the intensity now; only times up to now are read.
         safety_margin: Never pause once ``remaining × (1 + safety_margin)`` no longer fits before the deadline.
-        slot_s: Planning grid, seconds.
+        slot_s: Planning slot, seconds. ``None``: a trace's own grid (its start and its step, at most an hour);
+            UTC hours for a constant, a callable or an online source (see :func:`slot_grid`). "The current hour"
+            and "the same hours of the previous day" below are slots. The previous day is 24 h earlier (in UTC), also
+            across a daylight-saving change.
         persistence_tau_h: Fade-out time of the persistence forecasts' correction, hours (``None``: 12 for
             ``"persistence"``, 48 for ``"persistence-week"``).
         persistence_days: Past days averaged by ``"persistence-week"``.
@@ -226,7 +275,7 @@ class CarbonPlanner:
         deadline_s: float,
         forecast: Forecast = "trace",
         safety_margin: float = 0.05,
-        slot_s: float = 3600.0,
+        slot_s: float | None = None,
         persistence_tau_h: float | None = None,
         persistence_days: int = PERSISTENCE_DAYS,
     ) -> None:
@@ -236,11 +285,21 @@ class CarbonPlanner:
         self.deadline_s = float(deadline_s)
         self.forecast = forecast
         self.safety_margin = float(safety_margin)
-        self.slot_s = float(slot_s)
+        if slot_s is not None and (
+            isinstance(slot_s, bool)
+            or not isinstance(slot_s, (int, float))
+            or not (math.isfinite(slot_s) and slot_s > 0)
+        ):
+            fail("CarbonPlanner", "slot_s", slot_s, "None or a number of seconds > 0")
+        self.origin_s, self.slot_s = slot_grid(source, slot_s)
         if persistence_tau_h is None:
             persistence_tau_h = 12.0 if forecast == "persistence" else 48.0
         self.tau_s = float(persistence_tau_h) * 3600.0
         self.days = int(persistence_days)
+
+    def next_boundary(self, t_s: float) -> float:
+        """End of the slot holding ``t_s`` (a time on a boundary starts a slot)."""
+        return _next_boundary(t_s, self.slot_s, self.origin_s)
 
     def _forecast_fn(self, now_s: float) -> Any:
         src = self.source
@@ -251,7 +310,7 @@ class CarbonPlanner:
                 return src.mean(a, b)
 
             return perfect
-        current_end = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
+        current_end = self.next_boundary(now_s)
         if self.forecast == "persistence":
             return self._yesterday(now_s, now_value, current_end)
         days = range(1, self.days + 1)
@@ -296,7 +355,7 @@ class CarbonPlanner:
 
     def plan(self, now_s: float, remaining_s: float) -> Plan:
         """A plan for ``remaining_s`` of compute from ``now_s``."""
-        return make_plan(self._forecast_fn(now_s), now_s, self.deadline_s, remaining_s, self.slot_s)
+        return make_plan(self._forecast_fn(now_s), now_s, self.deadline_s, remaining_s, self.slot_s, self.origin_s)
 
     def decide(self, now_s: float, remaining_s: float) -> Decision:
         """Run now, or pause until the next planned slot (at most until the next slot boundary, to re-plan)."""
@@ -305,12 +364,13 @@ class CarbonPlanner:
         no_slack = remaining_s * (1.0 + self.safety_margin) >= self.deadline_s - now_s
         if remaining_s <= 0 or plan.runs_at(now_s) or no_slack:
             return Decision(True, 0.0, plan, intensity)
-        boundary = (math.floor(now_s / self.slot_s + 1e-9) + 1) * self.slot_s
+        boundary = self.next_boundary(now_s)
         nxt = plan.next_start(now_s)
         until = min(boundary, nxt) if nxt is not None else boundary
         # Never pause past the last moment that still leaves room for the work (with the margin).
-        latest = self.deadline_s - remaining_s * (1.0 + self.safety_margin)
-        until = min(until, max(latest, now_s))
+        latest = max(self.deadline_s - remaining_s * (1.0 + self.safety_margin), now_s)
+        until = min(until, latest)
         if until <= now_s:
             return Decision(True, 0.0, plan, intensity)
-        return Decision(False, until - now_s, plan, intensity)
+        resume = min(nxt, latest) if nxt is not None else latest
+        return Decision(False, until - now_s, plan, intensity, max(resume, until) - now_s)

@@ -161,26 +161,47 @@ def as_intensity_source(
     raise AssertionError  # pragma: no cover
 
 
-def ensure_covers(source: Any, t0_s: float, t1_s: float, owner: str, name: str, extend: str) -> Any:
+def ensure_covers(
+    source: Any,
+    t0_s: float,
+    t1_s: float,
+    owner: str,
+    name: str,
+    extend: str,
+    extend_name: str | None = None,
+) -> Any:
     """Return ``source`` if it covers ``[t0_s, t1_s]``, the trace extended if ``extend`` allows; else refuse.
+
+    Messages name the caller's own arguments: ``owner(name=...)`` for the source and ``extend_name`` for the
+    extension (``None``: ``name`` with ``intensity`` replaced by ``extend``, so ``carbon_intensity`` pairs with
+    ``carbon_extend`` and ``intensity`` with ``extend``).
 
     Example:
         >>> tr = IntensityTrace(0.0, 3600.0, (1.0,) * 168)
         >>> ensure_covers(tr, 0.0, 2 * WEEK_S, "X", "intensity", "repeat-last-week").end_s >= 2 * WEEK_S
         True
+        >>> ensure_covers(tr, 0.0, 2 * WEEK_S, "X", "carbon_intensity", "none")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_green...InvalidArgumentError: X(carbon_intensity='trace'): ... or carbon_extend='repeat-last-week' ...
     """
+    if extend_name is None:
+        extend_name = name.replace("intensity", "extend") if "intensity" in name else "extend"
     if source.covers(t0_s, t1_s):
         return source
     if extend == "repeat-last-week" and isinstance(source, IntensityTrace) and source.start_s <= t0_s:
-        try:
-            return source.extended(t1_s + WEEK_S)
-        except InvalidArgumentError as err:
-            raise InvalidArgumentError(f"{owner}({name}=...): {err}") from None
+        if len(source.values) < round(WEEK_S / source.step_s):  # what IntensityTrace.extended needs
+            span_h = len(source.values) * source.step_s / 3600.0
+            raise InvalidArgumentError(
+                f"{owner}({extend_name}={extend!r}): repeating the last week of {name}={source.source!r} needs at "
+                f"least a week of data; the trace spans {span_h:.1f} h."
+            )
+        return source.extended(t1_s + WEEK_S)
     desc = source.describe()
     raise InvalidArgumentError(
         f"{owner}({name}={desc.get('source')!r}): the trace covers {desc.get('start')} .. {desc.get('end')} but "
         f"the run needs {_iso(t0_s)} .. {_iso(t1_s)}; a trace is never extrapolated silently. Give a trace that "
-        "covers the run, or extend='repeat-last-week' to repeat its last week."
+        f"covers the run, or {extend_name}='repeat-last-week' to repeat its last week."
     )
 
 
