@@ -57,7 +57,9 @@ def test_co2_is_the_sum_of_window_energy_times_window_intensity(tmp_path):
 def test_a_trace_that_does_not_cover_the_start_is_refused_at_setup(tmp_path):
     mon = EnergyMonitor(carbon_intensity=CAISO, print_summary=False)  # a 2022 excerpt, the real clock is later
     trainer = make_trainer(tmp_path, max_steps=1, callbacks=[mon])
-    with pytest.raises(ValueError, match=r"EnergyMonitor\(carbon_intensity='.*caiso.*'\): the trace covers .* extend="):
+    with pytest.raises(
+        ValueError, match=r"EnergyMonitor\(carbon_intensity='.*caiso.*'\): the trace covers .* carbon_extend="
+    ):
         trainer.fit(SteadyModel(0.0))
 
 
