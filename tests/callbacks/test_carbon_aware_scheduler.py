@@ -222,8 +222,8 @@ def test_clean_fast_switches_the_power_limit_by_the_grid(tmp_path):
     clock = sim_clock()
     # The GPU sleeps for real (Zeus times the profile with the wall clock); the grid's clock is simulated.
     with simulated_gpus(1, curve="v100-resnet50") as sims:
-        gpu = SimulatedGPUWorkload(step_work_s=0.02)
-        tuner = PowerLimitTuner(objective="energy", warmup_steps=1, profile_steps=2, pl_step_w=50, wait_steps=0)
+        gpu = SimulatedGPUWorkload(step_work_s=0.05)  # long enough for wall-clock noise on a busy machine
+        tuner = PowerLimitTuner(objective="energy", warmup_steps=1, profile_steps=3, pl_step_w=50, wait_steps=0)
         sched = CarbonAwareScheduler(
             intensity=by_hour({h: 100.0 for h in range(0, 24, 2)}),  # even hours clean, odd hours dirty
             deadline="18h",
