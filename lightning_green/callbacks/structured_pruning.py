@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from lightning.pytorch.strategies import (
     Strategy,
 )
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_green._internal.logging import log_metrics, log_step
@@ -104,7 +106,13 @@ class StructuredPruning(Callback):
 
     The pruning history (layer names and channel indices, plain lists) is part of the checkpoint:
     ``Trainer.fit(ckpt_path=...)`` rebuilds the pruned architecture before the weights load, and
-    :func:`lightning_green.pruning.load_pruned` does the same for inference.
+    :func:`lightning_green.pruning.load_pruned` does the same for inference. A checkpoint taken inside the
+    ``importance_batches`` window before a prune also holds what the window gathered so far (its step count and, as
+    tensors, the summed gradients for ``"taylor"`` — about one copy of the pruned module's weights — or the
+    activation and Block Influence sums), so a resumed run prunes at the same steps as an uninterrupted one and
+    keeps what was gathered before the interruption (only the window's remaining steps are still to come). With a
+    checkpoint from another ``importance`` (or from a version without this record) the window is gathered afresh
+    from the resume on, which moves that prune later.
 
     Logged to every logger after each prune: ``pruning/macs``, ``pruning/params``, ``pruning/speedup``,
     ``pruning/step``; other callbacks hear ``on_workload_changed`` with reason ``"pruning"``.
@@ -121,7 +129,7 @@ class StructuredPruning(Callback):
         start_epoch: Epoch (0-based) at whose start the first prune happens.
         end_epoch: Epoch of the last prune; ``None``: halfway from ``start_epoch`` to ``max_epochs``.
         start_step: Prune by optimizer steps instead: global step of the first prune (then give ``end_step``).
-        end_step: Global step of the last prune.
+        end_step: Global step of the last prune; training that stops before it (``max_steps``) is warned about.
         frequency: Epochs (or steps) between prunes; the fine-tune window of each prune.
         global_pruning: Rank channels across layers (layers lose different shares) instead of within each layer.
         round_to: Channel counts after the last prune are multiples of this (e.g. 8 for fast kernels); earlier
@@ -318,6 +326,8 @@ class StructuredPruning(Callback):
         self._grad_sums: dict[str, torch.Tensor] = {}
         self._grad_steps = 0
         self._window_batches = 0
+        #: Activation records of a window restored from a checkpoint: (by key, keys kept on the host), until placed.
+        self._restored_stats: tuple[dict[str, torch.Tensor], set[str]] | None = None
         self._names: dict[torch.Tensor, str] = {}
         self._regularizer: Any = None
         self._snapshot: tuple[ModuleSnapshot, OptimizerState] | None = None
@@ -457,6 +467,25 @@ class StructuredPruning(Callback):
         elif getattr(target, "example_input_array", None) is not None:
             self._start(trainer, pl_module, target.example_input_array, "example_input_array")
         # else: the first training batch (on_train_batch_start)
+        self._place_window(target)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.by_steps or self.finished:
+            return
+        # As the epoch schedule warns in `setup`; the number of optimizer steps is only known once the data is.
+        try:
+            total = trainer.estimated_stepping_batches  # max_steps, or max_epochs x the batches of an epoch
+        except MisconfigurationException:  # a GradientAccumulationScheduler that changes the accumulation over epochs
+            total = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps >= 0 else math.inf
+        late = [p for p in self._points[self.prunes_done :] if p >= total]
+        if late:
+            rank_zero_warn(
+                f"{type(self).__name__}: the last prune is at step {self._points[-1]} but training stops after "
+                f"{int(total)} optimizer steps (max_steps={trainer.max_steps}, max_epochs={trainer.max_epochs}); "
+                f"{len(late)} of the {len(self._points)} prunes (at steps {_brief_list(late)}) will not happen, so the "
+                "goal will not be reached. Lower `end_step` or raise `max_steps`."
+            )
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: Any, source: str) -> None:
         """Check that the pruned module takes ``example``, then count the dense model and build the regulariser."""
@@ -957,6 +986,46 @@ class StructuredPruning(Callback):
         self._grad_sums = {}
         self._grad_steps = 0
         self._window_batches = 0
+        self._restored_stats = None
+
+    def _window_state(self) -> dict[str, Any] | None:
+        """What the importance window before the next prune has gathered so far (host tensors), for a resume."""
+        if not (self._grad_steps or self._window_batches):
+            return None
+        # The LLM pruner's activation and Block Influence sums; read here so the checkpoint holds one window record.
+        stats = dict(self._llm._stats) if self._llm is not None else {}
+        return {
+            "importance": self.importance,
+            "steps": self._grad_steps,
+            "batches": self._window_batches,
+            "gradients": {k: v.detach().to("cpu", copy=True) for k, v in self._grad_sums.items()},
+            "activations": {k: v.detach().to("cpu", copy=True) for k, v in stats.items()},
+            "on_host": sorted(k for k, v in stats.items() if v.device.type == "cpu"),
+        }
+
+    def _load_window(self, window: Any) -> None:
+        """Continue the window a checkpoint was taken in, so the prune happens at the step it would have."""
+        self._reset_window()
+        if not window:
+            return
+        if window.get("importance") != self.importance:  # another criterion now: gather its window afresh
+            log.debug("checkpoint window of importance %r, now %r: restarted", window["importance"], self.importance)
+            return
+        self._grad_steps = int(window.get("steps", 0))
+        self._window_batches = int(window.get("batches", 0))
+        self._grad_sums = dict(window.get("gradients") or {})
+        self._restored_stats = (dict(window.get("activations") or {}), set(window.get("on_host") or []))
+
+    def _place_window(self, target: torch.nn.Module) -> None:
+        """Move a restored window's sums to the devices they are added on (after the activation hooks are set)."""
+        if self._grad_sums:
+            params = dict(target.named_parameters())
+            self._grad_sums = {k: v.to(params[k].device) if k in params else v for k, v in self._grad_sums.items()}
+        if self._restored_stats is not None and self._llm is not None:
+            stats, on_host = self._restored_stats
+            device = next(target.parameters()).device
+            self._llm._stats = {k: v if k in on_host else v.to(device) for k, v in stats.items()}
+        self._restored_stats = None
 
     def _build_regularizer(self, target: torch.nn.Module, x: Any) -> None:
         self._regularizer = None
@@ -1005,6 +1074,7 @@ class StructuredPruning(Callback):
             "module": self.module,
             "left_whole": dict(self.left_whole),
             "example": self._example_spec,
+            "window": self._window_state(),
         }
 
     @override
@@ -1023,6 +1093,13 @@ class StructuredPruning(Callback):
         self.left_whole = dict(state_dict.get("left_whole") or {})
         self.pruner.left_whole = set(self.left_whole)
         self._example_spec = state_dict.get("example")
+        self._load_window(state_dict.get("window"))
+
+
+def _brief_list(values: list[int], n: int = 6) -> str:
+    """``values`` joined with commas, the middle elided past ``n`` of them."""
+    shown = values if len(values) <= n else [*values[: n // 2], "...", *values[-(n // 2) :]]
+    return ", ".join(map(str, shown))
 
 
 def _brief(value: Any) -> str:

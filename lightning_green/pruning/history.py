@@ -83,10 +83,25 @@ def find_pruning_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def shapes_differ(module: nn.Module, state_dict: Mapping[str, Any]) -> bool:
-    """Whether some tensor of ``state_dict`` has another shape than the same entry of ``module``."""
-    own = module.state_dict()
-    return any(k in own and hasattr(v, "shape") and own[k].shape != v.shape for k, v in state_dict.items())
+def shapes_differ(module: nn.Module, state_dict: Mapping[str, Any], keys: bool = False) -> bool:
+    """Whether some tensor of ``state_dict`` has another shape than the same entry of ``module``.
+
+    With ``keys``, a tensor that only one of them has counts as well (decoder layers removed by the pruning leave
+    their weights out of the checkpoint). Non-persistent buffers are in neither, so they never count.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+        >>> shapes_differ(net, {"0.weight": torch.zeros(6, 4)})
+        True
+        >>> same = {"0.weight": torch.zeros(8, 4)}  # the other tensors are missing
+        >>> shapes_differ(net, same), shapes_differ(net, same, keys=True)
+        (False, True)
+    """
+    own = {k: v for k, v in module.state_dict().items() if hasattr(v, "shape")}
+    theirs = {k: v for k, v in state_dict.items() if hasattr(v, "shape")}
+    if keys and own.keys() != theirs.keys():
+        return True
+    return any(k in own and own[k].shape != v.shape for k, v in theirs.items())
 
 
 def rebuild_from_checkpoint(
@@ -108,7 +123,7 @@ def rebuild_from_checkpoint(
         forward_fn: ``forward_fn(module, example_inputs)`` when the pruned module is not called with the inputs.
 
     Returns:
-        Whether anything was cut (``False`` when the shapes already agree).
+        Whether anything was cut (``False`` when the module already has the checkpoint's tensors and shapes).
 
     Raises:
         ValueError: The shapes differ and there is no history (a ``save_weights_only=True`` checkpoint), the module
@@ -121,14 +136,16 @@ def rebuild_from_checkpoint(
         module = module.get_submodule(name)
         prefix = name + "."
         weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    if not shapes_differ(module, weights):
+    entries = flatten_entries((state or {}).get("history", []))
+    # A recorded history decides: its cuts may also remove whole tensors (decoder layers), not only change shapes.
+    # Without one, only shapes count, so a checkpoint that leaves some weights out on purpose still loads.
+    if not shapes_differ(module, weights, keys=bool(entries)):
         return False
     if not state:
         raise ValueError(
             f"{owner}: the checkpoint has weights of other shapes than the module but no StructuredPruning history "
             "(was it saved with `save_weights_only=True`?); it cannot be rebuilt."
         )
-    entries = flatten_entries(state.get("history", []))
     if example_inputs is None:
         example_inputs = getattr(module, "example_input_array", None)
     llm = bool(entries) and _is_llm(entries[0])  # structure-aware replay: no tracing, no example input
