@@ -45,6 +45,26 @@ FAMILIES: tuple[str, ...] = get_args(Family)
 
 IGNORE_INDEX = -100  # Hugging Face's label for "no loss here"
 
+#: Size and count fields of the families' configs → smallest value (``None`` where transformers fills one in).
+_SIZE_FIELDS: dict[str, int] = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "intermediate_size": 1,
+    "head_dim": 1,
+    "max_position_embeddings": 2,
+    "original_max_position_embeddings": 2,
+    "sliding_window": 1,
+    "n_embd": 1,
+    "n_layer": 1,
+    "n_head": 1,
+    "n_inner": 1,
+    "n_positions": 2,
+}
+_MAY_BE_NONE = ("head_dim", "sliding_window", "n_inner")
+
 
 def _require_transformers(owner: str) -> Any:
     try:
@@ -75,10 +95,13 @@ def causal_lm_config(
     ``num_kv_heads`` (grouped-query attention) applies where the family has it (not GPT-2); ``None`` is one KV head
     per query head. ``intermediate_size`` ``None`` is ``4 * hidden_size``. ``tie_word_embeddings`` ``None`` keeps the
     family's default (GPT-2 ties, the others do not). ``overrides`` sets any other field of the family's config class
-    (names it does not have are refused). Token ids: no BOS/EOS (bytes have none), padding id 0 (the NUL byte).
+    (names it does not have are refused; sizes and counts must be positive ints that fit together, and the head width
+    follows overridden sizes unless ``head_dim`` is given). Token ids: no BOS/EOS (bytes have none), padding id 0
+    (the NUL byte).
 
     Raises:
-        ValueError: An unknown family, sizes that do not fit together, or an override the config does not have.
+        ValueError: An unknown family, sizes that do not fit together, an override the config does not have, or one
+            whose value it refuses (the message names ``config``, the field, its value and what is allowed).
 
     Example:
         >>> cfg = causal_lm_config("llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
@@ -144,8 +167,76 @@ def causal_lm_config(
                 f"{owner}(config={dict(overrides)!r}): {cls.__name__} has no field(s) {unknown}; give fields "
                 f"of {cls.__name__} (e.g. 'rms_norm_eps', 'initializer_range')."
             )
+        _check_overrides(owner, family, overrides, fields)
         fields.update(overrides)
-    return cls(**fields)
+    try:
+        return cls(**fields)
+    except Exception as exc:
+        if not overrides:
+            raise
+        raise _config_error(owner, overrides, exc, f"a value {cls.__name__} accepts") from exc
+
+
+def _override_error(owner: str, overrides: Mapping[str, Any], key: str, allowed: str) -> InvalidArgumentError:
+    """The house message for one bad ``config`` field: the dict, the key, its value and what is allowed."""
+    return InvalidArgumentError(
+        f"{owner}(config={dict(overrides)!r}): `config[{key!r}]` must be {allowed}; got {overrides[key]!r}."
+    )
+
+
+def _config_error(owner: str, overrides: Mapping[str, Any], exc: BaseException, allowed: str) -> InvalidArgumentError:
+    """``exc`` from ``transformers`` building a config or model from ``overrides``, as an argument error.
+
+    It names the one field given, or the one transformers named (its validation errors say ``field 'x'``), else all.
+    """
+    text = str(exc)
+    named = [k for k in overrides if f"'{k}'" in text or f'"{k}"' in text] if len(overrides) > 1 else list(overrides)
+    reason = " ".join(text.split())[:300]
+    if len(named) == 1:
+        key = named[0]
+        return InvalidArgumentError(
+            f"{owner}(config={dict(overrides)!r}): `config[{key!r}]` must be {allowed}; got {overrides[key]!r} "
+            f"({type(exc).__name__}: {reason})."
+        )
+    return InvalidArgumentError(
+        f"{owner}(config={dict(overrides)!r}): `config` must hold {allowed} in each of its fields "
+        f"{sorted(map(str, overrides))}; transformers refused them ({type(exc).__name__}: {reason})."
+    )
+
+
+def _check_overrides(owner: str, family: str, overrides: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """Refuse size fields of ``overrides`` that are not positive ints or do not fit the sizes they meet.
+
+    ``fields`` (the config built from the arguments) gets the head width the overridden sizes imply.
+    """
+    for key, value in overrides.items():
+        least = _SIZE_FIELDS.get(key)
+        if least is None or (value is None and key in _MAY_BE_NONE):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            extra = " or None" if key in _MAY_BE_NONE else ""
+            raise _override_error(owner, overrides, key, f"an int >= {least}{extra}")
+    merged = {**fields, **overrides}
+    if family == "gpt2":
+        hidden_key, heads_key, kv_key = "n_embd", "n_head", None
+    else:
+        hidden_key, heads_key, kv_key = "hidden_size", "num_attention_heads", "num_key_value_heads"
+    hidden, heads = merged[hidden_key], merged[heads_key]
+    if kv_key is not None and heads % merged[kv_key]:
+        key = kv_key if kv_key in overrides else heads_key
+        other = heads_key if key == kv_key else kv_key
+        relation = "a divisor of" if key == kv_key else "a multiple of"
+        raise _override_error(owner, overrides, key, f"{relation} {other} ({merged[other]})")
+    if "head_dim" in overrides and overrides["head_dim"] is not None:
+        return  # an explicit head width: the projections map heads * head_dim to hidden_size and back
+    if hidden % heads:
+        key = heads_key if heads_key in overrides else hidden_key
+        other = hidden_key if key == heads_key else heads_key
+        relation = "a divisor of" if key == heads_key else "a multiple of"
+        hint = ", or give `config['head_dim']`" if "head_dim" in fields else ""
+        raise _override_error(owner, overrides, key, f"{relation} {other} ({merged[other]}){hint}")
+    if "head_dim" in fields and (hidden_key in overrides or heads_key in overrides):
+        fields["head_dim"] = hidden // heads  # the head width follows overridden sizes, as with the arguments
 
 
 def to_causal_lm_batch(batch: Any) -> Any:
@@ -194,14 +285,16 @@ class HFCausalLM(pl.LightningModule):
         intermediate_size: Hidden units of the MLP; ``None``: ``4 * hidden_size``.
         max_positions: Longest context; the datamodule's ``seq_len`` must not exceed it.
         tie_word_embeddings: Share the input embedding and ``lm_head``; ``None``: the family's default.
-        config: Other fields of the family's config class (e.g. ``{"rope_theta": 10000.0}``).
+        config: Other fields of the family's config class (e.g. ``{"rope_theta": 10000.0}``); sizes and counts
+            (``num_key_value_heads``, ``head_dim``, ``intermediate_size``, ...) must be positive ints that fit together.
         pretrained_path: A local folder written by ``save_pretrained`` to load instead of building from a config.
         attn_implementation: ``"sdpa"`` (torch's fused attention) or ``"eager"`` (the reference implementation).
         lr: AdamW learning rate, cosine-annealed over ``max_epochs``.
         weight_decay: AdamW weight decay (on matrices other than embeddings).
 
     Raises:
-        ValueError: An argument is out of range, ``pretrained_path`` holds no ``config.json``; in ``setup``: the
+        ValueError: An argument is out of range, a ``config`` field has a value the config or the model refuses,
+            ``pretrained_path`` holds no ``config.json``; in ``setup``: the
             datamodule's ``seq_len`` exceeds ``max_positions`` or its vocabulary exceeds the model's.
         ImportError: ``transformers`` is not installed (``pip install 'lightning-green[hf]'``).
 
@@ -255,7 +348,12 @@ class HFCausalLM(pl.LightningModule):
                 owner=name,
             )
             transformers = _require_transformers(name)
-            self.model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+            try:
+                self.model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+            except Exception as exc:
+                if not config:
+                    raise
+                raise _config_error(name, config, exc, "a value the model can be built with") from exc
         self.max_positions = _max_positions(self.model.config)
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
