@@ -91,7 +91,9 @@ def sequence_losses(
         TypeError: ``logits``/``labels``/``attention_mask`` is not a tensor, ``ignore_index`` not an integer or
             ``shift`` not a bool.
         ValueError: The shapes do not match ``(batch, time, vocab)`` and ``(batch, time)``, ``logits`` are not
-            floating point, or ``labels`` are not integer token ids.
+            floating point, or ``labels`` are not integer token ids; a label outside ``[0, vocab)`` other than
+            ``ignore_index`` where torch reports it at once (on CPU; on CUDA it is torch's device-side assert, as
+            with ``F.cross_entropy``: no host sync is added to check it).
 
     Example:
         >>> logits = torch.zeros(2, 3, 4)  # uniform over 4 tokens: ln 4 per predicted token
@@ -132,11 +134,33 @@ def sequence_losses(
         labels = labels.masked_fill(attention_mask.to(logits.device) == 0, ignore_index)
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    token = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
-    ).view(labels.shape)
+    try:
+        token = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=ignore_index,
+            reduction="none",
+        ).view(labels.shape)
+    except (IndexError, RuntimeError) as exc:
+        # Checked by torch where it raises at once (CPU), not with a host sync of our own per step: on CUDA an
+        # out-of-range label is a device-side assert, as in torch's own cross_entropy.
+        if isinstance(exc, RuntimeError) and "out of bounds" not in str(exc):
+            raise
+        raise _label_range_error(name, labels, logits.shape[-1], ignore_index, exc) from exc
     counts = (labels != ignore_index).sum(dim=1)
     return token.sum(dim=1) / counts.clamp(min=1)
+
+
+def _label_range_error(
+    name: str, labels: torch.Tensor, vocab: int, ignore_index: int, exc: BaseException
+) -> InvalidArgumentError:
+    """The argument error for labels outside the vocabulary (built only once torch refused them)."""
+    bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= vocab))].unique()
+    shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.numel() > 5 else "")
+    return InvalidArgumentError(
+        f"{name}(labels with values {shown or '?'}): `labels` must be token ids in [0, {vocab}) (vocab: the logits' "
+        f"last dimension) or ignore_index ({ignore_index}); torch: {str(exc).strip().splitlines()[0]}"
+    )
 
 
 def active_data_pruning(module: Any) -> Any:

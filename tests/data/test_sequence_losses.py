@@ -92,6 +92,17 @@ def test_bad_input_names_the_argument(kwargs, exc, words):
     assert words in str(err.value) and "sequence_losses" in str(err.value)
 
 
+@pytest.mark.parametrize("bad", [8, 40, -3], ids=["vocab", "past-vocab", "negative"])
+def test_labels_outside_the_vocabulary_name_labels_the_vocabulary_and_ignore_index(bad):
+    labels = torch.tensor([[1, 2, bad, -100], [0, 7, 3, 5]])
+    with pytest.raises(InvalidArgumentError) as err:
+        sequence_losses(torch.zeros(2, 4, 8), labels)
+    message = str(err.value)
+    assert message.startswith(f"sequence_losses(labels with values {bad}): `labels` must be token ids in [0, 8)")
+    assert "or ignore_index (-100)" in message
+    assert sequence_losses(torch.zeros(2, 4, 8), labels.clamp(min=0, max=7)).shape == (2,)  # in range: fine
+
+
 class TaggedSequences(Dataset):
     """HF-style dict items whose first token tags the item's index; every third one is padded."""
 
