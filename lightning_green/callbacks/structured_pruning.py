@@ -993,7 +993,7 @@ class StructuredPruning(Callback):
         if not (self._grad_steps or self._window_batches):
             return None
         # The LLM pruner's activation and Block Influence sums; read here so the checkpoint holds one window record.
-        stats = dict(self._llm._stats) if self._llm is not None else {}
+        stats = self._llm.recorded if self._llm is not None else {}
         return {
             "importance": self.importance,
             "steps": self._grad_steps,
@@ -1024,7 +1024,7 @@ class StructuredPruning(Callback):
         if self._restored_stats is not None and self._llm is not None:
             stats, on_host = self._restored_stats
             device = next(target.parameters()).device
-            self._llm._stats = {k: v if k in on_host else v.to(device) for k, v in stats.items()}
+            self._llm.restore_recorded({k: v if k in on_host else v.to(device) for k, v in stats.items()})
         self._restored_stats = None
 
     def _build_regularizer(self, target: torch.nn.Module, x: Any) -> None:

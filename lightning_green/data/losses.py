@@ -34,8 +34,8 @@ def reduce_sample_losses(module: Any, losses: torch.Tensor) -> torch.Tensor:
             for sequences, the token losses averaged per sequence.
 
     Raises:
-        TypeError: ``losses`` is not a tensor.
-        ValueError: ``losses`` is a scalar or not 1-D; under DataPruning, its length is not the batch's.
+        TypeError: ``losses`` is not a floating-point tensor.
+        ValueError: ``losses`` is a scalar, not 1-D or empty; under DataPruning, its length is not the batch's.
 
     Example:
         >>> from lightning.pytorch import LightningModule
@@ -56,6 +56,15 @@ def reduce_sample_losses(module: Any, losses: torch.Tensor) -> torch.Tensor:
         raise InvalidArgumentError(
             f"reduce_sample_losses(losses of shape {tuple(losses.shape)}): `losses` must be 1-D with one loss per "
             f"sample, shape (batch_size,).{hint if losses.dim() == 0 else ''}"
+        )
+    if not losses.is_floating_point():
+        raise InvalidArgumentTypeError(
+            f"reduce_sample_losses(losses of dtype {losses.dtype}): `losses` must be floating point (losses with a "
+            "gradient), one per sample."
+        )
+    if len(losses) == 0:
+        raise InvalidArgumentError(
+            "reduce_sample_losses(losses of shape (0,)): `losses` must hold one loss per sample of a non-empty batch."
         )
     pruning = active_data_pruning(module)
     if pruning is None:

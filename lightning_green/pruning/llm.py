@@ -1074,6 +1074,19 @@ class LLMPruner:
         """Forget the recorded activations (after a prune the units are others)."""
         self._stats = {}
 
+    @property
+    def recorded(self) -> dict[str, torch.Tensor]:
+        """The activation and Block Influence sums recorded since the last prune, by ``"<kind>::<layer>"``.
+
+        A copy of the mapping (the tensors themselves are shared): what a checkpoint inside an importance window
+        saves, and gives back with :meth:`restore_recorded`.
+        """
+        return dict(self._stats)
+
+    def restore_recorded(self, stats: Mapping[str, torch.Tensor]) -> None:
+        """Continue from sums :attr:`recorded` returned (a run resumed inside an importance window)."""
+        self._stats = dict(stats)
+
     def release(self) -> None:
         """Remove the activation hooks."""
         for h in self._hooks:

@@ -249,6 +249,8 @@ def test_reduce_sample_losses_without_data_pruning_is_the_plain_mean():
         (torch.tensor(1.5), ValueError, r"shape \(\)\): `losses` must be 1-D .* reduction='none'"),
         (torch.ones(2, 3), ValueError, r"shape \(2, 3\)\): `losses` must be 1-D with one loss per sample"),
         ([1.0, 2.0], TypeError, r"reduce_sample_losses\(losses=list\): `losses` must be a tensor"),
+        (torch.tensor([1, 2]), TypeError, r"losses of dtype torch.int64\): `losses` must be floating point"),
+        (torch.zeros(0), ValueError, r"losses of shape \(0,\)\): `losses` must hold one loss per sample"),
     ],
 )
 def test_reduce_sample_losses_refuses_what_is_not_one_loss_per_sample(losses, exc, match):
