@@ -152,4 +152,3 @@ class EnergyBudget(Callback):
         # The stop reason is not restored: a resumed run (perhaps with a larger budget) is judged afresh, and a stop
         # it reaches gets its own message. Only the forecast warning is not repeated.
         self._warned = bool(state_dict.get("warned", False))
-

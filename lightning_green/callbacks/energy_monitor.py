@@ -843,9 +843,7 @@ class EnergyMonitor(Callback):
                 )
 
     @staticmethod
-    def _log_epoch(
-        trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, float], step: int
-    ) -> None:
+    def _log_epoch(trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, float], step: int) -> None:
         # The fit's totals go through self.log so they reach trainer.callback_metrics (ModelCheckpoint/EarlyStopping
         # can monitor them). They are already identical on every rank; sync_dist=True (a mean of equal values, three
         # reductions an epoch) is what Lightning asks for epoch-level values under DDP, and it does not warn then.

@@ -19,8 +19,9 @@ def test_helpers_follow_lightnings_own_step_and_decision(tmp_path):
         def on_train_epoch_end(self, trainer, pl_module):
             seen.append(("epoch_end", epoch_log_step(trainer)))
 
-    trainer = make_trainer(tmp_path, callbacks=[Probe()], limit_train_batches=6, accumulate_grad_batches=2,
-                           log_every_n_steps=2)
+    trainer = make_trainer(
+        tmp_path, callbacks=[Probe()], limit_train_batches=6, accumulate_grad_batches=2, log_every_n_steps=2
+    )
     trainer.fit(BoringModel())
     # 3 optimizer steps; Lightning logs the 2nd one (step index 1), never an accumulating micro-batch
     assert seen == [

@@ -119,8 +119,9 @@ def test_power_limit_tuner_logs_on_lightnings_step_with_two_optimizers(tmp_path)
         tuner = PowerLimitTuner(warmup_steps=1, profile_steps=2, pl_step_w=50, wait_steps=0)
         work = SimulatedGPUWorkload(step_work_s=0.002, gpu_kwargs={"curve": "v100-resnet50"})
         logger = CSVLogger(tmp_path, name="csv")
-        trainer = make_trainer(tmp_path, logger=logger, callbacks=[work, tuner], limit_train_batches=12,
-                               log_every_n_steps=4)
+        trainer = make_trainer(
+            tmp_path, logger=logger, callbacks=[work, tuner], limit_train_batches=12, log_every_n_steps=4
+        )
         trainer.fit(TwoOptimizers())
     logger.save()
     csv = read_csv(find_scalar_files(logger.log_dir)[1])
