@@ -221,3 +221,14 @@ def test_every_preset_ends_with_a_green_report(preset):
     config = yaml.safe_load((Path(ROOT) / "examples" / "configs" / preset).read_text())
     paths = [cb["class_path"] for cb in config["trainer"]["callbacks"]]
     assert "lightning_green.EnergyMonitor" in paths and "lightning_green.GreenReport" in paths
+
+
+def test_python_dash_m_names_itself_in_the_usage_line():
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_green", "fit", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: python -m lightning_green [options] fit")
