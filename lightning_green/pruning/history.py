@@ -83,23 +83,26 @@ def find_pruning_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def shapes_differ(module: nn.Module, state_dict: Mapping[str, Any], keys: bool = False) -> bool:
+def shapes_differ(
+    module: nn.Module, state_dict: Mapping[str, Any], keys: bool = False, under: Sequence[str] = ("",)
+) -> bool:
     """Whether some tensor of ``state_dict`` has another shape than the same entry of ``module``.
 
-    With ``keys``, a tensor that only one of them has counts as well (decoder layers removed by the pruning leave
-    their weights out of the checkpoint). Non-persistent buffers are in neither, so they never count.
+    With ``keys``, a tensor under one of the prefixes ``under`` that only one of them has counts as well (decoder
+    layers removed by the pruning leave their weights out of the checkpoint; weights left out elsewhere, say a frozen
+    teacher's, do not count). Non-persistent buffers are in neither, so they never count.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
         >>> shapes_differ(net, {"0.weight": torch.zeros(6, 4)})
         True
         >>> same = {"0.weight": torch.zeros(8, 4)}  # the other tensors are missing
-        >>> shapes_differ(net, same), shapes_differ(net, same, keys=True)
-        (False, True)
+        >>> shapes_differ(net, same), shapes_differ(net, same, keys=True), shapes_differ(net, same, True, ["2."])
+        (False, True, False)
     """
     own = {k: v for k, v in module.state_dict().items() if hasattr(v, "shape")}
     theirs = {k: v for k, v in state_dict.items() if hasattr(v, "shape")}
-    if keys and own.keys() != theirs.keys():
+    if keys and any(k.startswith(tuple(under)) for k in own.keys() ^ theirs.keys()):
         return True
     return any(k in own and own[k].shape != v.shape for k, v in theirs.items())
 
@@ -137,9 +140,12 @@ def rebuild_from_checkpoint(
         prefix = name + "."
         weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     entries = flatten_entries((state or {}).get("history", []))
-    # A recorded history decides: its cuts may also remove whole tensors (decoder layers), not only change shapes.
-    # Without one, only shapes count, so a checkpoint that leaves some weights out on purpose still loads.
-    if not shapes_differ(module, weights, keys=bool(entries)):
+    # Decoder layers a recorded history removed leave whole tensors out, not only other shapes: tensors that only one
+    # side has count inside those HF models. Elsewhere only shapes count, so a checkpoint that leaves some weights out
+    # on purpose (a frozen teacher, strict_loading=False) still loads.
+    dropped_in = [str(e[0]).split("::", 1)[0] for e in entries if _is_llm(e) and str(e[0]).endswith("::layers::")]
+    under = [f"{path}." if path else "" for path in dropped_in]
+    if not shapes_differ(module, weights, keys=bool(under), under=under or ("",)):
         return False
     if not state:
         raise ValueError(

@@ -153,3 +153,24 @@ def test_resuming_inside_an_importance_window_keeps_the_prune_steps_and_the_spee
     if resume_at == 6:  # nothing left to gather: the same scores, so the same cut
         assert resumed.history[-1]["entries"] == whole.history[-1]["entries"]
         assert _shapes(model) == _shapes(dense)
+
+
+@pytest.mark.parametrize("prune_layers", [0, 1])
+def test_an_already_cut_model_is_not_cut_again_when_the_checkpoint_leaves_other_weights_out(prune_layers):
+    from lightning_green.pruning.llm import LLMPruner
+    from lightning_green.testing.hf import tiny_causal_lm
+
+    class Distill(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_causal_lm("llama", hidden_size=64, num_heads=4, num_kv_heads=2, num_layers=3)
+            self.teacher = nn.Linear(2, 2)
+
+    module = Distill()
+    result = LLMPruner(prune_layers=prune_layers).prune(module, ratio=0.25)
+    before = _shapes(module)
+    # e.g. trainer.test(ckpt_path=...) after the fit, from a checkpoint saved without the frozen teacher
+    weights = {k: v.clone() for k, v in module.state_dict().items() if not k.startswith("teacher.")}
+    state = {"history": [{"entries": result.entries}], "module": None}
+    assert rebuild_from_checkpoint(module, {"state_dict": weights}, state=state) is False
+    assert _shapes(module) == before
