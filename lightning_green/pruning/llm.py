@@ -39,7 +39,7 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -932,6 +932,16 @@ class LLMPruner:
                 f"a list that leaves some MLP or attention to cut (every decoder layer keeps the same widths, so a "
                 f"module it names keeps its kinds whole in every layer; {reasons})",
             )
+        kept = self._excluded(s)
+        if self.prune_layers == 0 and all(k in kept for k in self._candidate_kinds(s)):
+            # Frozen parameters (a LoRA-style model), perhaps with ignored modules: a prune would cut nothing.
+            reasons = "; ".join(f"{_KIND_WORDS[k]}: {why}" for k, why in kept.items())
+            raise InvalidArgumentError(
+                f"{self.owner}: nothing of {type(s.model).__name__} can be cut, as every decoder layer keeps the same "
+                f"widths (one config describes the model) and a frozen parameter or an ignored module keeps its kind "
+                f"whole in every layer ({reasons}). Unfreeze the parameters named (requires_grad=True) while pruning, "
+                "leave the modules named out of `ignored_layers`, or set `prune_layers` to remove whole decoder layers."
+            )
         self.kinds(s)  # tells now which kinds stay whole
         self._check_layers(s)
         self._check_logits(s)
@@ -1161,22 +1171,40 @@ class LLMPruner:
         ratio: float,
         dense: Mapping[str, Sequence[int]] | None,
         final: bool,
-        heads: int | None = None,
+        pinned: Mapping[str, int] | None = None,
     ) -> dict[int, list[int]]:
-        """Units to remove per group at ``ratio``, fitted to the config (keeping at least ``heads`` KV heads)."""
-        counts: dict[str, int] = {}  # units to remove in each group of a kind (every layer alike)
-        for g in groups:
-            if g.kind not in counts:
-                d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
-                round_to = self.round_to if final and g.kind != "heads" else None
-                counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to)
-        fitted = self._fit_config(s, counts, dense, final, heads)
-        self._fitted = (counts, fitted)
+        """Units to remove per group at ``ratio``, fitted to the config (``pinned``: units to remove of those kinds)."""
+        self._fitted = self._counts(s, groups, ratio, dense, final, pinned)
+        fitted = self._fitted[1]
         plan = {}
         for gi, g in enumerate(groups):
             if fitted[g.kind]:
                 plan[gi] = sorted(torch.argsort(scores[gi], stable=True)[: fitted[g.kind]].tolist())
         return plan
+
+    def _counts(
+        self,
+        s: LLMStructure,
+        groups: list[Group],
+        ratio: float,
+        dense: Mapping[str, Sequence[int]] | None,
+        final: bool,
+        pinned: Mapping[str, int] | None = None,
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Units to remove in each group of a kind (every layer alike): as ``ratio`` asks, and as the plan cuts them.
+
+        The plan cuts the ``pinned`` counts (widths the config accepts, chosen by :meth:`_search`) and the others at
+        ``ratio``; without ``pinned``, all at ``ratio`` fitted to the config (:meth:`_fit_config`).
+        """
+        counts: dict[str, int] = {}
+        for g in groups:
+            if g.kind not in counts:
+                d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
+                round_to = self.round_to if final and g.kind != "heads" else None
+                counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to)
+        if pinned is None:
+            return counts, self._fit_config(s, counts, dense, final)
+        return counts, {**counts, **{k: n for k, n in pinned.items() if k in counts}}
 
     def _fit_config(
         self,
@@ -1184,30 +1212,15 @@ class LLMPruner:
         counts: dict[str, int],
         dense: Mapping[str, Sequence[int]] | None,
         final: bool,
-        heads: int | None = None,
     ) -> dict[str, int]:
         """``counts`` moved to the nearest head count and residual width that the family's config accepts.
 
-        On a tie the one that cuts less; within ``max_layer_ratio`` and ``round_to`` as before, keeping at least
-        ``heads`` KV heads when given. Under a MAC target the other kinds then make up the difference.
+        On a tie the one that cuts less; within ``max_layer_ratio`` and ``round_to`` as before.
         """
-        rule = _config_rule(s)
-        if rule is None or not {"heads", "hidden"} & counts.keys():
-            return counts
-        widths = rule[1]
-        g, k0, w0 = s.q_per_kv(), s.kv_heads(), s.hidden()
-        if w0 not in widths(k0 * g, w0, w0):  # refused before any cut of ours: nothing to keep
-            return counts
-        k_want, w_want = k0 - counts.get("heads", 0), w0 - counts.get("hidden", 0)
-
-        def least(kind: str, units: int) -> int:
-            d = int(dense[kind][0]) if dense and kind in dense else units
-            return _least_kept(units, d, self.max_layer_ratio) if kind in counts else units
-
-        step = self.round_to if final and self.round_to and "hidden" in counts else None
         best: tuple[tuple[float, int, int], int, int] | None = None
-        for k in range(max(least("heads", k0), heads or 0), k0 + 1):
-            options = [w for w in widths(k * g, least("hidden", w0), w0) if not step or w % step == 0 or w == w0]
+        k0, w0 = s.kv_heads(), s.hidden()
+        k_want, w_want = k0 - counts.get("heads", 0), w0 - counts.get("hidden", 0)
+        for k, options in self._accepted(s, counts.keys(), dense, final):
             i = bisect.bisect_left(options, w_want)
             for w in options[max(0, i - 1) : i + 1]:
                 key = (abs(k - k_want) / k0 + abs(w - w_want) / w0, -k, -w)
@@ -1221,6 +1234,35 @@ class LLMPruner:
         if "hidden" in fitted:
             fitted["hidden"] = w0 - best[2]
         return fitted
+
+    def _accepted(
+        self, s: LLMStructure, kinds: Iterable[str], dense: Mapping[str, Sequence[int]] | None, final: bool
+    ) -> list[tuple[int, list[int]]]:
+        """``(KV heads, residual widths)`` the config accepts within ``max_layer_ratio`` and ``round_to``.
+
+        Heads ascending, widths ascending. Empty when the config ties no widths (:func:`_config_rule`), neither
+        heads nor the residual width is among ``kinds``, or the config refused the model before any cut of ours.
+        """
+        kinds = set(kinds)
+        rule = _config_rule(s)
+        if rule is None or not {"heads", "hidden"} & kinds:
+            return []
+        widths = rule[1]
+        g, k0, w0 = s.q_per_kv(), s.kv_heads(), s.hidden()
+        if w0 not in widths(k0 * g, w0, w0):  # refused before any cut of ours: nothing to keep
+            return []
+
+        def least(kind: str, units: int) -> int:
+            d = int(dense[kind][0]) if dense and kind in dense else units
+            return _least_kept(units, d, self.max_layer_ratio) if kind in kinds else units
+
+        step = self.round_to if final and self.round_to and "hidden" in kinds else None
+        out = []
+        for k in range(least("heads", k0), k0 + 1):
+            options = [w for w in widths(k * g, least("hidden", w0), w0) if not step or w % step == 0 or w == w0]
+            if options:
+                out.append((k, options))
+        return out
 
     def _tell_fitted(self, s: LLMStructure) -> None:
         """Say once when the config's rule kept a kind whole at a prune (rounding alone goes to the debug log)."""
@@ -1404,22 +1446,26 @@ class LLMPruner:
         final: bool,
         ids: torch.Tensor,
     ) -> dict[int, list[int]]:
-        """The smallest ratio whose cut brings MACs to ``target`` (bisection on an exact per-layer model).
+        """The least cut that brings MACs to ``target`` (bisection on an exact per-layer model).
 
         One layer-wise count of the current model gives each layer's MACs; a cut scales a layer by the kept share
-        of each of its weight's dimensions, so every try is arithmetic, not a forward. Where the family's config
-        accepts only some widths (Llama: 1, 2, 4 or 8 heads in a 128-wide model; Phi-3 longrope: the residual width
-        follows the heads) and that steered the cut, each larger head count is tried too, the other kinds making up
-        the target; the least cut that reaches it wins.
+        of each of its weight's dimensions, so every try is arithmetic, not a forward. Without a rule on widths, one
+        ratio for every kind. Where the family's config accepts only some widths (Llama: 1, 2, 4 or 8 heads in a
+        128-wide model; Phi-3 longrope: the residual width follows the heads), each accepted head count and residual
+        width is pinned in turn and the ratio found for the other kinds alone; of the plans that reach ``target``,
+        the one leaving the most MACs wins (else the one leaving the fewest).
         """
         estimate = _mac_model(s, groups, ids)
+        kinds = {g.kind for g in groups}
 
-        def solve(heads: int | None) -> tuple[float, float]:
-            """The smallest ratio that reaches ``target`` keeping at least ``heads`` KV heads, and its MACs."""
+        def solve(pin: Mapping[str, int] | None) -> tuple[float, float]:
+            """The smallest ratio (of the kinds not pinned) that reaches ``target``, and its MACs."""
 
             def macs(r: float) -> float:
-                return estimate(self._plan(s, groups, scores, r, dense, final, heads))
+                return estimate(self._counts(s, groups, r, dense, final, pin)[1])
 
+            if pin is not None and kinds <= pin.keys():
+                return 0.0, macs(0.0)
             lo, hi = 0.0, min(self.max_layer_ratio, 0.999)
             if macs(hi) > target:
                 return hi, macs(hi)
@@ -1431,49 +1477,76 @@ class LLMPruner:
                     lo = mid
             return hi, macs(hi)
 
-        r, best = solve(None)
-        choice: tuple[float, int | None] = (r, None)
-        k0 = s.kv_heads()
-        wanted, fitted = self._fitted
-        heads = k0 - fitted.get("heads", 0)
-        rule = _config_rule(s)
-        if best <= target and rule is not None and heads < k0:
-            g, w0 = s.q_per_kv(), s.hidden()
-            lo = w0
-            if any(gr.kind == "hidden" for gr in groups):
-                d = int(dense["hidden"][0]) if dense and "hidden" in dense else w0
-                lo = _least_kept(w0, d, self.max_layer_ratio)
-            # The rule steered this plan: it moved a width, or head counts between this one and no cut are refused.
-            steered = wanted != fitted or any(not rule[1](k * g, lo, w0) for k in range(heads + 1, k0))
-            while steered and heads < k0:
-                least = heads + 1
-                r, m = solve(least)
-                if m > target:
-                    break
-                heads = k0 - self._fitted[1].get("heads", 0)
-                if m > best:
-                    best, choice = m, (r, least)
-        return self._plan(s, groups, scores, choice[0], dense, final, choice[1])
+        accepted = self._accepted(s, kinds, dense, final)
+        if not accepted:
+            return self._plan(s, groups, scores, solve(None)[0], dense, final)
+        k0, w0 = s.kv_heads(), s.hidden()
+        tries: list[tuple[float, float, dict[str, int]]] = []
+        for k, options in reversed(accepted):  # most heads and widest first: they win a tie
+            for w in reversed(options):
+                pin = {kind: n for kind, n in (("heads", k0 - k), ("hidden", w0 - w)) if kind in kinds}
+                r, m = solve(pin)
+                tries.append((m, r, pin))
+                if m <= target and r == 0.0:
+                    break  # narrower widths with this head count leave fewer MACs
+        reached = [t for t in tries if t[0] <= target]
+        if not reached:
+            _, r, pin = min(tries, key=lambda t: t[0])
+            return self._plan(s, groups, scores, r, dense, final, pin)
+        # A schedule's later prunes need room in every kind (a cut is never undone): of the plans within
+        # _SEARCH_SLACK of the least cut, the one whose kinds keep the most even shares of their dense widths.
+        most = max(t[0] for t in reached)
+
+        def spread(r: float, pin: Mapping[str, int]) -> float:
+            fitted = self._counts(s, groups, r, dense, final, pin)[1]
+            shares = []
+            for g in groups:
+                d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
+                shares.append((g.units - fitted[g.kind]) / d)
+            return max(shares) - min(shares)
+
+        close = [t for t in reached if t[0] >= most * (1 - _SEARCH_SLACK)]
+        _, r, pin = min(close, key=lambda t: (spread(t[1], t[2]), -t[0]))
+        plan = self._plan(s, groups, scores, r, dense, final, pin)
+        # What one ratio for every kind would cut, as the config's rule (not this choice) is what users are told of.
+        lo, hi = 0.0, min(self.max_layer_ratio, 0.999)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if estimate(self._counts(s, groups, mid, dense, final, {})[0]) <= target else (mid, hi)
+        self._fitted = (self._counts(s, groups, hi, dense, final, {})[0], self._fitted[1])
+        return plan
 
 
-def _mac_model(s: LLMStructure, groups: list[Group], ids: torch.Tensor) -> Callable[[Mapping[int, list[int]]], float]:
-    """``plan → MACs after that cut``, from one layer-wise count (linear layers scale with in x out)."""
+#: How far below the least cut's MACs a more even plan may go under a target (:meth:`LLMPruner._search`).
+_SEARCH_SLACK = 0.03
+
+
+def _mac_model(s: LLMStructure, groups: list[Group], ids: torch.Tensor) -> Callable[[Mapping[str, int]], float]:
+    """``units removed per kind → MACs after that cut``, from one layer-wise count (linear layers scale with in x out).
+
+    Every layer keeps the same widths, so the layers that the same kinds cut at the same dimensions add up to one
+    term: a try costs a few multiplications, whatever the depth.
+    """
     base = {m: float(v) for m, v in _layer_macs(s.model, ids).items() if v and not list(m.children())}
-    where: list[list[tuple[nn.Module, int]]] = []
+    cuts: dict[tuple[nn.Module, int], list[tuple[str, int]]] = {}
     for g in groups:
-        spots = []
         for part in g.parts:
             owner, _, attr = part.path.rpartition(".")
             if attr == "weight":
-                spots.append((s.model.get_submodule(owner), part.dim))
-        where.append(spots)
+                cuts.setdefault((s.model.get_submodule(owner), part.dim), []).append((g.kind, g.units))
+    terms: dict[tuple[tuple[tuple[str, int], ...], ...], float] = {}
+    for m, v in base.items():
+        key = tuple(tuple(sorted(cuts.get((m, dim), []))) for dim in (0, 1))
+        terms[key] = terms.get(key, 0.0) + v
 
-    def estimate(plan: Mapping[int, list[int]]) -> float:
-        frac: dict[tuple[nn.Module, int], float] = {}
-        for gi, n in ((gi, len(idxs)) for gi, idxs in plan.items()):
-            for spot in where[gi]:
-                frac[spot] = frac.get(spot, 1.0) * (1.0 - n / groups[gi].units)
-        return sum(v * frac.get((m, 0), 1.0) * frac.get((m, 1), 1.0) for m, v in base.items())
+    def estimate(removed: Mapping[str, int]) -> float:
+        total = 0.0
+        for key, v in terms.items():
+            for dims in key:
+                for kind, units in dims:
+                    v *= 1.0 - removed.get(kind, 0) / units
+            total += v
+        return total
 
     return estimate
 

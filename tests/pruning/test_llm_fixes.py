@@ -91,6 +91,25 @@ def test_llama_head_ratio_rounds_to_an_accepted_count(ratio, heads, tmp_path):
     _round_trip(model, tmp_path)
 
 
+@pytest.mark.parametrize("speedups", [(1.33, 1.67, 2.0), (1.3, 1.7, 2.2)])
+@pytest.mark.parametrize(("heads", "kv_heads", "hidden"), [(8, 8, 128), (12, 4, 96)])
+def test_llama_target_schedule_lands_on_every_step(heads, kv_heads, hidden, speedups, tmp_path):
+    """Head counts LlamaConfig accepts are coarse: the MLP makes up each step, not one strength for every kind."""
+    model = tiny_causal_lm("llama", hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads)
+    pruner = LLMPruner()
+    dense, _ = pruner.count(model)
+    channels = pruner.channels(model)
+    got = []
+    for speedup in speedups:
+        result = pruner.prune(model, target_macs=dense / speedup, dense_channels=channels)
+        assert result.reached
+        got.append(dense / result.macs)
+    assert got == pytest.approx(list(speedups), rel=0.02)
+    cfg = model.config
+    assert cfg.num_attention_heads < heads and cfg.hidden_size % cfg.num_attention_heads == 0
+    _round_trip(model, tmp_path)
+
+
 def test_llama_hidden_cut_is_a_multiple_of_the_heads(tmp_path):
     model = tiny_causal_lm("llama", hidden_size=128)
     pruner = LLMPruner(prune_hidden=True)
@@ -261,3 +280,21 @@ def test_ignored_block_alone_refused_in_setup(tmp_path):
     pattern = r"ignored_layers=\['model.model.layers.1'\]\): .*leaves some MLP or attention to cut.*layers.1', which"
     with pytest.raises(ValueError, match=pattern):
         trainer.fit(TinyLM())
+
+
+@pytest.mark.parametrize(
+    ("ignored", "pattern"),
+    [
+        ([], r"MLP units: 'model.layers.0.mlp.gate_proj.weight' is frozen.*attention heads: .* is frozen"),
+        (["model.layers.1.self_attn"], r"attention heads: `ignored_layers` names 'model.layers.1.self_attn'"),
+    ],
+)
+def test_all_frozen_model_refused(ignored, pattern):
+    """A LoRA-like model (every base weight frozen) leaves nothing to cut: refused before any prune, saying why."""
+    model = tiny_causal_lm("llama")
+    model.requires_grad_(False)
+    if ignored:
+        model.model.layers[1].self_attn.requires_grad_(True)
+    pattern = r"nothing of LlamaForCausalLM can be cut.*" + pattern + r".*Unfreeze"
+    with pytest.raises(ValueError, match=pattern):
+        LLMPruner(ignored_layers=ignored).check_module(model)
