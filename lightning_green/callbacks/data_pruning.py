@@ -108,6 +108,8 @@ class DataPruning(Callback):
         self._open_epoch: int | None = None  # the epoch whose scores are in _buffers, not yet merged
         self._pending_epoch: dict[str, Any] | None = None  # a checkpoint's open epoch, for on_train_epoch_start
         self._step_bounded = False
+        self._setup_stage: str | None = None
+        self._restored_open = False  # the open epoch came from a checkpoint (close it even if its end hook never runs)
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -150,9 +152,10 @@ class DataPruning(Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._setup_stage = stage  # before Lightning restores a checkpoint (load_state_dict)
         if stage != "fit":
             return
-        self._rank = trainer.global_rank  # before Lightning restores a checkpoint (load_state_dict)
+        self._rank = trainer.global_rank
         self._anneal_start = annealing_start(trainer.max_epochs, self.anneal_fraction)
         if self._anneal_start is None and self.anneal_fraction > 0:
             rank_zero_warn(
@@ -181,6 +184,21 @@ class DataPruning(Callback):
             self.scores.load_state_dict(self._pending_state)
             self._pending_state = None
         self._shuffle = isinstance(loader.sampler, RandomSampler) or bool(getattr(loader.sampler, "shuffle", False))
+        epoch = trainer.current_epoch
+        # A checkpoint taken inside an epoch (mid-epoch, at validation end, or at its last batch) holds that epoch's
+        # losses so far. Lightning restarts such an epoch without on_train_epoch_start, or counts it as done without
+        # on_train_epoch_end, and may build the loader early (estimated_stepping_batches) while current_epoch is
+        # still 0: restore once the loader is for that epoch or a later one.
+        pending = self._pending_epoch
+        restored = pending is not None and int(pending.get("epoch", 0)) <= epoch
+        if restored:
+            self._pending_epoch = None
+            self._restore_open_epoch(pending)  # type: ignore[arg-type]
+        if self._restored_open and self._open_epoch is not None and self._open_epoch < epoch:
+            self._close_epoch(trainer, None)  # restarted past its end: merge it before this epoch is planned
+        if self._open_epoch != epoch:  # a new epoch (its start hook may not run on a restart)
+            self._buffers, self._batch_number, self._epoch_calls, self._epoch_seen = None, 0, 0, 0
+            self._open_epoch, self._restored_open = epoch, False
         sampler = PruningSampler(
             n,
             self.plan,
@@ -190,14 +208,9 @@ class DataPruning(Callback):
             rank=trainer.global_rank,
             keep_steps=self.keep_steps,
         )
-        sampler.set_epoch(trainer.current_epoch)
+        sampler.set_epoch(epoch)
         self._sampler = sampler
-        # A checkpoint taken inside this epoch (mid-epoch, or at validation end before the epoch end merged the
-        # scores): Lightning restarts it without on_train_epoch_start, and a DataLoader is not resumable, so the
-        # sampler continues after the batches already run and the epoch's recorded losses come back.
-        pending, self._pending_epoch = self._pending_epoch, None
-        if pending is not None and pending.get("epoch") == trainer.current_epoch:
-            self._restore_open_epoch(pending)
+        if self._batch_number:  # a DataLoader is not resumable: continue after the batches already run
             sampler.skip_batches(self._batch_number)
         return sampler
 
@@ -224,11 +237,11 @@ class DataPruning(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._buffers = None  # created on the losses' device by the first record (no host sync per step)
-        self._batch_number = 0
-        self._epoch_calls = 0
-        self._epoch_seen = 0
-        self._open_epoch = trainer.current_epoch
+        # The epoch's state was set where its loader was made (_make_sampler), restored there after a resume; the
+        # buffers are created on the losses' device by the first record (no host sync per step).
+        if self._open_epoch != trainer.current_epoch:
+            self._buffers, self._batch_number, self._epoch_calls, self._epoch_seen = None, 0, 0, 0
+            self._open_epoch, self._restored_open = trainer.current_epoch, False
 
     @override
     def on_train_batch_start(
@@ -271,6 +284,17 @@ class DataPruning(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._sampler is None or self.scores is None:
             return
+        self._close_epoch(trainer, pl_module)
+
+    def _close_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None) -> None:
+        """Merge the open epoch's losses into the scores (all ranks: one collective) and account the epoch.
+
+        From the epoch-end hook; or, with ``pl_module=None`` (nothing logged), when a run resumed from a checkpoint
+        taken at an epoch's last batch: Lightning then counts that epoch as done and never calls its end hook.
+        """
+        assert self.scores is not None
+        epoch = trainer.current_epoch if self._open_epoch is None else self._open_epoch
+        plan = self._sampler.plan if self._sampler is not None and self._sampler.epoch == epoch else self.plan(epoch)
         strategy = trainer.strategy
         if self._buffers is None:
             n = len(self.scores)
@@ -296,11 +320,11 @@ class DataPruning(Callback):
         if nonfinite and not self._warned_nonfinite:
             self._warned_nonfinite = True
             rank_zero_warn(
-                f"reduce_sample_losses: {nonfinite} non-finite (NaN/inf) loss(es) in epoch {trainer.current_epoch}; "
+                f"reduce_sample_losses: {nonfinite} non-finite (NaN/inf) loss(es) in epoch {epoch}; "
                 "those samples' scores are not updated and they stay in the training data (`losses` must be finite "
                 "to be scored)."
             )
-        if calls == 0 and self._first_epoch:
+        if calls == 0 and self._first_epoch and pl_module is not None:
             raise InvalidArgumentError(
                 "DataPruning: training_step never called reduce_sample_losses in the first epoch, so no sample was "
                 "scored and nothing can be pruned. Compute one loss per sample and return "
@@ -308,32 +332,32 @@ class DataPruning(Callback):
             )
         self._first_epoch = False
         self.scores.merge(sums, counts, bad)
+        batches = self._batch_number
         self._buffers, self._open_epoch, self._epoch_calls, self._epoch_seen = None, None, 0, 0  # merged
-        plan = self._sampler.plan
+        self._restored_open = False
         self.samples_seen += seen
-        complete = self._batch_number >= trainer.num_training_batches
-        full = self._full_data_samples(trainer, None if complete else self._batch_number)
+        complete = pl_module is None or batches >= trainer.num_training_batches
+        full = self._full_data_samples(trainer, None if complete else batches)
         self._step_bounded = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         self.history.append(
             {
-                "epoch": trainer.current_epoch,
+                "epoch": epoch,
                 "kept": plan.kept,
                 "total": len(self.scores),
                 "pruned": plan.pruned,
                 "seen": seen,
                 "full": full,
                 "full_per_batch": self._full_data_samples(trainer, 1),
-                "batches": self._batch_number,
+                "batches": batches,
             }
         )
         score_mean = self.scores.mean()
-        pl_module.log("data/kept_fraction", plan.kept_fraction, on_step=False, on_epoch=True)
-        pl_module.log("data/samples_seen", float(self.samples_seen), on_step=False, on_epoch=True)
-        if score_mean == score_mean:  # not NaN
-            pl_module.log("data/score_mean", score_mean, on_step=False, on_epoch=True)
-        log.debug(
-            "epoch %d: kept %d of %d, score mean %.4g", trainer.current_epoch, plan.kept, len(self.scores), score_mean
-        )
+        if pl_module is not None:
+            pl_module.log("data/kept_fraction", plan.kept_fraction, on_step=False, on_epoch=True)
+            pl_module.log("data/samples_seen", float(self.samples_seen), on_step=False, on_epoch=True)
+            if score_mean == score_mean:  # not NaN
+                pl_module.log("data/score_mean", score_mean, on_step=False, on_epoch=True)
+        log.debug("epoch %d: kept %d of %d, score mean %.4g", epoch, plan.kept, len(self.scores), score_mean)
         add_report_section(trainer, "data", self.report_section())
 
     def report_section(self) -> dict[str, Any]:
@@ -380,6 +404,7 @@ class DataPruning(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._setup_stage = None
         if stage == "fit":
             self._uninstall(trainer)
 
@@ -441,8 +466,9 @@ class DataPruning(Callback):
     def _restore_open_epoch(self, pending: dict[str, Any]) -> None:
         assert self.scores is not None
         self._first_epoch = bool(pending.get("first", False))
-        self._open_epoch = int(pending["epoch"])
+        self._open_epoch, self._restored_open = int(pending["epoch"]), True
         self._batch_number = int(pending.get("batches", 0))  # the same on every rank
+        self._buffers, self._epoch_calls, self._epoch_seen = None, 0, 0
         if self._rank != 0:  # the checkpoint holds rank 0's part of the epoch: merged once, from rank 0
             return
         n = len(self.scores)
@@ -461,6 +487,8 @@ class DataPruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._setup_stage not in (None, "fit"):  # validate/test/predict(ckpt_path=...): nothing of a fit to resume
+            return
         # The per-epoch draws derive from (seed, epoch): with the seed and the scores restored, a resumed run plans
         # exactly the epochs the interrupted one would have.
         self.seed = int(state_dict.get("seed", self.seed))

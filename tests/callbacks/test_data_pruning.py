@@ -478,6 +478,24 @@ class Drifting(Model):
         return DataLoader(Indexed(), batch_size=8)
 
 
+class SteppedByEstimate(Drifting):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.0)
+        total = self.trainer.estimated_stepping_batches  # builds the training loader, as OneCycleLR users do
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 + 0 * total)}
+
+
+def test_a_checkpoint_loaded_by_validate_test_or_predict_is_not_resumed_by_the_next_fit(tmp_path):
+    dp = DataPruning(seed=0)
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, **QUIET)
+    dp.setup(trainer, Model(), "validate")  # trainer.validate(ckpt_path=...) restores callback state too
+    dp.load_state_dict({"version": 1, "seed": 7, "scores": {"values": [0.0] * N}, "samples_seen": 5,
+                        "open_epoch": {"epoch": 0, "batches": 3, "index": [1], "sums": [1.0], "counts": [1.0],
+                                       "bad": [0.0]}})  # fmt: skip
+    dp.teardown(trainer, Model(), "validate")
+    assert dp.seed == 0 and dp.samples_seen == 0 and dp._pending_epoch is None and dp._pending_state is None
+
+
 @pytest.mark.parametrize(
     ("checkpoint", "name"),
     [
@@ -486,19 +504,26 @@ class Drifting(Model):
         # at validation end, before the epoch end merged the epoch's losses (ModelCheckpoint saves there when
         # validation does not run every epoch)
         ({"every_n_epochs": 1, "filename": "{epoch}"}, "epoch=1.ckpt"),
+        # at the last batch of epoch 0: Lightning then counts the epoch as done and never calls its end hook
+        ({"every_n_train_steps": 10, "filename": "{step}"}, "step=10.ckpt"),
+        # the same with a configure_optimizers that reads estimated_stepping_batches (OneCycleLR): Lightning builds
+        # the training loader while current_epoch is still 0
+        ({"every_n_train_steps": 13, "filename": "{step}", "esb": True}, "step=13.ckpt"),
     ],
 )
 def test_a_checkpoint_inside_an_epoch_resumes_to_the_same_kept_sets(tmp_path, checkpoint, name):
     kwargs = {"max_epochs": 4, "check_val_every_n_epoch": 2, "num_sanity_val_steps": 0, "limit_val_batches": 1}
+    checkpoint = dict(checkpoint)
+    model = SteppedByEstimate if checkpoint.pop("esb", False) else Drifting
     seed_everything(0)
-    full, dp_full = Drifting(), DataPruning(0.5, anneal_fraction=0.0)
+    full, dp_full = model(), DataPruning(0.5, anneal_fraction=0.0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, **checkpoint)
     Trainer(default_root_dir=tmp_path, logger=False, callbacks=[dp_full, ckpt], **QUIET, **kwargs).fit(full)
     saved = torch.load(tmp_path / "ck" / name, weights_only=True)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("DataPruning"))
-    assert state["open_epoch"]["epoch"] == 1 and state["open_epoch"]["index"]  # the epoch's losses so far
+    assert state["open_epoch"]["index"]  # the losses of the epoch in progress so far
     seed_everything(0)
-    resumed, dp = Drifting(), DataPruning(0.5, anneal_fraction=0.0)
+    resumed, dp = model(), DataPruning(0.5, anneal_fraction=0.0)
     fit(tmp_path, resumed, dp, ckpt_path=str(tmp_path / "ck" / name), **kwargs)
     assert resumed.mismatches == 0
     for epoch in (2, 3):
