@@ -488,6 +488,7 @@ class EnergyMonitor(Callback):
             self.ledgers["validate"] = ledger
             self.carbon_tracker.restore_stage("validate", windows)
         self._fit_validation = None
+        self._validation_of_fit = True  # the "validate" ledger is the fit's now, whether or not it validates
         self._trainer_ref = weakref.ref(trainer)
         self.forecast_total_j = None  # re-forecast for this fit's max_epochs/max_steps at its first epoch end
         self._restored = False

@@ -90,3 +90,24 @@ def test_budget_says_that_min_epochs_or_min_steps_override_its_stop(tmp_path):
     with pytest.warns(UserWarning, match=r"Trainer\(min_epochs=2\) keeps Lightning training"):
         trainer.fit(BoringModel())
     assert budget.stopped_reason is not None and trainer.current_epoch == 2  # Lightning trained on, as warned
+
+
+def test_a_stand_alone_validate_after_a_fit_that_did_not_validate_stays_out_of_the_next_fit(tmp_path):
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        check_val_every_n_epoch=2,  # no validation in the first fit
+        num_sanity_val_steps=0,
+        callbacks=[monitor],
+    )
+    model = SteadyModel(0.002)
+    trainer.fit(model)
+    assert monitor.ledgers["validate"].steps == 0
+    trainer.validate(model, verbose=False)
+    assert monitor.ledgers["validate"].steps == 2
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(model)  # validates once (epoch 1): its own 2 batches, not the stand-alone run's too
+    assert monitor.ledgers["validate"].steps == 2
