@@ -394,10 +394,10 @@ class DataPruning(Callback):
         per_rank = math.ceil(n / world)
         full_batches = per_rank // size if self._sampler.batch_drop_last else math.ceil(per_rank / size)
         limit = trainer.limit_train_batches
-        if isinstance(limit, float) and limit != 1.0:  # Lightning's own reading of the limit
+        if isinstance(limit, float):  # Lightning's reading: a float is a fraction (1.0 all), an int a count
             full_batches = int(full_batches * limit)
-        elif isinstance(limit, int) or (isinstance(limit, float) and limit > 1):
-            full_batches = min(full_batches, int(limit))
+        elif isinstance(limit, int):
+            full_batches = min(full_batches, limit)
         if batches is not None:
             full_batches = min(full_batches, batches)
         return min(n, full_batches * size * world)
