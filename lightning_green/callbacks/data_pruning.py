@@ -106,7 +106,7 @@ class DataPruning(Callback):
         self._warned_nonfinite = False
         self._rank = 0
         self._open_epoch: int | None = None  # the epoch whose scores are in _buffers, not yet merged
-        self._pending_epoch: dict[str, Any] | None = None  # a checkpoint's open epoch, for on_train_epoch_start
+        self._pending_epoch: dict[str, Any] | None = None  # a checkpoint's open epoch, restored by _make_sampler
         self._step_bounded = False
         self._setup_stage: str | None = None
         self._restored_open = False  # the open epoch came from a checkpoint (close it even if its end hook never runs)
