@@ -362,7 +362,7 @@ class StructuredPruning(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(self).__name__
-        self._llm = self._llm_pruner(self._target(pl_module))
+        self._llm = self._llm_pruner(self._target(pl_module), training=stage == "fit")
         if self._llm is None and self.module is None and self._forward is None and not has_own_forward(pl_module):
             raise InvalidArgumentError(
                 f"{name}: {type(pl_module).__name__} has no `forward` of its own, so it cannot be traced; name the "
@@ -896,7 +896,7 @@ class StructuredPruning(Callback):
         """What each prune is checked on: the HF model itself for a causal LM (on its logits), else ``target``."""
         return self._llm.structure(target).model if self._llm is not None else target
 
-    def _llm_pruner(self, pl_module: pl.LightningModule) -> LLMPruner | None:
+    def _llm_pruner(self, pl_module: pl.LightningModule, training: bool = True) -> LLMPruner | None:
         """An :class:`LLMPruner` when ``pl_module`` holds a Hugging Face model it can cut (refuses the others)."""
         if find_hf_model(pl_module) is None:
             return None
@@ -917,7 +917,7 @@ class StructuredPruning(Callback):
             prune_layers=self.prune_layers,
         )
         self._sync_layers_dropped(pl_module, llm)  # e.g. `validate` after a fit that removed layers
-        llm.check_module(pl_module)
+        llm.check_module(pl_module, training=training)
         if self.pruning_ratio is not None:
             llm.check_ratio(pl_module, self.pruning_ratio)
         return llm

@@ -884,8 +884,12 @@ class LLMPruner:
             return
         warnings.warn(message, UserWarning, stacklevel=3)
 
-    def check_module(self, module: nn.Module) -> LLMStructure:
-        """Refuse what this pruner cannot do on ``module`` (in a second: no tracing) and return its structure."""
+    def check_module(self, module: nn.Module, training: bool = True) -> LLMStructure:
+        """Refuse what this pruner cannot do on ``module`` (in a second: no tracing) and return its structure.
+
+        ``training=False`` (validate, test, predict): frozen parameters are not refused, since nothing is cut then
+        (a model is often frozen after training).
+        """
         start = time.perf_counter()
         s = self.structure(module)
         if self.importance not in LLM_IMPORTANCES:
@@ -932,7 +936,7 @@ class LLMPruner:
                 f"a list that leaves some MLP or attention to cut (every decoder layer keeps the same widths, so a "
                 f"module it names keeps its kinds whole in every layer; {reasons})",
             )
-        kept = self._excluded(s)
+        kept = self._excluded(s) if training else ignored
         if self.prune_layers == 0 and all(k in kept for k in self._candidate_kinds(s)):
             # Frozen parameters (a LoRA-style model), perhaps with ignored modules: a prune would cut nothing.
             reasons = "; ".join(f"{_KIND_WORDS[k]}: {why}" for k, why in kept.items())
@@ -942,7 +946,8 @@ class LLMPruner:
                 f"whole in every layer ({reasons}). Unfreeze the parameters named (requires_grad=True) while pruning, "
                 "leave the modules named out of `ignored_layers`, or set `prune_layers` to remove whole decoder layers."
             )
-        self.kinds(s)  # tells now which kinds stay whole
+        if training:
+            self.kinds(s)  # tells now which kinds stay whole
         self._check_layers(s)
         self._check_logits(s)
         self.analysis_s = time.perf_counter() - start
@@ -1452,8 +1457,9 @@ class LLMPruner:
         of each of its weight's dimensions, so every try is arithmetic, not a forward. Without a rule on widths, one
         ratio for every kind. Where the family's config accepts only some widths (Llama: 1, 2, 4 or 8 heads in a
         128-wide model; Phi-3 longrope: the residual width follows the heads), each accepted head count and residual
-        width is pinned in turn and the ratio found for the other kinds alone; of the plans that reach ``target``,
-        the one leaving the most MACs wins (else the one leaving the fewest).
+        width is pinned in turn and the ratio found for the other kinds alone; of the plans that reach ``target``
+        and leave within ``_SEARCH_SLACK`` (3 %) of the most MACs, the one whose kinds keep the most even shares of
+        their dense widths wins (so later steps of a schedule still have room), else the one leaving the fewest MACs.
         """
         estimate = _mac_model(s, groups, ids)
         kinds = {g.kind for g in groups}

@@ -298,3 +298,31 @@ def test_all_frozen_model_refused(ignored, pattern):
     pattern = r"nothing of LlamaForCausalLM can be cut.*" + pattern + r".*Unfreeze"
     with pytest.raises(ValueError, match=pattern):
         LLMPruner(ignored_layers=ignored).check_module(model)
+
+
+def test_a_frozen_model_is_refused_for_fit_only():
+    """A model frozen after training (``LightningModule.freeze()``) is still validated, tested and predicted."""
+    model = tiny_causal_lm("llama")
+    model.requires_grad_(False)
+    structure = LLMPruner().check_module(model, training=False)  # validate/test/predict: nothing is cut
+    assert structure.family == "llama"
+    with pytest.raises(ValueError, match="nothing of LlamaForCausalLM can be cut"):
+        LLMPruner().check_module(model)
+
+
+def test_validate_runs_on_a_frozen_model_under_structured_pruning():
+    from lightning.pytorch import Trainer
+
+    from lightning_green import StructuredPruning
+    from lightning_green.testing.hf import tiny_hf_module
+
+    module = tiny_hf_module("llama", num_layers=1)
+    module.freeze()
+    seen = []
+    module.validation_step = lambda batch, batch_idx: seen.append(batch_idx)
+    module.val_dataloader = lambda: torch.utils.data.DataLoader(torch.zeros(4, 8, dtype=torch.long), batch_size=2)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=1,
+                      callbacks=[StructuredPruning(pruning_ratio=0.25, verbose=False)])  # fmt: skip
+    trainer.validate(module, verbose=False)
+    assert seen == [0]
