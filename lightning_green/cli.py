@@ -103,8 +103,9 @@ def cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: bool
     import lightning_green.demos  # noqa: F401 - registers the demo classes for short names (--model DigitsCNN)
 
     # LightningCLI passes the top-level keys to the main parser and each subcommand's own to its parser.
-    parser_kwargs: dict[str, Any] = {"exit_on_error": exit_on_error}
-    parser_kwargs.update({name: {"exit_on_error": exit_on_error} for name in LightningCLI.subcommands()})
+    # allow_abbrev=False: `--trainer.max_epoch 3` is an unknown option, not argparse's guess at `max_epochs`.
+    kwargs = {"exit_on_error": exit_on_error, "allow_abbrev": False}
+    parser_kwargs: dict[str, Any] = {**kwargs, **{name: dict(kwargs) for name in LightningCLI.subcommands()}}
     return GreenCLI(
         LightningModule,
         LightningDataModule,

@@ -196,6 +196,7 @@ def test_failure_during_training_keeps_its_traceback(tmp_path, kind, exc):
         ),
         (["--trainer.max_epochs=abc"], "--trainer.max_epochs='abc': must be an int or None."),
         (["--model.lr=abc"], "DigitsCNN(lr='abc'): `lr` must be a float."),
+        (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3"),  # no guess at max_epochs
     ],
 )
 def test_values_jsonargparse_refuses_are_one_line_too(capsys, tmp_path, args, message):
