@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +110,7 @@ class DataPruning(Callback):
         self._pending_epoch: dict[str, Any] | None = None  # a checkpoint's open epoch, restored by _make_sampler
         self._step_bounded = False
         self._setup_stage: str | None = None
+        self._trainer_ref: weakref.ref[pl.Trainer] | None = None
         self._restored_open = False  # the open epoch came from a checkpoint (close it even if its end hook never runs)
 
     # ------------------------------------------------------------------------------------------------ public
@@ -156,6 +158,7 @@ class DataPruning(Callback):
         if stage != "fit":
             return
         self._rank = trainer.global_rank
+        self._trainer_ref = weakref.ref(trainer)  # state_dict gathers an open epoch's records over the ranks
         self._anneal_start = annealing_start(trainer.max_epochs, self.anneal_fraction)
         if self._anneal_start is None and self.anneal_fraction > 0:
             rank_zero_warn(
@@ -413,6 +416,7 @@ class DataPruning(Callback):
         self._uninstall(trainer)
 
     def _uninstall(self, trainer: pl.Trainer) -> None:
+        self._trainer_ref = None  # no collective in a state_dict taken outside the fit (or after a failure)
         if self._undo is not None:
             self._undo()
             self._undo = None
@@ -439,29 +443,36 @@ class DataPruning(Callback):
     def _open_epoch_state(self) -> dict[str, Any] | None:
         """The losses recorded so far in an epoch not yet merged (a checkpoint mid-epoch or at validation end).
 
-        Plain lists of this rank's samples only (rank 0 writes the checkpoint: other ranks' part of the epoch is not
-        in it, and those samples keep their previous scores).
+        Plain lists over every rank's samples: under DDP this sums the ranks' records (one collective; Lightning
+        builds a checkpoint on every rank, ``Trainer.save_checkpoint`` is itself collective), and the resumed run
+        merges them once, from rank 0.
         """
-        if self._open_epoch is None or (self._buffers is None and not self._epoch_calls):
-            return None
-        state: dict[str, Any] = {
-            "epoch": self._open_epoch,
-            "calls": self._epoch_calls,
-            "seen": self._epoch_seen,
-            "batches": self._batch_number,
-            "first": self._first_epoch,
-            "index": [],
-            "sums": [],
-            "counts": [],
-            "bad": [],
-        }
+        if self._open_epoch is None or not self._batch_number or self.scores is None:
+            return None  # the same on every rank: batches run in lockstep
+        n = len(self.scores)
         if self._buffers is not None:
             sums, counts, bad = (b.detach().cpu().to(torch.float64) for b in self._buffers)
-            idx = torch.nonzero((counts > 0) | (bad > 0)).flatten()
-            state.update(
-                index=idx.tolist(), sums=sums[idx].tolist(), counts=counts[idx].tolist(), bad=bad[idx].tolist()
-            )
-        return state
+        else:
+            sums, counts, bad = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+        totals = torch.tensor([float(self._epoch_calls), float(self._epoch_seen)], dtype=torch.float64)
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is not None and trainer.world_size > 1:
+            strategy = trainer.strategy
+            packed = torch.cat([sums, counts, bad, totals]).to(strategy.root_device)
+            packed = strategy.reduce(packed, reduce_op="sum").cpu()
+            sums, counts, bad, totals = packed[:n], packed[n : 2 * n], packed[2 * n : 3 * n], packed[3 * n :]
+        idx = torch.nonzero((counts > 0) | (bad > 0)).flatten()
+        return {
+            "epoch": self._open_epoch,
+            "calls": int(totals[0]),
+            "seen": int(totals[1]),
+            "batches": self._batch_number,
+            "first": self._first_epoch,
+            "index": idx.tolist(),
+            "sums": sums[idx].tolist(),
+            "counts": counts[idx].tolist(),
+            "bad": bad[idx].tolist(),
+        }
 
     def _restore_open_epoch(self, pending: dict[str, Any]) -> None:
         assert self.scores is not None
@@ -469,7 +480,7 @@ class DataPruning(Callback):
         self._open_epoch, self._restored_open = int(pending["epoch"]), True
         self._batch_number = int(pending.get("batches", 0))  # the same on every rank
         self._buffers, self._epoch_calls, self._epoch_seen = None, 0, 0
-        if self._rank != 0:  # the checkpoint holds rank 0's part of the epoch: merged once, from rank 0
+        if self._rank != 0:  # the checkpoint holds every rank's part of the epoch: merged once, from rank 0
             return
         n = len(self.scores)
         buffers = tuple(torch.zeros(n, dtype=torch.float64) for _ in range(3))

@@ -571,3 +571,20 @@ def test_the_samples_saved_count_only_what_the_trainer_would_have_loaded(tmp_pat
     assert section["samples_full_data"] == full_data
     assert section["samples_seen"] == dp.samples_seen
     assert section["samples_saved"] == full_data - dp.samples_seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [3, 5])  # mid-epoch 0; its last batch (37 samples: 19 a rank, 5 batches of 4)
+def test_ddp_resume_inside_an_epoch_keeps_every_ranks_losses(tmp_path, step):
+    script = Path(__file__).with_name("_ddp_data_pruning_resume_script.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    for phase in ("full", "resume"):
+        args = [sys.executable, str(script), str(tmp_path), str(step), phase]
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    full = torch.load(tmp_path / "full" / "rank0.pt", weights_only=True)
+    r0, r1 = (torch.load(tmp_path / "resume" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["scores"] == r1["scores"] == full["scores"]  # both ranks' part of the open epoch came back
+    assert r0["kept"] == r1["kept"] and r0["kept"][-1] == full["kept"][-1]
+    assert r0["batches"][1:] == full["batches"][1:]
