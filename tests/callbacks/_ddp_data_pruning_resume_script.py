@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_green import DataPruning, reduce_sample_losses
-from tests.callbacks._ddp_data_pruning_script import Dump, Model
+from tests.callbacks._ddp_data_pruning_script import Dump, Model, ddp_trainer
 
 
 class Drifting(Model):
@@ -35,17 +35,7 @@ def main(out: Path, step: int, phase: str) -> None:
     if phase == "full":
         checkpoint = ModelCheckpoint(dirpath=out / "ck", save_top_k=-1, every_n_train_steps=step, filename="{step}")
         callbacks.append(checkpoint)
-    trainer = Trainer(
-        default_root_dir=out,
-        strategy="ddp",
-        devices=2,
-        accelerator="cpu",
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = ddp_trainer(out, callbacks)
     trainer.fit(Drifting(), ckpt_path=None if phase == "full" else str(out / "ck" / f"step={step}.ckpt"))
     if torch.distributed.is_initialized():  # see _ddp_data_pruning_script.py
         torch.distributed.destroy_process_group()

@@ -72,9 +72,9 @@ class Dump(Callback):
         )
 
 
-def main(out: Path, keep_steps: bool = False) -> None:
-    seed_everything(0, verbose=False)
-    trainer = Trainer(
+def ddp_trainer(out: Path, callbacks: list, **kwargs) -> Trainer:
+    """Two CPU ranks under ``strategy="ddp"``, three epochs, quiet (also used by the resume script)."""
+    return Trainer(
         default_root_dir=out,
         strategy="ddp",
         devices=2,
@@ -83,10 +83,15 @@ def main(out: Path, keep_steps: bool = False) -> None:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[DataPruning(prune_ratio=0.5, anneal_fraction=0.0, keep_steps=keep_steps), Dump(out)],
+        callbacks=callbacks,
+        **kwargs,
     )
-    trainer.fit(Model())
+
+
+def main(out: Path, keep_steps: bool = False) -> None:
+    seed_everything(0, verbose=False)
+    callbacks = [DataPruning(prune_ratio=0.5, anneal_fraction=0.0, keep_steps=keep_steps), Dump(out)]
+    ddp_trainer(out, callbacks, enable_checkpointing=False).fit(Model())
     # Lightning destroys only NCCL groups at exit; a gloo group left to interpreter finalization can abort the
     # process after a successful fit (pytorch/pytorch#190489).
     if torch.distributed.is_initialized():
