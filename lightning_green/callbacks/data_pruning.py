@@ -199,9 +199,7 @@ class DataPruning(Callback):
             self._restore_open_epoch(pending)  # type: ignore[arg-type]
         if self._restored_open and self._open_epoch is not None and self._open_epoch < epoch:
             self._close_epoch(trainer, None)  # restarted past its end: merge it before this epoch is planned
-        if self._open_epoch != epoch:  # a new epoch (its start hook may not run on a restart)
-            self._buffers, self._batch_number, self._epoch_calls, self._epoch_seen = None, 0, 0, 0
-            self._open_epoch, self._restored_open = epoch, False
+        self._open(epoch)  # a new epoch's state here: its start hook may not run on a restart
         sampler = PruningSampler(
             n,
             self.plan,
@@ -242,9 +240,13 @@ class DataPruning(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The epoch's state was set where its loader was made (_make_sampler), restored there after a resume; the
         # buffers are created on the losses' device by the first record (no host sync per step).
-        if self._open_epoch != trainer.current_epoch:
+        self._open(trainer.current_epoch)
+
+    def _open(self, epoch: int) -> None:
+        """Start recording ``epoch`` (nothing to do if it is already open, e.g. restored from a checkpoint)."""
+        if self._open_epoch != epoch:
             self._buffers, self._batch_number, self._epoch_calls, self._epoch_seen = None, 0, 0, 0
-            self._open_epoch, self._restored_open = trainer.current_epoch, False
+            self._open_epoch, self._restored_open = epoch, False
 
     @override
     def on_train_batch_start(

@@ -61,10 +61,14 @@ class Model(LightningModule):
         dp = next((cb for cb in self.trainer.callbacks if isinstance(cb, DataPruning)), None)
         if dp is not None and dp.batch_indices != idx.tolist():
             self.mismatches += 1
-        losses = x[:, 0] + 0.0 * self.layer(x)[:, 0]
+        losses = self.base_losses(x) + 0.0 * self.layer(x)[:, 0]
         if self.nan_at is not None and self.nan_at in idx.tolist():
             losses = torch.where(idx == self.nan_at, torch.full_like(losses, float("nan")), losses)
         return reduce_sample_losses(self, losses) if self.call else losses.mean()
+
+    def base_losses(self, x):
+        """Each sample's loss: its difficulty."""
+        return x[:, 0]
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
@@ -463,13 +467,8 @@ class Drifting(Model):
     """Losses that move between epochs, as real ones do (epoch 0: difficulty, later: 4 - difficulty), so the kept set
     of an epoch depends on every loss recorded in the epoch before it."""
 
-    def training_step(self, batch, batch_idx):
-        x, idx = batch
-        self.seen.setdefault(self.current_epoch, []).extend(idx.tolist())
-        dp = next(cb for cb in self.trainer.callbacks if isinstance(cb, DataPruning))
-        self.mismatches += dp.batch_indices != idx.tolist()
-        base = x[:, 0] if self.current_epoch == 0 else 4.0 - x[:, 0]
-        return reduce_sample_losses(self, base + 0.0 * self.layer(x)[:, 0])
+    def base_losses(self, x):
+        return x[:, 0] if self.current_epoch == 0 else 4.0 - x[:, 0]
 
     def validation_step(self, batch, batch_idx):
         self.log("val_loss", self.layer(batch[0]).mean())
