@@ -198,6 +198,8 @@ class ModelState:
                     p.data = data
                 p.grad = grad
                 m._parameters[k] = p
+                if isinstance(m, nn.RNNBase):
+                    setattr(m, k, p)  # an RNN runs on its own list of its weights, which only setattr updates
 
 
 @dataclass
@@ -310,7 +312,7 @@ def probe_from_batch(module: nn.Module, batch: Any, forward_fn: ForwardFn | None
 
     With ``forward_fn`` the batch is passed as is. Otherwise the first of these that ``module`` accepts: the batch's
     first element (``(x, y)`` batches), the batch itself (a tensor, a tuple of arguments, a mapping of keyword
-    arguments such as a ``BatchEncoding``).
+    arguments such as a ``BatchEncoding``), a mapping as one argument (``forward(self, batch: dict)``).
 
     Raises:
         ValueError: ``module`` takes none of them (the message holds each failure's first line).
@@ -322,6 +324,7 @@ def probe_from_batch(module: nn.Module, batch: Any, forward_fn: ForwardFn | None
         candidates.append(((batch[0],), "batch[0]"))
     if isinstance(batch, Mapping):
         candidates.append((dict(batch), "the batch as keyword arguments"))
+        candidates.append(((dict(batch),), "the batch as one argument"))
     else:
         candidates.append((batch, "the batch"))
     errors = []
