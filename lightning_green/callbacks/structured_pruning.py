@@ -37,7 +37,7 @@ from lightning_green._internal.validation import (
 from lightning_green.events import workload_changed
 from lightning_green.pruning.engine import ChannelPruner
 from lightning_green.pruning.graph import count_macs_params
-from lightning_green.pruning.history import STATE_VERSION, rebuild_from_checkpoint, replay
+from lightning_green.pruning.history import STATE_VERSION, Architecture, rebuild_from_checkpoint, replay
 from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
 from lightning_green.pruning.llm import LLMPruner, find_hf_model, is_layer_drop, renumber_after_layer_drops
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
@@ -68,6 +68,8 @@ ImportanceName = Literal["magnitude-l1", "magnitude-l2", "taylor", "bn-scale", "
 ScheduleName = Literal["linear", "cubic"]
 Regularization = Literal["none", "group-norm", "bn-scale"]
 _REGULARIZATIONS = ("none", "group-norm", "bn-scale")
+#: Lightning's weight-averaging callbacks (``WeightAveraging``, e.g. ``EMAWeightAveraging``, from Lightning 2.6).
+_AVERAGING = tuple(c for c in (StochasticWeightAveraging, getattr(pl.callbacks, "WeightAveraging", None)) if c)
 _MODES = ("max", "min")
 #: Criteria that look at a window of training batches before each prune (gradients, or activations of an HF LLM).
 _WINDOWED = NEEDS_GRADIENTS | {"activation"}
@@ -240,6 +242,10 @@ class StructuredPruning(Callback):
             fail(name, "start_step", start_step, f"given together with `end_step` (end_step={end_step})")
         if start_step is not None and end_step is not None and end_step < start_step:
             fail(name, "start_step", start_step, f"<= end_step ({end_step})")
+        if start_step is not None and end_epoch is not None:
+            fail(name, "end_epoch", end_epoch, f"None with a step schedule (start_step={start_step}); choose one")
+        if start_step is not None and start_epoch != 1:
+            fail(name, "start_epoch", start_epoch, f"left at 1 with a step schedule (start_step={start_step})")
         check_number(name, "frequency", frequency, integer=True, ge=1)
         check_bool(name, "global_pruning", global_pruning)
         check_optional_number(name, "round_to", round_to, integer=True, ge=1)
@@ -332,6 +338,9 @@ class StructuredPruning(Callback):
         self._regularizer: Any = None
         self._snapshot: tuple[ModuleSnapshot, OptimizerState] | None = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
+        #: The pruned module's architecture when this callback first set it up (what its history starts from), so
+        #: a checkpoint saved before later prunes still loads into the module: (module, architecture).
+        self._architecture: tuple[torch.nn.Module, Architecture] | None = None
         #: Set in `setup` when the module holds a Hugging Face causal LM: it is cut by its known structure.
         self._llm: LLMPruner | None = None
         self._probe: Probe | None = None
@@ -339,6 +348,7 @@ class StructuredPruning(Callback):
         self._batches = 0
         self._regularized_at = -1
         self._told = False
+        self._warned_late = False
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -369,6 +379,17 @@ class StructuredPruning(Callback):
                 "submodule to prune with `module=` (e.g. StructuredPruning(module='model')), or give `forward_fn=`."
             )
         target = self._target(pl_module)
+        if self._architecture is None or self._architecture[0] is not target:
+            try:
+                self._architecture = (target, Architecture(target))
+            except Exception as exc:  # an attribute deepcopy cannot take: only earlier checkpoints are affected
+                log.debug(
+                    "%s: no copy of the architecture (%s); a checkpoint saved before a later prune will not "
+                    "load into the pruned module",
+                    name,
+                    first_line(exc),
+                )
+                self._architecture = None
         if self._llm is None:
             for arg, value, used in (
                 ("importance", "activation", self.importance == "activation"),
@@ -404,10 +425,13 @@ class StructuredPruning(Callback):
                     f"{name}: ModelCheckpoint(save_weights_only=True) leaves the pruning history out of the "
                     "checkpoint; such checkpoints cannot be reloaded into the pruned architecture."
                 )
-            if isinstance(cb, StochasticWeightAveraging):
-                rank_zero_warn(
-                    f"{name}: StochasticWeightAveraging keeps a copy of the model; it breaks if it starts before the "
-                    "last prune."
+            if isinstance(cb, _AVERAGING):
+                # Both copy the LightningModule in their own `setup`, before any prune (and before a resumed fit
+                # rebuilds the pruned shapes), then average tensors of other shapes: a crash whenever they start.
+                raise InvalidArgumentError(
+                    f"{name}: {type(cb).__name__} cannot run in the same fit: it copies the model when the fit sets "
+                    "up, before any prune, and then averages weights of other shapes. Prune first, then average in "
+                    "a second fit on the pruned model (`load_pruned`)."
                 )
 
     def _check_strategy(self, strategy: Strategy) -> None:
@@ -471,6 +495,7 @@ class StructuredPruning(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warned_late = False
         if not self.by_steps or self.finished:
             return
         # As the epoch schedule warns in `setup`; the number of optimizer steps is only known once the data is.
@@ -479,6 +504,7 @@ class StructuredPruning(Callback):
         except MisconfigurationException:  # a GradientAccumulationScheduler that changes the accumulation over epochs
             total = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps >= 0 else math.inf
         late = [p for p in self._points[self.prunes_done :] if p >= total]
+        self._warned_late = bool(late)
         if late:
             rank_zero_warn(
                 f"{type(self).__name__}: the last prune is at step {self._points[-1]} but training stops after "
@@ -612,6 +638,22 @@ class StructuredPruning(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._points and not self.finished and not self._warned_late:
+            # The fit stopped first (max_steps, max_time, early stopping), or each prune waited for a window of
+            # `importance_batches` batches that the epochs were too short to fill before the schedule ran out.
+            unit = "step" if self.by_steps else "epoch"
+            left = self._points[self.prunes_done :]
+            window = (
+                f" (each prune first waits for `importance_batches={self.importance_batches}` batches)"
+                if self._windowed
+                else ""
+            )
+            rank_zero_warn(
+                f"{type(self).__name__}: training ended after {trainer.global_step} optimizer steps with "
+                f"{self.prunes_done} of the {len(self._points)} prunes done; the prunes at {unit} "
+                f"{_brief_list(left)} did not happen{window}, so the goal was not reached "
+                f"({self.speedup:.2f}x fewer MACs than dense)."
+            )
         if self._guard is not None:
             rank_zero_warn(
                 f"{type(self).__name__}: training ended inside the fine-tune window of prune "
@@ -1054,8 +1096,16 @@ class StructuredPruning(Callback):
         example = self.example_input
         if example is None:
             example = getattr(self._target(pl_module), "example_input_array", None)
+        target = self._target(pl_module)
+        arch = self._architecture[1] if self._architecture is not None and self._architecture[0] is target else None
         rebuild_from_checkpoint(
-            pl_module, checkpoint, example, state=state, owner=type(self).__name__, forward_fn=self._forward
+            pl_module,
+            checkpoint,
+            example,
+            state=state,
+            owner=type(self).__name__,
+            forward_fn=self._forward,
+            architecture=arch,
         )
 
     # --------------------------------------------------------------------------------------------------- state

@@ -8,18 +8,22 @@ architecture reproduces the pruned one exactly, so a checkpoint only needs these
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
-from lightning_green.pruning.graph import Lineage, build_graph, pruning_session
+from lightning_green.pruning.graph import WIDTH_ATTRIBUTES, Lineage, _meta_copy, build_graph, pruning_session
+from lightning_green.pruning.verify import ModelState, Probe, quiet_forward
 
 __all__ = [
     "STATE_VERSION",
+    "Architecture",
     "find_pruning_state",
     "flatten_entries",
     "load_pruned",
@@ -63,11 +67,118 @@ def replay(module: nn.Module, example_inputs: Any, entries: Sequence[Sequence[An
         from lightning_green.pruning.llm import replay_llm  # structure-aware: no tracing, no example input
 
         return replay_llm(module, entries)
+    if entries:
+        # A tensor a module makes on its first forward (Lightning's demo Transformer's positional encoding) must
+        # exist before the session, which cuts such tensors with the width they carry, as in the run that pruned.
+        quiet_forward(module, Probe(example_inputs, forward_fn, "the example input"))
     with pruning_session(module) as lineage:
         if entries:
             graph = build_graph(module, example_inputs, forward_fn)
             graph.load_pruning_history(plain_entries(entries))
     return lineage
+
+
+class Architecture:
+    """A module's architecture before its prunes, without weights: what lets a pruned module load an earlier checkpoint.
+
+    A checkpoint's history replays on the architecture it started from, so a module cut further since (a fit's last
+    prune, then ``trainer.test(ckpt_path="best")`` of an earlier epoch) is first put back to it: :meth:`restore`
+    rebuilds the same modules, shapes and width attributes, with uninitialised weights for the checkpoint to fill.
+    Costs no memory for the weights (a copy on the ``meta`` device); the tensors a checkpoint does not hold
+    (non-persistent buffers, plain tensor attributes such as a positional encoding) are kept as values.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> arch = Architecture(net)
+        >>> _ = replay(net, torch.zeros(1, 4), [["0", True, [1, 5]]])
+        >>> arch.differs(net), tuple(net[2].weight.shape)
+        (True, (2, 6))
+        >>> arch.restore(net)
+        >>> arch.differs(net), tuple(net[0].weight.shape), net[2].in_features
+        (False, (8, 4), 8)
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._copy = _meta_copy(module)
+        self._shapes = {k: tuple(v.shape) for k, v in self._copy.state_dict().items() if hasattr(v, "shape")}
+        self._values: dict[tuple[str, str], torch.Tensor] = {}
+        for path, m in module.named_modules():
+            kept = [(k, b) for k, b in m._buffers.items() if b is not None and k in m._non_persistent_buffers_set]
+            kept += [(k, v) for k, v in vars(m).items() if torch.is_tensor(v) and not isinstance(v, nn.Parameter)]
+            for k, t in kept:
+                self._values[(path, k)] = t.detach().clone()
+
+    def differs(self, module: nn.Module) -> bool:
+        """Whether ``module``'s tensors (which ones, their shapes) are not this architecture's."""
+        own = {k: tuple(v.shape) for k, v in module.state_dict().items() if hasattr(v, "shape")}
+        return own != self._shapes
+
+    def restore(self, module: nn.Module) -> None:
+        """Put ``module`` (in place, the same object) back to this architecture; its weights are left uninitialised.
+
+        Every parameter and buffer is a new tensor, on the device and in the dtype of ``module``'s tensor of that
+        name (else as captured), so load a state dict afterwards. Tied parameters stay tied. Submodules the prunes
+        kept stay the same objects; ones they removed (decoder layers) come back as new ones. A LightningModule's
+        own attributes other than tensors and widths, and torchmetrics' metrics, are left alone.
+        """
+        fresh = copy.deepcopy(self._copy)
+        live = dict(module.named_parameters(remove_duplicate=False))
+        live.update(module.named_buffers(remove_duplicate=False))
+        default = next((t.device for t in live.values()), torch.device("cpu"))
+        made: dict[int, torch.Tensor] = {}
+
+        def real(path: str, t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in made:
+                like = live.get(path)
+                device, dtype = (like.device, like.dtype) if like is not None else (default, t.dtype)
+                value = torch.empty(t.shape, device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                made[id(t)] = (
+                    nn.Parameter(value, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else value
+                )
+            return made[id(t)]
+
+        for path, m in fresh.named_modules(remove_duplicate=False):
+            prefix = f"{path}." if path else ""
+            for k, p in list(m._parameters.items()):
+                if p is not None:
+                    m._parameters[k] = real(prefix + k, p)  # type: ignore[assignment]
+            for k, b in list(m._buffers.items()):
+                if b is not None:
+                    kept = self._values.get((path, k))
+                    m._buffers[k] = kept.clone() if kept is not None else real(prefix + k, b)
+            for k, v in list(vars(m).items()):
+                if torch.is_tensor(v) and not isinstance(v, nn.Parameter) and (path, k) in self._values:
+                    vars(m)[k] = self._values[(path, k)].clone()
+        _graft(module, fresh, root=isinstance(module, LightningModule))
+
+
+def _graft(live: nn.Module, fresh: nn.Module, root: bool = False) -> None:
+    """``live`` takes ``fresh``'s tensors, attributes and submodules, keeping its own object identity.
+
+    A LightningModule's (``root``) other attributes are the user's training state, not the architecture: only its
+    tensors and width attributes are taken.
+    """
+    if type(live).__module__.startswith("torchmetrics."):
+        return  # a metric's states are not the model's
+    live._parameters.clear()
+    live._parameters.update(fresh._parameters)
+    live._buffers.clear()
+    live._buffers.update(fresh._buffers)
+    for k, v in vars(fresh).items():
+        if k.startswith("_") or k == "training":
+            continue
+        if not root or torch.is_tensor(v) or k in WIDTH_ATTRIBUTES:
+            vars(live)[k] = v
+    children = {}
+    for k, child in fresh._modules.items():
+        old = live._modules.get(k)
+        if old is not None and child is not None and type(old) is type(child):
+            _graft(old, child)
+            children[k] = old
+        else:
+            children[k] = child
+    live._modules.clear()
+    live._modules.update(children)
 
 
 def _is_llm(entry: Sequence[Any]) -> bool:
@@ -114,16 +225,21 @@ def rebuild_from_checkpoint(
     state: Mapping[str, Any] | None = None,
     owner: str = "load_pruned",
     forward_fn: Any = None,
+    architecture: Architecture | None = None,
 ) -> bool:
     """Cut ``module`` to the shapes of ``checkpoint["state_dict"]`` by replaying its pruning history.
 
+    The module is left exactly as it was when this raises.
+
     Args:
-        module: The model as its constructor builds it.
+        module: The model as its constructor builds it, or cut since from ``architecture``.
         checkpoint: A loaded Lightning checkpoint.
         example_inputs: An input for tracing; ``None`` uses ``module.example_input_array``.
         state: The :class:`~lightning_green.StructuredPruning` state; ``None`` looks it up in ``checkpoint``.
         owner: Who is asking, for error messages.
         forward_fn: ``forward_fn(module, example_inputs)`` when the pruned module is not called with the inputs.
+        architecture: The :class:`Architecture` the checkpoint's history starts from, if ``module`` may have been
+            cut since (it is put back to it first); ``None`` when ``module`` is as its constructor builds it.
 
     Returns:
         Whether anything was cut (``False`` when the module already has the checkpoint's tensors and shapes).
@@ -162,12 +278,19 @@ def rebuild_from_checkpoint(
     if example_inputs is None and not llm:
         raise ValueError(f"{owner}: the module has no `example_input_array`; pass `example_inputs` to trace it.")
     device = next(module.parameters()).device
-    replay(module, move_data_to_device(example_inputs, device), entries, forward_fn)
-    if shapes_differ(module, weights):
-        raise ValueError(
-            f"{owner}: replaying the checkpoint's pruning history did not give its shapes; was the module built "
-            "with other hyperparameters than in training?"
-        )
+    saved = ModelState(module)  # by reference: no copy of the weights
+    try:
+        if architecture is not None and architecture.differs(module):
+            architecture.restore(module)  # cut since the history's start (a fit's later prunes): back to it first
+        replay(module, move_data_to_device(example_inputs, device), entries, forward_fn)
+        if shapes_differ(module, weights):
+            raise ValueError(
+                f"{owner}: replaying the checkpoint's pruning history did not give its shapes; was the module built "
+                "with other hyperparameters than in training? The module was left as it was."
+            )
+    except BaseException:
+        saved.restore()
+        raise
     return True
 
 
