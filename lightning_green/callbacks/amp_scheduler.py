@@ -57,11 +57,12 @@ class AMPScheduler(Callback):
     scaler on CUDA, else fp32, and says which it picked. A schedule may name ``"auto"`` for that choice.
 
     *Fallback*: a non-finite loss (any mode) or non-finite gradients (bf16/fp32) make the optimizer step a no-op:
-    gradients are dropped and the module's buffers (BatchNorm statistics) restored to their state before the step,
-    so no NaN reaches the weights. In low precision the run then falls back to fp32 for ``cooldown_steps``
-    optimizer steps and retries; so do ``overflow_patience`` consecutive fp16 grad-scaler overflows (the scaler
-    skips those updates itself). The ``max_fallbacks``-th fallback is final: fp32 for the rest of the run. Under
-    DDP the decision is taken collectively: one rank's NaN switches every rank.
+    gradients are dropped (gradient clipping, by norm or by value, then has nothing to do) and the module's buffers
+    (BatchNorm statistics) restored to their state before the step, so no NaN reaches the weights. In low precision
+    the run then falls back to fp32 for ``cooldown_steps`` optimizer steps and retries; so do ``overflow_patience``
+    consecutive fp16 grad-scaler overflows (the scaler skips those updates itself). The ``max_fallbacks``-th
+    fallback is final: fp32 for the rest of the run. Under DDP the decision is taken collectively: one rank's NaN
+    switches every rank.
 
     *Logged* to every logger when Lightning logs the loss (``log_every_n_steps``, at the loss's step) and after
     each switch: ``precision/mode`` as a number — 32 = fp32, 16 = fp16, 16.5 = bf16 —

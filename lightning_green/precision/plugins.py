@@ -5,28 +5,61 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.plugins.precision import MixedPrecision as LightningMixedPrecision
+from lightning.pytorch.plugins.precision import Precision as LightningPrecision
+from torch.optim import Optimizer
+from typing_extensions import override
 
 from lightning_green._internal.validation import InvalidArgumentError
 
-__all__ = ["PluginSet", "check_swappable", "plugin_mode"]
+__all__ = ["MixedPrecision", "PluginSet", "Precision", "check_swappable", "plugin_mode"]
 
 _HALF_TRUE = {"HalfPrecision", "DoublePrecision", "BitsandbytesPrecision", "TransformerEnginePrecision"}
 
 
+def _any_grad(plugin: LightningPrecision, optimizer: Any) -> bool:
+    return any(p.grad is not None for p in plugin.main_params(optimizer))
+
+
+# AMPScheduler skips a poisoned update by dropping every gradient (``.grad = None``) in on_before_optimizer_step.
+# Lightning clips right after that hook, and torch.nn.utils.clip_grad_value_ raises on an empty gradient list
+# (clip_grad_norm_ returns 0 instead). Overriding the plugins' public clip_grad_by_value covers
+# Trainer(gradient_clip_val=...), a module's configure_gradient_clipping and self.clip_gradients(...) in manual
+# optimization alike.
+#
+# The class names are Lightning's on purpose: Lightning stores a plugin's state (the fp16 grad scaler) in a checkpoint
+# under ``type(plugin).__qualname__``, so these checkpoints resume with a plain Trainer(precision=...) and vice versa.
+class Precision(LightningPrecision):
+    """Lightning's fp32 ``Precision``; clipping by value with no gradient at all (a skipped step) does nothing."""
+
+    @override
+    def clip_grad_by_value(self, optimizer: Optimizer, clip_val: int | float) -> None:
+        if _any_grad(self, optimizer):
+            super().clip_grad_by_value(optimizer, clip_val)
+
+
+class MixedPrecision(LightningMixedPrecision):
+    """Lightning's ``MixedPrecision``; clipping by value with no gradient at all (a skipped step) does nothing."""
+
+    @override
+    def clip_grad_by_value(self, optimizer: Optimizer, clip_val: int | float) -> None:
+        if _any_grad(self, optimizer):
+            super().clip_grad_by_value(optimizer, clip_val)
+
+
 def plugin_mode(plugin: Any) -> str | None:
-    """The mode of a plain Lightning plugin (``Precision`` → ``"32-true"``, ``MixedPrecision`` → its precision).
+    """The mode of a Lightning or lightning-green ``Precision`` (``"32-true"``) or ``MixedPrecision`` (its precision).
 
     ``None`` for any other plugin (true half precision, FSDP's, DeepSpeed's, a custom subclass): those cannot be
     swapped.
 
     Example:
-        >>> plugin_mode(Precision()), plugin_mode(MixedPrecision("bf16-mixed", "cpu"))
+        >>> plugin_mode(LightningPrecision()), plugin_mode(LightningMixedPrecision("bf16-mixed", "cpu"))
         ('32-true', 'bf16-mixed')
     """
-    if type(plugin) is Precision:
+    if type(plugin) in (LightningPrecision, Precision):
         return "32-true"
-    if type(plugin) is MixedPrecision:
+    if type(plugin) in (LightningMixedPrecision, MixedPrecision):
         return str(plugin.precision)
     return None
 
@@ -55,28 +88,33 @@ def check_swappable(owner: str, strategy: Any) -> str:
 
 
 class PluginSet:
-    """One plugin per mode, built on first use and kept, so the fp16 grad scaler survives switches.
+    """One plugin per mode (this module's :class:`Precision`/:class:`MixedPrecision`), built on first use and kept.
+
+    Keeping them means the fp16 grad scaler survives switches.
 
     Args:
         device_type: Device type for autocast (``"cpu"``, ``"cuda"``, ...).
-        original: The Trainer's own plugin; reused for its mode (a user's ``MixedPrecision`` keeps its scaler).
+        original: The Trainer's own plugin; its mode's plugin shares its grad scaler (a user's ``MixedPrecision``
+            keeps its scaler and its settings).
 
     Example:
-        >>> plugins = PluginSet("cpu", Precision())
+        >>> plugins = PluginSet("cpu", LightningPrecision())
         >>> type(plugins.get("bf16-mixed")).__name__, plugins.get("bf16-mixed") is plugins.get("bf16-mixed")
         ('MixedPrecision', True)
         >>> plugins.loss_scale("bf16-mixed")
         1.0
     """
 
-    def __init__(self, device_type: str, original: Precision | None = None) -> None:
+    def __init__(self, device_type: str, original: LightningPrecision | None = None) -> None:
         self.device_type = device_type
-        self._plugins: dict[str, Precision] = {}
-        if original is not None and plugin_mode(original) is not None:
-            self._plugins[plugin_mode(original)] = original  # type: ignore[index]
+        self._plugins: dict[str, LightningPrecision] = {}
+        if isinstance(original, LightningMixedPrecision) and plugin_mode(original) is not None:
+            self._plugins[original.precision] = MixedPrecision(
+                original.precision, original.device, scaler=original.scaler
+            )
         self._scaler_state: dict[str, Any] | None = None
 
-    def get(self, mode: str) -> Precision:
+    def get(self, mode: str) -> LightningPrecision:
         """The plugin for ``mode``."""
         plugin = self._plugins.get(mode)
         if plugin is None:

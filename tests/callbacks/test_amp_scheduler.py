@@ -338,6 +338,52 @@ def test_manual_accumulation_delays_an_epoch_switch_to_the_next_step(tmp_path):
     assert dtypes == ["32"] * 6 + ["bf16"] * 6  # epoch 1 starts mid-window (batch 4): switch waits for batch 6
 
 
+class DecayRecorder(Recorder):
+    """Recorder with weight decay, so a skipped step that still reached the optimizer would show in the weights."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9, weight_decay=0.1)
+
+
+class StepProbe(Callback):
+    """Copies the weights and momentum buffers before and after the batch of one global step."""
+
+    def __init__(self, step):
+        self.step = step
+        self.before = self.after = None
+
+    @staticmethod
+    def _state(trainer, pl_module):
+        momenta = [s["momentum_buffer"].clone() for s in trainer.optimizers[0].state.values()]
+        return [p.detach().clone() for p in pl_module.parameters()], momenta
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            self.before = self._state(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.before is not None and self.after is None:
+            self.after = self._state(trainer, pl_module)
+
+
+@pytest.mark.filterwarnings("ignore:AMPScheduler:UserWarning")
+@pytest.mark.parametrize("mode", ["32-true", "bf16-mixed", "16-mixed"])
+def test_skipped_step_with_clipping_by_value_leaves_weights_and_momentum(tmp_path, mode):
+    # Lightning clips right after on_before_optimizer_step, where the skip dropped every gradient: clipping by value
+    # must not fail on that, and the step must stay skipped (no update, no momentum, no weight decay).
+    model = DecayRecorder(loss_nan_steps={2})
+    probe = StepProbe(step=2)
+    amp = AMPScheduler(schedule={0: mode})
+    make_trainer(tmp_path, [amp, probe], max_epochs=1, gradient_clip_val=0.5, gradient_clip_algorithm="value").fit(
+        model
+    )
+    assert amp.skipped_steps == 1 and model.trainer.global_step == 4
+    (weights, momenta), (weights_after, momenta_after) = probe.before, probe.after
+    assert all(torch.equal(a, b) for a, b in zip(weights, weights_after, strict=True))
+    assert len(momenta) == 4 and all(torch.equal(a, b) for a, b in zip(momenta, momenta_after, strict=True))
+    assert all_finite(model)
+
+
 # ---------------------------------------------------------------------------------------------- state
 def test_resume_from_fp16_checkpoint_restores_mode_and_loss_scale(tmp_path):
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
@@ -618,3 +664,31 @@ def test_a_non_finite_joint_loss_skips_every_optimizer_of_the_batch(tmp_path):
     assert model.changed[2] == [False] * 4  # neither optimizer updated on the NaN batch
     assert all(all(c) for i, c in enumerate(model.changed) if i != 2)
     assert amp.skipped_steps == 2 and amp.fallbacks == 1  # two skipped steps, one fallback for the one bad batch
+
+
+class ClipAfterStep(JointLoss):
+    """Manual optimization that clips each optimizer by value before and after its step (a skipped one included)."""
+
+    def training_step(self, batch, batch_idx):
+        opt_a, opt_b = self.optimizers()
+        loss = self.b(self.a(batch[0])).float().pow(2).mean()
+        if batch_idx == 2:
+            loss = loss + torch.tensor(float("nan"))
+        before = [p.detach().clone() for p in self.parameters()]
+        self.manual_backward(loss)
+        for opt in (opt_a, opt_b):
+            self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="value")
+            opt.step()
+            self.clip_gradients(opt, gradient_clip_val=0.5, gradient_clip_algorithm="value")
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        self.changed.append([not torch.equal(x, p) for x, p in zip(before, self.parameters(), strict=True)])
+
+
+def test_manual_clipping_by_value_after_a_skipped_step(tmp_path):
+    model = ClipAfterStep()
+    amp = AMPScheduler(schedule={0: "bf16-mixed"})
+    make_trainer(tmp_path, [amp], max_epochs=1).fit(model)
+    assert model.changed[2] == [False] * 4
+    assert all(all(c) for i, c in enumerate(model.changed) if i != 2)
+    assert amp.skipped_steps == 2

@@ -3,6 +3,7 @@ import torch
 from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 
+from lightning_green.precision import plugins as green
 from lightning_green.precision.plugins import PluginSet, check_swappable, plugin_mode
 
 
@@ -12,6 +13,8 @@ from lightning_green.precision.plugins import PluginSet, check_swappable, plugin
         (Precision(), "32-true"),
         (MixedPrecision("bf16-mixed", "cpu"), "bf16-mixed"),
         (MixedPrecision("16-mixed", "cpu"), "16-mixed"),
+        (green.Precision(), "32-true"),
+        (green.MixedPrecision("bf16-mixed", "cpu"), "bf16-mixed"),
         (HalfPrecision("bf16-true"), None),
         (DoublePrecision(), None),
     ],
@@ -45,13 +48,14 @@ def test_true_half_precision_is_refused(precision):
         check_swappable("AMPScheduler", strategy)
 
 
-def test_plugin_set_builds_once_and_reuses_the_original():
+def test_plugin_set_builds_once_and_keeps_the_original_scaler():
     original = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=8.0))
     plugins = PluginSet("cpu", original)
-    assert plugins.get("16-mixed") is original
+    fp16 = plugins.get("16-mixed")
+    assert fp16.scaler is original.scaler and fp16.device == "cpu" and plugins.get("16-mixed") is fp16
     assert plugins.loss_scale("16-mixed") == 8.0
     fp32 = plugins.get("32-true")
-    assert type(fp32) is Precision and plugins.get("32-true") is fp32
+    assert type(fp32) is green.Precision and plugins.get("32-true") is fp32
     bf16 = plugins.get("bf16-mixed")
     assert bf16.precision == "bf16-mixed" and bf16.scaler is None
     assert plugins.loss_scale("32-true") == 1.0
@@ -75,3 +79,24 @@ def test_scaler_state_loads_into_an_existing_scaler():
         {"scale": 4.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 0}
     )
     assert plugins.loss_scale("16-mixed") == 4.0
+
+
+@pytest.mark.parametrize("mode", ["32-true", "bf16-mixed", "16-mixed"])
+def test_clipping_by_value_without_any_gradient_does_nothing(mode):
+    # A skipped step has dropped every gradient before Lightning clips; torch's clip_grad_value_ raises on that.
+    layer = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    plugin = PluginSet("cpu", Precision()).get(mode)
+    plugin.clip_gradients(optimizer, clip_val=0.5, gradient_clip_algorithm="value")
+    assert layer.weight.grad is None and layer.bias.grad is None
+    layer.weight.grad = torch.full((2, 2), 3.0)  # with a gradient, clipping still clips
+    plugin.clip_gradients(optimizer, clip_val=0.5, gradient_clip_algorithm="value")
+    assert torch.equal(layer.weight.grad, torch.full((2, 2), 0.5))
+
+
+def test_plugins_keep_lightnings_class_names_for_checkpoints():
+    # Lightning keys a plugin's checkpoint state by its class's __qualname__: the fp16 scaler must land under the
+    # same key as with a plain Trainer(precision="16-mixed").
+    plugins = PluginSet("cpu", Precision())
+    names = {mode: type(plugins.get(mode)).__qualname__ for mode in ("32-true", "bf16-mixed", "16-mixed")}
+    assert names == {"32-true": "Precision", "bf16-mixed": "MixedPrecision", "16-mixed": "MixedPrecision"}
