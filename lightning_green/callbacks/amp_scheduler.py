@@ -277,6 +277,9 @@ class AMPScheduler(Callback):
         if not self._active:
             return
         if not self._backward_pending:  # an optimizer-step boundary: nothing accumulated yet
+            # A batch without backward (training_step returned None) still steps: judge it by its own (absent) loss,
+            # not by the flag a previous batch's losses left (on_before_optimizer_step keeps it for joint losses).
+            self._loss_bad = False
             forced_before = self._was_forced
             target = self._target(trainer)
             if target != self.mode:

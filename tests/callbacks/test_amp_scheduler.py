@@ -384,6 +384,30 @@ def test_skipped_step_with_clipping_by_value_leaves_weights_and_momentum(tmp_pat
     assert all_finite(model)
 
 
+class SkipsBatches(Recorder):
+    """Recorder whose training_step returns None (Lightning's way to skip a batch: no backward) at ``none_steps``."""
+
+    def __init__(self, none_steps=(), **kwargs):
+        super().__init__(**kwargs)
+        self.none_steps = set(none_steps)
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step in self.none_steps:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_batch_without_backward_after_a_non_finite_step_is_not_counted(tmp_path):
+    # step 2: NaN loss, the fallback (cooldown 0: bf16 again from step 3); step 3 has no loss at all
+    model = SkipsBatches(none_steps={3}, loss_nan_steps={2})
+    amp = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=0, max_fallbacks=2)
+    make_trainer(tmp_path, [amp], limit_val_batches=0).fit(model)
+    assert (amp.fallbacks, amp.skipped_steps, amp.tracker.locked) == (1, 1, False)
+    assert {step: dtype for step, dtype in steps_by_dtype(model).items() if step > 3} == dict.fromkeys(
+        range(4, 8), "bf16"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- state
 def test_resume_from_fp16_checkpoint_restores_mode_and_loss_scale(tmp_path):
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
