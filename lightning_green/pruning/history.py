@@ -113,6 +113,10 @@ class Architecture:
         own = {k: tuple(v.shape) for k, v in module.state_dict().items() if hasattr(v, "shape")}
         return own != self._shapes
 
+    def removed(self, module: nn.Module) -> set[str]:
+        """State-dict keys of this architecture that ``module`` no longer has (decoder layers removed since)."""
+        return set(self._shapes) - set(module.state_dict())
+
     def restore(self, module: nn.Module) -> None:
         """Put ``module`` (in place, the same object) back to this architecture; its weights are left uninitialised.
 
@@ -261,8 +265,9 @@ def rebuild_from_checkpoint(
     # on purpose (a frozen teacher, strict_loading=False) still loads.
     dropped_in = [str(e[0]).split("::", 1)[0] for e in entries if _is_llm(e) and str(e[0]).endswith("::layers::")]
     under = [f"{path}." if path else "" for path in dropped_in]
-    if not shapes_differ(module, weights, keys=bool(under), under=under or ("",)):
-        return False
+    removed = architecture.removed(module) if architecture is not None else set()
+    if not shapes_differ(module, weights, keys=bool(under), under=under or ("",)) and removed.isdisjoint(weights):
+        return False  # (a checkpoint holding layers the module's own prunes removed since differs too)
     if not state:
         raise ValueError(
             f"{owner}: the checkpoint has weights of other shapes than the module but no StructuredPruning history "
@@ -270,12 +275,13 @@ def rebuild_from_checkpoint(
         )
     if example_inputs is None:
         example_inputs = getattr(module, "example_input_array", None)
-    llm = bool(entries) and _is_llm(entries[0])  # structure-aware replay: no tracing, no example input
-    if example_inputs is None and state.get("example") and not llm:
+    # A structure-aware (LLM) replay needs no tracing, no example input; nor does an empty history.
+    traced = bool(entries) and not _is_llm(entries[0])
+    if example_inputs is None and state.get("example") and traced:
         from lightning_green.pruning.verify import example_from_spec
 
         example_inputs = example_from_spec(state["example"])  # the first batch's shapes, as zeros
-    if example_inputs is None and not llm:
+    if example_inputs is None and traced:
         raise ValueError(f"{owner}: the module has no `example_input_array`; pass `example_inputs` to trace it.")
     device = next(module.parameters()).device
     saved = ModelState(module)  # by reference: no copy of the weights

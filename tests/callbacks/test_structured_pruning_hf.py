@@ -310,3 +310,32 @@ def test_removed_layer_moves_the_next_layers_optimizer_state_with_it(tmp_path, m
     for p, value in after.items():
         assert torch.equal(value, kept[p])
     assert not all(torch.equal(a, r) for a, r in zip(after.values(), removed.values(), strict=True))
+
+
+def test_checkpoints_before_later_prunes_load_into_the_pruned_llm(tmp_path):
+    """validate(ckpt_path=...) of each epoch, forth and back: decoder layers the prunes removed come back."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pruning = StructuredPruning(
+        target_speedup=2.0,
+        start_epoch=1,
+        end_epoch=2,
+        prune_hidden=True,
+        prune_layers=1,
+        importance_batches=1,
+        verbose=False,
+    )
+    every = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1)
+    model = TinyLM("llama")
+    trainer = make_trainer(
+        tmp_path, callbacks=[pruning, every], max_epochs=3, limit_train_batches=4, limit_val_batches=1
+    )
+    trainer.fit(model)
+    assert model.model.config.num_hidden_layers == 1
+    for name, layers in (("epoch=0-step=4", 2), ("epoch=2-step=12", 1), ("epoch=1-step=8", 1), ("epoch=0-step=4", 2)):
+        path = tmp_path / f"{name}.ckpt"
+        trainer.validate(model, ckpt_path=path, verbose=False)
+        expected = load_pruned(TinyLM("llama"), path).eval()
+        assert model.model.config.num_hidden_layers == len(model.model.model.layers) == layers
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(IDS), expected(IDS), rtol=0, atol=0)
