@@ -221,7 +221,7 @@ def build_runner(
             _export_onnx(net, example, Path(path), None)
     else:
         with quiet():
-            torch.export.save(_torch_export(net, example), path)
+            torch.export.save(_torch_export(net, example)[0], path)
     return load_exported(fmt, path, threads=threads)
 
 

@@ -76,6 +76,8 @@ class ExportResult:
     export_s: float
     checks: list[CheckResult] = field(default_factory=list)
     macs: float | None = None
+    #: The one sequence length the export takes, when its token ids' time axis could not be made dynamic.
+    fixed_seq_len: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (for JSON)."""
@@ -88,6 +90,10 @@ class ExportResult:
             + (f", {self.macs / 1e6:.3g} M MACs/sample" if self.macs else "")
             + f") in {self.export_s:.1f} s"
         ]
+        if self.fixed_seq_len is not None:
+            lines.append(
+                f"  sequence length fixed at {self.fixed_seq_len} (the model cannot be traced with a dynamic one)"
+            )
         for c in self.checks:
             lines.append(
                 f"  check {c.input} (batch {c.batch_size}): max |diff| {c.max_abs_diff:.3g} "
@@ -242,21 +248,53 @@ def _blocked(fmt: str, model: nn.Module, example: tuple, err: BaseException) -> 
 
 
 # ------------------------------------------------------------------------------------------------ exporters
+def _is_token_ids(x: torch.Tensor) -> bool:
+    """An integer ``(batch, time, ...)`` input: token ids (or their mask), whose time axis varies between calls."""
+    return x.dim() >= 2 and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+
+
 def _batch_spec(
-    model: nn.Module, example: tuple[torch.Tensor, ...]
+    model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool = False
 ) -> tuple[tuple[torch.Tensor, ...], tuple[Any, ...]]:
-    """Inputs with batch 2 and a dynamic batch axis per input (a batch of 1 would be specialised by the tracer)."""
+    """Inputs with batch 2 and a dynamic batch axis per input (a batch of 1 would be specialised by the tracer).
+
+    With ``dynamic_seq`` the time axis (dim 1) of token-id inputs is dynamic too (``Dim.AUTO``: the exporter infers
+    its range and that ids and mask share it), so a language model's export takes any sequence length.
+    """
     batch = torch.export.Dim("batch", min=1)
     traced = tuple(torch.cat([x[:1]] * 2) if x.shape[0] != 2 else x for x in example)
-    dynamic: tuple[Any, ...] = tuple({0: batch} for _ in traced)
+    dynamic: tuple[Any, ...] = tuple(
+        {0: batch, 1: torch.export.Dim.AUTO} if dynamic_seq and _is_token_ids(x) else {0: batch} for x in traced
+    )
     if isinstance(model, _TensorOutputs):  # forward(*args): the specs of all inputs are one entry, as a tuple
         dynamic = (dynamic,)
     return traced, dynamic
 
 
-def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
-    traced, dynamic = _batch_spec(model, example)
-    return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
+def _with_dynamic_seq(export: Callable[[bool], Any], example: tuple[torch.Tensor, ...]) -> tuple[Any, bool]:
+    """``export(dynamic_seq)`` with a dynamic time axis for token ids where the model allows one, else a fixed one.
+
+    Returns the export and whether its time axis is dynamic. A model that caches per length (e.g. a mask keyed by the
+    sequence length) cannot be traced with a symbolic length: it is exported at the example's length instead, and a
+    check at another length then fails with a one-line error.
+    """
+    if not any(_is_token_ids(x) for x in example) or not hasattr(torch.export.Dim, "AUTO"):  # Dim.AUTO: torch 2.6+
+        return export(False), False
+    try:
+        return export(True), True
+    except Exception:
+        log.debug("export with a dynamic sequence axis failed; exporting at the example's length", exc_info=True)
+    return export(False), False
+
+
+def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Any, bool]:
+    """The ``torch.export`` program of ``model`` and whether its token ids' time axis is dynamic."""
+
+    def export(dynamic_seq: bool) -> Any:
+        traced, dynamic = _batch_spec(model, example, dynamic_seq)
+        return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
+
+    return _with_dynamic_seq(export, example)
 
 
 def require_onnx() -> None:
@@ -271,17 +309,23 @@ def require_onnx() -> None:
         )
 
 
-def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
+def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> bool:
+    """Write ``model`` as ONNX to ``path``; returns whether its token ids' time axis is dynamic."""
     require_onnx()
-    traced, dynamic = _batch_spec(model, example)
-    names = [f"input_{i}" for i in range(len(traced))] if len(traced) > 1 else ["input"]
-    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic, "input_names": names, "verbose": False}
-    if opset is not None:
-        kwargs["opset_version"] = opset
-    # The exporter logs progress through the "torch.onnx" logger and prints; keep both quiet unless debugging.
-    prog = torch.onnx.export(copy.deepcopy(model), traced, str(path), **kwargs)
+    names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
+
+    def export(dynamic_seq: bool) -> Any:
+        traced, dynamic = _batch_spec(model, example, dynamic_seq)
+        kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic, "input_names": names, "verbose": False}
+        if opset is not None:
+            kwargs["opset_version"] = opset
+        # The exporter logs progress through the "torch.onnx" logger and prints; keep both quiet unless debugging.
+        return torch.onnx.export(copy.deepcopy(model), traced, str(path), **kwargs)
+
+    prog, dynamic_seq = _with_dynamic_seq(export, example)
     if prog is not None and not path.exists():  # torch < 2.6 returned the program without saving it
         prog.save(str(path))
+    return dynamic_seq
 
 
 def _onnx_fails(child: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -367,6 +411,22 @@ def _compare(
     return CheckResult(name, int(ref[0].shape[0]) if ref[0].dim() else 1, worst, atol, rtol, ok)
 
 
+def _shapes(x: tuple[torch.Tensor, ...]) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in x)
+
+
+def _reference(model: nn.Module, fmt: str, name: str, x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The model's outputs on check input ``x``; a one-line error when the model itself does not take it."""
+    try:
+        with torch.no_grad():
+            return _as_tensors(model(*x))
+    except Exception as err:
+        raise ExportError(
+            f"export(format={fmt!r}): {type(model).__name__} itself fails on the {name} (shapes {_shapes(x)}), so it "
+            f"cannot be checked there: {type(err).__name__}: {_one_line(err)}"
+        ) from None
+
+
 def export_model(
     model: nn.Module,
     out: str | os.PathLike,
@@ -383,9 +443,11 @@ def export_model(
     Args:
         model: The trained model (e.g. from :func:`~lightning_green.export.load_checkpoint_module`).
         out: File to write (``.onnx`` / ``.pt2``), or for ``"hf"`` a folder (created; its parent must exist).
-        format: ``"onnx"`` (``torch.onnx.export(..., dynamo=True)``, dynamic batch axis), ``"torch-export"``
-            (``torch.export`` program saved as ``.pt2``, dynamic batch axis) or ``"hf"`` (``save_pretrained`` of
-            the Hugging Face model the module holds).
+        format: ``"onnx"`` (``torch.onnx.export(..., dynamo=True)``), ``"torch-export"`` (``torch.export``
+            program saved as ``.pt2``) or ``"hf"`` (``save_pretrained`` of the Hugging Face model the module holds).
+            ``onnx`` and ``torch-export`` have a dynamic batch axis and, for integer token-id inputs
+            ``(batch, time)``, a dynamic time axis where the model can be traced so (else ``fixed_seq_len`` says
+            the one length the export takes).
         example_inputs: Forward inputs with the batch on dim 0; ``None`` uses ``model.example_input_array``.
         check_inputs: More ``(name, inputs)`` to compare on, e.g. ``("datamodule batch", x)``.
         atol: Absolute tolerance of the output check.
@@ -397,9 +459,10 @@ def export_model(
         What was written, its size and parameter count, and each check.
 
     Raises:
-        ValueError: A bad argument (unknown format, missing output directory, negative tolerance), a model that
-            cannot be exported to ``format`` (the message names the blocking module/op), or outputs that differ
-            beyond the tolerance (:class:`ExportError`).
+        ValueError: A bad argument (unknown format, missing output directory, negative tolerance), a check input the
+            model itself does not take, a model that cannot be exported to ``format`` (the message names the blocking
+            module/op), or an export that fails to run on a check input or whose outputs differ beyond the tolerance
+            (:class:`ExportError`; such a file is left for inspection and the message says it failed).
 
     Example:
         >>> import tempfile, pathlib
@@ -424,8 +487,11 @@ def export_model(
     checks_in = [("example input", example)]
     for name, x in check_inputs:
         checks_in.append((name, example_inputs_of(owner, model, x)))
+    # The model's own outputs first: a check input it cannot take is the caller's error, found before any export.
+    refs = [_reference(model, format, name, x) for name, x in checks_in]
     params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
+    dynamic_seq = True
     if format == "hf":
         runner = _export_hf(model, path)
     else:
@@ -433,7 +499,7 @@ def export_model(
         if format == "onnx":
             try:
                 with quiet():
-                    _export_onnx(net, example, path, opset)
+                    dynamic_seq = _export_onnx(net, example, path, opset)
             except ExportError:
                 raise
             except Exception as err:
@@ -441,18 +507,26 @@ def export_model(
         else:
             try:
                 with quiet():
-                    program = _torch_export(net, example)
+                    program, dynamic_seq = _torch_export(net, example)
             except Exception as err:
                 raise _blocked(format, net, example, err) from None
             torch.export.save(program, os.fspath(path))
         runner = load_exported(format, path, threads=torch.get_num_threads())
     export_s = time.perf_counter() - t0
+    fixed_seq = None if dynamic_seq else next((int(x.shape[1]) for x in example if _is_token_ids(x)), None)
     files = _files_of(path)
     checks = []
-    for name, x in checks_in:
-        with torch.no_grad():
-            ref = _as_tensors(model(*x))
-        checks.append(_compare(name, ref, runner(*x), atol, rtol))
+    for (name, x), ref in zip(checks_in, refs, strict=True):
+        try:
+            got = runner(*x)
+        except Exception as err:  # e.g. a fixed sequence length: a one-line error, and the file is not passed as good
+            seq = f" (its sequence length is fixed at {fixed_seq})" if fixed_seq is not None else ""
+            raise ExportError(
+                f"export(format={format!r}): the export{seq} cannot run on the {name} (shapes {_shapes(x)}; "
+                f"traced on {_shapes(example)}): {type(err).__name__}: {_one_line(err)}; it failed its check and is "
+                f"left at {os.fspath(path)!r} only for inspection."
+            ) from None
+        checks.append(_compare(name, ref, got, atol, rtol))
     macs = None
     try:
         from lightning_green.pruning.graph import count_macs_params
@@ -469,6 +543,7 @@ def export_model(
         export_s=export_s,
         checks=checks,
         macs=macs,
+        fixed_seq_len=fixed_seq,
     )
     if verbose:
         print(result.summary())
@@ -477,8 +552,8 @@ def export_model(
         c = bad[0]
         raise ExportError(
             f"export(format={format!r}): the export's outputs differ from the model's on the {c.input} "
-            f"(max |diff| {c.max_abs_diff:.3g} > atol {c.atol:g} + rtol {c.rtol:g}·|ref|); the file is at "
-            f"{os.fspath(path)!r}."
+            f"(max |diff| {c.max_abs_diff:.3g} > atol {c.atol:g} + rtol {c.rtol:g}·|ref|); it failed its check and is "
+            f"left at {os.fspath(path)!r} only for inspection."
         )
     return result
 

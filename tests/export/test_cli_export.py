@@ -151,3 +151,24 @@ def test_export_cli_missing_config_is_one_line(digits_ckpts, tmp_path, capsys):
         ["export", digits_ckpts["dense"], "--config", tmp_path / "nope.yaml", "--out", tmp_path / "m.pt2"], capsys
     )
     assert code == 2 and err.count("\n") == 1 and "`config` must be an existing YAML file" in err
+
+
+def test_export_cli_checks_a_language_model_on_its_datamodule_windows(tmp_path, capsys):
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("transformers")
+    import torch
+
+    from lightning_green.testing.hf import tiny_hf_module
+
+    model = tiny_hf_module("llama", hidden_size=32, num_layers=1)  # example_input_array: (1, 64) token ids
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, tmp_path / "lm.ckpt")
+    data = {"seq_len": 16, "batch_size": 2, "train_bytes": 4096, "val_bytes": 1024, "batch_format": "causal_lm"}
+    config = {
+        "model": {"class_path": "lightning_green.demos.HFCausalLM", "init_args": dict(model.hparams)},
+        "data": {"class_path": "lightning_green.demos.StdlibTextDataModule", "init_args": data},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    args = ["export", tmp_path / "lm.ckpt", "--config", tmp_path / "config.yaml", "--format", "torch-export"]
+    code, text, err = run_main([*args, "--out", tmp_path / "lm.pt2"], capsys)
+    assert code == 0, err
+    assert "check datamodule batch (batch 2)" in text and "FAILED" not in text

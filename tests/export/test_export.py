@@ -135,6 +135,50 @@ def test_hf_model_round_trip(hf_module, tmp_path, fmt):
             torch.testing.assert_close(load_exported(fmt, out)(x)[0], hf_module(x).logits, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("fmt", ["torch-export", pytest.param("onnx", marks=needs_onnx)])
+def test_token_model_export_takes_other_sequence_lengths(hf_module, tmp_path, fmt):
+    shorter = torch.randint(0, 64, (2, 5))  # the example is (1, 12): another batch and another length
+    res = export_model(hf_module, tmp_path / f"m{SUFFIX[fmt]}", fmt, check_inputs=[("short", shorter)], verbose=False)
+    assert [c.ok for c in res.checks] == [True, True] and res.fixed_seq_len is None
+    x = torch.randint(0, 64, (3, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(fmt, res.path)(x)[0], hf_module(x).logits, atol=1e-4, rtol=1e-3)
+
+
+def test_fixed_sequence_length_is_said_and_a_check_at_another_length_is_one_line(tmp_path):
+    torch.manual_seed(0)
+    model = TinyGPT(d_model=16, n_layers=1, n_heads=2, block_size=16).eval()  # caches its mask per length
+    x = torch.randint(0, 256, (1, 8))
+    res = export_model(model, tmp_path / "g.pt2", "torch-export", example_inputs=x, verbose=False)
+    assert res.fixed_seq_len == 8 and "sequence length fixed at 8" in res.summary()
+    with pytest.raises(
+        ExportError,
+        match=r"the export \(its sequence length is fixed at 8\) cannot run on the short \(shapes \(2, 5\); traced "
+        r"on \(1, 8\)\): .*failed its check and is left at '.*g2\.pt2' only for inspection",
+    ) as e:
+        export_model(
+            model,
+            tmp_path / "g2.pt2",
+            "torch-export",
+            example_inputs=x,
+            check_inputs=[("short", x[:, :5].repeat(2, 1))],
+        )
+    assert "\n" not in str(e.value)
+
+
+def test_a_check_input_the_model_does_not_take_is_refused_before_exporting(tmp_path):
+    with pytest.raises(
+        ExportError, match=r"export\(format='onnx'\): Linear itself fails on the odd batch \(shapes \(1, 3\)\), so it "
+    ) as e:
+        export_model(
+            nn.Linear(2, 2),
+            tmp_path / "m.onnx",
+            example_inputs=torch.zeros(1, 2),
+            check_inputs=[("odd batch", torch.zeros(1, 3))],
+        )
+    assert "\n" not in str(e.value) and not (tmp_path / "m.onnx").exists()
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_mismatched_checkpoint_is_one_line(digits_ckpts, tmp_path):
     with pytest.raises(
