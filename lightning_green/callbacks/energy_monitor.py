@@ -645,13 +645,16 @@ class EnergyMonitor(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Other ranks may be gone: account this rank's last window locally, no collectives, then save the report.
+        # Other ranks may be gone: account this rank's last window locally (energy and batches, as state_dict does),
+        # no collectives, then save the report.
         # Nothing here may mask the user's exception: failures are logged at debug level.
         try:
-            if self._meter is not None and self._meter.started:
-                row = self._local_row(self._meter.read())
+            if self._meter is not None and self._meter.started and self._open:
+                reading = self._meter.read()
+                row = self._unflushed_row(reading, trainer)
+                self._last = reading
                 for stage in self._open:
-                    self.ledgers[stage].add_row(self._rank, row)
+                    self._add_unflushed(self.ledgers[stage], stage, row)
                 self._carbon_window(list(self._open), float(sum(row[:_N])))
             self._open.clear()
             self._write_report(trainer, status=f"interrupted: {type(exception).__name__}")
@@ -675,23 +678,14 @@ class EnergyMonitor(Callback):
         ledgers = {k: v.state_dict() for k, v in self.ledgers.items()}
         # Energy since the last flush is known only on this rank and no collective may run here: add this rank's
         # share to the saved copy (the running ledgers still get it at the next flush). Rank 0 writes the checkpoint,
-        # so other ranks' unflushed windows (at most `log_every_n_steps` batches) are not in it.
-        # The window's steps, samples and tokens go with it (else a run resumed from a mid-epoch checkpoint would count
-        # the energy of those batches but not the batches: J/sample and the forecast's steps per epoch would be off);
-        # samples and tokens are this rank's, like the energy.
+        # so other ranks' unflushed windows (at most `log_every_n_steps` batches) are not in it. The window's steps,
+        # samples and tokens go with it, so a run resumed from a mid-epoch checkpoint counts those batches too.
         if self._meter is not None and self._meter.started and self._open:
-            row = self._delta_row(self._meter.read())
-            innermost = self._open[-1]
             trainer = self._trainer_ref() if self._trainer_ref is not None else None
-            if innermost != "fit":
-                row[_STEPS] = float(self._pending_batches)
-            elif trainer is not None:
-                row[_STEPS] = float(trainer.global_step - self._gs_last)
+            row = self._unflushed_row(self._meter.read(), trainer)
             for stage in self._open:
                 saved = StageLedger.from_state(ledgers[stage])
-                saved.add_row(self._rank, row)
-                if stage == innermost:
-                    saved.add_counts(row[_STEPS], row[_SAMPLES], row[_TOKENS])
+                self._add_unflushed(saved, stage, row)
                 ledgers[stage] = saved.state_dict()
         return {
             "version": 1,
@@ -747,6 +741,29 @@ class EnergyMonitor(Callback):
             float(self._pending_tokens),
             *(float(_SOURCE_CODE[reading.sources.get(c, "none")]) for c in COMPONENTS),
         ]
+
+    def _unflushed_row(self, reading: Reading, trainer: pl.Trainer | None) -> list[float]:
+        """This rank's window since the last flush, steps included, for a path that may run no collective.
+
+        A checkpoint (``state_dict``) and a crash (``on_exception``) account it locally. The steps are the fit's
+        optimizer steps or an evaluation's batches, as in :meth:`_flush`; samples and tokens are this rank's.
+        """
+        row = self._delta_row(reading)
+        if self._open[-1] != "fit":
+            row[_STEPS] = float(self._pending_batches)
+        elif trainer is not None:
+            row[_STEPS] = float(trainer.global_step - self._gs_last)
+        return row
+
+    def _add_unflushed(self, ledger: StageLedger, stage: str, row: list[float]) -> None:
+        """Add an :meth:`_unflushed_row` to ``stage``'s ledger: energy to every open stage, counts to the innermost.
+
+        Without the counts, the energy of those batches would be in the totals but not the batches: J/sample and
+        the forecast's steps per epoch would be off.
+        """
+        ledger.add_row(self._rank, row)
+        if stage == self._open[-1]:
+            ledger.add_counts(row[_STEPS], row[_SAMPLES], row[_TOKENS])
 
     def _local_row(self, reading: Reading) -> list[float]:
         row = self._delta_row(reading)

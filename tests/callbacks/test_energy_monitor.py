@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import warnings
 
 import pytest
@@ -387,6 +388,37 @@ def test_crash_leaves_a_valid_interrupted_report(tmp_path):
     assert report["stages"]["fit"]["energy_j"]["total"] > 0
     assert monitor.meter is None  # meter stopped
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+class InterruptedModel(BoringModel):
+    """Raises ``exc`` in training_step at global step ``at``."""
+
+    def __init__(self, exc: type[BaseException], at: int) -> None:
+        super().__init__()
+        self.exc, self.at = exc, at
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.at:
+            raise self.exc("stop")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(("exc", "raised"), [(RuntimeError, RuntimeError), (KeyboardInterrupt, SystemExit)])
+def test_interrupted_report_counts_the_batches_of_the_last_window(tmp_path, exc, raised):
+    # No logging point before the crash (log_every_n_steps=50): the only window is the one on_exception accounts.
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(tmp_path, limit_train_batches=20, callbacks=[monitor])
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a KeyboardInterrupt, then exits
+    try:
+        with pytest.raises(raised):
+            trainer.fit(InterruptedModel(exc, at=6))
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    report = _report(tmp_path)
+    fit = report["stages"]["fit"]
+    assert report["status"] == f"interrupted: {exc.__name__}"
+    assert (fit["steps"], fit["samples"]) == (6, 6)  # six completed batches of one sample
+    assert fit["j_per_sample"] == pytest.approx(fit["energy_j"]["total"] / 6)
 
 
 # ------------------------------------------------------------------------------------------------- DDP
