@@ -415,6 +415,29 @@ def _shapes(x: tuple[torch.Tensor, ...]) -> str:
     return ", ".join(str(tuple(t.shape)) for t in x)
 
 
+def _example_check(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[str, tuple[torch.Tensor, ...]]:
+    """The example-input check: the example itself, or for token ids the example's shape with seeded, varied ids.
+
+    An ``example_input_array`` of token ids is often all zeros: every position then sees the same token and a broken
+    positional encoding or causal mask gives the same logits as the model's. Ids are drawn (seed 0) below the smallest
+    embedding table, so every table the ids might index takes them; a model that still refuses them is checked on
+    its own example.
+    """
+    x = example[0]
+    tables = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool or not tables:
+        return "example input", example
+    ids = torch.randint(0, min(tables), x.shape, generator=torch.Generator().manual_seed(0))
+    varied = (ids.to(dtype=x.dtype, device=x.device), *example[1:])
+    try:
+        with torch.no_grad():
+            model(*varied)
+    except Exception:  # the ids index something else too: keep the user's example
+        log.debug("%s does not take seeded token ids; checking on its example", type(model).__name__, exc_info=True)
+        return "example input", example
+    return "example input (seeded token ids)", varied
+
+
 def _reference(model: nn.Module, fmt: str, name: str, x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The model's outputs on check input ``x``; a one-line error when the model itself does not take it."""
     try:
@@ -484,7 +507,7 @@ def export_model(
         )
     model = model.eval()
     example = example_inputs_of(owner, model, example_inputs)
-    checks_in = [("example input", example)]
+    checks_in = [_example_check(model, example)]
     for name, x in check_inputs:
         checks_in.append((name, example_inputs_of(owner, model, x)))
     # The model's own outputs first: a check input it cannot take is the caller's error, found before any export.

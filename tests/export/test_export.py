@@ -179,6 +179,32 @@ def test_a_check_input_the_model_does_not_take_is_refused_before_exporting(tmp_p
     assert "\n" not in str(e.value) and not (tmp_path / "m.onnx").exists()
 
 
+def test_a_broken_positional_encoding_fails_the_check_on_an_all_zeros_example(hf_module, tmp_path, monkeypatch):
+    import copy
+
+    import lightning_green.export.formats as formats
+
+    broken = copy.deepcopy(hf_module)
+    broken.model.model.rotary_emb.inv_freq.mul_(7.0)  # wrong positions: identical tokens cannot show it
+    monkeypatch.setattr(formats, "load_exported", lambda *a, **k: lambda *x: formats._as_tensors(broken(*x)))
+    zeros = torch.zeros(1, 12, dtype=torch.long)
+    with pytest.raises(ExportError, match=r"outputs differ from the model's on the example input \(seeded token ids\)"):
+        export_model(hf_module, tmp_path / "m.pt2", "torch-export", example_inputs=zeros, verbose=False)
+
+
+def test_seeded_token_ids_are_below_the_smallest_embedding_and_repeatable(tmp_path):
+    from lightning_green.export.formats import _example_check
+
+    torch.manual_seed(0)
+    model = TinyGPT(d_model=16, n_layers=1, n_heads=2, block_size=16).eval()  # 256 tokens, 16 positions
+    zeros = torch.zeros(1, 16, dtype=torch.long)
+    res = export_model(model, tmp_path / "g.pt2", "torch-export", example_inputs=zeros, verbose=False)
+    name, (ids,) = _example_check(model, (zeros,))
+    assert res.checks[0].input == name == "example input (seeded token ids)" and res.checks[0].ok
+    assert ids.shape == zeros.shape and ids.dtype == zeros.dtype and len(ids.unique()) > 1 and int(ids.max()) < 16
+    assert torch.equal(ids, _example_check(model, (zeros,))[1][0])
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_mismatched_checkpoint_is_one_line(digits_ckpts, tmp_path):
     with pytest.raises(
