@@ -207,21 +207,40 @@ def build_runner(
                 return model(*x)
 
         return bf16
-    from lightning_green.export.formats import _export_onnx, _torch_export, load_exported, quiet, tensor_outputs
+    from lightning_green.export.formats import (
+        ExportError,
+        _blocked,
+        _export_onnx,
+        _torch_export,
+        load_exported,
+        quiet,
+        tensor_outputs,
+    )
 
     net = tensor_outputs(model, example)
     path = os.path.join(workdir, f"{id(model)}.{'onnx' if fmt == 'onnx' else 'pt2'}")
+    # The same one-line error as `export` for a model the format cannot take (naming the blocking module/op).
+    owner = f"bench_inference(formats=[{fmt!r}])"
     if fmt == "onnx":
         if device.type != "cpu":
             raise InvalidArgumentError(
                 f"bench_inference(formats=['onnx']): `formats` 'onnx' runs on ONNX Runtime's CPU provider; the model "
                 f"is on {device}. Benchmark it on CPU or drop 'onnx'."
             )
-        with quiet():
-            _export_onnx(net, example, Path(path), None)
+        try:
+            with quiet():
+                _export_onnx(net, example, Path(path), None)
+        except ExportError:
+            raise
+        except Exception as err:
+            raise _blocked(fmt, net, example, err, owner) from None
     else:
-        with quiet():
-            torch.export.save(_torch_export(net, example)[0], path)
+        try:
+            with quiet():
+                program = _torch_export(net, example)[0]
+        except Exception as err:
+            raise _blocked(fmt, net, example, err, owner) from None
+        torch.export.save(program, path)
     return load_exported(fmt, path, threads=threads)
 
 

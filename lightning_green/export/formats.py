@@ -228,8 +228,11 @@ def _blocking_module(
     return f"{names.get(found, '?')} ({type(found).__name__})" if found is not None else None
 
 
-def _blocked(fmt: str, model: nn.Module, example: tuple, err: BaseException) -> ExportError:
-    """The one-line error for a model ``fmt`` cannot take, naming the op and the deepest failing submodule."""
+def _blocked(fmt: str, model: nn.Module, example: tuple, err: BaseException, owner: str | None = None) -> ExportError:
+    """The one-line error for a model ``fmt`` cannot take, naming the op and the deepest failing submodule.
+
+    ``owner`` starts the message (default ``export(format=...)``).
+    """
     op = _OP.search(str(err))
     # ONNX export's first step is torch.export: a failure there is found faster by torch.export alone.
     step1 = fmt != "onnx" or "torch.export" in str(err).split("\n", 1)[0] or type(err).__name__ == "TorchExportError"
@@ -242,7 +245,7 @@ def _blocked(fmt: str, model: nn.Module, example: tuple, err: BaseException) -> 
     detail = "; ".join(what) or "see the error"
     name = type(model.model if isinstance(model, _TensorOutputs) else model).__name__
     return ExportError(
-        f"export(format={fmt!r}): {name} cannot be exported to {fmt!r} ({detail}): "
+        f"{owner or f'export(format={fmt!r})'}: {name} cannot be exported to {fmt!r} ({detail}): "
         f"{type(err).__name__}: {_one_line(err)}"
     )
 

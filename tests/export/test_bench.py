@@ -120,3 +120,30 @@ def test_run_dir_is_found_above_the_checkpoint_or_refused(tmp_path):
     assert find_run_dir(ckpt) == (tmp_path / "run").resolve()
     with pytest.raises(ValueError, match=r"`run_dir` must be a fit run's log dir holding energy_report.json"):
         attach_to_run(tmp_path, {"rows": []})
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x  # data-dependent control flow: torch.export cannot capture it
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.gate = Gate()
+
+    def forward(self, x):
+        return self.gate(self.lin(x))
+
+
+def test_a_model_the_format_cannot_take_is_one_line_naming_the_module():
+    from lightning_green.export import ExportError
+
+    with pytest.raises(
+        ExportError,
+        match=r"bench_inference\(formats=\['torch-export'\]\): Gated cannot be exported to 'torch-export' \(blocked in "
+        r"module gate \(Gate\)",
+    ) as e:
+        bench_inference({"g": Gated()}, torch.randn(1, 4), formats="eager,torch-export", repeats=1, rounds=1)
+    assert "\n" not in str(e.value)
