@@ -165,10 +165,12 @@ class EnergyMonitor(Callback):
 
     Logged (to every logger; fit names shown, other stages prefixed ``validate/``, ``test/``, ``predict/``):
     ``energy/step_J`` (per optimizer step), ``power/avg_W``, ``energy/J_per_sample`` and, for batches that carry
-    ``input_ids``/``attention_mask``, ``energy/J_per_token`` (tokens counted from the mask when there is one) when
-    Lightning logs the training loss (``Trainer(log_every_n_steps=...)``, at the same step, so the curves line up
-    for any number of optimizers and with gradient accumulation; ``log_every_n_steps=0`` logs no step and reads no
-    counter between epochs); ``energy/epoch_J`` per epoch; running totals ``energy/total_J``,
+    ``input_ids``/``attention_mask``, ``energy/J_per_token`` (tokens counted from the mask when there is one) — the
+    rates of the window since the last log — when Lightning logs the training loss (``Trainer(log_every_n_steps=...)``,
+    at the same step, so the curves line up for any number of optimizers and with gradient accumulation;
+    ``log_every_n_steps=0`` logs no step and reads no counter between epochs); ``energy/epoch_J`` per epoch, with the
+    fit's averages so far ``power/fit_avg_W``, ``energy/fit_J_per_sample`` and ``energy/fit_J_per_token`` (the fit's
+    energy, validation and set-up included, per training sample/token); running totals ``energy/total_J``,
     ``energy/{gpu,cpu,dram}_J`` and ``carbon/total_gCO2e``; ``energy/forecast_total_J`` and
     ``carbon/forecast_gCO2e`` once a forecast exists. At the end of each stage ``energy_report.json`` is written
     atomically to ``trainer.log_dir`` (J/sample and J/token per stage included) and, after fit, a summary table
@@ -539,7 +541,9 @@ class EnergyMonitor(Callback):
             max_steps=trainer.max_steps,
         )
         metrics = {"energy/epoch_J": epoch_j, **self._totals_metrics("fit")}
-        metrics.update(_rates("", fit.total_j, fit.time_s, fit.samples, fit.tokens))
+        # The fit's averages so far, under their own names: power/avg_W & co. are the step windows' rates, logged
+        # with the loss, and a cumulative value at the same step would put a second, different point on that curve.
+        metrics.update(_rates("", fit.total_j, fit.time_s, fit.samples, fit.tokens, scope="fit_"))
         if self.forecast_total_j is not None:
             metrics["energy/forecast_total_J"] = self.forecast_total_j
             metrics["carbon/forecast_gCO2e"] = self.forecast_gco2e()
@@ -555,7 +559,7 @@ class EnergyMonitor(Callback):
             rank_zero_info("EnergyMonitor: no forecast: max_epochs and max_steps are unbounded.")
         self._log_epoch(trainer, pl_module, metrics, step=epoch_log_step(trainer))
         if self.progress_bar:
-            self._show(trainer, pl_module, metrics.get("power/avg_W"), fit.total_j, on_step=False)
+            self._show(trainer, pl_module, metrics.get("power/fit_avg_W"), fit.total_j, on_step=False)
         self._notify(trainer)
 
     @override
@@ -914,10 +918,10 @@ class EnergyMonitor(Callback):
             "energy": {
                 "energy per step / epoch (J)": ["Multiline", ["energy/step_J", "energy/epoch_J"]],
                 "total energy (J)": ["Multiline", [r"energy/(total|gpu|cpu|dram|forecast_total)_J"]],
-                "energy per sample (J)": ["Multiline", [r"energy/J_per_sample"]],
+                "energy per sample (J)": ["Multiline", [r"energy/(fit_)?J_per_sample"]],
                 "evaluation energy (J)": ["Multiline", [r"(validate|test|predict)/energy/(epoch|total)_J"]],
             },
-            "power": {"average power (W)": ["Multiline", [r"(.*/)?power/avg_W"]]},
+            "power": {"average power (W)": ["Multiline", [r"(.*/)?power/(fit_)?avg_W"]]},
             "carbon": {"CO2e (g)": ["Multiline", [r"(.*/)?carbon/(total|forecast)_gCO2e"]]},
         }
         for lg in trainer.loggers:
@@ -1001,13 +1005,17 @@ def _token_count(batch: Any) -> int | torch.Tensor | None:
     return None
 
 
-def _rates(prefix: str, energy_j: float, time_s: float, samples: int, tokens: int) -> dict[str, float]:
-    """Average power, J/sample and J/token of a window or stage (only the ones with a non-zero denominator)."""
+def _rates(prefix: str, energy_j: float, time_s: float, samples: int, tokens: int, scope: str = "") -> dict[str, float]:
+    """Average power, J/sample and J/token of a window or stage (only the ones with a non-zero denominator).
+
+    ``prefix`` names the stage (``"validate/"``); ``scope`` what the figures average over (``"fit_"``: the whole fit
+    so far, e.g. ``energy/fit_J_per_sample``, ``""``: the window or stage).
+    """
     out = {}
     if time_s > 0:
-        out[f"{prefix}power/avg_W"] = energy_j / time_s
+        out[f"{prefix}power/{scope}avg_W"] = energy_j / time_s
     if samples > 0:
-        out[f"{prefix}energy/J_per_sample"] = energy_j / samples
+        out[f"{prefix}energy/{scope}J_per_sample"] = energy_j / samples
     if tokens > 0:
-        out[f"{prefix}energy/J_per_token"] = energy_j / tokens
+        out[f"{prefix}energy/{scope}J_per_token"] = energy_j / tokens
     return out

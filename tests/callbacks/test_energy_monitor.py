@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader, default_collate
 
 from lightning_green import EnergyBudget, EnergyMonitor, GreenReport, workload_changed
@@ -659,6 +659,53 @@ def test_j_per_token_from_the_attention_mask_in_fit_and_predict(tmp_path, wrap):
     with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
         header = set(next(csv.reader(f)))
     assert {"energy/J_per_token", "predict/energy/J_per_token", "predict/energy/J_per_sample"} <= header
+
+
+class _MemoryLogger(Logger):
+    """Every ``log_metrics`` call, in order, as ``(step, metrics)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, dict]] = []
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def points(self, key):
+        return [(step, m[key]) for step, m in self.calls if key in m]
+
+
+def test_window_rates_stay_per_window_and_the_fits_averages_have_their_own_names(tmp_path):
+    # power/avg_W, J/sample and J/token are the rates of the window logged with the loss; the epoch end logged the
+    # fit's cumulative averages under the same names, a second and different point at the epoch's last step.
+    memory = _MemoryLogger()
+    trainer = make_trainer(
+        tmp_path,
+        logger=memory,
+        max_epochs=2,
+        log_every_n_steps=1,
+        callbacks=[EnergyMonitor(min_window_s=0.0, print_summary=False)],
+    )
+    trainer.fit(_TokenLM())  # 3 batches an epoch: logged at steps 0-5, epochs end at 2 and 5
+    for key in ("power/avg_W", "energy/J_per_sample", "energy/J_per_token"):
+        assert [step for step, _ in memory.points(key)] == list(range(6)), key
+    for key in ("power/fit_avg_W", "energy/fit_J_per_sample", "energy/fit_J_per_token"):
+        assert [step for step, _ in memory.points(key)] == [2, 5], key
+    # the fit's averages divide one energy by all samples (6 an epoch) and all real tokens (33 an epoch)
+    per_sample = [v for _, v in memory.points("energy/fit_J_per_sample")]
+    per_token = [v for _, v in memory.points("energy/fit_J_per_token")]
+    assert [s / t for s, t in zip(per_sample, per_token, strict=True)] == pytest.approx([33 / 6, 33 / 6])
 
 
 def test_two_fits_on_one_trainer_are_one_run(tmp_path):
