@@ -97,7 +97,7 @@ def export_checkpoint(
     """
     owner = "export"
     check_choice(owner, "format", format, FORMATS)
-    check_output_path(owner, out)
+    check_output_path(owner, out, kind="dir" if format == "hf" else "file")
     model = load_checkpoint_module(ckpt_path, module, config=config, owner=owner)
     dm = build_datamodule(datamodule, config, owner)
     checks = []

@@ -22,7 +22,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -210,36 +209,32 @@ def build_runner(
     from lightning_green.export.formats import (
         ExportError,
         _blocked,
-        _export_onnx,
+        _onnx_program,
         _torch_export,
         load_exported,
         quiet,
         tensor_outputs,
     )
 
+    if fmt == "onnx" and device.type != "cpu":
+        raise InvalidArgumentError(
+            f"bench_inference(formats=['onnx']): `formats` 'onnx' runs on ONNX Runtime's CPU provider; the model "
+            f"is on {device}. Benchmark it on CPU or drop 'onnx'."
+        )
     net = tensor_outputs(model, example)
     path = os.path.join(workdir, f"{id(model)}.{'onnx' if fmt == 'onnx' else 'pt2'}")
     # The same one-line error as `export` for a model the format cannot take (naming the blocking module/op).
     owner = f"bench_inference(formats=[{fmt!r}])"
+    try:
+        with quiet():
+            program = _onnx_program(net, example, None)[0] if fmt == "onnx" else _torch_export(net, example)[0]
+    except ExportError:
+        raise
+    except Exception as err:
+        raise _blocked(fmt, net, example, err, owner) from None
     if fmt == "onnx":
-        if device.type != "cpu":
-            raise InvalidArgumentError(
-                f"bench_inference(formats=['onnx']): `formats` 'onnx' runs on ONNX Runtime's CPU provider; the model "
-                f"is on {device}. Benchmark it on CPU or drop 'onnx'."
-            )
-        try:
-            with quiet():
-                _export_onnx(net, example, Path(path), None)
-        except ExportError:
-            raise
-        except Exception as err:
-            raise _blocked(fmt, net, example, err, owner) from None
+        program.save(path, external_data=True)
     else:
-        try:
-            with quiet():
-                program = _torch_export(net, example)[0]
-        except Exception as err:
-            raise _blocked(fmt, net, example, err, owner) from None
         torch.export.save(program, path)
     return load_exported(fmt, path, threads=threads)
 

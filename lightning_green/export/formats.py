@@ -312,8 +312,12 @@ def require_onnx() -> None:
         )
 
 
-def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> bool:
-    """Write ``model`` as ONNX to ``path``; returns whether its token ids' time axis is dynamic."""
+def _onnx_program(model: nn.Module, example: tuple[torch.Tensor, ...], opset: int | None) -> tuple[Any, bool]:
+    """The ``ONNXProgram`` of ``model`` (not yet written) and whether its token ids' time axis is dynamic.
+
+    The program is saved by the caller, so that a file that cannot be written is not taken for a model that cannot be
+    exported.
+    """
     require_onnx()
     names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
 
@@ -323,12 +327,19 @@ def _export_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path
         if opset is not None:
             kwargs["opset_version"] = opset
         # The exporter logs progress through the "torch.onnx" logger and prints; keep both quiet unless debugging.
-        return torch.onnx.export(copy.deepcopy(model), traced, str(path), **kwargs)
+        return torch.onnx.export(copy.deepcopy(model), traced, None, **kwargs)
 
-    prog, dynamic_seq = _with_dynamic_seq(export, example)
-    if prog is not None and not path.exists():  # torch < 2.6 returned the program without saving it
-        prog.save(str(path))
-    return dynamic_seq
+    return _with_dynamic_seq(export, example)
+
+
+def _write(owner: str, path: Path, write: Callable[[], Any]) -> None:
+    """Run ``write`` (saving to ``out``); an ``OSError`` (disk full, a path that went away) names ``out``."""
+    try:
+        write()
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"{owner}(out={os.fspath(path)!r}): writing `out` failed ({type(err).__name__}: {_one_line(err)})."
+        ) from None
 
 
 def _onnx_fails(child: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -502,7 +513,7 @@ def export_model(
     check_choice(owner, "format", format, FORMATS)
     check_number(owner, "atol", atol, ge=0)
     check_number(owner, "rtol", rtol, ge=0)
-    path = check_output_path(owner, out)
+    path = check_output_path(owner, out, kind="dir" if format == "hf" else "file")
     if format == "torch-export" and path.suffix != ".pt2":
         raise InvalidArgumentError(
             f"{owner}(out={os.fspath(out)!r}): `out` must end in '.pt2' for format 'torch-export' (torch.export.load "
@@ -522,21 +533,20 @@ def export_model(
         runner = _export_hf(model, path)
     else:
         net = tensor_outputs(model, example)
-        if format == "onnx":
-            try:
-                with quiet():
-                    dynamic_seq = _export_onnx(net, example, path, opset)
-            except ExportError:
-                raise
-            except Exception as err:
-                raise _blocked(format, net, example, err) from None
-        else:
-            try:
-                with quiet():
+        try:
+            with quiet():
+                if format == "onnx":
+                    program, dynamic_seq = _onnx_program(net, example, opset)
+                else:
                     program, dynamic_seq = _torch_export(net, example)
-            except Exception as err:
-                raise _blocked(format, net, example, err) from None
-            torch.export.save(program, os.fspath(path))
+        except ExportError:
+            raise
+        except Exception as err:
+            raise _blocked(format, net, example, err) from None
+        if format == "onnx":
+            _write(owner, path, lambda: program.save(os.fspath(path), external_data=True))  # as export(f=...) wrote
+        else:
+            _write(owner, path, lambda: torch.export.save(program, os.fspath(path)))
         runner = load_exported(format, path, threads=torch.get_num_threads())
     export_s = time.perf_counter() - t0
     fixed_seq = None if dynamic_seq else next((int(x.shape[1]) for x in example if _is_token_ids(x)), None)
@@ -591,7 +601,7 @@ def _export_hf(model: nn.Module, path: Path) -> Callable[..., tuple]:
             f"export(format='hf'): `format` 'hf' needs a module that is or holds a transformers PreTrainedModel; "
             f"{type(model).__name__} holds none. Use 'onnx' or 'torch-export'."
         )
-    hf.save_pretrained(os.fspath(path))
+    _write("export", path, lambda: hf.save_pretrained(os.fspath(path)))
     loaded = type(hf).from_pretrained(os.fspath(path)).eval()
     if hf is model:
         reloaded = loaded

@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -241,15 +242,42 @@ def first_batch_input(batch: Any) -> tuple[torch.Tensor, ...] | None:
     return None
 
 
-def check_output_path(owner: str, out: str | os.PathLike, name: str = "out") -> Path:
-    """``out`` as a Path whose parent directory exists (a missing directory is an error, not created silently)."""
+def check_output_path(
+    owner: str, out: str | os.PathLike, name: str = "out", kind: Literal["file", "dir"] = "file"
+) -> Path:
+    """``out`` as a Path to write a ``kind`` (``"file"`` or ``"dir"``) at, checked before any work is done.
+
+    Its parent directory must exist (a missing directory is an error, not created silently) and take a new file; an
+    existing ``out`` must be of the same kind (a file is not written over a directory, nor a folder over a file).
+
+    Raises:
+        ValueError: ``out`` is in a missing or unwritable directory, or exists as the other kind.
+    """
     if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
         raise InvalidArgumentTypeError(f"{owner}({name}={out!r}): `{name}` must be a file path.")
     path = Path(out)
     parent = path.parent if str(path.parent) else Path(".")
+    prefix = f"{owner}({name}={os.fspath(out)!r}): `{name}`"
     if not parent.is_dir():
         raise InvalidArgumentError(
-            f"{owner}({name}={os.fspath(out)!r}): `{name}` must be in an existing directory; "
-            f"{os.fspath(parent)!r} does not exist (create it first)."
+            f"{prefix} must be in an existing directory; {os.fspath(parent)!r} does not exist (create it first)."
         )
+    if kind == "file" and path.is_dir():
+        raise InvalidArgumentError(f"{prefix} must be a file path; it is an existing directory.")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise InvalidArgumentError(
+            f"{prefix} must be a folder path (the format writes a folder); it is an existing file."
+        )
+    where = path if path.is_dir() else parent
+    # Permission bits do not tell (root, read-only mounts, ACLs): creating a file there does.
+    try:
+        with tempfile.TemporaryFile(dir=where, prefix=".lightning-green-"):
+            pass
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"{prefix} must be in a directory you can write to; creating a file in {os.fspath(where)!r} failed "
+            f"({type(err).__name__}: {err.strerror or err})."
+        ) from None
+    if kind == "file" and path.exists() and not os.access(path, os.W_OK):
+        raise InvalidArgumentError(f"{prefix} must be writable; the existing file is read-only.")
     return path

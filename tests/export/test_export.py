@@ -1,10 +1,12 @@
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green.demos import DigitsDataModule, DigitsResNet, TinyGPT
 from lightning_green.export import ExportError, export_checkpoint, export_model, load_checkpoint_module
 from lightning_green.export.formats import load_exported
@@ -290,6 +292,66 @@ def test_bad_arguments(tmp_path, kwargs, match):
     kwargs["out"] = tmp_path / kwargs["out"]
     with pytest.raises(ValueError, match=match):
         export_model(nn.Linear(2, 2), **{"example_inputs": torch.zeros(1, 2), **kwargs}, verbose=False)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory no file can be created in: read-only bits, or for root (who ignores them) a kernel file system."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    try:
+        (d / "probe").touch()
+    except OSError:
+        yield d
+    else:
+        (d / "probe").unlink()
+        try:
+            (Path("/sys/kernel") / "lightning-green-probe").touch()
+        except OSError:
+            yield Path("/sys/kernel")
+        else:  # pragma: no cover - a writable /sys/kernel
+            pytest.skip("no directory here refuses new files")
+    finally:
+        d.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "out", "match"),
+    [
+        ("onnx", "adir", r"export\(out='.*adir'\): `out` must be a file path; it is an existing directory"),
+        ("torch-export", "adir.pt2", r"`out` must be a file path; it is an existing directory"),
+        ("hf", "afile", r"export\(out='.*afile'\): `out` must be a folder path .*; it is an existing file"),
+    ],
+)
+def test_an_output_path_of_the_wrong_kind_is_refused_before_exporting(tmp_path, monkeypatch, fmt, out, match):
+    import lightning_green.export.formats as formats
+
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir.pt2").mkdir()
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(formats, "tensor_outputs", lambda *a: pytest.fail("exported despite a bad `out`"))
+    with pytest.raises(InvalidArgumentError, match=match) as e:
+        export_model(nn.Linear(2, 2), tmp_path / out, fmt, example_inputs=torch.zeros(1, 2), verbose=False)
+    assert not isinstance(e.value, ExportError)  # the path is at fault, not the model
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "m.onnx"), ("torch-export", "m.pt2"), ("hf", "hf")])
+def test_an_unwritable_output_directory_is_refused_naming_out(unwritable_dir, fmt, name):
+    with pytest.raises(
+        InvalidArgumentError, match=r"`out` must be in a directory you can write to; creating a file in '.*' failed"
+    ) as e:
+        export_model(nn.Linear(2, 2), unwritable_dir / name, fmt, example_inputs=torch.zeros(1, 2), verbose=False)
+    assert not isinstance(e.value, ExportError)
+
+
+def test_a_failed_write_names_out_not_the_model(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.export, "save", full)
+    with pytest.raises(InvalidArgumentError, match=r"export\(out='.*m\.pt2'\): writing `out` failed \(OSError: "):
+        export_model(nn.Linear(2, 2), tmp_path / "m.pt2", "torch-export", example_inputs=torch.zeros(1, 2))
 
 
 def test_outputs_beyond_tolerance_fail(tmp_path, monkeypatch):
