@@ -77,7 +77,7 @@ class AMPScheduler(Callback):
     Args:
         schedule: ``{epoch_or_step: "32-true" | "bf16-mixed" | "16-mixed" | "auto"}``; ``None`` uses the shortcuts.
         policy: The low precision of the shortcuts and of ``"auto"`` in a schedule: ``"auto"`` (by device),
-            ``"bf16-mixed"`` or ``"16-mixed"``.
+            ``"bf16-mixed"`` or ``"16-mixed"``. With a ``schedule`` that names no ``"auto"`` it must stay ``"auto"``.
         warmup_epochs: fp32 epochs before low precision (shortcut; not with ``schedule``).
         final_fp32_epochs: fp32 epochs at the end of ``max_epochs`` (shortcut; not with ``schedule``).
         interval: What ``schedule`` keys count: ``"epoch"`` or ``"step"`` (optimizer steps, ``global_step``).
@@ -132,6 +132,14 @@ class AMPScheduler(Callback):
             for arg, value in (("warmup_epochs", warmup_epochs), ("final_fp32_epochs", final_fp32_epochs)):
                 if value:
                     fail(name, arg, value, "0 when `schedule` is given (the schedule says where fp32 goes)")
+            if policy != "auto" and "auto" not in self.schedule.values():
+                fail(
+                    name,
+                    "policy",
+                    policy,
+                    "'auto' (the default) when `schedule` names no 'auto': the schedule's own modes are used; put "
+                    "'auto' in the schedule where the policy's low precision should run",
+                )
         elif interval == "step" and (warmup_epochs or final_fp32_epochs):
             fail(
                 name,

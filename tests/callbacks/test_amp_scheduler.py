@@ -508,6 +508,11 @@ def test_ddp_one_rank_nan_switches_both_ranks(tmp_path):
             r"`warmup_epochs` must be 0 when `schedule` is given",
         ),
         (
+            {"schedule": {0: "bf16-mixed"}, "policy": "16-mixed"},
+            ValueError,
+            r"AMPScheduler(policy='16-mixed'): `policy` must be 'auto' (the default) when `schedule` names no 'auto'",
+        ),
+        (
             {"interval": "step", "final_fp32_epochs": 1},
             ValueError,
             r"AMPScheduler(interval='step'): `interval` must be 'epoch' with warmup_epochs/final_fp32_epochs",
@@ -517,6 +522,13 @@ def test_ddp_one_rank_nan_switches_both_ranks(tmp_path):
 def test_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=re.escape(match)):
         AMPScheduler(**kwargs)
+
+
+def test_policy_decides_auto_in_a_schedule(tmp_path):
+    model = Recorder()
+    amp = AMPScheduler(schedule={0: "32-true", 1: "auto"}, policy="bf16-mixed")
+    make_trainer(tmp_path, [amp], limit_train_batches=1).fit(model)
+    assert [dtype for *_, dtype in model.train_log] == ["32", "bf16"]
 
 
 @pytest.mark.parametrize(
