@@ -98,7 +98,7 @@ def bench_main(args: Sequence[str]) -> int:
     """``lightning-green bench-inference``; returns the exit status."""
     from lightning_green.export.bench import bench_inference, format_bench, parse_batch_sizes, parse_formats
     from lightning_green.export.load import check_output_path, load_checkpoint_module
-    from lightning_green.export.report import attach_to_run, find_run_dir
+    from lightning_green.export.report import attach_to_run, check_run_dir, find_run_dir
 
     owner = "bench-inference"
     ns = _bench_parser().parse_args(list(args))
@@ -106,6 +106,10 @@ def bench_main(args: Sequence[str]) -> int:
     sizes = parse_batch_sizes(ns.batch_sizes, owner)
     if ns.json:
         check_output_path(owner, ns.json, "json")
+    # Where the result goes is checked before the (long) benchmark, not found bad after it.
+    run_dir = None if ns.no_report else (ns.run_dir or find_run_dir(ns.ckpt))
+    if run_dir is not None:
+        check_run_dir(run_dir)
     model = load_checkpoint_module(ns.ckpt, ns.module, config=ns.config, owner=owner)
     models = {}
     against = None if str(ns.against).lower() in ("none", "") else ns.against
@@ -131,7 +135,6 @@ def bench_main(args: Sequence[str]) -> int:
         _write_json(ns.json, data)
         print(f"json: {ns.json}")
     if not ns.no_report:
-        run_dir = ns.run_dir or find_run_dir(ns.ckpt)
         if run_dir is None:
             print("no run directory found above the checkpoint (pass --run-dir); no report updated.")
         else:

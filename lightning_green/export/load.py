@@ -23,6 +23,7 @@ from torch import nn
 from lightning_green._internal.validation import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
+    "cannot_create_in",
     "check_output_path",
     "example_inputs_of",
     "first_batch_input",
@@ -269,15 +270,23 @@ def check_output_path(
             f"{prefix} must be a folder path (the format writes a folder); it is an existing file."
         )
     where = path if path.is_dir() else parent
-    # Permission bits do not tell (root, read-only mounts, ACLs): creating a file there does.
-    try:
-        with tempfile.TemporaryFile(dir=where, prefix=".lightning-green-"):
-            pass
-    except OSError as err:
+    err = cannot_create_in(where)
+    if err is not None:
         raise InvalidArgumentError(
-            f"{prefix} must be in a directory you can write to; creating a file in {os.fspath(where)!r} failed "
-            f"({type(err).__name__}: {err.strerror or err})."
-        ) from None
+            f"{prefix} must be in a directory you can write to; creating a file in {os.fspath(where)!r} failed ({err})."
+        )
     if kind == "file" and path.exists() and not os.access(path, os.W_OK):
         raise InvalidArgumentError(f"{prefix} must be writable; the existing file is read-only.")
     return path
+
+
+def cannot_create_in(directory: str | os.PathLike) -> str | None:
+    """Why no new file can be created in ``directory`` (``"PermissionError: ..."``), or ``None`` when one can.
+
+    Permission bits do not tell (root, read-only mounts, ACLs): creating (and at once removing) a file there does.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".lightning-green-"):
+            return None
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"

@@ -8,7 +8,7 @@ from typing import Any
 
 from lightning_green._internal.validation import InvalidArgumentError
 
-__all__ = ["SECTION", "attach_to_run", "find_run_dir", "headline"]
+__all__ = ["SECTION", "attach_to_run", "check_run_dir", "find_run_dir", "headline"]
 
 #: Name of the section in the energy report's ``extra`` (and in the green report).
 SECTION = "inference_cost"
@@ -28,6 +28,30 @@ def find_run_dir(ckpt_path: str | os.PathLike, energy_report: str = ENERGY_REPOR
     return None
 
 
+def check_run_dir(run_dir: str | os.PathLike, energy_report: str = ENERGY_REPORT) -> Path:
+    """The energy report of ``run_dir`` that :func:`attach_to_run` rewrites, checked before any benchmark is run.
+
+    Raises:
+        ValueError: ``run_dir`` holds no energy report, or no new file can be created in it (the report is rewritten
+            atomically: a new file, then a rename).
+    """
+    from lightning_green.export.load import cannot_create_in
+
+    path = Path(run_dir) / energy_report
+    if not path.is_file():
+        raise InvalidArgumentError(
+            f"bench-inference(run_dir={os.fspath(run_dir)!r}): `run_dir` must be a fit run's log dir holding "
+            f"{energy_report}."
+        )
+    err = cannot_create_in(run_dir)
+    if err is not None:
+        raise InvalidArgumentError(
+            f"bench-inference(run_dir={os.fspath(run_dir)!r}): `run_dir` must be writable to add the inference cost "
+            f"to its report; creating a file there failed ({err})."
+        )
+    return path
+
+
 def attach_to_run(
     run_dir: str | os.PathLike, result: dict[str, Any], regenerate: bool = True, energy_report: str = ENERGY_REPORT
 ) -> Path:
@@ -41,12 +65,7 @@ def attach_to_run(
     """
     from lightning_green.energy.report import read_report, write_json_atomic
 
-    path = Path(run_dir) / energy_report
-    if not path.is_file():
-        raise InvalidArgumentError(
-            f"bench-inference(run_dir={os.fspath(run_dir)!r}): `run_dir` must be a fit run's log dir holding "
-            f"{energy_report}."
-        )
+    path = check_run_dir(run_dir, energy_report)
     report = read_report(path)
     report.setdefault("extra", {})[SECTION] = result
     write_json_atomic(path, report)

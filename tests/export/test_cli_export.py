@@ -172,3 +172,36 @@ def test_export_cli_checks_a_language_model_on_its_datamodule_windows(tmp_path, 
     code, text, err = run_main([*args, "--out", tmp_path / "lm.pt2"], capsys)
     assert code == 0, err
     assert "check datamodule batch (batch 2)" in text and "FAILED" not in text
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "match"),
+    [
+        (
+            "bench-inference",
+            ["--json", "{dir}"],
+            r"bench-inference\(json='.*'\): `json` must be a file path; it is an ",
+        ),
+        (
+            "bench-inference",
+            ["--run-dir", "{dir}"],
+            r"`run_dir` must be a fit run's log dir holding energy_report.json",
+        ),
+        ("export", ["--json", "{dir}", "--out", "{dir}/m.pt2"], r"export\(json='.*'\): `json` must be a file path"),
+    ],
+)
+def test_where_results_go_is_checked_before_the_work(digits_ckpts, tmp_path, capsys, monkeypatch, command, args, match):
+    import lightning_green.export.api as api
+    import lightning_green.export.bench as bench
+
+    def never(*a, **k):
+        pytest.fail("the work ran before its destination was checked")
+
+    monkeypatch.setattr(bench, "bench_inference", never)
+    monkeypatch.setattr(api, "export_checkpoint", never)
+    args = [a.format(dir=tmp_path) for a in args]
+    code, _, err = run_main([command, digits_ckpts["dense"], "--module", "DigitsCNN", *args], capsys)
+    assert code == 2 and err.count("\n") == 1
+    import re
+
+    assert re.search(match, err), err
