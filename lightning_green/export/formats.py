@@ -412,6 +412,11 @@ def _files_of(path: Path) -> list[Path]:
 def _compare(
     name: str, ref: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...], atol: float, rtol: float
 ) -> CheckResult:
+    """Compare outputs within ``atol + rtol * |ref|``; equal non-finite values (``-inf`` of a mask, NaN) match.
+
+    A non-finite value on one side only, or of the other sign, is a mismatch of infinite size (so the printed largest
+    difference shows it, where NaN would compare as 0).
+    """
     if len(ref) != len(got):
         return CheckResult(name, int(ref[0].shape[0]) if ref else 0, float("inf"), atol, rtol, False)
     worst, ok = 0.0, True
@@ -419,9 +424,11 @@ def _compare(
         r, g = r.detach().float().cpu(), g.detach().float().cpu()
         if r.shape != g.shape:
             return CheckResult(name, int(r.shape[0]) if r.dim() else 1, float("inf"), atol, rtol, False)
-        diff = (r - g).abs()
+        finite = torch.isfinite(r) & torch.isfinite(g)
+        same = (r == g) | (torch.isnan(r) & torch.isnan(g))
+        diff = torch.where(finite, (r - g).abs(), torch.where(same, 0.0, float("inf")))
         worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-        ok = ok and bool((diff <= atol + rtol * r.abs()).all())
+        ok = ok and bool((diff <= atol + rtol * torch.where(finite, r.abs(), 0.0)).all())
     return CheckResult(name, int(ref[0].shape[0]) if ref[0].dim() else 1, worst, atol, rtol, ok)
 
 

@@ -372,6 +372,43 @@ def test_outputs_beyond_tolerance_fail(tmp_path, monkeypatch):
         )
 
 
+class MaskedLogProbs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+        self.register_buffer("allowed", torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.bool))
+
+    def forward(self, x):
+        return self.lin(x).masked_fill(~self.allowed, float("-inf")).log_softmax(-1)  # -inf where masked
+
+
+def test_equal_infinite_outputs_match(tmp_path):
+    res = export_model(MaskedLogProbs(), tmp_path / "m.pt2", "torch-export", example_inputs=torch.randn(3, 4))
+    assert res.checks[0].ok and res.checks[0].max_abs_diff <= 1e-4
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_mismatch_is_reported_as_infinite(tmp_path, monkeypatch, bad):
+    import lightning_green.export.formats as formats
+
+    real = formats.load_exported
+
+    def one_bad_value(fmt, path, threads=None):
+        run = real(fmt, path, threads)
+
+        def wrong(*x):
+            (out,) = run(*x)
+            out = out.clone()
+            out[0, 0] = bad
+            return (out,)
+
+        return wrong
+
+    monkeypatch.setattr(formats, "load_exported", one_bad_value)
+    with pytest.raises(ExportError, match=r"on the example input \(max \|diff\| inf > atol"):
+        export_model(MaskedLogProbs(), tmp_path / "m.pt2", "torch-export", example_inputs=torch.randn(1, 4))
+
+
 def test_missing_onnx_extra_is_one_line(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
