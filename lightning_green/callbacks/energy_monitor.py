@@ -218,8 +218,9 @@ class EnergyMonitor(Callback):
         report_filename: File name of the JSON report in ``trainer.log_dir``; ``None`` writes none.
         print_summary: Print the summary table after fit.
         carbon_extend: A trace that does not cover the start is refused at setup (``"none"``), or its last week is
-            repeated (``"repeat-last-week"``). A run that outlives the trace gets a warning and the repetition,
-            flagged in the report.
+            repeated (``"repeat-last-week"``, refused at setup for a trace shorter than a week). With ``"none"`` a run
+            that outlives the trace gets a warning and goes on with its last week repeated (its last value held, for
+            a trace shorter than a week), flagged in the report.
         carbon_timezone: Zone of a trace's timestamps that carry no offset.
         clock: POSIX-seconds clock placing windows on the intensity trace (``time.time``; pass the same clock as
             the ``CarbonAwareScheduler``'s in simulations).
@@ -859,9 +860,15 @@ class EnergyMonitor(Callback):
         if self.carbon_tracker.extrapolated and not self.carbon_tracker.warned_extrapolation:
             self.carbon_tracker.warned_extrapolation = True
             if self.carbon_tracker.extend == "none":
+                how = (
+                    "its last week is repeated"
+                    if self.carbon_tracker.account.extension == "repeated"
+                    else "its last value is held"
+                )
                 rank_zero_warn(
-                    "EnergyMonitor: the run outlived the carbon-intensity trace; its last week is repeated from here "
-                    "on (the report flags it). Give a longer trace, or carbon_extend='repeat-last-week' to expect this."
+                    f"EnergyMonitor: the run outlived the carbon-intensity trace; {how} from here on (the report flags "
+                    "it). Give a trace that covers the run (or, with a week of data or more, "
+                    "carbon_extend='repeat-last-week' to expect this)."
                 )
 
     @staticmethod

@@ -226,23 +226,37 @@ class CarbonAccount:
         self.extend = extend
         self.windows: dict[str, list[list[float]]] = {}
         self.extrapolated_windows = 0
+        self.trace_end_s = math.inf  # the trace's own end, once the run has outlived it
+        self.extension: str | None = None  # how the trace was carried past its end: "repeated" or "held"
         self.last_intensity: float | None = None
 
     def intensity(self, t0_s: float, t1_s: float) -> float:
-        """Mean intensity over a span, extending the trace by its last week when the run outlives it."""
+        """Mean intensity over a span, carrying the trace past its end when the run outlives it.
+
+        A trace with a week of data repeats its last week; a shorter one (only possible with ``extend="none"``: the
+        owner refuses ``"repeat-last-week"`` on it at setup) holds its last value, so the run goes on.
+        """
         if not self.source.covers(t0_s, t1_s) and isinstance(self.source, IntensityTrace):
             if self.source.start_s > t0_s:
                 raise InvalidArgumentError(
                     f"carbon intensity trace {self.source.source!r} starts at {_iso(self.source.start_s)}, after the "
                     f"window {_iso(t0_s)}: it is never extrapolated backwards."
                 )
-            self.source = self.source.extended(t1_s + WEEK_S)
-            self.extrapolated_windows += 1
+            if self.extension is None:
+                self.trace_end_s = self.source.end_s
+            if self.source.has_a_week or self.extend == "repeat-last-week":
+                self.source = self.source.extended(t1_s + WEEK_S)
+                self.extension = "repeated"
+            else:
+                self.source = self.source.held(t1_s + WEEK_S)
+                self.extension = "held"
         return self.source.mean(t0_s, t1_s)
 
     def add(self, stages: list[str], t0_s: float, t1_s: float, energy_j: float) -> float:
         """Account one window for ``stages``; return its intensity (g/kWh)."""
         value = self.intensity(t0_s, t1_s)
+        if self.extension is not None and t1_s > self.trace_end_s:
+            self.extrapolated_windows += 1
         self.last_intensity = value
         for stage in stages:
             self.windows.setdefault(stage, []).append([t0_s, t1_s, float(energy_j), value])

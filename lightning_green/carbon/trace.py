@@ -165,7 +165,7 @@ class IntensityTrace:
         if until_s <= self.end_s:
             return self
         per_week = round(WEEK_S / self.step_s)
-        if len(self.values) < per_week:
+        if not self.has_a_week:
             raise InvalidArgumentError(
                 f"IntensityTrace(source={self.source!r}): repeating the last week needs at least a week of data; "
                 f"the trace spans {len(self.values) * self.step_s / 3600:.1f} h."
@@ -174,6 +174,25 @@ class IntensityTrace:
         missing = math.ceil((until_s - self.end_s) / self.step_s)
         extra = tuple(week[i % per_week] for i in range(missing))
         return IntensityTrace(self.start_s, self.step_s, self.values + extra, f"{self.source} (last week repeated)")
+
+    def held(self, until_s: float) -> IntensityTrace:
+        """A copy that reaches ``until_s`` by holding the trace's last value (for traces too short to repeat a week).
+
+        Example:
+            >>> IntensityTrace(0.0, 3600.0, (100.0, 300.0)).held(4 * 3600.0).values
+            (100.0, 300.0, 300.0, 300.0)
+        """
+        if until_s <= self.end_s:
+            return self
+        missing = math.ceil((until_s - self.end_s) / self.step_s)
+        return IntensityTrace(
+            self.start_s, self.step_s, self.values + (self.values[-1],) * missing, f"{self.source} (last value held)"
+        )
+
+    @property
+    def has_a_week(self) -> bool:
+        """Whether the trace holds a full week, so that :meth:`extended` can repeat it."""
+        return len(self.values) >= round(WEEK_S / self.step_s)
 
     def hourly(self) -> IntensityTrace:
         """Hourly means (for traces finer than an hour whose start is on the hour); hourly traces are returned as is."""

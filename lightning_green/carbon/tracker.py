@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green.carbon.source import CarbonAccount, ConstantIntensity, as_intensity_source, ensure_covers
-from lightning_green.carbon.trace import _iso
+from lightning_green.carbon.trace import IntensityTrace, _iso
 
 __all__ = ["CarbonTracker"]
 
@@ -72,6 +73,15 @@ class CarbonTracker:
         self.account.source = self.source = ensure_covers(
             self.source, now, now, self.owner, "carbon_intensity", self.extend
         )
+        if self.extend == "repeat-last-week" and isinstance(self.source, IntensityTrace) and not self.source.has_a_week:
+            # Refused now rather than when the run reaches the trace's end, hours into training.
+            span_h = len(self.source.values) * self.source.step_s / 3600.0
+            raise InvalidArgumentError(
+                f"{self.owner}(carbon_extend='repeat-last-week'): repeating the last week of "
+                f"carbon_intensity={self.source.source!r} needs at least a week of data; the trace spans "
+                f"{span_h:.3g} h. Give a trace of a week or more, or carbon_extend='none' (a run that outlives the "
+                "trace then holds its last value, with a warning)."
+            )
 
     def start(self) -> None:
         """A measured span begins now (energy before it belongs to no window)."""
@@ -100,8 +110,19 @@ class CarbonTracker:
 
     @property
     def extrapolated(self) -> bool:
-        """Whether the run outlived the trace and its last week was repeated."""
-        return self.account.extrapolated_windows > 0
+        """Whether the run outlived the trace (its last week was repeated or its last value held)."""
+        return self.account.extension is not None
+
+    @property
+    def extrapolation_note(self) -> str | None:
+        """What was done past the trace's end, for the report and the warning (``None``: the trace covered the run)."""
+        if self.account.extension is None:
+            return None
+        how = "its last week was repeated" if self.account.extension == "repeated" else "its last value was held"
+        return (
+            f"the run outlived the trace (it ends {_iso(self.account.trace_end_s)}): {how} "
+            f"({self.account.extrapolated_windows} window(s))"
+        )
 
     @property
     def intensity_now(self) -> float:
@@ -139,12 +160,7 @@ class CarbonTracker:
             "intensity_g_per_kwh": mean_g_per_kwh if mean_g_per_kwh is not None else self.intensity_now,
             "intensity_source": f"{desc['kind']}: {desc['source']}",
             "source": desc,
-            "extrapolated": (
-                f"the run outlived the trace: its last week was repeated ({self.account.extrapolated_windows} "
-                "window(s))"
-                if self.extrapolated
-                else None
-            ),
+            "extrapolated": self.extrapolation_note,
             "pue": self.pue,
             "formula": "gCO2e = sum over windows of energy_j / 3.6e6 * intensity_g_per_kwh * pue "
             "(intensity_g_per_kwh above: the fit's energy-weighted mean)",

@@ -260,6 +260,8 @@ def _carbon(doc: Document, run: Run) -> None:
         ],
         ["PUE", f"{carbon.get('pue', 1.0):.2f}"],
     ]
+    if carbon.get("extrapolated"):
+        rows.append(["⚠ intensity trace", str(carbon["extrapolated"])])
     for stage, s in run.energy.get("stages", {}).items():
         rows.append([f"{stage}: energy → CO₂", f"{s.get('kwh', 0.0):.4g} kWh → {s.get('gco2e', 0.0):.4g} gCO2e"])
     forecast = run.energy.get("forecast")

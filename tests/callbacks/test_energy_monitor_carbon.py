@@ -10,6 +10,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_green import EnergyBudget, EnergyMonitor
+from lightning_green.carbon import IntensityTrace
 from lightning_green.cli import main
 from lightning_green.testing import SimClock
 from tests.callbacks.test_carbon_aware_scheduler import CAISO, START, StepClock, by_hour
@@ -80,7 +81,7 @@ def test_a_run_that_outlives_the_trace_is_warned_and_flagged(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4, callbacks=[StepClock(clock, H), mon])
     with pytest.warns(UserWarning, match="outlived the carbon-intensity trace"):
         trainer.fit(SteadyModel(0.0))
-    assert "last week was repeated" in mon.report()["carbon"]["extrapolated"]
+    assert "its last week was repeated" in mon.report()["carbon"]["extrapolated"]
 
 
 def test_budget_counts_each_window_at_its_own_intensity(tmp_path):
@@ -128,3 +129,31 @@ def test_cli_refusal_is_one_line(capsys, tmp_path, monkeypatch):
 def test_bad_carbon_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         EnergyMonitor(**kwargs)
+
+
+def test_a_run_that_outlives_a_trace_shorter_than_a_week_holds_its_last_value(tmp_path):
+    # Repeating the last week needs a week of data: a 3-h trace used to crash training once the run passed its end.
+    clock = SimClock(START.timestamp())
+    trace = IntensityTrace(START.timestamp(), H, (100.0, 200.0, 300.0), "short.csv")
+    mon = monitor(trace, clock)
+    trainer = make_trainer(tmp_path, max_steps=5, callbacks=[StepClock(clock, H), mon])
+    with pytest.warns(UserWarning, match="outlived the carbon-intensity trace; its last value is held"):
+        trainer.fit(SteadyModel(0.0))
+    windows = mon.report()["stages"]["fit"]["carbon_windows"]["windows"]
+    assert [w[3] for w in windows[:5]] == [100.0, 200.0, 300.0, 300.0, 300.0]
+    flag = mon.report()["carbon"]["extrapolated"]
+    assert "last value was held" in flag and "2022-06-01T03:00" in flag
+
+
+def test_repeating_the_last_week_of_a_trace_shorter_than_a_week_is_refused_at_setup(tmp_path):
+    clock = SimClock(START.timestamp())
+    trace = IntensityTrace(START.timestamp(), H, (100.0, 200.0, 300.0), "short.csv")
+    mon = monitor(trace, clock, carbon_extend="repeat-last-week")
+    trainer = make_trainer(tmp_path, max_steps=5, callbacks=[StepClock(clock, H), mon])
+    with pytest.raises(
+        ValueError,
+        match=r"EnergyMonitor\(carbon_extend='repeat-last-week'\): .* needs at least a week .* spans 3 h\. .*"
+        r"carbon_extend='none'",
+    ):
+        trainer.fit(SteadyModel(0.0))
+    assert trainer.global_step == 0

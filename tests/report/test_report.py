@@ -190,6 +190,13 @@ def test_measured_vs_estimated_splits_the_total(tmp_path):
     assert "56 gCO2e/kWh" in md and "| PUE | 1.10 |" in md
 
 
+def test_a_run_that_outlived_its_intensity_trace_is_flagged(tmp_path):
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]))
+    note = "the run outlived the trace (it ends 2022-06-01T03:00+00:00): its last value was held (2 window(s))"
+    run.energy["carbon"]["extrapolated"] = note
+    assert f"| ⚠ intensity trace | {note} |" in build_report(run).to_markdown("x")
+
+
 # ------------------------------------------------------------------------------------------------ comparison
 def test_compare_two_runs_with_ratios_against_the_first(tmp_path):
     base = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name="baseline")
