@@ -14,6 +14,7 @@ from lightning_green.export.load import (
     _read_config,
     _section_args,
     check_output_path,
+    example_inputs_of,
     first_batch_input,
     load_checkpoint_module,
     resolve_class,
@@ -35,32 +36,77 @@ def build_datamodule(
     cls = resolve_class(owner, "data", data if data is not None else cfg_class)
     try:
         return cls(**init_args)
-    except (TypeError, ValueError) as err:
+    except Exception as err:
         raise InvalidArgumentError(
             f"{owner}(data={cls.__name__}): building it with {init_args!r} failed: {str(err).splitlines()[0]}"
         ) from None
 
 
-def datamodule_batch(datamodule: Any, max_samples: int = 64) -> Any:
-    """The model input of the first batch the datamodule serves for ``predict`` (else ``test``, ``val``)."""
+def _serves(datamodule: Any, loader: str) -> bool:
+    """Whether ``datamodule`` has its own ``loader`` (a LightningDataModule's defaults only raise)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if isinstance(datamodule, pl.LightningDataModule):
+        return is_overridden(loader, datamodule, pl.LightningDataModule)
+    return callable(getattr(datamodule, loader, None))
+
+
+def datamodule_batch(datamodule: Any, max_samples: int = 64, n_inputs: int = 1, owner: str = "export") -> Any:
+    """The model input of the first batch the datamodule serves for ``predict`` (else ``test``, ``val``).
+
+    The datamodule is prepared and set up for that stage as a Trainer would (``prepare_data``, ``setup(stage)``).
+    The input is the batch's first ``n_inputs`` items (``(x, y)`` → ``x``; ``(x1, x2, label)`` with two inputs →
+    ``(x1, x2)``), a tensor batch itself, or a dict's ``input_ids``. ``None`` when it serves none of the stages.
+
+    Raises:
+        ValueError: ``prepare_data``/``setup`` or the dataloader fails (the message names ``data`` and the error), or
+            the batch does not start with ``n_inputs`` tensors.
+    """
     if datamodule is None:
         return None
+    label = type(datamodule).__name__
     for stage, loader in (
         ("predict", "predict_dataloader"),
         ("test", "test_dataloader"),
         ("validate", "val_dataloader"),
     ):
-        if not hasattr(datamodule, loader):
+        if not _serves(datamodule, loader):
             continue
+        step = "prepare_data()"
         try:
-            datamodule.setup(stage)
-            batch = next(iter(getattr(datamodule, loader)()))
-        except Exception:  # a stage the datamodule does not serve: try the next one
+            if callable(getattr(datamodule, "prepare_data", None)):
+                datamodule.prepare_data()
+            step = f"setup({stage!r})"
+            if callable(getattr(datamodule, "setup", None)):
+                datamodule.setup(stage)
+            step = f"{loader}()"
+            batch = next(iter(getattr(datamodule, loader)()), None)
+        except Exception as err:  # a one-line error naming `data`, not a check silently dropped
+            first = " ".join(str(err).split())[:300]
+            raise InvalidArgumentError(
+                f"{owner}(data={label}): `data` must serve a {stage} batch to check the export on; its {step} "
+                f"raised {type(err).__name__}: {first}"
+            ) from None
+        if batch is None:  # an empty loader: try the next stage
             continue
-        x = first_batch_input(batch)
-        if x is not None:
-            return tuple(t[:max_samples] for t in x)
+        x = first_batch_input(batch, n_inputs)
+        if x is None:
+            raise InvalidArgumentError(
+                f"{owner}(data={label}): `data` must serve batches that start with the model's {n_inputs} input "
+                f"tensor(s) (a tensor, a tuple/list such as (x, y), or a dict with `input_ids`); its {stage} batch is "
+                f"{_describe(batch)}."
+            )
+        return tuple(t[:max_samples] for t in x)
     return None
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of {', '.join(type(b).__name__ for b in batch[:6])}"
+    if isinstance(batch, Mapping):
+        return f"a {type(batch).__name__} with keys {list(batch)[:6]}"
+    return f"a {type(batch).__name__}"
 
 
 def export_checkpoint(
@@ -84,15 +130,16 @@ def export_checkpoint(
         out: Output file (``.onnx``/``.pt2``) or folder (``hf``); its parent directory must exist.
         format: ``onnx``, ``torch-export`` or ``hf``.
         config: LightningCLI YAML (or dict) with the ``model`` (and ``data``) sections used in training.
-        datamodule: A datamodule (class, path or instance) whose first predict/test/val batch is also checked;
-            ``None``: the config's ``data`` section, if any.
+        datamodule: A datamodule (class, path or instance) whose first predict/test/val batch is also checked
+            (see :func:`datamodule_batch`); ``None``: the config's ``data`` section, if any.
         example_inputs: Forward inputs; ``None``: the module's ``example_input_array``.
         atol: Absolute tolerance of the output check.
         rtol: Relative tolerance of the output check.
         verbose: Print the summary.
 
     Raises:
-        ValueError: A bad argument, a checkpoint that does not match the module, a model the format cannot take
+        ValueError: A bad argument, a checkpoint that does not match the module, a datamodule that fails to serve a
+            batch or serves one without the model's inputs, a model the format cannot take
             (naming the blocking module/op), or outputs beyond the tolerance.
     """
     owner = "export"
@@ -101,7 +148,7 @@ def export_checkpoint(
     model = load_checkpoint_module(ckpt_path, module, config=config, owner=owner)
     dm = build_datamodule(datamodule, config, owner)
     checks = []
-    x = datamodule_batch(dm)
+    x = datamodule_batch(dm, n_inputs=len(example_inputs_of(owner, model, example_inputs)), owner=owner)
     if x is not None:
         checks.append(("datamodule batch", x))
     return export_model(

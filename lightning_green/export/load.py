@@ -231,13 +231,23 @@ def example_inputs_of(owner: str, model: nn.Module, example_inputs: Any = None) 
     )
 
 
-def first_batch_input(batch: Any) -> tuple[torch.Tensor, ...] | None:
-    """The model input of a dataloader batch: a tensor, the first item of a tuple/list, or ``input_ids`` of a dict."""
+def first_batch_input(batch: Any, n_inputs: int = 1) -> tuple[torch.Tensor, ...] | None:
+    """The model input of a dataloader batch: its first ``n_inputs`` items, or ``None`` when they are not tensors.
+
+    A tensor batch is the input itself (one input); a tuple/list gives its first ``n_inputs`` items (``(x, y)`` → ``x``,
+    ``(x1, x2, label)`` → ``(x1, x2)`` for a two-input forward); a dict gives ``input_ids`` (or its first tensor).
+
+    Example:
+        >>> x1, x2, label = torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2)
+        >>> [t.shape[1] for t in first_batch_input((x1, x2, label), n_inputs=2)]
+        [4, 3]
+    """
     if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return (batch[0],)
-    if isinstance(batch, Mapping):
+        return (batch,) if n_inputs == 1 else None
+    if isinstance(batch, (tuple, list)):
+        items = tuple(batch[:n_inputs])
+        return items if len(items) == n_inputs and all(isinstance(t, torch.Tensor) for t in items) else None
+    if isinstance(batch, Mapping) and n_inputs == 1:
         x = batch.get("input_ids", next((v for v in batch.values() if isinstance(v, torch.Tensor)), None))
         return (x,) if isinstance(x, torch.Tensor) else None
     return None

@@ -2,9 +2,11 @@ import importlib.util
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green.demos import DigitsDataModule, DigitsResNet, TinyGPT
@@ -86,6 +88,63 @@ def test_tiny_gpt_round_trip(tmp_path, fmt):
     batch = torch.randint(0, 256, (4, 16))
     with torch.no_grad():
         torch.testing.assert_close(load_exported(fmt, res.path)(batch)[0], model(batch), atol=1e-4, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ datamodules
+class TwoIn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(2, 3)
+        self.example_input_array = (torch.randn(1, 4), torch.randn(1, 2))
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+class ValOnly(pl.LightningDataModule):
+    """Serves ``batch`` (built per sample from ``make``) for validation only; ``fail_setup`` makes setup raise."""
+
+    def __init__(self, make, fail_setup=False):
+        super().__init__()
+        self.make, self.fail_setup = make, fail_setup
+
+    def setup(self, stage):
+        if self.fail_setup:
+            torch.load("/nonexistent/lightning-green/x.pt")  # the data directory is missing
+
+    def val_dataloader(self):
+        return DataLoader([self.make() for _ in range(8)], batch_size=4)
+
+
+def test_a_datamodule_whose_setup_fails_is_one_line_naming_data(digits_ckpts, tmp_path):
+    dm = ValOnly(lambda: (torch.randn(1, 24, 24), 0), fail_setup=True)
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"export\(data=ValOnly\): `data` must serve a validate batch to check the export on; its "
+        r"setup\('validate'\) raised FileNotFoundError: ",
+    ) as e:
+        export_checkpoint(digits_ckpts["dense"], "DigitsCNN", tmp_path / "m.pt2", "torch-export", datamodule=dm)
+    assert "\n" not in str(e.value) and not (tmp_path / "m.pt2").exists()
+
+
+def test_a_two_input_model_is_checked_on_the_first_two_items_of_each_batch(tmp_path):
+    torch.manual_seed(0)
+    model = TwoIn()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "two.ckpt")
+    dm = ValOnly(lambda: (torch.randn(4), torch.randn(2), torch.tensor(0.0)))  # (x, y, label)
+    res = export_checkpoint(tmp_path / "two.ckpt", TwoIn(), tmp_path / "m.pt2", "torch-export", datamodule=dm)
+    assert [(c.input, c.batch_size, c.ok) for c in res.checks][1] == ("datamodule batch", 4, True)
+
+
+def test_a_batch_without_the_model_inputs_is_one_line(tmp_path):
+    torch.save({"state_dict": TwoIn().state_dict()}, tmp_path / "two.ckpt")
+    dm = ValOnly(lambda: {"x": torch.randn(4), "y": torch.randn(2)})
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"export\(data=ValOnly\): `data` must serve batches that start with the model's 2 input tensor\(s\) "
+        r".*its validate batch is a dict with keys \['x', 'y'\]",
+    ):
+        export_checkpoint(tmp_path / "two.ckpt", TwoIn(), tmp_path / "m.pt2", "torch-export", datamodule=dm)
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
