@@ -14,6 +14,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_green._internal.validation import (
@@ -40,6 +41,7 @@ __all__ = ["CarbonAwareScheduler"]
 
 log = logging.getLogger(__name__)
 
+_SLEEP_CHUNK_S = 1.0  # longest sleep between two looks at Lightning's SIGTERM flag while pausing
 Power = Literal["off", "clean-fast"]
 _POWER = ("off", "clean-fast")
 
@@ -65,7 +67,8 @@ class CarbonAwareScheduler(Callback):
 
     A pause expected to last ``checkpoint_after`` or longer (until the next planned slot) is preceded by a checkpoint
     (``carbon-pause.ckpt`` in the ``ModelCheckpoint``'s folder, when the Trainer has one), so a job killed while it
-    waits loses nothing.
+    waits loses nothing. A SIGTERM (pre-emption, ``kill``) ends a pause within a second and Lightning's own shutdown
+    goes on (the run stops with ``SIGTERMException``, as it does between steps).
     With ``power="clean-fast"`` and a :class:`~lightning_green.PowerLimitTuner` that has finished profiling, clean
     hours (intensity at or below the mean forecast of the hours left) run at the profile's fastest limit and dirty
     hours at its most energy-efficient one.
@@ -240,6 +243,9 @@ class CarbonAwareScheduler(Callback):
         self._gs_last = trainer.global_step
         self._next_check = trainer.global_step
         self._decide(trainer, may_checkpoint=False)
+        if trainer.received_sigterm:
+            # Lightning looks at the flag only after a batch: stop before the first one, as it would after it.
+            raise SIGTERMException
         self._t_last = self.clock()
 
     @override
@@ -370,6 +376,7 @@ class CarbonAwareScheduler(Callback):
     def _decide(self, trainer: pl.Trainer, may_checkpoint: bool) -> None:
         pausing_since: float | None = None
         intensity = 0.0
+        sigterm = False
         while True:
             row = self._rank0_decision(trainer) if trainer.is_global_zero else [0.0, 0.0, 1.0, 0.0, 0.0]
             pause_s, next_check, run, intensity, expected_s = (float(x) for x in trainer.strategy.broadcast(row, src=0))
@@ -388,8 +395,13 @@ class CarbonAwareScheduler(Callback):
                     f"CarbonAwareScheduler: pausing at step {trainer.global_step} ({_iso(pausing_since)}, "
                     f"{intensity:.0f} gCO2e/kWh); next planned slot {_iso(nxt) if nxt else 'unknown'}."
                 )
-            self._sleep(pause_s)
-            self.paused_s += pause_s
+            slept = self._sleep(trainer, pause_s)
+            self.paused_s += slept
+            # Lightning's SIGTERM handler only sets a flag: end the pause on any rank's signal, together, so that
+            # Lightning's own shutdown (it checks the flag after every batch) goes on.
+            if trainer.strategy.reduce_boolean_decision(bool(trainer.received_sigterm), all=False):
+                sigterm = True
+                break
         self._next_check = int(next_check)
         if pausing_since is not None:
             _close_energy_windows(trainer)  # the pause's idle energy gets the pause's own intensity
@@ -403,6 +415,13 @@ class CarbonAwareScheduler(Callback):
                     "seconds": now - pausing_since,
                 }
             )
+            if sigterm:
+                self.pauses[-1]["sigterm"] = True
+                self._say(
+                    f"CarbonAwareScheduler: SIGTERM received at step {trainer.global_step} ({_iso(now)}) after "
+                    f"{now - pausing_since:.0f} s of pause: the pause ends and Lightning stops the run."
+                )
+                return
             self._say(
                 f"CarbonAwareScheduler: resuming at step {trainer.global_step} ({_iso(now)}, {intensity:.0f} "
                 f"gCO2e/kWh) after {(now - pausing_since) / 3600:.2f} h."
@@ -410,12 +429,19 @@ class CarbonAwareScheduler(Callback):
         self._log(trainer, 1.0, intensity)
         self._apply_power(trainer, intensity)
 
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, trainer: pl.Trainer, seconds: float) -> float:
+        """Wait ``seconds`` (or until SIGTERM); return the seconds waited."""
         advance = getattr(self.clock, "advance", None)
         if callable(advance):
             advance(seconds)
-        else:
-            time.sleep(seconds)
+            return seconds
+        # Short chunks: a SIGTERM (a cluster's pre-emption, `kill`) must not wait for the end of an hour-long slot.
+        chunks = max(1, math.ceil(seconds / _SLEEP_CHUNK_S))
+        for i in range(chunks):
+            if trainer.received_sigterm:
+                return seconds * i / chunks
+            time.sleep(seconds / chunks)
+        return seconds
 
     def _checkpoint(self, trainer: pl.Trainer) -> None:
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)  # type: ignore[attr-defined]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_green import CarbonAwareScheduler, EnergyMonitor, PowerLimitTuner, workload_changed
 from lightning_green.report import write_report
@@ -94,6 +97,59 @@ def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
     saved = torch.load(tmp_path / "ckpt" / "carbon-pause.ckpt", weights_only=False)
     assert saved["global_step"] == 4  # the pause at step 4 (2 h); the one before step 0 has nothing to save
     assert saved["callbacks"]  # loadable, with the callbacks' state
+
+
+def test_sigterm_ends_a_pause_within_a_second_and_lightning_stops_the_run(tmp_path, monkeypatch):
+    import lightning_green.callbacks.carbon_aware_scheduler as module
+
+    sim = sim_clock()
+    slept: list[float] = []
+
+    def fake_sleep(seconds):  # a real-clock pause (no `advance`), without sleeping: SIGTERM on its 3rd second
+        slept.append(seconds)
+        sim.advance(seconds)
+        if len(slept) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(module, "time", SimpleNamespace(sleep=fake_sleep, time=sim))
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({0: 100.0, 3: 100.0, 4: 100.0}),  # pause at step 4 (hours 1-2 dirty)
+        deadline="12h",
+        expected_duration="3h",
+        checkpoint_after="30m",
+        clock=lambda: sim(),  # no `advance`: the scheduler sleeps
+        verbose=False,
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    trainer = make_trainer(
+        tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(sim, 0.25 * H), sched, ckpt]
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(BoringModel())
+    assert trainer.global_step == 4
+    assert len(slept) == 3 and max(slept) <= 1.0  # not one 2-h sleep
+    assert sched.paused_s == pytest.approx(sum(slept))
+    assert sched.pauses[-1]["step"] == 4 and sched.pauses[-1]["sigterm"]
+    assert (tmp_path / "ckpt" / "carbon-pause.ckpt").exists()  # the checkpoint before the pause is kept
+
+
+def test_sigterm_while_pausing_before_the_first_step_runs_no_step(tmp_path, monkeypatch):
+    import lightning_green.callbacks.carbon_aware_scheduler as module
+
+    sim = sim_clock()
+
+    def fake_sleep(seconds):
+        sim.advance(seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(module, "time", SimpleNamespace(sleep=fake_sleep, time=sim))
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({2: 100.0}), deadline="12h", expected_duration="1h", clock=lambda: sim(), verbose=False
+    )
+    trainer = make_trainer(tmp_path, max_steps=3, callbacks=[sched])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(BoringModel())
+    assert trainer.global_step == 0 and sched.paused_s <= 1.0
 
 
 def test_pause_time_and_deadline_survive_a_resume(tmp_path):
