@@ -377,7 +377,18 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # e.g. NOT_IMPLEMENTED: no CPU kernel for an op in this dtype (bf16 Gemm)
+        raise ExportError(
+            f"onnx_session(path={os.fspath(path)!r}): `path` must be an ONNX model that ONNX Runtime's CPU provider "
+            f"can load; it refused it ({type(err).__name__}: {_one_line(err)})"
+            + (
+                ". bf16/fp16 ops lack CPU kernels: export the model in float32 (model.float())."
+                if "NOT_IMPLEMENTED" in str(err)
+                else "."
+            )
+        ) from None
 
 
 def load_exported(fmt: str, path: str | os.PathLike, threads: int | None = None) -> Callable[..., tuple]:
@@ -392,7 +403,13 @@ def load_exported(fmt: str, path: str | os.PathLike, threads: int | None = None)
 
         return run_onnx
     if fmt == "torch-export":
-        program = torch.export.load(os.fspath(path)).module()
+        try:
+            program = torch.export.load(os.fspath(path)).module()
+        except Exception as err:
+            raise ExportError(
+                f"load_exported(path={os.fspath(path)!r}): `path` must be a torch.export program (.pt2) this torch "
+                f"can load; loading it failed ({type(err).__name__}: {_one_line(err)})."
+            ) from None
 
         def run_pt2(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
             with torch.no_grad():
@@ -554,7 +571,13 @@ def export_model(
             _write(owner, path, lambda: program.save(os.fspath(path), external_data=True))  # as export(f=...) wrote
         else:
             _write(owner, path, lambda: torch.export.save(program, os.fspath(path)))
-        runner = load_exported(format, path, threads=torch.get_num_threads())
+        try:
+            runner = load_exported(format, path, threads=torch.get_num_threads())
+        except ExportError as err:
+            raise ExportError(
+                f"export(format={format!r}): the export cannot be loaded to check it; it is left at "
+                f"{os.fspath(path)!r} only for inspection: {err}"
+            ) from None
     export_s = time.perf_counter() - t0
     fixed_seq = None if dynamic_seq else next((int(x.shape[1]) for x in example if _is_token_ids(x)), None)
     files = _files_of(path)

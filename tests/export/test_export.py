@@ -468,6 +468,26 @@ def test_a_non_finite_mismatch_is_reported_as_infinite(tmp_path, monkeypatch, ba
         export_model(MaskedLogProbs(), tmp_path / "m.pt2", "torch-export", example_inputs=torch.randn(1, 4))
 
 
+@needs_onnx
+def test_an_export_onnx_runtime_cannot_load_is_one_line(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).to(torch.bfloat16).eval()  # no bf16 Gemm kernel on ORT's CPU provider
+    with pytest.raises(
+        ExportError,
+        match=r"export\(format='onnx'\): the export cannot be loaded to check it; it is left at '.*m\.onnx' only for "
+        r"inspection: onnx_session\(path='.*m\.onnx'\): `path` must be an ONNX model that ONNX Runtime's CPU "
+        r"provider can load; it refused it \(NotImplemented: .*float32",
+    ) as e:
+        export_model(model, tmp_path / "m.onnx", example_inputs=torch.randn(1, 4, dtype=torch.bfloat16), verbose=False)
+    assert "\n" not in str(e.value)
+
+
+def test_a_file_torch_export_cannot_load_is_one_line(tmp_path):
+    (tmp_path / "junk.pt2").write_bytes(b"not a program")
+    with pytest.raises(ExportError, match=r"load_exported\(path='.*junk\.pt2'\): `path` must be a torch.export prog"):
+        load_exported("torch-export", tmp_path / "junk.pt2")
+
+
 def test_missing_onnx_extra_is_one_line(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
