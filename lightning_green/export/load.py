@@ -153,7 +153,7 @@ def load_checkpoint_module(
         ckpt_path: A Lightning checkpoint (``weights_only`` loadable), pruned or not.
         module: The module's class, its import path (or a demo's short name), or an instance built as in training.
         config: A LightningCLI YAML (or its dict) whose ``model`` section gives the constructor arguments; without
-            it, the hyperparameters the checkpoint saved are used.
+            it (no config, or one without a ``model`` section), the hyperparameters the checkpoint saved are used.
         map_location: Passed to ``torch.load``.
         owner: Who is asking, for error messages.
 
@@ -180,7 +180,10 @@ def load_checkpoint_module(
     else:
         cfg_class, init_args = _section_args(cfg.get("model"))
         cls = resolve_class(owner, "module", module if module is not None else cfg_class)
-        kwargs = init_args if cfg else dict(ckpt.get("hyper_parameters") or {})
+        # A config without a `model` section (e.g. only `data:`) says nothing of the constructor: the saved
+        # hyperparameters do.
+        has_model = isinstance(cfg.get("model"), Mapping)
+        kwargs = init_args if has_model else dict(ckpt.get("hyper_parameters") or {})
         try:
             model = cls(**_accepted(cls, kwargs))
         except (TypeError, ValueError) as err:

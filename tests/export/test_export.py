@@ -500,6 +500,15 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         export_checkpoint(tmp_path / "nope.ckpt", "DigitsCNN", tmp_path / "m.onnx")
 
 
+def test_a_config_without_a_model_section_keeps_the_saved_hyperparameters(tmp_path):
+    from lightning_green.demos import DigitsCNN
+
+    save_ckpt(tmp_path / "m.ckpt", DigitsCNN(channels=[8, 16]))  # not the default channels
+    config = {"data": {"class_path": "lightning_green.demos.DigitsDataModule"}}
+    model = load_checkpoint_module(tmp_path / "m.ckpt", "DigitsCNN", config=config)
+    assert model.classifier.in_features == 16
+
+
 def test_pruned_module_rebuilt_without_history_is_refused(digits_ckpts, tmp_path):
     ckpt = torch.load(digits_ckpts["pruned"], weights_only=True)
     ckpt.pop("callbacks")
