@@ -286,14 +286,15 @@ def bench_inference(
         warmup: Untimed calls per model before the first round (kernels are built per shape).
         rounds: Rounds, the models' order rotating each round.
         threads: PyTorch and ONNX Runtime threads, pinned equal; ``None`` keeps torch's current number for both.
-        per: Count energy per 1,000 ``prediction``s (samples) or ``token``s; ``auto``: tokens when the input holds
-            integer ids with a sequence axis.
+        per: Count energy per 1,000 ``prediction``s (samples) or ``token``s (only for a first input of integer token
+            ids with a sequence axis); ``auto``: tokens for such an input.
         baseline: Name of the model the others are compared with (``None``: the first of two, else no ratios).
         meter: An :class:`~lightning_green.energy.EnergyMeter` (``None``: one on the model's GPU, or CPU only).
         verbose: Print the table at the end.
 
     Raises:
-        ValueError: A bad argument: no models, unknown format, batch size <= 0, repeats/rounds < 1, threads < 1.
+        ValueError: A bad argument: no models, unknown format, batch size <= 0, repeats/rounds < 1, threads < 1,
+            ``per="token"`` for a model without token-id input.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 4)).eval()
@@ -323,7 +324,16 @@ def bench_inference(
     example = example_inputs_of(owner, first, example_inputs)
     device = next(first.parameters()).device
     example = tuple(x.to(device) for x in example)
-    token = per == "token" or (per == "auto" and not example[0].is_floating_point() and example[0].dim() >= 2)
+    token_ids = not (example[0].is_floating_point() or example[0].is_complex()) and example[0].dim() >= 2
+    if per == "token" and not token_ids:
+        fail(
+            owner,
+            "per",
+            per,
+            f"'auto' or 'prediction' for a model whose first input is not integer token ids of shape (batch, time) "
+            f"(it is {str(example[0].dtype).removeprefix('torch.')} {tuple(example[0].shape)})",
+        )
+    token = per == "token" or (per == "auto" and token_ids)
     unit = "token" if token else "prediction"
     per_sample = _tokens_per_sample(example) if token else 1
     n_threads = threads if threads is not None else torch.get_num_threads()

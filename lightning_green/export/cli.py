@@ -114,7 +114,7 @@ def bench_main(args: Sequence[str]) -> int:
     models = {}
     against = None if str(ns.against).lower() in ("none", "") else ns.against
     if against is not None:
-        base = load_checkpoint_module(against, ns.module, config=ns.config, owner=owner)
+        base = load_checkpoint_module(against, ns.module, config=ns.config, owner=owner, ckpt_arg="against")
         models["baseline"] = base
     models["model"] = model
     result = bench_inference(

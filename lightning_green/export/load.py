@@ -99,22 +99,22 @@ def _accepted(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def _load_checkpoint(owner: str, ckpt_path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
+def _load_checkpoint(owner: str, ckpt_path: str | os.PathLike, map_location: Any, arg: str = "ckpt") -> dict[str, Any]:
     path = Path(ckpt_path)
     if not path.is_file():
         raise InvalidArgumentError(
-            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must be an existing checkpoint file."
+            f"{owner}({arg}={os.fspath(ckpt_path)!r}): `{arg}` must be an existing checkpoint file."
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # not a torch file, or one that needs pickled classes: say so, on one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InvalidArgumentError(
-            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must be a Lightning checkpoint readable with "
+            f"{owner}({arg}={os.fspath(ckpt_path)!r}): `{arg}` must be a Lightning checkpoint readable with "
             f"weights_only=True ({first[:200]})."
         ) from None
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict", ckpt), Mapping):
-        raise InvalidArgumentError(f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must hold a `state_dict`.")
+        raise InvalidArgumentError(f"{owner}({arg}={os.fspath(ckpt_path)!r}): `{arg}` must hold a `state_dict`.")
     return dict(ckpt)
 
 
@@ -146,6 +146,7 @@ def load_checkpoint_module(
     config: str | os.PathLike | Mapping[str, Any] | None = None,
     map_location: Any = "cpu",
     owner: str = "load_checkpoint_module",
+    ckpt_arg: str = "ckpt",
 ) -> nn.Module:
     """Build ``module`` (dense, as its constructor does), cut it to the checkpoint's pruned shapes, load the weights.
 
@@ -156,6 +157,7 @@ def load_checkpoint_module(
             it (no config, or one without a ``model`` section), the hyperparameters the checkpoint saved are used.
         map_location: Passed to ``torch.load``.
         owner: Who is asking, for error messages.
+        ckpt_arg: The name error messages give the checkpoint (e.g. ``"against"`` for a baseline).
 
     Returns:
         The module in eval mode, with the checkpoint's architecture and weights.
@@ -173,7 +175,7 @@ def load_checkpoint_module(
         >>> load_checkpoint_module(path, "DigitsCNN").classifier.in_features
         8
     """
-    ckpt = _load_checkpoint(owner, ckpt_path, map_location)
+    ckpt = _load_checkpoint(owner, ckpt_path, map_location, ckpt_arg)
     cfg = _read_config(owner, config)
     if isinstance(module, nn.Module):
         model = module
@@ -192,6 +194,7 @@ def load_checkpoint_module(
             ) from None
     weights = ckpt.get("state_dict", ckpt)
     name = type(model).__name__
+    given = f"{owner}({ckpt_arg}={os.fspath(ckpt_path)!r}): `{ckpt_arg}`"
     from lightning_green.pruning.history import rebuild_from_checkpoint
 
     try:
@@ -199,13 +202,12 @@ def load_checkpoint_module(
     except Exception as err:  # replaying a history recorded on another architecture fails anywhere in the replay
         why = str(err).split(": ", 1)[-1] if isinstance(err, ValueError) else f"replaying its pruning history: {err!r}"
         raise InvalidArgumentError(
-            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` does not match {name}: {_mismatch(model, weights)} "
-            f"({' '.join(why.split())})"
+            f"{given} does not match {name}: {_mismatch(model, weights)} ({' '.join(why.split())})"
         ) from None
     diff = _mismatch(model, weights)
     if diff:
         raise InvalidArgumentError(
-            f"{owner}(ckpt={os.fspath(ckpt_path)!r}): `ckpt` must be a checkpoint of {name} as built here; {diff}. "
+            f"{given} must be a checkpoint of {name} as built here; {diff}. "
             "Pass the module class and config (or hyperparameters) used in training."
         )
     model.load_state_dict(weights, strict=True)

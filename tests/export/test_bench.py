@@ -98,6 +98,10 @@ def test_token_models_count_per_token():
         ({"threads": 0}, r"`threads` must be an int >= 1"),
         ({"per": "image"}, r"`per` must be one of \('auto', 'prediction', 'token'\)"),
         ({"baseline": "nope"}, r"`baseline` must be one of the model names \('a',\)"),
+        (
+            {"per": "token"},
+            r"bench_inference\(per='token'\): `per` must be 'auto' or 'prediction' .* \(it is float32 \(1, 2\)\)",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match):

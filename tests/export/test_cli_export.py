@@ -102,6 +102,11 @@ def test_bench_cli_adds_the_section_and_the_comparison_shows_it(runs, tmp_path, 
         (["--formats", "eager,gguf"], r"`formats` must be a comma-separated list"),
         (["--module", "DigitsResNet"], r"`ckpt` must be a checkpoint of DigitsResNet as built here; missing: "),
         (["--json", "no/such/dir/b.json"], r"`json` must be in an existing directory"),
+        (["--against", "no/such.ckpt"], r"bench-inference\(against='no/such.ckpt'\): `against` must be an existing "),
+        (
+            ["--per", "token"],
+            r"`per` must be 'auto' or 'prediction' for a model whose first input is not integer token",
+        ),
     ],
 )
 def test_bench_cli_bad_input_is_one_line_exit_2(runs, capsys, args, match):
