@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, is_dataclass
@@ -318,6 +319,9 @@ class EnergyMonitor(Callback):
         self._epoch_mark_steps = 0
         self._restored = False
         self._setup_stage: str | None = None
+        # Wall time (time.time, as TensorBoard stamps events) this run started; a resumed fit keeps the first start.
+        # The report reader keeps only the events written since, not an earlier run's in the same log dir.
+        self._started_s: float | None = None
         self._fit_validation: tuple[StageLedger, Any] | None = None
         self._validation_of_fit = False
         self._forecast_announced = False
@@ -415,6 +419,16 @@ class EnergyMonitor(Callback):
             "version": REPORT_VERSION,
             "status": status,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **(
+                {
+                    "started": _dt.datetime.fromtimestamp(self._started_s, _dt.timezone.utc).isoformat(
+                        timespec="seconds"
+                    ),
+                    "started_s": self._started_s,
+                }
+                if self._started_s is not None
+                else {}
+            ),
             "carbon": self.carbon_tracker.as_dict(self.carbon_tracker.account.mean_intensity("fit")),
             "meter": self._meter.describe() if self._meter else None,
             "estimate": self.estimate.as_dict(),
@@ -427,6 +441,7 @@ class EnergyMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
+        self._started_s = time.time()
         self._rank = trainer.global_rank
         # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
         self._log_dir = trainer.log_dir or trainer.default_root_dir
@@ -700,6 +715,7 @@ class EnergyMonitor(Callback):
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
             "carbon": self.carbon_tracker.state_dict(),
+            "started_s": self._started_s,
         }
 
     @override
@@ -722,6 +738,8 @@ class EnergyMonitor(Callback):
         for stage in self._open:
             self.ledgers.setdefault(stage, StageLedger())
         self.carbon_tracker.load_state_dict(state_dict.get("carbon", {}))
+        if state_dict.get("started_s") is not None:
+            self._started_s = float(state_dict["started_s"])
         self._restored = not self._open
 
     # ------------------------------------------------------------------------------------------------ internals

@@ -403,7 +403,8 @@ def load_run(path: str | os.PathLike[str], name: str | None = None, energy_repor
     except (OSError, ValueError) as err:
         raise RunDirError(f"cannot read {os.fspath(report_path)!r}: {err}") from err
     try:
-        scalars = read_scalars(p)
+        started = energy.get("started_s")
+        scalars = read_scalars(p, since_s=float(started) if isinstance(started, (int, float)) else None)
     except Exception as err:  # a corrupt event file or CSV: say which run, not a traceback from TensorBoard
         raise RunDirError(f"cannot read the logged scalars in {os.fspath(path)!r}: {err}") from err
     return Run(path=p, energy=energy, scalars=scalars, name=name or _default_name(p))

@@ -143,8 +143,12 @@ def find_scalar_files(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path
     return events, csv_path if csv_path.is_file() else None
 
 
-def read_tensorboard(paths: Iterable[str | os.PathLike[str]]) -> Scalars:
-    """Scalars of TensorBoard event files, read with TensorBoard's own ``EventFileLoader``."""
+def read_tensorboard(paths: Iterable[str | os.PathLike[str]], since_s: float | None = None) -> Scalars:
+    """Scalars of TensorBoard event files, read with TensorBoard's own ``EventFileLoader``.
+
+    ``since_s``: keep only events written at or after this wall time (the run's start), so that an earlier run
+    logged into the same directory is left out.
+    """
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.util import tensor_util
 
@@ -152,7 +156,7 @@ def read_tensorboard(paths: Iterable[str | os.PathLike[str]]) -> Scalars:
     out = Scalars("tensorboard: " + ", ".join(p.name for p in paths))
     for path in paths:
         for event in EventFileLoader(str(path)).Load():
-            if not event.HasField("summary"):
+            if not event.HasField("summary") or (since_s is not None and event.wall_time < since_s):
                 continue
             for value in event.summary.value:
                 kind = value.WhichOneof("value")
@@ -184,11 +188,16 @@ def read_csv(path: str | os.PathLike[str]) -> Scalars:
     return out
 
 
-def read_scalars(run_dir: str | os.PathLike[str]) -> Scalars:
-    """The run's scalars: TensorBoard event files if it has any with scalars, else ``metrics.csv``, else none."""
+def read_scalars(run_dir: str | os.PathLike[str], since_s: float | None = None) -> Scalars:
+    """The run's scalars: TensorBoard event files if it has any with scalars, else ``metrics.csv``, else none.
+
+    ``since_s``: the run's start (wall time, ``energy_report.json``'s ``started_s``). TensorBoard events written
+    before it belong to an earlier run logged into the same directory (``TensorBoardLogger(version=...)`` twice)
+    and are left out; CSVLogger rewrites ``metrics.csv`` for each run.
+    """
     events, csv_path = find_scalar_files(run_dir)
     if events:
-        scalars = read_tensorboard(events)
+        scalars = read_tensorboard(events, since_s)
         if len(scalars):
             return scalars
     if csv_path is not None:

@@ -2,8 +2,12 @@ import json
 import math
 
 import pytest
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
+from lightning_green import EnergyMonitor
+from lightning_green.demos import DigitsCNN, DigitsDataModule
 from lightning_green.report import (
     RunDirError,
     Scalars,
@@ -15,6 +19,8 @@ from lightning_green.report import (
     write_report,
 )
 from lightning_green.report.run import Run
+from lightning_green.report.scalars import find_scalar_files
+from tests.helpers import QUIET
 from tests.report.runs import fit_digits
 
 PLOTS = {"energy_per_epoch.png", "average_power.png", "metric_vs_energy.png"}
@@ -106,6 +112,39 @@ def test_tensorboard_and_csv_logs_give_the_same_epochs(tb_run, csv_run):
 def test_runs_are_read_back_from_either_logger(tb_run, csv_run):
     assert load_run(tb_run).scalars.source.startswith("tensorboard")
     assert load_run(csv_run).scalars.source == "csv: metrics.csv"
+
+
+def _fit_into(root, epochs, **kwargs):
+    seed_everything(0)
+    trainer = Trainer(
+        default_root_dir=root,
+        logger=TensorBoardLogger(root, name="", version="exp"),
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        callbacks=[EnergyMonitor(print_summary=False, min_window_s=0.0)],
+        **QUIET,
+    )
+    trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(image_size=8, batch_size=32), **kwargs)
+    return trainer
+
+
+def test_a_second_fit_into_the_same_tensorboard_dir_reports_only_its_own_scalars(tmp_path):
+    _fit_into(tmp_path, epochs=3)
+    trainer = _fit_into(tmp_path, epochs=1)  # same version dir: the first run's event file is still there
+    run = load_run(trainer.log_dir)
+    assert len(find_scalar_files(trainer.log_dir)[0]) == 2
+    assert [e.epoch for e in run.epoch_energy()] == [0]
+    assert len(run.curve("val_acc")) == 1
+
+
+def test_a_resumed_fit_keeps_the_scalars_logged_before_the_resume(tmp_path):
+    first = _fit_into(tmp_path, epochs=2)
+    ckpt = first.checkpoint_callback.best_model_path
+    trainer = _fit_into(tmp_path, epochs=3, ckpt_path=ckpt)  # a new event file, the same run
+    run = load_run(trainer.log_dir)
+    assert [e.epoch for e in run.epoch_energy()] == [0, 1, 2]
 
 
 # ------------------------------------------------------------------------------------------------ derived figures
