@@ -473,7 +473,7 @@ def _example_check(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple
     except Exception:  # the ids index something else too: keep the user's example
         log.debug("%s does not take seeded token ids; checking on its example", type(model).__name__, exc_info=True)
         return "example input", example
-    return "example input (seeded token ids)", varied
+    return "example input with seeded token ids", varied
 
 
 def _reference(model: nn.Module, fmt: str, name: str, x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
