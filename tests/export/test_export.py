@@ -200,10 +200,31 @@ def test_hf_model_round_trip(hf_module, tmp_path, fmt):
 def test_token_model_export_takes_other_sequence_lengths(hf_module, tmp_path, fmt):
     shorter = torch.randint(0, 64, (2, 5))  # the example is (1, 12): another batch and another length
     res = export_model(hf_module, tmp_path / f"m{SUFFIX[fmt]}", fmt, check_inputs=[("short", shorter)], verbose=False)
-    assert [c.ok for c in res.checks] == [True, True] and res.fixed_seq_len is None
+    assert [c.input for c in res.checks] == [
+        "example input with seeded token ids",
+        "example input with seeded token ids, length 6",  # the dynamic time axis is checked off the traced length
+        "short",
+    ]
+    assert all(c.ok for c in res.checks) and res.fixed_seq_len is None
     x = torch.randint(0, 64, (3, 20))
     with torch.no_grad():
         torch.testing.assert_close(load_exported(fmt, res.path)(x)[0], hf_module(x).logits, atol=1e-4, rtol=1e-3)
+
+
+def test_an_export_right_only_at_the_traced_length_fails_its_check(hf_module, tmp_path, monkeypatch):
+    import lightning_green.export.formats as formats
+
+    real = formats.load_exported
+
+    def traced_length_only(fmt, path, threads=None):  # e.g. a mask baked in as a constant of the traced length
+        run = real(fmt, path, threads)
+        return lambda x: run(x) if x.shape[1] == 12 else tuple(t + 1 for t in run(x))
+
+    monkeypatch.setattr(formats, "load_exported", traced_length_only)
+    with pytest.raises(
+        ExportError, match=r"differ from the model's on the example input with seeded token ids, length 6"
+    ):
+        export_model(hf_module, tmp_path / "m.pt2", "torch-export", verbose=False)
 
 
 def test_fixed_sequence_length_is_said_and_a_check_at_another_length_is_one_line(tmp_path):
