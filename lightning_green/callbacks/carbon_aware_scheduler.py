@@ -83,7 +83,9 @@ class CarbonAwareScheduler(Callback):
     forecast it was made from, every pause, and the deadline.
 
     Args:
-        intensity: The grid's intensity: a CSV path (see :func:`lightning_green.carbon.read_trace`), a number,
+        intensity: The grid's intensity: a CSV path (see :func:`lightning_green.carbon.read_trace`), a
+            :class:`~lightning_green.carbon.CSVTrace` (a CSV whose columns or unit must be named; also from YAML), a
+            number,
             ``"electricitymaps:<zone>"`` (Electricity Maps' history and forecast, token in ``ELECTRICITYMAPS_TOKEN``;
             use ``forecast="trace"`` with it), or (Python only) a callable ``datetime -> gCO2e/kWh``.
         deadline: ISO date-time (``"2026-12-01T08:00"``, naive = UTC) or a duration from the start (``"24h"``,

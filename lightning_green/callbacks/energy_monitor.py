@@ -196,7 +196,9 @@ class EnergyMonitor(Callback):
 
     Args:
         carbon_intensity: Grid intensity: a number in gCO2e/kWh; a CSV path of an intensity trace (timestamp +
-            gCO2e/kWh, see :func:`lightning_green.carbon.read_trace`); ``"electricitymaps:<zone>"`` (online, with the
+            gCO2e/kWh, see :func:`lightning_green.carbon.read_trace`); a
+            :class:`~lightning_green.carbon.CSVTrace` for a CSV whose columns or unit must be named (also from YAML:
+            ``class_path``/``init_args``); ``"electricitymaps:<zone>"`` (online, with the
             token in ``ELECTRICITYMAPS_TOKEN``, see :class:`lightning_green.carbon.ElectricityMapsSource`); or
             (Python only) a callable
             ``datetime -> gCO2e/kWh``. ``None`` uses the world average (475 g/kWh), and the report says it is a

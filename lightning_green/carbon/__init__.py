@@ -22,13 +22,14 @@ from lightning_green.carbon.source import (
     as_intensity_source,
     ensure_covers,
 )
-from lightning_green.carbon.trace import UNITS, IntensityTrace, read_trace, to_seconds
+from lightning_green.carbon.trace import UNITS, CSVTrace, IntensityTrace, header_unit, read_trace, to_seconds
 from lightning_green.carbon.tracker import CarbonTracker
 
 __all__ = [
     "EXTEND_CHOICES",
     "FORECASTS",
     "UNITS",
+    "CSVTrace",
     "CallableIntensity",
     "CarbonAccount",
     "CarbonPlanner",
@@ -45,6 +46,7 @@ __all__ = [
     "Plan",
     "as_intensity_source",
     "ensure_covers",
+    "header_unit",
     "make_plan",
     "parse_deadline",
     "parse_duration",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
 from lightning_green.carbon.online import ELECTRICITYMAPS_PREFIX, ElectricityMapsSource, parse_spec
-from lightning_green.carbon.trace import WEEK_S, IntensityTrace, _iso, read_trace
+from lightning_green.carbon.trace import WEEK_S, CSVTrace, IntensityTrace, _iso, read_trace
 
 __all__ = [
     "EXTEND_CHOICES",
@@ -27,7 +28,7 @@ __all__ = [
 J_PER_KWH = 3.6e6
 Extend = Literal["none", "repeat-last-week"]
 EXTEND_CHOICES = ("none", "repeat-last-week")
-IntensityLike = Union[float, str, "os.PathLike[str]", IntensityTrace, Callable[[_dt.datetime], float]]
+IntensityLike = Union[float, str, "os.PathLike[str]", CSVTrace, IntensityTrace, Callable[[_dt.datetime], float]]
 
 
 @runtime_checkable
@@ -122,7 +123,7 @@ def as_intensity_source(
     name: str = "carbon_intensity",
     **csv_options: Any,
 ) -> ConstantIntensity | IntensityTrace | CallableIntensity | ElectricityMapsSource:
-    """Turn a number, a CSV path, a trace, a callable or ``"electricitymaps:<zone>"`` into an intensity source.
+    """Turn a number, a CSV path, a CSVTrace, a trace, a callable or ``"electricitymaps:<zone>"`` into a source.
 
     Anything else is refused. ``csv_options`` go to :func:`~lightning_green.carbon.read_trace`. Only the
     ``"electricitymaps:<zone>"`` form (or an :class:`~lightning_green.carbon.ElectricityMapsSource`) goes online; it
@@ -137,8 +138,8 @@ def as_intensity_source(
         lightning_green...InvalidArgumentError: EnergyMonitor(carbon_intensity=-1): `carbon_intensity` must be ...
     """
     allowed = (
-        "a number >= 0 (gCO2e/kWh), a CSV path, 'electricitymaps:<zone>', an IntensityTrace or a callable "
-        "datetime -> gCO2e/kWh"
+        "a number >= 0 (gCO2e/kWh), a CSV path, a CSVTrace, 'electricitymaps:<zone>', an IntensityTrace or a "
+        "callable datetime -> gCO2e/kWh"
     )
     if isinstance(value, (IntensityTrace, ConstantIntensity, CallableIntensity, ElectricityMapsSource)):
         return value
@@ -148,13 +149,30 @@ def as_intensity_source(
         if not (math.isfinite(value) and value >= 0):
             fail(owner, name, value, allowed)
         return ConstantIntensity(value)
+    if isinstance(value, CSVTrace):
+        if not os.path.isfile(value.path):
+            fail(owner, name, value, f"{allowed}; no file at that path")
+        try:
+            return value.read(csv_options.get("timezone", "UTC"))
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"{owner}({name}={value!r}): {err}") from None
     if isinstance(value, (str, os.PathLike)):
         if not os.path.isfile(value):
             fail(owner, name, value, f"{allowed}; no file at that path")
         try:
             return read_trace(value, **csv_options)
         except InvalidArgumentError as err:
-            raise InvalidArgumentError(f"{owner}({name}={os.fspath(value)!r}): {err}") from None
+            hint = ""
+            option = re.search(r"\b(time_column|value_column|unit|max_gap_h)=", str(err))
+            if option:
+                # That is read_trace's option, not the callback's: say how a callback user passes it.
+                opt = option.group(1)
+                hint = (
+                    f" From {owner}, give it through {name}=lightning_green.carbon.CSVTrace({os.fspath(value)!r}, "
+                    f"{opt}=...) (YAML: class_path: lightning_green.carbon.CSVTrace, "
+                    f"init_args: {{path: ..., {opt}: ...}})."
+                )
+            raise InvalidArgumentError(f"{owner}({name}={os.fspath(value)!r}): {err}{hint}") from None
     if callable(value):
         return CallableIntensity(value)
     fail(owner, name, value, allowed, TypeError)

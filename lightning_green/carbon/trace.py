@@ -12,13 +12,15 @@ import datetime as _dt
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lightning_green._internal.validation import InvalidArgumentError, fail
 
-__all__ = ["UNITS", "IntensityTrace", "check_timezone", "read_trace", "to_seconds"]
+__all__ = ["UNITS", "CSVTrace", "IntensityTrace", "check_timezone", "header_unit", "read_trace", "to_seconds"]
 
 WEEK_S = 7 * 86400.0
 
@@ -46,7 +48,11 @@ _VALUE_COLUMNS = (
     "intensity",
     "ci",
 )
-_UNIT_IN_HEADER = re.compile(r"\b(k?g|lbs?|t)\s*co[2₂][a-z]*\s*/\s*(k|m)wh", re.IGNORECASE)
+# A unit in a column header: "gCO₂eq/kWh", "lbs CO2/MWh", "intensity (kg/kWh)", "co2_g_per_kwh", "kg_per_kwh".
+_UNIT_IN_HEADER = re.compile(
+    r"(?<![a-z])(k?g|lbs?|t)(?:[\s_-]*co[2₂][a-z]*)?[\s_-]*(?:/|per)[\s_-]*(k|m)wh(?![a-z])", re.IGNORECASE
+)
+_LOOKS_LIKE_KG_BELOW = 1.5  # g/kWh of real grids: ~10-1200; every value below this is far likelier kg/kWh
 _OWNER = "read_trace"
 
 
@@ -223,7 +229,8 @@ def _pick(header: Sequence[str], wanted: str | None, candidates: Sequence[str], 
         if c in lower:
             return lower.index(c)
     if arg == "value_column":
-        found = [i for i, h in enumerate(lower) if "intensity" in h]
+        # A column that says it is an intensity, or whose header names an intensity unit ("co2_g_per_kwh").
+        found = [i for i, h in enumerate(lower) if "intensity" in h or header_unit(h) is not None]
         found.sort(key=lambda i: ("lca" not in lower[i], "forecast" in lower[i]))
         if found:
             return found[0]
@@ -275,6 +282,23 @@ def _local_seconds(
     return (second if fold else first).timestamp(), fold
 
 
+def header_unit(header: str) -> str | None:
+    """The unit a column header names, as a key of :data:`UNITS` (or e.g. ``"g/MWh"``); ``None`` if it names none.
+
+    Example:
+        >>> header_unit("intensity (kg/kWh)"), header_unit("co2_g_per_kwh"), header_unit("Carbon Intensity lbs CO2/MWh")
+        ('kg/kWh', 'g/kWh', 'lbs/MWh')
+        >>> header_unit("carbon_intensity") is None
+        True
+    """
+    m = _UNIT_IN_HEADER.search(header)
+    if m is None:
+        return None
+    mass = m.group(1).lower()
+    mass = "lbs" if mass.startswith("lb") else mass
+    return f"{mass}/{'kWh' if m.group(2).lower() == 'k' else 'MWh'}"
+
+
 def read_trace(
     path: str | os.PathLike[str],
     time_column: str | None = None,
@@ -300,7 +324,9 @@ def read_trace(
             there. The hour the autumn clock change repeats is listed twice, in order (the second time is read as
             the later one); a time the spring change skips does not exist and is refused with its row.
         unit: Unit of the values, one of :data:`UNITS`. ``None``: gCO2e/kWh, unless the column header names
-            another unit — then it must be given explicitly to be converted.
+            another unit (``kgCO2/kWh``, ``intensity (kg/kWh)``, ``co2_lbs_per_mwh``) — then it must be given
+            explicitly to be converted. Values that are all below 1.5 under a header that names no unit are read as
+            g/kWh with a warning that they look like kg/kWh.
         max_gap_h: Longest gap (hours) that is interpolated.
 
     Raises:
@@ -336,19 +362,18 @@ def read_trace(
     header = rows[0]
     ti = _pick(header, time_column, _TIME_COLUMNS, "time_column", spath)
     vi = _pick(header, value_column, _VALUE_COLUMNS, "value_column", spath)
-    factor = 1.0
-    if unit is None:
-        m = _UNIT_IN_HEADER.search(header[vi])
-        if m and (m.group(1).lower(), m.group(2).lower()) not in {("g", "k"), ("kg", "m")}:
-            fail(
-                _OWNER,
-                "unit",
-                unit,
-                f"given explicitly: column {header[vi]!r} is not in gCO2e/kWh; pass unit= one of {tuple(UNITS)!r} "
-                "to convert",
-            )
-    else:
-        factor = UNITS[unit]
+    factor = 1.0 if unit is None else UNITS[unit]
+    named = header_unit(header[vi])
+    if named is not None and unit is None and UNITS.get(named) != 1.0:
+        fail(
+            _OWNER,
+            "unit",
+            unit,
+            f"given explicitly: column {header[vi]!r} is not in gCO2e/kWh; pass unit= one of {tuple(UNITS)!r} "
+            "to convert",
+        )
+    if named is not None and unit is not None and UNITS.get(named) != factor:
+        fail(_OWNER, "unit", unit, f"the unit of column {header[vi]!r} ({named}), or None")
 
     times: list[float] = []
     vals: list[float | None] = []
@@ -386,6 +411,15 @@ def read_trace(
     known = [(t, v) for t, v in zip(times, vals, strict=True) if v is not None]
     if not known:
         fail(_OWNER, "path", spath, "a CSV with at least one intensity value")
+    if unit is None and named is None and 0 < max(v for _, v in known) < _LOOKS_LIKE_KG_BELOW:
+        warnings.warn(
+            f"read_trace(path={spath!r}): every intensity in column {header[vi]!r} is below {_LOOKS_LIKE_KG_BELOW:g}, "
+            "which looks like kg/kWh (grids run at ~10-1200 gCO2e/kWh); the values are read as gCO2e/kWh. If they "
+            "are kg/kWh, say so: unit='kg/kWh' (callbacks: carbon_intensity=lightning_green.carbon.CSVTrace(path, "
+            "unit='kg/kWh'), in YAML its class_path/init_args), or a column header that names the unit.",
+            UserWarning,
+            stacklevel=2,
+        )
     if len(times) == 1:
         return IntensityTrace(times[0], 3600.0, (known[0][1],), spath)
     steps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
@@ -427,3 +461,81 @@ def read_trace(
             out.append(a + (b - a) * (k - i + 1) / (j - i + 1))  # type: ignore[operator]
         i = j
     return IntensityTrace(start + first * step, step, tuple(out), spath)
+
+
+UnitName = Literal["g/kWh", "kg/MWh", "kg/kWh", "t/MWh", "lbs/MWh", "lbs/kWh"]
+
+
+class CSVTrace:
+    r"""A CSV intensity trace with :func:`read_trace`'s options, for a callback's ``carbon_intensity``/``intensity``.
+
+    A plain path is read with the defaults; a CSV whose columns or unit need naming goes through this class — in
+    Python or, as ``class_path: lightning_green.carbon.CSVTrace`` with ``init_args``, in a LightningCLI YAML. The file
+    is read when the callback is built. It is also a callable ``datetime -> gCO2e/kWh``.
+
+    Args:
+        path: CSV file with a header row.
+        time_column: Timestamp column; ``None`` picks a known name.
+        value_column: Intensity column; ``None`` picks a known name.
+        unit: Unit of the values (one of :data:`UNITS`); ``None``: gCO2e/kWh unless the header names another.
+        timezone: IANA zone of timestamps without an offset; ``None``: the callback's (``carbon_timezone`` /
+            ``timezone``, UTC by default).
+        max_gap_h: Longest gap (hours) that is interpolated.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "ci.csv"
+        >>> _ = p.write_text("when,co2\n2022-01-01 00:00,0.3\n2022-01-01 01:00,0.25\n")
+        >>> CSVTrace(p, time_column="when", value_column="co2", unit="kg/kWh").read().values
+        (300.0, 250.0)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        time_column: str | None = None,
+        value_column: str | None = None,
+        unit: UnitName | None = None,
+        timezone: str | None = None,
+        max_gap_h: float = 24.0,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(path, (str, os.PathLike)):
+            fail(name, "path", path, "a CSV path", TypeError)
+        for arg, value in (("time_column", time_column), ("value_column", value_column)):
+            if value is not None and not isinstance(value, str):
+                fail(name, arg, value, "None or a column name", TypeError)
+        if unit is not None and unit not in UNITS:
+            fail(name, "unit", unit, f"one of {tuple(UNITS)!r} (or None for gCO2e/kWh)")
+        if timezone is not None:
+            check_timezone(name, "timezone", timezone)
+        if isinstance(max_gap_h, bool) or not isinstance(max_gap_h, (int, float)) or not max_gap_h >= 0:
+            fail(name, "max_gap_h", max_gap_h, "a number >= 0")
+        self.path = os.fspath(path)
+        self.time_column, self.value_column, self.unit = time_column, value_column, unit
+        self.timezone, self.max_gap_h = timezone, float(max_gap_h)
+        self._trace: IntensityTrace | None = None
+
+    def read(self, timezone: str = "UTC") -> IntensityTrace:
+        """Read the file (``timezone``: the zone to use when this trace names none)."""
+        return read_trace(
+            self.path,
+            time_column=self.time_column,
+            value_column=self.value_column,
+            timezone=self.timezone or timezone,
+            unit=self.unit,
+            max_gap_h=self.max_gap_h,
+        )
+
+    # Callable so that the callbacks' `Callable[[datetime], float]` argument takes it from YAML (class_path/init_args):
+    # a class added to that type union instead makes jsonargparse read a plain CSV path's content as the value.
+    def __call__(self, when: _dt.datetime) -> float:
+        """Intensity at ``when`` (gCO2e/kWh; a naive datetime is UTC), reading the file on first use."""
+        if self._trace is None:
+            self._trace = self.read()
+        return self._trace.at(to_seconds(when))
+
+    def __repr__(self) -> str:
+        opts = {k: getattr(self, k) for k in ("time_column", "value_column", "unit", "timezone")}
+        shown = "".join(f", {k}={v!r}" for k, v in opts.items() if v is not None)
+        return f"CSVTrace({self.path!r}{shown})"

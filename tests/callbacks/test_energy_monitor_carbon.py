@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_green import EnergyBudget, EnergyMonitor
 from lightning_green.carbon import IntensityTrace
-from lightning_green.cli import main
+from lightning_green.cli import cli, main
 from lightning_green.testing import SimClock
 from tests.callbacks.test_carbon_aware_scheduler import CAISO, START, StepClock, by_hour
 from tests.helpers import SteadyModel, make_trainer
@@ -157,3 +157,28 @@ def test_repeating_the_last_week_of_a_trace_shorter_than_a_week_is_refused_at_se
     ):
         trainer.fit(SteadyModel(0.0))
     assert trainer.global_step == 0
+
+
+def test_a_csv_that_needs_options_is_usable_from_yaml(tmp_path):
+    csv = tmp_path / "kg.csv"
+    csv.write_text("when,intensity_kg_per_kwh\n2022-06-01 00:00,0.3\n2022-06-01 01:00,0.25\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_green.EnergyMonitor\n      init_args:\n"
+        "        carbon_intensity:\n          class_path: lightning_green.carbon.CSVTrace\n          init_args:\n"
+        f"            path: {csv}\n            time_column: when\n            unit: kg/kWh\n"
+    )
+    built = cli([f"--config={config}"], run=False)
+    mon = next(cb for cb in built.trainer.callbacks if isinstance(cb, EnergyMonitor))
+    assert mon.carbon_tracker.source.values == (300.0, 250.0)
+
+
+def test_a_plain_csv_path_from_yaml_stays_a_path(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning_green.EnergyMonitor\n      init_args:\n"
+        f"        carbon_intensity: {CAISO}\n"
+    )
+    built = cli([f"--config={config}"], run=False)
+    mon = next(cb for cb in built.trainer.callbacks if isinstance(cb, EnergyMonitor))
+    assert mon.carbon_tracker.source.source == CAISO

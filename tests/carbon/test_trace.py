@@ -11,9 +11,11 @@ import pytest
 from lightning_green.carbon import (
     CallableIntensity,
     CarbonAccount,
+    CSVTrace,
     IntensityTrace,
     as_intensity_source,
     ensure_covers,
+    header_unit,
     read_trace,
 )
 
@@ -186,3 +188,97 @@ def test_a_bad_csv_names_the_argument(tmp_path):
     p = write(tmp_path, "timestamp,avg_CI\n2022-01-01 00:00,-1\n")
     with pytest.raises(ValueError, match=r"^EnergyMonitor\(carbon_intensity='.*ci.csv'\): read_trace.*-1"):
         as_intensity_source(str(p), "EnergyMonitor")
+
+
+@pytest.mark.parametrize(
+    ("header", "unit"),
+    [
+        ("carbon_intensity_kg_per_kwh", "kg/kWh"),
+        ("intensity (kg/kWh)", "kg/kWh"),
+        ("Carbon Intensity kgCO2/kWh", "kg/kWh"),
+        ("co2_g_per_kwh", "g/kWh"),
+        ("Carbon Intensity gCO₂eq/kWh (LCA)", "g/kWh"),
+        ("emissions lb/MWh", "lbs/MWh"),
+        ("ci_t_per_mwh", "t/MWh"),
+        ("carbon_intensity", None),
+        ("avg_CI", None),
+    ],
+)
+def test_a_unit_in_the_header_is_recognised(header, unit):
+    assert header_unit(header) == unit
+
+
+@pytest.mark.parametrize("header", ["carbon_intensity_kg_per_kwh", "intensity (kg/kWh)"])
+def test_a_kg_header_without_co2_is_not_read_as_grams(tmp_path, header):
+    p = write(tmp_path, f"timestamp,{header}\n2022-01-01 00:00,0.3\n2022-01-01 01:00,0.35\n")
+    with pytest.raises(ValueError, match=r"read_trace\(unit=None\): `unit` must be given explicitly: column"):
+        read_trace(p)
+    assert read_trace(p, unit="kg/kWh").values == pytest.approx((300.0, 350.0))
+
+
+def test_a_header_unit_that_contradicts_unit_is_refused(tmp_path):
+    p = write(tmp_path, "timestamp,intensity (kg/kWh)\n2022-01-01 00:00,0.3\n")
+    with pytest.raises(
+        ValueError, match=r"read_trace\(unit='g/kWh'\): `unit` must be the unit of column .* \(kg/kWh\)"
+    ):
+        read_trace(p, unit="g/kWh")
+
+
+def test_values_that_look_like_kg_per_kwh_are_warned_about(tmp_path):
+    p = write(tmp_path, "timestamp,intensity\n2022-01-01 00:00,0.3\n2022-01-01 01:00,0.35\n")
+    with pytest.warns(UserWarning, match=r"every intensity in column 'intensity' is below 1.5.*unit='kg/kWh'"):
+        assert read_trace(p).values == (0.3, 0.35)
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs"),
+    [
+        ("timestamp,intensity\n2022-01-01 00:00,0.3\n", {"unit": "kg/kWh"}),  # said so
+        ("timestamp,co2_g_per_kwh\n2022-01-01 00:00,0.3\n", {}),  # the header says grams
+        ("timestamp,intensity\n2022-01-01 00:00,0.3\n2022-01-01 01:00,40\n", {}),  # not all tiny
+        ("timestamp,intensity\n2022-01-01 00:00,0\n", {}),  # a zero-carbon grid
+    ],
+)
+def test_no_kg_warning_when_the_unit_is_known_or_the_values_are_plausible(tmp_path, text, kwargs, recwarn):
+    read_trace(write(tmp_path, text), **kwargs)
+    assert not [w for w in recwarn if "kg/kWh" in str(w.message)]
+
+
+def test_csv_trace_passes_read_trace_options_through_a_callback(tmp_path):
+    p = write(tmp_path, "when,co2\n2022-01-01 00:00,0.3\n2022-01-01 01:00,0.25\n")
+    source = as_intensity_source(CSVTrace(p, time_column="when", value_column="co2", unit="kg/kWh"), "EnergyMonitor")
+    assert source.values == (300.0, 250.0)
+    assert CSVTrace(p, time_column="when", value_column="co2", unit="kg/kWh")(dt.datetime(2022, 1, 1, 1)) == 250.0
+
+
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [
+        ("when,co2\n2022-01-01 00:00,300\n", "time_column"),
+        ("timestamp,co2\n2022-01-01 00:00,300\n", "value_column"),
+        ("timestamp,intensity (kg/kWh)\n2022-01-01 00:00,0.3\n", "unit"),
+    ],
+)
+def test_an_option_error_tells_a_callback_user_how_to_give_it(tmp_path, text, option):
+    p = write(tmp_path, text)
+    with pytest.raises(
+        ValueError,
+        match=rf"EnergyMonitor\(carbon_intensity='.*'\): read_trace\({option}=None\): .* From EnergyMonitor, give it "
+        rf"through carbon_intensity=lightning_green.carbon.CSVTrace\('.*', {option}=...\) \(YAML: class_path: "
+        rf"lightning_green.carbon.CSVTrace",
+    ):
+        as_intensity_source(str(p), "EnergyMonitor")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"unit": "oz/kWh"}, ValueError, r"CSVTrace\(unit='oz/kWh'\): `unit` must be one of"),
+        ({"timezone": "Mars/Olympus"}, ValueError, r"CSVTrace\(timezone='Mars/Olympus'\): `timezone` must be"),
+        ({"max_gap_h": -1}, ValueError, r"CSVTrace\(max_gap_h=-1\): `max_gap_h` must be a number >= 0"),
+        ({"value_column": 3}, TypeError, r"CSVTrace\(value_column=3\): `value_column` must be None or a column name"),
+    ],
+)
+def test_csv_trace_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        CSVTrace(CAISO, **kwargs)
