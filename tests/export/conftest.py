@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from lightning_green.demos import DigitsCNN
 from lightning_green.pruning import ChannelPruner
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x  # data-dependent control flow: no graph captures it
+
+
+class Gated(nn.Module):
+    """A model torch.export cannot take, blocked in its submodule ``gate``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.gate = Gate()
+
+    def forward(self, x):
+        return self.gate(self.lin(x))
 
 
 def save_ckpt(path, model, history=None):

@@ -9,6 +9,7 @@ from lightning_green.export.bench import format_bench, parse_batch_sizes
 from lightning_green.export.report import headline
 from lightning_green.report import Document
 from lightning_green.report.green import _inference
+from tests.export.conftest import Gated
 
 
 @pytest.fixture(scope="module")
@@ -124,21 +125,6 @@ def test_run_dir_is_found_above_the_checkpoint_or_refused(tmp_path):
     assert find_run_dir(ckpt) == (tmp_path / "run").resolve()
     with pytest.raises(ValueError, match=r"`run_dir` must be a fit run's log dir holding energy_report.json"):
         attach_to_run(tmp_path, {"rows": []})
-
-
-class Gate(nn.Module):
-    def forward(self, x):
-        return x * 2 if x.sum() > 0 else x  # data-dependent control flow: torch.export cannot capture it
-
-
-class Gated(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-        self.gate = Gate()
-
-    def forward(self, x):
-        return self.gate(self.lin(x))
 
 
 def test_a_model_the_format_cannot_take_is_one_line_naming_the_module():

@@ -12,7 +12,7 @@ from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green.demos import DigitsDataModule, DigitsResNet, TinyGPT
 from lightning_green.export import ExportError, export_checkpoint, export_model, load_checkpoint_module
 from lightning_green.export.formats import load_exported
-from tests.export.conftest import save_ckpt
+from tests.export.conftest import Gated, save_ckpt
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs the [export] extra (onnx, onnxscript, onnxruntime)")
@@ -301,21 +301,6 @@ def test_checkpoint_of_other_hyperparameters_is_one_line(digits_ckpts, tmp_path)
     with pytest.raises(ValueError, match=r"`ckpt` .*DigitsCNN.*(unexpected|other shapes)") as e:
         load_checkpoint_module(digits_ckpts["pruned"], None, config=config, owner="export")
     assert "\n" not in str(e.value)
-
-
-class Gate(nn.Module):
-    def forward(self, x):
-        return x * 2 if x.sum() > 0 else x  # data-dependent control flow: no graph captures it
-
-
-class Gated(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-        self.gate = Gate()
-
-    def forward(self, x):
-        return self.gate(self.lin(x))
 
 
 def test_a_model_the_format_cannot_take_names_the_module(tmp_path):
