@@ -11,7 +11,7 @@ from typing import Any
 from lightning_green.export.report import headline
 from lightning_green.report import plots
 from lightning_green.report.document import Document, ReportFiles
-from lightning_green.report.green import fmt_energy, fmt_macs, fmt_num, fmt_seconds, resolve_mode
+from lightning_green.report.green import fmt_energy, fmt_energy_sig, fmt_macs, fmt_num, fmt_seconds, resolve_mode
 from lightning_green.report.run import METRIC_CANDIDATES, Run, RunDirError, TargetResult, target_sign
 
 __all__ = ["Comparison", "ComparisonRow", "compare_runs", "comparison_table", "format_comparison", "write_comparison"]
@@ -171,7 +171,7 @@ def _inference_cells(inf: dict[str, Any] | None, base: dict[str, Any] | None) ->
     if not inf:
         return ["n/a", "–"]
     unit = "tok" if inf["unit"] == "token" else "pred"
-    text = f"{fmt_energy(inf['energy_per_1k_j'])}/1k {unit} ({inf['format']}, b{inf['batch_size']}, {inf['label']})"
+    text = f"{fmt_energy_sig(inf['energy_per_1k_j'])}/1k {unit} ({inf['format']}, b{inf['batch_size']}, {inf['label']})"
     same = base is not None and base.get("unit") == inf["unit"]
     return [text, _ratio(inf["energy_per_1k_j"], base["energy_per_1k_j"]) if same else "–"]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_green.energy.carbon import format_energy
+from lightning_green.energy.carbon import energy_unit, format_energy
 from lightning_green.energy.meter import COMPONENTS
 from lightning_green.report import carbon_plots, plots
 from lightning_green.report.document import Document, ReportFiles
@@ -30,6 +30,28 @@ def fmt_energy(j: float | None) -> str:
     if j is None or not math.isfinite(j):
         return "n/a"
     return format_energy(j)
+
+
+def fmt_energy_sig(j: float | None, digits: int = 3) -> str:
+    """Joules with ``digits`` significant figures (J, Wh or kWh by size), for small per-unit figures.
+
+    ``fmt_energy`` keeps 0.1 J, which turns inference energy per 1,000 predictions (often well under a joule) into
+    0.1 J or 0.0 J.
+
+    Example:
+        >>> fmt_energy_sig(0.0896), fmt_energy_sig(0.04), fmt_energy_sig(12.345), fmt_energy_sig(1234.0)
+        ('0.0896 J', '0.0400 J', '12.3 J', '1234 J')
+        >>> fmt_energy_sig(0.0), fmt_energy_sig(None)
+        ('0 J', 'n/a')
+    """
+    if j is None or not math.isfinite(j):
+        return "n/a"
+    divisor, unit = energy_unit(j)
+    x = j / divisor
+    if x == 0:
+        return f"0 {unit}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:.{decimals}f} {unit}"
 
 
 def fmt_num(x: float | None, digits: int = 4) -> str:
@@ -418,7 +440,7 @@ def _inference(doc: Document, run: Run) -> None:
                 f"{r['latency_ms_median']:.3g} ms",
                 f"{r['latency_ms_p90']:.3g} ms",
                 fmt_num(r["throughput_per_s"]),
-                fmt_energy(r["energy_per_1k_j"]),
+                fmt_energy_sig(r["energy_per_1k_j"]),
                 str(r["label"]),
             ]
             for r in section["rows"]

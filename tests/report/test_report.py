@@ -18,6 +18,7 @@ from lightning_green.report import (
     write_comparison,
     write_report,
 )
+from lightning_green.report.compare import comparison_table
 from lightning_green.report.run import Run
 from lightning_green.report.scalars import find_scalar_files
 from tests.helpers import QUIET
@@ -234,6 +235,40 @@ def test_a_run_that_outlived_its_intensity_trace_is_flagged(tmp_path):
     note = "the run outlived the trace (it ends 2022-06-01T03:00+00:00): its last value was held (2 window(s))"
     run.energy["carbon"]["extrapolated"] = note
     assert f"| ⚠ intensity trace | {note} |" in build_report(run).to_markdown("x")
+
+
+def inference_cost(*rows, subject="pruned", unit="token"):
+    """An ``inference_cost`` section as bench-inference stores it: rows of (model, format, batch, J per 1k)."""
+    return {
+        "subject": subject,
+        "unit": unit,
+        "device": "cpu",
+        "threads": 1,
+        "label": "estimated",
+        "rows": [
+            {
+                "model": model,
+                "format": fmt,
+                "batch_size": batch,
+                "energy_per_1k_j": j,
+                "latency_ms_median": 1.0,
+                "latency_ms_p90": 1.2,
+                "throughput_per_s": 100.0,
+                "label": "estimated",
+            }
+            for model, fmt, batch, j in rows
+        ],
+    }
+
+
+def test_inference_energies_keep_three_significant_figures(tmp_path):
+    section = inference_cost(("pruned", "eager", 1, 0.0896), ("pruned", "eager", 8, 0.0321))
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), extra={"inference_cost": section})
+    md = build_report(run).to_markdown("x")
+    assert "| 0.0896 J |" in md and "| 0.0321 J |" in md
+    other = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name="b", extra={"inference_cost": section})
+    _, rows = comparison_table(compare_runs([run, other], target=0.8))
+    assert rows[0][-2].startswith("0.0321 J/1k tok")
 
 
 # ------------------------------------------------------------------------------------------------ comparison
