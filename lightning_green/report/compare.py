@@ -90,8 +90,9 @@ def compare_runs(
             raise RunDirError(f"no finite value of {name!r} in the runs; cannot pick a target.")
         target = min(finite) if mode == "max" else max(finite)
         source = "the least good best value among the runs"
+    inference = _like_for_like([r.extra("inference_cost") for r in runs])
     rows = []
-    for r in runs:
+    for r, inf in zip(runs, inference, strict=True):
         macs, _ = r.macs()
         unit, per = r.macs_unit()
         rows.append(
@@ -107,7 +108,7 @@ def compare_runs(
                 dense_macs=dense / per if (dense := r.dense_macs()) is not None else None,
                 macs_unit=unit,
                 label=r.label,
-                inference=headline(r.extra("inference_cost")),
+                inference=inf,
                 samples=(r.extra("data") or {}).get("samples_seen") if isinstance(r.extra("data"), dict) else None,
                 status=str(r.energy.get("status", "complete")),
             )
@@ -166,13 +167,56 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _subject_rows(section: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The benchmarked model's rows by (format, batch size)."""
+    rows = section.get("rows") or []
+    subject = section.get("subject") or (rows[0]["model"] if rows else None)
+    mine = [r for r in rows if r.get("model") == subject] or rows
+    return {(str(r["format"]), int(r["batch_size"])): r for r in mine}
+
+
+def _like_for_like(sections: Sequence[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+    """Each run's inference figure, measured the same way as the first benchmarked run's where possible.
+
+    Energy per 1,000 predictions depends on the format and even more on the batch size, so runs are compared at one
+    (format, batch size) that every benchmarked run has — the one where the first run spends least. A run without it
+    shows its own lowest figure, marked as not comparable.
+    """
+    by_key = [_subject_rows(s) if s and s.get("rows") else None for s in sections]
+    units = {s.get("unit", "prediction") for s in sections if s and s.get("rows")}
+    measured = [k for k in by_key if k is not None]
+    common = set.intersection(*(set(k) for k in measured)) if measured and len(units) == 1 else set()
+    key = min(common, key=lambda k: measured[0][k]["energy_per_1k_j"]) if common else None
+    out: list[dict[str, Any] | None] = []
+    for section, rows in zip(sections, by_key, strict=True):
+        if rows is None:
+            out.append(None)
+            continue
+        top = dict(headline(section) or {})
+        if key is not None:
+            row = rows[key]
+            top = {**top, "energy_per_1k_j": row["energy_per_1k_j"], "format": key[0], "batch_size": key[1]}
+            top["label"] = row.get("label", "?")
+        top["comparable"] = key is not None
+        out.append(top)
+    return out
+
+
 def _inference_cells(inf: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
-    """Energy per 1,000 predictions/tokens (its format and batch) and its ratio to the first run's."""
+    """Energy per 1,000 predictions/tokens (its format and batch) and its ratio to the first run's, like for like."""
     if not inf:
         return ["n/a", "–"]
     unit = "tok" if inf["unit"] == "token" else "pred"
     text = f"{fmt_energy_sig(inf['energy_per_1k_j'])}/1k {unit} ({inf['format']}, b{inf['batch_size']}, {inf['label']})"
-    same = base is not None and base.get("unit") == inf["unit"]
+    if base is None:
+        return [text, "–"]
+    if not inf.get("comparable", True) or not base.get("comparable", True):
+        return [text, "–" if inf is base else "n/a (no format and batch size benchmarked in every run)"]
+    same = (base.get("unit"), base.get("format"), base.get("batch_size")) == (
+        inf["unit"],
+        inf["format"],
+        inf["batch_size"],
+    )
     return [text, _ratio(inf["energy_per_1k_j"], base["energy_per_1k_j"]) if same else "–"]
 
 

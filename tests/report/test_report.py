@@ -272,6 +272,24 @@ def test_inference_energies_keep_three_significant_figures(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ comparison
+def test_inference_is_compared_only_at_the_same_format_and_batch_size(tmp_path):
+    def run(name, *rows):
+        extra = {"inference_cost": inference_cost(*rows)}
+        return synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name=name, extra=extra)
+
+    # the same model benchmarked at batch 1 and at batch 8: nothing in common, no ratio
+    a, b = run("a", ("pruned", "eager", 1, 1.0)), run("b", ("pruned", "eager", 8, 0.1))
+    _, rows = comparison_table(compare_runs([a, b], target=0.8))
+    assert rows[1][-2].startswith("0.100 J/1k tok (eager, b8")
+    assert rows[1][-1].startswith("n/a (no format and batch size benchmarked in every run")
+    # a batch size both have: compared there, even where another batch size is cheaper for one of them
+    a = run("a", ("pruned", "eager", 1, 1.0), ("pruned", "eager", 8, 0.2))
+    b = run("b", ("pruned", "eager", 8, 0.1), ("pruned", "onnx", 8, 0.05))
+    _, rows = comparison_table(compare_runs([a, b], target=0.8))
+    assert rows[0][-2].startswith("0.200 J/1k tok (eager, b8") and rows[1][-2].startswith("0.100 J/1k tok (eager, b8")
+    assert rows[1][-1] == "0.50×"
+
+
 def test_compare_two_runs_with_ratios_against_the_first(tmp_path):
     base = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name="baseline")
     green = synthetic_run(
