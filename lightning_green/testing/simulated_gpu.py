@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 from zeus.device.gpu.common import GPU, GPUs, ZeusGPUInvalidArgError, ZeusGPUNoPermissionError
 
@@ -476,6 +477,9 @@ def simulated_gpus(
         zeus_gpu._gpus = previous
 
 
+_GPU_LOOKERS = {"EnergyMonitor", "PowerLimitTuner"}  # callbacks that look for GPUs in their setup
+
+
 class SimulatedGPUWorkload(Callback):
     """Make a CPU training run behave as if each rank trained on its own simulated GPU.
 
@@ -541,6 +545,7 @@ class SimulatedGPUWorkload(Callback):
             sims = _build(self.count, self.state_dir, self.gpu_kwargs)
             self._installed = (zeus_gpu._gpus, sims)
             zeus_gpu._gpus = sims
+            self._warn_if_late(trainer)
         for gpu in sims.gpus:
             gpu.set_busy(False)
         self._gpu = sims.gpus[trainer.local_rank] if trainer.local_rank < len(sims.gpus) else None
@@ -560,6 +565,20 @@ class SimulatedGPUWorkload(Callback):
         # Lightning does not call teardown after an exception: without this, the simulated GPUs would stay in
         # Zeus's process-wide singleton and later CPU runs in this process would "measure" them.
         self._uninstall()
+
+    def _warn_if_late(self, trainer: Any) -> None:
+        """Say so when callbacks that look for GPUs in their ``setup`` ran before this one installed them."""
+        callbacks = list(getattr(trainer, "callbacks", []))
+        mine = next((i for i, cb in enumerate(callbacks) if cb is self), 0)
+        # By class name (subclasses too): the public test helper stays free of the callbacks' imports.
+        before = [type(cb).__name__ for cb in callbacks[:mine] if _GPU_LOOKERS & {c.__name__ for c in type(cb).__mro__}]
+        if before:
+            rank_zero_warn(
+                f"SimulatedGPUWorkload: installed after {', '.join(before)}, which looked for GPUs in their setup "
+                "before these existed (no GPU is measured, the tuner stays off). Put SimulatedGPUWorkload first in "
+                "the callbacks (in a YAML: the first entry of trainer.callbacks; --trainer.callbacks+= appends it "
+                "last)."
+            )
 
     def _uninstall(self) -> None:
         """Put back what Zeus's GPU singleton held before :meth:`setup` installed the simulated GPUs."""

@@ -141,3 +141,23 @@ def test_workload_uninstalls_its_gpus_after_a_crash(tmp_path):
         assert report["meter"]["gpu_indices"] == []
     finally:
         zeus_gpu._gpus = before  # keep a failure here from leaking simulated GPUs into other tests
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_workload_installed_after_a_callback_that_looks_for_gpus_warns(tmp_path, first, recwarn):
+    work = SimulatedGPUWorkload(step_work_s=0.0)
+    monitor = EnergyMonitor(print_summary=False, report_filename=None, progress_bar=False)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_steps=1,
+        callbacks=[work, monitor] if first else [monitor, work],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(BoringModel())
+    late = [w for w in recwarn if "SimulatedGPUWorkload: installed after EnergyMonitor" in str(w.message)]
+    assert bool(late) is not first
+    if late:
+        assert "Put SimulatedGPUWorkload first" in str(late[0].message)
