@@ -141,9 +141,20 @@ class CarbonTracker:
         return self.account.gco2e(stage)
 
     def forecast_gco2e(self, stage: str, spent_j: float, forecast_j: float) -> float:
-        """CO₂ so far plus the forecast's remaining energy at the current intensity."""
-        remaining = max(forecast_j - spent_j, 0.0)
-        return self.gco2e(stage, spent_j) + remaining / J_PER_KWH * self.intensity_now * self.pue
+        """CO₂ of ``forecast_j``: CO₂ so far plus the forecast's remaining energy at the current intensity.
+
+        A run that has already spent more than the forecast gets the forecast's joules at the run's mean intensity so
+        far, so that the CO₂ is always that of the forecast's energy (not the larger energy spent).
+
+        Example:
+            >>> tracker = CarbonTracker(100.0)
+            >>> tracker.forecast_gco2e("fit", 3.6e6, 7.2e6), tracker.forecast_gco2e("fit", 7.2e6, 3.6e6)
+            (200.0, 100.0)
+        """
+        spent_g = self.gco2e(stage, spent_j)
+        if forecast_j < spent_j:
+            return spent_g * forecast_j / spent_j if spent_j > 0 else 0.0
+        return spent_g + (forecast_j - spent_j) / J_PER_KWH * self.intensity_now * self.pue
 
     def as_dict(self, mean_g_per_kwh: float | None = None) -> dict[str, object]:
         """The report's ``carbon`` block."""

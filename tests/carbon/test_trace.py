@@ -11,6 +11,7 @@ import pytest
 from lightning_green.carbon import (
     CallableIntensity,
     CarbonAccount,
+    CarbonTracker,
     CSVTrace,
     IntensityTrace,
     as_intensity_source,
@@ -282,3 +283,22 @@ def test_an_option_error_tells_a_callback_user_how_to_give_it(tmp_path, text, op
 def test_csv_trace_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         CSVTrace(CAISO, **kwargs)
+
+
+@pytest.mark.parametrize("spent_j", [1.0e6, 3.6e6, 5.0e6])
+def test_the_forecast_co2_is_that_of_the_forecast_energy(spent_j):
+    # 27.4 J forecast after 27.8 J spent used to report the CO2 of the 27.8 J
+    t = [0.0]
+    tracker = CarbonTracker(lambda when: 100.0 if when.hour == 0 else 300.0, clock=lambda: t[0])
+    tracker.start()
+    t[0] = 3600.0
+    tracker.window(["fit"], spent_j)  # at 100 g/kWh
+    forecast_j = 3.6e6
+    expected = (
+        forecast_j / 3.6e6 * 100.0
+        if spent_j >= forecast_j
+        else spent_j / 3.6e6 * 100 + (forecast_j - spent_j) / 3.6e6 * tracker.intensity_now
+    )
+    assert tracker.forecast_gco2e("fit", spent_j, forecast_j) == pytest.approx(expected)
+    const = CarbonTracker(56.0, pue=1.1)
+    assert const.forecast_gco2e("fit", spent_j, forecast_j) == pytest.approx(forecast_j / 3.6e6 * 56.0 * 1.1)
