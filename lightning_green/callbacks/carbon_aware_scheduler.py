@@ -228,8 +228,10 @@ class CarbonAwareScheduler(Callback):
                 f"at least expected_duration={self.expected_duration_s / 3600:g} h after the start ({_iso(now)}); "
                 f"it leaves {(deadline_s - now) / 3600:g} h",
             )
-        first = now - history_needed_s(self.forecast)
-        self.source = ensure_covers(self.source, first, deadline_s, name, "intensity", self.extend)
+        history_s = history_needed_s(self.forecast)
+        self.source = ensure_covers(
+            self.source, now - history_s, deadline_s, name, "intensity", self.extend, None, history_s, self.forecast
+        )
         self.start_s, self.deadline_s = now, deadline_s
         self.planner = self._planner(deadline_s)
 

@@ -187,12 +187,15 @@ def ensure_covers(
     name: str,
     extend: str,
     extend_name: str | None = None,
+    history_s: float = 0.0,
+    forecast: str | None = None,
 ) -> Any:
     """Return ``source`` if it covers ``[t0_s, t1_s]``, the trace extended if ``extend`` allows; else refuse.
 
     Messages name the caller's own arguments: ``owner(name=...)`` for the source and ``extend_name`` for the
     extension (``None``: ``name`` with ``intensity`` replaced by ``extend``, so ``carbon_intensity`` pairs with
-    ``carbon_extend`` and ``intensity`` with ``extend``).
+    ``carbon_extend`` and ``intensity`` with ``extend``). ``history_s``: how much of the span before the run's start
+    is history that ``forecast`` reads (said in the message when the trace starts too late).
 
     Example:
         >>> tr = IntensityTrace(0.0, 3600.0, (1.0,) * 168)
@@ -216,10 +219,29 @@ def ensure_covers(
             )
         return source.extended(t1_s + WEEK_S)
     desc = source.describe()
+    start_s = getattr(source, "start_s", -math.inf)
+    end_s = getattr(source, "end_s", math.inf)
+    fixes = []
+    if start_s > t0_s:
+        # Repeating the last week only reaches forward: a late start needs another trace (or less history).
+        if history_s > 0:
+            fixes.append(
+                f"forecast={forecast!r} reads {history_s / 3600:g} h of intensities before the run starts "
+                f"({_iso(t0_s + history_s)}), so the trace must start by {_iso(t0_s)}: give a trace with that history "
+                "(a trace is never extended backwards), or forecast='trace'"
+            )
+        else:
+            fixes.append(f"give a trace that starts by {_iso(t0_s)} (a trace is never extended backwards)")
+    if end_s < t1_s:
+        fixes.append(
+            f"give a trace that reaches {_iso(t1_s)}, or {extend_name}='repeat-last-week' to repeat its last week"
+            if extend != "repeat-last-week"
+            else f"give a trace that reaches {_iso(t1_s)}"
+        )
     raise InvalidArgumentError(
         f"{owner}({name}={desc.get('source')!r}): the trace covers {desc.get('start')} .. {desc.get('end')} but "
-        f"the run needs {_iso(t0_s)} .. {_iso(t1_s)}; a trace is never extrapolated silently. Give a trace that "
-        f"covers the run, or {extend_name}='repeat-last-week' to repeat its last week."
+        f"the run needs {_iso(t0_s)} .. {_iso(t1_s)}; a trace is never extrapolated silently. To fix: "
+        f"{'; and '.join(fixes)}."
     )
 
 

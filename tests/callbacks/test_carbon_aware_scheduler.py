@@ -332,6 +332,20 @@ def test_bad_arguments(kwargs, exc, match):
         ({"intensity": CAISO, "deadline": "2022-06-20T00:00"}, r"\(intensity='.*caiso.*'\): the trace covers"),
         ({"intensity": CAISO, "forecast": "persistence"}, r"the run needs 2022-05-30T21:00"),
         ({"intensity": CAISO, "forecast": "persistence-week"}, r"the run needs 2022-05-25T00:00"),
+        # the history before the start cannot come from repeating the last week: say what is needed instead
+        *[
+            (
+                {"intensity": CAISO, "forecast": forecast, "extend": extend},
+                rf"To fix: forecast='{forecast}' reads {hours} h of intensities before the run starts "
+                rf"\(2022-06-01T00:00\+00:00\), so the trace must start by {start}\+00:00: give a trace with that "
+                r"history \(a trace is never extended backwards\), or forecast='trace'\.$",
+            )
+            for forecast, hours, start in (
+                ("persistence", 27, "2022-05-30T21:00"),
+                ("persistence-week", 168, "2022-05-25T00:00"),
+            )
+            for extend in ("none", "repeat-last-week")
+        ],
     ],
 )
 def test_bad_deadlines_and_coverage_are_refused_at_setup(tmp_path, kwargs, match):
