@@ -363,10 +363,35 @@ class Run:
         return model.get("macs")
 
 
-def _runs_below(path: Path, energy_report: str, limit: int = 8) -> list[str]:
-    """Run directories under ``path`` (two levels deep), for the error message."""
-    found = sorted(str(p.parent) for p in path.glob(f"*/{energy_report}"))
-    found += sorted(str(p.parent) for p in path.glob(f"*/*/{energy_report}"))
+_SKIP_DIRS = {"checkpoints", "green_report_files", "__pycache__", ".git"}
+_MAX_DIRS = 2000  # folders looked into at most: a hint in an error message must not walk a dataset tree
+
+
+def _runs_below(path: Path, energy_report: str, limit: int = 8, depth: int = 5) -> list[str]:
+    """Run directories under ``path``, nearest first, for the error message.
+
+    Up to ``depth`` levels down: ``runs/fp32/lightning_logs/version_0`` is 3. A run directory is not searched further,
+    nor are checkpoint and report folders, so a big tree is not walked.
+    """
+    found: list[str] = []
+    level = [path]
+    visited = 0
+    for _ in range(depth):
+        below: list[Path] = []
+        for folder in level[: max(0, _MAX_DIRS - visited)]:
+            visited += 1
+            try:
+                children = sorted(c for c in folder.iterdir() if c.is_dir() and c.name not in _SKIP_DIRS)
+            except OSError:
+                continue
+            for child in children:
+                if (child / energy_report).is_file():
+                    found.append(str(child))
+                else:
+                    below.append(child)
+        if len(found) >= limit or not below:
+            break
+        level = below
     return found[:limit]
 
 

@@ -322,6 +322,20 @@ def test_comparison_needs_a_common_metric(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bad run dirs
+def test_runs_three_levels_down_are_listed(tmp_path):
+    for run in ("runs/fp32/lightning_logs/version_0", "runs/green/lightning_logs/version_1", "a/b/c/d/version_0"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "energy_report.json").write_text("{}")
+    (tmp_path / "runs/fp32/lightning_logs/version_0/checkpoints/x").mkdir(parents=True)
+    with pytest.raises(
+        RunDirError, match=r"runs found below it: \S*runs/fp32/lightning_logs/version_0, \S*runs/green/"
+    ):
+        load_run(tmp_path / "runs")
+    with pytest.raises(RunDirError) as info:
+        load_run(tmp_path)
+    assert "a/b/c/d/version_0" in str(info.value)  # 5 levels down
+
+
 def test_bad_run_directories_say_why(tmp_path, tb_run):
     with pytest.raises(RunDirError, match=r"does not exist"):
         load_run(tmp_path / "missing")
