@@ -195,6 +195,16 @@ def test_failure_during_training_keeps_its_traceback(tmp_path, kind, exc):
             "EnergyMonitor: `carbon_intensty` is not one of its arguments; did you mean `carbon_intensity`?",
         ),
         (["--trainer.max_epochs=abc"], "--trainer.max_epochs='abc': must be an int or None."),
+        (
+            ["--trainer.callbacks+=lightning_green.EnergyMonitr"],
+            "--trainer.callbacks='lightning_green.EnergyMonitr': module 'lightning_green' has no class 'EnergyMonitr'; "
+            "did you mean `lightning_green.EnergyMonitor`?",
+        ),
+        (
+            ["--trainer.callbacks+=lightning_grn.EnergyMonitor"],
+            "--trainer.callbacks='lightning_grn.EnergyMonitor': no module named 'lightning_grn'.",
+        ),
+        (["--model=DigitCNN"], "--model='DigitCNN': must be a LightningModule or None; did you mean `DigitsCNN`?"),
         (["--model.lr=abc"], "DigitsCNN(lr='abc'): `lr` must be a float."),
         (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3"),  # no guess at max_epochs
     ],

@@ -22,6 +22,8 @@ _EXPECTED = re.compile(r"^(?:- )?Expected an? (.+?)(?:\. Got value: (.*))?$")
 _SUBTYPES = re.compile(r"^Subtypes: \[(.*)\]$")
 _GIVEN = re.compile(r"^Given value: (.*)$")
 _TYPE = re.compile(r"<class '([^']+)'>")
+_NO_ATTRIBUTE = re.compile(r"^module '([^']+)' has no attribute '([^']+)'$")
+_NO_MODULE = re.compile(r"^No module named '([^']+)'$")
 
 
 def _indent(line: str) -> int:
@@ -94,6 +96,11 @@ def summarise_parse_error(message: str) -> str:
             break
     stripped = [line.strip() for line in body]
     short = owner.rpartition(".")[2] if owner else None
+    if owner:
+        missing = _missing_class(owner, stripped)
+        if missing:
+            where = f"--{outer.group(1)}" if outer else "class_path"
+            return f"{where}={owner!r}: {missing}"
     for line in stripped:
         unknown = _NOT_ACCEPTED.match(line)
         if unknown and owner:
@@ -117,4 +124,49 @@ def summarise_parse_error(message: str) -> str:
     shown = repr(value) if value is not None else "?"
     if short:
         return f"{short}({key}={shown}): `{key}` must be {expected}."
-    return f"--{key}={shown}: must be {expected}."
+    return f"--{key}={shown}: must be {expected}{_suggest_subclass(after, value) or '.'}"
+
+
+def _missing_class(class_path: str, lines: list[str]) -> str | None:
+    """What is wrong with a class path that does not import (a misspelled class or module), with the closest name."""
+    for line in lines:
+        attr = _NO_ATTRIBUTE.match(line)
+        if attr:
+            module, name = attr.groups()
+            try:
+                mod = importlib.import_module(module)
+                names = list(getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")])
+            except Exception:  # cannot look inside: no suggestion
+                names = []
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean `{module}.{close[0]}`?" if close else "."
+            return f"module {module!r} has no class {name!r}{hint}"
+        no_module = _NO_MODULE.match(line)
+        if no_module:
+            return f"no module named {no_module.group(1)!r}."
+    return None
+
+
+def _suggest_subclass(lines: list[str], value: str | None) -> str:
+    """``; did you mean `X`?`` for a bare class name close to an imported subclass of the expected base class."""
+    if not value or "." in value:
+        return ""
+    bases = []
+    for line in lines:
+        sub = _SUBTYPES.match(line)
+        if sub:
+            bases = _TYPE.findall(sub.group(1))
+    names: set[str] = set()
+    for base in bases:
+        module, _, name = base.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except Exception:  # a base we cannot import: nothing to suggest from
+            continue
+        todo = list(cls.__subclasses__()) if isinstance(cls, type) and cls is not type(None) else []
+        while todo:
+            c = todo.pop()
+            names.add(c.__name__)
+            todo.extend(c.__subclasses__())
+    close = difflib.get_close_matches(value, sorted(names), n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
