@@ -140,6 +140,15 @@ def test_a_second_fit_into_the_same_tensorboard_dir_reports_only_its_own_scalars
     assert len(run.curve("val_acc")) == 1
 
 
+def test_a_test_after_the_fit_keeps_the_fits_scalars(tmp_path):
+    trainer = _fit_into(tmp_path, epochs=2)
+    started = load_run(trainer.log_dir).energy["started_s"]
+    trainer.test(trainer.lightning_module, DigitsDataModule(image_size=8, batch_size=32), verbose=False)
+    run = load_run(trainer.log_dir)  # the test is part of the same run: its start is the fit's
+    assert run.energy["started_s"] == started
+    assert [e.epoch for e in run.epoch_energy()] == [0, 1] and len(run.curve("val_acc")) == 2
+
+
 def test_a_resumed_fit_keeps_the_scalars_logged_before_the_resume(tmp_path):
     first = _fit_into(tmp_path, epochs=2)
     ckpt = first.checkpoint_callback.best_model_path
