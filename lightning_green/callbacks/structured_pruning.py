@@ -45,6 +45,7 @@ from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_poi
 from lightning_green.pruning.verify import (
     Probe,
     describe,
+    example_from_spec,
     example_spec,
     first_line,
     has_own_forward,
@@ -379,17 +380,6 @@ class StructuredPruning(Callback):
                 "submodule to prune with `module=` (e.g. StructuredPruning(module='model')), or give `forward_fn=`."
             )
         target = self._target(pl_module)
-        if self._architecture is None or self._architecture[0] is not target:
-            try:
-                self._architecture = (target, Architecture(target))
-            except Exception as exc:  # an attribute deepcopy cannot take: only earlier checkpoints are affected
-                log.debug(
-                    "%s: no copy of the architecture (%s); a checkpoint saved before a later prune will not "
-                    "load into the pruned module",
-                    name,
-                    first_line(exc),
-                )
-                self._architecture = None
         if self._llm is None:
             for arg, value, used in (
                 ("importance", "activation", self.importance == "activation"),
@@ -484,6 +474,7 @@ class StructuredPruning(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._batches, self._regularized_at = 0, -1
         target = self._target(pl_module)
+        self._capture(target)
         if self._llm is not None:  # an HF causal LM is counted and checked on token ids of its own
             self._start(trainer, pl_module, self._llm.example(target), "token ids")
         elif self.example_input is not None:
@@ -1091,14 +1082,34 @@ class StructuredPruning(Callback):
         pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
         self._restore_hook = (pl_module, on_load_checkpoint)
 
+    def _capture(self, target: torch.nn.Module) -> None:
+        """Keep ``target``'s architecture, what its history starts from, unless kept already.
+
+        Called where the module is complete but not cut yet in this run: before the first restore of a checkpoint
+        and at the fit's start (after ``configure_model``).
+        """
+        if self._architecture is not None and self._architecture[0] is target:
+            return
+        try:
+            self._architecture = (target, Architecture(target))
+        except Exception as exc:  # an attribute deepcopy cannot take: only earlier checkpoints are affected
+            log.debug(
+                "%s: no copy of the architecture (%s); a checkpoint saved before a later prune will not load into "
+                "the pruned module",
+                type(self).__name__,
+                first_line(exc),
+            )
+            self._architecture = None
+
     def _rebuild(self, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        target = self._target(pl_module)
+        self._capture(target)
         state = (checkpoint.get("callbacks") or {}).get(self.state_key)
         example = self.example_input
         if example is None:
-            example = getattr(self._target(pl_module), "example_input_array", None)
-        target = self._target(pl_module)
+            example = getattr(target, "example_input_array", None)
         arch = self._architecture[1] if self._architecture is not None and self._architecture[0] is target else None
-        rebuild_from_checkpoint(
+        rebuilt = rebuild_from_checkpoint(
             pl_module,
             checkpoint,
             example,
@@ -1107,6 +1118,16 @@ class StructuredPruning(Callback):
             forward_fn=self._forward,
             architecture=arch,
         )
+        if rebuilt and self.macs is not None:  # `speedup` of the model as loaded (a fit recounts at its start)
+            if self._llm is not None:
+                example = self._llm.example(target)
+            elif example is None and (state or {}).get("example"):
+                example = example_from_spec(state["example"])  # type: ignore[index]
+            try:
+                self.macs, self.params = self._count(target, move_data_to_device(example, pl_module.device))
+            except Exception as exc:  # a count is a report figure: never fail a restore over it
+                log.debug("%s: no MAC count after the restore (%s)", type(self).__name__, first_line(exc))
+                self.macs = None
 
     # --------------------------------------------------------------------------------------------------- state
     @override

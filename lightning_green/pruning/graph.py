@@ -13,7 +13,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -147,9 +147,12 @@ def _device(module: nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
-def _meta_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` whose parameters, buffers and tensor attributes live on the ``meta`` device."""
-    memo: dict[int, Any] = {}
+def _meta_copy(module: nn.Module, keep: Iterable[Any] = ()) -> nn.Module:
+    """A deep copy of ``module`` whose parameters, buffers and tensor attributes live on the ``meta`` device.
+
+    The objects in ``keep`` are not copied: the copy refers to them.
+    """
+    memo: dict[int, Any] = {id(obj): obj for obj in keep}
     for m in module.modules():
         for p in m._parameters.values():
             if p is not None and id(p) not in memo:

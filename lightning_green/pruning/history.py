@@ -8,7 +8,6 @@ architecture reproduces the pruned one exactly, so a checkpoint only needs these
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -18,7 +17,14 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
-from lightning_green.pruning.graph import WIDTH_ATTRIBUTES, Lineage, _meta_copy, build_graph, pruning_session
+from lightning_green.pruning.graph import (
+    WIDTH_ATTRIBUTES,
+    Lineage,
+    _meta_copy,
+    build_graph,
+    coupled_tensors,
+    pruning_session,
+)
 from lightning_green.pruning.verify import ModelState, Probe, quiet_forward
 
 __all__ = [
@@ -83,9 +89,12 @@ class Architecture:
 
     A checkpoint's history replays on the architecture it started from, so a module cut further since (a fit's last
     prune, then ``trainer.test(ckpt_path="best")`` of an earlier epoch) is first put back to it: :meth:`restore`
-    rebuilds the same modules, shapes and width attributes, with uninitialised weights for the checkpoint to fill.
-    Costs no memory for the weights (a copy on the ``meta`` device); the tensors a checkpoint does not hold
-    (non-persistent buffers, plain tensor attributes such as a positional encoding) are kept as values.
+    gives every tensor whose shape the prunes changed its old shape again (uninitialised, for the checkpoint to
+    fill), brings back removed submodules (decoder layers) and the widths (``in_features``, an HF ``config``, ...).
+    What the prunes did not change stays as it is: tensors of the same shape, floats, a LightningModule's own
+    attributes, anything added since. Costs no memory for the weights (a copy on the ``meta`` device); kept as
+    values are only the non-persistent buffers (a checkpoint does not hold them) and the tensors a prune may cut
+    with a layer (:func:`~lightning_green.pruning.graph.coupled_tensors`, e.g. a positional encoding).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -99,90 +108,120 @@ class Architecture:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self._copy = _meta_copy(module)
+        # A LightningModule's own attributes (datasets, tokenizers, arrays) are the user's, not the architecture:
+        # the copy refers to them instead of copying them.
+        self._keep = [v for k, v in vars(module).items() if _users(module, k, v)]
+        self._copy = _meta_copy(module, self._keep)
         self._shapes = {k: tuple(v.shape) for k, v in self._copy.state_dict().items() if hasattr(v, "shape")}
         self._values: dict[tuple[str, str], torch.Tensor] = {}
+        coupled = {(id(m), k) for m, k, _ in coupled_tensors(module)}
         for path, m in module.named_modules():
             kept = [(k, b) for k, b in m._buffers.items() if b is not None and k in m._non_persistent_buffers_set]
-            kept += [(k, v) for k, v in vars(m).items() if torch.is_tensor(v) and not isinstance(v, nn.Parameter)]
+            kept += [(k, v) for k, v in vars(m).items() if torch.is_tensor(v) and (id(m), k) in coupled]
+            kept += [(k, b) for k, b in m._buffers.items() if b is not None and (id(m), k) in coupled]
             for k, t in kept:
                 self._values[(path, k)] = t.detach().clone()
 
     def differs(self, module: nn.Module) -> bool:
         """Whether ``module``'s tensors (which ones, their shapes) are not this architecture's."""
         own = {k: tuple(v.shape) for k, v in module.state_dict().items() if hasattr(v, "shape")}
-        return own != self._shapes
+        return any(own.get(k) != shape for k, shape in self._shapes.items())
 
     def removed(self, module: nn.Module) -> set[str]:
         """State-dict keys of this architecture that ``module`` no longer has (decoder layers removed since)."""
         return set(self._shapes) - set(module.state_dict())
 
     def restore(self, module: nn.Module) -> None:
-        """Put ``module`` (in place, the same object) back to this architecture; its weights are left uninitialised.
+        """Put ``module`` (in place, the same object) back to this architecture; load a state dict afterwards.
 
-        Every parameter and buffer is a new tensor, on the device and in the dtype of ``module``'s tensor of that
-        name (else as captured), so load a state dict afterwards. Tied parameters stay tied. Submodules the prunes
-        kept stay the same objects; ones they removed (decoder layers) come back as new ones. A LightningModule's
-        own attributes other than tensors and widths, and torchmetrics' metrics, are left alone.
+        A new tensor is on the device and in the dtype of ``module``'s tensor of that name (else as captured).
+        Tied parameters stay tied.
         """
-        fresh = copy.deepcopy(self._copy)
+        fresh = _meta_copy(self._copy, self._keep)
         live = dict(module.named_parameters(remove_duplicate=False))
         live.update(module.named_buffers(remove_duplicate=False))
         default = next((t.device for t in live.values()), torch.device("cpu"))
         made: dict[int, torch.Tensor] = {}
 
         def real(path: str, t: torch.Tensor) -> torch.Tensor:
+            owner, _, key = path.rpartition(".")
+            like = live.get(path)
+            device = like.device if like is not None else default
+            if (owner, key) in self._values:  # a value no checkpoint holds
+                return self._values[(owner, key)].clone().to(device)
             if id(t) not in made:
-                like = live.get(path)
-                device, dtype = (like.device, like.dtype) if like is not None else (default, t.dtype)
-                value = torch.empty(t.shape, device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                dtype = like.dtype if like is not None and t.is_floating_point() else t.dtype
+                value = torch.empty(t.shape, device=device, dtype=dtype)
                 made[id(t)] = (
                     nn.Parameter(value, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else value
                 )
             return made[id(t)]
 
-        for path, m in fresh.named_modules(remove_duplicate=False):
-            prefix = f"{path}." if path else ""
-            for k, p in list(m._parameters.items()):
-                if p is not None:
-                    m._parameters[k] = real(prefix + k, p)  # type: ignore[assignment]
-            for k, b in list(m._buffers.items()):
-                if b is not None:
-                    kept = self._values.get((path, k))
-                    m._buffers[k] = kept.clone() if kept is not None else real(prefix + k, b)
-            for k, v in list(vars(m).items()):
-                if torch.is_tensor(v) and not isinstance(v, nn.Parameter) and (path, k) in self._values:
-                    vars(m)[k] = self._values[(path, k)].clone()
-        _graft(module, fresh, root=isinstance(module, LightningModule))
+        _graft(module, fresh, "", real, self._values, root=isinstance(module, LightningModule))
 
 
-def _graft(live: nn.Module, fresh: nn.Module, root: bool = False) -> None:
-    """``live`` takes ``fresh``'s tensors, attributes and submodules, keeping its own object identity.
+def _users(module: nn.Module, key: str, value: Any) -> bool:
+    """Whether attribute ``key`` of ``module`` is the user's data (kept by reference in an :class:`Architecture`)."""
+    return (
+        isinstance(module, LightningModule)
+        and not key.startswith("_")
+        and not isinstance(value, (nn.Module, torch.Tensor, int, float, str, bool, type(None)))
+    )
 
-    A LightningModule's (``root``) other attributes are the user's training state, not the architecture: only its
-    tensors and width attributes are taken.
-    """
+
+def _widthlike(value: Any) -> bool:
+    """An attribute a prune may set: an int (a width, a head count), a tuple of ints, or a Hugging Face config."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int) or (isinstance(value, (tuple, list)) and value and all(type(v) is int for v in value)):
+        return True
+    return any(c.__name__ in ("PreTrainedConfig", "PretrainedConfig") for c in type(value).__mro__)  # transformers 5, 4
+
+
+def _graft(live: nn.Module, fresh: nn.Module, path: str, real: Any, values: Mapping, root: bool = False) -> None:
+    """Give ``live`` (kept, the same object) ``fresh``'s shapes, widths and submodules where they differ."""
     if type(live).__module__.startswith("torchmetrics."):
         return  # a metric's states are not the model's
-    live._parameters.clear()
-    live._parameters.update(fresh._parameters)
-    live._buffers.clear()
-    live._buffers.update(fresh._buffers)
+    prefix = f"{path}." if path else ""
+    for k, p in fresh._parameters.items():
+        own = live._parameters.get(k)
+        if p is not None and (own is None or own.shape != p.shape):
+            live._parameters[k] = real(prefix + k, p)
+    for k, b in fresh._buffers.items():
+        own = live._buffers.get(k)
+        if b is not None and (own is None or own.shape != b.shape):
+            live._buffers[k] = real(prefix + k, b)
     for k, v in vars(fresh).items():
-        if k.startswith("_") or k == "training":
+        if k.startswith("_") or k == "training" or k not in vars(live):
             continue
-        if not root or torch.is_tensor(v) or k in WIDTH_ATTRIBUTES:
+        own = vars(live)[k]
+        if torch.is_tensor(own) and not isinstance(own, nn.Parameter):
+            if (path, k) in values and own.shape != values[(path, k)].shape:
+                vars(live)[k] = values[(path, k)].clone().to(own.device)  # a coupled tensor the prunes cut
+            elif v is None and not root:
+                vars(live)[k] = None  # made on the first forward since (cut with its layer): made again
+        elif _widthlike(v) and (not root or k in WIDTH_ATTRIBUTES) and own != v:
             vars(live)[k] = v
-    children = {}
     for k, child in fresh._modules.items():
-        old = live._modules.get(k)
-        if old is not None and child is not None and type(old) is type(child):
-            _graft(old, child)
-            children[k] = old
-        else:
-            children[k] = child
-    live._modules.clear()
-    live._modules.update(children)
+        own = live._modules.get(k)
+        if child is None:
+            continue
+        if own is not None and type(own) is type(child):
+            _graft(own, child, prefix + k, real, values)
+        else:  # removed by a prune (a decoder layer): the captured one, materialised
+            _materialise(child, prefix + k, real)
+            live._modules[k] = child
+
+
+def _materialise(module: nn.Module, path: str, real: Any) -> None:
+    for name, m in module.named_modules(remove_duplicate=False):
+        prefix = f"{path}.{name}." if name else f"{path}."
+        for k, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[k] = real(prefix + k, p)
+        for k, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[k] = real(prefix + k, b)
 
 
 def _is_llm(entry: Sequence[Any]) -> bool:

@@ -264,3 +264,43 @@ def test_a_module_taking_the_whole_dict_batch_is_traced_on_it(tmp_path):
     trainer.save_checkpoint(tmp_path / "d.ckpt")
     assert model.a.out_features == model.b.out_features == 16
     assert load_pruned(TakesTheDict(), tmp_path / "d.ckpt").a.out_features == 16
+
+
+class Stateful(MLP):
+    """Training state a checkpoint does not hold, a buffer added at the fit's start, layers made in configure_model."""
+
+    def __init__(self) -> None:
+        LightningModule.__init__(self)
+        self.net = None
+        self.example_input_array = torch.zeros(2, 16)
+        self.loss_ema = torch.tensor(0.0)
+        self.register_buffer("steps_seen", torch.tensor(0.0), persistent=False)
+
+    def configure_model(self):
+        if self.net is None:  # Lightning calls it after the callbacks' setup
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.Dropout(0.5), nn.Linear(32, 4))
+
+    def on_fit_start(self):
+        self.register_buffer("class_counts", torch.zeros(4))
+
+    def training_step(self, batch, batch_idx):
+        self.loss_ema, self.steps_seen = torch.tensor(7.0), self.steps_seen + 1
+        self.net[3].p = 0.1  # a schedule of the user's
+        self.class_counts += torch.bincount(batch[1], minlength=4)
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_earlier_checkpoint_changes_only_what_the_prunes_changed(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="epoch_score", mode="max")
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=2, verbose=False)
+    trainer = _trainer(tmp_path, [pruning, ckpt], enable_checkpointing=True)
+    model = Stateful()
+    trainer.fit(model, _loader(), _loader())
+    assert _widths(model) == [16, 16, 4] and pruning.speedup > 2.5
+    saved = torch.load(ckpt.best_model_path, weights_only=True)["state_dict"]["class_counts"]
+
+    trainer.test(model, _loader(), ckpt_path="best", verbose=False)
+    assert _widths(model) == [24, 24, 4] and model.net[2].in_features == 24
+    assert float(model.loss_ema) == 7.0 and float(model.steps_seen) == 12.0 and model.net[3].p == 0.1
+    assert torch.equal(model.class_counts, saved)  # added after setup, and loaded from the checkpoint
+    assert 1.5 < pruning.speedup < 2.0  # the model as loaded: one prune in, not the fit's two
