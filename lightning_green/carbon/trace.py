@@ -49,8 +49,11 @@ _VALUE_COLUMNS = (
     "ci",
 )
 # A unit in a column header: "gCO₂eq/kWh", "lbs CO2/MWh", "intensity (kg/kWh)", "co2_g_per_kwh", "kg_per_kwh".
+# "kg CO2/kWh", "gCO₂eq/kWh", "lbs CO2-eq/MWh", "co2_e_per_kwh": the gas and its "-eq"/"e" may be written with a
+# space, "_" or "-" between; a suffix after such a separator starts with "e", so "co2_per_kwh" still reads per.
 _UNIT_IN_HEADER = re.compile(
-    r"(?<![a-z])(k?g|lbs?|t)(?:[\s_-]*co[2₂][a-z]*)?[\s_-]*(?:/|per)[\s_-]*(k|m)wh(?![a-z])", re.IGNORECASE
+    r"(?<![a-z])(k?g|lbs?|t)(?:[\s_-]*co[2₂](?:[\s_-]?e[a-z]*|[a-z]*))?[\s_-]*(?:/|per)[\s_-]*(k|m)wh(?![a-z])",
+    re.IGNORECASE,
 )
 _LOOKS_LIKE_KG_BELOW = 1.5  # g/kWh of real grids: ~10-1200; every value below this is far likelier kg/kWh
 _OWNER = "read_trace"

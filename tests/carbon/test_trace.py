@@ -201,6 +201,12 @@ def test_a_bad_csv_names_the_argument(tmp_path):
         ("Carbon Intensity gCO₂eq/kWh (LCA)", "g/kWh"),
         ("emissions lb/MWh", "lbs/MWh"),
         ("ci_t_per_mwh", "t/MWh"),
+        ("g CO2-eq/kWh", "g/kWh"),  # the "-eq" / "_eq" / "e" of CO2-equivalent after a separator
+        ("lbs CO2-eq/MWh", "lbs/MWh"),
+        ("kg_co2_eq_per_kwh", "kg/kWh"),
+        ("tCO2e/MWh", "t/MWh"),
+        ("g CO₂e per kWh", "g/kWh"),
+        ("co2_per_kwh", None),  # the gas alone, no mass: no unit
         ("carbon_intensity", None),
         ("avg_CI", None),
     ],
