@@ -217,6 +217,38 @@ def test_values_jsonargparse_refuses_are_one_line_too(capsys, tmp_path, args, me
     assert err == [f"lightning-green: error: {message}"]  # no usage text, no tree of Union alternatives
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "import os\nSEP = os.pathsep_typo\n",  # a bug in the user's module, not a misspelled class path
+            "importing `lg_user_pkg` failed (AttributeError: module 'os' has no attribute 'pathsep_typo'): an error in "
+            "that module's code, not a misspelled class path.",
+        ),
+        (
+            "import lg_not_installed_dep\n",
+            "importing `lg_user_pkg` failed (ModuleNotFoundError: No module named 'lg_not_installed_dep'): a module it "
+            "imports is not installed.",
+        ),
+        ("", "module 'lg_user_pkg' has no class 'CB'; did you mean `lg_user_pkg.CBX`?"),  # the class path misspelt
+    ],
+)
+def test_an_import_error_inside_the_users_module_is_not_taken_for_a_misspelling(
+    capsys, tmp_path, monkeypatch, body, message
+):
+    pkg = tmp_path / "lg_user_pkg"
+    pkg.mkdir()
+    cb = "from lightning.pytorch.callbacks import Callback\nclass CBX(Callback): ...\n"
+    (pkg / "__init__.py").write_text(body + cb)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lg_user_pkg", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks+=lg_user_pkg.CB"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lightning-green: error: --trainer.callbacks='lg_user_pkg.CB': {message}"]
+
+
 def test_an_unknown_command_lists_ours_too(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["nosuch"])

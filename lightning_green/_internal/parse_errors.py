@@ -128,11 +128,24 @@ def summarise_parse_error(message: str) -> str:
 
 
 def _missing_class(class_path: str, lines: list[str]) -> str | None:
-    """What is wrong with a class path that does not import (a misspelled class or module), with the closest name."""
+    """What is wrong with a class path that does not import (a misspelled class or module), with the closest name.
+
+    jsonargparse reports the error raised while importing the path, wherever it came from: a ``module 'os' has no
+    attribute 'x'`` or ``No module named 'dep'`` raised inside the user's own module is a bug or a missing dependency
+    there, not a misspelling of the path, and is said as such with the original error.
+    """
+    parts = class_path.split(".")
+    prefixes = {".".join(parts[:k]): parts[k] if k < len(parts) else None for k in range(1, len(parts) + 1)}
+    importing = class_path.rpartition(".")[0] or class_path  # the module jsonargparse imports the class from
     for line in lines:
         attr = _NO_ATTRIBUTE.match(line)
         if attr:
             module, name = attr.groups()
+            if module not in prefixes or prefixes[module] != name:  # raised inside the module being imported
+                return (
+                    f"importing `{importing}` failed (AttributeError: {line}): an error in that module's code, not a "
+                    "misspelled class path."
+                )
             try:
                 mod = importlib.import_module(module)
                 names = list(getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")])
@@ -143,6 +156,11 @@ def _missing_class(class_path: str, lines: list[str]) -> str | None:
             return f"module {module!r} has no class {name!r}{hint}"
         no_module = _NO_MODULE.match(line)
         if no_module:
+            if no_module.group(1) not in prefixes:  # a module the user's module imports is missing
+                return (
+                    f"importing `{importing}` failed (ModuleNotFoundError: {line}): a module it imports is not "
+                    "installed."
+                )
             return f"no module named {no_module.group(1)!r}."
     return None
 
