@@ -252,8 +252,11 @@ def _blocked(fmt: str, model: nn.Module, example: tuple, err: BaseException, own
 
 # ------------------------------------------------------------------------------------------------ exporters
 def _is_token_ids(x: torch.Tensor) -> bool:
-    """An integer ``(batch, time, ...)`` input: token ids (or their mask), whose time axis varies between calls."""
-    return x.dim() >= 2 and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    """An integer ``(batch, time)`` input: token ids (or their mask), whose time axis varies between calls.
+
+    Only 2-D: an integer image ``(batch, channels, h, w)`` (uint8 pixels) has no time axis.
+    """
+    return x.dim() == 2 and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
 
 
 def _batch_spec(
@@ -274,30 +277,69 @@ def _batch_spec(
     return traced, dynamic
 
 
-def _with_dynamic_seq(export: Callable[[bool], Any], example: tuple[torch.Tensor, ...]) -> tuple[Any, bool]:
-    """``export(dynamic_seq)`` with a dynamic time axis for token ids where the model allows one, else a fixed one.
+def _seq_is_symbolic(program: Any, example: tuple[torch.Tensor, ...]) -> bool:
+    """Whether ``program`` (a ``torch.export`` program) still has a symbolic time axis on every token-id input.
 
-    Returns the export and whether its time axis is dynamic. A model that caches per length (e.g. a mask keyed by the
-    sequence length) cannot be traced with a symbolic length: it is exported at the example's length instead, and a
-    check at another length then fails with a one-line error.
+    With ``Dim.AUTO`` torch.export does not raise for a model that fixes the length (``math.sqrt(x.shape[1])``,
+    ``torch.tensor(range(x.shape[1]))``): it specialises the axis to the traced length, and the program then takes
+    only that length. Only the shapes of the program's inputs tell the two apart.
     """
-    if not any(_is_token_ids(x) for x in example) or not hasattr(torch.export.Dim, "AUTO"):  # Dim.AUTO: torch 2.6+
-        return export(False), False
+    from torch.export.graph_signature import InputKind
+    from torch.fx.experimental.symbolic_shapes import free_symbols
+
+    vals = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    users = [vals.get(s.arg.name) for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    if len(users) != len(example):  # inputs we cannot match to the example: claim nothing
+        return False
+    # A symbol the exporter later found equal to the traced length stays a SymInt whose expression is that number
+    # (no free symbol), so the axis counts as dynamic only when its size has a symbol the program's ranges constrain.
+    symbols = {str(s) for s in program.range_constraints}
+
+    def symbolic(v: Any) -> bool:
+        if not isinstance(v, torch.Tensor) or v.dim() < 2:
+            return False
+        return bool({str(s) for s in free_symbols(v.shape[1])} & symbols)
+
+    return all(symbolic(v) for v, x in zip(users, example, strict=True) if _is_token_ids(x))
+
+
+def _export_program(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool) -> Any:
+    traced, dynamic = _batch_spec(model, example, dynamic_seq)
+    return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
+
+
+def _dynamic_seq_program(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool | None) -> Any:
+    """The ``torch.export`` program of ``model`` with a symbolic time axis for its token ids, or ``None``.
+
+    ``None`` where the caller asked for a fixed length (``dynamic_seq=False``), the inputs have no token ids, this
+    torch lacks ``Dim.AUTO`` (2.6+), the export with a dynamic axis fails (e.g. a mask cached per sequence length) or
+    the exporter specialised the axis to the traced length.
+    """
+    if dynamic_seq is False or not any(_is_token_ids(x) for x in example) or not hasattr(torch.export.Dim, "AUTO"):
+        return None
     try:
-        return export(True), True
+        program = _export_program(model, example, True)
     except Exception:
         log.debug("export with a dynamic sequence axis failed; exporting at the example's length", exc_info=True)
-    return export(False), False
+        return None
+    if not _seq_is_symbolic(program, example):
+        log.debug("torch.export specialised the sequence axis of %s; exporting at the example's length", model)
+        return None
+    return program
 
 
-def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Any, bool]:
-    """The ``torch.export`` program of ``model`` and whether its token ids' time axis is dynamic."""
+def _torch_export(
+    model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool | None = None
+) -> tuple[Any, bool]:
+    """The ``torch.export`` program of ``model`` and whether its token ids' time axis is dynamic.
 
-    def export(dynamic_seq: bool) -> Any:
-        traced, dynamic = _batch_spec(model, example, dynamic_seq)
-        return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
-
-    return _with_dynamic_seq(export, example)
+    ``dynamic_seq``: ``None`` makes the time axis dynamic where the model allows it, ``False`` fixes it at the
+    example's length.
+    """
+    program = _dynamic_seq_program(model, example, dynamic_seq)
+    if program is not None:
+        return program, True
+    return _export_program(model, example, False), False
 
 
 def require_onnx() -> None:
@@ -312,11 +354,13 @@ def require_onnx() -> None:
         )
 
 
-def _onnx_program(model: nn.Module, example: tuple[torch.Tensor, ...], opset: int | None) -> tuple[Any, bool]:
+def _onnx_program(
+    model: nn.Module, example: tuple[torch.Tensor, ...], opset: int | None, dynamic_seq: bool | None = None
+) -> tuple[Any, bool]:
     """The ``ONNXProgram`` of ``model`` (not yet written) and whether its token ids' time axis is dynamic.
 
-    The program is saved by the caller, so that a file that cannot be written is not taken for a model that cannot be
-    exported.
+    ``dynamic_seq`` as for :func:`_torch_export`. The program is saved by the caller, so that a file that cannot be
+    written is not taken for a model that cannot be exported.
     """
     require_onnx()
     names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
@@ -329,7 +373,15 @@ def _onnx_program(model: nn.Module, example: tuple[torch.Tensor, ...], opset: in
         # The exporter logs progress through the "torch.onnx" logger and prints; keep both quiet unless debugging.
         return torch.onnx.export(copy.deepcopy(model), traced, None, **kwargs)
 
-    return _with_dynamic_seq(export, example)
+    # The ONNX exporter keeps the axis symbolic in its graph even where the model fixes the length (it defers the
+    # guard to a runtime assert it then drops), so a length baked in passes as dynamic; a plain torch.export says
+    # whether the axis really is.
+    if _dynamic_seq_program(model, example, dynamic_seq) is not None:
+        try:
+            return export(True), True
+        except Exception:
+            log.debug("ONNX export with a dynamic sequence axis failed; exporting at a fixed length", exc_info=True)
+    return export(False), False
 
 
 def _write(owner: str, path: Path, write: Callable[[], Any]) -> None:
@@ -575,38 +627,25 @@ def export_model(
     refs = [_reference(model, format, name, x) for name, x in checks_in]
     params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
-    dynamic_seq = True
+    length = next((int(x.shape[1]) for x in example if _is_token_ids(x)), None)  # of the token ids, if any
+    fixed_seq = None
     if format == "hf":
         runner = _export_hf(model, path)
     else:
         net = tensor_outputs(model, example)
-        try:
-            with quiet():
-                if format == "onnx":
-                    program, dynamic_seq = _onnx_program(net, example, opset)
-                else:
-                    program, dynamic_seq = _torch_export(net, example)
-        except ExportError:
-            raise
-        except Exception as err:
-            raise _blocked(format, net, example, err) from None
-        if format == "onnx":
-            _write(owner, path, lambda: program.save(os.fspath(path), external_data=True))  # as export(f=...) wrote
-        else:
-            _write(owner, path, lambda: torch.export.save(program, os.fspath(path)))
-        try:
-            runner = load_exported(format, path, threads=torch.get_num_threads())
-        except ExportError as err:
-            raise ExportError(
-                f"export(format={format!r}): the export cannot be loaded to check it; it is left at "
-                f"{os.fspath(path)!r} only for inspection: {err}"
-            ) from None
-    export_s = time.perf_counter() - t0
-    fixed_seq = None if dynamic_seq else next((int(x.shape[1]) for x in example if _is_token_ids(x)), None)
+        runner, dynamic_seq = _export_and_load(format, net, example, path, opset, None)
+        fixed_seq = None if dynamic_seq else length
     shorter = _shorter_check(model, checks_in[0]) if fixed_seq is None else None
+    if shorter is not None and format != "hf" and not _runs_alike(runner, shorter[1], shorter[2], atol, rtol):
+        # The exporter claimed a dynamic axis but baked a length in (it missed a specialisation): the model
+        # exports only as a fixed one, which the summary then says, rather than being refused.
+        log.debug("the %s export is wrong on the %s; exporting at the example's length", format, shorter[0])
+        runner, _ = _export_and_load(format, net, example, path, opset, False)
+        fixed_seq, shorter = length, None
     if shorter is not None:  # a dynamic time axis is claimed: check it at another length than the traced one
         checks_in.insert(1, shorter[:2])
         refs.insert(1, shorter[2])
+    export_s = time.perf_counter() - t0
     files = _files_of(path)
     checks = []
     for (name, x), ref in zip(checks_in, refs, strict=True):
@@ -649,6 +688,45 @@ def export_model(
             f"left at {os.fspath(path)!r} only for inspection."
         )
     return result
+
+
+def _export_and_load(
+    fmt: str, net: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int | None, dynamic_seq: bool | None
+) -> tuple[Callable[..., tuple], bool]:
+    """Export ``net`` to ``path`` and load it back: the runner and whether its time axis is dynamic."""
+    try:
+        with quiet():
+            if fmt == "onnx":
+                program, dynamic = _onnx_program(net, example, opset, dynamic_seq)
+            else:
+                program, dynamic = _torch_export(net, example, dynamic_seq)
+    except ExportError:
+        raise
+    except Exception as err:
+        raise _blocked(fmt, net, example, err) from None
+    if fmt == "onnx":
+        _write("export", path, lambda: program.save(os.fspath(path), external_data=True))  # as export(f=...) wrote
+    else:
+        _write("export", path, lambda: torch.export.save(program, os.fspath(path)))
+    try:
+        return load_exported(fmt, path, threads=torch.get_num_threads()), dynamic
+    except ExportError as err:
+        raise ExportError(
+            f"export(format={fmt!r}): the export cannot be loaded to check it; it is left at "
+            f"{os.fspath(path)!r} only for inspection: {err}"
+        ) from None
+
+
+def _runs_alike(
+    runner: Callable[..., tuple], x: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...], atol: float, rtol: float
+) -> bool:
+    """Whether the export runs on ``x`` and matches the model's outputs ``ref`` there."""
+    try:
+        got = runner(*x)
+    except Exception:
+        log.debug("the export does not run on shapes %s", _shapes(x), exc_info=True)
+        return False
+    return _compare("", ref, got, atol, rtol).ok
 
 
 def _export_hf(model: nn.Module, path: Path) -> Callable[..., tuple]:

@@ -1,4 +1,5 @@
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -211,20 +212,84 @@ def test_token_model_export_takes_other_sequence_lengths(hf_module, tmp_path, fm
         torch.testing.assert_close(load_exported(fmt, res.path)(x)[0], hf_module(x).logits, atol=1e-4, rtol=1e-3)
 
 
-def test_an_export_right_only_at_the_traced_length_fails_its_check(hf_module, tmp_path, monkeypatch):
+def test_an_export_wrong_off_the_traced_length_is_re_exported_at_a_fixed_one(hf_module, tmp_path, monkeypatch):
     import lightning_green.export.formats as formats
 
     real = formats.load_exported
+    loads = []
 
     def traced_length_only(fmt, path, threads=None):  # e.g. a mask baked in as a constant of the traced length
         run = real(fmt, path, threads)
+        loads.append(path)
         return lambda x: run(x) if x.shape[1] == 12 else tuple(t + 1 for t in run(x))
 
     monkeypatch.setattr(formats, "load_exported", traced_length_only)
-    with pytest.raises(
-        ExportError, match=r"differ from the model's on the example input with seeded token ids, length 6"
-    ):
-        export_model(hf_module, tmp_path / "m.pt2", "torch-export", verbose=False)
+    res = export_model(hf_module, tmp_path / "m.pt2", "torch-export", verbose=False)
+    assert len(loads) == 2  # the dynamic export failed at length 6, so it was exported again, fixed
+    assert res.fixed_seq_len == 12 and "sequence length fixed at 12" in res.summary()
+    assert [c.input for c in res.checks] == ["example input with seeded token ids"] and res.checks[0].ok
+
+
+class LenScale(nn.Module):
+    """Takes any length eagerly, but ``math.sqrt`` of the length is a Python float: a trace bakes the length in."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(50, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.emb(x).sum(1) / math.sqrt(x.shape[1]))
+
+
+class ListPos(nn.Module):
+    """Takes any length eagerly; its positions, a Python list of the length, are a constant of the trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.pos, self.head = nn.Embedding(50, 4), nn.Embedding(16, 4), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.head(self.emb(x) + self.pos(torch.tensor(list(range(x.shape[1])))))
+
+
+class FlatSeq(nn.Module):
+    """Takes only length 8: the time axis is flattened into a Linear of fixed width."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(50, 2), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.emb(x).flatten(1))
+
+
+@pytest.mark.parametrize("model_cls", [LenScale, ListPos, FlatSeq])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_length_the_exporter_specialises_is_exported_fixed(tmp_path, fmt, model_cls, capsys):
+    # torch.export with Dim.AUTO specialises such a length without raising (and the ONNX graph still names the axis
+    # dynamic): the export must take the traced length only and say so, not fail its check at another length.
+    torch.manual_seed(0)
+    x = torch.zeros(1, 8, dtype=torch.long)
+    res = export_model(model_cls().eval(), tmp_path / f"m{SUFFIX[fmt]}", fmt, example_inputs=x)
+    assert res.fixed_seq_len == 8 and "sequence length fixed at 8" in capsys.readouterr().out
+    assert [c.input for c in res.checks] == ["example input with seeded token ids"] and res.checks[0].ok
+
+
+class Pixels(nn.Module):
+    """uint8 pixels ``(batch, 1, 6, 6)``: an integer input, but no time axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 2, 3), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(x.float() / 255).mean((2, 3)))
+
+
+def test_an_integer_image_has_no_sequence_length(tmp_path):
+    x = torch.zeros(1, 1, 6, 6, dtype=torch.uint8)
+    res = export_model(Pixels().eval(), tmp_path / "m.pt2", "torch-export", example_inputs=x, verbose=False)
+    assert res.fixed_seq_len is None and "sequence length" not in res.summary()
 
 
 def test_fixed_sequence_length_is_said_and_a_check_at_another_length_is_one_line(tmp_path):
