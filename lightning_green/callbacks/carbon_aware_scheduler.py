@@ -6,7 +6,9 @@ import datetime as _dt
 import logging
 import math
 import os
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -182,6 +184,7 @@ class CarbonAwareScheduler(Callback):
         self.paused_s = 0.0
         self.compute_s = 0.0
         self.pauses: list[dict[str, Any]] = []
+        self._sigterm = False  # a SIGTERM caught while pausing (see _sleep)
         self.plans: list[dict[str, Any]] = []
         self.replans = 0
         self.last_plan: Plan | None = None
@@ -246,10 +249,8 @@ class CarbonAwareScheduler(Callback):
             )
         self._gs_last = trainer.global_step
         self._next_check = trainer.global_step
-        self._decide(trainer, may_checkpoint=False)
-        if trainer.received_sigterm:
-            # Lightning looks at the flag only after a batch: stop before the first one, as it would after it.
-            raise SIGTERMException
+        self._sigterm = False
+        self._decide(trainer, may_checkpoint=False)  # raises SIGTERMException on a SIGTERM during a pause
         self._t_last = self.clock()
 
     @override
@@ -401,9 +402,8 @@ class CarbonAwareScheduler(Callback):
                 )
             slept = self._sleep(trainer, pause_s)
             self.paused_s += slept
-            # Lightning's SIGTERM handler only sets a flag: end the pause on any rank's signal, together, so that
-            # Lightning's own shutdown (it checks the flag after every batch) goes on.
-            if trainer.strategy.reduce_boolean_decision(bool(trainer.received_sigterm), all=False):
+            # End the pause on any rank's signal, together; the run then stops as Lightning stops it on a SIGTERM.
+            if self._stop_requested(trainer):
                 sigterm = True
                 break
         self._next_check = int(next_check)
@@ -425,7 +425,7 @@ class CarbonAwareScheduler(Callback):
                     f"CarbonAwareScheduler: SIGTERM received at step {trainer.global_step} ({_iso(now)}) after "
                     f"{now - pausing_since:.0f} s of pause: the pause ends and Lightning stops the run."
                 )
-                return
+                raise SIGTERMException  # on every rank, as Lightning raises it after a batch
             self._say(
                 f"CarbonAwareScheduler: resuming at step {trainer.global_step} ({_iso(now)}, {intensity:.0f} "
                 f"gCO2e/kWh) after {(now - pausing_since) / 3600:.2f} h."
@@ -434,18 +434,36 @@ class CarbonAwareScheduler(Callback):
         self._apply_power(trainer, intensity)
 
     def _sleep(self, trainer: pl.Trainer, seconds: float) -> float:
-        """Wait ``seconds`` (or until SIGTERM); return the seconds waited."""
+        """Wait ``seconds`` (or until a SIGTERM on any rank); return the seconds waited."""
         advance = getattr(self.clock, "advance", None)
         if callable(advance):
             advance(seconds)
             return seconds
         # Short chunks: a SIGTERM (a cluster's pre-emption, `kill`) must not wait for the end of an hour-long slot.
-        chunks = max(1, math.ceil(seconds / _SLEEP_CHUNK_S))
-        for i in range(chunks):
-            if trainer.received_sigterm:
-                return seconds * i / chunks
-            time.sleep(seconds / chunks)
-        return seconds
+        # While sleeping, a SIGTERM only sets our flag: Lightning's own handler broadcasts from rank 0 inside the
+        # handler, so a signal that reaches only another rank would block it there until rank 0 (asleep) met it.
+        # The ranks agree once per chunk instead, and every rank runs the same chunks (the pause is rank 0's).
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, self._note_sigterm)
+        try:
+            chunks = max(1, math.ceil(seconds / _SLEEP_CHUNK_S))
+            for i in range(chunks):
+                if self._stop_requested(trainer):
+                    return seconds * i / chunks
+                time.sleep(seconds / chunks)
+            return seconds
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _note_sigterm(self, signum: int, frame: Any) -> None:
+        self._sigterm = True
+
+    def _stop_requested(self, trainer: pl.Trainer) -> bool:
+        """Whether a SIGTERM reached any rank (a collective: every rank asks at the same point)."""
+        local = self._sigterm or bool(trainer.received_sigterm)
+        return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
 
     def _checkpoint(self, trainer: pl.Trainer) -> None:
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)  # type: ignore[attr-defined]

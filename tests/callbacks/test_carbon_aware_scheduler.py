@@ -152,6 +152,39 @@ def test_sigterm_while_pausing_before_the_first_step_runs_no_step(tmp_path, monk
     assert trainer.global_step == 0 and sched.paused_s <= 1.0
 
 
+def test_a_sigterm_on_another_rank_ends_the_pause_on_every_rank(tmp_path, monkeypatch):
+    """Under DDP the ranks agree once per second of pause: a signal only another rank got ends this rank's too."""
+    import lightning_green.callbacks.carbon_aware_scheduler as module
+
+    sim = sim_clock()
+    slept: list[float] = []
+
+    def fake_sleep(seconds):
+        slept.append(seconds)
+        sim.advance(seconds)
+
+    monkeypatch.setattr(module, "time", SimpleNamespace(sleep=fake_sleep, time=sim))
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({0: 100.0, 3: 100.0, 4: 100.0}),
+        deadline="12h",
+        expected_duration="3h",
+        clock=lambda: sim(),
+        verbose=False,
+    )
+    trainer = make_trainer(tmp_path, max_steps=12, callbacks=[StepClock(sim, 0.25 * H), sched])
+    asked: list[bool] = []
+
+    def another_rank_got_sigterm(decision, all=True):  # noqa: A002 - Lightning's keyword
+        asked.append(bool(decision))
+        return bool(decision) or len(asked) >= 3  # this rank: no signal; the others: one on the 3rd look
+
+    monkeypatch.setattr(trainer.strategy, "reduce_boolean_decision", another_rank_got_sigterm)
+    with pytest.raises(SIGTERMException):  # raised here too, so that every rank stops at the same step
+        trainer.fit(BoringModel())
+    assert trainer.global_step == 4 and len(slept) == 2 and not any(asked)
+    assert sched.pauses[-1]["sigterm"]
+
+
 def test_pause_time_and_deadline_survive_a_resume(tmp_path):
     def run(max_steps: int, ckpt_path: str | None = None):
         clock = sim_clock()
