@@ -5,10 +5,15 @@
 #   benchmarks/gpu_check.sh OUT_DIR            (PYTHON=/path/to/python to choose the interpreter)
 #
 # Steps (each with its own time limit inside an overall budget of GPU_CHECK_BUDGET_S, default 460 s):
-#   pytest_cuda            pytest -m cuda: the GPU-marked tests               -> pytest_cuda.xml
+#   pytest_cuda            pytest -m cuda: the GPU-marked tests (tests/test_on_cuda.py: NVML energy, fp16/bf16
+#                          with pruning, an HF Llama, DataPruning, FSDP, export)  -> pytest_cuda.xml
 #   fit_gpu_nvml           lightning-green fit on the GPU (digits demo, EnergyMonitor on NVML, GreenReport)
 #                                                                              -> runs/digits_gpu/lightning_logs/...
 #   nvml_measured          asserts that run's GPU energy is labelled "measured" and > 0
+#   llama_preset_gpu       examples/configs/green_llama.yaml on the GPU, 4 epochs (bf16, pruning, NVML energy)
+#   llama_nvml_measured    the same check on that run                        -> runs/llama_gpu/lightning_logs/...
+#   data_pruning_gpu       benchmarks/data_pruning.py --quick on the GPU: full data vs DataPruning, NVML energy
+#                                                                              -> data_pruning.json
 #   green_recipe_gpu       benchmarks/green_recipe.py --quick on the GPU: fp32 vs the green preset with NVML
 #                          energy, power-limit tuner off                       -> green_recipe.json, runs/green_recipe/
 #   power_limit_simulated  benchmarks/power_limit.py --quick: the tuner on the *simulated* V100
@@ -114,12 +119,20 @@ helper settings "$OUT/gpu_settings_before.json" >/dev/null ||
     say "could not read the GPU settings through NVML; the before/after comparison is skipped"
 
 # --------------------------------------------------------------------------------------------------- checks
-run_step pytest_cuda 150 "$PY" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" \
+run_step pytest_cuda 240 "$PY" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" --continue-on-collection-errors \
     --junitxml="$OUT/pytest_cuda.xml" tests
 
 run_step fit_gpu_nvml 120 "$PY" -m lightning_green fit --trainer.accelerator=gpu --trainer.devices=1 \
     --trainer.max_epochs=3 --trainer.enable_progress_bar=false --trainer.default_root_dir="$OUT/runs/digits_gpu"
 run_step nvml_measured 30 "$PY" "$ROOT/benchmarks/_gpu_check.py" nvml-measured "$OUT/runs/digits_gpu"
+
+run_step llama_preset_gpu 120 "$PY" -m lightning_green fit --config examples/configs/green_llama.yaml \
+    --trainer.accelerator=gpu --trainer.devices=1 --trainer.max_epochs=4 --trainer.enable_progress_bar=false \
+    --trainer.default_root_dir="$OUT/runs/llama_gpu"
+run_step llama_nvml_measured 30 "$PY" "$ROOT/benchmarks/_gpu_check.py" nvml-measured "$OUT/runs/llama_gpu"
+
+run_step data_pruning_gpu 120 "$PY" benchmarks/data_pruning.py --quick --tasks digits lm --accelerator gpu \
+    --json "$OUT/data_pruning.json" --runs-dir "$OUT/runs/data_pruning"
 
 if [[ -f benchmarks/green_recipe.py ]]; then
     run_step green_recipe_gpu 200 "$PY" benchmarks/green_recipe.py --quick --accelerator gpu --no-power-tuner \
