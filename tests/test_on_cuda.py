@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -125,6 +125,24 @@ def test_energy_monitor_measures_the_gpu_through_nvml_and_leaves_its_power_limit
     assert power_limit_mw() == before
 
 
+class OptimizerStateOnTheGPU(Callback):
+    """At the end of each epoch, while the model is still on the GPU (Lightning moves it back to the CPU in its
+    teardown): every parameter and its Adam moments on CUDA with the parameter's (pruned) shape."""
+
+    def __init__(self) -> None:
+        self.checked: list[tuple[int, int]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        opt = trainer.optimizers[0]
+        params = [p for group in opt.param_groups for p in group["params"]]
+        assert {p.device.type for p in params} == {"cuda"}
+        for p in params:
+            state = opt.state[p]
+            assert state["exp_avg"].shape == p.shape and state["exp_avg"].is_cuda
+            assert state["exp_avg_sq"].shape == p.shape and state["exp_avg_sq"].is_cuda
+        self.checked.append((trainer.current_epoch, sum(p.numel() for p in params)))
+
+
 def test_fp16_with_a_grad_scaler_and_pruning_keeps_the_optimizer_state_on_the_gpu(tmp_path):
     seed_everything(0)
     model = ConvNet(optimizer="adam")
@@ -133,25 +151,22 @@ def test_fp16_with_a_grad_scaler_and_pruning_keeps_the_optimizer_state_on_the_gp
         target_speedup=2.0, start_epoch=1, end_epoch=2, importance="magnitude-l2", verbose=False
     )
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer = Trainer(default_root_dir=tmp_path, max_epochs=4, callbacks=[amp, pruning, ckpt], **GPU)
+    state = OptimizerStateOnTheGPU()
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=4, callbacks=[amp, pruning, ckpt, state], **GPU)
     trainer.fit(model)
     assert pruning.speedup >= 1.9
     assert {model.dtypes[s] for s in model.dtypes} == {torch.float16}
     assert math.isfinite(amp.loss_scale) and amp.fallbacks == 0
-    opt = trainer.optimizers[0]
-    for group in opt.param_groups:
-        for p in group["params"]:
-            assert p.is_cuda
-            state = opt.state[p]
-            assert state["exp_avg"].shape == p.shape and state["exp_avg"].is_cuda
+    epochs, sizes = zip(*state.checked, strict=True)
+    assert epochs == (0, 1, 2, 3) and sizes[0] > sizes[1] > sizes[2] == sizes[3]  # checked after each prune
     # the checkpoint loads with weights_only and rebuilds on the CPU, identical to the GPU model
     path = ckpt.last_model_path
     torch.load(path, weights_only=True, map_location="cpu")
     rebuilt = load_pruned(ConvNet(), path).eval()
-    model.eval()
+    model.cuda().eval()  # Lightning's teardown put it back on the CPU
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(x), model.cuda()(x.cuda()).cpu(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(rebuilt(x), model(x.cuda()).cpu(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_nan_in_fp16_on_the_gpu_falls_back_to_fp32_and_comes_back(tmp_path):
@@ -210,7 +225,7 @@ def test_an_hf_llama_in_bf16_with_pruning_energy_and_report_on_the_gpu(tmp_path)
     torch.load(path, weights_only=True, map_location="cpu")
     rebuilt = load_pruned(tiny_hf_module("llama", hidden_size=64, num_layers=2, intermediate_size=192), path).eval()
     ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
-    model.eval()
+    model.cuda().eval()  # Lightning's teardown put it back on the CPU
     with torch.no_grad():
         ref = model.model(ids.cuda()).logits.float().cpu()
         torch.testing.assert_close(rebuilt.model(ids).logits, ref, rtol=2e-3, atol=2e-3)
