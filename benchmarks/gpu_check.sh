@@ -17,6 +17,13 @@
 #   green_recipe_gpu       benchmarks/green_recipe.py --quick on the GPU: fp32 vs the green preset with NVML
 #                          energy, power-limit tuner off                       -> green_recipe.json, runs/green_recipe/
 #   power_limit_simulated  benchmarks/power_limit.py --quick: the tuner on the *simulated* V100
+#   bench_inference_gpu    lightning-green bench-inference --device cuda on the fit_gpu_nvml checkpoint (eager, bf16,
+#                          torch-export with NVML energy)                    -> bench_inference_gpu.json
+#   data_pruning_gpu_fewer benchmarks/data_pruning.py on the GPU, 1 round, prune_ratio 0.7 (fewer batches)
+#                                                                              -> data_pruning_fewer.json
+#   data_pruning_gpu_keep  the same with keep_steps (smaller batches, as many steps) on digits
+#                                                                              -> data_pruning_keep.json
+# GPU_CHECK_STEPS=step,step,... runs only those steps (e.g. a rerun of the ones that failed).
 # Every step logs to logs/STEP.log; gpu_check.json has each step's status; gpu_check.tar.gz holds everything (but
 # checkpoints) for a single download. Exit status 0 when every step passed, 1 otherwise, 2 on bad usage.
 # Packages the machine lacks can be given as wheels: GPU_CHECK_WHEELS=DIR (installed offline into OUT_DIR/site).
@@ -60,6 +67,11 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >>"$STEPS"; }
 run_step() {  # run_step NAME LIMIT_S CMD...: run with a time limit inside the budget, log to logs/NAME.log
     local name=$1 limit=$2 left t0 rc
     shift 2
+    if [[ -n "${GPU_CHECK_STEPS:-}" && ",$GPU_CHECK_STEPS," != *",$name,"* ]]; then
+        record "$name" skipped 0 "not in GPU_CHECK_STEPS"
+        say "$name: skipped (not in GPU_CHECK_STEPS)"
+        return 0
+    fi
     left=$((DEADLINE_S - $(date +%s)))
     if ((left < 15)); then
         record "$name" skipped 0 "time budget spent"
@@ -142,6 +154,15 @@ else
 fi
 
 run_step power_limit_simulated 60 "$PY" benchmarks/power_limit.py --quick
+
+DIGITS_CKPT="$(ls "$OUT"/runs/digits_gpu/lightning_logs/version_*/checkpoints/*.ckpt 2>/dev/null | tail -n 1)"
+run_step bench_inference_gpu 90 "$PY" -m lightning_green bench-inference "${DIGITS_CKPT:-no-checkpoint-from-fit_gpu_nvml}" \
+    --device cuda --batch-sizes 1,256 --repeats 20 --rounds 2 --no-report --json "$OUT/bench_inference_gpu.json"
+
+run_step data_pruning_gpu_fewer 150 "$PY" benchmarks/data_pruning.py --tasks digits lm --rounds 1 --prune-ratio 0.7 \
+    --accelerator gpu --json "$OUT/data_pruning_fewer.json"
+run_step data_pruning_gpu_keep 100 "$PY" benchmarks/data_pruning.py --tasks digits --rounds 1 --prune-ratio 0.7 \
+    --keep-steps --accelerator gpu --json "$OUT/data_pruning_keep.json"
 
 # -------------------------------------------------------------------------------------- nothing moved?
 status=ok

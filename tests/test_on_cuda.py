@@ -287,3 +287,22 @@ def test_a_checkpoint_trained_on_the_gpu_exports_on_the_cpu(tmp_path):
         ckpt.last_model_path, module=ConvNet, out=tmp_path / "model.onnx", format="onnx", verbose=False
     )
     assert result.size_bytes > 0 and result.checks and all(c.ok for c in result.checks)
+
+
+def test_bench_inference_on_the_gpu_reads_nvml_and_runs_eager_bf16_and_torch_export(tmp_path, capsys):
+    from lightning_green.cli import main
+
+    seed_everything(0)
+    model = ConvNet(n=256)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    Trainer(default_root_dir=tmp_path, max_epochs=1, callbacks=[ckpt], **GPU).fit(model)
+    args = ["bench-inference", ckpt.last_model_path, "--module", f"{__name__}.ConvNet", "--device", "cuda"]
+    args += ["--batch-sizes", "1,256", "--repeats", "10", "--rounds", "2", "--no-report", "--json", tmp_path / "b.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([os.fspath(a) for a in args])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["device"] == "cuda:0"
+    assert sorted({r["format"] for r in data["rows"]}) == ["bf16", "eager", "torch-export"]
+    for row in data["rows"]:
+        assert row["label"] in ("measured", "mixed") and row["energy_per_1k_j"] > 0, row

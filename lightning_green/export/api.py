@@ -18,6 +18,7 @@ from lightning_green.export.load import (
     first_batch_input,
     load_checkpoint_module,
     resolve_class,
+    saved_run_config,
 )
 
 __all__ = ["build_datamodule", "datamodule_batch", "export_checkpoint"]
@@ -145,6 +146,8 @@ def export_checkpoint(
     owner = "export"
     check_choice(owner, "format", format, FORMATS)
     check_output_path(owner, out, kind="dir" if format == "hf" else "file")
+    if module is None and config is None:  # a LightningCLI run: its saved config names the model and the data
+        config = saved_run_config(ckpt_path)
     model = load_checkpoint_module(ckpt_path, module, config=config, owner=owner)
     dm = build_datamodule(datamodule, config, owner)
     checks = []

@@ -182,6 +182,47 @@ def parse_formats(value: str | Sequence[str], owner: str = "bench_inference") ->
     return list(dict.fromkeys(items))
 
 
+def resolve_device(value: str | torch.device, owner: str = "bench_inference") -> torch.device:
+    """The device to benchmark on: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (a visible CUDA GPU, else the CPU).
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> resolve_device("tpu")
+        Traceback (most recent call last):
+        ...
+        lightning_green._internal.validation.InvalidArgumentError: bench_inference(device='tpu'): `device` must be \
+'auto', 'cpu', 'cuda' or 'cuda:N' (N a visible GPU's index).
+    """
+    allowed = "'auto', 'cpu', 'cuda' or 'cuda:N' (N a visible GPU's index)"
+    text = str(value).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        fail(owner, "device", value, allowed)
+    if device.type == "cpu":
+        return torch.device("cpu")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        fail(owner, "device", value, f"'cpu' or 'auto' here: no CUDA GPU is visible to torch {torch.__version__}")
+    index = device.index if device.index is not None else 0
+    if index >= n:
+        fail(owner, "device", value, f"'cuda' or 'cuda:N' with N < {n} ({n} visible GPU(s))")
+    return torch.device("cuda", index)
+
+
+def default_formats(device: torch.device) -> list[str]:
+    """The formats benchmarked when none are named.
+
+    ``eager, bf16, onnx`` on the CPU; ``eager, bf16, torch-export`` on a GPU (ONNX Runtime runs on its CPU provider).
+    """
+    return ["eager", "bf16", "onnx"] if device.type == "cpu" else ["eager", "bf16", "torch-export"]
+
+
 def _batch(example: tuple[torch.Tensor, ...], n: int) -> tuple[torch.Tensor, ...]:
     """The example input repeated to ``n`` samples (the first sample, so every call does the same work)."""
     return tuple(x[:1].expand(n, *x.shape[1:]).contiguous() for x in example)
@@ -219,7 +260,8 @@ def build_runner(
     if fmt == "onnx" and device.type != "cpu":
         raise InvalidArgumentError(
             f"bench_inference(formats=['onnx']): `formats` 'onnx' runs on ONNX Runtime's CPU provider; the model "
-            f"is on {device}. Benchmark it on CPU or drop 'onnx'."
+            f"is on {device}. Benchmark it on the CPU (device 'cpu') or drop 'onnx' (on a GPU: eager, bf16, "
+            f"torch-export)."
         )
     net = tensor_outputs(model, example)
     path = os.path.join(workdir, f"{id(model)}.{'onnx' if fmt == 'onnx' else 'pt2'}")

@@ -55,7 +55,18 @@ def _bench_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--against", default="none", help="baseline checkpoint (e.g. the dense run's), or 'none' (default)")
-    p.add_argument("--formats", default="eager,bf16,onnx", help="comma-separated: eager,bf16,onnx,torch-export")
+    p.add_argument(
+        "--formats",
+        default=None,
+        help="comma-separated: eager,bf16,onnx,torch-export (default: eager,bf16,onnx on the CPU, "
+        "eager,bf16,torch-export on a GPU)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:N or auto (a GPU if one is visible): where the models run; on a GPU its "
+        "energy is read from NVML",
+    )
     p.add_argument("--batch-sizes", default="1,64", help="comma-separated ints >= 1 (default: 1,64)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per model per round")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing")
@@ -69,6 +80,16 @@ def _bench_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-report", action="store_true", help="do not touch any run's report")
     return p
+
+
+def _say_saved_config(ns: argparse.Namespace, ckpt: str, what: str = "checkpoint") -> None:
+    """Say which config names the model when neither --module nor --config was given."""
+    from lightning_green.export.load import saved_run_config
+
+    if ns.module is None and ns.config is None:
+        found = saved_run_config(ckpt)
+        if found is not None:
+            print(f"{what}: model from {found} (the config LightningCLI saved with the run)")
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -86,6 +107,7 @@ def export_main(args: Sequence[str]) -> int:
         from lightning_green.export.load import check_output_path
 
         check_output_path("export", ns.json, "json")
+    _say_saved_config(ns, ns.ckpt)
     result = export_checkpoint(
         ns.ckpt, ns.module, ns.out, ns.format, config=ns.config, datamodule=ns.data, atol=ns.atol, rtol=ns.rtol
     )
@@ -96,13 +118,30 @@ def export_main(args: Sequence[str]) -> int:
 
 def bench_main(args: Sequence[str]) -> int:
     """``lightning-green bench-inference``; returns the exit status."""
-    from lightning_green.export.bench import bench_inference, format_bench, parse_batch_sizes, parse_formats
+    from lightning_green.export.bench import (
+        bench_inference,
+        default_formats,
+        format_bench,
+        parse_batch_sizes,
+        parse_formats,
+        resolve_device,
+    )
     from lightning_green.export.load import check_output_path, load_checkpoint_module
     from lightning_green.export.report import attach_to_run, check_run_dir, find_run_dir
 
     owner = "bench-inference"
     ns = _bench_parser().parse_args(list(args))
-    formats = parse_formats(ns.formats, owner)
+    device = resolve_device(ns.device, owner)
+    formats = default_formats(device) if ns.formats is None else parse_formats(ns.formats, owner)
+    if device.type != "cpu" and "onnx" in formats:
+        from lightning_green._internal.validation import fail
+
+        fail(
+            owner,
+            "formats",
+            ns.formats,
+            f"a list without 'onnx' on {device} (ONNX Runtime runs on the CPU here: --device cpu for it)",
+        )
     sizes = parse_batch_sizes(ns.batch_sizes, owner)
     if ns.json:
         check_output_path(owner, ns.json, "json")
@@ -110,13 +149,15 @@ def bench_main(args: Sequence[str]) -> int:
     run_dir = None if ns.no_report else (ns.run_dir or find_run_dir(ns.ckpt))
     if run_dir is not None:
         check_run_dir(run_dir)
+    _say_saved_config(ns, ns.ckpt)
     model = load_checkpoint_module(ns.ckpt, ns.module, config=ns.config, owner=owner)
     models = {}
     against = None if str(ns.against).lower() in ("none", "") else ns.against
     if against is not None:
+        _say_saved_config(ns, against, "against")
         base = load_checkpoint_module(against, ns.module, config=ns.config, owner=owner, ckpt_arg="against")
-        models["baseline"] = base
-    models["model"] = model
+        models["baseline"] = base.to(device)
+    models["model"] = model.to(device)
     result = bench_inference(
         models,
         formats=formats,

@@ -60,6 +60,20 @@ def resolve_class(owner: str, name: str, value: str | type) -> type:
     return cls
 
 
+def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") -> Path | None:
+    """The config LightningCLI saved with the run ``ckpt_path`` belongs to, or ``None``.
+
+    LightningCLI writes ``<log_dir>/config.yaml`` and Lightning the checkpoints to ``<log_dir>/checkpoints/``: the
+    nearest ``config.yaml`` up to three folders above the checkpoint is taken.
+    """
+    p = Path(ckpt_path).resolve().parent
+    for _ in range(3):
+        if (p / name).is_file():
+            return p / name
+        p = p.parent
+    return None
+
+
 def _read_config(owner: str, config: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any]:
     if config is None:
         return {}
@@ -142,7 +156,7 @@ def _mismatch(module: nn.Module, weights: Mapping[str, Any]) -> str:
 
 def load_checkpoint_module(
     ckpt_path: str | os.PathLike,
-    module: str | type | nn.Module,
+    module: str | type | nn.Module | None,
     config: str | os.PathLike | Mapping[str, Any] | None = None,
     map_location: Any = "cpu",
     owner: str = "load_checkpoint_module",
@@ -155,6 +169,8 @@ def load_checkpoint_module(
         module: The module's class, its import path (or a demo's short name), or an instance built as in training.
         config: A LightningCLI YAML (or its dict) whose ``model`` section gives the constructor arguments; without
             it (no config, or one without a ``model`` section), the hyperparameters the checkpoint saved are used.
+            With neither ``module`` nor ``config``, the ``config.yaml`` LightningCLI saved with the run is used
+            (see :func:`saved_run_config`).
         map_location: Passed to ``torch.load``.
         owner: Who is asking, for error messages.
         ckpt_arg: The name error messages give the checkpoint (e.g. ``"against"`` for a baseline).
@@ -176,11 +192,19 @@ def load_checkpoint_module(
         8
     """
     ckpt = _load_checkpoint(owner, ckpt_path, map_location, ckpt_arg)
+    if module is None and config is None:  # a LightningCLI run: the config it saved names the class
+        config = saved_run_config(ckpt_path)
     cfg = _read_config(owner, config)
     if isinstance(module, nn.Module):
         model = module
     else:
         cfg_class, init_args = _section_args(cfg.get("model"))
+        if module is None and not cfg_class:
+            raise InvalidArgumentError(
+                f"{owner}(module=None): `module` must be given (a LightningModule class or its import path), or a "
+                f"`config` whose model section names one; no config.yaml saved by LightningCLI lies up to three "
+                f"folders above the checkpoint."
+            )
         cls = resolve_class(owner, "module", module if module is not None else cfg_class)
         # A config without a `model` section (e.g. only `data:`) says nothing of the constructor: the saved
         # hyperparameters do.

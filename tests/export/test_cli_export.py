@@ -107,6 +107,11 @@ def test_bench_cli_adds_the_section_and_the_comparison_shows_it(runs, tmp_path, 
             ["--per", "token"],
             r"`per` must be 'auto' or 'prediction' for a model whose first input is not integer token",
         ),
+        (
+            ["--device", "tpu"],
+            r"bench-inference\(device='tpu'\): `device` must be 'auto', 'cpu', 'cuda' or 'cuda:N' \(N a visible GPU",
+        ),
+        (["--device", "cpu:1"], r"bench-inference\(device='cpu:1'\): `device` must be 'auto', 'cpu', 'cuda'"),
     ],
 )
 def test_bench_cli_bad_input_is_one_line_exit_2(runs, capsys, args, match):
@@ -210,3 +215,70 @@ def test_where_results_go_is_checked_before_the_work(digits_ckpts, tmp_path, cap
     import re
 
     assert re.search(match, err), err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible")
+def test_bench_cli_asked_for_a_gpu_without_one_says_so_before_loading(digits_ckpts, capsys):
+    code, _, err = run_main(
+        ["bench-inference", digits_ckpts["dense"], "--module", "DigitsCNN", "--device", "cuda"], capsys
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "bench-inference(device='cuda'): `device` must be 'cpu' or 'auto' here: no CUDA GPU is visible" in err
+
+
+def test_bench_cli_device_auto_without_a_gpu_benchmarks_on_the_cpu(digits_ckpts, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    args = ["bench-inference", digits_ckpts["dense"], "--module", "DigitsCNN", "--device", "auto", "--no-report"]
+    args += ["--batch-sizes", "2", "--repeats", "1", "--rounds", "1", "--warmup", "0", "--json", tmp_path / "b.json"]
+    code, text, err = run_main(args, capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["device"] == "cpu" and sorted({r["format"] for r in data["rows"]}) == ["bf16", "eager", "onnx"]
+
+
+def test_on_a_gpu_onnx_is_refused_before_loading_and_left_out_of_the_default_formats(digits_ckpts, capsys, monkeypatch):
+    import torch
+
+    from lightning_green.export import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert bench.resolve_device("auto") == torch.device("cuda", 0)
+    assert bench.resolve_device("CUDA:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"`device` must be 'cuda' or 'cuda:N' with N < 2 \(2 visible GPU"):
+        bench.resolve_device("cuda:2")
+    assert bench.default_formats(torch.device("cuda", 1)) == ["eager", "bf16", "torch-export"]
+    assert bench.default_formats(torch.device("cpu")) == ["eager", "bf16", "onnx"]
+
+    def never(*a, **k):
+        pytest.fail("the checkpoint was loaded before the formats were checked")
+
+    monkeypatch.setattr("lightning_green.export.load.load_checkpoint_module", never)
+    args = ["bench-inference", digits_ckpts["dense"], "--module", "DigitsCNN", "--device", "cuda"]
+    code, _, err = run_main([*args, "--formats", "eager,onnx"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "`formats` must be a list without 'onnx' on cuda:0 (ONNX Runtime runs on the CPU here: --device cpu" in err
+
+
+def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(tmp_path, capsys):
+    from lightning_green.cli import cli
+
+    args = ["fit", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    args += ["--trainer.enable_progress_bar=false", "--model.channels=[4, 8]", f"--trainer.default_root_dir={tmp_path}"]
+    cli(args)
+    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    config = tmp_path / "lightning_logs" / "version_0" / "config.yaml"
+    code, text, err = run_main(["export", ckpt, "--out", tmp_path / "m.pt2", "--format", "torch-export"], capsys)
+    assert code == 0, err
+    assert f"checkpoint: model from {config} (the config LightningCLI saved with the run)" in text
+    assert "check datamodule batch" in text  # the saved config's data section is checked too
+    bench = ["bench-inference", ckpt, "--formats", "eager", "--batch-sizes", "2", "--repeats", "1", "--rounds", "1"]
+    code, text, err = run_main([*bench, "--warmup", "0", "--no-report", "--against", ckpt], capsys)
+    assert code == 0, err
+    assert f"against: model from {config}" in text and "J/1k predictions" in text
+
+    alone = tmp_path / "alone.ckpt"
+    alone.write_bytes(ckpt.read_bytes())
+    code, _, err = run_main(["export", alone, "--out", tmp_path / "n.pt2", "--format", "torch-export"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "export(module=None): `module` must be given (a LightningModule class or its import path), or a " in err
