@@ -2,6 +2,7 @@
 
     python benchmarks/energy_overhead.py            # 10 rounds
     python benchmarks/energy_overhead.py --quick    # 3 rounds
+    python benchmarks/energy_overhead.py --accelerator gpu   # on a GPU: NVML reads and the CUDA syncs at windows
     (torch on one thread by default: --threads)
 
 Each round trains the digits demo (DigitsCNN, 24x24, batch 64) for 3 epochs without and 3 epochs with an
@@ -44,14 +45,16 @@ def time_hooks(monitor: EnergyMonitor, spent: list[float]) -> EnergyMonitor:
     return monitor
 
 
-def epoch_times(monitor: EnergyMonitor | None, epochs: int) -> tuple[list[float], list[float]]:
+def epoch_times(
+    monitor: EnergyMonitor | None, epochs: int, accelerator: str = "cpu"
+) -> tuple[list[float], list[float]]:
     """Wall and process-CPU seconds of each training epoch after the first (which carries start-up costs)."""
     seed_everything(0)
     timer = EpochTimer()
     callbacks = ([monitor] if monitor else []) + [timer]
     trainer = Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -67,6 +70,7 @@ def epoch_times(monitor: EnergyMonitor | None, epochs: int) -> tuple[list[float]
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's own choice)")
+    p.add_argument("--accelerator", default="cpu", help="Trainer accelerator: cpu (default) or gpu")
     args = p.parse_args()
     if args.threads:
         # One thread: two OpenMP threads on a shared two-core machine spin and make epoch times swing by +-30 %.
@@ -77,14 +81,15 @@ def main() -> None:
     ratios: dict[str, list[float]] = {k: [] for k in settings}
     cpu_ratios: dict[str, list[float]] = {k: [] for k in settings}
     hook_share: dict[str, list[float]] = {k: [] for k in settings}
+    acc = args.accelerator
     for r in range(rounds):
         for name, kwargs in settings.items():
             spent: list[float] = []
             monitor = time_hooks(EnergyMonitor(print_summary=False, report_filename=None, **kwargs), spent)
             if r % 2 == 0:
-                base, with_monitor = epoch_times(None, epochs), epoch_times(monitor, epochs)
+                base, with_monitor = epoch_times(None, epochs, acc), epoch_times(monitor, epochs, acc)
             else:
-                with_monitor, base = epoch_times(monitor, epochs), epoch_times(None, epochs)
+                with_monitor, base = epoch_times(monitor, epochs, acc), epoch_times(None, epochs, acc)
             ratios[name].append(sum(with_monitor[0]) / sum(base[0]))
             cpu_ratios[name].append(sum(with_monitor[1]) / sum(base[1]))
             # Time spent inside the monitor's hooks in the timed epochs: a direct, far less noisy view of the
@@ -103,6 +108,7 @@ def main() -> None:
         "all_ratios": {k: [round(x, 4) for x in v] for k, v in ratios.items()},
         "all_cpu_time_ratios": {k: [round(x, 4) for x in v] for k, v in cpu_ratios.items()},
         "median_hook_time_share": {k: round(median(v), 5) for k, v in hook_share.items()},
+        "accelerator": acc,
         "goal": "median_time_ratio <= 1.005",
         "environment": environment(),
     }

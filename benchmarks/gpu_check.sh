@@ -19,6 +19,8 @@
 #   power_limit_simulated  benchmarks/power_limit.py --quick: the tuner on the *simulated* V100
 #   bench_inference_gpu    lightning-green bench-inference --device cuda on the fit_gpu_nvml checkpoint (eager, bf16,
 #                          torch-export with NVML energy)                    -> bench_inference_gpu.json
+#   energy_overhead_gpu    benchmarks/energy_overhead.py --quick on the GPU: EnergyMonitor's cost with NVML reads
+#                                                                              -> energy_overhead_gpu.json
 #   data_pruning_gpu_fewer benchmarks/data_pruning.py on the GPU, 1 round, prune_ratio 0.7 (fewer batches)
 #                                                                              -> data_pruning_fewer.json
 #   data_pruning_gpu_keep  the same with keep_steps (smaller batches, as many steps) on digits
@@ -158,6 +160,9 @@ run_step power_limit_simulated 60 "$PY" benchmarks/power_limit.py --quick
 DIGITS_CKPT="$(ls "$OUT"/runs/digits_gpu/lightning_logs/version_*/checkpoints/*.ckpt 2>/dev/null | tail -n 1)"
 run_step bench_inference_gpu 90 "$PY" -m lightning_green bench-inference "${DIGITS_CKPT:-no-checkpoint-from-fit_gpu_nvml}" \
     --device cuda --batch-sizes 1,256 --repeats 20 --rounds 2 --no-report --json "$OUT/bench_inference_gpu.json"
+
+run_step energy_overhead_gpu 90 "$PY" benchmarks/energy_overhead.py --quick --accelerator gpu \
+    --json "$OUT/energy_overhead_gpu.json"
 
 run_step data_pruning_gpu_fewer 150 "$PY" benchmarks/data_pruning.py --tasks digits lm --rounds 1 --prune-ratio 0.7 \
     --accelerator gpu --json "$OUT/data_pruning_fewer.json"

@@ -306,3 +306,23 @@ def test_bench_inference_on_the_gpu_reads_nvml_and_runs_eager_bf16_and_torch_exp
     assert sorted({r["format"] for r in data["rows"]}) == ["bf16", "eager", "torch-export"]
     for row in data["rows"]:
         assert row["label"] in ("measured", "mixed") and row["energy_per_1k_j"] > 0, row
+
+
+def test_energy_budget_stops_on_the_gpus_measured_energy(tmp_path):
+    from lightning_green import EnergyBudget
+
+    seed_everything(0)
+    monitor = EnergyMonitor(print_summary=False, min_window_s=0.0)
+    budget = EnergyBudget(max_energy=300, unit="J")
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=200,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        callbacks=[monitor, budget],
+        **GPU,
+    )
+    trainer.fit(ConvNet(n=256))
+    assert budget.stopped_reason is not None and trainer.current_epoch < 199
+    fit = energy_report(trainer)["stages"]["fit"]
+    assert fit["sources"]["gpu"] == "measured" and fit["energy_j"]["total"] >= 300
