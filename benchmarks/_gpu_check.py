@@ -5,6 +5,8 @@ python benchmarks/_gpu_check.py missing-deps            names of missing Python 
 python benchmarks/_gpu_check.py settings FILE           read (never set) every GPU's power limit, persistence
                                                         mode and application clocks through NVML, as JSON
 python benchmarks/_gpu_check.py nvml-measured RUN_ROOT  assert the run's energy report has measured GPU energy
+python benchmarks/_gpu_check.py meter-cost JSON          what one EnergyMeter read costs on GPU 0 (NVML energy
+                                                        counter alone, a CUDA sync alone, a read with/without sync)
 python benchmarks/_gpu_check.py summary OUT STATUS REASON STEPS_TSV ELAPSED_S
 """
 
@@ -72,6 +74,41 @@ def nvml_measured(root: str) -> None:
     assert fit["energy_j"]["gpu"] > 0, "NVML reported no GPU energy"
 
 
+def meter_cost(path: str, n: str = "300") -> None:
+    """Milliseconds per call on an idle GPU 0, each the median of ``n`` calls (reads only: nothing is set)."""
+    import statistics
+    import time
+
+    import torch
+    from zeus.device import get_gpus
+
+    from lightning_green.energy.meter import EnergyMeter
+
+    def per_call_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(int(n)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return round(1000 * statistics.median(times), 4)
+
+    gpus = get_gpus()
+    out = {
+        "gpu": torch.cuda.get_device_name(0),
+        "nvml_total_energy_ms": per_call_ms(lambda: gpus.get_total_energy_consumption(0)),
+        "cuda_synchronize_ms": per_call_ms(torch.cuda.synchronize),
+    }
+    for sync in (True, False):
+        meter = EnergyMeter(gpu_indices=[0], sync_cuda=sync)
+        meter.start()
+        out[f"meter_read_ms_sync_{str(sync).lower()}"] = per_call_ms(meter.read)
+        meter.stop()
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=2)
+    print(json.dumps(out))
+
+
 def summary(out: str, status: str, reason: str, steps_path: str, elapsed: str) -> None:
     steps = []
     with open(steps_path, encoding="utf-8") as f:
@@ -90,5 +127,6 @@ if __name__ == "__main__":
         "missing-deps": missing_deps,
         "settings": settings,
         "nvml-measured": nvml_measured,
+        "meter-cost": meter_cost,
         "summary": summary,
     }[cmd](*args)

@@ -19,6 +19,7 @@
 #   power_limit_simulated  benchmarks/power_limit.py --quick: the tuner on the *simulated* V100
 #   bench_inference_gpu    lightning-green bench-inference --device cuda on the fit_gpu_nvml checkpoint (eager, bf16,
 #                          torch-export with NVML energy)                    -> bench_inference_gpu.json
+#   meter_cost_gpu         what one EnergyMeter read costs on the GPU (NVML counter, CUDA sync)  -> meter_cost.json
 #   energy_overhead_gpu    benchmarks/energy_overhead.py --quick on the GPU: EnergyMonitor's cost with NVML reads
 #                                                                              -> energy_overhead_gpu.json
 #   data_pruning_gpu_fewer benchmarks/data_pruning.py on the GPU, 1 round, prune_ratio 0.7 (fewer batches)
@@ -161,6 +162,7 @@ DIGITS_CKPT="$(ls "$OUT"/runs/digits_gpu/lightning_logs/version_*/checkpoints/*.
 run_step bench_inference_gpu 90 "$PY" -m lightning_green bench-inference "${DIGITS_CKPT:-no-checkpoint-from-fit_gpu_nvml}" \
     --device cuda --batch-sizes 1,256 --repeats 20 --rounds 2 --no-report --json "$OUT/bench_inference_gpu.json"
 
+run_step meter_cost_gpu 30 "$PY" "$ROOT/benchmarks/_gpu_check.py" meter-cost "$OUT/meter_cost.json"
 run_step energy_overhead_gpu 90 "$PY" benchmarks/energy_overhead.py --quick --accelerator gpu \
     --json "$OUT/energy_overhead_gpu.json"
 

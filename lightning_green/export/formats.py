@@ -260,14 +260,16 @@ def _is_token_ids(x: torch.Tensor) -> bool:
 
 
 def _batch_spec(
-    model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool = False
+    model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool = False, inferred_batch: bool = False
 ) -> tuple[tuple[torch.Tensor, ...], tuple[Any, ...]]:
     """Inputs with batch 2 and a dynamic batch axis per input (a batch of 1 would be specialised by the tracer).
 
     With ``dynamic_seq`` the time axis (dim 1) of token-id inputs is dynamic too (``Dim.AUTO``: the exporter infers
     its range and that ids and mask share it), so a language model's export takes any sequence length.
+    ``inferred_batch``: the batch axis is ``Dim.DYNAMIC`` (range inferred, an error if the model fixes it) instead of
+    any batch size >= 1 (see :func:`_with_inferred_batch`).
     """
-    batch = torch.export.Dim("batch", min=1)
+    batch = torch.export.Dim.DYNAMIC if inferred_batch else torch.export.Dim("batch", min=1)
     traced = tuple(torch.cat([x[:1]] * 2) if x.shape[0] != 2 else x for x in example)
     dynamic: tuple[Any, ...] = tuple(
         {0: batch, 1: torch.export.Dim.AUTO} if dynamic_seq and _is_token_ids(x) else {0: batch} for x in traced
@@ -303,9 +305,31 @@ def _seq_is_symbolic(program: Any, example: tuple[torch.Tensor, ...]) -> bool:
     return all(symbolic(v) for v, x in zip(users, example, strict=True) if _is_token_ids(x))
 
 
+def _with_inferred_batch(export: Callable[[bool], Any]) -> Any:
+    """``export(inferred_batch)``: first with any batch size, then, if a kernel bounds it, with the inferred range.
+
+    Some kernels only take batches up to a limit and say so in a guard (CUDA's pooling and normalisation kernels:
+    batch <= 65535, a grid dimension's limit): an export for *every* batch size then fails with "Constraints
+    violated (batch)". The program for the batches the model does take is what a user wants (as with the exporter's
+    own suggested fix, ``Dim('batch', max=65535)``); ``Dim.DYNAMIC`` still fails for a model that fixes the batch.
+    """
+    try:
+        return export(False)
+    except Exception as err:
+        if "Constraints violated" not in str(err) or not hasattr(torch.export.Dim, "DYNAMIC"):
+            raise
+        try:
+            return export(True)
+        except Exception:
+            raise err from None
+
+
 def _export_program(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool) -> Any:
-    traced, dynamic = _batch_spec(model, example, dynamic_seq)
-    return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
+    def export(inferred_batch: bool) -> Any:
+        traced, dynamic = _batch_spec(model, example, dynamic_seq, inferred_batch)
+        return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
+
+    return _with_inferred_batch(export)
 
 
 def _dynamic_seq_program(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool | None) -> Any:
@@ -366,6 +390,7 @@ def _onnx_program(
     names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
 
     def export(dynamic_seq: bool) -> Any:
+        # (torch.onnx infers a batch range a kernel bounds by itself: no _with_inferred_batch here)
         traced, dynamic = _batch_spec(model, example, dynamic_seq)
         kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic, "input_names": names, "verbose": False}
         if opset is not None:

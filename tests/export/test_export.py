@@ -592,3 +592,38 @@ def test_unknown_module_path(digits_ckpts):
     with pytest.raises(ValueError, match=r"`module` must be an importable class path"):
         load_checkpoint_module(digits_ckpts["dense"], "no_such_pkg.Model")
     assert save_ckpt  # shared helper imported for other tests
+
+
+class BoundedBatch(nn.Module):
+    """Takes batches up to 65535 only, as CUDA's pooling kernels do (their grid's limit, seen on an H200)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        torch._check(x.shape[0] <= 65535)
+        return self.lin(x)
+
+
+class FixedBatch(nn.Module):
+    def forward(self, x):
+        return x.reshape(2, -1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_kernel_that_bounds_the_batch_exports_for_the_batches_it_takes(tmp_path, fmt):
+    x = torch.randn(1, 4)
+    model = BoundedBatch().eval()
+    res = export_model(model, tmp_path / f"b{SUFFIX[fmt]}", fmt, example_inputs=x, verbose=False)
+    assert all(c.ok for c in res.checks)
+    run = load_exported(fmt, res.path)
+    for n in (1, 3, 300):
+        batch = torch.randn(n, 4)
+        torch.testing.assert_close(run(batch)[0], model(batch), rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_fixes_the_batch_is_still_refused(tmp_path):
+    with pytest.raises(ExportError, match=r"FixedBatch cannot be exported to 'torch-export'") as e:
+        export_model(FixedBatch(), tmp_path / "f.pt2", "torch-export", example_inputs=torch.randn(1, 4), verbose=False)
+    assert "\n" not in str(e.value)
