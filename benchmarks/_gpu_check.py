@@ -104,6 +104,21 @@ def meter_cost(path: str, n: str = "300") -> None:
         meter.start()
         out[f"meter_read_ms_sync_{str(sync).lower()}"] = per_call_ms(meter.read)
         meter.stop()
+    # The meter and a plain Zeus window over the same second of matrix products agree.
+    from zeus.monitor import ZeusMonitor
+
+    zeus = ZeusMonitor(gpu_indices=[0], cpu_indices=[])
+    meter = EnergyMeter(gpu_indices=[0])
+    meter.start()
+    zeus.begin_window("check")
+    x = torch.randn(8192, 8192, device="cuda")
+    end = time.perf_counter() + 1.0
+    while time.perf_counter() < end:
+        x = torch.tanh(x @ x)
+        torch.cuda.synchronize()
+    got = meter.read().energy_j["gpu"]
+    ref = sum(zeus.end_window("check").gpu_energy.values())
+    out["one_second_of_matmul_j"] = {"meter": round(got, 2), "zeus_window": round(ref, 2)}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)
     print(json.dumps(out))

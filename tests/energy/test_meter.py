@@ -1,3 +1,4 @@
+import contextlib
 import time
 
 import pytest
@@ -77,3 +78,34 @@ def test_rapl_is_read_once_per_node(with_dram):
         assert a.energy_j["dram"] == pytest.approx(5.0 * a.time_s, rel=0.05) and b.energy_j["dram"] == 0.0
     else:  # no DRAM domain: each process estimates its own memory
         assert a.sources["dram"] == "estimated" and b.energy_j["dram"] > 0
+
+
+@pytest.mark.parametrize("rapl", [False, True])
+def test_each_read_takes_a_gpus_energy_counter_once(sim_gpu, monkeypatch, rapl):
+    # One NVML energy read took 2.8 ms on a (virtualised) H200: a Zeus window's end and the next one's start
+    # read the counter twice per window; the meter reads it once.
+    calls = []
+    original = sim_gpu.get_total_energy_consumption
+
+    def counted():
+        calls.append(original())
+        return calls[-1]
+
+    monkeypatch.setattr(sim_gpu, "get_total_energy_consumption", counted)
+    sim_gpu.demand_w = 200.0
+    with FakeRapl(True) if rapl else contextlib.nullcontext():
+        meter = EnergyMeter(gpu_indices=[0])
+        meter.start()
+        assert len(calls) == 1
+        readings = []
+        for _ in range(3):
+            time.sleep(0.05)
+            readings.append(meter.read())
+        assert len(calls) == 4
+        last = meter.stop()
+    assert len(calls) == 5
+    assert last.energy_j["gpu"] == pytest.approx((calls[-1] - calls[0]) / 1000.0)
+    assert readings[1].energy_j["gpu"] - readings[0].energy_j["gpu"] == pytest.approx((calls[2] - calls[1]) / 1000.0)
+    assert last.sources == {"gpu": "measured", "cpu": "measured" if rapl else "estimated", "dram": last.sources["dram"]}
+    if rapl:  # RAPL still comes through Zeus's windows (a CPU-only monitor, which reads no GPU)
+        assert last.energy_j["cpu"] == pytest.approx(50.0 * last.time_s, rel=0.1)
