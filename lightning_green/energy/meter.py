@@ -120,7 +120,7 @@ class EnergyMeter:
             per node should (local rank 0); the others contribute no CPU/DRAM *measurement*, so node energy is
             never counted twice. Estimates are per process (CPU time, RSS) and so never overlap.
         estimate: The model used where a component has no counter.
-        sync_cuda: Let Zeus synchronise CUDA at each read so the window holds exactly the work issued in it.
+        sync_cuda: Synchronise CUDA at each read so the window holds exactly the work issued in it.
             Only takes effect when CUDA is available (a simulated GPU on CPU torch must not sync).
 
     Example:

@@ -35,12 +35,24 @@ def build_datamodule(
     if data is not None and not isinstance(data, (str, type)):
         return data
     cls = resolve_class(owner, "data", data if data is not None else cfg_class)
+    if data is not None and not _names(owner, cfg_class, cls):
+        init_args = {}  # the config's arguments are another datamodule's
     try:
         return cls(**init_args)
     except Exception as err:
         raise InvalidArgumentError(
             f"{owner}(data={cls.__name__}): building it with {init_args!r} failed: {str(err).splitlines()[0]}"
         ) from None
+
+
+def _names(owner: str, class_path: str | None, cls: type) -> bool:
+    """Whether ``class_path`` (a config's) names ``cls``."""
+    if class_path is None:
+        return False
+    try:
+        return resolve_class(owner, "data", class_path) is cls
+    except Exception:
+        return False
 
 
 def _serves(datamodule: Any, loader: str) -> bool:
@@ -132,7 +144,9 @@ def export_checkpoint(
         format: ``onnx``, ``torch-export`` or ``hf``.
         config: LightningCLI YAML (or dict) with the ``model`` (and ``data``) sections used in training.
         datamodule: A datamodule (class, path or instance) whose first predict/test/val batch is also checked
-            (see :func:`datamodule_batch`); ``None``: the config's ``data`` section, if any.
+            (see :func:`datamodule_batch`); ``None``: the config's ``data`` section, if any. With neither ``module``
+            nor ``config``, the ``config.yaml`` LightningCLI saved with the run gives both (its data check is skipped,
+            with a note, where that data cannot serve a batch here).
         example_inputs: Forward inputs; ``None``: the module's ``example_input_array``.
         atol: Absolute tolerance of the output check.
         rtol: Relative tolerance of the output check.
@@ -146,12 +160,22 @@ def export_checkpoint(
     owner = "export"
     check_choice(owner, "format", format, FORMATS)
     check_output_path(owner, out, kind="dir" if format == "hf" else "file")
+    found = None
     if module is None and config is None:  # a LightningCLI run: its saved config names the model and the data
-        config = saved_run_config(ckpt_path)
+        config = found = saved_run_config(ckpt_path)
     model = load_checkpoint_module(ckpt_path, module, config=config, owner=owner)
-    dm = build_datamodule(datamodule, config, owner)
+    n_inputs = len(example_inputs_of(owner, model, example_inputs))
     checks = []
-    x = datamodule_batch(dm, n_inputs=len(example_inputs_of(owner, model, example_inputs)), owner=owner)
+    try:
+        x = datamodule_batch(build_datamodule(datamodule, config, owner), n_inputs=n_inputs, owner=owner)
+    except InvalidArgumentError as err:
+        if found is None or datamodule is not None:
+            raise
+        # Data the user did not name (the saved config's, e.g. a path relative to where training ran): the check on
+        # the example input still runs.
+        x = None
+        if verbose:
+            print(f"datamodule check skipped: the data of {found} could not serve a batch here ({err}); pass --data")
     if x is not None:
         checks.append(("datamodule batch", x))
     return export_model(

@@ -86,7 +86,7 @@ def _say_saved_config(ns: argparse.Namespace, ckpt: str, what: str = "checkpoint
     """Say which config names the model when neither --module nor --config was given."""
     from lightning_green.export.load import saved_run_config
 
-    if ns.module is None and ns.config is None:
+    if ns.module is None and ns.config is None and os.path.isfile(ckpt):
         found = saved_run_config(ckpt)
         if found is not None:
             print(f"{what}: model from {found} (the config LightningCLI saved with the run)")
@@ -158,6 +158,16 @@ def bench_main(args: Sequence[str]) -> int:
         base = load_checkpoint_module(against, ns.module, config=ns.config, owner=owner, ckpt_arg="against")
         models["baseline"] = base.to(device)
     models["model"] = model.to(device)
+    if against is not None and type(models["baseline"]) is not type(model):
+        from lightning_green._internal.validation import fail
+
+        fail(
+            owner,
+            "against",
+            against,
+            f"a checkpoint of the same module as CKPT ({type(model).__name__}); it holds a "
+            f"{type(models['baseline']).__name__}",
+        )
     result = bench_inference(
         models,
         formats=formats,

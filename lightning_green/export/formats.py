@@ -305,13 +305,20 @@ def _seq_is_symbolic(program: Any, example: tuple[torch.Tensor, ...]) -> bool:
     return all(symbolic(v) for v, x in zip(users, example, strict=True) if _is_token_ids(x))
 
 
-def _with_inferred_batch(export: Callable[[bool], Any]) -> Any:
+#: The smallest batch bound accepted from an inferred range: CUDA's grid limit, which pooling and normalisation
+#: kernels impose. A lower bound comes from the model itself (a `torch._check`, a branch on the batch size): that
+#: export is refused as before, with the exporter's own suggested fix.
+KERNEL_BATCH_BOUND = 65535
+
+
+def _with_inferred_batch(export: Callable[[bool], Any], example: tuple[torch.Tensor, ...]) -> Any:
     """``export(inferred_batch)``: first with any batch size, then, if a kernel bounds it, with the inferred range.
 
     Some kernels only take batches up to a limit and say so in a guard (CUDA's pooling and normalisation kernels:
     batch <= 65535, a grid dimension's limit): an export for *every* batch size then fails with "Constraints
-    violated (batch)". The program for the batches the model does take is what a user wants (as with the exporter's
-    own suggested fix, ``Dim('batch', max=65535)``); ``Dim.DYNAMIC`` still fails for a model that fixes the batch.
+    violated (batch)". The program for the batches those kernels take is what a user wants (the exporter's own
+    suggested fix is ``Dim('batch', max=65535)``); ``Dim.DYNAMIC`` still fails for a model that fixes the batch, and a
+    range that ends below :data:`KERNEL_BATCH_BOUND` (a bound of the model's own) is refused with the first error.
     """
     try:
         return export(False)
@@ -319,9 +326,34 @@ def _with_inferred_batch(export: Callable[[bool], Any]) -> Any:
         if "Constraints violated" not in str(err) or not hasattr(torch.export.Dim, "DYNAMIC"):
             raise
         try:
-            return export(True)
+            program = export(True)
         except Exception:
             raise err from None
+        if _batch_bound(program, example) < KERNEL_BATCH_BOUND:
+            raise err from None
+        return program
+
+
+def _batch_bound(program: Any, example: tuple[torch.Tensor, ...]) -> float:
+    """The largest batch every input of ``program`` (a ``torch.export`` program) takes (0 if any is fixed)."""
+    import math
+
+    from torch.export.graph_signature import InputKind
+    from torch.fx.experimental.symbolic_shapes import free_symbols
+
+    vals = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    users = [vals.get(s.arg.name) for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    ranges = {str(sym): r for sym, r in program.range_constraints.items()}
+    bound = math.inf
+    for v in users[: len(example)]:
+        if not isinstance(v, torch.Tensor) or v.dim() == 0:
+            return 0.0
+        symbols = [str(sym) for sym in free_symbols(v.shape[0])]
+        if not symbols or any(sym not in ranges for sym in symbols):
+            return 0.0
+        for sym in symbols:
+            bound = min(bound, float(ranges[sym].upper))  # int_oo -> inf
+    return bound
 
 
 def _export_program(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool) -> Any:
@@ -329,7 +361,7 @@ def _export_program(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic
         traced, dynamic = _batch_spec(model, example, dynamic_seq, inferred_batch)
         return torch.export.export(copy.deepcopy(model), traced, dynamic_shapes=dynamic)
 
-    return _with_inferred_batch(export)
+    return _with_inferred_batch(export, example)
 
 
 def _dynamic_seq_program(model: nn.Module, example: tuple[torch.Tensor, ...], dynamic_seq: bool | None) -> Any:
@@ -390,7 +422,8 @@ def _onnx_program(
     names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
 
     def export(dynamic_seq: bool) -> Any:
-        # (torch.onnx infers a batch range a kernel bounds by itself: no _with_inferred_batch here)
+        # torch.onnx does not raise for a batch bound (it keeps the axis dynamic and drops the guard); the output
+        # checks at batch 1 and at the datamodule's batch are what catch a program wrong at other batch sizes.
         traced, dynamic = _batch_spec(model, example, dynamic_seq)
         kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic, "input_names": names, "verbose": False}
         if opset is not None:

@@ -64,14 +64,46 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
     """The config LightningCLI saved with the run ``ckpt_path`` belongs to, or ``None``.
 
     LightningCLI writes ``<log_dir>/config.yaml`` and Lightning the checkpoints to ``<log_dir>/checkpoints/``: the
-    nearest ``config.yaml`` up to three folders above the checkpoint is taken.
+    nearest ``config.yaml`` up to three folders above the checkpoint whose ``model`` section names a class
+    (``class_path``) is taken; another ``config.yaml`` (a project's own settings) is passed over.
     """
+    import yaml
+
     p = Path(ckpt_path).resolve().parent
     for _ in range(3):
-        if (p / name).is_file():
-            return p / name
+        path = p / name
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                data = None
+            model = data.get("model") if isinstance(data, Mapping) else None
+            if isinstance(model, Mapping) and isinstance(model.get("class_path"), str):
+                return path
         p = p.parent
     return None
+
+
+_CLASS_KEYS = {"class_path", "init_args", "dict_kwargs"}
+
+
+def _instantiate(owner: str, name: str, value: Any) -> Any:
+    """``value`` with every ``{class_path, init_args}`` mapping in it built, as LightningCLI built it in training.
+
+    A network passed to the LightningModule as an argument, say (dependency injection in a LightningCLI config). A
+    mapping that cannot be built so (an optimizer LightningCLI turned into a callable, which needs the parameters)
+    is passed on as it is.
+    """
+    if isinstance(value, Mapping) and isinstance(value.get("class_path"), str) and set(value) <= _CLASS_KEYS:
+        args = {**dict(value.get("init_args") or {}), **dict(value.get("dict_kwargs") or {})}
+        try:
+            cls = resolve_class(owner, name, value["class_path"])
+            return cls(**{k: _instantiate(owner, f"{name}.{k}", v) for k, v in args.items()})
+        except Exception:
+            return value
+    if isinstance(value, list):
+        return [_instantiate(owner, name, v) for v in value]
+    return value
 
 
 def _read_config(owner: str, config: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -202,14 +234,16 @@ def load_checkpoint_module(
         if module is None and not cfg_class:
             raise InvalidArgumentError(
                 f"{owner}(module=None): `module` must be given (a LightningModule class or its import path), or a "
-                f"`config` whose model section names one; no config.yaml saved by LightningCLI lies up to three "
-                f"folders above the checkpoint."
+                f"`config` whose model section names one, for `{ckpt_arg}` {os.fspath(ckpt_path)!r}: no config.yaml "
+                f"saved by LightningCLI lies up to three folders above it."
             )
         cls = resolve_class(owner, "module", module if module is not None else cfg_class)
         # A config without a `model` section (e.g. only `data:`) says nothing of the constructor: the saved
         # hyperparameters do.
         has_model = isinstance(cfg.get("model"), Mapping)
         kwargs = init_args if has_model else dict(ckpt.get("hyper_parameters") or {})
+        if has_model:
+            kwargs = {k: _instantiate(owner, f"model.{k}", v) for k, v in kwargs.items()}
         try:
             model = cls(**_accepted(cls, kwargs))
         except (TypeError, ValueError) as err:

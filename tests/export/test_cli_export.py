@@ -1,12 +1,17 @@
 import json
 import os
 
+import lightning.pytorch as pl
 import pytest
+import torch
+from torch import nn
 
 from lightning_green import StructuredPruning
 from lightning_green.cli import main
+from lightning_green.demos import TinyGPT
 from lightning_green.export import load_checkpoint_module
 from lightning_green.report import load_run
+from tests.export.conftest import save_ckpt
 from tests.report.runs import fit_digits
 
 
@@ -260,14 +265,21 @@ def test_on_a_gpu_onnx_is_refused_before_loading_and_left_out_of_the_default_for
     assert "`formats` must be a list without 'onnx' on cuda:0 (ONNX Runtime runs on the CPU here: --device cpu" in err
 
 
-def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A digits run of `lightning-green fit` (LightningCLI): (checkpoint, the config.yaml it saved)."""
     from lightning_green.cli import cli
 
+    root = tmp_path_factory.mktemp("cli_run")
     args = ["fit", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
-    args += ["--trainer.enable_progress_bar=false", "--model.channels=[4, 8]", f"--trainer.default_root_dir={tmp_path}"]
+    args += ["--trainer.enable_progress_bar=false", "--model.channels=[4, 8]", f"--trainer.default_root_dir={root}"]
     cli(args)
-    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
-    config = tmp_path / "lightning_logs" / "version_0" / "config.yaml"
+    (ckpt,) = (root / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    return ckpt, root / "lightning_logs" / "version_0" / "config.yaml"
+
+
+def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(cli_run, tmp_path, capsys):
+    ckpt, config = cli_run
     code, text, err = run_main(["export", ckpt, "--out", tmp_path / "m.pt2", "--format", "torch-export"], capsys)
     assert code == 0, err
     assert f"checkpoint: model from {config} (the config LightningCLI saved with the run)" in text
@@ -282,3 +294,107 @@ def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(tmp_path,
     code, _, err = run_main(["export", alone, "--out", tmp_path / "n.pt2", "--format", "torch-export"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert "export(module=None): `module` must be given (a LightningModule class or its import path), or a " in err
+    assert f"for `ckpt` '{alone}': no config.yaml saved by LightningCLI" in err
+    code, text, err = run_main([*bench, "--warmup", "0", "--no-report", "--against", alone], capsys)
+    assert code == 2 and f"for `against` '{alone}': no config.yaml" in err  # the baseline's own config is looked up
+    code, text, err = run_main(["export", tmp_path / "missing.ckpt", "--out", tmp_path / "x.pt2"], capsys)
+    assert code == 2 and "model from" not in text and "`ckpt` must be an existing checkpoint file" in err
+
+
+def test_a_config_yaml_that_names_no_model_is_not_taken_for_the_runs(cli_run, tmp_path):
+    from lightning_green.export.load import saved_run_config
+
+    ckpt, config = cli_run
+    project = tmp_path / "project"
+    (project / "ckpts").mkdir(parents=True)
+    (project / "config.yaml").write_text("learning_rate: 0.1\nmodel: resnet\n")
+    (project / "ckpts" / "m.ckpt").write_bytes(ckpt.read_bytes())
+    assert saved_run_config(project / "ckpts" / "m.ckpt") is None
+    (tmp_path / "config.yaml").write_text(config.read_text())  # a LightningCLI config two folders up is found
+    assert saved_run_config(project / "ckpts" / "m.ckpt") == tmp_path / "config.yaml"
+
+
+def test_saved_data_that_cannot_serve_a_batch_here_skips_that_check_with_a_note(cli_run, tmp_path, capsys):
+    import yaml
+
+    ckpt, config = cli_run
+    saved = yaml.safe_load(config.read_text())
+    saved["data"] = {"class_path": "lightning_green.demos.DigitsDataModule", "init_args": {"batch_size": 0}}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "checkpoints" / "m.ckpt").write_bytes(ckpt.read_bytes())
+    args = ["export", tmp_path / "checkpoints" / "m.ckpt", "--out", tmp_path / "m.pt2", "--format", "torch-export"]
+    code, text, err = run_main(args, capsys)
+    assert code == 0, err
+    assert f"datamodule check skipped: the data of {tmp_path / 'config.yaml'} could not serve a batch here" in text
+    assert "check example input" in text and "check datamodule batch" not in text
+    code, _, err = run_main([*args, "--data", "DigitsDataModule"], capsys)  # named by the user: not skipped
+    assert code == 2 and "export(data=DigitsDataModule): building it with {'batch_size': 0} failed" in err
+
+
+def test_data_named_on_the_command_line_does_not_get_the_saved_configs_arguments(cli_run, tmp_path, capsys):
+    import yaml
+
+    ckpt, config = cli_run
+    saved = yaml.safe_load(config.read_text())
+    saved["data"] = {"class_path": "lightning_green.demos.StdlibTextDataModule", "init_args": {"seq_len": 32}}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "checkpoints" / "m.ckpt").write_bytes(ckpt.read_bytes())
+    args = ["export", tmp_path / "checkpoints" / "m.ckpt", "--out", tmp_path / "m.pt2", "--format", "torch-export"]
+    code, text, err = run_main([*args, "--data", "DigitsDataModule"], capsys)
+    assert code == 0, err
+    assert "check datamodule batch (batch 64)" in text  # DigitsDataModule's own defaults, not seq_len=32
+
+
+class Head(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(24 * 24, width), nn.ReLU(), nn.Linear(width, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Injected(pl.LightningModule):
+    """LightningCLI dependency injection: the network is a constructor argument."""
+
+    def __init__(self, net: nn.Module, lr: float = 1e-3):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.example_input_array = torch.zeros(1, 1, 24, 24)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_network_injected_through_the_config_is_built_from_it(tmp_path, capsys):
+    import yaml
+
+    model = Injected(Head(width=6))
+    (tmp_path / "checkpoints").mkdir()
+    save_ckpt(tmp_path / "checkpoints" / "m.ckpt", model)
+    net = {"class_path": f"{__name__}.Head", "init_args": {"width": 6}}
+    config = {"model": {"class_path": f"{__name__}.Injected", "init_args": {"net": net, "lr": 0.01}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    args = ["export", tmp_path / "checkpoints" / "m.ckpt", "--out", tmp_path / "m.pt2", "--format", "torch-export"]
+    code, text, err = run_main(args, capsys)
+    assert code == 0, err
+    assert "check example input (batch 1)" in text and "— ok" in text
+
+
+def test_against_a_checkpoint_of_another_module_is_one_line(cli_run, tmp_path, capsys):
+    import yaml
+
+    ckpt, _ = cli_run
+    (tmp_path / "checkpoints").mkdir()
+    gpt = {"d_model": 16, "n_layers": 1, "n_heads": 2}
+    other = save_ckpt(tmp_path / "checkpoints" / "gpt.ckpt", TinyGPT(**gpt))
+    config = {"model": {"class_path": "lightning_green.demos.TinyGPT", "init_args": gpt}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    args = ["bench-inference", ckpt, "--against", other, "--no-report", "--formats", "eager", "--repeats", "1"]
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"bench-inference(against='{other}'): `against` must be a checkpoint of the same module as CKPT " in err
+    assert "(DigitsCNN); it holds a TinyGPT." in err

@@ -627,3 +627,20 @@ def test_a_model_that_fixes_the_batch_is_still_refused(tmp_path):
     with pytest.raises(ExportError, match=r"FixedBatch cannot be exported to 'torch-export'") as e:
         export_model(FixedBatch(), tmp_path / "f.pt2", "torch-export", example_inputs=torch.randn(1, 4), verbose=False)
     assert "\n" not in str(e.value)
+
+
+class OwnBound(nn.Module):
+    """A bound of the model's own (not a kernel's): its export stays refused, as the exporter's message suggests."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        torch._check(x.shape[0] <= 16)
+        return self.lin(x)
+
+
+def test_a_batch_bound_of_the_models_own_is_still_refused(tmp_path):
+    with pytest.raises(ExportError, match=r"OwnBound cannot be exported to 'torch-export'.*Dim\('batch', max=16\)"):
+        export_model(OwnBound(), tmp_path / "o.pt2", "torch-export", example_inputs=torch.randn(1, 4), verbose=False)
