@@ -172,6 +172,9 @@ class EnergyMeter:
         else:
             self._windows = None
         self._gpu_last: dict[int, float] = {}
+        self._gpu_t = 0.0
+        # Per GPU: joules already counted for windows in which its counter had not moved yet (see _gpu_window_j).
+        self._gpu_credit: dict[int, float] = {}
         self._started = False
         self._t0 = self._t_last = 0.0
         self._cpu_last = self._rss_last = 0.0
@@ -217,6 +220,8 @@ class EnergyMeter:
             return
         if self._gpu_counters:
             self._gpu_last = self._read_gpu_counters()
+            self._gpu_t = time.perf_counter()
+            self._gpu_credit = dict.fromkeys(self.gpu_indices, 0.0)
         if self._windows is not None:
             self._windows.begin_window(_WINDOW, sync_execution=self._sync, restart=True)
         self._t0 = self._t_last = time.perf_counter()
@@ -230,9 +235,7 @@ class EnergyMeter:
         if not self._started:
             raise RuntimeError("EnergyMeter.read() called before start().")
         if self._gpu_counters:
-            now_j = self._read_gpu_counters()
-            self._acc["gpu"] += sum(now_j[i] - self._gpu_last[i] for i in self.gpu_indices)
-            self._gpu_last = now_j
+            self._acc["gpu"] += self._gpu_window_j()
         m = None
         if self._windows is not None:
             m = self._windows.end_window(_WINDOW, sync_execution=self._sync and not self._gpu_counters)
@@ -262,6 +265,30 @@ class EnergyMeter:
             self._windows.end_window(_WINDOW, sync_execution=False, cancel=True)
         self._started = False
         return reading
+
+    def _gpu_window_j(self) -> float:
+        """The metered GPUs' joules since the last read, from their energy counters.
+
+        A window shorter than a counter's update period (a few ms to tens of ms) sees it unmoved: as Zeus does
+        (``approx_instant_energy``), such a window counts the GPU's power now × its length. Unlike Zeus, that
+        estimate is then taken off the counter's next rise, so the total stays the counters' own.
+        """
+        now_j = self._read_gpu_counters()
+        t = time.perf_counter()
+        dt, self._gpu_t = t - self._gpu_t, t
+        total = 0.0
+        for i in self.gpu_indices:
+            delta = now_j[i] - self._gpu_last[i]
+            if delta <= 0:
+                approx = self.monitor.gpus.get_instant_power_usage(i) / 1000.0 * dt
+                self._gpu_credit[i] += approx
+                total += approx
+            else:
+                credit = self._gpu_credit[i]
+                total += max(delta - credit, 0.0)
+                self._gpu_credit[i] = max(credit - delta, 0.0)
+        self._gpu_last = now_j
+        return total
 
     def _read_gpu_counters(self) -> dict[int, float]:
         """Each metered GPU's energy counter in joules (after the queued CUDA work, when syncing)."""

@@ -84,26 +84,41 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
     return None
 
 
-_CLASS_KEYS = {"class_path", "init_args", "dict_kwargs"}
+def _has_class_path(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return "class_path" in value or any(_has_class_path(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_class_path(v) for v in value)
+    return False
 
 
-def _instantiate(owner: str, name: str, value: Any) -> Any:
-    """``value`` with every ``{class_path, init_args}`` mapping in it built, as LightningCLI built it in training.
+def _build_from_config(owner: str, cls: type, kwargs: dict[str, Any]) -> Any:
+    """``cls`` built from a LightningCLI config's ``init_args`` as LightningCLI built it in training.
 
-    A network passed to the LightningModule as an argument, say (dependency injection in a LightningCLI config). A
-    mapping that cannot be built so (an optimizer LightningCLI turned into a callable, which needs the parameters)
-    is passed on as it is.
+    jsonargparse reads them against ``cls``'s signature: a network passed as an argument (``class_path``/
+    ``init_args``) is built, an optimizer typed as a callable becomes one, a ``dict``-typed value stays a dict. Plain
+    values that jsonargparse cannot validate (a config written by hand) are passed to the constructor as they are.
     """
-    if isinstance(value, Mapping) and isinstance(value.get("class_path"), str) and set(value) <= _CLASS_KEYS:
-        args = {**dict(value.get("init_args") or {}), **dict(value.get("dict_kwargs") or {})}
-        try:
-            cls = resolve_class(owner, name, value["class_path"])
-            return cls(**{k: _instantiate(owner, f"{name}.{k}", v) for k, v in args.items()})
-        except Exception:
-            return value
-    if isinstance(value, list):
-        return [_instantiate(owner, name, v) for v in value]
-    return value
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    try:
+        parser.add_class_arguments(cls, "model", fail_untyped=False, sub_configs=True)
+        cfg = parser.parse_object({"model": kwargs})
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # 4.49 renamed it
+        return instantiate(cfg).model
+    except Exception as err:
+        if _has_class_path(kwargs):
+            why = " ".join(str(err).split()) or type(err).__name__
+            raise InvalidArgumentError(
+                f"{owner}(module={cls.__name__}): building it from the config's model init_args failed: {why}"
+            ) from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise InvalidArgumentError(
+            f"{owner}(module={cls.__name__}): building it with {kwargs!r} failed: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def _read_config(owner: str, config: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -241,15 +256,16 @@ def load_checkpoint_module(
         # A config without a `model` section (e.g. only `data:`) says nothing of the constructor: the saved
         # hyperparameters do.
         has_model = isinstance(cfg.get("model"), Mapping)
-        kwargs = init_args if has_model else dict(ckpt.get("hyper_parameters") or {})
         if has_model:
-            kwargs = {k: _instantiate(owner, f"model.{k}", v) for k, v in kwargs.items()}
-        try:
-            model = cls(**_accepted(cls, kwargs))
-        except (TypeError, ValueError) as err:
-            raise InvalidArgumentError(
-                f"{owner}(module={cls.__name__}): building it with {kwargs!r} failed: {str(err).splitlines()[0]}"
-            ) from None
+            model = _build_from_config(owner, cls, _accepted(cls, init_args))
+        else:
+            kwargs = dict(ckpt.get("hyper_parameters") or {})
+            try:
+                model = cls(**_accepted(cls, kwargs))
+            except (TypeError, ValueError) as err:
+                raise InvalidArgumentError(
+                    f"{owner}(module={cls.__name__}): building it with {kwargs!r} failed: {str(err).splitlines()[0]}"
+                ) from None
     weights = ckpt.get("state_dict", ckpt)
     name = type(model).__name__
     given = f"{owner}({ckpt_arg}={os.fspath(ckpt_path)!r}): `{ckpt_arg}`"

@@ -109,3 +109,29 @@ def test_each_read_takes_a_gpus_energy_counter_once(sim_gpu, monkeypatch, rapl):
     assert last.sources == {"gpu": "measured", "cpu": "measured" if rapl else "estimated", "dram": last.sources["dram"]}
     if rapl:  # RAPL still comes through Zeus's windows (a CPU-only monitor, which reads no GPU)
         assert last.energy_j["cpu"] == pytest.approx(50.0 * last.time_s, rel=0.1)
+
+
+def test_a_window_shorter_than_the_counters_update_counts_power_times_time_and_the_total_stays_exact(
+    sim_gpu, monkeypatch
+):
+    real = sim_gpu.get_total_energy_consumption
+    state = {"t": None, "v": 0}
+
+    def quantised():  # NVML's counter moves every few tens of ms: here every 100 ms
+        value = real()
+        now = time.monotonic()
+        if state["t"] is None or now - state["t"] >= 0.1:
+            state["t"], state["v"] = now, value
+        return state["v"]
+
+    monkeypatch.setattr(sim_gpu, "get_total_energy_consumption", quantised)
+    sim_gpu.demand_w = 250.0
+    meter = EnergyMeter(gpu_indices=[0])
+    meter.start()
+    first = state["v"]
+    time.sleep(0.02)
+    short = meter.read()
+    assert short.energy_j["gpu"] == pytest.approx(sim_gpu.power_w() * short.time_s, rel=0.3)  # not 0 J
+    time.sleep(0.25)
+    last = meter.stop()
+    assert last.energy_j["gpu"] == pytest.approx((state["v"] - first) / 1000.0)  # the counters' own total

@@ -4,6 +4,7 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from lightning_green import StructuredPruning
@@ -398,3 +399,37 @@ def test_against_a_checkpoint_of_another_module_is_one_line(cli_run, tmp_path, c
     assert code == 2 and err.count("\n") == 1, err
     assert f"bench-inference(against='{other}'): `against` must be a checkpoint of the same module as CKPT " in err
     assert "(DigitsCNN); it holds a TinyGPT." in err
+
+
+class Configured(pl.LightningModule):
+    """Arguments of every kind LightningCLI handles: a network, a dict, an optimizer callable."""
+
+    def __init__(self, net: nn.Module, options: dict | None = None, optimizer: OptimizerCallable = torch.optim.Adam):
+        super().__init__()
+        self.net = net
+        self.options = options
+        self.optimizer = optimizer
+        self.example_input_array = torch.zeros(1, 1, 24, 24)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_config_arguments_are_built_as_lightning_cli_built_them(tmp_path):
+    model = Configured(Head(width=5))
+    save_ckpt(tmp_path / "m.ckpt", model)
+    net = {"class_path": f"{__name__}.Head", "init_args": {"width": 5}}
+    options = {"class_path": "looks.Like.AClass", "k": 1}  # a dict-typed value stays a dict
+    optimizer = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+    args = {"net": net, "options": options, "optimizer": optimizer}
+    config = {"model": {"class_path": f"{__name__}.Configured", "init_args": args}}
+    built = load_checkpoint_module(tmp_path / "m.ckpt", None, config=config, owner="export")
+    assert isinstance(built.net, Head) and built.options == options
+    assert isinstance(built.optimizer(torch.nn.Linear(1, 1).parameters()), torch.optim.SGD)  # a callable, as in fit
+
+    typo = {**args, "net": {"class_path": f"{__name__}.Head", "init_args": {"widht": 5}}}
+    config["model"]["init_args"] = typo
+    with pytest.raises(
+        ValueError, match=r"export\(module=Configured\): building it from the config's model init_args "
+    ):
+        load_checkpoint_module(tmp_path / "m.ckpt", None, config=config, owner="export")
