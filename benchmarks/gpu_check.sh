@@ -49,7 +49,20 @@ OUT="$(cd "$1" && pwd)"
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
 PY="${PYTHON:-python3}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-460}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-460}"  # every step took ~330 s on an H200 (2026-11-30)
+STEP_NAMES="pytest_cuda fit_gpu_nvml nvml_measured llama_preset_gpu llama_nvml_measured data_pruning_gpu
+green_recipe_gpu power_limit_simulated bench_inference_gpu meter_cost_gpu energy_overhead_gpu data_pruning_gpu_fewer
+data_pruning_gpu_keep"
+if [[ -n "${GPU_CHECK_STEPS:-}" ]]; then
+    GPU_CHECK_STEPS="${GPU_CHECK_STEPS//[[:space:]]/}"
+    IFS=, read -ra _wanted <<<"$GPU_CHECK_STEPS"
+    for _step in "${_wanted[@]}"; do
+        if [[ " ${STEP_NAMES//$'\n'/ } " != *" $_step "* ]]; then
+            echo "gpu_check: GPU_CHECK_STEPS: no step named '$_step'; the steps are: ${STEP_NAMES//$'\n'/ }" >&2
+            exit 2
+        fi
+    done
+fi
 START_S=$(date +%s)
 DEADLINE_S=$((START_S + BUDGET_S))
 STEPS="$OUT/.steps.tsv"
@@ -158,7 +171,7 @@ fi
 
 run_step power_limit_simulated 60 "$PY" benchmarks/power_limit.py --quick
 
-DIGITS_CKPT="$(ls "$OUT"/runs/digits_gpu/lightning_logs/version_*/checkpoints/*.ckpt 2>/dev/null | tail -n 1)"
+DIGITS_CKPT="$(ls -v "$OUT"/runs/digits_gpu/lightning_logs/version_*/checkpoints/*.ckpt 2>/dev/null | tail -n 1)"
 run_step bench_inference_gpu 90 "$PY" -m lightning_green bench-inference "${DIGITS_CKPT:-no-checkpoint-from-fit_gpu_nvml}" \
     --device cuda --batch-sizes 1,256 --repeats 20 --rounds 2 --no-report --json "$OUT/bench_inference_gpu.json"
 
@@ -189,6 +202,9 @@ fi
 if grep -qE $'\t(failed|timeout)\t' "$STEPS" && [[ $status == ok ]]; then
     status=failed
     reason="some steps failed (see gpu_check.json and logs/)"
+elif grep -q $'\ttime budget spent' "$STEPS" && [[ $status == ok ]]; then
+    status=failed
+    reason="the time budget (GPU_CHECK_BUDGET_S=$BUDGET_S) ran out before: $(grep $'\ttime budget spent' "$STEPS" | cut -f1 | paste -sd, -)"
 elif grep -q $'\tskipped\t' "$STEPS" && [[ $status == ok ]]; then
     reason="passed; skipped: $(grep $'\tskipped\t' "$STEPS" | cut -f1 | paste -sd, -)"
 fi

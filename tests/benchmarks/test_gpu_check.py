@@ -58,3 +58,14 @@ def test_summary_lists_every_step(tmp_path):
         ("pytest_cuda", "ok", 12),
         ("fit_gpu_nvml", "failed", 3),
     ]
+
+
+@pytest.mark.parametrize("steps", ["pytest-cuda", "pytest_cuda,nope"])
+def test_an_unknown_step_in_gpu_check_steps_is_refused(tmp_path, steps):
+    proc = run([str(tmp_path / "out")], GPU_CHECK_STEPS=steps)
+    assert proc.returncode == 2 and "GPU_CHECK_STEPS: no step named" in proc.stderr
+
+
+def test_gpu_check_steps_may_have_spaces(tmp_path):
+    proc = run([str(tmp_path / "out")], GPU_CHECK_STEPS="pytest_cuda, meter_cost_gpu", CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 0, proc.stderr
