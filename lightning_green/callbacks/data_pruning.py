@@ -25,6 +25,9 @@ __all__ = ["DataPruning"]
 
 log = logging.getLogger(__name__)
 
+#: An epoch's batch counter that reads as run to its end for any next epoch's length (see on_load_checkpoint).
+_EPOCH_RUN_OUT = 2**62
+
 
 class DataPruning(Callback):
     """InfoBatch-style data pruning: each epoch, skip part of the samples the model already gets right.
@@ -497,6 +500,28 @@ class DataPruning(Callback):
         self._buffers = buffers
         self._epoch_calls = int(pending.get("calls", 0))
         self._epoch_seen = int(pending.get("seen", 0))
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # A checkpoint saved at the last batch of an epoch (ModelCheckpoint(every_n_train_steps=...) landing on it):
+        # on resume Lightning counts that epoch as done, then takes the next epoch as already under way when its
+        # batch counter is below the *next* loader's length (training_epoch_loop.reset: `completed >=
+        # num_training_batches`), true of every epoch with the same length. Pruned epochs differ in length, so a
+        # longer next epoch would run only its last batches, without on_train_epoch_start. The epoch's own counters
+        # ("current") are made to read as an epoch run to its end, whatever the next length; Lightning then resets
+        # them to zero for the next epoch, as it does for equal lengths. Lightning 2.4-2.6's checkpoint layout
+        # (`loops.fit_loop["epoch_loop.batch_progress"]`); anything else is left alone.
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}) if self._setup_stage in (None, "fit") else {}
+        progress = fit_loop.get("epoch_loop.batch_progress") if isinstance(fit_loop, dict) else None
+        if not isinstance(progress, dict) or not progress.get("is_last_batch"):
+            return
+        total, current = progress.get("total"), progress.get("current")
+        if not isinstance(total, dict) or not isinstance(current, dict):
+            return
+        if total.get("completed") == total.get("processed", 0) - 1:  # saved in on_train_batch_end
+            progress["current"] = {k: _EPOCH_RUN_OUT for k in current}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -535,6 +535,25 @@ def test_a_checkpoint_inside_an_epoch_resumes_to_the_same_kept_sets(tmp_path, ch
         assert len(epoch1) == len(set(epoch1)) and epoch1 == full.seen[1][-len(epoch1) :]
 
 
+def test_a_checkpoint_at_the_last_batch_of_a_pruned_epoch_resumes_a_longer_next_epoch_whole(tmp_path):
+    # Lightning compares the finished epoch's batch count with the *next* loader's length on resume: an annealing
+    # (full) epoch after a pruned one ran only its last batches, without on_train_epoch_start.
+    kwargs = {"max_epochs": 4, "limit_val_batches": 0}
+    seed_everything(0)
+    full, dp_full = Drifting(), DataPruning(0.5, anneal_fraction=0.25)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=1, filename="{step}")
+    Trainer(default_root_dir=tmp_path, logger=False, callbacks=[dp_full, ckpt], **QUIET, **kwargs).fit(full)
+    batches = [math.ceil(len(full.seen[e]) / 4) for e in range(4)]
+    assert batches[2] < batches[3] == 10  # a pruned epoch, then the annealing epoch on all the data
+    step = sum(batches[:3])  # the last batch of epoch 2
+    seed_everything(0)
+    resumed, dp = Drifting(), DataPruning(0.5, anneal_fraction=0.25)
+    fit(tmp_path, resumed, dp, ckpt_path=str(tmp_path / "ck" / f"step={step}.ckpt"), **kwargs)
+    assert resumed.seen[3] == full.seen[3] and resumed.mismatches == 0
+    assert [h["kept"] for h in dp.history] == [h["kept"] for h in dp_full.history]
+    assert dp.samples_seen == dp_full.samples_seen
+
+
 @pytest.mark.parametrize(
     "sampler",
     [
