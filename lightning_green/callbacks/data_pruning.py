@@ -108,6 +108,9 @@ class DataPruning(Callback):
         self._first_epoch = True
         self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._warned_nonfinite = False
+        self._warned_small = False
+        # The fewest samples an epoch may keep, and what needs them (set with the sampler; see _least_kept).
+        self._min_kept: tuple[int, str] = (0, "")
         self._rank = 0
         self._open_epoch: int | None = None  # the epoch whose scores are in _buffers, not yet merged
         self._pending_epoch: dict[str, Any] | None = None  # a checkpoint's open epoch, restored by _make_sampler
@@ -137,7 +140,19 @@ class DataPruning(Callback):
         if self.scores is None:
             raise RuntimeError("DataPruning.plan: no training data yet (call it during fit).")
         full = self._anneal_start is not None and epoch >= self._anneal_start
-        return plan_epoch(self.scores, self.prune_ratio, epoch, self.seed, self._shuffle, full_data=full)
+        plan = plan_epoch(self.scores, self.prune_ratio, epoch, self.seed, self._shuffle, full_data=full)
+        min_kept, why = self._min_kept
+        if not full and len(plan.order) < min_kept:  # Lightning would stop ("no training batches") or raise
+            if not self._warned_small:
+                self._warned_small = True
+                kept, n = len(plan.order), len(self.scores)
+                rank_zero_warn(
+                    f"DataPruning: epoch {epoch} would keep {kept} of {n} samples, fewer than {why} needs "
+                    f"({min_kept}); such epochs train on all the data. keep_steps=True keeps the full data's batch "
+                    "count; a lower prune_ratio keeps more samples."
+                )
+            plan = plan_epoch(self.scores, self.prune_ratio, epoch, self.seed, self._shuffle, full_data=True)
+        return plan
 
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """Weighted mean of this batch's per-sample ``losses``, recorded as scores (see ``reduce_sample_losses``)."""
@@ -203,6 +218,7 @@ class DataPruning(Callback):
         if self._restored_open and self._open_epoch is not None and self._open_epoch < epoch:
             self._close_epoch(trainer, None)  # restarted past its end: merge it before this epoch is planned
         self._open(epoch)  # a new epoch's state here: its start hook may not run on a restart
+        self._min_kept = self._least_kept(trainer, loader)
         sampler = PruningSampler(
             n,
             self.plan,
@@ -217,6 +233,24 @@ class DataPruning(Callback):
         if self._batch_number:  # a DataLoader is not resumable: continue after the batches already run
             sampler.skip_batches(self._batch_number)
         return sampler
+
+    def _least_kept(self, trainer: pl.Trainer, loader: DataLoader) -> tuple[int, str]:
+        """The fewest samples an epoch may keep so that Lightning still runs it, and why (0 with ``keep_steps``).
+
+        Each rank needs one batch (a whole one under ``drop_last``), and a float ``limit_train_batches`` below 1 needs
+        ``ceil(1 / limit)`` of them (Lightning refuses ``int(limit * batches) < 1``).
+        """
+        size = loader.batch_size
+        if self.keep_steps or not size:
+            return 0, ""
+        limit = trainer.limit_train_batches
+        batches = math.ceil(1 / limit) if isinstance(limit, float) and 0 < limit < 1 else 1
+        shard = batches * size if loader.drop_last else (batches - 1) * size + 1
+        world = trainer.world_size
+        what = f"{batches} batch(es) of {size} per rank" + (" with drop_last" if loader.drop_last else "")
+        if batches > 1:
+            what += f" (limit_train_batches={limit})"
+        return (shard - 1) * world + 1, what + (f" on {world} ranks" if world > 1 else "")
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -361,10 +395,12 @@ class DataPruning(Callback):
         )
         score_mean = self.scores.mean()
         if pl_module is not None:
-            pl_module.log("data/kept_fraction", plan.kept_fraction, on_step=False, on_epoch=True)
-            pl_module.log("data/samples_seen", float(self.samples_seen), on_step=False, on_epoch=True)
+            # Equal on every rank: sync_dist=True (a mean of equal values) is what Lightning asks for at epoch level
+            # under DDP, without its per-metric warning.
+            pl_module.log("data/kept_fraction", plan.kept_fraction, on_step=False, on_epoch=True, sync_dist=True)
+            pl_module.log("data/samples_seen", float(self.samples_seen), on_step=False, on_epoch=True, sync_dist=True)
             if score_mean == score_mean:  # not NaN
-                pl_module.log("data/score_mean", score_mean, on_step=False, on_epoch=True)
+                pl_module.log("data/score_mean", score_mean, on_step=False, on_epoch=True, sync_dist=True)
         log.debug("epoch %d: kept %d of %d, score mean %.4g", epoch, plan.kept, len(self.scores), score_mean)
         add_report_section(trainer, "data", self.report_section())
 

@@ -389,6 +389,7 @@ def test_ddp_ranks_agree_on_the_kept_set_and_run_equal_batch_counts(tmp_path, ke
     args = [sys.executable, str(script), str(tmp_path), *(["keep_steps"] if keep_steps else [])]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "self.log('data/" not in proc.stderr  # no "use sync_dist=True" warning per metric
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["kept"] == r1["kept"] and r0["scores"] == r1["scores"]
@@ -533,6 +534,32 @@ def test_a_checkpoint_inside_an_epoch_resumes_to_the_same_kept_sets(tmp_path, ch
     if name.startswith("step"):  # the resumed epoch ran only the batches after the checkpoint, not the first again
         epoch1 = resumed.seen[1]
         assert len(epoch1) == len(set(epoch1)) and epoch1 == full.seen[1][-len(epoch1) :]
+
+
+@pytest.mark.parametrize(
+    ("loader", "trainer_kwargs", "needs", "least"),
+    [
+        ({"batch_size": 32, "drop_last": True}, {}, "than 1 batch(es) of 32 per rank with drop_last needs (32)", 32),
+        ({"batch_size": 16}, {"limit_train_batches": 0.34}, "3 batch(es) of 16 per rank (limit_train_batches=0.34", 33),
+    ],
+)
+def test_an_epoch_too_small_for_lightning_trains_on_all_the_data_with_one_warning(
+    tmp_path, loader, trainer_kwargs, needs, least
+):
+    # Pruned, these epochs would have no whole batch (drop_last) or fewer batches than a float limit_train_batches
+    # takes: Lightning stopped the fit ("No training batches") or raised from deep inside.
+    class Small(Model):
+        def train_dataloader(self):
+            return DataLoader(Indexed(), shuffle=True, **loader)
+
+    seed_everything(0)
+    model, dp = Small(), DataPruning(prune_ratio=0.9, anneal_fraction=0.0)
+    with pytest.warns(UserWarning, match=r"DataPruning: epoch \d would keep \d+ of 40 samples, ") as record:
+        trainer = fit(tmp_path, model, dp, max_epochs=4, **trainer_kwargs)
+    assert trainer.current_epoch == 4 and sorted(model.seen) == [0, 1, 2, 3]  # every epoch ran
+    assert min(h["kept"] for h in dp.history) >= least and 40 in [h["kept"] for h in dp.history[1:]]
+    (warning,) = [str(w.message) for w in record if "would keep" in str(w.message)]
+    assert needs in warning
 
 
 def test_a_checkpoint_at_the_last_batch_of_a_pruned_epoch_resumes_a_longer_next_epoch_whole(tmp_path):
