@@ -65,10 +65,12 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
 
     LightningCLI writes ``<log_dir>/config.yaml`` and Lightning the checkpoints to ``<log_dir>/checkpoints/``: the
     nearest ``config.yaml`` up to three folders above the checkpoint whose ``model`` section names a class
-    (``class_path``) is taken; another ``config.yaml`` (a project's own settings) is passed over.
+    (``class_path``) is taken; another ``config.yaml`` (a project's own settings), or one naming another class than
+    the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), is passed over.
     """
     import yaml
 
+    expected = _checkpoint_class_path(ckpt_path)
     p = Path(ckpt_path).resolve().parent
     for _ in range(3):
         path = p / name
@@ -78,10 +80,24 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
             except (OSError, UnicodeDecodeError, yaml.YAMLError):
                 data = None
             model = data.get("model") if isinstance(data, Mapping) else None
-            if isinstance(model, Mapping) and isinstance(model.get("class_path"), str):
+            names = model.get("class_path") if isinstance(model, Mapping) else None
+            if isinstance(names, str) and expected in (None, names):
                 return path
         p = p.parent
     return None
+
+
+def _checkpoint_class_path(ckpt_path: str | os.PathLike) -> str | None:
+    """The LightningModule class LightningCLI recorded in a checkpoint's hyperparameters, if any.
+
+    The checkpoint is memory-mapped: its weights are not read.
+    """
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    value = (ckpt.get("hyper_parameters") or {}).get("_class_path") if isinstance(ckpt, Mapping) else None
+    return value if isinstance(value, str) else None
 
 
 def _has_class_path(value: Any) -> bool:
@@ -246,6 +262,9 @@ def load_checkpoint_module(
         model = module
     else:
         cfg_class, init_args = _section_args(cfg.get("model"))
+        recorded = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+        if module is None and not cfg_class and isinstance(recorded, str):
+            module = recorded  # LightningCLI recorded the class in the checkpoint: build it with the saved arguments
         if module is None and not cfg_class:
             raise InvalidArgumentError(
                 f"{owner}(module=None): `module` must be given (a LightningModule class or its import path), or a "

@@ -9,7 +9,7 @@ from torch import nn
 
 from lightning_green import StructuredPruning
 from lightning_green.cli import main
-from lightning_green.demos import TinyGPT
+from lightning_green.demos import DigitsCNN, TinyGPT
 from lightning_green.export import load_checkpoint_module
 from lightning_green.report import load_run
 from tests.export.conftest import save_ckpt
@@ -291,7 +291,12 @@ def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(cli_run, 
     assert f"against: model from {config}" in text and "J/1k predictions" in text
 
     alone = tmp_path / "alone.ckpt"
-    alone.write_bytes(ckpt.read_bytes())
+    alone.write_bytes(ckpt.read_bytes())  # copied away from its run: the class LightningCLI recorded in it is used
+    code, text, err = run_main(["export", alone, "--out", tmp_path / "a.pt2", "--format", "torch-export"], capsys)
+    assert code == 0, err
+    assert "model from" not in text and "check example input" in text
+
+    alone = save_ckpt(tmp_path / "plain.ckpt", DigitsCNN(channels=[4, 8]))  # nothing records its class
     code, _, err = run_main(["export", alone, "--out", tmp_path / "n.pt2", "--format", "torch-export"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert "export(module=None): `module` must be given (a LightningModule class or its import path), or a " in err
@@ -302,7 +307,9 @@ def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(cli_run, 
     assert code == 2 and "model from" not in text and "`ckpt` must be an existing checkpoint file" in err
 
 
-def test_a_config_yaml_that_names_no_model_is_not_taken_for_the_runs(cli_run, tmp_path):
+def test_a_config_yaml_that_names_no_model_or_another_is_not_taken_for_the_runs(cli_run, tmp_path):
+    import yaml
+
     from lightning_green.export.load import saved_run_config
 
     ckpt, config = cli_run
@@ -310,6 +317,10 @@ def test_a_config_yaml_that_names_no_model_is_not_taken_for_the_runs(cli_run, tm
     (project / "ckpts").mkdir(parents=True)
     (project / "config.yaml").write_text("learning_rate: 0.1\nmodel: resnet\n")
     (project / "ckpts" / "m.ckpt").write_bytes(ckpt.read_bytes())
+    assert saved_run_config(project / "ckpts" / "m.ckpt") is None
+    other = yaml.safe_load(config.read_text())
+    other["model"]["class_path"] = "lightning_green.demos.TinyGPT"  # not the class the checkpoint records
+    (project / "config.yaml").write_text(yaml.safe_dump(other))
     assert saved_run_config(project / "ckpts" / "m.ckpt") is None
     (tmp_path / "config.yaml").write_text(config.read_text())  # a LightningCLI config two folders up is found
     assert saved_run_config(project / "ckpts" / "m.ckpt") == tmp_path / "config.yaml"
