@@ -1,5 +1,6 @@
-"""Every callback on a real CUDA GPU: NVML-measured energy, bf16/fp16 with pruning, Hugging Face LLMs, FSDP,
-DataPruning with pinned multi-worker loaders, and exporting what was trained on the GPU.
+"""The training callbacks on a real CUDA GPU: NVML-measured energy, bf16/fp16 with pruning, Hugging Face LLMs, FSDP,
+DataPruning with pinned multi-worker loaders, and exporting and benchmarking what was trained on the GPU.
+(PowerLimitTuner only ever runs on the simulated GPU; CarbonAwareScheduler has nothing GPU-specific.)
 
 All marked ``cuda`` (skipped without a GPU; ``benchmarks/gpu_check.sh`` runs them on a lent GPU). They only read a
 GPU: no power limit, clock or persistence mode is set, and the first test checks the power limit did not move.
