@@ -237,19 +237,26 @@ class DataPruning(Callback):
     def _least_kept(self, trainer: pl.Trainer, loader: DataLoader) -> tuple[int, str]:
         """The fewest samples an epoch may keep so that Lightning still runs it, and why (0 with ``keep_steps``).
 
-        Each rank needs one batch (a whole one under ``drop_last``), and a float ``limit_train_batches`` below 1 needs
-        ``ceil(1 / limit)`` of them (Lightning refuses ``int(limit * batches) < 1``).
+        Each rank needs one batch (a whole one under ``drop_last``); a float ``limit_train_batches`` below 1 needs as
+        many as make ``int(limit * batches) >= 1``, and an int ``val_check_interval`` (validation on) that many.
         """
         size = loader.batch_size
         if self.keep_steps or not size:
             return 0, ""
         limit = trainer.limit_train_batches
-        batches = math.ceil(1 / limit) if isinstance(limit, float) and 0 < limit < 1 else 1
+        batches = 1
+        if isinstance(limit, float) and 0 < limit < 1:
+            batches = math.ceil(1 / limit)
+            while int(batches * limit) < 1:  # as Lightning counts them (1/161: 161 * limit rounds below 1)
+                batches += 1
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) and trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches:
+            batches = max(batches, interval)  # Lightning refuses an epoch shorter than an int val_check_interval
         shard = batches * size if loader.drop_last else (batches - 1) * size + 1
         world = trainer.world_size
         what = f"{batches} batch(es) of {size} per rank" + (" with drop_last" if loader.drop_last else "")
         if batches > 1:
-            what += f" (limit_train_batches={limit})"
+            what += f" (limit_train_batches={limit}, val_check_interval={interval})"
         return (shard - 1) * world + 1, what + (f" on {world} ranks" if world > 1 else "")
 
     @override
@@ -545,7 +552,9 @@ class DataPruning(Callback):
         # on resume Lightning counts that epoch as done, then takes the next epoch as already under way when its
         # batch counter is below the *next* loader's length (training_epoch_loop.reset: `completed >=
         # num_training_batches`), true of every epoch with the same length. Pruned epochs differ in length, so a
-        # longer next epoch would run only its last batches, without on_train_epoch_start. The epoch's own counters
+        # longer next epoch would run only its last batches. (Lightning calls no on_train_epoch_start for the epoch
+        # after such a checkpoint, whatever the lengths: the sampler's state is set where its loader is made.) The
+        # epoch's own counters
         # ("current") are made to read as an epoch run to its end, whatever the next length; Lightning then resets
         # them to zero for the next epoch, as it does for equal lengths. Lightning 2.4-2.6's checkpoint layout
         # (`loops.fit_loop["epoch_loop.batch_progress"]`); anything else is left alone.

@@ -275,10 +275,13 @@ def load_checkpoint_module(
         # A config without a `model` section (e.g. only `data:`) says nothing of the constructor: the saved
         # hyperparameters do.
         has_model = isinstance(cfg.get("model"), Mapping)
+        saved = dict(ckpt.get("hyper_parameters") or {})
         if has_model:
             model = _build_from_config(owner, cls, _accepted(cls, init_args))
+        elif isinstance(saved.get("_class_path"), str):  # LightningCLI saved the arguments in their config form
+            model = _build_from_config(owner, cls, _accepted(cls, {k: v for k, v in saved.items() if k[:1] != "_"}))
         else:
-            kwargs = dict(ckpt.get("hyper_parameters") or {})
+            kwargs = saved
             try:
                 model = cls(**_accepted(cls, kwargs))
             except (TypeError, ValueError) as err:

@@ -562,6 +562,14 @@ def test_an_epoch_too_small_for_lightning_trains_on_all_the_data_with_one_warnin
     assert needs in warning
 
 
+def test_an_epoch_shorter_than_an_int_val_check_interval_trains_on_all_the_data(tmp_path):
+    seed_everything(0)
+    model, dp = Drifting(), DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    with pytest.warns(UserWarning, match=r"fewer than 9 batch\(es\) of 4 per rank .*val_check_interval=9\) needs"):
+        trainer = fit(tmp_path, model, dp, max_epochs=3, val_check_interval=9, limit_val_batches=1)
+    assert trainer.current_epoch == 3 and [h["kept"] for h in dp.history] == [40, 40, 40]
+
+
 def test_a_checkpoint_at_the_last_batch_of_a_pruned_epoch_resumes_a_longer_next_epoch_whole(tmp_path):
     # Lightning compares the finished epoch's batch count with the *next* loader's length on resume: an annealing
     # (full) epoch after a pruned one ran only its last batches, without on_train_epoch_start.
@@ -633,3 +641,18 @@ def test_ddp_resume_inside_an_epoch_keeps_every_ranks_losses(tmp_path, step):
     assert r0["scores"] == r1["scores"] == full["scores"]  # both ranks' part of the open epoch came back
     assert r0["kept"] == r1["kept"] and r0["kept"][-1] == full["kept"][-1]
     assert r0["batches"][1:] == full["batches"][1:]
+
+
+@pytest.mark.parametrize(
+    ("limit", "drop_last", "world", "least"),
+    [(1 / 161, False, 1, 162), (0.34, True, 1, 3 * 8), (0.5, False, 2, (8 + 1 - 1) * 2 + 1), (1.0, False, 3, 1)],
+)
+def test_the_fewest_samples_an_epoch_may_keep(limit, drop_last, world, least):
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(
+        limit_train_batches=limit, val_check_interval=1.0, check_val_every_n_epoch=1, limit_val_batches=1.0
+    )
+    trainer.world_size = world
+    loader = SimpleNamespace(batch_size=1 if limit < 0.01 else 8, drop_last=drop_last)
+    assert DataPruning()._least_kept(trainer, loader)[0] == least  # int(batches * limit) >= 1, as Lightning counts

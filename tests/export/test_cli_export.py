@@ -444,3 +444,19 @@ def test_config_arguments_are_built_as_lightning_cli_built_them(tmp_path):
         ValueError, match=r"export\(module=Configured\): building it from the config's model init_args "
     ):
         load_checkpoint_module(tmp_path / "m.ckpt", None, config=config, owner="export")
+
+
+def test_a_checkpoint_away_from_its_run_builds_the_arguments_lightning_cli_saved_in_it(tmp_path, capsys):
+    # LightningCLI saves the constructor arguments in their config form, with the class, in the checkpoint.
+    model = Injected(Head(width=6))
+    hparams = {
+        "_class_path": f"{__name__}.Injected",
+        "net": {"class_path": f"{__name__}.Head", "init_args": {"width": 6}},
+        "lr": 0.01,
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, tmp_path / "m.ckpt")
+    args = ["export", tmp_path / "m.ckpt", "--out", tmp_path / "m.pt2", "--format", "torch-export"]
+    code, text, err = run_main(args, capsys)
+    assert code == 0, err
+    assert "check example input (batch 1)" in text and "— ok" in text
