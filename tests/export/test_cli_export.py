@@ -326,16 +326,23 @@ def test_a_config_yaml_that_names_no_model_or_another_is_not_taken_for_the_runs(
     assert saved_run_config(project / "ckpts" / "m.ckpt") == tmp_path / "config.yaml"
 
 
-def test_saved_data_that_cannot_serve_a_batch_here_skips_that_check_with_a_note(cli_run, tmp_path, capsys):
+def run_with_saved_data(cli_run, tmp_path, data):
+    """The CLI run's checkpoint in a run folder of its own whose saved config has ``data`` as its data section;
+    returns the export command's arguments."""
     import yaml
 
     ckpt, config = cli_run
     saved = yaml.safe_load(config.read_text())
-    saved["data"] = {"class_path": "lightning_green.demos.DigitsDataModule", "init_args": {"batch_size": 0}}
+    saved["data"] = data
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     (tmp_path / "checkpoints" / "m.ckpt").write_bytes(ckpt.read_bytes())
-    args = ["export", tmp_path / "checkpoints" / "m.ckpt", "--out", tmp_path / "m.pt2", "--format", "torch-export"]
+    return ["export", tmp_path / "checkpoints" / "m.ckpt", "--out", tmp_path / "m.pt2", "--format", "torch-export"]
+
+
+def test_saved_data_that_cannot_serve_a_batch_here_skips_that_check_with_a_note(cli_run, tmp_path, capsys):
+    data = {"class_path": "lightning_green.demos.DigitsDataModule", "init_args": {"batch_size": 0}}
+    args = run_with_saved_data(cli_run, tmp_path, data)
     code, text, err = run_main(args, capsys)
     assert code == 0, err
     assert f"datamodule check skipped: the data of {tmp_path / 'config.yaml'} could not serve a batch here" in text
@@ -345,15 +352,8 @@ def test_saved_data_that_cannot_serve_a_batch_here_skips_that_check_with_a_note(
 
 
 def test_data_named_on_the_command_line_does_not_get_the_saved_configs_arguments(cli_run, tmp_path, capsys):
-    import yaml
-
-    ckpt, config = cli_run
-    saved = yaml.safe_load(config.read_text())
-    saved["data"] = {"class_path": "lightning_green.demos.StdlibTextDataModule", "init_args": {"seq_len": 32}}
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    (tmp_path / "checkpoints" / "m.ckpt").write_bytes(ckpt.read_bytes())
-    args = ["export", tmp_path / "checkpoints" / "m.ckpt", "--out", tmp_path / "m.pt2", "--format", "torch-export"]
+    data = {"class_path": "lightning_green.demos.StdlibTextDataModule", "init_args": {"seq_len": 32}}
+    args = run_with_saved_data(cli_run, tmp_path, data)
     code, text, err = run_main([*args, "--data", "DigitsDataModule"], capsys)
     assert code == 0, err
     assert "check datamodule batch (batch 64)" in text  # DigitsDataModule's own defaults, not seq_len=32

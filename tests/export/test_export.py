@@ -595,14 +595,16 @@ def test_unknown_module_path(digits_ckpts):
 
 
 class BoundedBatch(nn.Module):
-    """Takes batches up to 65535 only, as CUDA's pooling kernels do (their grid's limit, seen on an H200)."""
+    """Takes batches up to ``bound`` only: 65535 as CUDA's pooling kernels do (their grid's limit, seen on an H200)."""
+
+    bound = 65535
 
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(4, 3)
 
     def forward(self, x):
-        torch._check(x.shape[0] <= 65535)
+        torch._check(x.shape[0] <= self.bound)
         return self.lin(x)
 
 
@@ -629,16 +631,10 @@ def test_a_model_that_fixes_the_batch_is_still_refused(tmp_path):
     assert "\n" not in str(e.value)
 
 
-class OwnBound(nn.Module):
+class OwnBound(BoundedBatch):
     """A bound of the model's own (not a kernel's): its export stays refused, as the exporter's message suggests."""
 
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 3)
-
-    def forward(self, x):
-        torch._check(x.shape[0] <= 16)
-        return self.lin(x)
+    bound = 16
 
 
 def test_a_batch_bound_of_the_models_own_is_still_refused(tmp_path):
