@@ -554,10 +554,9 @@ class DataPruning(Callback):
         # num_training_batches`), true of every epoch with the same length. Pruned epochs differ in length, so a
         # longer next epoch would run only its last batches. (Lightning calls no on_train_epoch_start for the epoch
         # after such a checkpoint, whatever the lengths: the sampler's state is set where its loader is made.) The
-        # epoch's own counters
-        # ("current") are made to read as an epoch run to its end, whatever the next length; Lightning then resets
-        # them to zero for the next epoch, as it does for equal lengths. Lightning 2.4-2.6's checkpoint layout
-        # (`loops.fit_loop["epoch_loop.batch_progress"]`); anything else is left alone.
+        # epoch's own counters ("current") are made to read as an epoch run to its end, whatever the next length;
+        # Lightning then resets them to zero for the next epoch, as it does for equal lengths. Lightning 2.4-2.6's
+        # checkpoint layout (`loops.fit_loop["epoch_loop.batch_progress"]`, pinned <3); anything else is left alone.
         fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}) if self._setup_stage in (None, "fit") else {}
         progress = fit_loop.get("epoch_loop.batch_progress") if isinstance(fit_loop, dict) else None
         if not isinstance(progress, dict) or not progress.get("is_last_batch"):

@@ -118,6 +118,7 @@ def export_main(args: Sequence[str]) -> int:
 
 def bench_main(args: Sequence[str]) -> int:
     """``lightning-green bench-inference``; returns the exit status."""
+    from lightning_green._internal.validation import fail
     from lightning_green.export.bench import (
         bench_inference,
         default_formats,
@@ -134,8 +135,6 @@ def bench_main(args: Sequence[str]) -> int:
     device = resolve_device(ns.device, owner)
     formats = default_formats(device) if ns.formats is None else parse_formats(ns.formats, owner)
     if device.type != "cpu" and "onnx" in formats:
-        from lightning_green._internal.validation import fail
-
         fail(
             owner,
             "formats",
@@ -156,18 +155,15 @@ def bench_main(args: Sequence[str]) -> int:
     if against is not None:
         _say_saved_config(ns, against, "against")
         base = load_checkpoint_module(against, ns.module, config=ns.config, owner=owner, ckpt_arg="against")
+        if type(base) is not type(model):
+            fail(
+                owner,
+                "against",
+                against,
+                f"a checkpoint of the same module as CKPT ({type(model).__name__}); it holds a {type(base).__name__}",
+            )
         models["baseline"] = base.to(device)
     models["model"] = model.to(device)
-    if against is not None and type(models["baseline"]) is not type(model):
-        from lightning_green._internal.validation import fail
-
-        fail(
-            owner,
-            "against",
-            against,
-            f"a checkpoint of the same module as CKPT ({type(model).__name__}); it holds a "
-            f"{type(models['baseline']).__name__}",
-        )
     result = bench_inference(
         models,
         formats=formats,
