@@ -279,6 +279,14 @@ def _batch_spec(
     return traced, dynamic
 
 
+def _user_inputs(program: Any) -> list[Any]:
+    """The traced values (fake tensors with symbolic shapes) of a ``torch.export`` program's user inputs, in order."""
+    from torch.export.graph_signature import InputKind
+
+    vals = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    return [vals.get(s.arg.name) for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+
+
 def _seq_is_symbolic(program: Any, example: tuple[torch.Tensor, ...]) -> bool:
     """Whether ``program`` (a ``torch.export`` program) still has a symbolic time axis on every token-id input.
 
@@ -286,11 +294,9 @@ def _seq_is_symbolic(program: Any, example: tuple[torch.Tensor, ...]) -> bool:
     ``torch.tensor(range(x.shape[1]))``): it specialises the axis to the traced length, and the program then takes
     only that length. Only the shapes of the program's inputs tell the two apart.
     """
-    from torch.export.graph_signature import InputKind
     from torch.fx.experimental.symbolic_shapes import free_symbols
 
-    vals = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
-    users = [vals.get(s.arg.name) for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    users = _user_inputs(program)
     if len(users) != len(example):  # inputs we cannot match to the example: claim nothing
         return False
     # A symbol the exporter later found equal to the traced length stays a SymInt whose expression is that number
@@ -338,11 +344,9 @@ def _batch_bound(program: Any, example: tuple[torch.Tensor, ...]) -> float:
     """The largest batch every input of ``program`` (a ``torch.export`` program) takes (0 if any is fixed)."""
     import math
 
-    from torch.export.graph_signature import InputKind
     from torch.fx.experimental.symbolic_shapes import free_symbols
 
-    vals = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
-    users = [vals.get(s.arg.name) for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    users = _user_inputs(program)
     ranges = {str(sym): r for sym, r in program.range_constraints.items()}
     bound = math.inf
     for v in users[: len(example)]:

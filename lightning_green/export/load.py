@@ -68,20 +68,17 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
     (``class_path``) is taken; another ``config.yaml`` (a project's own settings), or one naming another class than
     the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), is passed over.
     """
-    import yaml
-
     expected = _checkpoint_class_path(ckpt_path)
     p = Path(ckpt_path).resolve().parent
     for _ in range(3):
         path = p / name
         if path.is_file():
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                data = None
-            model = data.get("model") if isinstance(data, Mapping) else None
-            names = model.get("class_path") if isinstance(model, Mapping) else None
-            if isinstance(names, str) and expected in (None, names):
+                data = _read_config("saved_run_config", path)
+            except (InvalidArgumentError, OSError, UnicodeDecodeError):
+                data = {}
+            names, _ = _section_args(data.get("model"))
+            if isinstance(names, str) and expected in (None, names):  # a model section naming its class
                 return path
         p = p.parent
     return None
