@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import time
 from typing import Any
 
@@ -137,3 +138,24 @@ class DestroyProcessGroupAtExit(Callback):
         if not _destroy_registered and torch.distributed.is_available() and torch.distributed.is_initialized():
             atexit.register(_destroy_dist_connection)
             _destroy_registered = True
+
+
+def tb_scalars(log_dir: str) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
+    """The scalars (tag -> [(step, value)]) and every tag in the TensorBoard event files of ``log_dir``."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    plugin_tags: set[str] = set()
+    for name in sorted(os.listdir(log_dir)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        for event in EventFileLoader(os.path.join(log_dir, name)).Load():
+            for v in event.summary.value:
+                plugin_tags.add(v.tag)
+                if v.HasField("simple_value"):
+                    scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+                elif v.HasField("tensor") and v.metadata.plugin_data.plugin_name == "scalars":
+                    import tensorboard.util.tensor_util as tu
+
+                    scalars.setdefault(v.tag, []).append((event.step, float(tu.make_ndarray(v.tensor))))
+    return scalars, plugin_tags

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_green._internal.distributed import any_rank
 from lightning_green._internal.logging import log_metrics, log_step, should_log_step
+from lightning_green._internal.packages import require_lightning_package
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -203,6 +204,7 @@ class AMPScheduler(Callback):
         if stage != "fit":
             return
         name = type(self).__name__
+        require_lightning_package(name, trainer, "swaps Lightning's own precision plugins")
         # A second AMPScheduler is refused by Lightning itself (two stateful callbacks with one state_key).
         original_mode = check_swappable(name, trainer.strategy)
         device_type = trainer.strategy.root_device.type

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lightning_green._internal.packages import lightning_types
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -466,7 +467,8 @@ class CarbonAwareScheduler(Callback):
         return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
 
     def _checkpoint(self, trainer: pl.Trainer) -> None:
-        ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)  # type: ignore[attr-defined]
+        kinds = lightning_types("callbacks", "ModelCheckpoint")  # also pytorch_lightning's, under its Trainer
+        ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, kinds)), None)  # type: ignore[attr-defined]
         if ckpt is None or ckpt.dirpath is None:
             return
         path = os.path.join(ckpt.dirpath, f"carbon-pause{ckpt.FILE_EXTENSION}")

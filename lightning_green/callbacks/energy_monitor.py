@@ -14,7 +14,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -23,6 +22,7 @@ from typing_extensions import override
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
+from lightning_green._internal.packages import lightning_types
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -953,7 +953,7 @@ class EnergyMonitor(Callback):
             "carbon": {"CO2e (g)": ["Multiline", [r"(.*/)?carbon/(total|forecast)_gCO2e"]]},
         }
         for lg in trainer.loggers:
-            if isinstance(lg, TensorBoardLogger):
+            if isinstance(lg, lightning_types("loggers", "TensorBoardLogger")):
                 lg.experiment.add_custom_scalars(layout)
 
     @rank_zero_only
@@ -974,7 +974,7 @@ class EnergyMonitor(Callback):
             "energy_monitor/label": self.label("fit"),
         }
         for lg in trainer.loggers:
-            if isinstance(lg, TensorBoardLogger):
+            if isinstance(lg, lightning_types("loggers", "TensorBoardLogger")):
                 lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=epoch_log_step(trainer))
 
     def _write_report(self, trainer: pl.Trainer, status: str = "complete") -> dict[str, Any] | None:

@@ -12,7 +12,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 from zeus.device.gpu.common import ZeusBaseGPUError
@@ -20,6 +19,7 @@ from zeus.device.gpu.common import ZeusBaseGPUError
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_batch
+from lightning_green._internal.packages import lightning_types
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -694,7 +694,7 @@ class PowerLimitTuner(Callback):
         step = log_step(trainer)  # Lightning's step, so the curves line up with the loss
         log_metrics(trainer, metrics, step=step)
         for lg in trainer.loggers:
-            if isinstance(lg, TensorBoardLogger):
+            if isinstance(lg, lightning_types("loggers", "TensorBoardLogger")):
                 lg.experiment.add_text("power/profile", text, global_step=step)
 
 

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from typing_extensions import override
 
+from lightning_green._internal.packages import require_lightning_package
 from lightning_green.energy.carbon import J_PER_KWH
 
 __all__ = [
@@ -61,6 +62,11 @@ def format_energy_short(energy_j: float) -> str:
 
 class GreenProgressBarMixin:
     """Adds every EnergyMonitor's :meth:`~lightning_green.EnergyMonitor.progress_bar_metrics` to a progress bar."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse a ``pytorch_lightning`` Trainer: it would not take this bar for its progress bar."""
+        require_lightning_package(type(self).__name__, trainer, "is a subclass of Lightning's progress bars")
+        super().setup(trainer, pl_module, stage)  # type: ignore[misc]
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Lightning's bar metrics plus the energy figures, formatted with their units."""

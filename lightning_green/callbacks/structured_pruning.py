@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_green._internal.logging import log_metrics, log_step
+from lightning_green._internal.packages import require_lightning_package
 from lightning_green._internal.validation import (
     GreenRuntimeError,
     InvalidArgumentError,
@@ -373,6 +374,7 @@ class StructuredPruning(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(self).__name__
+        require_lightning_package(name, trainer, "re-makes Lightning's DDP wrapper and checks its strategy classes")
         self._llm = self._llm_pruner(self._target(pl_module), training=stage == "fit")
         if self._llm is None and self.module is None and self._forward is None and not has_own_forward(pl_module):
             raise InvalidArgumentError(

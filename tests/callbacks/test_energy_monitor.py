@@ -28,6 +28,7 @@ from tests.helpers import (
     SteadyModel,
     busy_cpu,
     make_trainer,
+    tb_scalars,
 )
 
 
@@ -89,26 +90,6 @@ def test_setup_errors_name_the_fix(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- loggers
-def _tb_scalars(log_dir: str) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    plugin_tags: set[str] = set()
-    for name in sorted(os.listdir(log_dir)):
-        if not name.startswith("events.out.tfevents"):
-            continue
-        for event in EventFileLoader(os.path.join(log_dir, name)).Load():
-            for v in event.summary.value:
-                plugin_tags.add(v.tag)
-                if v.HasField("simple_value"):
-                    scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
-                elif v.HasField("tensor") and v.metadata.plugin_data.plugin_name == "scalars":
-                    import tensorboard.util.tensor_util as tu
-
-                    scalars.setdefault(v.tag, []).append((event.step, float(tu.make_ndarray(v.tensor))))
-    return scalars, plugin_tags
-
-
 def test_tensorboard_gets_scalars_layout_and_hparams(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tb")
     monitor = EnergyMonitor(min_window_s=0.0, carbon_intensity=100.0, print_summary=False)
@@ -122,7 +103,7 @@ def test_tensorboard_gets_scalars_layout_and_hparams(tmp_path):
         callbacks=[monitor],
     )
     trainer.fit(BoringModel())
-    scalars, tags = _tb_scalars(logger.log_dir)
+    scalars, tags = tb_scalars(logger.log_dir)
     for tag in (
         "energy/step_J",
         "energy/epoch_J",
