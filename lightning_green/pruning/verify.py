@@ -176,7 +176,8 @@ class ModelState:
     def __init__(self, module: nn.Module) -> None:
         self._modules: list[tuple[nn.Module, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]] = []
         for m in module.modules():
-            params = {k: (p, p.data, p.grad) for k, p in m._parameters.items() if p is not None}
+            # A registered ``None`` (``Linear(bias=False)``) stays registered: its layer reads ``self.bias``.
+            params = {k: None if p is None else (p, p.data, p.grad) for k, p in m._parameters.items()}
             buffers = dict(m._buffers)
             children = dict(m._modules)
             attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"}
@@ -193,7 +194,11 @@ class ModelState:
             m._modules.clear()
             m._modules.update(children)
             m._parameters.clear()
-            for k, (p, data, grad) in params.items():
+            for k, saved in params.items():
+                if saved is None:
+                    m._parameters[k] = None
+                    continue
+                p, data, grad = saved
                 if p.data.data_ptr() != data.data_ptr() or p.data.shape != data.shape:
                     p.data = data
                 p.grad = grad

@@ -110,6 +110,16 @@ def test_model_state_puts_back_the_same_objects_bit_identical():
     assert all(torch.equal(b, buffers[k]) for k, b in net.named_buffers())
 
 
+def test_model_state_keeps_a_registered_none_bias():
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    x = torch.randn(2, 1, 8, 8)
+    state = ModelState(net)
+    ChannelPruner().prune(net, torch.zeros(1, 1, 8, 8), ratio=0.5)
+    state.restore()
+    assert "bias" in net[0]._parameters and net[0].bias is None  # a layer without bias reads `self.bias`
+    assert net(x).shape == (2, 4, 4, 4)
+
+
 def test_a_hard_coded_reshape_is_found_undone_and_left_whole_while_the_rest_is_cut():
     torch.manual_seed(0)
     net, x = HardCoded(), torch.randn(5, 6)
