@@ -22,7 +22,7 @@ from lightning_green._internal.validation import (
     check_state_version,
     fail,
 )
-from lightning_green.events import workload_changed
+from lightning_green.events import WorkloadChange, workload_changed
 from lightning_green.precision.capability import PolicyChoice, resolve_policy
 from lightning_green.precision.guard import (
     BufferSnapshot,
@@ -306,6 +306,16 @@ class AMPScheduler(Callback):
             if self._snapshot is not None:
                 self._snapshot.take()
         self._batch_mode = self.mode or FP32
+
+    def on_workload_changed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: WorkloadChange) -> None:
+        """The workload changed; a prune (or its rollback) replaces the model's buffers: copy the new ones.
+
+        A prune in another callback's ``on_train_batch_start`` after this one's snapshot would otherwise leave the
+        snapshot holding the old tensors, so a poisoned forward right after it could not be undone (NaN BatchNorm
+        statistics for the rest of the run).
+        """
+        if self._snapshot is not None:
+            self._snapshot.take()
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:

@@ -283,6 +283,21 @@ def test_nan_injection_falls_back_skips_and_keeps_accuracy(tmp_path):
     assert abs(acc - clean_acc) < 0.05, (acc, clean_acc)
 
 
+def test_a_non_finite_step_right_after_a_prune_leaves_batchnorm_statistics_finite(tmp_path):
+    # AMPScheduler before StructuredPruning (the README's order): its buffer snapshot is taken before the prune, in
+    # the same hook, and the prune replaces the buffers; the poisoned forward on that step must still be undone.
+    from lightning_green import StructuredPruning
+
+    torch.manual_seed(0)
+    model = NaNDigits(nan_steps={4}, channels=[8, 16], lr=1e-2)  # step 4: the first of epoch 1, where it prunes
+    amp = AMPScheduler(schedule={0: "32-true"}, cooldown_steps=1)
+    prune = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+    trainer = make_trainer(tmp_path, [amp, prune], max_epochs=2, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(model, DigitsDataModule(batch_size=32, image_size=8))
+    assert prune.prunes_done == 1 and amp.skipped_steps == 1
+    assert all_finite(model)  # weights and BatchNorm statistics
+
+
 def test_max_fallbacks_keeps_fp32_for_the_rest_of_the_run(tmp_path):
     model = Recorder(nan_steps={1, 4, 6})
     amp = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=1, max_fallbacks=2)
