@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, RandomSampler
 from typing_extensions import override
 
+from lightning_green._internal.checkpoints import last_batch_progress
 from lightning_green._internal.validation import InvalidArgumentError, check_bool, check_number
 from lightning_green.data.install import install_train_sampler
 from lightning_green.data.sampler import PruningSampler
@@ -555,17 +556,10 @@ class DataPruning(Callback):
         # longer next epoch would run only its last batches. (Lightning calls no on_train_epoch_start for the epoch
         # after such a checkpoint, whatever the lengths: the sampler's state is set where its loader is made.) The
         # epoch's own counters ("current") are made to read as an epoch run to its end, whatever the next length;
-        # Lightning then resets them to zero for the next epoch, as it does for equal lengths. Lightning 2.4-2.6's
-        # checkpoint layout (`loops.fit_loop["epoch_loop.batch_progress"]`, pinned <3); anything else is left alone.
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}) if self._setup_stage in (None, "fit") else {}
-        progress = fit_loop.get("epoch_loop.batch_progress") if isinstance(fit_loop, dict) else None
-        if not isinstance(progress, dict) or not progress.get("is_last_batch"):
-            return
-        total, current = progress.get("total"), progress.get("current")
-        if not isinstance(total, dict) or not isinstance(current, dict):
-            return
-        if total.get("completed") == total.get("processed", 0) - 1:  # saved in on_train_batch_end
-            progress["current"] = {k: _EPOCH_RUN_OUT for k in current}
+        # Lightning then resets them to zero for the next epoch, as it does for equal lengths.
+        progress = last_batch_progress(checkpoint) if self._setup_stage in (None, "fit") else None
+        if progress is not None:
+            progress["current"] = {k: _EPOCH_RUN_OUT for k in progress["current"]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

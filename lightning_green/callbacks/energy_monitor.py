@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from lightning_green._internal.checkpoints import last_batch_progress
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
@@ -318,6 +319,7 @@ class EnergyMonitor(Callback):
         self._trainer_ref: weakref.ref[pl.Trainer] | None = None
         self._bar: dict[str, float] = {}
         self._epoch_mark_j = 0.0
+        self._saved_at_last_batch = False
         self._epoch_mark_steps = 0
         self._restored = False
         self._setup_stage: str | None = None
@@ -543,15 +545,21 @@ class EnergyMonitor(Callback):
             self._show(trainer, pl_module, metrics.get("power/avg_W"), metrics["energy/total_J"], on_step=True)
         self._notify(trainer)
 
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush(trainer, force=True)
-        fit = self.ledgers["fit"]
+    def _close_epoch(self) -> float:
+        """Record the fit's epoch that just ended (its energy, for the report and the forecast); return its joules."""
+        fit = self.ledgers.setdefault("fit", StageLedger())
         epoch_j = fit.total_j - self._epoch_mark_j
         epoch_steps = fit.steps - self._epoch_mark_steps
         self._epoch_mark_j, self._epoch_mark_steps = fit.total_j, fit.steps
         fit.epochs_j.append(epoch_j)
         self.forecast.add_epoch(epoch_j, epoch_steps)
+        return epoch_j
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, force=True)
+        fit = self.ledgers["fit"]
+        epoch_j = self._close_epoch()
         self.forecast_total_j = self.forecast.predict(
             fit.total_j,
             epochs_done=trainer.current_epoch + 1,
@@ -699,16 +707,20 @@ class EnergyMonitor(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         ledgers = {k: v.state_dict() for k, v in self.ledgers.items()}
-        # Energy since the last flush is known only on this rank and no collective may run here: add this rank's
-        # share to the saved copy (the running ledgers still get it at the next flush). Rank 0 writes the checkpoint,
-        # so other ranks' unflushed windows (at most `log_every_n_steps` batches) are not in it. The window's steps,
-        # samples and tokens go with it, so a run resumed from a mid-epoch checkpoint counts those batches too.
+        # The energy since the last flush goes into the saved copy (the running ledgers still get it at the next
+        # flush), with the window's steps, samples and tokens, so a run resumed from a mid-epoch checkpoint counts
+        # those batches too. Under DDP every rank builds the checkpoint (`Trainer.save_checkpoint` is collective, as
+        # DataPruning's state relies on too) and rank 0 writes it: every rank's window is gathered into it.
         if self._meter is not None and self._meter.started and self._open:
             trainer = self._trainer_ref() if self._trainer_ref is not None else None
             row = self._unflushed_row(self._meter.read(), trainer)
+            rows = gather_rows(trainer.strategy, row) if trainer is not None and trainer.world_size > 1 else None
             for stage in self._open:
                 saved = StageLedger.from_state(ledgers[stage])
-                self._add_unflushed(saved, stage, row)
+                if rows is None:
+                    self._add_unflushed(saved, stage, row)
+                else:
+                    saved.add(rows, counts=stage == self._open[-1])
                 ledgers[stage] = saved.state_dict()
         return {
             "version": 1,
@@ -720,6 +732,13 @@ class EnergyMonitor(Callback):
             "carbon": self.carbon_tracker.state_dict(),
             "started_s": self._started_s,
         }
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Before load_state_dict: whether the checkpoint ends an epoch whose end Lightning will not run on resume.
+        self._saved_at_last_batch = self._setup_stage in (None, "fit") and last_batch_progress(checkpoint) is not None
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -741,6 +760,11 @@ class EnergyMonitor(Callback):
         for stage in self._open:
             self.ledgers.setdefault(stage, StageLedger())
         self.carbon_tracker.load_state_dict(state_dict.get("carbon", {}))
+        if self._saved_at_last_batch:
+            # Lightning calls no on_train_epoch_end for the epoch such a checkpoint ends (see on_load_checkpoint): its
+            # energy would be counted in the next epoch's.
+            self._saved_at_last_batch = False
+            self._close_epoch()
         if state_dict.get("started_s") is not None:
             self._started_s = float(state_dict["started_s"])
         self._restored = not self._open

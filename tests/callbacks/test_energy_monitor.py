@@ -359,6 +359,20 @@ def test_resume_continues_totals(tmp_path):
     assert ledger.steps == 16 and ledger.samples == 16
 
 
+def test_resume_from_an_epochs_last_batch_keeps_that_epochs_energy_apart(tmp_path):
+    # The checkpoint lands on the last batch of epoch 0; Lightning runs no on_train_epoch_end for it on resume.
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    first = EnergyMonitor(print_summary=False)
+    make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[first, ckpt]).fit(SteadyModel(0.005))
+    second = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(tmp_path, max_epochs=3, limit_train_batches=4, callbacks=[second])
+    trainer.fit(SteadyModel(0.005), ckpt_path=tmp_path / "ckpt" / "step=4.ckpt")
+    ledger = second.ledgers["fit"]
+    assert len(ledger.epochs_j) == 3 and ledger.steps == 12
+    assert ledger.epochs_j[0] == pytest.approx(first.ledgers["fit"].epochs_j[0], rel=0.3)  # to its last batch
+    assert max(ledger.epochs_j) < 2 * min(ledger.epochs_j)  # equal epochs: none holds two epochs' energy
+
+
 def test_crash_leaves_a_valid_interrupted_report(tmp_path):
     monitor = EnergyMonitor(print_summary=False, min_window_s=0.0, log_every_n_steps=1)
     trainer = make_trainer(tmp_path, limit_train_batches=10, callbacks=[monitor])
@@ -433,6 +447,25 @@ def test_ddp_counts_each_rank_once_and_the_node_once(tmp_path):
     assert fit["samples"] == 2 * 6  # both ranks' batches of 1
     assert fit["steps"] == 6
     json.dumps(fit)  # plain data
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_holds_every_ranks_unlogged_window(tmp_path):
+    # No logging point before the checkpoint at step 3 (log_every_n_steps=50): each rank's window is unflushed.
+    monitor = EnergyMonitor(print_summary=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    trainer = make_trainer(
+        tmp_path,
+        limit_train_batches=6,
+        strategy="ddp_spawn",
+        devices=2,
+        callbacks=[monitor, ckpt, DestroyProcessGroupAtExit()],
+    )
+    trainer.fit(SteadyModel(0.005))
+    saved = torch.load(tmp_path / "ckpt" / "step=3.ckpt", weights_only=True)
+    fit = next(v for k, v in saved["callbacks"].items() if k.startswith("EnergyMonitor"))["ledgers"]["fit"]
+    assert (fit["steps"], fit["samples"]) == (3, 2 * 3)  # both ranks' batches of one sample
+    assert len(fit["per_rank"]) == 2 and all(sum(r[:-1]) > 0 for r in fit["per_rank"])
 
 
 @pytest.mark.slow
