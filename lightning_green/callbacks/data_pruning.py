@@ -102,6 +102,7 @@ class DataPruning(Callback):
         self._undo: Callable[[], None] | None = None
         self._reload_before: int | None = None
         self._indices: list[int] | None = None
+        self._in_flight = 0  # samples of the batch between its on_train_batch_start and _end (0: none)
         self._weights: torch.Tensor | None = None
         self._epoch_calls = 0
         self._epoch_seen = 0
@@ -177,6 +178,7 @@ class DataPruning(Callback):
         if stage != "fit":
             return
         self._rank = trainer.global_rank
+        self._in_flight = 0  # a batch a previous fit crashed in is not this fit's
         self._trainer_ref = weakref.ref(trainer)  # state_dict gathers an open epoch's records over the ranks
         self._anneal_start = annealing_start(trainer.max_epochs, self.anneal_fraction)
         if self._anneal_start is None and self.anneal_fraction > 0:
@@ -291,7 +293,7 @@ class DataPruning(Callback):
         """Start recording ``epoch`` (nothing to do if it is already open, e.g. restored from a checkpoint)."""
         if self._open_epoch != epoch:
             self._buffers, self._batch_number, self._epoch_calls, self._epoch_seen = None, 0, 0, 0
-            self._open_epoch, self._restored_open = epoch, False
+            self._open_epoch, self._restored_open, self._in_flight = epoch, False, 0
 
     @override
     def on_train_batch_start(
@@ -305,6 +307,7 @@ class DataPruning(Callback):
         self._batch_number += 1
         self._weights = self._sampler.weights_of(self._indices)
         self._epoch_seen += len(self._indices)
+        self._in_flight = len(self._indices)
 
     @override
     def on_train_batch_end(
@@ -312,6 +315,7 @@ class DataPruning(Callback):
     ) -> None:
         self._indices = None
         self._weights = None
+        self._in_flight = 0
 
     def _record(self, losses: torch.Tensor) -> None:
         assert self.scores is not None and self._indices is not None
@@ -496,14 +500,18 @@ class DataPruning(Callback):
         builds a checkpoint on every rank, ``Trainer.save_checkpoint`` is itself collective), and the resumed run
         merges them once, from rank 0.
         """
-        if self._open_epoch is None or not self._batch_number or self.scores is None:
+        # A batch still in flight (a checkpoint from on_exception, e.g. OnExceptionCheckpoint) did not train: it is
+        # not counted, so the resumed run draws it again (Lightning re-runs it too).
+        batches = self._batch_number - int(self._in_flight > 0)
+        if self._open_epoch is None or not batches or self.scores is None:
             return None  # the same on every rank: batches run in lockstep
         n = len(self.scores)
         if self._buffers is not None:
             sums, counts, bad = (b.detach().cpu().to(torch.float64) for b in self._buffers)
         else:
             sums, counts, bad = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
-        totals = torch.tensor([float(self._epoch_calls), float(self._epoch_seen)], dtype=torch.float64)
+        seen = self._epoch_seen - self._in_flight
+        totals = torch.tensor([float(self._epoch_calls), float(seen)], dtype=torch.float64)
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None and trainer.world_size > 1:
             strategy = trainer.strategy
@@ -515,7 +523,7 @@ class DataPruning(Callback):
             "epoch": self._open_epoch,
             "calls": int(totals[0]),
             "seen": int(totals[1]),
-            "batches": self._batch_number,
+            "batches": batches,
             "first": self._first_epoch,
             "index": idx.tolist(),
             "sums": sums[idx].tolist(),

@@ -278,6 +278,38 @@ def test_a_mid_epoch_resume_maps_batches_to_their_indices(tmp_path, keep_steps):
     assert resumed.seen[2] == full.seen[2]  # the same kept samples, in the same order and batches
 
 
+class CrashesOnce(Model):
+    """Raises in training_step at one (epoch, batch_idx) of its first fit."""
+
+    def __init__(self, at, **kwargs):
+        super().__init__(**kwargs)
+        self.at = at
+
+    def training_step(self, batch, batch_idx):
+        if (self.current_epoch, batch_idx) == self.at:
+            self.at = None
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_checkpoint_on_exception_resumes_with_the_batch_that_failed(tmp_path):
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    seed_everything(0)
+    full = Model()
+    fit(tmp_path / "full", full, DataPruning(0.5), max_epochs=3)
+    seed_everything(0)
+    crashed = CrashesOnce(at=(1, 3))
+    callbacks = [DataPruning(0.5), OnExceptionCheckpoint(tmp_path / "exc")]
+    with pytest.raises(RuntimeError, match="boom"):
+        Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, callbacks=callbacks, **QUIET).fit(crashed)
+    resumed = Model()
+    dp = DataPruning(0.5)
+    fit(tmp_path, resumed, dp, max_epochs=3, ckpt_path=str(tmp_path / "exc" / "on_exception.ckpt"))
+    assert crashed.seen[1] + resumed.seen[1] == full.seen[1]  # the failed batch trains on resume, none is skipped
+    assert dp.history[1]["seen"] == len(full.seen[1])
+
+
 def test_no_reduce_sample_losses_call_in_the_first_epoch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="never called reduce_sample_losses in the first epoch"):
         fit(tmp_path, Model(call=False), DataPruning())
