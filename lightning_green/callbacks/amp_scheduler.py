@@ -237,6 +237,12 @@ class AMPScheduler(Callback):
 
     def _build_schedule(self, trainer: pl.Trainer) -> PrecisionSchedule:
         name = type(self).__name__
+        if trainer.fast_dev_run:
+            # Lightning's smoke test forces max_epochs=1 / max_steps=N: the schedule is meant for the real run, and
+            # the smoke run follows its start (the bounds below would blame settings the user never gave).
+            if self.schedule is not None:
+                return PrecisionSchedule(self.schedule, self.interval)
+            return PrecisionSchedule.from_shortcuts("auto", self.warmup_epochs, 0, None)
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         if self.schedule is not None:
             if self.interval == "epoch" and max_epochs is not None and max(self.schedule) >= max_epochs:

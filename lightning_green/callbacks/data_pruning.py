@@ -177,6 +177,12 @@ class DataPruning(Callback):
         self._setup_stage = stage  # before Lightning restores a checkpoint (load_state_dict)
         if stage != "fit":
             return
+        if trainer.overfit_batches:
+            # Lightning replaces the training sampler with a sequential one after ours is installed.
+            raise InvalidArgumentError(
+                f"DataPruning: Trainer(overfit_batches={trainer.overfit_batches}) trains on a fixed few batches in a "
+                "fixed order, so there is nothing to prune; remove DataPruning for that debugging run."
+            )
         self._rank = trainer.global_rank
         self._in_flight = 0  # a batch a previous fit crashed in is not this fit's
         self._trainer_ref = weakref.ref(trainer)  # state_dict gathers an open epoch's records over the ranks

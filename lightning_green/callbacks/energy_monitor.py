@@ -1003,7 +1003,8 @@ class EnergyMonitor(Callback):
 
     def _write_report(self, trainer: pl.Trainer, status: str = "complete") -> dict[str, Any] | None:
         report = self.report(status)
-        if self.report_filename is None or trainer.global_rank != 0:
+        # fast_dev_run: Lightning's smoke test writes no logs or checkpoints (and has no log dir): no report file.
+        if self.report_filename is None or trainer.global_rank != 0 or trainer.fast_dev_run:
             return report
         path = os.path.join(self._log_dir or trainer.default_root_dir, self.report_filename)
         try:

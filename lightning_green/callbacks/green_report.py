@@ -204,6 +204,9 @@ class GreenReport(Callback):
         self._fit_done = False
         if trainer.global_rank != 0:
             return
+        if trainer.fast_dev_run:  # Lightning's smoke test writes no logs or checkpoints: no report either
+            rank_zero_info("GreenReport: fast_dev_run: no report written.")
+            return
         for lg in trainer.loggers:
             _flush(lg)
         self.write(self._log_dir or trainer.default_root_dir)

@@ -578,6 +578,18 @@ def test_bad_setup_is_refused_before_training(tmp_path, amp_kwargs, trainer_kwar
     assert model.train_log == []
 
 
+@pytest.mark.parametrize(
+    "amp_kwargs",
+    [{"warmup_epochs": 1, "final_fp32_epochs": 1}, {"schedule": {0: "32-true", 100: "bf16-mixed"}, "interval": "step"}],
+    ids=["shortcuts", "step-schedule"],
+)
+def test_fast_dev_run_runs_the_schedules_start(tmp_path, amp_kwargs):
+    # Lightning forces max_epochs=1 / max_steps=1 for its smoke test: not a setting of the user's to refuse.
+    model = Recorder()
+    make_trainer(tmp_path, [AMPScheduler(**amp_kwargs)], max_epochs=10, fast_dev_run=True).fit(model)
+    assert steps_by_dtype(model) == {0: "32"}
+
+
 def test_strategy_with_its_own_precision_plugin_is_refused(tmp_path):
     class OwnPrecision(Precision):  # what FSDP/DeepSpeed bring (FSDP needs a GPU, see tests/precision)
         pass

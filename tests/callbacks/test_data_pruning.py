@@ -310,6 +310,11 @@ def test_a_checkpoint_on_exception_resumes_with_the_batch_that_failed(tmp_path):
     assert dp.history[1]["seen"] == len(full.seen[1])
 
 
+def test_overfit_batches_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"DataPruning: Trainer\(overfit_batches=2\) trains on a fixed few batches"):
+        fit(tmp_path, Model(), DataPruning(), overfit_batches=2)
+
+
 def test_no_reduce_sample_losses_call_in_the_first_epoch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="never called reduce_sample_losses in the first epoch"):
         fit(tmp_path, Model(call=False), DataPruning())

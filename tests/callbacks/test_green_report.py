@@ -176,3 +176,12 @@ def test_counting_macs_leaves_each_submodule_s_train_or_eval_mode_alone(tmp_path
         tmp_path, limit_train_batches=2, callbacks=[EnergyMonitor(print_summary=False), GreenReport(), spy]
     ).fit(model, DigitsDataModule(image_size=8))
     assert spy.seen == [False, False] and not model.features[0].training
+
+
+def test_fast_dev_run_writes_no_report_files(tmp_path):
+    # Lightning's smoke test writes no logs or checkpoints and has no log dir (reports would land in the cwd).
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(tmp_path, fast_dev_run=True, callbacks=[monitor, GreenReport()])
+    trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(batch_size=16, image_size=8))
+    assert monitor.total_energy_j("fit") > 0
+    assert os.listdir(tmp_path) == []
