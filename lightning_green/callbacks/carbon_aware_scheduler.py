@@ -25,6 +25,7 @@ from lightning_green._internal.validation import (
     check_bool,
     check_choice,
     check_number,
+    check_state_version,
     fail,
 )
 from lightning_green.carbon.plan import (
@@ -69,9 +70,10 @@ class CarbonAwareScheduler(Callback):
     sets the length instead.
 
     A pause expected to last ``checkpoint_after`` or longer (until the next planned slot) is preceded by a checkpoint
-    (``carbon-pause.ckpt`` in the ``ModelCheckpoint``'s folder, when the Trainer has one), so a job killed while it
-    waits loses nothing. A SIGTERM (pre-emption, ``kill``) ends a pause within a second and Lightning's own shutdown
-    goes on (the run stops with ``SIGTERMException``, as it does between steps).
+    (``last-carbon-pause.ckpt`` in the ``ModelCheckpoint``'s folder, when the Trainer has one), so a job killed while
+    it waits loses nothing: ``fit(ckpt_path="last")`` resumes from it while it is the newest "last" checkpoint. A
+    SIGTERM (pre-emption, ``kill``) ends a pause within a second and Lightning's own shutdown goes on (the run stops
+    with ``SIGTERMException``, as it does between steps).
     With ``power="clean-fast"`` and a :class:`~lightning_green.PowerLimitTuner` that has finished profiling, clean
     hours (intensity at or below the mean forecast of the hours left) run at the profile's fastest limit and dirty
     hours at its most energy-efficient one.
@@ -302,17 +304,26 @@ class CarbonAwareScheduler(Callback):
             "pauses": list(self.pauses),
             "step_s": self._step_s,
             "deadline_s": self.deadline_s,
+            "deadline": self.deadline,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         self.paused_s = float(state_dict.get("paused_s", 0.0))
         self.compute_s = float(state_dict.get("compute_s", 0.0))
         self.pauses = list(state_dict.get("pauses", []))
         self._step_s = state_dict.get("step_s")
-        # A resumed job keeps its original deadline (an absolute time) rather than one re-read from "24h".
+        # A resumed job keeps its original deadline (an absolute time) rather than one re-read from "24h", unless
+        # the resume names another deadline.
         deadline_s = state_dict.get("deadline_s")
-        if deadline_s is not None and self.planner is not None:
+        saved_arg = state_dict.get("deadline", self.deadline)
+        if deadline_s is not None and self.planner is not None and str(saved_arg) != str(self.deadline):
+            rank_zero_info(  # said even with verbose=False: the resume changes the checkpoint's plan
+                f"CarbonAwareScheduler: deadline={self.deadline!r} replaces the checkpoint's {saved_arg!r} "
+                f"({_iso(float(deadline_s))}); planning to {_iso(self.deadline_s or 0.0)}."
+            )
+        elif deadline_s is not None and self.planner is not None:
             self.deadline_s = float(deadline_s)
             self.planner = self._planner(self.deadline_s)
 
@@ -471,7 +482,9 @@ class CarbonAwareScheduler(Callback):
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, kinds)), None)  # type: ignore[attr-defined]
         if ckpt is None or ckpt.dirpath is None:
             return
-        path = os.path.join(ckpt.dirpath, f"carbon-pause{ckpt.FILE_EXTENSION}")
+        # Named as Lightning's "last" checkpoints (`ModelCheckpoint._find_last_checkpoints` matches the prefix), so
+        # `fit(ckpt_path="last")` after a kill during the pause takes it when it is the newest.
+        path = os.path.join(ckpt.dirpath, f"{ckpt.CHECKPOINT_NAME_LAST}-carbon-pause{ckpt.FILE_EXTENSION}")
         trainer.save_checkpoint(path)  # collective: every rank is here at the same step
         self._say(f"CarbonAwareScheduler: checkpoint before a long pause: {path}")
 

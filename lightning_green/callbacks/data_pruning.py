@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from typing_extensions import override
 
 from lightning_green._internal.checkpoints import last_batch_progress
-from lightning_green._internal.validation import InvalidArgumentError, check_bool, check_number
+from lightning_green._internal.validation import InvalidArgumentError, check_bool, check_number, check_state_version
 from lightning_green.data.install import install_train_sampler
 from lightning_green.data.sampler import PruningSampler
 from lightning_green.data.scores import EpochPlan, SampleScores, annealing_start, plan_epoch
@@ -577,6 +577,7 @@ class DataPruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_version(type(self).__name__, state_dict, supported=1)
         if self._setup_stage not in (None, "fit"):  # validate/test/predict(ckpt_path=...): nothing of a fit to resume
             return
         # The per-epoch draws derive from (seed, epoch): with the seed and the scores restored, a resumed run plans

@@ -78,7 +78,7 @@ def test_carbon_pause_checkpoint_uses_its_model_checkpoint(tmp_path):
         tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(clock, 0.25 * H), sched, ckpt]
     )
     trainer.fit(BoringModel())
-    assert (tmp_path / "ckpt" / "carbon-pause.ckpt").exists()
+    assert (tmp_path / "ckpt" / "last-carbon-pause.ckpt").exists()
 
 
 def test_lightning_types_and_the_package_check():

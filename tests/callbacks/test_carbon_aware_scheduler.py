@@ -94,9 +94,15 @@ def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
         tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(clock, 0.25 * H), sched, ckpt]
     )
     trainer.fit(BoringModel())
-    saved = torch.load(tmp_path / "ckpt" / "carbon-pause.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "ckpt" / "last-carbon-pause.ckpt", weights_only=False)
     assert saved["global_step"] == 4  # the pause at step 4 (2 h); the one before step 0 has nothing to save
     assert saved["callbacks"]  # loadable, with the callbacks' state
+    # A job killed during that pause resumes from it with Lightning's usual `ckpt_path="last"`.
+    resumed = make_trainer(
+        tmp_path, max_steps=5, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")]
+    )
+    resumed.fit(BoringModel(), ckpt_path="last")
+    assert Path(resumed.ckpt_path).name == "last-carbon-pause.ckpt"
 
 
 def test_sigterm_ends_a_pause_within_a_second_and_lightning_stops_the_run(tmp_path, monkeypatch):
@@ -130,7 +136,7 @@ def test_sigterm_ends_a_pause_within_a_second_and_lightning_stops_the_run(tmp_pa
     assert len(slept) == 3 and max(slept) <= 1.0  # not one 2-h sleep
     assert sched.paused_s == pytest.approx(sum(slept))
     assert sched.pauses[-1]["step"] == 4 and sched.pauses[-1]["sigterm"]
-    assert (tmp_path / "ckpt" / "carbon-pause.ckpt").exists()  # the checkpoint before the pause is kept
+    assert (tmp_path / "ckpt" / "last-carbon-pause.ckpt").exists()  # the checkpoint before the pause is kept
 
 
 def test_sigterm_while_pausing_before_the_first_step_runs_no_step(tmp_path, monkeypatch):
@@ -183,6 +189,36 @@ def test_a_sigterm_on_another_rank_ends_the_pause_on_every_rank(tmp_path, monkey
         trainer.fit(BoringModel())
     assert trainer.global_step == 4 and len(slept) == 2 and not any(asked)
     assert sched.pauses[-1]["sigterm"]
+
+
+def _run_with_a_resume(tmp_path, max_steps: int, ckpt_path: str | None = None, deadline: str = "12h"):
+    clock = sim_clock()
+    if ckpt_path:
+        clock.advance(2 * H)  # the restarted job starts later
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
+        deadline=deadline,
+        expected_duration="3h",
+        clock=clock,
+        verbose=False,
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=max_steps,
+        max_epochs=-1,
+        enable_checkpointing=True,
+        callbacks=[StepClock(clock, 0.25 * H), sched, ckpt],
+    )
+    trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+    return sched
+
+
+def test_a_resume_naming_another_deadline_plans_to_it(tmp_path):
+    first = _run_with_a_resume(tmp_path, 2, deadline="2022-06-01T12:00")
+    resumed = _run_with_a_resume(tmp_path, 3, str(tmp_path / "ckpt" / "last.ckpt"), deadline="2022-06-02T12:00")
+    assert first.deadline_s == START.timestamp() + 12 * H
+    assert resumed.deadline_s == START.timestamp() + 36 * H  # not the checkpoint's
 
 
 def test_pause_time_and_deadline_survive_a_resume(tmp_path):

@@ -8,6 +8,8 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_green import (
     AMPScheduler,
+    CarbonAwareScheduler,
+    DataPruning,
     EnergyBudget,
     EnergyMonitor,
     GreenReport,
@@ -19,6 +21,8 @@ from tests.helpers import make_trainer
 
 CALLBACKS = [
     lambda: AMPScheduler(),
+    lambda: CarbonAwareScheduler(intensity=100.0),
+    lambda: DataPruning(),
     lambda: EnergyBudget(max_energy=1.0),
     lambda: EnergyMonitor(),
     lambda: GreenReport(),

@@ -67,7 +67,7 @@ def test_a_long_pause_starting_late_in_a_slot_is_checkpointed(tmp_path):
     )
     trainer.fit(BoringModel())
     assert [(p["step"], p["seconds"]) for p in sched.pauses] == [(2, 140 * 60.0)]
-    saved = torch.load(tmp_path / "ckpt" / "carbon-pause.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "ckpt" / "last-carbon-pause.ckpt", weights_only=False)
     assert saved["global_step"] == 2
 
 
