@@ -786,7 +786,14 @@ class StructuredPruning(Callback):
         )
         if baseline is not None:
             check_at = self._position(trainer) + self.frequency - (0 if self.by_steps else 1)
-            self._guard = {"prune": k, "baseline": baseline, "check_at": check_at, "validations": 0}
+            self._guard = {
+                "prune": k,
+                "baseline": baseline,
+                "check_at": check_at,
+                "validations": 0,
+                "monitor": self.monitor,
+                "mode": self.mode,
+            }
         self._after_change(trainer, pl_module)
         if self.target_speedup is not None and not payload["reached"]:
             rank_zero_warn(
@@ -1163,6 +1170,15 @@ class StructuredPruning(Callback):
         self.dense_channels = {k: list(v) for k, v in channels.items()} if channels else None
         guard = state_dict.get("guard")
         self._guard = dict(guard) if guard else None
+        watched = (self._guard.get("monitor", self.monitor), self._guard.get("mode", self.mode)) if guard else None
+        if self._guard is not None and watched != (self.monitor, self.mode):
+            # Its baseline is a value of the checkpoint's metric: another metric (or direction) cannot be judged by it.
+            rank_zero_warn(
+                f"{type(self).__name__}: the checkpoint's accuracy guard of prune {self._guard['prune']} watched "
+                f"monitor={watched[0]!r} (mode={watched[1]!r}); this run has monitor={self.monitor!r} "
+                f"(mode={self.mode!r}), so that prune is not checked."
+            )
+            self._guard = None
         self.left_whole = dict(state_dict.get("left_whole") or {})
         self.pruner.left_whole = set(self.left_whole)
         self._example_spec = state_dict.get("example")

@@ -365,6 +365,26 @@ def test_accuracy_guard_rolls_back_model_and_optimizer_and_stops(tmp_path, max_d
         assert not torch.equal(p.detach(), before.params[name])  # restored at the prune, then trained on
 
 
+@pytest.mark.parametrize(("monitor", "mode"), [(None, "max"), ("val_loss", "min")])
+def test_a_resume_watching_another_metric_drops_the_checkpoints_guard(tmp_path, monitor, mode):
+    # The checkpoint (step 4) is inside prune 1's fine-tune window, its guard's baseline a value of val_score.
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    first = StructuredPruning(
+        pruning_ratio=0.3, start_epoch=1, end_epoch=2, monitor="val_score", max_drop=1e9, verbose=False
+    )
+    make_trainer(tmp_path, [first, ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        ParamCountScore(channels=[8, 16]), data()
+    )
+    drop = None if monitor is None else 1e9
+    resumed = StructuredPruning(
+        pruning_ratio=0.3, start_epoch=1, end_epoch=2, monitor=monitor, mode=mode, max_drop=drop, verbose=False
+    )
+    trainer = make_trainer(tmp_path, [resumed], max_epochs=3)
+    with pytest.warns(UserWarning, match=r"guard of prune 1 watched monitor='val_score' \(mode='max'\).*not checked"):
+        trainer.fit(ParamCountScore(channels=[8, 16]), data(), ckpt_path=tmp_path / "ckpt" / "step=4.ckpt")
+    assert resumed.rollbacks == [] and len(resumed.history) == 2
+
+
 @pytest.mark.parametrize("regularization", ["group-norm", "bn-scale"])
 def test_sparsity_regularisation_shrinks_what_it_targets(tmp_path, regularization):
     def bn_and_conv_norms(callbacks):
