@@ -42,7 +42,7 @@ from lightning_green.pruning.history import STATE_VERSION, Architecture, rebuild
 from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
 from lightning_green.pruning.llm import LLMPruner, find_hf_model, is_layer_drop, renumber_after_layer_drops
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
-from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, step_ratio
+from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, schedule_fraction, step_ratio
 from lightning_green.pruning.verify import (
     Probe,
     describe,
@@ -318,6 +318,10 @@ class StructuredPruning(Callback):
         # `prunes_done` counts the schedule's points passed, including those whose target was already met.
         self.history: list[dict[str, Any]] = []
         self.prunes_done = 0
+        # `pruning_ratio` mode: the share of the dense channels the prunes so far were to remove (the schedule's
+        # value at the last prune), so each prune cuts from there to its own point, whatever schedule cut before
+        # (a resume or a second fit with other arguments or another max_epochs). None: not recorded (older state).
+        self._ratio_done: float | None = 0.0
         self.stopped = False
         self.rollbacks: list[dict[str, Any]] = []
         self.dense_macs: float | None = None
@@ -489,6 +493,7 @@ class StructuredPruning(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._warned_late = False
+        self._check_resumed_schedule(trainer)
         if not self.by_steps or self.finished:
             return
         # As the epoch schedule warns in `setup`; the number of optimizer steps is only known once the data is.
@@ -691,7 +696,7 @@ class StructuredPruning(Callback):
                             gradients=gradients,
                             final=k == n,
                         )
-                    ratio = step_ratio(self.pruning_ratio, self.schedule, k, n)  # type: ignore[arg-type]
+                    ratio = self._step_ratio(k, n)
                     return self._engine.prune(
                         target, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients, final=k == n
                     )
@@ -758,8 +763,9 @@ class StructuredPruning(Callback):
                     "forward)."
                 )
             elif self.verbose:
+                goal = "its target" if self.target_speedup is not None else "past its point of the schedule"
                 rank_zero_info(
-                    f"{type(self).__name__}: prune {k}/{n}: already at {self.speedup:.2f}x, its target; nothing cut."
+                    f"{type(self).__name__}: prune {k}/{n}: already at {self.speedup:.2f}x, {goal}; nothing cut."
                 )
             return
         if strategy.global_rank != 0:
@@ -774,6 +780,8 @@ class StructuredPruning(Callback):
         if dropped:
             log.warning("%d parameters restart their optimizer state after the prune", dropped)
         self.macs, self.params = float(payload["macs"]), int(payload["params"])
+        if self.target_speedup is None:
+            self._ratio_done = self.pruning_ratio * schedule_fraction(self.schedule, k, n)
         self.history.append(
             {
                 "epoch": trainer.current_epoch,
@@ -893,6 +901,37 @@ class StructuredPruning(Callback):
         )
 
     # --------------------------------------------------------------------------------------------- helpers
+    def _check_resumed_schedule(self, trainer: pl.Trainer) -> None:
+        """Warn when the schedule met at the fit's start (a resume, another fit) cannot do what it was set to."""
+        name, unit = type(self).__name__, "step" if self.by_steps else "epoch"
+        position = self._position(trainer)
+        due = [p for p in self._points[self.prunes_done :] if p <= position]
+        if len(due) > 1 and not self.stopped:
+            rank_zero_warn(
+                f"{name}: at {unit} {position}, {len(due)} prunes are already due (at {unit}s {_brief_list(due)}): "
+                "they run one after another, with no fine-tuning between them. Give a schedule that starts here "
+                "(`start_epoch`/`start_step`) to spread them out."
+            )
+        short = (
+            self.speedup < 0.98 * self.target_speedup
+            if self.target_speedup is not None
+            else self._ratio_done is not None and self._ratio_done < self.pruning_ratio - 1e-9  # type: ignore[operator]
+        )
+        if self.history and self.prunes_done >= len(self._points) and not self.stopped and short:
+            goal = f"target_speedup={self.target_speedup}" if self.target_speedup is not None else "pruning_ratio"
+            rank_zero_warn(
+                f"{name}: the checkpoint's run made {self.prunes_done} prunes and this schedule has "
+                f"{len(self._points)} prune points, so none is left: {goal} is not reached ({self.speedup:.2f}x fewer "
+                "MACs). Give prune points after the ones done (a later `end_epoch`/`end_step`)."
+            )
+
+    def _step_ratio(self, k: int, n: int) -> float:
+        """Share of the current channels prune ``k`` of ``n`` removes: from what was cut so far to its point."""
+        if self._ratio_done is None:  # a state from before `ratio_done` was saved: its prunes followed this schedule
+            return step_ratio(self.pruning_ratio, self.schedule, k, n)
+        after = self.pruning_ratio * schedule_fraction(self.schedule, k, n)
+        return max(0.0, 1.0 - (1.0 - after) / (1.0 - self._ratio_done))  # 0: already there, nothing to cut
+
     def _position(self, trainer: pl.Trainer) -> int:
         return trainer.global_step if self.by_steps else trainer.current_epoch
 
@@ -1155,6 +1194,7 @@ class StructuredPruning(Callback):
             "left_whole": dict(self.left_whole),
             "example": self._example_spec,
             "window": self._window_state(),
+            "ratio_done": self._ratio_done,
         }
 
     @override
@@ -1163,6 +1203,8 @@ class StructuredPruning(Callback):
         self.history = [dict(event) for event in state_dict.get("history", [])]
         self.prunes_done = int(state_dict.get("prunes_done", len(self.history)))
         self.stopped = bool(state_dict.get("stopped", False))
+        done = state_dict.get("ratio_done", None if self.history else 0.0)
+        self._ratio_done = None if done is None else float(done)
         self.rollbacks = [dict(r) for r in state_dict.get("rollbacks", [])]
         self.dense_macs = state_dict.get("dense_macs")
         self.dense_params = state_dict.get("dense_params")

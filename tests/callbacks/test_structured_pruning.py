@@ -385,6 +385,53 @@ def test_a_resume_watching_another_metric_drops_the_checkpoints_guard(tmp_path, 
     assert resumed.rollbacks == [] and len(resumed.history) == 2
 
 
+def _widths(model):
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_a_resume_with_another_pruning_ratio_cuts_to_the_new_ratio_not_past_it(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    first = StructuredPruning(pruning_ratio=0.6, start_epoch=1, end_epoch=3, verbose=False)
+    make_trainer(tmp_path, [first, ckpt], max_epochs=2, enable_checkpointing=True).fit(small_cnn(), data())
+    assert first.prunes_done == 1  # at epoch 1 of 3 prunes: 0.2 of the channels gone
+    resumed_model, fresh_model = small_cnn(), small_cnn()
+    resumed = StructuredPruning(pruning_ratio=0.3, start_epoch=1, end_epoch=3, verbose=False)
+    make_trainer(tmp_path, [resumed], max_epochs=4).fit(
+        resumed_model, data(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt"
+    )
+    make_trainer(tmp_path / "fresh", [StructuredPruning(pruning_ratio=0.3, start_epoch=1, end_epoch=3, verbose=False)],
+                 max_epochs=4).fit(fresh_model, data())  # fmt: skip
+    assert _widths(resumed_model) == _widths(fresh_model)  # not 0.2 of the channels, then 0.3 of the rest
+
+
+def test_a_second_fit_with_more_epochs_does_not_cut_past_the_pruning_ratio(tmp_path):
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, verbose=False)
+    model = small_cnn()
+    trainer = make_trainer(tmp_path, [pruning], max_epochs=4)
+    trainer.fit(model, data())
+    widths = _widths(model)
+    assert widths == [4, 8]
+    trainer.fit_loop.max_epochs = 8  # continue: the default end_epoch grows with max_epochs (more prune points)
+    trainer.fit(model, data())
+    assert _widths(model) == widths
+
+
+def test_a_resumed_schedule_that_cannot_reach_its_goal_or_runs_prunes_back_to_back_warns(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    first = StructuredPruning(target_speedup=3.0, start_epoch=1, end_epoch=3, verbose=False)
+    make_trainer(tmp_path, [first, ckpt], max_epochs=2, enable_checkpointing=True).fit(small_cnn(), data())
+    ended = StructuredPruning(target_speedup=3.0, start_epoch=1, end_epoch=1, verbose=False)
+    trainer = make_trainer(tmp_path, [ended], max_epochs=3)
+    with pytest.warns(UserWarning, match=r"made 1 prunes and this schedule has 1 prune points.*not reached"):
+        trainer.fit(small_cnn(), data(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")
+    plain = ModelCheckpoint(dirpath=tmp_path / "plain", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    make_trainer(tmp_path, [plain], max_epochs=2, enable_checkpointing=True).fit(small_cnn(), data())
+    added = StructuredPruning(target_speedup=3.0, start_epoch=1, end_epoch=3, verbose=False)
+    trainer = make_trainer(tmp_path, [added], max_epochs=4)
+    with pytest.warns(UserWarning, match=r"at epoch 2, 2 prunes are already due \(at epochs 1, 2\)"):
+        trainer.fit(small_cnn(), data(), ckpt_path=tmp_path / "plain" / "epoch=1.ckpt")
+
+
 @pytest.mark.parametrize("regularization", ["group-norm", "bn-scale"])
 def test_sparsity_regularisation_shrinks_what_it_targets(tmp_path, regularization):
     def bn_and_conv_norms(callbacks):
