@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -178,6 +179,7 @@ class AMPScheduler(Callback):
         self._logged_step = -1
         self._logged_mode: str | None = None
         self._snapshot: BufferSnapshot | None = None
+        self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
         self._warned_fp32_skip = False
 
     # ------------------------------------------------------------------------------------------------ public
@@ -225,8 +227,13 @@ class AMPScheduler(Callback):
             rank_zero_info(f"{name}: Trainer(precision={original_mode!r}) is replaced by the schedule during fit.")
         self._original = trainer.strategy.precision_plugin
         self._plugins = PluginSet(device_type, self._original)
-        self.tracker.reset()
-        self.switches = []
+        # Several fits on one Trainer are one run: a fallback made final stays final, and the switches and
+        # counters go on. A new Trainer is a new run (a checkpoint restored next brings its own state).
+        same_run = self._fit_trainer is not None and self._fit_trainer() is trainer
+        self._fit_trainer = weakref.ref(trainer)
+        if not same_run:
+            self.tracker.reset()
+            self.switches = []
         self.mode = None
         self.position = 0
         self._restored = None  # load_state_dict (resume) runs after setup

@@ -119,6 +119,7 @@ class DataPruning(Callback):
         self._step_bounded = False
         self._setup_stage: str | None = None
         self._trainer_ref: weakref.ref[pl.Trainer] | None = None
+        self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
         self._restored_open = False  # the open epoch came from a checkpoint (close it even if its end hook never runs)
 
     # ------------------------------------------------------------------------------------------------ public
@@ -183,6 +184,14 @@ class DataPruning(Callback):
                 f"DataPruning: Trainer(overfit_batches={trainer.overfit_batches}) trains on a fixed few batches in a "
                 "fixed order, so there is nothing to prune; remove DataPruning for that debugging run."
             )
+        same_run = self._fit_trainer is not None and self._fit_trainer() is trainer
+        self._fit_trainer = weakref.ref(trainer)
+        if not same_run and (self.history or self.scores is not None):
+            # Several fits on one Trainer are one run; a new Trainer is a new run (the callback reused, e.g. after a
+            # fast_dev_run): the scores were of the model trained before. A checkpoint restored next brings its own.
+            self.scores, self.history, self.samples_seen = None, [], 0
+            self._pending_state = self._pending_epoch = None
+            self._open_epoch, self._buffers = None, None
         self._rank = trainer.global_rank
         self._in_flight = 0  # a batch a previous fit crashed in is not this fit's
         self._trainer_ref = weakref.ref(trainer)  # state_dict gathers an open epoch's records over the ranks

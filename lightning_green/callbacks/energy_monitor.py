@@ -445,6 +445,12 @@ class EnergyMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
+        previous = self._trainer_ref() if self._trainer_ref is not None else None
+        if stage == "fit" and self._trainer_ref is not None and previous is not trainer:
+            # A fit on a new Trainer is a new run. Reset here, not only at on_fit_start: Lightning's Tuner saves a
+            # checkpoint between the two and restores it, which would carry the last run's totals into this one.
+            self._reset_fit_totals()
+            self._started_s = None
         if self._started_s is None:  # the run's start: a later test/validate (or fit) on this monitor is the same run
             self._started_s = time.time()
         self._rank = trainer.global_rank
@@ -455,6 +461,16 @@ class EnergyMonitor(Callback):
             self._meter = self._build_meter(trainer)
             self._meter.start()
             self._last = Reading.zero(self._meter.sources)
+
+    def _reset_fit_totals(self) -> None:
+        """A new run's fit: no energy, epochs or forecast yet."""
+        self.ledgers["fit"] = StageLedger()
+        self.ledgers["validate"] = StageLedger()
+        self.carbon_tracker.reset("fit")
+        self.carbon_tracker.reset("validate")
+        self.forecast.reset()
+        self.forecast_total_j = None
+        self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
 
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
@@ -497,13 +513,7 @@ class EnergyMonitor(Callback):
         # and the forecast, as a resumed checkpoint does; the same monitor in a new Trainer starts from zero.
         same_trainer = self._trainer_ref is not None and self._trainer_ref() is trainer
         if not (self._restored or same_trainer):
-            self.ledgers["fit"] = StageLedger()
-            self.ledgers["validate"] = StageLedger()
-            self.carbon_tracker.reset("fit")
-            self.carbon_tracker.reset("validate")
-            self.forecast.reset()
-            self.forecast_total_j = None
-            self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
+            self._reset_fit_totals()
         elif same_trainer and not self._restored and self._fit_validation is not None:
             # A stand-alone validate() ran between two fits on this Trainer: its ledger was its own; the fit's
             # validation epochs continue from where the fit left them.

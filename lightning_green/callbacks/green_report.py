@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -110,6 +111,7 @@ class GreenReport(Callback):
         self.files: Any = None
         self.elapsed_s = 0.0
         self._t0: float | None = None
+        self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
         self._log_dir: str | None = None
         self._report_name = "energy_report.json"
         self._model: dict[str, Any] = {}
@@ -134,7 +136,12 @@ class GreenReport(Callback):
         # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
         self._log_dir = trainer.log_dir or trainer.default_root_dir
         self._fit_done = False
-        self._model = {}
+        # Several fits on one Trainer are one run (the time goes on, the model section keeps the first fit's start);
+        # a new Trainer is a new run, also for a checkpoint Lightning's Tuner saves before the fit starts.
+        same_run = self._fit_trainer is not None and self._fit_trainer() is trainer
+        self._fit_trainer = weakref.ref(trainer)
+        if not same_run:
+            self.elapsed_s, self._t0, self._model = 0.0, None, {}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -196,6 +203,11 @@ class GreenReport(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_done = True
+        self._stop_clock()
+
+    def _stop_clock(self) -> None:
+        """Fold this fit's time into ``elapsed_s``: a next fit on the Trainer goes on from there."""
+        self.elapsed_s, self._t0 = self._elapsed(), None
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -214,6 +226,7 @@ class GreenReport(Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._fit_done = False
+        self._stop_clock()
 
     # ------------------------------------------------------------------------------------------------ public
     def write(self, run_dir: str | os.PathLike[str]) -> Any:

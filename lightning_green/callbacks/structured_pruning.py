@@ -314,25 +314,7 @@ class StructuredPruning(Callback):
             num_heads=num_heads,
         )
 
-        # Progress (checkpointed). `history` holds the prunes that cut something (what replay needs);
-        # `prunes_done` counts the schedule's points passed, including those whose target was already met.
-        self.history: list[dict[str, Any]] = []
-        self.prunes_done = 0
-        # `pruning_ratio` mode: the share of the dense channels the prunes so far were to remove (the schedule's
-        # value at the last prune), so each prune cuts from there to its own point, whatever schedule cut before
-        # (a resume or a second fit with other arguments or another max_epochs). None: not recorded (older state).
-        self._ratio_done: float | None = 0.0
-        self.stopped = False
-        self.rollbacks: list[dict[str, Any]] = []
-        self.dense_macs: float | None = None
-        self.dense_params: int | None = None
-        self.dense_channels: dict[str, list[int]] | None = None
-        self.macs: float | None = None
-        self.params: int | None = None
-        self._guard: dict[str, Any] | None = None
-        #: Modules whose cut failed the check of a prune → why (checkpointed; they are never cut again).
-        self.left_whole: dict[str, str] = {}
-        self._example_spec: Any = None
+        self._reset_progress()
         # Per run.
         self._points: list[int] = []
         self._grad_sums: dict[str, torch.Tensor] = {}
@@ -344,9 +326,6 @@ class StructuredPruning(Callback):
         self._regularizer: Any = None
         self._snapshot: tuple[ModuleSnapshot, OptimizerState] | None = None
         self._restore_hook: tuple[pl.LightningModule, Any] | None = None
-        #: The pruned module's architecture when this callback first set it up (what its history starts from), so
-        #: a checkpoint saved before later prunes still loads into the module: (module, architecture).
-        self._architecture: tuple[torch.nn.Module, Architecture] | None = None
         #: Set in `setup` when the module holds a Hugging Face causal LM: it is cut by its known structure.
         self._llm: LLMPruner | None = None
         self._probe: Probe | None = None
@@ -374,11 +353,46 @@ class StructuredPruning(Callback):
         """No prune is left: all done, or stopped by the accuracy guard."""
         return self.stopped or (bool(self._points) and self.prunes_done >= len(self._points))
 
+    def _reset_progress(self) -> None:
+        """No prune yet: the state of a new callback (and of a fit of another module without a checkpoint)."""
+        # Progress (checkpointed). `history` holds the prunes that cut something (what replay needs);
+        # `prunes_done` counts the schedule's points passed, including those whose target was already met.
+        self.history: list[dict[str, Any]] = []
+        self.prunes_done = 0
+        # `pruning_ratio` mode: the share of the dense channels the prunes so far were to remove (the schedule's
+        # value at the last prune), so each prune cuts from there to its own point, whatever schedule cut before
+        # (a resume or a second fit with other arguments or another max_epochs). None: not recorded (older state).
+        self._ratio_done: float | None = 0.0
+        self.stopped = False
+        self.rollbacks: list[dict[str, Any]] = []
+        self.dense_macs: float | None = None
+        self.dense_params: int | None = None
+        self.dense_channels: dict[str, list[int]] | None = None
+        self.macs: float | None = None
+        self.params: int | None = None
+        self._guard: dict[str, Any] | None = None
+        #: Modules whose cut failed the check of a prune → why (checkpointed; they are never cut again).
+        self.left_whole: dict[str, str] = {}
+        self._example_spec: Any = None
+        #: The pruned module's architecture when this callback first set it up (what its history starts from), so
+        #: a checkpoint saved before later prunes still loads into the module: (module, architecture).
+        self._architecture: tuple[torch.nn.Module, Architecture] | None = None
+
     # ------------------------------------------------------------------------------------------------- setup
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(self).__name__
         require_lightning_package(name, trainer, "re-makes Lightning's DDP wrapper and checks its strategy classes")
+        arch = self._architecture
+        if stage == "fit" and self.history and arch is not None and arch[0] is not self._target(pl_module):
+            # The prunes so far were of another module (the callback reused for a new model, e.g. after a
+            # fast_dev_run): this one starts dense. A checkpoint restored next brings its own history.
+            rank_zero_info(
+                f"{name}: a new module: its pruning starts from the start (the {len(self.history)} prune(s) so far "
+                "were of another module)."
+            )
+            self._reset_progress()
+            self.pruner.left_whole = set()
         self._llm = self._llm_pruner(self._target(pl_module), training=stage == "fit")
         if self._llm is None and self.module is None and self._forward is None and not has_own_forward(pl_module):
             raise InvalidArgumentError(

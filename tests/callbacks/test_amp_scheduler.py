@@ -298,6 +298,19 @@ def test_a_non_finite_step_right_after_a_prune_leaves_batchnorm_statistics_finit
     assert all_finite(model)  # weights and BatchNorm statistics
 
 
+def test_a_second_fit_on_the_trainer_keeps_a_final_fallback(tmp_path):
+    torch.manual_seed(0)
+    model = NaNDigits(nan_steps={3}, channels=[8, 16], lr=1e-2)
+    amp = AMPScheduler(schedule={0: "bf16-mixed"}, max_fallbacks=1)
+    trainer = make_trainer(tmp_path, [amp], max_epochs=2, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(model, DigitsDataModule(batch_size=32, image_size=8))
+    assert amp.fallbacks == 1 and amp.mode == "32-true"
+    trainer.fit_loop.max_epochs = 4  # continue training on the same Trainer: the same run
+    trainer.fit(model, DigitsDataModule(batch_size=32, image_size=8))
+    assert amp.fallbacks == 1 and len(amp.switches) == 1
+    assert {dt for s, dt in model.modes.items() if s >= 8} == {torch.float32}  # "final: fp32 for the rest of the run"
+
+
 def test_max_fallbacks_keeps_fp32_for_the_rest_of_the_run(tmp_path):
     model = Recorder(nan_steps={1, 4, 6})
     amp = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=1, max_fallbacks=2)

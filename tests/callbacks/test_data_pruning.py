@@ -315,6 +315,16 @@ def test_overfit_batches_is_refused(tmp_path):
         fit(tmp_path, Model(), DataPruning(), overfit_batches=2)
 
 
+def test_reused_in_a_new_trainer_starts_a_new_run(tmp_path):
+    dp = DataPruning(0.5, anneal_fraction=0.0)
+    fit(tmp_path, Model(), dp, max_epochs=2)
+    model = Model()
+    fit(tmp_path, model, dp, max_epochs=2)  # the scores were of the other model
+    assert [h["epoch"] for h in dp.history] == [0, 1]
+    assert len(model.seen[0]) == N  # a new run's first epoch scores every sample
+    assert dp.samples_seen == sum(len(v) for v in model.seen.values())
+
+
 def test_no_reduce_sample_losses_call_in_the_first_epoch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="never called reduce_sample_losses in the first epoch"):
         fit(tmp_path, Model(call=False), DataPruning())

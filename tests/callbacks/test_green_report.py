@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -185,3 +186,29 @@ def test_fast_dev_run_writes_no_report_files(tmp_path):
     trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(batch_size=16, image_size=8))
     assert monitor.total_energy_j("fit") > 0
     assert os.listdir(tmp_path) == []
+
+
+def test_a_second_fit_on_the_trainer_goes_on_with_the_time_and_a_new_trainer_starts_over(tmp_path):
+    from lightning.pytorch.tuner import Tuner
+
+    monitor = EnergyMonitor(print_summary=False)
+    callbacks = [monitor, GreenReport(count_macs=False)]
+
+    def elapsed() -> float:  # the report's figure (time-to-target is read against it)
+        return monitor.report()["extra"]["model"]["elapsed_s"]
+
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=callbacks)
+    trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(batch_size=16, image_size=8))
+    first = elapsed()
+    trainer.fit_loop.max_epochs = 2
+    started = time.perf_counter()
+    trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(batch_size=16, image_size=8))
+    assert elapsed() >= first + 0.5 * (time.perf_counter() - started)  # one run: the time goes on
+    # A new Trainer is a new run, also when Lightning's Tuner saves and restores a checkpoint before the fit.
+    trainer = make_trainer(tmp_path / "two", max_epochs=1, limit_train_batches=3, callbacks=callbacks)
+    model = DigitsCNN(channels=[4, 8])
+    started = time.perf_counter()
+    Tuner(trainer).lr_find(model, datamodule=DigitsDataModule(batch_size=16, image_size=8), num_training=3)
+    trainer.fit(model, DigitsDataModule(batch_size=16, image_size=8))
+    assert monitor.ledgers["fit"].steps == 3  # this run's steps only
+    assert elapsed() <= time.perf_counter() - started  # this run's time only

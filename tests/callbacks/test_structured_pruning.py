@@ -432,6 +432,15 @@ def test_a_resumed_schedule_that_cannot_reach_its_goal_or_runs_prunes_back_to_ba
         trainer.fit(small_cnn(), data(), ckpt_path=tmp_path / "plain" / "epoch=1.ckpt")
 
 
+def test_reused_for_a_new_model_in_a_new_trainer_prunes_it_from_the_start(tmp_path):
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=0, end_epoch=1, verbose=False)
+    first, second = small_cnn(), small_cnn()
+    make_trainer(tmp_path, [pruning], max_epochs=2).fit(first, data())
+    make_trainer(tmp_path, [pruning], max_epochs=2).fit(second, data())  # e.g. the real run after a smoke test
+    assert _widths(second) == _widths(first) == [4, 8]
+    assert len(pruning.history) == 2
+
+
 @pytest.mark.parametrize("regularization", ["group-norm", "bn-scale"])
 def test_sparsity_regularisation_shrinks_what_it_targets(tmp_path, regularization):
     def bn_and_conv_norms(callbacks):
