@@ -508,6 +508,23 @@ class DataPruning(Callback):
             "open_epoch": self._open_epoch_state(),
         }
 
+    def _batch_in_flight(self) -> bool:
+        """Whether the batch begun last did not finish training (a checkpoint from ``on_exception``).
+
+        Lightning counts a batch as processed after its optimizer step, before any ``on_train_batch_end``: a
+        checkpoint another callback saves there (listed before this one) holds a batch that trained. Read from
+        the fit loop's batch progress (``ready`` vs ``processed``; Lightning 2.x's trackers, pinned <3, as the
+        checkpoint layout read in ``on_load_checkpoint``); without a Trainer, from this callback's hooks.
+        """
+        if not self._in_flight:
+            return False
+        trainer = self._fit_trainer() if self._fit_trainer is not None else None
+        progress = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "batch_progress", None)
+        current = getattr(progress, "current", None)
+        if current is None:
+            return True
+        return bool(current.ready > current.processed)
+
     def _open_epoch_state(self) -> dict[str, Any] | None:
         """The losses recorded so far in an epoch not yet merged (a checkpoint mid-epoch or at validation end).
 
@@ -517,7 +534,8 @@ class DataPruning(Callback):
         """
         # A batch still in flight (a checkpoint from on_exception, e.g. OnExceptionCheckpoint) did not train: it is
         # not counted, so the resumed run draws it again (Lightning re-runs it too).
-        batches = self._batch_number - int(self._in_flight > 0)
+        in_flight = self._batch_in_flight()
+        batches = self._batch_number - int(in_flight)
         if self._open_epoch is None or not batches or self.scores is None:
             return None  # the same on every rank: batches run in lockstep
         n = len(self.scores)
@@ -525,7 +543,7 @@ class DataPruning(Callback):
             sums, counts, bad = (b.detach().cpu().to(torch.float64) for b in self._buffers)
         else:
             sums, counts, bad = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
-        seen = self._epoch_seen - self._in_flight
+        seen = self._epoch_seen - (self._in_flight if in_flight else 0)
         totals = torch.tensor([float(self._epoch_calls), float(seen)], dtype=torch.float64)
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None and trainer.world_size > 1:

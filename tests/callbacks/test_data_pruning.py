@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -308,6 +308,33 @@ def test_a_checkpoint_on_exception_resumes_with_the_batch_that_failed(tmp_path):
     fit(tmp_path, resumed, dp, max_epochs=3, ckpt_path=str(tmp_path / "exc" / "on_exception.ckpt"))
     assert crashed.seen[1] + resumed.seen[1] == full.seen[1]  # the failed batch trains on resume, none is skipped
     assert dp.history[1]["seen"] == len(full.seen[1])
+
+
+class SavesAtStep(Callback):
+    """Saves a checkpoint in its on_train_batch_end at one global step (as CarbonAwareScheduler's pause does)."""
+
+    def __init__(self, step, path):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_checkpoint_by_a_callback_listed_first_counts_the_batch_that_trained(tmp_path):
+    seed_everything(0)
+    full = Model()
+    fit(tmp_path / "full", full, DataPruning(0.5), max_epochs=3)
+    seed_everything(0)
+    saved = Model()
+    callbacks = [SavesAtStep(step=9, path=tmp_path / "mid.ckpt"), DataPruning(0.5)]  # step 9: inside epoch 1
+    Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, callbacks=callbacks, **QUIET).fit(saved)
+    resumed = Model()
+    dp = DataPruning(0.5)
+    fit(tmp_path, resumed, dp, max_epochs=3, ckpt_path=str(tmp_path / "mid.ckpt"))
+    trained_before = saved.seen[1][: len(full.seen[1]) - len(resumed.seen[1])]
+    assert trained_before + resumed.seen[1] == full.seen[1]  # no batch twice, none skipped
+    assert [h["seen"] for h in dp.history] == [len(full.seen[e]) for e in range(3)]
 
 
 def test_overfit_batches_is_refused(tmp_path):
