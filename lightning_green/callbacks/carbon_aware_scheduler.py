@@ -318,7 +318,7 @@ class CarbonAwareScheduler(Callback):
         # the resume names another deadline.
         deadline_s = state_dict.get("deadline_s")
         saved_arg = state_dict.get("deadline", self.deadline)
-        if deadline_s is not None and self.planner is not None and str(saved_arg) != str(self.deadline):
+        if deadline_s is not None and self.planner is not None and not self._same_deadline(saved_arg):
             rank_zero_info(  # said even with verbose=False: the resume changes the checkpoint's plan
                 f"CarbonAwareScheduler: deadline={self.deadline!r} replaces the checkpoint's {saved_arg!r} "
                 f"({_iso(float(deadline_s))}); planning to {_iso(self.deadline_s or 0.0)}."
@@ -513,6 +513,14 @@ class CarbonAwareScheduler(Callback):
             metrics["carbon/intensity_g_per_kWh"] = intensity
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=max(trainer.global_step - 1, 0))
+
+    def _same_deadline(self, other: Any) -> bool:
+        """Whether ``other`` (a checkpoint's ``deadline``) names this one: ``"24h"``, ``86400``, ``86400.0`` alike."""
+        try:
+            name = type(self).__name__
+            return parse_deadline(other, 0.0, name) == parse_deadline(self.deadline, 0.0, name)
+        except InvalidArgumentError:  # a checkpoint's value this version cannot read: not the same
+            return False
 
     def _say(self, text: str) -> None:
         if self.verbose:

@@ -317,6 +317,9 @@ class StructuredPruning(Callback):
         self._reset_progress()
         # Per run.
         self._points: list[int] = []
+        self._stage = "fit"
+        self._saved_points: list[int] | None = None  # the restored checkpoint's prune points (load_state_dict)
+        self._restored_now = False  # this fit restored a checkpoint's state
         self._grad_sums: dict[str, torch.Tensor] = {}
         self._grad_steps = 0
         self._window_batches = 0
@@ -383,6 +386,7 @@ class StructuredPruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(self).__name__
         require_lightning_package(name, trainer, "re-makes Lightning's DDP wrapper and checks its strategy classes")
+        self._stage, self._saved_points, self._restored_now = stage, None, False
         arch = self._architecture
         if stage == "fit" and self.history and arch is not None and arch[0] is not self._target(pl_module):
             # The prunes so far were of another module (the callback reused for a new model, e.g. after a
@@ -794,8 +798,11 @@ class StructuredPruning(Callback):
         if dropped:
             log.warning("%d parameters restart their optimizer state after the prune", dropped)
         self.macs, self.params = float(payload["macs"]), int(payload["params"])
+        # A target_speedup prune says nothing of the share of channels cut (a later resume by ratio: unknown).
         if self.target_speedup is None:
             self._ratio_done = self.pruning_ratio * schedule_fraction(self.schedule, k, n)
+        else:
+            self._ratio_done = None
         self.history.append(
             {
                 "epoch": trainer.current_epoch,
@@ -920,24 +927,39 @@ class StructuredPruning(Callback):
         name, unit = type(self).__name__, "step" if self.by_steps else "epoch"
         position = self._position(trainer)
         due = [p for p in self._points[self.prunes_done :] if p <= position]
-        if len(due) > 1 and not self.stopped:
-            rank_zero_warn(
-                f"{name}: at {unit} {position}, {len(due)} prunes are already due (at {unit}s {_brief_list(due)}): "
-                "they run one after another, with no fine-tuning between them. Give a schedule that starts here "
-                "(`start_epoch`/`start_step`) to spread them out."
-            )
         short = (
             self.speedup < 0.98 * self.target_speedup
             if self.target_speedup is not None
             else self._ratio_done is not None and self._ratio_done < self.pruning_ratio - 1e-9  # type: ignore[operator]
         )
-        if self.history and self.prunes_done >= len(self._points) and not self.stopped and short:
+        # A checkpoint of this very schedule resumes as the uninterrupted run goes on (prunes waiting for their
+        # importance window are due the same way there): nothing to say. Old checkpoints do not save their points.
+        changed = not self._restored_now or (self._saved_points is not None and self._saved_points != self._points)
+        if not changed or self.stopped or not short:
+            return
+        if len(due) > 1:
+            rank_zero_warn(
+                f"{name}: at {unit} {position}, {len(due)} prunes are already due (at {unit}s {_brief_list(due)}): "
+                "they run one after another, with no fine-tuning between them. Give a schedule that starts here "
+                "(`start_epoch`/`start_step`) to spread them out."
+            )
+        if self.history and self.prunes_done >= len(self._points):
             goal = f"target_speedup={self.target_speedup}" if self.target_speedup is not None else "pruning_ratio"
             rank_zero_warn(
                 f"{name}: the checkpoint's run made {self.prunes_done} prunes and this schedule has "
                 f"{len(self._points)} prune points, so none is left: {goal} is not reached ({self.speedup:.2f}x fewer "
                 "MACs). Give prune points after the ones done (a later `end_epoch`/`end_step`)."
             )
+
+    def _say_guard_dropped(self, watched: tuple[Any, Any]) -> None:
+        if self._stage != "fit":  # validate/test/predict check nothing
+            return
+        assert self._guard is not None
+        rank_zero_warn(
+            f"{type(self).__name__}: the checkpoint's accuracy guard of prune {self._guard['prune']} watched "
+            f"monitor={watched[0]!r} (mode={watched[1]!r}); this run has monitor={self.monitor!r} "
+            f"(mode={self.mode!r}), so that prune is not checked."
+        )
 
     def _step_ratio(self, k: int, n: int) -> float:
         """Share of the current channels prune ``k`` of ``n`` removes: from what was cut so far to its point."""
@@ -1209,6 +1231,7 @@ class StructuredPruning(Callback):
             "example": self._example_spec,
             "window": self._window_state(),
             "ratio_done": self._ratio_done,
+            "points": list(self._points),
         }
 
     @override
@@ -1219,6 +1242,9 @@ class StructuredPruning(Callback):
         self.stopped = bool(state_dict.get("stopped", False))
         done = state_dict.get("ratio_done", None if self.history else 0.0)
         self._ratio_done = None if done is None else float(done)
+        points = state_dict.get("points")
+        self._saved_points = None if points is None else [int(p) for p in points]
+        self._restored_now = True
         self.rollbacks = [dict(r) for r in state_dict.get("rollbacks", [])]
         self.dense_macs = state_dict.get("dense_macs")
         self.dense_params = state_dict.get("dense_params")
@@ -1229,11 +1255,7 @@ class StructuredPruning(Callback):
         watched = (self._guard.get("monitor", self.monitor), self._guard.get("mode", self.mode)) if guard else None
         if self._guard is not None and watched != (self.monitor, self.mode):
             # Its baseline is a value of the checkpoint's metric: another metric (or direction) cannot be judged by it.
-            rank_zero_warn(
-                f"{type(self).__name__}: the checkpoint's accuracy guard of prune {self._guard['prune']} watched "
-                f"monitor={watched[0]!r} (mode={watched[1]!r}); this run has monitor={self.monitor!r} "
-                f"(mode={self.mode!r}), so that prune is not checked."
-            )
+            self._say_guard_dropped(watched)
             self._guard = None
         self.left_whole = dict(state_dict.get("left_whole") or {})
         self.pruner.left_whole = set(self.left_whole)

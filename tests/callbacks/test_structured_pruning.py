@@ -2,6 +2,7 @@ import csv
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -439,6 +440,50 @@ def test_reused_for_a_new_model_in_a_new_trainer_prunes_it_from_the_start(tmp_pa
     make_trainer(tmp_path, [pruning], max_epochs=2).fit(second, data())  # e.g. the real run after a smoke test
     assert _widths(second) == _widths(first) == [4, 8]
     assert len(pruning.history) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_speedup": 3.0, "importance": "taylor", "importance_batches": 4},  # prunes wait for their window
+        {"target_speedup": 200.0},  # out of reach (layers keep a channel): said at the prune itself
+    ],
+    ids=["importance-window", "unreachable"],
+)
+def test_a_resume_with_the_same_schedule_warns_nothing_of_it(tmp_path, kwargs):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    first = StructuredPruning(start_epoch=1, end_epoch=3, verbose=False, **kwargs)
+    make_trainer(tmp_path, [first, ckpt], max_epochs=5, enable_checkpointing=True).fit(small_cnn(), data())
+    for name in ("epoch=1.ckpt", "epoch=4.ckpt"):
+        resumed = StructuredPruning(start_epoch=1, end_epoch=3, verbose=False, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_trainer(tmp_path, [resumed], max_epochs=5).fit(small_cnn(), data(), ckpt_path=tmp_path / "ckpt" / name)
+        said = [str(w.message) for w in caught if "already due" in str(w.message) or "none is left" in str(w.message)]
+        assert said == [], name
+
+
+def test_a_target_speedup_run_saves_no_share_of_channels_for_a_ratio_resume(tmp_path):
+    # A resume by `pruning_ratio` cannot know what share a target_speedup run cut: saved as unknown, not 0.
+    pruning = StructuredPruning(target_speedup=2.0, start_epoch=0, end_epoch=0, verbose=False)
+    trainer = make_trainer(tmp_path, [pruning], max_epochs=1)
+    trainer.fit(small_cnn(), data())
+    assert len(pruning.history) == 1 and pruning.state_dict()["ratio_done"] is None
+
+
+def test_validate_from_a_checkpoint_with_another_monitor_says_nothing_of_the_guard(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    first = StructuredPruning(
+        pruning_ratio=0.3, start_epoch=1, end_epoch=2, monitor="val_score", max_drop=1e9, verbose=False
+    )
+    make_trainer(tmp_path, [first, ckpt], max_epochs=2, enable_checkpointing=True).fit(
+        ParamCountScore(channels=[8, 16]), data()
+    )
+    trainer = make_trainer(tmp_path, [StructuredPruning(pruning_ratio=0.3, start_epoch=1, end_epoch=2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(ParamCountScore(channels=[8, 16]), data(), ckpt_path=tmp_path / "ckpt" / "step=4.ckpt")
+    assert not [w for w in caught if "accuracy guard" in str(w.message)]
 
 
 @pytest.mark.parametrize("regularization", ["group-norm", "bn-scale"])
