@@ -11,7 +11,6 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_green import (
     AMPScheduler,
-    CarbonAwareScheduler,
     EnergyMonitor,
     GreenRichProgressBar,
     GreenTQDMProgressBar,
@@ -20,7 +19,7 @@ from lightning_green import (
 )
 from lightning_green._internal.packages import is_standalone_package, lightning_types
 from lightning_green.testing import SimulatedGPUWorkload
-from tests.callbacks.test_carbon_aware_scheduler import H, StepClock, by_hour, sim_clock
+from tests.callbacks.test_carbon_aware_scheduler import fit_with_long_pauses
 from tests.helpers import QUIET, tb_scalars
 
 
@@ -64,20 +63,7 @@ def test_energy_monitor_and_power_tuner_write_their_tensorboard_extras_through_i
 
 
 def test_carbon_pause_checkpoint_uses_its_model_checkpoint(tmp_path):
-    clock = sim_clock()
-    sched = CarbonAwareScheduler(
-        intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
-        deadline="12h",
-        expected_duration="3h",
-        checkpoint_after="30m",
-        clock=clock,
-        verbose=False,
-    )
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt")
-    trainer = standalone_trainer(
-        tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(clock, 0.25 * H), sched, ckpt]
-    )
-    trainer.fit(BoringModel())
+    fit_with_long_pauses(standalone.Trainer, BoringModel, tmp_path, ModelCheckpoint)
     assert (tmp_path / "ckpt" / "last-carbon-pause.ckpt").exists()
 
 

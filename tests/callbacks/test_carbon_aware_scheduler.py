@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from jsonargparse import ArgumentParser
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_green import CarbonAwareScheduler, EnergyMonitor, PowerLimitTuner, workload_changed
 from lightning_green.report import write_report
 from lightning_green.testing import SimClock, SimulatedGPUWorkload, simulated_gpus
-from tests.helpers import make_trainer
+from tests.helpers import QUIET, make_trainer
 
 H = 3600.0
 START = dt.datetime(2022, 6, 1, tzinfo=dt.timezone.utc)
@@ -79,7 +79,8 @@ def test_pauses_and_resumes_at_step_boundaries_in_the_planned_hours(tmp_path):
     assert clock() == START.timestamp() + 6 * H
 
 
-def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
+def fit_with_long_pauses(trainer_cls, model_cls, root, checkpoint_cls):
+    """12 steps of 15 min from START with clean hours 1, 4, 5: pauses at step 4 for 2 h (a checkpoint first)."""
     clock = sim_clock()
     sched = CarbonAwareScheduler(
         intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
@@ -89,11 +90,16 @@ def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
         clock=clock,
         verbose=False,
     )
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt")
-    trainer = make_trainer(
-        tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(clock, 0.25 * H), sched, ckpt]
+    callbacks = [StepClock(clock, 0.25 * H), sched, checkpoint_cls(dirpath=root / "ckpt")]
+    trainer = trainer_cls(
+        default_root_dir=root, max_steps=12, callbacks=callbacks, logger=False, limit_val_batches=0, **QUIET
     )
-    trainer.fit(BoringModel())
+    trainer.fit(model_cls())
+    return sched
+
+
+def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
+    fit_with_long_pauses(Trainer, BoringModel, tmp_path, ModelCheckpoint)
     saved = torch.load(tmp_path / "ckpt" / "last-carbon-pause.ckpt", weights_only=False)
     assert saved["global_step"] == 4  # the pause at step 4 (2 h); the one before step 0 has nothing to save
     assert saved["callbacks"]  # loadable, with the callbacks' state
@@ -222,31 +228,9 @@ def test_a_resume_naming_another_deadline_plans_to_it(tmp_path):
 
 
 def test_pause_time_and_deadline_survive_a_resume(tmp_path):
-    def run(max_steps: int, ckpt_path: str | None = None):
-        clock = sim_clock()
-        if ckpt_path:
-            clock.advance(2 * H)  # the restarted job starts later: its deadline stays the original one
-        sched = CarbonAwareScheduler(
-            intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}),
-            deadline="12h",
-            expected_duration="3h",
-            clock=clock,
-            verbose=False,
-        )
-        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-        trainer = make_trainer(
-            tmp_path,
-            max_steps=max_steps,
-            max_epochs=-1,
-            enable_checkpointing=True,
-            callbacks=[StepClock(clock, 0.25 * H), sched, ckpt],
-        )
-        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
-        return sched
-
-    first = run(2)
+    first = _run_with_a_resume(tmp_path, 2)
     assert first.paused_s == H
-    resumed = run(12, str(tmp_path / "ckpt" / "last.ckpt"))
+    resumed = _run_with_a_resume(tmp_path, 12, str(tmp_path / "ckpt" / "last.ckpt"))  # its deadline stays the first
     assert resumed.deadline_s == first.deadline_s == START.timestamp() + 12 * H
     assert resumed.paused_s > first.paused_s and resumed.pauses[0] == first.pauses[0]
 
