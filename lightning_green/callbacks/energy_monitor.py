@@ -445,8 +445,7 @@ class EnergyMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
-        previous = self._trainer_ref() if self._trainer_ref is not None else None
-        if stage == "fit" and self._trainer_ref is not None and previous is not trainer:
+        if stage == "fit" and self._trainer_ref is not None and self._trainer_ref() is not trainer:
             # A fit on a new Trainer is a new run. Reset here, not only at on_fit_start: Lightning's Tuner saves a
             # checkpoint between the two and restores it, which would carry the last run's totals into this one.
             self._reset_fit_totals()
