@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_green._internal.distributed import any_rank
 from lightning_green._internal.logging import log_metrics, log_step, should_log_step
 from lightning_green._internal.packages import require_lightning_package
+from lightning_green._internal.runs import continue_run
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -229,8 +230,7 @@ class AMPScheduler(Callback):
         self._plugins = PluginSet(device_type, self._original)
         # Several fits on one Trainer are one run: a fallback made final stays final, and the switches and
         # counters go on. A new Trainer is a new run (a checkpoint restored next brings its own state).
-        same_run = self._fit_trainer is not None and self._fit_trainer() is trainer
-        self._fit_trainer = weakref.ref(trainer)
+        same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
         if not same_run:
             self.tracker.reset()
             self.switches = []

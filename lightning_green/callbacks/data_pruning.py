@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from typing_extensions import override
 
 from lightning_green._internal.checkpoints import last_batch_progress
+from lightning_green._internal.runs import continue_run
 from lightning_green._internal.validation import InvalidArgumentError, check_bool, check_number, check_state_version
 from lightning_green.data.install import install_train_sampler
 from lightning_green.data.sampler import PruningSampler
@@ -184,8 +185,7 @@ class DataPruning(Callback):
                 f"DataPruning: Trainer(overfit_batches={trainer.overfit_batches}) trains on a fixed few batches in a "
                 "fixed order, so there is nothing to prune; remove DataPruning for that debugging run."
             )
-        same_run = self._fit_trainer is not None and self._fit_trainer() is trainer
-        self._fit_trainer = weakref.ref(trainer)
+        same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
         if not same_run and (self.history or self.scores is not None):
             # Several fits on one Trainer are one run; a new Trainer is a new run (the callback reused, e.g. after a
             # fast_dev_run): the scores were of the model trained before. A checkpoint restored next brings its own.

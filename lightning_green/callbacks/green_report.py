@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_green._internal.runs import continue_run
 from lightning_green._internal.tokens import tokens_per_sample
 from lightning_green._internal.validation import (
     InvalidArgumentError,
@@ -138,8 +139,7 @@ class GreenReport(Callback):
         self._fit_done = False
         # Several fits on one Trainer are one run (the time goes on, the model section keeps the first fit's start);
         # a new Trainer is a new run, also for a checkpoint Lightning's Tuner saves before the fit starts.
-        same_run = self._fit_trainer is not None and self._fit_trainer() is trainer
-        self._fit_trainer = weakref.ref(trainer)
+        same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
         if not same_run:
             self.elapsed_s, self._t0, self._model = 0.0, None, {}
 

@@ -1,0 +1,26 @@
+"""What a "run" is for the callbacks: several fits on one Trainer are one run, a new Trainer starts another. Not public.
+
+A callback reused across Trainers (the real run after a ``fast_dev_run`` smoke test, folds of a cross-validation)
+starts over in each; a checkpoint restored into the new Trainer then brings its own state (Lightning restores after
+``setup``). EnergyMonitor documents the rule; every callback with progress follows it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+__all__ = ["continue_run"]
+
+
+def continue_run(last: weakref.ref[Any] | None, trainer: Any) -> tuple[bool, weakref.ref[Any]]:
+    """For a fit's ``setup``: whether ``trainer`` is the Trainer of the last fit (``last``), and a reference to it.
+
+    Example:
+        >>> class T: ...
+        >>> a, b = T(), T()
+        >>> same, ref = continue_run(None, a)
+        >>> same, continue_run(ref, a)[0], continue_run(ref, b)[0]
+        (False, True, False)
+    """
+    return last is not None and last() is trainer, weakref.ref(trainer)
