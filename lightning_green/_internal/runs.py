@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["continue_run"]
+__all__ = ["PicklesWithoutTrainer", "continue_run"]
 
 
 def continue_run(last: weakref.ref[Any] | None, trainer: Any) -> tuple[bool, weakref.ref[Any]]:
@@ -24,3 +24,19 @@ def continue_run(last: weakref.ref[Any] | None, trainer: Any) -> tuple[bool, wea
         (False, True, False)
     """
     return last is not None and last() is trainer, weakref.ref(trainer)
+
+
+class PicklesWithoutTrainer:
+    """Mixin: pickles without its weak references to a Trainer (named in ``_trainer_refs``).
+
+    ``ddp_spawn`` pickles the callbacks into its workers, and a weak reference does not pickle; a callback reused
+    after an earlier fit holds one. In the worker it reads as "no earlier fit": the spawned fit is a new run.
+    """
+
+    _trainer_refs: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in self._trainer_refs:
+            state[name] = None
+        return state

@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_green._internal.distributed import any_rank
 from lightning_green._internal.logging import log_metrics, log_step, should_log_step
 from lightning_green._internal.packages import require_lightning_package
-from lightning_green._internal.runs import continue_run
+from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -45,7 +45,7 @@ _POLICIES = ("auto", "bf16-mixed", "16-mixed")
 _INTERVALS = ("epoch", "step")
 
 
-class AMPScheduler(Callback):
+class AMPScheduler(PicklesWithoutTrainer, Callback):
     """Schedule mixed precision over training, and fall back to fp32 when low precision produces NaN/inf.
 
     The callback swaps ``trainer.strategy.precision_plugin`` between Lightning's ``Precision()`` (fp32) and
@@ -108,6 +108,8 @@ class AMPScheduler(Callback):
         >>> [(s["epoch"], s["from"], s["to"]) for s in amp.switches]
         [(1, '32-true', 'bf16-mixed')]
     """
+
+    _trainer_refs = ("_fit_trainer",)
 
     def __init__(
         self,
@@ -181,6 +183,7 @@ class AMPScheduler(Callback):
         self._logged_mode: str | None = None
         self._snapshot: BufferSnapshot | None = None
         self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
+        self._setup_stage: str | None = None
         self._warned_fp32_skip = False
 
     # ------------------------------------------------------------------------------------------------ public
@@ -204,6 +207,7 @@ class AMPScheduler(Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
         if stage != "fit":
             return
         name = type(self).__name__
@@ -434,6 +438,10 @@ class AMPScheduler(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_version(type(self).__name__, state_dict, supported=1)
+        if self._setup_stage not in (None, "fit"):
+            # validate/test/predict(ckpt_path=...): Lightning restores every callback's state for any stage, but
+            # this is the state of the fit that wrote it; the run's own (e.g. between two fits) stays.
+            return
         self._restored = dict(state_dict)
         self.tracker.load_state_dict(state_dict.get("tracker", {}))
         self.switches = [dict(s) for s in state_dict.get("switches", [])]

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from typing_extensions import override
 
 from lightning_green._internal.checkpoints import last_batch_progress
-from lightning_green._internal.runs import continue_run
+from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
 from lightning_green._internal.validation import InvalidArgumentError, check_bool, check_number, check_state_version
 from lightning_green.data.install import install_train_sampler
 from lightning_green.data.sampler import PruningSampler
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 _EPOCH_RUN_OUT = 2**62
 
 
-class DataPruning(Callback):
+class DataPruning(PicklesWithoutTrainer, Callback):
     """InfoBatch-style data pruning: each epoch, skip part of the samples the model already gets right.
 
     Add the callback, and in ``training_step`` reduce one loss per sample with
@@ -80,6 +80,8 @@ class DataPruning(Callback):
         >>> DataPruning(prune_ratio=0.5, anneal_fraction=0.125).prune_ratio
         0.5
     """
+
+    _trainer_refs = ("_fit_trainer", "_trainer_ref")
 
     def __init__(
         self, prune_ratio: float = 0.5, anneal_fraction: float = 0.125, seed: int = 0, keep_steps: bool = False

@@ -24,6 +24,7 @@ from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
 from lightning_green._internal.packages import lightning_types
+from lightning_green._internal.runs import PicklesWithoutTrainer
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -157,7 +158,7 @@ class _Window:
     tokens: int
 
 
-class EnergyMonitor(Callback):
+class EnergyMonitor(PicklesWithoutTrainer, Callback):
     """Measure the energy of training, validation, testing and prediction, and log it to every logger.
 
     Energy comes from hardware counters through Zeus (NVML for GPUs, RAPL for CPU and DRAM); a component without
@@ -249,6 +250,8 @@ class EnergyMonitor(Callback):
         >>> monitor.total_energy_j("fit") > 0, monitor.label("fit")
         (True, 'estimated')
     """
+
+    _trainer_refs = ("_trainer_ref",)
 
     def __init__(
         self,

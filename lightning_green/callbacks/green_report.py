@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_green._internal.runs import continue_run
+from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
 from lightning_green._internal.tokens import tokens_per_sample
 from lightning_green._internal.validation import (
     InvalidArgumentError,
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _MODES = ("auto", "max", "min")
 
 
-class GreenReport(Callback):
+class GreenReport(PicklesWithoutTrainer, Callback):
     """Write the green report of a fit into its log dir: Markdown, a standalone HTML page and PNG plots.
 
     Files: ``green_report.md``, ``green_report.html`` and the plots in ``green_report_files/``.
@@ -84,6 +84,8 @@ class GreenReport(Callback):
         ['green_report.html', 'green_report.md', 'green_report_files']
     """
 
+    _trainer_refs = ("_fit_trainer",)
+
     def __init__(
         self,
         metric: str | None = None,
@@ -113,6 +115,7 @@ class GreenReport(Callback):
         self.elapsed_s = 0.0
         self._t0: float | None = None
         self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
+        self._setup_stage: str | None = None
         self._log_dir: str | None = None
         self._report_name = "energy_report.json"
         self._model: dict[str, Any] = {}
@@ -123,6 +126,7 @@ class GreenReport(Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
         if stage != "fit":
             return
         monitors = [cb for cb in trainer.callbacks if getattr(cb, "add_report_section", None) is not None]  # type: ignore[attr-defined]
@@ -253,6 +257,10 @@ class GreenReport(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_version(type(self).__name__, state_dict, supported=1)
+        if self._setup_stage not in (None, "fit"):
+            # validate/test/predict(ckpt_path=...): Lightning restores every callback's state for any stage, but
+            # this is the state of the fit that wrote it; the run's own (e.g. between two fits) stays.
+            return
         self.elapsed_s = float(state_dict.get("elapsed_s", 0.0))
         self._model = dict(state_dict.get("model", {}))
 

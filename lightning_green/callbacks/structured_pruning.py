@@ -388,12 +388,13 @@ class StructuredPruning(Callback):
         require_lightning_package(name, trainer, "re-makes Lightning's DDP wrapper and checks its strategy classes")
         self._stage, self._saved_points, self._restored_now = stage, None, False
         arch = self._architecture
-        if stage == "fit" and self.history and arch is not None and arch[0] is not self._target(pl_module):
+        progress = self.history or self.prunes_done or self.stopped or self.rollbacks or self.left_whole
+        if stage == "fit" and progress and arch is not None and arch[0] is not self._target(pl_module):
             # The prunes so far were of another module (the callback reused for a new model, e.g. after a
             # fast_dev_run): this one starts dense. A checkpoint restored next brings its own history.
             rank_zero_info(
-                f"{name}: a new module: its pruning starts from the start (the {len(self.history)} prune(s) so far "
-                "were of another module)."
+                f"{name}: a new module: its pruning starts over (the prunes and the stop so far were of another "
+                "module)."
             )
             self._reset_progress()
             self.pruner.left_whole = set()

@@ -302,9 +302,14 @@ def test_a_second_fit_on_the_trainer_keeps_a_final_fallback(tmp_path):
     torch.manual_seed(0)
     model = NaNDigits(nan_steps={3}, channels=[8, 16], lr=1e-2)
     amp = AMPScheduler(schedule={0: "bf16-mixed"}, max_fallbacks=1)
-    trainer = make_trainer(tmp_path, [amp], max_epochs=2, limit_train_batches=4, limit_val_batches=0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    trainer = make_trainer(
+        tmp_path, [amp, ckpt], max_epochs=2, limit_train_batches=4, limit_val_batches=1, enable_checkpointing=True
+    )
     trainer.fit(model, DigitsDataModule(batch_size=32, image_size=8))
     assert amp.fallbacks == 1 and amp.mode == "32-true"
+    # A validation from an earlier checkpoint in between leaves the run's own state alone.
+    trainer.validate(model, DigitsDataModule(batch_size=32, image_size=8), ckpt_path=tmp_path / "ck" / "step=1.ckpt")
     trainer.fit_loop.max_epochs = 4  # continue training on the same Trainer: the same run
     trainer.fit(model, DigitsDataModule(batch_size=32, image_size=8))
     assert amp.fallbacks == 1 and len(amp.switches) == 1

@@ -390,6 +390,25 @@ def _widths(model):
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
+class SteadyScore(DigitsCNN):
+    """Validation "score" that no prune changes."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("val_score", 1.0)
+
+
+def test_reused_for_a_new_model_after_a_rollback_stopped_it_prunes_the_new_one(tmp_path):
+    pruning = StructuredPruning(
+        pruning_ratio=0.5, start_epoch=1, end_epoch=2, monitor="val_score", max_drop=1.0, verbose=False
+    )
+    make_trainer(tmp_path, [pruning], num_sanity_val_steps=0).fit(ParamCountScore(channels=[8, 16]), data())
+    assert pruning.stopped and pruning.history == []  # the guard rolled the first prune back
+    model = SteadyScore(channels=[8, 16])
+    make_trainer(tmp_path, [pruning], num_sanity_val_steps=0).fit(model, data())
+    assert not pruning.stopped and _widths(model) == [4, 8]
+
+
 def test_a_resume_with_another_pruning_ratio_cuts_to_the_new_ratio_not_past_it(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     first = StructuredPruning(pruning_ratio=0.6, start_epoch=1, end_epoch=3, verbose=False)
