@@ -521,10 +521,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if not self._in_flight:
             return False
         trainer = self._fit_trainer() if self._fit_trainer is not None else None
-        progress = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "batch_progress", None)
-        current = getattr(progress, "current", None)
-        if current is None:
+        if trainer is None:
             return True
+        current = trainer.fit_loop.epoch_loop.batch_progress.current
         return bool(current.ready > current.processed)
 
     def _open_epoch_state(self) -> dict[str, Any] | None:

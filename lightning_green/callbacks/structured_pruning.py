@@ -377,6 +377,7 @@ class StructuredPruning(Callback):
         #: Modules whose cut failed the check of a prune → why (checkpointed; they are never cut again).
         self.left_whole: dict[str, str] = {}
         self._example_spec: Any = None
+        self.pruner.left_whole = set()
         #: The pruned module's architecture when this callback first set it up (what its history starts from), so
         #: a checkpoint saved before later prunes still loads into the module: (module, architecture).
         self._architecture: tuple[torch.nn.Module, Architecture] | None = None
@@ -397,7 +398,6 @@ class StructuredPruning(Callback):
                 "module)."
             )
             self._reset_progress()
-            self.pruner.left_whole = set()
         self._llm = self._llm_pruner(self._target(pl_module), training=stage == "fit")
         if self._llm is None and self.module is None and self._forward is None and not has_own_forward(pl_module):
             raise InvalidArgumentError(
