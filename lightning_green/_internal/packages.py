@@ -18,7 +18,7 @@ from typing import Any
 
 from lightning_green._internal.validation import fail
 
-__all__ = ["is_standalone_package", "lightning_types", "require_lightning_package"]
+__all__ = ["is_standalone_package", "lightning_types", "require_lightning_package", "tensorboard_loggers"]
 
 _STANDALONE = "pytorch_lightning"
 
@@ -36,6 +36,12 @@ def lightning_types(module: str, name: str) -> tuple[type, ...]:
     if _STANDALONE in sys.modules:
         found.append(getattr(importlib.import_module(f"{_STANDALONE}.{module}"), name))
     return tuple(found)
+
+
+def tensorboard_loggers(trainer: Any) -> list[Any]:
+    """The Trainer's TensorBoard loggers, of either package (for what only TensorBoard shows: layouts, text)."""
+    kinds = lightning_types("loggers", "TensorBoardLogger")
+    return [lg for lg in trainer.loggers if isinstance(lg, kinds)]
 
 
 def is_standalone_package(obj: Any) -> bool:

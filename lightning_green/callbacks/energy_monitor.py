@@ -23,7 +23,7 @@ from lightning_green._internal.checkpoints import last_batch_progress
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
-from lightning_green._internal.packages import lightning_types
+from lightning_green._internal.packages import tensorboard_loggers
 from lightning_green._internal.runs import PicklesWithoutTrainer
 from lightning_green._internal.validation import (
     InvalidArgumentError,
@@ -988,9 +988,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "power": {"average power (W)": ["Multiline", [r"(.*/)?power/(fit_)?avg_W"]]},
             "carbon": {"CO2e (g)": ["Multiline", [r"(.*/)?carbon/(total|forecast)_gCO2e"]]},
         }
-        for lg in trainer.loggers:
-            if isinstance(lg, lightning_types("loggers", "TensorBoardLogger")):
-                lg.experiment.add_custom_scalars(layout)
+        for lg in tensorboard_loggers(trainer):
+            lg.experiment.add_custom_scalars(layout)
 
     @rank_zero_only
     def _log_hparams(self, trainer: pl.Trainer) -> None:
@@ -1009,9 +1008,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "energy_monitor/pue": self.carbon.pue,
             "energy_monitor/label": self.label("fit"),
         }
-        for lg in trainer.loggers:
-            if isinstance(lg, lightning_types("loggers", "TensorBoardLogger")):
-                lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=epoch_log_step(trainer))
+        for lg in tensorboard_loggers(trainer):
+            lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=epoch_log_step(trainer))
 
     def _write_report(self, trainer: pl.Trainer, status: str = "complete") -> dict[str, Any] | None:
         report = self.report(status)

@@ -19,7 +19,7 @@ from zeus.device.gpu.common import ZeusBaseGPUError
 from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_batch
-from lightning_green._internal.packages import lightning_types
+from lightning_green._internal.packages import tensorboard_loggers
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -693,9 +693,8 @@ class PowerLimitTuner(Callback):
         text = _markdown_table(rows, self.chosen_limit_w)
         step = log_step(trainer)  # Lightning's step, so the curves line up with the loss
         log_metrics(trainer, metrics, step=step)
-        for lg in trainer.loggers:
-            if isinstance(lg, lightning_types("loggers", "TensorBoardLogger")):
-                lg.experiment.add_text("power/profile", text, global_step=step)
+        for lg in tensorboard_loggers(trainer):
+            lg.experiment.add_text("power/profile", text, global_step=step)
 
 
 def _markdown_table(rows: list[dict[str, float]], chosen_w: float | None) -> str:
