@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from lightning_green._internal.checkpoints import last_batch_progress
 from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
 from lightning_green._internal.validation import InvalidArgumentError, check_bool, check_number, check_state_version
 from lightning_green.data.install import install_train_sampler
-from lightning_green.data.sampler import PruningSampler
+from lightning_green.data.sampler import PruningSampler, epoch_batches
 from lightning_green.data.scores import EpochPlan, SampleScores, annealing_start, plan_epoch
 from lightning_green.events import add_report_section
 
@@ -68,7 +69,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
     Args:
         prune_ratio: Probability of skipping a well-learned sample, in [0, 1) (0 trains on everything).
         anneal_fraction: Share of the last epochs that use all the data, in [0, 1].
-        seed: Seed of the per-epoch draws (with the epoch), the same on every rank.
+        seed: Seed of the per-epoch draws and order (with the epoch), the same on every rank. ``None`` (default):
+            Lightning's global seed (``seed_everything``, as Lightning's ``DistributedSampler`` follows it), else 0.
+            A resumed run keeps its checkpoint's seed.
         keep_steps: Keep the full data's number of batches per epoch with smaller batches (for Adam-like
             optimizers), instead of fewer batches of the DataLoader's ``batch_size`` (default).
 
@@ -84,16 +87,22 @@ class DataPruning(PicklesWithoutTrainer, Callback):
     _trainer_refs = ("_fit_trainer", "_trainer_ref")
 
     def __init__(
-        self, prune_ratio: float = 0.5, anneal_fraction: float = 0.125, seed: int = 0, keep_steps: bool = False
+        self,
+        prune_ratio: float = 0.5,
+        anneal_fraction: float = 0.125,
+        seed: int | None = None,
+        keep_steps: bool = False,
     ) -> None:
         name = type(self).__name__
         check_number(name, "prune_ratio", prune_ratio, ge=0, lt=1)
         check_number(name, "anneal_fraction", anneal_fraction, ge=0, le=1)
-        check_number(name, "seed", seed, integer=True)
+        if seed is not None:
+            check_number(name, "seed", seed, integer=True)
         check_bool(name, "keep_steps", keep_steps)
         self.prune_ratio = float(prune_ratio)
         self.anneal_fraction = float(anneal_fraction)
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
+        self._draw_seed = self.seed if self.seed is not None else 0  # resolved in setup, or a checkpoint's
         self.keep_steps = bool(keep_steps)
         self.scores: SampleScores | None = None
         self.history: list[dict[str, Any]] = []  # per epoch: epoch, kept, total, pruned
@@ -114,8 +123,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._warned_nonfinite = False
         self._warned_small = False
-        # The fewest samples an epoch may keep, and what needs them (set with the sampler; see _least_kept).
-        self._min_kept: tuple[int, str] = (0, "")
+        # The fewest batches per rank an epoch may have, what needs them, and the loader's (batch_size, drop_last,
+        # world size) that turn kept samples into batches (set with the sampler; see _fewest_batches).
+        self._min_batches: tuple[int, str, tuple[int, bool, int]] = (0, "", (1, False, 1))
         self._rank = 0
         self._open_epoch: int | None = None  # the epoch whose scores are in _buffers, not yet merged
         self._pending_epoch: dict[str, Any] | None = None  # a checkpoint's open epoch, restored by _make_sampler
@@ -146,18 +156,20 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if self.scores is None:
             raise RuntimeError("DataPruning.plan: no training data yet (call it during fit).")
         full = self._anneal_start is not None and epoch >= self._anneal_start
-        plan = plan_epoch(self.scores, self.prune_ratio, epoch, self.seed, self._shuffle, full_data=full)
-        min_kept, why = self._min_kept
-        if not full and len(plan.order) < min_kept:  # Lightning would stop ("no training batches") or raise
+        plan = plan_epoch(self.scores, self.prune_ratio, epoch, self._draw_seed, self._shuffle, full_data=full)
+        need, why, geometry = self._min_batches
+        kept, n = len(plan.order), len(self.scores)
+        batches = epoch_batches(kept, n, *geometry, keep_steps=self.keep_steps) if need else 0
+        if not full and plan.pruned and batches < need:  # Lightning would stop ("no training batches") or raise
             if not self._warned_small:
                 self._warned_small = True
-                kept, n = len(plan.order), len(self.scores)
+                hint = "A lower" if self.keep_steps else "keep_steps=True keeps the full data's batch count; a lower"
                 rank_zero_warn(
-                    f"DataPruning: epoch {epoch} would keep {kept} of {n} samples, fewer than {why} needs "
-                    f"({min_kept}); such epochs train on all the data. keep_steps=True keeps the full data's batch "
-                    "count; a lower prune_ratio keeps more samples."
+                    f"DataPruning: epoch {epoch} would keep {kept} of {n} samples, {batches} batch(es) per rank, "
+                    f"fewer than {why} needs; such epochs train on all the data. {hint} prune_ratio keeps more "
+                    "samples."
                 )
-            plan = plan_epoch(self.scores, self.prune_ratio, epoch, self.seed, self._shuffle, full_data=True)
+            plan = plan_epoch(self.scores, self.prune_ratio, epoch, self._draw_seed, self._shuffle, full_data=True)
         return plan
 
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
@@ -194,6 +206,10 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             self.scores, self.history, self.samples_seen = None, [], 0
             self._pending_state = self._pending_epoch = None
             self._open_epoch, self._buffers = None, None
+        if not same_run:
+            seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+            # Every rank must draw the same kept set: rank 0's seed (a collective, as in setup every rank is here).
+            self._draw_seed = int(trainer.strategy.broadcast(seed, src=0)) if trainer.world_size > 1 else seed
         self._rank = trainer.global_rank
         self._in_flight = 0  # a batch a previous fit crashed in is not this fit's
         self._trainer_ref = weakref.ref(trainer)  # state_dict gathers an open epoch's records over the ranks
@@ -238,7 +254,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if self._restored_open and self._open_epoch is not None and self._open_epoch < epoch:
             self._close_epoch(trainer, None)  # restarted past its end: merge it before this epoch is planned
         self._open(epoch)  # a new epoch's state here: its start hook may not run on a restart
-        self._min_kept = self._least_kept(trainer, loader)
+        self._min_batches = self._fewest_batches(trainer, loader)
         sampler = PruningSampler(
             n,
             self.plan,
@@ -254,36 +270,38 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             sampler.skip_batches(self._batch_number)
         return sampler
 
-    def _least_kept(self, trainer: pl.Trainer, loader: DataLoader) -> tuple[int, str]:
-        """The fewest samples an epoch may keep so that Lightning still runs it, and why (0 with ``keep_steps``).
+    def _fewest_batches(self, trainer: pl.Trainer, loader: DataLoader) -> tuple[int, str, tuple[int, bool, int]]:
+        """The fewest batches per rank an epoch may have for Lightning to run it, what needs them, and the geometry.
 
-        Each rank needs one batch (a whole one under ``drop_last``); a float ``limit_train_batches`` below 1 needs as
-        many as make ``int(limit * batches) >= 1``, and an int ``val_check_interval`` (validation on) that many.
+        The geometry is the loader's ``batch_size``, ``drop_last`` and the world size. Needed: one batch (a whole one
+        under ``drop_last``), or an int ``val_check_interval``'s many (validation on: Lightning refuses an epoch
+        shorter than it), after a float ``limit_train_batches`` below 1 (``int(limit * batches)``, as Lightning counts).
         """
         size = loader.batch_size
-        if self.keep_steps or not size:
-            return 0, ""
-        limit = trainer.limit_train_batches
-        batches = 1
-        if isinstance(limit, float) and 0 < limit < 1:
-            batches = math.ceil(1 / limit)
-            while int(batches * limit) < 1:  # as Lightning counts them (1/161: 161 * limit rounds below 1)
-                batches += 1
-        interval = trainer.val_check_interval
-        if isinstance(interval, int) and trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches:
-            batches = max(batches, interval)  # Lightning refuses an epoch shorter than an int val_check_interval
-        shard = batches * size if loader.drop_last else (batches - 1) * size + 1
         world = trainer.world_size
-        what = f"{batches} batch(es) of {size} per rank" + (" with drop_last" if loader.drop_last else "")
+        if not size:
+            return 0, "", (1, False, world)
+        limit = trainer.limit_train_batches
+        interval = trainer.val_check_interval
+        validates = isinstance(interval, int) and trainer.check_val_every_n_epoch is not None
+        need = max(1, interval) if validates and trainer.limit_val_batches else 1
+        batches = need
+        if isinstance(limit, float) and 0 < limit < 1:
+            batches = math.ceil(need / limit)
+            while int(batches * limit) < need:  # as Lightning counts them (1/161: 161 * limit rounds below 1)
+                batches += 1
+        what = f"{batches} batch(es) of up to {size} per rank" + (" with drop_last" if loader.drop_last else "")
         if batches > 1:
             what += f" (limit_train_batches={limit}, val_check_interval={interval})"
-        return (shard - 1) * world + 1, what + (f" on {world} ranks" if world > 1 else "")
+        return batches, what + (f" on {world} ranks" if world > 1 else ""), (size, bool(loader.drop_last), world)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._sampler is None or self.keep_steps:  # keep_steps: as many steps as on the full data
             return
         full_steps = trainer.estimated_stepping_batches
+        if self._bounded_by_max_steps(trainer):
+            return  # the run still ends at max_steps: shorter epochs only mean more of them
         for config in trainer.lr_scheduler_configs:
             sched = config.scheduler
             total = getattr(sched, "total_steps", None)
@@ -299,6 +317,19 @@ class DataPruning(PicklesWithoutTrainer, Callback):
                     "data/kept_fraction of a first run)."
                 )
                 break
+
+    def _bounded_by_max_steps(self, trainer: pl.Trainer) -> bool:
+        """Whether ``max_steps`` ends the run even if every epoch keeps only ``1 - prune_ratio`` of the batches."""
+        if trainer.max_steps < 0:
+            return False
+        epochs = trainer.max_epochs
+        if epochs is None or epochs < 0:
+            return True
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            return True
+        per_epoch = max(math.ceil(batches * (1 - self.prune_ratio)), 1) // max(trainer.accumulate_grad_batches, 1)
+        return epochs * per_epoch >= trainer.max_steps
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -503,7 +534,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         scores = self.scores.state_dict() if self.scores is not None else self._pending_state
         return {
             "version": 1,
-            "seed": self.seed,
+            "seed": self._draw_seed,
             "scores": scores,
             "history": [dict(h) for h in self.history],
             "samples_seen": self.samples_seen,
@@ -610,7 +641,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             return
         # The per-epoch draws derive from (seed, epoch): with the seed and the scores restored, a resumed run plans
         # exactly the epochs the interrupted one would have.
-        self.seed = int(state_dict.get("seed", self.seed))
+        self._draw_seed = int(state_dict.get("seed", self._draw_seed))
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.samples_seen = int(state_dict.get("samples_seen", 0))
         self._pending_state = state_dict.get("scores")

@@ -92,7 +92,7 @@ def install_train_sampler(
 
     def dataloader() -> Any:
         loader = original()
-        check_train_loader(owner, loader)
+        check_train_loader(owner, loader, world_size=trainer.world_size, rank=trainer.global_rank)
         sampler = make_sampler(loader)
         rebuilt = rebuild_with_sampler(loader, sampler, getattr(sampler, "epoch_batch_size", None))
         if rebuilt.batch_size is not None and callable(getattr(sampler, "use_batch_size", None)):
@@ -108,8 +108,12 @@ def install_train_sampler(
     return undo
 
 
-def check_train_loader(owner: str, loader: Any) -> None:
-    """Refuse what data pruning cannot drive: not one DataLoader, an IterableDataset, a custom batch sampler."""
+def check_train_loader(owner: str, loader: Any, world_size: int = 1, rank: int = 0) -> None:
+    """Refuse what data pruning cannot drive.
+
+    That is: not one DataLoader, an IterableDataset, a custom batch sampler, a sampler of the user's own, batches that
+    may arrive out of order, or a loader that restores its own position in an epoch.
+    """
     if not isinstance(loader, DataLoader):
         raise InvalidArgumentError(
             f"{owner}: the training data is a {type(loader).__name__}; data pruning needs exactly one "
@@ -120,19 +124,42 @@ def check_train_loader(owner: str, loader: Any) -> None:
             f"{owner}: the training DataLoader's dataset is an IterableDataset ({type(loader.dataset).__name__}); "
             "data pruning needs a map-style dataset (with __len__ and __getitem__) so it can skip samples by index."
         )
-    if loader.batch_size is None:
+    if callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None)):
+        # Lightning restores such a loader's position in a resumed epoch (e.g. torchdata's StatefulDataLoader), and
+        # DataPruning's sampler restores its own: the batches already run would be skipped twice.
         raise InvalidArgumentError(
-            f"{owner}: the training DataLoader has a custom batch_sampler ({type(loader.batch_sampler).__name__}); "
-            "data pruning needs batch_size=... with an ordinary sampler (or shuffle=True)."
+            f"{owner}: the training loader is a {type(loader).__name__}, which saves and restores its own position in "
+            "an epoch; data pruning resumes an epoch through its own sampler, so use a torch.utils.data.DataLoader."
+        )
+    if loader.batch_size is None:
+        what = (
+            "batch_size=None (the dataset yields whole batches)"
+            if loader.batch_sampler is None
+            else f"a custom batch_sampler ({type(loader.batch_sampler).__name__})"
+        )
+        raise InvalidArgumentError(
+            f"{owner}: the training DataLoader has {what}; data pruning needs batch_size=... with an ordinary "
+            "sampler (or shuffle=True) so that it can skip single samples."
+        )
+    if loader.num_workers > 0 and getattr(loader, "in_order", True) is False:
+        raise InvalidArgumentError(
+            f"{owner}: the training DataLoader has in_order=False, so its workers' batches may arrive out of order "
+            "and data pruning could not tell which samples each batch holds; use in_order=True (the default)."
         )
     sampler = loader.sampler
-    plain = type(sampler) in (SequentialSampler, DistributedSampler) or (
+    plain = type(sampler) is SequentialSampler or (
         type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == len(loader.dataset)  # type: ignore[arg-type]
     )
+    # A DistributedSampler of the user's own (use_distributed_sampler=False) is replaced by the pruning sampler,
+    # which shards the same way, unless it shards for another world.
+    ours = (getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None)) == (world_size, rank)
+    plain = plain or (type(sampler) is DistributedSampler and ours)
     if not plain:
         what = type(sampler).__name__
         if isinstance(sampler, RandomSampler):
             what += f"(replacement={sampler.replacement}, num_samples={sampler.num_samples})"
+        elif isinstance(sampler, DistributedSampler):
+            what += f"(num_replicas={sampler.num_replicas}, rank={sampler.rank}; the run has {world_size} rank(s))"
         raise InvalidArgumentError(
             f"{owner}: the training DataLoader has its own sampler ({what}); data pruning draws each epoch's samples "
             "from the whole dataset itself, so it would train on samples that sampler leaves out or weighs "

@@ -31,7 +31,10 @@ def reduce_sample_losses(module: Any, losses: torch.Tensor) -> torch.Tensor:
     Args:
         module: The ``LightningModule`` whose ``training_step`` calls this (``self``).
         losses: One loss per sample, shape ``(batch_size,)``, e.g. ``F.cross_entropy(..., reduction="none")``;
-            for sequences, the token losses averaged per sequence.
+            for sequences, the token losses averaged per sequence. In the order of the batch's samples as the
+            sampler drew them (the DataLoader's order): a ``collate_fn`` that reorders a batch (e.g. sorting by length
+            for ``pack_padded_sequence``) must have ``training_step`` put the losses back in that order, or the
+            scores go to the wrong samples.
 
     Raises:
         TypeError: ``losses`` is not a floating-point tensor.
@@ -173,9 +176,11 @@ def _label_range_error(
 
 
 def active_data_pruning(module: Any) -> Any:
-    """The DataPruning callback of the module's Trainer while it trains, else ``None``."""
-    if not getattr(module, "training", False):
-        return None
+    """The DataPruning callback of the module's Trainer while it trains, else ``None``.
+
+    Training is the Trainer's stage, not the module's mode: a module kept in ``eval()`` mode while it trains (frozen
+    BatchNorm statistics, no dropout) still trains on DataPruning's samples.
+    """
     try:
         trainer = module.trainer
     except RuntimeError:  # a LightningModule not attached to a Trainer

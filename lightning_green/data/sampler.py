@@ -14,7 +14,37 @@ from torch.utils.data import DistributedSampler
 
 from lightning_green.data.scores import EpochPlan
 
-__all__ = ["PruningSampler"]
+__all__ = ["PruningSampler", "epoch_batches"]
+
+
+def _batches(n: int, size: int, drop_last: bool) -> int:
+    return n // size if drop_last else math.ceil(n / size)
+
+
+def _keep_steps_batch_size(shard: int, full_shard: int, batch_size: int, drop_last: bool) -> int:
+    """The batch size of a pruned ``keep_steps`` epoch (see :attr:`PruningSampler.epoch_batch_size`)."""
+    full = _batches(full_shard, batch_size, drop_last)
+    if not full or not shard:
+        return batch_size
+    if drop_last and shard >= full and shard // (shard // full) == full:
+        return min(batch_size, shard // full)
+    return max(1, min(batch_size, math.ceil(shard / full)))
+
+
+def epoch_batches(
+    kept: int, total: int, batch_size: int, drop_last: bool = False, num_replicas: int = 1, keep_steps: bool = False
+) -> int:
+    """Batches each rank runs in a pruned epoch that keeps ``kept`` of ``total`` samples (as :class:`PruningSampler`).
+
+    Example:
+        >>> epoch_batches(20, 40, 4), epoch_batches(20, 40, 4, keep_steps=True), epoch_batches(30, 40, 4, True, 2)
+        (5, 10, 3)
+    """
+    shard = math.ceil(kept / num_replicas)
+    size = batch_size
+    if keep_steps:
+        size = _keep_steps_batch_size(shard, math.ceil(total / num_replicas), batch_size, drop_last)
+    return _batches(shard, size, drop_last)
 
 
 class PruningSampler(DistributedSampler):
@@ -103,9 +133,6 @@ class PruningSampler(DistributedSampler):
     def __len__(self) -> int:
         return len(self.shard)
 
-    def _batches(self, n: int, size: int) -> int:
-        return n // size if self.batch_drop_last else math.ceil(n / size)
-
     @property
     def epoch_batch_size(self) -> int:
         """This epoch's batch size: the DataLoader's once :meth:`use_batch_size` said it, else the planned one.
@@ -119,13 +146,8 @@ class PruningSampler(DistributedSampler):
             return self._batch_size_in_use
         if not self.keep_steps or not self.plan.pruned:
             return self.batch_size
-        full = self._batches(math.ceil(len(self.dataset) / self.num_replicas), self.batch_size)
-        n = len(self.shard)
-        if not full or not n:
-            return self.batch_size
-        if self.batch_drop_last and n >= full and n // (n // full) == full:
-            return min(self.batch_size, n // full)
-        return max(1, min(self.batch_size, math.ceil(n / full)))
+        full_shard = math.ceil(len(self.dataset) / self.num_replicas)  # type: ignore[arg-type]
+        return _keep_steps_batch_size(len(self.shard), full_shard, self.batch_size, self.batch_drop_last)
 
     def use_batch_size(self, size: int) -> None:
         """Record the batch size of the DataLoader this sampler was put in (what :meth:`batch_indices` maps with)."""
@@ -134,7 +156,7 @@ class PruningSampler(DistributedSampler):
     @property
     def num_batches(self) -> int:
         """Batches this rank runs this epoch."""
-        return self._batches(len(self.shard), self.epoch_batch_size)
+        return _batches(len(self.shard), self.epoch_batch_size, self.batch_drop_last)
 
     def batch_indices(self, batch_idx: int) -> list[int]:
         """Dataset indices of the ``batch_idx``-th batch of this epoch on this rank."""

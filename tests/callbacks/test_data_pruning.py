@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from lightning_green import DataPruning, EnergyMonitor, reduce_sample_losses
 from lightning_green.data import PruningSampler, SampleScores, plan_epoch
 from lightning_green.data.install import rebuild_with_sampler
+from lightning_green.data.sampler import epoch_batches
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
 N = 40
@@ -415,6 +416,139 @@ def test_keep_steps_leaves_a_full_data_step_scheduler_to_run_to_its_end(tmp_path
     assert model.sched.last_epoch == 30 and len(model.seen[3]) < N  # every step taken, on pruned epochs
 
 
+def test_a_step_scheduler_in_a_run_that_max_steps_ends_runs_to_its_end_without_a_warning(tmp_path, recwarn):
+    # Bounded by max_steps, shorter epochs only mean more of them: the scheduler sized with estimated_stepping_batches
+    # (== max_steps) ends with the run. The warning told users to size it for fewer steps, which then raised.
+    class OneCycle(Model):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            total = self.trainer.estimated_stepping_batches
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": self.sched, "interval": "step"}}
+
+    model = OneCycle()
+    trainer = fit(tmp_path, model, DataPruning(anneal_fraction=0.0), max_epochs=100, max_steps=40)
+    assert not [w for w in recwarn if "step-interval LR scheduler" in str(w.message)]
+    assert trainer.global_step == model.sched.last_epoch == 40 and len(model.seen[2]) < N  # pruned epochs, all steps
+
+
+def test_a_module_kept_in_eval_mode_while_it_trains_is_still_pruned_and_weighted(tmp_path):
+    # Training is the Trainer's stage: eval() (frozen BatchNorm, no dropout) is not validation.
+    class Frozen(Model):
+        def on_train_epoch_start(self):
+            self.eval()
+
+        def training_step(self, batch, batch_idx):
+            x, idx = batch
+            losses = self.base_losses(x) + 0.0 * self.layer(x)[:, 0]
+            dp = self.trainer.callbacks[0]
+            weights = dp._weights.clone()
+            out = reduce_sample_losses(self, losses)
+            self.unweighted += int(not torch.allclose(out, (losses * weights.to(losses.dtype)).mean()))
+            self.seen.setdefault(self.current_epoch, []).extend(idx.tolist())
+            return out
+
+    model = Frozen()
+    model.unweighted = 0
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    fit(tmp_path, model, dp, max_epochs=3)
+    assert dp.scores.scored_count == N and model.unweighted == 0
+    assert len(model.seen[1]) < N and dp.history[1]["kept"] < N
+
+
+def test_the_draws_follow_seed_everything_unless_a_seed_is_given(tmp_path):
+    def orders(global_seed, seed=None):
+        seed_everything(global_seed)
+        model = Model()
+        fit(tmp_path, model, DataPruning(prune_ratio=0.5, anneal_fraction=0.0, seed=seed), max_epochs=2)
+        return model.seen[0], model.seen[1]
+
+    a, b = orders(1), orders(2)
+    assert a[0] != b[0] and a[1] != b[1]  # each seed its own order and draws, as without DataPruning
+    assert orders(1) == a  # reproducible
+    assert orders(1, seed=5) == orders(2, seed=5)  # a given seed fixes them
+
+
+def test_a_resumed_run_keeps_its_checkpoints_seed(tmp_path):
+    seed_everything(3)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    full = Model()
+    Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, callbacks=[dp, ckpt], **QUIET).fit(full)
+    state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
+    assert next(v for k, v in state["callbacks"].items() if k.startswith("DataPruning"))["seed"] == 3
+    seed_everything(4)  # another global seed on resume: the checkpoint's draws go on
+    resumed, dp2 = Model(), DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    Trainer(default_root_dir=tmp_path, max_epochs=4, logger=False, enable_checkpointing=False, callbacks=[dp2],
+            **QUIET).fit(resumed, ckpt_path=str(tmp_path / "ck" / "last.ckpt"))  # fmt: skip
+    seed_everything(3)
+    again, dp3 = Model(), DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    fit(tmp_path, again, dp3, max_epochs=4)
+    assert resumed.seen[3] == again.seen[3]
+
+
+@pytest.mark.parametrize(
+    ("keep_steps", "trainer_kwargs"),
+    [
+        (True, {"val_check_interval": 10}),  # keep_steps may give a few fewer batches than the full data's 10
+        (False, {"limit_train_batches": 0.6, "val_check_interval": 5}),  # needs int(0.6 * b) >= 5: 9 batches
+    ],
+)
+def test_an_epoch_too_short_for_an_int_val_check_interval_trains_on_all_the_data(tmp_path, keep_steps, trainer_kwargs):
+    # Lightning raised "`val_check_interval` must be less than or equal to the number of the training batches".
+    class Skewed(Drifting):
+        def base_losses(self, x):
+            return (x[:, 0] == 4.0).float() * 10.0  # one sample in five far above the mean: 80 % well learned
+
+    seed_everything(0)
+    model, dp = Skewed(), DataPruning(prune_ratio=0.5, anneal_fraction=0.0, keep_steps=keep_steps)
+    with pytest.warns(UserWarning, match=r"would keep \d+ of 40 samples, \d batch\(es\) per rank, fewer than"):
+        trainer = fit(tmp_path, model, dp, max_epochs=3, limit_val_batches=1, **trainer_kwargs)
+    assert trainer.current_epoch == 3 and [h["kept"] for h in dp.history] == [40, 40, 40]
+
+
+class Stateful(DataLoader):
+    """A loader that saves and restores its place in an epoch (as torchdata's StatefulDataLoader)."""
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda ds: DataLoader(ds, batch_size=4, num_workers=1, in_order=False), r"has in_order=False"),
+        (lambda ds: DataLoader(ds, batch_size=None), r"has batch_size=None \(the dataset yields whole batches\)"),
+        (lambda ds: Stateful(ds, batch_size=4, shuffle=True), r"loader is a Stateful, which saves and restores"),
+        (
+            lambda ds: DataLoader(ds, batch_size=4, sampler=torch.utils.data.DistributedSampler(ds, 2, 0)),
+            r"own sampler \(DistributedSampler\(num_replicas=2, rank=0; the run has 1 rank\(s\)\)\)",
+        ),
+    ],
+)
+def test_loaders_whose_batches_cannot_be_mapped_to_samples_are_refused(tmp_path, make, match):
+    class M(Model):
+        def train_dataloader(self):
+            return make(Indexed())
+
+    with pytest.raises(ValueError, match=match):
+        fit(tmp_path, M(), DataPruning())
+
+
+def test_a_users_distributed_sampler_for_this_world_is_replaced(tmp_path):
+    class M(Model):
+        def train_dataloader(self):
+            ds = Indexed()
+            return DataLoader(ds, batch_size=4, sampler=torch.utils.data.DistributedSampler(ds, 1, 0, shuffle=True))
+
+    model, dp = M(), DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    fit(tmp_path, model, dp, max_epochs=2, use_distributed_sampler=False)
+    assert len(model.seen[0]) == N and len(model.seen[1]) < N and model.mismatches == 0
+
+
 def test_energy_report_gets_a_data_section(tmp_path):
     monitor = EnergyMonitor()
     dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.25)
@@ -509,7 +643,7 @@ def test_the_example_config_builds_it_through_the_cli(tmp_path, monkeypatch):
     config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "data_pruning.yaml"
     built = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (dp,) = [cb for cb in built.trainer.callbacks if isinstance(cb, DataPruning)]
-    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed, dp.keep_steps) == (0.7, 0.125, 0, True)
+    assert (dp.prune_ratio, dp.anneal_fraction, dp.seed, dp.keep_steps) == (0.7, 0.125, None, True)
 
 
 @pytest.mark.slow
@@ -567,7 +701,7 @@ def test_a_checkpoint_loaded_by_validate_test_or_predict_is_not_resumed_by_the_n
                         "open_epoch": {"epoch": 0, "batches": 3, "index": [1], "sums": [1.0], "counts": [1.0],
                                        "bad": [0.0]}})  # fmt: skip
     dp.teardown(trainer, Model(), "validate")
-    assert dp.seed == 0 and dp.samples_seen == 0 and dp._pending_epoch is None and dp._pending_state is None
+    assert dp._draw_seed == 0 and dp.samples_seen == 0 and dp._pending_epoch is None and dp._pending_state is None
 
 
 @pytest.mark.parametrize(
@@ -613,8 +747,13 @@ def test_a_checkpoint_inside_an_epoch_resumes_to_the_same_kept_sets(tmp_path, ch
 @pytest.mark.parametrize(
     ("loader", "trainer_kwargs", "needs", "least"),
     [
-        ({"batch_size": 32, "drop_last": True}, {}, "than 1 batch(es) of 32 per rank with drop_last needs (32)", 32),
-        ({"batch_size": 16}, {"limit_train_batches": 0.34}, "3 batch(es) of 16 per rank (limit_train_batches=0.34", 33),
+        ({"batch_size": 32, "drop_last": True}, {}, "than 1 batch(es) of up to 32 per rank with drop_last needs", 32),
+        (
+            {"batch_size": 16},
+            {"limit_train_batches": 0.34},
+            "3 batch(es) of up to 16 per rank (limit_train_batches=0.34",
+            33,
+        ),
     ],
 )
 def test_an_epoch_too_small_for_lightning_trains_on_all_the_data_with_one_warning(
@@ -639,7 +778,9 @@ def test_an_epoch_too_small_for_lightning_trains_on_all_the_data_with_one_warnin
 def test_an_epoch_shorter_than_an_int_val_check_interval_trains_on_all_the_data(tmp_path):
     seed_everything(0)
     model, dp = Drifting(), DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
-    with pytest.warns(UserWarning, match=r"fewer than 9 batch\(es\) of 4 per rank .*val_check_interval=9\) needs"):
+    with pytest.warns(
+        UserWarning, match=r"fewer than 9 batch\(es\) of up to 4 per rank .*val_check_interval=9\) needs"
+    ):
         trainer = fit(tmp_path, model, dp, max_epochs=3, val_check_interval=9, limit_val_batches=1)
     assert trainer.current_epoch == 3 and [h["kept"] for h in dp.history] == [40, 40, 40]
 
@@ -729,4 +870,5 @@ def test_the_fewest_samples_an_epoch_may_keep(limit, drop_last, world, least):
     )
     trainer.world_size = world
     loader = SimpleNamespace(batch_size=1 if limit < 0.01 else 8, drop_last=drop_last)
-    assert DataPruning()._least_kept(trainer, loader)[0] == least  # int(batches * limit) >= 1, as Lightning counts
+    need, _, geometry = DataPruning()._fewest_batches(trainer, loader)  # int(batches * limit) >= 1, as Lightning counts
+    assert next(k for k in range(1, 1000) if epoch_batches(k, 1000, *geometry) >= need) == least
