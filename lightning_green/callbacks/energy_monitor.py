@@ -719,6 +719,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         ledgers = {k: v.state_dict() for k, v in self.ledgers.items()}
+        pending: tuple[list[str], float] | None = None  # the same window for the CO₂ of a time-varying intensity
         # The energy since the last flush goes into the saved copy (the running ledgers still get it at the next
         # flush), with the window's steps, samples and tokens, so a run resumed from a mid-epoch checkpoint counts
         # those batches too. Under DDP every rank builds the checkpoint (`Trainer.save_checkpoint` is collective, as
@@ -734,6 +735,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 else:
                     saved.add(rows, counts=stage == self._open[-1])
                 ledgers[stage] = saved.state_dict()
+            pending = (list(self._open), float(sum(sum(r[:_N]) for r in rows) if rows is not None else sum(row[:_N])))
         return {
             "version": 1,
             "ledgers": ledgers,
@@ -741,7 +743,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "forecast_total_j": self.forecast_total_j,
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
-            "carbon": self.carbon_tracker.state_dict(),
+            "carbon": self.carbon_tracker.state_dict(pending),
             "started_s": self._started_s,
         }
 

@@ -185,9 +185,29 @@ class CarbonTracker:
         """One line for messages."""
         return f"{self.intensity_now:.0f} gCO2e/kWh at {_iso(self.clock())}"
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain-type state."""
-        return self.account.state_dict()
+    def state_dict(self, pending: tuple[list[str], float] | None = None) -> dict[str, Any]:
+        """Plain-type state.
+
+        ``pending``: the ``(stages, joules)`` spent since the last :meth:`window`, not accounted yet; a checkpoint
+        saves it as a window ending now (the running account gets it with its next window, as usual).
+
+        Example:
+            >>> from lightning_green.carbon.source import IntensityTrace
+            >>> t = iter([0.0, 1800.0])
+            >>> tracker = CarbonTracker(IntensityTrace(0.0, 3600.0, (100.0, 300.0)), clock=lambda: next(t))
+            >>> tracker.start()
+            >>> tracker.state_dict(pending=(["fit"], 3.6e6))["windows"]["fit"], tracker.account.windows
+            ([[0.0, 1800.0, 3600000.0, 100.0]], {})
+        """
+        state = self.account.state_dict()
+        if pending is None or self.constant or self._t_mark is None:
+            return state
+        stages, energy_j = pending
+        now = self.clock()
+        value = self.account.intensity(self._t_mark, now)
+        for stage in stages:
+            state["windows"].setdefault(stage, []).append([self._t_mark, now, float(energy_j), value])
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""

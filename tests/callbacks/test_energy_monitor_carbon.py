@@ -182,3 +182,24 @@ def test_a_plain_csv_path_from_yaml_stays_a_path(tmp_path):
     built = cli([f"--config={config}"], run=False)
     mon = next(cb for cb in built.trainer.callbacks if isinstance(cb, EnergyMonitor))
     assert mon.carbon_tracker.source.source == CAISO
+
+
+def test_a_checkpoint_before_a_flush_keeps_the_co2_of_its_unlogged_window(tmp_path):
+    # The ledgers saved the energy since the last logging point, the carbon windows did not: a resumed run reported
+    # the CO₂ of only part of its energy.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    clock = SimClock(START.timestamp())
+    intensity = by_hour({0: 100.0, 1: 200.0, 2: 300.0}, default=400.0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_top_k=-1)  # before any flush
+    first = EnergyMonitor(carbon_intensity=intensity, clock=clock, log_every_n_steps=50, print_summary=False)
+    make_trainer(tmp_path, max_steps=3, callbacks=[StepClock(clock, H), first, ckpt]).fit(SteadyModel(0.002))
+    (path,) = (tmp_path / "ck").iterdir()
+    state = next(v for k, v in __import__("torch").load(path, weights_only=True)["callbacks"].items() if "Energy" in k)
+    saved_j = sum(sum(r[:3]) for r in state["ledgers"]["fit"]["per_rank"])
+    assert sum(w[2] for w in state["carbon"]["windows"]["fit"]) == pytest.approx(saved_j) and saved_j > 0
+    second = EnergyMonitor(carbon_intensity=intensity, clock=clock, log_every_n_steps=50, print_summary=False)
+    make_trainer(tmp_path, max_steps=6, callbacks=[StepClock(clock, H), second]).fit(SteadyModel(0.002), ckpt_path=path)
+    windows = second.carbon_tracker.account.windows["fit"]
+    assert sum(w[2] for w in windows) == pytest.approx(second.total_energy_j())
+    assert second.total_gco2e() == pytest.approx(sum(w[2] * w[3] for w in windows) / 3.6e6)
