@@ -279,9 +279,24 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
             )
         return PrecisionSchedule.from_shortcuts("auto", self.warmup_epochs, self.final_fp32_epochs, max_epochs)
 
+    def _check_optimizers(self, trainer: pl.Trainer) -> None:
+        """Refuse fp16 for LBFGS before the run (Lightning's grad scaler cannot drive it: it fails at the switch)."""
+        if "16-mixed" not in self.active_schedule.entries.values():
+            return
+        lbfgs = [type(opt).__name__ for opt in trainer.optimizers if isinstance(opt, torch.optim.LBFGS)]
+        if lbfgs:
+            what = "policy" if self.schedule is None or "auto" in self.schedule.values() else "schedule"
+            value = self.policy if what == "policy" else self.schedule
+            raise InvalidArgumentError(
+                f"{type(self).__name__}({what}={value!r}) schedules 16-mixed, which Lightning's grad scaler cannot "
+                f"run with the {lbfgs[0]} optimizer (its step re-evaluates the closure): use bf16-mixed or 32-true "
+                "in the schedule (policy='bf16-mixed'), or another optimizer."
+            )
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._plugins is not None, "setup() did not run"
+        self._check_optimizers(trainer)
         self._active = True
         self._backward_pending = False
         self._loss_bad = False
@@ -375,7 +390,11 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         else:
             cause = self.tracker.record(step, mode, bad=bad, overflow=overflow)
         if bad:
-            drop_grads(params)
+            plugin = trainer.strategy.precision_plugin
+            if callable(getattr(plugin, "skip_step", None)):
+                plugin.skip_step(params)  # after the clipping that follows this hook (a user's may need the grads)
+            else:
+                drop_grads(params)
             if self._snapshot is not None:
                 self._snapshot.restore()
             if mode == FP32 and not self._warned_fp32_skip:

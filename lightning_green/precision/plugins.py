@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_green._internal.validation import InvalidArgumentError
+from lightning_green.precision.guard import drop_grads
 
 __all__ = ["MixedPrecision", "PluginSet", "Precision", "check_swappable", "plugin_mode"]
 
@@ -21,16 +22,36 @@ def _any_grad(plugin: LightningPrecision, optimizer: Any) -> bool:
     return any(p.grad is not None for p in plugin.main_params(optimizer))
 
 
-# AMPScheduler skips a poisoned update by dropping every gradient (``.grad = None``) in on_before_optimizer_step.
-# Lightning clips right after that hook, and torch.nn.utils.clip_grad_value_ raises on an empty gradient list
-# (clip_grad_norm_ returns 0 instead). Overriding the plugins' public clip_grad_by_value covers
-# Trainer(gradient_clip_val=...), a module's configure_gradient_clipping and self.clip_gradients(...) in manual
-# optimization alike.
-#
+class _SkipAfterClipping:
+    """Drops an optimizer's gradients (a skipped update) once its clipping has run: :meth:`skip_step`.
+
+    AMPScheduler decides to skip an update in ``on_before_optimizer_step``. Lightning clips right after that hook
+    (``Trainer(gradient_clip_val=...)``, or the module's ``configure_gradient_clipping``, which may call
+    ``torch.nn.utils.clip_grad_value_`` itself: it raises on an empty gradient list), then steps. Both run inside
+    ``Precision._after_closure`` in every Lightning 2.x plugin (``_wrap_closure`` for fp32/bf16, ``optimizer_step``
+    for fp16): overriding this private method of Lightning's base class (pinned <3, as in pyproject.toml) drops the
+    gradients after the clipping and before the step; ``tests/callbacks/test_amp_scheduler.py`` checks it.
+    """
+
+    _skip_params: list[Any] | None = None
+
+    def skip_step(self, params: list[Any]) -> None:
+        """Drop ``params``' gradients after this step's clipping, so that the optimizer leaves them untouched."""
+        self._skip_params = params
+
+    def _after_closure(self, model: Any, optimizer: Any) -> None:
+        try:
+            super()._after_closure(model, optimizer)  # type: ignore[misc]
+        finally:
+            params, self._skip_params = self._skip_params, None
+            if params is not None:
+                drop_grads(params)
+
+
 # The class names are Lightning's on purpose: Lightning stores a plugin's state (the fp16 grad scaler) in a checkpoint
 # under ``type(plugin).__qualname__``, so these checkpoints resume with a plain Trainer(precision=...) and vice versa.
-class Precision(LightningPrecision):
-    """Lightning's fp32 ``Precision``; clipping by value with no gradient at all (a skipped step) does nothing."""
+class Precision(_SkipAfterClipping, LightningPrecision):
+    """Lightning's fp32 ``Precision`` that can skip an update after its clipping (:meth:`skip_step`)."""
 
     @override
     def clip_grad_by_value(self, optimizer: Optimizer, clip_val: int | float) -> None:
@@ -38,8 +59,8 @@ class Precision(LightningPrecision):
             super().clip_grad_by_value(optimizer, clip_val)
 
 
-class MixedPrecision(LightningMixedPrecision):
-    """Lightning's ``MixedPrecision``; clipping by value with no gradient at all (a skipped step) does nothing."""
+class MixedPrecision(_SkipAfterClipping, LightningMixedPrecision):
+    """Lightning's ``MixedPrecision`` that can skip an update after its clipping (:meth:`skip_step`)."""
 
     @override
     def clip_grad_by_value(self, optimizer: Optimizer, clip_val: int | float) -> None:
@@ -78,6 +99,14 @@ def check_swappable(owner: str, strategy: Any) -> str:
             f"'16-mixed' or 'bf16-mixed'. With {precision!r} ({name}) the weights themselves are cast away from "
             f"fp32, so there is no fp32 model to schedule around or fall back to; use Trainer(precision='32-true') "
             f"and let {owner} pick the precision."
+        )
+    module = type(plugin).__module__
+    if not module.startswith(("lightning.", "pytorch_lightning.", "lightning_fabric.")):
+        raise InvalidArgumentError(
+            f"{owner}: Trainer(plugins=[{name}(...)]) is a precision plugin of your own ({module}.{name}), which "
+            f"{owner} cannot swap for its modes without losing what it adds: `plugins` must not hold a precision "
+            f"plugin other than Lightning's Precision/MixedPrecision (set Trainer(precision=...) instead), or remove "
+            f"{owner}."
         )
     raise InvalidArgumentError(
         f"{owner}: the strategy {type(strategy).__name__} uses its own precision plugin ({name}, "

@@ -417,6 +417,30 @@ def test_skipped_step_with_clipping_by_value_leaves_weights_and_momentum(tmp_pat
     assert all_finite(model)
 
 
+class ClipsItself(DecayRecorder):
+    """Clips in configure_gradient_clipping with torch's own functions, as many modules do."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        torch.nn.utils.clip_grad_value_(self.parameters(), 0.5)  # raises on an empty gradient list
+        self.clipped = getattr(self, "clipped", 0) + 1
+
+
+@pytest.mark.filterwarnings("ignore:AMPScheduler:UserWarning")
+@pytest.mark.parametrize("mode", ["32-true", "bf16-mixed", "16-mixed"])
+def test_a_skipped_step_leaves_the_gradients_to_a_modules_own_clipping(tmp_path, mode):
+    # The skip dropped every gradient before Lightning's clipping hook: a module clipping with torch directly crashed
+    # a run that plain Lightning finished. Now the gradients go after the clipping, before the step.
+    model = ClipsItself(loss_nan_steps={2})
+    probe = StepProbe(step=2)
+    amp = AMPScheduler(schedule={0: mode})
+    make_trainer(tmp_path, [amp, probe], max_epochs=1).fit(model)
+    assert amp.skipped_steps == 1 and model.trainer.global_step == 4 and model.clipped == 4
+    (weights, momenta), (weights_after, momenta_after) = probe.before, probe.after
+    assert all(torch.equal(a, b) for a, b in zip(weights, weights_after, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(momenta, momenta_after, strict=True))
+    assert all_finite(model)
+
+
 class SkipsBatches(Recorder):
     """Recorder whose training_step returns None (Lightning's way to skip a batch: no backward) at ``none_steps``."""
 
@@ -608,12 +632,31 @@ def test_fast_dev_run_runs_the_schedules_start(tmp_path, amp_kwargs):
     assert steps_by_dtype(model) == {0: "32"}
 
 
-def test_strategy_with_its_own_precision_plugin_is_refused(tmp_path):
-    class OwnPrecision(Precision):  # what FSDP/DeepSpeed bring (FSDP needs a GPU, see tests/precision)
+def test_a_precision_plugin_of_the_users_own_is_refused_naming_plugins(tmp_path):
+    # It blamed the strategy ("`strategy` must be one that uses Lightning's plugins (single device, ...)") on a single
+    # device. FSDP's and DeepSpeed's plugins get the strategy message (tests/precision, and below on CUDA).
+    class OwnPrecision(Precision):
         pass
 
-    with pytest.raises(ValueError, match=r"uses its own precision plugin \(OwnPrecision.*`strategy` must be one that"):
+    with pytest.raises(ValueError, match=r"plugins=\[OwnPrecision\(...\)\]\) is a precision plugin of your own"):
         make_trainer(tmp_path, [AMPScheduler()], plugins=[OwnPrecision()]).fit(Recorder())
+
+
+class LBFGSRecorder(Recorder):
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=2)
+
+
+def test_fp16_with_lbfgs_is_refused_before_the_run_and_bf16_runs(tmp_path):
+    # Lightning's grad scaler cannot drive LBFGS: the run failed at the switch, after the fp32 epoch had trained.
+    model = LBFGSRecorder()
+    with pytest.raises(ValueError, match=r"\(schedule=\{0: '32-true', 1: '16-mixed'\}\) schedules 16-mixed"):
+        make_trainer(tmp_path, [AMPScheduler(schedule={0: "32-true", 1: "16-mixed"})]).fit(model)
+    assert model.train_log == []  # refused before the first batch
+    model = LBFGSRecorder()
+    make_trainer(tmp_path, [AMPScheduler(schedule={0: "32-true", 1: "bf16-mixed"})]).fit(model)
+    by_epoch = {(epoch, dtype) for epoch, _, _, dtype in model.train_log}
+    assert by_epoch == {(0, "32"), (1, "bf16")}
 
 
 @pytest.mark.cuda
