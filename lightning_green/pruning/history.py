@@ -339,6 +339,52 @@ def rebuild_from_checkpoint(
     return True
 
 
+_COMPILED = "_orig_mod"  # torch.compile's OptimizedModule holds the module it compiled under this name
+
+
+def _strip_compiled(name: str) -> str:
+    return ".".join(part for part in name.split(".") if part != _COMPILED)
+
+
+def uncompiled_names(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` named as ``module`` names its tensors, when only the checkpoint's had a compiled submodule.
+
+    A ``torch.compile``'d submodule names them ``net._orig_mod.0.weight``, the module built without compiling (it
+    compiles in ``configure_model``) ``net.0.weight``. The weights and the StructuredPruning history's layer names are
+    renamed; a module compiled the same way, or a checkpoint without such names, is left as it is.
+
+    Example:
+        >>> ck = {"state_dict": {"net._orig_mod.0.weight": 1}}
+        >>> uncompiled_names(nn.Sequential(), ck)["state_dict"]
+        {'net.0.weight': 1}
+    """
+    weights = checkpoint.get("state_dict", checkpoint)
+    marker = f"{_COMPILED}."
+    if not any(marker in k for k in weights) or any(marker in k for k in module.state_dict()):
+        return checkpoint
+    renamed = {_strip_compiled(k): v for k, v in weights.items()}
+    if "state_dict" in checkpoint:
+        checkpoint["state_dict"] = renamed
+    else:
+        checkpoint = renamed
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, str):
+            return _strip_compiled(value) if _COMPILED in value.split(".") else value
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        return value
+
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("StructuredPruning") and isinstance(state, dict):
+            for name in ("history", "module"):
+                if name in state:
+                    state[name] = strip(state[name])
+    return checkpoint
+
+
 def load_pruned(
     module: nn.Module,
     ckpt_path: str | os.PathLike,
@@ -372,7 +418,7 @@ def load_pruned(
     Raises:
         ValueError: See :func:`rebuild_from_checkpoint`.
     """
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    checkpoint = uncompiled_names(module, torch.load(ckpt_path, map_location=map_location, weights_only=True))
     rebuild_from_checkpoint(module, checkpoint, example_inputs, forward_fn=forward_fn)
     module.load_state_dict(checkpoint.get("state_dict", checkpoint), strict=strict)
     return module
