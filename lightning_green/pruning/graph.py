@@ -200,14 +200,28 @@ class Lineage:
     def carry(self, param: torch.Tensor, value: torch.Tensor) -> torch.Tensor | None:
         """``value`` — a tensor shaped like ``param``'s ancestor (an optimizer moment) — cut the way ``param`` was.
 
-        Returns ``value`` unchanged when ``param`` was not pruned and shapes agree, ``None`` when ``value`` does not
-        have the ancestor's shape (nothing can be carried).
+        Returns ``value`` unchanged when ``param`` was not pruned (whatever its shape). A factored moment (Adafactor's
+        row and column statistics: the ancestor's shape with some dimensions 1) is cut along its other dimensions.
+        ``None`` when ``value`` fits neither (nothing can be carried).
+
+        Example:
+            >>> lineage, old = Lineage(), nn.Parameter(torch.zeros(3, 4))
+            >>> new = nn.Parameter(torch.zeros(2, 4))
+            >>> lineage.record(new, old, 0, [0, 2])
+            >>> row_var = torch.tensor([[1.0], [2.0], [3.0]])
+            >>> lineage.carry(new, row_var).tolist(), lineage.carry(new, torch.ones(1, 4)).shape
+            ([[1.0], [3.0]], torch.Size([1, 4]))
         """
         root, steps = self.trace(param)
-        if value.shape != root.shape:
+        if not steps:
+            return value
+        if value.dim() != root.dim() or any(v not in (r, 1) for v, r in zip(value.shape, root.shape, strict=True)):
             return None
+        size = list(root.shape)
         for dim, keep in steps:
-            value = torch.index_select(value, dim, keep.to(value.device))
+            if value.shape[dim] == size[dim]:  # else 1: a dimension a factored moment averages over
+                value = torch.index_select(value, dim, keep.to(value.device))
+            size[dim] = len(keep)
         return value
 
 
