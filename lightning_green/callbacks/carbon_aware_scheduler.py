@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lightning_green._internal.logging import log_metrics, log_step
 from lightning_green._internal.packages import lightning_types
 from lightning_green._internal.validation import (
     InvalidArgumentError,
@@ -511,8 +512,8 @@ class CarbonAwareScheduler(Callback):
         metrics = {"carbon/plan": run, "carbon/paused_s": self.paused_s}
         if not math.isnan(intensity):
             metrics["carbon/intensity_g_per_kWh"] = intensity
-        for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=max(trainer.global_step - 1, 0))
+        # Lightning's step for this batch (as EnergyMonitor's), not global_step: that counts every optimizer's step.
+        log_metrics(trainer, metrics, step=log_step(trainer))
 
     def _same_deadline(self, other: Any) -> bool:
         """Whether ``other`` (a checkpoint's ``deadline``) names this one: ``"24h"``, ``86400``, ``86400.0`` alike."""

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,6 +30,7 @@ UNITS: dict[str, float] = {
     "kg/MWh": 1.0,
     "kg/kWh": 1000.0,
     "t/MWh": 1000.0,
+    "g/MWh": 0.001,
     "lbs/MWh": 453.59237 / 1000.0,
     "lbs/kWh": 453.59237,
 }
@@ -39,7 +41,9 @@ _TIME_COLUMNS = ("datetime (utc)", "datetime_utc", "datetime", "timestamp", "tim
 _VALUE_COLUMNS = (
     "avg_ci",  # EIA exports of HewlettPackard/dc-rl (shared/data/carbon/us_*)
     "carbon intensity",  # dos-group/lets-wait-awhile (shared/data/carbon/de_*)
-    "carbon intensity gco₂eq/kwh (lca)",  # Electricity Maps data portal export
+    "carbon intensity gco₂eq/kwh (life cycle)",  # Electricity Maps data portal export (current)
+    "carbon intensity gco2eq/kwh (life cycle)",
+    "carbon intensity gco₂eq/kwh (lca)",  # Electricity Maps data portal export (older)
     "carbon intensity gco2eq/kwh (lca)",
     "carbon_intensity_avg",  # older Electricity Maps export
     "carbon_intensity",
@@ -55,6 +59,10 @@ _UNIT_IN_HEADER = re.compile(
     r"(?<![a-z])(k?g|lbs?|t)(?:[\s_-]*co[2₂](?:[\s_-]?e[a-z]*|[a-z]*))?[\s_-]*(?:/|per)[\s_-]*(k|m)wh(?![a-z])",
     re.IGNORECASE,
 )
+# Life-cycle (LCA) intensity, as Electricity Maps names it: "(LCA)", "(Life cycle)", "life-cycle", "lifecycle".
+_LIFE_CYCLE = re.compile(r"lca|life[\s_-]*cycle", re.IGNORECASE)
+# A time column whose header says its times are UTC ("Datetime (UTC)", "datetime_utc").
+_UTC_IN_HEADER = re.compile(r"(?<![a-z])utc(?![a-z])", re.IGNORECASE)
 _LOOKS_LIKE_KG_BELOW = 1.5  # g/kWh of real grids: ~10-1200; every value below this is far likelier kg/kWh
 _OWNER = "read_trace"
 
@@ -234,7 +242,7 @@ def _pick(header: Sequence[str], wanted: str | None, candidates: Sequence[str], 
     if arg == "value_column":
         # A column that says it is an intensity, or whose header names an intensity unit ("co2_g_per_kwh").
         found = [i for i, h in enumerate(lower) if "intensity" in h or header_unit(h) is not None]
-        found.sort(key=lambda i: ("lca" not in lower[i], "forecast" in lower[i]))
+        found.sort(key=lambda i: (_LIFE_CYCLE.search(lower[i]) is None, "forecast" in lower[i]))
         if found:
             return found[0]
     fail(_OWNER, arg, None, f"given: no known column name found in {path!r} (it has {list(header)!r})")
@@ -286,7 +294,7 @@ def _local_seconds(
 
 
 def header_unit(header: str) -> str | None:
-    """The unit a column header names, as a key of :data:`UNITS` (or e.g. ``"g/MWh"``); ``None`` if it names none.
+    """The unit a column header names, a key of :data:`UNITS` or ``"t/kWh"`` (not one); ``None`` if it names none.
 
     Example:
         >>> header_unit("intensity (kg/kWh)"), header_unit("co2_g_per_kwh"), header_unit("Carbon Intensity lbs CO2/MWh")
@@ -302,6 +310,40 @@ def header_unit(header: str) -> str | None:
     return f"{mass}/{'kWh' if m.group(2).lower() == 'k' else 'MWh'}"
 
 
+def _off_grid(times: Sequence[float], step: float) -> float | None:
+    """The first of ``times`` that is not on the grid of ``step`` from ``times[0]``; ``None`` if all are."""
+    for t in times:
+        k = (t - times[0]) / step
+        if abs(k - round(k)) > 1e-6:
+            return t
+    return None
+
+
+def _grid_step(times: Sequence[float], path: str) -> float:
+    """The grid step of strictly increasing ``times`` (at least two), or refuse them as irregular.
+
+    The step between rows that occurs most often (ties: the shorter), when every timestamp lies on its grid. Else
+    the shortest step between rows, when every timestamp lies on its grid and most of its grid points are rows of the
+    file. So a short trace with as many gaps as regular steps (rows at 0, 3 and 4 h) or more (0, 2, 4, 6, 7 and 8 h)
+    is read as a trace with gaps, while a stray row a second off does not turn a long hourly trace into a one-second
+    one, nor a row 20 min off (0, 1, 1:20 and 2:20 h) an hourly trace into a 20-min one.
+    """
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    counts = Counter(steps)
+    common = min(counts, key=lambda s: (-counts[s], s))
+    off = _off_grid(times, common)
+    if off is None:
+        return common
+    shortest = min(steps)
+    if _off_grid(times, shortest) is None and round((times[-1] - times[0]) / shortest) + 1 < 2 * len(times):
+        return shortest
+    when = _dt.datetime.fromtimestamp(off, _dt.timezone.utc).isoformat(timespec="seconds")  # a stray second shows
+    raise InvalidArgumentError(
+        f"read_trace(path={path!r}): timestamp {when} is off the trace's {common:g}-s grid; a trace must be "
+        "regular (gaps are allowed)."
+    )
+
+
 def read_trace(
     path: str | os.PathLike[str],
     time_column: str | None = None,
@@ -313,23 +355,28 @@ def read_trace(
     r"""Read a carbon-intensity CSV (timestamp + intensity) into an :class:`IntensityTrace`.
 
     Recognised without options: the files in ``shared/data/carbon`` (``Time``/``Carbon Intensity``;
-    ``timestamp``/``avg_CI``), an Electricity Maps export (``Datetime (UTC)`` and the life-cycle
-    ``Carbon Intensity gCO₂eq/kWh (LCA)``) and a UK Carbon Intensity export (``from``/``actual``).
+    ``timestamp``/``avg_CI``), an Electricity Maps export (``Datetime (UTC)`` and the life-cycle column,
+    ``Carbon intensity gCO₂eq/kWh (Life cycle)``, in older exports ``... (LCA)``) and a UK Carbon Intensity export
+    (``from``/``actual``).
 
     Rows with an empty intensity and grid points missing from the file are interpolated linearly when the gap is
-    at most ``max_gap_h`` hours; anything else that is not a clean time series is refused.
+    at most ``max_gap_h`` hours; anything else that is not a clean time series is refused. The grid step is the most
+    common step between rows, or the shortest when most of the grid it makes are rows of the file (a short file with
+    many gaps).
 
     Args:
         path: CSV file with a header row.
         time_column: Timestamp column; ``None`` picks a known name.
         value_column: Intensity column; ``None`` picks a known name.
         timezone: IANA zone of timestamps that carry no offset (``"UTC"``, ``"Europe/Berlin"``): wall-clock times
-            there. The hour the autumn clock change repeats is listed twice, in order (the second time is read as
-            the later one); a time the spring change skips does not exist and is refused with its row.
+            there. Not used when the time column's header says UTC (``Datetime (UTC)``, ``datetime_utc``): its
+            timestamps are UTC whatever ``timezone`` is. The hour the autumn clock change repeats is listed twice,
+            in order (the second time is read as the later one); a time the spring change skips does not exist and
+            is refused with its row.
         unit: Unit of the values, one of :data:`UNITS`. ``None``: gCO2e/kWh, unless the column header names
-            another unit (``kgCO2/kWh``, ``intensity (kg/kWh)``, ``co2_lbs_per_mwh``) — then it must be given
-            explicitly to be converted. Values that are all below 1.5 under a header that names no unit are read as
-            g/kWh with a warning that they look like kg/kWh.
+            another unit (``kgCO2/kWh``, ``intensity (kg/kWh)``, ``co2_lbs_per_mwh``, ``g/MWh``) — then it must be
+            given explicitly to be converted. Values that are all below 1.5 under a header that names no unit are
+            read as g/kWh with a warning that they look like kg/kWh.
         max_gap_h: Longest gap (hours) that is interpolated.
 
     Raises:
@@ -367,6 +414,14 @@ def read_trace(
     vi = _pick(header, value_column, _VALUE_COLUMNS, "value_column", spath)
     factor = 1.0 if unit is None else UNITS[unit]
     named = header_unit(header[vi])
+    if named is not None and named not in UNITS:
+        fail(
+            _OWNER,
+            "value_column",
+            value_column,
+            f"a column in one of the units {tuple(UNITS)!r}: column {header[vi]!r} is in {named}; convert the file "
+            "or name another column",
+        )
     if named is not None and unit is None and UNITS.get(named) != 1.0:
         fail(
             _OWNER,
@@ -376,8 +431,12 @@ def read_trace(
             "to convert",
         )
     if named is not None and unit is not None and UNITS.get(named) != factor:
-        fail(_OWNER, "unit", unit, f"the unit of column {header[vi]!r} ({named}), or None")
+        # None is allowed only where the header's unit needs no conversion (kg/MWh = g/kWh).
+        either = ", or None" if UNITS[named] == 1.0 else ""
+        fail(_OWNER, "unit", unit, f"the unit of column {header[vi]!r} ({named}){either}")
 
+    if _UTC_IN_HEADER.search(header[ti]):
+        tz = _dt.timezone.utc  # the header says so: `timezone` is for files whose times are local
     times: list[float] = []
     vals: list[float | None] = []
     previous: tuple[_dt.datetime, int | None] | None = None  # the last naive time and its fold (DST)
@@ -425,16 +484,8 @@ def read_trace(
         )
     if len(times) == 1:
         return IntensityTrace(times[0], 3600.0, (known[0][1],), spath)
-    steps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
-    step = steps[len(steps) // 2]
     start = times[0]
-    for t in times:
-        k = (t - start) / step
-        if abs(k - round(k)) > 1e-6:
-            raise InvalidArgumentError(
-                f"read_trace(path={spath!r}): timestamp {_iso(t)} is off the trace's {step:g}-s grid; a trace must "
-                "be regular (gaps are allowed)."
-            )
+    step = _grid_step(times, spath)
     n_grid = round((times[-1] - start) / step) + 1
     grid: list[float | None] = [None] * n_grid
     for t, v in known:
@@ -466,7 +517,7 @@ def read_trace(
     return IntensityTrace(start + first * step, step, tuple(out), spath)
 
 
-UnitName = Literal["g/kWh", "kg/MWh", "kg/kWh", "t/MWh", "lbs/MWh", "lbs/kWh"]
+UnitName = Literal["g/kWh", "kg/MWh", "kg/kWh", "t/MWh", "g/MWh", "lbs/MWh", "lbs/kWh"]
 
 
 class CSVTrace:
@@ -482,7 +533,7 @@ class CSVTrace:
         value_column: Intensity column; ``None`` picks a known name.
         unit: Unit of the values (one of :data:`UNITS`); ``None``: gCO2e/kWh unless the header names another.
         timezone: IANA zone of timestamps without an offset; ``None``: the callback's (``carbon_timezone`` /
-            ``timezone``, UTC by default).
+            ``timezone``, UTC by default). A time column whose header says UTC is read as UTC.
         max_gap_h: Longest gap (hours) that is interpolated.
 
     Example:

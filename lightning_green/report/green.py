@@ -223,10 +223,15 @@ def _totals(doc: Document, run: Run) -> None:
         )
     head = ["stage", *COMPONENTS, "total", "time", "avg W", "J/sample", *(["J/token"] if with_tokens else [])]
     doc.table([*head, "gCO2e", "label"], rows)
-    doc.paragraph(
-        "Fit includes the validation run inside it; the `validate` row is that part on its own.",
-        note=True,
-    )
+    validate = stages.get("validate")
+    if "fit" in stages and validate and (validate.get("steps") or validate["energy_j"].get("total")):
+        # energy_report.json does not say whose validation the row is: a stand-alone `trainer.validate()` after the
+        # fit replaces the fit's validation there. The note holds either way.
+        doc.paragraph(
+            "The fit row includes any validation run during the fit. The `validate` row is validation on its own: "
+            "the fit's, or, when `trainer.validate()` ran after the fit, that last stand-alone run (not part of fit).",
+            note=True,
+        )
 
 
 def _measured_vs_estimated(doc: Document, run: Run) -> None:

@@ -16,6 +16,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_green import CarbonAwareScheduler, EnergyMonitor, PowerLimitTuner, workload_changed
@@ -427,3 +428,71 @@ def test_jsonargparse_builds_it_from_a_path(tmp_path):
     assert init.sched.source.describe()["source"] == CAISO
     assert init.monitor.carbon_tracker.source.describe()["kind"] == "trace"
     assert parser.parse_args(["--sched.intensity=56.5"]).sched.intensity == 56.5
+
+
+class _TwoOptimizers(BoringModel):
+    """Manual optimization with two optimizers: ``global_step`` moves by two a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer2 = torch.nn.Linear(32, 2)
+
+    def training_step(self, batch, batch_idx):
+        for opt, layer in zip(self.optimizers(), (self.layer, self.layer2), strict=True):
+            loss = layer(batch).sum()
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+        self.log("train_loss", loss)
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.layer.parameters(), lr=0.1), torch.optim.SGD(self.layer2.parameters(), lr=0.1)]
+
+
+class _BatchLogger(Logger):
+    """Every ``log_metrics`` call as ``(step, training batch being run or None, metrics)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch: int | None = None
+        self.calls: list[tuple[int | None, int | None, dict]] = []
+
+    @property
+    def name(self):
+        return "batches"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, self.batch, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class _TagBatches(Callback):
+    def __init__(self, logger: _BatchLogger) -> None:
+        self.logger = logger
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.logger.batch = batch_idx
+
+
+def test_decisions_are_logged_at_lightnings_step_with_two_optimizers(tmp_path):
+    # global_step counts both optimizers' steps: logging at global_step - 1 put batch 0's decision at step 1
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({}, default=100.0), deadline="12h", expected_duration="2h", clock=clock, verbose=False
+    )
+    logger = _BatchLogger()
+    callbacks = [_TagBatches(logger), StepClock(clock, 0.25 * H), sched]
+    trainer = make_trainer(tmp_path, max_steps=8, logger=logger, log_every_n_steps=1, callbacks=callbacks)
+    trainer.fit(_TwoOptimizers())
+    lightning = {batch: step for step, batch, m in logger.calls if "train_loss" in m}
+    assert lightning == {0: 0, 1: 1, 2: 2, 3: 3}
+    decisions = [(step, batch) for step, batch, m in logger.calls if "carbon/plan" in m and batch is not None]
+    assert decisions
+    assert [step for step, _ in decisions] == [lightning[batch] for _, batch in decisions]

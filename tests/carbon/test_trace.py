@@ -77,6 +77,44 @@ def test_electricity_maps_export_uses_the_life_cycle_column(tmp_path):
     assert read_trace(p, value_column="Carbon Intensity gCO₂eq/kWh (direct)").values == (300.5, 280.0)
 
 
+EM_CURRENT = (
+    "Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
+    "Carbon intensity gCO₂eq/kWh (Life cycle),Carbon-free energy percentage (CFE%),"
+    "Renewable energy percentage (RE%),Data source,Data estimated,Data estimation method\n"
+)
+
+
+def test_the_current_electricity_maps_export_uses_the_life_cycle_column(tmp_path):
+    # its header says "(Life cycle)", not "(LCA)": the direct column was read
+    p = write(
+        tmp_path,
+        EM_CURRENT + "2023-01-01 00:00:00,Germany,Germany,DE,300.5,350.25,40,35,entsoe.eu,false,\n"
+        "2023-01-01 01:00:00,Germany,Germany,DE,280.0,330.0,42,37,entsoe.eu,false,\n",
+    )
+    assert read_trace(p).values == (350.25, 330.0)
+
+
+@pytest.mark.parametrize(
+    "life_cycle", ["intensity (lca)", "intensity life cycle", "intensity_life-cycle", "lifecycle intensity"]
+)
+def test_an_unknown_header_prefers_the_life_cycle_intensity(tmp_path, life_cycle):
+    p = write(tmp_path, f"timestamp,intensity direct,{life_cycle}\n2023-01-01 00:00,300,350\n")
+    assert read_trace(p).values == (350.0,)
+
+
+def test_a_time_column_that_says_utc_is_read_as_utc_whatever_the_time_zone(tmp_path):
+    # read as Berlin time, it was shifted an hour, and 02:00 on the day clocks change was refused as nonexistent
+    rows = "".join(
+        f"2023-03-26 0{h}:00:00,Germany,Germany,DE,{300 + h},{400 + h},50,40,entsoe.eu,false,\n" for h in range(5)
+    )
+    p = write(tmp_path, EM_CURRENT + rows)
+    berlin = read_trace(p, timezone="Europe/Berlin")
+    assert berlin.start_s == ts(2023, 3, 26) and berlin.values == (400.0, 401.0, 402.0, 403.0, 404.0)
+    assert berlin == read_trace(p, timezone="UTC")
+    underscored = write(tmp_path, "datetime_utc,intensity\n2023-03-26 02:00,100\n", "u.csv")
+    assert read_trace(underscored, timezone="Europe/Berlin").start_s == ts(2023, 3, 26, 2)
+
+
 def test_uk_carbon_intensity_export(tmp_path):
     p = write(
         tmp_path,
@@ -155,6 +193,50 @@ def test_explicit_units_are_converted(tmp_path):
     assert read_trace(p, unit="lbs/MWh").values == pytest.approx((453.59237, 226.796185))
     p2 = write(tmp_path, "timestamp,ci_kg\n2022-01-01 00:00,0.25\n", "kg.csv")
     assert read_trace(p2, value_column="ci_kg", unit="kg/kWh").values == (250.0,)
+
+
+def test_a_g_per_mwh_header_is_converted_when_named(tmp_path):
+    # None asked for unit=, and every unit= was refused as not the header's: the file could not be read
+    p = write(tmp_path, "timestamp,intensity (g/MWh)\n2023-01-01T00:00Z,300000\n2023-01-01T01:00Z,250000\n")
+    with pytest.raises(ValueError, match=r"read_trace\(unit=None\): `unit` must be given explicitly.*'g/MWh'"):
+        read_trace(p)
+    assert read_trace(p, unit="g/MWh").values == pytest.approx((300.0, 250.0))
+    with pytest.raises(
+        ValueError, match=r"read_trace\(unit='g/kWh'\): `unit` must be the unit of column .*\(g/MWh\)\.$"
+    ):
+        read_trace(p, unit="g/kWh")
+
+
+@pytest.mark.parametrize("unit", [None, "g/kWh", "t/MWh"])
+def test_a_header_unit_that_cannot_be_converted_gets_one_message(tmp_path, unit):
+    p = write(tmp_path, "timestamp,ci (t/kWh)\n2023-01-01T00:00Z,0.0003\n")
+    with pytest.raises(
+        ValueError,
+        match=r"read_trace\(value_column=None\): `value_column` must be a column in one of the units \('g/kWh'.*: "
+        r"column 'ci \(t/kWh\)' is in t/kWh; convert the file or name another column\.$",
+    ):
+        read_trace(p, unit=unit)
+
+
+@pytest.mark.parametrize(
+    ("hours", "values"),
+    [
+        ((0, 3, 4), (100.0, 200.0, 300.0, 400.0, 500.0)),  # the gap is half the steps
+        ((0, 2, 4, 6, 7, 8), tuple(100.0 * h + 100 for h in range(9))),  # most steps are gaps
+    ],
+)
+def test_a_short_trace_with_many_gaps_is_interpolated(tmp_path, hours, values):
+    # the upper median step (3 h for rows at 0, 3 and 4 h) put 04:00 "off the trace's 10800-s grid"
+    rows = "".join(f"2023-01-01 {h:02d}:00,{100 * h + 100}\n" for h in hours)
+    tr = read_trace(write(tmp_path, "time,intensity\n" + rows))
+    assert tr.step_s == 3600.0 and tr.start_s == ts(2023, 1, 1) and tr.values == values
+
+
+def test_a_stray_row_does_not_make_a_long_trace_fine_grained(tmp_path):
+    rows = "2023-01-01 00:00:00,100\n2023-01-01 00:00:01,100\n"
+    rows += "".join(f"2023-01-01 {h:02d}:00:00,100\n" for h in range(1, 24))
+    with pytest.raises(ValueError, match=r"timestamp 2023-01-01T00:00:01\+00:00 is off the trace's 3600-s grid"):
+        read_trace(write(tmp_path, "time,intensity\n" + rows))
 
 
 @pytest.mark.parametrize(

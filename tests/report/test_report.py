@@ -364,3 +364,27 @@ def test_bad_run_directories_say_why(tmp_path, tb_run):
 def test_scalars_keep_non_finite_values_and_skip_them_for_the_best(tmp_path):
     run = synthetic_run(tmp_path, [{"step": 1, "val_loss": 2.0}, {"step": 2, "val_loss": math.nan}])
     assert run.best_metric("val_loss", "min") == 2.0 and math.isnan(run.final_metric("val_loss"))
+
+
+def _validate_stage(energy_j, steps):
+    return {"energy_j": {"gpu": 0.0, "cpu": energy_j, "dram": 0.0, "total": energy_j}, "steps": steps, "samples": 8}
+
+
+@pytest.mark.parametrize(
+    ("validate", "noted"),
+    [
+        (None, False),  # a fit without validation: no validate row
+        (_validate_stage(0.0, 0), False),  # EnergyMonitor keeps an empty validate row for a fit that never validated
+        (_validate_stage(2.0, 4), True),  # the fit's validation, or a stand-alone trainer.validate() after it
+    ],
+)
+def test_the_validate_row_is_explained_only_when_there_is_one(tmp_path, validate, noted):
+    # the note "Fit includes the validation run inside it; the `validate` row is that part on its own" was printed
+    # for every report, and was false after a stand-alone trainer.validate() (the row is then that run)
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]))
+    if validate is not None:
+        run.energy["stages"]["validate"] = validate
+    md = build_report(run).to_markdown("x")
+    assert "that part on its own" not in md
+    note = "The `validate` row is validation on its own: the fit's, or, when `trainer.validate()` ran after the fit"
+    assert (note in md) is noted
