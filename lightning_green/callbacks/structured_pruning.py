@@ -106,7 +106,11 @@ class StructuredPruning(Callback):
     again), keeping the learning rates and scheduler state, and per-parameter state (momentum, Adam's moments,
     the step count) is carried over for the surviving channels. Under DDP rank 0 decides, the other ranks replay
     its decision and the DDP wrapper is rebuilt, so ranks stay identical. Frozen modules and the output layer are
-    never cut; the module's train/eval modes and channels-last weights are kept.
+    never cut; the module's train/eval modes and channels-last weights are kept. A compiled module
+    (``trainer.fit(torch.compile(model))``, or a submodule compiled in ``configure_model``) compiles afresh after each
+    prune (``torch.compiler.reset()``), so code for the old shapes neither piles up to dynamo's recompile limit nor
+    leaves the rest of the fit running eagerly. Under manual optimization, a prune waits for the first batch whose
+    start holds no gradients still to be stepped (a module accumulating over micro-batches itself loses none).
 
     The pruning history (layer names and channel indices, plain lists) is part of the checkpoint:
     ``Trainer.fit(ckpt_path=...)`` rebuilds the pruned architecture before the weights load, and
@@ -157,6 +161,9 @@ class StructuredPruning(Callback):
         verbose: Print one line per prune.
         prune_hidden: Hugging Face causal LMs only: also cut the residual width (embeddings, every norm,
             ``lm_head``; tied weights stay tied). MLP units and attention heads (whole KV groups) are always cut.
+            While the LightningModule holds parameters outside its Hugging Face models (a value or reward head
+            reading ``hidden_states``, which would keep the old width), the residual width is kept whole and a
+            warning names those modules; a frozen teacher (another ``PreTrainedModel``) does not count.
         prune_layers: Hugging Face causal LMs only: remove this many whole decoder layers at the first prune, those
             whose output differs least from their input over the ``importance_batches`` before it (Block
             Influence, as ShortGPT and Minitron's depth pruning); width cuts then make up the rest of
@@ -337,6 +344,8 @@ class StructuredPruning(Callback):
         self._regularized_at = -1
         self._told = False
         self._warned_late = False
+        #: Manual optimization: a backward ran since the last optimizer step (its gradients are still to be stepped).
+        self._backward_pending = False
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -398,7 +407,7 @@ class StructuredPruning(Callback):
                 "module)."
             )
             self._reset_progress()
-        self._llm = self._llm_pruner(self._target(pl_module), training=stage == "fit")
+        self._llm = self._llm_pruner(self._target(pl_module), training=stage == "fit", root=pl_module)
         if self._llm is None and self.module is None and self._forward is None and not has_own_forward(pl_module):
             raise InvalidArgumentError(
                 f"{name}: {type(pl_module).__name__} has no `forward` of its own, so it cannot be traced; name the "
@@ -498,6 +507,7 @@ class StructuredPruning(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._batches, self._regularized_at = 0, -1
+        self._backward_pending = False
         target = self._target(pl_module)
         self._capture(target)
         if self._llm is not None:  # an HF causal LM is counted and checked on token ids of its own
@@ -599,6 +609,13 @@ class StructuredPruning(Callback):
                 self._no_gradients()
             self._window_batches += 1
             return
+        if self._gradients_pending(pl_module):
+            # The module accumulates gradients over batches itself (manual optimization): a prune now would drop
+            # those of the micro-batches before this one. It happens at the first batch after their step.
+            log.debug(
+                "prune %d deferred: gradients accumulated by manual optimization are pending", self.prunes_done + 1
+            )
+            return
         self._guard_check(trainer, pl_module, forced=True)
         if not self.stopped:
             self._prune(trainer, pl_module)
@@ -613,9 +630,15 @@ class StructuredPruning(Callback):
             self._llm.recording = False  # a validation run after this batch is not training data
 
     @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if not pl_module.automatic_optimization:
+            self._backward_pending = True
+
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        self._backward_pending = False
         if self.finished:
             return
         if self._regularizer is not None and self._regularized_at != self._batches:
@@ -724,15 +747,14 @@ class StructuredPruning(Callback):
 
             try:
                 # An HF causal LM is cut by its known structure, group kinds across all layers alike: a failed check
-                # undoes the prune and stops pruning (no groups to bisect); the config follows the restored weights.
+                # (or a failed MAC count of the cut model) undoes the prune, its config included, and stops pruning
+                # (no groups to bisect).
                 roots = (lambda r: []) if self._llm is not None else (lambda r: [e[0] for e in r.entries])
                 verified = prune_verified(self._checked(target), probe, cut, roots=roots, expected=self._expected)
-                if self._llm is not None:
-                    self._llm.structure(target).sync_config()
                 result = verified.result
                 check = {"left_whole": verified.left_whole, "check_s": verified.check_s, "checks": verified.checks}
                 if result is None:
-                    payload = {"entries": [], "needed": True, "unsafe": True, **check}
+                    payload = {"entries": [], "needed": True, "unsafe": True, "why": verified.error, **check}
                 else:
                     lineage = result.lineage
                     payload = {
@@ -768,7 +790,9 @@ class StructuredPruning(Callback):
             self._snapshot = None
             self.stopped = True
             rank_zero_warn(
-                f"{name}: prune {k}/{n}: nothing left can be cut without breaking the model; pruning stops at "
+                f"{name}: prune {k}/{n}: nothing left can be cut without breaking the model"
+                + (f" (the cut was undone: {payload['why']})" if payload.get("why") and not left else "")
+                + "; pruning stops at "
                 f"{self.speedup:.2f}x and training continues."
             )
             return
@@ -851,6 +875,7 @@ class StructuredPruning(Callback):
         self._names = {p: n for n, p in target.named_parameters()}
         self._sync_layers_dropped(pl_module)
         self._reset_window()
+        _reset_compiled(pl_module)
         if self._probe is not None:
             self._build_regularizer(target, self._probe.example)
         metrics = {
@@ -998,6 +1023,16 @@ class StructuredPruning(Callback):
         prefix = ".".join(p for p in (self.module, s.path, s.layers) if p) + "."
         return renumber_after_layer_drops(named, entries, prefix, len(s.blocks()))
 
+    def _gradients_pending(self, pl_module: pl.LightningModule) -> bool:
+        """Under manual optimization: a backward since the last optimizer step left gradients to be stepped.
+
+        Lightning's ``accumulate_grad_batches`` is refused with manual optimization, so a module that accumulates
+        over micro-batches does it itself; its batch index says nothing of where a step boundary is.
+        """
+        if pl_module.automatic_optimization or not self._backward_pending:
+            return False
+        return any(p.grad is not None for p in pl_module.parameters())
+
     @property
     def _windowed(self) -> bool:
         """Whether each prune waits for ``importance_batches`` training batches (gradients or hooks record them)."""
@@ -1014,8 +1049,13 @@ class StructuredPruning(Callback):
         """What each prune is checked on: the HF model itself for a causal LM (on its logits), else ``target``."""
         return self._llm.structure(target).model if self._llm is not None else target
 
-    def _llm_pruner(self, pl_module: pl.LightningModule, training: bool = True) -> LLMPruner | None:
-        """An :class:`LLMPruner` when ``pl_module`` holds a Hugging Face model it can cut (refuses the others)."""
+    def _llm_pruner(
+        self, pl_module: torch.nn.Module, training: bool = True, root: torch.nn.Module | None = None
+    ) -> LLMPruner | None:
+        """An :class:`LLMPruner` when ``pl_module`` holds a Hugging Face model it can cut (refuses the others).
+
+        ``root``: the whole LightningModule, where a frozen teacher sharing the config object may sit.
+        """
         if find_hf_model(pl_module) is None:
             return None
         name = type(self).__name__
@@ -1034,6 +1074,7 @@ class StructuredPruning(Callback):
             prune_hidden=self.prune_hidden,
             prune_layers=self.prune_layers,
         )
+        llm.scope = root  # a frozen teacher beside `module=` may share the student's config object
         self._sync_layers_dropped(pl_module, llm)  # e.g. `validate` after a fit that removed layers
         llm.check_module(pl_module, training=training)
         if self.pruning_ratio is not None:
@@ -1295,6 +1336,30 @@ def _resolve_forward_fn(owner: str, forward_fn: Any) -> Callable[..., Any] | Non
     if not callable(found):
         fail(owner, "forward_fn", forward_fn, f"{allowed}; it names a {type(found).__name__}")
     return found
+
+
+def _compiled(module: torch.nn.Module) -> bool:
+    """Whether ``module`` runs compiled code: ``trainer.fit(torch.compile(model))`` or a compiled submodule."""
+    # Lightning's `from_compiled` keeps the compile settings on the module it unwraps (no public accessor); a module
+    # compiled in `configure_model` (or before) stays an OptimizedModule among the submodules.
+    if getattr(module, "_compiler_ctx", None):
+        return True
+    optimized = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
+    optimized = getattr(optimized, "OptimizedModule", None)
+    return optimized is not None and any(isinstance(m, optimized) for m in module.modules())
+
+
+def _reset_compiled(pl_module: torch.nn.Module) -> None:
+    """After the shapes changed, let a compiled module compile afresh (``torch.compiler.reset()``).
+
+    Every prune leaves compiled code for the old shapes in dynamo's cache, where it counts toward the recompile
+    limit (8 by default): after a few prunes dynamo stops compiling the forward and silently runs it eagerly for
+    the rest of the fit. The reset clears the process's compiled code; the next forward compiles for the new shapes.
+    """
+    if not _compiled(pl_module):
+        return
+    torch.compiler.reset()
+    log.info("the model is compiled and its shapes changed: torch.compiler.reset(), the next forward compiles afresh")
 
 
 def _spawns_workers(strategy: DDPStrategy) -> bool:

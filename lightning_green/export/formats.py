@@ -149,12 +149,37 @@ def tensor_outputs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Mo
 
 
 def find_pretrained(model: nn.Module) -> nn.Module | None:
-    """The Hugging Face ``PreTrainedModel`` that ``model`` is or holds (the outermost one), else ``None``."""
+    """The Hugging Face ``PreTrainedModel`` that ``model`` is or holds, else ``None``.
+
+    The rule :class:`~lightning_green.callbacks.StructuredPruning` prunes by
+    (:func:`~lightning_green.pruning.llm.find_hf_model`): among the outermost HF models inside ``model``, the one with
+    trainable parameters, so a frozen teacher beside the (pruned) student is not the one saved.
+
+    Raises:
+        ExportError: Several HF models could be the one (several trainable, or none trainable and several).
+    """
     try:
         from transformers import PreTrainedModel
     except ImportError:
         return None
-    return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if isinstance(model, PreTrainedModel):
+        return model
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if isinstance(m, PreTrainedModel) and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, m))
+    if len(found) <= 1:
+        return found[0][1] if found else None
+    trainable = [(name, m) for name, m in found if any(p.requires_grad for p in m.parameters())]
+    if len(trainable) == 1:
+        return trainable[0][1]
+    names = [name for name, _ in trainable or found]
+    which = "trainable " if trainable else ""
+    raise ExportError(
+        f"export(format='hf'): {type(model).__name__} holds {len(names)} {which}Hugging Face models "
+        f"({', '.join(map(repr, names))}), so which one to save is ambiguous (the one saved is the only trainable "
+        f"one, as StructuredPruning prunes); pass that model itself, e.g. export_model(model.{names[-1]}, ...)."
+    )
 
 
 # ------------------------------------------------------------------------------------------------ blockers
@@ -693,6 +718,8 @@ def export_model(
     fixed_seq = None
     if format == "hf":
         runner = _export_hf(model, path)
+        saved = find_pretrained(model)
+        params = sum(p.numel() for p in saved.parameters()) if saved is not None else params  # what was written
     else:
         net = tensor_outputs(model, example)
         runner, dynamic_seq = _export_and_load(format, net, example, path, opset, None)

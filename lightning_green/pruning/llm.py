@@ -52,6 +52,7 @@ from lightning_green._internal.validation import InvalidArgumentError, fail
 from lightning_green.pruning.engine import ChannelPruner, PruneResult
 from lightning_green.pruning.graph import Lineage, _meta_copy, count_macs_params, eager
 from lightning_green.pruning.op_count import linear_like_counted
+from lightning_green.pruning.verify import first_line
 
 __all__ = [
     "LLM_IMPORTANCES",
@@ -121,11 +122,52 @@ class LLMStructure:
     model: nn.Module
     family: str
     layers: str  # path of the decoder-layer ModuleList inside the HF model
+    #: The module the HF model was found in (a LightningModule), where another model may share its config object.
+    root: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def config(self) -> Any:
         """The HF model's config."""
         return self.model.config
+
+    def own_config(self) -> Any:
+        """The model's config, first made the model's own when a module beside it holds the same object.
+
+        transformers keeps the config object a model is built from, so ``Cls(cfg)`` twice (a student and its frozen
+        teacher) gives both one config. Writing the student's new widths or depth into it would change the teacher
+        too (a Phi-3 teacher then fails, a Llama teacher runs fewer layers). Then the model gets a deep copy, and
+        every module of it that held the shared object (the model, its base model, attention, MLP, decoder layer,
+        rotary embedding: each keeps ``self.config``) holds the copy. Modules around the model (a LightningModule's
+        own ``self.config``) do not count; a config held by nothing else is written in place.
+        """
+        cfg = self.config
+        scope = self.root if self.root is not None else self.model
+        names = {id(m): n for n, m in scope.named_modules()}
+        where = names.get(id(self.model))
+        if where is None:
+            return cfg
+        inside = {id(m) for m in self.model.modules()}
+        steps = where.split(".") if where else []
+        around = {".".join(steps[:i]) for i in range(len(steps))}  # the modules that hold the model
+        sharers = [
+            n
+            for n, m in scope.named_modules()
+            if id(m) not in inside and n not in around and any(v is cfg for v in vars(m).values())
+        ]
+        if not sharers:
+            return cfg
+        own = copy.deepcopy(cfg)
+        for m in self.model.modules():
+            for k, v in list(vars(m).items()):
+                if v is cfg:
+                    m.__dict__[k] = own
+        log.info(
+            "%s at %r shares its config object with %s; it gets its own copy before its widths change",
+            type(self.model).__name__,
+            where,
+            ", ".join(map(repr, sharers[:3])),
+        )
+        return own
 
     def blocks(self) -> nn.ModuleList:
         """The decoder layers."""
@@ -236,8 +278,12 @@ class LLMStructure:
 
     # config -------------------------------------------------------------------------------------------------
     def sync_config(self) -> None:
-        """Write the weights' widths into ``config`` and the attention modules' run-time attributes."""
-        cfg, blocks = self.config, self.blocks()
+        """Write the weights' widths into ``config`` and the attention modules' run-time attributes.
+
+        A config object that a module beside the model shares (a frozen teacher built from it) is copied first
+        (:meth:`own_config`).
+        """
+        cfg, blocks = self.own_config(), self.blocks()
         b0 = blocks[0]
         _sync_layer_count(cfg, blocks)
         if self.family == "gpt2":
@@ -419,14 +465,14 @@ def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure
         _refuse(
             owner,
             f"{where} has no language-model head, so its forward returns no logits; wrap an AutoModelForCausalLM "
-            f"(e.g. {cls.replace('Model', 'ForCausalLM')}) instead.",
+            f"(e.g. {_causal_lm_name(cls)}) instead.",
         )
     layers = "transformer.h" if family == "gpt2" else "model.layers"
     try:
         blocks = model.get_submodule(layers)
     except AttributeError:
         _refuse(owner, f"{where} has no decoder layers at {layers!r}; it is not laid out like {mtype!r} ({remedy}).")
-    structure = LLMStructure(path=path, model=model, family=family, layers=layers)
+    structure = LLMStructure(path=path, model=model, family=family, layers=layers, root=module)
     expected = _EXPECTED[family]
     for i, block in enumerate(blocks):
         for sub, kinds in expected.items():
@@ -449,6 +495,19 @@ def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure
                     f"attention/MLP it does not recognise); restore the stock module, or {remedy}.",
                 )
     return structure
+
+
+def _causal_lm_name(cls: str) -> str:
+    """The causal-LM class of the family of ``cls`` (``LlamaForSequenceClassification`` → ``LlamaForCausalLM``).
+
+    Example:
+        >>> _causal_lm_name("LlamaForTokenClassification"), _causal_lm_name("Qwen2Model"), _causal_lm_name("GPT2Model")
+        ('LlamaForCausalLM', 'Qwen2ForCausalLM', 'GPT2LMHeadModel')
+    """
+    prefix = cls.partition("For")[0] if "For" in cls else cls.removesuffix("Model")
+    if prefix == "GPT2":
+        return "GPT2LMHeadModel"
+    return f"{prefix or cls}ForCausalLM"
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"Linear": (nn.Linear,)}
@@ -590,10 +649,11 @@ def _drop_layers(s: LLMStructure, removed: Sequence[int]) -> dict[int, int]:
     parent_path, _, attr = s.layers.rpartition(".")
     parent = s.model.get_submodule(parent_path) if parent_path else s.model
     setattr(parent, attr, nn.ModuleList([blocks[i] for i in keep]))
-    types = getattr(s.config, "layer_types", None)
+    cfg = s.own_config()
+    types = getattr(cfg, "layer_types", None)
     if isinstance(types, list) and len(types) == len(blocks):
-        s.config.layer_types = [types[i] for i in keep]
-    _sync_layer_count(s.config, s.blocks())
+        cfg.layer_types = [types[i] for i in keep]
+    _sync_layer_count(cfg, s.blocks())
     return {old: new for new, old in enumerate(keep)}
 
 
@@ -638,6 +698,32 @@ _KIND_MODULES: dict[str, set[str]] = {
     "hidden": {"embed_tokens", "norm", "input_layernorm", "post_attention_layernorm", "lm_head"},
 }
 _KIND_WORDS = {"mlp": "MLP units", "heads": "attention heads", "hidden": "the residual width"}
+
+
+#: Ends the reason a module beside the HF model gives for keeping the residual width (so the fix can be told).
+_OUTSIDE = " (so it is kept whole)"
+
+
+def _outside_modules(s: LLMStructure) -> list[str]:
+    """Modules of ``s.root`` (the LightningModule) with parameters outside every Hugging Face model in it.
+
+    Such a module (``nn.Linear(hidden_size, 1)`` on ``hidden_states[-1]``) may read the residual stream, whose width
+    a residual cut changes while the module keeps its own: the next training step would fail, and the check of a
+    prune runs the HF model alone. Parameters of another ``PreTrainedModel`` (a frozen teacher) and parameters tied
+    to the model's own do not count.
+    """
+    root = s.root
+    if root is None or root is s.model:
+        return []
+    modeling = sys.modules.get("transformers.modeling_utils")
+    base = getattr(modeling, "PreTrainedModel", None) if modeling is not None else None
+    models = [m for m in root.modules() if base is not None and isinstance(m, base)] or [s.model]
+    covered = {id(p) for m in models for p in m.parameters()}
+    return [
+        name or type(root).__name__
+        for name, m in root.named_modules()
+        if any(id(p) not in covered for p in m.parameters(recurse=False))
+    ]
 
 
 def _full_name(s: LLMStructure, rel: str) -> str:
@@ -728,7 +814,9 @@ class LLMPruner:
             block named is also kept by ``prune_layers``.
         max_layer_ratio: Largest share of a dense width that may be removed.
         num_heads: Optional check only: an attention projection name → its heads, which must match the config.
-        prune_hidden: Also cut the residual width.
+        prune_hidden: Also cut the residual width. Kept whole (said once) while the module pruned (or :attr:`scope`)
+            holds parameters beside the HF models in it (a value or reward head on ``hidden_states``): their width
+            would not follow.
         prune_layers: Decoder layers to remove in all, at the first prune (lowest Block Influence over the observed
             batches, else over the example input); width cuts then make up the rest of a MAC target. A layer whose
             block ``ignored_layers`` names is kept.
@@ -780,6 +868,7 @@ class LLMPruner:
         self._ignored_seen: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         #: The last plan's units to remove per kind: as the ratio asks, and as the config accepts.
         self._fitted: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self._scope: weakref.ref[nn.Module] | None = None
 
     # ------------------------------------------------------------------------------------------------ checks
     def structure(self, module: nn.Module) -> LLMStructure:
@@ -787,7 +876,25 @@ class LLMPruner:
         s = analyse(module, self.owner)
         if s is None:
             raise InvalidArgumentError(f"{self.owner}: no Hugging Face model inside {type(module).__name__}")
+        scope = self.scope
+        if scope is not None:
+            s.root = scope
         return s
+
+    @property
+    def scope(self) -> nn.Module | None:
+        """Where a module sharing the pruned model's config object may sit (the whole LightningModule), if set.
+
+        Needed when the module given to :meth:`prune` is only the pruned model (``StructuredPruning(module=...)``)
+        while a frozen teacher built from the same config sits beside it (:meth:`LLMStructure.own_config`).
+        Held by a weak reference.
+        """
+        ref = self._scope
+        return None if ref is None else ref()
+
+    @scope.setter
+    def scope(self, module: nn.Module | None) -> None:
+        self._scope = None if module is None else weakref.ref(module)
 
     def _ignored(self, s: LLMStructure) -> dict[str, str]:
         """Names (relative to the HF model) of its modules that ``ignored_layers`` matches → how it matched them.
@@ -822,7 +929,8 @@ class LLMPruner:
         A kind is not cut when ``ignored_layers`` names a module that holds one of its tensors (a decoder block, an
         attention, an MLP, a norm, the embeddings, ``lm_head``) or a module inside its ``mlp``/``self_attn`` (an
         activation, say), or when one of its tensors has ``requires_grad=False``. Every decoder layer keeps the same
-        widths (one config describes the model), so one layer's reason keeps the kind whole in every layer.
+        widths (one config describes the model), so one layer's reason keeps the kind whole in every layer. With
+        ``frozen``, a module with parameters beside the HF model (:func:`_outside_modules`) keeps the residual width.
         """
         matched = self._ignored(s)
         ignored = sorted(matched)
@@ -844,6 +952,17 @@ class LLMPruner:
                         break
                 if reason:
                     break
+            if reason is None and frozen and kind == "hidden":
+                outside = _outside_modules(s)
+                if outside:
+                    shown = ", ".join(map(repr, outside[:4])) + (
+                        f" and {len(outside) - 4} more" if len(outside) > 4 else ""
+                    )
+                    verb = "holds" if len(outside) == 1 else "hold"
+                    reason = (
+                        f"{shown} beside {type(s.model).__name__} {verb} parameters and may read its hidden states (a "
+                        f"value or reward head), which a residual-width cut would leave at the old width{_OUTSIDE}"
+                    )
             if reason:
                 why[kind] = reason
         return why
@@ -862,6 +981,8 @@ class LLMPruner:
                 fixes.append("unfreeze the parameters named")
             if any(r.startswith("`ignored_layers`") for r in why.values()):
                 fixes.append("leave the modules named out of `ignored_layers`")
+            if any(r.endswith(_OUTSIDE) for r in why.values()):
+                fixes.append("prune a model without such modules (or set prune_hidden=False to keep it whole)")
             # Once for these kinds and causes: a removed decoder layer renames the parameters, not the reason.
             causes = tuple(sorted((k, r.startswith("`ignored_layers`")) for k, r in why.items()))
             self._warn_once(
@@ -1300,7 +1421,12 @@ class LLMPruner:
         gradients: Mapping[str, torch.Tensor] | None = None,
         final: bool = True,
     ) -> PruneResult:
-        """Cut ``ratio`` of every group's current units, or the least until MACs are at most ``target_macs``."""
+        """Cut ``ratio`` of every group's current units, or the least until MACs are at most ``target_macs``.
+
+        When the cut model fails its MAC count (a module of the model's own, outside the decoder blocks, reads a cut
+        width), the result's ``error`` says so and the model is left cut: the caller undoes it
+        (:func:`~lightning_green.pruning.verify.prune_verified` does, config included).
+        """
         if (ratio is None) == (target_macs is None):
             raise ValueError("give exactly one of `ratio` and `target_macs`")
         if ratio is not None and not 0 <= ratio < 1:
@@ -1334,10 +1460,14 @@ class LLMPruner:
             p.grad = None
         result.entries = entries
         result.lineage = lineage
-        result.macs, result.params = count_llm_macs(s, ids)
+        self._stats = {}
+        try:
+            result.macs, result.params = count_llm_macs(s, ids)
+        except Exception as exc:  # the cut broke the model (a module of its own reads the cut width): say so
+            result.error = f"the cut model fails its MAC count ({first_line(exc)})"
+            return result
         if target_macs is not None:
             result.reached = result.macs <= target_macs
-        self._stats = {}
         return result
 
     def _drop_some_layers(

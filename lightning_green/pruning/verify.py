@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,16 +166,28 @@ def quiet_forward(module: nn.Module, probe: Probe) -> Any:
                     b.copy_(value)
 
 
+def _hf_config_type() -> type | None:
+    """The config base class of transformers, if it is loaded (a model can hold a config only then)."""
+    mod = sys.modules.get("transformers.configuration_utils")
+    if mod is None:
+        return None
+    return getattr(mod, "PreTrainedConfig", None) or getattr(mod, "PretrainedConfig", None)
+
+
 class ModelState:
     """The exact pre-prune model, by reference.
 
     Undoing a prune that just failed its check puts back the very same parameter, buffer and gradient objects, so
     the optimizers (which hold those parameters) need no rebuild and the model is bit-identical. Costs no memory:
-    torch-pruning creates new tensors and leaves the old ones alone.
+    torch-pruning creates new tensors and leaves the old ones alone. A Hugging Face config held by a module (which a
+    cut writes its widths into) gets its fields back too.
     """
 
     def __init__(self, module: nn.Module) -> None:
         self._modules: list[tuple[nn.Module, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+        config_type = _hf_config_type()
+        #: HF configs by id → (config, its fields): a cut replaces fields (``intermediate_size``, ``layer_types``).
+        self._configs: dict[int, tuple[Any, dict[str, Any]]] = {}
         for m in module.modules():
             # A registered ``None`` (``Linear(bias=False)``) stays registered: its layer reads ``self.bias``.
             params = {k: None if p is None else (p, p.data, p.grad) for k, p in m._parameters.items()}
@@ -182,9 +195,16 @@ class ModelState:
             children = dict(m._modules)
             attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"}
             self._modules.append((m, params, buffers, children, attrs))
+            if config_type is not None:
+                for v in attrs.values():
+                    if isinstance(v, config_type) and id(v) not in self._configs:
+                        self._configs[id(v)] = (v, dict(vars(v)))
 
     def restore(self) -> None:
         """Put every module back as it was at capture."""
+        for config, fields in self._configs.values():
+            vars(config).clear()
+            vars(config).update(fields)
         for m, params, buffers, children, attrs in self._modules:
             for k in [k for k in vars(m) if not k.startswith("_") and k != "training" and k not in attrs]:
                 delattr(m, k)  # attributes set since (e.g. a cut copy of a coupled tensor)
@@ -220,6 +240,8 @@ class VerifiedPrune:
     check_s: float = 0.0
     #: Prunes tried (1 when the first passed).
     attempts: int = 0
+    #: Why the last failed try failed (its first line), when no prune passed.
+    error: str | None = None
 
 
 def prune_verified(
@@ -291,9 +313,11 @@ def prune_verified(
         result, error = attempt(ignored)
         if error is None:  # passed (it may have cut nothing: a target already met, everything left whole)
             out.result = result
+            out.error = None
             return out
         blame = getattr(result, "blame", None)  # the group whose cut itself raised
         cut = [r for r in dict.fromkeys(roots(result)) if r not in ignored]
+        out.error = error
         if blame is None and not cut:
             break
         if blame is not None:
