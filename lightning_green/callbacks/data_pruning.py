@@ -328,7 +328,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         batches = trainer.num_training_batches
         if not math.isfinite(batches):
             return True
-        per_epoch = max(math.ceil(batches * (1 - self.prune_ratio)), 1) // max(trainer.accumulate_grad_batches, 1)
+        # Lightning also steps on an epoch's last, partial accumulation.
+        kept = max(math.ceil(batches * (1 - self.prune_ratio)), 1)
+        per_epoch = math.ceil(kept / max(trainer.accumulate_grad_batches, 1))
         return epochs * per_epoch >= trainer.max_steps
 
     @override

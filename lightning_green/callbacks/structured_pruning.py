@@ -20,6 +20,7 @@ from lightning.pytorch.strategies import (
 )
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from typing_extensions import override
 
 from lightning_green._internal.logging import log_metrics, log_step
@@ -346,6 +347,7 @@ class StructuredPruning(Callback):
         self._warned_late = False
         #: Manual optimization: a backward ran since the last optimizer step (its gradients are still to be stepped).
         self._backward_pending = False
+        self._step_hook: Any = None  # torch's global optimizer-step hook while a manual-optimization fit runs
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -489,7 +491,13 @@ class StructuredPruning(Callback):
         # Lightning skips teardown on this path: take the hook off the user's module and free the snapshots.
         self._release()
 
+    def _stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._backward_pending = False
+
     def _release(self) -> None:
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
         if self._restore_hook is not None:
             module, hook = self._restore_hook
             if module.__dict__.get("on_load_checkpoint") is hook:
@@ -508,6 +516,10 @@ class StructuredPruning(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._batches, self._regularized_at = 0, -1
         self._backward_pending = False
+        if not pl_module.automatic_optimization and self._step_hook is None:
+            # Any optimizer step ends the pending gradients, also one the module makes on the raw optimizer
+            # (`self.optimizers(use_pl_optimizer=False)`), which runs no Lightning hook: torch's public global hook.
+            self._step_hook = register_optimizer_step_post_hook(self._stepped)
         target = self._target(pl_module)
         self._capture(target)
         if self._llm is not None:  # an HF causal LM is counted and checked on token ids of its own

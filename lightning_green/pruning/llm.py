@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import gc
 import logging
 import math
 import sys
@@ -88,6 +89,18 @@ _SEP = "::"
 
 
 # --------------------------------------------------------------------------------------------------- structure
+def _holders(obj: Any) -> list[nn.Module]:
+    """Every module that holds ``obj`` as an attribute, found through the garbage collector's referrers."""
+    out: list[nn.Module] = []
+    for ref in gc.get_referrers(obj):
+        if isinstance(ref, nn.Module):  # attributes stored inline (CPython >= 3.11)
+            out.append(ref)
+        elif isinstance(ref, dict):  # or in an instance __dict__
+            owners = gc.get_referrers(ref)
+            out += [o for o in owners if isinstance(o, nn.Module) and getattr(o, "__dict__", None) is ref]
+    return out
+
+
 @dataclass(frozen=True)
 class Part:
     """One tensor that follows a group of units.
@@ -141,18 +154,13 @@ class LLMStructure:
         own ``self.config``) do not count; a config held by nothing else is written in place.
         """
         cfg = self.config
-        scope = self.root if self.root is not None else self.model
-        names = {id(m): n for n, m in scope.named_modules()}
-        where = names.get(id(self.model))
-        if where is None:
-            return cfg
         inside = {id(m) for m in self.model.modules()}
-        steps = where.split(".") if where else []
-        around = {".".join(steps[:i]) for i in range(len(steps))}  # the modules that hold the model
+        # Every module that holds the object, wherever it is (a teacher kept out of the module tree, e.g. in a tuple,
+        # or a run rebuilt from a checkpoint, which sees only the student): the garbage collector's referrers.
         sharers = [
-            n
-            for n, m in scope.named_modules()
-            if id(m) not in inside and n not in around and any(v is cfg for v in vars(m).values())
+            type(m).__name__
+            for m in _holders(cfg)
+            if id(m) not in inside and not any(sub is self.model for sub in m.modules())  # not one around the model
         ]
         if not sharers:
             return cfg
@@ -162,10 +170,9 @@ class LLMStructure:
                 if v is cfg:
                     m.__dict__[k] = own
         log.info(
-            "%s at %r shares its config object with %s; it gets its own copy before its widths change",
+            "%s shares its config object with %s; it gets its own copy before its widths change",
             type(self.model).__name__,
-            where,
-            ", ".join(map(repr, sharers[:3])),
+            ", ".join(sorted(set(sharers))[:3]),
         )
         return own
 

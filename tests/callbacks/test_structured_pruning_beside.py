@@ -156,6 +156,23 @@ def test_manual_accumulation_defers_the_prune_past_pending_gradients(tmp_path):
     assert len(pruning.history) == 1 and pruning.history[0]["global_step"] == 2  # pruned after that step
 
 
+class _RawSteps(_MLP):
+    """Manual optimization on the raw optimizer (no Lightning hook runs for its step), zeroing at each step's start."""
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers(use_pl_optimizer=False)
+        opt.zero_grad()
+        self.manual_backward(F.cross_entropy(self(batch[0]), batch[1]))
+        opt.step()
+
+
+def test_manual_steps_on_the_raw_optimizer_do_not_defer_the_prune_forever(tmp_path):
+    module = _RawSteps(manual=True)
+    pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+    _trainer(tmp_path, [pruning], max_epochs=2, limit_val_batches=0).fit(module)
+    assert len(pruning.history) == 1 and pruning.speedup > 1.5
+
+
 class _CompiledNet(_MLP):
     def configure_model(self) -> None:
         self.net = torch.compile(self.net, backend="eager")

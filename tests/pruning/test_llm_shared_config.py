@@ -62,6 +62,37 @@ def test_a_teacher_beside_the_named_model_is_seen_through_the_scope():
     assert module.student.config.intermediate_size == 64
 
 
+def test_a_replayed_cut_leaves_a_teacher_sharing_the_config_unchanged():
+    # A resume, load_pruned or a DDP rank replaying rank 0's cut sees only the student (no scope): the teacher's
+    # config got the student's widths and depth.
+    from lightning_green.pruning.llm import replay_llm
+
+    run = _Distill("llama")
+    entries = LLMPruner(prune_layers=1).prune(run.student, ratio=0.5).entries
+    module = _Distill("llama")
+    with torch.no_grad():
+        before = module.teacher(IDS).logits
+    replay_llm(module.student, entries)
+    with torch.no_grad():
+        assert torch.equal(module.teacher(IDS).logits, before)
+    assert (module.teacher.config.num_hidden_layers, module.teacher.config.intermediate_size) == (2, 128)
+    assert (module.student.config.num_hidden_layers, module.student.config.intermediate_size) == (1, 64)
+
+
+def test_a_teacher_kept_out_of_the_module_tree_is_left_unchanged():
+    # A frozen teacher held in a tuple (out of state_dict and the optimizer) is no submodule, but shares the config.
+    module = _Distill("llama")
+    teacher = module.teacher
+    del module.teacher
+    module._teacher = (teacher,)
+    with torch.no_grad():
+        before = teacher(IDS).logits
+    LLMPruner(prune_layers=1).prune(module, ratio=0.5)
+    with torch.no_grad():
+        assert torch.equal(teacher(IDS).logits, before)
+    assert teacher.config.num_hidden_layers == 2 and module.student.config.num_hidden_layers == 1
+
+
 def test_a_config_held_only_around_the_model_is_written_in_place():
     cfg = tiny_causal_lm_config("llama")
 
