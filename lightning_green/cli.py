@@ -26,10 +26,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_green._internal.validation import find_argument_error
+from lightning_green._internal.validation import InvalidArgumentError, find_argument_error
 
 __all__ = ["COMMANDS", "Command", "GreenCLI", "cli", "main", "report"]
 
@@ -60,22 +61,105 @@ class GreenCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Install the demo defaults."""
+        """Install the demo defaults (the demo model and data: see :meth:`parse_arguments`)."""
         parser.set_defaults(
             {
-                "model": {"class_path": DEFAULT_MODEL},
-                "data": {"class_path": DEFAULT_DATA},
                 "trainer.callbacks": DEFAULT_CALLBACKS,
                 "trainer.max_epochs": DEFAULT_MAX_EPOCHS,
                 "trainer.log_every_n_steps": DEFAULT_LOG_EVERY_N_STEPS,
             }
         )
 
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """LightningCLI's parser, with or without subcommands (``run=False``): where the demo classes go."""
+        self._subcommands = add_subcommands
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, with the demo model and data where the arguments and ``--config`` files name no class of their own.
+
+        Not as parser defaults: jsonargparse keeps a default class's ``init_args`` whose names the class given
+        instead also has, so ``--model mypkg.MyModule`` trained with the demo's ``lr`` and ``batch_size`` in place
+        of its own defaults. Named first, the demo classes take later ``--model.lr=...`` and config values as usual.
+        """
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        given = list(args) if args is not None else sys.argv[1:]
+        with_demo = with_demo_classes(given, subcommands=getattr(self, "_subcommands", True))
+        if args is None and with_demo == given:
+            return super().parse_arguments(parser, None)
+        if args is None:  # from the command line: LightningCLI's warning about both would be about us
+            self.config = parser.parse_args(with_demo)
+            return None
+        return super().parse_arguments(parser, with_demo)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the Trainer, with Lightning's progress bar swapped for the green one of the same kind."""
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except RuntimeError as err:
+            if "more than one stateful callback" not in str(err):
+                raise
+            # e.g. `--trainer.callbacks+=lightning_green.EnergyMonitor` next to the default one: Lightning's refusal,
+            # a setting of the user's (one line, exit 2), not a failure.
+            raise InvalidArgumentError(
+                f"--trainer.callbacks: {str(err).strip().rstrip('.')}: list each of these callbacks once; the default "
+                f"list is {[cb['class_path'] for cb in DEFAULT_CALLBACKS]}, and a `trainer.callbacks` list in a "
+                "--config file replaces it (with the arguments you want)."
+            ) from err
         _green_progress_bar(trainer)
         return trainer
+
+
+def with_demo_classes(args: Sequence[str], subcommands: bool = True) -> list[str]:
+    """``args`` with ``--model``/``--data`` naming the demo classes right after the subcommand, where needed.
+
+    Each of the two is added when neither the arguments nor a ``--config`` file names a class for it; without
+    ``subcommands`` (``LightningCLI(run=False)``) at the start.
+
+    Example:
+        >>> with_demo_classes(["fit", "--model.lr=0.1"])[1:]
+        ['--model=lightning_green.demos.DigitsCNN', '--data=lightning_green.demos.DigitsDataModule', '--model.lr=0.1']
+        >>> with_demo_classes(["fit", "--model", "mypkg.MyModule"])[1:3]
+        ['--data=lightning_green.demos.DigitsDataModule', '--model']
+        >>> with_demo_classes(["--help"]), with_demo_classes(["--model.lr=0.1"], subcommands=False)[0]
+        (['--help'], '--model=lightning_green.demos.DigitsCNN')
+    """
+    args = list(args)
+    at: int | None = -1  # without subcommands (LightningCLI(run=False)): at the start
+    if subcommands:
+        at = next((i for i, a in enumerate(args) if a in LightningCLI.subcommands()), None)
+        if at is None:
+            return args
+    sub = args[at] if at >= 0 else ""
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    extra = []
+    for key, default in (("model", DEFAULT_MODEL), ("data", DEFAULT_DATA)):
+        named = any(a == f"--{key}" or a.startswith((f"--{key}=", f"--{key}.class_path")) for a in args)
+        if not named and not any(_config_names_class(path, sub, key) for path in configs):
+            extra.append(f"--{key}={default}")
+    return [*args[: at + 1], *extra, *args[at + 1 :]]
+
+
+def _config_names_class(path: str, subcommand: str, key: str) -> bool:
+    """Whether the YAML config ``path`` gives ``key`` (``model``/``data``) a class (at the top or under the command)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False  # not a file we can read: jsonargparse says what is wrong with it
+    if not isinstance(doc, dict):
+        return False
+    for section in (doc, doc.get(subcommand)):
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str) or (isinstance(value, dict) and "class_path" in value):
+            return True
+    return False
 
 
 def _green_progress_bar(trainer: Trainer) -> None:

@@ -275,3 +275,61 @@ def test_python_dash_m_names_itself_in_the_usage_line():
     )
     assert done.returncode == 0
     assert done.stdout.startswith("usage: python -m lightning_green [options] fit")
+
+
+OWN_CLASSES = """
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class MyModule(LightningModule):
+    def __init__(self, hidden: int = 32, lr: float = 0.01, weight_decay: float = 0.5):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Linear(4, hidden)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class MyData(LightningDataModule):
+    def __init__(self, batch_size: int = 16, seed: int = 7):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(32, 4)), batch_size=self.batch_size)
+"""
+
+
+@pytest.mark.parametrize("how", ["args", "config"])
+def test_a_class_of_the_users_own_keeps_its_own_defaults(tmp_path, monkeypatch, how):
+    # The demo classes were parser defaults: jsonargparse kept their init_args whose names the user's class also has
+    # (lr, weight_decay, batch_size, seed), so `--model mypkg.MyModule` trained with the demo's values.
+    (tmp_path / "lg_own_pkg.py").write_text(OWN_CLASSES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lg_own_pkg", raising=False)
+    if how == "args":
+        given = ["--model", "lg_own_pkg.MyModule", "--data=lg_own_pkg.MyData"]
+    else:
+        config = tmp_path / "own.yaml"
+        config.write_text(yaml.safe_dump({"model": "lg_own_pkg.MyModule", "data": {"class_path": "lg_own_pkg.MyData"}}))
+        given = ["--config", str(config)]
+    result = cli([*given, "--model.hidden=8", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    model, data = result.config["model"]["init_args"], result.config["data"]["init_args"]
+    assert (model["hidden"], model["lr"], model["weight_decay"]) == (8, 0.01, 0.5)
+    assert (data["batch_size"], data["seed"]) == (16, 7)
+
+
+def test_a_callback_listed_twice_is_one_line_and_exit_2(capsys, tmp_path):
+    # Lightning refuses two stateful callbacks of one type while the Trainer is built: that was a traceback.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks+=lightning_green.EnergyMonitor"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lightning-green: error: --trainer.callbacks: Found more than one stateful callback")
+    assert "list each of these callbacks once" in line

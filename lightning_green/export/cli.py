@@ -145,6 +145,8 @@ def bench_main(args: Sequence[str]) -> int:
     if ns.json:
         check_output_path(owner, ns.json, "json")
     # Where the result goes is checked before the (long) benchmark, not found bad after it.
+    if ns.no_report and ns.run_dir:
+        fail(owner, "run_dir", ns.run_dir, "left out with --no-report (it names the run whose report to update)")
     run_dir = None if ns.no_report else (ns.run_dir or find_run_dir(ns.ckpt))
     if run_dir is not None:
         check_run_dir(run_dir)

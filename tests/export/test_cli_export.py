@@ -242,6 +242,14 @@ def test_bench_cli_device_auto_without_a_gpu_benchmarks_on_the_cpu(digits_ckpts,
     assert data["device"] == "cpu" and sorted({r["format"] for r in data["rows"]}) == ["bf16", "eager", "onnx"]
 
 
+def test_bench_cli_refuses_a_run_dir_with_no_report(digits_ckpts, tmp_path, capsys):
+    # --run-dir was silently ignored (and never checked) next to --no-report.
+    args = ["bench-inference", digits_ckpts["dense"], "--module", "DigitsCNN", "--no-report", "--run-dir", tmp_path]
+    code, text, err = run_main(args, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "`run_dir` must be left out with --no-report" in err
+
+
 def test_on_a_gpu_onnx_is_refused_before_loading_and_left_out_of_the_default_formats(digits_ckpts, capsys, monkeypatch):
     import torch
 
