@@ -95,6 +95,45 @@ class GreenCLI(LightningCLI):
             return None
         return super().parse_arguments(parser, with_demo)
 
+    def before_fit(self) -> None:
+        """See :meth:`_rebuild_pruned`."""
+        self._rebuild_pruned("fit")
+
+    def before_validate(self) -> None:
+        """See :meth:`_rebuild_pruned`."""
+        self._rebuild_pruned("validate")
+
+    def before_test(self) -> None:
+        """See :meth:`_rebuild_pruned`."""
+        self._rebuild_pruned("test")
+
+    def before_predict(self) -> None:
+        """See :meth:`_rebuild_pruned`."""
+        self._rebuild_pruned("predict")
+
+    def _rebuild_pruned(self, subcommand: str) -> None:
+        """Cut the model to a pruned ``--ckpt_path``'s shapes when no StructuredPruning in the run will.
+
+        StructuredPruning rebuilds a checkpoint's pruned architecture before its weights load; without it in the
+        callbacks (the default list, or a config for evaluation only) the weights met the dense model ("size
+        mismatch"). The checkpoint's pruning history does the same here (as ``load_pruned`` and ``export`` do).
+        """
+        import torch
+
+        from lightning_green.callbacks.structured_pruning import StructuredPruning
+        from lightning_green.pruning.history import find_pruning_state, rebuild_from_checkpoint
+
+        ckpt = self.config[subcommand].get("ckpt_path")
+        if not ckpt or not os.path.isfile(ckpt) or self.model is None:
+            return
+        if any(isinstance(cb, StructuredPruning) for cb in self.trainer.callbacks):  # type: ignore[attr-defined]
+            return
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if find_pruning_state(checkpoint) is None:
+            return
+        if rebuild_from_checkpoint(self.model, checkpoint, owner=f"lightning-green {subcommand} --ckpt_path"):
+            print(f"lightning-green: {ckpt} holds a pruned model: rebuilt to its shapes from its pruning history.")
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the Trainer, with Lightning's progress bar swapped for the green one of the same kind."""
         try:

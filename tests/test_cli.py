@@ -333,3 +333,28 @@ def test_a_callback_listed_twice_is_one_line_and_exit_2(capsys, tmp_path):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("lightning-green: error: --trainer.callbacks: Found more than one stateful callback")
     assert "list each of these callbacks once" in line
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_a_pruned_checkpoint_evaluates_without_structured_pruning_in_the_callbacks(tmp_path, capsys, subcommand):
+    # With the default callbacks the weights met the dense model: a "size mismatch" traceback.
+    config = tmp_path / "prune.yaml"
+    callbacks = [
+        {"class_path": "lightning_green.EnergyMonitor"},
+        {
+            "class_path": "lightning_green.StructuredPruning",
+            "init_args": {"pruning_ratio": 0.5, "importance": "magnitude-l1", "start_epoch": 1, "end_epoch": 1},
+        },
+    ]
+    config.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    root = tmp_path / "run"
+    fast = [a for a in FAST if "max_epochs" not in a]
+    args = ["fit", "--config", str(config), f"--trainer.default_root_dir={root}", "--trainer.max_epochs=2", *fast]
+    trained = cli(args)
+    assert trained.trainer.callbacks[1].speedup > 1.2
+    (ckpt,) = Path(trained.trainer.checkpoint_callback.dirpath).glob("*.ckpt")
+    capsys.readouterr()
+    result = cli([subcommand, f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={tmp_path / 'eval'}", *fast])
+    assert "holds a pruned model: rebuilt to its shapes from its pruning history" in capsys.readouterr().out
+    pruned = {k: v.shape for k, v in trained.model.state_dict().items()}
+    assert {k: v.shape for k, v in result.model.state_dict().items()} == pruned
