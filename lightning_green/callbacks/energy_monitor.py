@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import time
@@ -1020,10 +1021,28 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             return report
         path = os.path.join(self._log_dir or trainer.default_root_dir, self.report_filename)
         try:
-            write_json_atomic(path, report)
+            write_json_atomic(path, _beside_the_fit(path, report))
         except OSError as err:
             rank_zero_warn(f"EnergyMonitor: could not write the energy report to {path!r}: {err}")
         return report
+
+
+def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
+    """What to write at ``path``: ``report``, or, with no fit of its own, the fit's report there plus its stages.
+
+    ``lightning-green test --ckpt_path`` into the fit's log dir runs a new monitor: its report replaced the fit's
+    figures with the test's alone.
+    """
+    if "fit" in report.get("stages", {}):
+        return report
+    try:
+        with open(path, encoding="utf-8") as f:
+            existing = json.load(f)
+    except (OSError, ValueError):
+        return report
+    if not isinstance(existing, dict) or "fit" not in (existing.get("stages") or {}):
+        return report
+    return {**existing, "stages": {**existing["stages"], **report.get("stages", {})}}
 
 
 def _zeus_gpus() -> tuple[int, str | None]:

@@ -111,3 +111,21 @@ def test_a_stand_alone_validate_after_a_fit_that_did_not_validate_stays_out_of_t
     trainer.fit_loop.max_epochs = 2
     trainer.fit(model)  # validates once (epoch 1): its own 2 batches, not the stand-alone run's too
     assert monitor.ledgers["validate"].steps == 2
+
+
+def test_a_new_monitor_testing_into_the_fits_log_dir_adds_its_stage_to_the_fits_report(tmp_path):
+    # `lightning-green test --ckpt_path ...` with the fit's logger: a new process, a new monitor, the same log dir. The
+    # report file held the test's figures alone: the fit's were gone.
+    from lightning.pytorch.loggers import CSVLogger
+
+    make_trainer(
+        tmp_path, max_steps=4, logger=CSVLogger(tmp_path, version="x"), callbacks=[EnergyMonitor(print_summary=False)]
+    ).fit(BoringModel())
+    path = tmp_path / "lightning_logs" / "x" / "energy_report.json"
+    fit = read_report(path)["stages"]["fit"]
+    trainer = make_trainer(
+        tmp_path, logger=CSVLogger(tmp_path, version="x"), callbacks=[EnergyMonitor(print_summary=False)]
+    )
+    trainer.test(BoringModel())
+    stages = read_report(path)["stages"]
+    assert {"fit", "test"} <= set(stages) and stages["fit"] == fit and stages["test"]["steps"] > 0
