@@ -358,3 +358,13 @@ def test_a_pruned_checkpoint_evaluates_without_structured_pruning_in_the_callbac
     assert "holds a pruned model: rebuilt to its shapes from its pruning history" in capsys.readouterr().out
     pruned = {k: v.shape for k, v in trained.model.state_dict().items()}
     assert {k: v.shape for k, v in result.model.state_dict().items()} == pruned
+
+
+def test_a_list_index_on_the_command_line_is_one_line(capsys, tmp_path):
+    # jsonargparse's 15-line Union dump, blaming the first class it tried (GreenReport) for index 2.
+    preset = os.path.join(ROOT, "examples", "configs", "green.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", preset, f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks.2.x=2"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--trainer.callbacks.2.x='2': a list index cannot name an entry on the command line" in line

@@ -24,6 +24,7 @@ _GIVEN = re.compile(r"^Given value: (.*)$")
 _TYPE = re.compile(r"<class '([^']+)'>")
 _NO_ATTRIBUTE = re.compile(r"^module '([^']+)' has no attribute '([^']+)'$")
 _NO_MODULE = re.compile(r"^No module named '([^']+)'$")
+_NESTED = re.compile(r"Given value: NestedArg\(key='([^']*)', val='([^']*)'\)")
 
 
 def _indent(line: str) -> int:
@@ -83,6 +84,15 @@ def summarise_parse_error(message: str) -> str:
     if len(lines) <= 1:
         return message.strip()
     outer = _KEY.match(lines[0].strip())
+    nested = _NESTED.search(message)
+    if outer and nested and nested.group(1).split(".")[0].isdigit():
+        # `--trainer.callbacks.2.init_args.x=v`: jsonargparse takes no list index on the command line, and blamed
+        # whichever class it tried first.
+        return (
+            f"--{outer.group(1)}.{nested.group(1)}={nested.group(2)!r}: a list index cannot name an entry on the "
+            f"command line; set it in a --config file (give the whole `{outer.group(1)}` list there), or after "
+            f"`--{outer.group(1)}+=Class` use `--{outer.group(1)}.<argument>=...` (the entry added last)."
+        )
     owner, body = None, lines[1:]
     for i, line in enumerate(lines):
         found = _CLASS.match(line.strip())
