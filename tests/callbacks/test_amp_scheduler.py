@@ -398,6 +398,13 @@ class StepProbe(Callback):
         if self.before is not None and self.after is None:
             self.after = self._state(trainer, pl_module)
 
+    def assert_untouched(self, model):
+        """The probed step was skipped: no update, no momentum, no weight decay; everything finite."""
+        (weights, momenta), (weights_after, momenta_after) = self.before, self.after
+        assert all(torch.equal(a, b) for a, b in zip(weights, weights_after, strict=True))
+        assert len(momenta) == 4 and all(torch.equal(a, b) for a, b in zip(momenta, momenta_after, strict=True))
+        assert all_finite(model)
+
 
 @pytest.mark.filterwarnings("ignore:AMPScheduler:UserWarning")
 @pytest.mark.parametrize("mode", ["32-true", "bf16-mixed", "16-mixed"])
@@ -411,10 +418,7 @@ def test_skipped_step_with_clipping_by_value_leaves_weights_and_momentum(tmp_pat
         model
     )
     assert amp.skipped_steps == 1 and model.trainer.global_step == 4
-    (weights, momenta), (weights_after, momenta_after) = probe.before, probe.after
-    assert all(torch.equal(a, b) for a, b in zip(weights, weights_after, strict=True))
-    assert len(momenta) == 4 and all(torch.equal(a, b) for a, b in zip(momenta, momenta_after, strict=True))
-    assert all_finite(model)
+    probe.assert_untouched(model)
 
 
 class ClipsItself(DecayRecorder):
@@ -435,10 +439,7 @@ def test_a_skipped_step_leaves_the_gradients_to_a_modules_own_clipping(tmp_path,
     amp = AMPScheduler(schedule={0: mode})
     make_trainer(tmp_path, [amp, probe], max_epochs=1).fit(model)
     assert amp.skipped_steps == 1 and model.trainer.global_step == 4 and model.clipped == 4
-    (weights, momenta), (weights_after, momenta_after) = probe.before, probe.after
-    assert all(torch.equal(a, b) for a, b in zip(weights, weights_after, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(momenta, momenta_after, strict=True))
-    assert all_finite(model)
+    probe.assert_untouched(model)
 
 
 class SkipsBatches(Recorder):
