@@ -60,21 +60,31 @@ class GreenCLI(LightningCLI):
         kwargs.setdefault("formatter_class", _Formatter)
         return super().init_parser(**kwargs)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The demo classes go into the arguments (see parse_arguments) unless they cannot: `args` given as a dict or
+        # Namespace, or classes that may come from default config files or the environment (see setup_parser).
+        self._name_demo_classes = not isinstance(kwargs.get("args"), (dict, Namespace))
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Install the demo defaults (the demo model and data: see :meth:`parse_arguments`)."""
-        parser.set_defaults(
-            {
-                "trainer.callbacks": DEFAULT_CALLBACKS,
-                "trainer.max_epochs": DEFAULT_MAX_EPOCHS,
-                "trainer.log_every_n_steps": DEFAULT_LOG_EVERY_N_STEPS,
-            }
-        )
+        defaults: dict[str, Any] = {
+            "trainer.callbacks": DEFAULT_CALLBACKS,
+            "trainer.max_epochs": DEFAULT_MAX_EPOCHS,
+            "trainer.log_every_n_steps": DEFAULT_LOG_EVERY_N_STEPS,
+        }
+        if not self._name_demo_classes:  # as parser defaults, as LightningCLI does (with jsonargparse's carry-over)
+            defaults.update({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+        parser.set_defaults(defaults)
 
     def setup_parser(
         self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
     ) -> None:
         """LightningCLI's parser, with or without subcommands (``run=False``): where the demo classes go."""
         self._subcommands = add_subcommands
+        kwargs = [main_kwargs, subparser_kwargs, *(v for v in subparser_kwargs.values() if isinstance(v, dict))]
+        if any(k.get("default_config_files") or k.get("default_env") for k in kwargs):
+            self._name_demo_classes = False  # a class may come from there: the arguments cannot tell
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -84,7 +94,7 @@ class GreenCLI(LightningCLI):
         instead also has, so ``--model mypkg.MyModule`` trained with the demo's ``lr`` and ``batch_size`` in place
         of its own defaults. Named first, the demo classes take later ``--model.lr=...`` and config values as usual.
         """
-        if isinstance(args, (dict, Namespace)):
+        if isinstance(args, (dict, Namespace)) or not self._name_demo_classes:
             return super().parse_arguments(parser, args)
         given = list(args) if args is not None else sys.argv[1:]
         with_demo = with_demo_classes(given, subcommands=getattr(self, "_subcommands", True))
@@ -173,30 +183,52 @@ def with_demo_classes(args: Sequence[str], subcommands: bool = True) -> list[str
         if at is None:
             return args
     sub = args[at] if at >= 0 else ""
-    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    configs = _values(args, ("--config", "-c"))
     extra = []
     for key, default in (("model", DEFAULT_MODEL), ("data", DEFAULT_DATA)):
-        named = any(a == f"--{key}" or a.startswith((f"--{key}=", f"--{key}.class_path")) for a in args)
-        if not named and not any(_config_names_class(path, sub, key) for path in configs):
+        named = any(a.startswith(f"--{key}.class_path") for a in args)
+        named = named or any(_names_class(value) for value in _values(args, (f"--{key}",)))
+        if not named and not any(_config_names_class(config, sub, key) for config in configs):
             extra.append(f"--{key}={default}")
     return [*args[: at + 1], *extra, *args[at + 1 :]]
 
 
-def _config_names_class(path: str, subcommand: str, key: str) -> bool:
-    """Whether the YAML config ``path`` gives ``key`` (``model``/``data``) a class (at the top or under the command)."""
+def _values(args: Sequence[str], flags: tuple[str, ...]) -> list[str]:
+    """The values given to ``flags`` (``--flag value`` or ``--flag=value``)."""
+    out = [args[i + 1] for i, a in enumerate(args[:-1]) if a in flags]
+    return out + [a.split("=", 1)[1] for a in args if a.startswith(tuple(f"{f}=" for f in flags))]
+
+
+def _load(value: str) -> Any:
+    """A ``--config``/``--model`` value as jsonargparse reads it: a YAML file's content, or the value as YAML."""
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+        if os.path.isfile(value):
+            with open(value, encoding="utf-8") as f:
+                return yaml.safe_load(f)
+        return yaml.safe_load(value)
     except (OSError, yaml.YAMLError):
-        return False  # not a file we can read: jsonargparse says what is wrong with it
+        return None  # jsonargparse says what is wrong with it
+
+
+def _names_class(value: str) -> bool:
+    """Whether a ``--model``/``--data`` value decides the class (a class path, a dict with ``class_path``, null)."""
+    return _a_class_or_none(_load(value))
+
+
+def _a_class_or_none(value: Any) -> bool:
+    """Whether a loaded value decides the class: a class path, a dict with ``class_path``, or ``None`` (no class)."""
+    return value is None or isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)
+
+
+def _config_names_class(config: str, subcommand: str, key: str) -> bool:
+    """Whether the config (a YAML file or string) gives ``key`` a class (at the top or under the command)."""
+    doc = _load(config)
     if not isinstance(doc, dict):
         return False
     for section in (doc, doc.get(subcommand)):
-        value = section.get(key) if isinstance(section, dict) else None
-        if isinstance(value, str) or (isinstance(value, dict) and "class_path" in value):
+        if isinstance(section, dict) and key in section and _a_class_or_none(section[key]):
             return True
     return False
 

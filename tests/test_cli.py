@@ -368,3 +368,32 @@ def test_a_list_index_on_the_command_line_is_one_line(capsys, tmp_path):
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "--trainer.callbacks.2.x='2': a list index cannot name an entry on the command line" in line
+
+
+def test_the_demo_classes_are_named_only_where_nothing_else_decides_the_class(tmp_path):
+    from lightning_green.cli import DEFAULT_DATA, DEFAULT_MODEL, with_demo_classes
+
+    top = tmp_path / "top.yaml"
+    top.write_text("fit:\n  model:\n    class_path: x.Y\n  data: null\n")
+    init_only = tmp_path / "init.yaml"
+    init_only.write_text("init_args:\n  lr: 0.1\n")
+
+    def named(args):
+        out = with_demo_classes(args)
+        return [a.split("=", 1)[1] for a in out if a.startswith(("--model=", "--data=")) and a not in args]
+
+    assert named(["-c", str(top), "fit"]) == []  # a config before the subcommand, `-c`, `data: null`
+    assert named(["--config={fit: {model: {class_path: x.Y}}}", "fit"]) == [DEFAULT_DATA]  # a YAML string
+    assert named(["fit", "--model", str(init_only)]) == [DEFAULT_MODEL, DEFAULT_DATA]  # init_args of the demo's
+    assert named(["fit", '--model={"init_args": {"lr": 0.1}}', "--data=null"]) == [DEFAULT_MODEL]
+
+
+def test_demo_classes_as_defaults_where_the_arguments_cannot_say(tmp_path, monkeypatch):
+    # args as a dict, or classes that may come from the environment or default config files: parser defaults.
+    from lightning_green.cli import GreenCLI
+
+    from_dict = GreenCLI(args={"trainer": {"max_epochs": 1, "logger": False}}, run=False)
+    assert type(from_dict.model).__name__ == "DigitsCNN"
+    monkeypatch.setenv("PL_MODEL", "lightning_green.demos.TinyGPT")
+    from_env = GreenCLI(args=["--trainer.logger=false"], run=False, parser_kwargs={"default_env": True})
+    assert type(from_env.model).__name__ == "TinyGPT"

@@ -1042,7 +1042,10 @@ def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
         return report
     if not isinstance(existing, dict) or "fit" not in (existing.get("stages") or {}):
         return report
-    return {**existing, "stages": {**existing["stages"], **report.get("stages", {})}}
+    merged = {**existing, "stages": {**existing["stages"], **report.get("stages", {})}}
+    merged["status"] = report.get("status", existing.get("status"))  # an interrupted test run says so
+    merged["extra"] = {**(existing.get("extra") or {}), **(report.get("extra") or {})}  # both runs' sections
+    return merged
 
 
 def _zeus_gpus() -> tuple[int, str | None]:

@@ -89,15 +89,27 @@ _SEP = "::"
 
 
 # --------------------------------------------------------------------------------------------------- structure
-def _holders(obj: Any) -> list[nn.Module]:
-    """Every module that holds ``obj`` as an attribute, found through the garbage collector's referrers."""
+def _holders(obj: Any, known: Iterable[nn.Module] = ()) -> list[nn.Module]:
+    """Every module that holds ``obj`` as an attribute, found through the garbage collector's referrers.
+
+    Two scans of the heap at most: the referrers of ``obj``, then, for instance dicts that are not those of ``known``
+    modules, the referrers of all of them at once.
+    """
+    by_dict = {id(vars(m)): m for m in known}
     out: list[nn.Module] = []
+    unknown: list[dict[str, Any]] = []
     for ref in gc.get_referrers(obj):
         if isinstance(ref, nn.Module):  # attributes stored inline (CPython >= 3.11)
             out.append(ref)
         elif isinstance(ref, dict):  # or in an instance __dict__
-            owners = gc.get_referrers(ref)
-            out += [o for o in owners if isinstance(o, nn.Module) and getattr(o, "__dict__", None) is ref]
+            if id(ref) in by_dict and by_dict[id(ref)].__dict__ is ref:
+                out.append(by_dict[id(ref)])
+            else:
+                unknown.append(ref)
+    if unknown:
+        ids = {id(d) for d in unknown}
+        owners = gc.get_referrers(*unknown)
+        out += [o for o in owners if isinstance(o, nn.Module) and id(getattr(o, "__dict__", None)) in ids]
     return out
 
 
@@ -159,7 +171,7 @@ class LLMStructure:
         # or a run rebuilt from a checkpoint, which sees only the student): the garbage collector's referrers.
         sharers = [
             type(m).__name__
-            for m in _holders(cfg)
+            for m in _holders(cfg, known=self.model.modules())
             if id(m) not in inside and not any(sub is self.model for sub in m.modules())  # not one around the model
         ]
         if not sharers:

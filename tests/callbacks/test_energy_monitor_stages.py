@@ -129,3 +129,16 @@ def test_a_new_monitor_testing_into_the_fits_log_dir_adds_its_stage_to_the_fits_
     trainer.test(BoringModel())
     stages = read_report(path)["stages"]
     assert {"fit", "test"} <= set(stages) and stages["fit"] == fit and stages["test"]["steps"] > 0
+
+
+def test_the_merged_report_keeps_the_later_runs_status_and_both_runs_sections(tmp_path):
+    import json
+
+    from lightning_green.callbacks.energy_monitor import _beside_the_fit
+
+    path = tmp_path / "energy_report.json"
+    path.write_text(json.dumps({"status": "complete", "stages": {"fit": {"steps": 4}}, "extra": {"data": {"a": 1}}}))
+    later = {"status": "interrupted: KeyboardInterrupt", "stages": {"test": {"steps": 2}}, "extra": {"b": {"c": 2}}}
+    merged = _beside_the_fit(str(path), later)
+    assert merged["status"] == "interrupted: KeyboardInterrupt" and set(merged["stages"]) == {"fit", "test"}
+    assert merged["extra"] == {"data": {"a": 1}, "b": {"c": 2}}
