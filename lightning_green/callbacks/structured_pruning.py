@@ -20,7 +20,6 @@ from lightning.pytorch.strategies import (
 )
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from typing_extensions import override
 
 from lightning_green._internal.logging import log_metrics, log_step
@@ -347,7 +346,8 @@ class StructuredPruning(Callback):
         self._warned_late = False
         #: Manual optimization: a backward ran since the last optimizer step (its gradients are still to be stepped).
         self._backward_pending = False
-        self._step_hook: Any = None  # torch's global optimizer-step hook while a manual-optimization fit runs
+        # Manual optimization: step hooks on the Trainer's optimizers (their ids), re-registered when they are rebuilt.
+        self._step_hooks: tuple[tuple[int, ...], list[Any]] = ((), [])
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -494,10 +494,24 @@ class StructuredPruning(Callback):
     def _stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._backward_pending = False
 
+    def _watch_steps(self, trainer: pl.Trainer) -> None:
+        """Under manual optimization: a step of any of the Trainer's optimizers ends the pending gradients.
+
+        Also one the module makes on the raw optimizer (``self.optimizers(use_pl_optimizer=False)``), which runs no
+        Lightning hook: torch's public per-optimizer step hook, put on the optimizers again when a prune rebuilt them.
+        """
+        if trainer.lightning_module.automatic_optimization:
+            return
+        ids = tuple(id(opt) for opt in trainer.optimizers)
+        if ids != self._step_hooks[0]:
+            for hook in self._step_hooks[1]:
+                hook.remove()
+            self._step_hooks = (ids, [opt.register_step_post_hook(self._stepped) for opt in trainer.optimizers])
+
     def _release(self) -> None:
-        if self._step_hook is not None:
-            self._step_hook.remove()
-            self._step_hook = None
+        for hook in self._step_hooks[1]:
+            hook.remove()
+        self._step_hooks = ((), [])
         if self._restore_hook is not None:
             module, hook = self._restore_hook
             if module.__dict__.get("on_load_checkpoint") is hook:
@@ -516,10 +530,7 @@ class StructuredPruning(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._batches, self._regularized_at = 0, -1
         self._backward_pending = False
-        if not pl_module.automatic_optimization and self._step_hook is None:
-            # Any optimizer step ends the pending gradients, also one the module makes on the raw optimizer
-            # (`self.optimizers(use_pl_optimizer=False)`), which runs no Lightning hook: torch's public global hook.
-            self._step_hook = register_optimizer_step_post_hook(self._stepped)
+        self._watch_steps(trainer)
         target = self._target(pl_module)
         self._capture(target)
         if self._llm is not None:  # an HF causal LM is counted and checked on token ids of its own
@@ -597,6 +608,7 @@ class StructuredPruning(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self._watch_steps(trainer)
         if self._records:
             assert self._llm is not None
             if self.finished:

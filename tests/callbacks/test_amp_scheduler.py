@@ -406,21 +406,6 @@ class StepProbe(Callback):
         assert all_finite(model)
 
 
-@pytest.mark.filterwarnings("ignore:AMPScheduler:UserWarning")
-@pytest.mark.parametrize("mode", ["32-true", "bf16-mixed", "16-mixed"])
-def test_skipped_step_with_clipping_by_value_leaves_weights_and_momentum(tmp_path, mode):
-    # Lightning clips right after on_before_optimizer_step, where the skip dropped every gradient: clipping by value
-    # must not fail on that, and the step must stay skipped (no update, no momentum, no weight decay).
-    model = DecayRecorder(loss_nan_steps={2})
-    probe = StepProbe(step=2)
-    amp = AMPScheduler(schedule={0: mode})
-    make_trainer(tmp_path, [amp, probe], max_epochs=1, gradient_clip_val=0.5, gradient_clip_algorithm="value").fit(
-        model
-    )
-    assert amp.skipped_steps == 1 and model.trainer.global_step == 4
-    probe.assert_untouched(model)
-
-
 class ClipsItself(DecayRecorder):
     """Clips in configure_gradient_clipping with torch's own functions, as many modules do."""
 
@@ -431,14 +416,22 @@ class ClipsItself(DecayRecorder):
 
 @pytest.mark.filterwarnings("ignore:AMPScheduler:UserWarning")
 @pytest.mark.parametrize("mode", ["32-true", "bf16-mixed", "16-mixed"])
-def test_a_skipped_step_leaves_the_gradients_to_a_modules_own_clipping(tmp_path, mode):
-    # The skip dropped every gradient before Lightning's clipping hook: a module clipping with torch directly crashed
-    # a run that plain Lightning finished. Now the gradients go after the clipping, before the step.
-    model = ClipsItself(loss_nan_steps={2})
+@pytest.mark.parametrize(
+    ("module", "clipping"),
+    [(DecayRecorder, {"gradient_clip_val": 0.5, "gradient_clip_algorithm": "value"}), (ClipsItself, {})],
+    ids=["lightning-clips", "module-clips"],
+)
+def test_skipped_step_with_clipping_by_value_leaves_weights_and_momentum(tmp_path, mode, module, clipping):
+    # Lightning clips right after on_before_optimizer_step: clipping by value must not fail on a skipped step, and the
+    # step must stay skipped (no update, no momentum, no weight decay). The skip dropped every gradient before that
+    # hook, so a module clipping with torch itself crashed a run plain Lightning finished: now the gradients go after
+    # the clipping, before the step.
+    model = module(loss_nan_steps={2})
     probe = StepProbe(step=2)
     amp = AMPScheduler(schedule={0: mode})
-    make_trainer(tmp_path, [amp, probe], max_epochs=1).fit(model)
-    assert amp.skipped_steps == 1 and model.trainer.global_step == 4 and model.clipped == 4
+    make_trainer(tmp_path, [amp, probe], max_epochs=1, **clipping).fit(model)
+    assert amp.skipped_steps == 1 and model.trainer.global_step == 4
+    assert module is not ClipsItself or model.clipped == 4  # the module's own clipping ran at every step
     probe.assert_untouched(model)
 
 
