@@ -113,7 +113,8 @@ def test_ddp_restore_after_setup_keeps_energy_and_profile(tmp_path):
     first_dir.mkdir()
     _trainer(
         tmp_path,
-        [_work(2), EnergyMonitor(print_summary=False), PowerLimitTuner(**FAST), ckpt, Record(first_dir)],
+        [_work(2), EnergyMonitor(print_summary=False), PowerLimitTuner(**FAST), ckpt, Record(first_dir)]
+        + [DestroyProcessGroupAtExit()],  # else gloo may abort a worker at exit (tests/helpers.py)
         max_steps=PROFILE_STEPS + 1,
         strategy=RestoreAfterSetupDDP(start_method="spawn"),
         **ddp,
