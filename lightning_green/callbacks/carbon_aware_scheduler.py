@@ -63,7 +63,9 @@ class CarbonAwareScheduler(Callback):
 
     The remaining time is ``expected_duration`` minus the compute done until step times are measured
     (``estimate_after_steps`` optimizer steps, again after each workload change), then the mean step time ×
-    the steps left (``trainer.estimated_stepping_batches``). With neither, it runs until it has measured.
+    the steps left (``trainer.estimated_stepping_batches``). With neither, it runs until it has measured. Under
+    manual optimization a step is a training batch, as in Lightning's estimate (``global_step`` counts every
+    optimizer's step there, two a batch for a GAN; ``max_steps`` still bounds it).
 
     Slots follow the trace's own grid: they start where its intervals start and last one step, at most an hour
     (15 minutes for a 15-minute trace; hours from :30 UTC for an hourly trace in India's time), so a job can start
@@ -199,7 +201,8 @@ class CarbonAwareScheduler(Callback):
         self._t_last: float | None = None
         self._gs_last = -1
         self._next_check = 0
-        self._total_steps: float = math.inf
+        self._total_steps: float = math.inf  # in _done's units
+        self._manual = False  # manual optimization: _done counts batches
         self._limit_mode: str | None = None
         self.power_modes: list[str] = []  # "time"/"energy" each time clean-fast switched the limit
         self._remeasure = False  # after a workload change: run until the new step time is measured
@@ -207,12 +210,13 @@ class CarbonAwareScheduler(Callback):
     # ------------------------------------------------------------------------------------------------ public
     def remaining_s(self, trainer: pl.Trainer) -> float | None:
         """Compute time still needed, seconds (``None``: not known yet)."""
-        steps_left = max(self._total_steps - trainer.global_step, 0.0)
+        steps_left = self._steps_left(trainer)
         if self._step_s is not None and math.isfinite(steps_left):
             return self._step_s * steps_left
         if self.expected_duration_s is not None:
-            if math.isfinite(self._total_steps) and self._total_steps > 0:
-                return self.expected_duration_s * steps_left / self._total_steps
+            whole = self._done(trainer) + steps_left  # the run's steps from its first (expected_duration's)
+            if math.isfinite(whole) and whole > 0:
+                return self.expected_duration_s * steps_left / whole
             return max(self.expected_duration_s - self.compute_s, 0.0)
         return None
 
@@ -244,15 +248,23 @@ class CarbonAwareScheduler(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._manual = not trainer.lightning_module.automatic_optimization
         total = trainer.estimated_stepping_batches
-        self._total_steps = float(total) if total is not None else math.inf
-        if not math.isfinite(self._total_steps) and self.expected_duration_s is None:
+        # An iterable dataset without max_steps: Lightning says -1.
+        self._total_steps = float(total) if total is not None and total >= 0 else math.inf
+        if self._manual:
+            # In batches, as Lightning's estimate but without its min with max_steps: that one counts every optimizer's
+            # step (global_step), and _steps_left applies it.
+            batches, epochs = trainer.num_training_batches, trainer.max_epochs
+            finite = epochs is not None and epochs != -1 and math.isfinite(batches)
+            self._total_steps = float(batches * max(epochs, 1)) if finite else math.inf
+        if not math.isfinite(self._steps_left(trainer)) and self.expected_duration_s is None:
             raise InvalidArgumentError(
                 f"{type(self).__name__}(expected_duration=None): training has no step limit (max_steps/max_epochs), "
                 "so the remaining time cannot be measured; give expected_duration (e.g. '8h')."
             )
-        self._gs_last = trainer.global_step
-        self._next_check = trainer.global_step
+        self._gs_last = self._done(trainer)
+        self._next_check = self._gs_last
         self._sigterm = False
         self._decide(trainer, may_checkpoint=False)  # raises SIGTERMException on a SIGTERM during a pause
         self._t_last = self.clock()
@@ -261,12 +273,13 @@ class CarbonAwareScheduler(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == self._gs_last:
+        done = self._done(trainer)
+        if done == self._gs_last:
             return  # inside gradient accumulation: decide only between optimizer steps
         now = self.clock()
         if self._t_last is not None:
             spent = max(now - self._t_last, 0.0)
-            steps = trainer.global_step - self._gs_last
+            steps = done - self._gs_last
             self.compute_s += spent
             self._meas_steps += steps
             self._meas_s += spent
@@ -274,9 +287,9 @@ class CarbonAwareScheduler(Callback):
                 self._step_s = self._meas_s / self._meas_steps
                 if self._remeasure:
                     self._remeasure = False
-                    self._next_check = trainer.global_step  # re-plan now, with the new step time
-        self._gs_last = trainer.global_step
-        if self._next_check <= trainer.global_step < self._total_steps:
+                    self._next_check = done  # re-plan now, with the new step time
+        self._gs_last = done
+        if self._next_check <= done and self._steps_left(trainer) > 0:
             self._decide(trainer, may_checkpoint=True)
         self._t_last = self.clock()
 
@@ -284,9 +297,10 @@ class CarbonAwareScheduler(Callback):
         """Step time changed (a prune, a precision switch): re-measure it and re-plan at the next step."""
         # Steps so far belong to the old workload: account them, and measure the new one from here.
         now = self.clock()
-        if self._t_last is not None and trainer.global_step > self._gs_last:
+        done = self._done(trainer)
+        if self._t_last is not None and done > self._gs_last:
             self.compute_s += max(now - self._t_last, 0.0)
-        self._t_last, self._gs_last = now, trainer.global_step
+        self._t_last, self._gs_last = now, done
         self._meas_steps, self._meas_s = 0, 0.0
         self._remeasure = True
         self.replans += 1
@@ -358,7 +372,7 @@ class CarbonAwareScheduler(Callback):
         now = self.clock()
         remaining = None if self._remeasure else self.remaining_s(trainer)
         if remaining is None:
-            return [0.0, float(trainer.global_step + 1), 1.0, self._intensity_now(now), 0.0]
+            return [0.0, float(self._done(trainer) + 1), 1.0, self._intensity_now(now), 0.0]
         if now >= self.planner.deadline_s:
             # Late (the work took longer than expected): nothing to plan, and a trace may end at the deadline.
             return self._run_row(trainer, now, self._intensity_now(now))
@@ -371,7 +385,7 @@ class CarbonAwareScheduler(Callback):
         if not decision.run:
             return [
                 decision.pause_s,
-                float(trainer.global_step),
+                float(self._done(trainer)),
                 0.0,
                 decision.intensity_now,
                 decision.expected_pause_s,
@@ -385,7 +399,28 @@ class CarbonAwareScheduler(Callback):
         steps = 1
         if self._step_s:
             steps = max(1, int(0.5 * (boundary - now) / self._step_s))
-        return [0.0, float(trainer.global_step + steps), 1.0, intensity, 0.0]
+        return [0.0, float(self._done(trainer) + steps), 1.0, intensity, 0.0]
+
+    def _done(self, trainer: pl.Trainer) -> int:
+        """Steps done, in ``trainer.estimated_stepping_batches``' units.
+
+        Those are optimizer steps, or under manual optimization training batches (a batch counts once its step ran,
+        so from its ``on_train_batch_end``).
+        """
+        if not self._manual:
+            return trainer.global_step
+        return trainer.fit_loop.epoch_loop.batch_progress.total.processed
+
+    def _steps_left(self, trainer: pl.Trainer) -> float:
+        """Steps still to run, in :meth:`_done`'s units (``inf``: not bounded)."""
+        done = self._done(trainer)
+        left = self._total_steps - done
+        if self._manual and trainer.max_steps != -1:
+            # max_steps counts global_step (every optimizer's step): batches left at the optimizer steps per batch
+            # seen so far (one until a batch has run).
+            per_batch = trainer.global_step / done if done > 0 and trainer.global_step > 0 else 1.0
+            left = min(left, (trainer.max_steps - trainer.global_step) / per_batch)
+        return max(left, 0.0)
 
     def _intensity_now(self, now: float) -> float:
         """The source's intensity now; NaN past the end of a trace (not logged)."""

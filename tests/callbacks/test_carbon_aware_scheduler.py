@@ -409,11 +409,25 @@ def test_bad_deadlines_and_coverage_are_refused_at_setup(tmp_path, kwargs, match
         trainer.fit(BoringModel())
 
 
-def test_unbounded_training_needs_an_expected_duration(tmp_path):
+class _Stream(BoringModel):
+    def train_dataloader(self):
+        from lightning.pytorch.demos.boring_classes import RandomIterableDataset
+
+        return torch.utils.data.DataLoader(RandomIterableDataset(32, 16), batch_size=2)
+
+
+@pytest.mark.parametrize(
+    ("model", "bounds"),
+    [
+        (BoringModel, {"max_epochs": -1, "max_steps": -1, "max_time": {"seconds": 5}}),
+        (_Stream, {"max_epochs": 1}),  # an iterable dataset: Lightning estimates -1 steps (it never decided)
+    ],
+)
+def test_unbounded_training_needs_an_expected_duration(tmp_path, model, bounds):
     sched = CarbonAwareScheduler(intensity=100.0, clock=sim_clock())
-    trainer = make_trainer(tmp_path, max_epochs=-1, max_steps=-1, max_time={"seconds": 5}, callbacks=[sched])
+    trainer = make_trainer(tmp_path, callbacks=[sched], **bounds)
     with pytest.raises(ValueError, match=r"\(expected_duration=None\): training has no step limit"):
-        trainer.fit(BoringModel())
+        trainer.fit(model())
 
 
 def test_jsonargparse_builds_it_from_a_path(tmp_path):
@@ -496,3 +510,31 @@ def test_decisions_are_logged_at_lightnings_step_with_two_optimizers(tmp_path):
     decisions = [(step, batch) for step, batch, m in logger.calls if "carbon/plan" in m and batch is not None]
     assert decisions
     assert [step for step, _ in decisions] == [lightning[batch] for _, batch in decisions]
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [
+        {"max_epochs": 2, "limit_train_batches": 8},  # Lightning's estimate: 16 batches (global_step reaches 32)
+        {"max_epochs": 5, "limit_train_batches": 8, "max_steps": 32},  # max_steps (global_step) binds: 16 batches
+    ],
+)
+def test_plans_a_gan_by_its_batches_not_its_optimizer_steps(tmp_path, bound):
+    # Two optimizers step each batch. Counted in global_step against Lightning's estimate in batches, the plan
+    # needed half the time and stopped deciding halfway: the second half then ran in the dirty hours 4-5.
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({2: 100.0, 3: 100.0, 6: 100.0, 7: 100.0}),
+        deadline="12h",
+        expected_duration="4h",
+        clock=clock,
+        verbose=False,
+    )
+    steps = StepClock(clock, step_s=0.25 * H)
+    trainer = make_trainer(tmp_path, callbacks=[steps, sched], **bound)
+    trainer.fit(_TwoOptimizers())
+    assert len(steps.step_hours) == 16
+    assert sorted({int(h) for h in steps.step_hours}) == [2, 3, 6, 7]
+    batches_left = [p["remaining_s"] / (0.25 * H) for p in sched.plans]
+    assert batches_left[0] == 16 and batches_left[-1] == 1 and all(n == int(n) for n in batches_left)
+    assert sched.remaining_s(trainer) == 0.0
