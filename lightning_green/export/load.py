@@ -65,10 +65,23 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
 
     LightningCLI writes ``<log_dir>/config.yaml`` and Lightning the checkpoints to ``<log_dir>/checkpoints/``: the
     nearest ``config.yaml`` up to three folders above the checkpoint whose ``model`` section names a class
-    (``class_path``) is taken; another ``config.yaml`` (a project's own settings), or one naming another class than
-    the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), is passed over.
+    (``class_path``) is taken; another ``config.yaml`` (a project's own settings), one naming another class than
+    the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), or one whose model arguments
+    differ from those the checkpoint recorded (a later run into the same folder replaced it) is passed over.
     """
-    expected = _checkpoint_class_path(ckpt_path)
+    return _run_config_search(ckpt_path, name)[0]
+
+
+def passed_over_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") -> str | None:
+    """Why the nearest ``config.yaml`` naming the checkpoint's class is not its run's (``None``: it is, or none)."""
+    return _run_config_search(ckpt_path, name)[1]
+
+
+def _run_config_search(ckpt_path: str | os.PathLike, name: str) -> tuple[Path | None, str | None]:
+    """(:func:`saved_run_config`, why the first config naming the checkpoint's class was passed over)."""
+    saved = _checkpoint_hparams(ckpt_path)
+    expected = saved.get("_class_path") if isinstance(saved.get("_class_path"), str) else None
+    passed_over = None
     p = Path(ckpt_path).resolve().parent
     for _ in range(3):
         path = p / name
@@ -77,24 +90,40 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
                 data = _read_config("saved_run_config", path)
             except (InvalidArgumentError, OSError, UnicodeDecodeError):
                 data = {}
-            names, _ = _section_args(data.get("model"))
+            names, init_args = _section_args(data.get("model"))
             if isinstance(names, str) and expected in (None, names):  # a model section naming its class
-                return path
+                why = _other_arguments(saved, init_args) if expected is not None else None
+                if why is None:
+                    return path, None
+                passed_over = passed_over or f"{path} is another run's: {why}"
         p = p.parent
-    return None
+    return None, passed_over
 
 
-def _checkpoint_class_path(ckpt_path: str | os.PathLike) -> str | None:
-    """The LightningModule class LightningCLI recorded in a checkpoint's hyperparameters, if any.
+def _other_arguments(saved: Mapping[str, Any], init_args: Mapping[str, Any]) -> str | None:
+    """The model arguments a run's config gives otherwise than the checkpoint recorded them (``None``: none).
+
+    LightningCLI records the run's ``model.init_args`` as the checkpoint's hyperparameters: a config that differs
+    there was written by another run (``save_config_kwargs={"overwrite": True}`` with the same log dir).
+    """
+    differ = [k for k, v in saved.items() if k[:1] != "_" and k in init_args and init_args[k] != v]
+    if not differ:
+        return None
+    shown = ", ".join(f"{k}={init_args[k]!r} (checkpoint: {saved[k]!r})" for k in differ[:3])
+    return f"its model has {shown}{' and more' if len(differ) > 3 else ''}"
+
+
+def _checkpoint_hparams(ckpt_path: str | os.PathLike) -> dict[str, Any]:
+    """The hyperparameters a checkpoint saved (LightningCLI's include ``_class_path``); ``{}`` if unreadable.
 
     The checkpoint is memory-mapped: its weights are not read.
     """
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
-        return None
-    value = (ckpt.get("hyper_parameters") or {}).get("_class_path") if isinstance(ckpt, Mapping) else None
-    return value if isinstance(value, str) else None
+        return {}
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    return dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
 def _has_class_path(value: Any) -> bool:

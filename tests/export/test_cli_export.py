@@ -334,6 +334,26 @@ def test_a_config_yaml_that_names_no_model_or_another_is_not_taken_for_the_runs(
     assert saved_run_config(project / "ckpts" / "m.ckpt") == tmp_path / "config.yaml"
 
 
+def test_a_config_yaml_a_later_run_replaced_is_not_taken_for_the_checkpoints(cli_run, tmp_path, capsys):
+    # With logger=False two fits share a log dir, and LightningCLI (overwrite=True) replaces the first's config.yaml:
+    # export built the second run's model and called the first's checkpoint a mismatch.
+    import yaml
+
+    ckpt, config = cli_run
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    first = run / "checkpoints" / "first.ckpt"
+    first.write_bytes(ckpt.read_bytes())
+    later = yaml.safe_load(config.read_text())
+    later["model"]["init_args"]["channels"] = [2, 2]
+    (run / "config.yaml").write_text(yaml.safe_dump(later))
+    code, text, err = run_main(["export", first, "--out", tmp_path / "m.pt2", "--format", "torch-export"], capsys)
+    assert code == 0, err
+    why = "is another run's: its model has channels=[2, 2] (checkpoint: [4, 8])"
+    assert f"checkpoint: {run / 'config.yaml'} {why}; the model is built from the arguments the checkpoint" in text
+    assert "model from" not in text and "check example input" in text
+
+
 def run_with_saved_data(cli_run, tmp_path, data):
     """The CLI run's checkpoint in a run folder of its own whose saved config has ``data`` as its data section;
     returns the export command's arguments."""
