@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -10,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._internal.distributed import agree
+from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_choice,
@@ -28,7 +30,7 @@ _UNITS = ("J", "Wh", "kWh")
 _ACTIONS = ("stop", "warn", "ignore")
 
 
-class EnergyBudget(Callback):
+class EnergyBudget(PicklesWithoutTrainer, Callback):
     """Stop ``fit`` when its energy or CO₂ reaches a budget — or, optionally, when it is forecast to.
 
     Reads the totals of the :class:`~lightning_green.EnergyMonitor` in the same Trainer (one meter, no second
@@ -58,6 +60,8 @@ class EnergyBudget(Callback):
         1800.0
     """
 
+    _trainer_refs = ("_fit_trainer",)
+
     def __init__(
         self,
         max_energy: float | None = None,
@@ -79,6 +83,7 @@ class EnergyBudget(Callback):
         self.stopped_reason: str | None = None
         self._warned = False
         self._monitor: EnergyMonitor | None = None
+        self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
 
     @property
     def max_energy_j(self) -> float | None:
@@ -97,6 +102,9 @@ class EnergyBudget(Callback):
         self._monitor.add_listener(self._check)
         if stage == "fit":
             self.stopped_reason = None  # each fit() says for itself why it stops (the budget itself is not reset)
+            same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
+            if not same_run:  # a new Trainer is a new run (a checkpoint restored into it brings its own state)
+                self._warned = False
             minimum = {k: v for k, v in (("min_epochs", trainer.min_epochs), ("min_steps", trainer.min_steps)) if v}
             if minimum:  # Lightning ignores should_stop until they are met
                 given = ", ".join(f"{k}={v}" for k, v in minimum.items())

@@ -333,6 +333,24 @@ def test_budget_acts_on_the_forecast(tmp_path, action):
         assert trainer.global_step == 6 and budget.stopped_reason is None
 
 
+def test_budget_warns_of_the_forecast_once_per_run_and_again_in_a_new_trainer(tmp_path):
+    monitor = EnergyMonitor(print_summary=False)
+    monitor.add_listener(lambda trainer, m: setattr(m, "forecast_total_j", 1e9))
+    budget = EnergyBudget(max_energy=1e6, unit="J")
+
+    def warnings_of(fits: int) -> int:
+        trainer = make_trainer(tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[monitor, budget])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for fit in range(fits):  # a second fit on the same Trainer continues its run
+                trainer.fit_loop.max_epochs = 2 * (fit + 1)
+                trainer.fit(BoringModel())
+        return sum("forecast exceeds the budget" in str(w.message) for w in caught)
+
+    assert warnings_of(fits=2) == 1
+    assert warnings_of(fits=1) == 1  # a new Trainer is a new run: it was never warned there
+
+
 # ------------------------------------------------------------------------------------------------- state, crash
 def test_resume_continues_totals(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
