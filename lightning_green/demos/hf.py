@@ -16,6 +16,7 @@ Plain ``(x, y)`` byte windows are accepted and read as such dicts.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from collections.abc import Mapping
@@ -157,10 +158,12 @@ def causal_lm_config(
         fields["tie_word_embeddings"] = tie_word_embeddings
     if overrides:
         # A config stores any unknown keyword as an attribute: check against the fields it really has (its own,
-        # its constructor's, and the rope parameters that transformers 5 accepts as legacy keywords).
+        # its constructor's, the rope parameters that transformers 5 accepts as legacy keywords, and the legacy
+        # keywords it keeps as properties, e.g. `rope_scaling` for `rope_parameters`).
         default = cls()
         known = set(vars(default)) | set(inspect.signature(cls.__init__).parameters)
         known |= set(getattr(default, "rope_parameters", None) or {})
+        known |= {k for k in overrides if k[:1] != "_" and isinstance(getattr(cls, str(k), None), property)}
         unknown = sorted(str(k) for k in overrides if k not in known)
         if unknown:
             raise InvalidArgumentError(
@@ -390,7 +393,10 @@ class HFCausalLM(pl.LightningModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``(batch, time, vocab)`` for token ids ``(batch, time)``."""
-        with attention_kernels(input_ids.device):
+        # Gradient checkpointing recomputes each layer in the backward pass, outside this context: there torch would
+        # pick another attention kernel than the forward's, whose saved tensors differ (torch's CheckpointError).
+        recomputes = bool(getattr(self.model, "is_gradient_checkpointing", False))
+        with contextlib.nullcontext() if recomputes else attention_kernels(input_ids.device):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def _losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

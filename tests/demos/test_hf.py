@@ -16,6 +16,7 @@ from lightning_green.demos.hf import FAMILIES, causal_lm_config, to_causal_lm_ba
 from lightning_green.testing.hf import TINY_FAMILIES, tiny_causal_lm, tiny_hf_module  # noqa: E402
 from tests.helpers import QUIET  # noqa: E402
 
+LINEAR_ROPE = {"rope_type": "linear", "factor": 2.0}
 SMALL_DATA = {"seq_len": 32, "batch_size": 8, "train_bytes": 16_384, "val_bytes": 2_048, "batch_format": "causal_lm"}
 
 
@@ -131,6 +132,16 @@ def test_batch_encoding_and_masked_tokens(tmp_path):
     assert float(loss2) == pytest.approx(float(loss), abs=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradient_checkpointing_trains_in_every_precision(tmp_path, precision):
+    # In bf16 on a CPU the forward chose the math attention kernel, and the backward's recompute (outside that
+    # choice) another one, whose saved tensors differ: torch's CheckpointError.
+    model = tiny_hf_module("llama", hidden_size=32, num_layers=1)
+    model.model.gradient_checkpointing_enable()
+    trainer = fit(tmp_path, model, batches=2, precision=precision)
+    assert trainer.global_step == 2 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_save_pretrained_loads_back_through_pretrained_path(tmp_path):
     model = tiny_hf_module("llama", hidden_size=32, num_layers=1)
     model.model.save_pretrained(tmp_path / "llama")
@@ -163,6 +174,10 @@ def test_config_overrides_reach_the_model():
     )
     assert model.model.config.rms_norm_eps == 1e-3 and model.model.config.rope_parameters["rope_theta"] == 1234.0
     cfg = causal_lm_config("qwen3", hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=1, intermediate_size=96)
+    # transformers 5 keeps the legacy `rope_scaling` keyword (a property for rope_parameters): it was refused
+    scaled = HFCausalLM(family="llama", hidden_size=32, num_layers=1, config={"rope_scaling": LINEAR_ROPE})
+    assert scaled.model.config.rope_parameters["rope_type"] == "linear"
+    assert scaled.model.config.rope_parameters["factor"] == 2.0
     assert (cfg.head_dim, cfg.num_key_value_heads, cfg.intermediate_size) == (16, 1, 96)
 
 
