@@ -45,6 +45,9 @@ _POLICIES = ("auto", "bf16-mixed", "16-mixed")
 _INTERVALS = ("epoch", "step")
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 class AMPScheduler(PicklesWithoutTrainer, Callback):
     """Schedule mixed precision over training, and fall back to fp32 when low precision produces NaN/inf.
 
@@ -293,9 +296,27 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
                 "in the schedule (policy='bf16-mixed'), or another optimizer."
             )
 
+    def _check_weights(self, pl_module: pl.LightningModule) -> None:
+        """Refuse trainable half-precision weights (a model built or loaded in bf16/fp16): nothing to fall back to.
+
+        Autocast leaves them in half precision, so a "32-true" epoch still computes in it, and Lightning's grad
+        scaler refuses their fp16 gradients. Frozen half weights (a teacher) are the user's business.
+        """
+        trainable = [(n, p.dtype) for n, p in pl_module.named_parameters() if p.requires_grad]
+        half = [(n, dtype) for n, dtype in trainable if dtype in _HALF]
+        if half:
+            name, dtype = half[0]
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: the module's trainable weights must be fp32 (torch.float32) for it to "
+                f"schedule precision and fall back to fp32; {len(half)} of {len(trainable)} tensors are {dtype} (e.g. "
+                f"{name!r}). Build or load the model in fp32 (e.g. from_pretrained(..., dtype=torch.float32)) and let "
+                f"{type(self).__name__} pick the precision, or remove it."
+            )
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._plugins is not None, "setup() did not run"
+        self._check_weights(pl_module)
         self._check_optimizers(trainer)
         self._active = True
         self._backward_pending = False

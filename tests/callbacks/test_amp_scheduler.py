@@ -636,6 +636,22 @@ def test_a_precision_plugin_of_the_users_own_is_refused_naming_plugins(tmp_path)
         make_trainer(tmp_path, [AMPScheduler()], plugins=[OwnPrecision()]).fit(Recorder())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_trainable_half_weights_are_refused_and_a_frozen_half_teacher_is_not(tmp_path, dtype):
+    # A model built in half precision (HF's from_config(..., dtype=...)): "32-true" epochs still computed in it while
+    # logged as 32, and fp16 failed inside torch's grad scaler ("Attempting to unscale FP16 gradients").
+    model = Recorder().to(dtype)
+    with pytest.raises(
+        ValueError, match=rf"trainable weights must be fp32 .*; 4 of 4 tensors are {dtype} \(e.g. 'bn.weight'\)"
+    ):
+        make_trainer(tmp_path, [AMPScheduler(schedule={0: "32-true", 1: "16-mixed"})]).fit(model)
+    assert model.train_log == []
+    model = Recorder()
+    model.teacher = nn.Linear(16, 4).to(dtype).requires_grad_(False)
+    make_trainer(tmp_path, [AMPScheduler(schedule={0: "32-true", 1: "bf16-mixed"})]).fit(model)
+    assert {(epoch, dtype) for epoch, _, _, dtype in model.train_log} == {(0, "32"), (1, "bf16")}
+
+
 class LBFGSRecorder(Recorder):
     def configure_optimizers(self):
         return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=2)
