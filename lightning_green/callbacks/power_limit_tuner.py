@@ -39,6 +39,9 @@ __all__ = ["PowerLimitTuner"]
 
 log = logging.getLogger(__name__)
 
+_STATE_VERSION = 2
+"""2: the profile's key, partly measured profiles, the original limits and the limits the run set (for a resume)."""
+
 Objective = Literal["zeus-cost", "energy", "time", "max-slowdown"]
 
 
@@ -59,12 +62,20 @@ class PowerLimitTuner(Callback):
       error later in the run is caught the same way.
     * Each GPU's limit is recorded before tuning and *that* value (not the maximum) is restored at train end, in
       ``on_exception``, on SIGTERM/SIGINT and at interpreter exit.
+    * A run killed with no chance to restore (SIGKILL, a lost node) leaves its GPU capped. Checkpoints keep the
+      original limits and the limits the run sets: a resumed run that finds the same GPU model still at one of them
+      takes the checkpoint's original as the original (restored right away and at the end); a GPU at any other
+      limit (an administrator changed it) keeps that limit as its original.
     * No GPU (a CPU-only run) → a one-line notice, then nothing. With simulated GPUs installed
       (:mod:`lightning_green.testing`) a CPU run tunes the rank's simulated GPU.
 
     DDP: each rank tunes its own GPU, every rank takes the same steps, energy is summed over ranks and time is the
     slowest rank's, and Zeus's cost uses the true world size; collectives go through the Lightning strategy (gloo
     works), so all ranks end on one limit.
+
+    Checkpoints keep the profile, also one still being measured (a resumed run profiles only the limits not yet
+    measured), with its workload key: resumed on another GPU model, precision, batch size or world size, the tuner
+    says so once and profiles afresh.
 
     Closed loop: ``on_workload_changed`` (a ``StructuredPruning`` step, an ``AMPScheduler`` precision switch)
     starts a new profile, because the optimum moves when the model shrinks.
@@ -82,7 +93,8 @@ class PowerLimitTuner(Callback):
         max_slowdown: Slowdown factor (>= 1) for ``"max-slowdown"``; must be ``None`` for other objectives.
         warmup_steps: Optimizer steps at each limit before measuring (>= 1).
         profile_steps: Optimizer steps measured at each limit (>= 1).
-        pl_step_w: Stride between profiled limits, W (>= 1).
+        pl_step_w: Stride between profiled limits, W (>= 1, and at most the width of the GPU's power-limit range, so
+            that at least two limits are profiled: checked in ``setup``).
         profile_path: JSON profile cache: a stored profile for the same workload (GPU model, world size, precision,
             the model's parameters and MACs, batch size) is reused (no profiling); a new one is added. Its folder
             must exist and be writable. A file written by Zeus's ``GlobalPowerLimitOptimizer(profile_path=...)``
@@ -93,7 +105,8 @@ class PowerLimitTuner(Callback):
         reprofile_on_change: Re-profile when the workload changes.
 
     Raises:
-        ValueError: An argument is out of range (message names it and what is allowed).
+        ValueError: An argument is out of range (message names it and what is allowed); ``pl_step_w`` wider than the
+            GPU's power-limit range, from ``setup``.
         TypeError: An argument has the wrong type.
 
     Example:
@@ -166,6 +179,10 @@ class PowerLimitTuner(Callback):
         self._gs_boundary: int | None = None
         self._boundaries = 0
         self._restored: dict[str, Any] | None = None
+        # The checkpoint's profile, held until the first step gives this run's key to compare with its key.
+        self._restored_profile: dict[str, Any] | None = None
+        self._profile_key: str | None = None  # the workload the search's measurements are of
+        self._originals_mw: dict[int, int] = {}  # every rank's GPU: its original limit (saved for a resume)
         self._warned = False
         # Profiles measured or read in this process, by workload key: a workload seen before (fp32 again after a
         # precision fallback, then low precision again) reuses its profile instead of profiling again.
@@ -233,6 +250,9 @@ class PowerLimitTuner(Callback):
         self.reprofiles = 0
         self.cache_hits = 0
         self._restored = None
+        self._restored_profile = None
+        self._profile_key = None
+        self._originals_mw = {}
         self._lookup_pending = False
         self._fit_started = False
         self._batch_size = None
@@ -263,6 +283,19 @@ class PowerLimitTuner(Callback):
         self._gpu_name = str(gpus.get_name(index))
         self._job = self.job or ""
         self._limits_mw = limit_grid(control.min_mw, control.max_mw, self.pl_step_w)
+        # Every rank's GPU: its range (pl_step_w must fit each) and its limit now (the originals a resume needs).
+        rows = gather_rows(trainer.strategy, [index, control.current_mw, control.min_mw, control.max_mw])
+        narrowest = min(rows, key=lambda r: r[3] - r[2])
+        if self.pl_step_w * 1000 > narrowest[3] - narrowest[2]:
+            fail(
+                type(self).__name__,
+                "pl_step_w",
+                self.pl_step_w,
+                f"at most {int(narrowest[3] - narrowest[2]) // 1000} (W), the width of GPU {int(narrowest[0])}'s "
+                f"power-limit range {int(narrowest[2]) // 1000}-{int(narrowest[3]) // 1000} W, so that at least two "
+                "limits are profiled",
+            )
+        self._originals_mw = {int(r[0]): int(r[1]) for r in rows}
         self._guard = LimitGuard(gpus, [index], on_restore_failure=self._restore_failed)
         self._guard.arm()
         self._check_cache(trainer)  # a corrupt cache fails now, before training
@@ -291,7 +324,7 @@ class PowerLimitTuner(Callback):
         self._boundaries = 0
 
     def _apply_restored(self, restored: dict[str, Any]) -> None:
-        """Take the checkpoint's workload and profile.
+        """Take the checkpoint's workload, original limits and profile.
 
         Called from on_fit_start, or from load_state_dict when the strategy restores after setup
         (``restore_checkpoint_after_setup``, e.g. FSDP, DeepSpeed), which is after on_fit_start.
@@ -299,12 +332,58 @@ class PowerLimitTuner(Callback):
         assert self._search is not None
         self.workload = int(restored.get("workload", 0))  # the workload the checkpointed model is at
         self.reprofiles = int(restored.get("reprofiles", self.workload))
-        if restored.get("measurements") and int(restored.get("world_size", 0)) == self.world_size:
-            from zeus.optimizer.power_limit import PowerLimitMeasurement
+        self._adopt_originals(restored)
+        rows = restored.get("measurements") or []
+        if not rows or int(restored.get("world_size", 0)) != self.world_size:
+            return  # nothing measured, or measured with another number of GPUs: profile again
+        from zeus.optimizer.power_limit import PowerLimitMeasurement
 
-            measurements = [PowerLimitMeasurement(**m) for m in restored["measurements"]]
-            self._search.load(measurements, steps=int(restored.get("steps", self.profile_steps)))
+        measurements = [PowerLimitMeasurement(**m) for m in rows]
+        steps = int(restored.get("steps", self.profile_steps))
+        key = restored.get("key")
+        if key is not None:  # compared with this run's key at the first step, which gives the batch size
+            done = restored.get("state") == "done"
+            self._restored_profile = {"key": str(key), "measurements": measurements, "steps": steps, "done": done}
+            return
+        # Version 1 saved no key (only finished profiles): reuse one measured at exactly this GPU's limits.
+        if {m.power_limit for m in measurements} == {mw // 1000 for mw in self._limits_mw}:
+            self._search.load(measurements, steps=steps)
             self._lookup_pending = False
+        else:
+            measured_w = sorted((m.power_limit for m in measurements), reverse=True)
+            rank_zero_info(
+                f"PowerLimitTuner: the checkpoint's power-limit profile ({measured_w} W) was not measured at this "
+                f"GPU's limits ({self._gpu_name}, {[mw // 1000 for mw in self._limits_mw]} W); profiling again."
+            )
+
+    def _adopt_originals(self, restored: dict[str, Any]) -> None:
+        """A GPU the checkpointed run left at one of its limits (it was killed) gets back that run's original."""
+        if self._guard is None:
+            return
+        if restored.get("gpu_name") != self._gpu_name:
+            return  # another GPU model: not the GPU that run left capped
+        originals = {int(i): int(mw) for i, mw in (restored.get("original_limits_mw") or {}).items()}
+        left = {int(mw) for mw in restored.get("tuning_limits_mw") or []}
+        if restored.get("applied_limit_mw") is not None:
+            left.add(int(restored["applied_limit_mw"]))
+        if not originals or not left:
+            return
+        # The same rule for every rank's GPU (limits read in setup), so the next checkpoint keeps the true originals.
+        capped = {
+            i: current
+            for i, current in self._originals_mw.items()
+            if i in originals and current in left and current != originals[i]
+        }
+        self._originals_mw.update({i: originals[i] for i in capped})
+        if self._guard.adopt_originals(left, originals):
+            self._guard.restore()  # no reason to keep running capped until the tuner sets a limit
+        if capped:
+            rank_zero_info(
+                "PowerLimitTuner: the run this checkpoint comes from was stopped before it restored the power limit "
+                "of GPU "
+                + ", ".join(f"{i} ({mw // 1000} W → {originals[i] // 1000} W)" for i, mw in sorted(capped.items()))
+                + "; its original limit is back, and is restored at the end."
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -398,6 +477,7 @@ class PowerLimitTuner(Callback):
         self.workload += 1
         self.reprofiles += 1
         self._search.restart()
+        self._profile_key = None
         self._size = None  # a prune changes the model's size: count again
         known = not self._lookup_pending and self._use_known_profile(trainer, pl_module, initial=False)
         rank_zero_info(
@@ -410,24 +490,34 @@ class PowerLimitTuner(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         search = self._search
+        # Finished limits, also mid-profiling (a resume measures only the rest), with the workload they are of.
+        measured = search is not None and search.state != "off" and self._profile_key is not None
+        measurements = search.measurements if search is not None and measured else []
+        guard, index = self._guard, self.gpu_index
+        # For a resume after a hard kill: which limits this run may have left a GPU at, and what to put back.
+        applied = guard.applied.get(index) if guard is not None and index is not None else None
+        tuning = set(self._limits_mw) | {m.power_limit * 1000 for m in measurements} if guard is not None else set()
+        if search is not None and search.chosen_mw is not None and guard is not None:
+            tuning.add(search.chosen_mw)
         return {
-            "version": 1,
+            "version": _STATE_VERSION,
             "state": self.state,
             "workload": self.workload,
             "reprofiles": self.reprofiles,
             "world_size": self.world_size,
             "chosen_limit_w": self.chosen_limit_w,
-            "measurements": (
-                [{"power_limit": m.power_limit, "energy": m.energy, "time": m.time} for m in search.measurements]
-                if search is not None and search.state == "done"
-                else []
-            ),
+            "key": self._profile_key if measurements else None,
+            "measurements": [{"power_limit": m.power_limit, "energy": m.energy, "time": m.time} for m in measurements],
             "steps": search.measurement_steps if search is not None else self.profile_steps,
+            "gpu_name": self._gpu_name,
+            "original_limits_mw": dict(self._originals_mw) if guard is not None else {},
+            "applied_limit_mw": applied,
+            "tuning_limits_mw": sorted(int(mw) for mw in tuning),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        check_state_version(type(self).__name__, state_dict, supported=1)
+        check_state_version(type(self).__name__, state_dict, supported=_STATE_VERSION)
         if self._fit_started and self._search is not None:  # restore_checkpoint_after_setup: after on_fit_start
             self._apply_restored(dict(state_dict))
         else:
@@ -449,6 +539,18 @@ class PowerLimitTuner(Callback):
         """Load the profile of this workload if one was seen in this process or is in the cache, and conclude."""
         assert self._search is not None
         key = self._key(trainer, pl_module)
+        self._profile_key = key
+        restored, self._restored_profile = self._restored_profile, None
+        if restored is not None and restored["key"] != key:
+            rank_zero_info(
+                f"PowerLimitTuner: the checkpoint's power-limit profile is of another workload ({restored['key']}), "
+                f"not this run's ({key}); profiling this one."
+            )
+            restored = None
+        if restored is not None and restored["done"]:
+            self._search.load(restored["measurements"], steps=restored["steps"])
+            self._conclude(trainer)
+            return True
         known = self._profiles.get(key)
         if known is not None:
             self.cache_hits += 1
@@ -459,10 +561,25 @@ class PowerLimitTuner(Callback):
                 self.cache_hits += 1
                 rank_zero_info(f"PowerLimitTuner: reusing the stored profile for {key} from {self.profile_path}.")
         if known is None:
-            return False
+            return restored is not None and self._resume_profile(trainer, restored)
         self._search.load(*known)
         self._conclude(trainer)
         return True
+
+    def _resume_profile(self, trainer: pl.Trainer, restored: dict[str, Any]) -> bool:
+        """Continue the checkpoint's partly measured profile (of this workload); ``True`` when it was complete."""
+        assert self._search is not None
+        try:
+            self._search.resume(restored["measurements"], steps=restored["steps"])
+        except ValueError as err:  # another grid or step count: its measurements do not mix with new ones
+            rank_zero_info(
+                f"PowerLimitTuner: cannot continue the checkpoint's power-limit profile ({err}); profiling again."
+            )
+            return False
+        if self._search.state == "selecting":
+            self._conclude(trainer)
+            return True
+        return False
 
     def _check_cache(self, trainer: pl.Trainer) -> None:
         """Read the whole cache on rank 0 and raise its problem on every rank (a collective)."""
@@ -582,6 +699,7 @@ class PowerLimitTuner(Callback):
             self._disable(trainer, self._refusal(error))
             return
         key = self._key(trainer, trainer.lightning_module)  # of the workload just profiled (or loaded)
+        self._profile_key = key
         self._profiles[key] = (list(self._search.measurements), self._search.measurement_steps)
         self._save_cache(trainer, key)
         self._log_profile(trainer)

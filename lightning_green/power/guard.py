@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import FrameType
 from typing import Any
 
@@ -57,6 +57,8 @@ class LimitGuard:
         self.indices = list(indices)
         self.on_restore_failure = on_restore_failure
         self.originals: dict[int, int] = {}
+        self.applied: dict[int, int] = {}
+        """The limit this guard last set on each GPU, while it holds one (cleared once the original is back)."""
         self.tripped = False
         self._armed = False
         self._previous: dict[int, Any] = {}
@@ -72,6 +74,7 @@ class LimitGuard:
         if self._armed:
             return
         self.originals = {i: int(self.gpus.get_power_management_limit(i)) for i in self.indices}
+        self.applied = {}
         self.tripped = False
         self._pid = os.getpid()
         atexit.register(self._at_exit)
@@ -108,7 +111,39 @@ class LimitGuard:
             return False
         if int(self.gpus.get_power_management_limit(index)) != int(limit_mw):
             self.gpus.set_power_management_limit(index, int(limit_mw))
+        self.applied[index] = int(limit_mw)
         return True
+
+    def adopt_originals(self, left_behind_mw: Collection[int], originals: Mapping[int, int]) -> dict[int, int]:
+        """Take over the originals of an earlier run that was killed (SIGKILL, a crash) before it could restore them.
+
+        A GPU whose limit recorded by :meth:`arm` is one that run set (``left_behind_mw``) and not its original was
+        left capped by it: its original becomes ``originals[index]``, restored like any other. A GPU at another
+        limit (an administrator changed it since) keeps the limit it has as its original. Call after :meth:`arm`.
+
+        Returns:
+            The adopted originals, by GPU index.
+
+        Example:
+            >>> from lightning_green.testing import simulated_gpus
+            >>> with simulated_gpus(1, initial_limit_w=150) as gpus:  # the killed run's last limit
+            ...     guard = LimitGuard(gpus, [0])
+            ...     guard.arm()
+            ...     adopted = guard.adopt_originals([250_000, 150_000], {0: 240_000})
+            ...     _ = guard.disarm()
+            ...     adopted, gpus.get_power_management_limit(0)
+            ({0: 240000}, 240000)
+        """
+        left = {int(x) for x in left_behind_mw}
+        adopted = {}
+        for index, current in self.originals.items():
+            original = originals.get(index)
+            if original is not None and current in left and current != int(original):
+                adopted[index] = int(original)
+        self.originals.update(adopted)
+        if adopted:
+            log.debug("limit guard adopted the originals of a killed run: %s", adopted)
+        return adopted
 
     def restore(self) -> bool:
         """Put every recorded GPU back to its original limit; ``True`` if all are there. Never raises GPU errors."""
@@ -118,6 +153,7 @@ class LimitGuard:
                 if int(self.gpus.get_power_management_limit(index)) != original:
                     self.gpus.set_power_management_limit(index, original)
                     log.debug("GPU %d power limit restored to %d mW", index, original)
+                self.applied.pop(index, None)
             except ZeusBaseGPUError as err:
                 ok = False
                 if self.on_restore_failure is not None:

@@ -316,6 +316,38 @@ class PowerLimitSearch:
         self.measurement_steps = int(steps) if steps is not None else self.profile_steps
         self.state = "selecting"
 
+    def resume(self, measurements: Sequence[PowerLimitMeasurement], steps: int | None = None) -> None:
+        """Continue a profile begun earlier (a checkpoint saved mid-profiling): keep its measured limits.
+
+        The machine waits ``wait_steps`` again, then profiles the first limit not measured yet (a limit that was
+        being measured when the checkpoint was saved is measured again). With every limit measured it waits in
+        ``selecting``, as after :meth:`load`.
+
+        Args:
+            measurements: The limits measured so far.
+            steps: Training steps each measurement covers (``None``: ``profile_steps``).
+
+        Raises:
+            ValueError: The measurements cannot be continued here: they are not this machine's highest limits in
+                order (another limit grid: another ``pl_step_w`` or GPU), or cover another number of steps.
+        """
+        measured = [int(m.power_limit) for m in measurements]
+        expected = [mw // 1000 for mw in self.limits_mw[: len(measured)]]
+        if measured != expected:
+            raise ValueError(f"its limits {measured} W are not the first of this grid {expected} W")
+        steps = self.profile_steps if steps is None else int(steps)
+        if steps != self.profile_steps:
+            raise ValueError(f"its limits were measured over {steps} steps, not profile_steps={self.profile_steps}")
+        if len(measured) == len(self.limits_mw):
+            self.load(measurements, steps)
+            return
+        self.cancel()
+        passes = self.passes
+        self._reset()
+        self.passes = passes  # the same pass, continued
+        self.measurements = list(measurements)
+        self._index = len(measured)
+
     def select(self) -> int:
         """The selected limit, mW (one of the profiled limits)."""
         watts = int(self.selector.select(self.measurements))

@@ -297,7 +297,7 @@ def test_checkpoint_resume_keeps_the_profile(tmp_path, v100):
     ckpt = trainer.checkpoint_callback.best_model_path or str(next(Path(tmp_path).rglob("*.ckpt")))
     state = torch.load(ckpt, weights_only=True)["callbacks"]
     (tuner_state,) = [v for k, v in state.items() if k.startswith("PowerLimitTuner")]
-    assert tuner_state["version"] == 1 and len(tuner_state["measurements"]) == 4
+    assert tuner_state["version"] == 2 and len(tuner_state["measurements"]) == 4
 
     resumed = PowerLimitTuner(**FAST)
     _trainer(tmp_path, [_work(), resumed], max_steps=PROFILE_STEPS + 4).fit(BoringModel(), ckpt_path=ckpt)
@@ -355,6 +355,8 @@ def test_resume_mid_reprofile_keeps_the_workload_and_the_cache_key(tmp_path, v10
     )
     trainer.fit(BoringModel())
     assert tuner.workload == 1 and tuner.state in ("warmup", "profiling")  # stopped while re-profiling
+    measured = tuner.table()  # the pruned model's limits finished before the checkpoint
+    assert 1 <= len(measured) < 4
     ckpt = str(next(Path(tmp_path).rglob("*.ckpt")))
     dense = json.loads(path.read_text())["profiles"]
     assert list(dense) == [dense_key]
@@ -363,7 +365,9 @@ def test_resume_mid_reprofile_keeps_the_workload_and_the_cache_key(tmp_path, v10
     _trainer(tmp_path, [_work(), resumed], max_steps=prune_at + 5 + PROFILE_STEPS + 1).fit(
         _PrunedBoring(), ckpt_path=ckpt
     )
-    assert resumed.workload == 1 and resumed.state == "done" and resumed.profiling_steps == PROFILE_STEPS - 1
+    # the re-profile goes on where it stopped: only the limits not measured yet, 1 warm-up + 2 profiled steps each
+    assert resumed.workload == 1 and resumed.state == "done" and resumed.profiling_steps == (4 - len(measured)) * 3
+    assert resumed.table()[: len(measured)] == measured and len(resumed.table()) == 4
     profiles = json.loads(path.read_text())["profiles"]
     assert sorted(profiles) == sorted([dense_key, pruned_key])  # the pruned model's profile under its own key
     assert profiles[dense_key] == dense[dense_key]  # the dense model's profile untouched
@@ -604,3 +608,155 @@ def test_batch_size_is_part_of_the_key(tmp_path, v100):
         )
     keys = list(json.loads(path.read_text())["profiles"])
     assert sorted(k.rsplit("|", 1)[1] for k in keys) == ["batch=1", "batch=4"]
+
+
+# ---------------------------------------------------------------------------------------------- resume, grid
+def _checkpoint_done_on_v100(tmp_path):
+    """A checkpoint of a finished profile on the simulated V100 (100-250 W)."""
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240):
+        tuner = PowerLimitTuner(objective="energy", **FAST)
+        trainer = _trainer(tmp_path, [_work(), tuner], max_steps=PROFILE_STEPS + 1)
+        trainer.fit(BoringModel())
+        assert tuner.state == "done"
+        path = str(tmp_path / "done.ckpt")
+        trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("gpu", "limits_w"),
+    [
+        ({"name": "Sim A100", "min_limit_w": 100, "max_limit_w": 400}, [400, 350, 300, 250, 200, 150, 100]),
+        ({"name": "Sim H100", "min_limit_w": 300, "max_limit_w": 700}, [700, 650, 600, 550, 500, 450, 400, 350, 300]),
+    ],
+    ids=["wider-range", "disjoint-range"],
+)
+def test_a_checkpoint_profile_of_another_gpu_model_is_not_applied(tmp_path, caplog, gpu, limits_w):
+    ckpt = _checkpoint_done_on_v100(tmp_path)
+    with simulated_gpus(1, demand_w=gpu["max_limit_w"], **gpu) as gpus:
+        resumed = PowerLimitTuner(objective="energy", **FAST)
+        steps = PROFILE_STEPS + 1 + len(limits_w) * 3 + 2
+        with caplog.at_level(logging.INFO):
+            _trainer(tmp_path, [SimulatedGPUWorkload(step_work_s=0.002), resumed], max_steps=steps).fit(
+                BoringModel(), ckpt_path=ckpt
+            )
+        assert resumed.disabled_reason is None and resumed.state == "done"
+        assert [r["limit_w"] for r in resumed.table()] == limits_w  # this GPU profiled, over its own range
+        assert resumed.profiling_steps == len(limits_w) * 3
+        assert gpus.gpus[0].get_power_management_limit() == gpu["max_limit_w"] * 1000  # its original, restored
+    notes = [m for m in caplog.messages if "profile is of another workload" in m]
+    assert len(notes) == 1 and f"not this run's ({gpu['name']}|world=1|" in notes[0]
+
+
+class _SaveAt(Callback):
+    """Saves a checkpoint after optimizer step ``step`` (mid-profiling with FAST: 250 and 200 W measured at 8)."""
+
+    def __init__(self, path, step=8):
+        self.path, self.step = path, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def _checkpoint_mid_profile(tmp_path):
+    path = str(tmp_path / "mid.ckpt")
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240):
+        tuner = PowerLimitTuner(**FAST)
+        _trainer(tmp_path, [_work(), tuner, _SaveAt(path)], max_steps=9).fit(BoringModel())
+    return path, tuner
+
+
+def test_resume_mid_profile_keeps_the_measured_limits_and_profiles_the_rest(tmp_path):
+    path, first = _checkpoint_mid_profile(tmp_path)
+    state = torch.load(path, weights_only=True)["callbacks"]["PowerLimitTuner"]
+    assert state["state"] == "profiling" and [m["power_limit"] for m in state["measurements"]] == [250, 200]
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240) as gpus:
+        resumed = PowerLimitTuner(**FAST)
+        _trainer(tmp_path, [_work(), resumed], max_steps=8 + 2 * 3 + 3).fit(BoringModel(), ckpt_path=path)
+        assert resumed.state == "done" and resumed.profiling_steps == 2 * 3  # 150 and 100 W only
+        assert resumed.table()[:2] == first.table()[:2] and len(resumed.table()) == 4
+        tried = [mw for mw in gpus.gpus[0].limit_history if mw != 240_000]
+        assert tried[:2] == [150_000, 100_000] and set(tried[2:]) <= {resumed.chosen_limit_w * 1000}
+
+
+@pytest.mark.parametrize("change", [{"profile_steps": 3}, {"pl_step_w": 25}], ids=["profile_steps", "pl_step_w"])
+def test_resume_mid_profile_with_another_grid_or_step_count_profiles_again(tmp_path, caplog, change):
+    path, _ = _checkpoint_mid_profile(tmp_path)
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240):
+        resumed = PowerLimitTuner(**{**FAST, **change})
+        with caplog.at_level(logging.INFO):
+            _trainer(tmp_path, [_work(), resumed], max_steps=10).fit(BoringModel(), ckpt_path=path)
+    assert resumed.table() == [] and resumed.profiling_steps > 0  # started again from the maximum
+    assert sum("cannot continue the checkpoint's power-limit profile" in m for m in caplog.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("left_at_w", "original_w"),
+    [(100, 240), (150, 240), (220, 220)],
+    ids=["left-at-the-last-limit", "left-at-the-checkpoints-limit", "changed-by-an-administrator"],
+)
+def test_resume_after_a_hard_kill_restores_the_original_limit(tmp_path, left_at_w, original_w):
+    # A SIGKILL runs no handler: the GPU keeps the limit the killed run set last (here simulated by starting the
+    # resumed run's GPU there). The checkpoint (step 8, at 150 W) may be older than that limit (100 W, step 9).
+    path, _ = _checkpoint_mid_profile(tmp_path)
+    state = torch.load(path, weights_only=True)["callbacks"]["PowerLimitTuner"]
+    assert state["original_limits_mw"] == {0: 240_000} and state["applied_limit_mw"] == 150_000
+    later = str(tmp_path / "later.ckpt")
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=left_at_w) as gpus:
+        resumed = PowerLimitTuner(**FAST)
+        _trainer(tmp_path, [_work(), resumed, _SaveAt(later, step=10)], max_steps=12).fit(BoringModel(), ckpt_path=path)
+        assert gpus.gpus[0].get_power_management_limit() == original_w * 1000
+    again = torch.load(later, weights_only=True)["callbacks"]["PowerLimitTuner"]
+    assert again["original_limits_mw"] == {0: original_w * 1000}  # a second kill still knows the original
+
+
+def test_a_version_1_checkpoint_still_resumes(tmp_path, v100):
+    tuner = PowerLimitTuner(**FAST)
+    trainer = _trainer(tmp_path, [_work(), tuner], max_steps=PROFILE_STEPS + 1)
+    trainer.fit(BoringModel())
+    path = tmp_path / "v1.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    v1 = ("version", "state", "workload", "reprofiles", "world_size", "chosen_limit_w", "measurements", "steps")
+    ckpt["callbacks"]["PowerLimitTuner"] = {k: ckpt["callbacks"]["PowerLimitTuner"][k] for k in v1}
+    ckpt["callbacks"]["PowerLimitTuner"]["version"] = 1
+    torch.save(ckpt, path)
+
+    resumed = PowerLimitTuner(**FAST)
+    _trainer(tmp_path, [_work(), resumed], max_steps=PROFILE_STEPS + 3).fit(BoringModel(), ckpt_path=path)
+    assert resumed.state == "done" and resumed.profiling_steps == 0 and resumed.table() == tuner.table()
+
+    other = PowerLimitTuner(**{**FAST, "pl_step_w": 75})  # 250, 175, 100 W: not the limits it was measured at
+    _trainer(tmp_path, [_work(), other], max_steps=PROFILE_STEPS + 1 + 3 * 3 + 2).fit(BoringModel(), ckpt_path=path)
+    assert other.profiling_steps == 3 * 3 and [r["limit_w"] for r in other.table()] == [250.0, 175.0, 100.0]
+
+
+def test_a_pl_step_wider_than_the_gpus_range_is_refused_in_setup(tmp_path, v100):
+    tuner = PowerLimitTuner(**{**FAST, "pl_step_w": 200})
+    with pytest.raises(
+        ValueError,
+        match=r"^PowerLimitTuner\(pl_step_w=200\): `pl_step_w` must be at most 150 \(W\), the width of GPU 0's "
+        r"power-limit range 100-250 W, so that at least two limits are profiled\.$",
+    ):
+        _trainer(tmp_path, [_work(), tuner]).fit(BoringModel())
+    assert set(v100.limit_history) == {240_000}  # never changed
+
+
+def test_a_gpu_without_a_limit_range_warns_once_and_stays_off(tmp_path):
+    with simulated_gpus(1, min_limit_w=250, max_limit_w=250) as gpus:
+        tuner = PowerLimitTuner(**{**FAST, "pl_step_w": 200})
+        with pytest.warns(UserWarning, match=r"cannot tune power limits: GPU 0 has no adjustable power limit") as rec:
+            _trainer(tmp_path, [SimulatedGPUWorkload(step_work_s=0.0), tuner], max_steps=3).fit(BoringModel())
+        assert sum("PowerLimitTuner" in str(w.message) for w in rec) == 1
+        assert tuner.state == "off" and set(gpus.gpus[0].limit_history) == {250_000}
+
+
+def test_a_limit_on_another_gpu_model_is_not_taken_for_one_a_killed_run_left(tmp_path):
+    path, _ = _checkpoint_mid_profile(tmp_path)  # a V100 run's checkpoint: original 240 W, its limits 100-250 W
+    with simulated_gpus(1, name="Sim A100", min_limit_w=100, max_limit_w=400, initial_limit_w=200) as gpus:
+        resumed = PowerLimitTuner(**FAST)
+        _trainer(tmp_path, [SimulatedGPUWorkload(step_work_s=0.002), resumed], max_steps=12).fit(
+            BoringModel(), ckpt_path=path
+        )
+        assert gpus.gpus[0].get_power_management_limit() == 200_000  # its own original, not the V100's

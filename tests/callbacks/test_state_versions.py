@@ -30,12 +30,14 @@ CALLBACKS = [
     lambda: StructuredPruning(),
 ]
 
+VERSIONS = {"PowerLimitTuner": 2}  # the state versions that moved on from 1
+
 
 @pytest.mark.parametrize("make", CALLBACKS, ids=lambda f: type(f()).__name__)
 def test_a_newer_state_version_fails_clearly(make):
     callback = make()
     state = callback.state_dict()
-    assert state["version"] == 1
+    assert state["version"] == VERSIONS.get(type(callback).__name__, 1)
     callback.load_state_dict(dict(state))  # its own version loads
     name = type(callback).__name__
     with pytest.raises(InvalidArgumentError, match=rf"^{name}: .* version 7, newer than this lightning-green reads"):

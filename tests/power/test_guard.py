@@ -54,6 +54,34 @@ def test_restore_puts_back_the_original_not_the_maximum():
         assert gpus.get_power_management_limit(0) == 260_000
 
 
+def test_the_limit_set_last_is_known_until_restored():
+    with simulated_gpus(1, initial_limit_w=260) as gpus:
+        guard = LimitGuard(gpus, [0])
+        guard.arm()
+        assert guard.applied == {}
+        guard.set_limit(0, 120_000)
+        guard.set_limit(0, 150_000)
+        assert guard.applied == {0: 150_000}
+        guard.restore()
+        assert guard.applied == {}
+
+
+@pytest.mark.parametrize(
+    ("now_w", "original_w"),
+    [(150, 240), (120, 240), (220, 220), (240, 240)],
+    ids=["left-by-the-killed-run", "another-of-its-limits", "set-by-an-administrator", "already-restored"],
+)
+def test_adopt_originals_takes_the_killed_runs_original_only_for_a_limit_it_left(now_w, original_w):
+    with simulated_gpus(1, initial_limit_w=now_w) as gpus:
+        guard = LimitGuard(gpus, [0])
+        guard.arm()
+        adopted = guard.adopt_originals({250_000, 150_000, 120_000}, {0: 240_000, 1: 200_000})
+        assert adopted == ({0: 240_000} if original_w != now_w else {})
+        assert guard.originals == {0: original_w * 1000}
+        guard.disarm()
+        assert gpus.get_power_management_limit(0) == original_w * 1000
+
+
 def test_restore_failure_is_reported_not_raised():
     failures = []
     with simulated_gpus(1) as gpus:

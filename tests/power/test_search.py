@@ -102,6 +102,41 @@ def test_restart_cancels_and_profiles_again():
     assert applied == [300_000, 300_000]
 
 
+def test_resume_keeps_the_measured_limits_and_profiles_the_rest():
+    s, applied = _search(_Windows(), limits=(300_000, 250_000, 200_000), wait_steps=0, warmup_steps=1)
+    done = [PowerLimitMeasurement(power_limit=300, energy=30.0, time=1.0)]
+    s.resume(done, steps=3)
+    assert s.state == "waiting" and s.measurements == done and s.passes == 1
+    _drive(s, 1)
+    assert applied == [250_000] and s.profiling_limit_mw == 250_000  # the next limit, not the maximum again
+    while s.state != "selecting":
+        win = s.step_begin()
+        if win is not None:
+            s.record(win.energy_j, win.time_s)
+    assert applied == [250_000, 200_000] and [m.power_limit for m in s.measurements] == [300, 250, 200]
+
+
+def test_resume_with_every_limit_measured_waits_in_selecting():
+    s, applied = _search(_Windows())
+    s.resume([PowerLimitMeasurement(power_limit=w, energy=1.0, time=1.0) for w in (300, 200)])
+    assert s.state == "selecting" and applied == []
+
+
+@pytest.mark.parametrize(
+    ("limits_w", "steps", "match"),
+    [
+        ((250,), 3, r"limits \[250\] W are not the first of this grid \[300\] W"),
+        ((200,), 3, r"are not the first of this grid"),
+        ((300,), 5, r"measured over 5 steps, not profile_steps=3"),
+    ],
+)
+def test_resume_refuses_measurements_of_another_grid_or_step_count(limits_w, steps, match):
+    s, applied = _search(_Windows())
+    with pytest.raises(ValueError, match=match):
+        s.resume([PowerLimitMeasurement(power_limit=w, energy=1.0, time=1.0) for w in limits_w], steps=steps)
+    assert s.state == "waiting" and s.measurements == [] and applied == []
+
+
 def test_selectors_use_zeus_classes_and_the_true_world_size():
     assert isinstance(make_selector("energy", 0.5, None, 2), Energy)
     assert isinstance(make_selector("time", 0.5, None, 2), Time)
