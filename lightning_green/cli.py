@@ -279,28 +279,80 @@ def _report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lightning-green report",
         description="Regenerate the green report of finished runs (written into each run directory) and, given "
-        "several, compare them side by side: energy-to-target, time-to-target, final metric, MACs.",
+        "several, compare them side by side: energy-to-target, time-to-target, final metric, MACs. Each run's own "
+        "report keeps the settings its GreenReport recorded (metric, mode, target, file name, HTML page) unless "
+        "--metric/--mode/--target/--no-html say otherwise (a --metric other than the recorded one drops the recorded "
+        "mode and target); the comparison uses these options and their defaults.",
     )
     p.add_argument(
         "run_dirs", nargs="+", metavar="RUN_DIR", help="log dir of a fit run (e.g. lightning_logs/version_0)"
     )
     p.add_argument(
-        "--metric", default=None, help="validation metric (default: the first logged of val_acc, val_loss, val_ppl)"
+        "--metric",
+        default=None,
+        help="validation metric (default: the one GreenReport recorded, else the first logged of val_acc, val_loss, "
+        "val_ppl)",
     )
     p.add_argument(
-        "--mode", choices=("auto", "max", "min"), default="auto", help="is higher better? (default: by name)"
+        "--mode",
+        choices=("auto", "max", "min"),
+        default=None,
+        help="is higher better? (default: as GreenReport recorded, else by name)",
     )
     p.add_argument(
         "--target",
         type=float,
         default=None,
-        help="metric value for energy-/time-to-target (comparison default: the least good best value among the runs)",
+        help="metric value for energy-/time-to-target (default: the one GreenReport recorded; in the comparison, the "
+        "least good best value among the runs)",
     )
     p.add_argument("--names", default=None, help="comma-separated names of the runs, in order")
     p.add_argument("--out", default=".", help="folder of the comparison files (several runs; default: .)")
     p.add_argument("--json", default=None, help="also write the comparison as JSON to this file")
-    p.add_argument("--no-html", action="store_true", help="Markdown only")
+    p.add_argument("--no-html", action="store_true", help="Markdown only (an HTML page left from before is removed)")
+    p.add_argument(
+        "--energy-report",
+        default=None,
+        metavar="NAME",
+        help="file name of the energy report in each run dir (EnergyMonitor's report_filename; default: "
+        "energy_report.json, else the one energy report JSON in the dir)",
+    )
     return p
+
+
+def _check_output(parser: argparse.ArgumentParser, flag: str, value: str, folder: bool) -> None:
+    """Refuse an output path that cannot be written before any report is rewritten (one line naming the option)."""
+    from pathlib import Path
+
+    path = Path(value).absolute()
+    what = "a folder (created if missing)" if folder else "a file path (e.g. comparison.json)"
+    if path.exists():
+        if folder != path.is_dir():
+            parser.error(f"argument {flag}: {value!r} is {'a file' if folder else 'a folder'}; pass {what}")
+        writable = path if folder else path.parent
+    else:
+        writable = path.parent
+        while not writable.exists():
+            writable = writable.parent
+        if not writable.is_dir():
+            parser.error(f"argument {flag}: {value!r} cannot be created ({str(writable)!r} is a file); pass {what}")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        parser.error(f"argument {flag}: {value!r} is not writable ({str(writable)!r}); pass {what} you can write")
+
+
+def _recorded_settings(run: Any, ns: argparse.Namespace) -> dict[str, Any]:
+    """The run report's settings: the options given, else what the run's GreenReport recorded, else the defaults."""
+    from lightning_green.report.green import recorded_settings
+
+    rec = recorded_settings(run)
+    same_metric = ns.metric is None or ns.metric == rec.get("metric")
+    return {
+        "metric": ns.metric if ns.metric is not None else rec.get("metric"),
+        "mode": ns.mode or (rec.get("mode") if same_metric else None) or "auto",
+        "target": ns.target if ns.target is not None else (rec.get("target") if same_metric else None),
+        "filename": rec.get("filename", "green_report"),
+        "html": not ns.no_html and rec.get("html", True),
+    }
 
 
 def report(args: Sequence[str]) -> int:
@@ -311,7 +363,7 @@ def report(args: Sequence[str]) -> int:
     """
     from lightning_green.energy.report import write_bytes_atomic
     from lightning_green.report import compare_runs, format_comparison, load_run, write_comparison, write_report
-    from lightning_green.report.run import RunDirError
+    from lightning_green.report.run import ENERGY_REPORT, RunDirError
 
     parser = _report_parser()
     ns = parser.parse_args(list(args))
@@ -322,24 +374,47 @@ def report(args: Sequence[str]) -> int:
             "argument --json: writes the comparison of two or more runs; one run's figures are in its "
             "energy_report.json"
         )
+    plain = ns.energy_report and os.path.basename(ns.energy_report) == ns.energy_report
+    if ns.energy_report is not None and not plain:
+        parser.error(f"argument --energy-report: {ns.energy_report!r} is not a plain file name (no directory part)")
+    if len(ns.run_dirs) > 1:  # before any run report is rewritten
+        _check_output(parser, "--out", ns.out, folder=True)
+        if ns.json:
+            _check_output(parser, "--json", ns.json, folder=False)
     names = [n.strip() for n in ns.names.split(",")] if ns.names else []
     if names and len(names) != len(ns.run_dirs):
         raise RunDirError(f"--names has {len(names)} name(s) for {len(ns.run_dirs)} run directories.")
-    runs = [load_run(d, name=names[i] if names else None) for i, d in enumerate(ns.run_dirs)]
+    runs = [
+        load_run(d, name=names[i] if names else None, energy_report=ns.energy_report or ENERGY_REPORT)
+        for i, d in enumerate(ns.run_dirs)
+    ]
+    for run in runs:
+        for problem in run.scalars.problems:  # also noted in the report
+            print(
+                f"lightning-green report: warning: {run.name}: the logged scalars are incomplete: {problem}",
+                file=sys.stderr,
+            )
     seen: dict[str, int] = {}
     for run in runs:  # names must tell runs apart in the comparison
         seen[run.name] = seen.get(run.name, 0) + 1
         if seen[run.name] > 1:
             run.name = f"{run.name} ({seen[run.name]})"
+    mode = ns.mode or "auto"
     if len(runs) > 1:  # a comparison error (a --metric one run lacks) before any file is rewritten
-        compare_runs(runs, metric=ns.metric, target=ns.target, mode=ns.mode)
+        compare_runs(runs, metric=ns.metric, target=ns.target, mode=mode)
     for run in runs:
-        files = write_report(run, metric=ns.metric, mode=ns.mode, target=ns.target, html=not ns.no_html)
+        settings = _recorded_settings(run, ns)
+        files = write_report(
+            run,
+            metric=settings["metric"],
+            mode=settings["mode"],
+            target=settings["target"],
+            filename=settings["filename"],
+            html=settings["html"],
+        )
         print(f"{run.name}: {files.markdown}" + (f", {files.html}" if files.html else ""))
     if len(runs) > 1:
-        cmp, files = write_comparison(
-            runs, ns.out, metric=ns.metric, target=ns.target, mode=ns.mode, html=not ns.no_html
-        )
+        cmp, files = write_comparison(runs, ns.out, metric=ns.metric, target=ns.target, mode=mode, html=not ns.no_html)
         print(format_comparison(cmp))
         print(f"comparison: {files.markdown}" + (f", {files.html}" if files.html else ""))
         if ns.json:

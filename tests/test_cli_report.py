@@ -121,6 +121,11 @@ def test_an_interrupted_run_is_marked_in_the_comparison(two_runs, tmp_path, caps
     [
         ({"version": 1, "stages": []}, "'stages' is not a mapping"),
         ({"version": 1, "stages": {"fit": {}}}, "stage 'fit' has no 'energy_j' total"),
+        ({"version": 1, "stages": {"fit": {"energy_j": {"total": "2.7"}}}}, "energy_j['total'] is '2.7'"),
+        ({"version": 1, "stages": {"fit": {"energy_j": {"total": 1.0}, "time_s": None}}}, "'time_s' is None"),
+        ({"version": 1, "stages": {}, "extra": None}, "'extra' is None, not a mapping"),
+        ({"version": 1, "stages": {}, "extra": {"power_limit": "off"}}, "extra['power_limit'] is 'off'"),
+        ({"version": 2, "stages": {}}, "written by a newer lightning-green"),
     ],
 )
 def test_a_malformed_energy_report_is_a_one_line_error(tmp_path, capsys, content, message):
@@ -135,4 +140,61 @@ def test_a_comparison_error_comes_before_any_report_is_rewritten(two_runs, capsy
     before = os.stat(md).st_mtime_ns if os.path.exists(md) else None
     code, _, err = run_main(["report", *two_runs, "--metric", "no_such_metric"], capsys)
     assert code == 2 and "metric 'no_such_metric' was not logged in" in err
+    assert (os.stat(md).st_mtime_ns if os.path.exists(md) else None) == before
+
+
+def _copy_run(src, dst, **changes):
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = dst / "energy_report.json"
+    report = json.loads(path.read_text())
+    report.setdefault("extra", {}).update(changes)
+    path.write_text(json.dumps(report))
+    return dst
+
+
+def test_a_comparison_keeps_each_run_report_s_recorded_settings(two_runs, tmp_path, capsys):
+    settings = {"metric": "val_loss", "mode": "auto", "target": 30.0, "filename": "mine", "html": False}
+    run = _copy_run(two_runs[0], tmp_path / "a", green_report=settings)
+    code, _, _ = run_main(["report", str(run), two_runs[1], "--out", str(tmp_path / "cmp")], capsys)
+    assert code == 0
+    md = (run / "mine.md").read_text()
+    assert "| energy to val_loss ≤ 30 |" in md and "## Validation: val_loss" in md
+    assert not (run / "mine.html").exists()
+    # An option given wins over the recorded setting.
+    code, _, _ = run_main(["report", str(run), "--metric", "val_acc"], capsys)
+    md = (run / "mine.md").read_text()
+    assert code == 0 and "## Validation: val_acc" in md and "val_loss ≤ 30" not in md
+
+
+def test_a_run_with_a_custom_energy_report_name_is_found(two_runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "custom"
+    shutil.copytree(two_runs[0], run)
+    (run / "energy_report.json").rename(run / "energy.json")
+    code, out, _ = run_main(["report", str(run), "--no-html"], capsys)
+    assert code == 0 and str(run / "green_report.md") in out
+    shutil.copy(run / "energy.json", run / "other.json")
+    code, _, err = run_main(["report", str(run)], capsys)
+    assert code == 2 and "--energy-report" in err and "energy.json, other.json" in err
+    code, _, _ = run_main(["report", str(run), "--energy-report", "other.json", "--no-html"], capsys)
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda tmp: ["--json", str(tmp)], "argument --json: "),
+        (lambda tmp: ["--out", str(tmp / "afile")], "argument --out: "),
+    ],
+)
+def test_a_bad_output_path_is_refused_before_any_report_is_rewritten(two_runs, tmp_path, capsys, bad, message):
+    (tmp_path / "afile").write_text("")
+    md = os.path.join(two_runs[0], "green_report.md")
+    before = os.stat(md).st_mtime_ns if os.path.exists(md) else None
+    code, _, err = run_main(["report", *two_runs, *bad(tmp_path)], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and message in last and ".tmp" not in last
     assert (os.stat(md).st_mtime_ns if os.path.exists(md) else None) == before

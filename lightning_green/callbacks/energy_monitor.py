@@ -175,7 +175,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     ``log_every_n_steps=0`` logs no step and reads no counter between epochs); ``energy/epoch_J`` per epoch, with the
     fit's averages so far ``power/fit_avg_W``, ``energy/fit_J_per_sample`` and ``energy/fit_J_per_token`` (the fit's
     energy, validation and set-up included, per training sample/token); running totals ``energy/total_J``,
-    ``energy/{gpu,cpu,dram}_J`` and ``carbon/total_gCO2e``; ``energy/forecast_total_J`` and
+    ``energy/{gpu,cpu,dram}_J`` and ``carbon/total_gCO2e`` (also at each validation that runs mid-epoch, with
+    ``val_check_interval``, at its step); ``energy/forecast_total_J`` and
     ``carbon/forecast_gCO2e`` once a forecast exists. At the end of each stage ``energy_report.json`` is written
     atomically to ``trainer.log_dir`` (J/sample and J/token per stage included) and, after fit, a summary table
     is printed on rank 0.
@@ -901,6 +902,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         metrics = {f"{stage}/{k}": v for k, v in self._totals_metrics(stage).items()}
         if trainer.state.fn == "fit":  # a stand-alone run's epoch is its total: not logged twice
             metrics[f"{stage}/energy/epoch_J"] = ledger.total_j - before
+            if stage == "validate" and not trainer.is_last_batch:
+                # A validation mid-epoch (val_check_interval): the fit's running totals at its step, so that its
+                # metrics can be read against the energy spent so far. At an epoch-end validation the epoch end's
+                # totals, logged at the same step, say it: not logged twice there.
+                metrics.update(self._totals_metrics("fit"))
         metrics.update(_rates(f"{stage}/", ledger.total_j, ledger.time_s, ledger.samples, ledger.tokens))
         # Lightning logs evaluation results at its fit loop's step (during fit: that of the batch that triggered it).
         log_metrics(trainer, metrics, step=log_step(trainer))

@@ -46,7 +46,9 @@ class GreenReport(PicklesWithoutTrainer, Callback):
     totals, measured vs estimated, CO₂ with intensity and PUE, the pruning ledger, precision fallbacks, the power
     profile.
 
-    What the callback adds to the run so the report can say it: ``time/elapsed_s`` (seconds since fit start,
+    What the callback adds to the run so the report can say it: its settings (``metric``, ``mode``, ``target``,
+    ``filename``, ``html``, in the energy report's ``green_report`` section, which ``lightning-green report`` reuses
+    unless told otherwise), ``time/elapsed_s`` (seconds since fit start,
     logged with each validation's metrics, so time-to-target is exact) and a ``model`` section in the energy report
     (MACs and parameters at the start and end of fit, counted by torch-pruning on ``example_input_array`` as
     :class:`~lightning_green.StructuredPruning` counts ``pruning/macs``; a module without one is counted on its
@@ -203,6 +205,8 @@ class GreenReport(PicklesWithoutTrainer, Callback):
             section.update({"macs": macs, "params": params})
         section["elapsed_s"] = self._elapsed()
         add_report_section(trainer, "model", section)
+        # The report's own settings, so that `lightning-green report` regenerates this report as it was written.
+        add_report_section(trainer, "green_report", self.settings())
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -233,6 +237,16 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         self._stop_clock()
 
     # ------------------------------------------------------------------------------------------------ public
+    def settings(self) -> dict[str, Any]:
+        """The report's settings as recorded in the energy report (``extra.green_report``)."""
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "target": self.target,
+            "filename": self.filename,
+            "html": self.html,
+        }
+
     def write(self, run_dir: str | os.PathLike[str]) -> Any:
         """Build the report of ``run_dir`` and write it there; returns the files (``None`` if it failed)."""
         from lightning_green.report import load_run, write_report

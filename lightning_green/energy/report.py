@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -66,27 +67,80 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     return write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+_STAGE_NUMBERS = ("time_s", "samples", "steps", "tokens", "kwh", "gco2e")
+_TOP_SECTIONS = ("carbon", "meter", "estimate", "forecast", "extra")
+_EXTRA_SECTIONS = ("power_limit", "model", "inference_cost", "carbon_schedule")  # sections the report reads as dicts
+
+
+def _stage_problem(name: str, stage: Any) -> str | None:
+    """What is wrong with one stage of a report (``None`` if nothing)."""
+    if not isinstance(stage, dict) or not isinstance(stage.get("energy_j"), dict) or "total" not in stage["energy_j"]:
+        return f"stage {name!r} has no 'energy_j' total"
+    for key, value in stage["energy_j"].items():
+        if not _is_number(value):
+            return f"stage {name!r}: energy_j[{key!r}] is {value!r}, not a finite number"
+    for key in _STAGE_NUMBERS:
+        if key in stage and not _is_number(stage[key]):
+            return f"stage {name!r}: {key!r} is {stage[key]!r}, not a finite number"
+    epochs = stage.get("epochs_j", [])
+    if not isinstance(epochs, list) or not all(_is_number(e) for e in epochs):
+        return f"stage {name!r}: 'epochs_j' is not a list of finite numbers"
+    for key in ("sources", "per_rank"):
+        kind = dict if key == "sources" else list
+        if key in stage and not isinstance(stage[key], kind):
+            return f"stage {name!r}: {key!r} is {stage[key]!r}, not a {kind.__name__}"
+    if "label" in stage and not isinstance(stage["label"], str):
+        return f"stage {name!r}: 'label' is {stage['label']!r}, not a string"
+    return None
+
+
+def _report_problem(data: dict[str, Any]) -> str | None:
+    """What makes ``data`` (a JSON object with 'stages' and 'version') unreadable as an energy report, if anything."""
+    version = data["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return f"'version' is {version!r}, not a report version (1 to {REPORT_VERSION})"
+    if version > REPORT_VERSION:
+        return (
+            f"it is report version {version}, written by a newer lightning-green (this one reads up to "
+            f"{REPORT_VERSION}); upgrade lightning-green to read it"
+        )
+    stages = data["stages"]
+    if not isinstance(stages, dict):
+        return "'stages' is not a mapping"
+    for name, stage in stages.items():
+        problem = _stage_problem(name, stage)
+        if problem:
+            return problem
+    for key in _TOP_SECTIONS:
+        nullable = key in ("meter", "forecast")  # null when there was no meter / no forecast yet
+        if key in data and not isinstance(data[key], dict) and not (nullable and data[key] is None):
+            return f"{key!r} is {data[key]!r}, not a mapping"
+    for key in _EXTRA_SECTIONS:
+        section = data.get("extra", {}).get(key)
+        if section is not None and not isinstance(section, dict):
+            return f"extra[{key!r}] is {section!r}, not a mapping"
+    for key in ("status", "created", "started"):
+        if key in data and not isinstance(data[key], str):
+            return f"{key!r} is {data[key]!r}, not a string"
+    return None
+
+
 def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load an energy report, checking that it is one."""
+    """Load an energy report, checking that it is one, of a version this lightning-green reads, with sound values.
+
+    Raises:
+        ValueError: The file is not JSON, not an energy report, a newer version's, or holds a value of the wrong type
+            (the message says which).
+    """
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or "stages" not in data or "version" not in data:
         raise ValueError(f"{os.fspath(path)!r} is not a lightning-green energy report (no 'stages'/'version').")
-    stages = data["stages"]
-    bad = (
-        "'stages' is not a mapping"
-        if not isinstance(stages, dict)
-        else next(
-            (
-                f"stage {name!r} has no 'energy_j' total"
-                for name, stage in stages.items()
-                if not isinstance(stage, dict)
-                or not isinstance(stage.get("energy_j"), dict)
-                or "total" not in stage["energy_j"]
-            ),
-            None,
-        )
-    )
+    bad = _report_problem(data)
     if bad:
         raise ValueError(f"{os.fspath(path)!r} is not a well-formed lightning-green energy report: {bad}.")
     return data

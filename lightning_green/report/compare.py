@@ -110,7 +110,7 @@ def compare_runs(
                 label=r.label,
                 inference=inf,
                 samples=(r.extra("data") or {}).get("samples_seen") if isinstance(r.extra("data"), dict) else None,
-                status=str(r.energy.get("status", "complete")),
+                status=r.status,
             )
         )
     return Comparison(name, mode, float(target), source, tuple(rows))
@@ -120,6 +120,23 @@ def _ratio(x: float | None, base: float | None) -> str:
     if x is None or base is None or base == 0:
         return "n/a"
     return f"{x / base:.2f}×"
+
+
+def _target_cells(t: TargetResult, base: TargetResult) -> list[str]:
+    """Energy-to-target, its ratio, time-to-target, its ratio; bounds (no ratio) for a log that starts mid-fit."""
+    if t.logged_from_epoch is not None:  # a resumed run's new log dir: the epochs before it are not in it
+        if not t.reached:
+            return [f"not reached from epoch {t.logged_from_epoch}", "–", "not known", "–"]
+        return [f"≤ {fmt_energy(t.energy_j)} (epoch ≤ {t.epoch})", "n/a", f"≤ {fmt_seconds(t.time_s)}", "n/a"]
+    if not t.reached:
+        return ["not reached", "–", "not reached", "–"]
+    exact = base.logged_from_epoch is None
+    return [
+        f"{fmt_energy(t.energy_j)} (epoch {t.epoch})",
+        _ratio(t.energy_j, base.energy_j) if exact else "n/a",
+        fmt_seconds(t.time_s),
+        _ratio(t.time_s, base.time_s) if exact else "n/a",
+    ]
 
 
 def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -148,10 +165,7 @@ def comparison_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
                 r.name if r.status == "complete" else f"{r.name} ({r.status})",
                 fmt_num(r.final),
                 fmt_num(r.best),
-                f"{fmt_energy(t.energy_j)} (epoch {t.epoch})" if t.reached else "not reached",
-                _ratio(t.energy_j, base.target.energy_j) if t.reached else "–",
-                fmt_seconds(t.time_s) if t.reached else "not reached",
-                _ratio(t.time_s, base.target.time_s) if t.reached else "–",
+                *_target_cells(t, base.target),
                 fmt_energy(r.energy_j),
                 fmt_macs(r.macs) + ("/token" if r.macs_unit == "token" and r.macs is not None else ""),
                 r.label,
@@ -221,13 +235,22 @@ def _inference_cells(inf: dict[str, Any] | None, base: dict[str, Any] | None) ->
 
 
 def _unfinished(cmp: Comparison) -> list[str]:
-    """One note per run that did not finish normally: its figures cover only what ran."""
-    return [
-        f"run {r.name!r} did not finish normally ({r.status}): its figures cover only what ran, so it is not a like "
-        "for like comparison."
+    """One note per run whose figures are not like for like: unfinished (or no status), or a log that starts mid-fit."""
+    notes = [
+        f"run {r.name!r} records no status: whether it finished normally is not known."
+        if r.status == "unknown"
+        else f"run {r.name!r} did not finish normally ({r.status}): its figures cover only what ran, so it is not a "
+        "like for like comparison."
         for r in cmp.rows
         if r.status != "complete"
     ]
+    notes += [
+        f"run {r.name!r} logged its validations from epoch {r.target.logged_from_epoch} on only (resumed into a new "
+        "log dir): its energy- and time-to-target are upper bounds."
+        for r in cmp.rows
+        if r.target.logged_from_epoch is not None
+    ]
+    return notes
 
 
 def format_comparison(cmp: Comparison) -> str:

@@ -139,7 +139,11 @@ class Document:
         return "\n".join(out) + "\n"
 
     def write(self, out_dir: str | os.PathLike[str], basename: str, html_page: bool = True) -> ReportFiles:
-        """Write ``basename.md`` (+ ``basename.html``) and the PNGs into ``basename_files/`` under ``out_dir``."""
+        """Write ``basename.md`` (+ ``basename.html``) and the PNGs into ``basename_files/`` under ``out_dir``.
+
+        Stale files of an earlier version of the report go: PNGs it no longer has, and its HTML page when
+        ``html_page`` is false.
+        """
         out_dir = Path(out_dir)
         image_dir = f"{basename}_files"
         images = tuple(write_bytes_atomic(out_dir / image_dir / name, png) for name, png in self.images)
@@ -148,4 +152,6 @@ class Document:
                 stale.unlink()
         md = write_bytes_atomic(out_dir / f"{basename}.md", self.to_markdown(image_dir).encode("utf-8"))
         page = write_bytes_atomic(out_dir / f"{basename}.html", self.to_html().encode("utf-8")) if html_page else None
+        if not html_page:  # the page of an earlier version of this report would contradict the new Markdown
+            (out_dir / f"{basename}.html").unlink(missing_ok=True)
         return ReportFiles(md, page, images)

@@ -15,9 +15,18 @@ from lightning_green.report import carbon_plots, plots
 from lightning_green.report.document import Document, ReportFiles
 from lightning_green.report.run import Run, TargetResult, load_run, metric_mode, target_sign
 
-__all__ = ["build_report", "fmt_energy", "fmt_macs", "fmt_num", "fmt_seconds", "resolve_mode", "write_report"]
+__all__ = [
+    "build_report",
+    "fmt_energy",
+    "fmt_macs",
+    "fmt_num",
+    "fmt_seconds",
+    "recorded_settings",
+    "resolve_mode",
+    "write_report",
+]
 
-_KNOWN_EXTRA = {"power_limit", "model", "inference_cost", "carbon_schedule", "data"}
+_KNOWN_EXTRA = {"power_limit", "model", "inference_cost", "carbon_schedule", "data", "green_report"}
 
 
 def fmt_energy(j: float | None) -> str:
@@ -75,6 +84,30 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s:.1f} s" if s < 600 else f"{s / 60:.1f} min"
 
 
+def recorded_settings(run: Run) -> dict[str, Any]:
+    """The settings the run's :class:`~lightning_green.GreenReport` recorded (``extra.green_report``), those valid.
+
+    Keys among ``metric``, ``mode``, ``target``, ``filename``, ``html``; empty for a run without GreenReport.
+    """
+    rec = run.extra("green_report")
+    if not isinstance(rec, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(rec.get("metric"), str) and rec["metric"]:
+        out["metric"] = rec["metric"]
+    if rec.get("mode") in ("auto", "max", "min"):
+        out["mode"] = rec["mode"]
+    target = rec.get("target")
+    if isinstance(target, (int, float)) and not isinstance(target, bool) and math.isfinite(target):
+        out["target"] = float(target)
+    name = rec.get("filename")
+    if isinstance(name, str) and name and os.path.basename(name) == name and name not in (".", ".."):
+        out["filename"] = name
+    if isinstance(rec.get("html"), bool):
+        out["html"] = rec["html"]
+    return out
+
+
 def resolve_mode(metric: str, mode: str) -> str:
     """``mode`` unless it is ``"auto"``: then by the metric's name (see :func:`~.run.metric_mode`)."""
     return metric_mode(metric, mode)
@@ -94,13 +127,26 @@ def build_report(run: Run, metric: str | None = None, mode: str = "auto", target
     name = run.metric_name(metric)
     mode = resolve_mode(name, mode) if name else mode
     hit = run.to_target(name, target, mode) if name is not None and target is not None else None
-    status = run.energy.get("status", "?")
+    status = run.status
     doc.paragraph(
         f"Run directory `{run.path}`. Energy report: status {status}, written {run.energy.get('created', '?')}. "
         f"Scalars from {run.scalars.source}."
     )
-    if status != "complete":
+    if status == "unknown":
+        doc.paragraph("The energy report records no status: whether the run finished normally is not known.", note=True)
+    elif status != "complete":
         doc.paragraph(f"The run did not finish normally ({status}): the figures cover what ran.", note=True)
+    for problem in run.scalars.problems:
+        doc.paragraph(f"The logged scalars are incomplete: {problem}.", note=True)
+    first = run.first_logged_epoch()
+    if first is not None:
+        doc.paragraph(
+            f"This log dir holds the fit from epoch {first} on; epochs 0–{first - 1} were logged elsewhere (a run "
+            "resumed with `fit(ckpt_path=...)` into a new log dir). Energy per epoch and the totals come from the "
+            "energy report, which covers the whole fit; the validation figures (final, best, energy- and "
+            "time-to-target) cover the logged epochs only, so energy- and time-to-target are upper bounds.",
+            note=True,
+        )
     if metric is not None and name is None:
         doc.paragraph(f"Metric `{metric}` was not logged in this run.", note=True)
 
@@ -158,11 +204,23 @@ def _summary(doc: Document, run: Run, metric: str | None, mode: str, hit: Target
         rows.append([f"best {metric} ({mode})", fmt_num(run.best_metric(metric, mode))])
     if hit is not None:
         sign = target_sign(hit.mode)
-        if hit.reached:
+        partial = hit.logged_from_epoch
+        if hit.reached and partial is not None:  # reached by this epoch; maybe earlier, in the epochs not logged here
+            where = f"(by epoch {hit.epoch}; epochs before {partial} are not in this log)"
+            rows.append([f"energy to {metric} {sign} {hit.target:g}", f"≤ {fmt_energy(hit.energy_j)} {where}"])
+            rows.append([f"time to {metric} {sign} {hit.target:g}", f"≤ {fmt_seconds(hit.time_s)}"])
+        elif hit.reached:
             rows.append(
                 [f"energy to {metric} {sign} {hit.target:g}", f"{fmt_energy(hit.energy_j)} (epoch {hit.epoch})"]
             )
             rows.append([f"time to {metric} {sign} {hit.target:g}", fmt_seconds(hit.time_s)])
+        elif partial is not None:
+            rows.append(
+                [
+                    f"target {metric} {sign} {hit.target:g}",
+                    f"not reached from epoch {partial} on (epochs before it are not in this log)",
+                ]
+            )
         else:
             rows.append([f"target {metric} {sign} {hit.target:g}", "not reached"])
     macs, params = run.macs()
@@ -485,10 +543,20 @@ def _data(doc: Document, run: Run) -> None:
         ["samples saved", f"{section.get('samples_saved', 0):,}" + (f" ({1 - ratio:.1%})" if ratio else "")],
     ]
     doc.table(["", "value"], rows)
-    kept = section.get("kept_per_epoch") or []
-    if kept and full:
-        per_epoch = full / len(kept)
-        doc.paragraph("Kept per epoch: " + ", ".join(f"{k / per_epoch:.0%}" for k in kept) + ".")
+    kept = [k for k in section.get("kept_per_epoch") or [] if isinstance(k, (int, float))]
+    if not kept:
+        return
+    # `kept_per_epoch` counts the samples each epoch's plan kept of the whole training set; `samples_full_data` counts
+    # what the epochs load, under `limit_train_batches`: a share of one in the other is no share. DataPruning logs the
+    # share itself (`data/kept_fraction`, kept / training set) each epoch.
+    shares = [f for f in run.scalars.values("data/kept_fraction") if math.isfinite(f)]
+    if len(shares) != len(kept):
+        per_epoch = full / len(kept) if isinstance(full, (int, float)) and full > 0 else None
+        shares = [k / per_epoch for k in kept] if per_epoch and max(kept) <= per_epoch else []
+    if shares:
+        doc.paragraph("Kept per epoch (of the training set): " + ", ".join(f"{f:.0%}" for f in shares) + ".")
+    else:
+        doc.paragraph("Kept per epoch (samples of the training set): " + ", ".join(f"{int(k):,}" for k in kept) + ".")
 
 
 def _other_sections(doc: Document, run: Run) -> None:

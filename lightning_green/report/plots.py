@@ -73,6 +73,14 @@ def energy_per_epoch(run: Run) -> bytes | None:
                 continue
             ax.bar(xs, ys, bottom=bottom, color=_COLORS[c], label=f"{c} ({sources.get(c, '?')})")
             bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
+        unsplit = [e for e in epochs if not e.components_j]  # epochs logged elsewhere (a resume): totals only
+        if unsplit:
+            ax.bar(
+                [e.epoch for e in unsplit],
+                [e.total_j / div for e in unsplit],
+                color=_COLORS["total"],
+                label="total (no split in this log)",
+            )
         ax.legend(loc="best", fontsize="small")
     else:
         ax.bar(xs, [e.total_j / div for e in epochs], color=_COLORS["total"], label="total")

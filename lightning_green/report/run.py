@@ -184,6 +184,10 @@ class TargetResult:
     value: float | None = None
     energy_j: float | None = None
     time_s: float | None = None
+    #: Set when this log dir holds the fit's validations from this epoch on only (a run resumed with
+    #: ``fit(ckpt_path=...)`` into a new log dir): a target reached is reached *by* ``epoch``, so ``energy_j`` and
+    #: ``time_s`` are upper bounds; one not reached may have been reached in the epochs logged elsewhere.
+    logged_from_epoch: int | None = None
 
 
 @dataclass
@@ -214,6 +218,12 @@ class Run:
         return float(fit.get("time_s", 0.0)) if fit else None
 
     @property
+    def status(self) -> str:
+        """The energy report's status: ``complete``, ``interrupted: <exception>``, or ``unknown`` when not recorded."""
+        status = self.energy.get("status")
+        return status if isinstance(status, str) and status else "unknown"
+
+    @property
     def label(self) -> str:
         """``measured``, ``estimated``, ``mixed`` or ``none`` for fit's energy."""
         fit = self.stage("fit")
@@ -235,29 +245,56 @@ class Run:
     def epoch_energy(self) -> list[EpochEnergy]:
         """Energy of every training epoch, split by component where the components were logged.
 
-        Falls back to the energy report's ``epochs_j`` (totals only) when the scalars lack ``energy/epoch_J``.
+        Falls back to the energy report's ``epochs_j`` (totals only) when the scalars lack ``energy/epoch_J``, and
+        takes the epochs the log lacks at its start (a run resumed into a new log dir) from there too. An epoch whose
+        split at its start is not in the log (the first one logged after such a resume) has no components.
         """
         anchors = self.scalars.series("energy/epoch_J")
+        fit = self.stage("fit") or {}
+        epochs_j = [float(e) for e in fit.get("epochs_j") or [] if isinstance(e, (int, float))]
         out: list[EpochEnergy] = []
         if not anchors:
-            fit = self.stage("fit") or {}
             cumulative = 0.0
-            for i, e in enumerate(fit.get("epochs_j", [])):
-                cumulative += float(e)
-                out.append(EpochEnergy(i, -1, float(e), {}, cumulative))
+            for i, e in enumerate(epochs_j):
+                cumulative += e
+                out.append(EpochEnergy(i, -1, e, {}, cumulative))
             return out
-        prev = dict.fromkeys(COMPONENTS, 0.0)
+        prev: dict[str, float] | None = None
         cumulative = 0.0
         for i, anchor in enumerate(anchors):
             total_p = self.scalars.with_("energy/total_J", anchor)
             cumulative = total_p.value if total_p is not None else cumulative + anchor.value
-            comps: dict[str, float] = {}
-            for c, value in self._components_at(anchor.step, cumulative).items():
-                comps[c] = value - prev[c]
-                prev[c] = value
+            at = self._components_at(anchor.step, cumulative)
+            if i == 0 and cumulative - anchor.value <= 1e-6 * max(1.0, abs(cumulative)):
+                prev = dict.fromkeys(COMPONENTS, 0.0)  # the fit's first epoch: components count from zero
+            # Else energy was spent before this log began (a resume into a new log dir): the split at its start is
+            # not known, so this epoch's components would be cumulative figures, not the epoch's.
+            comps = {c: v - prev[c] for c, v in at.items() if c in prev} if prev is not None else {}
+            prev = {**(prev or {}), **at} if (prev is not None or at) else None
             epoch = self.epoch_of(anchor)
             out.append(EpochEnergy(epoch if epoch is not None else i, anchor.step, anchor.value, comps, cumulative))
+        first = out[0].epoch
+        if 0 < first <= len(epochs_j) and all(e.epoch < len(epochs_j) for e in out):
+            # The energy report covers the whole fit: the epochs before this log come from its epochs_j.
+            cumulative = out[0].cumulative_j - out[0].total_j - sum(epochs_j[:first])
+            head = []
+            for i in range(first):
+                cumulative += epochs_j[i]
+                head.append(EpochEnergy(i, -1, epochs_j[i], {}, cumulative))
+            out = head + out
         return out
+
+    def first_logged_epoch(self) -> int | None:
+        """The fit's first epoch in this log when the epochs before it are not in it, else ``None``.
+
+        That is a run resumed with ``fit(ckpt_path=...)`` logging into a new version dir, as Lightning's loggers do by
+        default: its log holds only the resumed epochs' validations, while the energy report covers the whole fit.
+        """
+        anchors = self.scalars.series("energy/epoch_J")
+        if not anchors:
+            return None
+        first = self.epoch_of(anchors[0])
+        return first if first is not None and first > 0 else None
 
     def _components_at(self, step: int, total_j: float) -> dict[str, float]:
         """The cumulative per-component energy logged at ``step`` that adds up to ``total_j``.
@@ -290,12 +327,23 @@ class Run:
             return point.wall_time - start
         return None
 
+    def fit_series(self, metric: str) -> list[Point]:
+        """The values of ``metric`` logged by the fit: without those of a stand-alone ``trainer.validate()``.
+
+        A stand-alone validation logs the EnergyMonitor's ``validate/energy/total_J`` at its step without the
+        ``validate/energy/epoch_J`` each of the fit's validations logs; its metrics, logged at that step, are not part
+        of the fit's curve (their cumulative energy and elapsed time would be the fit's end's, or wrong).
+        """
+        fit_steps = {p.step for p in self.scalars.series("validate/energy/epoch_J")}
+        alone = {p.step for p in self.scalars.series("validate/energy/total_J")} - fit_steps
+        return [p for p in self.scalars.series(metric) if p.step not in alone]
+
     def curve(self, metric: str) -> list[CurvePoint]:
-        """Every logged value of ``metric`` with the cumulative energy and time at it."""
+        """Every value of ``metric`` the fit logged, with the cumulative energy and time at it."""
         if metric not in self._curves:
             ends = {e.step: e.cumulative_j for e in self.epoch_energy() if e.step >= 0}
             points = []
-            for p in self.scalars.series(metric):
+            for p in self.fit_series(metric):
                 energy = ends.get(p.step)
                 if energy is None:
                     energy = self.scalars.max_up_to("energy/total_J", p.step)
@@ -304,23 +352,26 @@ class Run:
         return list(self._curves[metric])
 
     def final_metric(self, metric: str) -> float | None:
-        """The last logged value of ``metric``."""
-        last = self.scalars.last(metric)
-        return last.value if last is not None else None
+        """The last value of ``metric`` the fit logged."""
+        points = self.fit_series(metric)
+        return points[-1].value if points else None
 
     def best_metric(self, metric: str, mode: str) -> float | None:
-        """The best logged value of ``metric`` (``mode`` ``"max"`` or ``"min"``)."""
-        vals = [v for v in self.scalars.values(metric) if math.isfinite(v)]
+        """The best value of ``metric`` the fit logged (``mode`` ``"max"`` or ``"min"``)."""
+        vals = [p.value for p in self.fit_series(metric) if math.isfinite(p.value)]
         if not vals:
             return None
         return max(vals) if mode == "max" else min(vals)
 
     def to_target(self, metric: str, target: float, mode: str) -> TargetResult:
         """The first validation at which ``metric`` reached ``target`` (``>=`` for ``max``, ``<=`` for ``min``)."""
+        partial = self.first_logged_epoch()
         for cp in self.curve(metric):
             if math.isfinite(cp.value) and (cp.value >= target if mode == "max" else cp.value <= target):
-                return TargetResult(metric, target, mode, True, cp.epoch, cp.step, cp.value, cp.energy_j, cp.time_s)
-        return TargetResult(metric, target, mode, False)
+                return TargetResult(
+                    metric, target, mode, True, cp.epoch, cp.step, cp.value, cp.energy_j, cp.time_s, partial
+                )
+        return TargetResult(metric, target, mode, False, logged_from_epoch=partial)
 
     # ------------------------------------------------------------------------------------------------ model
     def macs(self) -> tuple[float | None, float | None]:
@@ -395,17 +446,34 @@ def _runs_below(path: Path, energy_report: str, limit: int = 8, depth: int = 5) 
     return found[:limit]
 
 
+_MAX_JSON_BYTES = 50_000_000  # a JSON file larger than this is a data file, not an energy report
+
+
+def _energy_reports_in(folder: Path) -> list[Path]:
+    """The lightning-green energy reports directly in ``folder`` (JSON files that read as one), sorted."""
+    found = []
+    for f in sorted(folder.glob("*.json"))[:100]:
+        try:
+            if f.is_file() and f.stat().st_size <= _MAX_JSON_BYTES:
+                read_report(f)
+                found.append(f)
+        except (OSError, ValueError, RecursionError):
+            continue
+    return found
+
+
 def load_run(path: str | os.PathLike[str], name: str | None = None, energy_report: str = ENERGY_REPORT) -> Run:
     """Read a run directory.
 
     Args:
         path: The run's log dir.
         name: Name of the run in reports; ``None``: ``parent/version_N`` or the folder name.
-        energy_report: File name of the energy report in it (``EnergyMonitor(report_filename=...)``).
+        energy_report: File name of the energy report in it (``EnergyMonitor(report_filename=...)``). With the
+            default, a run dir without ``energy_report.json`` but with one other energy report (JSON) uses that.
 
     Raises:
-        RunDirError: ``path`` is missing, not a directory, has no ``energy_report.json`` (the message lists run
-            directories found below it) or holds an unreadable one.
+        RunDirError: ``path`` is missing, not a directory, has no energy report (the message lists run
+            directories found below it), several ones none of which is ``energy_report.json``, or an unreadable one.
     """
     p = Path(path)
     if not p.exists():
@@ -415,12 +483,24 @@ def load_run(path: str | os.PathLike[str], name: str | None = None, energy_repor
             f"{os.fspath(path)!r} is not a directory; pass a run's log dir (e.g. lightning_logs/version_0)."
         )
     report_path = p / energy_report
+    if not report_path.is_file() and energy_report == ENERGY_REPORT:
+        # EnergyMonitor(report_filename=...) may have named it otherwise: a lone energy report in the dir is the run's.
+        found = _energy_reports_in(p)
+        if len(found) > 1:
+            raise RunDirError(
+                f"{os.fspath(path)!r} has no {ENERGY_REPORT} but several lightning-green energy reports "
+                f"({', '.join(f.name for f in found)}); name the run's with `--energy-report NAME` "
+                "(load_run(energy_report=...))."
+            )
+        if found:
+            report_path = found[0]
     if not report_path.is_file():
         below = _runs_below(p, energy_report)
         hint = (
             f"runs found below it: {', '.join(below)}"
             if below
-            else "pass the log dir of a fit run with an EnergyMonitor (e.g. lightning_logs/version_0)"
+            else "pass the log dir of a fit run with an EnergyMonitor (e.g. lightning_logs/version_0), or name its "
+            "energy report with `--energy-report NAME` (EnergyMonitor's report_filename)"
         )
         raise RunDirError(f"{os.fspath(path)!r} is not a run directory (no {energy_report}); {hint}.")
     try:

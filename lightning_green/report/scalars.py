@@ -11,6 +11,7 @@ import glob
 import logging
 import math
 import os
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ class Scalars:
 
     def __init__(self, source: str = "none") -> None:
         self.source = source
+        #: What could not be read (a corrupt or truncated event file): the scalars are incomplete when not empty.
+        self.problems: list[str] = []
         self._tags: dict[str, list[Point]] = {}
         self._order = 0
 
@@ -155,7 +158,10 @@ def read_tensorboard(paths: Iterable[str | os.PathLike[str]], since_s: float | N
     paths = [Path(p) for p in paths]
     out = Scalars("tensorboard: " + ", ".join(p.name for p in paths))
     for path in paths:
+        records, whole = _framed_records(path)
+        read = 0
         for event in EventFileLoader(str(path)).Load():
+            read += 1
             if not event.HasField("summary") or (since_s is not None and event.wall_time < since_s):
                 continue
             for value in event.summary.value:
@@ -166,7 +172,34 @@ def read_tensorboard(paths: Iterable[str | os.PathLike[str]], since_s: float | N
                     array = tensor_util.make_ndarray(value.tensor)
                     if array.size == 1 and array.dtype.kind in "fiu":
                         out.add(value.tag, event.step, float(array.reshape(())), wall_time=event.wall_time)
+        if read < records or not whole:
+            # TensorBoard's loader stops silently at a corrupt or truncated record: say that the rest is missing.
+            out.problems.append(
+                f"{path.name} is corrupt or truncated: read {read} of its "
+                f"{records if whole else f'{records}+'} records; what was logged after is missing"
+            )
     return out
+
+
+def _framed_records(path: Path) -> tuple[int, bool]:
+    """Records in a TFRecord (event) file by its framing, and whether the framing ends exactly at the file's end.
+
+    Each record is an 8-byte length, a 4-byte CRC, the data and a 4-byte CRC; only the lengths are read (cheap).
+    """
+    try:
+        size = path.stat().st_size
+        n = pos = 0
+        with open(path, "rb") as f:
+            while pos + 12 <= size:
+                f.seek(pos)
+                (length,) = struct.unpack("<Q", f.read(8))
+                if pos + 16 + length > size:
+                    return n, False
+                pos += 16 + length
+                n += 1
+        return n, pos == size
+    except OSError:
+        return 0, True  # unreadable here: EventFileLoader says so
 
 
 def read_csv(path: str | os.PathLike[str]) -> Scalars:

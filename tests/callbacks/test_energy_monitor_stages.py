@@ -142,3 +142,36 @@ def test_the_merged_report_keeps_the_later_runs_status_and_both_runs_sections(tm
     merged = _beside_the_fit(str(path), later)
     assert merged["status"] == "interrupted: KeyboardInterrupt" and set(merged["stages"]) == {"fit", "test"}
     assert merged["extra"] == {"data": {"a": 1}, "b": {"c": 2}}
+
+
+class _ValLossModel(SteadyModel):
+    def validation_step(self, batch, batch_idx):
+        out = super().validation_step(batch, batch_idx)
+        self.log("val_loss", out["x"])
+        return out
+
+
+def test_a_mid_epoch_validation_logs_the_fit_s_running_total_at_its_step(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_green.report import load_run
+
+    trainer = make_trainer(
+        tmp_path,
+        logger=CSVLogger(tmp_path),
+        max_epochs=2,
+        limit_train_batches=4,
+        val_check_interval=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,  # no step window logged: the validations alone must carry the totals
+        callbacks=[EnergyMonitor(min_window_s=0.0, print_summary=False)],
+    )
+    trainer.fit(_ValLossModel(0.002))
+    run = load_run(trainer.log_dir)
+    curve = run.curve("val_loss")
+    assert [cp.step for cp in curve] == [1, 3, 5, 7]
+    energies = [cp.energy_j for cp in curve]
+    assert all(e is not None for e in energies) and energies == sorted(set(energies))  # each its own, rising
+    ends = [e.cumulative_j for e in run.epoch_energy()]
+    assert energies[1] == ends[0] and energies[3] == ends[1] and energies[0] < ends[0] < energies[2] < ends[1]

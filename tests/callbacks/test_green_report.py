@@ -215,3 +215,18 @@ def test_a_second_fit_on_the_trainer_goes_on_with_the_time_and_a_new_trainer_sta
     trainer.fit(model, DigitsDataModule(batch_size=16, image_size=8))
     assert monitor.ledgers["fit"].steps == 3  # this run's steps only
     assert elapsed() <= time.perf_counter() - started  # this run's time only
+
+
+def test_the_report_settings_are_recorded_and_reused_by_the_report_command(tmp_path, capsys):
+    from lightning_green.cli import main
+
+    report = GreenReport(metric="val_loss", target=30.0, filename="mine", html=False)
+    trainer = fit_digits(tmp_path, "tb", epochs=1, report=report)
+    recorded = load_run(trainer.log_dir).extra("green_report")
+    assert recorded == {"metric": "val_loss", "mode": "auto", "target": 30.0, "filename": "mine", "html": False}
+    before = report.files.markdown.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", trainer.log_dir])
+    assert exit_info.value.code == 0
+    assert report.files.markdown.read_text().split("written", 1)[1] == before.split("written", 1)[1]
+    assert "| energy to val_loss ≤ 30 |" in before and not os.path.exists(os.path.join(trainer.log_dir, "mine.html"))

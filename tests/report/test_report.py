@@ -388,3 +388,97 @@ def test_the_validate_row_is_explained_only_when_there_is_one(tmp_path, validate
     assert "that part on its own" not in md
     note = "The `validate` row is validation on its own: the fit's, or, when `trainer.validate()` ran after the fit"
     assert (note in md) is noted
+
+
+# ------------------------------------------------------------------------------------------------ fixes
+def resumed_rows():
+    """The log of a fit resumed at epoch 2 into a new log dir: totals go on from the 18 J of epochs 0-1."""
+    return [
+        {"step": 11, "val_acc": 0.9, "epoch": 2, "time/elapsed_s": 3.0},
+        {"step": 11, "energy/epoch_J": 8.0, "energy/total_J": 26.0, "energy/cpu_J": 26.0, "epoch": 2},
+        {"step": 15, "val_acc": 0.95, "epoch": 3, "time/elapsed_s": 4.0},
+        {"step": 15, "energy/epoch_J": 6.0, "energy/total_J": 32.0, "energy/cpu_J": 32.0, "epoch": 3},
+    ]
+
+
+def test_a_run_resumed_into_a_new_log_dir_takes_its_earlier_epochs_from_the_energy_report(tmp_path):
+    run = synthetic_run(tmp_path, resumed_rows(), epochs_j=(10.0, 8.0, 8.0, 6.0))
+    epochs = run.epoch_energy()
+    assert [(e.epoch, e.total_j, e.cumulative_j) for e in epochs] == [
+        (0, 10.0, 10.0),
+        (1, 8.0, 18.0),
+        (2, 8.0, 26.0),
+        (3, 6.0, 32.0),
+    ]
+    # Epoch 2's split at its start is not in this log: no components rather than cumulative ones (26 J of CPU).
+    assert epochs[2].components_j == {} and epochs[3].components_j["cpu"] == 6.0
+
+
+def test_energy_to_target_of_a_resumed_log_is_an_upper_bound_never_an_exact_figure(tmp_path):
+    run = synthetic_run(tmp_path, resumed_rows(), epochs_j=(10.0, 8.0, 8.0, 6.0))
+    hit = run.to_target("val_acc", 0.5, "max")
+    assert hit.reached and hit.energy_j == 26.0 and hit.logged_from_epoch == 2
+    md = build_report(run, target=0.5).to_markdown("x")
+    assert "| energy to val_acc ≥ 0.5 | ≤ 26.0 J (by epoch 2;" in md and "| time to val_acc ≥ 0.5 | ≤ 3.0 s |" in md
+    assert "epochs 0–1 were logged elsewhere" in md
+    fresh = synthetic_run(tmp_path, epoch_rows([0.6, 0.8, 0.9]))
+    header, rows = comparison_table(compare_runs([fresh, run], "val_acc", target=0.5))
+    assert rows[1][3] == "≤ 26.0 J (epoch ≤ 2)" and rows[1][4] == "n/a"
+    assert rows[0][3] == "10.0 J (epoch 0)" and rows[0][4] == "1.00×"
+
+
+def test_a_stand_alone_validation_after_fit_is_not_on_the_fit_curve(tmp_path):
+    rows = epoch_rows([0.5, 0.8, 0.9])
+    for r in rows:
+        if "val_acc" in r:
+            r["validate/energy/epoch_J"], r["validate/energy/total_J"] = 1.0, float(r["step"])
+    rows.append({"step": 30, "val_acc": 0.99, "validate/energy/total_J": 1.0})  # trainer.validate() after fit
+    run = synthetic_run(tmp_path, rows)
+    assert [cp.step for cp in run.curve("val_acc")] == [9, 19, 29]
+    assert run.best_metric("val_acc", "max") == 0.9 and run.final_metric("val_acc") == 0.9
+    assert not run.to_target("val_acc", 0.95, "max").reached
+
+
+def test_kept_per_epoch_is_a_share_of_the_training_set_under_limit_train_batches(tmp_path):
+    # limit_train_batches: the epochs load 512 samples of the full data, the plan keeps counts of all 1,257.
+    data = {"samples_seen": 1856, "samples_full_data": 2048, "samples_saved": 192, "samples_ratio": 0.906}
+    data["kept_per_epoch"] = [1257, 1066, 1000, 1257]
+    rows = epoch_rows([0.5, 0.8, 0.9])
+    rows += [
+        {"step": s, "data/kept_fraction": f} for s, f in zip((9, 19, 29, 39), (1.0, 0.848, 0.796, 1.0), strict=True)
+    ]
+    md = build_report(synthetic_run(tmp_path, rows, extra={"data": data})).to_markdown("x")
+    assert "Kept per epoch (of the training set): 100%, 85%, 80%, 100%." in md
+    # Without the logged shares, counts rather than a share of the limited epochs.
+    md = build_report(synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), extra={"data": data})).to_markdown("x")
+    assert "Kept per epoch (samples of the training set): 1,257, 1,066, 1,000, 1,257." in md
+
+
+def test_a_report_without_a_status_reads_the_same_in_the_report_and_the_comparison(tmp_path):
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]))
+    del run.energy["status"]
+    assert "records no status" in build_report(run).to_markdown("x")
+    cmp = compare_runs([run, run], "val_acc", target=0.8)
+    assert cmp.rows[0].status == "unknown" and "records no status" in format_comparison(cmp)
+
+
+def test_a_corrupt_event_file_is_noted_as_incomplete(tb_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "corrupt"
+    shutil.copytree(tb_run, copy, ignore=shutil.ignore_patterns("green_report*"))
+    (event,), _ = find_scalar_files(copy)
+    data = bytearray(event.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: TensorBoard's loader stops there, silently
+    event.write_bytes(bytes(data))
+    run = load_run(copy)
+    assert len(run.scalars.problems) == 1 and "corrupt or truncated" in run.scalars.problems[0]
+    assert "The logged scalars are incomplete" in build_report(run).to_markdown("x")
+    assert load_run(tb_run).scalars.problems == []
+
+
+def test_no_html_removes_the_page_of_an_earlier_report(tb_run, tmp_path):
+    files = write_report(tb_run, out_dir=tmp_path)
+    assert files.html is not None and files.html.is_file()
+    files = write_report(tb_run, out_dir=tmp_path, html=False)
+    assert files.html is None and not (tmp_path / "green_report.html").exists()
