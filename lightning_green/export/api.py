@@ -9,11 +9,10 @@ from typing import Any
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice
-from lightning_green.export.formats import FORMATS, ExportResult, Format, export_model
+from lightning_green.export.formats import FORMATS, ExportResult, Format, check_export_out, export_model
 from lightning_green.export.load import (
     _read_config,
     _section_args,
-    check_output_path,
     example_inputs_of,
     first_batch_input,
     load_checkpoint_module,
@@ -21,7 +20,7 @@ from lightning_green.export.load import (
     saved_run_config,
 )
 
-__all__ = ["build_datamodule", "datamodule_batch", "export_checkpoint"]
+__all__ = ["build_datamodule", "datamodule_batch", "export_checkpoint", "inputs_read"]
 
 
 def build_datamodule(
@@ -122,6 +121,24 @@ def _describe(batch: Any) -> str:
     return f"a {type(batch).__name__}"
 
 
+def inputs_read(
+    ckpt_path: str | os.PathLike | None, config: Any = None, against: str | os.PathLike | None = None
+) -> list[tuple[Any, str]]:
+    """The files a command reads, as ``keep`` for :func:`~lightning_green.export.load.check_output_path`.
+
+    The checkpoints, the ``config`` given, and the ``config.yaml`` LightningCLI saved with each checkpoint's run (read
+    when no config is given, and the run's record either way).
+    """
+    keep = [(ckpt_path, "`ckpt`, the checkpoint being read"), (against, "`against`, the baseline checkpoint")]
+    if isinstance(config, (str, os.PathLike)):
+        keep.append((config, "`config`, the config being read"))
+    for arg, ckpt in (("ckpt", ckpt_path), ("against", against)):
+        saved = saved_run_config(ckpt) if ckpt is not None and os.path.isfile(ckpt) else None
+        if saved is not None:
+            keep.append((saved, f"the config LightningCLI saved with the run of `{arg}`"))
+    return keep
+
+
 def export_checkpoint(
     ckpt_path: str | os.PathLike,
     module: str | type | nn.Module | None,
@@ -159,7 +176,7 @@ def export_checkpoint(
     """
     owner = "export"
     check_choice(owner, "format", format, FORMATS)
-    check_output_path(owner, out, kind="dir" if format == "hf" else "file")
+    check_export_out(owner, out, format, keep=inputs_read(ckpt_path, config))
     found = None
     if module is None and config is None:  # a LightningCLI run: its saved config names the model and the data
         config = found = saved_run_config(ckpt_path)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
+from lightning_green.export.formats import _is_token_ids
 from lightning_green.export.load import example_inputs_of
 
 __all__ = [
@@ -329,7 +330,7 @@ def bench_inference(
         rounds: Rounds, the models' order rotating each round.
         threads: PyTorch and ONNX Runtime threads, pinned equal; ``None`` keeps torch's current number for both.
         per: Count energy per 1,000 ``prediction``s (samples) or ``token``s (only for a first input of integer token
-            ids with a sequence axis); ``auto``: tokens for such an input.
+            ids, exactly ``(batch, time)``: a 4-D uint8 image is not); ``auto``: tokens for such an input.
         baseline: Name of the model the others are compared with (``None``: the first of two, else no ratios).
         meter: An :class:`~lightning_green.energy.EnergyMeter` (``None``: one on the model's GPU, or CPU only).
         verbose: Print the table at the end.
@@ -366,7 +367,7 @@ def bench_inference(
     example = example_inputs_of(owner, first, example_inputs)
     device = next(first.parameters()).device
     example = tuple(x.to(device) for x in example)
-    token_ids = not (example[0].is_floating_point() or example[0].is_complex()) and example[0].dim() >= 2
+    token_ids = _is_token_ids(example[0])  # exactly (batch, time) integers: a uint8 image has no tokens
     if per == "token" and not token_ids:
         fail(
             owner,

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["bench_main", "export_main", "main"]
 
@@ -106,9 +107,13 @@ def export_main(args: Sequence[str]) -> int:
 
     ns = _export_parser().parse_args(list(args))
     if ns.json:
+        from lightning_green.export.api import inputs_read
         from lightning_green.export.load import check_output_path
 
-        check_output_path("export", ns.json, "json")
+        keep = [*inputs_read(ns.ckpt, ns.config), (ns.out, "`out`, the export being written")]
+        if ns.format == "onnx":
+            keep.append((f"{ns.out}.data", "the weights file of `out`, the ONNX export being written"))
+        check_output_path("export", ns.json, "json", keep=keep)
     _say_saved_config(ns, ns.ckpt)
     result = export_checkpoint(
         ns.ckpt, ns.module, ns.out, ns.format, config=ns.config, datamodule=ns.data, atol=ns.atol, rtol=ns.rtol
@@ -121,6 +126,7 @@ def export_main(args: Sequence[str]) -> int:
 def bench_main(args: Sequence[str]) -> int:
     """``lightning-green bench-inference``; returns the exit status."""
     from lightning_green._internal.validation import fail
+    from lightning_green.export.api import inputs_read
     from lightning_green.export.bench import (
         bench_inference,
         default_formats,
@@ -130,7 +136,7 @@ def bench_main(args: Sequence[str]) -> int:
         resolve_device,
     )
     from lightning_green.export.load import check_output_path, load_checkpoint_module
-    from lightning_green.export.report import attach_to_run, check_run_dir, find_run_dir
+    from lightning_green.export.report import ENERGY_REPORT, attach_to_run, check_run_dir, find_run_dir
 
     owner = "bench-inference"
     ns = _bench_parser().parse_args(list(args))
@@ -144,18 +150,21 @@ def bench_main(args: Sequence[str]) -> int:
             f"a list without 'onnx' on {device} (ONNX Runtime runs on the CPU here: --device cpu for it)",
         )
     sizes = parse_batch_sizes(ns.batch_sizes, owner)
-    if ns.json:
-        check_output_path(owner, ns.json, "json")
     # Where the result goes is checked before the (long) benchmark, not found bad after it.
     if ns.no_report and ns.run_dir:
         fail(owner, "run_dir", ns.run_dir, "left out with --no-report (it names the run whose report to update)")
     run_dir = None if ns.no_report else (ns.run_dir or find_run_dir(ns.ckpt))
+    against = None if str(ns.against).lower() in ("none", "") else ns.against
+    if ns.json:
+        keep = inputs_read(ns.ckpt, ns.config, against)
+        if run_dir is not None:
+            keep.append((Path(run_dir) / ENERGY_REPORT, "the energy report of `run_dir`, which the benchmark updates"))
+        check_output_path(owner, ns.json, "json", keep=keep)
     if run_dir is not None:
         check_run_dir(run_dir)
     _say_saved_config(ns, ns.ckpt)
     model = load_checkpoint_module(ns.ckpt, ns.module, config=ns.config, owner=owner)
     models = {}
-    against = None if str(ns.against).lower() in ("none", "") else ns.against
     if against is not None:
         _say_saved_config(ns, against, "against")
         base = load_checkpoint_module(against, ns.module, config=ns.config, owner=owner, ckpt_arg="against")

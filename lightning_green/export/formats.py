@@ -3,7 +3,8 @@
 Every export is checked: the original (eager, fp32) and the exported model run on the example input and on the
 check inputs (e.g. a datamodule batch), and the export fails when an output differs by more than
 ``atol + rtol * |reference|`` (the tolerance and the largest difference are printed). ONNX runs through ONNX Runtime,
-``.pt2`` through ``torch.export.load``, a Hugging Face folder through ``from_pretrained``.
+``.pt2`` through ``torch.export.load``, a Hugging Face folder through ``from_pretrained``. Where the forward takes an
+``attention_mask`` beside token ids, the outputs at its padding positions (0) are not compared (see :func:`_compare`).
 
 ``onnx``, ``onnxscript`` and ``onnxruntime`` (the ``[export]`` extra) and ``transformers`` are imported only here,
 inside the functions that need them.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import logging
 import os
@@ -26,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number
+from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
 from lightning_green.export.load import check_output_path, example_inputs_of
 
 __all__ = [
@@ -34,9 +36,12 @@ __all__ = [
     "CheckResult",
     "ExportError",
     "ExportResult",
+    "check_export_out",
+    "check_opset",
     "export_model",
     "find_pretrained",
     "load_exported",
+    "onnx_opsets",
     "onnx_session",
     "require_onnx",
     "tensor_outputs",
@@ -62,6 +67,8 @@ class CheckResult:
     atol: float
     rtol: float
     ok: bool
+    #: Padding positions (``attention_mask`` 0) of the input whose outputs were not compared: they mean nothing.
+    padding_not_compared: int = 0
 
 
 @dataclass
@@ -78,15 +85,18 @@ class ExportResult:
     macs: float | None = None
     #: The one sequence length the export takes, when its token ids' time axis could not be made dynamic.
     fixed_seq_len: int | None = None
+    #: The ONNX opset the file was written in (``None`` for other formats).
+    opset: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (for JSON)."""
         return {**asdict(self), "checks": [asdict(c) for c in self.checks]}
 
     def summary(self) -> str:
-        """Lines for the terminal: file, size, parameters, each check with its tolerance."""
+        """Lines for the terminal: file (and ONNX opset), size, parameters, each check with its tolerance."""
+        opset = f" (opset {self.opset})" if self.opset is not None else ""
         lines = [
-            f"exported {self.format}: {self.path} ({_fmt_bytes(self.size_bytes)}, {self.params:,} parameters"
+            f"exported {self.format}{opset}: {self.path} ({_fmt_bytes(self.size_bytes)}, {self.params:,} parameters"
             + (f", {self.macs / 1e6:.3g} M MACs/sample" if self.macs else "")
             + f") in {self.export_s:.1f} s"
         ]
@@ -95,9 +105,16 @@ class ExportResult:
                 f"  sequence length fixed at {self.fixed_seq_len} (the model cannot be traced with a dynamic one)"
             )
         for c in self.checks:
+            padding = (
+                f" ({c.padding_not_compared} padding position{'s' * (c.padding_not_compared != 1)} of the "
+                "attention mask not compared)"
+                if c.padding_not_compared
+                else ""
+            )
             lines.append(
                 f"  check {c.input} (batch {c.batch_size}): max |diff| {c.max_abs_diff:.3g} "
                 f"{'<=' if c.ok else '>'} atol {c.atol:g} + rtol {c.rtol:g}·|ref| — {'ok' if c.ok else 'FAILED'}"
+                + padding
             )
         return "\n".join(lines)
 
@@ -566,26 +583,71 @@ def _files_of(path: Path) -> list[Path]:
 
 
 def _compare(
-    name: str, ref: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...], atol: float, rtol: float
+    name: str,
+    ref: tuple[torch.Tensor, ...],
+    got: tuple[torch.Tensor, ...],
+    atol: float,
+    rtol: float,
+    padding: torch.Tensor | None = None,
 ) -> CheckResult:
     """Compare outputs within ``atol + rtol * |ref|``; equal non-finite values (``-inf`` of a mask, NaN) match.
 
     A non-finite value on one side only, or of the other sign, is a mismatch of infinite size (so the printed largest
-    difference shows it, where NaN would compare as 0).
+    difference shows it, where NaN would compare as 0). ``padding`` (``(batch, time)``, ``True`` at padding, see
+    :func:`_padding_of`) leaves out those positions of every output whose leading axes are ``(batch, time)``: what a
+    model computes for a padding query is never used, and exporters need not reproduce it.
     """
     if len(ref) != len(got):
         return CheckResult(name, int(ref[0].shape[0]) if ref else 0, float("inf"), atol, rtol, False)
-    worst, ok = 0.0, True
+    worst, ok, skipped = 0.0, True, 0
     for r, g in zip(ref, got, strict=True):
         r, g = r.detach().float().cpu(), g.detach().float().cpu()
         if r.shape != g.shape:
             return CheckResult(name, int(r.shape[0]) if r.dim() else 1, float("inf"), atol, rtol, False)
+        if padding is not None and tuple(r.shape[:2]) == tuple(padding.shape):
+            r, g, skipped = r[~padding], g[~padding], int(padding.sum())
         finite = torch.isfinite(r) & torch.isfinite(g)
         same = (r == g) | (torch.isnan(r) & torch.isnan(g))
         diff = torch.where(finite, (r - g).abs(), torch.where(same, 0.0, float("inf")))
         worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
         ok = ok and bool((diff <= atol + rtol * torch.where(finite, r.abs(), 0.0)).all())
-    return CheckResult(name, int(ref[0].shape[0]) if ref[0].dim() else 1, worst, atol, rtol, ok)
+    return CheckResult(name, int(ref[0].shape[0]) if ref[0].dim() else 1, worst, atol, rtol, ok, skipped)
+
+
+def _attention_mask_index(model: nn.Module) -> int | None:
+    """The position of the forward's ``attention_mask`` argument, or ``None`` when it has none by that name."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature (a C extension): no name to go by
+        return None
+    for i, p in enumerate(params):
+        if p.kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            return None  # *args: the positions of the inputs after it are unknown
+        if p.name == "attention_mask":
+            return i
+    return None
+
+
+def _padding_of(model: nn.Module, x: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """Where the attention mask among inputs ``x`` marks padding (``True``), or ``None`` (no mask, or no padding).
+
+    An input counts as the attention mask only when it clearly is one: the forward names it ``attention_mask``
+    (the Hugging Face convention, 1 a real token and 0 padding; PyTorch's ``key_padding_mask`` means the opposite, and
+    segment ids ``token_type_ids`` are also 0/1), it is an integer or bool tensor of the ``(batch, time)`` shape of
+    another input that is token ids (:func:`_is_token_ids`), and it holds only 0 and 1.
+    """
+    index = _attention_mask_index(model)
+    if index is None or index >= len(x):
+        return None
+    mask = x[index]
+    if mask.dim() != 2 or mask.is_floating_point() or mask.is_complex():
+        return None
+    if not any(i != index and _is_token_ids(t) and t.shape == mask.shape for i, t in enumerate(x)):
+        return None
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        return None
+    padding = (mask == 0).cpu()
+    return padding if bool(padding.any()) else None
 
 
 def _shapes(x: tuple[torch.Tensor, ...]) -> str:
@@ -650,6 +712,90 @@ def _reference(model: nn.Module, fmt: str, name: str, x: tuple[torch.Tensor, ...
         ) from None
 
 
+#: The file name endings each file format's readers expect.
+SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
+
+
+def check_export_out(
+    owner: str,
+    out: str | os.PathLike,
+    format: str,  # noqa: A002 - as the CLI flag
+    keep: Sequence[tuple[Any, str]] = (),
+) -> Path:
+    """``out`` checked for an export to ``format`` before any work (see :func:`check_output_path`).
+
+    A file format's ``out`` must end in its suffix (``.onnx``, ``.pt2``): the file's readers know it by that, and a
+    name such as ``last.ckpt`` would pass an ONNX model off as a checkpoint. ``hf`` writes a folder. ONNX writes its
+    weights to ``<out>.data`` beside it, which is checked against ``keep`` too.
+    """
+    path = check_output_path(
+        owner,
+        out,
+        kind="dir" if format == "hf" else "file",
+        keep=keep,
+        sidecars=(".data",) if format == "onnx" else (),
+    )
+    suffix = SUFFIXES.get(format)
+    if suffix is not None and path.suffix != suffix:
+        reader = "torch.export.load reads only such files" if format == "torch-export" else "ONNX tools know it by it"
+        raise InvalidArgumentError(
+            f"{owner}(out={os.fspath(out)!r}): `out` must end in {suffix!r} for format {format!r} ({reader})."
+        )
+    return path
+
+
+def onnx_opsets() -> tuple[int, int]:
+    """The ONNX opsets (lowest, highest) torch's ONNX exporter writes here as asked.
+
+    It builds the graph at its own opset (18) and converts it to the one asked for with onnxscript's version converter
+    (18 to 25 with onnxscript 0.7); outside that range it falls back to onnx's C converter, which fails for common
+    models (a CNN at 17, a transformer at 26) and then keeps opset 18 with only a logged warning.
+    """
+    import onnx
+
+    lowest, highest = 18, onnx.defs.onnx_opset_version()
+    try:  # the converter's own range, where this onnxscript says it (it widens with new releases)
+        from onnxscript.version_converter import _version_converter as converter
+
+        lowest = int(getattr(converter, "SUPPORTED_MIN_ONNX_OPSET", lowest))
+        highest = min(highest, int(getattr(converter, "SUPPORTED_MAX_ONNX_OPSET", highest)))
+    except ImportError:
+        pass
+    return lowest, highest
+
+
+def check_opset(owner: str, opset: Any, format: str) -> int | None:  # noqa: A002 - as the CLI flag
+    """``opset`` if ``None`` or an opset :func:`onnx_opsets` allows for format ``onnx``; else a one-line error."""
+    if opset is None:
+        return None
+    if format != "onnx":
+        fail(owner, "opset", opset, f"None for format {format!r} (only 'onnx' has opsets)")
+    check_number(owner, "opset", opset, integer=True)
+    require_onnx()
+    lowest, highest = onnx_opsets()
+    if not lowest <= opset <= highest:
+        fail(
+            owner,
+            "opset",
+            opset,
+            f"an int from {lowest} to {highest} (the opsets torch's ONNX exporter converts to here; for others it "
+            "often writes opset 18 with only a logged warning) or None for the exporter's default",
+        )
+    return opset
+
+
+def _written_opset(path: Path) -> int | None:
+    """The default-domain opset the ONNX file at ``path`` imports (its weights are not read)."""
+    import onnx
+
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # the check that loads it for the output comparison says what is wrong with it
+        log.debug("reading the opset of %s failed", path, exc_info=True)
+        return None
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def export_model(
     model: nn.Module,
     out: str | os.PathLike,
@@ -675,17 +821,19 @@ def export_model(
         check_inputs: More ``(name, inputs)`` to compare on, e.g. ``("datamodule batch", x)``.
         atol: Absolute tolerance of the output check.
         rtol: Relative tolerance of the output check.
-        opset: ONNX opset (``None``: the exporter's default).
+        opset: ONNX opset, within :func:`onnx_opsets` (``None``: the exporter's default); the opset written is
+            ``ExportResult.opset``.
         verbose: Print the summary (file, size, parameters, checks with their tolerance).
 
     Returns:
         What was written, its size and parameter count, and each check.
 
     Raises:
-        ValueError: A bad argument (unknown format, missing output directory, negative tolerance), a check input the
-            model itself does not take, a model that cannot be exported to ``format`` (the message names the blocking
-            module/op), or an export that fails to run on a check input or whose outputs differ beyond the tolerance
-            (:class:`ExportError`; such a file is left for inspection and the message says it failed).
+        ValueError: A bad argument (unknown format, missing output directory, an ``out`` without the format's suffix,
+            negative tolerance, an opset the exporter does not write), a check input the model itself does not take,
+            a model that cannot be exported to ``format`` (the message names the blocking module/op), or an export
+            written in another opset than ``opset``, that fails to run on a check input or whose outputs differ beyond
+            the tolerance (:class:`ExportError`; such a file is left for inspection and the message says it failed).
 
     Example:
         >>> import tempfile, pathlib
@@ -699,12 +847,8 @@ def export_model(
     check_choice(owner, "format", format, FORMATS)
     check_number(owner, "atol", atol, ge=0)
     check_number(owner, "rtol", rtol, ge=0)
-    path = check_output_path(owner, out, kind="dir" if format == "hf" else "file")
-    if format == "torch-export" and path.suffix != ".pt2":
-        raise InvalidArgumentError(
-            f"{owner}(out={os.fspath(out)!r}): `out` must end in '.pt2' for format 'torch-export' (torch.export.load "
-            "reads only such files)."
-        )
+    check_opset(owner, opset, format)
+    path = check_export_out(owner, out, format)
     model = model.eval()
     example = example_inputs_of(owner, model, example_inputs)
     checks_in = [_example_check(model, example)]
@@ -725,7 +869,7 @@ def export_model(
         runner, dynamic_seq = _export_and_load(format, net, example, path, opset, None)
         fixed_seq = None if dynamic_seq else length
     shorter = _shorter_check(model, checks_in[0]) if fixed_seq is None else None
-    if shorter is not None and format != "hf" and not _runs_alike(runner, shorter[1], shorter[2], atol, rtol):
+    if shorter is not None and format != "hf" and not _runs_alike(runner, *shorter[1:], atol, rtol, model):
         # The exporter claimed a dynamic axis but baked a length in (it missed a specialisation): the model
         # exports only as a fixed one, which the summary then says, rather than being refused.
         log.debug("the %s export is wrong on the %s; exporting at the example's length", format, shorter[0])
@@ -735,6 +879,13 @@ def export_model(
         checks_in.insert(1, shorter[:2])
         refs.insert(1, shorter[2])
     export_s = time.perf_counter() - t0
+    written_opset = _written_opset(path) if format == "onnx" else None
+    if opset is not None and written_opset != opset:  # torch only logs it when it cannot write the opset asked for
+        raise ExportError(
+            f"{owner}(opset={opset!r}): `opset` must be one torch's ONNX exporter can write "
+            f"{type(model).__name__} in; it wrote opset {written_opset} instead (a failed version conversion); the "
+            f"file is left at {os.fspath(path)!r} only for inspection."
+        )
     files = _files_of(path)
     checks = []
     for (name, x), ref in zip(checks_in, refs, strict=True):
@@ -747,7 +898,7 @@ def export_model(
                 f"traced on {_shapes(example)}): {type(err).__name__}: {_one_line(err)}; it failed its check and is "
                 f"left at {os.fspath(path)!r} only for inspection."
             ) from None
-        checks.append(_compare(name, ref, got, atol, rtol))
+        checks.append(_compare(name, ref, got, atol, rtol, _padding_of(model, x)))
     macs = None
     try:
         from lightning_green.pruning.graph import count_macs_params
@@ -765,6 +916,7 @@ def export_model(
         checks=checks,
         macs=macs,
         fixed_seq_len=fixed_seq,
+        opset=written_opset,
     )
     if verbose:
         print(result.summary())
@@ -807,15 +959,20 @@ def _export_and_load(
 
 
 def _runs_alike(
-    runner: Callable[..., tuple], x: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...], atol: float, rtol: float
+    runner: Callable[..., tuple],
+    x: tuple[torch.Tensor, ...],
+    ref: tuple[torch.Tensor, ...],
+    atol: float,
+    rtol: float,
+    model: nn.Module,
 ) -> bool:
-    """Whether the export runs on ``x`` and matches the model's outputs ``ref`` there."""
+    """Whether the export runs on ``x`` and matches ``model``'s outputs ``ref`` there (padding positions aside)."""
     try:
         got = runner(*x)
     except Exception:
         log.debug("the export does not run on shapes %s", _shapes(x), exc_info=True)
         return False
-    return _compare("", ref, got, atol, rtol).ok
+    return _compare("", ref, got, atol, rtol, _padding_of(model, x)).ok
 
 
 def _export_hf(model: nn.Module, path: Path) -> Callable[..., tuple]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -381,15 +382,32 @@ def first_batch_input(batch: Any, n_inputs: int = 1) -> tuple[torch.Tensor, ...]
 
 
 def check_output_path(
-    owner: str, out: str | os.PathLike, name: str = "out", kind: Literal["file", "dir"] = "file"
+    owner: str,
+    out: str | os.PathLike,
+    name: str = "out",
+    kind: Literal["file", "dir"] = "file",
+    keep: Sequence[tuple[str | os.PathLike | None, str]] = (),
+    sidecars: Sequence[str] = (),
 ) -> Path:
     """``out`` as a Path to write a ``kind`` (``"file"`` or ``"dir"``) at, checked before any work is done.
 
     Its parent directory must exist (a missing directory is an error, not created silently) and take a new file; an
-    existing ``out`` must be of the same kind (a file is not written over a directory, nor a folder over a file).
+    existing ``out`` must be of the same kind (a file is not written over a directory, nor a folder over a file). A
+    file is never written over a file the command reads or updates, nor over a lightning-green energy report (a
+    run's measured training energy, which nothing can write again).
+
+    Args:
+        owner: Who is asking, for error messages.
+        out: The path to check.
+        name: The argument's name, for error messages.
+        kind: What is written there: a ``"file"`` or a ``"dir"``.
+        keep: ``(path, what it is)`` of files that must not be written over, e.g. ``(ckpt, "`ckpt`, the checkpoint
+            being read")``; a ``None`` path is skipped.
+        sidecars: Suffixes of files written beside ``out`` (ONNX's ``".data"`` weights), checked as ``out`` is.
 
     Raises:
-        ValueError: ``out`` is in a missing or unwritable directory, or exists as the other kind.
+        ValueError: ``out`` is in a missing or unwritable directory, exists as the other kind, or it (or a sidecar)
+            is one of ``keep`` or an existing energy report.
     """
     if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
         raise InvalidArgumentTypeError(f"{owner}({name}={out!r}): `{name}` must be a file path.")
@@ -406,6 +424,19 @@ def check_output_path(
         raise InvalidArgumentError(
             f"{prefix} must be a folder path (the format writes a folder); it is an existing file."
         )
+    for written in [path] * (kind == "file") + [Path(f"{path}{s}") for s in sidecars]:
+        via = "" if written == path else f" (it writes {os.fspath(written)!r} beside it)"
+        for value, what in keep:
+            if value is not None and _same_file(written, value):
+                raise InvalidArgumentError(
+                    f"{prefix} must be another file than {what} ({os.fspath(value)!r}){via}: writing it would "
+                    "replace that file."
+                )
+        if _is_energy_report(written):
+            raise InvalidArgumentError(
+                f"{prefix} must not be an existing lightning-green energy report{via}: the file holds a run's "
+                "measured energy, which writing it would replace; pass another path."
+            )
     where = path if path.is_dir() else parent
     err = cannot_create_in(where)
     if err is not None:
@@ -415,6 +446,35 @@ def check_output_path(
     if kind == "file" and path.exists() and not os.access(path, os.W_OK):
         raise InvalidArgumentError(f"{prefix} must be writable; the existing file is read-only.")
     return path
+
+
+def _same_file(a: Path, b: str | os.PathLike) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (through links too; by resolved path when one is missing)."""
+    try:
+        if a.exists() and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return a.resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):  # an unreadable path or a symlink loop: compare as written
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+#: Files larger than this are not read to tell whether they are energy reports (those are a few kB to a few MB).
+_REPORT_MAX_BYTES = 64 * 2**20
+
+
+def _is_energy_report(path: Path) -> bool:
+    """Whether ``path`` is an existing lightning-green energy report (JSON with ``stages`` and ``version``)."""
+    try:
+        if not path.is_file() or path.stat().st_size > _REPORT_MAX_BYTES:
+            return False
+        with open(path, "rb") as f:
+            if f.read(64).lstrip()[:1] != b"{":
+                return False
+            f.seek(0)
+            data = json.load(f)
+    except (OSError, ValueError):  # unreadable or not JSON (UnicodeDecodeError is a ValueError): not a report
+        return False
+    return isinstance(data, Mapping) and "stages" in data and "version" in data
 
 
 def cannot_create_in(directory: str | os.PathLike) -> str | None:

@@ -86,6 +86,33 @@ def test_token_models_count_per_token():
     assert row.energy_per_1k_j == pytest.approx(1000 * row.energy_j / (2 * 2 * 10))
 
 
+class Pixels(nn.Module):
+    """uint8 pixels ``(batch, 1, 8, 8)``: integers, but 64 pixels are not 64 tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.example_input_array = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+
+    def forward(self, x):
+        return self.fc(x.float().flatten(1) / 255)
+
+
+def test_an_integer_image_counts_per_prediction():
+    res = bench_inference({"img": Pixels().eval()}, formats="eager", batch_sizes=[2], repeats=2, warmup=0, rounds=1)
+    (row,) = res.rows
+    assert res.unit == "prediction" and row.unit == "prediction"
+    assert row.energy_per_1k_j == pytest.approx(1000 * row.energy_j / (2 * 2))
+
+
+def test_an_integer_image_is_refused_per_token():
+    with pytest.raises(
+        ValueError, match=r"`per` must be 'auto' or 'prediction' for a model whose first input is not integer token ids"
+    ) as e:
+        bench_inference({"img": Pixels().eval()}, formats="eager", batch_sizes=[2], repeats=1, rounds=1, per="token")
+    assert "(it is uint8 (1, 1, 8, 8))" in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

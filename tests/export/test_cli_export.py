@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import lightning.pytorch as pl
 import pytest
@@ -164,7 +165,7 @@ def test_export_cli_reads_model_and_data_from_a_config(digits_ckpts, tmp_path, c
 
 def test_export_cli_missing_config_is_one_line(digits_ckpts, tmp_path, capsys):
     code, _, err = run_main(
-        ["export", digits_ckpts["dense"], "--config", tmp_path / "nope.yaml", "--out", tmp_path / "m.pt2"], capsys
+        ["export", digits_ckpts["dense"], "--config", tmp_path / "nope.yaml", "--out", tmp_path / "m.onnx"], capsys
     )
     assert code == 2 and err.count("\n") == 1 and "`config` must be an existing YAML file" in err
 
@@ -221,6 +222,87 @@ def test_where_results_go_is_checked_before_the_work(digits_ckpts, tmp_path, cap
     import re
 
     assert re.search(match, err), err
+
+
+@pytest.fixture
+def fake_run(digits_ckpts, tmp_path):
+    """A run's log dir: two checkpoints, the energy report, the config LightningCLI saved."""
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for name in ("epoch=2-step=15.ckpt", "last.ckpt"):
+        shutil.copyfile(digits_ckpts["dense"], ckpts / name)
+    report = {"version": 1, "stages": {"fit": {"energy_j": {"total": 12.5}}}}
+    (tmp_path / "run" / "energy_report.json").write_text(json.dumps(report))
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  class_path: lightning_green.demos.DigitsCNN\n")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "match"),
+    [
+        (
+            "export",
+            ["--out", "{run}/checkpoints/last.ckpt"],
+            r"export\(out='.*last\.ckpt'\): `out` must end in '\.onnx' for format 'onnx'",
+        ),
+        (
+            "export",
+            ["--out", "{run}/m.onnx", "--json", "{run}/energy_report.json"],
+            r"export\(json='.*energy_report\.json'\): `json` must not be an existing lightning-green energy report: ",
+        ),
+        (
+            "export",
+            ["--out", "{run}/m.onnx", "--json", "{ckpt}"],
+            r"`json` must be another file than `ckpt`, the checkpoint being read \('.*epoch=2-step=15\.ckpt'\): "
+            r"writing it would replace that file\.",
+        ),
+        (
+            "export",
+            ["--out", "{run}/m.onnx", "--json", "{run}/m.onnx"],
+            r"`json` must be another file than `out`, the export being written",
+        ),
+        (
+            "export",
+            ["--out", "{run}/m.onnx", "--json", "{run}/config.yaml"],
+            r"`json` must be another file than the config LightningCLI saved with the run of `ckpt` ",
+        ),
+        (
+            "bench-inference",
+            ["--json", "{run}/energy_report.json"],
+            r"bench-inference\(json='.*energy_report\.json'\): `json` must be another file than the energy report of "
+            r"`run_dir`, which the benchmark updates",
+        ),
+        (
+            "bench-inference",
+            ["--no-report", "--json", "{run}/energy_report.json"],
+            r"`json` must not be an existing lightning-green energy report",
+        ),
+        (
+            "bench-inference",
+            ["--against", "{run}/checkpoints/last.ckpt", "--json", "{run}/checkpoints/last.ckpt"],
+            r"`json` must be another file than `against`, the baseline checkpoint \('.*last\.ckpt'\)",
+        ),
+    ],
+)
+def test_results_never_overwrite_what_the_command_reads_or_the_runs_report(
+    fake_run, capsys, monkeypatch, command, args, match
+):
+    import lightning_green.export.api as api
+
+    def never(*a, **k):
+        pytest.fail("the work ran before its destination was checked")
+
+    monkeypatch.setattr(api, "load_checkpoint_module", never)
+    monkeypatch.setattr("lightning_green.export.load.load_checkpoint_module", never)
+    ckpt = fake_run / "checkpoints" / "epoch=2-step=15.ckpt"
+    before = {p: p.read_bytes() for p in fake_run.rglob("*") if p.is_file()}
+    args = [a.format(run=fake_run, ckpt=ckpt) for a in args]
+    code, _, err = run_main([command, ckpt, "--module", "DigitsCNN", *args], capsys)
+    assert code == 2 and err.count("\n") == 1
+    import re
+
+    assert re.search(match, err), err
+    assert {p: p.read_bytes() for p in fake_run.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible")
@@ -311,7 +393,7 @@ def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(cli_run, 
     assert f"for `ckpt` '{alone}': no config.yaml saved by LightningCLI" in err
     code, text, err = run_main([*bench, "--warmup", "0", "--no-report", "--against", alone], capsys)
     assert code == 2 and f"for `against` '{alone}': no config.yaml" in err  # the baseline's own config is looked up
-    code, text, err = run_main(["export", tmp_path / "missing.ckpt", "--out", tmp_path / "x.pt2"], capsys)
+    code, text, err = run_main(["export", tmp_path / "missing.ckpt", "--out", tmp_path / "x.onnx"], capsys)
     assert code == 2 and "model from" not in text and "`ckpt` must be an existing checkpoint file" in err
 
 

@@ -352,6 +352,110 @@ def test_seeded_token_ids_are_below_the_smallest_embedding_and_repeatable(tmp_pa
     assert torch.equal(ids, _example_check(model, (zeros,))[1][0])
 
 
+@pytest.fixture(scope="module")
+def hf_masked():
+    """A tiny LlamaForCausalLM whose forward takes ``(input_ids, attention_mask)``, and a left-padded example."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+
+    class MaskedLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            cfg = transformers.LlamaConfig(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+            )
+            self.model = transformers.LlamaForCausalLM(cfg)
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding, as batched generation pads
+    return MaskedLM().eval(), (ids, mask)
+
+
+@needs_onnx
+def test_a_left_padded_example_exports_to_onnx_with_a_dynamic_length(hf_masked, tmp_path):
+    # What the model computes for a padding query (a row of the mask with nothing to attend to) means nothing and the
+    # ONNX graph computes it otherwise: the check compares real tokens only, and the dynamic length is kept.
+    model, example = hf_masked
+    res = export_model(model, tmp_path / "m.onnx", "onnx", example_inputs=example, verbose=False)
+    assert res.fixed_seq_len is None and all(c.ok for c in res.checks)
+    assert [c.padding_not_compared for c in res.checks] == [5, 5]  # at length 12 and at length 6
+    assert "— ok (5 padding positions of the attention mask not compared)" in res.summary()
+    assert "sequence length fixed" not in res.summary()
+    ids = torch.randint(0, 64, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        ref = model(ids, mask)
+    got = load_exported("onnx", res.path)(ids, mask)[0]
+    torch.testing.assert_close(got[mask.bool()], ref[mask.bool()], atol=1e-4, rtol=1e-3)
+
+
+def _off_by_one_at(monkeypatch, positions):
+    """Make the loaded export add 1 to its output at ``positions`` of the (batch, time) grid (a boolean function)."""
+    import lightning_green.export.formats as formats
+
+    real = formats.load_exported
+
+    def perturbed(fmt, path, threads=None):
+        run = real(fmt, path, threads)
+
+        def wrong(*x):
+            (out,) = run(*x)
+            return (out + positions(*x).unsqueeze(-1).to(out.dtype),)
+
+        return wrong
+
+    monkeypatch.setattr(formats, "load_exported", perturbed)
+
+
+def test_outputs_at_padding_positions_are_not_compared(hf_masked, tmp_path, monkeypatch):
+    model, example = hf_masked
+    _off_by_one_at(monkeypatch, lambda ids, mask: mask == 0)
+    res = export_model(model, tmp_path / "m.pt2", "torch-export", example_inputs=example, verbose=False)
+    assert all(c.ok and c.max_abs_diff < 1e-4 for c in res.checks) and res.fixed_seq_len is None
+
+
+def test_a_mismatch_at_a_real_token_of_a_padded_input_still_fails(hf_masked, tmp_path, monkeypatch):
+    model, example = hf_masked
+    _off_by_one_at(monkeypatch, lambda ids, mask: (mask == 1) & (torch.arange(ids.shape[1]) == ids.shape[1] - 1))
+    with pytest.raises(
+        ExportError,
+        match=r"outputs differ from the model's on the example input with seeded token ids \(max \|diff\| 1 ",
+    ):
+        export_model(model, tmp_path / "m.pt2", "torch-export", example_inputs=example, verbose=False)
+
+
+class Segments(nn.Module):
+    """Token ids and 0/1 segment ids of the same shape: the segment ids are not an attention mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.seg, self.head = nn.Embedding(50, 4), nn.Embedding(2, 4), nn.Linear(4, 3)
+
+    def forward(self, input_ids, token_type_ids):
+        return self.head(self.tok(input_ids) + self.seg(token_type_ids))
+
+
+def test_zeros_of_an_input_not_named_attention_mask_are_compared(tmp_path, monkeypatch):
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    segments = torch.zeros_like(ids)
+    segments[:, 4:] = 1
+    _off_by_one_at(monkeypatch, lambda ids, seg: seg == 0)
+    with pytest.raises(ExportError, match=r"outputs differ from the model's on the example input"):
+        export_model(Segments().eval(), tmp_path / "s.pt2", "torch-export", example_inputs=(ids, segments))
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_mismatched_checkpoint_is_one_line(digits_ckpts, tmp_path):
     with pytest.raises(
@@ -413,6 +517,7 @@ def test_hf_format_needs_a_pretrained_model(tmp_path):
         ({"format": "tflite"}, r"export\(format='tflite'\): `format` must be one of \('onnx', 'torch-export', 'hf'\)"),
         ({"out": "missing/dir/m.onnx"}, r"`out` must be in an existing directory; '.*missing/dir' does not exist"),
         ({"out": "m.onnx", "format": "torch-export"}, r"`out` must end in '.pt2' for format 'torch-export'"),
+        ({"out": "last.ckpt"}, r"export\(out='.*last\.ckpt'\): `out` must end in '.onnx' for format 'onnx'"),
         ({"atol": -1.0}, r"export\(atol=-1.0\): `atol` must be a number >= 0"),
         ({"example_inputs": {"x": 1}}, r"`example_inputs` must be a tensor or a tuple of tensors"),
     ],
@@ -422,6 +527,84 @@ def test_bad_arguments(tmp_path, kwargs, match):
     kwargs["out"] = tmp_path / kwargs["out"]
     with pytest.raises(ValueError, match=match):
         export_model(nn.Linear(2, 2), **{"example_inputs": torch.zeros(1, 2), **kwargs}, verbose=False)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "opset", "exc", "match"),
+    [
+        ("onnx", 7, ValueError, r"export\(opset=7\): `opset` must be an int from 18 to \d+ \(the opsets torch's ONNX"),
+        ("onnx", 99, ValueError, r"export\(opset=99\): `opset` must be an int from 18 to \d+ "),
+        ("onnx", -1, ValueError, r"export\(opset=-1\): `opset` must be an int from 18 to \d+ "),
+        ("onnx", "abc", TypeError, r"export\(opset='abc'\): `opset` must be an int\."),
+        ("torch-export", 18, ValueError, r"export\(opset=18\): `opset` must be None for format 'torch-export'"),
+    ],
+)
+@needs_onnx
+def test_an_opset_the_exporter_cannot_write_is_refused_before_exporting(tmp_path, monkeypatch, fmt, opset, exc, match):
+    import lightning_green.export.formats as formats
+
+    monkeypatch.setattr(formats, "tensor_outputs", lambda *a: pytest.fail("exported despite a bad `opset`"))
+    with pytest.raises(exc, match=match) as e:
+        export_model(nn.Linear(2, 2), tmp_path / f"m{SUFFIX[fmt]}", fmt, example_inputs=torch.zeros(1, 2), opset=opset)
+    assert not isinstance(e.value, ExportError)  # the argument is at fault, not the model
+
+
+@needs_onnx
+def test_the_opset_written_is_recorded(tmp_path):
+    import onnx
+
+    res = export_model(nn.Linear(2, 2), tmp_path / "m.onnx", example_inputs=torch.zeros(1, 2), opset=20, verbose=False)
+    written = [o.version for o in onnx.load(res.path).opset_import if o.domain in ("", "ai.onnx")]
+    assert res.opset == 20 and written == [20] and res.as_dict()["opset"] == 20
+    assert res.summary().startswith("exported onnx (opset 20): ")
+
+
+@needs_onnx
+def test_an_opset_the_export_did_not_get_is_an_error(tmp_path, monkeypatch):
+    real = torch.onnx.export
+
+    def ignores_opset(*args, **kwargs):  # as torch does where its version conversion fails: it only logs it
+        return real(*args, **{**kwargs, "opset_version": 18})
+
+    monkeypatch.setattr(torch.onnx, "export", ignores_opset)
+    with pytest.raises(
+        ExportError,
+        match=r"export\(opset=20\): `opset` must be one torch's ONNX exporter can write Linear in; it wrote opset 18 "
+        r"instead .* left at '.*m\.onnx' only for inspection",
+    ) as e:
+        export_model(nn.Linear(2, 2), tmp_path / "m.onnx", example_inputs=torch.zeros(1, 2), opset=20, verbose=False)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "match"),
+    [
+        # The checkpoint reached through a link named as the export: the same file.
+        ("torch-export", r"`out` must be another file than `ckpt`, the checkpoint being read \('.*dense\.ckpt'\): "),
+        # ONNX writes its weights to <out>.data beside it.
+        pytest.param(
+            "onnx",
+            r"export\(out='.*m\.onnx'\): `out` must be another file than `ckpt`, the checkpoint being read "
+            r"\('.*m\.onnx\.data'\) \(it writes '.*m\.onnx\.data' beside it\): writing it would replace that file\.",
+            marks=needs_onnx,
+        ),
+    ],
+)
+def test_an_export_never_writes_over_the_checkpoint_it_reads(digits_ckpts, tmp_path, monkeypatch, fmt, match):
+    import lightning_green.export.api as api
+
+    out = tmp_path / f"m{SUFFIX[fmt]}"
+    if fmt == "onnx":
+        ckpt = tmp_path / "m.onnx.data"
+    else:
+        ckpt = tmp_path / "dense.ckpt"
+        out.symlink_to(ckpt)
+    ckpt.write_bytes(Path(digits_ckpts["dense"]).read_bytes())
+    before = ckpt.read_bytes()
+    monkeypatch.setattr(api, "load_checkpoint_module", lambda *a, **k: pytest.fail("loaded before checking `out`"))
+    with pytest.raises(InvalidArgumentError, match=match):
+        export_checkpoint(ckpt, "DigitsCNN", out, fmt, verbose=False)
+    assert ckpt.read_bytes() == before
 
 
 @pytest.fixture
