@@ -149,6 +149,21 @@ def test_a_batch_without_the_model_inputs_is_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
+def tiny_llama(transformers):
+    """A 1-layer LlamaForCausalLM with 64 tokens, seeded (no download)."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
 @pytest.fixture(scope="module")
 def hf_module():
     """A LightningModule holding a tiny LlamaForCausalLM built from a config (no download)."""
@@ -159,17 +174,7 @@ def hf_module():
     class Holder(pl.LightningModule):
         def __init__(self):
             super().__init__()
-            torch.manual_seed(0)
-            cfg = transformers.LlamaConfig(
-                vocab_size=64,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-            )
-            self.model = transformers.LlamaForCausalLM(cfg)
+            self.model = tiny_llama(transformers)
             self.example_input_array = torch.randint(0, 64, (1, 12))
 
         def forward(self, input_ids):
@@ -361,17 +366,7 @@ def hf_masked():
     class MaskedLM(nn.Module):
         def __init__(self):
             super().__init__()
-            torch.manual_seed(0)
-            cfg = transformers.LlamaConfig(
-                vocab_size=64,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-            )
-            self.model = transformers.LlamaForCausalLM(cfg)
+            self.model = tiny_llama(transformers)
 
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
