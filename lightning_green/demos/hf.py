@@ -158,12 +158,13 @@ def causal_lm_config(
         fields["tie_word_embeddings"] = tie_word_embeddings
     if overrides:
         # A config stores any unknown keyword as an attribute: check against the fields it really has (its own,
-        # its constructor's, the rope parameters that transformers 5 accepts as legacy keywords, and the legacy
-        # keywords it keeps as properties, e.g. `rope_scaling` for `rope_parameters`).
+        # its constructor's, the rope parameters that transformers 5 accepts as legacy keywords, and `rope_scaling`,
+        # its legacy name for `rope_parameters`, where the family has rotary embeddings).
         default = cls()
         known = set(vars(default)) | set(inspect.signature(cls.__init__).parameters)
         known |= set(getattr(default, "rope_parameters", None) or {})
-        known |= {k for k in overrides if k[:1] != "_" and isinstance(getattr(cls, str(k), None), property)}
+        if getattr(default, "rope_parameters", None):  # a RoPE family: its legacy name for rope_parameters
+            known.add("rope_scaling")
         unknown = sorted(str(k) for k in overrides if k not in known)
         if unknown:
             raise InvalidArgumentError(

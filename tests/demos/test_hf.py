@@ -178,6 +178,8 @@ def test_config_overrides_reach_the_model():
     scaled = HFCausalLM(family="llama", hidden_size=32, num_layers=1, config={"rope_scaling": LINEAR_ROPE})
     assert scaled.model.config.rope_parameters["rope_type"] == "linear"
     assert scaled.model.config.rope_parameters["factor"] == 2.0
+    with pytest.raises(ValueError, match=r"GPT2Config has no field\(s\) \['rope_scaling'\]"):  # no RoPE: no effect
+        HFCausalLM(family="gpt2", hidden_size=32, num_layers=1, config={"rope_scaling": LINEAR_ROPE})
     assert (cfg.head_dim, cfg.num_key_value_heads, cfg.intermediate_size) == (16, 1, 96)
 
 
