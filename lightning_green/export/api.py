@@ -17,6 +17,7 @@ from lightning_green.export.load import (
     first_batch_input,
     load_checkpoint_module,
     resolve_class,
+    run_configs_near,
     saved_run_config,
 )
 
@@ -133,9 +134,14 @@ def inputs_read(
     if isinstance(config, (str, os.PathLike)):
         keep.append((config, "`config`, the config being read"))
     for arg, ckpt in (("ckpt", ckpt_path), ("against", against)):
-        saved = saved_run_config(ckpt) if ckpt is not None and os.path.isfile(ckpt) else None
+        if ckpt is None or not os.path.isfile(ckpt):
+            continue
+        saved = saved_run_config(ckpt)
         if saved is not None:
             keep.append((saved, f"the config LightningCLI saved with the run of `{arg}`"))
+        # A config the search passed over (a later run's, in the same folder) is that run's record.
+        near = [path for path in run_configs_near(ckpt) if path != saved]
+        keep += [(path, f"a config LightningCLI saved near `{arg}`") for path in near]
     return keep
 
 

@@ -111,6 +111,13 @@ def export_main(args: Sequence[str]) -> int:
         from lightning_green.export.load import check_output_path
 
         keep = [*inputs_read(ns.ckpt, ns.config), (ns.out, "`out`, the export being written")]
+        if ns.format == "hf" and Path(ns.json).absolute().resolve().is_relative_to(Path(ns.out).absolute().resolve()):
+            from lightning_green._internal.validation import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"export(json={ns.json!r}): `json` must be outside `out` {ns.out!r}, the Hugging Face folder being "
+                "written (its config.json and weights would be replaced)."
+            )
         if ns.format == "onnx":
             keep.append((f"{ns.out}.data", "the weights file of `out`, the ONNX export being written"))
         check_output_path("export", ns.json, "json", keep=keep)

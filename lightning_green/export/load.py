@@ -67,8 +67,10 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
     LightningCLI writes ``<log_dir>/config.yaml`` and Lightning the checkpoints to ``<log_dir>/checkpoints/``: the
     nearest ``config.yaml`` up to three folders above the checkpoint whose ``model`` section names a class
     (``class_path``) is taken; another ``config.yaml`` (a project's own settings), one naming another class than
-    the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), or one whose model arguments
-    differ from those the checkpoint recorded (a later run into the same folder replaced it) is passed over.
+    the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), or one written after the
+    checkpoint whose model arguments differ from those the checkpoint recorded (a later run into the same folder
+    replaced it) is passed over. One written before it may differ: the run changed its hyperparameters (e.g.
+    ``LearningRateFinder`` sets ``lr``).
     """
     return _run_config_search(ckpt_path, name)[0]
 
@@ -76,6 +78,26 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
 def passed_over_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") -> str | None:
     """Why the nearest ``config.yaml`` naming the checkpoint's class is not its run's (``None``: it is, or none)."""
     return _run_config_search(ckpt_path, name)[1]
+
+
+def run_configs_near(ckpt_path: str | os.PathLike, name: str = "config.yaml") -> list[Path]:
+    """Every ``config.yaml`` up to three folders above the checkpoint whose ``model`` section names a class.
+
+    The run's own config, or one :func:`saved_run_config` passed over (another run's record): a command's output must
+    not replace either.
+    """
+    found, p = [], Path(ckpt_path).resolve().parent
+    for _ in range(3):
+        path = p / name
+        if path.is_file():
+            try:
+                data = _read_config("run_configs_near", path)
+            except (InvalidArgumentError, OSError, UnicodeDecodeError):
+                data = {}
+            if isinstance(_section_args(data.get("model"))[0], str):
+                found.append(path)
+        p = p.parent
+    return found
 
 
 def _run_config_search(ckpt_path: str | os.PathLike, name: str) -> tuple[Path | None, str | None]:
@@ -94,9 +116,9 @@ def _run_config_search(ckpt_path: str | os.PathLike, name: str) -> tuple[Path | 
             names, init_args = _section_args(data.get("model"))
             if isinstance(names, str) and expected in (None, names):  # a model section naming its class
                 why = _other_arguments(saved, init_args) if expected is not None else None
-                if why is None:
+                if why is None or not _written_after(path, ckpt_path):
                     return path, None
-                passed_over = passed_over or f"{path} is another run's: {why}"
+                passed_over = passed_over or f"{path} is another run's (written after the checkpoint): {why}"
         p = p.parent
     return None, passed_over
 
@@ -112,6 +134,14 @@ def _other_arguments(saved: Mapping[str, Any], init_args: Mapping[str, Any]) -> 
         return None
     shown = ", ".join(f"{k}={init_args[k]!r} (checkpoint: {saved[k]!r})" for k in differ[:3])
     return f"its model has {shown}{' and more' if len(differ) > 3 else ''}"
+
+
+def _written_after(path: Path, ckpt_path: str | os.PathLike) -> bool:
+    """Whether ``path`` was modified after the checkpoint was written."""
+    try:
+        return path.stat().st_mtime > Path(ckpt_path).stat().st_mtime
+    except OSError:
+        return False
 
 
 def _checkpoint_hparams(ckpt_path: str | os.PathLike) -> dict[str, Any]:

@@ -282,6 +282,11 @@ def fake_run(digits_ckpts, tmp_path):
             ["--against", "{run}/checkpoints/last.ckpt", "--json", "{run}/checkpoints/last.ckpt"],
             r"`json` must be another file than `against`, the baseline checkpoint \('.*last\.ckpt'\)",
         ),
+        (  # an earlier hf export's config.json (or its weights) in that folder
+            "export",
+            ["--format", "hf", "--out", "{run}", "--json", "{run}/checkpoints/config.json"],
+            r"`json` must be outside `out` '.*', the Hugging Face folder being written",
+        ),
     ],
 )
 def test_results_never_overwrite_what_the_command_reads_or_the_runs_report(
@@ -431,9 +436,24 @@ def test_a_config_yaml_a_later_run_replaced_is_not_taken_for_the_checkpoints(cli
     (run / "config.yaml").write_text(yaml.safe_dump(later))
     code, text, err = run_main(["export", first, "--out", tmp_path / "m.pt2", "--format", "torch-export"], capsys)
     assert code == 0, err
-    why = "is another run's: its model has channels=[2, 2] (checkpoint: [4, 8])"
+    why = "is another run's (written after the checkpoint): its model has channels=[2, 2] (checkpoint: [4, 8])"
     assert f"checkpoint: {run / 'config.yaml'} {why}; the model is built from the arguments the checkpoint" in text
     assert "model from" not in text and "check example input" in text
+
+    # The passed-over config is the later run's record: no output replaces it.
+    code, _, err = run_main(["export", first, "--out", tmp_path / "o.onnx", "--json", run / "config.yaml"], capsys)
+    assert code == 2 and "`json` must be another file than a config LightningCLI saved near `ckpt`" in err
+
+    # Written before the checkpoint, a config may differ from it: the run changed its hyperparameters (e.g.
+    # LearningRateFinder set lr). It is still the run's, and its data is checked.
+    tuned = yaml.safe_load(config.read_text())
+    tuned["model"]["init_args"]["lr"] = 0.5
+    (run / "config.yaml").write_text(yaml.safe_dump(tuned))
+    before = first.stat().st_mtime - 60
+    os.utime(run / "config.yaml", (before, before))
+    code, text, err = run_main(["export", first, "--out", tmp_path / "n.pt2", "--format", "torch-export"], capsys)
+    assert code == 0, err
+    assert f"checkpoint: model from {run / 'config.yaml'}" in text and "check datamodule batch" in text
 
 
 def run_with_saved_data(cli_run, tmp_path, data):

@@ -431,6 +431,27 @@ def test_a_mismatch_at_a_real_token_of_a_padded_input_still_fails(hf_masked, tmp
         export_model(model, tmp_path / "m.pt2", "torch-export", example_inputs=example, verbose=False)
 
 
+def test_a_batch_by_classes_output_is_compared_even_when_classes_equal_the_length():
+    # A sequence classifier's (batch, classes) logits with classes == time: whole class columns were skipped.
+    from lightning_green.export.formats import _compare
+
+    padding = torch.tensor([[True, False, False, False], [False, False, False, False]])
+    ref = torch.zeros(2, 4)
+    got = ref.clone()
+    got[0, 0] = 5.0  # class 0 of the first row, at a "padding" position by coincidence of shapes
+    assert not _compare("x", (ref,), (got,), 1e-4, 1e-3, padding=padding).ok
+    logits = torch.zeros(2, 4, 3)
+    wrong = logits.clone()
+    wrong[0, 0] = 5.0  # (batch, time, vocab): a padding query's outputs are not compared
+    assert _compare("x", (logits,), (wrong,), 1e-4, 1e-3, padding=padding).ok
+
+
+def test_an_upper_case_onnx_suffix_is_an_onnx_file(tmp_path):
+    from lightning_green.export.formats import check_export_out
+
+    assert check_export_out("export", tmp_path / "M.ONNX", "onnx") == tmp_path / "M.ONNX"
+
+
 class Segments(nn.Module):
     """Token ids and 0/1 segment ids of the same shape: the segment ids are not an attention mask."""
 
