@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -30,6 +31,7 @@ from lightning_green._internal.validation import (
     fail,
 )
 from lightning_green.events import WorkloadChange, add_report_section
+from lightning_green.power import guard as limit_guard
 from lightning_green.power.capability import check_power_control
 from lightning_green.power.guard import LimitGuard
 from lightning_green.power.profile import OBJECTIVES, ProfileCache, make_selector, profile_key, profile_table
@@ -40,7 +42,9 @@ __all__ = ["PowerLimitTuner"]
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 2
-"""2: the profile's key, partly measured profiles, the original limits and the limits the run set (for a resume)."""
+"""2: the profile's key, partly measured profiles, the limits the run set and, by global rank, each rank's GPU index,
+original limit and machine id (hash of host name and boot id), so that a resume adopts an original only for the GPU a
+killed run left capped."""
 
 Objective = Literal["zeus-cost", "energy", "time", "max-slowdown"]
 
@@ -62,10 +66,12 @@ class PowerLimitTuner(Callback):
       error later in the run is caught the same way.
     * Each GPU's limit is recorded before tuning and *that* value (not the maximum) is restored at train end, in
       ``on_exception``, on SIGTERM/SIGINT and at interpreter exit.
-    * A run killed with no chance to restore (SIGKILL, a lost node) leaves its GPU capped. Checkpoints keep the
-      original limits and the limits the run sets: a resumed run that finds the same GPU model still at one of them
-      takes the checkpoint's original as the original (restored right away and at the end); a GPU at any other
-      limit (an administrator changed it) keeps that limit as its original.
+    * A run killed with no chance to restore (SIGKILL, a lost node) leaves its GPU capped. Checkpoints keep, per
+      rank, the GPU, its original limit and the machine and boot it ran on, and the limits the run sets: a resumed
+      rank on the same machine, boot and GPU that finds it still at one of those limits (below its maximum) takes
+      the checkpoint's original as the original (restored right away and at the end). A GPU on another machine,
+      after a reboot, at its maximum or at any other limit (an administrator changed it) keeps the limit it has as
+      its original.
     * No GPU (a CPU-only run) → a one-line notice, then nothing. With simulated GPUs installed
       (:mod:`lightning_green.testing`) a CPU run tunes the rank's simulated GPU.
 
@@ -74,8 +80,10 @@ class PowerLimitTuner(Callback):
     works), so all ranks end on one limit.
 
     Checkpoints keep the profile, also one still being measured (a resumed run profiles only the limits not yet
-    measured), with its workload key: resumed on another GPU model, precision, batch size or world size, the tuner
-    says so once and profiles afresh.
+    measured), with its workload key: resumed on another GPU model, precision, batch size or world size, or with
+    another ``pl_step_w`` (grid), the tuner says so once and profiles afresh (unless the cache holds this workload's
+    profile). With ``reprofile_on_change=False`` a profile is kept across a change of the model or the precision only
+    (a prune, a precision switch), after a resume as in the run that saved it.
 
     Closed loop: ``on_workload_changed`` (a ``StructuredPruning`` step, an ``AMPScheduler`` precision switch)
     starts a new profile, because the optimum moves when the model shrinks.
@@ -182,7 +190,10 @@ class PowerLimitTuner(Callback):
         # The checkpoint's profile, held until the first step gives this run's key to compare with its key.
         self._restored_profile: dict[str, Any] | None = None
         self._profile_key: str | None = None  # the workload the search's measurements are of
-        self._originals_mw: dict[int, int] = {}  # every rank's GPU: its original limit (saved for a resume)
+        # Every rank's GPU, by global rank: its original limit (saved for a resume) and what identifies it.
+        self._originals_mw: dict[int, int] = {}
+        self._rank_gpus: list[_RankGPU] = []
+        self._rank = 0
         self._warned = False
         # Profiles measured or read in this process, by workload key: a workload seen before (fp32 again after a
         # precision fallback, then low precision again) reuses its profile instead of profiling again.
@@ -253,6 +264,8 @@ class PowerLimitTuner(Callback):
         self._restored_profile = None
         self._profile_key = None
         self._originals_mw = {}
+        self._rank_gpus = []
+        self._rank = int(trainer.global_rank)
         self._lookup_pending = False
         self._fit_started = False
         self._batch_size = None
@@ -283,8 +296,11 @@ class PowerLimitTuner(Callback):
         self._gpu_name = str(gpus.get_name(index))
         self._job = self.job or ""
         self._limits_mw = limit_grid(control.min_mw, control.max_mw, self.pl_step_w)
-        # Every rank's GPU: its range (pl_step_w must fit each) and its limit now (the originals a resume needs).
-        rows = gather_rows(trainer.strategy, [index, control.current_mw, control.min_mw, control.max_mw])
+        # Every rank's GPU: its range (pl_step_w must fit each), its limit now (the originals a resume needs) and the
+        # machine and boot it is on (a limit a killed run left lasts until a reboot), in global-rank order.
+        machine = limit_guard.machine_id()
+        row = [index, control.current_mw, control.min_mw, control.max_mw, -1 if machine is None else machine]
+        rows = gather_rows(trainer.strategy, row)
         narrowest = min(rows, key=lambda r: r[3] - r[2])
         if self.pl_step_w * 1000 > narrowest[3] - narrowest[2]:
             fail(
@@ -295,7 +311,11 @@ class PowerLimitTuner(Callback):
                 f"power-limit range {int(narrowest[2]) // 1000}-{int(narrowest[3]) // 1000} W, so that at least two "
                 "limits are profiled",
             )
-        self._originals_mw = {int(r[0]): int(r[1]) for r in rows}
+        self._rank_gpus = [
+            _RankGPU(index=int(r[0]), current_mw=int(r[1]), max_mw=int(r[3]), machine=int(r[4]) if r[4] >= 0 else None)
+            for r in rows
+        ]
+        self._originals_mw = {rank: gpu.current_mw for rank, gpu in enumerate(self._rank_gpus)}
         self._guard = LimitGuard(gpus, [index], on_restore_failure=self._restore_failed)
         self._guard.arm()
         self._check_cache(trainer)  # a corrupt cache fails now, before training
@@ -357,31 +377,48 @@ class PowerLimitTuner(Callback):
             )
 
     def _adopt_originals(self, restored: dict[str, Any]) -> None:
-        """A GPU the checkpointed run left at one of its limits (it was killed) gets back that run's original."""
-        if self._guard is None:
+        """A GPU the checkpointed run left capped (it was killed) gets back that run's original.
+
+        Only where that is certain: the same GPU model, rank, machine and boot (a limit a killed run left lasts until
+        a reboot), the same GPU index, the GPU at a limit that run could have left, and below its maximum (at the
+        maximum it is not capped). Every rank applies the rule to every rank's GPU (all read in setup), so the next
+        checkpoint keeps the true originals; each rank sets only its own GPU.
+        """
+        if self._guard is None or self.gpu_index is None:
             return
         if restored.get("gpu_name") != self._gpu_name:
             return  # another GPU model: not the GPU that run left capped
-        originals = {int(i): int(mw) for i, mw in (restored.get("original_limits_mw") or {}).items()}
+        originals = {int(r): int(mw) for r, mw in (restored.get("original_limits_mw") or {}).items()}
+        indices = {int(r): int(i) for r, i in (restored.get("gpu_indices") or {}).items()}
+        machines = {int(r): int(m) for r, m in (restored.get("machine_ids") or {}).items() if m is not None}
         left = {int(mw) for mw in restored.get("tuning_limits_mw") or []}
         if restored.get("applied_limit_mw") is not None:
             left.add(int(restored["applied_limit_mw"]))
-        if not originals or not left:
-            return
-        # The same rule for every rank's GPU (limits read in setup), so the next checkpoint keeps the true originals.
+        if not originals or not left or not machines:
+            return  # a checkpoint without machine ids (older): nothing is certain, nothing adopted
         capped = {
-            i: current
-            for i, current in self._originals_mw.items()
-            if i in originals and current in left and current != originals[i]
+            rank: gpu
+            for rank, gpu in enumerate(self._rank_gpus)
+            if gpu.machine is not None
+            and machines.get(rank) == gpu.machine
+            and indices.get(rank) == gpu.index
+            and rank in originals
+            and gpu.current_mw in left
+            and gpu.current_mw != gpu.max_mw
+            and gpu.current_mw != originals[rank]
         }
-        self._originals_mw.update({i: originals[i] for i in capped})
-        if self._guard.adopt_originals(left, originals):
+        self._originals_mw.update({rank: originals[rank] for rank in capped})
+        mine = capped.get(self._rank)
+        if mine is not None and self._guard.adopt_originals({mine.current_mw}, {self.gpu_index: originals[self._rank]}):
             self._guard.restore()  # no reason to keep running capped until the tuner sets a limit
         if capped:
             rank_zero_info(
                 "PowerLimitTuner: the run this checkpoint comes from was stopped before it restored the power limit "
-                "of GPU "
-                + ", ".join(f"{i} ({mw // 1000} W → {originals[i] // 1000} W)" for i, mw in sorted(capped.items()))
+                "of "
+                + ", ".join(
+                    f"GPU {gpu.index} of rank {rank} ({gpu.current_mw // 1000} W → {originals[rank] // 1000} W)"
+                    for rank, gpu in sorted(capped.items())
+                )
                 + "; its original limit is back, and is restored at the end."
             )
 
@@ -510,7 +547,10 @@ class PowerLimitTuner(Callback):
             "measurements": [{"power_limit": m.power_limit, "energy": m.energy, "time": m.time} for m in measurements],
             "steps": search.measurement_steps if search is not None else self.profile_steps,
             "gpu_name": self._gpu_name,
+            # by global rank: each rank's GPU, its original limit and the machine (and boot) it is on
             "original_limits_mw": dict(self._originals_mw) if guard is not None else {},
+            "gpu_indices": {r: g.index for r, g in enumerate(self._rank_gpus)} if guard is not None else {},
+            "machine_ids": {r: g.machine for r, g in enumerate(self._rank_gpus)} if guard is not None else {},
             "applied_limit_mw": applied,
             "tuning_limits_mw": sorted(int(mw) for mw in tuning),
         }
@@ -541,30 +581,50 @@ class PowerLimitTuner(Callback):
         key = self._key(trainer, pl_module)
         self._profile_key = key
         restored, self._restored_profile = self._restored_profile, None
+        dropped: str | None = None  # why the checkpoint's profile is not used
         if restored is not None and restored["key"] != key:
-            rank_zero_info(
-                f"PowerLimitTuner: the checkpoint's power-limit profile is of another workload ({restored['key']}), "
-                f"not this run's ({key}); profiling this one."
+            if not self.reprofile_on_change and _hardware_part(restored["key"]) == _hardware_part(key):
+                # Only the model or the precision changed (a prune, a precision switch): the run that saved the
+                # checkpoint kept its profile, so this one does too.
+                self._profile_key = restored["key"]
+            else:
+                dropped = (
+                    f"the checkpoint's power-limit profile is of another workload ({restored['key']}), "
+                    f"not this run's ({key})"
+                )
+                restored = None
+        if restored is not None and restored["done"]:
+            measured_w = sorted({m.power_limit for m in restored["measurements"]}, reverse=True)
+            grid_w = [mw // 1000 for mw in self._limits_mw]
+            if measured_w == sorted(grid_w, reverse=True):
+                self._search.load(restored["measurements"], steps=restored["steps"])
+                same = restored["key"] == key  # else kept for another model/precision: not cached under its key
+                self._conclude(trainer, key=restored["key"], save=same)
+                return True
+            dropped = (
+                f"the checkpoint's power-limit profile ({measured_w} W) was not measured at this run's limits "
+                f"({self._gpu_name}, {grid_w} W)"
             )
             restored = None
-        if restored is not None and restored["done"]:
-            self._search.load(restored["measurements"], steps=restored["steps"])
-            self._conclude(trainer)
-            return True
+            self._profile_key = key
         known = self._profiles.get(key)
+        found = f"reusing the profile measured earlier for {key}."
+        if known is None:
+            known = self._read_cache(trainer, key, initial)
+            found = f"reusing the stored profile for {key} from {self.profile_path}."
+        if dropped is not None:
+            rank_zero_info(
+                f"PowerLimitTuner: {dropped}; it is not used"
+                + ("." if known is not None else ", profiling this run's workload.")
+            )
         if known is not None:
             self.cache_hits += 1
-            rank_zero_info(f"PowerLimitTuner: reusing the profile measured earlier for {key}.")
-        else:
-            known = self._read_cache(trainer, key, initial)
-            if known is not None:
-                self.cache_hits += 1
-                rank_zero_info(f"PowerLimitTuner: reusing the stored profile for {key} from {self.profile_path}.")
-        if known is None:
-            return restored is not None and self._resume_profile(trainer, restored)
-        self._search.load(*known)
-        self._conclude(trainer)
-        return True
+            rank_zero_info(f"PowerLimitTuner: {found}")
+            self._profile_key = key
+            self._search.load(*known)
+            self._conclude(trainer)
+            return True
+        return restored is not None and self._resume_profile(trainer, restored)
 
     def _resume_profile(self, trainer: pl.Trainer, restored: dict[str, Any]) -> bool:
         """Continue the checkpoint's partly measured profile (of this workload); ``True`` when it was complete."""
@@ -686,8 +746,11 @@ class PowerLimitTuner(Callback):
         if done:
             self._conclude(trainer)
 
-    def _conclude(self, trainer: pl.Trainer) -> None:
-        """Select (the same on every rank: rank 0's choice is broadcast), apply, save and log."""
+    def _conclude(self, trainer: pl.Trainer, key: str | None = None, save: bool = True) -> None:
+        """Select (the same on every rank: rank 0's choice is broadcast), apply, save and log.
+
+        ``key``: the workload the profile is of (default: this run's now); ``save``: add it to the cache.
+        """
         assert self._search is not None
         chosen = int(trainer.strategy.broadcast(self._search.select(), src=0))
         error: BaseException | None = None
@@ -698,10 +761,12 @@ class PowerLimitTuner(Callback):
         if not agree(trainer.strategy, error is None, all=True):
             self._disable(trainer, self._refusal(error))
             return
-        key = self._key(trainer, trainer.lightning_module)  # of the workload just profiled (or loaded)
+        if key is None:
+            key = self._key(trainer, trainer.lightning_module)  # of the workload just profiled (or loaded)
         self._profile_key = key
         self._profiles[key] = (list(self._search.measurements), self._search.measurement_steps)
-        self._save_cache(trainer, key)
+        if save:
+            self._save_cache(trainer, key)
         self._log_profile(trainer)
         rank_zero_info(
             f"PowerLimitTuner: {self.objective} → {chosen // 1000} W on {self._gpu_name} "
@@ -815,6 +880,16 @@ class PowerLimitTuner(Callback):
             lg.experiment.add_text("power/profile", text, global_step=step)
 
 
+@dataclasses.dataclass(frozen=True)
+class _RankGPU:
+    """One rank's GPU as setup read it: index, limit then, maximum limit, machine id (``None``: unknown)."""
+
+    index: int
+    current_mw: int
+    max_mw: int
+    machine: int | None
+
+
 def _markdown_table(rows: list[dict[str, float]], chosen_w: float | None) -> str:
     lines = ["| limit (W) | energy/step (J) | time/step (s) | avg power (W) | cost/step |", "|---|---|---|---|---|"]
     for r in rows:
@@ -838,6 +913,11 @@ def _check_writable(owner: str, path: Any) -> None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         fail(owner, "profile_path", path, f"a file in an existing, writable folder ({str(parent)!r} is not one)")
+
+
+def _hardware_part(key: str) -> list[str]:
+    """A profile key without its model and precision fields (what ``reprofile_on_change=False`` ignores)."""
+    return [part for part in key.split("|") if not part.startswith(("precision=", "params=", "macs="))]
 
 
 def _precision(trainer: pl.Trainer) -> str:

@@ -9,7 +9,7 @@ No Lightning import here: :class:`lightning_green.PowerLimitTuner` maps Lightnin
 """
 
 from lightning_green.power.capability import PowerControl, check_power_control
-from lightning_green.power.guard import LimitGuard
+from lightning_green.power.guard import LimitGuard, machine_id
 from lightning_green.power.profile import OBJECTIVES, ProfileCache, make_selector, profile_key, profile_table
 from lightning_green.power.search import STATE_CODES, PowerLimitSearch, Window, ZeusWindows, limit_grid
 
@@ -24,6 +24,7 @@ __all__ = [
     "ZeusWindows",
     "check_power_control",
     "limit_grid",
+    "machine_id",
     "make_selector",
     "profile_key",
     "profile_table",

@@ -10,21 +10,48 @@ shutdown that runs a few more steps cannot cap the GPU again.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from zeus.device.gpu.common import GPUs, ZeusBaseGPUError
 
-__all__ = ["GUARDED_SIGNALS", "LimitGuard"]
+__all__ = ["GUARDED_SIGNALS", "LimitGuard", "machine_id"]
 
 log = logging.getLogger(__name__)
 
 GUARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def machine_id() -> int | None:
+    """This machine *and boot*: 48 bits of a hash of the host name and the kernel's boot id, or ``None``.
+
+    A power limit a killed run left on a GPU lasts until the machine reboots (or the driver reloads), so a resumed
+    run may take a checkpoint's original limit as its own only on the machine and boot that run had. 48 bits, so
+    the id survives a float64 collective exactly. ``None`` where there is no boot id (not Linux): nothing is adopted.
+
+    Example:
+        >>> mid = machine_id()
+        >>> mid is None or (0 <= mid < 2**48 and float(mid) == mid)
+        True
+    """
+    try:
+        boot = Path(BOOT_ID_PATH).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
+    if not boot:
+        return None
+    digest = hashlib.sha256(f"{socket.gethostname()}\n{boot}".encode()).digest()
+    return int.from_bytes(digest[:6], "big")
 
 
 class LimitGuard:

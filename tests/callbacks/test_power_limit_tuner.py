@@ -646,6 +646,7 @@ def test_a_checkpoint_profile_of_another_gpu_model_is_not_applied(tmp_path, capl
         assert gpus.gpus[0].get_power_management_limit() == gpu["max_limit_w"] * 1000  # its original, restored
     notes = [m for m in caplog.messages if "profile is of another workload" in m]
     assert len(notes) == 1 and f"not this run's ({gpu['name']}|world=1|" in notes[0]
+    assert notes[0].endswith("it is not used, profiling this run's workload.")
 
 
 class _SaveAt(Callback):
@@ -696,7 +697,8 @@ def test_resume_mid_profile_with_another_grid_or_step_count_profiles_again(tmp_p
     [(100, 240), (150, 240), (220, 220)],
     ids=["left-at-the-last-limit", "left-at-the-checkpoints-limit", "changed-by-an-administrator"],
 )
-def test_resume_after_a_hard_kill_restores_the_original_limit(tmp_path, left_at_w, original_w):
+def test_resume_after_a_hard_kill_restores_the_original_limit(tmp_path, monkeypatch, left_at_w, original_w):
+    monkeypatch.setattr("lightning_green.power.guard.machine_id", lambda: 42, raising=False)  # one machine, one boot
     # A SIGKILL runs no handler: the GPU keeps the limit the killed run set last (here simulated by starting the
     # resumed run's GPU there). The checkpoint (step 8, at 150 W) may be older than that limit (100 W, step 9).
     path, _ = _checkpoint_mid_profile(tmp_path)
@@ -760,3 +762,129 @@ def test_a_limit_on_another_gpu_model_is_not_taken_for_one_a_killed_run_left(tmp
             BoringModel(), ckpt_path=path
         )
         assert gpus.gpus[0].get_power_management_limit() == 200_000  # its own original, not the V100's
+
+
+# ---------------------------------------------------------------------------------------------- resume, elsewhere
+def _on_machine(monkeypatch, mid):
+    """Pretend this process runs on machine (and boot) ``mid`` (``None``: no boot id to tell)."""
+    monkeypatch.setattr("lightning_green.power.guard.machine_id", lambda: mid, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("machine", "now_w", "end_w"),
+    [
+        ("same", 150, 240),  # the killed run's limit, on its machine and boot: its original comes back
+        ("same", 250, 250),  # at the maximum the GPU is not capped: nothing to take over
+        ("other", 250, 250),  # another node at its default
+        ("other", 200, 200),  # another node an administrator capped at one of the grid's limits
+        ("other", 150, 150),
+        ("rebooted", 150, 150),
+        ("unknown", 150, 150),  # no boot id: nothing is certain
+    ],
+)
+def test_a_resume_adopts_the_checkpoints_original_only_on_the_machine_and_boot_the_run_left_capped(
+    tmp_path, monkeypatch, machine, now_w, end_w
+):
+    _on_machine(monkeypatch, 0xABCDEF012345)
+    path, _ = _checkpoint_mid_profile(tmp_path)  # original 240 W, limits 100-250 W
+    _on_machine(monkeypatch, {"same": 0xABCDEF012345, "other": 7, "rebooted": 0xABCDEF012346, "unknown": None}[machine])
+    later = str(tmp_path / "later.ckpt")
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=now_w) as gpus:
+        resumed = PowerLimitTuner(**FAST)
+        _trainer(tmp_path, [_work(), resumed, _SaveAt(later, step=10)], max_steps=12).fit(BoringModel(), ckpt_path=path)
+        assert gpus.gpus[0].get_power_management_limit() == end_w * 1000
+    assert torch.load(later, weights_only=True)["callbacks"]["PowerLimitTuner"]["original_limits_mw"] == {
+        0: end_w * 1000
+    }
+    state = torch.load(path, weights_only=True)["callbacks"]["PowerLimitTuner"]
+    assert state["gpu_indices"] == {0: 0} and state["machine_ids"] == {0: 0xABCDEF012345}  # by global rank
+
+
+def _two_ranks_on_one_gpu_index(monkeypatch, other_rank_w):
+    """Add a second rank (another node, also GPU 0, at ``other_rank_w``) to the GPU rows setup gathers."""
+    import lightning_green.callbacks.power_limit_tuner as plt
+    from lightning_green._internal.distributed import gather_rows as real
+
+    def gather(strategy, row, device=None):
+        rows = real(strategy, row, device)
+        if len(row) >= 4:  # setup's GPU rows: [index, current, min, max, (machine)]
+            rows.append([0.0, other_rank_w * 1000.0, 100_000.0, 250_000.0, *rows[0][4:]])
+        return rows
+
+    monkeypatch.setattr(plt, "gather_rows", gather)
+
+
+def test_originals_are_kept_per_rank_not_per_gpu_index(tmp_path, monkeypatch, caplog):
+    # Two nodes, GPU 0 on each, originals 240 and 200 W: keyed by GPU index one of them was lost.
+    _on_machine(monkeypatch, 12345)
+    _two_ranks_on_one_gpu_index(monkeypatch, 200)
+    path, _ = _checkpoint_mid_profile(tmp_path)
+    state = torch.load(path, weights_only=True)["callbacks"]["PowerLimitTuner"]
+    assert state["original_limits_mw"] == {0: 240_000, 1: 200_000} and state["gpu_indices"] == {0: 0, 1: 0}
+    _two_ranks_on_one_gpu_index(monkeypatch, 150)  # the hard kill left both at 150 W
+    later = str(tmp_path / "later.ckpt")
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=150) as gpus, caplog.at_level(logging.INFO):
+        resumed = PowerLimitTuner(**FAST)
+        _trainer(tmp_path, [_work(), resumed, _SaveAt(later, step=10)], max_steps=12).fit(BoringModel(), ckpt_path=path)
+        assert gpus.gpus[0].get_power_management_limit() == 240_000  # this rank's own original, not the other node's
+    assert "GPU 0 of rank 0 (150 W → 240 W), GPU 0 of rank 1 (150 W → 200 W)" in caplog.text
+    again = torch.load(later, weights_only=True)["callbacks"]["PowerLimitTuner"]
+    assert again["original_limits_mw"] == {0: 240_000, 1: 200_000}  # every rank's true original, for a second kill
+
+
+def test_reprofile_switched_off_keeps_the_profile_across_a_resume_after_a_prune(tmp_path, v100):
+    tuner = PowerLimitTuner(reprofile_on_change=False, **FAST)
+    trainer = _trainer(tmp_path, [_work(), tuner, _PruneAt(PROFILE_STEPS + 1)], max_steps=PROFILE_STEPS + 4)
+    trainer.fit(BoringModel())
+    path = tmp_path / "after_prune.ckpt"
+    trainer.save_checkpoint(path)
+    resumed = PowerLimitTuner(reprofile_on_change=False, **FAST)
+    _trainer(tmp_path, [_work(), resumed], max_steps=2 * PROFILE_STEPS + 6).fit(_PrunedBoring(), ckpt_path=str(path))
+    assert resumed.state == "done" and resumed.profiling_steps == 0 and resumed.reprofiles == 0
+    assert resumed.table() == tuner.table() and resumed.chosen_limit_w == tuner.chosen_limit_w
+    assert v100.get_power_management_limit() == 240_000
+
+    # still not across GPU models: the A100 profiles its own range
+    with simulated_gpus(1, name="Sim A100", min_limit_w=100, max_limit_w=400, demand_w=400):
+        other = PowerLimitTuner(reprofile_on_change=False, **FAST)
+        _trainer(
+            tmp_path, [SimulatedGPUWorkload(step_work_s=0.002), other], max_steps=PROFILE_STEPS + 4 + 7 * 3 + 2
+        ).fit(_PrunedBoring(), ckpt_path=str(path))
+        assert other.profiling_steps == 7 * 3 and len(other.table()) == 7
+
+
+def test_a_finished_profile_of_another_grid_is_profiled_again_on_this_runs(tmp_path, caplog):
+    ckpt = _checkpoint_done_on_v100(tmp_path)  # 250, 200, 150, 100 W
+    with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240):
+        resumed = PowerLimitTuner(objective="energy", **{**FAST, "pl_step_w": 25})  # 250, 225, ..., 100 W
+        with caplog.at_level(logging.INFO):
+            _trainer(tmp_path, [_work(), resumed], max_steps=PROFILE_STEPS + 1 + 7 * 3 + 3).fit(
+                BoringModel(), ckpt_path=ckpt
+            )
+    assert [r["limit_w"] for r in resumed.table()] == [250, 225, 200, 175, 150, 125, 100]
+    assert resumed.profiling_steps == 7 * 3
+    notes = [m for m in caplog.messages if "was not measured at this run's limits" in m]
+    assert len(notes) == 1 and notes[0].endswith("it is not used, profiling this run's workload.")
+
+
+def test_another_gpu_models_checkpoint_with_a_cached_profile_says_nothing_is_profiled(tmp_path, caplog):
+    ckpt = _checkpoint_done_on_v100(tmp_path)
+    cache = str(tmp_path / "power.json")
+    a100 = {"name": "Sim A100", "min_limit_w": 100, "max_limit_w": 400, "demand_w": 400}
+    with simulated_gpus(1, **a100):  # this workload's profile on the A100, in the cache
+        _trainer(
+            tmp_path,
+            [SimulatedGPUWorkload(step_work_s=0.002), PowerLimitTuner(profile_path=cache, **FAST)],
+            max_steps=30,
+        ).fit(BoringModel())
+    with simulated_gpus(1, **a100):
+        resumed = PowerLimitTuner(profile_path=cache, **FAST)
+        with caplog.at_level(logging.INFO):
+            _trainer(tmp_path, [SimulatedGPUWorkload(step_work_s=0.002), resumed], max_steps=PROFILE_STEPS + 4).fit(
+                BoringModel(), ckpt_path=ckpt
+            )
+    assert resumed.profiling_steps == 0 and resumed.cache_hits == 1
+    notes = [m for m in caplog.messages if "profile is of another workload" in m]
+    assert len(notes) == 1 and notes[0].endswith("it is not used.")
+    assert not any("profiling" in m for m in caplog.messages if m.startswith("PowerLimitTuner"))
+    assert sum("reusing the stored profile" in m for m in caplog.messages) == 1
