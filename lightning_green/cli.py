@@ -342,17 +342,9 @@ def _check_output(parser: argparse.ArgumentParser, flag: str, value: str, folder
 
 def _recorded_settings(run: Any, ns: argparse.Namespace) -> dict[str, Any]:
     """The run report's settings: the options given, else what the run's GreenReport recorded, else the defaults."""
-    from lightning_green.report.green import recorded_settings
+    from lightning_green.report.green import report_settings
 
-    rec = recorded_settings(run)
-    same_metric = ns.metric is None or ns.metric == rec.get("metric")
-    return {
-        "metric": ns.metric if ns.metric is not None else rec.get("metric"),
-        "mode": ns.mode or (rec.get("mode") if same_metric else None) or "auto",
-        "target": ns.target if ns.target is not None else (rec.get("target") if same_metric else None),
-        "filename": rec.get("filename", "green_report"),
-        "html": not ns.no_html and rec.get("html", True),
-    }
+    return report_settings(run, metric=ns.metric, mode=ns.mode, target=ns.target, html=False if ns.no_html else None)
 
 
 def report(args: Sequence[str]) -> int:
@@ -402,6 +394,7 @@ def report(args: Sequence[str]) -> int:
     mode = ns.mode or "auto"
     if len(runs) > 1:  # a comparison error (a --metric one run lacks) before any file is rewritten
         compare_runs(runs, metric=ns.metric, target=ns.target, mode=mode)
+    written = []
     for run in runs:
         settings = _recorded_settings(run, ns)
         files = write_report(
@@ -412,9 +405,12 @@ def report(args: Sequence[str]) -> int:
             filename=settings["filename"],
             html=settings["html"],
         )
+        written.append(files)
         print(f"{run.name}: {files.markdown}" + (f", {files.html}" if files.html else ""))
     if len(runs) > 1:
-        cmp, files = write_comparison(runs, ns.out, metric=ns.metric, target=ns.target, mode=mode, html=not ns.no_html)
+        cmp, files = write_comparison(
+            runs, ns.out, metric=ns.metric, target=ns.target, mode=mode, html=not ns.no_html, reports=written
+        )
         print(format_comparison(cmp))
         print(f"comparison: {files.markdown}" + (f", {files.html}" if files.html else ""))
         if ns.json:

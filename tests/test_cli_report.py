@@ -198,3 +198,13 @@ def test_a_bad_output_path_is_refused_before_any_report_is_rewritten(two_runs, t
     last = err.strip().splitlines()[-1]
     assert code == 2 and message in last and ".tmp" not in last
     assert (os.stat(md).st_mtime_ns if os.path.exists(md) else None) == before
+
+
+def test_the_comparison_links_the_report_written_for_each_run(two_runs, tmp_path, capsys):
+    run = _copy_run(two_runs[0], tmp_path / "a", green_report={"filename": "mine", "html": False})
+    code, _, _ = run_main(["report", str(run), two_runs[1], "--out", str(tmp_path / "cmp")], capsys)
+    assert code == 0
+    md = (tmp_path / "cmp" / "green_comparison.md").read_text()
+    links = [line.split("|")[-2].strip() for line in md.split("## Runs", 1)[1].strip().splitlines()[2:]]
+    assert links == [str(run / "mine.md"), os.path.join(two_runs[1], "green_report.md")]
+    assert all(os.path.isfile(link) for link in links)

@@ -58,7 +58,8 @@ def attach_to_run(
     """Store ``result`` (a benchmark's ``as_dict()``) as the ``inference_cost`` section of the run's energy report.
 
     The energy report is rewritten atomically; with ``regenerate`` the run's green report is written again so it
-    shows the section. Returns the energy report's path.
+    shows the section, with the settings its GreenReport recorded (file name, metric, target, HTML page; see
+    :func:`~lightning_green.report.green.report_settings`). Returns the energy report's path.
 
     Raises:
         ValueError: ``run_dir`` is not a run directory.
@@ -70,9 +71,11 @@ def attach_to_run(
     report.setdefault("extra", {})[SECTION] = result
     write_json_atomic(path, report)
     if regenerate:
-        from lightning_green.report import write_report
+        from lightning_green.report import load_run, write_report
+        from lightning_green.report.green import report_settings
 
-        write_report(Path(run_dir))
+        run = load_run(Path(run_dir), energy_report=energy_report)
+        write_report(run, **report_settings(run))
     return path
 
 

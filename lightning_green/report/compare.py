@@ -11,7 +11,16 @@ from typing import Any
 from lightning_green.export.report import headline
 from lightning_green.report import plots
 from lightning_green.report.document import Document, ReportFiles
-from lightning_green.report.green import fmt_energy, fmt_energy_sig, fmt_macs, fmt_num, fmt_seconds, resolve_mode
+from lightning_green.report.green import (
+    fmt_bound_seconds,
+    fmt_energy,
+    fmt_energy_sig,
+    fmt_macs,
+    fmt_num,
+    fmt_seconds,
+    report_settings,
+    resolve_mode,
+)
 from lightning_green.report.run import METRIC_CANDIDATES, Run, RunDirError, TargetResult, target_sign
 
 __all__ = ["Comparison", "ComparisonRow", "compare_runs", "comparison_table", "format_comparison", "write_comparison"]
@@ -127,7 +136,7 @@ def _target_cells(t: TargetResult, base: TargetResult) -> list[str]:
     if t.logged_from_epoch is not None:  # a resumed run's new log dir: the epochs before it are not in it
         if not t.reached:
             return [f"not reached from epoch {t.logged_from_epoch}", "–", "not known", "–"]
-        return [f"≤ {fmt_energy(t.energy_j)} (epoch ≤ {t.epoch})", "n/a", f"≤ {fmt_seconds(t.time_s)}", "n/a"]
+        return [f"≤ {fmt_energy(t.energy_j)} (epoch ≤ {t.epoch})", "n/a", fmt_bound_seconds(t.time_s), "n/a"]
     if not t.reached:
         return ["not reached", "–", "not reached", "–"]
     exact = base.logged_from_epoch is None
@@ -247,6 +256,10 @@ def _unfinished(cmp: Comparison) -> list[str]:
     notes += [
         f"run {r.name!r} logged its validations from epoch {r.target.logged_from_epoch} on only (resumed into a new "
         "log dir): its energy- and time-to-target are upper bounds."
+        if not r.target.reached or r.target.time_s is not None
+        else f"run {r.name!r} logged its validations from epoch {r.target.logged_from_epoch} on only (resumed into a "
+        "new log dir): its energy-to-target is an upper bound; its time-to-target is not known (no `time/elapsed_s` "
+        "from GreenReport in its log, and the log's clock starts at the resume)."
         for r in cmp.rows
         if r.target.logged_from_epoch is not None
     ]
@@ -273,8 +286,19 @@ def write_comparison(
     mode: str = "auto",
     filename: str = "green_comparison",
     html: bool = True,
+    reports: Sequence[str | os.PathLike[str] | ReportFiles | None] | None = None,
 ) -> tuple[Comparison, ReportFiles]:
-    """Compare ``runs`` and write ``{filename}.md`` / ``.html`` with a metric-vs-energy plot into ``out_dir``."""
+    """Compare ``runs`` and write ``{filename}.md`` / ``.html`` with a metric-vs-energy plot into ``out_dir``.
+
+    ``reports``: each run's green report as written (its Markdown path, or the :class:`ReportFiles` of
+    :func:`~lightning_green.report.write_report`), listed in the "Runs" table; ``None`` (for all, or for one run): the
+    Markdown file its GreenReport's recorded file name gives (``green_report.md`` without GreenReport).
+
+    Raises:
+        ValueError: ``reports`` does not have one entry per run.
+    """
+    if reports is not None and len(reports) != len(runs):
+        raise ValueError(f"write_comparison: `reports` has {len(reports)} entries for {len(runs)} runs.")
     cmp = compare_runs(runs, metric=metric, target=target, mode=mode)
     doc = Document(f"Green comparison — {cmp.metric}")
     sign = target_sign(cmp.mode)
@@ -292,6 +316,18 @@ def write_comparison(
     doc.heading("Runs")
     doc.table(
         ["run", "directory", "green report"],
-        [[r.name, r.path, str(Path(r.path) / "green_report.md")] for r in cmp.rows],
+        [
+            [r.name, r.path, _report_path(run, reports[i] if reports is not None else None)]
+            for i, (r, run) in enumerate(zip(cmp.rows, runs, strict=True))
+        ],
     )
     return cmp, doc.write(out_dir, filename, html_page=html)
+
+
+def _report_path(run: Run, written: str | os.PathLike[str] | ReportFiles | None) -> str:
+    """The run's green report (Markdown): the file written for it, else the one its recorded settings name."""
+    if isinstance(written, ReportFiles):
+        return str(written.markdown)
+    if written is not None:
+        return os.fspath(written)
+    return str(Path(run.path) / f"{report_settings(run)['filename']}.md")

@@ -17,11 +17,13 @@ from lightning_green.report.run import Run, TargetResult, load_run, metric_mode,
 
 __all__ = [
     "build_report",
+    "fmt_bound_seconds",
     "fmt_energy",
     "fmt_macs",
     "fmt_num",
     "fmt_seconds",
     "recorded_settings",
+    "report_settings",
     "resolve_mode",
     "write_report",
 ]
@@ -84,6 +86,18 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s:.1f} s" if s < 600 else f"{s / 60:.1f} min"
 
 
+def fmt_bound_seconds(s: float | None) -> str:
+    """An upper bound on a time, ``≤ 1.5 s``; ``not known`` for ``None`` (a log that cannot tell).
+
+    Example:
+        >>> fmt_bound_seconds(1.5), fmt_bound_seconds(None)
+        ('≤ 1.5 s', 'not known')
+    """
+    if s is None or not math.isfinite(s):
+        return "not known"
+    return f"≤ {fmt_seconds(s)}"
+
+
 def recorded_settings(run: Run) -> dict[str, Any]:
     """The settings the run's :class:`~lightning_green.GreenReport` recorded (``extra.green_report``), those valid.
 
@@ -106,6 +120,39 @@ def recorded_settings(run: Run) -> dict[str, Any]:
     if isinstance(rec.get("html"), bool):
         out["html"] = rec["html"]
     return out
+
+
+def report_settings(
+    run: Run,
+    metric: str | None = None,
+    mode: str | None = None,
+    target: float | None = None,
+    html: bool | None = None,
+) -> dict[str, Any]:
+    """:func:`write_report`'s settings for ``run``: those given, else what its GreenReport recorded, else defaults.
+
+    A ``metric`` other than the recorded one drops the recorded ``mode`` and ``target`` (they were the other metric's).
+    The file name is always the recorded one (``green_report`` without GreenReport), so the run's own report is the
+    one rewritten, not a second one beside it.
+
+    Example:
+        >>> from lightning_green.report import Scalars
+        >>> run = Run(Path("."), {"extra": {"green_report": {"metric": "val_loss", "target": 0.3, "filename": "mine"}}},
+        ...           Scalars())
+        >>> report_settings(run)
+        {'metric': 'val_loss', 'mode': 'auto', 'target': 0.3, 'filename': 'mine', 'html': True}
+        >>> report_settings(run, metric="val_acc", html=False)
+        {'metric': 'val_acc', 'mode': 'auto', 'target': None, 'filename': 'mine', 'html': False}
+    """
+    rec = recorded_settings(run)
+    same_metric = metric is None or metric == rec.get("metric")
+    return {
+        "metric": metric if metric is not None else rec.get("metric"),
+        "mode": mode or (rec.get("mode") if same_metric else None) or "auto",
+        "target": target if target is not None else (rec.get("target") if same_metric else None),
+        "filename": rec.get("filename", "green_report"),
+        "html": html if html is not None else rec.get("html", True),
+    }
 
 
 def resolve_mode(metric: str, mode: str) -> str:
@@ -144,7 +191,13 @@ def build_report(run: Run, metric: str | None = None, mode: str = "auto", target
             f"This log dir holds the fit from epoch {first} on; epochs 0–{first - 1} were logged elsewhere (a run "
             "resumed with `fit(ckpt_path=...)` into a new log dir). Energy per epoch and the totals come from the "
             "energy report, which covers the whole fit; the validation figures (final, best, energy- and "
-            "time-to-target) cover the logged epochs only, so energy- and time-to-target are upper bounds.",
+            "time-to-target) cover the logged epochs only, so energy- and time-to-target are upper bounds."
+            + (
+                ""
+                if "time/elapsed_s" in run.scalars
+                else " Without GreenReport's `time/elapsed_s` in this log the elapsed fit time is not known: the log's "
+                "clock starts at the resume."
+            ),
             note=True,
         )
     if metric is not None and name is None:
@@ -208,7 +261,7 @@ def _summary(doc: Document, run: Run, metric: str | None, mode: str, hit: Target
         if hit.reached and partial is not None:  # reached by this epoch; maybe earlier, in the epochs not logged here
             where = f"(by epoch {hit.epoch}; epochs before {partial} are not in this log)"
             rows.append([f"energy to {metric} {sign} {hit.target:g}", f"≤ {fmt_energy(hit.energy_j)} {where}"])
-            rows.append([f"time to {metric} {sign} {hit.target:g}", f"≤ {fmt_seconds(hit.time_s)}"])
+            rows.append([f"time to {metric} {sign} {hit.target:g}", fmt_bound_seconds(hit.time_s)])
         elif hit.reached:
             rows.append(
                 [f"energy to {metric} {sign} {hit.target:g}", f"{fmt_energy(hit.energy_j)} (epoch {hit.epoch})"]

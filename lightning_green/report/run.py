@@ -13,7 +13,7 @@ How the derived figures are read:
   step.
 * Elapsed time at a validation comes from ``time/elapsed_s`` (logged by :class:`~lightning_green.GreenReport`
   with the validation metrics), else from TensorBoard's wall clock since the run's first event; a CSV log without
-  ``time/elapsed_s`` has none.
+  ``time/elapsed_s`` has none, nor has a log that starts mid-fit (a resume into a new log dir) without it.
 * *energy-to-target* / *time-to-target*: energy and time at the first validation whose metric reaches the target.
 """
 
@@ -318,10 +318,17 @@ class Run:
         return next((m for m in METRIC_CANDIDATES if m in self.scalars), None)
 
     def time_at(self, point: Point) -> float | None:
-        """Elapsed fit time when ``point`` was logged (``None`` if the log cannot tell)."""
+        """Elapsed fit time when ``point`` was logged (``None`` if the log cannot tell).
+
+        GreenReport's ``time/elapsed_s`` logged with it, else TensorBoard's wall clock since the log's first event,
+        except in a log that starts mid-fit (:meth:`first_logged_epoch`): that clock starts at the resume, not at the
+        fit's start, so the time is not known there.
+        """
         logged = self.scalars.with_("time/elapsed_s", point)
         if logged is not None:
             return logged.value
+        if self.first_logged_epoch() is not None:
+            return None
         start = self.scalars.start_wall_time
         if point.wall_time is not None and start is not None:
             return point.wall_time - start
@@ -330,13 +337,30 @@ class Run:
     def fit_series(self, metric: str) -> list[Point]:
         """The values of ``metric`` logged by the fit: without those of a stand-alone ``trainer.validate()``.
 
-        A stand-alone validation logs the EnergyMonitor's ``validate/energy/total_J`` at its step without the
-        ``validate/energy/epoch_J`` each of the fit's validations logs; its metrics, logged at that step, are not part
-        of the fit's curve (their cumulative energy and elapsed time would be the fit's end's, or wrong).
+        Each validation logs the EnergyMonitor's ``validate/energy/total_J`` before its metrics; each of the fit's
+        logs ``validate/energy/epoch_J`` with it (same CSV row, next in written order), a stand-alone one does not. A
+        value belongs to the validation it was logged in (:meth:`validation_of`), so a stand-alone validation at the
+        same step as one of the fit's (a baseline ``validate()`` before a fit that validates at step 0) is told apart;
+        its metrics are not part of the fit's curve (their cumulative energy and elapsed time would be wrong).
         """
-        fit_steps = {p.step for p in self.scalars.series("validate/energy/epoch_J")}
-        alone = {p.step for p in self.scalars.series("validate/energy/total_J")} - fit_steps
-        return [p for p in self.scalars.series(metric) if p.step not in alone]
+        fit = {v.order for e in self.scalars.series("validate/energy/epoch_J") if (v := self.validation_of(e))}
+        return [p for p in self.scalars.series(metric) if (v := self.validation_of(p)) is None or v.order in fit]
+
+    def validation_of(self, point: Point) -> Point | None:
+        """The ``validate/energy/total_J`` of the validation ``point`` was logged in (``None``: none at its step).
+
+        The one in its CSV row, else the last one written before it at its step (the EnergyMonitor logs a validation's
+        figures before Lightning logs its metrics), else the first one at its step.
+        """
+        totals = self.scalars.at_step("validate/energy/total_J", point.step)
+        if not totals:
+            return None
+        if point.row is not None:
+            same_row = next((t for t in totals if t.row == point.row), None)
+            if same_row is not None:
+                return same_row
+        before = [t for t in totals if t.order < point.order]
+        return before[-1] if before else totals[0]
 
     def curve(self, metric: str) -> list[CurvePoint]:
         """Every value of ``metric`` the fit logged, with the cumulative energy and time at it."""
