@@ -85,14 +85,20 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 def _say_saved_config(ns: argparse.Namespace, ckpt: str, what: str = "checkpoint") -> None:
     """Say which config names the model when neither --module nor --config was given."""
-    from lightning_green.export.load import passed_over_run_config, saved_run_config
+    from lightning_green.export.load import recorded_differences, saved_run_config
 
-    if ns.module is None and ns.config is None and os.path.isfile(ckpt):
-        found = saved_run_config(ckpt)
-        if found is not None:
-            print(f"{what}: model from {found} (the config LightningCLI saved with the run)")
-        elif (why := passed_over_run_config(ckpt)) is not None:
-            print(f"{what}: {why}; the model is built from the arguments the checkpoint recorded")
+    if not os.path.isfile(ckpt) or ns.module is not None:
+        return
+    found = saved_run_config(ckpt) if ns.config is None else None
+    if found is not None:
+        print(f"{what}: model from {found} (the config LightningCLI saved with the run)")
+    config = found if found is not None else ns.config
+    differ = recorded_differences(ckpt, config) if config is not None else None
+    if differ is not None:
+        print(
+            f"{what}: the model arguments the checkpoint recorded are used where {config} differs: {differ} "
+            "(a later fit into the same folder replaced it, or the run changed them, e.g. LearningRateFinder's lr)"
+        )
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -66,18 +66,33 @@ def saved_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
 
     LightningCLI writes ``<log_dir>/config.yaml`` and Lightning the checkpoints to ``<log_dir>/checkpoints/``: the
     nearest ``config.yaml`` up to three folders above the checkpoint whose ``model`` section names a class
-    (``class_path``) is taken; another ``config.yaml`` (a project's own settings), one naming another class than
-    the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), or one written after the
-    checkpoint whose model arguments differ from those the checkpoint recorded (a later run into the same folder
-    replaced it) is passed over. One written before it may differ: the run changed its hyperparameters (e.g.
-    ``LearningRateFinder`` sets ``lr``).
+    (``class_path``) is taken; another ``config.yaml`` (a project's own settings), or one naming another class than
+    the one LightningCLI recorded in the checkpoint (``hyper_parameters._class_path``), is passed over. Its model
+    arguments may differ from those the checkpoint recorded (a later fit into the same folder replaced it, or the run
+    changed them: ``LearningRateFinder`` sets ``lr``): the checkpoint's win (see :func:`recorded_differences`).
     """
-    return _run_config_search(ckpt_path, name)[0]
+    expected = _checkpoint_hparams(ckpt_path).get("_class_path")
+    for path in run_configs_near(ckpt_path, name):
+        names, _ = _section_args(_read_config("saved_run_config", path).get("model"))
+        if not isinstance(expected, str) or names == expected:
+            return path
+    return None
 
 
-def passed_over_run_config(ckpt_path: str | os.PathLike, name: str = "config.yaml") -> str | None:
-    """Why the nearest ``config.yaml`` naming the checkpoint's class is not its run's (``None``: it is, or none)."""
-    return _run_config_search(ckpt_path, name)[1]
+def recorded_differences(ckpt_path: str | os.PathLike, config: str | os.PathLike | Mapping[str, Any]) -> str | None:
+    """The model arguments ``config`` gives otherwise than LightningCLI recorded them in the checkpoint, or ``None``.
+
+    A module built from a LightningCLI config for a checkpoint LightningCLI wrote takes the checkpoint's recorded
+    arguments where the two differ (:func:`load_checkpoint_module`): they are what its weights were trained with.
+    """
+    saved = _checkpoint_hparams(ckpt_path)
+    if not isinstance(saved.get("_class_path"), str):
+        return None
+    try:
+        _, init_args = _section_args(_read_config("recorded_differences", config).get("model"))
+    except (InvalidArgumentError, OSError, UnicodeDecodeError):
+        return None
+    return _other_arguments(saved, init_args)
 
 
 def run_configs_near(ckpt_path: str | os.PathLike, name: str = "config.yaml") -> list[Path]:
@@ -100,48 +115,18 @@ def run_configs_near(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
     return found
 
 
-def _run_config_search(ckpt_path: str | os.PathLike, name: str) -> tuple[Path | None, str | None]:
-    """(:func:`saved_run_config`, why the first config naming the checkpoint's class was passed over)."""
-    saved = _checkpoint_hparams(ckpt_path)
-    expected = saved.get("_class_path") if isinstance(saved.get("_class_path"), str) else None
-    passed_over = None
-    p = Path(ckpt_path).resolve().parent
-    for _ in range(3):
-        path = p / name
-        if path.is_file():
-            try:
-                data = _read_config("saved_run_config", path)
-            except (InvalidArgumentError, OSError, UnicodeDecodeError):
-                data = {}
-            names, init_args = _section_args(data.get("model"))
-            if isinstance(names, str) and expected in (None, names):  # a model section naming its class
-                why = _other_arguments(saved, init_args) if expected is not None else None
-                if why is None or not _written_after(path, ckpt_path):
-                    return path, None
-                passed_over = passed_over or f"{path} is another run's (written after the checkpoint): {why}"
-        p = p.parent
-    return None, passed_over
-
-
 def _other_arguments(saved: Mapping[str, Any], init_args: Mapping[str, Any]) -> str | None:
     """The model arguments a run's config gives otherwise than the checkpoint recorded them (``None``: none).
 
-    LightningCLI records the run's ``model.init_args`` as the checkpoint's hyperparameters: a config that differs
-    there was written by another run (``save_config_kwargs={"overwrite": True}`` with the same log dir).
+    LightningCLI records the run's ``model.init_args`` as the checkpoint's hyperparameters (as they are when the
+    checkpoint is saved): a config that differs there was written by another run (``save_config_kwargs={"overwrite":
+    True}`` with the same log dir), or the run changed them.
     """
     differ = [k for k, v in saved.items() if k[:1] != "_" and k in init_args and init_args[k] != v]
     if not differ:
         return None
-    shown = ", ".join(f"{k}={init_args[k]!r} (checkpoint: {saved[k]!r})" for k in differ[:3])
-    return f"its model has {shown}{' and more' if len(differ) > 3 else ''}"
-
-
-def _written_after(path: Path, ckpt_path: str | os.PathLike) -> bool:
-    """Whether ``path`` was modified after the checkpoint was written."""
-    try:
-        return path.stat().st_mtime > Path(ckpt_path).stat().st_mtime
-    except OSError:
-        return False
+    shown = ", ".join(f"{k}={saved[k]!r} (config: {init_args[k]!r})" for k in differ[:3])
+    return f"{shown}{' and more' if len(differ) > 3 else ''}"
 
 
 def _checkpoint_hparams(ckpt_path: str | os.PathLike) -> dict[str, Any]:
@@ -334,6 +319,11 @@ def load_checkpoint_module(
         has_model = isinstance(cfg.get("model"), Mapping)
         saved = dict(ckpt.get("hyper_parameters") or {})
         if has_model:
+            if isinstance(saved.get("_class_path"), str) and saved["_class_path"] == cfg_class:
+                # LightningCLI recorded the arguments this checkpoint was trained with: they win where the config
+                # differs (another run's config.yaml; a tuner's lr). Those it left out (save_hyperparameters(ignore=))
+                # come from the config.
+                init_args = {**init_args, **{k: v for k, v in saved.items() if k[:1] != "_"}}
             model = _build_from_config(owner, cls, _accepted(cls, init_args))
         elif isinstance(saved.get("_class_path"), str):  # LightningCLI saved the arguments in their config form
             model = _build_from_config(owner, cls, _accepted(cls, {k: v for k, v in saved.items() if k[:1] != "_"}))

@@ -421,9 +421,19 @@ def test_a_config_yaml_that_names_no_model_or_another_is_not_taken_for_the_runs(
     assert saved_run_config(project / "ckpts" / "m.ckpt") == tmp_path / "config.yaml"
 
 
-def test_a_config_yaml_a_later_run_replaced_is_not_taken_for_the_checkpoints(cli_run, tmp_path, capsys):
-    # With logger=False two fits share a log dir, and LightningCLI (overwrite=True) replaces the first's config.yaml:
-    # export built the second run's model and called the first's checkpoint a mismatch.
+@pytest.mark.parametrize(
+    ("argument", "value", "shown"),
+    [
+        # With logger=False two fits share a log dir, and LightningCLI (overwrite=True) replaces the first's
+        # config.yaml: export built the second run's model and called the first's checkpoint a mismatch.
+        ("channels", [2, 2], "channels=[4, 8] (config: [2, 2])"),
+        # The run changed a hyperparameter after saving its config (LearningRateFinder's lr): same config, other value.
+        ("lr", 0.5, "lr=0.003 (config: 0.5)"),
+    ],
+)
+def test_the_arguments_the_checkpoint_recorded_win_over_its_run_config(
+    cli_run, tmp_path, capsys, argument, value, shown
+):
     import yaml
 
     ckpt, config = cli_run
@@ -431,29 +441,20 @@ def test_a_config_yaml_a_later_run_replaced_is_not_taken_for_the_checkpoints(cli
     (run / "checkpoints").mkdir(parents=True)
     first = run / "checkpoints" / "first.ckpt"
     first.write_bytes(ckpt.read_bytes())
-    later = yaml.safe_load(config.read_text())
-    later["model"]["init_args"]["channels"] = [2, 2]
-    (run / "config.yaml").write_text(yaml.safe_dump(later))
+    other = yaml.safe_load(config.read_text())
+    other["model"]["init_args"][argument] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(other))  # whatever the files' times (a copy, a git checkout)
     code, text, err = run_main(["export", first, "--out", tmp_path / "m.pt2", "--format", "torch-export"], capsys)
     assert code == 0, err
-    why = "is another run's (written after the checkpoint): its model has channels=[2, 2] (checkpoint: [4, 8])"
-    assert f"checkpoint: {run / 'config.yaml'} {why}; the model is built from the arguments the checkpoint" in text
-    assert "model from" not in text and "check example input" in text
+    assert f"checkpoint: model from {run / 'config.yaml'} (the config LightningCLI saved with the run)" in text
+    assert f"recorded are used where {run / 'config.yaml'} differs: {shown} (a later fit" in text
+    assert "check datamodule batch" in text  # the config's data is still checked
+    model = load_checkpoint_module(first, None)
+    assert model.hparams[argument] == torch.load(first, weights_only=True)["hyper_parameters"][argument]
 
-    # The passed-over config is the later run's record: no output replaces it.
+    # The config is the run's (or a later run's) record: no output replaces it.
     code, _, err = run_main(["export", first, "--out", tmp_path / "o.onnx", "--json", run / "config.yaml"], capsys)
-    assert code == 2 and "`json` must be another file than a config LightningCLI saved near `ckpt`" in err
-
-    # Written before the checkpoint, a config may differ from it: the run changed its hyperparameters (e.g.
-    # LearningRateFinder set lr). It is still the run's, and its data is checked.
-    tuned = yaml.safe_load(config.read_text())
-    tuned["model"]["init_args"]["lr"] = 0.5
-    (run / "config.yaml").write_text(yaml.safe_dump(tuned))
-    before = first.stat().st_mtime - 60
-    os.utime(run / "config.yaml", (before, before))
-    code, text, err = run_main(["export", first, "--out", tmp_path / "n.pt2", "--format", "torch-export"], capsys)
-    assert code == 0, err
-    assert f"checkpoint: model from {run / 'config.yaml'}" in text and "check datamodule batch" in text
+    assert code == 2 and "`json` must be another file than the config LightningCLI saved with the run of `ckpt`" in err
 
 
 def run_with_saved_data(cli_run, tmp_path, data):
