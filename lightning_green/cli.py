@@ -366,13 +366,20 @@ def report(args: Sequence[str]) -> int:
             "argument --json: writes the comparison of two or more runs; one run's figures are in its "
             "energy_report.json"
         )
-    plain = ns.energy_report and os.path.basename(ns.energy_report) == ns.energy_report
-    if ns.energy_report is not None and not plain:
+    name = ns.energy_report
+    if name is not None and (name in ("", ".", "..") or os.path.basename(name) != name):
         parser.error(f"argument --energy-report: {ns.energy_report!r} is not a plain file name (no directory part)")
     if len(ns.run_dirs) > 1:  # before any run report is rewritten
         _check_output(parser, "--out", ns.out, folder=True)
         if ns.json:
             _check_output(parser, "--json", ns.json, folder=False)
+            from lightning_green.energy.report import is_energy_report
+
+            if is_energy_report(ns.json):  # a run's measured energy, which nothing can write again
+                parser.error(
+                    f"argument --json: {ns.json!r} is a lightning-green energy report; pass another file path for "
+                    "the comparison"
+                )
     names = [n.strip() for n in ns.names.split(",")] if ns.names else []
     if names and len(names) != len(ns.run_dirs):
         raise RunDirError(f"--names has {len(names)} name(s) for {len(ns.run_dirs)} run directories.")

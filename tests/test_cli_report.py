@@ -188,16 +188,21 @@ def test_a_run_with_a_custom_energy_report_name_is_found(two_runs, tmp_path, cap
     [
         (lambda tmp: ["--json", str(tmp)], "argument --json: "),
         (lambda tmp: ["--out", str(tmp / "afile")], "argument --out: "),
+        # a run's measured energy: the comparison JSON replaced it
+        (lambda tmp: ["--json", str(tmp / "run" / "energy_report.json")], "is a lightning-green energy report"),
     ],
 )
 def test_a_bad_output_path_is_refused_before_any_report_is_rewritten(two_runs, tmp_path, capsys, bad, message):
     (tmp_path / "afile").write_text("")
+    run = _copy_run(two_runs[0], tmp_path / "run")
+    report = (run / "energy_report.json").read_bytes()
     md = os.path.join(two_runs[0], "green_report.md")
     before = os.stat(md).st_mtime_ns if os.path.exists(md) else None
     code, _, err = run_main(["report", *two_runs, *bad(tmp_path)], capsys)
     last = err.strip().splitlines()[-1]
     assert code == 2 and message in last and ".tmp" not in last
     assert (os.stat(md).st_mtime_ns if os.path.exists(md) else None) == before
+    assert (run / "energy_report.json").read_bytes() == report
 
 
 def test_the_comparison_links_the_report_written_for_each_run(two_runs, tmp_path, capsys):

@@ -14,7 +14,14 @@ from typing import Any
 from lightning_green.energy.carbon import format_energy
 from lightning_green.energy.meter import COMPONENTS
 
-__all__ = ["REPORT_VERSION", "format_summary", "read_report", "write_bytes_atomic", "write_json_atomic"]
+__all__ = [
+    "REPORT_VERSION",
+    "format_summary",
+    "is_energy_report",
+    "read_report",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]
 
 REPORT_VERSION = 1
 
@@ -127,6 +134,28 @@ def _report_problem(data: dict[str, Any]) -> str | None:
         if key in data and not isinstance(data[key], str):
             return f"{key!r} is {data[key]!r}, not a string"
     return None
+
+
+_REPORT_MAX_BYTES = 64 * 2**20
+
+
+def is_energy_report(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an existing lightning-green energy report (JSON with ``stages`` and ``version``).
+
+    A quick test of what a file is (e.g. before writing over it), not of its contents: see :func:`read_report`.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > _REPORT_MAX_BYTES:
+            return False
+        with open(path, "rb") as f:
+            if f.read(64).lstrip()[:1] != b"{":
+                return False
+            f.seek(0)
+            data = json.load(f)
+    except (OSError, ValueError):  # unreadable or not JSON (UnicodeDecodeError is a ValueError): not a report
+        return False
+    return isinstance(data, Mapping) and "stages" in data and "version" in data
 
 
 def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -127,21 +127,15 @@ def inputs_read(
 ) -> list[tuple[Any, str]]:
     """The files a command reads, as ``keep`` for :func:`~lightning_green.export.load.check_output_path`.
 
-    The checkpoints, the ``config`` given, and the ``config.yaml`` LightningCLI saved with each checkpoint's run (read
-    when no config is given, and the run's record either way).
+    The checkpoints, the ``config`` given, and the ``config.yaml`` files LightningCLI saved near each checkpoint (the
+    run's, read when no config is given, and runs' records either way).
     """
     keep = [(ckpt_path, "`ckpt`, the checkpoint being read"), (against, "`against`, the baseline checkpoint")]
     if isinstance(config, (str, os.PathLike)):
         keep.append((config, "`config`, the config being read"))
     for arg, ckpt in (("ckpt", ckpt_path), ("against", against)):
-        if ckpt is None or not os.path.isfile(ckpt):
-            continue
-        saved = saved_run_config(ckpt)
-        if saved is not None:
-            keep.append((saved, f"the config LightningCLI saved with the run of `{arg}`"))
-        # A config the search passed over (a later run's, in the same folder) is that run's record.
-        near = [path for path in run_configs_near(ckpt) if path != saved]
-        keep += [(path, f"a config LightningCLI saved near `{arg}`") for path in near]
+        if ckpt is not None and os.path.isfile(ckpt):
+            keep += [(path, f"a config LightningCLI saved near `{arg}`") for path in run_configs_near(ckpt)]
     return keep
 
 

@@ -84,7 +84,10 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def _say_saved_config(ns: argparse.Namespace, ckpt: str, what: str = "checkpoint") -> None:
-    """Say which config names the model when neither --module nor --config was given."""
+    """Say which config names the model (without --module and --config) and which of its arguments the checkpoint's win.
+
+    The second also for a --config: the arguments LightningCLI recorded in the checkpoint replace the config's.
+    """
     from lightning_green.export.load import recorded_differences, saved_run_config
 
     if not os.path.isfile(ckpt) or ns.module is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, InvalidArgumentTypeError
+from lightning_green.energy.report import is_energy_report
 
 __all__ = [
     "cannot_create_in",
@@ -85,21 +85,35 @@ def recorded_differences(ckpt_path: str | os.PathLike, config: str | os.PathLike
     A module built from a LightningCLI config for a checkpoint LightningCLI wrote takes the checkpoint's recorded
     arguments where the two differ (:func:`load_checkpoint_module`): they are what its weights were trained with.
     """
-    saved = _checkpoint_hparams(ckpt_path)
-    if not isinstance(saved.get("_class_path"), str):
-        return None
     try:
-        _, init_args = _section_args(_read_config("recorded_differences", config).get("model"))
+        cfg_class, init_args = _section_args(_read_config("recorded_differences", config).get("model"))
     except (InvalidArgumentError, OSError, UnicodeDecodeError):
         return None
-    return _other_arguments(saved, init_args)
+    recorded = _recorded_arguments(_checkpoint_hparams(ckpt_path), cfg_class)
+    return None if recorded is None else _other_arguments(recorded, init_args)
+
+
+def _recorded_arguments(saved: Mapping[str, Any], cls: str | type | None) -> dict[str, Any] | None:
+    """The model arguments LightningCLI recorded in a checkpoint (``saved``: its hyperparameters) for class ``cls``.
+
+    ``None`` unless LightningCLI recorded them (``_class_path``) for that very class (a short name such as
+    ``DigitsCNN`` and its import path are one class).
+    """
+    recorded = saved.get("_class_path")
+    if not isinstance(recorded, str) or cls is None:
+        return None
+    try:
+        same = resolve_class("load", "module", recorded) is resolve_class("load", "module", cls)
+    except (InvalidArgumentError, InvalidArgumentTypeError):
+        same = recorded == cls
+    return {k: v for k, v in saved.items() if k[:1] != "_"} if same else None
 
 
 def run_configs_near(ckpt_path: str | os.PathLike, name: str = "config.yaml") -> list[Path]:
     """Every ``config.yaml`` up to three folders above the checkpoint whose ``model`` section names a class.
 
-    The run's own config, or one :func:`saved_run_config` passed over (another run's record): a command's output must
-    not replace either.
+    The run's own config (or a later run's into the same folder), or one naming another model class: each is a run's
+    record, which a command's output must not replace.
     """
     found, p = [], Path(ckpt_path).resolve().parent
     for _ in range(3):
@@ -116,13 +130,13 @@ def run_configs_near(ckpt_path: str | os.PathLike, name: str = "config.yaml") ->
 
 
 def _other_arguments(saved: Mapping[str, Any], init_args: Mapping[str, Any]) -> str | None:
-    """The model arguments a run's config gives otherwise than the checkpoint recorded them (``None``: none).
+    """The model arguments a run's config gives otherwise than the checkpoint recorded them (``saved``; ``None``: none).
 
     LightningCLI records the run's ``model.init_args`` as the checkpoint's hyperparameters (as they are when the
     checkpoint is saved): a config that differs there was written by another run (``save_config_kwargs={"overwrite":
     True}`` with the same log dir), or the run changed them.
     """
-    differ = [k for k, v in saved.items() if k[:1] != "_" and k in init_args and init_args[k] != v]
+    differ = [k for k, v in saved.items() if k in init_args and init_args[k] != v]
     if not differ:
         return None
     shown = ", ".join(f"{k}={saved[k]!r} (config: {init_args[k]!r})" for k in differ[:3])
@@ -319,11 +333,10 @@ def load_checkpoint_module(
         has_model = isinstance(cfg.get("model"), Mapping)
         saved = dict(ckpt.get("hyper_parameters") or {})
         if has_model:
-            if isinstance(saved.get("_class_path"), str) and saved["_class_path"] == cfg_class:
-                # LightningCLI recorded the arguments this checkpoint was trained with: they win where the config
-                # differs (another run's config.yaml; a tuner's lr). Those it left out (save_hyperparameters(ignore=))
-                # come from the config.
-                init_args = {**init_args, **{k: v for k, v in saved.items() if k[:1] != "_"}}
+            # LightningCLI recorded the arguments this checkpoint was trained with: they win where the config differs
+            # (another run's config.yaml; a tuner's lr). Those it left out (save_hyperparameters(ignore=)) come from
+            # the config.
+            init_args = {**init_args, **(_recorded_arguments(saved, cls) or {})}
             model = _build_from_config(owner, cls, _accepted(cls, init_args))
         elif isinstance(saved.get("_class_path"), str):  # LightningCLI saved the arguments in their config form
             model = _build_from_config(owner, cls, _accepted(cls, {k: v for k, v in saved.items() if k[:1] != "_"}))
@@ -452,7 +465,7 @@ def check_output_path(
                     f"{prefix} must be another file than {what} ({os.fspath(value)!r}){via}: writing it would "
                     "replace that file."
                 )
-        if _is_energy_report(written):
+        if is_energy_report(written):
             raise InvalidArgumentError(
                 f"{prefix} must not be an existing lightning-green energy report{via}: the file holds a run's "
                 "measured energy, which writing it would replace; pass another path."
@@ -479,24 +492,6 @@ def _same_file(a: Path, b: str | os.PathLike) -> bool:
 
 
 #: Files larger than this are not read to tell whether they are energy reports (those are a few kB to a few MB).
-_REPORT_MAX_BYTES = 64 * 2**20
-
-
-def _is_energy_report(path: Path) -> bool:
-    """Whether ``path`` is an existing lightning-green energy report (JSON with ``stages`` and ``version``)."""
-    try:
-        if not path.is_file() or path.stat().st_size > _REPORT_MAX_BYTES:
-            return False
-        with open(path, "rb") as f:
-            if f.read(64).lstrip()[:1] != b"{":
-                return False
-            f.seek(0)
-            data = json.load(f)
-    except (OSError, ValueError):  # unreadable or not JSON (UnicodeDecodeError is a ValueError): not a report
-        return False
-    return isinstance(data, Mapping) and "stages" in data and "version" in data
-
-
 def cannot_create_in(directory: str | os.PathLike) -> str | None:
     """Why no new file can be created in ``directory`` (``"PermissionError: ..."``), or ``None`` when one can.
 

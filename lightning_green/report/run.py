@@ -19,6 +19,7 @@ How the derived figures are read:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -199,6 +200,7 @@ class Run:
     scalars: Scalars
     name: str = ""
     _curves: dict[str, list[CurvePoint]] = field(default_factory=dict, repr=False)
+    _fit_series: dict[str, list[Point]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------------------------------- energy report
     def stage(self, stage: str = "fit") -> dict[str, Any] | None:
@@ -284,6 +286,15 @@ class Run:
             out = head + out
         return out
 
+    # Asked at every curve point: computed once (the scalars do not change after the run is read).
+    @functools.cached_property
+    def _first_logged_epoch(self) -> int | None:
+        return self.first_logged_epoch()
+
+    @functools.cached_property
+    def _start_wall_time(self) -> float | None:
+        return self.scalars.start_wall_time
+
     def first_logged_epoch(self) -> int | None:
         """The fit's first epoch in this log when the epochs before it are not in it, else ``None``.
 
@@ -327,9 +338,9 @@ class Run:
         logged = self.scalars.with_("time/elapsed_s", point)
         if logged is not None:
             return logged.value
-        if self.first_logged_epoch() is not None:
+        if self._first_logged_epoch is not None:
             return None
-        start = self.scalars.start_wall_time
+        start = self._start_wall_time
         if point.wall_time is not None and start is not None:
             return point.wall_time - start
         return None
@@ -343,8 +354,11 @@ class Run:
         same step as one of the fit's (a baseline ``validate()`` before a fit that validates at step 0) is told apart;
         its metrics are not part of the fit's curve (their cumulative energy and elapsed time would be wrong).
         """
-        fit = {v.order for e in self.scalars.series("validate/energy/epoch_J") if (v := self.validation_of(e))}
-        return [p for p in self.scalars.series(metric) if (v := self.validation_of(p)) is None or v.order in fit]
+        if metric not in self._fit_series:
+            fit = {v.order for e in self.scalars.series("validate/energy/epoch_J") if (v := self.validation_of(e))}
+            series = self.scalars.series(metric)
+            self._fit_series[metric] = [p for p in series if (v := self.validation_of(p)) is None or v.order in fit]
+        return list(self._fit_series[metric])
 
     def validation_of(self, point: Point) -> Point | None:
         """The ``validate/energy/total_J`` of the validation ``point`` was logged in (``None``: none at its step).

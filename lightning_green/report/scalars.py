@@ -6,8 +6,10 @@ logged together with* another (the validation time logged with a validation metr
 
 from __future__ import annotations
 
+import bisect
 import csv
 import glob
+import itertools
 import logging
 import math
 import os
@@ -54,6 +56,8 @@ class Scalars:
         #: What could not be read (a corrupt or truncated event file): the scalars are incomplete when not empty.
         self.problems: list[str] = []
         self._tags: dict[str, list[Point]] = {}
+        self._by_step: dict[str, dict[int, list[Point]]] = {}  # at_step's index, per tag, built on first use
+        self._max_up_to: dict[str, tuple[list[int], list[float]]] = {}  # max_up_to's: steps, running maxima
         self._order = 0
 
     @classmethod
@@ -70,6 +74,8 @@ class Scalars:
     def add(self, tag: str, step: int, value: float, wall_time: float | None = None, row: int | None = None) -> None:
         """Append one value (NaN/inf are kept: a run that diverged should show it)."""
         self._tags.setdefault(tag, []).append(Point(int(step), float(value), self._order, wall_time, row))
+        self._by_step.pop(tag, None)
+        self._max_up_to.pop(tag, None)
         self._order += 1
 
     def __contains__(self, tag: object) -> bool:
@@ -124,12 +130,22 @@ class Scalars:
 
     def at_step(self, tag: str, step: int) -> list[Point]:
         """The values of ``tag`` logged at ``step``, in written order."""
-        return [p for p in self._tags.get(tag, []) if p.step == step]
+        index = self._by_step.get(tag)
+        if index is None:  # a report asks for every validation's step: one pass per tag, not one per question
+            index = self._by_step[tag] = {}
+            for p in self._tags.get(tag, []):
+                index.setdefault(p.step, []).append(p)
+        return list(index.get(step, []))
 
     def max_up_to(self, tag: str, step: int) -> float | None:
         """Largest value of ``tag`` at steps ``<= step`` (the running total there, for a cumulative series)."""
-        vals = [p.value for p in self._tags.get(tag, []) if p.step <= step and math.isfinite(p.value)]
-        return max(vals) if vals else None
+        index = self._max_up_to.get(tag)
+        if index is None:  # asked at every validation's step: sorted once, then a binary search per question
+            finite = sorted((p.step, p.value) for p in self._tags.get(tag, []) if math.isfinite(p.value))
+            steps, maxima = [s for s, _ in finite], list(itertools.accumulate((v for _, v in finite), max))
+            index = self._max_up_to[tag] = (steps, maxima)
+        i = bisect.bisect_right(index[0], step)
+        return index[1][i - 1] if i else None
 
     @property
     def start_wall_time(self) -> float | None:

@@ -264,7 +264,7 @@ def fake_run(digits_ckpts, tmp_path):
         (
             "export",
             ["--out", "{run}/m.onnx", "--json", "{run}/config.yaml"],
-            r"`json` must be another file than the config LightningCLI saved with the run of `ckpt` ",
+            r"`json` must be another file than a config LightningCLI saved near `ckpt` ",
         ),
         (
             "bench-inference",
@@ -454,7 +454,17 @@ def test_the_arguments_the_checkpoint_recorded_win_over_its_run_config(
 
     # The config is the run's (or a later run's) record: no output replaces it.
     code, _, err = run_main(["export", first, "--out", tmp_path / "o.onnx", "--json", run / "config.yaml"], capsys)
-    assert code == 2 and "`json` must be another file than the config LightningCLI saved with the run of `ckpt`" in err
+    assert code == 2 and "`json` must be another file than a config LightningCLI saved near `ckpt`" in err
+
+    # A --config naming the class by its short name: the same class, so the recorded arguments win too.
+    other["model"]["class_path"] = "DigitsCNN"
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(other))
+    code, text, err = run_main(
+        ["export", first, "--config", tmp_path / "short.yaml", "--out", tmp_path / "s.pt2", "--format", "torch-export"],
+        capsys,
+    )
+    assert code == 0, err
+    assert f"recorded are used where {tmp_path / 'short.yaml'} differs: {shown}" in text
 
 
 def run_with_saved_data(cli_run, tmp_path, data):
