@@ -249,15 +249,15 @@ class CarbonAwareScheduler(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._manual = not trainer.lightning_module.automatic_optimization
-        total = trainer.estimated_stepping_batches
-        # An iterable dataset without max_steps: Lightning says -1.
-        self._total_steps = float(total) if total is not None and total >= 0 else math.inf
+        total = trainer.estimated_stepping_batches  # (also sets up the train dataloader: num_training_batches)
         if self._manual:
             # In batches, as Lightning's estimate but without its min with max_steps: that one counts every optimizer's
             # step (global_step), and _steps_left applies it.
             batches, epochs = trainer.num_training_batches, trainer.max_epochs
             finite = epochs is not None and epochs != -1 and math.isfinite(batches)
             self._total_steps = float(batches * max(epochs, 1)) if finite else math.inf
+        else:  # an iterable dataset without max_steps: Lightning says -1
+            self._total_steps = float(total) if total is not None and total >= 0 else math.inf
         if not math.isfinite(self._steps_left(trainer)) and self.expected_duration_s is None:
             raise InvalidArgumentError(
                 f"{type(self).__name__}(expected_duration=None): training has no step limit (max_steps/max_epochs), "
