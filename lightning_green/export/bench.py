@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
-from lightning_green.export.formats import _is_token_ids
+from lightning_green.export.formats import is_token_ids
 from lightning_green.export.load import example_inputs_of
 
 __all__ = [
@@ -367,7 +367,7 @@ def bench_inference(
     example = example_inputs_of(owner, first, example_inputs)
     device = next(first.parameters()).device
     example = tuple(x.to(device) for x in example)
-    token_ids = _is_token_ids(example[0])  # exactly (batch, time) integers: a uint8 image has no tokens
+    token_ids = is_token_ids(example[0])  # exactly (batch, time) integers: a uint8 image has no tokens
     if per == "token" and not token_ids:
         fail(
             owner,

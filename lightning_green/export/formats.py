@@ -293,7 +293,7 @@ def _blocked(fmt: str, model: nn.Module, example: tuple, err: BaseException, own
 
 
 # ------------------------------------------------------------------------------------------------ exporters
-def _is_token_ids(x: torch.Tensor) -> bool:
+def is_token_ids(x: torch.Tensor) -> bool:
     """An integer ``(batch, time)`` input: token ids (or their mask), whose time axis varies between calls.
 
     Only 2-D: an integer image ``(batch, channels, h, w)`` (uint8 pixels) has no time axis.
@@ -314,7 +314,7 @@ def _batch_spec(
     batch = torch.export.Dim.DYNAMIC if inferred_batch else torch.export.Dim("batch", min=1)
     traced = tuple(torch.cat([x[:1]] * 2) if x.shape[0] != 2 else x for x in example)
     dynamic: tuple[Any, ...] = tuple(
-        {0: batch, 1: torch.export.Dim.AUTO} if dynamic_seq and _is_token_ids(x) else {0: batch} for x in traced
+        {0: batch, 1: torch.export.Dim.AUTO} if dynamic_seq and is_token_ids(x) else {0: batch} for x in traced
     )
     if isinstance(model, _TensorOutputs):  # forward(*args): the specs of all inputs are one entry, as a tuple
         dynamic = (dynamic,)
@@ -350,7 +350,7 @@ def _seq_is_symbolic(program: Any, example: tuple[torch.Tensor, ...]) -> bool:
             return False
         return bool({str(s) for s in free_symbols(v.shape[1])} & symbols)
 
-    return all(symbolic(v) for v, x in zip(users, example, strict=True) if _is_token_ids(x))
+    return all(symbolic(v) for v, x in zip(users, example, strict=True) if is_token_ids(x))
 
 
 #: The smallest batch bound accepted from an inferred range: CUDA's grid limit, which pooling and normalisation
@@ -417,7 +417,7 @@ def _dynamic_seq_program(model: nn.Module, example: tuple[torch.Tensor, ...], dy
     torch lacks ``Dim.AUTO`` (2.6+), the export with a dynamic axis fails (e.g. a mask cached per sequence length) or
     the exporter specialised the axis to the traced length.
     """
-    if dynamic_seq is False or not any(_is_token_ids(x) for x in example) or not hasattr(torch.export.Dim, "AUTO"):
+    if dynamic_seq is False or not any(is_token_ids(x) for x in example) or not hasattr(torch.export.Dim, "AUTO"):
         return None
     try:
         program = _export_program(model, example, True)
@@ -636,7 +636,7 @@ def _padding_of(model: nn.Module, x: tuple[torch.Tensor, ...]) -> torch.Tensor |
     An input counts as the attention mask only when it clearly is one: the forward names it ``attention_mask``
     (the Hugging Face convention, 1 a real token and 0 padding; PyTorch's ``key_padding_mask`` means the opposite, and
     segment ids ``token_type_ids`` are also 0/1), it is an integer or bool tensor of the ``(batch, time)`` shape of
-    another input that is token ids (:func:`_is_token_ids`), and it holds only 0 and 1.
+    another input that is token ids (:func:`is_token_ids`), and it holds only 0 and 1.
     """
     index = _attention_mask_index(model)
     if index is None or index >= len(x):
@@ -644,7 +644,7 @@ def _padding_of(model: nn.Module, x: tuple[torch.Tensor, ...]) -> torch.Tensor |
     mask = x[index]
     if mask.dim() != 2 or mask.is_floating_point() or mask.is_complex():
         return None
-    if not any(i != index and _is_token_ids(t) and t.shape == mask.shape for i, t in enumerate(x)):
+    if not any(i != index and is_token_ids(t) and t.shape == mask.shape for i, t in enumerate(x)):
         return None
     if not bool(((mask == 0) | (mask == 1)).all()):
         return None
@@ -688,11 +688,11 @@ def _shorter_check(
     another length shows it.
     """
     name, x = check
-    lengths = {int(t.shape[1]) for t in x if _is_token_ids(t)}
+    lengths = {int(t.shape[1]) for t in x if is_token_ids(t)}
     if len(lengths) != 1 or max(lengths) < 3:
         return None
     n = max(lengths) // 2
-    cut = tuple(t[:, :n] if _is_token_ids(t) else t for t in x)
+    cut = tuple(t[:, :n] if is_token_ids(t) else t for t in x)
     try:
         with torch.no_grad():
             ref = _as_tensors(model(*cut))
@@ -861,7 +861,7 @@ def export_model(
     refs = [_reference(model, format, name, x) for name, x in checks_in]
     params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
-    length = next((int(x.shape[1]) for x in example if _is_token_ids(x)), None)  # of the token ids, if any
+    length = next((int(x.shape[1]) for x in example if is_token_ids(x)), None)  # of the token ids, if any
     fixed_seq = None
     if format == "hf":
         runner = _export_hf(model, path)
