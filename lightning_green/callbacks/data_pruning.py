@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -11,8 +12,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch.utils.data import DataLoader, RandomSampler
 from typing_extensions import override
 
@@ -63,8 +65,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
     batch sets the work (CPUs, GPUs at large batch sizes). README, "DataPruning": measured on the digits demo with
     both optimizers and both modes.
 
-    Logged each epoch: ``data/kept_fraction`` (samples this epoch / dataset), ``data/samples_seen`` (samples loaded so
-    far, all ranks) and ``data/score_mean``. The EnergyMonitor's report gets a ``data`` section (samples seen, saved).
+    Logged each epoch: ``data/kept_fraction`` (samples this epoch loads / dataset; a loader's ``drop_last`` takes
+    off what it drops), ``data/samples_seen`` (samples loaded so far, all ranks) and ``data/score_mean``. The
+    EnergyMonitor's report gets a ``data`` section (samples seen, saved).
 
     Args:
         prune_ratio: Probability of skipping a well-learned sample, in [0, 1) (0 trains on everything).
@@ -123,6 +126,8 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._warned_nonfinite = False
         self._warned_small = False
+        self._warned_twice = False
+        self._batch_calls = 0  # reduce_sample_losses calls in the batch in progress
         # The fewest batches per rank an epoch may have, what needs them, and the loader's (batch_size, drop_last,
         # world size) that turn kept samples into batches (set with the sampler; see _fewest_batches).
         self._min_batches: tuple[int, str, tuple[int, bool, int]] = (0, "", (1, False, 1))
@@ -181,7 +186,16 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if len(losses) != len(self._indices):
             raise InvalidArgumentError(
                 f"reduce_sample_losses(losses of length {len(losses)}): `losses` must hold one loss per sample of the "
-                f"batch ({len(self._indices)} samples); for sequences average the token losses per sample."
+                f"batch ({len(self._indices)} samples); for sequences average the token losses per sample (and a "
+                "collate_fn must not drop samples: DataPruning maps each batch to the indices its sampler yielded)."
+            )
+        self._batch_calls += 1
+        if self._batch_calls == 2 and not self._warned_twice:
+            self._warned_twice = True
+            rank_zero_warn(
+                "reduce_sample_losses was called more than once in one training step: each call records its losses "
+                "as the batch's scores, so the scores become their mean. Call it once, with the per-sample losses "
+                "that should decide which samples are well learned, and add other loss terms to what it returns."
             )
         self._record(losses.detach())
         self._epoch_calls += 1
@@ -198,6 +212,21 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             raise InvalidArgumentError(
                 f"DataPruning: Trainer(overfit_batches={trainer.overfit_batches}) trains on a fixed few batches in a "
                 "fixed order, so there is nothing to prune; remove DataPruning for that debugging run."
+            )
+        if is_param_in_hook_signature(pl_module.training_step, "dataloader_iter", explicit=True):
+            # The step draws its batches itself (any number per step, or none): the callback's batch hooks no longer
+            # tell which samples a step trained on, so the scores would land on other samples.
+            raise InvalidArgumentError(
+                "DataPruning: training_step(self, dataloader_iter) fetches its own batches, so DataPruning cannot tell "
+                "which samples each loss belongs to; take `batch` in training_step (one batch per step), or remove "
+                "DataPruning."
+            )
+        if self.anneal_fraction > 0 and any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks):
+            start = annealing_start(trainer.max_epochs, self.anneal_fraction)
+            rank_zero_warn(
+                f"DataPruning(anneal_fraction={self.anneal_fraction}): the last epochs train on all the data (from "
+                f"epoch {start} of max_epochs={trainer.max_epochs}), but EarlyStopping may end the run before them; "
+                "set max_epochs to the epochs the run will take, or expect no annealing."
             )
         same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
         if not same_run and (self.history or self.scores is not None):
@@ -304,9 +333,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             return  # the run still ends at max_steps: shorter epochs only mean more of them
         for config in trainer.lr_scheduler_configs:
             sched = config.scheduler
-            total = getattr(sched, "total_steps", None)
-            if total is None and config.interval == "step":
-                total = getattr(sched, "T_max", None)
+            total = _scheduler_steps(sched)
             if config.interval != "step" or not isinstance(total, int) or self.prune_ratio == 0:
                 continue
             if total >= 0.99 * full_steps:
@@ -358,6 +385,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         self._weights = self._sampler.weights_of(self._indices)
         self._epoch_seen += len(self._indices)
         self._in_flight = len(self._indices)
+        self._batch_calls = 0
 
     @override
     def on_train_batch_end(
@@ -398,7 +426,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         """
         assert self.scores is not None
         epoch = trainer.current_epoch if self._open_epoch is None else self._open_epoch
-        plan = self._sampler.plan if self._sampler is not None and self._sampler.epoch == epoch else self.plan(epoch)
+        sampler = self._sampler if self._sampler is not None and self._sampler.epoch == epoch else None
+        plan = sampler.plan if sampler is not None else self.plan(epoch)
+        kept = sampler.loaded if sampler is not None else plan.kept  # less what drop_last drops
         strategy = trainer.strategy
         if self._buffers is None:
             n = len(self.scores)
@@ -446,7 +476,8 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         self.history.append(
             {
                 "epoch": epoch,
-                "kept": plan.kept,
+                "kept": kept,
+                "planned": plan.kept,
                 "total": len(self.scores),
                 "pruned": plan.pruned,
                 "seen": seen,
@@ -459,11 +490,12 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if pl_module is not None:
             # Equal on every rank: sync_dist=True (a mean of equal values) is what Lightning asks for at epoch level
             # under DDP, without its per-metric warning.
-            pl_module.log("data/kept_fraction", plan.kept_fraction, on_step=False, on_epoch=True, sync_dist=True)
+            fraction = kept / max(len(self.scores), 1)
+            pl_module.log("data/kept_fraction", fraction, on_step=False, on_epoch=True, sync_dist=True)
             pl_module.log("data/samples_seen", float(self.samples_seen), on_step=False, on_epoch=True, sync_dist=True)
             if score_mean == score_mean:  # not NaN
                 pl_module.log("data/score_mean", score_mean, on_step=False, on_epoch=True, sync_dist=True)
-        log.debug("epoch %d: kept %d of %d, score mean %.4g", epoch, plan.kept, len(self.scores), score_mean)
+        log.debug("epoch %d: kept %d of %d, score mean %.4g", epoch, kept, len(self.scores), score_mean)
         add_report_section(trainer, "data", self.report_section())
 
     def report_section(self) -> dict[str, Any]:
@@ -652,3 +684,32 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if self.scores is not None and self._pending_state is not None:
             self.scores.load_state_dict(self._pending_state)
             self._pending_state = None
+
+
+def _scheduler_steps(sched: Any) -> int | None:
+    """The steps a step-interval LR scheduler is sized for, where it says (``None`` where it does not).
+
+    ``OneCycleLR.total_steps``, ``CosineAnnealingLR.T_max``, ``LinearLR``/``PolynomialLR``/``ConstantLR.total_iters``,
+    and a ``LambdaLR`` of ``functools.partial`` functions with a ``num_training_steps`` keyword (Hugging Face's
+    ``get_linear_schedule_with_warmup`` and its siblings).
+
+    Example:
+        >>> import functools, torch
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> _scheduler_steps(torch.optim.lr_scheduler.LinearLR(opt, total_iters=40))
+        40
+        >>> lam = functools.partial(lambda step, num_training_steps: 1.0, num_training_steps=90)
+        >>> _scheduler_steps(torch.optim.lr_scheduler.LambdaLR(opt, lam)), _scheduler_steps(object())
+        (90, None)
+    """
+    for name in ("total_steps", "T_max", "total_iters"):
+        total = getattr(sched, name, None)
+        if isinstance(total, int) and not isinstance(total, bool):
+            return total
+    lambdas = getattr(sched, "lr_lambdas", None)
+    if isinstance(lambdas, (list, tuple)):
+        for fn in lambdas:
+            total = getattr(fn, "keywords", {}).get("num_training_steps") if isinstance(fn, functools.partial) else None
+            if isinstance(total, int) and not isinstance(total, bool):
+                return total
+    return None

@@ -92,7 +92,11 @@ def install_train_sampler(
 
     def dataloader() -> Any:
         loader = original()
-        check_train_loader(owner, loader, world_size=trainer.world_size, rank=trainer.global_rank)
+        # Lightning's flag (no public accessor; read as its own data connector does, default True).
+        distributed = getattr(trainer._accelerator_connector, "use_distributed_sampler", True)
+        check_train_loader(
+            owner, loader, world_size=trainer.world_size, rank=trainer.global_rank, distributed_sampler=distributed
+        )
         sampler = make_sampler(loader)
         rebuilt = rebuild_with_sampler(loader, sampler, getattr(sampler, "epoch_batch_size", None))
         if rebuilt.batch_size is not None and callable(getattr(sampler, "use_batch_size", None)):
@@ -108,11 +112,14 @@ def install_train_sampler(
     return undo
 
 
-def check_train_loader(owner: str, loader: Any, world_size: int = 1, rank: int = 0) -> None:
+def check_train_loader(
+    owner: str, loader: Any, world_size: int = 1, rank: int = 0, distributed_sampler: bool = True
+) -> None:
     """Refuse what data pruning cannot drive.
 
     That is: not one DataLoader, an IterableDataset, a custom batch sampler, a sampler of the user's own, batches that
-    may arrive out of order, or a loader that restores its own position in an epoch.
+    may arrive out of order, a loader that restores its own position in an epoch, or (``distributed_sampler=False``,
+    Lightning's ``use_distributed_sampler``, on several ranks) a loader of each rank's own data.
     """
     if not isinstance(loader, DataLoader):
         raise InvalidArgumentError(
@@ -154,6 +161,16 @@ def check_train_loader(owner: str, loader: Any, world_size: int = 1, rank: int =
     # which shards the same way, unless it shards for another world.
     ours = (getattr(sampler, "num_replicas", None), getattr(sampler, "rank", None)) == (world_size, rank)
     plain = plain or (type(sampler) is DistributedSampler and ours)
+    if plain and world_size > 1 and not distributed_sampler and type(sampler) is not DistributedSampler:
+        # Each rank's loader is its own (the user sharded the data, or every rank is meant to see all of it), while
+        # data pruning shards one dataset over the ranks by index and merges the ranks' scores by index.
+        raise InvalidArgumentError(
+            f"{owner}: Trainer(use_distributed_sampler=False) on {world_size} ranks with a {type(sampler).__name__}: "
+            "each rank's loader is its own, but data pruning shards one dataset over the ranks and merges their scores "
+            "by sample index. Give every rank the whole training set and let Lightning shard it "
+            "(use_distributed_sampler=True, the default), or shard it with your own "
+            f"DistributedSampler(num_replicas={world_size}, rank=<global rank>)."
+        )
     if not plain:
         what = type(sampler).__name__
         if isinstance(sampler, RandomSampler):

@@ -108,6 +108,11 @@ class PruningSampler(DistributedSampler):
         if self._plan is None or self._plan.epoch != self.epoch:
             self._plan = self.planner(self.epoch)
             order = self._plan.order.tolist()
+            if self.batch_drop_last and self._plan.offset:
+                # Unshuffled: the loader drops the end of each shard, which would be the same samples every pruned
+                # epoch (hard ones among them, which the rule always keeps); start the order at the plan's draw.
+                at = self._plan.offset % len(order)
+                order = order[at:] + order[:at]
             total = math.ceil(len(order) / self.num_replicas) * self.num_replicas if order else 0
             padded = (order * math.ceil(total / len(order)))[:total] if order else []
             self._shard = padded[self.rank : total : self.num_replicas]
@@ -157,6 +162,14 @@ class PruningSampler(DistributedSampler):
     def num_batches(self) -> int:
         """Batches this rank runs this epoch."""
         return _batches(len(self.shard), self.epoch_batch_size, self.batch_drop_last)
+
+    @property
+    def loaded(self) -> int:
+        """Samples this epoch loads over all ranks: the kept ones, less what ``drop_last`` drops (at most)."""
+        kept = self.plan.kept
+        if not self.batch_drop_last:
+            return kept
+        return min(kept, self.num_batches * self.epoch_batch_size * self.num_replicas)
 
     def batch_indices(self, batch_idx: int) -> list[int]:
         """Dataset indices of the ``batch_idx``-th batch of this epoch on this rank."""

@@ -99,12 +99,16 @@ class EpochPlan:
         order: Kept sample indices in the order the epoch visits them (all ranks, before sharding).
         weights: Loss weight of every sample of the dataset (0 for skipped ones).
         pruned: Whether the epoch prunes (False during warm-up with no scores and the annealing epochs).
+        offset: Where a loader that drops its last incomplete batch starts the kept ``order`` of an unshuffled pruned
+            epoch (a draw, so that it is not always the same samples at the end of the order that fall off; 0 when
+            shuffled or not pruned).
     """
 
     epoch: int
     order: torch.Tensor
     weights: torch.Tensor
     pruned: bool
+    offset: int = 0
 
     @property
     def kept(self) -> int:
@@ -151,9 +155,12 @@ def plan_epoch(
         weights[skip] = 0.0
         pruned = True
     order = torch.nonzero(weights > 0).reshape(-1)
+    offset = 0
     if shuffle:
         order = order[torch.randperm(len(order), generator=gen)]
-    return EpochPlan(epoch=epoch, order=order, weights=weights, pruned=pruned)
+    elif pruned and len(order):
+        offset = int(torch.randint(len(order), (1,), generator=gen))
+    return EpochPlan(epoch=epoch, order=order, weights=weights, pruned=pruned, offset=offset)
 
 
 def _mix(seed: int, epoch: int) -> int:

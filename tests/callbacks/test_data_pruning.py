@@ -110,7 +110,8 @@ def test_batches_map_to_their_indices_and_the_kept_sets_follow_the_rule(tmp_path
             assert set(seen) <= kept and len(seen) == len(kept) // 4 * 4
         else:
             assert set(seen) == kept
-        assert dp.history[epoch]["kept"] == len(kept) < N
+        assert dp.history[epoch]["kept"] == len(seen) < N  # what the epoch loaded (drop_last takes its part off)
+        assert dp.history[epoch]["planned"] == len(kept)
     assert len(set(model.seen[3])) == full  # annealing epoch: every sample again
     expected = torch.tensor([difficulty(i) for i in range(N)], dtype=torch.float64)
     if not drop_last:
@@ -367,6 +368,62 @@ def test_non_finite_losses_warn_and_keep_their_sample(tmp_path):
     assert torch.isnan(dp.scores.values[3]) and all(3 in model.seen[e] for e in range(3))
 
 
+def test_a_training_step_taking_the_dataloader_iterator_is_refused(tmp_path):
+    class Iter(Model):
+        def training_step(self, dataloader_iter):
+            batch, batch_idx, _ = next(dataloader_iter)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(ValueError, match=r"training_step\(self, dataloader_iter\) fetches its own batches"):
+        fit(tmp_path, Iter(), DataPruning())
+
+
+def test_two_reduce_sample_losses_calls_in_one_step_warn_once(tmp_path):
+    class Twice(Model):
+        def training_step(self, batch, batch_idx):
+            x, _ = batch
+            aux = reduce_sample_losses(self, 10.0 + x[:, 0] + 0.0 * self.layer(x)[:, 0])
+            return super().training_step(batch, batch_idx) + 0.0 * aux
+
+    with pytest.warns(UserWarning, match="called more than once in one training step") as rec:
+        fit(tmp_path, Twice(), DataPruning(), max_epochs=2)
+    assert sum("more than once" in str(w.message) for w in rec) == 1
+
+
+def test_one_call_per_step_does_not_warn_about_calls(tmp_path, recwarn):
+    fit(tmp_path, Model(), DataPruning(), max_epochs=2)
+    assert not [w for w in recwarn if "more than once" in str(w.message)]
+
+
+def test_early_stopping_warns_that_the_annealing_epochs_may_never_come(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop = EarlyStopping(monitor="data/score_mean", patience=100, check_on_train_epoch_end=True)
+    with pytest.warns(UserWarning, match=r"from epoch 14 of max_epochs=16\), but EarlyStopping may end the run"):
+        fit(tmp_path, Model(), DataPruning(anneal_fraction=0.125), max_epochs=16, callbacks=[stop])
+
+
+def test_drop_last_without_shuffle_does_not_always_drop_the_same_kept_samples(tmp_path):
+    # Unshuffled, the loader drops the end of the kept order; were it always in index order, the same (hard, always
+    # kept) last samples would never train in a pruned epoch.
+    model = Model(batch_size=4, shuffle=False, drop_last=True)
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    trainer = fit(tmp_path, model, dp, max_epochs=12)
+    dropped_tails = []
+    for epoch in range(1, 12):
+        kept = dp.plan(epoch).order.tolist()
+        seen = model.seen[epoch]
+        assert set(seen) <= set(kept) and len(seen) == len(kept) // 4 * 4 == dp.history[epoch]["kept"]
+        if len(seen) < len(kept):
+            dropped = sorted(set(kept) - set(seen))
+            dropped_tails.append(dropped == sorted(kept)[-len(dropped) :])
+    assert dropped_tails and not all(dropped_tails)
+    hard = [i for i in range(N) if difficulty(i) >= 2.0]
+    assert all(sum(i in model.seen[e] for e in range(1, 12)) >= 6 for i in hard)
+    last = dp.history[-1]
+    assert trainer.callback_metrics["data/kept_fraction"].item() == pytest.approx(last["kept"] / N)
+
+
 def test_length_mismatch_is_refused(tmp_path):
     class Short(Model):
         def training_step(self, batch, batch_idx):
@@ -401,6 +458,40 @@ def test_a_step_scheduler_sized_for_the_full_data_warns_once(tmp_path):
     with pytest.warns(UserWarning, match="step-interval LR scheduler OneCycleLR is sized for 30 steps") as rec:
         fit(tmp_path, OneCycle(), DataPruning(), max_epochs=3)
     assert sum("step-interval LR scheduler" in str(w.message) for w in rec) == 1
+
+
+@pytest.mark.parametrize("kind", ["linear", "hf_linear_warmup"])
+def test_step_schedulers_that_say_their_length_elsewhere_warn_too(tmp_path, kind):
+    import functools
+
+    def hf_like(step, *, num_warmup_steps, num_training_steps):  # transformers' get_linear_schedule_with_warmup
+        return min(1.0, (step + 1) / max(1, num_warmup_steps)) * max(0.0, 1 - step / num_training_steps)
+
+    class Sized(Model):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            total = int(self.trainer.estimated_stepping_batches)
+            if kind == "linear":
+                sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=total)
+            else:
+                lam = functools.partial(hf_like, num_warmup_steps=2, num_training_steps=total)
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    name = "LinearLR" if kind == "linear" else "LambdaLR"
+    with pytest.warns(UserWarning, match=f"step-interval LR scheduler {name} is sized for 30 steps"):
+        fit(tmp_path, Sized(), DataPruning(), max_epochs=3)
+
+
+def test_a_warmup_only_step_scheduler_does_not_warn(tmp_path, recwarn):
+    class Warmup(Model):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=3)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    fit(tmp_path, Warmup(), DataPruning(), max_epochs=3)
+    assert not [w for w in recwarn if "step-interval LR scheduler" in str(w.message)]
 
 
 def test_keep_steps_leaves_a_full_data_step_scheduler_to_run_to_its_end(tmp_path, recwarn):
@@ -536,6 +627,24 @@ def test_loaders_whose_batches_cannot_be_mapped_to_samples_are_refused(tmp_path,
 
     with pytest.raises(ValueError, match=match):
         fit(tmp_path, M(), DataPruning())
+
+
+def test_each_ranks_own_loader_under_ddp_without_lightnings_sampler_is_refused():
+    # use_distributed_sampler=False with a plain sampler: every rank's loader is its own (data sharded by the user, or
+    # all of it on every rank). Data pruning would shard it again and merge the ranks' scores by index.
+    from lightning_green.data.install import check_train_loader
+
+    loader = DataLoader(Indexed(), batch_size=4, shuffle=True)
+    with pytest.raises(ValueError, match=r"use_distributed_sampler=False\) on 2 ranks with a RandomSampler: each"):
+        check_train_loader("DataPruning", loader, world_size=2, rank=1, distributed_sampler=False)
+    check_train_loader("DataPruning", loader, world_size=2, rank=1, distributed_sampler=True)  # Lightning shards it
+    check_train_loader("DataPruning", loader, world_size=1, rank=0, distributed_sampler=False)
+    ds = Indexed()
+    own = DataLoader(ds, batch_size=4, sampler=torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1))
+    check_train_loader("DataPruning", own, world_size=2, rank=1, distributed_sampler=False)  # shards as ours does
+    # install_train_sampler reads Lightning's flag from the Trainer (private: it has no public accessor).
+    trainer = Trainer(use_distributed_sampler=False, logger=False, **QUIET)
+    assert trainer._accelerator_connector.use_distributed_sampler is False
 
 
 def test_a_users_distributed_sampler_for_this_world_is_replaced(tmp_path):
@@ -770,7 +879,7 @@ def test_an_epoch_too_small_for_lightning_trains_on_all_the_data_with_one_warnin
     with pytest.warns(UserWarning, match=r"DataPruning: epoch \d would keep \d+ of 40 samples, ") as record:
         trainer = fit(tmp_path, model, dp, max_epochs=4, **trainer_kwargs)
     assert trainer.current_epoch == 4 and sorted(model.seen) == [0, 1, 2, 3]  # every epoch ran
-    assert min(h["kept"] for h in dp.history) >= least and 40 in [h["kept"] for h in dp.history[1:]]
+    assert min(h["kept"] for h in dp.history) >= least and 40 in [h["planned"] for h in dp.history[1:]]
     (warning,) = [str(w.message) for w in record if "would keep" in str(w.message)]
     assert needs in warning
 
