@@ -12,7 +12,10 @@ the same with its own sampler through the same code path:
   and ``_reinstantiate_wrapped_cls``, which make up ``_update_dataloader`` throughout Lightning 2.x; run here on 2.6)
   are called with ``batch_size`` replaced in between.
 
-Both are private (checked on Lightning 2.1–2.6); ``tests/callbacks/test_data_pruning.py`` checks they still exist
+- ``trainer._accelerator_connector.use_distributed_sampler`` is the Trainer's ``use_distributed_sampler`` (no public
+  accessor), read as Lightning's data connector reads it, to refuse per-rank loaders under DDP.
+
+All are private (checked on Lightning 2.1–2.6); ``tests/callbacks/test_data_pruning.py`` checks they still exist
 and apply.
 """
 
