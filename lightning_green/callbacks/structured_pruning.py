@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, ran
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from lightning_green._internal.interrupts import interrupt_deferred
 from lightning_green._internal.logging import log_metrics, log_step
 from lightning_green._internal.packages import require_lightning_package
 from lightning_green._internal.validation import (
@@ -640,9 +641,12 @@ class StructuredPruning(Callback):
                 "prune %d deferred: gradients accumulated by manual optimization are pending", self.prunes_done + 1
             )
             return
-        self._guard_check(trainer, pl_module, forced=True)
-        if not self.stopped:
-            self._prune(trainer, pl_module)
+        # Ctrl-C is held until the prune (or the guard's rollback) is whole: cut in half, the model and its pruning
+        # history disagree and the on-exception checkpoint cannot be loaded.
+        with interrupt_deferred(f"{type(self).__name__}'s prune {self.prunes_done + 1}"):
+            self._guard_check(trainer, pl_module, forced=True)
+            if not self.stopped:
+                self._prune(trainer, pl_module)
         if self.finished and self._llm is not None:
             self._llm.release()  # the last prune (or a stop): no activation hook needs to run on this batch
 
@@ -698,7 +702,8 @@ class StructuredPruning(Callback):
             return
         self._guard["validations"] = self._guard.get("validations", 0) + 1
         if self._position(trainer) >= self._guard["check_at"]:
-            self._guard_check(trainer, pl_module, forced=False)
+            with interrupt_deferred(f"{type(self).__name__}'s accuracy check"):
+                self._guard_check(trainer, pl_module, forced=False)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -275,7 +275,7 @@ def prune_verified(
         out.attempts += 1
         try:
             result = prune(ignored)
-        except Exception:
+        except BaseException:  # also KeyboardInterrupt: never leave a half-made cut
             state.restore()
             raise
         error = getattr(result, "error", None)  # the cut model already failed (e.g. in the MAC count)
@@ -287,6 +287,9 @@ def prune_verified(
                     error = f"the output changed from {_short(expected)} to {_short(got)}"
             except Exception as exc:  # any failure of the pruned model is what this check is for
                 error = first_line(exc)
+            except BaseException:  # KeyboardInterrupt in the check: the cut is not verified, undo it
+                state.restore()
+                raise
             out.checks += 1
             out.check_s += time.perf_counter() - t0
         if error is not None:

@@ -375,3 +375,45 @@ def test_module_prunes_only_that_submodule_and_keeps_the_optimizer_state_of_the_
     assert pruning.history[0]["entries"][0][0] == "0"  # names relative to the submodule
     state = trainer.optimizers[0].state
     assert int(state[model.classifier.weight]["step"]) == int(state[model.features[0].weight]["step"]) == 6
+
+
+@pytest.mark.parametrize("how", ["raised", "signal"])
+def test_ctrl_c_inside_a_prune_leaves_a_checkpoint_that_matches_its_history(tmp_path, monkeypatch, how):
+    # KeyboardInterrupt after torch-pruning cut a first group: the model was left cut while the pruning history had
+    # no entry, so Lightning's on-exception checkpoint could not be loaded ("replaying ... did not give its shapes").
+    import signal
+
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+    from torch_pruning.dependency.group import Group
+
+    real, calls = Group.prune, {"n": 0}
+
+    def prune(self, *args, **kwargs):
+        calls["n"] += 1
+        out = real(self, *args, **kwargs)
+        if calls["n"] == 2:  # in the middle of the cut
+            if how == "raised":
+                raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C: held until the prune is whole
+        return out
+
+    monkeypatch.setattr(Group, "prune", prune)
+    sp = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=2, importance="magnitude-l1")
+    model = small_cnn()
+    trainer = make_trainer(tmp_path, [sp, OnExceptionCheckpoint(tmp_path)], enable_checkpointing=True)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown on KeyboardInterrupt
+            trainer.fit(model, data())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT from then on
+    assert calls["n"] >= 2
+    ckpt = torch.load(tmp_path / "on_exception.ckpt", weights_only=True)
+    history = next(v for k, v in ckpt["callbacks"].items() if k.startswith("StructuredPruning"))["history"]
+    shapes = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    assert shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # Raised inside the cut: undone (dense, no history). Ctrl-C: the prune finished first, then the run stopped.
+    assert len(history) == (0 if how == "raised" else 1)
+    assert (shapes == {k: tuple(v.shape) for k, v in small_cnn().state_dict().items()}) == (how == "raised")
+    rebuilt = load_pruned(small_cnn(), str(tmp_path / "on_exception.ckpt"))
+    assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == shapes
