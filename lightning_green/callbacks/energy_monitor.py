@@ -253,7 +253,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         (True, 'estimated')
     """
 
-    _trainer_refs = ("_trainer_ref",)
+    _trainer_refs = ("_trainer_ref", "_setup_for")
 
     def __init__(
         self,
@@ -338,6 +338,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._report_sections: dict[str, Any] = {}
         self._rank = 0
         self._log_dir: str | None = None
+        self._setup_for: weakref.ref[pl.Trainer] | None = None
 
     # ------------------------------------------------------------------------------------------------ public
     def total_energy_j(self, stage: str = "fit") -> float:
@@ -450,6 +451,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
+        self._setup_for = weakref.ref(trainer)  # the Trainer whose stage this monitor measures (until teardown)
         if stage == "fit" and self._trainer_ref is not None and self._trainer_ref() is not trainer:
             # A fit on a new Trainer is a new run. Reset here, not only at on_fit_start: Lightning's Tuner saves a
             # checkpoint between the two and restores it, which would carry the last run's totals into this one.
@@ -510,6 +512,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             self._meter = None
         self._open.clear()
         self._setup_stage = None
+        self._setup_for = None
+        self._log_dir = None  # a later run's failure before setup must not write into this run's folder
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -693,6 +697,10 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         # Other ranks may be gone: account this rank's last window locally (energy and batches, as state_dict does),
         # no collectives, then save the report.
         # Nothing here may mask the user's exception: failures are logged at debug level.
+        if self._setup_for is None or self._setup_for() is not trainer:
+            # It failed before this monitor's setup (data, another callback): nothing was measured for this Trainer,
+            # and the last run's report (its folder, its totals) is not this run's to rewrite.
+            return
         try:
             if self._meter is not None and self._meter.started and self._open:
                 reading = self._meter.read()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,21 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _remove_stale_temporaries(path)
     return path
+
+
+# A writer's temporary file lives for the few milliseconds of one write; one this old was left by a killed process.
+_STALE_AFTER_S = 600.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """The temporary files of ``path`` that a killed writer left (``kill -9`` between creating and renaming one)."""
+    now = time.time()
+    for name in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if now - os.stat(name).st_mtime > _STALE_AFTER_S:
+                os.unlink(name)
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:

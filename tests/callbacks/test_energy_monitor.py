@@ -403,6 +403,34 @@ def test_crash_leaves_a_valid_interrupted_report(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
 
 
+class FailingSetupData(Callback):
+    """A callback whose setup fails: the run stops before the callbacks listed after it are set up."""
+
+    def setup(self, trainer, pl_module, stage):
+        raise FileNotFoundError("data/train.csv")
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_a_run_that_fails_before_the_monitor_is_set_up_leaves_the_last_runs_report_alone(tmp_path, reuse):
+    # The failed run never measured anything; it wrote "interrupted" over the last (complete) run's report: into the
+    # same folder (logger=False), or into the last run's own version dir (the monitor reused in a new Trainer).
+    monitor = EnergyMonitor(print_summary=False)
+    first = make_trainer(tmp_path, callbacks=[monitor], logger=TensorBoardLogger(tmp_path) if reuse else False)
+    first.fit(BoringModel())
+    path = os.path.join(first.log_dir if reuse else tmp_path, "energy_report.json")
+    before = read_report(path)
+    assert before["status"] == "complete"
+    again = monitor if reuse else EnergyMonitor(print_summary=False)
+    second = make_trainer(
+        tmp_path, callbacks=[FailingSetupData(), again], logger=TensorBoardLogger(tmp_path) if reuse else False
+    )
+    with pytest.raises(FileNotFoundError):
+        second.fit(BoringModel())
+    assert read_report(path) == before
+    if reuse:
+        assert not os.path.exists(os.path.join(tmp_path, "energy_report.json"))
+
+
 class InterruptedModel(BoringModel):
     """Raises ``exc`` in training_step at global step ``at``."""
 

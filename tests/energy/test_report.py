@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import pytest
 
@@ -59,3 +60,18 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644  # readable by teammates, not mkstemp's 0600
+
+
+def test_a_write_removes_the_temporaries_a_killed_writer_left_but_not_a_fresh_one(tmp_path):
+    # kill -9 between mkstemp and the rename leaves `.energy_report.json.<random>.tmp`; nothing else removes it.
+    stale = tmp_path / ".energy_report.json.abc123.tmp"
+    fresh = tmp_path / ".energy_report.json.def456.tmp"  # another writer's, in the middle of its write
+    other = tmp_path / ".other.json.ghi789.tmp"
+    for p in (stale, fresh, other):
+        p.write_text("{")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    write_json_atomic(tmp_path / "energy_report.json", {"version": 1, "stages": {}})
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert read_report(tmp_path / "energy_report.json")["version"] == 1
