@@ -307,7 +307,11 @@ def _report_parser() -> argparse.ArgumentParser:
         "least good best value among the runs)",
     )
     p.add_argument("--names", default=None, help="comma-separated names of the runs, in order")
-    p.add_argument("--out", default=".", help="folder of the comparison files (several runs; default: .)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder of the comparison files (several runs; default: .); each run's report goes into its run dir",
+    )
     p.add_argument("--json", default=None, help="also write the comparison as JSON to this file")
     p.add_argument("--no-html", action="store_true", help="Markdown only (an HTML page left from before is removed)")
     p.add_argument(
@@ -366,6 +370,12 @@ def report(args: Sequence[str]) -> int:
             "argument --json: writes the comparison of two or more runs; one run's figures are in its "
             "energy_report.json"
         )
+    if ns.out is not None and len(ns.run_dirs) < 2:
+        parser.error(
+            "argument --out: applies to the comparison of two or more runs (its folder); one run's report is "
+            "written into its own run dir (drop --out)"
+        )
+    ns.out = "." if ns.out is None else ns.out
     name = ns.energy_report
     if name is not None and (name in ("", ".", "..") or os.path.basename(name) != name):
         parser.error(f"argument --energy-report: {ns.energy_report!r} is not a plain file name (no directory part)")

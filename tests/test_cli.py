@@ -206,6 +206,17 @@ def test_failure_during_training_keeps_its_traceback(tmp_path, kind, exc):
         ),
         (["--model=DigitCNN"], "--model='DigitCNN': must be a LightningModule or None; did you mean `DigitsCNN`?"),
         (["--model.lr=abc"], "DigitsCNN(lr='abc'): `lr` must be a float."),
+        # jsonargparse reads nan/inf as text; the number is what is wrong (as the Python API says: finite)
+        (
+            ["--trainer.callbacks+=lightning_green.EnergyBudget", "--trainer.callbacks.max_energy=nan"],
+            "EnergyBudget(max_energy='nan'): `max_energy` must be a finite number or None.",
+        ),
+        (
+            ["--trainer.callbacks+=lightning_green.PowerLimitTuner", "--trainer.callbacks.eta=inf"],
+            "PowerLimitTuner(eta='inf'): `eta` must be a finite number.",
+        ),
+        (["--model.lr=-inf"], "DigitsCNN(lr='-inf'): `lr` must be a finite number."),
+        (["--trainer.gradient_clip_val=nan"], "--trainer.gradient_clip_val='nan': must be a finite number or None."),
         (["--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch 3"),  # no guess at max_epochs
     ],
 )
@@ -215,6 +226,37 @@ def test_values_jsonargparse_refuses_are_one_line_too(capsys, tmp_path, args, me
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"lightning-green: error: {message}"]  # no usage text, no tree of Union alternatives
+
+
+@pytest.mark.parametrize(
+    ("deadline", "message"),
+    [
+        (
+            "1e20",
+            "CarbonAwareScheduler(deadline='1e20'): `deadline` must be at most 366 days after the start "
+            "('366d', 31622400 s).",
+        ),
+        (
+            "400d",
+            "CarbonAwareScheduler(deadline='400d'): `deadline` must be at most 366 days after the start "
+            "('366d', 31622400 s).",
+        ),
+    ],
+)
+def test_a_deadline_too_far_ahead_is_refused_as_such_on_the_command_line(capsys, tmp_path, deadline, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.callbacks+=lightning_green.CarbonAwareScheduler",
+                "--trainer.callbacks.intensity=100",
+                f"--trainer.callbacks.deadline={deadline}",
+                *FAST,
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"lightning-green: error: {message}"]
 
 
 @pytest.mark.parametrize(

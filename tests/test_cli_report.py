@@ -99,6 +99,17 @@ def test_report_refuses_a_non_finite_target_and_json_of_one_run(two_runs, tmp_pa
     assert not (tmp_path / "one.json").exists()
 
 
+def test_out_with_one_run_is_refused_before_anything_is_written(two_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_main(["report", two_runs[0], "--no-html", "--out", str(out)], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "lightning-green report: error: argument --out: applies to the comparison of two or more runs (its folder); "
+        "one run's report is written into its own run dir (drop --out)"
+    )
+    assert not out.exists()
+
+
 def test_an_interrupted_run_is_marked_in_the_comparison(two_runs, tmp_path, capsys):
     import shutil
 

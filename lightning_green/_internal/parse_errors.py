@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 import re
 
 __all__ = ["summarise_parse_error"]
@@ -43,9 +44,17 @@ def _type_name(text: str) -> str:
     return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
 
 
-def _alternatives(subtypes: str) -> str:
+def _alternatives(subtypes: str) -> list[str]:
     parts = re.findall(r"<class '[^']+'>|typing\.Literal\[[^\]]*\]|[^,\s][^,]*", subtypes)
-    return " or ".join(dict.fromkeys(_type_name(p) for p in parts))
+    return list(dict.fromkeys(_type_name(p) for p in parts))
+
+
+def _non_finite(value: str | None) -> bool:
+    """Whether ``value`` is text for NaN or an infinity (``nan``, ``inf``, ``-Infinity``)."""
+    try:
+        return value is not None and not math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _suggest(class_path: str, key: str) -> str:
@@ -79,6 +88,11 @@ def summarise_parse_error(message: str) -> str:
         ...   Subtypes: [<class 'int'>, <class 'NoneType'>]
         ...   Given value: abc''')
         "--trainer.max_epochs='abc': must be an int or None."
+        >>> summarise_parse_error('''Parser key "trainer.gradient_clip_val":
+        ...   Does not validate against any of the Union subtypes
+        ...   Subtypes: [<class 'int'>, <class 'float'>, <class 'NoneType'>]
+        ...   Given value: nan''')
+        "--trainer.gradient_clip_val='nan': must be a finite number or None."
     """
     lines = [line.rstrip() for line in message.splitlines() if line.strip()]
     if len(lines) <= 1:
@@ -121,16 +135,22 @@ def summarise_parse_error(message: str) -> str:
     if key is None:
         return message.strip()
     after = stripped[stripped.index(f'Parser key "{key}":') + 1 :] if keys else stripped
-    expected = value = None
+    names: list[str] | None = None
+    value = None
     for line in after:
-        if expected is None and (sub := _SUBTYPES.match(line)):
-            expected = _alternatives(sub.group(1))
-        elif expected is None and (exp := _EXPECTED.match(line)) and not line.startswith("- "):
-            expected, value = _type_name(exp.group(1)), exp.group(2)
+        if names is None and (sub := _SUBTYPES.match(line)):
+            names = _alternatives(sub.group(1))
+        elif names is None and (exp := _EXPECTED.match(line)) and not line.startswith("- "):
+            names, value = [_type_name(exp.group(1))], exp.group(2)
         elif value is None and (given := _GIVEN.match(line)):
             value = given.group(1)
-    if expected is None:
+    if names is None:
         return message.strip()
+    if "a float" in names and _non_finite(value):
+        # jsonargparse reads `nan`/`inf` from the command line as text and only says "a float": the number is what is
+        # wrong, as our own checks say it (`must be a number that is finite`).
+        names = ["a finite number", *(n for n in names if n not in ("a float", "an int"))]
+    expected = " or ".join(names)
     shown = repr(value) if value is not None else "?"
     if short:
         return f"{short}({key}={shown}): `{key}` must be {expected}."

@@ -31,10 +31,12 @@ from lightning_green._internal.validation import (
 )
 from lightning_green.carbon.plan import (
     FORECASTS,
+    MAX_DEADLINE_S,
     CarbonPlanner,
     Forecast,
     Plan,
     history_needed_s,
+    is_date_time,
     parse_deadline,
     parse_duration,
 )
@@ -97,7 +99,7 @@ class CarbonAwareScheduler(Callback):
             ``"electricitymaps:<zone>"`` (Electricity Maps' history and forecast, token in ``ELECTRICITYMAPS_TOKEN``;
             use ``forecast="trace"`` with it), or (Python only) a callable ``datetime -> gCO2e/kWh``.
         deadline: ISO date-time (``"2026-12-01T08:00"``, naive = UTC) or a duration from the start (``"24h"``,
-            seconds).
+            seconds), at most 366 days after the start (:data:`lightning_green.carbon.plan.MAX_DEADLINE_S`).
         expected_duration: Compute time the job needs (``"8h"``, seconds); ``None`` measures it.
         forecast: ``"trace"`` (the intensity source is the forecast), ``"persistence"`` (the same hours of the
             previous day, corrected by the level and trend of today against yesterday; the trace must start 27 h
@@ -118,8 +120,8 @@ class CarbonAwareScheduler(Callback):
         verbose: Print the pause/resume lines.
 
     Raises:
-        ValueError: An argument is out of range; at ``setup``: a deadline in the past or shorter than the expected
-            duration, a trace that does not cover the time up to the deadline.
+        ValueError: An argument is out of range; at ``setup``: a deadline in the past, more than 366 days ahead or
+            shorter than the expected duration, a trace that does not cover the time up to the deadline.
         TypeError: An argument has the wrong type.
 
     Example:
@@ -157,7 +159,8 @@ class CarbonAwareScheduler(Callback):
         name = type(self).__name__
         check_timezone(name, "timezone", timezone)
         self.source = as_intensity_source(intensity, name, "intensity", timezone=timezone)
-        parse_deadline(deadline, 0.0, name)  # validates the form; resolved against the clock in setup
+        # Validates the form, and bounds a duration; a date-time is resolved and bounded against the clock in setup.
+        parse_deadline(deadline, 0.0, name, max_ahead_s=None if is_date_time(deadline) else MAX_DEADLINE_S)
         self.expected_duration_s = (
             None if expected_duration is None else parse_duration(expected_duration, name, "expected_duration")
         )
@@ -228,7 +231,7 @@ class CarbonAwareScheduler(Callback):
         name = type(self).__name__
         # Rank 0's clock is the one that counts: every rank plans against the same start.
         now = float(trainer.strategy.broadcast(float(self.clock()), src=0))
-        deadline_s = parse_deadline(self.deadline, now, name)
+        deadline_s = parse_deadline(self.deadline, now, name, max_ahead_s=MAX_DEADLINE_S)
         if deadline_s <= now:
             fail(name, "deadline", self.deadline, f"in the future (it is {_iso(now)} now)")
         if self.expected_duration_s is not None and self.expected_duration_s > deadline_s - now:

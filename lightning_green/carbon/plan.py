@@ -19,8 +19,11 @@ from lightning_green.carbon.trace import IntensityTrace, _iso
 
 __all__ = [
     "FORECASTS",
+    "MAX_DEADLINE_S",
+    "MAX_PLAN_SLOTS",
     "PERSISTENCE_DAYS",
     "history_needed_s",
+    "is_date_time",
     "slot_grid",
     "CarbonPlanner",
     "Decision",
@@ -39,6 +42,17 @@ PERSISTENCE_DAYS = 7
 """Past days the ``"persistence-week"`` forecast averages by default (the trace must reach that far back)."""
 TREND_H = 3
 """Hours over which ``"persistence"`` measures how today's intensity moves against yesterday's."""
+MAX_DEADLINE_S = 366 * DAY_S
+"""Farthest a deadline may lie after the start: 366 days.
+
+Intensity data reaches no further: forecasts (Electricity Maps') cover hours to days ahead, and a trace replayed as a
+forecast covers a year at most (the bundled ones are calendar years, 2020 a leap year: 366 days); beyond that a plan
+would only repeat a trace's last week. A job that may wait longer than a year for clean hours is not scheduled by the
+grid's daily and weekly cycles, and every decision plans each slot up to the deadline, so an unbounded deadline costs
+unbounded time and memory (and dates past the year 9999 cannot even be printed)."""
+MAX_PLAN_SLOTS = 40_000
+"""Most slots one plan holds (366 days of 15-minute slots are 35,136); later slots are left out of the plan."""
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
     r"(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
@@ -58,6 +72,14 @@ def parse_duration(value: Any, owner: str, name: str) -> float:
             fail(owner, name, value, allowed)
         return float(value)
     if isinstance(value, str):
+        try:  # seconds as text: the command line gives "86400" to a `str | float` argument as a string
+            seconds = float(value)
+        except ValueError:
+            pass
+        else:
+            if not (math.isfinite(seconds) and seconds > 0):
+                fail(owner, name, value, allowed)
+            return seconds
         m = _DURATION.match(value)
         if m and any(m.groups()):
             d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
@@ -68,29 +90,47 @@ def parse_duration(value: Any, owner: str, name: str) -> float:
     raise AssertionError  # pragma: no cover
 
 
-def parse_deadline(value: Any, start_s: float, owner: str, name: str = "deadline") -> float:
+def is_date_time(value: Any) -> bool:
+    """Whether ``value`` is a deadline given as a date-time (a ``datetime`` or ISO text), not as a duration."""
+    return isinstance(value, _dt.datetime) or (isinstance(value, str) and bool(_DATE.match(value.strip())))
+
+
+def parse_deadline(
+    value: Any, start_s: float, owner: str, name: str = "deadline", max_ahead_s: float | None = None
+) -> float:
     """POSIX deadline from an ISO date-time (naive = UTC) or a duration from ``start_s``.
+
+    ``max_ahead_s``: refuse a deadline more than this many seconds after ``start_s`` (e.g. :data:`MAX_DEADLINE_S`).
 
     Example:
         >>> parse_deadline("1970-01-02T00:00", 0.0, "X"), parse_deadline("24h", 0.0, "X")
         (86400.0, 86400.0)
     """
+    allowed = "an ISO date-time like '2026-12-01T08:00' or a duration like '24h'"
     if isinstance(value, _dt.datetime):
         when = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
-        return when.timestamp()
-    if isinstance(value, str) and re.match(r"^\d{4}-\d{2}-\d{2}", value.strip()):
+        deadline_s = when.timestamp()
+    elif is_date_time(value):
         try:
             when = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            fail(owner, name, value, "an ISO date-time like '2026-12-01T08:00' or a duration like '24h'")
+            fail(owner, name, value, allowed)
         if when.tzinfo is None:
             when = when.replace(tzinfo=_dt.timezone.utc)
-        return when.timestamp()
-    try:
-        return start_s + parse_duration(value, owner, name)
-    except InvalidArgumentError:
-        fail(owner, name, value, "an ISO date-time like '2026-12-01T08:00' or a duration like '24h'")
-    raise AssertionError  # pragma: no cover
+        deadline_s = when.timestamp()
+    else:
+        try:
+            deadline_s = start_s + parse_duration(value, owner, name)
+        except InvalidArgumentError:
+            fail(owner, name, value, allowed)
+    if max_ahead_s is not None and deadline_s - start_s > max_ahead_s:
+        days = max_ahead_s / DAY_S
+        if is_date_time(value):
+            ahead = f" ({_iso(start_s)}); it is {(deadline_s - start_s) / DAY_S:.0f} days after it"
+        else:
+            ahead = f" ('{days:g}d', {max_ahead_s:.0f} s)"
+        fail(owner, name, value, f"at most {days:g} days after the start{ahead}")
+    return deadline_s
 
 
 def _days_back(b: float, now_s: float) -> int:
@@ -175,9 +215,10 @@ class Plan:
 
 
 def _slots(now_s: float, deadline_s: float, slot_s: float, origin_s: float) -> list[tuple[float, float]]:
-    out = []
+    """The slots from ``now_s`` to the deadline, at most :data:`MAX_PLAN_SLOTS` of them (the plan's horizon)."""
+    out: list[tuple[float, float]] = []
     t = now_s
-    while t < deadline_s - 1e-9:
+    while t < deadline_s - 1e-9 and len(out) < MAX_PLAN_SLOTS:
         end = min(_next_boundary(t, slot_s, origin_s), deadline_s)
         out.append((t, end))
         t = end
@@ -196,7 +237,8 @@ def make_plan(
 
     The slots start at ``now_s`` and follow the grid ``origin_s + k × slot_s`` (UTC hours by default; see
     :func:`slot_grid` for a trace's own grid); the first may be partial. If they cannot hold the remaining time
-    the plan is ``forced``: run without pausing.
+    the plan is ``forced``: run without pausing. The plan looks at most :data:`MAX_PLAN_SLOTS` slots ahead (planning
+    and memory stay bounded for any deadline); slots beyond are never chosen, so a plan only ever runs earlier.
 
     Example:
         >>> f = lambda a, b: {0: 300.0, 1: 100.0, 2: 200.0}[int(a // 3600)]

@@ -96,7 +96,11 @@ def to_seconds(when: _dt.datetime | float) -> float:
 
 
 def _iso(t_s: float) -> str:
-    return _dt.datetime.fromtimestamp(t_s, _dt.timezone.utc).isoformat(timespec="minutes")
+    """``t_s`` as an ISO date-time in UTC; a time no date-time can hold (past the year 9999, NaN) as seconds."""
+    try:
+        return _dt.datetime.fromtimestamp(t_s, _dt.timezone.utc).isoformat(timespec="minutes")
+    except (ValueError, OverflowError, OSError):  # a report or message must not fail on the time it shows
+        return f"{t_s:.6g} s (POSIX)"
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,8 @@ def test_clean_fast_switches_the_power_limit_by_the_grid(tmp_path):
     [
         ({"intensity": -1}, ValueError, r"CarbonAwareScheduler\(intensity=-1\): `intensity` must be a number >= 0"),
         ({"deadline": "soon"}, ValueError, r"CarbonAwareScheduler\(deadline='soon'\): `deadline` must be an ISO"),
+        ({"deadline": 1e20}, ValueError, r"\(deadline=1e\+20\): `deadline` must be at most 366 days after the start"),
+        ({"deadline": "367d"}, ValueError, r"\(deadline='367d'\): `deadline` must be at most 366 days after the"),
         ({"expected_duration": "8 hours please"}, ValueError, r"\(expected_duration='8 hours please'\)"),
         ({"forecast": "oracle"}, ValueError, r"\(forecast='oracle'\): `forecast` must be one of \('trace'"),
         ({"safety_margin": -0.1}, ValueError, r"\(safety_margin=-0.1\): `safety_margin` must be a number >= 0"),
@@ -383,6 +385,11 @@ def test_bad_arguments(kwargs, exc, match):
     [
         ({"deadline": "2022-05-31T12:00"}, r"\(deadline='2022-05-31T12:00'\): `deadline` must be in the future"),
         ({"deadline": "6h", "expected_duration": "8h"}, r"`deadline` must be at least expected_duration=8 h .*6 h"),
+        (
+            {"deadline": "2023-06-03T00:00"},
+            r"\(deadline='2023-06-03T00:00'\): `deadline` must be at most 366 days after the start "
+            r"\(2022-06-01T00:00\+00:00\); it is 367 days after it",
+        ),
         ({"intensity": CAISO, "deadline": "2022-06-20T00:00"}, r"\(intensity='.*caiso.*'\): the trace covers"),
         ({"intensity": CAISO, "forecast": "persistence"}, r"the run needs 2022-05-30T21:00"),
         ({"intensity": CAISO, "forecast": "persistence-week"}, r"the run needs 2022-05-25T00:00"),

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from lightning_green.carbon import CarbonPlanner, IntensityTrace, make_plan, parse_deadline, parse_duration
+from lightning_green.carbon.plan import MAX_DEADLINE_S, MAX_PLAN_SLOTS
 
 H = 3600.0
 
@@ -91,6 +92,47 @@ def test_deadlines():
         parse_deadline("2022-13-45", 0.0, "X")
     with pytest.raises(ValueError, match=r"X\(deadline='soon'\): `deadline` must be an ISO date-time"):
         parse_deadline("soon", 0.0, "X")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("86400", 86400.0), ("1e5", 1e5), (" 90.5 ", 90.5)])
+def test_seconds_given_as_text_are_a_duration(text, seconds):
+    # the command line gives a number to a `str | float` argument (`deadline`) as text
+    assert parse_duration(text, "X", "d") == seconds
+    assert parse_deadline(text, 100.0, "X") == 100.0 + seconds
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-5", "0"])
+def test_seconds_as_text_must_be_finite_and_positive(text):
+    with pytest.raises(ValueError, match=rf"X\(d='{text}'\): `d` must be a duration: seconds > 0"):
+        parse_duration(text, "X", "d")
+
+
+@pytest.mark.parametrize("value", [1e20, "1e20", 1e308, "367d", MAX_DEADLINE_S + 1])
+def test_a_duration_deadline_beyond_366_days_is_refused(value):
+    with pytest.raises(
+        ValueError, match=r"`deadline` must be at most 366 days after the start \('366d', 31622400 s\)\.$"
+    ):
+        parse_deadline(value, 0.0, "X", max_ahead_s=MAX_DEADLINE_S)
+
+
+def test_a_date_time_deadline_beyond_366_days_of_the_start_is_refused():
+    start = parse_deadline("2022-06-01T00:00", 0.0, "X")
+    assert parse_deadline("2023-06-02T00:00", start, "X", max_ahead_s=MAX_DEADLINE_S) == start + 366 * 24 * H
+    with pytest.raises(
+        ValueError,
+        match=r"X\(deadline='2023-06-03T00:00'\): `deadline` must be at most 366 days after the start "
+        r"\(2022-06-01T00:00\+00:00\); it is 367 days after it\.$",
+    ):
+        parse_deadline("2023-06-03T00:00", start, "X", max_ahead_s=MAX_DEADLINE_S)
+
+
+def test_a_plan_looks_a_bounded_number_of_slots_ahead():
+    """However far the deadline (here ~5.7 years of hours), one plan holds at most MAX_PLAN_SLOTS slots."""
+    plan = make_plan(lambda a, b: 100.0 if a < 10 * H else 50.0, 0.0, 50_000 * H, 4 * H)
+    assert len(plan.slots) == MAX_PLAN_SLOTS and plan.slots[-1][1] == MAX_PLAN_SLOTS * H
+    assert not plan.forced and [a for a, _, _ in plan.chosen] == [10 * H, 11 * H, 12 * H, 13 * H]
+    # remaining time the horizon cannot hold: run now (never a pause the plan cannot account for)
+    assert make_plan(lambda a, b: 1.0, 0.0, 50_000 * H, (MAX_PLAN_SLOTS + 1) * H).forced
 
 
 class PastOnly:

@@ -390,3 +390,13 @@ def test_the_forecast_co2_is_that_of_the_forecast_energy(spent_j):
     assert tracker.forecast_gco2e("fit", spent_j, forecast_j) == pytest.approx(expected)
     const = CarbonTracker(56.0, pue=1.1)
     assert const.forecast_gco2e("fit", spent_j, forecast_j) == pytest.approx(forecast_j / 3.6e6 * 56.0 * 1.1)
+
+
+@pytest.mark.parametrize(
+    ("t_s", "shown"), [(0.0, "1970-01-01T00:00+00:00"), (1e12, "1e+12 s (POSIX)"), (1e20, "1e+20 s (POSIX)")]
+)
+def test_a_time_no_date_time_can_hold_is_shown_in_seconds(t_s, shown):
+    # a report or a message shows a time past the year 9999 instead of failing on it
+    from lightning_green.carbon.trace import _iso
+
+    assert _iso(t_s) == shown
