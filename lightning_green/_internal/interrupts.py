@@ -2,36 +2,40 @@
 
 A ``KeyboardInterrupt`` raised in the middle of a structural prune (channels cut, the pruning history not yet
 written) left a model whose checkpoint (Lightning's ``OnExceptionCheckpoint``) no longer matched its own history.
-Inside :func:`interrupt_deferred` a first SIGINT is noted and delivered to the handler that was in place once the
-block ends; a second one interrupts at once (the caller undoes a half-made cut on any ``BaseException``).
+Inside :func:`interrupt_deferred` every SIGINT is noted, and the first is delivered to the handler that was in place
+once the block ends (a prune takes seconds; a process that must stop at once can still be killed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from lightning.pytorch.utilities import rank_zero_warn
-
 __all__ = ["interrupt_deferred"]
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
 def interrupt_deferred(what: str) -> Iterator[None]:
-    """Run the block with a first Ctrl-C (SIGINT) held until it ends; a second one interrupts at once.
+    """Run the block with Ctrl-C (SIGINT) held until it ends, then deliver it to the handler in place before.
 
     Only in the main thread (the only one Python delivers signals to) and where a Python-level SIGINT handler is in
-    place; elsewhere the block runs as it is.
+    place; elsewhere the block runs as it is. A block that raises ends with its own exception (the held interrupt is
+    not delivered on top of it). The notice goes to the log, not to ``warnings`` (under ``-W error`` a warning raised
+    in the handler would interrupt the block after all).
 
     Example:
-        >>> import signal, warnings
+        >>> import signal
         >>> got = []
         >>> before = signal.signal(signal.SIGINT, lambda signum, frame: got.append("delivered"))
-        >>> with warnings.catch_warnings(record=True), interrupt_deferred("a prune"):
+        >>> with interrupt_deferred("a prune"):
         ...     signal.raise_signal(signal.SIGINT)  # held: the block goes on
+        ...     signal.raise_signal(signal.SIGINT)  # still held
         ...     got.append("block done")
         >>> got
         ['block done', 'delivered']
@@ -47,10 +51,10 @@ def interrupt_deferred(what: str) -> Iterator[None]:
     held: list[int] = []
 
     def hold(signum: int, frame: FrameType | None) -> None:
-        if held:
-            raise KeyboardInterrupt
         held.append(signum)
-        rank_zero_warn(f"Interrupted during {what}: finishing it first (press Ctrl-C again to stop at once).")
+        if len(held) == 1:
+            with contextlib.suppress(Exception):  # nothing in a signal handler may break the block
+                log.warning("Interrupted during %s: finishing it first, then stopping (a few seconds).", what)
 
     signal.signal(signal.SIGINT, hold)
     try:

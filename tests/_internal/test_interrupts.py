@@ -1,5 +1,7 @@
+import logging
 import signal
 import threading
+import warnings
 
 import pytest
 
@@ -14,25 +16,34 @@ def recorded_sigint():
     signal.signal(signal.SIGINT, before)
 
 
-def test_a_first_ctrl_c_is_held_until_the_block_ends_and_reaches_the_handler_before(recorded_sigint):
-    with pytest.warns(UserWarning, match=r"during a prune: finishing it first"), interrupt_deferred("a prune"):
+def test_ctrl_c_is_held_until_the_block_ends_and_reaches_the_handler_before_once(recorded_sigint, caplog):
+    with caplog.at_level(logging.WARNING), interrupt_deferred("a prune"):
         signal.raise_signal(signal.SIGINT)
-        assert recorded_sigint == []  # held
+        signal.raise_signal(signal.SIGINT)  # a second press is held too: the block must finish whole
+        assert recorded_sigint == []
     assert recorded_sigint == [signal.SIGINT]
-    assert signal.getsignal(signal.SIGINT) is not None  # the handler before is back
-    signal.raise_signal(signal.SIGINT)
+    assert [r.getMessage() for r in caplog.records if "Interrupted during a prune" in r.getMessage()] != []
+    signal.raise_signal(signal.SIGINT)  # the handler before is back
     assert recorded_sigint == [signal.SIGINT, signal.SIGINT]
 
 
-def test_a_second_ctrl_c_interrupts_at_once_and_the_handler_is_put_back(recorded_sigint):
-    reached = []
-    with pytest.warns(UserWarning), pytest.raises(KeyboardInterrupt), interrupt_deferred("a prune"):
+def test_warnings_as_errors_do_not_break_the_block(recorded_sigint):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done = []
+        with interrupt_deferred("a prune"):
+            signal.raise_signal(signal.SIGINT)
+            done.append(True)
+    assert done == [True] and recorded_sigint == [signal.SIGINT]
+
+
+def test_a_block_that_raises_ends_with_its_own_exception(recorded_sigint):
+    with pytest.raises(RuntimeError, match="boom"), interrupt_deferred("a prune"):
         signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGINT)
-        reached.append(True)
-    assert not reached and recorded_sigint == []  # not delivered again on the way out
+        raise RuntimeError("boom")
+    assert recorded_sigint == []
     signal.raise_signal(signal.SIGINT)
-    assert recorded_sigint == [signal.SIGINT]
+    assert recorded_sigint == [signal.SIGINT]  # the handler before is back
 
 
 def test_no_signal_leaves_everything_as_it_was(recorded_sigint):
