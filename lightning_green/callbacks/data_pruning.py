@@ -128,6 +128,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         self._warned_small = False
         self._warned_twice = False
         self._batch_calls = 0  # reduce_sample_losses calls in the batch in progress
+        self._closure_repeats = False  # an optimizer (LBFGS) runs training_step several times per batch
         # The fewest batches per rank an epoch may have, what needs them, and the loader's (batch_size, drop_last,
         # world size) that turn kept samples into batches (set with the sampler; see _fewest_batches).
         self._min_batches: tuple[int, str, tuple[int, bool, int]] = (0, "", (1, False, 1))
@@ -190,7 +191,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
                 "collate_fn must not drop samples: DataPruning maps each batch to the indices its sampler yielded)."
             )
         self._batch_calls += 1
-        if self._batch_calls == 2 and not self._warned_twice:
+        if self._batch_calls == 2 and not self._warned_twice and not self._closure_repeats:
             self._warned_twice = True
             rank_zero_warn(
                 "reduce_sample_losses was called more than once in one training step: each call records its losses "
@@ -221,13 +222,17 @@ class DataPruning(PicklesWithoutTrainer, Callback):
                 "which samples each loss belongs to; take `batch` in training_step (one batch per step), or remove "
                 "DataPruning."
             )
-        if self.anneal_fraction > 0 and any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks):
-            start = annealing_start(trainer.max_epochs, self.anneal_fraction)
-            rank_zero_warn(
-                f"DataPruning(anneal_fraction={self.anneal_fraction}): the last epochs train on all the data (from "
-                f"epoch {start} of max_epochs={trainer.max_epochs}), but EarlyStopping may end the run before them; "
-                "set max_epochs to the epochs the run will take, or expect no annealing."
-            )
+        start = annealing_start(trainer.max_epochs, self.anneal_fraction)
+        early_stop = any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks)
+        if self.anneal_fraction > 0 and self.prune_ratio > 0 and early_stop and start is not None:
+            if (trainer.min_epochs or 0) >= start:
+                pass  # EarlyStopping cannot stop before min_epochs, which reaches the annealing epochs
+            else:
+                rank_zero_warn(
+                    f"DataPruning(anneal_fraction={self.anneal_fraction}): the last epochs train on all the data "
+                    f"(from epoch {start} of max_epochs={trainer.max_epochs}), but EarlyStopping may end the run "
+                    "before them; set max_epochs to the epochs the run will take, or expect no annealing."
+                )
         same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
         if not same_run and (self.history or self.scores is not None):
             # Several fits on one Trainer are one run; a new Trainer is a new run (the callback reused, e.g. after a
@@ -326,6 +331,8 @@ class DataPruning(PicklesWithoutTrainer, Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # LBFGS evaluates its closure (training_step) several times per batch: several calls per step are expected.
+        self._closure_repeats = any(isinstance(opt, torch.optim.LBFGS) for opt in trainer.optimizers)
         if self._sampler is None or self.keep_steps:  # keep_steps: as many steps as on the full data
             return
         full_steps = trainer.estimated_stepping_batches

@@ -96,7 +96,8 @@ class EpochPlan:
 
     Attributes:
         epoch: The epoch planned.
-        order: Kept sample indices in the order the epoch visits them (all ranks, before sharding).
+        order: Kept sample indices in the order the epoch visits them (all ranks, before sharding; an unshuffled
+            pruned epoch under ``drop_last`` starts at ``offset``).
         weights: Loss weight of every sample of the dataset (0 for skipped ones).
         pruned: Whether the epoch prunes (False during warm-up with no scores and the annealing epochs).
         offset: Where a loader that drops its last incomplete batch starts the kept ``order`` of an unshuffled pruned

@@ -599,7 +599,7 @@ def _data(doc: Document, run: Run) -> None:
     kept = [k for k in section.get("kept_per_epoch") or [] if isinstance(k, (int, float))]
     if not kept:
         return
-    # `kept_per_epoch` counts the samples each epoch's plan kept of the whole training set; `samples_full_data` counts
+    # `kept_per_epoch` counts the samples each epoch loads of the whole training set; `samples_full_data` counts
     # what the epochs load, under `limit_train_batches`: a share of one in the other is no share. DataPruning logs the
     # share itself (`data/kept_fraction`, kept / training set) each epoch.
     shares = [f for f in run.scalars.values("data/kept_fraction") if math.isfinite(f)]

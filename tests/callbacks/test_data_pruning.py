@@ -403,6 +403,41 @@ def test_early_stopping_warns_that_the_annealing_epochs_may_never_come(tmp_path)
         fit(tmp_path, Model(), DataPruning(anneal_fraction=0.125), max_epochs=16, callbacks=[stop])
 
 
+@pytest.mark.parametrize(
+    "case",
+    [{"max_steps": 12}, {"min_epochs": 14}, {"without_early_stopping": True}, {"prune_ratio": 0.0}],
+)
+def test_the_early_stopping_warning_stays_silent_where_it_does_not_apply(tmp_path, recwarn, case):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    callbacks = [] if case.get("without_early_stopping") else [EarlyStopping(monitor="data/score_mean", patience=100)]
+    kwargs = {"max_epochs": 16}
+    if "max_steps" in case:  # no max_epochs: nothing anneals (its own warning says so)
+        kwargs = {"max_epochs": -1, "max_steps": case["max_steps"]}
+    if "min_epochs" in case:  # EarlyStopping cannot stop before min_epochs, which reaches the annealing epochs
+        kwargs["min_epochs"] = case["min_epochs"]
+    dp = DataPruning(prune_ratio=case.get("prune_ratio", 0.5), anneal_fraction=0.125)
+    fit(tmp_path, Model(), dp, callbacks=callbacks, limit_train_batches=2, **kwargs)
+    assert not [w for w in recwarn if "EarlyStopping may end the run" in str(w.message)]
+
+
+def test_lbfgs_calling_training_step_several_times_per_batch_does_not_warn_about_calls(tmp_path, recwarn):
+    class Lbfgs(Model):
+        def base_losses(self, x):  # a loss with a gradient, so that LBFGS evaluates its closure more than once
+            return x[:, 0] + 0.1 * self.layer(x)[:, 0] ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=3)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.steps = getattr(self, "steps", 0) + 1
+
+    model = Lbfgs()
+    fit(tmp_path, model, DataPruning(), max_epochs=2)
+    assert not [w for w in recwarn if "more than once" in str(w.message)]
+    assert sum(len(v) for v in model.seen.values()) > 4 * model.steps  # several closure calls per batch of 4
+
+
 def test_drop_last_without_shuffle_does_not_always_drop_the_same_kept_samples(tmp_path):
     # Unshuffled, the loader drops the end of the kept order; were it always in index order, the same (hard, always
     # kept) last samples would never train in a pruned epoch.
