@@ -53,9 +53,12 @@ unbounded time and memory (and dates past the year 9999 cannot even be printed).
 MAX_PLAN_SLOTS = 40_000
 """Most slots one plan holds (366 days of 15-minute slots are 35,136); later slots are left out of the plan."""
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+# Seconds as text, as the command line passes a number: plain ASCII digits, a decimal point and an exponent only.
+_SECONDS = re.compile(r"^\s*(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*$", re.ASCII)
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
-    r"(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
+    r"(?:(\d+(?:\.\d+)?)\s*s)?\s*$",
+    re.ASCII,
 )
 
 
@@ -72,11 +75,8 @@ def parse_duration(value: Any, owner: str, name: str) -> float:
             fail(owner, name, value, allowed)
         return float(value)
     if isinstance(value, str):
-        try:  # seconds as text: the command line gives "86400" to a `str | float` argument as a string
+        if _SECONDS.match(value):  # the command line gives "86400" to a `str | float` argument as text
             seconds = float(value)
-        except ValueError:
-            pass
-        else:
             if not (math.isfinite(seconds) and seconds > 0):
                 fail(owner, name, value, allowed)
             return seconds
@@ -119,6 +119,11 @@ def parse_deadline(
             when = when.replace(tzinfo=_dt.timezone.utc)
         deadline_s = when.timestamp()
     else:
+        if isinstance(value, str) and re.fullmatch(r"\s*\d{8}\s*", value, re.ASCII):
+            # "20261201": a date without its dashes (ISO's basic form), or 234 days in seconds?
+            digits = value.strip()
+            allowed = f"a date with its dashes ('{digits[:4]}-{digits[4:6]}-{digits[6:]}') or seconds with a unit "
+            fail(owner, name, value, allowed + f"('{digits}s'); 8 digits alone are ambiguous")
         try:
             deadline_s = start_s + parse_duration(value, owner, name)
         except InvalidArgumentError:

@@ -101,10 +101,20 @@ def test_seconds_given_as_text_are_a_duration(text, seconds):
     assert parse_deadline(text, 100.0, "X") == 100.0 + seconds
 
 
-@pytest.mark.parametrize("text", ["nan", "inf", "-5", "0"])
+@pytest.mark.parametrize("text", ["nan", "inf", "-5", "0", "1_000", "+60", "\u0663\u0660", "\u0663\u0660h", "0x10"])
 def test_seconds_as_text_must_be_finite_and_positive(text):
-    with pytest.raises(ValueError, match=rf"X\(d='{text}'\): `d` must be a duration: seconds > 0"):
+    with pytest.raises(ValueError, match=r"`d` must be a duration: seconds > 0"):
         parse_duration(text, "X", "d")
+
+
+def test_eight_digits_alone_are_an_ambiguous_deadline():
+    # ISO's basic date form, or 234 days in seconds: neither is guessed.
+    with pytest.raises(
+        ValueError, match=r"deadline='20261201'\): `deadline` must be a date with its dashes \('2026-12-01'\)"
+    ):
+        parse_deadline("20261201", 0.0, "X")
+    assert parse_deadline("20261201s", 0.0, "X") == 20261201.0
+    assert parse_duration("20261201", "X", "expected_duration") == 20261201.0  # a duration is never a date
 
 
 @pytest.mark.parametrize("value", [1e20, "1e20", 1e308, "367d", MAX_DEADLINE_S + 1])
