@@ -946,6 +946,16 @@ def _export_and_load(
                 program, dynamic = _torch_export(net, example, dynamic_seq)
     except ExportError:
         raise
+    except ImportError as err:
+        if fmt != "onnx":
+            raise _blocked(fmt, net, example, err) from None
+        # torch's ONNX exporter imports onnxscript/onnx_ir modules of its own era: older packages fail here for every
+        # model alike (not the model's fault, so no submodule is searched for a culprit).
+        raise ExportError(
+            f"export(format='onnx'): torch {torch.__version__}'s ONNX exporter needs newer ONNX packages than those "
+            f"installed ({type(err).__name__}: {_one_line(err)}); update them: "
+            "pip install -U 'lightning-green[export]'."
+        ) from None
     except Exception as err:
         raise _blocked(fmt, net, example, err) from None
     if fmt == "onnx":

@@ -839,3 +839,18 @@ class OwnBound(BoundedBatch):
 def test_a_batch_bound_of_the_models_own_is_still_refused(tmp_path):
     with pytest.raises(ExportError, match=r"OwnBound cannot be exported to 'torch-export'.*Dim\('batch', max=16\)"):
         export_model(OwnBound(), tmp_path / "o.pt2", "torch-export", example_inputs=torch.randn(1, 4), verbose=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="needs the [export] extra")
+def test_onnx_packages_too_old_for_torch_say_so_instead_of_blaming_the_model(tmp_path, monkeypatch):
+    # torch 2.13's exporter imports `onnx_ir` (onnxscript >= 0.3) and a `_framework_apis.torch_2_11` module
+    # (onnxscript >= 0.6): with older packages every model failed as "blocked in module features.0 (Conv2d)".
+    def old_onnxscript(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnx_ir'")
+
+    monkeypatch.setattr(torch.onnx, "export", old_onnxscript)
+    with pytest.raises(
+        ExportError, match=r"needs newer ONNX packages .*onnx_ir.*pip install -U 'lightning-green\[export\]'"
+    ) as err:
+        export_model(nn.Linear(3, 2).eval(), tmp_path / "m.onnx", "onnx", example_inputs=torch.zeros(1, 3))
+    assert "blocked in module" not in str(err.value)
