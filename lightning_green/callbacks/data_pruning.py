@@ -225,8 +225,8 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         start = annealing_start(trainer.max_epochs, self.anneal_fraction)
         early_stop = any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks)
         if self.anneal_fraction > 0 and self.prune_ratio > 0 and early_stop and start is not None:
-            if (trainer.min_epochs or 0) >= start:
-                pass  # EarlyStopping cannot stop before min_epochs, which reaches the annealing epochs
+            if trainer.max_epochs is not None and (trainer.min_epochs or 0) >= trainer.max_epochs:
+                pass  # EarlyStopping cannot stop before min_epochs epochs ran: every annealing epoch runs
             else:
                 rank_zero_warn(
                     f"DataPruning(anneal_fraction={self.anneal_fraction}): the last epochs train on all the data "

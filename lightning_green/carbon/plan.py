@@ -119,11 +119,11 @@ def parse_deadline(
             when = when.replace(tzinfo=_dt.timezone.utc)
         deadline_s = when.timestamp()
     else:
-        if isinstance(value, str) and re.fullmatch(r"\s*\d{8}\s*", value, re.ASCII):
-            # "20261201": a date without its dashes (ISO's basic form), or 234 days in seconds?
-            digits = value.strip()
+        digits = _date_like_digits(value)
+        if digits is not None:
+            # 20261201: a date without its dashes (ISO's basic form), or 234 days in seconds? Neither is guessed.
             allowed = f"a date with its dashes ('{digits[:4]}-{digits[4:6]}-{digits[6:]}') or seconds with a unit "
-            fail(owner, name, value, allowed + f"('{digits}s'); 8 digits alone are ambiguous")
+            fail(owner, name, value, allowed + f"('{digits}s'); 8 digits that read as a date are ambiguous")
         try:
             deadline_s = start_s + parse_duration(value, owner, name)
         except InvalidArgumentError:
@@ -136,6 +136,30 @@ def parse_deadline(
             ahead = f" ('{days:g}d', {max_ahead_s:.0f} s)"
         fail(owner, name, value, f"at most {days:g} days after the start{ahead}")
     return deadline_s
+
+
+def _date_like_digits(value: Any) -> str | None:
+    """The 8 digits of ``value`` (text, or a whole number as YAML gives it) when they read as a date ``YYYYMMDD``.
+
+    Example:
+        >>> _date_like_digits("20261201"), _date_like_digits(20261201.0), _date_like_digits("31536000")
+        ('20261201', '20261201', None)
+    """
+    if isinstance(value, str):
+        digits = value.strip()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if value != int(value):
+            return None
+        digits = str(int(value))
+    else:
+        return None
+    if not re.fullmatch(r"\d{8}", digits, re.ASCII):
+        return None
+    try:
+        _dt.datetime.strptime(digits, "%Y%m%d")
+    except ValueError:
+        return None
+    return digits
 
 
 def _days_back(b: float, now_s: float) -> int:

@@ -947,7 +947,7 @@ def _export_and_load(
     except ExportError:
         raise
     except ImportError as err:
-        if fmt != "onnx":
+        if fmt != "onnx" or (err.name or "").split(".")[0] not in ("onnx", "onnxscript", "onnx_ir", "onnxruntime"):
             raise _blocked(fmt, net, example, err) from None
         # torch's ONNX exporter imports onnxscript/onnx_ir modules of its own era: older packages fail here for every
         # model alike (not the model's fault, so no submodule is searched for a culprit).

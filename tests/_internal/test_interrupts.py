@@ -27,6 +27,20 @@ def test_ctrl_c_is_held_until_the_block_ends_and_reaches_the_handler_before_once
     assert recorded_sigint == [signal.SIGINT, signal.SIGINT]
 
 
+def test_a_third_ctrl_c_stops_at_once_and_every_held_one_says_how(recorded_sigint, caplog):
+    reached = []
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt), interrupt_deferred("a prune"):
+        for _ in range(3):
+            signal.raise_signal(signal.SIGINT)
+        reached.append(True)
+    notices = [r.getMessage() for r in caplog.records if "Interrupted during a prune" in r.getMessage()]
+    assert not reached and len(notices) == 2
+    assert "Press Ctrl-C 2 more time(s)" in notices[0] and "Press Ctrl-C 1 more time(s)" in notices[1]
+    assert recorded_sigint == []  # not delivered again on the way out
+    signal.raise_signal(signal.SIGINT)
+    assert recorded_sigint == [signal.SIGINT]
+
+
 def test_warnings_as_errors_do_not_break_the_block(recorded_sigint):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

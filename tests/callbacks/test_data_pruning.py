@@ -401,11 +401,14 @@ def test_early_stopping_warns_that_the_annealing_epochs_may_never_come(tmp_path)
     stop = EarlyStopping(monitor="data/score_mean", patience=100, check_on_train_epoch_end=True)
     with pytest.warns(UserWarning, match=r"from epoch 14 of max_epochs=16\), but EarlyStopping may end the run"):
         fit(tmp_path, Model(), DataPruning(anneal_fraction=0.125), max_epochs=16, callbacks=[stop])
+    # min_epochs=14 lets it stop after epoch 13, before the first annealing epoch (14): still said.
+    with pytest.warns(UserWarning, match=r"but EarlyStopping may end the run"):
+        fit(tmp_path, Model(), DataPruning(anneal_fraction=0.125), max_epochs=16, min_epochs=14, callbacks=[stop])
 
 
 @pytest.mark.parametrize(
     "case",
-    [{"max_steps": 12}, {"min_epochs": 14}, {"without_early_stopping": True}, {"prune_ratio": 0.0}],
+    [{"max_steps": 12}, {"min_epochs": 16}, {"without_early_stopping": True}, {"prune_ratio": 0.0}],
 )
 def test_the_early_stopping_warning_stays_silent_where_it_does_not_apply(tmp_path, recwarn, case):
     from lightning.pytorch.callbacks import EarlyStopping
@@ -414,7 +417,7 @@ def test_the_early_stopping_warning_stays_silent_where_it_does_not_apply(tmp_pat
     kwargs = {"max_epochs": 16}
     if "max_steps" in case:  # no max_epochs: nothing anneals (its own warning says so)
         kwargs = {"max_epochs": -1, "max_steps": case["max_steps"]}
-    if "min_epochs" in case:  # EarlyStopping cannot stop before min_epochs, which reaches the annealing epochs
+    if "min_epochs" in case:  # EarlyStopping cannot stop before min_epochs = max_epochs: every annealing epoch runs
         kwargs["min_epochs"] = case["min_epochs"]
     dp = DataPruning(prune_ratio=case.get("prune_ratio", 0.5), anneal_fraction=0.125)
     fit(tmp_path, Model(), dp, callbacks=callbacks, limit_train_batches=2, **kwargs)

@@ -113,7 +113,10 @@ def test_eight_digits_alone_are_an_ambiguous_deadline():
         ValueError, match=r"deadline='20261201'\): `deadline` must be a date with its dashes \('2026-12-01'\)"
     ):
         parse_deadline("20261201", 0.0, "X")
+    with pytest.raises(ValueError, match=r"`deadline` must be a date with its dashes \('2026-12-01'\)"):
+        parse_deadline(20261201.0, 0.0, "X")  # YAML's `deadline: 20261201` arrives as a number
     assert parse_deadline("20261201s", 0.0, "X") == 20261201.0
+    assert parse_deadline("31536000", 0.0, "X") == parse_deadline(31536000, 0.0, "X") == 31536000.0  # not a date
     assert parse_duration("20261201", "X", "expected_duration") == 20261201.0  # a duration is never a date
 
 

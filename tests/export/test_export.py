@@ -846,7 +846,7 @@ def test_onnx_packages_too_old_for_torch_say_so_instead_of_blaming_the_model(tmp
     # torch 2.13's exporter imports `onnx_ir` (onnxscript >= 0.3) and a `_framework_apis.torch_2_11` module
     # (onnxscript >= 0.6): with older packages every model failed as "blocked in module features.0 (Conv2d)".
     def old_onnxscript(*args, **kwargs):
-        raise ModuleNotFoundError("No module named 'onnx_ir'")
+        raise ModuleNotFoundError("No module named 'onnx_ir'", name="onnx_ir")
 
     monkeypatch.setattr(torch.onnx, "export", old_onnxscript)
     with pytest.raises(
