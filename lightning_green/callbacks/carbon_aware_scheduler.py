@@ -320,6 +320,7 @@ class CarbonAwareScheduler(Callback):
             "paused_s": self.paused_s,
             "compute_s": self.compute_s,
             "pauses": list(self.pauses),
+            "replans": self.replans,
             "step_s": self._step_s,
             "deadline_s": self.deadline_s,
             "deadline": self.deadline,
@@ -331,6 +332,7 @@ class CarbonAwareScheduler(Callback):
         self.paused_s = float(state_dict.get("paused_s", 0.0))
         self.compute_s = float(state_dict.get("compute_s", 0.0))
         self.pauses = list(state_dict.get("pauses", []))
+        self.replans = int(state_dict.get("replans", 0))
         self._step_s = state_dict.get("step_s")
         # A resumed job keeps its original deadline (an absolute time) rather than one re-read from "24h", unless
         # the resume names another deadline.

@@ -320,6 +320,10 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._pending_batches = 0
         self._pending_samples = 0
         self._pending_tokens: int | torch.Tensor = 0
+        # The training batch between its on_train_batch_start and this monitor's on_train_batch_end, and whether it
+        # was counted early (a checkpoint or a closed window that another callback's on_train_batch_end made first).
+        self._batch_in_flight: Any = None
+        self._in_flight_counted = False
         self._gs_last = 0
         self._trainer_ref: weakref.ref[pl.Trainer] | None = None
         self._bar: dict[str, float] = {}
@@ -339,6 +343,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._rank = 0
         self._log_dir: str | None = None
         self._setup_for: weakref.ref[pl.Trainer] | None = None
+        self._fit_baseline: tuple[Reading, float] | None = None  # the meter and the clock at the fit's setup
 
     # ------------------------------------------------------------------------------------------------ public
     def total_energy_j(self, stage: str = "fit") -> float:
@@ -363,7 +368,23 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         The ``CarbonAwareScheduler`` calls it around a pause, so a pause's idle energy gets the pause's intensity.
         """
         if self._open and self._meter is not None:
+            self._count_trained_batch(trainer)
             self._flush(trainer, force=True)
+
+    def _count_trained_batch(self, trainer: pl.Trainer | None) -> None:
+        """Count the batch in flight now if it has trained and this monitor's ``on_train_batch_end`` is still to come.
+
+        A callback listed before this one that saves a checkpoint or closes a window in its ``on_train_batch_end``
+        (CarbonAwareScheduler's pause) would otherwise get the batch's step but not its samples and tokens. Lightning
+        counts a batch as processed after its optimizer step and as completed after every ``on_train_batch_end``
+        (Lightning 2.x's progress trackers, pinned <3).
+        """
+        if self._batch_in_flight is None or self._in_flight_counted or trainer is None:
+            return
+        current = trainer.fit_loop.epoch_loop.batch_progress.current
+        if current.processed > current.completed:
+            self._count(self._batch_in_flight)
+            self._in_flight_counted = True
 
     def label(self, stage: str = "fit") -> str:
         """``measured``, ``estimated``, ``mixed`` or ``none`` for ``stage``'s total."""
@@ -467,6 +488,10 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             self._meter = self._build_meter(trainer)
             self._meter.start()
             self._last = Reading.zero(self._meter.sources)
+        # The fit's energy starts here, not at this monitor's on_fit_start: the set-up between (the other callbacks'
+        # setup and on_fit_start hooks, listed before or after it, configure_model, a checkpoint's restore) is the
+        # fit's too, whatever the order of the callbacks.
+        self._fit_baseline = (self._meter.read(), self.carbon_tracker.clock()) if stage == "fit" else None
 
     def _reset_fit_totals(self) -> None:
         """A new run's fit: no energy, epochs or forecast yet."""
@@ -514,6 +539,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._setup_stage = None
         self._setup_for = None
         self._log_dir = None  # a later run's failure before setup must not write into this run's folder
+        self._fit_baseline = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -544,10 +570,18 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._gs_last = trainer.global_step
 
     @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_in_flight, self._in_flight_counted = batch, False
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._count(batch)
+        if not self._in_flight_counted:
+            self._count(batch)
+        self._batch_in_flight, self._in_flight_counted = None, False
         # Lightning's own decision and step (one place: _internal/logging.py), so our curves line up with the loss.
         if not should_log_step(trainer, self.log_every_n_steps):
             return
@@ -736,6 +770,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         # DataPruning's state relies on too) and rank 0 writes it: every rank's window is gathered into it.
         if self._meter is not None and self._meter.started and self._open:
             trainer = self._trainer_ref() if self._trainer_ref is not None else None
+            if self._open[-1] == "fit":
+                self._count_trained_batch(trainer)
             row = self._unflushed_row(self._meter.read(), trainer)
             rows = gather_rows(trainer.strategy, row) if trainer is not None and trainer.world_size > 1 else None
             for stage in self._open:
@@ -877,8 +913,13 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             return
         # Energy since the last read belongs to no stage (set-up between stages): skip it locally.
         if not self._open:
-            self._last = self._meter.read()
-            self.carbon_tracker.start()
+            baseline, self._fit_baseline = (self._fit_baseline if stage == "fit" else None), None
+            if baseline is not None:  # the fit's set-up since this monitor's setup is the fit's
+                self._last = baseline[0]
+                self.carbon_tracker.start(at=baseline[1])
+            else:
+                self._last = self._meter.read()
+                self.carbon_tracker.start()
             self._pending_batches = self._pending_samples = self._pending_tokens = 0
         self._gs_last = trainer.global_step
         self.ledgers.setdefault(stage, StageLedger())

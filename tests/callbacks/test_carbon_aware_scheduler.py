@@ -236,6 +236,17 @@ def test_pause_time_and_deadline_survive_a_resume(tmp_path):
     assert resumed.paused_s > first.paused_s and resumed.pauses[0] == first.pauses[0]
 
 
+def test_the_replan_count_survives_a_resume():
+    # The report's carbon_schedule.replans counted only the resumed part of the run.
+    def scheduler():
+        return CarbonAwareScheduler(intensity=by_hour({0: 100.0}), deadline="12h", clock=sim_clock(), verbose=False)
+
+    first, resumed = scheduler(), scheduler()
+    first.replans = 3
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.replans == 3 and resumed.report()["replans"] == 3
+
+
 class SlowDown(Callback):
     """At step 4 the workload changes (e.g. a precision switch back to fp32): steps take twice as long."""
 

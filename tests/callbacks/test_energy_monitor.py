@@ -431,6 +431,51 @@ def test_a_run_that_fails_before_the_monitor_is_set_up_leaves_the_last_runs_repo
         assert not os.path.exists(os.path.join(tmp_path, "energy_report.json"))
 
 
+class SetUpWork(Callback):
+    """A callback whose fit set-up costs CPU time (as StructuredPruning's dependency analysis does)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        busy_cpu(0.4)
+
+
+@pytest.mark.parametrize("work_first", [True, False])
+def test_the_fits_set_up_is_counted_whatever_the_callback_order(tmp_path, work_first):
+    # Listed before the monitor, another callback's on_fit_start ran before the monitor opened the fit and was lost.
+    monitor = EnergyMonitor(print_summary=False)
+    callbacks = [SetUpWork(), monitor] if work_first else [monitor, SetUpWork()]
+    make_trainer(tmp_path, callbacks=callbacks, limit_train_batches=2).fit(BoringModel())
+    fit = _report(tmp_path)["stages"]["fit"]
+    assert fit["time_s"] >= 0.4 and fit["energy_j"]["total"] > 0
+
+
+class SaveAtBatchEnd(Callback):
+    """Saves a checkpoint in its on_train_batch_end at one step (as CarbonAwareScheduler's pause does)."""
+
+    def __init__(self, path, at):
+        self.path, self.at = path, at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.parametrize("saver_first", [True, False])
+def test_a_checkpoint_saved_in_another_callbacks_batch_end_counts_the_batch_that_trained(tmp_path, saver_first):
+    # Listed before the monitor, the saver's checkpoint had the batch's step but not its samples: a run resumed from it
+    # counted one batch of samples fewer than the run it continued.
+    def callbacks(monitor):
+        saver = SaveAtBatchEnd(tmp_path / "mid.ckpt", at=3)
+        return [saver, monitor] if saver_first else [monitor, saver]
+
+    full = EnergyMonitor(print_summary=False)
+    make_trainer(tmp_path / "full", callbacks=callbacks(full), limit_train_batches=6).fit(BoringModel())
+    resumed = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(tmp_path / "resumed", callbacks=[resumed], limit_train_batches=6)
+    trainer.fit(BoringModel(), ckpt_path=str(tmp_path / "mid.ckpt"))
+    assert resumed.ledgers["fit"].steps == full.ledgers["fit"].steps == 6
+    assert resumed.ledgers["fit"].samples == full.ledgers["fit"].samples == 6  # BoringModel: one sample a batch
+
+
 class InterruptedModel(BoringModel):
     """Raises ``exc`` in training_step at global step ``at``."""
 
