@@ -382,7 +382,9 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         if self._batch_in_flight is None or self._in_flight_counted or trainer is None:
             return
         current = trainer.fit_loop.epoch_loop.batch_progress.current
-        if current.processed > current.completed:
+        # Started and processed, not completed. A batch skipped by on_train_batch_start returning -1 is processed
+        # without being started, and its end hooks never run.
+        if current.started == current.processed > current.completed:
             self._count(self._batch_in_flight)
             self._in_flight_counted = True
 
@@ -540,6 +542,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._setup_for = None
         self._log_dir = None  # a later run's failure before setup must not write into this run's folder
         self._fit_baseline = None
+        self._batch_in_flight, self._in_flight_counted = None, False  # no batch (maybe on a GPU) kept after the fit
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -568,6 +571,12 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The loop's global step is restored from a checkpoint only after on_fit_start.
         self._gs_last = trainer.global_step
+        # The set-up so far (from setup: other callbacks' set-up, a restore, an LR finder, the sanity check) is the
+        # fit's but no epoch's: account it now and start the first epoch's energy after it, so the forecast does not
+        # multiply a one-off cost by the epochs. Added to the mark: a resumed epoch keeps its part from before.
+        window = self._flush(trainer, force=True)
+        if window is not None:
+            self._epoch_mark_j += window.energy_j
 
     @override
     def on_train_batch_start(
@@ -609,6 +618,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batch_in_flight, self._in_flight_counted = None, False  # a batch skipped by -1 never ended
         self._flush(trainer, force=True)
         fit = self.ledgers["fit"]
         epoch_j = self._close_epoch()
@@ -737,6 +747,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             return
         try:
             if self._meter is not None and self._meter.started and self._open:
+                if self._open[-1] == "fit":  # a batch that trained before an earlier-listed callback raised
+                    self._count_trained_batch(trainer)
                 reading = self._meter.read()
                 row = self._unflushed_row(reading, trainer)
                 self._last = reading

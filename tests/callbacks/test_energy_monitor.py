@@ -439,13 +439,47 @@ class SetUpWork(Callback):
 
 
 @pytest.mark.parametrize("work_first", [True, False])
-def test_the_fits_set_up_is_counted_whatever_the_callback_order(tmp_path, work_first):
+def test_the_fits_set_up_is_counted_whatever_the_callback_order_and_in_no_epoch(tmp_path, work_first):
     # Listed before the monitor, another callback's on_fit_start ran before the monitor opened the fit and was lost.
+    # Counted, it must stay out of the epochs: in epoch 0 the forecast multiplied it by the number of epochs.
     monitor = EnergyMonitor(print_summary=False)
     callbacks = [SetUpWork(), monitor] if work_first else [monitor, SetUpWork()]
-    make_trainer(tmp_path, callbacks=callbacks, limit_train_batches=2).fit(BoringModel())
+    trainer = make_trainer(tmp_path, callbacks=callbacks, limit_train_batches=4, max_epochs=4)
+    trainer.fit(SteadyModel(step_cpu_s=0.02))
     fit = _report(tmp_path)["stages"]["fit"]
     assert fit["time_s"] >= 0.4 and fit["energy_j"]["total"] > 0
+    epochs = monitor.ledgers["fit"].epochs_j
+    assert len(epochs) == 4 and epochs[0] < 2 * max(epochs[1:])  # the 0.4 s set-up is 5x an epoch's 0.08 s
+    assert fit["energy_j"]["total"] - sum(epochs) > 2 * max(epochs[1:])  # ...and in the fit's total
+
+
+def test_a_batch_skipped_by_on_train_batch_start_is_not_counted_by_a_checkpoint(tmp_path):
+    # Lightning marks a batch skipped with -1 processed but never started; the epoch-end checkpoint counted it.
+    class Skips(BoringModel):
+        def on_train_batch_start(self, batch, batch_idx):
+            return -1 if batch_idx == 3 else None
+
+    monitor = EnergyMonitor(print_summary=False)
+    settings = {"limit_train_batches": 6, "max_epochs": 2, "enable_checkpointing": True}  # its epoch-end checkpoint
+    trainer = make_trainer(tmp_path, callbacks=[monitor], **settings)
+    trainer.fit(Skips())
+    fit = monitor.ledgers["fit"]
+    assert fit.steps == 6 and fit.samples == 6  # 3 batches trained per epoch
+    assert monitor._batch_in_flight is None  # no batch kept after the fit
+
+
+def test_an_exception_after_a_batch_trained_counts_its_samples(tmp_path):
+    class RaiseAtBatchEnd(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                raise RuntimeError("boom")
+
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(tmp_path, callbacks=[RaiseAtBatchEnd(), monitor], limit_train_batches=6)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(BoringModel())
+    fit = _report(tmp_path)["stages"]["fit"]
+    assert fit["steps"] == fit["samples"] == 3
 
 
 class SaveAtBatchEnd(Callback):
