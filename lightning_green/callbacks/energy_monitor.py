@@ -344,6 +344,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._log_dir: str | None = None
         self._setup_for: weakref.ref[pl.Trainer] | None = None
         self._fit_baseline: tuple[Reading, float] | None = None  # the meter and the clock at the fit's setup
+        self._setup_j = 0.0  # the fit's set-up energy in the epoch in progress (left out of the forecast)
 
     # ------------------------------------------------------------------------------------------------ public
     def total_energy_j(self, stage: str = "fit") -> float:
@@ -571,12 +572,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The loop's global step is restored from a checkpoint only after on_fit_start.
         self._gs_last = trainer.global_step
-        # The set-up so far (from setup: other callbacks' set-up, a restore, an LR finder, the sanity check) is the
-        # fit's but no epoch's: account it now and start the first epoch's energy after it, so the forecast does not
-        # multiply a one-off cost by the epochs. Added to the mark: a resumed epoch keeps its part from before.
+        # The set-up so far (from setup: other callbacks' set-up, a restore, an LR finder, the sanity check) stays in
+        # the first epoch's energy (the report's cumulative curve starts from zero there), but the forecast must not
+        # multiply a one-off cost by the epochs: account it now and leave it out of what the forecast learns from.
         window = self._flush(trainer, force=True)
-        if window is not None:
-            self._epoch_mark_j += window.energy_j
+        self._setup_j = window.energy_j if window is not None else 0.0
 
     @override
     def on_train_batch_start(
@@ -613,7 +613,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         epoch_steps = fit.steps - self._epoch_mark_steps
         self._epoch_mark_j, self._epoch_mark_steps = fit.total_j, fit.steps
         fit.epochs_j.append(epoch_j)
-        self.forecast.add_epoch(epoch_j, epoch_steps)
+        self.forecast.add_epoch(max(epoch_j - self._setup_j, 0.0), epoch_steps)
+        self._setup_j = 0.0
         return epoch_j
 
     @override
