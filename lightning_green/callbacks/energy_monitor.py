@@ -505,6 +505,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast.reset()
         self.forecast_total_j = None
         self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
+        self._setup_j = 0.0
 
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
@@ -576,7 +577,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         # the first epoch's energy (the report's cumulative curve starts from zero there), but the forecast must not
         # multiply a one-off cost by the epochs: account it now and leave it out of what the forecast learns from.
         window = self._flush(trainer, force=True)
-        self._setup_j = window.energy_j if window is not None else 0.0
+        self._setup_j += window.energy_j if window is not None else 0.0  # a resumed epoch keeps its first set-up
 
     @override
     def on_train_batch_start(
@@ -802,6 +803,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "forecast_total_j": self.forecast_total_j,
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
+            "setup_j": self._setup_j,
             "carbon": self.carbon_tracker.state_dict(pending),
             "started_s": self._started_s,
         }
@@ -827,6 +829,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast_total_j = state_dict.get("forecast_total_j")
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
+        self._setup_j = float(state_dict.get("setup_j", 0.0))  # the set-up inside the epoch in progress
         # Usually before on_fit_start, which then keeps these ledgers. A strategy with
         # `restore_checkpoint_after_setup` (FSDP, DeepSpeed) restores after on_fit_start opened the fit: take the
         # checkpoint's ledgers for the open stages now, and leave no flag behind for the next fit.

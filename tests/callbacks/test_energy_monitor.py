@@ -455,6 +455,19 @@ def test_the_fits_set_up_is_counted_whatever_the_callback_order_and_not_forecast
     assert len(learned) == 4 and learned[0] < 2 * max(learned[1:]) and learned[1:] == epochs[1:]
 
 
+def test_a_run_resumed_inside_its_first_epoch_leaves_the_first_set_up_out_of_the_forecast(tmp_path):
+    # The checkpoint brings the first process's set-up back inside epoch 0; the forecast learned it as an epoch's cost.
+    ckpt = tmp_path / "mid.ckpt"
+    callbacks = [SetUpWork(), EnergyMonitor(print_summary=False), SaveAtBatchEnd(ckpt, at=2)]
+    make_trainer(tmp_path / "a", callbacks=callbacks, limit_train_batches=4).fit(SteadyModel(step_cpu_s=0.02))
+    resumed = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(tmp_path / "b", callbacks=[resumed], limit_train_batches=4, max_epochs=3)
+    trainer.fit(SteadyModel(step_cpu_s=0.02), ckpt_path=str(ckpt))
+    learned = [e for e, _ in resumed.forecast.history]
+    assert len(learned) == 3 and learned[0] < 2 * max(learned[1:])
+    assert resumed.ledgers["fit"].epochs_j[0] > 2 * max(learned[1:])  # the set-up is still in epoch 0's energy
+
+
 def test_a_batch_skipped_by_on_train_batch_start_is_not_counted_by_a_checkpoint(tmp_path):
     # Lightning marks a batch skipped with -1 processed but never started; the epoch-end checkpoint counted it.
     class Skips(BoringModel):
