@@ -159,3 +159,14 @@ def tb_scalars(log_dir: str) -> tuple[dict[str, list[tuple[int, float]]], set[st
 
                     scalars.setdefault(v.tag, []).append((event.step, float(tu.make_ndarray(v.tensor))))
     return scalars, plugin_tags
+
+
+class SavesAtStep(Callback):
+    """Saves a checkpoint in its on_train_batch_end at one global step (as CarbonAwareScheduler's pause does)."""
+
+    def __init__(self, step: int, path: Any) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -15,6 +15,7 @@ from lightning_green import DataPruning, EnergyMonitor, reduce_sample_losses
 from lightning_green.data import PruningSampler, SampleScores, plan_epoch
 from lightning_green.data.install import rebuild_with_sampler
 from lightning_green.data.sampler import epoch_batches
+from tests.helpers import SavesAtStep
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
 N = 40
@@ -310,17 +311,6 @@ def test_a_checkpoint_on_exception_resumes_with_the_batch_that_failed(tmp_path):
     fit(tmp_path, resumed, dp, max_epochs=3, ckpt_path=str(tmp_path / "exc" / "on_exception.ckpt"))
     assert crashed.seen[1] + resumed.seen[1] == full.seen[1]  # the failed batch trains on resume, none is skipped
     assert dp.history[1]["seen"] == len(full.seen[1])
-
-
-class SavesAtStep(Callback):
-    """Saves a checkpoint in its on_train_batch_end at one global step (as CarbonAwareScheduler's pause does)."""
-
-    def __init__(self, step, path):
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
 
 
 def test_a_checkpoint_by_a_callback_listed_first_counts_the_batch_that_trained(tmp_path):

@@ -25,6 +25,7 @@ from tests.helpers import (
     FailingModel,
     FakeRapl,
     InstallFakeRapl,
+    SavesAtStep,
     SteadyModel,
     busy_cpu,
     make_trainer,
@@ -458,7 +459,7 @@ def test_the_fits_set_up_is_counted_whatever_the_callback_order_and_not_forecast
 def test_a_run_resumed_inside_its_first_epoch_leaves_the_first_set_up_out_of_the_forecast(tmp_path):
     # The checkpoint brings the first process's set-up back inside epoch 0; the forecast learned it as an epoch's cost.
     ckpt = tmp_path / "mid.ckpt"
-    callbacks = [SetUpWork(), EnergyMonitor(print_summary=False), SaveAtBatchEnd(ckpt, at=2)]
+    callbacks = [SetUpWork(), EnergyMonitor(print_summary=False), SavesAtStep(2, ckpt)]
     make_trainer(tmp_path / "a", callbacks=callbacks, limit_train_batches=4).fit(SteadyModel(step_cpu_s=0.02))
     resumed = EnergyMonitor(print_summary=False)
     trainer = make_trainer(tmp_path / "b", callbacks=[resumed], limit_train_batches=4, max_epochs=3)
@@ -497,23 +498,12 @@ def test_an_exception_after_a_batch_trained_counts_its_samples(tmp_path):
     assert fit["steps"] == fit["samples"] == 3
 
 
-class SaveAtBatchEnd(Callback):
-    """Saves a checkpoint in its on_train_batch_end at one step (as CarbonAwareScheduler's pause does)."""
-
-    def __init__(self, path, at):
-        self.path, self.at = path, at
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.at:
-            trainer.save_checkpoint(self.path)
-
-
 @pytest.mark.parametrize("saver_first", [True, False])
 def test_a_checkpoint_saved_in_another_callbacks_batch_end_counts_the_batch_that_trained(tmp_path, saver_first):
     # Listed before the monitor, the saver's checkpoint had the batch's step but not its samples: a run resumed from it
     # counted one batch of samples fewer than the run it continued.
     def callbacks(monitor):
-        saver = SaveAtBatchEnd(tmp_path / "mid.ckpt", at=3)
+        saver = SavesAtStep(3, tmp_path / "mid.ckpt")
         return [saver, monitor] if saver_first else [monitor, saver]
 
     full = EnergyMonitor(print_summary=False)
