@@ -343,8 +343,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._rank = 0
         self._log_dir: str | None = None
         self._setup_for: weakref.ref[pl.Trainer] | None = None
-        self._fit_baseline: tuple[Reading, float] | None = None  # the meter and the clock at the fit's setup
-        self._setup_j = 0.0  # the fit's set-up energy in the epoch in progress (left out of the forecast)
 
     # ------------------------------------------------------------------------------------------------ public
     def total_energy_j(self, stage: str = "fit") -> float:
@@ -491,10 +489,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             self._meter = self._build_meter(trainer)
             self._meter.start()
             self._last = Reading.zero(self._meter.sources)
-        # The fit's energy starts here, not at this monitor's on_fit_start: the set-up between (the other callbacks'
-        # setup and on_fit_start hooks, listed before or after it, configure_model, a checkpoint's restore) is the
-        # fit's too, whatever the order of the callbacks.
-        self._fit_baseline = (self._meter.read(), self.carbon_tracker.clock()) if stage == "fit" else None
 
     def _reset_fit_totals(self) -> None:
         """A new run's fit: no energy, epochs or forecast yet."""
@@ -505,7 +499,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast.reset()
         self.forecast_total_j = None
         self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
-        self._setup_j = 0.0
 
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
@@ -543,7 +536,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._setup_stage = None
         self._setup_for = None
         self._log_dir = None  # a later run's failure before setup must not write into this run's folder
-        self._fit_baseline = None
         self._batch_in_flight, self._in_flight_counted = None, False  # no batch (maybe on a GPU) kept after the fit
 
     @override
@@ -573,11 +565,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The loop's global step is restored from a checkpoint only after on_fit_start.
         self._gs_last = trainer.global_step
-        # The set-up so far (from setup: other callbacks' set-up, a restore, an LR finder, the sanity check) stays in
-        # the first epoch's energy (the report's cumulative curve starts from zero there), but the forecast must not
-        # multiply a one-off cost by the epochs: account it now and leave it out of what the forecast learns from.
-        window = self._flush(trainer, force=True)
-        self._setup_j += window.energy_j if window is not None else 0.0  # a resumed epoch keeps its first set-up
 
     @override
     def on_train_batch_start(
@@ -614,8 +601,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         epoch_steps = fit.steps - self._epoch_mark_steps
         self._epoch_mark_j, self._epoch_mark_steps = fit.total_j, fit.steps
         fit.epochs_j.append(epoch_j)
-        self.forecast.add_epoch(max(epoch_j - self._setup_j, 0.0), epoch_steps)
-        self._setup_j = 0.0
+        self.forecast.add_epoch(epoch_j, epoch_steps)
         return epoch_j
 
     @override
@@ -803,7 +789,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "forecast_total_j": self.forecast_total_j,
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
-            "setup_j": self._setup_j,
             "carbon": self.carbon_tracker.state_dict(pending),
             "started_s": self._started_s,
         }
@@ -829,7 +814,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast_total_j = state_dict.get("forecast_total_j")
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
-        self._setup_j = float(state_dict.get("setup_j", 0.0))  # the set-up inside the epoch in progress
         # Usually before on_fit_start, which then keeps these ledgers. A strategy with
         # `restore_checkpoint_after_setup` (FSDP, DeepSpeed) restores after on_fit_start opened the fit: take the
         # checkpoint's ledgers for the open stages now, and leave no flag behind for the next fit.
@@ -929,13 +913,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             return
         # Energy since the last read belongs to no stage (set-up between stages): skip it locally.
         if not self._open:
-            baseline, self._fit_baseline = (self._fit_baseline if stage == "fit" else None), None
-            if baseline is not None:  # the fit's set-up since this monitor's setup is the fit's
-                self._last = baseline[0]
-                self.carbon_tracker.start(at=baseline[1])
-            else:
-                self._last = self._meter.read()
-                self.carbon_tracker.start()
+            self._last = self._meter.read()
+            self.carbon_tracker.start()
             self._pending_batches = self._pending_samples = self._pending_tokens = 0
         self._gs_last = trainer.global_step
         self.ledgers.setdefault(stage, StageLedger())

@@ -83,9 +83,9 @@ class CarbonTracker:
                 "trace then holds its last value, with a warning)."
             )
 
-    def start(self, at: float | None = None) -> None:
-        """A measured span begins now, or at ``at`` (this tracker's clock; energy before it belongs to no window)."""
-        self._t_mark = self.clock() if at is None else at
+    def start(self) -> None:
+        """A measured span begins now (energy before it belongs to no window)."""
+        self._t_mark = self.clock()
 
     def window(self, stages: list[str], energy_j: float) -> float:
         """Account the window since the last call for ``stages``; return its intensity (g/kWh)."""
