@@ -223,16 +223,16 @@ class DataPruning(PicklesWithoutTrainer, Callback):
                 "DataPruning."
             )
         start = annealing_start(trainer.max_epochs, self.anneal_fraction)
+        # EarlyStopping cannot stop before min_epochs epochs ran: with min_epochs >= max_epochs every annealing epoch
+        # runs. (`start` is None without max_epochs: nothing anneals, which its own warning says.)
         early_stop = any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks)
-        if self.anneal_fraction > 0 and self.prune_ratio > 0 and early_stop and start is not None:
-            if trainer.max_epochs is not None and (trainer.min_epochs or 0) >= trainer.max_epochs:
-                pass  # EarlyStopping cannot stop before min_epochs epochs ran: every annealing epoch runs
-            else:
-                rank_zero_warn(
-                    f"DataPruning(anneal_fraction={self.anneal_fraction}): the last epochs train on all the data "
-                    f"(from epoch {start} of max_epochs={trainer.max_epochs}), but EarlyStopping may end the run "
-                    "before them; set max_epochs to the epochs the run will take, or expect no annealing."
-                )
+        may_stop_early = early_stop and start is not None and (trainer.min_epochs or 0) < trainer.max_epochs
+        if self.anneal_fraction > 0 and self.prune_ratio > 0 and may_stop_early:
+            rank_zero_warn(
+                f"DataPruning(anneal_fraction={self.anneal_fraction}): the last epochs train on all the data "
+                f"(from epoch {start} of max_epochs={trainer.max_epochs}), but EarlyStopping may end the run "
+                "before them; set max_epochs to the epochs the run will take, or expect no annealing."
+            )
         same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
         if not same_run and (self.history or self.scores is not None):
             # Several fits on one Trainer are one run; a new Trainer is a new run (the callback reused, e.g. after a

@@ -366,13 +366,9 @@ class Run:
         The one in its CSV row, else the last one written before it at its step (the EnergyMonitor logs a validation's
         figures before Lightning logs its metrics), else the first one at its step.
         """
-        totals = self.scalars.at_step("validate/energy/total_J", point.step)
-        if not totals:
-            return None
-        if point.row is not None:
-            same_row = next((t for t in totals if t.row == point.row), None)
-            if same_row is not None:
-                return same_row
+        totals, same_row = self.scalars.in_step_and_row("validate/energy/total_J", point)
+        if same_row is not None or not totals:
+            return same_row
         before = [t for t in totals if t.order < point.order]
         return before[-1] if before else totals[0]
 

@@ -119,14 +119,16 @@ class Scalars:
         Lightning writes a hook's ``self.log`` values as one batch and a callback's direct ``log_metrics`` call as
         another, so values logged together sit next to each other in the files.
         """
-        same_step = self.at_step(tag, anchor.step)
-        if not same_step:
-            return None
-        if anchor.row is not None:
-            same_row = next((p for p in same_step if p.row == anchor.row), None)
-            if same_row is not None:
-                return same_row
+        same_step, same_row = self.in_step_and_row(tag, anchor)
+        if same_row is not None or not same_step:
+            return same_row
         return min(same_step, key=lambda p: (abs(p.order - anchor.order), p.order))
+
+    def in_step_and_row(self, tag: str, anchor: Point) -> tuple[list[Point], Point | None]:
+        """The values of ``tag`` at ``anchor``'s step, and the one in ``anchor``'s CSV row (``None``: no such row)."""
+        same_step = self.at_step(tag, anchor.step)
+        same_row = next((p for p in same_step if p.row == anchor.row), None) if anchor.row is not None else None
+        return same_step, same_row
 
     def at_step(self, tag: str, step: int) -> list[Point]:
         """The values of ``tag`` logged at ``step``, in written order."""
