@@ -52,8 +52,10 @@ __all__ = ["EnergyMonitor", "StageLedger"]
 log = logging.getLogger(__name__)
 
 _N = len(COMPONENTS)
-# One gathered row per rank: energy per component, wall time, steps, samples, tokens, source code per component.
+# One gathered row per rank: energy per component, wall time, steps, samples, tokens, source code per component, and
+# the part of the window's energy that was the fit's set-up (left out of the forecast).
 _TIME, _STEPS, _SAMPLES, _TOKENS, _SRC = _N, _N + 1, _N + 2, _N + 3, _N + 4
+_SETUP = _SRC + _N
 _SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
 # Fit's epoch-level metrics that also go to trainer.callback_metrics (ModelCheckpoint / EarlyStopping can monitor
 # them). Evaluation stages put nothing there: `trainer.validate/test(...)` return the user's metrics only.
@@ -343,6 +345,13 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._rank = 0
         self._log_dir: str | None = None
         self._setup_for: weakref.ref[pl.Trainer] | None = None
+        # The fit's set-up (see setup and on_train_batch_start): the carbon clock at this monitor's setup, whether the
+        # fit's first batch (where the set-up ends) is still to come, this rank's set-up joules not yet gathered, and
+        # the set-up joules (all ranks) inside the epoch in progress, which the forecast leaves out.
+        self._fit_setup_at: float | None = None
+        self._splitting_setup = False
+        self._setup_pending_j = 0.0
+        self._setup_j = 0.0
 
     # ------------------------------------------------------------------------------------------------ public
     def total_energy_j(self, stage: str = "fit") -> float:
@@ -484,11 +493,18 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._rank = trainer.global_rank
         # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
         self._log_dir = trainer.log_dir or trainer.default_root_dir
-        self.carbon_tracker.check_covers_now()
+        now = self.carbon_tracker.check_covers_now()
+        self._fit_setup_at = None
         if self._meter is None:
             self._meter = self._build_meter(trainer)
             self._meter.start()
             self._last = Reading.zero(self._meter.sources)
+            # The fit's energy counts from here, not from this monitor's on_fit_start: what runs between (the other
+            # callbacks' setup and on_fit_start, listed before or after this one, Lightning's LR and batch-size
+            # finders, configure_model, the strategy's set-up, a checkpoint's restore, the sanity check) is the fit's
+            # too, whatever the callbacks' order. (The datamodule's setup runs before any callback's: not counted.)
+            if stage == "fit":
+                self._fit_setup_at = now
 
     def _reset_fit_totals(self) -> None:
         """A new run's fit: no energy, epochs or forecast yet."""
@@ -499,6 +515,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast.reset()
         self.forecast_total_j = None
         self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
+        self._setup_j = 0.0
 
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
@@ -536,6 +553,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._setup_stage = None
         self._setup_for = None
         self._log_dir = None  # a later run's failure before setup must not write into this run's folder
+        self._fit_setup_at, self._splitting_setup, self._setup_pending_j = None, False, 0.0
         self._batch_in_flight, self._in_flight_counted = None, False  # no batch (maybe on a GPU) kept after the fit
 
     @override
@@ -571,6 +589,13 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._batch_in_flight, self._in_flight_counted = batch, False
+        if self._splitting_setup and self._meter is not None and self._open == ["fit"]:
+            # The fit's set-up ends at its first batch (after the sanity check, the other callbacks' on_train_start,
+            # a CarbonAwareScheduler's first wait, the loader's start). It stays in the first epoch's energy and
+            # window (no extra collective), but the forecast must not multiply a one-off cost by the epochs: note
+            # this rank's share since the last flush, gathered with the next window (one local read).
+            self._splitting_setup = False
+            self._setup_pending_j = _total(self._meter.read() - self._last)
 
     @override
     def on_train_batch_end(
@@ -601,7 +626,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         epoch_steps = fit.steps - self._epoch_mark_steps
         self._epoch_mark_j, self._epoch_mark_steps = fit.total_j, fit.steps
         fit.epochs_j.append(epoch_j)
-        self.forecast.add_epoch(epoch_j, epoch_steps)
+        self.forecast.add_epoch(max(epoch_j - self._setup_j, 0.0), epoch_steps)
+        self._setup_j = 0.0
         return epoch_j
 
     @override
@@ -763,6 +789,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         ledgers = {k: v.state_dict() for k, v in self.ledgers.items()}
+        setup_j = self._setup_j  # with the saved window's set-up, as the saved ledgers hold its energy
         pending: tuple[list[str], float] | None = None  # the same window for the CO₂ of a time-varying intensity
         # The energy since the last flush goes into the saved copy (the running ledgers still get it at the next
         # flush), with the window's steps, samples and tokens, so a run resumed from a mid-epoch checkpoint counts
@@ -782,6 +809,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                     saved.add(rows, counts=stage == self._open[-1])
                 ledgers[stage] = saved.state_dict()
             pending = (list(self._open), float(sum(sum(r[:_N]) for r in rows) if rows is not None else sum(row[:_N])))
+            setup_j += sum(r[_SETUP] for r in rows) if rows is not None else row[_SETUP]
         return {
             "version": 1,
             "ledgers": ledgers,
@@ -789,6 +817,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "forecast_total_j": self.forecast_total_j,
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
+            "setup_j": setup_j,
             "carbon": self.carbon_tracker.state_dict(pending),
             "started_s": self._started_s,
         }
@@ -814,6 +843,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast_total_j = state_dict.get("forecast_total_j")
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
+        self._setup_j = float(state_dict.get("setup_j", 0.0))  # the set-up inside the epoch in progress
         # Usually before on_fit_start, which then keeps these ledgers. A strategy with
         # `restore_checkpoint_after_setup` (FSDP, DeepSpeed) restores after on_fit_start opened the fit: take the
         # checkpoint's ledgers for the open stages now, and leave no flag behind for the next fit.
@@ -850,6 +880,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             float(self._pending_samples),
             float(self._pending_tokens),
             *(float(_SOURCE_CODE[reading.sources.get(c, "none")]) for c in COMPONENTS),
+            _total(delta) if self._splitting_setup else self._setup_pending_j,  # all of it before the first batch
         ]
 
     def _unflushed_row(self, reading: Reading, trainer: pl.Trainer | None) -> list[float]:
@@ -897,6 +928,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             row[_STEPS] = float(self._pending_batches)
         self._pending_batches = self._pending_samples = self._pending_tokens = 0
         rows = gather_rows(trainer.strategy, row)
+        self._setup_j += sum(r[_SETUP] for r in rows)
+        self._setup_pending_j = 0.0
         for stage in self._open:
             self.ledgers[stage].add(rows, counts=stage == innermost)
         self._carbon_window(list(self._open), float(sum(sum(r[:_N]) for r in rows)))
@@ -911,10 +944,17 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     def _open_stage(self, trainer: pl.Trainer, stage: str) -> None:
         if self._meter is None:
             return
-        # Energy since the last read belongs to no stage (set-up between stages): skip it locally.
+        # Energy since the last read belongs to no stage (set-up between stages): skip it locally. The fit's own
+        # set-up since this monitor's setup is the fit's (see setup).
         if not self._open:
-            self._last = self._meter.read()
-            self.carbon_tracker.start()
+            setup_at, self._fit_setup_at = (self._fit_setup_at if stage == "fit" else None), None
+            if setup_at is not None:
+                self.carbon_tracker.start(at=setup_at)
+                self._splitting_setup = True
+            else:
+                self._last = self._meter.read()
+                self.carbon_tracker.start()
+            self._setup_pending_j = 0.0
             self._pending_batches = self._pending_samples = self._pending_tokens = 0
         self._gs_last = trainer.global_step
         self.ledgers.setdefault(stage, StageLedger())
@@ -1096,6 +1136,11 @@ def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
     merged["status"] = report.get("status", existing.get("status"))  # an interrupted test run says so
     merged["extra"] = {**(existing.get("extra") or {}), **(report.get("extra") or {})}  # both runs' sections
     return merged
+
+
+def _total(delta: Reading) -> float:
+    """Joules over every component of a reading's difference."""
+    return float(sum(delta.energy_j[c] for c in COMPONENTS))
 
 
 def _zeus_gpus() -> tuple[int, str | None]:

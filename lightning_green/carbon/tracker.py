@@ -67,8 +67,8 @@ class CarbonTracker:
         self._t_mark: float | None = None
         self.warned_extrapolation = False
 
-    def check_covers_now(self) -> None:
-        """Refuse a trace that does not cover the present (at setup); extend it if allowed."""
+    def check_covers_now(self) -> float:
+        """Refuse a trace that does not cover the present (at setup); extend it if allowed. Returns the clock's now."""
         now = self.clock()
         self.account.source = self.source = ensure_covers(
             self.source, now, now, self.owner, "carbon_intensity", self.extend
@@ -82,10 +82,11 @@ class CarbonTracker:
                 f"{span_h:.3g} h. Give a trace of a week or more, or carbon_extend='none' (a run that outlives the "
                 "trace then holds its last value, with a warning)."
             )
+        return now
 
-    def start(self) -> None:
-        """A measured span begins now (energy before it belongs to no window)."""
-        self._t_mark = self.clock()
+    def start(self, at: float | None = None) -> None:
+        """A measured span begins now, or at ``at`` (this tracker's clock; energy before it belongs to no window)."""
+        self._t_mark = self.clock() if at is None else at
 
     def window(self, stages: list[str], energy_j: float) -> float:
         """Account the window since the last call for ``stages``; return its intensity (g/kWh)."""

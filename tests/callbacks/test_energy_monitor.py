@@ -432,6 +432,81 @@ def test_a_run_that_fails_before_the_monitor_is_set_up_leaves_the_last_runs_repo
         assert not os.path.exists(os.path.join(tmp_path, "energy_report.json"))
 
 
+class SetUpWork(Callback):
+    """A callback whose fit set-up costs CPU time (as StructuredPruning's dependency analysis does), 0.4 s in all."""
+
+    def on_fit_start(self, trainer, pl_module):
+        busy_cpu(0.2)
+
+    def on_train_start(self, trainer, pl_module):
+        busy_cpu(0.2)
+
+
+@pytest.mark.parametrize("work_first", [True, False])
+def test_the_fits_set_up_is_counted_whatever_the_callback_order_and_not_forecast(tmp_path, work_first):
+    # Listed before the monitor, another callback's on_fit_start ran before the monitor opened the fit and was lost.
+    # Counted (in the first epoch, where the report's cumulative curve starts), the forecast must leave it out: it
+    # multiplied it by the number of epochs.
+    monitor = EnergyMonitor(print_summary=False)
+    callbacks = [SetUpWork(), monitor] if work_first else [monitor, SetUpWork()]
+    trainer = make_trainer(tmp_path, callbacks=callbacks, limit_train_batches=4, max_epochs=4)
+    trainer.fit(SteadyModel(step_cpu_s=0.02))
+    fit = _report(tmp_path)["stages"]["fit"]
+    assert fit["time_s"] >= 0.4 and fit["energy_j"]["total"] > 0
+    epochs = monitor.ledgers["fit"].epochs_j
+    assert len(epochs) == 4 and epochs[0] > 2 * max(epochs[1:])  # the 0.4 s set-up is 5x an epoch's 0.08 s
+    learned = [e for e, _ in monitor.forecast.history]
+    assert len(learned) == 4 and learned[0] < 2 * max(learned[1:]) and learned[1:] == epochs[1:]
+
+
+def test_a_run_resumed_inside_its_first_epoch_leaves_the_first_set_up_out_of_the_forecast(tmp_path):
+    # The checkpoint brings the first process's set-up back inside epoch 0; the forecast learned it as an epoch's cost.
+    ckpt = tmp_path / "mid.ckpt"
+    callbacks = [SetUpWork(), EnergyMonitor(print_summary=False), SavesAtStep(2, ckpt)]
+    make_trainer(tmp_path / "a", callbacks=callbacks, limit_train_batches=4).fit(SteadyModel(step_cpu_s=0.02))
+    resumed = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(tmp_path / "b", callbacks=[resumed], limit_train_batches=4, max_epochs=3)
+    trainer.fit(SteadyModel(step_cpu_s=0.02), ckpt_path=str(ckpt))
+    learned = [e for e, _ in resumed.forecast.history]
+    assert len(learned) == 3 and learned[0] < 2 * max(learned[1:])
+    assert resumed.ledgers["fit"].epochs_j[0] > 2 * max(learned[1:])  # the set-up is still in epoch 0's energy
+
+
+class TunedSteadyModel(SteadyModel):
+    """A SteadyModel whose learning rate Lightning's LR finder can set."""
+
+    def __init__(self, step_cpu_s: float = 0.01, lr: float = 0.1) -> None:
+        super().__init__(step_cpu_s)
+        self.lr = lr
+        self.steps_run = 0
+
+    def training_step(self, batch, batch_idx):
+        self.steps_run += 1
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_the_lr_finders_steps_are_the_fits_energy_but_not_its_samples_or_forecast(tmp_path):
+    # Lightning runs its LR finder in on_fit_start, before any other callback's (it moves it first): its steps of
+    # 0.02 s CPU each were not counted by the monitor's fit.
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    monitor = EnergyMonitor(print_summary=False)
+    finder = LearningRateFinder(num_training_steps=20, early_stop_threshold=None)
+    trainer = make_trainer(tmp_path, callbacks=[monitor, finder], limit_train_batches=4, max_epochs=3)
+    model = TunedSteadyModel(step_cpu_s=0.02)
+    trainer.fit(model)
+    fit = monitor.ledgers["fit"]
+    assert model.steps_run > 3 * 4 + 2  # the finder's steps and the fit's 12
+    assert fit.time_s >= model.steps_run * 0.02  # all of them, on this process's CPU clock
+    assert fit.samples == 3 * 4  # BoringModel's batches of 1, the fit's only
+    assert fit.epochs_j[0] > 2 * max(fit.epochs_j[1:])  # the finder's 20 steps sit in epoch 0's energy
+    learned = [e for e, _ in monitor.forecast.history]
+    assert learned[0] < 2 * max(learned[1:])  # but not in what the forecast learned from
+
+
 def test_a_batch_skipped_by_on_train_batch_start_is_not_counted_by_a_checkpoint(tmp_path):
     # Lightning marks a batch skipped with -1 processed but never started; the epoch-end checkpoint counted it.
     class Skips(BoringModel):
