@@ -66,14 +66,25 @@ from green_recipe import (  # noqa: E402
 from lightning_green.report import load_run, write_comparison  # noqa: E402
 
 VARIANTS = ("full", "pruned")
+CONTROL = "reordered"  # --control: the full run's data in another order (DataPruning with prune_ratio=0)
 DATA_PRUNING = "lightning_green.DataPruning"
 GOALS = {"digits": {"energy_to_target": 0.7, "max_drop": 0.003}, "lm": {"energy_to_target": 0.7, "max_drop": 0.02}}
 
 
 def pruning_configs(
-    preset: dict[str, Any], on: str, prune_ratio: float, anneal_fraction: float, keep_steps: bool = False
+    preset: dict[str, Any],
+    on: str,
+    prune_ratio: float,
+    anneal_fraction: float,
+    keep_steps: bool = False,
+    control: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The *full* and *pruned* configs of a preset: identical but for a DataPruning callback in the latter.
+
+    With ``control``, also a *reordered* config: the full one plus ``DataPruning(prune_ratio=0.0)``, which keeps every
+    sample and changes only the order they come in (DataPruning's sampler draws its own). It shares the model's
+    initialisation and everything else with the other two, so its spread against the full run is what the data order
+    alone moves the final metric: the noise floor of the goal's tolerance.
 
     Example:
         >>> preset = {"trainer": {"callbacks": ["lightning_green.EnergyMonitor", "lightning_green.GreenReport"]}}
@@ -95,7 +106,12 @@ def pruning_configs(
     # Before the GreenReport (it reads the report sections at the end of the fit).
     at = next((i for i, cb in enumerate(callbacks) if class_path(cb) == "lightning_green.GreenReport"), len(callbacks))
     callbacks.insert(at, dp)
-    return {"full": full, "pruned": pruned}
+    out = {"full": full, "pruned": pruned}
+    if control:
+        reordered = copy.deepcopy(full)
+        reordered["trainer"]["callbacks"].insert(at, {"class_path": DATA_PRUNING, "init_args": {"prune_ratio": 0.0}})
+        out[CONTROL] = reordered
+    return out
 
 
 def target_from_full(full_final: float | None, sign: float, margin: float, quick: bool = False) -> float | None:
@@ -131,6 +147,19 @@ def median_energy_to_target(rounds: Sequence[dict[str, Any]]) -> float | None:
     return None if median is None or math.isinf(median) else median
 
 
+def worse_rounds(deltas: Sequence[float | None], sign: float, margin: float) -> dict[str, int]:
+    """How many rounds ended worse than the full run (``deltas``: variant - full), and worse by more than ``margin``.
+
+    Example:
+        >>> worse_rounds([-0.0037, 0.0, 0.0037, -0.0074, None], 1.0, 0.003)
+        {'worse': 2, 'beyond_tolerance': 2}
+        >>> worse_rounds([0.01, 0.03], -1.0, 0.02)
+        {'worse': 2, 'beyond_tolerance': 1}
+    """
+    worse = [sign * d for d in deltas if d is not None and sign * d < -1e-9]
+    return {"worse": len(worse), "beyond_tolerance": sum(w < -margin - 1e-9 for w in worse)}
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b is not None and b > 0 else None
 
@@ -158,7 +187,7 @@ def round_figures(runs: dict[str, Any], cmp: Any) -> dict[str, Any]:
     fewer steps move less), so this is about the best energy-to-target the rule can give on the task: whatever the
     pruned run loses per epoch comes on top.
     """
-    rows = dict(zip(VARIANTS, cmp.rows, strict=True))
+    rows = dict(zip(runs, cmp.rows, strict=True))
     data = runs["pruned"].extra("data") or {}
     out: dict[str, Any] = {"runs": {}}
     for v, row in rows.items():
@@ -182,6 +211,14 @@ def round_figures(runs: dict[str, Any], cmp: Any) -> dict[str, Any]:
     same_epoch = energy_through_epoch(runs["pruned"], full_target.epoch) if full_target.reached else None
     out["same_epoch_energy_ratio"] = _ratio(same_epoch, f["energy_to_target_j"])
     out["target"] = cmp.target
+    if CONTROL in rows:
+        c = out["runs"][CONTROL]
+        c["samples"] = (runs[CONTROL].extra("data") or {}).get("samples_seen")
+        reached = f["reached"] and c["reached"]
+        out["control"] = {
+            "energy_to_target_ratio": _ratio(c["energy_to_target_j"], f["energy_to_target_j"]) if reached else None,
+            "final_metric_delta": None if c["final"] is None or f["final"] is None else c["final"] - f["final"],
+        }
     return out
 
 
@@ -200,6 +237,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prune-ratio", type=float, default=0.5)
     p.add_argument("--anneal-fraction", type=float, default=0.125)
     p.add_argument("--keep-steps", action="store_true", help="DataPruning(keep_steps=True)")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also fit the full run's data in another order (DataPruning(prune_ratio=0)): the noise floor",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 4 short epochs, 1 round")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--accelerator", default="cpu")
@@ -216,7 +258,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     task = TASKS[name]
     preset = yaml.safe_load((ROOT / task.config).read_text(encoding="utf-8"))
-    configs = pruning_configs(preset, args.on, args.prune_ratio, args.anneal_fraction, args.keep_steps)
+    configs = pruning_configs(preset, args.on, args.prune_ratio, args.anneal_fraction, args.keep_steps, args.control)
+    variants = tuple(configs)
     task_dir = runs_dir / name
     paths = write_configs(configs, task_dir)
     goal = GOALS[name]
@@ -225,11 +268,11 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
     extra = [*(task.quick if args.quick else ()), *args.fit_arg]
     rounds = []
     for k in range(args.rounds):
-        seed, order, dirs = fit_round(k, args, VARIANTS, paths, task_dir, extra, name)
-        runs = {v: load_run(dirs[v], name=v) for v in VARIANTS}
+        seed, order, dirs = fit_round(k, args, variants, paths, task_dir, extra, name)
+        runs = {v: load_run(dirs[v], name=v) for v in variants}
         target = target_from_full(runs["full"].final_metric(task.metric), sign, margin, args.quick)
         cmp, _ = write_comparison(
-            [runs[v] for v in VARIANTS], task_dir / f"comparison_round{k + 1}", metric=task.metric, target=target
+            [runs[v] for v in variants], task_dir / f"comparison_round{k + 1}", metric=task.metric, target=target
         )
         fig = round_figures(runs, cmp)
         fig.update({"seed": seed, "order": list(order)})
@@ -243,6 +286,13 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
             f"{_num(fig['same_epoch_energy_ratio'], '{:.2f}x')})",
             flush=True,
         )
+        if "control" in fig:
+            print(
+                f"    control (full data, another order): reached {fig['runs'][CONTROL]['reached']}, energy-to-target "
+                f"{_num(fig['control']['energy_to_target_ratio'], '{:.2f}x')}, final {task.metric} "
+                f"{_num(fig['control']['final_metric_delta'], '{:+.4f}')} vs full",
+                flush=True,
+            )
     keys = (
         "energy_to_target_ratio",
         "same_epoch_energy_ratio",
@@ -253,7 +303,15 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
     )
     summary = {key: _median([r[key] for r in rounds]) for key in keys}
     summary["energy_to_target_ratio"] = median_energy_to_target(rounds)
-    summary["reached"] = {v: sum(bool(r["runs"][v]["reached"]) for r in rounds) for v in VARIANTS}
+    summary["reached"] = {v: sum(bool(r["runs"][v]["reached"]) for r in rounds) for v in variants}
+    summary["final_worse"] = {"pruned": worse_rounds([r["final_metric_delta"] for r in rounds], sign, margin)}
+    if args.control:
+        deltas = [r["control"]["final_metric_delta"] for r in rounds]
+        summary["control"] = {
+            "final_metric_delta": _median(deltas),
+            "energy_to_target_ratio": median_energy_to_target([r["control"] | {"runs": r["runs"]} for r in rounds]),
+        }
+        summary["final_worse"][CONTROL] = worse_rounds(deltas, sign, margin)
     e, d = summary["energy_to_target_ratio"], summary["final_metric_delta"]
     summary["goals"] = {
         "energy_to_target_max": goal["energy_to_target"],
@@ -271,6 +329,12 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
         f"{'met' if summary['goals']['final_met'] else 'NOT met'})\n",
         flush=True,
     )
+    for v, worse in summary["final_worse"].items():
+        print(
+            f"  {v}: reached the target in {summary['reached'][v]} of {len(rounds)} rounds; final {task.metric} worse "
+            f"than the full run's in {worse['worse']}, by more than {margin:g} in {worse['beyond_tolerance']}",
+            flush=True,
+        )
     return {
         "preset": task.config,
         "metric": task.metric,

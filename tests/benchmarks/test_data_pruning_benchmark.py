@@ -77,3 +77,40 @@ def test_same_epoch_energy_ratio_is_the_pruned_energy_through_the_full_runs_targ
     assert fig["samples_ratio"] == pytest.approx(0.7)
     cmp_missed = NS(rows=[row(0.98, False, None, None, 60.0), row(0.98, True, 4, 34.0, 40.0)], target=0.99)
     assert bench.round_figures(runs, cmp_missed)["same_epoch_energy_ratio"] is None
+
+
+@pytest.mark.parametrize("on", ["baseline", "green"])
+def test_the_control_is_the_full_variant_with_data_pruning_that_keeps_every_sample(on):
+    configs = bench.pruning_configs(preset("green.yaml"), on, 0.7, 0.125, keep_steps=True, control=True)
+    assert list(configs) == ["full", "pruned", bench.CONTROL]
+    full, control = paths(configs["full"]), paths(configs[bench.CONTROL])
+    assert [p for p in control if p != bench.DATA_PRUNING] == full and control.count(bench.DATA_PRUNING) == 1
+    assert control.index(bench.DATA_PRUNING) == paths(configs["pruned"]).index(bench.DATA_PRUNING)
+    dp = next(cb for cb in configs[bench.CONTROL]["trainer"]["callbacks"] if bench.class_path(cb) == bench.DATA_PRUNING)
+    assert dp["init_args"] == {"prune_ratio": 0.0}
+    assert configs[bench.CONTROL]["model"] == configs["full"]["model"]
+    assert list(bench.pruning_configs(preset("green.yaml"), on, 0.7, 0.125)) == ["full", "pruned"]
+
+
+def test_the_controls_figures_are_against_the_full_run():
+    from types import SimpleNamespace as NS
+
+    def run(data=None):
+        return NS(epoch_energy=lambda: [NS(epoch=0, cumulative_j=10.0)], extra=lambda name: data)
+
+    def row(final, reached, energy_j):
+        return NS(final=final, target=NS(reached=reached, epoch=0, energy_j=energy_j), energy_j=40.0, time_s=1.0)
+
+    runs = {"full": run(), "pruned": run({"samples_seen": 6, "samples_full_data": 10}), bench.CONTROL: run()}
+    cmp = NS(rows=[row(0.985, True, 30.0), row(0.985, True, 20.0), row(0.9813, True, 33.0)], target=0.982)
+    fig = bench.round_figures(runs, cmp)
+    assert fig["control"]["energy_to_target_ratio"] == pytest.approx(1.1)
+    assert fig["control"]["final_metric_delta"] == pytest.approx(-0.0037)
+    assert fig["energy_to_target_ratio"] == pytest.approx(20.0 / 30.0)
+    missed = NS(rows=[row(0.985, True, 30.0), row(0.985, True, 20.0), row(0.978, False, None)], target=0.982)
+    assert bench.round_figures(runs, missed)["control"]["energy_to_target_ratio"] is None
+    assert "control" not in bench.round_figures(
+        {k: runs[k] for k in ("full", "pruned")}, NS(rows=cmp.rows[:2], target=0.982)
+    )
+    worse = bench.worse_rounds([fig["control"]["final_metric_delta"], 0.0], 1.0, 0.003)
+    assert worse == {"worse": 1, "beyond_tolerance": 1}
