@@ -32,6 +32,7 @@ from lightning_green._internal.validation import (
 from lightning_green.carbon.plan import (
     FORECASTS,
     MAX_DEADLINE_S,
+    MAX_PLAN_SLOTS,
     CarbonPlanner,
     Forecast,
     Plan,
@@ -172,6 +173,7 @@ class CarbonAwareScheduler(Callback):
         check_choice(name, "power", power, _POWER)
         check_number(name, "estimate_after_steps", estimate_after_steps, integer=True, ge=1)
         check_choice(name, "extend", extend, EXTEND_CHOICES)
+        self.slot = slot
         self.slot_s = None if slot is None else parse_duration(slot, name, "slot")
         if clock is not None and not callable(clock):
             fail(name, "clock", clock, "None or a callable returning POSIX seconds", TypeError)
@@ -248,6 +250,16 @@ class CarbonAwareScheduler(Callback):
         )
         self.start_s, self.deadline_s = now, deadline_s
         self.planner = self._planner(deadline_s)
+        slots = (deadline_s - now) / self.planner.slot_s
+        if slots > MAX_PLAN_SLOTS:  # only a short `slot` of one's own: a trace's grid or UTC hours fit 366 days
+            # A plan holds at most MAX_PLAN_SLOTS slots: the hours past them could never be chosen.
+            fail(
+                name,
+                "slot",
+                self.slot,
+                f"at least {(deadline_s - now) / MAX_PLAN_SLOTS:.4g} s with deadline={self.deadline!r} (a plan holds "
+                f"at most {MAX_PLAN_SLOTS} slots; this one would need {math.ceil(slots)}), or give a nearer deadline",
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

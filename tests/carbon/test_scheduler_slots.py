@@ -50,6 +50,20 @@ def test_a_bad_slot_is_refused():
         CarbonAwareScheduler(intensity=100.0, slot=0)
 
 
+def test_a_slot_too_short_for_the_deadline_is_refused_at_setup(tmp_path):
+    # 24 h of 1-second slots is 86,400 slots; a plan holds 40,000, so the last 13 hours could never be planned.
+    sched = CarbonAwareScheduler(intensity=100.0, deadline="24h", slot=1, clock=sim_clock(), verbose=False)
+    with pytest.raises(
+        ValueError,
+        match=r"CarbonAwareScheduler\(slot=1\): `slot` must be at least 2.16 s with "
+        r"deadline='24h' \(a plan holds at most 40000 slots; this one would need 86400\)",
+    ):
+        make_trainer(tmp_path, max_steps=2, callbacks=[sched]).fit(BoringModel())
+    fine = CarbonAwareScheduler(intensity=100.0, deadline="24h", slot=3, clock=sim_clock(), verbose=False)
+    make_trainer(tmp_path, max_steps=2, callbacks=[fine]).fit(BoringModel())
+    assert fine.planner is not None and fine.planner.slot_s == 3.0
+
+
 def test_a_long_pause_starting_late_in_a_slot_is_checkpointed(tmp_path):
     """Steps of 50 min: the pause starts at 01:40 and lasts until the clean 04:00, its first slot only 20 min."""
     clock = sim_clock()
