@@ -760,6 +760,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             # and the last run's report (its folder, its totals) is not this run's to rewrite.
             return
         try:
+            if self._meter is not None and self._meter.started and not self._open and self._fit_setup_at is not None:
+                # It failed in the fit's set-up before this monitor's on_fit_start (an earlier-listed callback, an
+                # LR finder): that set-up is the fit's, as when it fails later (see setup). No batch of the fit ran.
+                self._batch_in_flight = None
+                self._open_stage(trainer, "fit")
             if self._meter is not None and self._meter.started and self._open:
                 if self._open[-1] == "fit":  # a batch that trained before an earlier-listed callback raised
                     self._count_trained_batch(trainer)
@@ -768,12 +773,15 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 self._last = reading
                 for stage in self._open:
                     self._add_unflushed(self.ledgers[stage], stage, row)
+                self._setup_j += row[_SETUP]  # a retry on this Trainer goes on in the same epoch: not forecast
                 self._carbon_window(list(self._open), float(sum(row[:_N])))
             self._open.clear()
             self._write_report(trainer, status=f"interrupted: {type(exception).__name__}")
         except Exception:
             log.debug("EnergyMonitor could not account the interrupted run", exc_info=True)
         finally:
+            # Lightning calls no teardown after an exception: no set-up left pending for this monitor's next stage.
+            self._fit_setup_at, self._splitting_setup, self._setup_pending_j = None, False, 0.0
             meter, self._meter = self._meter, None
             if meter is not None and meter.started:
                 try:
@@ -948,9 +956,9 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         # set-up since this monitor's setup is the fit's (see setup).
         if not self._open:
             setup_at, self._fit_setup_at = (self._fit_setup_at if stage == "fit" else None), None
+            self._splitting_setup = setup_at is not None
             if setup_at is not None:
                 self.carbon_tracker.start(at=setup_at)
-                self._splitting_setup = True
             else:
                 self._last = self._meter.read()
                 self.carbon_tracker.start()

@@ -507,6 +507,54 @@ def test_the_lr_finders_steps_are_the_fits_energy_but_not_its_samples_or_forecas
     assert learned[0] < 2 * max(learned[1:])  # but not in what the forecast learned from
 
 
+class FailsInSanityCheck(SteadyModel):
+    fail = True
+
+    def validation_step(self, batch, batch_idx):
+        if self.trainer.sanity_checking and self.fail:
+            raise RuntimeError("sanity boom")
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("validate_between", [True, False])
+def test_a_fit_that_failed_in_its_set_up_and_is_retried_keeps_set_up_out_of_the_forecast(tmp_path, validate_between):
+    # The failed fit's set-up (0.4 s) was learned as epoch 0's cost by the retry on the same Trainer; with a
+    # validate() in between, the validation's whole energy was taken for set-up.
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(
+        tmp_path, callbacks=[SetUpWork(), monitor], limit_train_batches=4, limit_val_batches=2, max_epochs=3
+    )
+    model = FailsInSanityCheck(step_cpu_s=0.02)
+    with pytest.raises(RuntimeError, match="sanity boom"):
+        trainer.fit(model)
+    model.fail = False
+    if validate_between:
+        trainer.validate(model, verbose=False)
+        assert monitor.ledgers["validate"].total_j > 0
+    trainer.fit(model)
+    epochs = monitor.ledgers["fit"].epochs_j
+    learned = [e for e, _ in monitor.forecast.history]
+    assert len(learned) == 3 and epochs[0] > 2 * max(epochs[1:])  # both fits' set-up is in epoch 0's energy
+    assert max(learned[1:]) / 2 < learned[0] < 2 * max(learned[1:])  # and none of it (nor the validation's) learned
+
+
+class FailsAfterSetUpWork(SetUpWork):
+    def on_fit_start(self, trainer, pl_module):
+        super().on_fit_start(trainer, pl_module)
+        raise RuntimeError("set-up boom")
+
+
+@pytest.mark.parametrize("fails_first", [True, False])
+def test_a_fit_that_fails_in_its_set_up_reports_it_whatever_the_callback_order(tmp_path, fails_first):
+    monitor = EnergyMonitor(print_summary=False)
+    callbacks = [FailsAfterSetUpWork(), monitor] if fails_first else [monitor, FailsAfterSetUpWork()]
+    with pytest.raises(RuntimeError, match="set-up boom"):
+        make_trainer(tmp_path, callbacks=callbacks).fit(SteadyModel())
+    report = _report(tmp_path)
+    assert report["status"] == "interrupted: RuntimeError"
+    assert report["stages"]["fit"]["time_s"] >= 0.2 and report["stages"]["fit"]["energy_j"]["total"] > 0
+
+
 def test_a_batch_skipped_by_on_train_batch_start_is_not_counted_by_a_checkpoint(tmp_path):
     # Lightning marks a batch skipped with -1 processed but never started; the epoch-end checkpoint counted it.
     class Skips(BoringModel):
