@@ -219,6 +219,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._setup_stage = None
         if stage != "fit" or not self._fit_done:
             return
         self._fit_done = False
@@ -235,6 +236,39 @@ class GreenReport(PicklesWithoutTrainer, Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._fit_done = False
         self._stop_clock()
+        # The report of what ran, marked unfinished, from the EnergyMonitor's interrupted report. Nothing here may
+        # mask the user's exception: failures are logged at debug level.
+        setup_for = self._fit_trainer() if self._fit_trainer is not None else None
+        if self._setup_stage != "fit" or setup_for is not trainer or trainer.global_rank != 0 or trainer.fast_dev_run:
+            return  # failed before this callback's fit setup, not a fit, another rank, or a smoke test
+        try:
+            self._write_interrupted(trainer)
+        except Exception:
+            log.debug("GreenReport could not write the interrupted run's report", exc_info=True)
+        finally:
+            self._setup_stage = None  # Lightning calls no teardown after an exception
+
+    def _write_interrupted(self, trainer: pl.Trainer) -> None:
+        from lightning_green.report import load_run
+        from lightning_green.report.run import RunDirError
+
+        run_dir = self._log_dir or trainer.default_root_dir
+        try:
+            status = load_run(run_dir, energy_report=self._report_name).status
+        except (OSError, RunDirError):
+            status = "missing"
+        if not status.startswith("interrupted"):
+            # The EnergyMonitor writes the interrupted energy report in its own on_exception: listed after this
+            # callback, it has not yet (the file is the last run's, or none).
+            rank_zero_info(
+                f"{type(self).__name__}: the fit failed; no green report was written (the EnergyMonitor's report of "
+                f"this run is not there yet: list GreenReport after it). `lightning-green report {run_dir}` builds it."
+            )
+            return
+        add_report_section(trainer, "green_report", self.settings())  # for a later rewrite by the monitor
+        for lg in trainer.loggers:
+            _flush(lg)
+        self.write(run_dir)
 
     # ------------------------------------------------------------------------------------------------ public
     def settings(self) -> dict[str, Any]:

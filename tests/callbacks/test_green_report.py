@@ -102,22 +102,47 @@ def test_without_a_logger_the_report_has_the_energy_tables(tmp_path):
     assert "## Measured vs estimated" in report.files.markdown.read_text()
 
 
-def test_no_report_after_an_exception(tmp_path):
-    report = GreenReport()
+def _exploding_fit(tmp_path, callbacks):
     trainer = Trainer(
         default_root_dir=tmp_path,
         max_epochs=3,
         limit_train_batches=2,
         limit_val_batches=1,
-        callbacks=[EnergyMonitor(print_summary=False), report],
+        callbacks=callbacks,
         **QUIET,
     )
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(RuntimeError, match="boom"):  # the user's exception, unchanged
         trainer.fit(Exploding(channels=[4]), DigitsDataModule(image_size=8))
-    assert report.files is None
-    assert not os.path.exists(os.path.join(trainer.log_dir, "green_report.md"))
     with open(os.path.join(trainer.log_dir, "energy_report.json")) as f:
         assert json.load(f)["status"] == "interrupted: RuntimeError"
+    return trainer
+
+
+def test_a_failed_fit_gets_its_report_marked_unfinished(tmp_path):
+    # A run that failed in epoch 1 had no green report; `lightning-green report` had to rebuild it.
+    report = GreenReport(target=0.5)
+    trainer = _exploding_fit(tmp_path, [EnergyMonitor(print_summary=False), report])
+    assert report.files is not None and report.files.markdown == tmp_path / "lightning_logs/version_0/green_report.md"
+    text = report.files.markdown.read_text()
+    assert "did not finish normally (interrupted: RuntimeError)" in text
+    assert "0.5" in text  # the GreenReport's own target
+    assert os.path.exists(os.path.join(trainer.log_dir, "green_report.html"))
+
+
+def test_a_failed_fit_listed_before_the_monitor_writes_no_stale_report(tmp_path, caplog):
+    # The EnergyMonitor writes the interrupted energy report in its own on_exception, after this one's.
+    report = GreenReport()
+    with caplog.at_level("INFO"):
+        trainer = _exploding_fit(tmp_path, [report, EnergyMonitor(print_summary=False)])
+    assert report.files is None and not os.path.exists(os.path.join(trainer.log_dir, "green_report.md"))
+    assert "list GreenReport after it" in caplog.text and "lightning-green report" in caplog.text
+
+
+def test_a_report_that_cannot_be_written_does_not_mask_the_users_exception(tmp_path, monkeypatch):
+    report = GreenReport()
+    monkeypatch.setattr(report, "write", lambda *a, **k: (_ for _ in ()).throw(ValueError("plot failed")))
+    _exploding_fit(tmp_path, [EnergyMonitor(print_summary=False), report])
+    assert report.files is None
 
 
 def test_elapsed_time_and_start_macs_continue_across_a_resume(tmp_path):
