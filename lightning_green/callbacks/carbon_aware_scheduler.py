@@ -40,6 +40,7 @@ from lightning_green.carbon.plan import (
     is_date_time,
     parse_deadline,
     parse_duration,
+    slots_needed,
 )
 from lightning_green.carbon.source import EXTEND_CHOICES, Extend, as_intensity_source, ensure_covers
 from lightning_green.carbon.trace import _iso, check_timezone
@@ -250,15 +251,17 @@ class CarbonAwareScheduler(Callback):
         )
         self.start_s, self.deadline_s = now, deadline_s
         self.planner = self._planner(deadline_s)
-        slots = (deadline_s - now) / self.planner.slot_s
-        if slots > MAX_PLAN_SLOTS:  # only a short `slot` of one's own: a trace's grid or UTC hours fit 366 days
-            # A plan holds at most MAX_PLAN_SLOTS slots: the hours past them could never be chosen.
+        slots = slots_needed(now, deadline_s, self.planner.slot_s, self.planner.origin_s)
+        if slots > MAX_PLAN_SLOTS:  # a short slot: one's own, or the step of a trace of a few minutes
+            # A plan holds at most MAX_PLAN_SLOTS slots: the time past them could never be chosen.
+            shortest = f"{(deadline_s - now) / (MAX_PLAN_SLOTS - 1):.4g} s"
+            whose = "" if self.slot is not None else f" (None: the trace's own step, {self.planner.slot_s:g} s)"
             fail(
                 name,
                 "slot",
                 self.slot,
-                f"at least {(deadline_s - now) / MAX_PLAN_SLOTS:.4g} s with deadline={self.deadline!r} (a plan holds "
-                f"at most {MAX_PLAN_SLOTS} slots; this one would need {math.ceil(slots)}), or give a nearer deadline",
+                f"at least {shortest}{whose} with deadline={self.deadline!r} (a plan holds at most {MAX_PLAN_SLOTS} "
+                f"slots; this one would need {slots}), or give a nearer deadline",
             )
 
     @override

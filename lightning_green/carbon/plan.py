@@ -21,6 +21,7 @@ __all__ = [
     "FORECASTS",
     "MAX_DEADLINE_S",
     "MAX_PLAN_SLOTS",
+    "slots_needed",
     "PERSISTENCE_DAYS",
     "history_needed_s",
     "is_date_time",
@@ -241,6 +242,19 @@ class Plan:
             "chosen": [[_iso(a), _iso(b), round(v, 3)] for a, b, v in self.chosen],
             "chosen_s": [[a, b] for a, b, _ in self.chosen],
         }
+
+
+def slots_needed(now_s: float, deadline_s: float, slot_s: float, origin_s: float = 0.0) -> int:
+    """How many slots (the first may be partial) from ``now_s`` to the deadline, on the grid ``origin_s + k × slot_s``.
+
+    Example:
+        >>> slots_needed(0.0, 7200.0, 3600.0), slots_needed(1800.0, 7200.0, 3600.0), slots_needed(0.5, 4.0, 2.0)
+        (2, 2, 2)
+    """
+    first_end = _next_boundary(now_s, slot_s, origin_s)
+    if first_end >= deadline_s - 1e-9:
+        return 1 if deadline_s > now_s else 0
+    return 1 + math.ceil((deadline_s - first_end) / slot_s - 1e-9)
 
 
 def _slots(now_s: float, deadline_s: float, slot_s: float, origin_s: float) -> list[tuple[float, float]]:

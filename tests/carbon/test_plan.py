@@ -195,3 +195,12 @@ def test_persistence_week_averages_the_week():
     now = 7 * 24 * H
     slots = CarbonPlanner(tr, now + 6 * H, forecast="persistence-week", persistence_tau_h=0).plan(now, H).slots
     assert slots[0][2] == 235.0 and all(v == pytest.approx(230.0) for _, _, v in slots[1:])
+
+
+def test_slots_needed_counts_the_partial_first_slot_as_the_plan_does():
+    from lightning_green.carbon.plan import _slots, slots_needed
+
+    for now, deadline, slot, origin in [(0.5, 80_000.0, 2.0, 0.0), (0.0, 10.0, 2.0, 0.0), (3.0, 3.5, 2.0, 1.0)]:
+        assert slots_needed(now, deadline, slot, origin) == len(_slots(now, deadline, slot, origin))
+    # 40,000 × 2 s starting half a second off the grid is 40,001 slots: the last half second would be left out
+    assert slots_needed(0.5, 0.5 + MAX_PLAN_SLOTS * 2.0, 2.0) == MAX_PLAN_SLOTS + 1
