@@ -345,6 +345,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._rank = 0
         self._log_dir: str | None = None
         self._setup_for: weakref.ref[pl.Trainer] | None = None
+        self._written: tuple[str, str] | None = None  # the report file written for this stage and its status
         # The fit's set-up (see setup and on_train_batch_start): the carbon clock at this monitor's setup, whether the
         # fit's first batch (where the set-up ends) is still to come, this rank's set-up joules not yet gathered, and
         # the set-up joules (all ranks) inside the epoch in progress, which the forecast leaves out.
@@ -482,6 +483,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
+        self._written = None
         self._setup_for = weakref.ref(trainer)  # the Trainer whose stage this monitor measures (until teardown)
         if stage == "fit" and self._trainer_ref is not None and self._trainer_ref() is not trainer:
             # A fit on a new Trainer is a new run. Reset here, not only at on_fit_start: Lightning's Tuner saves a
@@ -1122,6 +1124,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             write_json_atomic(path, _beside_the_fit(path, report))
         except OSError as err:
             rank_zero_warn(f"EnergyMonitor: could not write the energy report to {path!r}: {err}")
+            return report
+        self._written = (path, status)  # what GreenReport may build on (in its on_exception)
         return report
 
 

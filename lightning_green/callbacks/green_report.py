@@ -249,26 +249,22 @@ class GreenReport(PicklesWithoutTrainer, Callback):
             self._setup_stage = None  # Lightning calls no teardown after an exception
 
     def _write_interrupted(self, trainer: pl.Trainer) -> None:
-        from lightning_green.report import load_run
-        from lightning_green.report.run import RunDirError
-
         run_dir = self._log_dir or trainer.default_root_dir
-        try:
-            status = load_run(run_dir, energy_report=self._report_name).status
-        except (OSError, RunDirError):
-            status = "missing"
-        if not status.startswith("interrupted"):
-            # The EnergyMonitor writes the interrupted energy report in its own on_exception: listed after this
-            # callback, it has not yet (the file is the last run's, or none).
+        # Only the energy report the monitor wrote for this failure: listed after this callback, it has not written it
+        # yet, and the file in the folder may be another run's or an earlier failed fit's.
+        monitor = next((m for m in trainer.callbacks if getattr(m, "report_filename", None) == self._report_name), None)  # type: ignore[attr-defined]
+        written = getattr(monitor, "_written", None)
+        if written is None or not written[1].startswith("interrupted"):
             rank_zero_info(
-                f"{type(self).__name__}: the fit failed; no green report was written (the EnergyMonitor's report of "
-                f"this run is not there yet: list GreenReport after it). `lightning-green report {run_dir}` builds it."
+                f"{type(self).__name__}: the fit failed; no green report was written (the EnergyMonitor writes this "
+                f"run's energy report after this callback's hook: list GreenReport after it). `lightning-green report "
+                f"{run_dir}` builds it."
             )
             return
         add_report_section(trainer, "green_report", self.settings())  # for a later rewrite by the monitor
         for lg in trainer.loggers:
             _flush(lg)
-        self.write(run_dir)
+        self.write(os.path.dirname(written[0]))
 
     # ------------------------------------------------------------------------------------------------ public
     def settings(self) -> dict[str, Any]:

@@ -138,6 +138,38 @@ def test_a_failed_fit_listed_before_the_monitor_writes_no_stale_report(tmp_path,
     assert "list GreenReport after it" in caplog.text and "lightning-green report" in caplog.text
 
 
+class ExplodesDifferently(Exploding):
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise ValueError("bang")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("new_trainer", [True, False])
+def test_a_failed_fit_never_reports_an_earlier_failures_energy_report(tmp_path, caplog, new_trainer):
+    # The folder already held an interrupted energy report (logger=False: the same folder for every run; or a retry
+    # on the same Trainer); GreenReport, listed before the monitor, built its report from that one.
+    def trainer(callbacks):
+        kwargs = {"max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 1, "logger": False}
+        return Trainer(default_root_dir=tmp_path, callbacks=callbacks, **kwargs, **QUIET)
+
+    first = trainer([EnergyMonitor(print_summary=False), GreenReport()])
+    with pytest.raises(RuntimeError, match="boom"):
+        first.fit(Exploding(channels=[4]), DigitsDataModule(image_size=8))
+    written = (tmp_path / "green_report.md").read_text()
+    assert "interrupted: RuntimeError" in written
+    report = GreenReport()
+    second = trainer([report, EnergyMonitor(print_summary=False)])
+    if not new_trainer:  # the same Trainer, failing once before
+        with pytest.raises(RuntimeError, match="boom"):
+            second.fit(Exploding(channels=[4]), DigitsDataModule(image_size=8))
+    with caplog.at_level("INFO"), pytest.raises(ValueError, match="bang"):
+        second.fit(ExplodesDifferently(channels=[4]), DigitsDataModule(image_size=8))
+    assert "list GreenReport after it" in caplog.text and report.files is None
+    assert (tmp_path / "green_report.md").read_text() == written  # not rebuilt from another failure's figures
+    assert json.loads((tmp_path / "energy_report.json").read_text())["status"] == "interrupted: ValueError"
+
+
 def test_a_report_that_cannot_be_written_does_not_mask_the_users_exception(tmp_path, monkeypatch):
     report = GreenReport()
     monkeypatch.setattr(report, "write", lambda *a, **k: (_ for _ in ()).throw(ValueError("plot failed")))
