@@ -346,6 +346,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._log_dir: str | None = None
         self._setup_for: weakref.ref[pl.Trainer] | None = None
         self._written: tuple[str, str] | None = None  # the report file written for this stage and its status
+        self._fit_status: str | None = None  # the status of the fit's last report
         # The fit's set-up (see setup and on_train_batch_start): the carbon clock at this monitor's setup, whether the
         # fit's first batch (where the set-up ends) is still to come, this rank's set-up joules not yet gathered, and
         # the set-up joules (all ranks) inside the epoch in progress, which the forecast leaves out.
@@ -518,6 +519,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast_total_j = None
         self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
         self._setup_j = 0.0
+        self._fit_status = None
 
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
@@ -778,7 +780,14 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 self._setup_j += row[_SETUP]  # a retry on this Trainer goes on in the same epoch: not forecast
                 self._carbon_window(list(self._open), float(sum(row[:_N])))
             self._open.clear()
-            self._write_report(trainer, status=f"interrupted: {type(exception).__name__}")
+            status = f"interrupted: {type(exception).__name__}"
+            stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+            if stage != "fit" and self._fit_status is not None and "fit" in self.ledgers:
+                # A stand-alone validate/test/predict after this monitor's fit failed: that stage says so; the fit's
+                # figures are as complete as they were (lightning-green report would call the fit unfinished).
+                self._write_report(trainer, status=self._fit_status, stage_status=(stage, status))
+            else:
+                self._write_report(trainer, status=status, stage_status=(stage, status))
         except Exception:
             log.debug("EnergyMonitor could not account the interrupted run", exc_info=True)
         finally:
@@ -1114,8 +1123,15 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         for lg in tensorboard_loggers(trainer):
             lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=epoch_log_step(trainer))
 
-    def _write_report(self, trainer: pl.Trainer, status: str = "complete") -> dict[str, Any] | None:
+    def _write_report(
+        self, trainer: pl.Trainer, status: str = "complete", stage_status: tuple[str, str] | None = None
+    ) -> dict[str, Any] | None:
+        """Write the report (rank 0); ``stage_status``: a stage that did not finish, and how (in its own entry)."""
         report = self.report(status)
+        if stage_status is not None and stage_status[0] in report["stages"]:
+            report["stages"][stage_status[0]]["status"] = stage_status[1]
+        if trainer.state.fn == "fit":
+            self._fit_status = status
         # fast_dev_run: Lightning's smoke test writes no logs or checkpoints (and has no log dir): no report file.
         if self.report_filename is None or trainer.global_rank != 0 or trainer.fast_dev_run:
             return report
@@ -1145,7 +1161,7 @@ def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(existing, dict) or "fit" not in (existing.get("stages") or {}):
         return report
     merged = {**existing, "stages": {**existing["stages"], **report.get("stages", {})}}
-    merged["status"] = report.get("status", existing.get("status"))  # an interrupted test run says so
+    # The fit's status stays: an interrupted test run says so in its own stage (see on_exception).
     merged["extra"] = {**(existing.get("extra") or {}), **(report.get("extra") or {})}  # both runs' sections
     return merged
 

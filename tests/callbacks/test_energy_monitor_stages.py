@@ -3,6 +3,7 @@
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_green import EnergyBudget, EnergyMonitor
 from lightning_green.energy import read_report
@@ -131,17 +132,55 @@ def test_a_new_monitor_testing_into_the_fits_log_dir_adds_its_stage_to_the_fits_
     assert {"fit", "test"} <= set(stages) and stages["fit"] == fit and stages["test"]["steps"] > 0
 
 
-def test_the_merged_report_keeps_the_later_runs_status_and_both_runs_sections(tmp_path):
+def test_the_merged_report_keeps_the_fits_status_the_later_stages_own_and_both_runs_sections(tmp_path):
     import json
 
     from lightning_green.callbacks.energy_monitor import _beside_the_fit
 
     path = tmp_path / "energy_report.json"
     path.write_text(json.dumps({"status": "complete", "stages": {"fit": {"steps": 4}}, "extra": {"data": {"a": 1}}}))
-    later = {"status": "interrupted: KeyboardInterrupt", "stages": {"test": {"steps": 2}}, "extra": {"b": {"c": 2}}}
+    failed = "interrupted: KeyboardInterrupt"
+    later = {"status": failed, "stages": {"test": {"steps": 2, "status": failed}}, "extra": {"b": {"c": 2}}}
     merged = _beside_the_fit(str(path), later)
-    assert merged["status"] == "interrupted: KeyboardInterrupt" and set(merged["stages"]) == {"fit", "test"}
+    assert merged["status"] == "complete" and set(merged["stages"]) == {"fit", "test"}
+    assert merged["stages"]["test"]["status"] == failed and "status" not in merged["stages"]["fit"]
     assert merged["extra"] == {"data": {"a": 1}, "b": {"c": 2}}
+
+
+class FailsInValidation(BoringModel):
+    fail = False
+
+    def validation_step(self, batch, batch_idx):
+        if self.fail:
+            raise RuntimeError("validation boom")
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("same_monitor", [True, False])
+def test_a_failed_stand_alone_run_after_the_fit_leaves_the_fit_complete(tmp_path, same_monitor):
+    # A validate() that failed after a complete fit marked the whole report (the fit's) "interrupted".
+    monitor = EnergyMonitor(print_summary=False)
+    logger = CSVLogger(tmp_path, version="x")
+    trainer = make_trainer(tmp_path, logger=logger, callbacks=[monitor], limit_train_batches=2, limit_val_batches=2)
+    model = FailsInValidation()
+    trainer.fit(model)
+    path = tmp_path / "lightning_logs" / "x" / "energy_report.json"
+    fit = read_report(path)["stages"]["fit"]
+    model.fail = True
+    if not same_monitor:  # `lightning-green validate` into the fit's folder: a new monitor
+        logger = CSVLogger(tmp_path, version="x")
+        monitor = EnergyMonitor(print_summary=False)
+        trainer = make_trainer(tmp_path, logger=logger, callbacks=[monitor], limit_val_batches=2)
+    with pytest.raises(RuntimeError, match="validation boom"):
+        trainer.validate(model, verbose=False)
+    report = read_report(path)
+    assert report["status"] == "complete" and report["stages"]["fit"]["steps"] == fit["steps"] == 2
+    assert report["stages"]["validate"]["status"] == "interrupted: RuntimeError"
+    from lightning_green.report import load_run, write_report
+
+    text = write_report(load_run(path.parent), html=False).markdown.read_text()
+    assert "The validate run did not finish normally (interrupted: RuntimeError)" in text
+    assert "The run did not finish normally" not in text
 
 
 class _ValLossModel(SteadyModel):
