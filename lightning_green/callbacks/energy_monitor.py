@@ -346,7 +346,10 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._log_dir: str | None = None
         self._setup_for: weakref.ref[pl.Trainer] | None = None
         self._written: tuple[str, str] | None = None  # the report file written for this stage and its status
-        self._fit_status: str | None = None  # the status of the fit's last report
+        # The stages (the fit, a stand-alone validate/test/predict) whose last run did not finish, and how; the stage
+        # this monitor's Trainer started last (the outermost one opened since setup).
+        self._stage_status: dict[str, str] = {}
+        self._started_stage: str | None = None
         # The fit's set-up (see setup and on_train_batch_start): the carbon clock at this monitor's setup, whether the
         # fit's first batch (where the set-up ends) is still to come, this rank's set-up joules not yet gathered, and
         # the set-up joules (all ranks) inside the epoch in progress, which the forecast leaves out.
@@ -485,6 +488,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
         self._written = None
+        self._started_stage = None
         self._setup_for = weakref.ref(trainer)  # the Trainer whose stage this monitor measures (until teardown)
         if stage == "fit" and self._trainer_ref is not None and self._trainer_ref() is not trainer:
             # A fit on a new Trainer is a new run. Reset here, not only at on_fit_start: Lightning's Tuner saves a
@@ -519,7 +523,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast_total_j = None
         self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
         self._setup_j = 0.0
-        self._fit_status = None
+        self._stage_status.pop("fit", None)
 
     def _build_meter(self, trainer: pl.Trainer) -> EnergyMeter:
         indices = self.gpu_indices
@@ -780,14 +784,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 self._setup_j += row[_SETUP]  # a retry on this Trainer goes on in the same epoch: not forecast
                 self._carbon_window(list(self._open), float(sum(row[:_N])))
             self._open.clear()
-            status = f"interrupted: {type(exception).__name__}"
             stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
-            if stage != "fit" and self._fit_status is not None and "fit" in self.ledgers:
-                # A stand-alone validate/test/predict after this monitor's fit failed: that stage says so; the fit's
-                # figures are as complete as they were (lightning-green report would call the fit unfinished).
-                self._write_report(trainer, status=self._fit_status, stage_status=(stage, status))
-            else:
-                self._write_report(trainer, status=status, stage_status=(stage, status))
+            # A fit always; a stand-alone stage that failed before it began (in its loader) ran nothing of its own.
+            if stage == "fit" or self._started_stage == stage:
+                self._stage_status[stage] = f"interrupted: {type(exception).__name__}"
+            self._write_report(trainer)
         except Exception:
             log.debug("EnergyMonitor could not account the interrupted run", exc_info=True)
         finally:
@@ -966,6 +967,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         # Energy since the last read belongs to no stage (set-up between stages): skip it locally. The fit's own
         # set-up since this monitor's setup is the fit's (see setup).
         if not self._open:
+            self._started_stage = stage
+            self._stage_status.pop(stage, None)  # a new run of the stage: finished or not, it says at its end
             setup_at, self._fit_setup_at = (self._fit_setup_at if stage == "fit" else None), None
             self._splitting_setup = setup_at is not None
             if setup_at is not None:
@@ -1123,15 +1126,18 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         for lg in tensorboard_loggers(trainer):
             lg.log_hyperparams({**dict(lg.hparams), **params}, metrics=metrics, step=epoch_log_step(trainer))
 
-    def _write_report(
-        self, trainer: pl.Trainer, status: str = "complete", stage_status: tuple[str, str] | None = None
-    ) -> dict[str, Any] | None:
-        """Write the report (rank 0); ``stage_status``: a stage that did not finish, and how (in its own entry)."""
+    def _write_report(self, trainer: pl.Trainer) -> dict[str, Any] | None:
+        """Write the report (rank 0), with its status: the fit's, when this monitor measured one, else this run's.
+
+        A stand-alone validate/test/predict that fails after the fit says so in its own stage's ``status``: the fit's
+        figures are as complete as they were (``lightning-green report`` would call the fit unfinished).
+        """
+        stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        status = self._stage_status.get("fit" if "fit" in self.ledgers else stage, "complete")
         report = self.report(status)
-        if stage_status is not None and stage_status[0] in report["stages"]:
-            report["stages"][stage_status[0]]["status"] = stage_status[1]
-        if trainer.state.fn == "fit":
-            self._fit_status = status
+        for name, how in self._stage_status.items():
+            if name in report["stages"]:
+                report["stages"][name]["status"] = how
         # fast_dev_run: Lightning's smoke test writes no logs or checkpoints (and has no log dir): no report file.
         if self.report_filename is None or trainer.global_rank != 0 or trainer.fast_dev_run:
             return report

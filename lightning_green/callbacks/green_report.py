@@ -252,13 +252,21 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         run_dir = self._log_dir or trainer.default_root_dir
         # Only the energy report the monitor wrote for this failure: listed after this callback, it has not written it
         # yet, and the file in the folder may be another run's or an earlier failed fit's.
-        monitor = next((m for m in trainer.callbacks if getattr(m, "report_filename", None) == self._report_name), None)  # type: ignore[attr-defined]
-        written = getattr(monitor, "_written", None)
+        callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
+        monitor = next((m for m in callbacks if getattr(m, "report_filename", None) == self._report_name), None)
+        setup_for = getattr(monitor, "_setup_for", None)
+        written = getattr(monitor, "_written", None) if setup_for is not None and setup_for() is trainer else None
         if written is None or not written[1].startswith("interrupted"):
+            after = monitor is not None and callbacks.index(monitor) > callbacks.index(self)
+            why = (
+                "the EnergyMonitor writes this run's energy report after this callback's hook: "
+                "list GreenReport after it"
+                if after
+                else "the EnergyMonitor wrote no energy report for this failure"
+            )
             rank_zero_info(
-                f"{type(self).__name__}: the fit failed; no green report was written (the EnergyMonitor writes this "
-                f"run's energy report after this callback's hook: list GreenReport after it). `lightning-green report "
-                f"{run_dir}` builds it."
+                f"{type(self).__name__}: the fit failed; no green report was written ({why}). "
+                f"`lightning-green report {run_dir}` builds it."
             )
             return
         add_report_section(trainer, "green_report", self.settings())  # for a later rewrite by the monitor

@@ -183,9 +183,12 @@ def build_report(run: Run, metric: str | None = None, mode: str = "auto", target
         doc.paragraph("The energy report records no status: whether the run finished normally is not known.", note=True)
     elif status != "complete":
         doc.paragraph(f"The run did not finish normally ({status}): the figures cover what ran.", note=True)
-    for stage, entry in (run.energy.get("stages") or {}).items():
+    stages = run.energy.get("stages") or {}
+    for stage, entry in stages.items():
         stage_status = entry.get("status") if isinstance(entry, dict) else None
-        if isinstance(stage_status, str) and stage_status != status:  # a later validate/test/predict that failed
+        # A validate/test/predict that failed (after the fit, whose own status is the report's; or alone, where the
+        # report's status already says it).
+        if isinstance(stage_status, str) and stage != "fit" and ("fit" in stages or stage_status != status):
             doc.paragraph(
                 f"The {stage} run did not finish normally ({stage_status}): its figures cover what ran.", note=True
             )

@@ -214,3 +214,51 @@ def test_a_mid_epoch_validation_logs_the_fit_s_running_total_at_its_step(tmp_pat
     assert all(e is not None for e in energies) and energies == sorted(set(energies))  # each its own, rising
     ends = [e.cumulative_j for e in run.epoch_energy()]
     assert energies[1] == ends[0] and energies[3] == ends[1] and energies[0] < ends[0] < energies[2] < ends[1]
+
+
+class FailsInTraining(FailsInValidation):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 1:
+            raise RuntimeError("training boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failed_fit_stays_failed_through_later_stand_alone_runs(tmp_path):
+    # A test() that ran fine after a failed fit rewrote the report as "complete" (and a failing one lost the fit's own
+    # stage status); a test whose loader failed before it began marked the earlier test's figures as interrupted.
+    monitor = EnergyMonitor(print_summary=False)
+    trainer = make_trainer(
+        tmp_path,
+        logger=CSVLogger(tmp_path, version="x"),
+        callbacks=[monitor],
+        limit_train_batches=4,
+        limit_test_batches=2,
+        limit_val_batches=2,
+    )
+    model = FailsInTraining()
+    with pytest.raises(RuntimeError, match="training boom"):
+        trainer.fit(model)
+    path = tmp_path / "lightning_logs" / "x" / "energy_report.json"
+    trainer.test(model, verbose=False)
+    report = read_report(path)
+    assert report["status"] == "interrupted: RuntimeError" == report["stages"]["fit"]["status"]
+    assert "status" not in report["stages"]["test"] and report["stages"]["test"]["steps"] == 2
+
+    class NoLoader(BoringModel):
+        def test_dataloader(self):
+            raise OSError("no data")
+
+    with pytest.raises(OSError, match="no data"):
+        trainer.test(NoLoader(), verbose=False)
+    report = read_report(path)
+    assert "status" not in report["stages"]["test"] and report["stages"]["test"]["steps"] == 2
+    assert report["status"] == "interrupted: RuntimeError"
+    from lightning_green.report import load_run, write_report
+
+    text = write_report(load_run(path.parent), html=False).markdown.read_text()
+    assert "The run did not finish normally (interrupted: RuntimeError)" in text and "The test run" not in text
+    with pytest.raises(RuntimeError, match="validation boom"):  # the same exception type as the fit's
+        model.fail = True
+        trainer.validate(model, verbose=False)
+    text = write_report(load_run(path.parent), html=False).markdown.read_text()
+    assert "The validate run did not finish normally (interrupted: RuntimeError)" in text

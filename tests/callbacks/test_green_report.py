@@ -170,6 +170,26 @@ def test_a_failed_fit_never_reports_an_earlier_failures_energy_report(tmp_path, 
     assert json.loads((tmp_path / "energy_report.json").read_text())["status"] == "interrupted: ValueError"
 
 
+class FailsInSetup(Callback):
+    def setup(self, trainer, pl_module, stage):
+        if getattr(self, "fail", False):
+            raise RuntimeError("setup boom")
+
+
+def test_a_fit_failing_before_the_monitors_setup_never_rebuilds_the_last_runs_report(tmp_path, caplog):
+    # The monitor's note of the energy report it wrote for run A's failure was taken for run B's (a new Trainer whose
+    # fit failed before the monitor's setup): B rebuilt A's green report.
+    report, fails = GreenReport(), FailsInSetup()
+    callbacks = [report, fails, EnergyMonitor(print_summary=False)]
+    first = _exploding_fit(tmp_path / "a", callbacks)
+    assert not os.path.exists(os.path.join(first.log_dir, "green_report.md"))  # listed before the monitor
+    fails.fail = True
+    second = Trainer(default_root_dir=tmp_path / "b", max_epochs=1, callbacks=callbacks, **QUIET)
+    with caplog.at_level("INFO"), pytest.raises(RuntimeError, match="setup boom"):
+        second.fit(Exploding(channels=[4]), DigitsDataModule(image_size=8))
+    assert not os.path.exists(os.path.join(first.log_dir, "green_report.md")) and report.files is None
+
+
 def test_a_report_that_cannot_be_written_does_not_mask_the_users_exception(tmp_path, monkeypatch):
     report = GreenReport()
     monkeypatch.setattr(report, "write", lambda *a, **k: (_ for _ in ()).throw(ValueError("plot failed")))
