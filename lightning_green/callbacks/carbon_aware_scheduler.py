@@ -254,7 +254,7 @@ class CarbonAwareScheduler(Callback):
         slots = slots_needed(now, deadline_s, self.planner.slot_s, self.planner.origin_s)
         if slots > MAX_PLAN_SLOTS:  # a short slot: one's own, or the step of a trace of a few minutes
             # A plan holds at most MAX_PLAN_SLOTS slots: the time past them could never be chosen.
-            shortest = f"{(deadline_s - now) / (MAX_PLAN_SLOTS - 1):.4g} s"
+            shortest = f"{_round_up((deadline_s - now) / (MAX_PLAN_SLOTS - 1)):g} s"
             whose = "" if self.slot is not None else f" (None: the trace's own step, {self.planner.slot_s:g} s)"
             fail(
                 name,
@@ -590,3 +590,14 @@ def _close_energy_windows(trainer: pl.Trainer) -> None:
         close = getattr(cb, "close_window", None)
         if callable(close):
             close(trainer)
+
+
+def _round_up(x: float, digits: int = 4) -> float:
+    """``x`` rounded up to ``digits`` significant digits (a minimum that, as printed, is still enough).
+
+    Example:
+        >>> _round_up(408.5013), _round_up(2.16005), _round_up(432.0)
+        (408.6, 2.161, 432.0)
+    """
+    scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return float(f"{math.ceil(x / scale - 1e-9) * scale:.{digits}g}")

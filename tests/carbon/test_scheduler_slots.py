@@ -55,13 +55,18 @@ def test_a_slot_too_short_for_the_deadline_is_refused_at_setup(tmp_path):
     sched = CarbonAwareScheduler(intensity=100.0, deadline="24h", slot=1, clock=sim_clock(), verbose=False)
     with pytest.raises(
         ValueError,
-        match=r"CarbonAwareScheduler\(slot=1\): `slot` must be at least 2.16 s with "
+        match=r"CarbonAwareScheduler\(slot=1\): `slot` must be at least 2.161 s with "
         r"deadline='24h' \(a plan holds at most 40000 slots; this one would need 86400\)",
     ):
         make_trainer(tmp_path, max_steps=2, callbacks=[sched]).fit(BoringModel())
-    fine = CarbonAwareScheduler(intensity=100.0, deadline="24h", slot=3, clock=sim_clock(), verbose=False)
+    five_minutes = IntensityTrace(T0 - H, 300.0, tuple([100.0] * (12 * 24 * 201)))
+    trace_step = CarbonAwareScheduler(intensity=five_minutes, deadline="200d", clock=sim_clock(), verbose=False)
+    with pytest.raises(ValueError, match=r"`slot` must be at least 432.1 s \(None: the trace's own step, 300 s\)"):
+        make_trainer(tmp_path, max_steps=2, callbacks=[trace_step]).fit(BoringModel())
+    # the minimum as printed is enough (rounded up, not to the nearest)
+    fine = CarbonAwareScheduler(intensity=100.0, deadline="24h", slot=2.161, clock=sim_clock(), verbose=False)
     make_trainer(tmp_path, max_steps=2, callbacks=[fine]).fit(BoringModel())
-    assert fine.planner is not None and fine.planner.slot_s == 3.0
+    assert fine.planner is not None and fine.planner.slot_s == 2.161
 
 
 def test_a_long_pause_starting_late_in_a_slot_is_checkpointed(tmp_path):
