@@ -415,6 +415,9 @@ def test_ctrl_c_inside_a_prune_leaves_a_checkpoint_that_matches_its_history(tmp_
     model = small_cnn()
     trainer = make_trainer(tmp_path, [sp, OnExceptionCheckpoint(tmp_path)], enable_checkpointing=True)
     handler = signal.getsignal(signal.SIGINT)
+    # Python's own Ctrl-C handler, whatever this process inherited (a shell's background job starts with SIGINT
+    # ignored, and then Ctrl-C rightly does nothing).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown on KeyboardInterrupt
             trainer.fit(model, data())
