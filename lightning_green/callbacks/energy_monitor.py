@@ -784,7 +784,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 self._setup_j += row[_SETUP]  # a retry on this Trainer goes on in the same epoch: not forecast
                 self._carbon_window(list(self._open), float(sum(row[:_N])))
             self._open.clear()
-            stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+            stage = _trainer_stage(trainer)
             # A fit always; a stand-alone stage that failed before it began (in its loader) ran nothing of its own.
             if stage == "fit" or self._started_stage == stage:
                 self._stage_status[stage] = f"interrupted: {type(exception).__name__}"
@@ -1132,7 +1132,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         A stand-alone validate/test/predict that fails after the fit says so in its own stage's ``status``: the fit's
         figures are as complete as they were (``lightning-green report`` would call the fit unfinished).
         """
-        stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        stage = _trainer_stage(trainer)
         status = self._stage_status.get("fit" if "fit" in self.ledgers else stage, "complete")
         report = self.report(status)
         for name, how in self._stage_status.items():
@@ -1147,8 +1147,16 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         except OSError as err:
             rank_zero_warn(f"EnergyMonitor: could not write the energy report to {path!r}: {err}")
             return report
-        self._written = (path, status)  # what GreenReport may build on (in its on_exception)
+        self._written = (path, status)
         return report
+
+    def _report_written_for(self, trainer: pl.Trainer) -> tuple[str, str] | None:
+        """The report file written for ``trainer``'s stage in progress, and its status; else ``None``.
+
+        GreenReport's on_exception builds on it. ``None``: not written yet, or the write failed, or the stage in
+        progress is another Trainer's.
+        """
+        return self._written if self._setup_for is not None and self._setup_for() is trainer else None
 
 
 def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
@@ -1170,6 +1178,11 @@ def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
     # The fit's status stays: an interrupted test run says so in its own stage (see on_exception).
     merged["extra"] = {**(existing.get("extra") or {}), **(report.get("extra") or {})}  # both runs' sections
     return merged
+
+
+def _trainer_stage(trainer: pl.Trainer) -> str:
+    """The stage the Trainer runs: ``fit``, ``validate``, ``test`` or ``predict``."""
+    return str(getattr(trainer.state.fn, "value", trainer.state.fn))
 
 
 def _total(delta: Reading) -> float:

@@ -254,8 +254,9 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         # yet, and the file in the folder may be another run's or an earlier failed fit's.
         callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
         monitor = next((m for m in callbacks if getattr(m, "report_filename", None) == self._report_name), None)
-        setup_for = getattr(monitor, "_setup_for", None)
-        written = getattr(monitor, "_written", None) if setup_for is not None and setup_for() is trainer else None
+        written = (
+            monitor._report_written_for(trainer) if callable(getattr(monitor, "_report_written_for", None)) else None
+        )
         if written is None or not written[1].startswith("interrupted"):
             after = monitor is not None and callbacks.index(monitor) > callbacks.index(self)
             why = (
