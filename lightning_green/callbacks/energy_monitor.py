@@ -504,6 +504,10 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._fit_setup_at = None
         if self._meter is None:
             self._meter = self._build_meter(trainer)
+            # Every rank starts metering at the same moment: building a meter takes longer on the rank that reads the
+            # node's counters (RAPL), whose energy must span the same time as the other ranks' (the fit's time is the
+            # slowest rank's). Once per stage; the fit's windows start here (see below).
+            trainer.strategy.barrier("lightning_green.EnergyMonitor.start")
             self._meter.start()
             self._last = Reading.zero(self._meter.sources)
             # The fit's energy counts from here, not from this monitor's on_fit_start: what runs between (the other

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import time
 import warnings
 
 import pytest
@@ -663,6 +664,34 @@ def test_ddp_counts_each_rank_once_and_the_node_once(tmp_path):
     assert fit["samples"] == 2 * 6  # both ranks' batches of 1
     assert fit["steps"] == 6
     json.dumps(fit)  # plain data
+
+
+class SlowMeterOnRankZero(EnergyMonitor):
+    """Building rank 0's meter takes 0.3 s longer (as a meter that reads the node's RAPL counters does)."""
+
+    def _build_meter(self, trainer):
+        if trainer.global_rank == 0:
+            time.sleep(0.3)
+        return super()._build_meter(trainer)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_start_metering_together(tmp_path):
+    # Rank 1 started its meter 0.3 s before rank 0: the fit's time (the slowest rank's) spanned 0.3 s in which the
+    # node's counters (read on rank 0) were not.
+    monitor = SlowMeterOnRankZero(print_summary=False, min_window_s=0.0, log_every_n_steps=2)
+    trainer = make_trainer(
+        tmp_path,
+        limit_train_batches=6,
+        strategy="ddp_spawn",
+        devices=2,
+        callbacks=[InstallFakeRapl(), monitor, DestroyProcessGroupAtExit()],
+    )
+    trainer.fit(SteadyModel(0.005))
+    fit = _report(tmp_path)["stages"]["fit"]
+    times = [r["time_s"] for r in fit["per_rank"]]
+    assert abs(times[0] - times[1]) < 0.1
+    assert fit["energy_j"]["cpu"] == pytest.approx(FakeRapl.PACKAGE_W * fit["time_s"], rel=0.1)
 
 
 @pytest.mark.slow
