@@ -34,7 +34,8 @@ class EnergyBudget(PicklesWithoutTrainer, Callback):
     """Stop ``fit`` when its energy or CO₂ reaches a budget — or, optionally, when it is forecast to.
 
     Reads the totals of the :class:`~lightning_green.EnergyMonitor` in the same Trainer (one meter, no second
-    set of counter reads), after each of its updates: every ``log_every_n_steps`` batches and at each epoch end.
+    set of counter reads), after each of its updates: every ``log_every_n_steps`` batches, at a mid-epoch
+    validation (``val_check_interval``) and at each epoch end.
     The stop is Lightning's own ``trainer.should_stop``: the current step finishes, the usual end-of-epoch
     checkpointing and ``on_train_end`` hooks run, and a message says why. The decision is taken collectively, so
     every DDP rank stops at the same step. Lightning ignores ``should_stop`` until ``Trainer(min_epochs, min_steps)``

@@ -1020,6 +1020,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         metrics.update(_rates(f"{stage}/", ledger.total_j, ledger.time_s, ledger.samples, ledger.tokens))
         # Lightning logs evaluation results at its fit loop's step (during fit: that of the batch that triggered it).
         log_metrics(trainer, metrics, step=log_step(trainer))
+        if "energy/total_J" in metrics:  # the fit's totals were updated mid-epoch: listeners (EnergyBudget) check them
+            self._notify(trainer)
         return metrics
 
     def _totals_metrics(self, stage: str) -> dict[str, float]:

@@ -317,6 +317,23 @@ def test_budget_stops_training_cleanly_and_checkpoints(tmp_path):
     assert os.listdir(tmp_path / "ckpt")  # Lightning's normal checkpointing still ran
 
 
+def test_budget_is_checked_at_a_mid_epoch_validation(tmp_path):
+    # A val_check_interval validation logs the fit's running totals: the budget is checked there too, not only at
+    # the next logging step or epoch end (here no step is logged, so the epoch end would be step 20).
+    budget = EnergyBudget(max_energy=1e-9, unit="J")
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=3,
+        limit_train_batches=20,
+        limit_val_batches=1,
+        val_check_interval=5,
+        callbacks=[EnergyMonitor(min_window_s=0.0, log_every_n_steps=0, print_summary=False), budget],
+    )
+    trainer.fit(SteadyModel(step_cpu_s=0.002))
+    assert trainer.global_step == 5  # the first validation, at batch 5 of epoch 0
+    assert budget.stopped_reason and "budget 1e-09 J" in budget.stopped_reason
+
+
 @pytest.mark.parametrize("action", ["stop", "warn", "ignore"])
 def test_budget_acts_on_the_forecast(tmp_path, action):
     monitor = EnergyMonitor(print_summary=False)
