@@ -316,6 +316,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.ledgers: dict[str, StageLedger] = {}
         self.forecast = EnergyForecast(after_epochs=forecast_after_epochs)
         self.forecast_total_j: float | None = None
+        # What the forecast was made for: the epochs it had seen and the fit's bounds then (in the report).
+        self._forecast_basis: dict[str, int | None] = {}
         self._meter: EnergyMeter | None = None
         self._open: list[str] = []
         self._last = Reading.zero()
@@ -340,6 +342,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._fit_validation: tuple[StageLedger, Any] | None = None
         self._validation_of_fit = False
         self._forecast_announced = False
+        self._forecast_note: str | None = None  # the forecast to say at the next epoch's start (if there is one)
         self._listeners: list[Callable[[pl.Trainer, EnergyMonitor], None]] = []
         self._report_sections: dict[str, Any] = {}
         self._rank = 0
@@ -460,7 +463,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             }
         forecast = None
         if self.forecast_total_j is not None:
-            forecast = {"total_j": self.forecast_total_j, "gco2e": self.forecast_gco2e()}
+            forecast = {"total_j": self.forecast_total_j, "gco2e": self.forecast_gco2e(), **self._forecast_basis}
         return {
             "version": REPORT_VERSION,
             "status": status,
@@ -525,6 +528,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.carbon_tracker.reset("validate")
         self.forecast.reset()
         self.forecast_total_j = None
+        self._forecast_basis = {}
         self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
         self._setup_j = 0.0
         self._stage_status.pop("fit", None)
@@ -585,11 +589,20 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._validation_of_fit = True  # the "validate" ledger is the fit's now, whether or not it validates
         self._trainer_ref = weakref.ref(trainer)
         self.forecast_total_j = None  # re-forecast for this fit's max_epochs/max_steps at its first epoch end
+        self._forecast_basis = {}
         self._restored = False
         self._forecast_announced = False  # each fit() says once what it forecasts
+        self._forecast_note = None
         self._bar = {}
         self._open_stage(trainer, "fit")
         self._add_custom_scalars(trainer)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._forecast_note is not None:
+            self._forecast_announced = True
+            rank_zero_info(self._forecast_note)
+            self._forecast_note = None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -660,11 +673,18 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         # with the loss, and a cumulative value at the same step would put a second, different point on that curve.
         metrics.update(_rates("", fit.total_j, fit.time_s, fit.samples, fit.tokens, scope="fit_"))
         if self.forecast_total_j is not None:
+            self._forecast_basis = {
+                "after_epochs": len(fit.epochs_j),
+                "max_epochs": _bound(trainer.max_epochs),
+                "max_steps": _bound(trainer.max_steps),
+            }
             metrics["energy/forecast_total_J"] = self.forecast_total_j
             metrics["carbon/forecast_gCO2e"] = self.forecast_gco2e()
+            # Said once per fit, while it is a forecast: at the next epoch's start. Not after the epoch the fit ends
+            # with (max_epochs, or a stop by a budget or EarlyStopping, which may be listed after this monitor),
+            # where the total is known and an epoch cut short by the stop would mislead.
             if not self._forecast_announced:
-                self._forecast_announced = True
-                rank_zero_info(
+                self._forecast_note = (
                     f"EnergyMonitor: forecast for this run: {self.forecast_total_j:.4g} J "
                     f"({self.forecast_total_j / J_PER_KWH:.4g} kWh, {self.forecast_gco2e():.4g} "
                     f"gCO2e, {self.label('fit')}) after {len(fit.epochs_j)} epoch(s)."
@@ -839,6 +859,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "ledgers": ledgers,
             "forecast": self.forecast.state_dict(),
             "forecast_total_j": self.forecast_total_j,
+            "forecast_basis": dict(self._forecast_basis),
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
             "setup_j": setup_j,
@@ -865,6 +886,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.ledgers = {k: StageLedger.from_state(v) for k, v in state_dict.get("ledgers", {}).items()}
         self.forecast.load_state_dict(state_dict.get("forecast", {}))
         self.forecast_total_j = state_dict.get("forecast_total_j")
+        self._forecast_basis = dict(state_dict.get("forecast_basis") or {})
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
         self._setup_j = float(state_dict.get("setup_j", 0.0))  # the set-up inside the epoch in progress
@@ -1189,6 +1211,11 @@ def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
 def _trainer_stage(trainer: pl.Trainer) -> str:
     """The stage the Trainer runs: ``fit``, ``validate``, ``test`` or ``predict``."""
     return str(getattr(trainer.state.fn, "value", trainer.state.fn))
+
+
+def _bound(limit: int | None) -> int | None:
+    """A Trainer's ``max_epochs``/``max_steps`` for the report: ``None`` when unbounded (None or -1)."""
+    return None if limit is None or limit < 0 else int(limit)
 
 
 def _total(delta: Reading) -> float:

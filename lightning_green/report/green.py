@@ -395,6 +395,31 @@ def _measured_vs_estimated(doc: Document, run: Run) -> None:
     )
 
 
+def _forecast_text(forecast: dict[str, Any], energy: dict[str, Any]) -> str:
+    """The fit's forecast, with what it was made for and, once the fit ended short of that, that it did.
+
+    Example:
+        >>> fc = {"total_j": 600.0, "gco2e": 0.01, "after_epochs": 1, "max_epochs": 10, "max_steps": None}
+        >>> _forecast_text(fc, {"status": "complete", "stages": {"fit": {"epochs_j": [60.0, 60.0], "steps": 8}}})
+        '600.0 J → 0.01 gCO2e (after 1 epoch, for max_epochs=10; the fit ended after 2 epochs, before that bound)'
+    """
+    text = f"{fmt_energy(forecast.get('total_j'))} → {forecast.get('gco2e', 0.0):.4g} gCO2e"
+    bounds = {k: forecast.get(k) for k in ("max_epochs", "max_steps") if isinstance(forecast.get(k), int)}
+    if not bounds:
+        return text  # an older report records no basis
+    after = forecast.get("after_epochs")
+    made = f"after {after} epoch{'s' if after != 1 else ''}, " if isinstance(after, int) else ""
+    text += f" ({made}for {' / '.join(f'{k}={v}' for k, v in bounds.items())}"
+    fit = (energy.get("stages") or {}).get("fit") or {}
+    epochs, steps = len(fit.get("epochs_j") or []), fit.get("steps")
+    short = epochs < bounds.get("max_epochs", epochs + 1) and (
+        not isinstance(steps, (int, float)) or steps < bounds.get("max_steps", steps + 1)
+    )
+    if energy.get("status") == "complete" and short:
+        text += f"; the fit ended after {epochs} epoch{'s' if epochs != 1 else ''}, before that bound"
+    return text + ")"
+
+
 def _carbon(doc: Document, run: Run) -> None:
     carbon = run.energy.get("carbon") or {}
     if not carbon:
@@ -413,9 +438,7 @@ def _carbon(doc: Document, run: Run) -> None:
         rows.append([f"{stage}: energy → CO₂", f"{s.get('kwh', 0.0):.4g} kWh → {s.get('gco2e', 0.0):.4g} gCO2e"])
     forecast = run.energy.get("forecast")
     if forecast:
-        rows.append(
-            ["forecast (fit)", f"{fmt_energy(forecast.get('total_j'))} → {forecast.get('gco2e', 0.0):.4g} gCO2e"]
-        )
+        rows.append(["forecast (fit)", _forecast_text(forecast, run.energy)])
     schedule = run.extra("carbon_schedule") or {}
     if schedule:
         rows.append(

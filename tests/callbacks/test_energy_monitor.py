@@ -2,6 +2,7 @@ import collections
 import csv
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -285,6 +286,46 @@ def test_forecast_on_a_steady_workload_is_within_ten_percent(tmp_path):
     forecast_after_2 = [f for epoch, f in seen if epoch == 1 and f is not None][-1]
     actual = monitor.total_energy_j("fit")
     assert forecast_after_2 == pytest.approx(actual, rel=0.10)
+
+
+def test_the_forecast_is_said_while_it_forecasts_and_the_report_says_what_it_was_for(tmp_path, caplog):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from lightning_green.report.green import _forecast_text
+
+    def said(**fit_kwargs) -> tuple[list[str], dict]:
+        callbacks = fit_kwargs.pop("callbacks", [])
+        monitor = EnergyMonitor(print_summary=False, forecast_after_epochs=1, **fit_kwargs.pop("monitor_kwargs", {}))
+        trainer = make_trainer(tmp_path, limit_train_batches=4, callbacks=[monitor, *callbacks], **fit_kwargs)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            trainer.fit(SteadyModel(step_cpu_s=0.002))
+        return [r.getMessage() for r in caplog.records if "forecast for this run" in r.getMessage()], _report(trainer)
+
+    # Said once, after the first epoch, while epochs remain; the report records what it was made for.
+    lines, report = said(max_epochs=3)
+    assert len(lines) == 1 and "after 1 epoch(s)" in lines[0]
+    assert report["forecast"]["after_epochs"] == 3 and report["forecast"]["max_epochs"] == 3  # updated each epoch
+    assert report["forecast"]["max_steps"] is None
+    # A budget that stops the run mid-epoch (a window every 2 steps) or at the epoch end (listed after the monitor,
+    # it decides after the monitor's epoch end): that epoch is the last, and no forecast is said from it.
+    for every in (2, 0):
+        budget = EnergyBudget(max_energy=1e-9, unit="J")
+        monitor_kwargs = {"min_window_s": 0.0, "log_every_n_steps": every}
+        lines, report = said(max_epochs=2, callbacks=[budget], monitor_kwargs=monitor_kwargs)
+        assert budget.stopped_reason and lines == []
+        assert report["stages"]["fit"]["steps"] == (2 if every else 4)
+    # EarlyStopping after the first epoch of ten: nothing said; the green report says the fit ended before the bound.
+    stop = EarlyStopping(monitor="energy/total_J", mode="max", patience=0, stopping_threshold=0.0)
+    lines, report = said(max_epochs=10, callbacks=[stop])
+    assert lines == [] and len(report["stages"]["fit"]["epochs_j"]) == 1
+    assert report["forecast"]["max_epochs"] == 10
+    assert "for max_epochs=10; the fit ended after 1 epoch, before that bound" in _forecast_text(
+        report["forecast"], report
+    )
+    # The epoch max_epochs ends with: the total is known, nothing is said.
+    lines, _ = said(max_epochs=1)
+    assert lines == []
 
 
 def test_workload_change_refits_the_forecast(tmp_path):
@@ -989,16 +1030,16 @@ def test_two_fits_on_one_trainer_are_one_run(tmp_path):
     monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
     announced = []
     monitor.add_listener(lambda trainer, m: announced.append(m._forecast_announced))
-    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, log_every_n_steps=2, callbacks=[monitor])
+    trainer = make_trainer(tmp_path, max_epochs=2, limit_train_batches=4, log_every_n_steps=2, callbacks=[monitor])
     trainer.fit(SteadyModel(0.005))
     first = monitor.total_energy_j("fit")
-    assert announced[-1] is True
-    trainer.fit_loop.max_epochs = 2
+    assert announced[-1] is True  # said at the start of epoch 1
+    trainer.fit_loop.max_epochs = 4
     announced.clear()
     trainer.fit(SteadyModel(0.005))
     fit = monitor.ledgers["fit"]
     assert monitor.total_energy_j("fit") > 1.5 * first  # continued, not restarted
-    assert len(fit.epochs_j) == 2 and fit.steps == 8 and fit.samples == 8
+    assert len(fit.epochs_j) == 4 and fit.steps == 16 and fit.samples == 16
     assert announced[0] is False and announced[-1] is True  # the second fit() announces its own forecast
     # the same monitor in a new Trainer is a new run
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[monitor]).fit(SteadyModel(0.005))
