@@ -91,8 +91,8 @@ class PowerLimitTuner(Callback):
     Logged to every logger: ``power/limit_W`` and ``power/tuner_state`` (0 off, 1 waiting, 2 warm-up,
     3 profiling, 4 measured, 5 selecting, 6 done), then ``power/chosen_limit_W`` and the profile table
     ``power/profile/{W}W/{energy_J,time_s,cost}`` (per step); TensorBoard also gets the table as text. With an
-    :class:`~lightning_green.EnergyMonitor`, the tuner shares its Zeus monitor and adds a ``power_limit`` section
-    to the energy report.
+    :class:`~lightning_green.EnergyMonitor`, the tuner shares its Zeus monitor and, once profiling is done, adds its
+    profile and choice to the energy report as ``extra.power_limit``.
 
     Args:
         objective: What to minimise: ``"zeus-cost"`` (``eta·energy + (1−eta)·max_power·time``), ``"energy"``,
