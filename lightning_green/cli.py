@@ -28,8 +28,9 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lightning_green._internal.runs import run_dir
 from lightning_green._internal.validation import InvalidArgumentError, find_argument_error
 
 __all__ = ["COMMANDS", "Command", "GreenCLI", "cli", "main", "report"]
@@ -39,6 +40,33 @@ DEFAULT_DATA = "lightning_green.demos.DigitsDataModule"
 DEFAULT_CALLBACKS = [{"class_path": "lightning_green.EnergyMonitor"}, {"class_path": "lightning_green.GreenReport"}]
 DEFAULT_MAX_EPOCHS = 15
 DEFAULT_LOG_EVERY_N_STEPS = 5  # the digits demo has 20 batches an epoch: per-step energy 4 times an epoch
+
+
+class RunDirSaveConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml``, saved in the run's folder beside its energy and green reports.
+
+    Lightning's own callback saves it in ``trainer.log_dir``, which for a W&B or MLflow logger is the ``save_dir``
+    every run shares (the next run overwrites it). Built with ``save_to_log_dir=False``, Lightning's documented way to
+    save elsewhere: the folder is resolved in ``setup`` (a collective), the file written by ``save_config`` (rank 0).
+    """
+
+    _run_dir: str | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self.already_saved:
+            self._run_dir = run_dir(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        folder = self._run_dir or trainer.default_root_dir
+        os.makedirs(folder, exist_ok=True)
+        self.parser.save(
+            self.config,
+            os.path.join(folder, self.config_filename),
+            skip_none=False,
+            overwrite=self.overwrite,
+            multifile=self.multifile,
+        )
 
 
 class GreenCLI(LightningCLI):
@@ -267,7 +295,8 @@ def cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: bool
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunDirSaveConfig,
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         parser_kwargs=parser_kwargs,
         args=list(args) if args is not None else None,
         auto_configure_optimizers=False,

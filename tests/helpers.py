@@ -5,12 +5,15 @@ from __future__ import annotations
 import atexit
 import os
 import time
+import uuid
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.distributed import _destroy_dist_connection
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 QUIET: dict[str, Any] = {
     "enable_progress_bar": False,
@@ -170,3 +173,35 @@ class SavesAtStep(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
+
+
+class ElsewhereLogger(Logger):
+    """A logger like W&B or MLflow: ``trainer.log_dir`` is its ``save_dir``, which every run shares, and it keeps its
+    metrics where no report reads them back (here in memory). W&B's version is a run id (str), MLflow's too."""
+
+    def __init__(self, save_dir: Any = None, name: str = "project", version: str | int | None = None) -> None:
+        super().__init__()
+        self._save_dir = None if save_dir is None else os.fspath(save_dir)
+        self._name = name
+        self._version = version if version is not None else uuid.uuid4().hex[:8]
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str | int:
+        return self._version
+
+    @property
+    def save_dir(self) -> str | None:
+        return self._save_dir
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass

@@ -61,6 +61,33 @@ def test_yaml_config_builds_typed_callbacks(tmp_path):
     assert saved["trainer"]["callbacks"][1]["class_path"] == "lightning_green.EnergyBudget"
 
 
+def test_with_a_wandb_or_mlflow_like_logger_the_config_is_saved_in_the_runs_own_folder(tmp_path):
+    # Lightning's SaveConfigCallback writes trainer.log_dir/config.yaml: for such a logger its save_dir, shared by
+    # every run (the next run's overwrote it, and `export` could not find it from the run's checkpoint).
+    from lightning_green.export.load import saved_run_config
+
+    for version in ("r1", "r2"):
+        cli(
+            [
+                "fit",
+                f"--trainer.default_root_dir={tmp_path}",
+                *FAST,
+                "--trainer.logger=tests.helpers.ElsewhereLogger",
+                f"--trainer.logger.save_dir={tmp_path / 'store'}",
+                f"--trainer.logger.version={version}",
+                f"--trainer.max_epochs={1 if version == 'r1' else 2}",
+            ]
+        )
+    for version, epochs in (("r1", 1), ("r2", 2)):
+        folder = tmp_path / "store" / "project" / version
+        with open(folder / "config.yaml") as f:
+            assert yaml.safe_load(f)["trainer"]["max_epochs"] == epochs
+        assert len(read_report(folder / "energy_report.json")["stages"]["fit"]["epochs_j"]) == epochs
+        (ckpt,) = (folder / "checkpoints").glob("*.ckpt")  # Lightning's ModelCheckpoint: the same folder
+        assert saved_run_config(ckpt) == folder / "config.yaml"
+    assert not (tmp_path / "store" / "config.yaml").exists()
+
+
 def test_callbacks_can_be_appended_on_the_command_line(tmp_path):
     result = cli(
         [

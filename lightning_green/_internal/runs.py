@@ -7,10 +7,14 @@ starts over in each; a checkpoint restored into the new Trainer then brings its 
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any
 
-__all__ = ["PicklesWithoutTrainer", "continue_run"]
+__all__ = ["PicklesWithoutTrainer", "continue_run", "readable_log_dirs", "run_dir"]
+
+# Lightning's loggers whose log_dir is the run's own folder (Trainer.log_dir takes it), in either package.
+_OWN_FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
 
 def continue_run(last: weakref.ref[Any] | None, trainer: Any) -> tuple[bool, weakref.ref[Any]]:
@@ -40,3 +44,39 @@ class PicklesWithoutTrainer:
         for name in self._trainer_refs:
             state[name] = None
         return state
+
+
+def _logs_in_own_folder(logger: Any) -> bool:
+    """Whether ``logger`` is (a subclass of) Lightning's TensorBoardLogger or CSVLogger, of either package."""
+    return any(
+        c.__name__ in _OWN_FOLDER_LOGGERS and c.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+        for c in type(logger).__mro__
+    )
+
+
+def run_dir(trainer: Any) -> str:
+    """The folder of this run's files (energy report, green report, the CLI's ``config.yaml``). A collective under DDP.
+
+    ``trainer.log_dir`` where that is the run's own folder: with no logger (``default_root_dir``) or with a
+    TensorBoard/CSV logger first (``lightning_logs/version_0``). Any other first logger (W&B, MLflow, ...) gives
+    ``trainer.log_dir`` as its ``save_dir``, which every run shares (MLflow's store root, W&B's ``.``): there the
+    folder is the one Lightning's ``ModelCheckpoint`` puts that run's ``checkpoints/`` in,
+    ``<save_dir or default_root_dir>/<name>/<version>`` (W&B: ``<project>/<run id>``; MLflow: the run's own folder).
+    """
+    loggers = list(getattr(trainer, "loggers", None) or [])
+    if not loggers or _logs_in_own_folder(loggers[0]):
+        return trainer.log_dir or trainer.default_root_dir
+    logger = loggers[0]
+    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+    version = logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return trainer.strategy.broadcast(os.path.join(save_dir, str(logger.name), version))
+
+
+def readable_log_dirs(trainer: Any) -> list[str]:
+    """The log dirs of the Trainer's TensorBoard and CSV loggers, whose scalars a report can read back (rank 0)."""
+    out = []
+    for logger in getattr(trainer, "loggers", None) or []:
+        if _logs_in_own_folder(logger) and logger.log_dir is not None and logger.log_dir not in out:
+            out.append(os.fspath(logger.log_dir))
+    return out

@@ -25,7 +25,7 @@ from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
 from lightning_green._internal.packages import tensorboard_loggers
-from lightning_green._internal.runs import PicklesWithoutTrainer
+from lightning_green._internal.runs import PicklesWithoutTrainer, readable_log_dirs, run_dir
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -180,8 +180,9 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     ``energy/{gpu,cpu,dram}_J`` and ``carbon/total_gCO2e`` (also at each validation that runs mid-epoch, with
     ``val_check_interval``, at its step); ``energy/forecast_total_J`` and
     ``carbon/forecast_gCO2e`` once a forecast exists. At the end of each stage ``energy_report.json`` is written
-    atomically to ``trainer.log_dir`` (J/sample and J/token per stage included) and, after fit, a summary table
-    is printed on rank 0.
+    atomically to the run's folder (``trainer.log_dir``; with a W&B/MLflow logger first, the folder
+    ``ModelCheckpoint`` uses for the run: README, "Report") with J/sample and J/token per stage and, after fit, a
+    summary table is printed on rank 0.
 
     Monitorable (in ``trainer.callback_metrics`` for ``ModelCheckpoint``/``EarlyStopping``): the fit's
     ``energy/epoch_J``, ``energy/total_J`` and ``carbon/total_gCO2e``, updated at each training epoch end (use
@@ -224,7 +225,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         cpu_tdp_cores: Cores the TDP is shared by; ``None`` uses ``os.cpu_count()``.
         dram_w_per_gb: DRAM power per GB resident, for the estimate.
         min_window_s: Shortest window read from the counters.
-        report_filename: File name of the JSON report in ``trainer.log_dir``; ``None`` writes none.
+        report_filename: File name of the JSON report in the run's folder; ``None`` writes none.
         print_summary: Print the summary table after fit.
         carbon_extend: A trace that does not cover the start is refused at setup (``"none"``), or its last week is
             repeated (``"repeat-last-week"``, refused at setup for a trace shorter than a week). With ``"none"`` a run
@@ -347,6 +348,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._report_sections: dict[str, Any] = {}
         self._rank = 0
         self._log_dir: str | None = None
+        self._scalar_dirs: list[str] = []  # readable log dirs outside the run's folder, relative to it
         self._setup_for: weakref.ref[pl.Trainer] | None = None
         self._written: tuple[str, str] | None = None  # the report file written for this stage and its status
         # The stages (the fit, a stand-alone validate/test/predict) whose last run did not finish, and how; the stage
@@ -483,6 +485,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "estimate": self.estimate.as_dict(),
             "stages": stages,
             "forecast": forecast,
+            **({"logs": list(self._scalar_dirs)} if self._scalar_dirs else {}),
             **({"extra": dict(self._report_sections)} if self._report_sections else {}),
         }
 
@@ -501,8 +504,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         if self._started_s is None:  # the run's start: a later test/validate (or fit) on this monitor is the same run
             self._started_s = time.time()
         self._rank = trainer.global_rank
-        # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
-        self._log_dir = trainer.log_dir or trainer.default_root_dir
+        # The run's folder (a collective under DDP: resolved here, where every rank runs), and the TensorBoard/CSV
+        # log dirs elsewhere whose scalars the green report reads back (W&B or MLflow first: they write none).
+        self._log_dir = run_dir(trainer)
+        self._scalar_dirs = [_relative(d, self._log_dir) for d in readable_log_dirs(trainer)]
+        self._scalar_dirs = [d for d in self._scalar_dirs if d != "."]
         now = self.carbon_tracker.check_covers_now()
         self._fit_setup_at = None
         if self._meter is None:
@@ -1216,6 +1222,14 @@ def _trainer_stage(trainer: pl.Trainer) -> str:
 def _bound(limit: int | None) -> int | None:
     """A Trainer's ``max_epochs``/``max_steps`` for the report: ``None`` when unbounded (None or -1)."""
     return None if limit is None or limit < 0 else int(limit)
+
+
+def _relative(path: str, start: str) -> str:
+    """``path`` relative to ``start`` where it can be (the report moves with its folder), else absolute."""
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:  # another drive (Windows)
+        return os.path.abspath(path)
 
 
 def _total(delta: Reading) -> float:

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
+from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run, readable_log_dirs, run_dir
 from lightning_green._internal.tokens import tokens_per_sample
 from lightning_green._internal.validation import (
     InvalidArgumentError,
@@ -140,8 +140,16 @@ class GreenReport(PicklesWithoutTrainer, Callback):
                 "(with report_filename set)."
             )
         self._report_name = named[0].report_filename
-        # trainer.log_dir is a collective under DDP: resolve it here, where every rank runs.
-        self._log_dir = trainer.log_dir or trainer.default_root_dir
+        # The run's folder (the EnergyMonitor's): a collective under DDP, resolved here, where every rank runs.
+        self._log_dir = run_dir(trainer)
+        if trainer.loggers and not readable_log_dirs(trainer):
+            names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
+            rank_zero_warn(
+                f"{type(self).__name__}: the report reads the logged metrics back from TensorBoard or CSV logs, and "
+                f"this Trainer's loggers ({names}) write neither: it will have the energy tables but no metric curves "
+                "or energy-to-target. Add `lightning.pytorch.loggers.CSVLogger(...)` (or TensorBoardLogger) beside "
+                "them."
+            )
         self._fit_done = False
         # Several fits on one Trainer are one run (the time goes on, the model section keeps the first fit's start);
         # a new Trainer is a new run, also for a checkpoint Lightning's Tuner saves before the fit starts.
@@ -249,7 +257,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
             self._setup_stage = None  # Lightning calls no teardown after an exception
 
     def _write_interrupted(self, trainer: pl.Trainer) -> None:
-        run_dir = self._log_dir or trainer.default_root_dir
+        folder = self._log_dir or trainer.default_root_dir
         # Only the energy report the monitor wrote for this failure: listed after this callback, it has not written it
         # yet, and the file in the folder may be another run's or an earlier failed fit's.
         callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
@@ -267,7 +275,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
             )
             rank_zero_info(
                 f"{type(self).__name__}: the fit failed; no green report was written ({why}). "
-                f"`lightning-green report {run_dir}` builds it."
+                f"`lightning-green report {folder}` builds it."
             )
             return
         add_report_section(trainer, "green_report", self.settings())  # for a later rewrite by the monitor

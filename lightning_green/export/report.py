@@ -18,7 +18,8 @@ ENERGY_REPORT = "energy_report.json"
 def find_run_dir(ckpt_path: str | os.PathLike, energy_report: str = ENERGY_REPORT) -> Path | None:
     """The run directory a checkpoint belongs to: the nearest folder above it holding ``energy_report.json``.
 
-    Lightning writes checkpoints to ``<log_dir>/checkpoints/``, so this is usually the checkpoint's grandparent.
+    Lightning writes checkpoints to ``<run folder>/checkpoints/`` (``ModelCheckpoint``'s default, also with W&B or
+    MLflow loggers, whose run folder the EnergyMonitor uses), so this is usually the checkpoint's grandparent.
     """
     p = Path(ckpt_path).resolve().parent
     for _ in range(3):

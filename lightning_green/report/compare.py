@@ -68,6 +68,13 @@ class Comparison:
 
 
 def _common_metric(runs: Sequence[Run], metric: str | None) -> str:
+    unreadable = [r.name for r in runs if not len(r.scalars)]
+    if unreadable:
+        raise RunDirError(
+            f"no logged metrics could be read back in: {', '.join(unreadable)} (the report reads TensorBoard event "
+            "files or CSVLogger's metrics.csv; a W&B or MLflow logger alone keeps its metrics elsewhere: add a "
+            "CSVLogger beside it)."
+        )
     if metric is not None:
         missing = [r.name for r in runs if metric not in r.scalars]
         if missing:

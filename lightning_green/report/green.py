@@ -209,7 +209,9 @@ def build_report(run: Run, metric: str | None = None, mode: str = "auto", target
             ),
             note=True,
         )
-    if metric is not None and name is None:
+    if not len(run.scalars):
+        doc.paragraph(_NO_SCALARS, note=True)
+    elif metric is not None and name is None:
         doc.paragraph(f"Metric `{metric}` was not logged in this run.", note=True)
 
     _summary(doc, run, name, mode, hit)
@@ -393,6 +395,14 @@ def _measured_vs_estimated(doc: Document, run: Run) -> None:
         f"CPU time, {est.get('dram_w_per_gb', 'n/a')} W/GB × resident memory (`lightning_green.energy.estimate`).",
         note=True,
     )
+
+
+_NO_SCALARS = (
+    "No logged metrics could be read back: the report reads TensorBoard event files or CSVLogger's `metrics.csv` "
+    "in the run directory (or in the TensorBoard/CSV log dirs the energy report lists under `logs`), and there are "
+    "none (a W&B or MLflow logger alone keeps its metrics elsewhere; add a CSVLogger beside it). Metric curves, "
+    "energy-to-target and time-to-target are left out."
+)
 
 
 def _forecast_text(forecast: dict[str, Any], energy: dict[str, Any]) -> str:

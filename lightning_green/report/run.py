@@ -1,8 +1,9 @@
 """A finished run, read back from its log dir: the energy report plus the logged scalars, and what follows from them.
 
-A *run directory* is the log dir of one ``fit`` (``trainer.log_dir``, e.g. ``lightning_logs/version_0``): it holds
-the ``energy_report.json`` that :class:`~lightning_green.EnergyMonitor` writes, and the logger's scalars
-(TensorBoard event files or CSVLogger's ``metrics.csv``).
+A *run directory* is the folder of one ``fit`` (``trainer.log_dir``, e.g. ``lightning_logs/version_0``; with a W&B or
+MLflow logger first, ``<save_dir>/<name>/<version>``): it holds the ``energy_report.json`` that
+:class:`~lightning_green.EnergyMonitor` writes, and the logger's scalars (TensorBoard event files or CSVLogger's
+``metrics.csv``), else the TensorBoard/CSV log dirs that the energy report lists under ``logs``.
 
 How the derived figures are read:
 
@@ -541,11 +542,21 @@ def load_run(path: str | os.PathLike[str], name: str | None = None, energy_repor
         energy = read_report(report_path)
     except (OSError, ValueError) as err:
         raise RunDirError(f"cannot read {os.fspath(report_path)!r}: {err}") from err
-    try:
-        started = energy.get("started_s")
-        scalars = read_scalars(p, since_s=float(started) if isinstance(started, (int, float)) else None)
-    except Exception as err:  # a corrupt event file or CSV: say which run, not a traceback from TensorBoard
-        raise RunDirError(f"cannot read the logged scalars in {os.fspath(path)!r}: {err}") from err
+    started = energy.get("started_s")
+    since = float(started) if isinstance(started, (int, float)) else None
+    # The run's own folder first; then the TensorBoard/CSV log dirs the monitor recorded (``logs``), where the first
+    # logger (W&B, MLflow) writes no scalars a report can read and a TensorBoard or CSV logger beside it does.
+    where = [p, *(p / d for d in energy.get("logs") or [] if isinstance(d, str) and d)]
+    scalars = Scalars("none")
+    for folder in where:
+        if not folder.is_dir():
+            continue
+        try:
+            scalars = read_scalars(folder, since_s=since)
+        except Exception as err:  # a corrupt event file or CSV: say which run, not a traceback from TensorBoard
+            raise RunDirError(f"cannot read the logged scalars in {os.fspath(folder)!r}: {err}") from err
+        if len(scalars):
+            break
     return Run(path=p, energy=energy, scalars=scalars, name=name or _default_name(p))
 
 

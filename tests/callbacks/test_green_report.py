@@ -6,11 +6,14 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_green import EnergyMonitor, GreenReport
 from lightning_green.demos import DigitsCNN, DigitsDataModule
 from lightning_green.report import load_run
-from tests.helpers import QUIET, DestroyProcessGroupAtExit, make_trainer
+from lightning_green.report.compare import compare_runs
+from lightning_green.report.run import RunDirError
+from tests.helpers import QUIET, DestroyProcessGroupAtExit, ElsewhereLogger, make_trainer
 from tests.report.runs import fit_digits
 
 
@@ -100,6 +103,51 @@ def test_without_a_logger_the_report_has_the_energy_tables(tmp_path):
     assert report.files.markdown.parent == tmp_path
     assert {p.name for p in report.files.images} == {"energy_per_epoch.png"}  # from the report's epochs_j
     assert "## Measured vs estimated" in report.files.markdown.read_text()
+
+
+def _fit_with_loggers(tmp_path, loggers, **report_kwargs):
+    report = GreenReport(**report_kwargs)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        logger=loggers,
+        enable_checkpointing=False,
+        callbacks=[EnergyMonitor(print_summary=False), report],
+        **QUIET,
+    )
+    trainer.fit(DigitsCNN(channels=[4]), DigitsDataModule(image_size=8))
+    return trainer, report
+
+
+def test_a_wandb_or_mlflow_logger_first_gets_each_run_its_own_folder_and_the_curves_from_tensorboard(tmp_path):
+    # Trainer.log_dir of such a logger is its save_dir, which every run shares: the second run overwrote the first's
+    # reports, and the curves TensorBoard logged beside it (in lightning_logs/version_N) were never read.
+    runs = []
+    for version in ("run-a", 7):
+        loggers = [ElsewhereLogger(tmp_path / "store", version=version), TensorBoardLogger(tmp_path / "tb")]
+        trainer, report = _fit_with_loggers(tmp_path, loggers, target=0.0)
+        folder = tmp_path / "store" / "project" / ("run-a" if version == "run-a" else "version_7")  # ModelCheckpoint's
+        assert report.files.markdown == folder / "green_report.md"
+        run = load_run(folder)
+        assert [cp.epoch for cp in run.curve("val_acc")] == [0, 1]  # TensorBoard's, found through the report's `logs`
+        assert run.energy["logs"] == [os.path.relpath(trainer.loggers[1].log_dir, folder)]
+        assert "energy to val_acc ≥ 0" in report.files.markdown.read_text()
+        runs.append(run)
+    assert runs[0].energy["started_s"] != runs[1].energy["started_s"]  # both runs' reports are there
+    assert not (tmp_path / "store" / "energy_report.json").exists()
+    assert not (tmp_path / "store" / "green_report_files").exists()  # nothing in the store's root (MLflow's)
+
+
+def test_a_logger_whose_metrics_cannot_be_read_back_is_warned_of_and_the_report_says_so(tmp_path):
+    with pytest.warns(UserWarning, match=r"loggers \(ElsewhereLogger\) write neither: .* Add .*CSVLogger"):
+        _, report = _fit_with_loggers(tmp_path, [ElsewhereLogger(tmp_path, version="r1")], metric="val_acc", target=0.5)
+    assert report.files.markdown.parent == tmp_path / "project" / "r1"
+    md = report.files.markdown.read_text()
+    assert "No logged metrics could be read back" in md and "was not logged" not in md
+    with pytest.raises(RunDirError, match=r"no logged metrics could be read back in: .*add a CSVLogger"):
+        compare_runs([load_run(tmp_path / "project" / "r1"), load_run(tmp_path / "project" / "r1", name="again")])
 
 
 def _exploding_fit(tmp_path, callbacks):
