@@ -887,6 +887,11 @@ class LLMPruner:
         self._ignored_seen: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
         #: The last plan's units to remove per kind: as the ratio asks, and as the config accepts.
         self._fitted: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        #: Kinds the config let the last target search cut but it left whole: how far past the goal (a share of the
+        #: target MACs) the least such cut would have gone.
+        self._could_cut: dict[str, float] = {}
+        #: Per kind, the numbers of units the config accepted removing in the last target search.
+        self._accepted_cuts: dict[str, set[int]] = {}
         self._scope: weakref.ref[nn.Module] | None = None
 
     # ------------------------------------------------------------------------------------------------ checks
@@ -1319,6 +1324,7 @@ class LLMPruner:
         pinned: Mapping[str, int] | None = None,
     ) -> dict[int, list[int]]:
         """Units to remove per group at ``ratio``, fitted to the config (``pinned``: units to remove of those kinds)."""
+        self._could_cut, self._accepted_cuts = {}, {}
         self._fitted = self._counts(s, groups, ratio, dense, final, pinned)
         fitted = self._fitted[1]
         plan = {}
@@ -1410,23 +1416,45 @@ class LLMPruner:
         return out
 
     def _tell_fitted(self, s: LLMStructure) -> None:
-        """Say once when the config's rule kept a kind whole at a prune (rounding alone goes to the debug log)."""
+        """Say once why a kind one ratio would cut was kept whole: the config's rule, or the target search's choice."""
         wanted, fitted = self._fitted
         if wanted == fitted:
             return
         rule = _config_rule(s)
         log.debug("%s: cuts fitted to the config's widths: %s -> %s units removed", self.owner, wanted, fitted)
         for kind in ("heads", "hidden"):
-            if wanted.get(kind) and not fitted.get(kind) and rule is not None:
+            if not wanted.get(kind) or fitted.get(kind):
+                continue
+            them = "it" if kind == "hidden" else "them"
+            could = self._could_cut.get(kind)
+            why = None
+            if could is not None:
+                why = (
+                    f"would go {could:.0%} past the prune's MAC goal"
+                    if could > _SEARCH_SLACK
+                    else "reaches the prune's MAC goal too but leaves the shares cut of each kind less even (less "
+                    "room for later prunes: a cut is never undone)"
+                )
+            if why is not None and wanted[kind] in self._accepted_cuts.get(kind, set()):
+                # The config accepts the cut one ratio asks for: keeping the kind whole is the plan's choice.
+                self._warn_once(
+                    f"{self.owner}: {_KIND_WORDS[kind]} {'is' if kind == 'hidden' else 'are'} kept whole at this "
+                    f"prune: the smallest cut of {them} that this {type(s.config).__name__} accepts {why}; the "
+                    "other kinds are cut instead.",
+                    key=f"search-{kind}",
+                )
+            elif rule is not None:
                 also = (
                     " Set prune_hidden=True to cut the heads together with the residual width."
                     if kind == "heads" and "hidden" not in fitted
                     else ""
                 )
+                smallest = f"; the smallest cut of {them} it accepts {why}" if why is not None else ""
                 self._warn_once(
                     f"{self.owner}: {_KIND_WORDS[kind]} of this {type(s.config).__name__} "
-                    f"{'is' if kind == 'hidden' else 'are'} kept whole where a cut "
-                    f"would break its config, which requires {rule[0]}; the other kinds are cut instead.{also}"
+                    f"{'is' if kind == 'hidden' else 'are'} kept whole where a cut would break its config, which "
+                    f"requires {rule[0]}{smallest}; the other kinds are cut instead.{also}",
+                    key=f"config-{kind}",
                 )
 
     def prune(
@@ -1663,6 +1691,15 @@ class LLMPruner:
         close = [t for t in reached if t[0] >= most * (1 - _SEARCH_SLACK)]
         _, r, pin = min(close, key=lambda t: (spread(t[1], t[2]), -t[0]))
         plan = self._plan(s, groups, scores, r, dense, final, pin)
+        # A kind left whole although the config accepted a cut of it: the search's choice, not the config's rule.
+        self._accepted_cuts = {
+            "heads": {k0 - k for k, _ in accepted},
+            "hidden": {w0 - w for _, options in accepted for w in options},
+        }
+        for kind in ("heads", "hidden"):
+            cuts = [m for m, _, p in reached if p.get(kind)]
+            if cuts and not pin.get(kind):
+                self._could_cut[kind] = 1.0 - max(cuts) / target  # how far past the goal the least such cut goes
         # What one ratio for every kind would cut, as the config's rule (not this choice) is what users are told of.
         lo, hi = 0.0, min(self.max_layer_ratio, 0.999)
         for _ in range(20):

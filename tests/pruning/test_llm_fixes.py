@@ -121,6 +121,36 @@ def test_llama_hidden_cut_is_a_multiple_of_the_heads(tmp_path):
     _round_trip(model, tmp_path)
 
 
+def test_heads_the_config_could_cut_but_the_plan_keeps_are_told_the_real_reason(tmp_path):
+    # The green_llama preset's Llama (128 wide, 4 query / 2 KV heads): the first prune's plan cuts only the MLP, since
+    # one KV group of 2 is half the attention. The warning blamed the config ("requires hidden_size to be a multiple
+    # of num_attention_heads"), which accepts 2 query heads in 128 channels.
+    from lightning_green.demos import HFCausalLM, StdlibTextDataModule
+
+    module = HFCausalLM(
+        family="llama", hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=384
+    )
+    data = StdlibTextDataModule(seq_len=64, batch_size=32, train_bytes=32768, val_bytes=4096, batch_format="causal_lm")
+    pruning = StructuredPruning(target_speedup=1.5, importance="taylor", schedule="cubic", start_epoch=1, end_epoch=3)
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=5,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[pruning],
+    )
+    kept = r"attention heads are kept whole at this prune: .*less even .*the other kinds are cut instead"
+    with pytest.warns(UserWarning, match=kept) as caught:
+        trainer.fit(module, data)
+    assert not [w for w in caught if "would break its config" in str(w.message)]
+    cfg = module.model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2) and cfg.intermediate_size < 384
+
+
 def test_phi3_longrope_keeps_heads_without_a_hidden_cut(tmp_path):
     model = _longrope_phi3()
     with pytest.warns(UserWarning, match=r"attention heads of this Phi3Config are kept whole.*prune_hidden=True"):
