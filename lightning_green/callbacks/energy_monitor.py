@@ -1225,9 +1225,14 @@ def _bound(limit: int | None) -> int | None:
 
 
 def _relative(path: str, start: str) -> str:
-    """``path`` relative to ``start`` where it can be (the report moves with its folder), else absolute."""
+    """``path`` relative to ``start`` where it can be (the report moves with its folder), else absolute.
+
+    Between the real paths: the OS resolves a ``..`` after following a symlink (an MLflow store linked to a big disk),
+    so a path relative to the folder as named could lead elsewhere. :func:`~lightning_green.report.load_run` joins it
+    to the run folder's real path.
+    """
     try:
-        return os.path.relpath(path, start)
+        return os.path.relpath(os.path.realpath(path), os.path.realpath(start))
     except ValueError:  # another drive (Windows)
         return os.path.abspath(path)
 

@@ -142,7 +142,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         self._report_name = named[0].report_filename
         # The run's folder (the EnergyMonitor's): a collective under DDP, resolved here, where every rank runs.
         self._log_dir = run_dir(trainer)
-        if trainer.loggers and not readable_log_dirs(trainer):
+        if trainer.loggers and not trainer.fast_dev_run and not readable_log_dirs(trainer):  # fast_dev_run: DummyLogger
             names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
             rank_zero_warn(
                 f"{type(self).__name__}: the report reads the logged metrics back from TensorBoard or CSV logs, and "

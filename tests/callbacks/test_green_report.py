@@ -1,6 +1,7 @@
 import json
 import os
 import time
+import warnings
 
 import pytest
 import torch
@@ -138,6 +139,19 @@ def test_a_wandb_or_mlflow_logger_first_gets_each_run_its_own_folder_and_the_cur
     assert runs[0].energy["started_s"] != runs[1].energy["started_s"]  # both runs' reports are there
     assert not (tmp_path / "store" / "energy_report.json").exists()
     assert not (tmp_path / "store" / "green_report_files").exists()  # nothing in the store's root (MLflow's)
+
+
+def test_the_curves_beside_a_symlinked_store_are_found(tmp_path):
+    # An MLflow store linked to a big disk: a `..` in a path relative to the folder as named is resolved after the
+    # link, in the disk's folder; `logs` is relative between the real paths.
+    (tmp_path / "disk" / "mlruns").mkdir(parents=True)
+    (tmp_path / "root").mkdir()
+    os.symlink(tmp_path / "disk" / "mlruns", tmp_path / "root" / "mlruns")
+    loggers = [ElsewhereLogger(tmp_path / "root" / "mlruns", version="r1"), TensorBoardLogger(tmp_path / "root" / "tb")]
+    _, report = _fit_with_loggers(tmp_path, loggers, target=0.0)
+    run = load_run(tmp_path / "root" / "mlruns" / "project" / "r1")
+    assert [cp.epoch for cp in run.curve("val_acc")] == [0, 1]
+    assert "energy to val_acc ≥ 0" in report.files.markdown.read_text()
 
 
 def test_a_logger_whose_metrics_cannot_be_read_back_is_warned_of_and_the_report_says_so(tmp_path):
@@ -307,10 +321,14 @@ def test_counting_macs_leaves_each_submodule_s_train_or_eval_mode_alone(tmp_path
 def test_fast_dev_run_writes_no_report_files(tmp_path):
     # Lightning's smoke test writes no logs or checkpoints and has no log dir (reports would land in the cwd).
     monitor = EnergyMonitor(print_summary=False)
-    trainer = make_trainer(tmp_path, fast_dev_run=True, callbacks=[monitor, GreenReport()])
-    trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(batch_size=16, image_size=8))
+    trainer = make_trainer(tmp_path, fast_dev_run=True, callbacks=[monitor, GreenReport()], logger=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DigitsCNN(channels=[4, 8]), DigitsDataModule(batch_size=16, image_size=8))
     assert monitor.total_energy_j("fit") > 0
     assert os.listdir(tmp_path) == []
+    # Lightning swaps the loggers for a DummyLogger: not a logger whose metrics cannot be read back
+    assert not [w for w in caught if "write neither" in str(w.message)]
 
 
 def test_a_second_fit_on_the_trainer_goes_on_with_the_time_and_a_new_trainer_starts_over(tmp_path):
