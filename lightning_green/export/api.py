@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice
-from lightning_green.export.formats import FORMATS, ExportResult, Format, check_export_out, export_model
+from lightning_green.export.formats import FORMATS, ExportResult, Format, _shapes, check_export_out, export_model
 from lightning_green.export.load import (
     _read_config,
     _section_args,
@@ -195,6 +195,16 @@ def export_checkpoint(
             print(f"datamodule check skipped: the data of {found} could not serve a batch here ({err}); pass --data")
     if x is not None:
         checks.append(("datamodule batch", x))
+        example = example_inputs_of(owner, model, example_inputs)
+        if example_inputs is None and [t.shape[1:] for t in example] != [t.shape[1:] for t in x]:
+            # The run's data (8x8 digits) and the module's example_input_array (24x24) differ beyond the batch: an
+            # export traced on the example has the example's fixed sizes, and the data's batch would fail it.
+            example_inputs = tuple(t[:1] for t in x)
+            if verbose:
+                print(
+                    f"traced on the datamodule batch's first sample {_shapes(example_inputs)}: the module's "
+                    f"example_input_array {_shapes(example)} differs from the data beyond the batch size"
+                )
     return export_model(
         model, out, format, example_inputs=example_inputs, check_inputs=checks, atol=atol, rtol=rtol, verbose=verbose
     )

@@ -402,6 +402,21 @@ def test_a_lightning_cli_run_needs_no_module_the_saved_config_names_it(cli_run, 
     assert code == 2 and "model from" not in text and "`ckpt` must be an existing checkpoint file" in err
 
 
+def test_a_run_on_other_sized_data_is_traced_on_its_data_not_the_example_input(tmp_path, capsys):
+    # DigitsCNN's example_input_array is 24x24; a run on 8x8 digits was exported with the example's fixed sizes, and
+    # the check on the run's own data failed ("Got: 8 Expected: 24").
+    from lightning_green.cli import cli
+
+    args = ["fit", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    args += ["--trainer.enable_progress_bar=false", "--model.channels=[4]", "--data.image_size=8"]
+    cli([*args, f"--trainer.default_root_dir={tmp_path}"])
+    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    code, text, err = run_main(["export", ckpt, "--out", tmp_path / "m.onnx"], capsys)
+    assert code == 0, err
+    assert "traced on the datamodule batch's first sample (1, 1, 8, 8): the module's example_input_array" in text
+    assert "check datamodule batch (batch 64)" in text and "ok" in text
+
+
 def test_a_config_yaml_that_names_no_model_or_another_is_not_taken_for_the_runs(cli_run, tmp_path):
     import yaml
 
