@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice
@@ -63,6 +64,33 @@ def _serves(datamodule: Any, loader: str) -> bool:
     if isinstance(datamodule, pl.LightningDataModule):
         return is_overridden(loader, datamodule, pl.LightningDataModule)
     return callable(getattr(datamodule, loader, None))
+
+
+def data_sample(example: tuple[torch.Tensor, ...], batch: tuple[torch.Tensor, ...] | None) -> Any:
+    """The batch's first sample where the data differs from the module's example input beyond the batch size.
+
+    A run on 8x8 digits of a module whose ``example_input_array`` is 24x24: exports and benchmarks take the run's
+    own input. ``None`` where the shapes agree (or there is no batch).
+
+    Example:
+        >>> data_sample((torch.zeros(1, 1, 24, 24),), (torch.ones(64, 1, 8, 8),))[0].shape
+        torch.Size([1, 1, 8, 8])
+        >>> data_sample((torch.zeros(1, 1, 8, 8),), (torch.ones(64, 1, 8, 8),)) is None
+        True
+    """
+    if batch is None or [t.shape[1:] for t in example] == [t.shape[1:] for t in batch]:
+        return None
+    return tuple(t[:1] for t in batch)
+
+
+def sample_note(model: Any, sample: tuple[torch.Tensor, ...]) -> str:
+    """``(1, 1, 8, 8): the module's example_input_array (1, 1, 24, 24) differs ...`` (what :func:`data_sample` did)."""
+    example = getattr(model, "example_input_array", None)
+    example = (example,) if isinstance(example, torch.Tensor) else tuple(example or ())
+    return (
+        f"{_shapes(sample)}: the module's example_input_array {_shapes(example)} differs from the data beyond the "
+        "batch size"
+    )
 
 
 def datamodule_batch(datamodule: Any, max_samples: int = 64, n_inputs: int = 1, owner: str = "export") -> Any:
@@ -195,16 +223,12 @@ def export_checkpoint(
             print(f"datamodule check skipped: the data of {found} could not serve a batch here ({err}); pass --data")
     if x is not None:
         checks.append(("datamodule batch", x))
-        example = example_inputs_of(owner, model, example_inputs)
-        if example_inputs is None and [t.shape[1:] for t in example] != [t.shape[1:] for t in x]:
-            # The run's data (8x8 digits) and the module's example_input_array (24x24) differ beyond the batch: an
-            # export traced on the example has the example's fixed sizes, and the data's batch would fail it.
-            example_inputs = tuple(t[:1] for t in x)
+        sample = data_sample(example_inputs_of(owner, model, example_inputs), x) if example_inputs is None else None
+        if sample is not None:
+            # An export traced on the example would have its fixed sizes, and the data's batch would fail it.
+            example_inputs = sample
             if verbose:
-                print(
-                    f"traced on the datamodule batch's first sample {_shapes(example_inputs)}: the module's "
-                    f"example_input_array {_shapes(example)} differs from the data beyond the batch size"
-                )
+                print(f"traced on the datamodule batch's first sample {sample_note(model, sample)}")
     return export_model(
         model, out, format, example_inputs=example_inputs, check_inputs=checks, atol=atol, rtol=rtol, verbose=verbose
     )

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["bench_main", "export_main", "main"]
 
@@ -81,6 +82,33 @@ def _bench_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-report", action="store_true", help="do not touch any run's report")
     return p
+
+
+def _run_data_sample(ns: argparse.Namespace, model: Any, owner: str) -> Any:
+    """The run's data sample to benchmark on where it differs from the module's example input (as ``export`` traces).
+
+    From ``--config`` or the ``config.yaml`` LightningCLI saved with the run; ``None`` (the example input) without
+    one, for data that cannot serve a batch here, and for token ids (their length is the benchmark's choice).
+    """
+    from lightning_green._internal.validation import InvalidArgumentError
+    from lightning_green.export.api import build_datamodule, data_sample, datamodule_batch, sample_note
+    from lightning_green.export.formats import is_token_ids
+    from lightning_green.export.load import example_inputs_of, saved_run_config
+
+    config = ns.config if ns.config is not None else (saved_run_config(ns.ckpt) if ns.module is None else None)
+    if config is None:
+        return None
+    example = example_inputs_of(owner, model)
+    if is_token_ids(example[0]):
+        return None
+    try:
+        batch = datamodule_batch(build_datamodule(None, config, owner), n_inputs=len(example), owner=owner)
+    except InvalidArgumentError:  # the saved data cannot serve a batch here (a path relative to where it trained)
+        return None
+    sample = data_sample(example, batch)
+    if sample is not None:
+        print(f"benchmarked on the run's data sample {sample_note(model, sample)}")
+    return sample
 
 
 def _say_saved_config(ns: argparse.Namespace, ckpt: str, what: str = "checkpoint") -> None:
@@ -195,6 +223,7 @@ def bench_main(args: Sequence[str]) -> int:
     models["model"] = model.to(device)
     result = bench_inference(
         models,
+        example_inputs=_run_data_sample(ns, model, owner),
         formats=formats,
         batch_sizes=sizes,
         repeats=ns.repeats,

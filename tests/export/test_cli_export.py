@@ -415,6 +415,11 @@ def test_a_run_on_other_sized_data_is_traced_on_its_data_not_the_example_input(t
     assert code == 0, err
     assert "traced on the datamodule batch's first sample (1, 1, 8, 8): the module's example_input_array" in text
     assert "check datamodule batch (batch 64)" in text and "ok" in text
+    # bench-inference measures the run's input too (at 24x24 it measured 9x the convolutions' work)
+    bench = ["bench-inference", ckpt, "--formats", "eager", "--batch-sizes", "2", "--repeats", "1", "--rounds", "1"]
+    code, text, err = run_main([*bench, "--warmup", "0", "--no-report"], capsys)
+    assert code == 0, err
+    assert "benchmarked on the run's data sample (1, 1, 8, 8): the module's example_input_array (1, 1, 24, 24)" in text
 
 
 def test_a_config_yaml_that_names_no_model_or_another_is_not_taken_for_the_runs(cli_run, tmp_path):
