@@ -88,24 +88,6 @@ def test_csv_logger_rows_are_flushed_before_the_report(tmp_path):
     assert (run.path / "green_report_files" / "metric_vs_energy.png").is_file()
 
 
-def test_without_a_logger_the_report_has_the_energy_tables(tmp_path):
-    report = GreenReport()
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        limit_train_batches=3,
-        limit_val_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[EnergyMonitor(print_summary=False), report],
-        **QUIET,
-    )
-    trainer.fit(DigitsCNN(channels=[4]), DigitsDataModule(image_size=8))
-    assert report.files.markdown.parent == tmp_path
-    assert {p.name for p in report.files.images} == {"energy_per_epoch.png"}  # from the report's epochs_j
-    assert "## Measured vs estimated" in report.files.markdown.read_text()
-
-
 def _fit_with_loggers(tmp_path, loggers, **report_kwargs):
     report = GreenReport(**report_kwargs)
     trainer = Trainer(
@@ -120,6 +102,13 @@ def _fit_with_loggers(tmp_path, loggers, **report_kwargs):
     )
     trainer.fit(DigitsCNN(channels=[4]), DigitsDataModule(image_size=8))
     return trainer, report
+
+
+def test_without_a_logger_the_report_has_the_energy_tables(tmp_path):
+    _, report = _fit_with_loggers(tmp_path, False)
+    assert report.files.markdown.parent == tmp_path
+    assert {p.name for p in report.files.images} == {"energy_per_epoch.png"}  # from the report's epochs_j
+    assert "## Measured vs estimated" in report.files.markdown.read_text()
 
 
 def test_a_wandb_or_mlflow_logger_first_gets_each_run_its_own_folder_and_the_curves_from_tensorboard(tmp_path):
