@@ -547,7 +547,8 @@ def load_run(path: str | os.PathLike[str], name: str | None = None, energy_repor
     # The run's own folder first; then the TensorBoard/CSV log dirs the monitor recorded (``logs``), where the first
     # logger (W&B, MLflow) writes no scalars a report can read and a TensorBoard or CSV logger beside it does.
     real = Path(os.path.realpath(p))  # `logs` are relative to the run folder's real path (EnergyMonitor)
-    where = [p, *(real / d for d in energy.get("logs") or [] if isinstance(d, str) and d)]
+    logs = energy.get("logs") if isinstance(energy.get("logs"), list) else []
+    where = [p, *(real / d for d in logs if isinstance(d, str) and d)]
     scalars = Scalars("none")
     for folder in where:
         if not folder.is_dir():
