@@ -103,7 +103,8 @@ def _run_data_sample(ns: argparse.Namespace, model: Any, owner: str) -> Any:
         return None
     try:
         batch = datamodule_batch(build_datamodule(None, config, owner), n_inputs=len(example), owner=owner)
-    except InvalidArgumentError:  # the saved data cannot serve a batch here (a path relative to where it trained)
+    except InvalidArgumentError as err:  # e.g. the saved data's path is relative to where it trained
+        print(f"benchmarked on the module's example input: the data of {config} could not serve a batch here ({err})")
         return None
     sample = data_sample(example, batch)
     if sample is not None:

@@ -510,6 +510,10 @@ def test_saved_data_that_cannot_serve_a_batch_here_skips_that_check_with_a_note(
     assert "check example input" in text and "check datamodule batch" not in text
     code, _, err = run_main([*args, "--data", "DigitsDataModule"], capsys)  # named by the user: not skipped
     assert code == 2 and "export(data=DigitsDataModule): building it with {'batch_size': 0} failed" in err
+    bench = ["bench-inference", args[1], "--formats", "eager", "--batch-sizes", "1", "--repeats", "1", "--rounds", "1"]
+    code, text, err = run_main([*bench, "--warmup", "0", "--no-report"], capsys)
+    assert code == 0, err  # benchmarked on the example input, and says why
+    assert f"the data of {tmp_path / 'config.yaml'} could not serve a batch here" in text
 
 
 def test_data_named_on_the_command_line_does_not_get_the_saved_configs_arguments(cli_run, tmp_path, capsys):
