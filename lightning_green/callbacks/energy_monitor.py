@@ -865,7 +865,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "ledgers": ledgers,
             "forecast": self.forecast.state_dict(),
             "forecast_total_j": self.forecast_total_j,
-            "forecast_basis": dict(self._forecast_basis),
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
             "setup_j": setup_j,
@@ -892,7 +891,6 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.ledgers = {k: StageLedger.from_state(v) for k, v in state_dict.get("ledgers", {}).items()}
         self.forecast.load_state_dict(state_dict.get("forecast", {}))
         self.forecast_total_j = state_dict.get("forecast_total_j")
-        self._forecast_basis = dict(state_dict.get("forecast_basis") or {})
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
         self._setup_j = float(state_dict.get("setup_j", 0.0))  # the set-up inside the epoch in progress
