@@ -83,10 +83,8 @@ def data_sample(example: tuple[torch.Tensor, ...], batch: tuple[torch.Tensor, ..
     return tuple(t[:1] for t in batch)
 
 
-def sample_note(model: Any, sample: tuple[torch.Tensor, ...]) -> str:
+def sample_note(example: tuple[torch.Tensor, ...], sample: tuple[torch.Tensor, ...]) -> str:
     """``(1, 1, 8, 8): the module's example_input_array (1, 1, 24, 24) differs ...`` (what :func:`data_sample` did)."""
-    example = getattr(model, "example_input_array", None)
-    example = (example,) if isinstance(example, torch.Tensor) else tuple(example or ())
     return (
         f"{_shapes(sample)}: the module's example_input_array {_shapes(example)} differs from the data beyond the "
         "batch size"
@@ -223,12 +221,13 @@ def export_checkpoint(
             print(f"datamodule check skipped: the data of {found} could not serve a batch here ({err}); pass --data")
     if x is not None:
         checks.append(("datamodule batch", x))
-        sample = data_sample(example_inputs_of(owner, model, example_inputs), x) if example_inputs is None else None
+        example = example_inputs_of(owner, model, example_inputs)
+        sample = data_sample(example, x) if example_inputs is None else None
         if sample is not None:
             # An export traced on the example would have its fixed sizes, and the data's batch would fail it.
             example_inputs = sample
             if verbose:
-                print(f"traced on the datamodule batch's first sample {sample_note(model, sample)}")
+                print(f"traced on the datamodule batch's first sample {sample_note(example, sample)}")
     return export_model(
         model, out, format, example_inputs=example_inputs, check_inputs=checks, atol=atol, rtol=rtol, verbose=verbose
     )

@@ -108,7 +108,7 @@ def _run_data_sample(ns: argparse.Namespace, model: Any, owner: str) -> Any:
         return None
     sample = data_sample(example, batch)
     if sample is not None:
-        print(f"benchmarked on the run's data sample {sample_note(model, sample)}")
+        print(f"benchmarked on the run's data sample {sample_note(example, sample)}")
     return sample
 
 
