@@ -22,6 +22,7 @@ from lightning_green.report.green import (
     resolve_mode,
 )
 from lightning_green.report.run import METRIC_CANDIDATES, Run, RunDirError, TargetResult, target_sign
+from lightning_green.report.scalars import NO_SCALARS_WHY
 
 __all__ = ["Comparison", "ComparisonRow", "compare_runs", "comparison_table", "format_comparison", "write_comparison"]
 
@@ -70,11 +71,7 @@ class Comparison:
 def _common_metric(runs: Sequence[Run], metric: str | None) -> str:
     unreadable = [r.name for r in runs if not len(r.scalars)]
     if unreadable:
-        raise RunDirError(
-            f"no logged metrics could be read back in: {', '.join(unreadable)} (the report reads TensorBoard event "
-            "files or CSVLogger's metrics.csv; a W&B or MLflow logger alone keeps its metrics elsewhere: add a "
-            "CSVLogger beside it)."
-        )
+        raise RunDirError(f"no logged metrics could be read back in: {', '.join(unreadable)} ({NO_SCALARS_WHY}).")
     if metric is not None:
         missing = [r.name for r in runs if metric not in r.scalars]
         if missing:

@@ -14,6 +14,7 @@ from lightning_green.energy.meter import COMPONENTS
 from lightning_green.report import carbon_plots, plots
 from lightning_green.report.document import Document, ReportFiles
 from lightning_green.report.run import Run, TargetResult, load_run, metric_mode, target_sign
+from lightning_green.report.scalars import NO_SCALARS_WHY
 
 __all__ = [
     "build_report",
@@ -398,10 +399,8 @@ def _measured_vs_estimated(doc: Document, run: Run) -> None:
 
 
 _NO_SCALARS = (
-    "No logged metrics could be read back: the report reads TensorBoard event files or CSVLogger's `metrics.csv` "
-    "in the run directory (or in the TensorBoard/CSV log dirs the energy report lists under `logs`), and there are "
-    "none (a W&B or MLflow logger alone keeps its metrics elsewhere; add a CSVLogger beside it). Metric curves, "
-    "energy-to-target and time-to-target are left out."
+    f"No logged metrics could be read back ({NO_SCALARS_WHY}). Metric curves, energy-to-target and time-to-target "
+    "are left out."
 )
 
 

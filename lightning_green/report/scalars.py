@@ -156,6 +156,14 @@ class Scalars:
         return min(times) if times else None
 
 
+#: Why a run has no scalars a report can read (the green report's note and the comparison's error say it).
+NO_SCALARS_WHY = (
+    "the report reads TensorBoard event files or CSVLogger's `metrics.csv` (in the run directory, or in the "
+    "TensorBoard/CSV log dirs the energy report lists under `logs`); a W&B or MLflow logger alone keeps its metrics "
+    "elsewhere: add a CSVLogger beside it"
+)
+
+
 def find_scalar_files(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path | None]:
     """TensorBoard event files (sorted) and ``metrics.csv`` directly in ``run_dir``."""
     run_dir = Path(run_dir)
