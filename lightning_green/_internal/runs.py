@@ -62,9 +62,11 @@ def run_dir(trainer: Any) -> str:
     ``trainer.log_dir`` as its ``save_dir``, which every run shares (MLflow's store root, W&B's ``.``): there the
     folder is the one Lightning's ``ModelCheckpoint`` puts that run's ``checkpoints/`` in,
     ``<save_dir or default_root_dir>/<name>/<version>`` (W&B: ``<project>/<run id>``; MLflow: the run's own folder).
+    So is it for a TensorBoardLogger with a ``sub_dir``, whose ``log_dir`` (``version_0/<sub_dir>``) holds only its
+    event files: the run's files go beside ``checkpoints/`` in ``version_0``, where ``export`` finds them.
     """
     loggers = list(getattr(trainer, "loggers", None) or [])
-    if not loggers or _logs_in_own_folder(loggers[0]):
+    if not loggers or (_logs_in_own_folder(loggers[0]) and not isinstance(getattr(loggers[0], "sub_dir", None), str)):
         return trainer.log_dir or trainer.default_root_dir
     logger = loggers[0]
     save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir

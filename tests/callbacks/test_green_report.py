@@ -2,6 +2,7 @@ import json
 import os
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_green import EnergyMonitor, GreenReport
 from lightning_green.demos import DigitsCNN, DigitsDataModule
+from lightning_green.export.report import find_run_dir
 from lightning_green.report import load_run
 from lightning_green.report.compare import compare_runs
 from lightning_green.report.run import RunDirError
@@ -88,7 +90,7 @@ def test_csv_logger_rows_are_flushed_before_the_report(tmp_path):
     assert (run.path / "green_report_files" / "metric_vs_energy.png").is_file()
 
 
-def _fit_with_loggers(tmp_path, loggers, **report_kwargs):
+def _fit_with_loggers(tmp_path, loggers, checkpoint=False, **report_kwargs):
     report = GreenReport(**report_kwargs)
     trainer = Trainer(
         default_root_dir=tmp_path,
@@ -96,7 +98,7 @@ def _fit_with_loggers(tmp_path, loggers, **report_kwargs):
         limit_train_batches=3,
         limit_val_batches=2,
         logger=loggers,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpoint,
         callbacks=[EnergyMonitor(print_summary=False), report],
         **QUIET,
     )
@@ -128,6 +130,20 @@ def test_a_wandb_or_mlflow_logger_first_gets_each_run_its_own_folder_and_the_cur
     assert runs[0].energy["started_s"] != runs[1].energy["started_s"]  # both runs' reports are there
     assert not (tmp_path / "store" / "energy_report.json").exists()
     assert not (tmp_path / "store" / "green_report_files").exists()  # nothing in the store's root (MLflow's)
+
+
+def test_a_tensorboard_sub_dir_keeps_the_reports_beside_the_checkpoints_and_the_curves_are_read(tmp_path):
+    # TensorBoardLogger(sub_dir=...) has log_dir version_0/<sub_dir> but checkpoints in version_0/checkpoints: the
+    # reports went into the sub_dir, where `export`/`bench-inference` could not find them from the checkpoint.
+    trainer, report = _fit_with_loggers(tmp_path, [TensorBoardLogger(tmp_path, sub_dir="train")], True, target=0.0)
+    folder = tmp_path / "lightning_logs" / "version_0"
+    assert Path(trainer.log_dir) == folder / "train"
+    assert report.files.markdown == folder / "green_report.md"
+    assert find_run_dir(trainer.checkpoint_callback.best_model_path) == folder
+    run = load_run(folder)
+    assert run.energy["logs"] == ["train"]
+    assert [cp.epoch for cp in run.curve("val_acc")] == [0, 1]
+    assert not (folder / "train" / "energy_report.json").exists()
 
 
 def test_the_curves_beside_a_symlinked_store_are_found(tmp_path):
