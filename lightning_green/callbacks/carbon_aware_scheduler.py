@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from lightning_green._internal.logging import log_metrics, log_step
 from lightning_green._internal.packages import lightning_types
+from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -55,7 +56,7 @@ Power = Literal["off", "clean-fast"]
 _POWER = ("off", "clean-fast")
 
 
-class CarbonAwareScheduler(Callback):
+class CarbonAwareScheduler(PicklesWithoutTrainer, Callback):
     """Pause training between optimizer steps while the grid is dirty, and still finish before a deadline.
 
     From the expected compute time left and the intensity forecast it plans the remaining training into the
@@ -64,6 +65,8 @@ class CarbonAwareScheduler(Callback):
     ``on_workload_changed``, after which it runs until the new step time is measured; or simply measured step times)
     moves the plan. Its own pauses never make the run miss
     the deadline: once ``remaining × (1 + safety_margin)`` no longer fits before it, it stops pausing.
+    ``Trainer(max_time=...)`` (Lightning's ``Timer``, whose clock runs on through a pause) is a deadline too: when
+    it ends the fit before ``deadline``, the plan is made to its end instead.
 
     The remaining time is ``expected_duration`` minus the compute done until step times are measured
     (``estimate_after_steps`` optimizer steps, again after each workload change), then the mean step time ×
@@ -142,6 +145,8 @@ class CarbonAwareScheduler(Callback):
         3.0
     """
 
+    _trainer_refs = ("_fit_trainer",)
+
     def __init__(
         self,
         intensity: float | str | Callable[[_dt.datetime], float],
@@ -193,6 +198,12 @@ class CarbonAwareScheduler(Callback):
         self.planner: CarbonPlanner | None = None
         self.start_s: float | None = None
         self.deadline_s: float | None = None
+        self.timer_end_s: float | None = None  # where Trainer(max_time=...) ends the fit, when before the deadline
+        self._fit_trainer: Any = None  # weak reference to the last fit's Trainer (a new one starts a new run)
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """A new run (a new Trainer): no pauses, plans or measured step time yet."""
         self.paused_s = 0.0
         self.compute_s = 0.0
         self.pauses: list[dict[str, Any]] = []
@@ -231,6 +242,9 @@ class CarbonAwareScheduler(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        same_run, self._fit_trainer = continue_run(self._fit_trainer, trainer)
+        if not same_run:  # a new Trainer is a new run (a checkpoint restored into it brings its own state)
+            self._new_run()
         name = type(self).__name__
         # Rank 0's clock is the one that counts: every rank plans against the same start.
         now = float(trainer.strategy.broadcast(float(self.clock()), src=0))
@@ -284,6 +298,7 @@ class CarbonAwareScheduler(Callback):
         self._gs_last = self._done(trainer)
         self._next_check = self._gs_last
         self._sigterm = False
+        self._plan_to_timer(trainer)
         self._decide(trainer, may_checkpoint=False)  # raises SIGTERMException on a SIGTERM during a pause
         self._t_last = self.clock()
 
@@ -371,6 +386,7 @@ class CarbonAwareScheduler(Callback):
             "start": _iso(self.start_s) if self.start_s is not None else None,
             "deadline": _iso(self.deadline_s) if self.deadline_s is not None else None,
             "deadline_s": self.deadline_s,
+            "max_time_end": _iso(self.timer_end_s) if self.timer_end_s is not None else None,
             "paused_s": self.paused_s,
             "compute_s": self.compute_s,
             "pauses": list(self.pauses),
@@ -385,6 +401,37 @@ class CarbonAwareScheduler(Callback):
     # ------------------------------------------------------------------------------------------------ internals
     def _planner(self, deadline_s: float) -> CarbonPlanner:
         return CarbonPlanner(self.source, deadline_s, self.forecast, self.safety_margin, slot_s=self.slot_s)
+
+    def _plan_to_timer(self, trainer: pl.Trainer) -> None:
+        """Plan to the end of ``Trainer(max_time=...)`` (any Lightning ``Timer``) when it comes before the deadline.
+
+        The Timer's clock runs on through a pause, so a pause planned past its end would have Lightning stop the fit
+        unfinished right after it. After the Timer restored its elapsed time from a checkpoint (before this hook).
+        """
+        self.timer_end_s = None
+        if self.deadline_s is None:
+            return
+        kinds = lightning_types("callbacks", "Timer")
+        left = [cb.time_remaining() for cb in trainer.callbacks if isinstance(cb, kinds)]  # type: ignore[attr-defined]
+        left = [float(s) for s in left if s is not None]
+        end = math.inf
+        if left and trainer.is_global_zero:
+            end = self.clock() + max(min(left), 0.0)
+        end = float(trainer.strategy.broadcast(end, src=0))
+        if end >= self.deadline_s:
+            return
+        self.timer_end_s = end
+        self.planner = self._planner(end)
+        remaining = self.remaining_s(trainer)
+        short = (
+            f"; the {remaining / 3600:.3g} h of compute left do not fit in it, so there is nothing to pause for"
+            if remaining is not None and remaining * (1 + self.safety_margin) > end - self.clock()
+            else ""
+        )
+        rank_zero_info(  # said even with verbose=False: the deadline given is not the one planned to
+            f"CarbonAwareScheduler: Trainer(max_time) ends the fit at {_iso(end)}, before deadline={self.deadline!r} "
+            f"({_iso(self.deadline_s)}): planning to its end (a pause counts against max_time){short}."
+        )
 
     def _rank0_decision(self, trainer: pl.Trainer) -> list[float]:
         """[pause seconds, next check step, run flag, intensity now, expected pause]; computed on rank 0 only."""
@@ -476,7 +523,7 @@ class CarbonAwareScheduler(Callback):
                 break
         self._next_check = int(next_check)
         if pausing_since is not None:
-            _close_energy_windows(trainer)  # the pause's idle energy gets the pause's own intensity
+            _close_energy_windows(trainer, idle=True)  # the pause's idle energy gets the pause's own intensity
             now = self.clock()
             self.pauses.append(
                 {
@@ -584,12 +631,15 @@ class CarbonAwareScheduler(Callback):
         log.debug(text)
 
 
-def _close_energy_windows(trainer: pl.Trainer) -> None:
-    """Let an EnergyMonitor (duck-typed: ``close_window``) end its counter window here; every rank calls this."""
+def _close_energy_windows(trainer: pl.Trainer, idle: bool = False) -> None:
+    """Let an EnergyMonitor (duck-typed: ``close_window``) end its counter window here; every rank calls this.
+
+    ``idle``: the window ends a pause (its energy is left out of the monitor's forecast per epoch).
+    """
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
         close = getattr(cb, "close_window", None)
         if callable(close):
-            close(trainer)
+            close(trainer, idle=idle)
 
 
 def _round_up(x: float, digits: int = 4) -> float:

@@ -357,7 +357,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._started_stage: str | None = None
         # The fit's set-up (see setup and on_train_batch_start): the carbon clock at this monitor's setup, whether the
         # fit's first batch (where the set-up ends) is still to come, this rank's set-up joules not yet gathered, and
-        # the set-up joules (all ranks) inside the epoch in progress, which the forecast leaves out.
+        # the set-up joules (all ranks) inside the epoch in progress, which the forecast leaves out (with the idle
+        # joules of a CarbonAwareScheduler's pauses: see close_window).
         self._fit_setup_at: float | None = None
         self._splitting_setup = False
         self._setup_pending_j = 0.0
@@ -380,14 +381,19 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             return None
         return self.carbon_tracker.forecast_gco2e("fit", self.total_energy_j("fit"), forecast_j)
 
-    def close_window(self, trainer: pl.Trainer) -> None:
+    def close_window(self, trainer: pl.Trainer, idle: bool = False) -> None:
         """Account the energy so far as one window now (collective: call on every rank at the same step).
 
         The ``CarbonAwareScheduler`` calls it around a pause, so a pause's idle energy gets the pause's intensity.
+        ``idle``: the window was such a pause (it ends one). Its energy stays in the totals and in its epoch's, but
+        not in the forecast's energy per epoch: a one-off wait, not multiplied by the epochs left.
         """
         if self._open and self._meter is not None:
             self._count_trained_batch(trainer)
-            self._flush(trainer, force=True)
+            splitting = self._splitting_setup  # before the first batch, all of it is the fit's set-up already
+            window = self._flush(trainer, force=True)
+            if idle and window is not None and not splitting and self._open[-1] == "fit":
+                self._setup_j += window.energy_j
 
     def _count_trained_batch(self, trainer: pl.Trainer | None) -> None:
         """Count the batch in flight now if it has trained and this monitor's ``on_train_batch_end`` is still to come.

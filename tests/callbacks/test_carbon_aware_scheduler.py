@@ -281,6 +281,59 @@ def test_replans_after_a_workload_change_and_still_meets_the_deadline(tmp_path):
     assert sched.paused_s > 0
 
 
+def test_plans_to_the_end_of_max_time_when_it_comes_before_the_deadline(tmp_path):
+    # Lightning's Timer runs on through a pause: planned to the deadline (12 h), the run paused 3 h (to hours 1, 4
+    # and 5) and max_time (4 h) stopped it unfinished right after, at step 4 of 12.
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}), deadline="12h", expected_duration="3h", clock=clock
+    )
+    trainer = make_trainer(tmp_path, max_steps=12, max_time={"hours": 4}, callbacks=[StepClock(clock, 0.25 * H), sched])
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 12
+    assert clock() - START.timestamp() <= 4 * H  # done before max_time's end on the scheduler's own clock
+    report = sched.report()
+    assert report["deadline_s"] == START.timestamp() + 12 * H  # the deadline given is still the one reported
+    assert report["max_time_end"] == "2022-06-01T04:00+00:00"
+
+
+def test_a_pause_is_not_forecast_as_every_epochs_energy(tmp_path):
+    # The forecast multiplied epoch 0's energy, a 5 h pause's idle power included, by the epochs left: 2.2 kWh for a
+    # 1.3 kWh run, and EnergyBudget(on_forecast="stop") stopped a run within its budget.
+    from lightning_green import EnergyBudget
+
+    clock = sim_clock()
+    gpu = SimulatedGPUWorkload(step_work_s=900.0, gpu_kwargs={"clock": clock, "idle_w": 60.0, "demand_w": 250.0})
+    clean = by_hour({0: 100.0, 6: 100.0, 7: 100.0, 8: 100.0})
+    sched = CarbonAwareScheduler(
+        intensity=clean, deadline="12h", expected_duration="4h", clock=clock, checkpoint_after=None, verbose=False
+    )
+    monitor = EnergyMonitor(
+        carbon_intensity=clean, clock=clock, print_summary=False, progress_bar=False, min_window_s=0.0
+    )
+    budget = EnergyBudget(max_energy=1.6, unit="kWh", on_forecast="stop")
+    trainer = make_trainer(tmp_path, max_epochs=4, limit_train_batches=4, callbacks=[gpu, sched, monitor, budget])
+    trainer.fit(BoringModel())
+    assert sched.paused_s == 5 * H and trainer.global_step == 16  # not stopped by the budget
+    epochs_kwh = [e / 3.6e6 for e in monitor.ledgers["fit"].epochs_j]
+    assert epochs_kwh[0] == pytest.approx(0.25 + 0.06 * 5, rel=1e-3)  # the pause's idle energy is in its epoch's
+    assert monitor.forecast_total_j == pytest.approx(monitor.total_energy_j("fit"), rel=1e-3)
+
+
+def test_a_scheduler_reused_in_a_new_trainer_starts_a_new_run(tmp_path):
+    clock = sim_clock()
+    sched = CarbonAwareScheduler(
+        intensity=by_hour({1: 100.0, 4: 100.0, 5: 100.0}), deadline="12h", expected_duration="3h", clock=clock
+    )
+    make_trainer(tmp_path / "a", max_steps=12, callbacks=[StepClock(clock, 0.25 * H), sched]).fit(BoringModel())
+    assert sched.paused_s == 3 * H
+    clock.advance(START.timestamp() + 24 * H - clock())  # a day later every hour is dirty: nothing to pause for
+    make_trainer(tmp_path / "b", max_steps=12, callbacks=[StepClock(clock, 0.25 * H), sched]).fit(BoringModel())
+    report = sched.report()
+    assert (report["paused_s"], report["pauses"], report["compute_s"]) == (0.0, [], 3 * H)
+    assert report["first_plan_slots"][0][0] == START.timestamp() + 24 * H
+
+
 def test_never_pauses_when_the_time_is_short(tmp_path):
     clock = sim_clock()
     sched = CarbonAwareScheduler(
