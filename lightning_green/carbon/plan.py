@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green._internal.validation import InvalidArgumentError, check_number, fail
 from lightning_green.carbon.trace import IntensityTrace, _iso
 
 __all__ = [
@@ -366,6 +366,11 @@ class CarbonPlanner:
     ) -> None:
         if forecast not in FORECASTS:
             fail("CarbonPlanner", "forecast", forecast, f"one of {FORECASTS!r}")
+        check_number("CarbonPlanner", "deadline_s", deadline_s)
+        check_number("CarbonPlanner", "safety_margin", safety_margin, ge=0.0)
+        if persistence_tau_h is not None:
+            check_number("CarbonPlanner", "persistence_tau_h", persistence_tau_h, ge=0.0)
+        check_number("CarbonPlanner", "persistence_days", persistence_days, integer=True, ge=1)
         self.source = source
         self.deadline_s = float(deadline_s)
         self.forecast = forecast

@@ -59,6 +59,8 @@ _UNIT_IN_HEADER = re.compile(
     r"(?<![a-z])(k?g|lbs?|t)(?:[\s_-]*co[2₂](?:[\s_-]?e[a-z]*|[a-z]*))?[\s_-]*(?:/|per)[\s_-]*(k|m)wh(?![a-z])",
     re.IGNORECASE,
 )
+# A header that names an amount per kWh or MWh ("CO2/MWh", "pounds per kWh") but no mass _UNIT_IN_HEADER can read.
+_PER_ENERGY_IN_HEADER = re.compile(r"(?:/|(?<![a-z])per)[\s_-]*(?:k|m)wh(?![a-z])", re.IGNORECASE)
 # Life-cycle (LCA) intensity, as Electricity Maps names it: "(LCA)", "(Life cycle)", "life-cycle", "lifecycle".
 _LIFE_CYCLE = re.compile(r"lca|life[\s_-]*cycle", re.IGNORECASE)
 # A time column whose header says its times are UTC ("Datetime (UTC)", "datetime_utc").
@@ -396,6 +398,8 @@ def read_trace(
         >>> read_trace(p).values
         (100.0, 200.0, 300.0)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        fail(_OWNER, "path", path, "the path of a CSV file (str or os.PathLike)", TypeError)
     spath = os.fspath(path)
     if unit is not None and unit not in UNITS:
         fail(_OWNER, "unit", unit, f"one of {tuple(UNITS)!r} (or None for gCO2e/kWh)")
@@ -425,6 +429,14 @@ def read_trace(
             value_column,
             f"a column in one of the units {tuple(UNITS)!r}: column {header[vi]!r} is in {named}; convert the file "
             "or name another column",
+        )
+    if named is None and unit is None and _PER_ENERGY_IN_HEADER.search(header[vi]):
+        fail(
+            _OWNER,
+            "unit",
+            unit,
+            f"given explicitly: column {header[vi]!r} names a unit per kWh or MWh that is not read from headers; "
+            f"pass unit= one of {tuple(UNITS)!r}",
         )
     if named is not None and unit is None and UNITS.get(named) != 1.0:
         fail(

@@ -204,3 +204,21 @@ def test_slots_needed_counts_the_partial_first_slot_as_the_plan_does():
         assert slots_needed(now, deadline, slot, origin) == len(_slots(now, deadline, slot, origin))
     # 40,000 × 2 s starting half a second off the grid is 40,001 slots: the last half second would be left out
     assert slots_needed(0.5, 0.5 + MAX_PLAN_SLOTS * 2.0, 2.0) == MAX_PLAN_SLOTS + 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"deadline_s": math.nan}, r"CarbonPlanner\(deadline_s=nan\): `deadline_s` must be a number that is finite"),
+        ({"safety_margin": -1}, r"CarbonPlanner\(safety_margin=-1\): `safety_margin` must be a number >= 0"),
+        (
+            {"persistence_tau_h": -1},
+            r"CarbonPlanner\(persistence_tau_h=-1\): `persistence_tau_h` must be a number >= 0",
+        ),
+        ({"persistence_days": 0}, r"CarbonPlanner\(persistence_days=0\): `persistence_days` must be an int >= 1"),
+    ],
+)
+def test_planner_bad_arguments(kwargs, match):
+    args = {"deadline_s": 10 * H, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        CarbonPlanner(random_trace(0), **args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,26 @@ def test_a_header_unit_that_cannot_be_converted_gets_one_message(tmp_path, unit)
         r"column 'ci \(t/kWh\)' is in t/kWh; convert the file or name another column\.$",
     ):
         read_trace(p, unit=unit)
+
+
+@pytest.mark.parametrize(
+    "header", ["intensity (pounds CO2/MWh)", "intensity (tonnes CO2/MWh)", "intensity CO2 per kWh"]
+)
+def test_a_header_unit_it_cannot_read_must_be_named(tmp_path, header):
+    # "pounds CO2/MWh" was read as g/kWh without a word (800 for ~363 g/kWh); "tonnes" only got the kg warning.
+    p = write(tmp_path, f"timestamp,{header}\n2023-01-01T00:00Z,800\n2023-01-01T01:00Z,900\n")
+    with pytest.raises(
+        ValueError,
+        match=rf"read_trace\(unit=None\): `unit` must be given explicitly: column '{re.escape(header)}' names a unit "
+        r"per kWh or MWh that is not read from headers; pass unit= one of \('g/kWh'",
+    ):
+        read_trace(p)
+    assert read_trace(p, unit="lbs/MWh").values == pytest.approx((800 * 0.45359237, 900 * 0.45359237))
+
+
+def test_a_path_that_is_not_a_path_is_refused():
+    with pytest.raises(TypeError, match=r"read_trace\(path=123\): `path` must be the path of a CSV file"):
+        read_trace(123)
 
 
 @pytest.mark.parametrize(
