@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,12 @@ class ElectricityMapsSource:
     24 hours), ``carbon-intensity/past-range`` for older hours, ``carbon-intensity/forecast`` for hours to come
     (re-fetched at most every ``refresh_s``, so a re-plan sees an updated forecast; measured hours replace forecast
     ones). Every request has a ``timeout_s``; failures raise one-line errors, never hang.
+
+    Once hours are cached, a failed request (network, timeout, an HTTP error other than 401/403, a body without
+    intensities) does not stop a run: it is warned about once per outage and retried after ``refresh_s``; cached
+    hours keep their values (a forecast hour that has passed keeps its forecast), and an hour that was never fetched
+    takes the nearest cached hour's value. ``describe()`` (the report's carbon ``source``) counts the failed requests
+    and those hours, with a ``note``. A failure before anything is cached raises.
 
     Args:
         zone: Electricity Maps zone, e.g. ``"DE"``, ``"US-CAL-CISO"``, ``"FR"``.
@@ -100,6 +107,9 @@ class ElectricityMapsSource:
         self.forecast_hours: set[int] = set()  # hours whose value is a forecast, not a measurement
         self._fetched: dict[str, float] = {}  # endpoint -> clock time of its last fetch
         self.requests = 0
+        self.failed_requests = 0
+        self.held_hours: set[int] = set()  # hours missing during an outage, given the nearest cached hour's value
+        self._outage: str | None = None  # the last request's error while cached hours carry the run
 
     def __repr__(self) -> str:  # never show the token
         return f"{type(self).__name__}(zone={self.zone!r})"
@@ -111,12 +121,17 @@ class ElectricityMapsSource:
 
     # ------------------------------------------------------------------------------------------------ source API
     def covers(self, t0_s: float, t1_s: float) -> bool:
-        """Whether Electricity Maps has every hour of ``[t0_s, t1_s]`` (fetching what is missing)."""
-        return not self._ensure(t0_s, t1_s)
+        """Whether Electricity Maps has every hour of ``[t0_s, t1_s]`` (fetching what is missing).
+
+        During an outage with hours cached, also when the missing ones would be held (see the class).
+        """
+        return not self._ensure(t0_s, t1_s) or self._holding()
 
     def mean(self, t0_s: float, t1_s: float) -> float:
         """Time-weighted mean intensity over ``[t0_s, t1_s]`` (the hour's value for an instant)."""
         missing = self._ensure(t0_s, t1_s)
+        if missing and self._holding():
+            return self._held_mean(t0_s, t1_s, missing)
         if missing:
             raise ElectricityMapsError(
                 f"{self!r}: Electricity Maps has no carbon intensity for {_iso(missing[0] * _H)}"
@@ -138,6 +153,18 @@ class ElectricityMapsSource:
             out["start"], out["end"] = _iso(min(self.hours) * _H), _iso((max(self.hours) + 1) * _H)
             out["forecast_hours"] = len(self.forecast_hours)
         out["requests"] = self.requests
+        if self.failed_requests:
+            out["failed_requests"] = self.failed_requests
+            out["held_hours"] = len(self.held_hours)
+            out["note"] = (
+                f"{self.failed_requests} request(s) to Electricity Maps failed (the run went on with the cached hours"
+                + (
+                    f"; {len(self.held_hours)} hour(s) never fetched took the nearest cached hour's value"
+                    if self.held_hours
+                    else ""
+                )
+                + ")"
+            )
         return out
 
     # ------------------------------------------------------------------------------------------------ fetching
@@ -149,6 +176,24 @@ class ElectricityMapsSource:
 
     def _missing(self, t0_s: float, t1_s: float) -> list[int]:
         return [h for h in self._hour_range(t0_s, t1_s) if h not in self.hours]
+
+    def _holding(self) -> bool:
+        """Whether missing hours are held: a request failed and hours are cached."""
+        return self._outage is not None and bool(self.hours)
+
+    def _held_mean(self, t0_s: float, t1_s: float, missing: list[int]) -> float:
+        """:meth:`mean` with each of the ``missing`` hours at the nearest cached hour's value (earlier on a tie)."""
+        known = sorted(self.hours)
+        values = dict(self.hours)
+        for h in missing:
+            values[h] = self.hours[min(known, key=lambda k: (abs(k - h), k))]
+            self.held_hours.add(h)
+        if t1_s <= t0_s:
+            return values[math.floor(t0_s / _H)]
+        total = sum(
+            values[h] * max(min(t1_s, (h + 1) * _H) - max(t0_s, h * _H), 0.0) for h in self._hour_range(t0_s, t1_s)
+        )
+        return total / (t1_s - t0_s)
 
     def _ensure(self, t0_s: float, t1_s: float) -> list[int]:
         """Fetch what ``[t0_s, t1_s]`` lacks (an endpoint at most once per ``refresh_s``); return what still is."""
@@ -173,7 +218,24 @@ class ElectricityMapsSource:
         if last is not None and now - last < self.refresh_s:
             return
         self._fetched[key] = now
-        rows = self._get(endpoint, params, field)
+        try:
+            rows = self._get(endpoint, params, field)
+        except ElectricityMapsError as err:
+            if not self.hours:
+                raise  # nothing to go on with
+            self.failed_requests += 1
+            if self._outage is None:
+                warnings.warn(
+                    f"{err} Going on with the {len(self.hours)} cached hour(s) (an hour never fetched takes the "
+                    f"nearest cached hour's value; the report counts them) and retrying every {self.refresh_s:g} s.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            self._outage = str(err)
+            return
+        if self._outage is not None:
+            log.info("%r: Electricity Maps answers again (%s).", self, endpoint)
+            self._outage = None
         for row in rows:
             h, value = self._parse_row(row, endpoint)
             if field == "forecast":

@@ -219,6 +219,17 @@ def ensure_covers(
             )
         return source.extended(t1_s + WEEK_S)
     desc = source.describe()
+    if not isinstance(source, IntensityTrace):  # an online source: its history and forecast reach so far
+        fixes = []
+        if not source.covers(t0_s, t0_s):
+            fixes.append("forecast='trace' (it reads no history)" if history_s > 0 else "a CSV trace")
+        if not source.covers(t1_s, t1_s):
+            fixes.append(f"a deadline by {desc.get('end')} (as far as the forecast reaches), or a CSV trace")
+        extend_note = f" ({extend_name}={extend!r} extends CSV traces only)" if extend != "none" else ""
+        raise InvalidArgumentError(
+            f"{owner}({name}={desc.get('source')!r}): it has intensities for {desc.get('start')} .. {desc.get('end')} "
+            f"but the run needs {_iso(t0_s)} .. {_iso(t1_s)}{extend_note}. To fix: give {' or '.join(fixes)}."
+        )
     start_s = getattr(source, "start_s", -math.inf)
     end_s = getattr(source, "end_s", math.inf)
     fixes = []

@@ -173,6 +173,7 @@ class CarbonTracker:
             "intensity_source": f"{desc['kind']}: {desc['source']}",
             "source": desc,
             "extrapolated": self.extrapolation_note,
+            "source_note": desc.get("note"),  # an online source that went on through failed requests
             "pue": self.pue,
             "formula": "gCO2e = sum over windows of energy_j / 3.6e6 * intensity_g_per_kwh * pue "
             "(intensity_g_per_kwh above: the fit's energy-weighted mean)",

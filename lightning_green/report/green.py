@@ -443,6 +443,8 @@ def _carbon(doc: Document, run: Run) -> None:
     ]
     if carbon.get("extrapolated"):
         rows.append(["⚠ intensity trace", str(carbon["extrapolated"])])
+    if carbon.get("source_note"):
+        rows.append(["⚠ intensity source", str(carbon["source_note"])])
     for stage, s in run.energy.get("stages", {}).items():
         rows.append([f"{stage}: energy → CO₂", f"{s.get('kwh', 0.0):.4g} kWh → {s.get('gco2e', 0.0):.4g} gCO2e"])
     forecast = run.energy.get("forecast")

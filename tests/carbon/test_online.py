@@ -192,6 +192,41 @@ def test_other_http_errors_and_bad_bodies(monkeypatch):
         ElectricityMapsSource("DE", token="t", clock=SimClock(NOW)).mean(NOW - H, NOW)
 
 
+def test_a_failed_request_once_hours_are_cached_goes_on_with_them(api):
+    # One DNS failure when a forecast hour had passed (its measurement re-fetched) stopped the fit hours in.
+    from lightning_green.carbon.tracker import CarbonTracker
+
+    clock = SimClock(NOW)
+    src = ElectricityMapsSource("DE", token="t", clock=clock)
+    now_h = int(NOW // H)
+    assert src.covers((now_h - 5) * H, (now_h + 10) * H)  # history and forecast cached
+    api.error = urllib.error.URLError("temporary failure in name resolution")
+    clock.advance(2 * H)  # hour now_h + 1 has passed: its measurement is asked for, and the request fails
+    with pytest.warns(UserWarning, match=r"network error .* Going on with the 71 cached hour\(s\)"):
+        assert src.mean((now_h + 1) * H, (now_h + 2) * H) == FakeAPI.value(now_h + 1) - 50.0  # its forecast
+    far = (now_h + 60) * H  # never fetched (the forecast reaches now_h + 47): the nearest cached hour's value
+    assert src.covers(far, far + H) and src.mean(far, far + H) == FakeAPI.value(now_h + 47) - 50.0
+    desc = src.describe()
+    assert desc["failed_requests"] >= 1 and desc["held_hours"] == 1
+    assert "request(s) to Electricity Maps failed" in desc["note"] and "1 hour(s) never fetched" in desc["note"]
+    assert CarbonTracker(src, clock=clock).as_dict()["source_note"] == desc["note"]
+    api.error, api.now_s = None, clock()
+    clock.advance(900.0)  # after refresh_s it asks again, and the measurement replaces the forecast
+    assert src.mean((now_h + 1) * H, (now_h + 2) * H) == FakeAPI.value(now_h + 1)
+
+
+def test_a_deadline_past_the_forecast_says_how_far_it_reaches(api, monkeypatch, tmp_path):
+    monkeypatch.setenv(TOKEN_ENV, "t")
+    sched = CarbonAwareScheduler(intensity="electricitymaps:DE", deadline="72h", clock=SimClock(NOW), verbose=False)
+    with pytest.raises(
+        ValueError,
+        match=r"CarbonAwareScheduler\(intensity='electricitymaps:DE'\): it has intensities for .* but the run needs "
+        r".*\. To fix: give a deadline by 2026-06-03T12:00\+00:00 \(as far as the forecast reaches\), "
+        r"or a CSV trace\.$",
+    ):
+        make_trainer(tmp_path, max_steps=1, callbacks=[sched]).fit(SteadyModel(0.001))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

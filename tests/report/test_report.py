@@ -246,6 +246,13 @@ def test_a_run_that_outlived_its_intensity_trace_is_flagged(tmp_path):
     assert f"| ⚠ intensity trace | {note} |" in build_report(run).to_markdown("x")
 
 
+def test_an_online_source_that_went_on_through_failed_requests_is_flagged(tmp_path):
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]))
+    note = "2 request(s) to Electricity Maps failed (the run went on with the cached hours)"
+    run.energy["carbon"]["source_note"] = note
+    assert f"| ⚠ intensity source | {note} |" in build_report(run).to_markdown("x")
+
+
 def inference_cost(*rows, subject="pruned", unit="token"):
     """An ``inference_cost`` section as bench-inference stores it: rows of (model, format, batch, J per 1k)."""
     return {
