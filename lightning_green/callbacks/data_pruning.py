@@ -65,8 +65,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
     batch sets the work (CPUs, GPUs at large batch sizes). README, "DataPruning": measured on the digits demo with
     both optimizers and both modes.
 
-    Logged each epoch: ``data/kept_fraction`` (samples this epoch loads / dataset; a loader's ``drop_last`` takes
-    off what it drops), ``data/samples_seen`` (samples loaded so far, all ranks) and ``data/score_mean``. The
+    Logged each epoch: ``data/kept_fraction`` (samples this epoch loads / samples an epoch on all the data loads,
+    both under the same ``limit_train_batches`` and ``drop_last``), ``data/samples_seen`` (samples loaded so far, all
+    ranks) and ``data/score_mean``. The
     EnergyMonitor's report gets a ``data`` section (samples seen, saved).
 
     Args:
@@ -140,6 +141,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         self._trainer_ref: weakref.ref[pl.Trainer] | None = None
         self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
         self._restored_open = False  # the open epoch came from a checkpoint (close it even if its end hook never runs)
+        # (epoch, whether it was pruned) of an epoch a checkpoint was taken in: it keeps its plan on resume, even if
+        # the resumed Trainer's max_epochs moves the annealing epochs.
+        self._restored_plan: tuple[int, bool] | None = None
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -162,6 +166,10 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if self.scores is None:
             raise RuntimeError("DataPruning.plan: no training data yet (call it during fit).")
         full = self._anneal_start is not None and epoch >= self._anneal_start
+        if self._restored_plan is not None and self._restored_plan[0] == epoch:
+            # Half run before the checkpoint: the rest of it follows the same plan (the batches already run are
+            # skipped by count, and a plan with other samples would repeat some and never draw others).
+            full = not self._restored_plan[1]
         plan = plan_epoch(self.scores, self.prune_ratio, epoch, self._draw_seed, self._shuffle, full_data=full)
         need, why, geometry = self._min_batches
         kept, n = len(plan.order), len(self.scores)
@@ -238,7 +246,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             # Several fits on one Trainer are one run; a new Trainer is a new run (the callback reused, e.g. after a
             # fast_dev_run): the scores were of the model trained before. A checkpoint restored next brings its own.
             self.scores, self.history, self.samples_seen = None, [], 0
-            self._pending_state = self._pending_epoch = None
+            self._pending_state = self._pending_epoch = self._restored_plan = None
             self._open_epoch, self._buffers = None, None
         if not same_run:
             seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -425,6 +433,19 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             return
         self._close_epoch(trainer, pl_module)
 
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A fit resumed from a checkpoint taken at the last batch of its last epoch ends at once: Lightning counts
+        # that epoch as done and runs no end hook for it, and no later epoch's loader merges it (_make_sampler).
+        if self._sampler is None or self.scores is None:
+            return
+        pending = self._pending_epoch
+        if pending is not None and int(pending.get("epoch", 0)) <= trainer.current_epoch:
+            self._pending_epoch = None
+            self._restore_open_epoch(pending)
+        if self._restored_open and self._open_epoch is not None:
+            self._close_epoch(trainer, None)
+
     def _close_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None) -> None:
         """Merge the open epoch's losses into the scores (all ranks: one collective) and account the epoch.
 
@@ -497,7 +518,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if pl_module is not None:
             # Equal on every rank: sync_dist=True (a mean of equal values) is what Lightning asks for at epoch level
             # under DDP, without its per-metric warning.
-            fraction = kept / max(len(self.scores), 1)
+            # What the epoch loaded (less DDP's padding) over what an epoch on all the data loads under the same
+            # limit_train_batches and drop_last: the share of the full data's steps a step-sized scheduler sees.
+            fraction = min(seen, kept) / max(self._full_data_samples(trainer, None), 1)
             pl_module.log("data/kept_fraction", fraction, on_step=False, on_epoch=True, sync_dist=True)
             pl_module.log("data/samples_seen", float(self.samples_seen), on_step=False, on_epoch=True, sync_dist=True)
             if score_mean == score_mean:  # not NaN
@@ -625,8 +648,10 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             packed = strategy.reduce(packed, reduce_op="sum").cpu()
             sums, counts, bad, totals = packed[:n], packed[n : 2 * n], packed[2 * n : 3 * n], packed[3 * n :]
         idx = torch.nonzero((counts > 0) | (bad > 0)).flatten()
+        sampler = self._sampler if self._sampler is not None and self._sampler.epoch == self._open_epoch else None
         return {
             "epoch": self._open_epoch,
+            "pruned": None if sampler is None else bool(sampler.plan.pruned),
             "calls": int(totals[0]),
             "seen": int(totals[1]),
             "batches": batches,
@@ -641,6 +666,8 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         assert self.scores is not None
         self._first_epoch = bool(pending.get("first", False))
         self._open_epoch, self._restored_open = int(pending["epoch"]), True
+        pruned = pending.get("pruned")
+        self._restored_plan = None if pruned is None else (self._open_epoch, bool(pruned))
         self._batch_number = int(pending.get("batches", 0))  # the same on every rank
         self._buffers, self._epoch_calls, self._epoch_seen = None, 0, 0
         if self._rank != 0:  # the checkpoint holds every rank's part of the epoch: merged once, from rank 0

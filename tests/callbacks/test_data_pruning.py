@@ -81,7 +81,7 @@ def fit(tmp_path, model, dp, max_epochs=4, ckpt_path=None, **kwargs):
         default_root_dir=tmp_path,
         max_epochs=max_epochs,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=kwargs.pop("enable_checkpointing", False),
         callbacks=[dp, *kwargs.pop("callbacks", [])],
         **QUIET,
         **kwargs,
@@ -976,6 +976,51 @@ def test_the_samples_saved_count_only_what_the_trainer_would_have_loaded(tmp_pat
     assert section["samples_full_data"] == full_data
     assert section["samples_seen"] == dp.samples_seen
     assert section["samples_saved"] == full_data - dp.samples_seen
+
+
+@pytest.mark.parametrize(("limits", "fraction"), [({}, None), ({"limit_train_batches": 3}, 1.0)])
+def test_the_kept_fraction_is_of_what_the_full_data_loads_under_the_same_limits(tmp_path, limits, fraction):
+    # Under limit_train_batches=3 every epoch loads 12 samples pruned or not; kept_fraction said 0.8 (kept / N).
+    dp = DataPruning(prune_ratio=0.5, anneal_fraction=0.0)
+    trainer = fit(tmp_path, Model(), dp, **limits)
+    last = dp.history[-1]
+    assert last["pruned"] and last["kept"] < N
+    expected = last["kept"] / N if fraction is None else fraction
+    assert float(trainer.callback_metrics["data/kept_fraction"]) == pytest.approx(expected)
+
+
+def test_a_checkpoint_at_the_last_step_of_the_run_resumes_to_the_same_scores_and_report(tmp_path):
+    # Lightning counts the checkpoint's epoch as done and ends the resumed fit at once, without its end hook: the
+    # epoch's losses were never merged (history, samples_seen and scores short of one epoch; no report section).
+    seed_everything(0)
+    full, dp_full = Drifting(), DataPruning(0.5, anneal_fraction=0.0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=1, filename="{step}")
+    trainer = fit(tmp_path, full, dp_full, max_epochs=3, callbacks=[ckpt], enable_checkpointing=True)
+    seed_everything(0)
+    monitor = EnergyMonitor(print_summary=False)
+    dp = DataPruning(0.5, anneal_fraction=0.0)
+    last = str(tmp_path / "ck" / f"step={trainer.global_step}.ckpt")
+    fit(tmp_path / "r", Drifting(), dp, max_epochs=3, ckpt_path=last, callbacks=[monitor])
+    assert [h["kept"] for h in dp.history] == [h["kept"] for h in dp_full.history]
+    assert dp.samples_seen == dp_full.samples_seen
+    assert torch.equal(dp.scores.values, dp_full.scores.values)
+    assert monitor.report()["extra"]["data"]["epochs"] == 3
+
+
+def test_an_epoch_resumed_under_another_max_epochs_keeps_its_plan(tmp_path):
+    # An annealing epoch (all the data) checkpointed after 5 batches and resumed with a larger max_epochs was
+    # re-planned as a pruned one: its last batches came from another order (some samples twice, others never).
+    seed_everything(0)
+    full, dp_full = Drifting(), DataPruning(0.5, anneal_fraction=0.25)  # epoch 3 of 4 on all the data
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=1, filename="{epoch}-{step}")
+    fit(tmp_path, full, dp_full, max_epochs=4, callbacks=[ckpt], enable_checkpointing=True)
+    assert not dp_full.history[3]["pruned"] and len(full.seen[3]) == N
+    in_epoch_3 = sorted((tmp_path / "ck").glob("epoch=3-*.ckpt"), key=lambda p: int(p.stem.split("step=")[1]))
+    seed_everything(0)
+    resumed, dp = Drifting(), DataPruning(0.5, anneal_fraction=0.25)  # 8 epochs: annealing from epoch 6
+    fit(tmp_path / "r", resumed, dp, max_epochs=8, ckpt_path=str(in_epoch_3[4]))
+    assert resumed.seen[3] == full.seen[3][5 * 4 :]  # the rest of the epoch's own order
+    assert not dp.history[3]["pruned"] and dp.history[4]["pruned"]  # later epochs follow the new max_epochs
 
 
 @pytest.mark.slow
