@@ -83,6 +83,37 @@ def data_sample(example: tuple[torch.Tensor, ...], batch: tuple[torch.Tensor, ..
     return tuple(t[:1] for t in batch)
 
 
+def check_data_inputs(
+    owner: str, datamodule: Any, example: tuple[torch.Tensor, ...], batch: tuple[torch.Tensor, ...]
+) -> None:
+    """Refuse a datamodule batch that cannot be the model's input: its example's ranks, and ids stay integers.
+
+    A wrong ``--data`` (images for a language model) was traced in place of the example and blamed on it.
+
+    Example:
+        >>> class Images: ...
+        >>> check_data_inputs("export", Images(), (torch.zeros(1, 64, dtype=torch.long),), (torch.ones(64, 1, 8, 8),))
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_green...InvalidArgumentError: export(data=Images): `data` must serve the model's inputs, like its ...
+    """
+
+    def described(xs: tuple[torch.Tensor, ...]) -> str:
+        return ", ".join(f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}" for t in xs)
+
+    ids_as_floats = any(
+        not (e.is_floating_point() or e.is_complex()) and e.dtype != torch.bool and b.is_floating_point()
+        for e, b in zip(example, batch, strict=False)
+    )
+    ranks_differ = any(e.dim() != b.dim() for e, b in zip(example, batch, strict=False))
+    if len(batch) < len(example) or ranks_differ or ids_as_floats:
+        raise InvalidArgumentError(
+            f"{owner}(data={type(datamodule).__name__}): `data` must serve the model's inputs, like its "
+            f"example_input_array {described(example)}; its batch is {described(batch)}."
+        )
+
+
 def sample_note(example: tuple[torch.Tensor, ...], sample: tuple[torch.Tensor, ...]) -> str:
     """``(1, 1, 8, 8): the module's example_input_array (1, 1, 24, 24) differs ...`` (what :func:`data_sample` did)."""
     return (
@@ -209,8 +240,10 @@ def export_checkpoint(
     model = load_checkpoint_module(ckpt_path, module, config=config, owner=owner)
     n_inputs = len(example_inputs_of(owner, model, example_inputs))
     checks = []
+    dm = None
     try:
-        x = datamodule_batch(build_datamodule(datamodule, config, owner), n_inputs=n_inputs, owner=owner)
+        dm = build_datamodule(datamodule, config, owner)
+        x = datamodule_batch(dm, n_inputs=n_inputs, owner=owner)
     except InvalidArgumentError as err:
         if found is None or datamodule is not None:
             raise
@@ -222,6 +255,7 @@ def export_checkpoint(
     if x is not None:
         checks.append(("datamodule batch", x))
         example = example_inputs_of(owner, model, example_inputs)
+        check_data_inputs(owner, dm, example, x)
         sample = data_sample(example, x) if example_inputs is None else None
         if sample is not None:
             # An export traced on the example would have its fixed sizes, and the data's batch would fail it.

@@ -90,6 +90,7 @@ class BenchResult:
     baseline: str | None = None
     subject: str | None = None
     meter: dict[str, Any] = field(default_factory=dict)
+    input_shapes: list[list[int]] = field(default_factory=list)  # one sample's shape per input (batch axis off)
 
     def row(self, model: str, fmt: str, batch_size: int) -> BenchRow | None:
         """The row of ``model`` in ``fmt`` at ``batch_size``."""
@@ -143,6 +144,8 @@ class BenchResult:
             "rows": [asdict(r) for r in self.rows],
             "ratios": self.ratios(),
             "meter": self.meter,
+            "input_shapes": [list(s) for s in self.input_shapes],
+            "measures": input_basis(self.unit, self.input_shapes),
         }
 
 
@@ -297,10 +300,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def input_basis(unit: str, input_shapes: Sequence[Sequence[int]] | None) -> str:
+    """What one timed call is: a forward pass over inputs of these per-sample shapes (not token-by-token generation).
+
+    Example:
+        >>> input_basis("token", [[64]])
+        'one forward pass over 64-token inputs (not token-by-token generation)'
+        >>> input_basis("prediction", [[1, 24, 24]])
+        'one forward pass over inputs (1, 24, 24) a sample'
+        >>> input_basis("prediction", None)
+        'one forward pass'
+    """
+    if not input_shapes:
+        return "one forward pass"
+    first = list(input_shapes[0])
+    if unit == "token":
+        return f"one forward pass over {math.prod(first)}-token inputs (not token-by-token generation)"
+    shapes = ", ".join(str(tuple(s)) for s in input_shapes)
+    return f"one forward pass over inputs {shapes} a sample"
+
+
 def _tokens_per_sample(example: tuple[torch.Tensor, ...]) -> int:
     """Tokens in one sample of an integer (token id) input: its size beyond the batch axis."""
     x = example[0]
     return int(x[:1].numel()) if x.dim() >= 2 else 1
+
+
+def check_bench_settings(owner: str, repeats: Any, warmup: Any, rounds: Any, threads: Any, per: Any) -> None:
+    """Refuse bad benchmark settings (the CLI checks them before it loads any checkpoint)."""
+    check_number(owner, "repeats", repeats, integer=True, ge=1)
+    check_number(owner, "warmup", warmup, integer=True, ge=0)
+    check_number(owner, "rounds", rounds, integer=True, ge=1)
+    if threads is not None:
+        check_number(owner, "threads", threads, integer=True, ge=1)
+    check_choice(owner, "per", per, ("auto", "prediction", "token"))
 
 
 def bench_inference(
@@ -351,12 +384,7 @@ def bench_inference(
         fail(owner, "models", models, "a non-empty mapping of name → nn.Module")
     fmts = parse_formats(formats, owner)
     sizes = parse_batch_sizes(batch_sizes, owner)
-    check_number(owner, "repeats", repeats, integer=True, ge=1)
-    check_number(owner, "warmup", warmup, integer=True, ge=0)
-    check_number(owner, "rounds", rounds, integer=True, ge=1)
-    if threads is not None:
-        check_number(owner, "threads", threads, integer=True, ge=1)
-    check_choice(owner, "per", per, ("auto", "prediction", "token"))
+    check_bench_settings(owner, repeats, warmup, rounds, threads, per)
     names = list(models)
     if baseline is not None and baseline not in models:
         fail(owner, "baseline", baseline, f"one of the model names {tuple(names)!r}")
@@ -450,6 +478,7 @@ def bench_inference(
         baseline=baseline,
         subject=subject,
         meter=meter.describe() if hasattr(meter, "describe") else {},
+        input_shapes=[list(x.shape[1:]) for x in example],
     )
     if verbose:
         print(format_bench(result))
@@ -497,7 +526,8 @@ def format_bench(result: BenchResult | Mapping[str, Any]) -> str:
     ]
     lines = [
         f"inference cost per 1,000 {unit}s ({data.get('device', '?')}, {data.get('threads', '?')} thread(s) for "
-        f"PyTorch and ONNX Runtime; energy {data.get('label', '?')})"
+        f"PyTorch and ONNX Runtime; energy {data.get('label', '?')}; each call is "
+        f"{input_basis(unit, data.get('input_shapes'))})"
     ]
     lines += _table(head, rows)
     ratios = data.get("ratios") or []

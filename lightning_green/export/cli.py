@@ -91,7 +91,13 @@ def _run_data_sample(ns: argparse.Namespace, model: Any, owner: str) -> Any:
     one, for data that cannot serve a batch here, and for token ids (their length is the benchmark's choice).
     """
     from lightning_green._internal.validation import InvalidArgumentError
-    from lightning_green.export.api import build_datamodule, data_sample, datamodule_batch, sample_note
+    from lightning_green.export.api import (
+        build_datamodule,
+        check_data_inputs,
+        data_sample,
+        datamodule_batch,
+        sample_note,
+    )
     from lightning_green.export.formats import is_token_ids
     from lightning_green.export.load import example_inputs_of, saved_run_config
 
@@ -102,9 +108,17 @@ def _run_data_sample(ns: argparse.Namespace, model: Any, owner: str) -> Any:
     if is_token_ids(example[0]):
         return None
     try:
-        batch = datamodule_batch(build_datamodule(None, config, owner), n_inputs=len(example), owner=owner)
+        dm = build_datamodule(None, config, owner)
+        batch = datamodule_batch(dm, n_inputs=len(example), owner=owner)
     except InvalidArgumentError as err:  # e.g. the saved data's path is relative to where it trained
         print(f"benchmarked on the module's example input: the data of {config} could not serve a batch here ({err})")
+        return None
+    if batch is None:
+        return None
+    try:
+        check_data_inputs(owner, dm, example, batch)
+    except InvalidArgumentError as err:
+        print(f"benchmarked on the module's example input: {err}")
         return None
     sample = data_sample(example, batch)
     if sample is not None:
@@ -174,6 +188,7 @@ def bench_main(args: Sequence[str]) -> int:
     from lightning_green.export.api import inputs_read
     from lightning_green.export.bench import (
         bench_inference,
+        check_bench_settings,
         default_formats,
         format_bench,
         parse_batch_sizes,
@@ -195,6 +210,7 @@ def bench_main(args: Sequence[str]) -> int:
             f"a list without 'onnx' on {device} (ONNX Runtime runs on the CPU here: --device cpu for it)",
         )
     sizes = parse_batch_sizes(ns.batch_sizes, owner)
+    check_bench_settings(owner, ns.repeats, ns.warmup, ns.rounds, ns.threads, ns.per)  # before loading checkpoints
     # Where the result goes is checked before the (long) benchmark, not found bad after it.
     if ns.no_report and ns.run_dir:
         fail(owner, "run_dir", ns.run_dir, "left out with --no-report (it names the run whose report to update)")

@@ -68,9 +68,17 @@ def attach_to_run(
     from lightning_green.energy.report import read_report, write_json_atomic
 
     path = check_run_dir(run_dir, energy_report)
+    if callable(getattr(result, "as_dict", None)):  # a BenchResult itself
+        result = result.as_dict()
     report = read_report(path)
     report.setdefault("extra", {})[SECTION] = result
-    write_json_atomic(path, report)
+    try:
+        write_json_atomic(path, report)
+    except OSError as err:  # e.g. an immutable report in a writable folder: the rename is refused
+        raise InvalidArgumentError(
+            f"bench-inference(run_dir={os.fspath(run_dir)!r}): `run_dir` must let its {energy_report} be replaced to "
+            f"add the inference cost; that failed ({err.strerror or err}). The report is unchanged."
+        ) from None
     if regenerate:
         from lightning_green.report import load_run, write_report
         from lightning_green.report.green import report_settings

@@ -210,9 +210,10 @@ def _like_for_like(sections: Sequence[dict[str, Any] | None]) -> list[dict[str, 
     shows its own lowest figure, marked as not comparable.
     """
     by_key = [_subject_rows(s) if s and s.get("rows") else None for s in sections]
-    units = {s.get("unit", "prediction") for s in sections if s and s.get("rows")}
+    benched = [s for s in sections if s and s.get("rows")]
     measured = [k for k in by_key if k is not None]
-    common = set.intersection(*(set(k) for k in measured)) if measured and len(units) == 1 else set()
+    differ = _setup_difference(benched)
+    common = set.intersection(*(set(k) for k in measured)) if measured and differ is None else set()
     key = min(common, key=lambda k: measured[0][k]["energy_per_1k_j"]) if common else None
     out: list[dict[str, Any] | None] = []
     for section, rows in zip(sections, by_key, strict=True):
@@ -225,8 +226,38 @@ def _like_for_like(sections: Sequence[dict[str, Any] | None]) -> list[dict[str, 
             top = {**top, "energy_per_1k_j": row["energy_per_1k_j"], "format": key[0], "batch_size": key[1]}
             top["label"] = row.get("label", "?")
         top["comparable"] = key is not None
+        top["why_not"] = differ or "no format and batch size benchmarked in every run"
         out.append(top)
     return out
+
+
+# What a benchmark's figures depend on besides the format and batch size (the section's keys, and how to say them).
+_SETUP = (
+    ("unit", lambda s: f"per {s.get('unit', 'prediction')}"),
+    ("device", lambda s: f"on {s.get('device', '?')}"),
+    ("threads", lambda s: f"with {s.get('threads', '?')} thread(s)"),
+    ("input_shapes", lambda s: f"input {s.get('input_shapes')}"),
+)
+
+
+def _setup_difference(sections: Sequence[dict[str, Any]]) -> str | None:
+    """Why these benchmarks' figures are not like for like (unit, device, threads, input), or ``None`` if they are.
+
+    A section from before ``input_shapes`` was recorded does not say its input: not compared on it.
+
+    Example:
+        >>> _setup_difference([{"device": "cpu", "threads": 2}, {"device": "cpu", "threads": 1}])
+        'measured with 2 thread(s) vs with 1 thread(s)'
+        >>> _setup_difference([{"device": "cpu", "threads": 1}, {"device": "cpu", "threads": 1}]) is None
+        True
+    """
+    for key, say in _SETUP:
+        have = [s for s in sections if s.get(key) is not None] if key == "input_shapes" else list(sections)
+        values = [repr(s.get(key, "prediction" if key == "unit" else None)) for s in have]
+        if len(set(values)) > 1:
+            other = next(s for s, v in zip(have, values, strict=True) if v != values[0])
+            return f"measured {say(have[0])} vs {say(other)}"
+    return None
 
 
 def _inference_cells(inf: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
@@ -238,7 +269,8 @@ def _inference_cells(inf: dict[str, Any] | None, base: dict[str, Any] | None) ->
     if base is None:
         return [text, "–"]
     if not inf.get("comparable", True) or not base.get("comparable", True):
-        return [text, "–" if inf is base else "n/a (no format and batch size benchmarked in every run)"]
+        why = inf.get("why_not") or "no format and batch size benchmarked in every run"
+        return [text, "–" if inf is base else f"n/a ({why})"]
     same = (base.get("unit"), base.get("format"), base.get("batch_size")) == (
         inf["unit"],
         inf["format"],

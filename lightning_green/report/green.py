@@ -581,13 +581,14 @@ def _inference(doc: Document, run: Run) -> None:
     section = run.extra("inference_cost") or {}
     if not section.get("rows"):
         return
-    from lightning_green.export.bench import format_ratio
+    from lightning_green.export.bench import format_ratio, input_basis
 
     unit = section.get("unit", "prediction")
     doc.heading("Inference cost")
     doc.paragraph(
         f"Per 1,000 {unit}s on {section.get('device', '?')} with {section.get('threads', '?')} thread(s) for PyTorch "
-        f"and ONNX Runtime alike; models run side by side in alternating order; energy {section.get('label', '?')}."
+        f"and ONNX Runtime alike; each call is {input_basis(unit, section.get('input_shapes'))}; models run side by "
+        f"side in alternating order; energy {section.get('label', '?')}."
     )
     doc.table(
         ["model", "format", "batch", "median latency", "p90 latency", f"{unit}s/s", f"energy / 1k {unit}s", "label"],

@@ -164,10 +164,26 @@ NO_SCALARS_WHY = (
 )
 
 
+def _written_order(path: Path) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a TensorBoard event file in the order the files were created.
+
+    Names are ``events.out.tfevents.<seconds>.<host>.<pid>.<n>`` with ``n`` a per-process counter: compared as
+    numbers, so the 10th writer of a process (``.10``) comes after its 9th, not before its 2nd.
+
+    Example:
+        >>> names = ["events.out.tfevents.1700000000.h.7.10", "events.out.tfevents.1700000000.h.7.9"]
+        >>> [p.name[-4:] for p in sorted(map(Path, names), key=_written_order)]
+        ['.7.9', '7.10']
+    """
+    parts = path.name.removeprefix("events.out.tfevents.").split(".")
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
 def find_scalar_files(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path | None]:
-    """TensorBoard event files (sorted) and ``metrics.csv`` directly in ``run_dir``."""
+    """TensorBoard event files (in the order they were written) and ``metrics.csv`` directly in ``run_dir``."""
     run_dir = Path(run_dir)
-    events = sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(str(run_dir)), "events.out.tfevents.*")))
+    found = glob.glob(os.path.join(glob.escape(str(run_dir)), "events.out.tfevents.*"))
+    events = sorted((Path(p) for p in found), key=_written_order)
     csv_path = run_dir / "metrics.csv"
     return events, csv_path if csv_path.is_file() else None
 

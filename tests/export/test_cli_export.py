@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 
 import lightning.pytorch as pl
@@ -335,6 +336,43 @@ def test_bench_cli_refuses_a_run_dir_with_no_report(digits_ckpts, tmp_path, caps
     code, text, err = run_main(args, capsys)
     assert code == 2 and err.count("\n") == 1
     assert "`run_dir` must be left out with --no-report" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--repeats", "0"], r"bench-inference\(repeats=0\): `repeats` must be an int >= 1"),
+        (["--threads", "0"], r"bench-inference\(threads=0\): `threads` must be an int >= 1"),
+        (["--per", "sample"], r"bench-inference\(per='sample'\): `per` must be one of"),
+    ],
+)
+def test_bench_settings_are_checked_before_any_checkpoint_loads(digits_ckpts, capsys, monkeypatch, args, match):
+    # They were refused only after CKPT (and --against) had been rebuilt: minutes for a real LLM.
+    def no_load(*a, **k):
+        raise AssertionError("a checkpoint was loaded")
+
+    monkeypatch.setattr("lightning_green.export.load.load_checkpoint_module", no_load)
+    code, _, err = run_main(["bench-inference", digits_ckpts["dense"], "--module", "DigitsCNN", *args], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert re.search(match, err), err
+
+
+def test_a_report_that_cannot_be_replaced_is_one_line_naming_run_dir(fake_run, monkeypatch):
+    from lightning_green.export.report import attach_to_run
+
+    before = (fake_run / "energy_report.json").read_bytes()
+
+    def refused(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("os.replace", refused)
+    with pytest.raises(
+        ValueError,
+        match=r"bench-inference\(run_dir='.*'\): `run_dir` must let its "
+        r"energy_report.json be replaced .*\(Operation not permitted\)\. The report is unchanged\.$",
+    ):
+        attach_to_run(fake_run, {"rows": []}, regenerate=False)  # fmt: skip
+    assert (fake_run / "energy_report.json").read_bytes() == before
 
 
 def test_on_a_gpu_onnx_is_refused_before_loading_and_left_out_of_the_default_formats(digits_ckpts, capsys, monkeypatch):

@@ -148,6 +148,29 @@ def test_a_batch_without_the_model_inputs_is_one_line(tmp_path):
         export_checkpoint(tmp_path / "two.ckpt", TwoIn(), tmp_path / "m.pt2", "torch-export", datamodule=dm)
 
 
+class Ids(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 4)
+        self.example_input_array = torch.zeros(1, 8, dtype=torch.long)
+
+    def forward(self, ids):
+        return self.emb(ids)
+
+
+def test_data_that_cannot_be_the_model_input_is_one_line_naming_data(tmp_path):
+    # Images for a token model were traced in place of the example, and the failure was blamed on "the example input".
+    torch.save({"state_dict": Ids().state_dict()}, tmp_path / "ids.ckpt")
+    dm = ValOnly(lambda: (torch.randn(1, 8, 8), 0))
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^export\(data=ValOnly\): `data` must serve the model's inputs, like its example_input_array int64 "
+        r"\(1, 8\); its batch is float32 \(4, 1, 8, 8\)\.$",
+    ):
+        export_checkpoint(tmp_path / "ids.ckpt", Ids(), tmp_path / "m.pt2", "torch-export", datamodule=dm)
+    assert not (tmp_path / "m.pt2").exists()
+
+
 # ------------------------------------------------------------------------------------------------ Hugging Face
 def tiny_llama(transformers):
     """A 1-layer LlamaForCausalLM with 64 tokens, seeded (no download)."""

@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
@@ -157,6 +158,19 @@ def test_a_resumed_fit_keeps_the_scalars_logged_before_the_resume(tmp_path):
     assert [e.epoch for e in run.epoch_energy()] == [0, 1, 2]
 
 
+def test_event_files_are_read_in_the_order_they_were_written_past_a_tenth_writer(tmp_path):
+    # Sorted by name, a process's 10th event file (".10") came before its 9th: the resumed fit's epochs were read
+    # first, [0, 1, 2, 0, 1] instead of [0, 1, 2] (seen when the suite's order moved the writer count past 9).
+    first = _fit_into(tmp_path, epochs=2)
+    trainer = _fit_into(tmp_path, epochs=3, ckpt_path=first.checkpoint_callback.best_model_path)
+    files, _ = find_scalar_files(trainer.log_dir)
+    assert len(files) == 2
+    for path, uid in zip(files, (9, 10), strict=True):
+        path.rename(path.with_name(f"events.out.tfevents.1700000000.host.77.{uid}"))
+    run = load_run(trainer.log_dir)
+    assert [e.epoch for e in run.epoch_energy()] == [0, 1, 2]
+
+
 # ------------------------------------------------------------------------------------------------ derived figures
 def test_metric_vs_energy_uses_epoch_end_totals_not_the_fit_end(tmp_path):
     run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]))
@@ -304,6 +318,48 @@ def test_inference_is_compared_only_at_the_same_format_and_batch_size(tmp_path):
     _, rows = comparison_table(compare_runs([a, b], target=0.8))
     assert rows[0][-2].startswith("0.200 J/1k tok (eager, b8") and rows[1][-2].startswith("0.100 J/1k tok (eager, b8")
     assert rows[1][-1] == "0.50×"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"threads": 2}, "measured with 1 thread(s) vs with 2 thread(s)"),
+        ({"device": "cuda:0"}, "measured on cpu vs on cuda:0"),
+        ({"input_shapes": [[16]]}, "measured input [[64]] vs input [[16]]"),
+        ({"unit": "prediction"}, "measured per token vs per prediction"),
+    ],
+)
+def test_inference_benchmarked_another_way_is_not_given_a_ratio(tmp_path, change, why):
+    # A run benchmarked with 2 threads and one with 1, both "eager, b4", were given a ratio as if like for like.
+    def run(name, **setup):
+        section = {**inference_cost(("pruned", "eager", 4, 1.0)), "input_shapes": [[64]], **setup}
+        return synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name=name, extra={"inference_cost": section})
+
+    _, rows = comparison_table(compare_runs([run("a"), run("b", **change)], target=0.8))
+    assert rows[1][-1] == f"n/a ({why})"
+    _, rows = comparison_table(compare_runs([run("a"), run("b")], target=0.8))
+    assert rows[1][-1] == "1.00×"
+
+
+def test_the_benchmark_says_what_a_call_measures(tmp_path):
+    # "J/1k tokens" was a forward pass over a prompt whose length was recorded nowhere.
+    from lightning_green.export.bench import bench_inference, format_bench
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, ids):
+            return self.emb(ids)
+
+    result = bench_inference({"lm": LM()}, torch.zeros(1, 16, dtype=torch.long), formats="eager", batch_sizes="2",
+                             repeats=2, warmup=0, rounds=1)  # fmt: skip
+    data = result.as_dict()
+    assert data["input_shapes"] == [[16]] and data["unit"] == "token"
+    assert "one forward pass over 16-token inputs (not token-by-token generation)" in format_bench(result)
+    run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), extra={"inference_cost": data})
+    assert "each call is one forward pass over 16-token inputs" in build_report(run).to_markdown("x")
 
 
 def test_compare_two_runs_with_ratios_against_the_first(tmp_path):
