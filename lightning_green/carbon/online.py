@@ -49,7 +49,9 @@ class ElectricityMapsSource:
     intensities) does not stop a run: it is warned about once per outage and retried after ``refresh_s``; cached
     hours keep their values (a forecast hour that has passed keeps its forecast), and an hour that was never fetched
     takes the nearest cached hour's value. ``describe()`` (the report's carbon ``source``) counts the failed requests
-    and those hours, with a ``note``. A failure before anything is cached raises.
+    and those hours, with a ``note``. A failure before anything is cached raises, as does a forecast request failing
+    before any forecast was read (a plan on held values would be flat); ``covers`` counts held hours only between
+    the first and last hour cached (a deadline past the forecast is still refused).
 
     Args:
         zone: Electricity Maps zone, e.g. ``"DE"``, ``"US-CAL-CISO"``, ``"FR"``.
@@ -110,6 +112,7 @@ class ElectricityMapsSource:
         self.failed_requests = 0
         self.held_hours: set[int] = set()  # hours missing during an outage, given the nearest cached hour's value
         self._outage: str | None = None  # the last request's error while cached hours carry the run
+        self._forecast_read = False  # a forecast request has succeeded
 
     def __repr__(self) -> str:  # never show the token
         return f"{type(self).__name__}(zone={self.zone!r})"
@@ -125,7 +128,8 @@ class ElectricityMapsSource:
 
         During an outage with hours cached, also when the missing ones would be held (see the class).
         """
-        return not self._ensure(t0_s, t1_s) or self._holding()
+        missing = self._ensure(t0_s, t1_s)
+        return not missing or (self._holding() and min(self.hours) <= missing[0] and missing[-1] <= max(self.hours))
 
     def mean(self, t0_s: float, t1_s: float) -> float:
         """Time-weighted mean intensity over ``[t0_s, t1_s]`` (the hour's value for an instant)."""
@@ -221,8 +225,8 @@ class ElectricityMapsSource:
         try:
             rows = self._get(endpoint, params, field)
         except ElectricityMapsError as err:
-            if not self.hours:
-                raise  # nothing to go on with
+            if not self.hours or (endpoint == "forecast" and not self._forecast_read):
+                raise  # nothing to go on with, or no forecast to plan on
             self.failed_requests += 1
             if self._outage is None:
                 warnings.warn(
@@ -236,6 +240,7 @@ class ElectricityMapsSource:
         if self._outage is not None:
             log.info("%r: Electricity Maps answers again (%s).", self, endpoint)
             self._outage = None
+        self._forecast_read = self._forecast_read or endpoint == "forecast"
         for row in rows:
             h, value = self._parse_row(row, endpoint)
             if field == "forecast":

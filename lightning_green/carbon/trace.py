@@ -55,12 +55,18 @@ _VALUE_COLUMNS = (
 # A unit in a column header: "gCO₂eq/kWh", "lbs CO2/MWh", "intensity (kg/kWh)", "co2_g_per_kwh", "kg_per_kwh".
 # "kg CO2/kWh", "gCO₂eq/kWh", "lbs CO2-eq/MWh", "co2_e_per_kwh": the gas and its "-eq"/"e" may be written with a
 # space, "_" or "-" between; a suffix after such a separator starts with "e", so "co2_per_kwh" still reads per.
+# Spelled out: "grams CO2e per kWh", "kilograms", "pounds", "tonnes" (not "tons": short or metric is not said).
 _UNIT_IN_HEADER = re.compile(
-    r"(?<![a-z])(k?g|lbs?|t)(?:[\s_-]*co[2₂](?:[\s_-]?e[a-z]*|[a-z]*))?[\s_-]*(?:/|per)[\s_-]*(k|m)wh(?![a-z])",
+    r"(?<![a-z])(kilograms?|grams?|pounds?|tonnes?|k?g|lbs?|t)(?:[\s_-]*co[2₂](?:[\s_-]?e[a-z]*|[a-z]*))?[\s_-]*"
+    r"(?:/|per)[\s_-]*(k|m)wh(?![a-z])",
     re.IGNORECASE,
 )
-# A header that names an amount per kWh or MWh ("CO2/MWh", "pounds per kWh") but no mass _UNIT_IN_HEADER can read.
-_PER_ENERGY_IN_HEADER = re.compile(r"(?:/|(?<![a-z])per)[\s_-]*(?:k|m)wh(?![a-z])", re.IGNORECASE)
+# The word before "[CO2] per kWh" / "/MWh" in a header: a mass _UNIT_IN_HEADER does not read ("ounces CO2/kWh",
+# "tons per MWh") is refused until `unit=` names it; a word in _NOT_A_MASS ("intensity_per_kwh") names no unit.
+_WORD_PER_ENERGY = re.compile(
+    r"([a-z]+)[\s_-]*(?:co[2₂][a-z]*[\s_-]*)?(?:/|(?<![a-z])per)[\s_-]*(?:k|m)wh(?![a-z])", re.IGNORECASE
+)
+_NOT_A_MASS = {"intensity", "carbon", "ci", "emission", "emissions", "factor", "avg", "average", "mean", "value"}
 # Life-cycle (LCA) intensity, as Electricity Maps names it: "(LCA)", "(Life cycle)", "life-cycle", "lifecycle".
 _LIFE_CYCLE = re.compile(r"lca|life[\s_-]*cycle", re.IGNORECASE)
 # A time column whose header says its times are UTC ("Datetime (UTC)", "datetime_utc").
@@ -312,8 +318,22 @@ def header_unit(header: str) -> str | None:
     if m is None:
         return None
     mass = m.group(1).lower()
+    mass = {"kilo": "kg", "gram": "g", "poun": "lbs", "tonn": "t"}.get(mass[:4], mass)
     mass = "lbs" if mass.startswith("lb") else mass
     return f"{mass}/{'kWh' if m.group(2).lower() == 'k' else 'MWh'}"
+
+
+def unread_mass(header: str) -> str | None:
+    """The word a header puts before "[CO2] per kWh/MWh" where it is no mass :func:`header_unit` reads, else ``None``.
+
+    Example:
+        >>> unread_mass("intensity (ounces CO2/kWh)"), unread_mass("intensity_per_kwh"), unread_mass("g/kWh")
+        ('ounces', None, None)
+    """
+    if header_unit(header) is not None:
+        return None
+    m = _WORD_PER_ENERGY.search(header)
+    return m.group(1) if m is not None and m.group(1).lower() not in _NOT_A_MASS else None
 
 
 def _off_grid(times: Sequence[float], step: float) -> float | None:
@@ -430,13 +450,14 @@ def read_trace(
             f"a column in one of the units {tuple(UNITS)!r}: column {header[vi]!r} is in {named}; convert the file "
             "or name another column",
         )
-    if named is None and unit is None and _PER_ENERGY_IN_HEADER.search(header[vi]):
+    word = unread_mass(header[vi]) if named is None and unit is None else None
+    if word is not None:
         fail(
             _OWNER,
             "unit",
             unit,
-            f"given explicitly: column {header[vi]!r} names a unit per kWh or MWh that is not read from headers; "
-            f"pass unit= one of {tuple(UNITS)!r}",
+            f"given explicitly: column {header[vi]!r} names an amount in {word!r} per kWh or MWh, which is not read "
+            f"from headers; pass unit= one of {tuple(UNITS)!r}",
         )
     if named is not None and unit is None and UNITS.get(named) != 1.0:
         fail(

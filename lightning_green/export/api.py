@@ -84,9 +84,17 @@ def data_sample(example: tuple[torch.Tensor, ...], batch: tuple[torch.Tensor, ..
 
 
 def check_data_inputs(
-    owner: str, datamodule: Any, example: tuple[torch.Tensor, ...], batch: tuple[torch.Tensor, ...]
+    owner: str,
+    datamodule: Any,
+    example: tuple[torch.Tensor, ...],
+    batch: tuple[torch.Tensor, ...],
+    model: nn.Module | None = None,
 ) -> None:
-    """Refuse a datamodule batch that cannot be the model's input: its example's ranks, and ids stay integers.
+    """Refuse a datamodule batch that cannot be the model's input (before it replaces the example in a trace).
+
+    Fewer inputs than the example, or floats where the example has integer ids, are refused outright. A batch of
+    another rank (images where the example is flat) is refused only if ``model`` fails on its first sample: a
+    forward that flattens takes both.
 
     A wrong ``--data`` (images for a language model) was traced in place of the example and blamed on it.
 
@@ -102,16 +110,28 @@ def check_data_inputs(
     def described(xs: tuple[torch.Tensor, ...]) -> str:
         return ", ".join(f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}" for t in xs)
 
+    def refuse(why: str = "") -> None:
+        raise InvalidArgumentError(
+            f"{owner}(data={type(datamodule).__name__}): `data` must serve the model's inputs, like its "
+            f"example_input_array {described(example)}; its batch is {described(batch)}{why}."
+        )
+
     ids_as_floats = any(
         not (e.is_floating_point() or e.is_complex()) and e.dtype != torch.bool and b.is_floating_point()
         for e, b in zip(example, batch, strict=False)
     )
-    ranks_differ = any(e.dim() != b.dim() for e, b in zip(example, batch, strict=False))
-    if len(batch) < len(example) or ranks_differ or ids_as_floats:
-        raise InvalidArgumentError(
-            f"{owner}(data={type(datamodule).__name__}): `data` must serve the model's inputs, like its "
-            f"example_input_array {described(example)}; its batch is {described(batch)}."
-        )
+    if len(batch) < len(example) or ids_as_floats:
+        refuse()
+    if any(e.dim() != b.dim() for e, b in zip(example, batch, strict=False)):
+        if model is None:
+            refuse()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        try:
+            with torch.no_grad():
+                model(*(t[:1].to(device) for t in batch[: len(example)]))
+        except Exception as err:  # the model's own failure on the data: the data is what was named
+            first = str(err).splitlines()[0][:200] if str(err) else ""
+            refuse(f" (the model fails on it: {type(err).__name__}: {first})")
 
 
 def sample_note(example: tuple[torch.Tensor, ...], sample: tuple[torch.Tensor, ...]) -> str:
@@ -255,7 +275,7 @@ def export_checkpoint(
     if x is not None:
         checks.append(("datamodule batch", x))
         example = example_inputs_of(owner, model, example_inputs)
-        check_data_inputs(owner, dm, example, x)
+        check_data_inputs(owner, dm, example, x, model)
         sample = data_sample(example, x) if example_inputs is None else None
         if sample is not None:
             # An export traced on the example would have its fixed sizes, and the data's batch would fail it.

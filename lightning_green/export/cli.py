@@ -116,7 +116,7 @@ def _run_data_sample(ns: argparse.Namespace, model: Any, owner: str) -> Any:
     if batch is None:
         return None
     try:
-        check_data_inputs(owner, dm, example, batch)
+        check_data_inputs(owner, dm, example, batch, model)
     except InvalidArgumentError as err:
         print(f"benchmarked on the module's example input: {err}")
         return None

@@ -210,23 +210,25 @@ def _like_for_like(sections: Sequence[dict[str, Any] | None]) -> list[dict[str, 
     shows its own lowest figure, marked as not comparable.
     """
     by_key = [_subject_rows(s) if s and s.get("rows") else None for s in sections]
-    benched = [s for s in sections if s and s.get("rows")]
-    measured = [k for k in by_key if k is not None]
-    differ = _setup_difference(benched)
-    common = set.intersection(*(set(k) for k in measured)) if measured and differ is None else set()
-    key = min(common, key=lambda k: measured[0][k]["energy_per_1k_j"]) if common else None
+    first = next((s for s in sections if s and s.get("rows")), None)
+    # Each run against the first benchmarked one: another device, thread count, unit or input is not like for like.
+    differ = [_setup_difference([first, s]) if first is not None and rows is not None else None
+              for s, rows in zip(sections, by_key, strict=True)]  # fmt: skip
+    alike = [rows for rows, why in zip(by_key, differ, strict=True) if rows is not None and why is None]
+    common = set.intersection(*(set(k) for k in alike)) if alike else set()
+    key = min(common, key=lambda k: alike[0][k]["energy_per_1k_j"]) if common else None
     out: list[dict[str, Any] | None] = []
-    for section, rows in zip(sections, by_key, strict=True):
+    for section, rows, why in zip(sections, by_key, differ, strict=True):
         if rows is None:
             out.append(None)
             continue
         top = dict(headline(section) or {})
-        if key is not None:
+        if key is not None and why is None:
             row = rows[key]
             top = {**top, "energy_per_1k_j": row["energy_per_1k_j"], "format": key[0], "batch_size": key[1]}
             top["label"] = row.get("label", "?")
-        top["comparable"] = key is not None
-        top["why_not"] = differ or "no format and batch size benchmarked in every run"
+        top["comparable"] = key is not None and why is None
+        top["why_not"] = why or "no format and batch size benchmarked in every run measured alike"
         out.append(top)
     return out
 

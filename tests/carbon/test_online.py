@@ -205,7 +205,8 @@ def test_a_failed_request_once_hours_are_cached_goes_on_with_them(api):
     with pytest.warns(UserWarning, match=r"network error .* Going on with the 71 cached hour\(s\)"):
         assert src.mean((now_h + 1) * H, (now_h + 2) * H) == FakeAPI.value(now_h + 1) - 50.0  # its forecast
     far = (now_h + 60) * H  # never fetched (the forecast reaches now_h + 47): the nearest cached hour's value
-    assert src.covers(far, far + H) and src.mean(far, far + H) == FakeAPI.value(now_h + 47) - 50.0
+    assert src.mean(far, far + H) == FakeAPI.value(now_h + 47) - 50.0
+    assert not src.covers(far, far + H)  # past the last hour cached: a deadline there is still refused
     desc = src.describe()
     assert desc["failed_requests"] >= 1 and desc["held_hours"] == 1
     assert "request(s) to Electricity Maps failed" in desc["note"] and "1 hour(s) never fetched" in desc["note"]
@@ -213,6 +214,21 @@ def test_a_failed_request_once_hours_are_cached_goes_on_with_them(api):
     api.error, api.now_s = None, clock()
     clock.advance(900.0)  # after refresh_s it asks again, and the measurement replaces the forecast
     assert src.mean((now_h + 1) * H, (now_h + 2) * H) == FakeAPI.value(now_h + 1)
+
+
+def test_a_forecast_that_fails_before_any_was_read_raises(monkeypatch):
+    # With the history just read, a 503 on the forecast planned on 72 held copies of the last measured hour.
+    api = FakeAPI(NOW)
+
+    def forecast_down(request, timeout=None):
+        if "/forecast" in request.full_url:
+            raise urllib.error.HTTPError(request.full_url, 503, "Service Unavailable", {}, None)
+        return api(request, timeout)
+
+    monkeypatch.setattr("urllib.request.urlopen", forecast_down)
+    src = ElectricityMapsSource("DE", token="t", clock=SimClock(NOW))
+    with pytest.raises(ElectricityMapsError, match=r"answered HTTP 503 Service Unavailable on forecast"):
+        src.covers(NOW - H, NOW + 10 * H)
 
 
 def test_a_deadline_past_the_forecast_says_how_far_it_reaches(api, monkeypatch, tmp_path):

@@ -220,18 +220,32 @@ def test_a_header_unit_that_cannot_be_converted_gets_one_message(tmp_path, unit)
 
 
 @pytest.mark.parametrize(
-    "header", ["intensity (pounds CO2/MWh)", "intensity (tonnes CO2/MWh)", "intensity CO2 per kWh"]
+    ("header", "says"),
+    [
+        ("intensity (pounds CO2/MWh)", "is not in gCO2e/kWh"),  # read as lbs/MWh: converted once named
+        ("intensity (tonnes CO2/MWh)", "is not in gCO2e/kWh"),
+        ("intensity (tons CO2/MWh)", "names an amount in 'tons' per kWh or MWh, which is not read from headers"),
+    ],
 )
-def test_a_header_unit_it_cannot_read_must_be_named(tmp_path, header):
+def test_a_header_mass_in_words_is_read_or_refused_until_named(tmp_path, header, says):
     # "pounds CO2/MWh" was read as g/kWh without a word (800 for ~363 g/kWh); "tonnes" only got the kg warning.
     p = write(tmp_path, f"timestamp,{header}\n2023-01-01T00:00Z,800\n2023-01-01T01:00Z,900\n")
     with pytest.raises(
         ValueError,
-        match=rf"read_trace\(unit=None\): `unit` must be given explicitly: column '{re.escape(header)}' names a unit "
-        r"per kWh or MWh that is not read from headers; pass unit= one of \('g/kWh'",
+        match=rf"read_trace\(unit=None\): `unit` must be given explicitly: column '{re.escape(header)}' {says}",
     ):
         read_trace(p)
+
+
+def test_a_header_in_pounds_is_converted_when_named(tmp_path):
+    p = write(tmp_path, "timestamp,intensity (pounds CO2/MWh)\n2023-01-01T00:00Z,800\n2023-01-01T01:00Z,900\n")
     assert read_trace(p, unit="lbs/MWh").values == pytest.approx((800 * 0.45359237, 900 * 0.45359237))
+
+
+@pytest.mark.parametrize("header", ["Carbon intensity (grams CO2e per kWh)", "intensity_per_kwh"])
+def test_a_header_in_grams_or_without_a_mass_is_read_as_g_per_kwh(tmp_path, header):
+    p = write(tmp_path, f"timestamp,{header}\n2023-01-01T00:00Z,800\n2023-01-01T01:00Z,900\n")
+    assert read_trace(p).values == (800.0, 900.0)
 
 
 def test_a_path_that_is_not_a_path_is_refused():

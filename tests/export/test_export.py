@@ -171,6 +171,29 @@ def test_data_that_cannot_be_the_model_input_is_one_line_naming_data(tmp_path):
     assert not (tmp_path / "m.pt2").exists()
 
 
+class Flat(nn.Module):
+    def __init__(self, flatten=True):
+        super().__init__()
+        self.fc, self.flatten = nn.Linear(64, 3), flatten
+        self.example_input_array = torch.zeros(1, 64)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1) if self.flatten else x)
+
+
+def test_data_of_another_rank_is_taken_when_the_model_takes_it(tmp_path):
+    # An MLP whose forward flattens takes (B, 1, 8, 8) images beside its flat example: that exported before the
+    # data check and must still; one that cannot take them is refused naming `data`, with the model's error.
+    torch.save({"state_dict": Flat().state_dict()}, tmp_path / "flat.ckpt")
+    dm = ValOnly(lambda: (torch.randn(1, 8, 8), 0))
+    res = export_checkpoint(tmp_path / "flat.ckpt", Flat(), tmp_path / "m.pt2", "torch-export", datamodule=dm)
+    assert [(c.input, c.ok) for c in res.checks] == [("example input", True), ("datamodule batch", True)]
+    with pytest.raises(
+        InvalidArgumentError, match=r"^export\(data=ValOnly\): .*\(the model fails on it: RuntimeError: "
+    ):
+        export_checkpoint(tmp_path / "flat.ckpt", Flat(False), tmp_path / "n.pt2", "torch-export", datamodule=dm)
+
+
 # ------------------------------------------------------------------------------------------------ Hugging Face
 def tiny_llama(transformers):
     """A 1-layer LlamaForCausalLM with 64 tokens, seeded (no download)."""

@@ -311,7 +311,7 @@ def test_inference_is_compared_only_at_the_same_format_and_batch_size(tmp_path):
     a, b = run("a", ("pruned", "eager", 1, 1.0)), run("b", ("pruned", "eager", 8, 0.1))
     _, rows = comparison_table(compare_runs([a, b], target=0.8))
     assert rows[1][-2].startswith("0.100 J/1k tok (eager, b8")
-    assert rows[1][-1].startswith("n/a (no format and batch size benchmarked in every run")
+    assert rows[1][-1] == "n/a (no format and batch size benchmarked in every run measured alike)"
     # a batch size both have: compared there, even where another batch size is cheaper for one of them
     a = run("a", ("pruned", "eager", 1, 1.0), ("pruned", "eager", 8, 0.2))
     b = run("b", ("pruned", "eager", 8, 0.1), ("pruned", "onnx", 8, 0.05))
@@ -339,6 +339,15 @@ def test_inference_benchmarked_another_way_is_not_given_a_ratio(tmp_path, change
     assert rows[1][-1] == f"n/a ({why})"
     _, rows = comparison_table(compare_runs([run("a"), run("b")], target=0.8))
     assert rows[1][-1] == "1.00×"
+
+
+def test_one_run_benchmarked_another_way_leaves_the_others_ratios(tmp_path):
+    def run(name, j, **setup):
+        section = {**inference_cost(("pruned", "eager", 4, j)), "input_shapes": [[64]], **setup}
+        return synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name=name, extra={"inference_cost": section})
+
+    _, rows = comparison_table(compare_runs([run("a", 1.0), run("b", 0.5), run("c", 0.2, threads=2)], target=0.8))
+    assert [r[-1] for r in rows] == ["1.00×", "0.50×", "n/a (measured with 1 thread(s) vs with 2 thread(s))"]
 
 
 def test_the_benchmark_says_what_a_call_measures(tmp_path):
