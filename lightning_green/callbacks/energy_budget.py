@@ -99,6 +99,8 @@ class EnergyBudget(PicklesWithoutTrainer, Callback):
                 "EnergyBudget reads the energy measured by an EnergyMonitor, and the Trainer has none: add "
                 "EnergyMonitor() to Trainer(callbacks=[...]) (or to trainer.callbacks in the YAML config)."
             )
+        if self._monitor is not None and self._monitor is not monitors[0]:
+            self._monitor.remove_listener(self._check)  # the last Trainer's monitor, reused elsewhere
         self._monitor = monitors[0]
         self._monitor.add_listener(self._check)
         if stage == "fit":
@@ -128,9 +130,15 @@ class EnergyBudget(PicklesWithoutTrainer, Callback):
             return f"{gco2e:.4g} gCO2e >= budget {self.max_gco2e:g} gCO2e"
         return None
 
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The monitor may go on in another Trainer without this budget: it must not stop that one.
+        if stage == "fit" and self._monitor is not None:
+            self._monitor.remove_listener(self._check)
+
     def _check(self, trainer: pl.Trainer, monitor: EnergyMonitor) -> None:
-        if trainer.state.fn != "fit":
-            return
+        if trainer.state.fn != "fit" or self not in trainer.callbacks:  # type: ignore[attr-defined]
+            return  # (the second: a Trainer this budget is not in, whose monitor it was listening to)
         reason = self._exceeded(monitor.total_energy_j("fit"), monitor.total_gco2e("fit"))
         why = f"energy used so far: {reason}" if reason else None
         forecast = monitor.forecast_total_j

@@ -427,6 +427,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         if fn not in self._listeners:
             self._listeners.append(fn)
 
+    def remove_listener(self, fn: Callable[[pl.Trainer, EnergyMonitor], None]) -> None:
+        """Stop calling ``fn`` (added by :meth:`add_listener`; nothing happens if it was not)."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     def add_report_section(self, name: str, data: Any) -> None:
         """Put ``data`` (plain JSON types) under ``report()["extra"][name]``, replacing any section of that name.
 

@@ -375,6 +375,21 @@ def test_budget_is_checked_at_a_mid_epoch_validation(tmp_path):
     assert budget.stopped_reason and "budget 1e-09 J" in budget.stopped_reason
 
 
+def test_a_budget_does_not_stop_a_later_trainer_it_is_not_in(tmp_path):
+    # The monitor kept the old budget as a listener: reused in a new Trainer (with a larger budget, or none), it was
+    # stopped by the old one, silently (that budget's stopped_reason was already set).
+    monitor = EnergyMonitor(min_window_s=0.0, log_every_n_steps=1, print_summary=False)
+    small = EnergyBudget(max_energy=1e-9, unit="J")
+    first = make_trainer(tmp_path / "a", max_epochs=3, limit_train_batches=4, callbacks=[monitor, small])
+    first.fit(SteadyModel(step_cpu_s=0.002))
+    assert small.stopped_reason and first.global_step < 12
+    big = EnergyBudget(max_energy=1e9, unit="J")
+    for callbacks in ([monitor, big], [monitor]):
+        trainer = make_trainer(tmp_path / "b", max_epochs=3, limit_train_batches=4, callbacks=callbacks)
+        trainer.fit(SteadyModel(step_cpu_s=0.002))
+        assert trainer.global_step == 12 and big.stopped_reason is None
+
+
 @pytest.mark.parametrize("action", ["stop", "warn", "ignore"])
 def test_budget_acts_on_the_forecast(tmp_path, action):
     monitor = EnergyMonitor(print_summary=False)
