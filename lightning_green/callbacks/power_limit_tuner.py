@@ -441,6 +441,7 @@ class PowerLimitTuner(Callback):
             return
         gs = trainer.global_step
         if gs == self._gs_boundary:  # same optimizer step: gradient accumulation
+            search.continue_step()  # after a validation inside it, the rest of the step is measured too
             return
         self._gs_boundary = gs
         self._boundaries += 1
@@ -474,6 +475,14 @@ class PowerLimitTuner(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        search = self._search
+        if search is not None and search.state in ("waiting", "warmup", "profiling", "measured"):
+            # max_steps, a budget or EarlyStopping ended the fit before the profile: say so (nothing was chosen).
+            rank_zero_info(
+                f"PowerLimitTuner: the fit ended before the profile did ({len(search.measurements)} of "
+                f"{len(search.limits_mw)} limits measured, {search.profiling_steps} profiling steps), so no limit was "
+                "chosen; the original limit is restored. A resume from a checkpoint continues the profile."
+            )
         if self._search is not None:
             self._search.cancel()
         if self._guard is not None:

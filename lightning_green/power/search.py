@@ -193,6 +193,7 @@ class PowerLimitSearch:
         self._acc_t = self._acc_e = 0.0
         self._open = False
         self._paused = False
+        self._mid_step = False  # paused inside a step (validation within gradient accumulation)
         self.passes += 1
 
     @property
@@ -279,6 +280,19 @@ class PowerLimitSearch:
             self._close()
             self._counted += int(step_completed)
             self._paused = True
+            self._mid_step = not step_completed
+
+    def continue_step(self) -> None:
+        """Training goes on inside the step a pause interrupted: measure the rest of it (it counts when it ends).
+
+        Validation at a ``val_check_interval`` inside gradient accumulation pauses mid-step; without this the rest
+        of that step went unmeasured and the step uncounted, while its first part stayed in the window (the energy
+        and time per step came out up to 65 % high).
+        """
+        if self.state == "profiling" and self._paused and self._mid_step and not self._open:
+            self._paused = self._mid_step = False
+            self.windows.begin()
+            self._open = True
 
     def record(self, energy_j: float, time_s: float) -> bool:
         """Store the aggregated window of the limit just profiled; ``True`` when every limit is measured.

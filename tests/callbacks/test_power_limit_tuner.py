@@ -135,6 +135,34 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, v100):
     assert tuner.state == "done" and tuner.profiling_steps == PROFILE_STEPS - 1
 
 
+def test_a_validation_inside_an_accumulated_step_measures_the_whole_step_once(tmp_path, v100):
+    # val_check_interval=4 with 3 batches a step pauses mid-step: the rest of that step went unmeasured and the step
+    # uncounted while its first part stayed in the window (energy per step 44-65 % high, the profile twice as long).
+    def per_step(**kw):
+        tuner = PowerLimitTuner(**FAST)
+        work = SimulatedGPUWorkload(step_work_s=0.02, gpu_kwargs={"curve": "v100-resnet50"})  # above timing noise
+        trainer = _trainer(tmp_path, [work, tuner], max_steps=PROFILE_STEPS + 3, accumulate_grad_batches=3, **kw)
+        trainer.fit(BoringModel())
+        assert tuner.state == "done" and tuner.profiling_steps == PROFILE_STEPS - 1
+        return [row["energy_j"] for row in tuner.table()]
+
+    plain = per_step()
+    inside = per_step(limit_train_batches=30, val_check_interval=4, limit_val_batches=1, num_sanity_val_steps=0)
+    assert inside == pytest.approx(plain, rel=0.15)
+
+
+def test_a_fit_that_ends_before_the_profile_says_so(tmp_path, v100, caplog):
+    tuner = PowerLimitTuner(**FAST)
+    with caplog.at_level(logging.INFO):
+        _trainer(tmp_path, [_work(), tuner], max_steps=6).fit(BoringModel())
+    assert tuner.chosen_limit_w is None and v100.limit_w == 240  # restored
+    notes = [r.getMessage() for r in caplog.records if "ended before the profile" in r.getMessage()]
+    assert notes == [
+        "PowerLimitTuner: the fit ended before the profile did (1 of 4 limits measured, 6 profiling steps), so no "
+        "limit was chosen; the original limit is restored. A resume from a checkpoint continues the profile."
+    ]
+
+
 def test_validation_and_epoch_ends_pause_instead_of_restarting(tmp_path, v100):
     tuner = PowerLimitTuner(**FAST)
     # 3 batches per epoch with validation: every window is interrupted, none is thrown away
