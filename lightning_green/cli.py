@@ -162,6 +162,16 @@ class GreenCLI(LightningCLI):
         from lightning_green.pruning.history import find_pruning_state, rebuild_from_checkpoint
 
         ckpt = self.config[subcommand].get("ckpt_path")
+        keywords = ("last", "best", "hpc", "registry")
+        local = isinstance(ckpt, str) and ckpt and "://" not in ckpt and not ckpt.startswith(keywords)
+        if local and not os.path.isfile(ckpt):  # Lightning's own message is a traceback from deep in the restore
+            from lightning_green._internal.validation import InvalidArgumentError
+
+            what = "a directory" if os.path.isdir(ckpt) else "no file"
+            raise InvalidArgumentError(
+                f"lightning-green {subcommand}(ckpt_path={ckpt!r}): `ckpt_path` must be a checkpoint file, "
+                f"'last' or 'best' (or a URL); it is {what}."
+            )
         if not ckpt or not os.path.isfile(ckpt) or self.model is None:
             return
         if any(isinstance(cb, StructuredPruning) for cb in self.trainer.callbacks):  # type: ignore[attr-defined]
@@ -438,6 +448,12 @@ def report(args: Sequence[str]) -> int:
         if seen[run.name] > 1:
             run.name = f"{run.name} ({seen[run.name]})"
     mode = ns.mode or "auto"
+    if len(runs) == 1 and ns.metric is not None and len(runs[0].scalars) and ns.metric not in runs[0].scalars:
+        # (a typo would rewrite the run's good report with one that has no metric section)
+        logged = sorted(t for t in runs[0].scalars.tags() if not t.startswith(("energy/", "power/", "carbon/")))
+        raise RunDirError(
+            f"metric {ns.metric!r} was not logged in: {runs[0].name} (it logged {', '.join(logged) or 'none'})."
+        )
     if len(runs) > 1:  # a comparison error (a --metric one run lacks) before any file is rewritten
         compare_runs(runs, metric=ns.metric, target=ns.target, mode=mode)
     written = []

@@ -159,6 +159,19 @@ def test_setup_errors_are_one_line_too(capsys, tmp_path):
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_a_checkpoint_path_that_is_no_file_is_one_line(capsys, tmp_path, command):
+    # Lightning's FileNotFoundError came as a traceback with exit 1.
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'nope.ckpt'}", *FAST])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"lightning-green: error: lightning-green {command}(ckpt_path='{tmp_path / 'nope.ckpt'}'): `ckpt_path` must "
+        "be a checkpoint file, 'last' or 'best' (or a URL); it is no file."
+    )
+
+
 def test_command_line_run_gives_no_args_and_argv_warning(monkeypatch, recwarn, tmp_path):
     # The console script calls main() with no arguments: LightningCLI must read sys.argv itself.
     monkeypatch.setattr(sys, "argv", ["lightning-green", "fit", f"--trainer.default_root_dir={tmp_path}", *FAST])

@@ -154,6 +154,28 @@ def test_a_comparison_error_comes_before_any_report_is_rewritten(two_runs, capsy
     assert (os.stat(md).st_mtime_ns if os.path.exists(md) else None) == before
 
 
+def test_a_metric_one_run_did_not_log_is_refused_before_its_report_is_rewritten(two_runs, capsys):
+    # One run with a typo exited 0 and rewrote its good report as one with no metric section.
+    md = os.path.join(two_runs[0], "green_report.md")
+    before = os.stat(md).st_mtime_ns if os.path.exists(md) else None
+    code, _, err = run_main(["report", two_runs[0], "--metric", "val_accc"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "metric 'val_accc' was not logged in: " in err and "val_acc" in err.split("it logged ")[1]
+    assert (os.stat(md).st_mtime_ns if os.path.exists(md) else None) == before
+
+
+def test_a_run_without_a_fit_is_not_compared_as_one_that_missed_the_target(two_runs, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(two_runs[0], tmp_path / "eval")
+    path = tmp_path / "eval" / "energy_report.json"
+    report = json.loads(path.read_text())
+    report["stages"] = {"validate": report["stages"]["fit"]}  # as a stand-alone `validate` writes it
+    path.write_text(json.dumps(report))
+    code, _, err = run_main(["report", str(tmp_path / "eval"), two_runs[1], "--out", str(tmp_path)], capsys)
+    assert code == 2 and "no fit in: eval (a stand-alone validate/test/predict run)" in err
+
+
 def _copy_run(src, dst, **changes):
     import shutil
 

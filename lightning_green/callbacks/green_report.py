@@ -161,8 +161,13 @@ class GreenReport(PicklesWithoutTrainer, Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
         self._example = None
+        # Recorded now, not only at the end: the energy report of a fit that fails (written by the monitor's
+        # on_exception) then has them too, and `lightning-green report` rebuilds this report as it was written.
+        add_report_section(trainer, "green_report", self.settings())
         if self.count_macs and not self._model and pl_module.example_input_array is not None:
             self._count_start(pl_module, pl_module.example_input_array)
+        elif self._model:  # a resumed or continued run's start figures
+            add_report_section(trainer, "model", dict(self._model))
 
     @override
     def on_train_batch_start(
@@ -195,6 +200,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         tokens = tokens_per_sample(example)
         if tokens is not None:  # a language model: the report shows MACs per token
             self._model["tokens_per_sample"] = tokens
+        add_report_section(pl_module.trainer, "model", dict(self._model))  # completed at the fit's end
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -69,6 +69,11 @@ class Comparison:
 
 
 def _common_metric(runs: Sequence[Run], metric: str | None) -> str:
+    no_fit = [r.name for r in runs if not r.stage("fit")]
+    if no_fit:  # a stand-alone validate/test run: nothing trained, no energy-to-target to compare
+        raise RunDirError(
+            f"no fit in: {', '.join(no_fit)} (a stand-alone validate/test/predict run); compare the runs of fits."
+        )
     unreadable = [r.name for r in runs if not len(r.scalars)]
     if unreadable:
         raise RunDirError(f"no logged metrics could be read back in: {', '.join(unreadable)} ({NO_SCALARS_WHY}).")

@@ -196,6 +196,20 @@ def test_a_failed_fit_gets_its_report_marked_unfinished(tmp_path):
     assert os.path.exists(os.path.join(trainer.log_dir, "green_report.html"))
 
 
+def test_a_failed_fits_energy_report_keeps_the_reports_settings_and_model_for_a_rebuild(tmp_path):
+    # The interrupted energy report had no `extra` (both sections were added at the fit's end), so
+    # `lightning-green report` rebuilt another report: the default file name, no target, no MACs.
+    from lightning_green.report.green import report_settings
+
+    report = GreenReport(metric="val_acc", target=0.15, filename="mine")
+    trainer = _exploding_fit(tmp_path, [EnergyMonitor(print_summary=False), report])
+    run = load_run(trainer.log_dir)
+    assert run.energy["extra"]["green_report"] == report.settings()
+    assert run.energy["extra"]["model"]["macs_start"] > 0
+    settings = report_settings(run)
+    assert (settings["filename"], settings["target"], settings["metric"]) == ("mine", 0.15, "val_acc")
+
+
 def test_a_failed_fit_listed_before_the_monitor_writes_no_stale_report(tmp_path, caplog):
     # The EnergyMonitor writes the interrupted energy report in its own on_exception, after this one's.
     report = GreenReport()
