@@ -421,6 +421,8 @@ def report(args: Sequence[str]) -> int:
     if len(ns.run_dirs) > 1:  # before any run report is rewritten
         _check_output(parser, "--out", ns.out, folder=True)
         if ns.json:
+            if str(ns.json).endswith(("/", os.sep)):
+                parser.error(f"argument --json: {ns.json!r} names a folder; pass the path of a file")
             _check_output(parser, "--json", ns.json, folder=False)
             from lightning_green.energy.report import is_energy_report
 
@@ -430,6 +432,8 @@ def report(args: Sequence[str]) -> int:
                     "the comparison"
                 )
     names = [n.strip() for n in ns.names.split(",")] if ns.names else []
+    if any(not n for n in names):
+        parser.error(f"argument --names: {ns.names!r} has an empty name; give one name per run, comma-separated")
     if names and len(names) != len(ns.run_dirs):
         raise RunDirError(f"--names has {len(names)} name(s) for {len(ns.run_dirs)} run directories.")
     runs = [

@@ -176,6 +176,18 @@ def test_a_run_without_a_fit_is_not_compared_as_one_that_missed_the_target(two_r
     assert code == 2 and "no fit in: eval (a stand-alone validate/test/predict run)" in err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--names", "a,"], "argument --names: 'a,' has an empty name"),
+        (["--json", "cmp/"], "argument --json: 'cmp/' names a folder; pass the path of a file"),
+    ],
+)
+def test_an_empty_name_or_a_folder_for_json_is_refused(two_runs, tmp_path, capsys, extra, message):
+    code, _, err = run_main(["report", *two_runs, "--out", str(tmp_path), *extra], capsys)
+    assert code == 2 and message in err
+
+
 def _copy_run(src, dst, **changes):
     import shutil
 
