@@ -288,13 +288,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         # losses so far. Lightning restarts such an epoch without on_train_epoch_start, or counts it as done without
         # on_train_epoch_end, and may build the loader early (estimated_stepping_batches) while current_epoch is
         # still 0: restore once the loader is for that epoch or a later one.
-        pending = self._pending_epoch
-        restored = pending is not None and int(pending.get("epoch", 0)) <= epoch
-        if restored:
-            self._pending_epoch = None
-            self._restore_open_epoch(pending)  # type: ignore[arg-type]
-        if self._restored_open and self._open_epoch is not None and self._open_epoch < epoch:
-            self._close_epoch(trainer, None)  # restarted past its end: merge it before this epoch is planned
+        self._merge_restored(trainer, epoch, before=True)  # restarted past its end: merged before this one is planned
         self._open(epoch)  # a new epoch's state here: its start hook may not run on a restart
         self._min_batches = self._fewest_batches(trainer, loader)
         sampler = PruningSampler(
@@ -439,11 +433,18 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         # that epoch as done and runs no end hook for it, and no later epoch's loader merges it (_make_sampler).
         if self._sampler is None or self.scores is None:
             return
+        self._merge_restored(trainer, trainer.current_epoch, before=False)
+
+    def _merge_restored(self, trainer: pl.Trainer, epoch: int, before: bool) -> None:
+        """Restore the checkpoint's open epoch once ``epoch`` reaches it; merge it if it is over.
+
+        Over: it is before ``epoch`` (``before``: the loader of a later epoch is being made), or the fit is ending.
+        """
         pending = self._pending_epoch
-        if pending is not None and int(pending.get("epoch", 0)) <= trainer.current_epoch:
+        if pending is not None and int(pending.get("epoch", 0)) <= epoch:
             self._pending_epoch = None
             self._restore_open_epoch(pending)
-        if self._restored_open and self._open_epoch is not None:
+        if self._restored_open and self._open_epoch is not None and (not before or self._open_epoch < epoch):
             self._close_epoch(trainer, None)
 
     def _close_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None) -> None:

@@ -134,20 +134,21 @@ class ElectricityMapsSource:
     def mean(self, t0_s: float, t1_s: float) -> float:
         """Time-weighted mean intensity over ``[t0_s, t1_s]`` (the hour's value for an instant)."""
         missing = self._ensure(t0_s, t1_s)
+        values = self.hours
         if missing and self._holding():
-            return self._held_mean(t0_s, t1_s, missing)
-        if missing:
+            values = self._held(missing)
+        elif missing:
             raise ElectricityMapsError(
                 f"{self!r}: Electricity Maps has no carbon intensity for {_iso(missing[0] * _H)}"
                 f"{'' if len(missing) == 1 else f' .. {_iso((missing[-1] + 1) * _H)}'} (history reaches "
                 f"{self._span()}); shorten the deadline or use a trace."
             )
         if t1_s <= t0_s:
-            return self.hours[math.floor(t0_s / _H)]
+            return values[math.floor(t0_s / _H)]
         total = 0.0
         for h in self._hour_range(t0_s, t1_s):
             a, b = max(t0_s, h * _H), min(t1_s, (h + 1) * _H)
-            total += self.hours[h] * max(b - a, 0.0)
+            total += values[h] * max(b - a, 0.0)
         return total / (t1_s - t0_s)
 
     def describe(self) -> dict[str, object]:
@@ -185,19 +186,14 @@ class ElectricityMapsSource:
         """Whether missing hours are held: a request failed and hours are cached."""
         return self._outage is not None and bool(self.hours)
 
-    def _held_mean(self, t0_s: float, t1_s: float, missing: list[int]) -> float:
-        """:meth:`mean` with each of the ``missing`` hours at the nearest cached hour's value (earlier on a tie)."""
+    def _held(self, missing: list[int]) -> dict[int, float]:
+        """The cached hours plus each of the ``missing`` ones at the nearest cached hour's value (earlier on a tie)."""
         known = sorted(self.hours)
         values = dict(self.hours)
         for h in missing:
             values[h] = self.hours[min(known, key=lambda k: (abs(k - h), k))]
             self.held_hours.add(h)
-        if t1_s <= t0_s:
-            return values[math.floor(t0_s / _H)]
-        total = sum(
-            values[h] * max(min(t1_s, (h + 1) * _H) - max(t0_s, h * _H), 0.0) for h in self._hour_range(t0_s, t1_s)
-        )
-        return total / (t1_s - t0_s)
+        return values
 
     def _ensure(self, t0_s: float, t1_s: float) -> list[int]:
         """Fetch what ``[t0_s, t1_s]`` lacks (an endpoint at most once per ``refresh_s``); return what still is."""

@@ -16,6 +16,7 @@ from lightning_green import StructuredPruning  # noqa: E402
 from lightning_green.pruning import llm  # noqa: E402
 from lightning_green.pruning.llm import LLMPruner, analyse, find_hf_model  # noqa: E402
 from lightning_green.testing.hf import tiny_causal_lm  # noqa: E402
+from tests.helpers import make_trainer  # noqa: E402
 from tests.pruning.hf_models import token_data  # noqa: E402
 
 IDS = torch.tensor([[5, 17, 99, 3, 42, 42, 7, 250]])
@@ -132,16 +133,8 @@ def test_heads_the_config_could_cut_but_the_plan_keeps_are_told_the_real_reason(
     )
     data = StdlibTextDataModule(seq_len=64, batch_size=32, train_bytes=32768, val_bytes=4096, batch_format="causal_lm")
     pruning = StructuredPruning(target_speedup=1.5, importance="taylor", schedule="cubic", start_epoch=1, end_epoch=3)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        limit_train_batches=5,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[pruning],
+    trainer = make_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=5, enable_checkpointing=False, callbacks=[pruning]
     )
     kept = r"attention heads are kept whole at this prune: .*less even .*the other kinds are cut instead"
     with pytest.warns(UserWarning, match=kept) as caught:
