@@ -170,7 +170,15 @@ class GreenCLI(LightningCLI):
             what = "a directory" if os.path.isdir(ckpt) else "no file"
             raise InvalidArgumentError(
                 f"lightning-green {subcommand}(ckpt_path={ckpt!r}): `ckpt_path` must be a checkpoint file, "
-                f"'last' or 'best' (or a URL); it is {what}."
+                f"'last' (or a URL); it is {what}."
+            )
+        if ckpt == "best":  # Lightning's ValueError, a traceback from deep in the restore
+            from lightning_green._internal.validation import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"lightning-green {subcommand}(ckpt_path='best'): 'best' is the best checkpoint of a fit run earlier "
+                "by the same Trainer, and each lightning-green command starts a new one; give the checkpoint file "
+                "(e.g. lightning_logs/version_0/checkpoints/epoch=...ckpt)."
             )
         if not ckpt or not os.path.isfile(ckpt) or self.model is None:
             return

@@ -168,8 +168,56 @@ def test_a_checkpoint_path_that_is_no_file_is_one_line(capsys, tmp_path, command
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
         f"lightning-green: error: lightning-green {command}(ckpt_path='{tmp_path / 'nope.ckpt'}'): `ckpt_path` must "
-        "be a checkpoint file, 'last' or 'best' (or a URL); it is no file."
+        "be a checkpoint file, 'last' (or a URL); it is no file."
     )
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_ckpt_path_best_is_one_line_since_each_command_starts_a_new_trainer(capsys, tmp_path, command):
+    # Lightning's ValueError ("ModelCheckpoint is not configured to save the best model") came as a traceback.
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best", *FAST])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        f"lightning-green: error: lightning-green {command}(ckpt_path='best'): 'best' is the best"
+    )
+    assert "give the checkpoint file" in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--model=lightning_green.demos.TinyGPT"],
+            "TinyGPT: the datamodule DigitsDataModule serves (image, label) pairs, and TinyGPT reads (x, y) token-id "
+            "windows; give it lightning_green.demos.StdlibTextDataModule with batch_format='pairs'.",
+        ),
+        (
+            ["--data=lightning_green.demos.StdlibTextDataModule"],
+            "DigitsCNN: the datamodule StdlibTextDataModule serves (x, y) token-id windows, and DigitsCNN reads "
+            "(image, label) pairs; give it image data, e.g. lightning_green.demos.DigitsDataModule.",
+        ),
+        (
+            [
+                "--model=lightning_green.demos.TinyGPT",
+                "--data=lightning_green.demos.StdlibTextDataModule",
+                "--data.batch_format=causal_lm",
+            ],
+            "TinyGPT: the datamodule StdlibTextDataModule serves Hugging Face dicts of token ids",
+        ),
+    ],
+)
+def test_a_demo_model_on_another_demos_data_is_one_line(capsys, tmp_path, args, message):
+    # --model TinyGPT with the default digits data failed deep inside torch.embedding (float images as token ids).
+    fast = [a for a in FAST if not a.startswith("--data.image_size")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--trainer.default_root_dir={tmp_path}", *args, *fast])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"lightning-green: error: {message}")
+    assert not any("Traceback" in line for line in err)
 
 
 def test_command_line_run_gives_no_args_and_argv_warning(monkeypatch, recwarn, tmp_path):

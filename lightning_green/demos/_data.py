@@ -10,7 +10,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_green._internal.validation import InvalidArgumentError
 
-__all__ = ["SplitDataModule"]
+__all__ = ["SplitDataModule", "check_demo_data"]
+
+#: What a demo datamodule's batches are (its ``serves``), in words for a message.
+BATCH_KINDS = {
+    "images": "(image, label) pairs",
+    "token pairs": "(x, y) token-id windows",
+    "token dicts": "Hugging Face dicts of token ids (input_ids, attention_mask, labels)",
+}
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -21,6 +28,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     batch_size: int
     num_workers: int
+    #: What its batches are: a key of :data:`BATCH_KINDS` (demo models check it in ``setup``).
+    serves: str
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,3 +83,25 @@ def size_example_to_windows(module: pl.LightningModule, context_arg: str, contex
             f"model's context; raise {context_arg} to >= {seq_len} or lower seq_len."
         )
     module.example_input_array = torch.zeros(1, seq_len, dtype=torch.long)
+
+
+def check_demo_data(module: pl.LightningModule, reads: tuple[str, ...], data: str) -> None:
+    """Refuse a demo datamodule whose batches ``module`` cannot read, before any batch reaches it.
+
+    A demo model on another demo's data (e.g. ``--model TinyGPT`` with the default digits data) otherwise fails deep
+    inside torch (``embedding`` given float images). A datamodule without ``serves`` (the user's own) is not checked.
+
+    Raises:
+        InvalidArgumentError: The datamodule serves batches of another kind than ``reads`` (``data`` names one that
+            serves the right kind).
+    """
+    datamodule: Any = getattr(module.trainer, "datamodule", None)
+    serves = getattr(datamodule, "serves", None)
+    if serves not in BATCH_KINDS or serves in reads:
+        return
+    name = type(module).__name__
+    wanted = " or ".join(BATCH_KINDS[kind] for kind in reads)
+    raise InvalidArgumentError(
+        f"{name}: the datamodule {type(datamodule).__name__} serves {BATCH_KINDS[serves]}, and {name} reads {wanted}; "
+        f"give it {data}."
+    )

@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_green._internal.validation import check_bool, check_choice, check_number, fail
 from lightning_green.data.losses import reduce_sample_losses
-from lightning_green.demos._data import SplitDataModule
+from lightning_green.demos._data import SplitDataModule, check_demo_data
 
 __all__ = ["DigitsCNN", "DigitsDataModule"]
 
@@ -42,6 +42,8 @@ class DigitsDataModule(SplitDataModule):
         >>> len(dm.train_set) + len(dm.val_set) + len(dm.test_set)
         1797
     """
+
+    serves = "images"
 
     def __init__(
         self,
@@ -157,7 +159,8 @@ class DigitsCNN(pl.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     def setup(self, stage: str) -> None:
-        """Size ``example_input_array`` like the datamodule's images."""
+        """Size ``example_input_array`` like the datamodule's images; refuse a demo datamodule of other batches."""
+        check_demo_data(self, ("images",), "image data, e.g. lightning_green.demos.DigitsDataModule")
         datamodule = getattr(self.trainer, "datamodule", None)
         size = getattr(datamodule, "image_size", None)
         if isinstance(size, int):

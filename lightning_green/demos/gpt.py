@@ -30,7 +30,7 @@ from torchmetrics import MeanMetric
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
 from lightning_green.data.losses import reduce_sample_losses
-from lightning_green.demos._data import SplitDataModule, size_example_to_windows
+from lightning_green.demos._data import SplitDataModule, check_demo_data, size_example_to_windows
 
 __all__ = ["StdlibTextDataModule", "TinyGPT", "stdlib_files"]
 
@@ -105,6 +105,11 @@ class StdlibTextDataModule(SplitDataModule):
     """
 
     vocab_size = VOCAB_SIZE
+
+    @property
+    def serves(self) -> str:
+        """What its batches are: ``"token pairs"`` or ``"token dicts"`` (after ``batch_format``)."""
+        return "token dicts" if self.batch_format == "causal_lm" else "token pairs"
 
     def __init__(
         self,
@@ -264,7 +269,11 @@ class TinyGPT(pl.LightningModule):
         self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def setup(self, stage: str) -> None:
-        """Size ``example_input_array`` like the datamodule's windows; refuse windows longer than ``block_size``."""
+        """Size ``example_input_array`` like the datamodule's windows; refuse windows longer than ``block_size``.
+
+        A demo datamodule of other batches (images, Hugging Face dicts) is refused here, before any batch.
+        """
+        check_demo_data(self, ("token pairs",), "lightning_green.demos.StdlibTextDataModule with batch_format='pairs'")
         size_example_to_windows(self, "block_size", self.block_size)
 
     def _mask(self, t: int, device: torch.device) -> torch.Tensor:

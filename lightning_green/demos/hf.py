@@ -36,7 +36,7 @@ from lightning_green._internal.validation import (
     fail,
 )
 from lightning_green.data.losses import active_data_pruning, sequence_losses
-from lightning_green.demos._data import size_example_to_windows
+from lightning_green.demos._data import check_demo_data, size_example_to_windows
 from lightning_green.demos.gpt import VOCAB_SIZE, adamw_cosine, attention_kernels, log_nll
 
 __all__ = ["FAMILIES", "Family", "HFCausalLM", "causal_lm_config", "to_causal_lm_batch"]
@@ -377,6 +377,9 @@ class HFCausalLM(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Size ``example_input_array`` like the datamodule's windows; refuse what the model cannot read."""
+        check_demo_data(
+            self, ("token dicts", "token pairs"), "token data, e.g. lightning_green.demos.StdlibTextDataModule"
+        )
         datamodule = getattr(self.trainer, "datamodule", None)
         name = type(self).__name__
         vocab = getattr(datamodule, "vocab_size", None)
