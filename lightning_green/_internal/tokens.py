@@ -11,21 +11,21 @@ __all__ = ["tokens_per_sample"]
 
 
 def tokens_per_sample(example: Any) -> int | None:
-    """Tokens in one sample of ``example`` when it is token ids (``None`` otherwise).
+    """Token positions in one sample of ``example`` when it is token ids (``None`` otherwise).
 
-    Token ids are an integer tensor ``(batch, time)``, or a dict (``BatchEncoding``) with such ``input_ids``; with an
-    ``attention_mask`` the tokens are counted from it (mean per sample).
+    Token ids are an integer tensor ``(batch, time)``, or a dict (``BatchEncoding``) with such ``input_ids``. The count
+    is ``time``, padding included: the model computes every position, so the MACs counted on ``example`` are spread
+    over all of them (an ``attention_mask`` would make MACs per token depend on how padded that one batch was, not on
+    the model).
 
     Example:
         >>> tokens_per_sample(torch.zeros(1, 64, dtype=torch.long)), tokens_per_sample(torch.zeros(1, 3, 8, 8))
         (64, None)
         >>> tokens_per_sample({"input_ids": torch.zeros(2, 8, dtype=torch.long),
         ...                    "attention_mask": torch.tensor([[1] * 8, [1] * 4 + [0] * 4])})
-        6
+        8
     """
-    mask = None
     if isinstance(example, Mapping):
-        mask = example.get("attention_mask")
         example = example.get("input_ids")
     elif isinstance(example, (tuple, list)) and example:
         example = example[0]
@@ -33,6 +33,4 @@ def tokens_per_sample(example: Any) -> int | None:
         return None
     if example.dtype == torch.bool or example.shape[0] == 0 or example.shape[1] == 0:
         return None
-    if isinstance(mask, torch.Tensor) and mask.shape == example.shape:
-        return max(round(float(mask.sum()) / example.shape[0]), 1)
     return int(example.shape[1])

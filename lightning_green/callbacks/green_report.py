@@ -58,7 +58,8 @@ class GreenReport(PicklesWithoutTrainer, Callback):
 
     The report is written once fit has finished (in ``teardown``, after every callback's ``on_fit_end`` — the
     EnergyMonitor's report is on disk then — and after the loggers are flushed), on global rank 0 only, atomically.
-    A run that ended in an exception gets no report (regenerate one from its files if wanted).
+    A fit that ended in an exception (or Ctrl-C) gets the report of what ran, marked unfinished, from the
+    EnergyMonitor's interrupted report.
 
     Args:
         metric: Validation metric to follow; ``None`` picks the first logged of ``val_acc``, ``val_loss``,
@@ -182,7 +183,11 @@ class GreenReport(PicklesWithoutTrainer, Callback):
             probe, what = probe_from_batch(pl_module, batch)
         except ValueError as err:
             self._example = False  # tried; the report goes without MACs
-            log.debug("no MAC count: %s does not take its first training batch: %s", type(pl_module).__name__, err)
+            rank_zero_info(
+                f"{type(self).__name__}: no MACs in the report: {type(pl_module).__name__} has no "
+                f"`example_input_array` and does not take its first training batch ({err}). Set "
+                "`example_input_array` to count them, or GreenReport(count_macs=False) to say you don't want them."
+            )
             return
         self._example = probe.example
         if not self._told:

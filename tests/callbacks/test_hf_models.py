@@ -207,3 +207,49 @@ def test_a_users_hf_module_with_batch_encodings_and_model_outputs_runs_every_cal
     assert run.tokens_per_sample() == 16
     macs, _ = count_macs_params(model, model.example_input_array)
     assert run.extra("model")["macs"] == pytest.approx(macs) and macs > 16 * 32 * 256 * 2  # Conv1D counted
+
+
+class UserLMFromBatch(UserLM):
+    """UserLM without ``example_input_array``: GreenReport counts MACs on the first training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.example_input_array = None
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def _padded_encodings(real_lengths, t=16):
+    """Batches of 4 padded to ``t``; sample i has ``real_lengths[i]`` real tokens (in this order, no shuffle)."""
+    from transformers import BatchEncoding
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 256, (len(real_lengths), t), generator=g)
+    mask = torch.tensor([[1] * n + [0] * (t - n) for n in real_lengths])
+
+    def collate(rows):
+        x, m = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        return BatchEncoding({"input_ids": x * m, "attention_mask": m, "labels": (x * m).masked_fill(m == 0, -100)})
+
+    return DataLoader(list(zip(ids, mask, strict=True)), batch_size=4, collate_fn=collate)
+
+
+def test_macs_per_token_is_the_models_not_the_first_batchs_padding(tmp_path):
+    # The divisor was the first batch's mean count of attention-mask ones: the same model and data in another order
+    # (shortest sequences first) reported 4x the MACs per token. The model computes every padded position.
+    per_token = []
+    for name, lengths in {"short_first": [4] * 4 + [16] * 8, "long_first": [16] * 8 + [4] * 4}.items():
+        trainer = Trainer(
+            default_root_dir=tmp_path / name,
+            max_epochs=1,
+            limit_val_batches=0,
+            callbacks=[EnergyMonitor(print_summary=False), GreenReport()],
+            **QUIET,
+        )
+        trainer.fit(UserLMFromBatch(), _padded_encodings(lengths))
+        run = load_run(trainer.log_dir)
+        macs, _ = run.macs()
+        assert run.tokens_per_sample() == 16 and run.macs_unit() == ("token", 16.0)
+        per_token.append(macs / run.macs_unit()[1])
+    assert per_token[0] == pytest.approx(per_token[1])

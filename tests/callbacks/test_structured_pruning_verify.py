@@ -325,6 +325,29 @@ def test_module_without_example_input_is_traced_on_its_first_batch_and_says_so_o
     assert section["macs_start"] == pruning.dense_macs and section["macs"] == pruning.macs < pruning.dense_macs
 
 
+class NoForward(NoExample):
+    """The usual wrapper: no ``forward`` of its own, ``training_step`` calls the network itself."""
+
+    forward = LightningModule.forward
+
+    def _step(self, batch, stage):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.classifier(torch.flatten(self.pool(self.features(x)), 1)), y)
+        self.log(f"{stage}_loss", loss)
+        return loss
+
+
+def test_green_report_says_once_why_a_module_it_cannot_run_gets_no_macs(tmp_path, monkeypatch):
+    # It was said at debug level only: the report simply had no MACs.
+    said = []
+    monkeypatch.setattr("lightning_green.callbacks.green_report.rank_zero_info", said.append)
+    make_trainer(tmp_path, [EnergyMonitor(print_summary=False), GreenReport()], max_epochs=2).fit(NoForward(), data())
+    said = [m for m in said if "MACs" in m]
+    assert len(said) == 1 and said[0].startswith("GreenReport: no MACs in the report: NoForward has no")
+    assert "Set `example_input_array`" in said[0] and "count_macs=False" in said[0]
+    assert "macs_start" not in (load_run(tmp_path).extra("model") or {})
+
+
 def test_a_forward_that_does_not_take_the_example_input_array_is_refused_with_what_to_do(tmp_path):
     model = DemoTransformer(vocab_size=256)
     model.example_input_array = torch.zeros(2, 8, dtype=torch.long)  # forward takes (inputs, target)
