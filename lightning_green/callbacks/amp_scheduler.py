@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from typing import Any, Literal
 
@@ -181,6 +182,7 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         self._loss_bad: torch.Tensor | bool = False
         self._pending_cause: str | None = None
         self._was_forced = False
+        self._settle = False
         self._batch_mode = FP32
         self._logged_step = -1
         self._logged_mode: str | None = None
@@ -246,6 +248,7 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         self._restored = None  # load_state_dict (resume) runs after setup
         self._pending_scaler = None
         self._was_forced = False
+        self._settle = False
         self._warned_fp32_skip = False
         self._logged_step, self._logged_mode = -1, None
 
@@ -330,8 +333,33 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         # The loops' progress is restored only after on_fit_start: on resume, install the checkpoint's mode, so
         # Lightning restores the grad-scaler state into the plugin that saved it; the first batch re-targets.
         mode = self._restored_mode(restored)
+        self._settle = mode is None and (restored is not None or trainer.ckpt_path is not None)
+        if self._settle:
+            # A resume in no mode of the checkpoint's: the schedule's position (and whether a restored cooldown still
+            # forces fp32) is known only once the loops are restored. The first batch installs it without recording
+            # a switch; until then this one is a placeholder (at step 0 a finished cooldown looked active).
+            forced = self._was_forced
+            mode = self._target(trainer)
+            self._was_forced = forced
         self._install(trainer, mode if mode is not None else self._target(trainer))
         self._snapshot = BufferSnapshot(pl_module) if self.guard_buffers else None
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A step key past the run's last step: refused up front against Trainer(max_steps); with only max_epochs the
+        # number of steps is known once the training data is loaded (now). Lightning's estimate is an upper bound
+        # (DataPruning shortens epochs), so a key at or past it is never reached.
+        if not self._active or self.interval != "step" or not self.schedule or trainer.max_steps > 0:
+            return
+        steps = trainer.estimated_stepping_batches
+        if math.isfinite(steps) and max(self.schedule) >= steps:
+            late = sorted(k for k in self.schedule if k >= steps)
+            rank_zero_warn(
+                f"{type(self).__name__}(schedule={self.schedule!r}, interval='step'): the run has at most {int(steps)} "
+                f"optimizer steps (Trainer(max_epochs={trainer.max_epochs}), {trainer.num_training_batches} batches "
+                f"an epoch, accumulate_grad_batches={trainer.accumulate_grad_batches}), so the entries at steps {late} "
+                "are never reached."
+            )
 
     @override
     def on_train_batch_start(
@@ -345,7 +373,11 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
             self._loss_bad = False
             forced_before = self._was_forced
             target = self._target(trainer)
-            if target != self.mode:
+            if self._settle:  # the resumed run's mode: the run did not switch into it
+                self._settle = False
+                if target != self.mode:
+                    self._install(trainer, target)
+            elif target != self.mode:
                 if self._pending_cause is not None:
                     cause = self._pending_cause
                 elif forced_before and not self._was_forced:

@@ -45,7 +45,11 @@ class _SkipAfterClipping:
         finally:
             params, self._skip_params = self._skip_params, None
             if params is not None:
+                self._before_skip(optimizer)
                 drop_grads(params)
+
+    def _before_skip(self, optimizer: Any) -> None:
+        """What the plugin must do before an update's gradients are dropped (nothing in fp32 and bf16)."""
 
 
 # The class names are Lightning's on purpose: Lightning stores a plugin's state (the fp16 grad scaler) in a checkpoint
@@ -61,6 +65,18 @@ class Precision(_SkipAfterClipping, LightningPrecision):
 
 class MixedPrecision(_SkipAfterClipping, LightningMixedPrecision):
     """Lightning's ``MixedPrecision`` that can skip an update after its clipping (:meth:`skip_step`)."""
+
+    def _before_skip(self, optimizer: Any) -> None:
+        # fp16: Lightning leaves unscaling to an optimizer that does it in its own step (fused Adam/AdamW/SGD: torch's
+        # `_step_supports_amp_scaling`). With every gradient dropped, the grad scaler's step then records no inf check
+        # and its update() asserts ("No inf checks were recorded prior to update"). Unscaling here records it, as
+        # Lightning does for every other optimizer (a NaN step halves the scale alike); the gradients go next anyway.
+        if (
+            self.scaler is not None
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+            and _any_grad(self, optimizer)
+        ):
+            self.scaler.unscale_(optimizer)
 
     @override
     def clip_grad_by_value(self, optimizer: Optimizer, clip_val: int | float) -> None:

@@ -435,6 +435,32 @@ def test_skipped_step_with_clipping_by_value_leaves_weights_and_momentum(tmp_pat
     probe.assert_untouched(model)
 
 
+class FusedAdam(Recorder):
+    """Recorder with a fused Adam: it unscales in its own step, so Lightning never calls the scaler's ``unscale_``."""
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01, fused=True)
+
+
+@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
+def test_a_skipped_fp16_step_with_a_fused_optimizer_is_skipped_not_a_crash(tmp_path, manual):
+    # Dropping every gradient left the grad scaler's step without an inf check: GradScaler.update() asserted
+    # "No inf checks were recorded prior to update" and the fit crashed where a non-fused optimizer fell back.
+    model = FusedAdam(loss_nan_steps={2}, manual=manual)
+    weights = {}
+
+    class Weights(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            weights[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+
+    amp = AMPScheduler(schedule={0: "16-mixed"}, cooldown_steps=2)
+    make_trainer(tmp_path, [amp, Weights()], max_epochs=1, limit_val_batches=0).fit(model)
+    assert (amp.fallbacks, amp.skipped_steps, model.trainer.global_step) == (1, 1, 4)
+    assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))  # step 2 left them alone
+    assert not all(torch.equal(a, b) for a, b in zip(weights[1], weights[2], strict=True))  # step 1 did not
+    assert all_finite(model)
+
+
 class SkipsBatches(Recorder):
     """Recorder whose training_step returns None (Lightning's way to skip a batch: no backward) at ``none_steps``."""
 
@@ -506,6 +532,42 @@ def test_resume_restores_fallback_counters_and_cooldown(tmp_path):
     assert steps_by_dtype(model) == {4: "32", 5: "32", 6: "bf16", 7: "bf16"}
     assert (resumed.fallbacks, resumed.skipped_steps) == (1, 1)
     assert [s["cause"] for s in resumed.switches][-1] == "retry after the fp32 cooldown"
+
+
+def test_a_step_key_past_the_last_step_of_an_epoch_bounded_run_is_said(tmp_path):
+    # Refused against max_steps, the same key went unsaid when only max_epochs bounds the run (never reached).
+    amp = AMPScheduler(schedule={0: "32-true", 5: "bf16-mixed", 100: "bf16-mixed"}, interval="step")
+    with pytest.warns(UserWarning, match=r"at most 8 optimizer steps .* entries at steps \[100\] are never reached"):
+        make_trainer(tmp_path, [amp], max_epochs=2, limit_val_batches=0).fit(Recorder())
+    reached = AMPScheduler(schedule={0: "32-true", 7: "bf16-mixed"}, interval="step")
+    make_trainer(tmp_path, [reached], max_epochs=2, limit_val_batches=0).fit(model := Recorder())
+    assert steps_by_dtype(model)[7] == "bf16"
+
+
+@pytest.mark.filterwarnings("ignore:AMPScheduler. the checkpoint was saved in:UserWarning")
+@pytest.mark.parametrize("first", ["16-mixed", None], ids=["other-mode", "no-amp-state"])
+def test_a_resume_in_another_mode_records_no_switch_and_no_finished_cooldown(tmp_path, first):
+    # The loops are restored after on_fit_start: at step 0 the checkpoint's finished cooldown (fallback at step 1,
+    # fp32 until step 3) looked active, fp32 was installed, and the first batch recorded "fp32 -> bf16 (retry after
+    # the fp32 cooldown)" with a workload change, at a step where the run switched nothing. Without AMPScheduler state
+    # in the checkpoint, the epoch-0 mode was installed and the first batch recorded a "schedule" switch.
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    callbacks = [ckpt_cb] if first is None else [AMPScheduler(schedule={0: first}, cooldown_steps=2), ckpt_cb]
+    make_trainer(tmp_path, callbacks, max_epochs=2, enable_checkpointing=True).fit(Recorder(loss_nan_steps={1}))
+    resumed = AMPScheduler(schedule={0: "32-true", 1: "bf16-mixed"}, cooldown_steps=2)
+    heard = []
+
+    class Listener(Callback):
+        def on_workload_changed(self, trainer, pl_module, change):
+            heard.append(change)
+
+    model = Recorder()
+    make_trainer(tmp_path, [resumed, Listener()], max_epochs=3).fit(
+        model, ckpt_path=tmp_path / "ckpt" / "epoch=1-step=8.ckpt"
+    )
+    assert steps_by_dtype(model) == dict.fromkeys(range(8, 12), "bf16")
+    assert [s for s in resumed.switches if s["step"] >= 8] == [] and heard == []
+    assert resumed.mode == "bf16-mixed"
 
 
 # ---------------------------------------------------------------------------------------------- DDP
