@@ -49,8 +49,8 @@ class DataPruning(PicklesWithoutTrainer, Callback):
     ``anneal_fraction`` of ``max_epochs`` (the whole epochs in it, at least one) uses every sample. Skipped samples
     are never loaded: the training DataLoader is re-created by Lightning with a sampler that yields only the kept ones
     (shuffled when the original was), so each epoch has fewer batches (with ``keep_steps``: smaller ones). Under DDP all
-    ranks plan the same epoch from the gathered scores, each gets a disjoint shard, and all run the same number of
-    batches.
+    ranks plan the same epoch from the gathered scores, each gets a disjoint shard (apart from the padding that evens
+    them out without ``drop_last``, as in ``DistributedSampler``), and all run the same number of batches.
 
     To re-plan every epoch the callback sets ``Trainer(reload_dataloaders_every_n_epochs=1)`` for the fit (Lightning's
     own mechanism for epochs of changing length: batch counts, validation and progress follow). Schedulers that count

@@ -771,7 +771,13 @@ class StructuredPruning(Callback):
                         )
                     ratio = self._step_ratio(k, n)
                     return self._engine.prune(
-                        target, x, ratio=ratio, dense_channels=self.dense_channels, gradients=gradients, final=k == n
+                        target,
+                        x,
+                        ratio=ratio,
+                        dense_channels=self.dense_channels,
+                        gradients=gradients,
+                        final=k == n,
+                        goal=self.pruning_ratio * schedule_fraction(self.schedule, k, n),
                     )
                 finally:
                     self.pruner.left_whole = saved

@@ -217,6 +217,7 @@ class ChannelPruner:
         dense_channels: Mapping[str, Sequence[int]] | None = None,
         gradients: Mapping[str, torch.Tensor] | None = None,
         final: bool = True,
+        goal: float | None = None,
     ) -> PruneResult:
         """Cut ``module`` in place: ``ratio`` of its current channels, or until its MACs are at most ``target_macs``.
 
@@ -229,9 +230,16 @@ class ChannelPruner:
             gradients: Parameter name → accumulated gradient, for gradient-based importance. Every ``.grad`` is
                 ``None`` afterwards.
             final: The last prune of a schedule: ``round_to`` applies (see :meth:`effective_round_to`).
+            goal: With ``ratio`` and ``dense_channels``: the share of the *dense* channels that is to be gone after
+                this cut (one prune of an iterative schedule). Each layer is then cut to ``int(dense × (1 − goal))``
+                channels (with global pruning: all layers together), from the widths it has now, so the channels
+                torch-pruning rounds away at one prune (whole channel groups, ``round_to``) are not cut again by
+                the next; ``ratio`` stays the share for a layer without a dense record.
         """
         if (ratio is None) == (target_macs is None):
             raise ValueError("give exactly one of `ratio` and `target_macs`")
+        to_goal = ratio is not None and goal is not None and bool(dense_channels)
+        ratios = self._layer_ratios(module, dense_channels, goal) if to_goal and not self.global_pruning else {}
         params = dict(module.named_parameters())
         if gradients is not None:
             for name, p in params.items():
@@ -242,11 +250,18 @@ class ChannelPruner:
             with pruning_session(module) as lineage:
                 if ratio is not None:
                     pruner = self._pruner(
-                        module, example_inputs, ratio=ratio, steps=1, dense=dense_channels, final=final
+                        module, example_inputs, ratio=ratio, steps=1, dense=dense_channels, final=final, ratios=ratios
                     )
                     self._check_gradients(pruner, gradients)
-                    result.needed = ratio > 0
-                    if ratio > 0:
+                    ignored = set(pruner.ignored_layers)
+                    if to_goal and self.global_pruning:
+                        ratio = self._global_ratio(module, dense_channels, goal, ignored, ratio)  # type: ignore[arg-type]
+                        pruner.per_step_pruning_ratio[1:] = [ratio]  # read at step(), as in _prune_to_macs
+                    if ratios:  # cut where a layer that may be cut is above its goal
+                        result.needed = any(r > 0 for m, r in ratios.items() if m not in ignored)
+                    else:
+                        result.needed = ratio > 0
+                    if result.needed:
                         try:
                             _step(pruner, module)
                         except _CutBroke as exc:
@@ -279,6 +294,52 @@ class ChannelPruner:
             for p in module.parameters():
                 p.grad = None
         return result
+
+    @staticmethod
+    def _widths(module: nn.Module, dense: Mapping[str, Sequence[int]]) -> dict[nn.Module, tuple[int, int]]:
+        """``{root layer: (dense width, width now)}`` of the layers with a dense record whose width is known."""
+        modules = dict(module.named_modules())
+        widths = {}
+        for name, (dense_out, _) in dense.items():
+            m = modules.get(name)
+            now = _out_width(m) if m is not None else None
+            if now is not None and dense_out > 0:
+                widths[m] = (int(dense_out), now)
+        return widths
+
+    def _layer_ratios(
+        self, module: nn.Module, dense: Mapping[str, Sequence[int]] | None, goal: float | None
+    ) -> dict[nn.Module, float]:
+        """Per layer, the share of its channels now that this cut removes so that ``goal`` of its dense ones are gone.
+
+        torch-pruning keeps ``int(n × (1 − ratio))`` of a layer's ``n`` current channels (of its channel groups'
+        units), so a step ratio computed from the schedule alone rounds down at every prune: a layer of 8 channels
+        cut 8 times towards 0.5 ended with 1. A layer of ``D`` dense channels and ``C`` now is asked to keep
+        ``K = int(D × (1 − goal))``: ratio ``1 − (K + 0.5) / C`` (torch-pruning's floor then lands on ``K``, also
+        per unit of ``g`` channel groups, since ``⌊(K + 0.5) / g⌋ = ⌊K / g⌋``), 0 where ``C <= K``. Given to
+        torch-pruning as its public ``pruning_ratio_dict``.
+        """
+        assert dense is not None and goal is not None
+        ratios = {}
+        for m, (dense_out, now) in self._widths(module, dense).items():
+            keep = int(dense_out * (1.0 - goal) + 1e-9)
+            ratios[m] = 0.0 if now <= keep else 1.0 - (keep + 0.5) / now
+        return ratios
+
+    def _global_ratio(
+        self, module: nn.Module, dense: Mapping[str, Sequence[int]], goal: float, ignored: set[nn.Module], ratio: float
+    ) -> float:
+        """With global pruning, the share of the channels now that this cut removes to reach ``goal``.
+
+        ``goal`` of the dense channels of every layer that may be cut are then gone, all layers together (they lose
+        different shares); ``ratio`` where no such layer has a known width.
+        """
+        widths = [w for m, w in self._widths(module, dense).items() if m not in ignored]
+        total_dense, total_now = sum(d for d, _ in widths), sum(c for _, c in widths)
+        if not total_now:
+            return ratio
+        keep = (1.0 - goal) * total_dense * (1.0 + 1e-9)  # torch-pruning floors: not one channel short
+        return max(0.0, 1.0 - keep / total_now)
 
     def _prune_to_macs(
         self, pruner: Any, module: nn.Module, example_inputs: Any, target_macs: float, lineage: Lineage
@@ -345,6 +406,7 @@ class ChannelPruner:
         dense: Mapping[str, Sequence[int]] | None = None,
         final: bool = True,
         cls: type = tp.pruner.BasePruner,
+        ratios: Mapping[nn.Module, float] | None = None,
         **extra: Any,
     ) -> Any:
         modules = dict(module.named_modules())
@@ -365,6 +427,7 @@ class ChannelPruner:
                 importance=importance,
                 global_pruning=self.global_pruning,
                 pruning_ratio=ratio,
+                pruning_ratio_dict=dict(ratios) if ratios else None,
                 max_pruning_ratio=self.max_layer_ratio,
                 iterative_steps=steps,
                 ignored_layers=list(ignored | frozen),
@@ -405,6 +468,19 @@ class ChannelPruner:
             if not consumed or any(dep.target.module in frozen for dep, _ in group):
                 protected.add(group[0].dep.target.module)
         return protected
+
+
+def _out_width(m: nn.Module) -> int | None:
+    """A root layer's output width as torch-pruning counts it (``None`` for a layer this does not know)."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return int(m.out_channels)
+    if isinstance(m, nn.Linear):
+        return int(m.out_features)
+    if isinstance(m, nn.MultiheadAttention):
+        return int(m.embed_dim)
+    if isinstance(m, nn.LSTM):
+        return int(m.hidden_size)
+    return None
 
 
 def _preview(names: Sequence[str], limit: int = 8) -> str:

@@ -693,9 +693,16 @@ def _kept_after(units: int, ratio: float) -> int:
     return int(math.floor(units * (1.0 - ratio) + 0.5))
 
 
-def _removed_count(units: int, dense: int, ratio: float, max_ratio: float, round_to: int | None) -> int:
-    """Units to remove now: ``ratio`` of the current ones, capped so at most ``max_ratio`` of ``dense`` go in all."""
-    n = units - max(1, _kept_after(units, ratio))
+def _removed_count(
+    units: int, dense: int, ratio: float, max_ratio: float, round_to: int | None, goal: float | None = None
+) -> int:
+    """Units to remove now: ``ratio`` of the current ones, capped so at most ``max_ratio`` of ``dense`` go in all.
+
+    With ``goal`` (the share of ``dense`` to be gone after this cut), down to ``goal`` of ``dense`` instead: the
+    prunes of a schedule then do not add up their roundings (10 units cut 8 times towards 0.5 ended with 4).
+    """
+    kept = _kept_after(dense, goal) if goal is not None else _kept_after(units, ratio)
+    n = max(0, units - max(1, kept))
     floor_keep = dense - int(math.floor(dense * max_ratio + 1e-9))
     n = min(n, max(0, units - max(1, floor_keep)))
     if round_to and n:
@@ -881,6 +888,8 @@ class LLMPruner:
         self.analysis_s = 0.0
         self.recording = False
         self._stats: dict[str, torch.Tensor] = {}
+        #: The ``goal`` of the ratio prune being planned (see :meth:`prune`).
+        self._goal: float | None = None
         self._hooks: list[Any] = []
         self._told: set[str] = set()
         #: Modules ``ignored_layers`` matched → the name (and pattern) it matched them by (decoder layers renumber).
@@ -1352,7 +1361,8 @@ class LLMPruner:
             if g.kind not in counts:
                 d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
                 round_to = self.round_to if final and g.kind != "heads" else None
-                counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to)
+                goal = self._goal if dense and g.kind in dense else None
+                counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to, goal)
         if pinned is None:
             return counts, self._fit_config(s, counts, dense, final)
         return counts, {**counts, **{k: n for k, n in pinned.items() if k in counts}}
@@ -1467,8 +1477,13 @@ class LLMPruner:
         dense_channels: Mapping[str, Sequence[int]] | None = None,
         gradients: Mapping[str, torch.Tensor] | None = None,
         final: bool = True,
+        goal: float | None = None,
     ) -> PruneResult:
         """Cut ``ratio`` of every group's current units, or the least until MACs are at most ``target_macs``.
+
+        ``goal`` (with ``ratio`` and ``dense_channels``): the share of the dense units to be gone after this cut (one
+        prune of an iterative schedule); each group kind is cut to that share of its dense units (rounded to the
+        nearest), not ``ratio`` of its units now, so the roundings of a schedule's prunes do not add up.
 
         When the cut model fails its MAC count (a module of the model's own, outside the decoder blocks, reads a cut
         width), the result's ``error`` says so and the model is left cut: the caller undoes it
@@ -1494,8 +1509,14 @@ class LLMPruner:
         scores = self._scores(s, groups, gradients)
         start, _ = count_llm_macs(s, ids)
         if ratio is not None:
-            plan = self._plan(s, groups, scores, ratio, dense_channels, final)
-            result.needed = ratio > 0 or dropped is not None
+            self._goal = goal if dense_channels else None
+            try:
+                plan = self._plan(s, groups, scores, ratio, dense_channels, final)
+            finally:
+                self._goal = None
+            asked = self._fitted[0]  # units per kind the goal (or ratio) asks to remove
+            by_goal = goal is not None and bool(dense_channels) and bool(asked)
+            result.needed = (any(n > 0 for n in asked.values()) if by_goal else ratio > 0) or dropped is not None
         else:
             over = start > target_macs  # type: ignore[operator]
             result.needed = over or dropped is not None

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 from lightning.pytorch import Trainer
+from torch import nn
 
 from lightning_green import StructuredPruning
 from lightning_green.demos import DigitsCNN, DigitsDataModule
@@ -51,3 +52,34 @@ def test_a_step_schedule_that_fits_is_not_warned_about(tmp_path):
         _fit(tmp_path, pruning, max_steps=6)
     assert not [w for w in caught if "will not happen" in str(w.message)]
     assert pruning.prunes_done == 2
+
+
+class Grouped(DigitsCNN):
+    """DigitsCNN whose second conv is grouped (4 groups): torch-pruning cuts it in whole units of 4 channels."""
+
+    def __init__(self, width=16):
+        super().__init__(channels=[width, width])
+        self.features[3] = nn.Conv2d(width, width, 3, padding=1, bias=False, groups=4)  # conv, bn, relu, conv, ...
+
+
+@pytest.mark.parametrize(
+    ("width", "prunes", "grouped", "global_pruning"),
+    [(8, 8, False, False), (16, 4, True, False), (32, 10, False, False), (8, 8, False, True)],
+    ids=["8-channels-8-prunes", "grouped-4-prunes", "32-channels-10-prunes", "global"],
+)
+def test_many_prunes_end_at_the_pruning_ratio_not_past_it(tmp_path, width, prunes, grouped, global_pruning):
+    # Each prune's share was computed from the schedule alone, and torch-pruning keeps int(n * (1 - ratio)) channels
+    # (whole groups for a grouped conv): the rounding added up over the prunes. 8 channels pruned 8 times towards
+    # 0.5 ended with 1 (87.5 % removed), a grouped 16 with 4 (75 %).
+    model = Grouped(width) if grouped else DigitsCNN(channels=[width, width])
+    pruning = StructuredPruning(
+        pruning_ratio=0.5, start_step=1, end_step=prunes, frequency=1, global_pruning=global_pruning, verbose=False
+    )
+    trainer = Trainer(default_root_dir=tmp_path, callbacks=[pruning], max_steps=prunes + 1, **QUIET)
+    trainer.fit(model, DigitsDataModule(batch_size=8))
+    assert pruning.prunes_done == prunes
+    widths = [m.out_channels for m in model.features if hasattr(m, "out_channels")]
+    if global_pruning:  # layers lose different shares; all together lose half
+        assert sum(widths) == width
+    else:
+        assert widths == [width // 2] * 2

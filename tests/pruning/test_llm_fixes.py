@@ -349,3 +349,28 @@ def test_validate_runs_on_a_frozen_model_under_structured_pruning():
                       callbacks=[StructuredPruning(pruning_ratio=0.25, verbose=False)])  # fmt: skip
     trainer.validate(module, verbose=False)
     assert seen == [0]
+
+
+class _NarrowLM(LightningModule):
+    """A tiny Llama with an MLP of 10 units and 2 KV heads (4 query heads), on the repeated-pattern tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = tiny_causal_lm("llama", hidden_size=32, num_layers=2, intermediate_size=10)
+
+    def training_step(self, batch, batch_idx):
+        return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def test_many_llm_prunes_end_at_the_pruning_ratio(tmp_path):
+    # Each prune cut its share of the units left, rounded: over 8 prunes towards 0.5, an MLP of 10 units ended with 4
+    # (the roundings added up) and 2 KV heads with 2 (each step's share of 2 heads rounded to none).
+    model = _NarrowLM()
+    pruning = StructuredPruning(pruning_ratio=0.5, start_step=1, end_step=8, frequency=1, verbose=False)
+    make_trainer(tmp_path, max_steps=9, callbacks=[pruning]).fit(model, token_data(n=80))
+    assert pruning.prunes_done == 8
+    assert [layer.mlp.gate_proj.out_features for layer in model.model.model.layers] == [5, 5]
+    assert model.model.config.num_key_value_heads == 1 and model.model.config.num_attention_heads == 2
