@@ -333,6 +333,8 @@ class StructuredPruning(Callback):
         self._grad_sums: dict[str, torch.Tensor] = {}
         self._grad_steps = 0
         self._window_batches = 0
+        #: Whether training reached the next prune's point (it then waited for its window) since the last prune.
+        self._due_reached = False
         #: Activation records of a window restored from a checkpoint: (by key, keys kept on the host), until placed.
         self._restored_stats: tuple[dict[str, torch.Tensor], set[str]] | None = None
         self._names: dict[torch.Tensor, str] = {}
@@ -446,7 +448,8 @@ class StructuredPruning(Callback):
             if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self._points[-1]:
                 rank_zero_warn(
                     f"{name}: the last prune is at epoch {self._points[-1]} but max_epochs={trainer.max_epochs}; "
-                    "the goal will not be reached and the last prunes get no fine-tuning."
+                    "that prune will not happen, so the goal may not be reached (each prune cuts to its own point of "
+                    "the schedule), and the last prunes get no fine-tuning."
                 )
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, ModelCheckpoint) and cb.save_weights_only:
@@ -547,7 +550,12 @@ class StructuredPruning(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._warned_late = False
+        self._due_reached = False
+        # An epoch schedule past max_epochs was said in `setup` (not again at the end).
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        self._warned_late = (
+            not self.by_steps and max_epochs is not None and bool(self._points) and self._points[-1] >= max_epochs
+        )
         self._check_resumed_schedule(trainer)
         if not self.by_steps or self.finished:
             return
@@ -629,6 +637,7 @@ class StructuredPruning(Callback):
             return
         if self._position(trainer) < self._points[self.prunes_done]:
             return
+        self._due_reached = True  # the next prune is due (it may still wait for its window)
         if self._windowed and self._grad_steps < self.importance_batches:
             if self._grad_steps == 0 and self._window_batches >= self.importance_batches * max(
                 1, trainer.accumulate_grad_batches
@@ -716,15 +725,21 @@ class StructuredPruning(Callback):
             left = self._points[self.prunes_done :]
             window = (
                 f" (each prune first waits for `importance_batches={self.importance_batches}` batches)"
-                if self._windowed
+                if self._windowed and self._due_reached
                 else ""
             )
-            rank_zero_warn(
+            said = (
                 f"{type(self).__name__}: training ended after {trainer.global_step} optimizer steps with "
                 f"{self.prunes_done} of the {len(self._points)} prunes done; the prunes at {unit} "
-                f"{_brief_list(left)} did not happen{window}, so the goal was not reached "
-                f"({self.speedup:.2f}x fewer MACs than dense)."
+                f"{_brief_list(left)} did not happen{window}"
             )
+            if self.target_speedup is not None and self.speedup >= self.target_speedup * (1 - 1e-9):
+                rank_zero_info(
+                    f"{said}; the goal was reached before them ({self.speedup:.2f}x fewer MACs than dense, target "
+                    f"{self.target_speedup:g}x)."
+                )
+            else:
+                rank_zero_warn(f"{said}, so the goal was not reached ({self.speedup:.2f}x fewer MACs than dense).")
         if self._guard is not None:
             rank_zero_warn(
                 f"{type(self).__name__}: training ended inside the fine-tune window of prune "
@@ -1182,6 +1197,7 @@ class StructuredPruning(Callback):
         self._grad_sums = {}
         self._grad_steps = 0
         self._window_batches = 0
+        self._due_reached = False
         self._restored_stats = None
 
     def _window_state(self) -> dict[str, Any] | None:

@@ -206,13 +206,20 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lightning-green energy summary (carbon intensity 100 g/kWh (user), PUE 1.00)
         stage      gpu        cpu        dram       total      avg W     J/sample   gCO2e      label
         fit        -          300.0 J    60.0 J     360.0 J    30.0      0.3        0.01       estimated
+        >>> r["carbon"] = {"intensity_g_per_kwh": 135.5991, "intensity_source": "trace: grid.csv", "pue": 1.1}
+        >>> format_summary(r).splitlines()[0][31:]
+        "(carbon intensity 135.6 g/kWh, the fit's energy-weighted mean of the trace: grid.csv, PUE 1.10)"
     """
     carbon = report.get("carbon", {})
-    src = carbon.get("intensity_source", "")
-    head = (
-        f"lightning-green energy summary (carbon intensity {carbon.get('intensity_g_per_kwh', 0):g} g/kWh "
-        f"({'default' if src.startswith('default') else 'user'}), PUE {carbon.get('pue', 1.0):.2f})"
-    )
+    src = str(carbon.get("intensity_source", ""))
+    value = float(carbon.get("intensity_g_per_kwh", 0) or 0)
+    if src.startswith("default"):
+        intensity = f"{value:g} g/kWh (default)"
+    elif src in ("user", ""):
+        intensity = f"{value:g} g/kWh (user)"
+    else:  # a trace, a function or an online source: the fit's energy-weighted mean of it
+        intensity = f"{value:.1f} g/kWh, the fit's energy-weighted mean of the {src}"
+    head = f"lightning-green energy summary (carbon intensity {intensity}, PUE {carbon.get('pue', 1.0):.2f})"
     stages = report.get("stages", {})
     with_tokens = any(s.get("tokens") for s in stages.values())  # J/token only for language-model runs
     cols = ["stage", *COMPONENTS, "total", "avg W", "J/sample", *(["J/token"] if with_tokens else []), "gCO2e", "label"]

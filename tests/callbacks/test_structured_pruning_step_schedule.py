@@ -83,3 +83,40 @@ def test_many_prunes_end_at_the_pruning_ratio_not_past_it(tmp_path, width, prune
         assert sum(widths) == width
     else:
         assert widths == [width // 2] * 2
+
+
+@pytest.mark.parametrize("importance", ["magnitude-l2", "taylor"])
+def test_prunes_cut_short_say_whether_the_speedup_target_was_reached(tmp_path, monkeypatch, importance):
+    # "the goal was not reached" was said when the prunes done had already passed target_speedup, and the note that
+    # each prune waits for `importance_batches` batches came when training never got to the missed prunes at all.
+    said = []
+    monkeypatch.setattr("lightning_green.callbacks.structured_pruning.rank_zero_info", said.append)
+    easy = StructuredPruning(
+        target_speedup=1.05, start_epoch=0, end_epoch=2, importance=importance, importance_batches=1, verbose=False
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, easy, max_epochs=4, limit_train_batches=3, max_steps=3)
+    assert easy.prunes_done == 1 and easy.speedup >= 1.05
+    assert not [w for w in caught if "did not happen" in str(w.message)]
+    assert [m for m in said if "did not happen" in m] == [
+        f"StructuredPruning: training ended after 3 optimizer steps with 1 of the 3 prunes done; the prunes at epoch "
+        f"1, 2 did not happen; the goal was reached before them ({easy.speedup:.2f}x fewer MACs than dense, target "
+        "1.05x)."
+    ]
+    hard = StructuredPruning(
+        target_speedup=3.0, start_epoch=0, end_epoch=2, importance=importance, importance_batches=1, verbose=False
+    )
+    with pytest.warns(UserWarning, match=r"prunes at epoch 1, 2 did not happen, so the goal was not reached") as rec:
+        _fit(tmp_path, hard, max_epochs=4, limit_train_batches=3, max_steps=3)
+    assert not any("importance_batches" in str(w.message) for w in rec)  # training never got to those prunes
+
+
+def test_an_epoch_schedule_past_max_epochs_is_said_once(tmp_path):
+    pruning = StructuredPruning(target_speedup=1.05, start_epoch=0, end_epoch=2, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, pruning, max_epochs=2, limit_train_batches=3)
+    messages = [str(w.message) for w in caught if "StructuredPruning" in str(w.message)]
+    assert len([m for m in messages if "prune" in m and "epoch 2" in m]) == 1, messages
+    assert "the last prune is at epoch 2 but max_epochs=2; that prune will not happen" in messages[0]
