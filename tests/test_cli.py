@@ -159,6 +159,26 @@ def test_setup_errors_are_one_line_too(capsys, tmp_path):
     assert not any("Traceback" in line for line in err)
 
 
+def test_a_setting_refused_before_training_leaves_no_report(capsys, tmp_path):
+    # A run refused in setup trained nothing: it wrote an "interrupted" energy report and a green report ("GreenReport:
+    # wrote ...") before the one-line error, and `lightning-green report` then listed the refused run.
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.callbacks+=lightning_green.AMPScheduler",
+                "--trainer.callbacks.warmup_epochs=1",
+                *FAST,
+            ]
+        )
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1].startswith("lightning-green: error: AMPScheduler(warmup_epochs=1)")
+    assert "GreenReport: wrote" not in out + err
+    assert not list(tmp_path.rglob("energy_report.json")) and not list(tmp_path.rglob("green_report.md"))
+
+
 @pytest.mark.parametrize("command", ["fit", "validate"])
 def test_a_checkpoint_path_that_is_no_file_is_one_line(capsys, tmp_path, command):
     # Lightning's FileNotFoundError came as a traceback with exit 1.

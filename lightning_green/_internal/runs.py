@@ -11,7 +11,7 @@ import os
 import weakref
 from typing import Any
 
-__all__ = ["PicklesWithoutTrainer", "continue_run", "readable_log_dirs", "run_dir"]
+__all__ = ["PicklesWithoutTrainer", "continue_run", "readable_log_dirs", "refused_before_training", "run_dir"]
 
 # Lightning's loggers whose log_dir is the run's own folder (Trainer.log_dir takes it), in either package.
 _OWN_FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")
@@ -82,3 +82,19 @@ def readable_log_dirs(trainer: Any) -> list[str]:
         if _logs_in_own_folder(logger) and logger.log_dir is not None and logger.log_dir not in out:
             out.append(os.fspath(logger.log_dir))
     return out
+
+
+def refused_before_training(trainer: Any, exception: BaseException) -> bool:
+    """Whether a fit ended on a setting lightning-green refused before any training batch started.
+
+    Such a fit trained nothing: a run folder with an "interrupted" energy and green report would be noise (the CLI says
+    the one-line error; the next run would get the next version number, and ``lightning-green report`` would list it).
+    Other failures keep their reports: what ran is not lost.
+    """
+    from lightning_green._internal.validation import InvalidArgumentError, InvalidArgumentTypeError
+
+    if not isinstance(exception, (InvalidArgumentError, InvalidArgumentTypeError)):
+        return False
+    if getattr(trainer.state, "fn", None) != "fit":  # TrainerFn is a str enum
+        return False
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.started) == 0

@@ -25,7 +25,7 @@ from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
 from lightning_green._internal.packages import tensorboard_loggers
-from lightning_green._internal.runs import PicklesWithoutTrainer, readable_log_dirs, run_dir
+from lightning_green._internal.runs import PicklesWithoutTrainer, readable_log_dirs, refused_before_training, run_dir
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -808,6 +808,10 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             # It failed before this monitor's setup (data, another callback): nothing was measured for this Trainer,
             # and the last run's report (its folder, its totals) is not this run's to rewrite.
             return
+        if refused_before_training(trainer, exception):  # a setting refused: nothing trained, no report (see there)
+            self._open.clear()
+            self._stop_after_exception()
+            return
         try:
             if self._meter is not None and self._meter.started and not self._open and self._fit_setup_at is not None:
                 # It failed in the fit's set-up before this monitor's on_fit_start (an earlier-listed callback, an
@@ -833,14 +837,17 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         except Exception:
             log.debug("EnergyMonitor could not account the interrupted run", exc_info=True)
         finally:
-            # Lightning calls no teardown after an exception: no set-up left pending for this monitor's next stage.
-            self._fit_setup_at, self._splitting_setup, self._setup_pending_j = None, False, 0.0
-            meter, self._meter = self._meter, None
-            if meter is not None and meter.started:
-                try:
-                    meter.stop()
-                except Exception:
-                    log.debug("EnergyMonitor could not stop its meter", exc_info=True)
+            self._stop_after_exception()
+
+    def _stop_after_exception(self) -> None:
+        # Lightning calls no teardown after an exception: no set-up left pending for this monitor's next stage.
+        self._fit_setup_at, self._splitting_setup, self._setup_pending_j = None, False, 0.0
+        meter, self._meter = self._meter, None
+        if meter is not None and meter.started:
+            try:
+                meter.stop()
+            except Exception:
+                log.debug("EnergyMonitor could not stop its meter", exc_info=True)
 
     def on_workload_changed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: WorkloadChange) -> None:
         """A prune or precision switch changed the cost of a step: re-fit the forecast from here on."""

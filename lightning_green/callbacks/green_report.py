@@ -13,7 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run, readable_log_dirs, run_dir
+from lightning_green._internal.runs import (
+    PicklesWithoutTrainer,
+    continue_run,
+    readable_log_dirs,
+    refused_before_training,
+    run_dir,
+)
 from lightning_green._internal.tokens import tokens_per_sample
 from lightning_green._internal.validation import (
     InvalidArgumentError,
@@ -59,7 +65,8 @@ class GreenReport(PicklesWithoutTrainer, Callback):
     The report is written once fit has finished (in ``teardown``, after every callback's ``on_fit_end`` — the
     EnergyMonitor's report is on disk then — and after the loggers are flushed), on global rank 0 only, atomically.
     A fit that ended in an exception (or Ctrl-C) gets the report of what ran, marked unfinished, from the
-    EnergyMonitor's interrupted report.
+    EnergyMonitor's interrupted report; one whose setting a lightning-green callback refused before its first training
+    batch trained nothing and gets none.
 
     Args:
         metric: Validation metric to follow; ``None`` picks the first logged of ``val_acc``, ``val_loss``,
@@ -260,6 +267,9 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         setup_for = self._fit_trainer() if self._fit_trainer is not None else None
         if self._setup_stage != "fit" or setup_for is not trainer or trainer.global_rank != 0 or trainer.fast_dev_run:
             return  # failed before this callback's fit setup, not a fit, another rank, or a smoke test
+        if refused_before_training(trainer, exception):  # a setting refused: nothing trained (as EnergyMonitor)
+            self._setup_stage = None
+            return
         try:
             self._write_interrupted(trainer)
         except Exception:
