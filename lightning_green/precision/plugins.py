@@ -76,7 +76,11 @@ class MixedPrecision(_SkipAfterClipping, LightningMixedPrecision):
             and getattr(optimizer, "_step_supports_amp_scaling", False)
             and _any_grad(self, optimizer)
         ):
-            self.scaler.unscale_(optimizer)
+            try:
+                self.scaler.unscale_(optimizer)
+            except RuntimeError as err:  # the user's step unscaled it already (to clip): that recorded the check
+                if "already been called" not in str(err):
+                    raise
 
     @override
     def clip_grad_by_value(self, optimizer: Optimizer, clip_val: int | float) -> None:

@@ -322,7 +322,7 @@ class ChannelPruner:
         assert dense is not None and goal is not None
         ratios = {}
         for m, (dense_out, now) in self._widths(module, dense).items():
-            keep = int(dense_out * (1.0 - goal) + 1e-9)
+            keep = max(1, int(dense_out * (1.0 - goal) + 1e-9))  # torch-pruning never cuts a layer to 0
             ratios[m] = 0.0 if now <= keep else 1.0 - (keep + 0.5) / now
         return ratios
 

@@ -442,11 +442,31 @@ class FusedAdam(Recorder):
         return torch.optim.Adam(self.parameters(), lr=0.01, fused=True)
 
 
-@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
-def test_a_skipped_fp16_step_with_a_fused_optimizer_is_skipped_not_a_crash(tmp_path, manual):
+class FusedAdamUnscalesItself(FusedAdam):
+    """Manual optimization with torch's AMP recipe for clipping: ``scaler.unscale_`` before ``clip_grad_norm_``."""
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch[0])
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(opt.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    ("module", "manual"),
+    [(FusedAdam, False), (FusedAdam, True), (FusedAdamUnscalesItself, True)],
+    ids=["automatic", "manual", "manual-unscales-itself"],
+)
+def test_a_skipped_fp16_step_with_a_fused_optimizer_is_skipped_not_a_crash(tmp_path, module, manual):
     # Dropping every gradient left the grad scaler's step without an inf check: GradScaler.update() asserted
-    # "No inf checks were recorded prior to update" and the fit crashed where a non-fused optimizer fell back.
-    model = FusedAdam(loss_nan_steps={2}, manual=manual)
+    # "No inf checks were recorded prior to update" and the fit crashed where a non-fused optimizer fell back. A step
+    # that unscaled the gradients itself (to clip them) has its check already: it must not be unscaled twice.
+    model = module(loss_nan_steps={2}, manual=manual)
     weights = {}
 
     class Weights(Callback):
