@@ -656,6 +656,9 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             "calls": int(totals[0]),
             "seen": int(totals[1]),
             "batches": batches,
+            # The geometry the batches were counted in: a resume inside the epoch needs the same (see on_fit_start).
+            "world_size": 1 if trainer is None else int(trainer.world_size),
+            "epoch_batches": None if sampler is None else _batches_run(trainer, sampler),
             "first": self._first_epoch,
             "index": idx.tolist(),
             "sums": sums[idx].tolist(),
@@ -704,6 +707,24 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             progress["current"] = {k: _EPOCH_RUN_OUT for k in progress["current"]}
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the restore (load_state_dict), before any batch: a resume inside an epoch continues each rank's shard
+        # after the batches it ran; the kept samples are dealt to the processes in turn, so under another number of
+        # processes those shards are other samples (some trained twice in the epoch, others never).
+        pending = self._pending_epoch
+        if pending is None or pending.get("world_size") is None or pending.get("epoch_batches") is None:
+            return
+        world, done, total = int(pending["world_size"]), int(pending.get("batches", 0)), int(pending["epoch_batches"])
+        if world == trainer.world_size or not 0 < done < total:
+            return
+        raise InvalidArgumentError(
+            f"DataPruning: the checkpoint was saved after batch {done} of {total} of epoch {int(pending['epoch'])} on "
+            f"{world} process(es), and this run has {trainer.world_size}; resuming inside that epoch would train some "
+            f"of its samples twice and skip others (its kept samples are dealt to the processes in turn). Resume on "
+            f"{world} process(es) (Trainer devices x num_nodes), or from a checkpoint saved at an epoch's end."
+        )
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_version(type(self).__name__, state_dict, supported=1)
         if self._setup_stage not in (None, "fit"):  # validate/test/predict(ckpt_path=...): nothing of a fit to resume
@@ -719,6 +740,12 @@ class DataPruning(PicklesWithoutTrainer, Callback):
         if self.scores is not None and self._pending_state is not None:
             self.scores.load_state_dict(self._pending_state)
             self._pending_state = None
+
+
+def _batches_run(trainer: pl.Trainer | None, sampler: PruningSampler) -> int:
+    """Batches an epoch of ``sampler`` runs on each rank: its own, or fewer under ``limit_train_batches``."""
+    limit = getattr(trainer, "num_training_batches", math.inf) if trainer is not None else math.inf
+    return int(min(sampler.num_batches, limit)) if math.isfinite(limit) else int(sampler.num_batches)
 
 
 def _scheduler_steps(sched: Any) -> int | None:

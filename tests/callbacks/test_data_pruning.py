@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green import DataPruning, EnergyMonitor, reduce_sample_losses
 from lightning_green.data import PruningSampler, SampleScores, plan_epoch
 from lightning_green.data.install import rebuild_with_sampler
@@ -279,6 +280,29 @@ def test_a_mid_epoch_resume_maps_batches_to_their_indices(tmp_path, keep_steps):
         ckpt_path=str(tmp_path / "ck" / "step=13.ckpt"))  # fmt: skip
     assert resumed.mismatches == 0 and set(resumed.seen) == {1, 2}
     assert resumed.seen[2] == full.seen[2]  # the same kept samples, in the same order and batches
+
+
+@pytest.mark.parametrize(("saved_on", "step", "refused"), [(2, 13, True), (1, 13, False), (2, 18, False)])
+def test_a_resume_inside_an_epoch_on_another_number_of_processes_is_refused(tmp_path, saved_on, step, refused):
+    # Each rank continued its shard after the batches it had run, but under another world size the shards are other
+    # samples: resumed on 1 process from a 2-process checkpoint, 8 samples of the epoch were trained twice. Step 13 is
+    # batch 3 of the 8 of pruned epoch 1; a checkpoint at its end (step 18) leaves nothing of it to run: fine.
+    seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_train_steps=1, filename="{step}")
+    fit(tmp_path, Model(), DataPruning(0.5), max_epochs=3, callbacks=[ckpt], enable_checkpointing=True)
+    path = tmp_path / "ck" / f"step={step}.ckpt"
+    saved = torch.load(path, weights_only=True)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("DataPruning"))
+    assert state["open_epoch"]["world_size"] == 1 and 0 < state["open_epoch"]["batches"]
+    state["open_epoch"]["world_size"] = saved_on  # as a checkpoint of a 2-process run records it
+    torch.save(saved, path)
+    run = lambda: fit(tmp_path / "r", Model(), DataPruning(0.5), max_epochs=3, ckpt_path=str(path))  # noqa: E731
+    if not refused:
+        run()
+        return
+    with pytest.raises(InvalidArgumentError, match=r"saved after batch \d+ of \d+ of epoch 1 on 2 process\(es\), and "
+                       r"this run has 1; .* Resume on 2 process\(es\)"):  # fmt: skip
+        run()
 
 
 class CrashesOnce(Model):
