@@ -255,7 +255,7 @@ class ChannelPruner:
                     self._check_gradients(pruner, gradients)
                     ignored = set(pruner.ignored_layers)
                     if to_goal and self.global_pruning:
-                        ratio = self._global_ratio(module, dense_channels, goal, ignored, ratio)  # type: ignore[arg-type]
+                        ratio = self._global_ratio(module, pruner, dense_channels, goal, ratio)  # type: ignore[arg-type]
                         pruner.per_step_pruning_ratio[1:] = [ratio]  # read at step(), as in _prune_to_macs
                     if ratios:  # cut where a layer that may be cut is above its goal
                         result.needed = any(r > 0 for m, r in ratios.items() if m not in ignored)
@@ -327,14 +327,19 @@ class ChannelPruner:
         return ratios
 
     def _global_ratio(
-        self, module: nn.Module, dense: Mapping[str, Sequence[int]], goal: float, ignored: set[nn.Module], ratio: float
+        self, module: nn.Module, pruner: Any, dense: Mapping[str, Sequence[int]], goal: float, ratio: float
     ) -> float:
         """With global pruning, the share of the channels now that this cut removes to reach ``goal``.
 
-        ``goal`` of the dense channels of every layer that may be cut are then gone, all layers together (they lose
-        different shares); ``ratio`` where no such layer has a known width.
+        ``goal`` of the dense channels of every group that may be cut are then gone, all groups together (they lose
+        different shares). Each group of coupled layers (a residual stream, attention's projections) counts once, as
+        torch-pruning ranks it: by its root layer. ``ratio`` where no such group has a known width.
         """
-        widths = [w for m, w in self._widths(module, dense).items() if m not in ignored]
+        known = self._widths(module, dense)
+        graph = pruner.DG
+        groups = graph.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
+        roots = {group[0].dep.target.module for group in groups}
+        widths = [known[m] for m in roots if m in known]
         total_dense, total_now = sum(d for d, _ in widths), sum(c for _, c in widths)
         if not total_now:
             return ratio

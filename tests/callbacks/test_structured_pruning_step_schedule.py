@@ -120,3 +120,21 @@ def test_an_epoch_schedule_past_max_epochs_is_said_once(tmp_path):
     messages = [str(w.message) for w in caught if "StructuredPruning" in str(w.message)]
     assert len([m for m in messages if "prune" in m and "epoch 2" in m]) == 1, messages
     assert "the last prune is at epoch 2 but max_epochs=2; that prune will not happen" in messages[0]
+
+
+def test_global_pruning_counts_each_coupled_group_once(tmp_path):
+    # Residual convs (and their shortcut) are one group to torch-pruning; summed per layer they outweighed the rest,
+    # and global pruning of a ResNet ended off its goal. Counted once per group, half of the channels are gone.
+    from lightning_green.demos import DigitsResNet
+
+    model = DigitsResNet(channels=[8, 16, 32])
+    pruning = StructuredPruning(pruning_ratio=0.5, start_step=1, end_step=5, frequency=1, global_pruning=True)
+    trainer = Trainer(default_root_dir=tmp_path, callbacks=[pruning], max_steps=6, **QUIET)
+    trainer.fit(model, DigitsDataModule(batch_size=8, image_size=8))
+    assert pruning.prunes_done == 5
+    dense = {name: out for name, (out, _) in pruning.dense_channels.items()}
+    # one root per group: the stem carries the first stage's residual stream; each stage's conv2 its own
+    roots = [n for n in dense if n.endswith("conv1") or n.endswith("conv2") and not n.startswith("features.3")]
+    roots.append("features.0")
+    widths = {n: m.out_channels for n, m in model.named_modules() if n in roots}
+    assert sum(widths.values()) == sum(dense[n] for n in roots) // 2
