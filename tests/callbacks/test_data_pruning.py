@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green import DataPruning, EnergyMonitor, reduce_sample_losses
+from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green.data import PruningSampler, SampleScores, plan_epoch
 from lightning_green.data.install import rebuild_with_sampler
 from lightning_green.data.sampler import epoch_batches
@@ -293,7 +293,7 @@ def test_a_resume_inside_an_epoch_on_another_number_of_processes_is_refused(tmp_
     path = tmp_path / "ck" / f"step={step}.ckpt"
     saved = torch.load(path, weights_only=True)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("DataPruning"))
-    assert state["open_epoch"]["world_size"] == 1 and 0 < state["open_epoch"]["batches"]
+    assert state["open_epoch"]["world_size"] == 1 and state["open_epoch"]["batches"] > 0
     state["open_epoch"]["world_size"] = saved_on  # as a checkpoint of a 2-process run records it
     torch.save(saved, path)
     run = lambda: fit(tmp_path / "r", Model(), DataPruning(0.5), max_epochs=3, ckpt_path=str(path))  # noqa: E731
