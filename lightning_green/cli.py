@@ -111,7 +111,10 @@ class GreenCLI(LightningCLI):
         """LightningCLI's parser, with or without subcommands (``run=False``): where the demo classes go."""
         self._subcommands = add_subcommands
         kwargs = [main_kwargs, subparser_kwargs, *(v for v in subparser_kwargs.values() if isinstance(v, dict))]
-        if any(k.get("default_config_files") or k.get("default_env") for k in kwargs):
+        # Environment variables (PL_FIT__MODEL, PL_FIT__CONFIG) are parsed with `default_env`, or when jsonargparse's
+        # documented JSONARGPARSE_DEFAULT_ENV=true switches it on whatever the code says.
+        env = os.getenv("JSONARGPARSE_DEFAULT_ENV", "").lower() == "true"
+        if env or any(k.get("default_config_files") or k.get("default_env") for k in kwargs):
             self._name_demo_classes = False  # a class may come from there: the arguments cannot tell
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
 

@@ -547,3 +547,32 @@ def test_demo_classes_as_defaults_where_the_arguments_cannot_say(tmp_path, monke
     monkeypatch.setenv("PL_MODEL", "lightning_green.demos.TinyGPT")
     from_env = GreenCLI(args=["--trainer.logger=false"], run=False, parser_kwargs={"default_env": True})
     assert type(from_env.model).__name__ == "TinyGPT"
+
+
+def test_jsonargparse_default_env_switch_lets_the_environment_name_the_classes(tmp_path, monkeypatch, capsys):
+    # JSONARGPARSE_DEFAULT_ENV=true turns on environment parsing without `default_env` in the code: the demo classes
+    # were still put on the command line, which beats the environment, so PL_FIT__MODEL=TinyGPT trained the digits CNN.
+    monkeypatch.setenv("JSONARGPARSE_DEFAULT_ENV", "true")
+    monkeypatch.setenv("PL_FIT__MODEL", "lightning_green.demos.TinyGPT")
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "lightning_green.demos.TinyGPT"
+    assert printed["data"]["class_path"] == "lightning_green.demos.DigitsDataModule"  # still the demo where unnamed
+
+
+def test_a_type_with_commas_in_brackets_is_named_whole_in_the_one_line_error(capsys, tmp_path):
+    # jsonargparse's "Subtypes: [dict[int, str], <class 'NoneType'>]" was split at every comma: "a dict[int or a str]".
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.callbacks+=lightning_green.AMPScheduler",
+                "--trainer.callbacks.schedule={a: bf16-mixed}",
+                *FAST,
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("`schedule` must be a dict[int, str] or None."), err

@@ -34,7 +34,7 @@ def _indent(line: str) -> int:
 
 def _type_name(text: str) -> str:
     text = text.strip()
-    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", text)
+    literal = re.fullmatch(r"(?:typing\.)?Literal\[(.*)\]", text)
     if literal:
         return f"one of {literal.group(1)}"
     match = _TYPE.fullmatch(text)
@@ -45,8 +45,23 @@ def _type_name(text: str) -> str:
 
 
 def _alternatives(subtypes: str) -> list[str]:
-    parts = re.findall(r"<class '[^']+'>|typing\.Literal\[[^\]]*\]|[^,\s][^,]*", subtypes)
-    return list(dict.fromkeys(_type_name(p) for p in parts))
+    """The types of jsonargparse's ``Subtypes: [...]`` list, split at its own commas (not those inside brackets).
+
+    Example:
+        >>> _alternatives("dict[int, str], <class 'NoneType'>")
+        ['a dict[int, str]', 'None']
+        >>> _alternatives("collections.abc.Callable[[], float], typing.Literal['a', 'b']")
+        ['a Callable[[], float]', "one of 'a', 'b'"]
+    """
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(subtypes):
+        depth += (char in "[(") - (char in "])")
+        if char == "," and depth == 0:
+            parts.append(subtypes[start:i])
+            start = i + 1
+    parts.append(subtypes[start:])
+    names = (_type_name(re.sub(r"^[\w.]*\.(?=\w+\[)", "", p.strip())) for p in parts if p.strip())
+    return list(dict.fromkeys(names))
 
 
 def _non_finite(value: str | None) -> bool:

@@ -348,7 +348,8 @@ class StructuredPruning(Callback):
         self._batches = 0
         self._regularized_at = -1
         self._told = False
-        self._warned_late = False
+        #: Prune points already said to be past the end of training (in ``setup``/``on_train_start``).
+        self._late_points: set[int] = set()
         #: Manual optimization: a backward ran since the last optimizer step (its gradients are still to be stepped).
         self._backward_pending = False
         # Manual optimization: step hooks on the Trainer's optimizers (their ids), re-registered when they are rebuilt.
@@ -553,8 +554,8 @@ class StructuredPruning(Callback):
         self._due_reached = False
         # An epoch schedule past max_epochs was said in `setup` (not again at the end).
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
-        self._warned_late = (
-            not self.by_steps and max_epochs is not None and bool(self._points) and self._points[-1] >= max_epochs
+        self._late_points = (
+            {p for p in self._points if p >= max_epochs} if not self.by_steps and max_epochs is not None else set()
         )
         self._check_resumed_schedule(trainer)
         if not self.by_steps or self.finished:
@@ -565,7 +566,7 @@ class StructuredPruning(Callback):
         except MisconfigurationException:  # a GradientAccumulationScheduler that changes the accumulation over epochs
             total = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps >= 0 else math.inf
         late = [p for p in self._points[self.prunes_done :] if p >= total]
-        self._warned_late = bool(late)
+        self._late_points = set(late)
         if late:
             rank_zero_warn(
                 f"{type(self).__name__}: the last prune is at step {self._points[-1]} but training stops after "
@@ -718,11 +719,11 @@ class StructuredPruning(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._points and not self.finished and not self._warned_late:
+        left = [p for p in self._points[self.prunes_done :] if p not in self._late_points]  # not said yet
+        if self._points and not self.finished and left:
             # The fit stopped first (max_steps, max_time, early stopping), or each prune waited for a window of
             # `importance_batches` batches that the epochs were too short to fill before the schedule ran out.
             unit = "step" if self.by_steps else "epoch"
-            left = self._points[self.prunes_done :]
             window = (
                 f" (each prune first waits for `importance_batches={self.importance_batches}` batches)"
                 if self._windowed and self._due_reached

@@ -138,3 +138,20 @@ def test_global_pruning_counts_each_coupled_group_once(tmp_path):
     roots.append("features.0")
     widths = {n: m.out_channels for n, m in model.named_modules() if n in roots}
     assert sum(widths.values()) == sum(dense[n] for n in roots) // 2
+
+
+def test_prunes_lost_to_a_short_window_are_said_beside_one_past_max_epochs(tmp_path):
+    # The setup warning about the prune at epoch 2 (past max_epochs) silenced the end-of-training one, so prunes the
+    # `importance_batches` window left undone (3-batch epochs, a 4-batch window) went unsaid, and the setup warning
+    # implied they had happened.
+    pruning = StructuredPruning(
+        target_speedup=2.0, start_epoch=0, end_epoch=2, importance="taylor", importance_batches=4, verbose=False
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, pruning, max_epochs=2, limit_train_batches=3)
+    messages = [str(w.message) for w in caught if str(w.message).startswith("StructuredPruning")]
+    assert any("the last prune is at epoch 2 but max_epochs=2" in m for m in messages)
+    ended = [m for m in messages if "training ended after" in m]
+    assert len(ended) == 1 and "waits for `importance_batches=4` batches" in ended[0]
+    assert "epoch 2" not in ended[0].split("did not happen")[0].split("prunes at")[1]  # said once, at setup
