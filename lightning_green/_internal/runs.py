@@ -84,17 +84,18 @@ def readable_log_dirs(trainer: Any) -> list[str]:
     return out
 
 
-def refused_before_training(trainer: Any, exception: BaseException) -> bool:
-    """Whether a fit ended on a setting lightning-green refused before any training batch started.
+def refused_before_training(trainer: Any, exception: BaseException, trained: bool) -> bool:
+    """Whether a fit ended on a setting lightning-green refused before any of its training batches started.
 
-    Such a fit trained nothing: a run folder with an "interrupted" energy and green report would be noise (the CLI says
-    the one-line error; the next run would get the next version number, and ``lightning-green report`` would list it).
-    Other failures keep their reports: what ran is not lost.
+    ``trained``: whether the calling callback saw a training batch start in this fit (``on_train_batch_start``; not
+    Lightning's batch counters, which a resumed fit restores from its checkpoint before ``on_train_start``). Such a fit
+    trained nothing: a run folder with an "interrupted" energy and green report would be noise (the CLI says the
+    one-line error; the next run would get the next version number, ``lightning-green report`` would list it, and
+    with ``logger=False`` a resumed fit would overwrite the finished run's report). Other failures keep their reports:
+    what ran is not lost.
     """
     from lightning_green._internal.validation import InvalidArgumentError, InvalidArgumentTypeError
 
-    if not isinstance(exception, (InvalidArgumentError, InvalidArgumentTypeError)):
+    if trained or not isinstance(exception, (InvalidArgumentError, InvalidArgumentTypeError)):
         return False
-    if getattr(trainer.state, "fn", None) != "fit":  # TrainerFn is a str enum
-        return False
-    return int(trainer.fit_loop.epoch_loop.batch_progress.total.started) == 0
+    return getattr(trainer.state, "fn", None) == "fit"  # TrainerFn is a str enum

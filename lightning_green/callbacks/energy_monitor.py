@@ -355,6 +355,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         # this monitor's Trainer started last (the outermost one opened since setup).
         self._stage_status: dict[str, str] = {}
         self._started_stage: str | None = None
+        self._fit_trained = False
         # The fit's set-up (see setup and on_train_batch_start): the carbon clock at this monitor's setup, whether the
         # fit's first batch (where the set-up ends) is still to come, this rank's set-up joules not yet gathered, and
         # the set-up joules (all ranks) inside the epoch in progress, which the forecast leaves out (with the idle
@@ -504,6 +505,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
+        if stage == "fit":
+            self._fit_trained = False  # a training batch of this fit started (see refused_before_training)
         self._written = None
         self._started_stage = None
         self._setup_for = weakref.ref(trainer)  # the Trainer whose stage this monitor measures (until teardown)
@@ -630,6 +633,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self._fit_trained = True
         self._batch_in_flight, self._in_flight_counted = batch, False
         if self._splitting_setup and self._meter is not None and self._open == ["fit"]:
             # The fit's set-up ends at its first batch (after the sanity check, the other callbacks' on_train_start,
@@ -808,7 +812,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             # It failed before this monitor's setup (data, another callback): nothing was measured for this Trainer,
             # and the last run's report (its folder, its totals) is not this run's to rewrite.
             return
-        if refused_before_training(trainer, exception):  # a setting refused: nothing trained, no report (see there)
+        if refused_before_training(trainer, exception, self._fit_trained):  # nothing trained: no report (see there)
             self._open.clear()
             self._stop_after_exception()
             return

@@ -126,6 +126,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         self._t0: float | None = None
         self._fit_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit (kept after it)
         self._setup_stage: str | None = None
+        self._fit_trained = False
         self._log_dir: str | None = None
         self._report_name = "energy_report.json"
         self._model: dict[str, Any] = {}
@@ -139,6 +140,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
         if stage != "fit":
             return
+        self._fit_trained = False  # a training batch of this fit started (see refused_before_training)
         monitors = [cb for cb in trainer.callbacks if getattr(cb, "add_report_section", None) is not None]  # type: ignore[attr-defined]
         named = [m for m in monitors if getattr(m, "report_filename", None)]
         if not named:
@@ -181,6 +183,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self._fit_trained = True
         if not self.count_macs or self._example is not None or pl_module.example_input_array is not None:
             return
         # No example_input_array: count on the first training batch (its first element when forward takes that).
@@ -267,7 +270,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         setup_for = self._fit_trainer() if self._fit_trainer is not None else None
         if self._setup_stage != "fit" or setup_for is not trainer or trainer.global_rank != 0 or trainer.fast_dev_run:
             return  # failed before this callback's fit setup, not a fit, another rank, or a smoke test
-        if refused_before_training(trainer, exception):  # a setting refused: nothing trained (as EnergyMonitor)
+        if refused_before_training(trainer, exception, self._fit_trained):  # nothing trained (as EnergyMonitor)
             self._setup_stage = None
             return
         try:

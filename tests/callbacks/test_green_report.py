@@ -392,3 +392,42 @@ def test_the_report_settings_are_recorded_and_reused_by_the_report_command(tmp_p
     assert exit_info.value.code == 0
     assert report.files.markdown.read_text().split("written", 1)[1] == before.split("written", 1)[1]
     assert "| energy to val_loss ≤ 30 |" in before and not os.path.exists(os.path.join(trainer.log_dir, "mine.html"))
+
+
+class RefusesAtTrainStart(Callback):
+    """A setting refused at ``on_train_start``: after Lightning restored a resumed fit's loop counters."""
+
+    def on_train_start(self, trainer, pl_module):
+        from lightning_green._internal.validation import InvalidArgumentError
+
+        raise InvalidArgumentError("Refuses(x=1): `x` must be 2.")
+
+
+@pytest.mark.parametrize("raise_at", ["train_start", "mid"])
+def test_a_resumed_fit_refused_before_training_leaves_the_finished_runs_reports(tmp_path, raise_at):
+    # Lightning restores the loops' batch counters before on_train_start: a resumed fit refused there looked trained,
+    # and with logger=False its "interrupted" reports replaced the finished run's. A refusal mid-training still writes.
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lightning_green._internal.validation import InvalidArgumentError
+
+    kw = dict(default_root_dir=tmp_path, logger=False, limit_train_batches=4, limit_val_batches=0, **QUIET)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    Trainer(max_epochs=1, callbacks=[EnergyMonitor(print_summary=False), GreenReport(), ckpt], **kw).fit(BoringModel())
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*") if p.is_file()}
+    assert json.loads(before["energy_report.json"])["status"] == "complete"
+
+    class RefusesMid(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:
+                raise InvalidArgumentError("Refuses(x=1): `x` must be 2.")
+
+    refuse = RefusesAtTrainStart() if raise_at == "train_start" else RefusesMid()
+    resumed = Trainer(max_epochs=2, callbacks=[EnergyMonitor(print_summary=False), GreenReport(), refuse], **kw)
+    with pytest.raises(InvalidArgumentError):
+        resumed.fit(BoringModel(), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("*") if p.is_file()}
+    if raise_at == "train_start":
+        assert after == before
+    else:
+        assert json.loads(after["energy_report.json"])["status"].startswith("interrupted: InvalidArgumentError")
