@@ -29,6 +29,17 @@ def _plain_argv(monkeypatch):
     monkeypatch.setattr("sys.argv", ["lightning-green"])
 
 
+def one_line_error(capsys, args):
+    """``main(args)`` must exit 2 with a one-line error and no traceback: returns all it printed, and that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert not any("Traceback" in line for line in lines)
+    return out + err, lines[-1]
+
+
 def test_fit_with_no_arguments_uses_the_demo_and_energy_monitor(tmp_path):
     result = cli(["fit", f"--trainer.default_root_dir={tmp_path}", *FAST])
     assert type(result.model).__name__ == "DigitsCNN"
@@ -162,20 +173,10 @@ def test_setup_errors_are_one_line_too(capsys, tmp_path):
 def test_a_setting_refused_before_training_leaves_no_report(capsys, tmp_path):
     # A run refused in setup trained nothing: it wrote an "interrupted" energy report and a green report ("GreenReport:
     # wrote ...") before the one-line error, and `lightning-green report` then listed the refused run.
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fit",
-                f"--trainer.default_root_dir={tmp_path}",
-                "--trainer.callbacks+=lightning_green.AMPScheduler",
-                "--trainer.callbacks.warmup_epochs=1",
-                *FAST,
-            ]
-        )
-    assert exit_info.value.code == 2
-    out, err = capsys.readouterr()
-    assert err.strip().splitlines()[-1].startswith("lightning-green: error: AMPScheduler(warmup_epochs=1)")
-    assert "GreenReport: wrote" not in out + err
+    args = ["--trainer.callbacks+=lightning_green.AMPScheduler", "--trainer.callbacks.warmup_epochs=1", *FAST]
+    printed, line = one_line_error(capsys, ["fit", f"--trainer.default_root_dir={tmp_path}", *args])
+    assert line.startswith("lightning-green: error: AMPScheduler(warmup_epochs=1)")
+    assert "GreenReport: wrote" not in printed
     assert not list(tmp_path.rglob("energy_report.json")) and not list(tmp_path.rglob("green_report.md"))
 
 
@@ -195,15 +196,9 @@ def test_a_checkpoint_path_that_is_no_file_is_one_line(capsys, tmp_path, command
 @pytest.mark.parametrize("command", ["fit", "validate", "test"])
 def test_ckpt_path_best_is_one_line_since_each_command_starts_a_new_trainer(capsys, tmp_path, command):
     # Lightning's ValueError ("ModelCheckpoint is not configured to save the best model") came as a traceback.
-    with pytest.raises(SystemExit) as exit_info:
-        main([command, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best", *FAST])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(
-        f"lightning-green: error: lightning-green {command}(ckpt_path='best'): 'best' is the best"
-    )
-    assert "give the checkpoint file" in err[-1]
-    assert not any("Traceback" in line for line in err)
+    _, line = one_line_error(capsys, [command, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best", *FAST])
+    assert line.startswith(f"lightning-green: error: lightning-green {command}(ckpt_path='best'): 'best' is")
+    assert "give the checkpoint file" in line
 
 
 @pytest.mark.parametrize(
@@ -232,12 +227,8 @@ def test_ckpt_path_best_is_one_line_since_each_command_starts_a_new_trainer(caps
 def test_a_demo_model_on_another_demos_data_is_one_line(capsys, tmp_path, args, message):
     # --model TinyGPT with the default digits data failed deep inside torch.embedding (float images as token ids).
     fast = [a for a in FAST if not a.startswith("--data.image_size")]
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", f"--trainer.default_root_dir={tmp_path}", *args, *fast])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"lightning-green: error: {message}")
-    assert not any("Traceback" in line for line in err)
+    _, line = one_line_error(capsys, ["fit", f"--trainer.default_root_dir={tmp_path}", *args, *fast])
+    assert line.startswith(f"lightning-green: error: {message}")
 
 
 def test_command_line_run_gives_no_args_and_argv_warning(monkeypatch, recwarn, tmp_path):
@@ -563,16 +554,6 @@ def test_jsonargparse_default_env_switch_lets_the_environment_name_the_classes(t
 
 def test_a_type_with_commas_in_brackets_is_named_whole_in_the_one_line_error(capsys, tmp_path):
     # jsonargparse's "Subtypes: [dict[int, str], <class 'NoneType'>]" was split at every comma: "a dict[int or a str]".
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fit",
-                f"--trainer.default_root_dir={tmp_path}",
-                "--trainer.callbacks+=lightning_green.AMPScheduler",
-                "--trainer.callbacks.schedule={a: bf16-mixed}",
-                *FAST,
-            ]
-        )
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.endswith("`schedule` must be a dict[int, str] or None."), err
+    args = ["--trainer.callbacks+=lightning_green.AMPScheduler", "--trainer.callbacks.schedule={a: bf16-mixed}"]
+    _, line = one_line_error(capsys, ["fit", f"--trainer.default_root_dir={tmp_path}", *args, *FAST])
+    assert line.endswith("`schedule` must be a dict[int, str] or None."), line
