@@ -447,10 +447,11 @@ class StructuredPruning(Callback):
                 end = max(self.start_epoch, self.start_epoch + (trainer.max_epochs - self.start_epoch) // 2)
             self._points = prune_points(self.start_epoch, end, self.frequency)
             if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self._points[-1]:
+                late = [p for p in self._points if p >= trainer.max_epochs]
                 rank_zero_warn(
                     f"{name}: the last prune is at epoch {self._points[-1]} but max_epochs={trainer.max_epochs}; "
-                    "that prune will not happen, so the goal may not be reached (each prune cuts to its own point of "
-                    "the schedule), and the last prunes get no fine-tuning."
+                    f"the prunes at epoch {_brief_list(late)} will not happen, so the goal may not be reached (each "
+                    "prune cuts to its own point of the schedule), and the last prunes get no fine-tuning."
                 )
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, ModelCheckpoint) and cb.save_weights_only:

@@ -232,7 +232,7 @@ class ChannelPruner:
             final: The last prune of a schedule: ``round_to`` applies (see :meth:`effective_round_to`).
             goal: With ``ratio`` and ``dense_channels``: the share of the *dense* channels that is to be gone after
                 this cut (one prune of an iterative schedule). Each layer is then cut to ``int(dense × (1 − goal))``
-                channels (with global pruning: all layers together), from the widths it has now, so the channels
+                channels (with global pruning: all groups together), from the widths it has now, so the channels
                 torch-pruning rounds away at one prune (whole channel groups, ``round_to``) are not cut again by
                 the next; ``ratio`` stays the share for a layer without a dense record.
         """
@@ -475,9 +475,12 @@ class ChannelPruner:
         return protected
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def _out_width(m: nn.Module) -> int | None:
     """A root layer's output width as torch-pruning counts it (``None`` for a layer this does not know)."""
-    if isinstance(m, nn.modules.conv._ConvNd):
+    if isinstance(m, _CONVS):
         return int(m.out_channels)
     if isinstance(m, nn.Linear):
         return int(m.out_features)

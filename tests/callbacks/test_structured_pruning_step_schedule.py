@@ -119,7 +119,7 @@ def test_an_epoch_schedule_past_max_epochs_is_said_once(tmp_path):
         _fit(tmp_path, pruning, max_epochs=2, limit_train_batches=3)
     messages = [str(w.message) for w in caught if "StructuredPruning" in str(w.message)]
     assert len([m for m in messages if "prune" in m and "epoch 2" in m]) == 1, messages
-    assert "the last prune is at epoch 2 but max_epochs=2; that prune will not happen" in messages[0]
+    assert "the last prune is at epoch 2 but max_epochs=2; the prunes at epoch 2 will not happen" in messages[0]
 
 
 def test_global_pruning_counts_each_coupled_group_once(tmp_path):
