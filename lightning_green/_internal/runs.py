@@ -11,7 +11,7 @@ import os
 import weakref
 from typing import Any
 
-__all__ = ["PicklesWithoutTrainer", "continue_run", "readable_log_dirs", "refused_before_training", "run_dir"]
+__all__ = ["PicklesWithoutTrainer", "continue_run", "readable_log_dirs", "refused_before_start", "run_dir"]
 
 # Lightning's loggers whose log_dir is the run's own folder (Trainer.log_dir takes it), in either package.
 _OWN_FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")
@@ -84,18 +84,21 @@ def readable_log_dirs(trainer: Any) -> list[str]:
     return out
 
 
-def refused_before_training(trainer: Any, exception: BaseException, trained: bool) -> bool:
-    """Whether a fit ended on a setting lightning-green refused before any of its training batches started.
+def refused_before_start(exception: BaseException, began: bool) -> bool:
+    """Whether a stage ended on a setting lightning-green refused before any of its work began.
 
-    ``trained``: whether the calling callback saw a training batch start in this fit (``on_train_batch_start``; not
-    Lightning's batch counters, which a resumed fit restores from its checkpoint before ``on_train_start``). Such a fit
-    trained nothing: a run folder with an "interrupted" energy and green report would be noise (the CLI says the
-    one-line error; the next run would get the next version number, ``lightning-green report`` would list it, and
-    with ``logger=False`` a resumed fit would overwrite the finished run's report). Other failures keep their reports:
-    what ran is not lost.
+    ``began``: whether the calling callback saw the stage's work begin: a training batch of a fit
+    (``on_train_batch_start``; not Lightning's batch counters, which a resumed fit restores from its checkpoint before
+    ``on_train_start``), or a stand-alone validate/test/predict open. Such a stage ran nothing: a run folder with an
+    "interrupted" energy and green report would be noise (the CLI says the one-line error; the next run would get the
+    next version number, ``lightning-green report`` would list it, and with ``logger=False`` a resumed fit would
+    overwrite the finished run's report). Other failures keep their reports: what ran is not lost.
+
+    Example:
+        >>> from lightning_green._internal.validation import InvalidArgumentError
+        >>> refused_before_start(InvalidArgumentError("x"), began=False), refused_before_start(ValueError(), False)
+        (True, False)
     """
     from lightning_green._internal.validation import InvalidArgumentError, InvalidArgumentTypeError
 
-    if trained or not isinstance(exception, (InvalidArgumentError, InvalidArgumentTypeError)):
-        return False
-    return getattr(trainer.state, "fn", None) == "fit"  # TrainerFn is a str enum
+    return not began and isinstance(exception, (InvalidArgumentError, InvalidArgumentTypeError))

@@ -25,7 +25,7 @@ from lightning_green._internal.devices import rank_gpu_index
 from lightning_green._internal.distributed import agree, gather_rows
 from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
 from lightning_green._internal.packages import tensorboard_loggers
-from lightning_green._internal.runs import PicklesWithoutTrainer, readable_log_dirs, refused_before_training, run_dir
+from lightning_green._internal.runs import PicklesWithoutTrainer, readable_log_dirs, refused_before_start, run_dir
 from lightning_green._internal.validation import (
     InvalidArgumentError,
     check_bool,
@@ -506,7 +506,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
         if stage == "fit":
-            self._fit_trained = False  # a training batch of this fit started (see refused_before_training)
+            self._fit_trained = False  # a training batch of this fit started (see refused_before_start)
         self._written = None
         self._started_stage = None
         self._setup_for = weakref.ref(trainer)  # the Trainer whose stage this monitor measures (until teardown)
@@ -812,7 +812,9 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             # It failed before this monitor's setup (data, another callback): nothing was measured for this Trainer,
             # and the last run's report (its folder, its totals) is not this run's to rewrite.
             return
-        if refused_before_training(trainer, exception, self._fit_trained):  # nothing trained: no report (see there)
+        stage = _trainer_stage(trainer)
+        began = self._fit_trained if stage == "fit" else self._started_stage == stage  # a stand-alone stage: opened
+        if refused_before_start(exception, began):  # nothing ran: no report (see there)
             self._open.clear()
             self._stop_after_exception()
             return

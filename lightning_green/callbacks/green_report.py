@@ -17,7 +17,7 @@ from lightning_green._internal.runs import (
     PicklesWithoutTrainer,
     continue_run,
     readable_log_dirs,
-    refused_before_training,
+    refused_before_start,
     run_dir,
 )
 from lightning_green._internal.tokens import tokens_per_sample
@@ -140,7 +140,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         self._setup_stage = stage  # before Lightning restores a checkpoint's callback state (load_state_dict)
         if stage != "fit":
             return
-        self._fit_trained = False  # a training batch of this fit started (see refused_before_training)
+        self._fit_trained = False  # a training batch of this fit started (see refused_before_start)
         monitors = [cb for cb in trainer.callbacks if getattr(cb, "add_report_section", None) is not None]  # type: ignore[attr-defined]
         named = [m for m in monitors if getattr(m, "report_filename", None)]
         if not named:
@@ -270,7 +270,7 @@ class GreenReport(PicklesWithoutTrainer, Callback):
         setup_for = self._fit_trainer() if self._fit_trainer is not None else None
         if self._setup_stage != "fit" or setup_for is not trainer or trainer.global_rank != 0 or trainer.fast_dev_run:
             return  # failed before this callback's fit setup, not a fit, another rank, or a smoke test
-        if refused_before_training(trainer, exception, self._fit_trained):  # nothing trained (as EnergyMonitor)
+        if refused_before_start(exception, self._fit_trained):  # nothing trained (as EnergyMonitor)
             self._setup_stage = None
             return
         try:

@@ -431,3 +431,27 @@ def test_a_resumed_fit_refused_before_training_leaves_the_finished_runs_reports(
         assert after == before
     else:
         assert json.loads(after["energy_report.json"])["status"].startswith("interrupted: InvalidArgumentError")
+
+
+@pytest.mark.parametrize("fn", ["validate", "test"])
+def test_a_stand_alone_stage_refused_in_setup_writes_no_report(tmp_path, fn):
+    # It wrote an energy report with no stage in it and the status "complete".
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lightning_green._internal.validation import InvalidArgumentError
+
+    class RefusesInSetup(Callback):
+        def setup(self, trainer, pl_module, stage):
+            raise InvalidArgumentError("Refuses(x=1): `x` must be 2.")
+
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        callbacks=[EnergyMonitor(print_summary=False), RefusesInSetup()],
+        **QUIET,
+    )
+    with pytest.raises(InvalidArgumentError):
+        getattr(trainer, fn)(BoringModel())
+    assert not list(tmp_path.rglob("energy_report.json"))
