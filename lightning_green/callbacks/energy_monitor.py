@@ -830,12 +830,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 reading = self._meter.read()
                 row = self._unflushed_row(reading, trainer)
                 self._last = reading
-                for stage in self._open:
-                    self._add_unflushed(self.ledgers[stage], stage, row)
+                for opened in self._open:
+                    self._add_unflushed(self.ledgers[opened], opened, row)
                 self._setup_j += row[_SETUP]  # a retry on this Trainer goes on in the same epoch: not forecast
                 self._carbon_window(list(self._open), float(sum(row[:_N])))
             self._open.clear()
-            stage = _trainer_stage(trainer)
             # A fit always; a stand-alone stage that failed before it began (in its loader) ran nothing of its own.
             if stage == "fit" or self._started_stage == stage:
                 self._stage_status[stage] = f"interrupted: {type(exception).__name__}"
