@@ -186,6 +186,18 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             plan = plan_epoch(self.scores, self.prune_ratio, epoch, self._draw_seed, self._shuffle, full_data=True)
         return plan
 
+    def planned_samples(self, trainer: pl.Trainer, epoch: int) -> int | None:
+        """Samples (all ranks) a coming ``epoch`` will load if known before it starts, for EnergyMonitor's forecast.
+
+        An annealing epoch, or any epoch with ``prune_ratio=0``, loads all the data (under ``limit_train_batches``);
+        a pruned epoch's kept set is drawn from the scores at its start: ``None`` (like the pruned epochs seen).
+        """
+        if self._sampler is None or self.scores is None:
+            return None
+        if self.prune_ratio == 0 or (self._anneal_start is not None and epoch >= self._anneal_start):
+            return self._full_data_samples(trainer, None)
+        return None
+
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """Weighted mean of this batch's per-sample ``losses``, recorded as scores (see ``reduce_sample_losses``)."""
         if self._indices is None or self._weights is None:

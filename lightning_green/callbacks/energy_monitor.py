@@ -335,6 +335,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._epoch_mark_j = 0.0
         self._saved_at_last_batch = False
         self._epoch_mark_steps = 0
+        self._epoch_mark_samples: int | None = 0  # None: not known (a checkpoint from before it was saved)
         self._restored = False
         self._setup_stage: str | None = None
         # Wall time (time.time, as TensorBoard stamps events) this run started; a resumed fit keeps the first start.
@@ -549,7 +550,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast.reset()
         self.forecast_total_j = None
         self._forecast_basis = {}
-        self._epoch_mark_j, self._epoch_mark_steps = 0.0, 0
+        self._epoch_mark_j, self._epoch_mark_steps, self._epoch_mark_samples = 0.0, 0, 0
         self._setup_j = 0.0
         self._stage_status.pop("fit", None)
 
@@ -670,9 +671,10 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         fit = self.ledgers.setdefault("fit", StageLedger())
         epoch_j = fit.total_j - self._epoch_mark_j
         epoch_steps = fit.steps - self._epoch_mark_steps
-        self._epoch_mark_j, self._epoch_mark_steps = fit.total_j, fit.steps
+        epoch_samples = 0 if self._epoch_mark_samples is None else fit.samples - self._epoch_mark_samples  # 0: unknown
+        self._epoch_mark_j, self._epoch_mark_steps, self._epoch_mark_samples = fit.total_j, fit.steps, fit.samples
         fit.epochs_j.append(epoch_j)
-        self.forecast.add_epoch(max(epoch_j - self._setup_j, 0.0), epoch_steps)
+        self.forecast.add_epoch(max(epoch_j - self._setup_j, 0.0), epoch_steps, epoch_samples)
         self._setup_j = 0.0
         return epoch_j
 
@@ -688,6 +690,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             max_epochs=trainer.max_epochs,
             steps_done=trainer.global_step,
             max_steps=trainer.max_steps,
+            epoch_samples=_planned_samples(trainer),
         )
         metrics = {"energy/epoch_J": epoch_j, **self._totals_metrics("fit")}
         # The fit's averages so far, under their own names: power/avg_W & co. are the step windows' rates, logged
@@ -890,6 +893,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             "forecast_total_j": self.forecast_total_j,
             "epoch_mark_j": self._epoch_mark_j,
             "epoch_mark_steps": self._epoch_mark_steps,
+            "epoch_mark_samples": self._epoch_mark_samples,
             "setup_j": setup_j,
             "carbon": self.carbon_tracker.state_dict(pending),
             "started_s": self._started_s,
@@ -916,6 +920,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self.forecast_total_j = state_dict.get("forecast_total_j")
         self._epoch_mark_j = float(state_dict.get("epoch_mark_j", 0.0))
         self._epoch_mark_steps = int(state_dict.get("epoch_mark_steps", 0))
+        mark = state_dict.get("epoch_mark_samples")  # None in older checkpoints: the epoch's samples are not known
+        self._epoch_mark_samples = None if mark is None else int(mark)
         self._setup_j = float(state_dict.get("setup_j", 0.0))  # the set-up inside the epoch in progress
         # Usually before on_fit_start, which then keeps these ledgers. A strategy with
         # `restore_checkpoint_after_setup` (FSDP, DeepSpeed) restores after on_fit_start opened the fit: take the
@@ -1238,6 +1244,15 @@ def _beside_the_fit(path: str, report: dict[str, Any]) -> dict[str, Any]:
 def _trainer_stage(trainer: pl.Trainer) -> str:
     """The stage the Trainer runs: ``fit``, ``validate``, ``test`` or ``predict``."""
     return str(getattr(trainer.state.fn, "value", trainer.state.fn))
+
+
+def _planned_samples(trainer: pl.Trainer) -> Callable[[int], int | None] | None:
+    """What a callback that sizes the coming epochs (DataPruning's annealing epochs) says they will train on."""
+    planners = [cb for cb in trainer.callbacks if callable(getattr(cb, "planned_samples", None))]  # type: ignore[attr-defined]
+    if not planners:
+        return None
+    planner = planners[0]
+    return lambda epoch: planner.planned_samples(trainer, epoch)
 
 
 def _bound(limit: int | None) -> int | None:

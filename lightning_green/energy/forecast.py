@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["EnergyForecast"]
@@ -27,26 +28,36 @@ class EnergyForecast:
         530.0
         >>> f.predict(spent_j=230.0, epochs_done=2, steps_done=20, max_steps=25)
         280.0
+        >>> g = EnergyForecast(after_epochs=1)
+        >>> g.add_epoch(energy_j=60.0, steps=6, samples=600)  # a pruned epoch: 600 of 1000 samples
+        >>> g.predict(spent_j=60.0, epochs_done=1, max_epochs=3, epoch_samples=lambda e: 1000 if e == 2 else None)
+        220.0
     """
 
     after_epochs: int = 1
     history: list[tuple[float, int]] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)  # per epoch of ``history``: the samples it trained on (0: unknown)
 
-    def add_epoch(self, energy_j: float, steps: int) -> None:
-        """Record one completed epoch's energy and optimizer steps."""
+    def add_epoch(self, energy_j: float, steps: int, samples: int = 0) -> None:
+        """Record one completed epoch's energy, optimizer steps and (if known) samples."""
         self.history.append((float(energy_j), int(steps)))
+        self.samples.append(max(int(samples), 0))
 
     def reset(self) -> None:
         """Forget the history (the workload changed)."""
         self.history.clear()
+        self.samples.clear()
 
     @property
     def ready(self) -> bool:
         """Whether enough epochs have been seen."""
         return len(self.history) >= self.after_epochs
 
+    def _skip(self) -> int:
+        return 1 if len(self.history) > max(self.after_epochs, 1) else 0
+
     def _usable(self) -> list[tuple[float, int]]:
-        return self.history[1:] if len(self.history) > max(self.after_epochs, 1) else self.history
+        return self.history[self._skip() :]
 
     def predict(
         self,
@@ -55,20 +66,28 @@ class EnergyForecast:
         max_epochs: int | None = None,
         steps_done: int = 0,
         max_steps: int | None = None,
+        epoch_samples: Callable[[int], int | None] | None = None,
     ) -> float | None:
         """Total energy (J) predicted at the end of training, or ``None`` if it cannot be predicted yet.
 
         ``max_epochs``/``max_steps`` of ``None`` or negative mean unbounded; with both bounded, training stops
-        at whichever comes first, so the smaller prediction wins.
+        at whichever comes first, so the smaller prediction wins. ``epoch_samples(epoch)``, where given, is the
+        samples a coming (0-based) epoch will train on if known in advance, else ``None`` (like the epochs seen).
         """
         if not self.ready:
             return None
         usable = self._usable()
         per_epoch = sum(e for e, _ in usable) / len(usable)
         steps = sum(s for _, s in usable)
+        seen = self.samples[self._skip() :]
+        per_sample = sum(e for e, _ in usable) / sum(seen) if all(seen) and len(seen) == len(usable) else None
         candidates = []
         if max_epochs is not None and max_epochs >= 0:
-            candidates.append(spent_j + per_epoch * max(max_epochs - epochs_done, 0))
+            left = per_epoch * max(max_epochs - epochs_done, 0)
+            if epoch_samples is not None and per_sample is not None:
+                known = [n for n in map(epoch_samples, range(epochs_done, max_epochs)) if n is not None]
+                left += sum(per_sample * n - per_epoch for n in known)
+            candidates.append(spent_j + left)
         if max_steps is not None and max_steps >= 0 and steps > 0:
             per_step = sum(e for e, _ in usable) / steps
             candidates.append(spent_j + per_step * max(max_steps - steps_done, 0))
@@ -76,8 +95,10 @@ class EnergyForecast:
 
     def state_dict(self) -> dict[str, object]:
         """Plain-type state."""
-        return {"history": [list(h) for h in self.history]}
+        return {"history": [list(h) for h in self.history], "samples": list(self.samples)}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore :meth:`state_dict` output."""
         self.history = [(float(e), int(s)) for e, s in state.get("history", [])]  # type: ignore[union-attr]
+        samples = [int(n) for n in state.get("samples", [])]  # type: ignore[union-attr]
+        self.samples = samples if len(samples) == len(self.history) else [0] * len(self.history)  # older: unknown

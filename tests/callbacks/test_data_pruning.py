@@ -16,7 +16,7 @@ from lightning_green._internal.validation import InvalidArgumentError
 from lightning_green.data import PruningSampler, SampleScores, plan_epoch
 from lightning_green.data.install import rebuild_with_sampler
 from lightning_green.data.sampler import epoch_batches
-from tests.helpers import SavesAtStep
+from tests.helpers import SavesAtStep, busy_cpu
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
 N = 40
@@ -1000,6 +1000,33 @@ def test_the_samples_saved_count_only_what_the_trainer_would_have_loaded(tmp_pat
     assert section["samples_full_data"] == full_data
     assert section["samples_seen"] == dp.samples_seen
     assert section["samples_saved"] == full_data - dp.samples_seen
+
+
+class CostsPerSample(Model):
+    """Each sample burns the same CPU time, so an epoch's energy follows the samples it loads."""
+
+    def training_step(self, batch, batch_idx):
+        busy_cpu(0.004 * len(batch[1]))
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_energy_forecast_counts_the_annealing_epochs_at_all_the_data(tmp_path):
+    # Epochs 1-2 keep 26 of 40 samples, epochs 3-5 anneal on all 40: the forecast after epoch 2 took every epoch
+    # left to cost as much as a pruned one and fell 20 % short (EnergyBudget's forecast stop came too late).
+    monitor = EnergyMonitor(print_summary=False)
+    dp = DataPruning(prune_ratio=0.9, anneal_fraction=0.5)
+    seen = {}
+
+    def listen(trainer, m):
+        planned = dp.planned_samples(trainer, 1), dp.planned_samples(trainer, 4)
+        seen[trainer.current_epoch] = (m.forecast_total_j, *planned)
+
+    monitor.add_listener(listen)
+    fit(tmp_path, CostsPerSample(), dp, max_epochs=6, callbacks=[monitor])
+    assert [h["pruned"] for h in dp.history] == [False, True, True, False, False, False]
+    forecast, pruned_epoch, annealing_epoch = seen[2]
+    assert (pruned_epoch, annealing_epoch) == (None, N)  # a pruned epoch's kept set is drawn at its start
+    assert forecast == pytest.approx(monitor.total_energy_j("fit"), rel=0.1)
 
 
 @pytest.mark.parametrize(("limits", "fraction"), [({}, None), ({"limit_train_batches": 3}, 1.0)])
