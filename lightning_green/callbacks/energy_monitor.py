@@ -972,8 +972,19 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         if self._open[-1] != "fit":
             row[_STEPS] = float(self._pending_batches)
         elif trainer is not None:
-            row[_STEPS] = float(trainer.global_step - self._gs_last)
+            row[_STEPS] = self._fit_steps(trainer)
         return row
+
+    def _fit_steps(self, trainer: pl.Trainer) -> float:
+        """The fit's optimizer steps since the last window.
+
+        None before the fit's first batch: Lightning restores a resumed fit's global step after ``on_fit_start``, so
+        a window closed before this monitor's ``on_train_start`` (a CarbonAwareScheduler listed first, pausing at a
+        resume) would count the checkpoint's steps again.
+        """
+        if not self._fit_trained:
+            self._gs_last = trainer.global_step
+        return float(trainer.global_step - self._gs_last)
 
     def _add_unflushed(self, ledger: StageLedger, stage: str, row: list[float]) -> None:
         """Add an :meth:`_unflushed_row` to ``stage``'s ledger: energy to every open stage, counts to the innermost.
@@ -1001,7 +1012,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         row = self._local_row(self._meter.read())
         innermost = self._open[-1]
         if innermost == "fit":
-            row[_STEPS] = float(trainer.global_step - self._gs_last)
+            row[_STEPS] = self._fit_steps(trainer)
             self._gs_last = trainer.global_step
         else:
             row[_STEPS] = float(self._pending_batches)

@@ -198,7 +198,7 @@ def test_a_sigterm_on_another_rank_ends_the_pause_on_every_rank(tmp_path, monkey
     assert sched.pauses[-1]["sigterm"]
 
 
-def _run_with_a_resume(tmp_path, max_steps: int, ckpt_path: str | None = None, deadline: str = "12h"):
+def _run_with_a_resume(tmp_path, max_steps: int, ckpt_path: str | None = None, deadline: str = "12h", after=()):
     clock = sim_clock()
     if ckpt_path:
         clock.advance(2 * H)  # the restarted job starts later
@@ -215,7 +215,7 @@ def _run_with_a_resume(tmp_path, max_steps: int, ckpt_path: str | None = None, d
         max_steps=max_steps,
         max_epochs=-1,
         enable_checkpointing=True,
-        callbacks=[StepClock(clock, 0.25 * H), sched, ckpt],
+        callbacks=[StepClock(clock, 0.25 * H), sched, *after, ckpt],
     )
     trainer.fit(BoringModel(), ckpt_path=ckpt_path)
     return sched
@@ -234,6 +234,16 @@ def test_pause_time_and_deadline_survive_a_resume(tmp_path):
     resumed = _run_with_a_resume(tmp_path, 12, str(tmp_path / "ckpt" / "last.ckpt"))  # its deadline stays the first
     assert resumed.deadline_s == first.deadline_s == START.timestamp() + 12 * H
     assert resumed.paused_s > first.paused_s and resumed.pauses[0] == first.pauses[0]
+
+
+def test_a_pause_at_a_resume_does_not_count_the_checkpoints_steps_again(tmp_path):
+    # The scheduler, listed before the monitor, pauses in on_train_start of the resumed fit (hour 2 is dirty) and
+    # closes an energy window before the monitor's on_train_start: the window counted the 2 restored steps again.
+    _run_with_a_resume(tmp_path, 2, after=[EnergyMonitor(print_summary=False)])
+    monitor = EnergyMonitor(print_summary=False)
+    resumed = _run_with_a_resume(tmp_path, 6, str(tmp_path / "ckpt" / "last.ckpt"), after=[monitor])
+    assert resumed.pauses[-1]["step"] == 2  # the pause at the resume
+    assert monitor.ledgers["fit"].steps == 6
 
 
 def test_the_replan_count_survives_a_resume():
