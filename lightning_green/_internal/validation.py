@@ -8,6 +8,7 @@ Every public constructor validates through these helpers, so all messages read t
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -57,6 +58,19 @@ def find_argument_error(exc: BaseException) -> BaseException | None:
 
 def _prefix(owner: str, name: str, value: Any) -> str:
     return f"{owner}({name}={value!r})"
+
+
+def as_real(value: Any) -> float | None:
+    """``value`` as a ``float`` if it is a real number, Python's or numpy's (``numbers.Real``, never a bool); else None.
+
+    Example:
+        >>> import numpy as np
+        >>> as_real(np.int64(300)), as_real(2), as_real(True), as_real("3")
+        (300.0, 2.0, None, None)
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
 
 
 def fail(owner: str, name: str, value: Any, allowed: str, exc: type[Exception] = ValueError) -> None:

@@ -342,6 +342,13 @@ class CarbonAwareScheduler(PicklesWithoutTrainer, Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         add_report_section(trainer, "carbon_schedule", self.report())
 
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # The interrupted run's report gets the schedule so far (for an EnergyMonitor listed after this callback;
+        # one listed before it has the schedule as of the last pause, see _record_pause).
+        if self.start_s is not None:
+            add_report_section(trainer, "carbon_schedule", self.report())
+
     # ------------------------------------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -497,56 +504,80 @@ class CarbonAwareScheduler(PicklesWithoutTrainer, Callback):
         pausing_since: float | None = None
         intensity = 0.0
         sigterm = False
-        while True:
-            row = self._rank0_decision(trainer) if trainer.is_global_zero else [0.0, 0.0, 1.0, 0.0, 0.0]
-            pause_s, next_check, run, intensity, expected_s = (float(x) for x in trainer.strategy.broadcast(row, src=0))
-            if run or pause_s <= 0:
-                break
-            if pausing_since is None:
-                pausing_since = self.clock()
-                self._log(trainer, 0.0, intensity)
-                # The pause is taken slot by slot (re-planning at each boundary): judge it by its expected length.
-                long_pause = max(pause_s, expected_s)
-                if may_checkpoint and self.checkpoint_after_s is not None and long_pause >= self.checkpoint_after_s:
-                    self._checkpoint(trainer)
-                _close_energy_windows(trainer)
-                nxt = self.last_plan.next_start(pausing_since) if self.last_plan is not None else None
-                self._say(
-                    f"CarbonAwareScheduler: pausing at step {trainer.global_step} ({_iso(pausing_since)}, "
-                    f"{intensity:.0f} gCO2e/kWh); next planned slot {_iso(nxt) if nxt else 'unknown'}."
+        slept_here = 0.0  # of the pause in progress, already in paused_s
+        try:
+            while True:
+                row = self._rank0_decision(trainer) if trainer.is_global_zero else [0.0, 0.0, 1.0, 0.0, 0.0]
+                pause_s, next_check, run, intensity, expected_s = (
+                    float(x) for x in trainer.strategy.broadcast(row, src=0)
                 )
-            slept = self._sleep(trainer, pause_s)
-            self.paused_s += slept
-            # End the pause on any rank's signal, together; the run then stops as Lightning stops it on a SIGTERM.
-            if self._stop_requested(trainer):
-                sigterm = True
-                break
+                if run or pause_s <= 0:
+                    break
+                if pausing_since is None:
+                    pausing_since = self.clock()
+                    self._log(trainer, 0.0, intensity)
+                    # The pause is taken slot by slot (re-planning at each boundary): judge it by its expected length.
+                    long_pause = max(pause_s, expected_s)
+                    if may_checkpoint and self.checkpoint_after_s is not None and long_pause >= self.checkpoint_after_s:
+                        self._checkpoint(trainer)
+                    _close_energy_windows(trainer)
+                    nxt = self.last_plan.next_start(pausing_since) if self.last_plan is not None else None
+                    self._say(
+                        f"CarbonAwareScheduler: pausing at step {trainer.global_step} ({_iso(pausing_since)}, "
+                        f"{intensity:.0f} gCO2e/kWh); next planned slot {_iso(nxt) if nxt else 'unknown'}."
+                    )
+                slept = self._sleep(trainer, pause_s)
+                self.paused_s += slept
+                slept_here += slept
+                # End the pause on any rank's signal, together; the run then stops as Lightning stops it on a SIGTERM.
+                if self._stop_requested(trainer):
+                    sigterm = True
+                    break
+        except BaseException as exc:
+            # Ctrl-C (KeyboardInterrupt) or an error inside the pause: the time waited and the pause go into the
+            # report the EnergyMonitor writes for the interrupted run (no collective here: the other ranks may not
+            # be at this point).
+            if pausing_since is not None:
+                now = self.clock()
+                self.paused_s += max(now - pausing_since - slept_here, 0.0)
+                self._record_pause(trainer, pausing_since, now, interrupted=type(exc).__name__)
+            raise
         self._next_check = int(next_check)
         if pausing_since is not None:
             _close_energy_windows(trainer, idle=True)  # the pause's idle energy gets the pause's own intensity
             now = self.clock()
-            self.pauses.append(
-                {
-                    "step": trainer.global_step,
-                    "start": _iso(pausing_since),
-                    "end": _iso(now),
-                    "start_s": pausing_since,
-                    "seconds": now - pausing_since,
-                }
-            )
             if sigterm:
-                self.pauses[-1]["sigterm"] = True
+                self._record_pause(trainer, pausing_since, now, interrupted="SIGTERM")
                 self._say(
                     f"CarbonAwareScheduler: SIGTERM received at step {trainer.global_step} ({_iso(now)}) after "
                     f"{now - pausing_since:.0f} s of pause: the pause ends and Lightning stops the run."
                 )
                 raise SIGTERMException  # on every rank, as Lightning raises it after a batch
+            self._record_pause(trainer, pausing_since, now)
             self._say(
                 f"CarbonAwareScheduler: resuming at step {trainer.global_step} ({_iso(now)}, {intensity:.0f} "
                 f"gCO2e/kWh) after {(now - pausing_since) / 3600:.2f} h."
             )
         self._log(trainer, 1.0, intensity)
         self._apply_power(trainer, intensity)
+
+    def _record_pause(self, trainer: pl.Trainer, start: float, end: float, interrupted: str | None = None) -> None:
+        """Add a pause to :attr:`pauses` and the schedule to the energy report (also for a run it ends)."""
+        pause = {
+            "step": trainer.global_step,
+            "start": _iso(start),
+            "end": _iso(end),
+            "start_s": start,
+            "seconds": end - start,
+        }
+        if interrupted == "SIGTERM":
+            pause["sigterm"] = True
+        elif interrupted is not None:
+            pause["interrupted"] = interrupted
+        self.pauses.append(pause)
+        # Now, not only at on_train_end: an EnergyMonitor listed before this callback writes a run's report in its
+        # on_exception, before this callback's would run.
+        add_report_section(trainer, "carbon_schedule", self.report())
 
     def _sleep(self, trainer: pl.Trainer, seconds: float) -> float:
         """Wait ``seconds`` (or until a SIGTERM on any rank); return the seconds waited."""

@@ -28,6 +28,7 @@ from lightning_green._internal.packages import tensorboard_loggers
 from lightning_green._internal.runs import PicklesWithoutTrainer, readable_log_dirs, refused_before_start, run_dir
 from lightning_green._internal.validation import (
     InvalidArgumentError,
+    as_real,
     check_bool,
     check_choice,
     check_filename,
@@ -281,6 +282,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         check_choice(name, "carbon_extend", carbon_extend, EXTEND_CHOICES)
         if clock is not None and not callable(clock):
             fail(name, "clock", clock, "None or a callable returning POSIX seconds", TypeError)
+        pue = pue if as_real(pue) is None else as_real(pue)  # a numpy number too
         check_number(name, "pue", pue, ge=1.0)
         check_optional_number(name, "log_every_n_steps", log_every_n_steps, integer=True, ge=0)
         check_optional_number(name, "samples_per_batch", samples_per_batch, integer=True, ge=1)
@@ -302,7 +304,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         check_timezone(name, "carbon_timezone", carbon_timezone)
         self.carbon_tracker = CarbonTracker(carbon_intensity, pue, carbon_extend, carbon_timezone, clock, name)
 
-        const = carbon_intensity if isinstance(carbon_intensity, (int, float)) else None
+        const = as_real(carbon_intensity)
         self.carbon = CarbonModel(const, pue)  # the constant part (and the PUE); CO₂ comes from carbon_tracker
         self.log_every_n_steps = log_every_n_steps
         self.samples_per_batch = samples_per_batch

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, Union, runtime_checkable
 
-from lightning_green._internal.validation import InvalidArgumentError, fail
+from lightning_green._internal.validation import InvalidArgumentError, as_real, fail
 from lightning_green.carbon.online import ELECTRICITYMAPS_PREFIX, ElectricityMapsSource, parse_spec
 from lightning_green.carbon.trace import WEEK_S, CSVTrace, IntensityTrace, _iso, read_trace
 
@@ -89,12 +89,13 @@ class CallableIntensity:
     def at(self, t_s: float) -> float:
         """The function's value at ``t_s``, checked."""
         value = self.fn(_dt.datetime.fromtimestamp(t_s, _dt.timezone.utc))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        real = as_real(value)  # a numpy number (a value from an array or a pandas column) is a number too
+        if real is None or not (math.isfinite(real) and real >= 0):
             raise InvalidArgumentError(
                 f"carbon_intensity={_name(self.fn)}: returned {value!r} for {_iso(t_s)}; it must return a finite "
                 "number >= 0 (gCO2e/kWh)."
             )
-        return float(value)
+        return real
 
     def mean(self, t0_s: float, t1_s: float) -> float:
         """Midpoint-rule mean over ``[t0_s, t1_s]``."""
@@ -145,10 +146,11 @@ def as_intensity_source(
         return value
     if isinstance(value, str) and value.lower().startswith(ELECTRICITYMAPS_PREFIX):
         return parse_spec(value, owner, name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value >= 0):
+    real = as_real(value)
+    if real is not None:
+        if not (math.isfinite(real) and real >= 0):
             fail(owner, name, value, allowed)
-        return ConstantIntensity(value)
+        return ConstantIntensity(real)
     if isinstance(value, CSVTrace):
         if not os.path.isfile(value.path):
             fail(owner, name, value, f"{allowed}; no file at that path")

@@ -7,7 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning_green._internal.validation import InvalidArgumentError
-from lightning_green.carbon.source import CarbonAccount, ConstantIntensity, as_intensity_source, ensure_covers
+from lightning_green.carbon.source import (
+    CallableIntensity,
+    CarbonAccount,
+    ConstantIntensity,
+    as_intensity_source,
+    ensure_covers,
+)
 from lightning_green.carbon.trace import IntensityTrace, _iso
 
 __all__ = ["CarbonTracker"]
@@ -73,6 +79,8 @@ class CarbonTracker:
         self.account.source = self.source = ensure_covers(
             self.source, now, now, self.owner, "carbon_intensity", self.extend
         )
+        if isinstance(self.source, CallableIntensity):
+            self.source.at(now)  # a function that returns no number is refused now, not at the first window
         if self.extend == "repeat-last-week" and isinstance(self.source, IntensityTrace) and not self.source.has_a_week:
             # Refused now rather than when the run reaches the trace's end, hours into training.
             span_h = len(self.source.values) * self.source.step_s / 3600.0

@@ -112,7 +112,11 @@ def test_long_pause_is_preceded_by_a_checkpoint(tmp_path):
     assert Path(resumed.ckpt_path).name == "last-carbon-pause.ckpt"
 
 
-def test_sigterm_ends_a_pause_within_a_second_and_lightning_stops_the_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("monitor_first", [True, False])
+@pytest.mark.parametrize("interrupt", ["SIGTERM", "KeyboardInterrupt"])
+def test_sigterm_ends_a_pause_within_a_second_and_lightning_stops_the_run(
+    tmp_path, monkeypatch, interrupt, monitor_first
+):
     import lightning_green.callbacks.carbon_aware_scheduler as module
 
     sim = sim_clock()
@@ -122,6 +126,8 @@ def test_sigterm_ends_a_pause_within_a_second_and_lightning_stops_the_run(tmp_pa
         slept.append(seconds)
         sim.advance(seconds)
         if len(slept) == 3:
+            if interrupt == "KeyboardInterrupt":  # Ctrl-C: raised inside the sleep, after its second
+                raise KeyboardInterrupt
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(module, "time", SimpleNamespace(sleep=fake_sleep, time=sim))
@@ -134,16 +140,25 @@ def test_sigterm_ends_a_pause_within_a_second_and_lightning_stops_the_run(tmp_pa
         verbose=False,
     )
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    monitor = EnergyMonitor(print_summary=False, clock=lambda: sim())
+    pair = [monitor, sched] if monitor_first else [sched, monitor]
     trainer = make_trainer(
-        tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(sim, 0.25 * H), sched, ckpt]
+        tmp_path, max_steps=12, enable_checkpointing=True, callbacks=[StepClock(sim, 0.25 * H), *pair, ckpt]
     )
-    with pytest.raises(SIGTERMException):
+    with pytest.raises(SIGTERMException if interrupt == "SIGTERM" else SystemExit):
         trainer.fit(BoringModel())
     assert trainer.global_step == 4
     assert len(slept) == 3 and max(slept) <= 1.0  # not one 2-h sleep
     assert sched.paused_s == pytest.approx(sum(slept))
-    assert sched.pauses[-1]["step"] == 4 and sched.pauses[-1]["sigterm"]
+    said = {"sigterm": True} if interrupt == "SIGTERM" else {"interrupted": "KeyboardInterrupt"}
+    assert sched.pauses[-1]["step"] == 4 and sched.pauses[-1].items() >= said.items()
     assert (tmp_path / "ckpt" / "last-carbon-pause.ckpt").exists()  # the checkpoint before the pause is kept
+    # The interrupted run's report has the pause, whichever callback's on_exception runs first (it had none).
+    (path,) = tmp_path.rglob("energy_report.json")
+    report = json.loads(path.read_text())
+    assert report["status"].startswith("interrupted")
+    assert report["extra"]["carbon_schedule"]["pauses"] == json.loads(json.dumps(sched.pauses))
+    assert report["extra"]["carbon_schedule"]["paused_s"] == pytest.approx(sched.paused_s)
 
 
 def test_sigterm_while_pausing_before_the_first_step_runs_no_step(tmp_path, monkeypatch):

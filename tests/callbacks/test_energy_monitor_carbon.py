@@ -55,6 +55,32 @@ def test_co2_is_the_sum_of_window_energy_times_window_intensity(tmp_path):
     assert logged[:4] == [100.0, 200.0, 300.0, 400.0]
 
 
+def test_numpy_numbers_are_intensities_and_a_function_returning_none_is_refused_at_setup(tmp_path):
+    # A callable over an np.int64 array (a pandas int column) crashed the fit at its first window; np.int64 and
+    # np.float32 constants and PUEs were "not a number".
+    import numpy as np
+
+    clock = SimClock(START.timestamp())
+    hourly = np.arange(1, 25, dtype=np.int64) * 100
+    mon = monitor(lambda when: hourly[when.hour], clock, pue=np.float32(1.5))
+    trainer = make_trainer(tmp_path, max_steps=4, callbacks=[StepClock(clock, H), mon])
+    trainer.fit(SteadyModel(0.002))
+    windows = mon.report()["stages"]["fit"]["carbon_windows"]["windows"]
+    assert [w[3] for w in windows[:4]] == [100.0, 200.0, 300.0, 400.0]
+    assert mon.total_gco2e() == pytest.approx(sum(e * i for _, _, e, i in windows) / 3.6e6 * 1.5)
+    json.dumps(mon.report())  # plain numbers in the report
+    for constant in (np.int64(56), np.float32(56.0)):
+        assert EnergyMonitor(carbon_intensity=constant).carbon.intensity == 56.0
+    steps = []
+    mon = monitor(lambda when: None, SimClock(START.timestamp()))
+    trainer = make_trainer(tmp_path / "none", max_steps=4, callbacks=[mon])
+    model = SteadyModel(0.0)
+    model.on_train_batch_start = lambda *args: steps.append(args)
+    with pytest.raises(ValueError, match=r"carbon_intensity=.*<lambda>: returned None for .*; it must return a finite"):
+        trainer.fit(model)
+    assert steps == []  # refused before the first batch
+
+
 def test_a_trace_that_does_not_cover_the_start_is_refused_at_setup(tmp_path):
     mon = EnergyMonitor(carbon_intensity=CAISO, print_summary=False)  # a 2022 excerpt, the real clock is later
     trainer = make_trainer(tmp_path, max_steps=1, callbacks=[mon])
