@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
-from lightning_green.export.formats import is_token_ids
+from lightning_green.export.formats import eval_mode, is_token_ids
 from lightning_green.export.load import example_inputs_of
 
 __all__ = [
@@ -415,10 +415,12 @@ def bench_inference(
         meter = EnergyMeter(gpu_indices=[device.index or 0] if device.type == "cuda" else [])
     own_meter = not meter.started
     rows: list[BenchRow] = []
-    info = {name: _model_info(m, example) for name, m in models.items()}
-    with _torch_threads(n_threads), tempfile.TemporaryDirectory(prefix="lg-bench-") as workdir:
-        for m in models.values():
-            m.eval()
+    with (
+        eval_mode(*models.values()),  # each model back in its own mode after (a bench in the middle of a fit)
+        _torch_threads(n_threads),
+        tempfile.TemporaryDirectory(prefix="lg-bench-") as workdir,
+    ):
+        info = {name: _model_info(m, example) for name, m in models.items()}  # in eval mode: no BatchNorm update
         runners = {(n, f): build_runner(models[n], f, example, n_threads, workdir) for f in fmts for n in names}
         if own_meter:
             meter.start()

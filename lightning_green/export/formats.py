@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import io
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -209,6 +211,30 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def _one_line(err: BaseException) -> str:
     text = " ".join(_ANSI.sub("", str(err)).split())
     return (text[:300] + "...") if len(text) > 300 else text
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Any:
+    """Put ``models`` in eval mode, then each submodule back in its own mode (as Lightning does around validation).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> net[0].eval()  # doctest: +ELLIPSIS
+        Linear(...)
+        >>> with eval_mode(net):
+        ...     print(net.training, net[1].training)
+        False False
+        >>> net.training, net[0].training, net[1].training
+        (True, False, True)
+    """
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 @contextlib.contextmanager
@@ -852,7 +878,92 @@ def export_model(
     check_number(owner, "rtol", rtol, ge=0)
     check_opset(owner, opset, format)
     path = check_export_out(owner, out, format)
-    model = model.eval()
+    with eval_mode(model), _staged(path) as work:
+        result = _export(owner, model, work.target, format, example_inputs, check_inputs, atol, rtol, opset)
+        result = work.commit(result)
+    if verbose:
+        print(result.summary())
+    bad = [c for c in result.checks if not c.ok]
+    if bad:
+        c = bad[0]
+        raise ExportError(
+            f"export(format={format!r}): the export's outputs differ from the model's on the {c.input} "
+            f"(max |diff| {c.max_abs_diff:.3g} > atol {c.atol:g} + rtol {c.rtol:g}·|ref|); it failed its check and is "
+            f"left at {result.path!r} only for inspection{work.kept}."
+        )
+    return result
+
+
+class _staged:
+    """Where an export is written and checked before it takes ``path``'s place.
+
+    With nothing at ``path`` the export is written there (a failed one is left there for inspection). Over an earlier
+    export it is written in a hidden folder beside it and moved into place once it passed its checks; one that fails
+    goes to ``<out>.failed/`` and the earlier export is kept: a failed re-export must not destroy a good file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.stage, self.kept = path, None, ""
+        self.target = path
+
+    def __enter__(self) -> _staged:
+        if self.path.exists():
+            import tempfile
+
+            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+            self.target = self.stage / self.path.name
+        return self
+
+    def commit(self, result: ExportResult) -> ExportResult:
+        """Move a staged export into place if it passed its checks, else aside; the result with its final files."""
+        if self.stage is None:
+            return result
+        final = self.path if all(c.ok for c in result.checks) else self._aside()
+        if final == self.path:
+            old = self.stage / (self.path.name + ".old")
+            os.replace(self.path, old)  # a folder (hf) too; the earlier sidecar goes with the earlier file
+            if Path(str(self.path) + ".data").exists():
+                os.replace(str(self.path) + ".data", str(old) + ".data")
+            for f in [self.target, *([Path(str(self.target) + ".data")] if self.target.is_file() else [])]:
+                if f.exists():
+                    os.replace(f, self.path.parent / f.name)
+        files = _files_of(final)
+        return dataclasses.replace(result, path=os.fspath(final), files=[os.fspath(f) for f in files])
+
+    def _aside(self) -> Path:
+        assert self.stage is not None
+        failed = self.path.parent / f"{self.path.name}.failed"
+        if failed.is_dir():
+            shutil.rmtree(failed)
+        elif failed.exists():
+            failed.unlink()
+        os.replace(self.stage, failed)
+        self.stage = None
+        self.kept = f"; the earlier export at {os.fspath(self.path)!r} is kept"
+        return failed / self.path.name
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> None:
+        if self.stage is not None and isinstance(err, ExportError) and os.fspath(self.target) in str(err):
+            # A staged export that failed before its checks (it cannot be loaded, another opset): aside, and said.
+            staged = os.fspath(self.target)
+            moved = os.fspath(self._aside())
+            raise ExportError(str(err).replace(staged, moved) + self.kept) from None
+        if self.stage is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def _export(
+    owner: str,
+    model: nn.Module,
+    path: Path,
+    format: str,  # noqa: A002
+    example_inputs: Any,
+    check_inputs: Sequence[tuple[str, Any]],
+    atol: float,
+    rtol: float,
+    opset: int | None,
+) -> ExportResult:
+    """:func:`export_model` on a model in eval mode, writing ``path``; the checks are in the result, not raised."""
     example = example_inputs_of(owner, model, example_inputs)
     checks_in = [_example_check(model, example)]
     for name, x in check_inputs:
@@ -921,16 +1032,6 @@ def export_model(
         fixed_seq_len=fixed_seq,
         opset=written_opset,
     )
-    if verbose:
-        print(result.summary())
-    bad = [c for c in checks if not c.ok]
-    if bad:
-        c = bad[0]
-        raise ExportError(
-            f"export(format={format!r}): the export's outputs differ from the model's on the {c.input} "
-            f"(max |diff| {c.max_abs_diff:.3g} > atol {c.atol:g} + rtol {c.rtol:g}·|ref|); it failed its check and is "
-            f"left at {os.fspath(path)!r} only for inspection."
-        )
     return result
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -241,10 +242,15 @@ def _load_checkpoint(owner: str, ckpt_path: str | os.PathLike, map_location: Any
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # not a torch file, or one that needs pickled classes: say so, on one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+            why = f"it holds objects weights_only=True does not load: {first[:200]}"
+        else:  # torch's own words for a truncated or foreign file are a bare errno or number
+            why = f"not a complete torch checkpoint (truncated, or another kind of file): {type(err).__name__}"
+            why += f": {first[:200]}" if first else ""
         raise InvalidArgumentError(
             f"{owner}({arg}={os.fspath(ckpt_path)!r}): `{arg}` must be a Lightning checkpoint readable with "
-            f"weights_only=True ({first[:200]})."
+            f"weights_only=True; {why}."
         ) from None
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict", ckpt), Mapping):
         raise InvalidArgumentError(f"{owner}({arg}={os.fspath(ckpt_path)!r}): `{arg}` must hold a `state_dict`.")

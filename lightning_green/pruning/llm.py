@@ -1038,6 +1038,17 @@ class LLMPruner:
             return
         warnings.warn(message, UserWarning, stacklevel=3)
 
+    def _check_family(self, s: LLMStructure) -> None:
+        """Refuse what the model's family cannot take (by :meth:`check_module` and :meth:`prune` alike)."""
+        if self.prune_hidden and s.family == "gpt2":
+            fail(
+                self.owner,
+                "prune_hidden",
+                True,
+                "False for GPT-2: its config ties the attention width to the residual width (n_embd = n_head * "
+                "head_dim), so only the MLP width can be cut",
+            )
+
     def check_module(self, module: nn.Module, training: bool = True) -> LLMStructure:
         """Refuse what this pruner cannot do on ``module`` (in a second: no tracing) and return its structure.
 
@@ -1048,14 +1059,7 @@ class LLMPruner:
         s = self.structure(module)
         if self.importance not in LLM_IMPORTANCES:
             fail(self.owner, "importance", self.importance, f"one of {LLM_IMPORTANCES} for a Hugging Face causal LM")
-        if self.prune_hidden and s.family == "gpt2":
-            fail(
-                self.owner,
-                "prune_hidden",
-                True,
-                "False for GPT-2: its config ties the attention width to the residual width (n_embd = n_head * "
-                "head_dim), so only the MLP width can be cut",
-            )
+        self._check_family(s)
         names = [n for n, _ in module.named_modules() if n]
         for pattern in self.ignored_layers:
             if not ChannelPruner._match(pattern, names):
@@ -1496,6 +1500,7 @@ class LLMPruner:
         if ratio is not None:
             self.check_ratio(module, ratio)
         s = self.structure(module)
+        self._check_family(s)  # the pruner alone too: a GPT-2 cut in its residual width only would not run
         ids = _token_ids(s, example_inputs)
         result = PruneResult()
         lineage = Lineage()

@@ -900,3 +900,68 @@ def test_onnx_packages_too_old_for_torch_say_so_instead_of_blaming_the_model(tmp
     ) as err:
         export_model(nn.Linear(3, 2).eval(), tmp_path / "m.onnx", "onnx", example_inputs=torch.zeros(1, 3))
     assert "blocked in module" not in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_failed_re_export_keeps_the_earlier_export(tmp_path, fmt):
+    # A second export to the same `out` that failed its check replaced the good file with the failed one.
+    class Noisy(nn.Sequential):
+        noise = 0.0
+
+        def forward(self, x):  # noise: the export's outputs never match the model's
+            return super().forward(x) + self.noise * torch.rand(x.shape[0], 3)
+
+    out = tmp_path / f"m{SUFFIX[fmt]}"
+    net, x = Noisy(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), torch.randn(2, 4)
+    first = export_model(net, out, fmt, example_inputs=x, verbose=False)
+    good = {Path(f).name: Path(f).read_bytes() for f in first.files}
+    net.noise = 1.0
+    with torch.no_grad():
+        net[0].weight.mul_(3.0)
+    with pytest.raises(ExportError, match=r"failed its check and is left at '.*\.failed.*' .*earlier export at") as e:
+        export_model(net, out, fmt, example_inputs=x, verbose=False)
+    assert "\n" not in str(e.value)
+    assert {Path(f).name: Path(f).read_bytes() for f in first.files} == good
+    failed = tmp_path / f"{out.name}.failed" / out.name
+    assert failed.is_file() and failed.read_bytes() != good[out.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*good, f"{out.name}.failed"])  # nothing staged left
+    # A re-export that passes replaces it, and leaves no earlier sidecar or staging folder behind.
+    net.noise = 0.0
+    second = export_model(net, out, fmt, example_inputs=x, verbose=False)
+    assert second.path == os.fspath(out) and all(Path(f).parent == tmp_path for f in second.files)
+    assert out.read_bytes() != good[out.name]
+    assert load_exported(fmt, out)(x)[0].allclose(net(x), atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*good, f"{out.name}.failed"])
+
+
+def test_export_leaves_the_model_in_its_own_mode(tmp_path):
+    # export_model (and bench_inference) put a model in eval mode for good: a callback exporting mid-fit left the rest
+    # of training with BatchNorm and Dropout in eval mode.
+    from lightning_green.export import bench_inference
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(), nn.Linear(8, 3)).train()
+    net[3].eval()
+    modes = [m.training for m in net.modules()]
+    stats = net[1].running_mean.clone()
+    export_model(net, tmp_path / "m.pt2", "torch-export", example_inputs=torch.randn(2, 4), verbose=False)
+    assert [m.training for m in net.modules()] == modes
+    bench_inference({"net": net}, torch.randn(2, 4), formats="eager", batch_sizes="2", repeats=1, warmup=0, rounds=1)
+    assert [m.training for m in net.modules()] == modes
+    assert torch.equal(net[1].running_mean, stats)  # nothing ran in train mode (the MAC count neither)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"junk\n", r"not a complete torch checkpoint \(truncated, or another kind of file\): \w+"),
+        (None, r"not a complete torch checkpoint \(truncated, or another kind of file\): \w+"),  # cut short
+    ],
+)
+def test_an_unreadable_checkpoint_says_why_in_words(digits_ckpts, tmp_path, content, match):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content if content is not None else Path(digits_ckpts["dense"]).read_bytes()[:20000])
+    with pytest.raises(
+        InvalidArgumentError, match=r"`ckpt` must be a Lightning checkpoint readable with weights_only=True; " + match
+    ) as e:
+        load_checkpoint_module(bad, "lightning_green.demos.DigitsCNN")
+    assert "\n" not in str(e.value)

@@ -294,6 +294,12 @@ def test_activation_without_records_refused():
 def test_gpt2_residual_width_refused():
     with pytest.raises(ValueError, match=r"prune_hidden=True.*False for GPT-2"):
         LLMPruner(prune_hidden=True).check_module(tiny_lm("gpt2"))
+    # The pruner alone (the README's `LLMPruner().prune(...)`) cut only the tied embedding, and the model no longer ran.
+    model = tiny_lm("gpt2")
+    shapes = [p.shape for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"prune_hidden=True.*False for GPT-2"):
+        LLMPruner(prune_hidden=True).prune(model, ratio=0.5)
+    assert [p.shape for p in model.parameters()] == shapes
 
 
 def test_ignored_layers_stop_a_kind_and_must_match():
