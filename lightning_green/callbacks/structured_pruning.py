@@ -41,7 +41,13 @@ from lightning_green.pruning.engine import ChannelPruner
 from lightning_green.pruning.graph import count_macs_params
 from lightning_green.pruning.history import STATE_VERSION, Architecture, rebuild_from_checkpoint, replay
 from lightning_green.pruning.importance import IMPORTANCES, NEEDS_GRADIENTS
-from lightning_green.pruning.llm import LLMPruner, find_hf_model, is_layer_drop, renumber_after_layer_drops
+from lightning_green.pruning.llm import (
+    LLMPruner,
+    are_token_ids,
+    find_hf_model,
+    is_layer_drop,
+    renumber_after_layer_drops,
+)
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
 from lightning_green.pruning.schedule import SCHEDULES, macs_fraction, prune_points, schedule_fraction, step_ratio
 from lightning_green.pruning.verify import (
@@ -542,7 +548,7 @@ class StructuredPruning(Callback):
         target = self._target(pl_module)
         self._capture(target)
         if self._llm is not None:  # an HF causal LM is counted and checked on token ids of its own
-            self._start(trainer, pl_module, self._llm.example(target), "token ids")
+            self._start(trainer, pl_module, self._llm.example(target, self.example_input), "token ids")
         elif self.example_input is not None:
             self._start(trainer, pl_module, self.example_input, "example_input")
         elif getattr(target, "example_input_array", None) is not None:
@@ -1117,6 +1123,15 @@ class StructuredPruning(Callback):
             fail(name, "global_pruning", True, "False for a Hugging Face causal LM: every layer keeps the same widths")
         if self.regularization != "none":
             fail(name, "regularization", self.regularization, "'none' for a Hugging Face causal LM")
+        if self.forward_fn is not None:  # never called: the model is counted and checked on token ids of its own
+            fail(name, "forward_fn", self.forward_fn, "None for a Hugging Face causal LM (it runs on token ids)")
+        if self.example_input is not None and not are_token_ids(self.example_input):
+            fail(
+                name,
+                "example_input",
+                _describe(self.example_input),
+                "None or token ids (an integer tensor of shape (batch, sequence)) for a Hugging Face causal LM",
+            )
         p = self.pruner
         llm = LLMPruner(
             owner=name,
@@ -1301,7 +1316,7 @@ class StructuredPruning(Callback):
         )
         if rebuilt and self.macs is not None:  # `speedup` of the model as loaded (a fit recounts at its start)
             if self._llm is not None:
-                example = self._llm.example(target)
+                example = self._llm.example(target, self.example_input)
             elif example is None and (state or {}).get("example"):
                 example = example_from_spec(state["example"])  # type: ignore[index]
             try:
@@ -1374,6 +1389,22 @@ def _brief(value: Any) -> str:
         return getattr(value, "__qualname__", type(value).__name__)
     spec = example_spec(value)
     return repr(spec) if len(repr(spec)) <= 120 else repr(spec)[:117] + "..."
+
+
+class _Described:
+    """A value shown in a message by its description (a tensor's repr would span lines)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _describe(x: Any) -> _Described:
+    if isinstance(x, torch.Tensor):
+        return _Described(f"<{str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)}>")
+    return _Described(f"<{type(x).__name__}>")
 
 
 def _resolve_forward_fn(owner: str, forward_fn: Any) -> Callable[..., Any] | None:

@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_green._internal.validation import check_bool, check_choice, check_number, fail
 from lightning_green.data.losses import reduce_sample_losses
 from lightning_green.demos._data import SplitDataModule, check_demo_data
+from lightning_green.pruning.history import LoadsPrunedCheckpoints
 
 __all__ = ["DigitsCNN", "DigitsDataModule"]
 
@@ -101,7 +102,7 @@ class DigitsDataModule(SplitDataModule):
         self.test_set = TensorDataset(x[test_idx], y[test_idx])
 
 
-class DigitsCNN(pl.LightningModule):
+class DigitsCNN(LoadsPrunedCheckpoints, pl.LightningModule):
     """A small VGG-style CNN for the digits demo: conv-BN-ReLU blocks, max-pooling, a linear classifier.
 
     Args:

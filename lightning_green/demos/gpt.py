@@ -31,6 +31,7 @@ from torchmetrics import MeanMetric
 from lightning_green._internal.validation import InvalidArgumentError, check_choice, check_number, fail
 from lightning_green.data.losses import reduce_sample_losses
 from lightning_green.demos._data import SplitDataModule, check_demo_data, size_example_to_windows
+from lightning_green.pruning.history import LoadsPrunedCheckpoints
 
 __all__ = ["StdlibTextDataModule", "TinyGPT", "stdlib_files"]
 
@@ -203,7 +204,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class TinyGPT(pl.LightningModule):
+class TinyGPT(LoadsPrunedCheckpoints, pl.LightningModule):
     """A small decoder-only transformer over bytes: next-byte prediction, validation loss and perplexity.
 
     Logged: ``train_loss`` (per step and epoch), ``val_loss`` (mean cross-entropy per byte, nats) and ``val_ppl``

@@ -38,6 +38,7 @@ from lightning_green._internal.validation import (
 from lightning_green.data.losses import active_data_pruning, sequence_losses
 from lightning_green.demos._data import check_demo_data, size_example_to_windows
 from lightning_green.demos.gpt import VOCAB_SIZE, adamw_cosine, attention_kernels, log_nll
+from lightning_green.pruning.history import LoadsPrunedCheckpoints
 
 __all__ = ["FAMILIES", "Family", "HFCausalLM", "causal_lm_config", "to_causal_lm_batch"]
 
@@ -264,7 +265,7 @@ def to_causal_lm_batch(batch: Any) -> Any:
     return batch
 
 
-class HFCausalLM(pl.LightningModule):
+class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
     """A Hugging Face ``AutoModelForCausalLM`` (built from a config, no download) trained on next-token prediction.
 
     The model is ``self.model`` (a standard ``transformers`` ``PreTrainedModel``: ``generate``, ``save_pretrained``

@@ -7,7 +7,13 @@ from a checkpoint for inference; :class:`LLMPruner` cuts Hugging Face causal LMs
 
 from lightning_green.pruning.engine import ChannelPruner, PruneResult
 from lightning_green.pruning.graph import Lineage, build_graph, count_macs_params, pruning_session
-from lightning_green.pruning.history import find_pruning_state, load_pruned, rebuild_from_checkpoint, replay
+from lightning_green.pruning.history import (
+    LoadsPrunedCheckpoints,
+    find_pruning_state,
+    load_pruned,
+    rebuild_from_checkpoint,
+    replay,
+)
 from lightning_green.pruning.importance import IMPORTANCES, build_importance
 from lightning_green.pruning.llm import LLMPruner, replay_llm
 from lightning_green.pruning.optim import ModuleSnapshot, OptimizerState, rebuild_ddp
@@ -20,6 +26,7 @@ __all__ = [
     "ChannelPruner",
     "LLMPruner",
     "Lineage",
+    "LoadsPrunedCheckpoints",
     "ModuleSnapshot",
     "OptimizerState",
     "Probe",

@@ -321,7 +321,10 @@ def rebuild_from_checkpoint(
 
         example_inputs = example_from_spec(state["example"])  # the first batch's shapes, as zeros
     if example_inputs is None and traced:
-        raise ValueError(f"{owner}: the module has no `example_input_array`; pass `example_inputs` to trace it.")
+        raise ValueError(
+            f"{owner}: the module has no `example_input_array`; rebuilding the pruned shapes traces the module: set "
+            "`example_input_array` (an input of its forward) or pass `example_inputs`."
+        )
     device = next(module.parameters()).device
     saved = ModelState(module)  # by reference: no copy of the weights
     try:
@@ -383,6 +386,30 @@ def uncompiled_names(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str,
                 if name in state:
                     state[name] = strip(state[name])
     return checkpoint
+
+
+class LoadsPrunedCheckpoints:
+    """LightningModule mixin: checkpoints written under StructuredPruning load without the callback.
+
+    Lightning's own loading builds the module as its constructor does (dense) and then fails with torch's size
+    mismatch on a pruned checkpoint: ``MyModule.load_from_checkpoint(path)`` and ``Trainer.validate/test/predict(model,
+    ckpt_path=path)`` without :class:`~lightning_green.StructuredPruning` in the callbacks. With this mixin listed
+    first, the module's ``on_load_checkpoint`` (which Lightning calls before it loads the weights) rebuilds the pruned
+    architecture from the checkpoint's pruning history, as :func:`load_pruned` does::
+
+        class MyModule(LoadsPrunedCheckpoints, LightningModule): ...
+
+        model = MyModule.load_from_checkpoint("epoch=9.ckpt")  # the pruned shapes, the checkpoint's weights
+
+    The rebuild traces the module on its ``example_input_array`` (a Hugging Face causal LM needs none). The demo
+    modules have the mixin. With StructuredPruning in the callbacks it does nothing more (the callback rebuilds
+    first). A checkpoint without pruning history loads as before.
+    """
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if find_pruning_state(checkpoint) is not None:
+            rebuild_from_checkpoint(self, checkpoint, owner=f"{type(self).__name__}.on_load_checkpoint")  # type: ignore[arg-type]
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 
 def load_pruned(

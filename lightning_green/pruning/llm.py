@@ -579,11 +579,18 @@ def example_ids(structure: LLMStructure, length: int = 32) -> torch.Tensor:
     return (torch.arange(n, device=device) * 7 % int(cfg.vocab_size)).unsqueeze(0)
 
 
+def are_token_ids(x: Any) -> bool:
+    """Whether ``x`` is a batch of token ids: an integer tensor ``(batch, sequence)``."""
+    return (
+        isinstance(x, torch.Tensor)
+        and x.dim() == 2
+        and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    )
+
+
 def _token_ids(s: LLMStructure, x: Any) -> torch.Tensor:
     """``x`` when it is a batch of token ids, else :func:`example_ids`."""
-    if isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and not x.is_complex():
-        return x
-    return example_ids(s)
+    return x if are_token_ids(x) else example_ids(s)
 
 
 def count_llm_macs(structure: LLMStructure, input_ids: torch.Tensor | None = None) -> tuple[float, int]:
@@ -1177,11 +1184,11 @@ class LLMPruner:
             )
 
     # ------------------------------------------------------------------------------------------- interface
-    def example(self, module: nn.Module) -> torch.Tensor:
-        """Token ids for MAC counts: the module's integer ``example_input_array`` if it has one, else 32 fixed ids."""
+    def example(self, module: nn.Module, given: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids for MAC counts: ``given``, else the module's integer ``example_input_array``, else 32 fixed ids."""
         s = self.structure(module)
-        x = getattr(module, "example_input_array", None)
-        if isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and not x.is_complex():
+        x = given if given is not None else getattr(module, "example_input_array", None)
+        if are_token_ids(x):
             return x.to(next(s.model.parameters()).device)
         return example_ids(s)
 

@@ -320,6 +320,47 @@ def test_checkpoint_loads_weights_only_and_rebuilds_for_inference_and_validation
     assert "val_acc" in metrics
 
 
+def test_a_pruned_checkpoint_loads_through_lightning_without_the_callback(tmp_path):
+    # DigitsCNN.load_from_checkpoint and validate(ckpt_path=) without StructuredPruning failed with torch's size
+    # mismatch (15-23 lines); modules with LoadsPrunedCheckpoints (the demos) rebuild the pruned shapes first.
+    from lightning_green.pruning import LoadsPrunedCheckpoints
+
+    class Plain(LightningModule):  # a user's module without the mixin: Lightning's own error, as before
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn()
+            self.example_input_array = torch.zeros(1, 1, 24, 24)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Mine(LoadsPrunedCheckpoints, Plain):
+        pass
+
+    x = torch.randn(5, 1, 24, 24)
+    for cls, folder in ((DigitsCNN, "demo"), (Mine, "mine")):
+        checkpoints = ModelCheckpoint(dirpath=tmp_path / folder, save_last=True)
+        pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False)
+        model = small_cnn() if cls is DigitsCNN else Mine()
+        trainer = make_trainer(tmp_path, [pruning, checkpoints], max_epochs=2, enable_checkpointing=True)
+        trainer.fit(model, data())
+        path = tmp_path / folder / "last.ckpt"
+        loaded = cls.load_from_checkpoint(path, map_location="cpu").eval()
+        assert torch.equal(loaded(x), model.eval()(x))
+    fresh = small_cnn()
+    (metrics,) = make_trainer(tmp_path, []).validate(fresh, data(), ckpt_path=tmp_path / "demo" / "last.ckpt")
+    assert fresh.features[0].out_channels == 4 and "val_acc" in metrics
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Plain.load_from_checkpoint(tmp_path / "mine" / "last.ckpt")
+
+
 def test_metrics_reach_every_logger_and_listeners_hear_each_prune(tmp_path):
     listener = Listener()
     logger = CSVLogger(tmp_path, name="csv")

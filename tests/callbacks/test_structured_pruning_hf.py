@@ -100,6 +100,12 @@ def test_qwen2_tied_taylor_keeps_optimizer_state_and_ties(tmp_path):
         ({"num_heads": {"model.model.layers.0.mlp.up_proj": 4}}, r"keyed by attention projections"),
         ({"pruning_ratio": 0.8}, r"pruning_ratio=0.8.*would remove every attention head \(KV group\) of each layer"),
         ({"prune_layers": 2}, r"prune_layers=2.*from 0 to 1: LlamaForCausalLM has 2 decoder layers"),
+        # Both were silently ignored: the model is counted and checked on token ids.
+        ({"forward_fn": "torch.nn.functional.relu"}, r"forward_fn='torch.*: `forward_fn` must be None for a Hugging"),
+        (
+            {"example_input": torch.zeros(3, 5, 7)},
+            r"example_input=<float32 tensor of shape \(3, 5, 7\)>\): `example_input` must be None or token ids",
+        ),
     ],
 )
 def test_bad_settings_for_an_llm_refused_at_setup(tmp_path, kwargs, match):
@@ -339,3 +345,35 @@ def test_checkpoints_before_later_prunes_load_into_the_pruned_llm(tmp_path):
         assert model.model.config.num_hidden_layers == len(model.model.model.layers) == layers
         with torch.no_grad():
             torch.testing.assert_close(model.eval()(IDS), expected(IDS), rtol=0, atol=0)
+
+
+def test_hf_causal_lm_load_from_checkpoint_rebuilds_a_pruned_model(tmp_path):
+    # HFCausalLM.load_from_checkpoint of a pruned checkpoint failed with torch's 15-line size mismatch.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_green.demos import HFCausalLM, StdlibTextDataModule
+
+    kw = {"family": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
+    data = StdlibTextDataModule(seq_len=16, batch_size=4, train_bytes=2048, val_bytes=512, batch_format="causal_lm")
+    pruning = StructuredPruning(pruning_ratio=0.5, start_step=2, end_step=2, verbose=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    model = HFCausalLM(intermediate_size=64, max_positions=32, **kw)
+    trainer = make_trainer(
+        tmp_path, max_steps=3, limit_val_batches=1, enable_checkpointing=True, callbacks=[pruning, ckpt]
+    )
+    trainer.fit(model, data)
+    assert model.model.config.intermediate_size == 32
+    loaded = HFCausalLM.load_from_checkpoint(tmp_path / "last.ckpt", map_location="cpu").eval()
+    assert loaded.model.config.intermediate_size == 32
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS[:, :8] % 32), model.eval()(IDS[:, :8] % 32))
+
+
+def test_example_input_token_ids_size_the_mac_count(tmp_path):
+    # example_input was ignored for an HF model: the MACs (and target_speedup) were always counted at 32 tokens.
+    dense = []
+    for example in (None, torch.arange(16).unsqueeze(0) % 200, torch.arange(64).unsqueeze(0) % 200):
+        pruning = StructuredPruning(pruning_ratio=0.5, start_epoch=1, end_epoch=1, verbose=False, example_input=example)
+        _fit(tmp_path, "llama", pruning, max_epochs=1)
+        dense.append(pruning.dense_macs)
+    assert dense[1] < dense[0] < dense[2]
