@@ -565,6 +565,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             "samples_full_data": full,
             "samples_saved": max(full - seen, 0),
             "samples_ratio": (seen / full) if full else None,
+            "training_samples": len(self.scores) if self.scores is not None else None,
             "kept_per_epoch": [h["kept"] for h in self.history],
         }
 

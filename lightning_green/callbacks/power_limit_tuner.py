@@ -218,7 +218,11 @@ class PowerLimitTuner(Callback):
 
     @property
     def profiling_steps(self) -> int:
-        """Optimizer steps spent warming up or profiling so far, over all passes."""
+        """Optimizer steps spent warming up or profiling so far, over all passes and resumes.
+
+        Across a resume that continues the checkpoint's profile; a limit whose measurement the resume cut short is
+        measured, and counted, again.
+        """
         return self._search.profiling_steps if self._search is not None else 0
 
     def table(self) -> list[dict[str, float]]:
@@ -363,7 +367,14 @@ class PowerLimitTuner(Callback):
         key = restored.get("key")
         if key is not None:  # compared with this run's key at the first step, which gives the batch size
             done = restored.get("state") == "done"
-            self._restored_profile = {"key": str(key), "measurements": measurements, "steps": steps, "done": done}
+            self._restored_profile = {
+                "key": str(key),
+                "measurements": measurements,
+                "steps": steps,
+                "done": done,
+                "profiling_steps": int(restored.get("profiling_steps", 0)),
+                "passes": int(restored.get("passes", 0)),
+            }
             return
         # Version 1 saved no key (only finished profiles): reuse one measured at exactly this GPU's limits.
         if {m.power_limit for m in measurements} == {mw // 1000 for mw in self._limits_mw}:
@@ -555,6 +566,9 @@ class PowerLimitTuner(Callback):
             "key": self._profile_key if measurements else None,
             "measurements": [{"power_limit": m.power_limit, "energy": m.energy, "time": m.time} for m in measurements],
             "steps": search.measurement_steps if search is not None else self.profile_steps,
+            # The profiling so far, so that a resumed run reports the whole run's (GreenReport, energy report).
+            "profiling_steps": search.profiling_steps if search is not None else 0,
+            "passes": search.passes if search is not None else 0,
             "gpu_name": self._gpu_name,
             # by global rank: each rank's GPU, its original limit and the machine (and boot) it is on
             "original_limits_mw": dict(self._originals_mw) if guard is not None else {},
@@ -607,6 +621,7 @@ class PowerLimitTuner(Callback):
             grid_w = [mw // 1000 for mw in self._limits_mw]
             if measured_w == sorted(grid_w, reverse=True):
                 self._search.load(restored["measurements"], steps=restored["steps"])
+                self._carry_counts(restored)
                 same = restored["key"] == key  # else kept for another model/precision: not cached under its key
                 self._conclude(trainer, key=restored["key"], save=same)
                 return True
@@ -645,10 +660,17 @@ class PowerLimitTuner(Callback):
                 f"PowerLimitTuner: cannot continue the checkpoint's power-limit profile ({err}); profiling again."
             )
             return False
+        self._carry_counts(restored)
         if self._search.state == "selecting":
             self._conclude(trainer)
             return True
         return False
+
+    def _carry_counts(self, restored: dict[str, Any]) -> None:
+        """The checkpointed run's profiling steps and passes, continued (a limit measured again counts again)."""
+        assert self._search is not None
+        self._search.profiling_steps += restored.get("profiling_steps", 0)
+        self._search.passes = max(self._search.passes, restored.get("passes", 0))
 
     def _check_cache(self, trainer: pl.Trainer) -> None:
         """Read the whole cache on rank 0 and raise its problem on every rank (a collective)."""

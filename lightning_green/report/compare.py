@@ -80,11 +80,19 @@ def _common_metric(runs: Sequence[Run], metric: str | None) -> str:
     if metric is not None:
         missing = [r.name for r in runs if metric not in r.scalars]
         if missing:
-            raise RunDirError(f"metric {metric!r} was not logged in: {', '.join(missing)}.")
+            per_loader = [r.name for r in runs if r.logged_as(metric) not in (None, metric)]
+            hint = (
+                f" ({', '.join(per_loader)} logged it per validation dataloader: name one, e.g. --metric "
+                f"{metric}/dataloader_idx_0)"
+                if per_loader
+                else ""
+            )
+            raise RunDirError(f"metric {metric!r} was not logged in: {', '.join(missing)}{hint}.")
         return metric
     for m in METRIC_CANDIDATES:
-        if all(m in r.scalars for r in runs):
-            return m
+        keys = {r.logged_as(m) for r in runs}
+        if len(keys) == 1 and None not in keys:  # the same key in every run (the first dataloader's, if per loader)
+            return keys.pop()  # type: ignore[return-value]
     raise RunDirError(f"no validation metric common to all runs among {METRIC_CANDIDATES}; name one with --metric.")
 
 

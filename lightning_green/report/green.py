@@ -214,6 +214,12 @@ def build_report(run: Run, metric: str | None = None, mode: str = "auto", target
         doc.paragraph(_NO_SCALARS, note=True)
     elif metric is not None and name is None:
         doc.paragraph(f"Metric `{metric}` was not logged in this run.", note=True)
+    if name is not None and name.endswith("/dataloader_idx_0") and name != metric:
+        doc.paragraph(
+            f"`{name.removesuffix('/dataloader_idx_0')}` was logged per validation dataloader: this report follows "
+            f"the first one's, `{name}` (name another with `metric=`).",
+            note=True,
+        )
 
     _summary(doc, run, name, mode, hit)
     _energy(doc, run)
@@ -643,17 +649,28 @@ def _data(doc: Document, run: Run) -> None:
     kept = [k for k in section.get("kept_per_epoch") or [] if isinstance(k, (int, float))]
     if not kept:
         return
-    # `kept_per_epoch` counts the samples each epoch loads of the whole training set; `samples_full_data` counts
-    # what the epochs load, under `limit_train_batches`: a share of one in the other is no share. DataPruning logs the
-    # share itself (`data/kept_fraction`, kept / training set) each epoch.
-    shares = [f for f in run.scalars.values("data/kept_fraction") if math.isfinite(f)]
-    if len(shares) != len(kept):
-        per_epoch = full / len(kept) if isinstance(full, (int, float)) and full > 0 else None
-        shares = [k / per_epoch for k in kept] if per_epoch and max(kept) <= per_epoch else []
-    if shares:
-        doc.paragraph("Kept per epoch (of the training set): " + ", ".join(f"{f:.0%}" for f in shares) + ".")
+    # `kept_per_epoch` counts the samples each epoch keeps of the whole training set (`training_samples`);
+    # `samples_full_data` counts what the epochs load, under `limit_train_batches`: a share of one in the other is no
+    # share. DataPruning logs the share of a full-data epoch's loads (`data/kept_fraction`) each epoch, which under
+    # `limit_train_batches` is another figure than the share of the training set kept.
+    n = section.get("training_samples")
+    kept_shares = [k / n for k in kept] if isinstance(n, int) and n > 0 else []
+    if kept_shares:
+        doc.paragraph(
+            f"Kept per epoch (of the training set's {n:,} samples): " + ", ".join(f"{f:.0%}" for f in kept_shares) + "."
+        )
     else:
         doc.paragraph("Kept per epoch (samples of the training set): " + ", ".join(f"{int(k):,}" for k in kept) + ".")
+    loaded = [f for f in run.scalars.values("data/kept_fraction") if math.isfinite(f)]
+    if len(loaded) != len(kept):
+        per_epoch = full / len(kept) if isinstance(full, (int, float)) and full > 0 else None
+        loaded = [k / per_epoch for k in kept] if per_epoch and max(kept) <= per_epoch else []
+    if loaded and (not kept_shares or any(abs(a - b) > 0.005 for a, b in zip(loaded, kept_shares, strict=True))):
+        doc.paragraph(
+            "Loaded per epoch (of what an epoch on all the data loads, under the Trainer's limits): "
+            + ", ".join(f"{f:.0%}" for f in loaded)
+            + "."
+        )
 
 
 def _other_sections(doc: Document, run: Run) -> None:

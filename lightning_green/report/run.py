@@ -45,6 +45,7 @@ __all__ = [
 
 #: Validation metrics looked for, in order, when none is named.
 METRIC_CANDIDATES = ("val_acc", "val_loss", "val_ppl")
+_FIRST_LOADER = "dataloader_idx_0"  # Lightning's suffix of a metric logged by the first of several val dataloaders
 ENERGY_REPORT = "energy_report.json"
 # A logged name's token -> the torchmetrics class whose `higher_is_better` says its direction (module, class).
 _TORCHMETRICS = {
@@ -324,10 +325,20 @@ class Run:
 
     # ------------------------------------------------------------------------------------------------ metric
     def metric_name(self, preferred: str | None = None) -> str | None:
-        """``preferred`` if it was logged, else the first of :data:`METRIC_CANDIDATES` that was, else ``None``."""
-        if preferred is not None:
-            return preferred if preferred in self.scalars else None
-        return next((m for m in METRIC_CANDIDATES if m in self.scalars), None)
+        """``preferred`` if it was logged, else the first of :data:`METRIC_CANDIDATES` that was, else ``None``.
+
+        A metric logged per validation dataloader (Lightning's ``<name>/dataloader_idx_N`` with two or more) is
+        followed on the first one's, ``<name>/dataloader_idx_0``.
+        """
+        for name in (preferred,) if preferred is not None else METRIC_CANDIDATES:
+            key = self.logged_as(name)
+            if key is not None:
+                return key
+        return None
+
+    def logged_as(self, metric: str) -> str | None:
+        """The key ``metric`` was logged under: itself, or the first validation dataloader's; ``None`` if neither."""
+        return next((k for k in (metric, f"{metric}/{_FIRST_LOADER}") if k in self.scalars), None)
 
     def time_at(self, point: Point) -> float | None:
         """Elapsed fit time when ``point`` was logged (``None`` if the log cannot tell).

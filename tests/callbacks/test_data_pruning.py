@@ -1000,6 +1000,7 @@ def test_the_samples_saved_count_only_what_the_trainer_would_have_loaded(tmp_pat
     assert section["samples_full_data"] == full_data
     assert section["samples_seen"] == dp.samples_seen
     assert section["samples_saved"] == full_data - dp.samples_seen
+    assert section["training_samples"] == N
 
 
 class CostsPerSample(Model):

@@ -329,7 +329,8 @@ def test_checkpoint_resume_keeps_the_profile(tmp_path, v100):
 
     resumed = PowerLimitTuner(**FAST)
     _trainer(tmp_path, [_work(), resumed], max_steps=PROFILE_STEPS + 4).fit(BoringModel(), ckpt_path=ckpt)
-    assert resumed.state == "done" and resumed.profiling_steps == 0
+    # The run's profiling steps, not none: the report said "chose ... after 4 profiling steps" for 12.
+    assert resumed.state == "done" and resumed.profiling_steps == tuner.profiling_steps > 0
     assert resumed.chosen_limit_w == tuner.chosen_limit_w
 
 
@@ -393,8 +394,11 @@ def test_resume_mid_reprofile_keeps_the_workload_and_the_cache_key(tmp_path, v10
     _trainer(tmp_path, [_work(), resumed], max_steps=prune_at + 5 + PROFILE_STEPS + 1).fit(
         _PrunedBoring(), ckpt_path=ckpt
     )
-    # the re-profile goes on where it stopped: only the limits not measured yet, 1 warm-up + 2 profiled steps each
-    assert resumed.workload == 1 and resumed.state == "done" and resumed.profiling_steps == (4 - len(measured)) * 3
+    # the re-profile goes on where it stopped: only the limits not measured yet, 1 warm-up + 2 profiled steps each,
+    # after the steps both passes profiled before the checkpoint
+    saved = torch.load(ckpt, weights_only=True)["callbacks"]["PowerLimitTuner"]["profiling_steps"]
+    assert resumed.workload == 1 and resumed.state == "done"
+    assert resumed.profiling_steps == saved + (4 - len(measured)) * 3 and saved > PROFILE_STEPS
     assert resumed.table()[: len(measured)] == measured and len(resumed.table()) == 4
     profiles = json.loads(path.read_text())["profiles"]
     assert sorted(profiles) == sorted([dense_key, pruned_key])  # the pruned model's profile under its own key
@@ -703,7 +707,9 @@ def test_resume_mid_profile_keeps_the_measured_limits_and_profiles_the_rest(tmp_
     with simulated_gpus(1, curve="v100-resnet50", initial_limit_w=240) as gpus:
         resumed = PowerLimitTuner(**FAST)
         _trainer(tmp_path, [_work(), resumed], max_steps=8 + 2 * 3 + 3).fit(BoringModel(), ckpt_path=path)
-        assert resumed.state == "done" and resumed.profiling_steps == 2 * 3  # 150 and 100 W only
+        # 150 and 100 W only; the steps profiled before the checkpoint count too
+        assert resumed.state == "done" and resumed.profiling_steps == state["profiling_steps"] + 2 * 3
+        assert state["profiling_steps"] == first.profiling_steps - 1  # saved at step 8 of the first run's 9
         assert resumed.table()[:2] == first.table()[:2] and len(resumed.table()) == 4
         tried = [mw for mw in gpus.gpus[0].limit_history if mw != 240_000]
         assert tried[:2] == [150_000, 100_000] and set(tried[2:]) <= {resumed.chosen_limit_w * 1000}
@@ -868,7 +874,7 @@ def test_reprofile_switched_off_keeps_the_profile_across_a_resume_after_a_prune(
     trainer.save_checkpoint(path)
     resumed = PowerLimitTuner(reprofile_on_change=False, **FAST)
     _trainer(tmp_path, [_work(), resumed], max_steps=2 * PROFILE_STEPS + 6).fit(_PrunedBoring(), ckpt_path=str(path))
-    assert resumed.state == "done" and resumed.profiling_steps == 0 and resumed.reprofiles == 0
+    assert resumed.state == "done" and resumed.profiling_steps == tuner.profiling_steps and resumed.reprofiles == 0
     assert resumed.table() == tuner.table() and resumed.chosen_limit_w == tuner.chosen_limit_w
     assert v100.get_power_management_limit() == 240_000
 

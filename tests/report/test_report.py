@@ -245,6 +245,27 @@ def test_report_says_when_the_run_was_interrupted_and_when_a_metric_is_missing(t
     assert "Metric `val_f1` was not logged" in md
 
 
+@pytest.mark.parametrize("metric", ["val_acc", None])
+def test_a_metric_logged_per_validation_dataloader_follows_the_first(tmp_path, metric):
+    # With two validation dataloaders the report had no validation section, no energy-to-target, and (with
+    # metric=None) no word of why.
+    rows = []
+    for row in epoch_rows([0.5, 0.8, 0.9]):
+        if "val_acc" in row:
+            acc = row.pop("val_acc")
+            row |= {"val_acc/dataloader_idx_0": acc, "val_acc/dataloader_idx_1": acc / 2}
+        rows.append(row)
+    run = synthetic_run(tmp_path, rows)
+    md = build_report(run, metric=metric, target=0.8).to_markdown("x")
+    assert "`val_acc` was logged per validation dataloader: this report follows the first one's" in md
+    assert "| energy to val_acc/dataloader_idx_0 ≥ 0.8 | 18.0 J (epoch 1) |" in md, md
+    other = synthetic_run(tmp_path, rows, name="other")
+    assert compare_runs([run, other], target=0.8).metric == "val_acc/dataloader_idx_0"
+    plain = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), name="plain")
+    with pytest.raises(RunDirError, match=r"not logged in: synthetic \(synthetic logged it per validation dataloader"):
+        compare_runs([run, plain], metric="val_acc")
+
+
 def test_measured_vs_estimated_splits_the_total(tmp_path):
     run = synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), cpu=6.5)
     md = build_report(run).to_markdown("x")
@@ -512,16 +533,26 @@ def test_a_stand_alone_validation_after_fit_is_not_on_the_fit_curve(tmp_path):
 
 
 def test_kept_per_epoch_is_a_share_of_the_training_set_under_limit_train_batches(tmp_path):
-    # limit_train_batches: the epochs load 512 samples of the full data, the plan keeps counts of all 1,257.
-    data = {"samples_seen": 1856, "samples_full_data": 2048, "samples_saved": 192, "samples_ratio": 0.906}
-    data["kept_per_epoch"] = [1257, 1066, 1000, 1257]
+    # limit_train_batches: the epochs load 512 samples, pruned or not (the logged data/kept_fraction, the share of a
+    # full-data epoch's loads, is 100 % each epoch); the plan keeps counts of all 1,257. The report called the logged
+    # 100 %s "kept of the training set", against the json's 1,257 / 1,066 / 1,000 / 1,257.
+    data = {"samples_seen": 2048, "samples_full_data": 2048, "samples_saved": 0, "samples_ratio": 1.0}
+    data |= {"kept_per_epoch": [1257, 1066, 1000, 1257], "training_samples": 1257}
     rows = epoch_rows([0.5, 0.8, 0.9])
-    rows += [
+    rows += [{"step": s, "data/kept_fraction": 1.0} for s in (9, 19, 29, 39)]
+    md = build_report(synthetic_run(tmp_path, rows, extra={"data": data})).to_markdown("x")
+    assert "Kept per epoch (of the training set's 1,257 samples): 100%, 85%, 80%, 100%." in md
+    assert "Loaded per epoch (of what an epoch on all the data loads, under the Trainer's limits): 100%, 100%" in md
+    # Without limits the two are the same figure, said once.
+    same = [
         {"step": s, "data/kept_fraction": f} for s, f in zip((9, 19, 29, 39), (1.0, 0.848, 0.796, 1.0), strict=True)
     ]
-    md = build_report(synthetic_run(tmp_path, rows, extra={"data": data})).to_markdown("x")
-    assert "Kept per epoch (of the training set): 100%, 85%, 80%, 100%." in md
-    # Without the logged shares, counts rather than a share of the limited epochs.
+    md = build_report(synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]) + same, extra={"data": data})).to_markdown(
+        "x"
+    )
+    assert "Kept per epoch (of the training set's 1,257 samples): 100%, 85%, 80%, 100%." in md and "Loaded" not in md
+    # An older report (no training_samples) without the logged shares: counts.
+    del data["training_samples"]
     md = build_report(synthetic_run(tmp_path, epoch_rows([0.5, 0.8, 0.9]), extra={"data": data})).to_markdown("x")
     assert "Kept per epoch (samples of the training set): 1,257, 1,066, 1,000, 1,257." in md
 
