@@ -701,21 +701,37 @@ def _kept_after(units: int, ratio: float) -> int:
 
 
 def _removed_count(
-    units: int, dense: int, ratio: float, max_ratio: float, round_to: int | None, goal: float | None = None
+    units: int,
+    dense: int,
+    ratio: float,
+    max_ratio: float,
+    round_to: int | None,
+    goal: float | None = None,
+    final: bool = True,
 ) -> int:
     """Units to remove now: ``ratio`` of the current ones, capped so at most ``max_ratio`` of ``dense`` go in all.
 
     With ``goal`` (the share of ``dense`` to be gone after this cut), down to ``goal`` of ``dense`` instead: the
     prunes of a schedule then do not add up their roundings (10 units cut 8 times towards 0.5 ended with 4).
+    ``round_to``: the ``final`` cut keeps a multiple of it (rounded down), and no cut keeps fewer than one multiple
+    (an earlier prune below it left the final one nothing to round to: 64 units towards 0.9 with ``round_to=8`` ended
+    with 7).
+
+    Example:
+        >>> _removed_count(64, 64, 0.5, 1.0, 8, goal=0.95, final=False), _removed_count(8, 64, 0.5, 1.0, 8, goal=0.9)
+        (56, 0)
+        >>> _removed_count(100, 172, 0.5, 1.0, 64, goal=0.7)  # keeps 64 (51 rounded down is no multiple >= 64)
+        36
     """
     kept = _kept_after(dense, goal) if goal is not None else _kept_after(units, ratio)
     n = max(0, units - max(1, kept))
     floor_keep = dense - int(math.floor(dense * max_ratio + 1e-9))
     n = min(n, max(0, units - max(1, floor_keep)))
-    if round_to and n:
+    if round_to:
         keep = units - n
-        keep = max(round_to, (keep // round_to) * round_to)
-        n = max(0, units - keep)
+        if final:
+            keep = (keep // round_to) * round_to
+        n = max(0, units - min(units, max(keep, round_to)))
     return n
 
 
@@ -1371,9 +1387,9 @@ class LLMPruner:
         for g in groups:
             if g.kind not in counts:
                 d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
-                round_to = self.round_to if final and g.kind != "heads" else None
+                round_to = self.round_to if g.kind != "heads" else None
                 goal = self._goal if dense and g.kind in dense else None
-                counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to, goal)
+                counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to, goal, final)
         if pinned is None:
             return counts, self._fit_config(s, counts, dense, final)
         return counts, {**counts, **{k: n for k, n in pinned.items() if k in counts}}

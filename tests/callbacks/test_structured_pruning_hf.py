@@ -377,3 +377,15 @@ def test_example_input_token_ids_size_the_mac_count(tmp_path):
         _fit(tmp_path, "llama", pruning, max_epochs=1)
         dense.append(pruning.dense_macs)
     assert dense[1] < dense[0] < dense[2]
+
+
+def test_round_to_holds_after_a_schedule_whose_earlier_prunes_went_below_it(tmp_path):
+    # 128 MLP units towards 0.7 with round_to=64: the earlier prunes cut to 53 units, and the last one, unable to
+    # round up to 64 nor down to 0, cut nothing: the width ended at 53, no multiple, the goal silently missed.
+    pruning = StructuredPruning(
+        pruning_ratio=0.7, schedule="cubic", round_to=64, start_step=1, end_step=4, frequency=1, verbose=False
+    )
+    model, _ = _fit(tmp_path, "llama", pruning, max_epochs=-1, max_steps=6)
+    assert len(pruning.history) >= 2
+    assert model.model.config.intermediate_size == 64
+    assert all(layer.mlp.up_proj.out_features == 64 for layer in model.model.model.layers)
