@@ -17,6 +17,11 @@ class EnergyForecast:
     workload change (a prune, a precision switch) :meth:`reset` discards the history, so the forecast re-fits to
     the new workload.
 
+    An epoch whose size is known in advance (``epoch_samples``: DataPruning's annealing epochs load all the data
+    after pruned ones) is forecast at the energy of the epochs seen that trained on as many samples (DataPruning's
+    first epoch, before any sample is scored, is one), validation and per-step costs included; with none seen, like
+    the epochs seen (an energy per sample would count the validation and per-step costs as the samples').
+
     Args:
         after_epochs: Completed epochs needed before a forecast is made.
 
@@ -29,9 +34,10 @@ class EnergyForecast:
         >>> f.predict(spent_j=230.0, epochs_done=2, steps_done=20, max_steps=25)
         280.0
         >>> g = EnergyForecast(after_epochs=1)
-        >>> g.add_epoch(energy_j=60.0, steps=6, samples=600)  # a pruned epoch: 600 of 1000 samples
-        >>> g.predict(spent_j=60.0, epochs_done=1, max_epochs=3, epoch_samples=lambda e: 1000 if e == 2 else None)
-        220.0
+        >>> g.add_epoch(energy_j=100.0, steps=10, samples=1000)  # all the data
+        >>> g.add_epoch(energy_j=70.0, steps=6, samples=600)  # a pruned epoch: 600 of 1000 samples
+        >>> g.predict(spent_j=170.0, epochs_done=2, max_epochs=4, epoch_samples=lambda e: 1000 if e == 3 else None)
+        340.0
     """
 
     after_epochs: int = 1
@@ -79,19 +85,25 @@ class EnergyForecast:
         usable = self._usable()
         per_epoch = sum(e for e, _ in usable) / len(usable)
         steps = sum(s for _, s in usable)
-        seen = self.samples[self._skip() :]
-        per_sample = sum(e for e, _ in usable) / sum(seen) if all(seen) and len(seen) == len(usable) else None
         candidates = []
         if max_epochs is not None and max_epochs >= 0:
             left = per_epoch * max(max_epochs - epochs_done, 0)
-            if epoch_samples is not None and per_sample is not None:
-                known = [n for n in map(epoch_samples, range(epochs_done, max_epochs)) if n is not None]
-                left += sum(per_sample * n - per_epoch for n in known)
+            if epoch_samples is not None:
+                for n in map(epoch_samples, range(epochs_done, max_epochs)):
+                    like = self._of_size(n) if n is not None else None
+                    left += 0.0 if like is None else like - per_epoch
             candidates.append(spent_j + left)
         if max_steps is not None and max_steps >= 0 and steps > 0:
             per_step = sum(e for e, _ in usable) / steps
             candidates.append(spent_j + per_step * max(max_steps - steps_done, 0))
         return min(candidates) if candidates else None
+
+    def _of_size(self, samples: int) -> float | None:
+        """Mean energy of the epochs seen that trained on ``samples`` (within 5 %: DDP pads), ``None`` if none did."""
+        like = [
+            e for (e, _), n in zip(self.history, self.samples, strict=True) if n and abs(n - samples) <= 0.05 * samples
+        ]
+        return sum(like) / len(like) if like else None
 
     def state_dict(self) -> dict[str, object]:
         """Plain-type state."""

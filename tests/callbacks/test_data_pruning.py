@@ -1030,6 +1030,35 @@ def test_the_energy_forecast_counts_the_annealing_epochs_at_all_the_data(tmp_pat
     assert forecast == pytest.approx(monitor.total_energy_j("fit"), rel=0.1)
 
 
+class CostsPerStep(Model):
+    """keep_steps: every epoch has the full data's steps, and each step costs about the same (an under-used GPU)."""
+
+    def training_step(self, batch, batch_idx):
+        busy_cpu(0.02 + 0.0004 * len(batch[1]))
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_forecast_of_annealing_epochs_with_keep_steps_does_not_stop_a_run_within_its_budget(tmp_path):
+    # Costing the annealing epochs per sample took a pruned epoch's per-step (and validation) costs for the samples':
+    # the forecast was 17 % over, and EnergyBudget(on_forecast="stop") stopped after 2 of 6 epochs a run that fitted.
+    from lightning_green import EnergyBudget
+
+    def run(budget=None):
+        seed_everything(0)
+        monitor = EnergyMonitor(print_summary=False)
+        seen = {}
+        monitor.add_listener(lambda trainer, m: seen.__setitem__(trainer.current_epoch, m.forecast_total_j))
+        callbacks = [monitor] + ([EnergyBudget(max_energy=budget, unit="J", on_forecast="stop")] if budget else [])
+        dp = DataPruning(prune_ratio=0.9, anneal_fraction=0.5, keep_steps=True)
+        trainer = fit(tmp_path, CostsPerStep(), dp, max_epochs=6, callbacks=callbacks)
+        return monitor.total_energy_j("fit"), seen, trainer, callbacks[-1]
+
+    total, seen, _, _ = run()
+    assert seen[2] == pytest.approx(total, rel=0.1)
+    _, _, trainer, budget = run(budget=1.15 * total)
+    assert budget.stopped_reason is None and trainer.current_epoch == 6  # every epoch ran
+
+
 @pytest.mark.parametrize(("limits", "fraction"), [({}, None), ({"limit_train_batches": 3}, 1.0)])
 def test_the_kept_fraction_is_of_what_the_full_data_loads_under_the_same_limits(tmp_path, limits, fraction):
     # Under limit_train_batches=3 every epoch loads 12 samples pruned or not; kept_fraction said 0.8 (kept / N).
