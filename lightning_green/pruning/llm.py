@@ -713,24 +713,28 @@ def _removed_count(
 
     With ``goal`` (the share of ``dense`` to be gone after this cut), down to ``goal`` of ``dense`` instead: the
     prunes of a schedule then do not add up their roundings (10 units cut 8 times towards 0.5 ended with 4).
-    ``round_to``: the ``final`` cut keeps a multiple of it (rounded down), and no cut keeps fewer than one multiple
-    (an earlier prune below it left the final one nothing to round to: 64 units towards 0.9 with ``round_to=8`` ended
-    with 7).
+    ``round_to``: the ``final`` cut keeps the nearest multiple of it that ``max_layer_ratio`` allows (none: the count
+    as it is), and no cut keeps fewer than one multiple (an earlier prune below it left the final one nothing to round
+    to: 64 units towards 0.9 with ``round_to=8`` ended with 7).
 
     Example:
         >>> _removed_count(64, 64, 0.5, 1.0, 8, goal=0.95, final=False), _removed_count(8, 64, 0.5, 1.0, 8, goal=0.9)
         (56, 0)
-        >>> _removed_count(100, 172, 0.5, 1.0, 64, goal=0.7)  # keeps 64 (51 rounded down is no multiple >= 64)
+        >>> _removed_count(100, 172, 0.5, 1.0, 64, goal=0.7)  # keeps 64 (52 rounded down is no multiple >= 64)
         36
+        >>> _removed_count(70, 100, 0.5, 0.3, 64, goal=0.3)  # 64 would remove more than max_layer_ratio: keeps 70
+        0
     """
     kept = _kept_after(dense, goal) if goal is not None else _kept_after(units, ratio)
     n = max(0, units - max(1, kept))
-    floor_keep = dense - int(math.floor(dense * max_ratio + 1e-9))
-    n = min(n, max(0, units - max(1, floor_keep)))
+    floor_keep = max(1, dense - int(math.floor(dense * max_ratio + 1e-9)))
+    n = min(n, max(0, units - floor_keep))
     if round_to:
         keep = units - n
-        if final:
-            keep = (keep // round_to) * round_to
+        if final:  # the nearest multiple within [max(round_to, max_layer_ratio's floor), units]; none: as it is
+            down = (keep // round_to) * round_to
+            fits = [m for m in (down, down + round_to) if max(round_to, floor_keep) <= m <= units]
+            keep = min(fits, key=lambda m: (abs(m - keep), m)) if fits else keep
         n = max(0, units - min(units, max(keep, round_to)))
     return n
 
@@ -1249,6 +1253,8 @@ class LLMPruner:
             with torch.no_grad():
                 x, y = (t.detach().float() for t in io)
                 bi = (1.0 - F.cosine_similarity(x, y, dim=-1)).mean().reshape(1).cpu()
+                if not math.isfinite(float(bi)):  # a NaN/inf batch (a step AMPScheduler skips): left out
+                    return
                 acc = self._stats.get(key)
                 self._stats[key] = bi if acc is None else acc + bi
 
@@ -1261,6 +1267,9 @@ class LLMPruner:
             with torch.no_grad():
                 x = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).mean(0)
                 x = x.reshape(-1, rows).sum(1)
+                # A NaN/inf batch (a step AMPScheduler skips) adds nothing, else every unit's sum is NaN and the prune
+                # cuts by index; on the device, without a sync per layer and batch.
+                x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
                 acc = self._stats.get(key)
                 self._stats[key] = x if acc is None or acc.shape != x.shape else acc + x
 

@@ -147,6 +147,34 @@ def test_every_importance_prunes(importance):
     assert result.entries
 
 
+def test_a_non_finite_batch_adds_nothing_to_the_recorded_activations_and_block_influence():
+    # A batch whose forward went NaN (a step AMPScheduler skips) made every activation sum and Block Influence NaN:
+    # the prune then cut the first units and layer by index.
+    from lightning_green.testing.hf import tiny_causal_lm
+
+    def record(model, batches):
+        pruner = LLMPruner(importance="activation", prune_layers=1)
+        pruner.observe(model)
+        pruner.recording = True
+        with torch.no_grad():
+            for ids, poison in batches:
+                handle = model.model.embed_tokens.register_forward_hook(
+                    lambda mod, args, out, poison=poison: out * float("nan") if poison else None
+                )
+                model(input_ids=ids)
+                handle.remove()
+        recorded = {k: v.clone() for k, v in pruner.recorded.items()}
+        pruner.release()
+        return recorded
+
+    model = tiny_causal_lm("llama", num_layers=3).eval()
+    clean = record(model, [(IDS, False)])
+    mixed = record(model, [(IDS, False), (IDS, True)])
+    assert set(mixed) == set(clean) and {"layers::0", "mlp::0", "heads::0"} <= set(clean)
+    for key, value in clean.items():
+        torch.testing.assert_close(mixed[key], value, msg=key)
+
+
 def test_activation_importance_keeps_the_active_units():
     """Units that carry no activation (zeroed up_proj rows) are the ones activation importance removes."""
     model = tiny_lm("llama")
