@@ -82,18 +82,26 @@ class CallableIntensity:
         200.0
     """
 
-    def __init__(self, fn: Callable[[_dt.datetime], float], sample_s: float = 900.0) -> None:
+    def __init__(
+        self,
+        fn: Callable[[_dt.datetime], float],
+        sample_s: float = 900.0,
+        owner: str | None = None,
+        argument: str = "carbon_intensity",
+    ) -> None:
         self.fn = fn
         self.sample_s = float(sample_s)
+        self.owner, self.argument = owner, argument  # who took it, as what: for messages
 
     def at(self, t_s: float) -> float:
         """The function's value at ``t_s``, checked."""
         value = self.fn(_dt.datetime.fromtimestamp(t_s, _dt.timezone.utc))
         real = as_real(value)  # a numpy number (a value from an array or a pandas column) is a number too
         if real is None or not (math.isfinite(real) and real >= 0):
+            given = f"{self.argument}={_name(self.fn)}"
+            given = f"{self.owner}({given})" if self.owner else given
             raise InvalidArgumentError(
-                f"carbon_intensity={_name(self.fn)}: returned {value!r} for {_iso(t_s)}; it must return a finite "
-                "number >= 0 (gCO2e/kWh)."
+                f"{given}: returned {value!r} for {_iso(t_s)}; it must return a finite number >= 0 (gCO2e/kWh)."
             )
         return real
 
@@ -176,7 +184,7 @@ def as_intensity_source(
                 )
             raise InvalidArgumentError(f"{owner}({name}={os.fspath(value)!r}): {err}{hint}") from None
     if callable(value):
-        return CallableIntensity(value)
+        return CallableIntensity(value, owner=owner, argument=name)
     fail(owner, name, value, allowed, TypeError)
     raise AssertionError  # pragma: no cover
 

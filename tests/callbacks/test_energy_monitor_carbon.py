@@ -76,9 +76,19 @@ def test_numpy_numbers_are_intensities_and_a_function_returning_none_is_refused_
     trainer = make_trainer(tmp_path / "none", max_steps=4, callbacks=[mon])
     model = SteadyModel(0.0)
     model.on_train_batch_start = lambda *args: steps.append(args)
-    with pytest.raises(ValueError, match=r"carbon_intensity=.*<lambda>: returned None for .*; it must return a finite"):
+    with pytest.raises(
+        ValueError, match=r"EnergyMonitor\(carbon_intensity=.*<lambda>\): returned None for .*; it must return"
+    ):
         trainer.fit(model)
     assert steps == []  # refused before the first batch
+    # The scheduler's own argument is `intensity`: the message names it.
+    from lightning_green import CarbonAwareScheduler
+
+    sched = CarbonAwareScheduler(
+        intensity=lambda when: None, deadline="12h", expected_duration="1h", clock=SimClock(START.timestamp())
+    )
+    with pytest.raises(ValueError, match=r"CarbonAwareScheduler\(intensity=.*<lambda>\): returned None for"):
+        make_trainer(tmp_path / "sched", max_steps=2, callbacks=[sched]).fit(SteadyModel(0.0))
 
 
 def test_a_trace_that_does_not_cover_the_start_is_refused_at_setup(tmp_path):
