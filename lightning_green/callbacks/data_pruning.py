@@ -189,14 +189,16 @@ class DataPruning(PicklesWithoutTrainer, Callback):
     def planned_samples(self, trainer: pl.Trainer, epoch: int) -> int | None:
         """Samples (all ranks) a coming ``epoch`` will load if known before it starts, for EnergyMonitor's forecast.
 
-        An annealing epoch, or any epoch with ``prune_ratio=0``, loads all the data (under ``limit_train_batches``);
-        a pruned epoch's kept set is drawn from the scores at its start: ``None`` (like the pruned epochs seen).
+        An annealing epoch loads all the data (under ``limit_train_batches``; with the samples a ``DistributedSampler``
+        pads the shards with, as the monitor counts them); a pruned epoch's kept set is drawn from the scores at its
+        start, and with ``prune_ratio=0`` every epoch is alike: ``None`` (like the epochs seen).
         """
-        if self._sampler is None or self.scores is None:
+        if self._sampler is None or self.scores is None or self.prune_ratio == 0:
             return None
-        if self.prune_ratio == 0 or (self._anneal_start is not None and epoch >= self._anneal_start):
-            return self._full_data_samples(trainer, None)
-        return None
+        if self._anneal_start is None or epoch < self._anneal_start:
+            return None
+        full, n, world = self._full_data_samples(trainer, None), len(self.scores), max(trainer.world_size, 1)
+        return math.ceil(n / world) * world if full == n and not self._sampler.batch_drop_last else full
 
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """Weighted mean of this batch's per-sample ``losses``, recorded as scores (see ``reduce_sample_losses``)."""

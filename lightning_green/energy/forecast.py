@@ -18,9 +18,10 @@ class EnergyForecast:
     the new workload.
 
     An epoch whose size is known in advance (``epoch_samples``: DataPruning's annealing epochs load all the data
-    after pruned ones) is forecast at the energy of the epochs seen that trained on as many samples (DataPruning's
-    first epoch, before any sample is scored, is one), validation and per-step costs included; with none seen, like
-    the epochs seen (an energy per sample would count the validation and per-step costs as the samples').
+    after pruned ones) is forecast as the epochs after the warm-up that trained on as many samples, where there are
+    some. Else at the lower of two figures that are both at least its cost: the energy per sample of the epochs seen
+    times its samples (which counts their fixed per-epoch and per-step costs as the samples'), and the energy of an
+    epoch of that size before them (the warm-up epoch, or one before a workload change).
 
     Args:
         after_epochs: Completed epochs needed before a forecast is made.
@@ -36,8 +37,12 @@ class EnergyForecast:
         >>> g = EnergyForecast(after_epochs=1)
         >>> g.add_epoch(energy_j=100.0, steps=10, samples=1000)  # all the data
         >>> g.add_epoch(energy_j=70.0, steps=6, samples=600)  # a pruned epoch: 600 of 1000 samples
-        >>> g.predict(spent_j=170.0, epochs_done=2, max_epochs=4, epoch_samples=lambda e: 1000 if e == 3 else None)
+        >>> last_full = lambda epoch: 1000 if epoch == 3 else None  # epoch 3 anneals on all the data
+        >>> g.predict(spent_j=170.0, epochs_done=2, max_epochs=4, epoch_samples=last_full)
         340.0
+        >>> g.history[0] = (200.0, 10)  # a first epoch slowed by its warm-up: the cost per sample is lower
+        >>> round(g.predict(spent_j=270.0, epochs_done=2, max_epochs=4, epoch_samples=last_full), 1)
+        456.7
     """
 
     after_epochs: int = 1
@@ -90,8 +95,8 @@ class EnergyForecast:
             left = per_epoch * max(max_epochs - epochs_done, 0)
             if epoch_samples is not None:
                 for n in map(epoch_samples, range(epochs_done, max_epochs)):
-                    like = self._of_size(n) if n is not None else None
-                    left += 0.0 if like is None else like - per_epoch
+                    known = self._of_size(n) if n is not None else None
+                    left += 0.0 if known is None else known - per_epoch
             candidates.append(spent_j + left)
         if max_steps is not None and max_steps >= 0 and steps > 0:
             per_step = sum(e for e, _ in usable) / steps
@@ -99,11 +104,20 @@ class EnergyForecast:
         return min(candidates) if candidates else None
 
     def _of_size(self, samples: int) -> float | None:
-        """Mean energy of the epochs seen that trained on ``samples`` (within 5 %: DDP pads), ``None`` if none did."""
-        like = [
-            e for (e, _), n in zip(self.history, self.samples, strict=True) if n and abs(n - samples) <= 0.05 * samples
-        ]
-        return sum(like) / len(like) if like else None
+        """An epoch of ``samples``' energy from the epochs seen (see the class); ``None`` when nothing tells it."""
+        skip = self._skip()
+
+        def alike(n: int) -> bool:
+            return n > 0 and abs(n - samples) <= 0.05 * samples  # within 5 %: DDP pads the shards
+
+        later = [e for (e, _), n in zip(self.history[skip:], self.samples[skip:], strict=True) if alike(n)]
+        if later:
+            return sum(later) / len(later)
+        bounds = [e for (e, _), n in zip(self.history[:skip], self.samples[:skip], strict=True) if alike(n)]
+        usable, seen = self._usable(), self.samples[skip:]
+        if seen and all(seen):
+            bounds.append(sum(e for e, _ in usable) / sum(seen) * samples)
+        return min(bounds) if bounds else None
 
     def state_dict(self) -> dict[str, object]:
         """Plain-type state."""
