@@ -713,30 +713,34 @@ def _removed_count(
 
     With ``goal`` (the share of ``dense`` to be gone after this cut), down to ``goal`` of ``dense`` instead: the
     prunes of a schedule then do not add up their roundings (10 units cut 8 times towards 0.5 ended with 4).
-    ``round_to``: the ``final`` cut keeps the nearest multiple of it that ``max_layer_ratio`` allows (none: the count
-    as it is), and no cut keeps fewer than one multiple (an earlier prune below it left the final one nothing to round
-    to: 64 units towards 0.9 with ``round_to=8`` ended with 7).
+    ``round_to``: the ``final`` cut keeps a multiple of it (rounded down), and no cut keeps fewer than the fewest
+    multiple ``max_layer_ratio`` allows, so that the final one can round to it whatever the schedule (an earlier prune
+    below it left the final one nothing to round to: 64 units towards 0.9 with ``round_to=8`` ended with 7).
 
     Example:
         >>> _removed_count(64, 64, 0.5, 1.0, 8, goal=0.95, final=False), _removed_count(8, 64, 0.5, 1.0, 8, goal=0.9)
         (56, 0)
         >>> _removed_count(100, 172, 0.5, 1.0, 64, goal=0.7)  # keeps 64 (52 rounded down is no multiple >= 64)
         36
-        >>> _removed_count(70, 100, 0.5, 0.3, 64, goal=0.3)  # 64 would remove more than max_layer_ratio: keeps 70
-        0
+        >>> _removed_count(128, 128, 0.3, 0.3, 64), _removed_count(128, 128, 0.1, 0.3, 64, goal=0.1, final=False)
+        (0, 0)
     """
     kept = _kept_after(dense, goal) if goal is not None else _kept_after(units, ratio)
     n = max(0, units - max(1, kept))
     floor_keep = max(1, dense - int(math.floor(dense * max_ratio + 1e-9)))
     n = min(n, max(0, units - floor_keep))
     if round_to:
+        lowest = max(round_to, math.ceil(floor_keep / round_to) * round_to)  # the fewest a final cut may keep
         keep = units - n
-        if final:  # the nearest multiple within [max(round_to, max_layer_ratio's floor), units]; none: as it is
-            down = (keep // round_to) * round_to
-            fits = [m for m in (down, down + round_to) if max(round_to, floor_keep) <= m <= units]
-            keep = min(fits, key=lambda m: (abs(m - keep), m)) if fits else keep
-        n = max(0, units - min(units, max(keep, round_to)))
+        if final:
+            keep = (keep // round_to) * round_to
+        n = max(0, units - min(units, max(keep, lowest)))
     return n
+
+
+def _mean_influence(recorded: torch.Tensor) -> float:
+    """A layer's Block Influence per batch from its ``[sum, batches]`` (a bare sum from earlier checkpoints)."""
+    return float(recorded[0] / recorded[1]) if recorded.numel() == 2 else float(recorded.sum())
 
 
 def _least_kept(units: int, dense: int, max_ratio: float) -> int:
@@ -1252,11 +1256,13 @@ class LLMPruner:
                 return
             with torch.no_grad():
                 x, y = (t.detach().float() for t in io)
-                bi = (1.0 - F.cosine_similarity(x, y, dim=-1)).mean().reshape(1).cpu()
-                if not math.isfinite(float(bi)):  # a NaN/inf batch (a step AMPScheduler skips): left out
+                bi = float((1.0 - F.cosine_similarity(x, y, dim=-1)).mean())
+                if not math.isfinite(bi):  # a NaN/inf batch (a step AMPScheduler skips): left out of this layer's mean
                     return
+                # [sum, batches]: a batch may go non-finite from some layer on, so layers count their own batches
                 acc = self._stats.get(key)
-                self._stats[key] = bi if acc is None else acc + bi
+                new = torch.tensor([bi, 1.0])
+                self._stats[key] = new if acc is None or acc.numel() != 2 else acc + new
 
         return hook
 
@@ -1267,9 +1273,9 @@ class LLMPruner:
             with torch.no_grad():
                 x = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).mean(0)
                 x = x.reshape(-1, rows).sum(1)
-                # A NaN/inf batch (a step AMPScheduler skips) adds nothing, else every unit's sum is NaN and the prune
-                # cuts by index; on the device, without a sync per layer and batch.
-                x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+                # A batch with a NaN/inf (a step AMPScheduler skips) adds nothing to this layer's units, else their sums
+                # are NaN and the prune cuts by index; on the device, without a sync per layer and batch.
+                x = torch.where(torch.isfinite(x).all(), x, torch.zeros_like(x))
                 acc = self._stats.get(key)
                 self._stats[key] = x if acc is None or acc.shape != x.shape else acc + x
 
@@ -1310,12 +1316,12 @@ class LLMPruner:
                 continue
             if self.importance == "activation":
                 acc = self._stats.get(f"{g.kind}{_SEP}{g.layer}")
-                if acc is None or acc.numel() != g.units:
+                if acc is None or acc.numel() != g.units or not bool(torch.isfinite(acc).all() and acc.any()):
                     fail(
                         self.owner,
                         "importance",
                         self.importance,
-                        "a criterion with data: no activations were recorded for "
+                        "a criterion with data: no (finite) activations were recorded for "
                         f"{g.kind} of layer {g.layer} before this prune",
                     )
                 out.append(acc.detach().cpu())
@@ -1624,7 +1630,7 @@ class LLMPruner:
         """Block Influence of ``layers``: recorded over training batches, else measured on ``ids`` now."""
         recorded = {i: self._stats.get(f"layers{_SEP}{i}") for i in layers}
         if all(v is not None for v in recorded.values()):
-            return {i: float(v.sum()) for i, v in recorded.items()}  # type: ignore[union-attr]
+            return {i: _mean_influence(v) for i, v in recorded.items()}  # type: ignore[arg-type]
         saved, self._stats = self._stats, {}
         hooks = [b.register_forward_hook(self._influence_hook(i), with_kwargs=True) for i, b in enumerate(s.blocks())]
         recording, self.recording = self.recording, True
@@ -1633,7 +1639,16 @@ class LLMPruner:
         try:
             with torch.no_grad():
                 s.model(input_ids=ids, use_cache=False)
-            measured = {i: float(self._stats[f"layers{_SEP}{i}"].sum()) for i in layers}
+            found = {i: self._stats.get(f"layers{_SEP}{i}") for i in layers}
+            if any(v is None for v in found.values()):
+                fail(
+                    self.owner,
+                    "prune_layers",
+                    self.prune_layers,
+                    "a count of layers whose Block Influence can be measured: the model's output on the example is "
+                    "not finite (NaN/inf weights?)",
+                )
+            measured = {i: _mean_influence(v) for i, v in found.items()}  # type: ignore[arg-type]
         finally:
             s.model.train(was)
             self.recording = recording

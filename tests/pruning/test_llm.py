@@ -173,6 +173,30 @@ def test_a_non_finite_batch_adds_nothing_to_the_recorded_activations_and_block_i
     assert set(mixed) == set(clean) and {"layers::0", "mlp::0", "heads::0"} <= set(clean)
     for key, value in clean.items():
         torch.testing.assert_close(mixed[key], value, msg=key)
+    # An inf in one unit leaves that batch out of the whole layer: masking the unit alone ranked the most active
+    # unit (the one that overflowed) least, so it was cut first.
+    up = model.model.layers[0].mlp.up_proj
+    handle = up.register_forward_hook(lambda mod, args, out: out.index_fill(-1, torch.tensor([5]), float("inf")))
+    pruner = LLMPruner(importance="activation")
+    pruner.observe(model)
+    pruner.recording = True
+    with torch.no_grad():
+        model(input_ids=IDS)  # the overflowing batch
+    handle.remove()
+    with torch.no_grad():
+        model(input_ids=IDS)
+    torch.testing.assert_close(pruner.recorded["mlp::0"], clean["mlp::0"])
+    pruner.release()
+    # Nothing finite recorded: refused, not a cut by index.
+    pruner = LLMPruner(importance="activation")
+    pruner.observe(model)
+    pruner.recording = True
+    handle = model.model.embed_tokens.register_forward_hook(lambda mod, args, out: out * float("nan"))
+    with torch.no_grad():
+        model(input_ids=IDS)
+    handle.remove()
+    with pytest.raises(ValueError, match=r"no \(finite\) activations were recorded for mlp of layer 0"):
+        pruner.prune(model, ratio=0.25)
 
 
 def test_activation_importance_keeps_the_active_units():
@@ -315,7 +339,7 @@ def test_importance_must_fit_llms():
 
 
 def test_activation_without_records_refused():
-    with pytest.raises(ValueError, match=r"no activations were recorded for mlp of layer 0"):
+    with pytest.raises(ValueError, match=r"no \(finite\) activations were recorded for mlp of layer 0"):
         LLMPruner(importance="activation").prune(tiny_lm("llama"), ratio=0.25)
 
 
