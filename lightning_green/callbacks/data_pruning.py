@@ -197,8 +197,14 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             return None
         if self._anneal_start is None or epoch < self._anneal_start:
             return None
-        full, n, world = self._full_data_samples(trainer, None), len(self.scores), max(trainer.world_size, 1)
-        return math.ceil(n / world) * world if full == n and not self._sampler.batch_drop_last else full
+        n, world, size = len(self.scores), max(trainer.world_size, 1), self._sampler.batch_size
+        per_rank = math.ceil(n / world)
+        drop = self._sampler.batch_drop_last
+        batches = per_rank // size if drop else math.ceil(per_rank / size)
+        full = self._full_data_samples(trainer, None)
+        if full < min(n, batches * size * world):  # limit_train_batches: whole batches of every rank
+            return full
+        return (batches * size if drop else per_rank) * world
 
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """Weighted mean of this batch's per-sample ``losses``, recorded as scores (see ``reduce_sample_losses``)."""

@@ -1161,3 +1161,29 @@ def test_the_fewest_samples_an_epoch_may_keep(limit, drop_last, world, least):
     loader = SimpleNamespace(batch_size=1 if limit < 0.01 else 8, drop_last=drop_last)
     need, _, geometry = DataPruning()._fewest_batches(trainer, loader)  # int(batches * limit) >= 1, as Lightning counts
     assert next(k for k in range(1, 1000) if epoch_batches(k, 1000, *geometry) >= need) == least
+
+
+@pytest.mark.parametrize(
+    ("n", "world", "size", "drop_last"), [(10, 4, 3, True), (10, 4, 3, False), (1001, 8, 63, True)]
+)
+def test_planned_samples_of_an_annealing_epoch_are_what_the_ranks_load(n, world, size, drop_last):
+    # The forecast matches an annealing epoch to the full-data epochs seen by the samples the monitor counted, DDP's
+    # padding included: with drop_last the padding was left out (10 planned, 12 loaded).
+    from types import SimpleNamespace
+
+    dp = DataPruning(prune_ratio=0.3)
+    dp.scores, dp._anneal_start = SampleScores(n), 1
+
+    def planner(epoch):
+        return plan_epoch(SampleScores(n), 0.3, epoch, 0, False, full_data=True)
+
+    loaded = 0
+    for rank in range(world):
+        sampler = PruningSampler(n, planner, size, drop_last=drop_last, num_replicas=world, rank=rank)
+        sampler.set_epoch(2)
+        shard = len(list(iter(sampler)))
+        loaded += (shard // size) * size if drop_last else shard
+        dp._sampler = sampler
+    trainer = SimpleNamespace(world_size=world, limit_train_batches=1.0)
+    assert dp.planned_samples(trainer, 2) == loaded
+    assert dp.planned_samples(trainer, 0) is None  # a pruned epoch: drawn at its start
