@@ -947,7 +947,7 @@ class _staged:
             # A staged export that failed before its checks (it cannot be loaded, another opset): aside, and said.
             staged = os.fspath(self.target)
             moved = os.fspath(self._aside())
-            raise ExportError(str(err).replace(staged, moved) + self.kept) from None
+            raise ExportError(str(err).replace(staged, moved).removesuffix(".") + self.kept + ".") from None
         if self.stage is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
 

@@ -965,3 +965,20 @@ def test_an_unreadable_checkpoint_says_why_in_words(digits_ckpts, tmp_path, cont
     ) as e:
         load_checkpoint_module(bad, "lightning_green.demos.DigitsCNN")
     assert "\n" not in str(e.value)
+
+
+@needs_onnx
+def test_a_re_export_that_fails_before_its_checks_keeps_the_earlier_export(tmp_path, monkeypatch):
+    out = tmp_path / "m.onnx"
+    export_model(nn.Linear(2, 2), out, example_inputs=torch.zeros(1, 2), verbose=False)
+    good = out.read_bytes()
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: real(*a, **{**k, "opset_version": 18}))
+    with pytest.raises(
+        ExportError,
+        match=r"left at '.*m\.onnx\.failed/m\.onnx' only for inspection; the earlier export at '.*m\.onnx' "
+        r"is kept\.$",
+    ):
+        export_model(nn.Linear(2, 2), out, example_inputs=torch.zeros(1, 2), opset=20, verbose=False)
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "m.onnx.failed"]
