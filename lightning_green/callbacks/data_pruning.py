@@ -197,14 +197,7 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             return None
         if self._anneal_start is None or epoch < self._anneal_start:
             return None
-        n, world, size = len(self.scores), max(trainer.world_size, 1), self._sampler.batch_size
-        per_rank = math.ceil(n / world)
-        drop = self._sampler.batch_drop_last
-        batches = per_rank // size if drop else math.ceil(per_rank / size)
-        full = self._full_data_samples(trainer, None)
-        if full < min(n, batches * size * world):  # limit_train_batches: whole batches of every rank
-            return full
-        return (batches * size if drop else per_rank) * world
+        return self._full_data_samples(trainer, None, padded=True)
 
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """Weighted mean of this batch's per-sample ``losses``, recorded as scores (see ``reduce_sample_losses``)."""
@@ -577,12 +570,18 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             "kept_per_epoch": [h["kept"] for h in self.history],
         }
 
-    def _full_data_samples(self, trainer: pl.Trainer, batches: int | None) -> int:
-        """Samples an epoch on all the data loads under ``limit_train_batches`` (in ``batches`` batches, if given)."""
+    def _full_data_samples(self, trainer: pl.Trainer, batches: int | None, padded: bool = False) -> int:
+        """Samples an epoch on all the data loads under ``limit_train_batches`` (in ``batches`` batches, if given).
+
+        ``padded``: as the ranks load a whole epoch, with the samples a ``DistributedSampler`` pads the shards with
+        (what EnergyMonitor counts); else at most the dataset's samples.
+        """
         assert self._sampler is not None and self.scores is not None
         n, world, size = len(self.scores), max(trainer.world_size, 1), self._sampler.batch_size
         per_rank = math.ceil(n / world)
-        full_batches = per_rank // size if self._sampler.batch_drop_last else math.ceil(per_rank / size)
+        drop = self._sampler.batch_drop_last
+        whole = per_rank // size if drop else math.ceil(per_rank / size)
+        full_batches = whole
         limit = trainer.limit_train_batches
         if isinstance(limit, float):  # Lightning's reading: a float is a fraction (1.0 all), an int a count
             full_batches = int(full_batches * limit)
@@ -590,6 +589,8 @@ class DataPruning(PicklesWithoutTrainer, Callback):
             full_batches = min(full_batches, limit)
         if batches is not None:
             full_batches = min(full_batches, batches)
+        if padded and full_batches == whole:
+            return (whole * size if drop else per_rank) * world
         return min(n, full_batches * size * world)
 
     @override

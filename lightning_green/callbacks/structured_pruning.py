@@ -1125,12 +1125,16 @@ class StructuredPruning(Callback):
             fail(name, "regularization", self.regularization, "'none' for a Hugging Face causal LM")
         if self.forward_fn is not None:  # never called: the model is counted and checked on token ids of its own
             fail(name, "forward_fn", self.forward_fn, "None for a Hugging Face causal LM (it runs on token ids)")
-        if self.example_input is not None and not are_token_ids(self.example_input):
-            fail(
-                name,
-                "example_input",
-                _describe(self.example_input),
-                "None or token ids (an integer tensor of shape (batch, sequence)) for a Hugging Face causal LM",
+        x = self.example_input
+        if x is not None and not are_token_ids(x):  # described, not repr'd: a tensor's repr spans lines
+            given = (
+                f"<{str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)}>"
+                if torch.is_tensor(x)
+                else f"<{type(x).__name__}>"
+            )
+            raise InvalidArgumentError(
+                f"{name}(example_input={given}): `example_input` must be None or token ids (an integer tensor of "
+                "shape (batch, sequence)) for a Hugging Face causal LM."
             )
         p = self.pruner
         llm = LLMPruner(
@@ -1389,22 +1393,6 @@ def _brief(value: Any) -> str:
         return getattr(value, "__qualname__", type(value).__name__)
     spec = example_spec(value)
     return repr(spec) if len(repr(spec)) <= 120 else repr(spec)[:117] + "..."
-
-
-class _Described:
-    """A value shown in a message by its description (a tensor's repr would span lines)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def _describe(x: Any) -> _Described:
-    if isinstance(x, torch.Tensor):
-        return _Described(f"<{str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)}>")
-    return _Described(f"<{type(x).__name__}>")
 
 
 def _resolve_forward_fn(owner: str, forward_fn: Any) -> Callable[..., Any] | None:
