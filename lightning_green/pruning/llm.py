@@ -864,7 +864,8 @@ class LLMPruner:
         importance: One of :data:`LLM_IMPORTANCES`. ``"activation"`` is mean |activation| of each unit (the input
             of ``down_proj``/``o_proj``, the residual stream at the final norm) over the batches observed with
             :meth:`observe` (Minitron's width criterion).
-        round_to: Widths of MLP and residual after the ``final`` prune are multiples of this.
+        round_to: The MLP width after the ``final`` prune and the residual width after every prune are multiples of
+            this (warned once when ``max_layer_ratio`` allows no multiple below a dense width).
         ignored_layers: Names or glob patterns, as elsewhere in StructuredPruning. A module named that holds tensors
             of a kind (a decoder block, an attention or MLP or a part of one, a norm, the embeddings, ``lm_head``)
             stops all cuts of that kind, in every layer (every layer keeps the same widths); said once. A decoder
@@ -1403,11 +1404,25 @@ class LLMPruner:
             if g.kind not in counts:
                 d = int(dense[g.kind][0]) if dense and g.kind in dense else g.units
                 round_to = self.round_to if g.kind != "heads" else None
+                if round_to:
+                    self._check_round_to(g.kind, d)
                 goal = self._goal if dense and g.kind in dense else None
                 counts[g.kind] = _removed_count(g.units, d, ratio, self.max_layer_ratio, round_to, goal, final)
         if pinned is None:
             return counts, self._fit_config(s, counts, dense, final)
         return counts, {**counts, **{k: n for k, n in pinned.items() if k in counts}}
+
+    def _check_round_to(self, kind: str, dense: int) -> None:
+        """Say once when ``round_to`` and ``max_layer_ratio`` together leave a kind nothing to cut."""
+        floor_keep = max(1, dense - int(math.floor(dense * self.max_layer_ratio + 1e-9)))
+        lowest = max(self.round_to, math.ceil(floor_keep / self.round_to) * self.round_to)  # type: ignore[operator]
+        if lowest >= dense:
+            self._warn_once(
+                f"{self.owner}: {_KIND_WORDS[kind]} are never cut: round_to={self.round_to} with "
+                f"max_layer_ratio={self.max_layer_ratio:g} allows no multiple of {self.round_to} between the "
+                f"{floor_keep} a layer must keep and its {dense}; use a smaller round_to or a larger max_layer_ratio.",
+                key=f"round-{kind}",
+            )
 
     def _fit_config(
         self,
@@ -1447,7 +1462,11 @@ class LLMPruner:
         heads nor the residual width is among ``kinds``, or the config refused the model before any cut of ours.
         """
         kinds = set(kinds)
-        rule = _config_rule(s)
+        # With `round_to`, the residual width (one for the whole model, coarse in MACs) keeps a multiple of it at
+        # every prune, as if the config required it: the final prune then need not round it down far past the goal
+        # (2x asked, 2.5x cut), and the search trades it against the other kinds.
+        step = self.round_to if self.round_to and "hidden" in kinds else None
+        rule = _config_rule(s) or (("", lambda q, lo, hi: list(range(lo, hi + 1))) if step else None)
         if rule is None or not {"heads", "hidden"} & kinds:
             return []
         widths = rule[1]
@@ -1459,10 +1478,12 @@ class LLMPruner:
             d = int(dense[kind][0]) if dense and kind in dense else units
             return _least_kept(units, d, self.max_layer_ratio) if kind in kinds else units
 
-        step = self.round_to if final and self.round_to and "hidden" in kinds else None
         out = []
         for k in range(least("heads", k0), k0 + 1):
-            options = [w for w in widths(k * g, least("hidden", w0), w0) if not step or w % step == 0 or w == w0]
+            # The width kept whole is no exception to `round_to` either, unless no multiple of it is allowed.
+            allowed = widths(k * g, least("hidden", w0), w0)
+            multiples = [w for w in allowed if w % step == 0] if step else allowed
+            options = multiples if multiples or w0 not in allowed else [w0]
             if options:
                 out.append((k, options))
         return out
@@ -1489,10 +1510,14 @@ class LLMPruner:
                 )
             if why is not None and wanted[kind] in self._accepted_cuts.get(kind, set()):
                 # The config accepts the cut one ratio asks for: keeping the kind whole is the plan's choice.
+                allows = (
+                    f"that this {type(s.config).__name__} accepts"
+                    if rule is not None
+                    else f"to a multiple of round_to={self.round_to}"
+                )
                 self._warn_once(
                     f"{self.owner}: {_KIND_WORDS[kind]} {'is' if kind == 'hidden' else 'are'} kept whole at this "
-                    f"prune: the smallest cut of {them} that this {type(s.config).__name__} accepts {why}; the "
-                    "other kinds are cut instead.",
+                    f"prune: the smallest cut of {them} {allows} {why}; the other kinds are cut instead.",
                     key=f"search-{kind}",
                 )
             elif rule is not None:
@@ -1562,8 +1587,14 @@ class LLMPruner:
             result.needed = (any(n > 0 for n in asked.values()) if by_goal else ratio > 0) or dropped is not None
         else:
             over = start > target_macs  # type: ignore[operator]
+            # The final prune rounds to `round_to` also when an earlier one already reached the target (it ended at
+            # 97 units with round_to=16): the least cut under the target is then the rounding alone.
+            plan = (
+                self._search(s, groups, scores, target_macs, dense_channels, final, ids)
+                if over or (final and self.round_to)
+                else {}
+            )
             result.needed = over or dropped is not None
-            plan = self._search(s, groups, scores, target_macs, dense_channels, final, ids) if over else {}
         if plan:
             self._tell_fitted(s)
         entries += self._apply(s, groups, plan, lineage)

@@ -374,3 +374,44 @@ def test_many_llm_prunes_end_at_the_pruning_ratio(tmp_path):
     assert pruning.prunes_done == 8
     assert [layer.mlp.gate_proj.out_features for layer in model.model.model.layers] == [5, 5]
     assert model.model.config.num_key_value_heads == 1 and model.model.config.num_attention_heads == 2
+
+
+# ------------------------------------------------------------------------------------------ round_to
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("speedups", [(1.33, 1.67, 2.0), (1.05, 1.1, 1.15, 1.2)])
+def test_round_to_target_schedule_keeps_multiples_near_the_target(family, speedups):
+    """With ``round_to`` the residual width keeps a multiple at every prune: the final one rounds to it without going
+    far past the target (the width ended at 40 with round_to=16, or was rounded from 40 to 32 at 2.5x for 2x)."""
+    model = tiny_causal_lm(family)
+    pruner = LLMPruner(round_to=16, prune_hidden=True)
+    dense, _ = pruner.count(model)
+    channels = pruner.channels(model)
+    for i, speedup in enumerate(speedups, 1):
+        result = pruner.prune(model, target_macs=dense / speedup, dense_channels=channels, final=i == len(speedups))
+        assert result.reached
+        assert model.config.hidden_size % 16 == 0
+    cfg = model.config
+    assert cfg.intermediate_size % 16 == 0
+    assert dense / result.macs < speedups[-1] * 1.1
+
+
+def test_round_to_applies_at_the_final_prune_when_the_target_was_already_reached():
+    """An earlier prune past the final target left 97 MLP units: the final prune, with nothing to cut for MACs,
+    still rounds to ``round_to``."""
+    model = tiny_causal_lm("llama")
+    pruner = LLMPruner(round_to=16)
+    dense, _ = pruner.count(model)
+    channels = pruner.channels(model)
+    pruner.prune(model, ratio=0.24, dense_channels=channels, final=False)  # 97 units
+    assert model.config.intermediate_size % 16 != 0
+    result = pruner.prune(model, target_macs=dense, dense_channels=channels, final=True)
+    assert result.reached and model.config.intermediate_size == 96
+    assert all(layer.mlp.up_proj.out_features == 96 for layer in model.model.layers)
+
+
+def test_round_to_that_max_layer_ratio_leaves_nothing_to_cut_is_told():
+    model = tiny_causal_lm("llama")
+    pruner = LLMPruner(round_to=64, max_layer_ratio=0.3)
+    with pytest.warns(UserWarning, match=r"MLP units are never cut: round_to=64 with max_layer_ratio=0.3 .* 90 .* 128"):
+        pruner.prune(model, ratio=0.3)
+    assert model.config.intermediate_size == 128
