@@ -619,7 +619,7 @@ class CarbonAwareScheduler(PicklesWithoutTrainer, Callback):
         # Named as Lightning's "last" checkpoints (`ModelCheckpoint._find_last_checkpoints` matches the prefix), so
         # `fit(ckpt_path="last")` after a kill during the pause takes it when it is the newest.
         path = os.path.join(ckpt.dirpath, f"{ckpt.CHECKPOINT_NAME_LAST}-carbon-pause{ckpt.FILE_EXTENSION}")
-        trainer.save_checkpoint(path)  # collective: every rank is here at the same step
+        trainer.save_checkpoint(path, weights_only=False)  # collective: every rank is here at the same step
         self._say(f"CarbonAwareScheduler: checkpoint before a long pause: {path}")
 
     def _apply_power(self, trainer: pl.Trainer, intensity: float) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -257,7 +257,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         (True, 'estimated')
     """
 
-    _trainer_refs = ("_trainer_ref", "_setup_for")
+    _trainer_refs = ("_trainer_ref", "_setup_for", "_run_of")
 
     def __init__(
         self,
@@ -332,7 +332,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._batch_in_flight: Any = None
         self._in_flight_counted = False
         self._gs_last = 0
-        self._trainer_ref: weakref.ref[pl.Trainer] | None = None
+        self._trainer_ref: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit
+        self._run_of: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last stage (one run per Trainer)
         self._bar: dict[str, float] = {}
         self._epoch_mark_j = 0.0
         self._saved_at_last_batch = False
@@ -513,11 +514,12 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._written = None
         self._started_stage = None
         self._setup_for = weakref.ref(trainer)  # the Trainer whose stage this monitor measures (until teardown)
-        if stage == "fit" and self._trainer_ref is not None and self._trainer_ref() is not trainer:
-            # A fit on a new Trainer is a new run. Reset here, not only at on_fit_start: Lightning's Tuner saves a
-            # checkpoint between the two and restores it, which would carry the last run's totals into this one.
-            self._reset_fit_totals()
-            self._started_s = None
+        if self._run_of is not None and self._run_of() is not trainer:
+            # Any stage on a new Trainer is a new run: no stage of the last one (a smoke test's test or predict) is
+            # in its report. Reset here, not only at on_fit_start: Lightning's Tuner saves a checkpoint between the
+            # two and restores it, which would carry the last run's totals into this one.
+            self._reset_run()
+        self._run_of = weakref.ref(trainer)
         if self._started_s is None:  # the run's start: a later test/validate (or fit) on this monitor is the same run
             self._started_s = time.time()
         self._rank = trainer.global_rank
@@ -542,6 +544,16 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             # too, whatever the callbacks' order. (The datamodule's setup runs before any callback's: not counted.)
             if stage == "fit":
                 self._fit_setup_at = now
+
+    def _reset_run(self) -> None:
+        """A new run: no stage measured yet."""
+        self._reset_fit_totals()
+        for stage in list(self.ledgers):
+            self.carbon_tracker.reset(stage)
+        self.ledgers = {}  # the fit's opened at its on_fit_start
+        self._stage_status = {}
+        self._fit_validation = None
+        self._started_s = None
 
     def _reset_fit_totals(self) -> None:
         """A new run's fit: no energy, epochs or forecast yet."""
@@ -693,6 +705,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             steps_done=trainer.global_step,
             max_steps=trainer.max_steps,
             epoch_samples=_planned_samples(trainer),
+            seconds_left=(timer := _timer(trainer)) and timer.time_remaining("train"),
+            power_w=fit.total_j / fit.time_s if fit.time_s > 0 else None,
         )
         metrics = {"energy/epoch_J": epoch_j, **self._totals_metrics("fit")}
         # The fit's averages so far, under their own names: power/avg_W & co. are the step windows' rates, logged
@@ -703,6 +717,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 "after_epochs": len(fit.epochs_j),
                 "max_epochs": _bound(trainer.max_epochs),
                 "max_steps": _bound(trainer.max_steps),
+                "max_time_s": round(timer.time_elapsed("train") + timer.time_remaining("train"), 3) if timer else None,
             }
             metrics["energy/forecast_total_J"] = self.forecast_total_j
             metrics["carbon/forecast_gCO2e"] = self.forecast_gco2e()
@@ -1266,6 +1281,11 @@ def _planned_samples(trainer: pl.Trainer) -> Callable[[int], int | None] | None:
         return None
     planner = planners[0]
     return lambda epoch: planner.planned_samples(trainer, epoch)
+
+
+def _timer(trainer: pl.Trainer) -> Timer | None:
+    """The Trainer's ``max_time`` Timer (Lightning adds one for ``max_time``), or ``None``."""
+    return next((c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining("train") is not None), None)
 
 
 def _bound(limit: int | None) -> int | None:

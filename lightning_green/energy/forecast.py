@@ -78,12 +78,21 @@ class EnergyForecast:
         steps_done: int = 0,
         max_steps: int | None = None,
         epoch_samples: Callable[[int], int | None] | None = None,
+        seconds_left: float | None = None,
+        power_w: float | None = None,
     ) -> float | None:
         """Total energy (J) predicted at the end of training, or ``None`` if it cannot be predicted yet.
 
         ``max_epochs``/``max_steps`` of ``None`` or negative mean unbounded; with both bounded, training stops
         at whichever comes first, so the smaller prediction wins. ``epoch_samples(epoch)``, where given, is the
         samples a coming (0-based) epoch will train on if known in advance, else ``None`` (like the epochs seen).
+        ``seconds_left`` (the Trainer's ``max_time`` left) at ``power_w`` (the fit's mean power) bounds it too.
+
+        Example:
+            >>> f = EnergyForecast(after_epochs=1)
+            >>> f.add_epoch(10.0, 5); f.add_epoch(10.0, 5)
+            >>> f.predict(20.0, 2, max_epochs=100), f.predict(20.0, 2, max_epochs=100, seconds_left=3.0, power_w=2.0)
+            (1000.0, 26.0)
         """
         if not self.ready:
             return None
@@ -101,6 +110,8 @@ class EnergyForecast:
         if max_steps is not None and max_steps >= 0 and steps > 0:
             per_step = sum(e for e, _ in usable) / steps
             candidates.append(spent_j + per_step * max(max_steps - steps_done, 0))
+        if seconds_left is not None and power_w is not None:
+            candidates.append(spent_j + power_w * max(seconds_left, 0.0))
         return min(candidates) if candidates else None
 
     def _of_size(self, samples: int) -> float | None:

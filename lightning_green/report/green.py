@@ -417,9 +417,14 @@ def _forecast_text(forecast: dict[str, Any], energy: dict[str, Any]) -> str:
         >>> fc = {"total_j": 600.0, "gco2e": 0.01, "after_epochs": 1, "max_epochs": 10, "max_steps": None}
         >>> _forecast_text(fc, {"status": "complete", "stages": {"fit": {"epochs_j": [60.0, 60.0], "steps": 8}}})
         '600.0 J → 0.01 gCO2e (after 1 epoch, for max_epochs=10; the fit ended after 2 epochs, before that bound)'
+        >>> _forecast_text({**fc, "max_time_s": 3600.0}, {"status": "complete", "stages": {}})
+        '600.0 J → 0.01 gCO2e (after 1 epoch, for max_epochs=10 / max_time=3600s)'
     """
     text = f"{fmt_energy(forecast.get('total_j'))} → {forecast.get('gco2e', 0.0):.4g} gCO2e"
     bounds = {k: forecast.get(k) for k in ("max_epochs", "max_steps") if isinstance(forecast.get(k), int)}
+    timed = forecast.get("max_time_s")
+    if isinstance(timed, (int, float)):
+        bounds["max_time"] = f"{timed:g}s"  # type: ignore[assignment]
     if not bounds:
         return text  # an older report records no basis
     after = forecast.get("after_epochs")
@@ -427,8 +432,10 @@ def _forecast_text(forecast: dict[str, Any], energy: dict[str, Any]) -> str:
     text += f" ({made}for {' / '.join(f'{k}={v}' for k, v in bounds.items())}"
     fit = (energy.get("stages") or {}).get("fit") or {}
     epochs, steps = len(fit.get("epochs_j") or []), fit.get("steps")
-    short = epochs < bounds.get("max_epochs", epochs + 1) and (
-        not isinstance(steps, (int, float)) or steps < bounds.get("max_steps", steps + 1)
+    short = (
+        "max_time" not in bounds
+        and epochs < bounds.get("max_epochs", epochs + 1)
+        and (not isinstance(steps, (int, float)) or steps < bounds.get("max_steps", steps + 1))
     )
     if energy.get("status") == "complete" and short:
         text += f"; the fit ended after {epochs} epoch{'s' if epochs != 1 else ''}, before that bound"

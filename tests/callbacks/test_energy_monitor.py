@@ -288,6 +288,23 @@ def test_forecast_on_a_steady_workload_is_within_ten_percent(tmp_path):
     assert forecast_after_2 == pytest.approx(actual, rel=0.10)
 
 
+def test_a_fit_bounded_by_max_time_is_forecast_at_its_power_for_the_time_left(tmp_path):
+    # max_time ends the fit long before max_epochs=1000: the forecast was for 1000 epochs (and EnergyBudget's
+    # on_forecast="stop" stopped a run that max_time kept within the budget).
+    monitor = EnergyMonitor(print_summary=False, forecast_after_epochs=1)
+    seen = []
+    monitor.add_listener(lambda trainer, m: seen.append(m.forecast_total_j))
+    trainer = make_trainer(
+        tmp_path, max_epochs=1000, max_time={"seconds": 2}, limit_train_batches=5, callbacks=[monitor]
+    )
+    trainer.fit(SteadyModel(step_cpu_s=0.02))
+    forecasts = [f for f in seen if f is not None]
+    assert 2 <= trainer.current_epoch < 1000 and forecasts
+    actual = monitor.total_energy_j("fit")
+    assert max(forecasts) < 2 * actual  # for 1000 epochs it was over 100x
+    assert _report(trainer)["forecast"]["max_time_s"] == pytest.approx(2.0)
+
+
 def test_the_forecast_is_said_while_it_forecasts_and_the_report_says_what_it_was_for(tmp_path, caplog):
     from lightning.pytorch.callbacks import EarlyStopping
 
@@ -306,7 +323,7 @@ def test_the_forecast_is_said_while_it_forecasts_and_the_report_says_what_it_was
     lines, report = said(max_epochs=3)
     assert len(lines) == 1 and "after 1 epoch(s)" in lines[0]
     assert report["forecast"]["after_epochs"] == 3 and report["forecast"]["max_epochs"] == 3  # updated each epoch
-    assert report["forecast"]["max_steps"] is None
+    assert report["forecast"]["max_steps"] is None and report["forecast"]["max_time_s"] is None
     # A budget that stops the run mid-epoch (a window every 2 steps) or at the epoch end (listed after the monitor,
     # it decides after the monitor's epoch end): that epoch is the last, and no forecast is said from it.
     for every in (2, 0):
@@ -1059,6 +1076,26 @@ def test_two_fits_on_one_trainer_are_one_run(tmp_path):
     # the same monitor in a new Trainer is a new run
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[monitor]).fit(SteadyModel(0.005))
     assert monitor.ledgers["fit"].steps == 2
+
+
+def test_a_new_trainer_reports_only_its_own_stages(tmp_path):
+    # A smoke test's test and predict stages were in the real run's report; a test-only Trainer's report held the
+    # last Trainer's fit.
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    smoke = make_trainer(tmp_path / "smoke", fast_dev_run=2, callbacks=[monitor])
+    model = SteadyModel(0.005)
+    smoke.fit(model)
+    smoke.test(model, verbose=False)
+    smoke.predict(model)
+    assert {"fit", "test", "predict"} <= set(monitor.ledgers)
+    real = make_trainer(tmp_path / "real", max_epochs=1, limit_train_batches=2, callbacks=[monitor])
+    real.fit(model)
+    assert set(_report(real)["stages"]) <= {"fit", "validate"} and monitor.ledgers["fit"].steps == 2
+    real.test(model, verbose=False)  # the same Trainer: the same run
+    assert {"fit", "test"} <= set(_report(real)["stages"])
+    tester = make_trainer(tmp_path / "tester", limit_test_batches=1, callbacks=[monitor])
+    tester.test(model, verbose=False)
+    assert set(_report(tester)["stages"]) == {"test"} and monitor.ledgers["test"].steps == 1
 
 
 def test_budget_covers_the_trainers_lifetime(tmp_path):
