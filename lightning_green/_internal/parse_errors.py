@@ -52,9 +52,17 @@ def _alternatives(subtypes: str) -> list[str]:
         ['a dict[int, str]', 'None']
         >>> _alternatives("collections.abc.Callable[[], float], typing.Literal['a', 'b']")
         ['a Callable[[], float]', "one of 'a', 'b'"]
+        >>> _alternatives("typing.Literal['[x', 'b'], <class 'NoneType'>")  # brackets inside quotes are text
+        ["one of '[x', 'b'", 'None']
     """
-    parts, depth, start = [], 0, 0
+    parts, depth, start, quote = [], 0, 0, ""
     for i, char in enumerate(subtypes):
+        if quote:
+            quote = "" if char == quote else quote
+            continue
+        if char in "'\"":
+            quote = char
+            continue
         depth += (char in "[(") - (char in "])")
         if char == "," and depth == 0:
             parts.append(subtypes[start:i])

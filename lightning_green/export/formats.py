@@ -938,6 +938,9 @@ class _staged:
         elif failed.exists():
             failed.unlink()
         os.replace(self.stage, failed)
+        mask = os.umask(0)  # mkdtemp made the stage 700: the folder left for inspection gets a plain folder's mode
+        os.umask(mask)
+        os.chmod(failed, 0o777 & ~mask)
         self.stage = None
         self.kept = f"; the earlier export at {os.fspath(self.path)!r} is kept"
         return failed / self.path.name

@@ -1,6 +1,7 @@
 import importlib.util
 import math
 import os
+import stat
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -924,6 +925,9 @@ def test_a_failed_re_export_keeps_the_earlier_export(tmp_path, fmt):
     assert {Path(f).name: Path(f).read_bytes() for f in first.files} == good
     failed = tmp_path / f"{out.name}.failed" / out.name
     assert failed.is_file() and failed.read_bytes() != good[out.name]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(failed.parent.stat().st_mode) == 0o777 & ~mask  # not mkdtemp's 700
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*good, f"{out.name}.failed"])  # nothing staged left
     # A re-export that passes replaces it, and leaves no earlier sidecar or staging folder behind.
     net.noise = 0.0
