@@ -73,7 +73,8 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
 
     *Logged* to every logger when Lightning logs the loss (``log_every_n_steps``, at the loss's step) and after
     each switch: ``precision/mode`` as a number — 32 = fp32, 16 = fp16, 16.5 = bf16 —
-    ``precision/loss_scale`` (1.0 outside fp16), ``precision/fallbacks`` and ``precision/skipped_steps``. Each
+    ``precision/loss_scale`` (1.0 outside fp16), ``precision/fallbacks``, ``precision/skipped_steps`` (the updates
+    this callback skipped) and ``precision/overflows`` (those the fp16 grad scaler skipped). Each
     switch prints one line and calls :func:`~lightning_green.events.workload_changed` (reason ``"precision"``) so
     the energy forecast and the power tuner re-fit. Mode, counters, schedule position and the fp16 loss scale are
     kept in checkpoints; after fit the Trainer's own precision plugin is put back for validate/test/predict.
@@ -199,8 +200,13 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
 
     @property
     def skipped_steps(self) -> int:
-        """Optimizer steps dropped because their loss or gradients were non-finite."""
+        """Optimizer steps this callback dropped for a non-finite loss or gradients (not :attr:`overflows`)."""
         return self.tracker.skipped_steps
+
+    @property
+    def overflows(self) -> int:
+        """fp16 updates the grad scaler skipped because their gradients overflowed (it lowers its scale then)."""
+        return self.tracker.overflows
 
     @property
     def loss_scale(self) -> float:
@@ -351,6 +357,8 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         # (DataPruning shortens epochs), so a key at or past it is never reached.
         if not self._active or self.interval != "step" or not self.schedule or trainer.max_steps > 0:
             return
+        if not pl_module.automatic_optimization:
+            return  # each optimizer.step() is a step: Lightning's estimate counts batches, not steps
         steps = trainer.estimated_stepping_batches
         if math.isfinite(steps) and max(self.schedule) >= steps:
             late = sorted(k for k in self.schedule if k >= steps)
@@ -372,6 +380,10 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
             # not by the flag a previous batch's losses left (on_before_optimizer_step keeps it for joint losses).
             self._loss_bad = False
             forced_before = self._was_forced
+            if self._pending_cause is not None and not self.tracker.locked:
+                # The cooldown counts from this boundary: with several optimizers (manual optimization) the others'
+                # steps in the batch of the fallback ate into it (cooldown_steps=1 ran no fp32 step at all).
+                self.tracker.cooldown_until = trainer.global_step + self.tracker.cooldown_steps
             target = self._target(trainer)
             if self._settle:  # the resumed run's mode: the run did not switch into it
                 self._settle = False
@@ -481,6 +493,7 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
             "precision/loss_scale": self._plugins.loss_scale(self._batch_mode) if self._plugins else 1.0,
             "precision/fallbacks": float(self.tracker.fallbacks),
             "precision/skipped_steps": float(self.tracker.skipped_steps),
+            "precision/overflows": float(self.tracker.overflows),
         }
         log_metrics(trainer, metrics, step=step)
 

@@ -558,6 +558,9 @@ def _precision(doc: Document, run: Run) -> None:
         doc.paragraph("No fallback to fp32.")
     if skipped is not None:
         doc.paragraph(f"Optimizer steps skipped for non-finite loss or gradients: {int(skipped.value)}.")
+    overflows = run.scalars.last("precision/overflows")
+    if overflows is not None and overflows.value:
+        doc.paragraph(f"fp16 updates the grad scaler skipped (gradient overflow): {int(overflows.value)}.")
 
 
 def _power(doc: Document, run: Run) -> None:

@@ -331,11 +331,15 @@ def test_fp16_overflow_storm_falls_back_then_retries(tmp_path):
     plugin = MixedPrecision("16-mixed", "cpu")  # Trainer(precision="16-mixed") would turn into bf16 on CPU
     model = Recorder(storm_steps=range(2, 8))
     amp = AMPScheduler(schedule={0: "16-mixed"}, overflow_patience=3, cooldown_steps=2)
+    memory = ListLogger()
     with pytest.warns(UserWarning, match="16-mixed on cpu: .*fp16 autocast on CPU is slow"):
-        make_trainer(tmp_path, [amp], plugins=[plugin], max_epochs=3).fit(model)
+        make_trainer(tmp_path, [amp], plugins=[plugin], max_epochs=3, logger=memory, log_every_n_steps=1).fit(model)
     modes = steps_by_dtype(model)
     assert [modes[s] for s in range(10)] == ["16"] * 5 + ["32"] * 2 + ["16"] * 3
-    assert amp.fallbacks == 1 and amp.tracker.overflows == 4  # steps 2-4, then 7 after the retry
+    assert amp.fallbacks == 1 and amp.overflows == 4  # steps 2-4, then 7 after the retry
+    assert amp.skipped_steps == 0  # the scaler skipped those updates, not the callback: counted apart, and logged
+    logged = [r for r in memory.rows if "precision/overflows" in r]
+    assert logged and logged[-1]["precision/overflows"] == 4.0
     assert amp.switches[0]["cause"] == "fallback after 3 consecutive fp16 overflows at step 4"
     assert amp.switches[1]["cause"] == "retry after the fp32 cooldown"
     assert plugin.scaler.get_scale() == 2.0**16 / 2**4  # the user's scaler was used and kept across the switch
@@ -361,6 +365,48 @@ def test_manual_optimization_follows_schedule_and_falls_back(tmp_path):
     assert steps_by_dtype(model) == {0: "32", 1: "32", 2: "bf16", 3: "bf16", 4: "32", 5: "32", 6: "bf16", 7: "bf16"}
     assert amp.fallbacks == 1 and amp.skipped_steps == 1
     assert all_finite(model)
+
+
+class TwoOptimizers(Recorder):
+    """Manual optimization with two optimizers stepping every batch (global_step advances by 2 a batch)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(manual=True, **kwargs)
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch[0])
+        self.seen += 1
+        first, second = self.optimizers()
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        second.step()
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.bn.parameters(), lr=0.01), torch.optim.SGD(self.layer.parameters(), lr=0.01)]
+
+
+def test_a_fallback_with_two_optimizers_runs_its_cooldown_in_fp32(tmp_path):
+    # The second optimizer's step in the batch of the fallback ate into the cooldown: cooldown_steps=1 counted a
+    # fallback that never ran an fp32 step, and 3 ran only 2.
+    for cooldown, batches in ((1, 1), (3, 2)):
+        model = TwoOptimizers(nan_steps={4})
+        amp = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=cooldown)
+        make_trainer(tmp_path, [amp], max_epochs=1, limit_train_batches=8).fit(model)
+        modes = steps_by_dtype(model)  # keyed by the step each batch starts at: 0, 2, 4, ...
+        assert [s for s, dt in modes.items() if dt == "32"] == [6 + 2 * i for i in range(batches)]
+        assert amp.fallbacks == 1 and [s["to"] for s in amp.switches] == ["32-true", "bf16-mixed"]
+        assert all_finite(model)
+
+
+def test_a_step_schedule_under_manual_optimization_is_not_said_to_be_out_of_reach(tmp_path, recwarn):
+    # Lightning's estimate counts batches; two optimizers take two steps a batch, so step 10 of 8 batches is reached.
+    model = TwoOptimizers()
+    amp = AMPScheduler(schedule={0: "32-true", 10: "bf16-mixed"}, interval="step")
+    make_trainer(tmp_path, [amp], max_epochs=1, limit_train_batches=8).fit(model)
+    assert not [w for w in recwarn if "never reached" in str(w.message)]
+    assert steps_by_dtype(model)[10] == "bf16"
 
 
 def test_manual_accumulation_delays_an_epoch_switch_to_the_next_step(tmp_path):

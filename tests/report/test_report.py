@@ -209,6 +209,7 @@ def test_pruning_precision_and_power_plots_appear_with_their_data(tmp_path):
         {"step": 10, "precision/mode": 16.5, "precision/fallbacks": 0},
         {"step": 14, "precision/mode": 32.0, "precision/fallbacks": 1, "precision/skipped_steps": 1},
         {"step": 20, "precision/mode": 16.5, "precision/fallbacks": 1, "precision/skipped_steps": 1},
+        {"step": 21, "precision/mode": 16.0, "precision/overflows": 3},
         {"step": 1, "power/limit_W": 250.0},
         {"step": 5, "power/limit_W": 150.0},
     ]
@@ -221,6 +222,7 @@ def test_pruning_precision_and_power_plots_appear_with_their_data(tmp_path):
     assert "| dense | – | 10 M |" in md and "| 2 | 20 | 2.5 M | 2,000 | 4.00× |" in md  # dense = MACs × speedup
     assert "| 10 | fp32 | bf16 |" in md and "| 14 | bf16 | fp32 |" in md  # switches
     assert "| 14 | 1 |" in md and "skipped for non-finite loss or gradients: 1" in md  # the fallback
+    assert "the grad scaler skipped (gradient overflow): 3" in md
     assert "| 150 ✓ |" in md
 
 
