@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
@@ -39,6 +40,7 @@ from lightning_green.data.losses import active_data_pruning, sequence_losses
 from lightning_green.demos._data import check_demo_data, size_example_to_windows
 from lightning_green.demos.gpt import VOCAB_SIZE, adamw_cosine, attention_kernels, log_nll
 from lightning_green.pruning.history import LoadsPrunedCheckpoints
+from lightning_green.pruning.verify import first_line
 
 __all__ = ["FAMILIES", "Family", "HFCausalLM", "causal_lm_config", "to_causal_lm_batch"]
 
@@ -299,8 +301,10 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
 
     Raises:
         ValueError: An argument is out of range, a ``config`` field has a value the config or the model refuses,
-            ``pretrained_path`` holds no ``config.json``; in ``setup``: the
-            datamodule's ``seq_len`` exceeds ``max_positions`` or its vocabulary exceeds the model's.
+            ``pretrained_path`` holds no ``config.json``, no weights, or no causal LM (an encoder such as BERT, whose
+            logits read later tokens); in ``setup``: the datamodule's ``seq_len`` exceeds ``max_positions`` or its
+            vocabulary exceeds the model's; in a step: token ids that are no integers, outside the vocabulary, or
+            (GPT-2) longer than ``n_positions``.
         ImportError: ``transformers`` is not installed (``pip install 'lightning-green[hf]'``).
 
     Example:
@@ -372,9 +376,27 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
                 "save_pretrained() (nothing is downloaded), or None to build the model from `family` and the sizes."
             )
         transformers = _require_transformers(name)
-        return transformers.AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation
-        )
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation
+            )
+        except (ValueError, OSError) as exc:  # a model type without a causal LM, a save without its weights
+            try:
+                with open(os.path.join(path, "config.json")) as f:
+                    mtype = json.load(f).get("model_type")
+            except (OSError, ValueError, AttributeError):
+                mtype = None
+            why = (
+                f"its model_type {mtype!r} has no causal-LM class in transformers"
+                if isinstance(exc, ValueError) and "Unrecognized configuration class" in str(exc)
+                else first_line(exc)[:300]
+            )
+            raise InvalidArgumentError(
+                f"{name}(pretrained_path={path!r}): not loadable as a causal LM ({why}); give a folder written by a "
+                "causal LM's save_pretrained(), weights included."
+            ) from None
+        _check_causal(name, path, model)
+        return model.train()  # from_pretrained returns it in eval mode: no dropout, no activation checkpointing
 
     def setup(self, stage: str) -> None:
         """Size ``example_input_array`` like the datamodule's windows; refuse what the model cannot read."""
@@ -400,7 +422,11 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
         """Next-token logits ``(batch, time, vocab)`` for token ids ``(batch, time)``."""
         # Gradient checkpointing recomputes each layer in the backward pass, outside this context: there torch would
         # pick another attention kernel than the forward's, whose saved tensors differ (torch's CheckpointError).
-        recomputes = bool(getattr(self.model, "is_gradient_checkpointing", False))
+        recomputes = bool(
+            getattr(self.model, "is_activation_checkpointing", None)  # transformers >= 5.x
+            if hasattr(type(self.model), "is_activation_checkpointing")
+            else getattr(self.model, "is_gradient_checkpointing", False)
+        )
         with contextlib.nullcontext() if recomputes else attention_kernels(input_ids.device):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
@@ -413,6 +439,7 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
                 f"`labels`) or an (x, y) pair of token tensors; got {type(batch).__name__}."
             )
         input_ids = batch["input_ids"]
+        self._check_ids(input_ids)
         labels = batch.get("labels")
         if labels is None:
             labels = input_ids
@@ -421,6 +448,28 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
             labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
         losses = sequence_losses(self(input_ids, mask), labels, ignore_index=IGNORE_INDEX)
         return losses, (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+    def _check_ids(self, input_ids: Any) -> None:
+        """Refuse token ids the embedding cannot look up, in words (torch's is "index out of range in self")."""
+        name, cfg = type(self).__name__, self.model.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int16):
+            kind = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise InvalidArgumentError(
+                f"{name}: a batch's `input_ids` must be an integer tensor of token ids, not {kind}."
+            )
+        positions = getattr(cfg, "n_positions", None)  # learned positions (GPT-2): no longer context than that
+        if isinstance(positions, int) and input_ids.shape[-1] > positions:
+            raise InvalidArgumentError(
+                f"{name}: sequences of {input_ids.shape[-1]} tokens are longer than the model's n_positions="
+                f"{positions}; cut the sequences to at most {positions} tokens."
+            )
+        lo, hi = torch.aminmax(input_ids) if input_ids.numel() else (torch.tensor(0), torch.tensor(0))
+        if int(lo) < 0 or int(hi) >= cfg.vocab_size:
+            raise InvalidArgumentError(
+                f"{name}: a batch has token id {int(hi) if int(hi) >= cfg.vocab_size else int(lo)}, outside the "
+                f"model's vocabulary of {cfg.vocab_size} (ids 0-{cfg.vocab_size - 1}); tokenize for this model or "
+                "build it with a larger vocabulary."
+            )
 
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Mean next-token cross-entropy over the batch's tokens (fp32) and the number of tokens it averages over."""
@@ -483,6 +532,29 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
 
     def configure_optimizers(self):  # noqa: D102 - Lightning hook
         return adamw_cosine(self, {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Embedding)})
+
+
+def _check_causal(owner: str, path: str, model: Any) -> None:
+    """Refuse a loaded model whose logits at a position read later tokens.
+
+    An encoder such as BERT, which ``AutoModelForCausalLM`` loads with a mere warning unless its config says
+    ``is_decoder``.
+    """
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % max(2, int(model.config.vocab_size))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits
+    finally:
+        model.train(was)
+    if not torch.allclose(logits[0, :3], logits[1, :3], rtol=1e-4, atol=1e-5):
+        mtype = getattr(model.config, "model_type", "?")
+        raise InvalidArgumentError(
+            f"{owner}(pretrained_path={path!r}): {type(model).__name__} ({mtype!r}) is not causal: its logits read "
+            "later tokens, so its next-token loss would not be a language model's; give a decoder-only causal LM "
+            "(for an encoder's LM head, save its config with is_decoder=True)."
+        )
 
 
 def _max_positions(config: Any) -> int:

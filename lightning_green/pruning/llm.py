@@ -463,17 +463,18 @@ def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure
     if getattr(cfg, "is_encoder_decoder", False):
         _refuse(
             owner,
-            f"{where} is an encoder-decoder model ({mtype!r}); only decoder-only causal LMs can be pruned ({remedy}).",
+            f"{where}: it is an encoder-decoder model ({mtype!r}); only decoder-only causal LMs are pruned ({remedy}).",
         )
     if any(getattr(cfg, k, None) for k in _MOE_KEYS) or "moe" in mtype:
         _refuse(
-            owner, f"{where} is a mixture-of-experts model ({mtype!r}): expert MLPs are not prunable here ({remedy})."
+            owner,
+            f"{where}: it is a mixture-of-experts model ({mtype!r}): expert MLPs are not prunable here ({remedy}).",
         )
     if mtype in _SSM_TYPES or "mamba" in mtype or hasattr(cfg, "state_size") or hasattr(cfg, "ssm_cfg"):
-        _refuse(owner, f"{where} is a state-space model ({mtype!r}), which has no heads or MLP to cut ({remedy}).")
+        _refuse(owner, f"{where}: it is a state-space model ({mtype!r}), which has no heads or MLP to cut ({remedy}).")
     family = SUPPORTED_FAMILIES.get(mtype)
     if family is None:
-        _refuse(owner, f"{where} has model_type {mtype!r}, a family it does not know ({remedy}).")
+        _refuse(owner, f"{where}: its model_type {mtype!r} is not a family it knows ({remedy}).")
     if getattr(cfg, "is_heterogeneous", False) is True:  # transformers >= 5: `per_layer_config` overrides
         _refuse(
             owner,
@@ -483,14 +484,16 @@ def analyse(module: nn.Module, owner: str = "StructuredPruning") -> LLMStructure
     if model.get_output_embeddings() is None:
         _refuse(
             owner,
-            f"{where} has no language-model head, so its forward returns no logits; wrap an AutoModelForCausalLM "
+            f"{where}: it has no language-model head, so its forward returns no logits; wrap an AutoModelForCausalLM "
             f"(e.g. {_causal_lm_name(cls)}) instead.",
         )
     layers = "transformer.h" if family == "gpt2" else "model.layers"
     try:
         blocks = model.get_submodule(layers)
     except AttributeError:
-        _refuse(owner, f"{where} has no decoder layers at {layers!r}; it is not laid out like {mtype!r} ({remedy}).")
+        _refuse(
+            owner, f"{where}: it has no decoder layers at {layers!r}; it is not laid out like {mtype!r} ({remedy})."
+        )
     structure = LLMStructure(path=path, model=model, family=family, layers=layers, root=module)
     expected = _EXPECTED[family]
     for i, block in enumerate(blocks):

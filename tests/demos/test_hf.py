@@ -216,6 +216,51 @@ def test_pretrained_path_without_config_is_refused(tmp_path):
         HFCausalLM(pretrained_path=str(tmp_path))
 
 
+def test_a_loaded_model_trains_in_train_mode(tmp_path):
+    # from_pretrained returns the model in eval mode: dropout was off and activation checkpointing did nothing.
+    tiny_hf_module("gpt2", hidden_size=32, num_layers=1).model.save_pretrained(tmp_path / "gpt2")
+    loaded = HFCausalLM(pretrained_path=str(tmp_path / "gpt2"))
+    assert loaded.model.training and all(m.training for m in loaded.model.modules())
+
+
+def test_pretrained_folders_that_are_no_causal_lm_are_refused_in_one_line(tmp_path):
+    import transformers as tf
+
+    bert = tf.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    tf.BertForMaskedLM(bert).save_pretrained(tmp_path / "bert")
+    t5 = tf.T5Config(vocab_size=64, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)
+    tf.T5ForConditionalGeneration(t5).save_pretrained(tmp_path / "t5")
+    (tmp_path / "no_weights").mkdir()
+    (tmp_path / "no_weights" / "config.json").write_text((tmp_path / "bert" / "config.json").read_text())
+    cases = {
+        "bert": r"BertLMHeadModel \('bert'\) is not causal: its logits read later tokens",
+        "t5": r"not loadable as a causal LM \(its model_type 't5' has no causal-LM class in transformers\)",
+        "no_weights": r"not loadable as a causal LM \(OSError: .*model.safetensors",
+    }
+    for folder, match in cases.items():
+        with pytest.raises(ValueError, match=rf"HFCausalLM\(pretrained_path='.*{folder}'\): {match}") as err:
+            HFCausalLM(pretrained_path=str(tmp_path / folder))
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("family", "ids", "match"),
+    [
+        ("llama", torch.full((2, 8), 300), r"a batch has token id 300, outside the model's vocabulary of 256"),
+        ("llama", -torch.ones(2, 8, dtype=torch.long), r"a batch has token id -1, outside the model's vocabulary"),
+        ("llama", torch.zeros(2, 8), r"`input_ids` must be an integer tensor of token ids, not torch.float32"),
+        ("gpt2", torch.zeros(2, 80, dtype=torch.long), r"sequences of 80 tokens are longer than the model's n_pos"),
+    ],
+)
+def test_token_ids_the_model_cannot_read_are_refused_in_words(family, ids, match):
+    # torch said "index out of range in self" from inside the embedding (or a device-side assert on a GPU).
+    model = tiny_hf_module(family, hidden_size=32, num_layers=1, max_positions=64)
+    with pytest.raises(ValueError, match=rf"HFCausalLM: .*{match}"):
+        model.training_step({"input_ids": ids}, 0)
+
+
 def test_context_and_vocabulary_the_model_cannot_read_are_refused_in_setup(tmp_path):
     with pytest.raises(ValueError, match=r"HFCausalLM\(max_positions=16\): the datamodule's seq_len=32 is longer"):
         fit(tmp_path, HFCausalLM(hidden_size=32, num_layers=1, max_positions=16))
@@ -239,3 +284,14 @@ def test_transformers_is_imported_only_inside_functions(path):
     names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
     names += [n.module for n in top if isinstance(n, ast.ImportFrom)]
     assert names and not any(name.split(".")[0] == "transformers" for name in names)
+
+
+def test_forward_under_activation_checkpointing_reads_no_deprecated_flag():
+    # `is_gradient_checkpointing` is deprecated in transformers 5 (a FutureWarning on every forward; gone in v6).
+    import warnings
+
+    model = tiny_hf_module("llama", hidden_size=32, num_layers=1)
+    model.model.gradient_checkpointing_enable()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model(torch.zeros(1, 8, dtype=torch.long))

@@ -253,7 +253,7 @@ def test_refuses_mixture_of_experts_fast():
         num_key_value_heads=2,
         num_local_experts=2,
     )
-    _refused_fast(tf.MixtralForCausalLM(cfg), r"cannot prune MixtralForCausalLM at 'lm' is a mixture-of-experts")
+    _refused_fast(tf.MixtralForCausalLM(cfg), r"cannot prune MixtralForCausalLM at 'lm': it is a mixture-of-experts")
 
 
 def test_refuses_encoder_decoder_fast():
@@ -267,19 +267,19 @@ def test_refuses_encoder_decoder_fast():
         encoder_ffn_dim=32,
         decoder_ffn_dim=32,
     )
-    _refused_fast(tf.BartForConditionalGeneration(cfg), r"is an encoder-decoder model \('bart'\)")
+    _refused_fast(tf.BartForConditionalGeneration(cfg), r": it is an encoder-decoder model \('bart'\)")
 
 
 def test_refuses_state_space_model_fast():
     cfg = tf.MambaConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, state_size=4)
-    _refused_fast(tf.MambaForCausalLM(cfg), r"is a state-space model \('mamba'\)")
+    _refused_fast(tf.MambaForCausalLM(cfg), r": it is a state-space model \('mamba'\)")
 
 
 def test_refuses_unknown_family_fast():
     cfg = tf.OPTConfig(
         vocab_size=256, hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32
     )
-    _refused_fast(tf.OPTForCausalLM(cfg), r"model_type 'opt', a family it does not know \(supported model_types")
+    _refused_fast(tf.OPTForCausalLM(cfg), r": its model_type 'opt' is not a family it knows \(supported model_types")
 
 
 def test_refuses_custom_attention_fast():
@@ -299,7 +299,7 @@ def test_refuses_a_model_without_logits():
     model = tf.LlamaModel(
         tf.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
     )
-    _refused_fast(model, r"LlamaModel at 'lm' has no language-model head, so its forward returns no logits")
+    _refused_fast(model, r"LlamaModel at 'lm': it has no language-model head, so its forward returns no logits")
 
 
 # ----------------------------------------------------------------------------------------------- bad input

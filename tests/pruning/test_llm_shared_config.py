@@ -110,7 +110,7 @@ def test_a_config_held_only_around_the_model_is_written_in_place():
 @pytest.mark.parametrize("cls", ["LlamaForSequenceClassification", "LlamaForTokenClassification", "LlamaModel"])
 def test_the_no_logits_refusal_suggests_the_causal_lm_class(cls):
     model = getattr(tf, cls)(tiny_causal_lm_config("llama"))
-    with pytest.raises(ValueError, match=rf"{cls} has no language-model head.*\(e\.g\. LlamaForCausalLM\) instead"):
+    with pytest.raises(ValueError, match=rf"{cls}: it has no language-model head.*\(e\.g\. LlamaForCausalLM\) instead"):
         LLMPruner().check_module(model)
 
 
