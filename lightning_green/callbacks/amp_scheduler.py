@@ -182,6 +182,7 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         self._backward_pending = False
         self._loss_bad: torch.Tensor | bool = False
         self._pending_cause: str | None = None
+        self._logged_metrics: dict[str, float] | None = None
         self._was_forced = False
         self._settle = False
         self._batch_mode = FP32
@@ -256,7 +257,7 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         self._was_forced = False
         self._settle = False
         self._warned_fp32_skip = False
-        self._logged_step, self._logged_mode = -1, None
+        self._logged_step, self._logged_mode, self._logged_metrics = -1, None, None
 
     def _build_schedule(self, trainer: pl.Trainer) -> PrecisionSchedule:
         name = type(self).__name__
@@ -330,9 +331,11 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         self._active = True
         self._backward_pending = False
         self._loss_bad = False
-        self._pending_cause = None
         restored = self._restored
         self._restored = None
+        # A fallback asked for in the batch a checkpoint was saved at takes place at the resumed run's first batch.
+        pending = restored.get("pending_cause") if restored is not None else None
+        self._pending_cause = str(pending) if pending is not None else None
         if self._pending_scaler:
             self._plugins.load_scaler_state(self._pending_scaler)
             self._pending_scaler = None
@@ -357,8 +360,8 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         # (DataPruning shortens epochs), so a key at or past it is never reached.
         if not self._active or self.interval != "step" or not self.schedule or trainer.max_steps > 0:
             return
-        if not pl_module.automatic_optimization:
-            return  # each optimizer.step() is a step: Lightning's estimate counts batches, not steps
+        if not pl_module.automatic_optimization and len(trainer.optimizers) > 1:
+            return  # each optimizer.step() is a step: Lightning's estimate counts batches, not several steps a batch
         steps = trainer.estimated_stepping_batches
         if math.isfinite(steps) and max(self.schedule) >= steps:
             late = sorted(k for k in self.schedule if k >= steps)
@@ -488,14 +491,27 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         if not due or step == self._logged_step:
             return
         self._logged_step, self._logged_mode = step, self._batch_mode
-        metrics = {
+        self._log(trainer, step)
+
+    def _metrics(self) -> dict[str, float]:
+        return {
             "precision/mode": mode_code(self._batch_mode),
             "precision/loss_scale": self._plugins.loss_scale(self._batch_mode) if self._plugins else 1.0,
             "precision/fallbacks": float(self.tracker.fallbacks),
             "precision/skipped_steps": float(self.tracker.skipped_steps),
             "precision/overflows": float(self.tracker.overflows),
         }
-        log_metrics(trainer, metrics, step=step)
+
+    def _log(self, trainer: pl.Trainer, step: int) -> None:
+        self._logged_metrics = self._metrics()
+        log_metrics(trainer, self._logged_metrics, step=step)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The run's last counts (a skip or overflow after the last logging step), so the last value logged is the
+        # run's: what the green report reads.
+        if self._active and trainer.loggers and trainer.log_every_n_steps and self._metrics() != self._logged_metrics:
+            self._log(trainer, log_step(trainer))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -518,6 +534,7 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
             "scaler": scaler,
             "forced": self._was_forced,
             "switches": [dict(s) for s in self.switches],
+            "pending_cause": self._pending_cause,  # a fallback asked for in the batch of the checkpoint
         }
 
     @override

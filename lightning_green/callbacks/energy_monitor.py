@@ -333,7 +333,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._in_flight_counted = False
         self._gs_last = 0
         self._trainer_ref: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit
-        self._run_of: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last stage (one run per Trainer)
+        self._run_of: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last stage
+        self._run_stages: set[str] = set()  # the stages that Trainer ran (its report's)
         self._bar: dict[str, float] = {}
         self._epoch_mark_j = 0.0
         self._saved_at_last_batch = False
@@ -444,10 +445,16 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         """
         self._report_sections[str(name)] = data
 
+    def _reported(self) -> dict[str, StageLedger]:
+        """The ledgers of the stages the last Trainer ran (all of them before any stage ran)."""
+        if not self._run_stages:
+            return dict(self.ledgers)
+        return {k: v for k, v in self.ledgers.items() if k in self._run_stages}
+
     def report(self, status: str = "complete") -> dict[str, Any]:
         """The energy report as plain data (what ``energy_report.json`` holds)."""
         stages = {}
-        for stage, ledger in self.ledgers.items():
+        for stage, ledger in self._reported().items():
             comp = ledger.component_j()
             sources = ledger.merged_sources()
             total = ledger.total_j
@@ -514,11 +521,15 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._written = None
         self._started_stage = None
         self._setup_for = weakref.ref(trainer)  # the Trainer whose stage this monitor measures (until teardown)
-        if self._run_of is not None and self._run_of() is not trainer:
-            # Any stage on a new Trainer is a new run: no stage of the last one (a smoke test's test or predict) is
-            # in its report. Reset here, not only at on_fit_start: Lightning's Tuner saves a checkpoint between the
-            # two and restores it, which would carry the last run's totals into this one.
+        if stage == "fit" and self._trainer_ref is not None and self._trainer_ref() is not trainer:
+            # A fit on a new Trainer is a new run: nothing of the last one (a smoke test's test or predict stages)
+            # stays. Reset here, not only at on_fit_start: Lightning's Tuner saves a checkpoint between the two and
+            # restores it, which would carry the last run's totals into this one.
             self._reset_run()
+        if self._run_of is None or self._run_of() is not trainer:
+            # This Trainer's report has the stages it runs: not a test or predict of another Trainer (whose fit stays
+            # in memory: a later fit() on that Trainer continues it, as the README's lifetime rule says).
+            self._run_stages = set()
         self._run_of = weakref.ref(trainer)
         if self._started_s is None:  # the run's start: a later test/validate (or fit) on this monitor is the same run
             self._started_s = time.time()
@@ -1067,6 +1078,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             self._pending_batches = self._pending_samples = self._pending_tokens = 0
         self._gs_last = trainer.global_step
         self.ledgers.setdefault(stage, StageLedger())
+        self._run_stages |= {"fit", "validate"} if stage == "fit" else {stage}  # the fit's validation is the fit's
         self._open.append(stage)
 
     def _close_stage(self, stage: str) -> None:
@@ -1222,7 +1234,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         figures are as complete as they were (``lightning-green report`` would call the fit unfinished).
         """
         stage = _trainer_stage(trainer)
-        status = self._stage_status.get("fit" if "fit" in self.ledgers else stage, "complete")
+        status = self._stage_status.get("fit" if "fit" in self._reported() else stage, "complete")
         report = self.report(status)
         for name, how in self._stage_status.items():
             if name in report["stages"]:

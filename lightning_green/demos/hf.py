@@ -452,10 +452,10 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
     def _check_ids(self, input_ids: Any) -> None:
         """Refuse token ids the embedding cannot look up, in words (torch's is "index out of range in self")."""
         name, cfg = type(self).__name__, self.model.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int16):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
             kind = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise InvalidArgumentError(
-                f"{name}: a batch's `input_ids` must be an integer tensor of token ids, not {kind}."
+                f"{name}: a batch's `input_ids` must be token ids of dtype torch.int64 or torch.int32, not {kind}."
             )
         positions = getattr(cfg, "n_positions", None)  # learned positions (GPT-2): no longer context than that
         if isinstance(positions, int) and input_ids.shape[-1] > positions:
@@ -510,6 +510,7 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The most likely next token at every position."""
         batch = to_causal_lm_batch(batch)
+        self._check_ids(batch["input_ids"])
         return self(batch["input_ids"], batch.get("attention_mask")).argmax(dim=-1)
 
     @torch.no_grad()
@@ -540,7 +541,12 @@ def _check_causal(owner: str, path: str, model: Any) -> None:
     An encoder such as BERT, which ``AutoModelForCausalLM`` loads with a mere warning unless its config says
     ``is_decoder``.
     """
-    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % max(2, int(model.config.vocab_size))
+    n = min(4, _max_positions(model.config))  # GPT-2's learned positions may be fewer than 4
+    if n < 2:
+        return
+    ids = torch.arange(1, n + 1).repeat(2, 1)
+    ids[1, -1] += 1  # the second sequence differs in its last token only
+    ids %= max(2, int(model.config.vocab_size))
     was = model.training
     model.eval()
     try:
@@ -548,7 +554,7 @@ def _check_causal(owner: str, path: str, model: Any) -> None:
             logits = model(input_ids=ids, use_cache=False).logits
     finally:
         model.train(was)
-    if not torch.allclose(logits[0, :3], logits[1, :3], rtol=1e-4, atol=1e-5):
+    if not torch.allclose(logits[0, :-1], logits[1, :-1], rtol=1e-4, atol=1e-5):
         mtype = getattr(model.config, "model_type", "?")
         raise InvalidArgumentError(
             f"{owner}(pretrained_path={path!r}): {type(model).__name__} ({mtype!r}) is not causal: its logits read "

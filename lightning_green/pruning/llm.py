@@ -1421,7 +1421,8 @@ class LLMPruner:
         lowest = max(self.round_to, math.ceil(floor_keep / self.round_to) * self.round_to)  # type: ignore[operator]
         if lowest >= dense:
             self._warn_once(
-                f"{self.owner}: {_KIND_WORDS[kind]} are never cut: round_to={self.round_to} with "
+                f"{self.owner}: {_KIND_WORDS[kind]} {'is' if kind == 'hidden' else 'are'} never cut: "
+                f"round_to={self.round_to} with "
                 f"max_layer_ratio={self.max_layer_ratio:g} allows no multiple of {self.round_to} between the "
                 f"{floor_keep} a layer must keep and its {dense}; use a smaller round_to or a larger max_layer_ratio.",
                 key=f"round-{kind}",
@@ -1483,10 +1484,12 @@ class LLMPruner:
 
         out = []
         for k in range(least("heads", k0), k0 + 1):
-            # The width kept whole is no exception to `round_to` either, unless no multiple of it is allowed.
+            # The width kept whole is no exception to `round_to` at the final prune, unless no multiple of it is
+            # allowed; before it, a width off any multiple (a dense 576 with round_to=128) may wait for a later prune.
             allowed = widths(k * g, least("hidden", w0), w0)
             multiples = [w for w in allowed if w % step == 0] if step else allowed
-            options = multiples if multiples or w0 not in allowed else [w0]
+            keep_whole = w0 in allowed and w0 not in multiples and not (final and multiples)
+            options = multiples + [w0] if keep_whole else multiples
             if options:
                 out.append((k, options))
         return out
@@ -1592,11 +1595,10 @@ class LLMPruner:
             over = start > target_macs  # type: ignore[operator]
             # The final prune rounds to `round_to` also when an earlier one already reached the target (it ended at
             # 97 units with round_to=16): the least cut under the target is then the rounding alone.
-            plan = (
-                self._search(s, groups, scores, target_macs, dense_channels, final, ids)
-                if over or (final and self.round_to)
-                else {}
-            )
+            if over:
+                plan = self._search(s, groups, scores, target_macs, dense_channels, final, ids)
+            else:  # the target is met: at the final prune only the rounding (the search may prefer a larger cut)
+                plan = self._plan(s, groups, scores, 0.0, dense_channels, final) if final and self.round_to else {}
             result.needed = over or dropped is not None
         if plan:
             self._tell_fitted(s)

@@ -344,6 +344,15 @@ def test_fp16_overflow_storm_falls_back_then_retries(tmp_path):
     assert amp.switches[1]["cause"] == "retry after the fp32 cooldown"
     assert plugin.scaler.get_scale() == 2.0**16 / 2**4  # the user's scaler was used and kept across the switch
     assert all_finite(model)
+    # Logged at Lightning's logging steps only (50 here), the last value was the first step's 0: the run's last
+    # counts are logged at its end.
+    memory = ListLogger()
+    amp = AMPScheduler(schedule={0: "16-mixed"}, overflow_patience=10)
+    make_trainer(tmp_path, [amp], plugins=[MixedPrecision("16-mixed", "cpu")], logger=memory).fit(
+        Recorder(storm_steps={5, 6})
+    )
+    logged = [r for r in memory.rows if "precision/overflows" in r]
+    assert amp.overflows == 2 and logged[-1]["precision/overflows"] == 2.0 and len(logged) == 2
 
 
 @pytest.mark.cuda
@@ -400,6 +409,23 @@ def test_a_fallback_with_two_optimizers_runs_its_cooldown_in_fp32(tmp_path):
         assert all_finite(model)
 
 
+def test_a_resume_between_the_fallback_and_the_next_batch_still_falls_back(tmp_path):
+    # The checkpoint of the batch the fallback was asked in kept no such request: the resumed run never fell back
+    # (two optimizers: its cooldown had passed), or recorded the switch as a bare "fallback".
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    amp = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=1)
+    make_trainer(tmp_path, [amp, ckpt], max_epochs=1, limit_train_batches=8, enable_checkpointing=True).fit(
+        TwoOptimizers(nan_steps={4})
+    )
+    resumed, model = AMPScheduler(schedule={0: "bf16-mixed"}, cooldown_steps=1), TwoOptimizers()
+    make_trainer(tmp_path, [resumed], max_epochs=1, limit_train_batches=8).fit(
+        model, ckpt_path=tmp_path / "ck" / "step=6.ckpt"
+    )
+    assert steps_by_dtype(model) == {6: "32", 8: "bf16", 10: "bf16", 12: "bf16", 14: "bf16"}
+    assert [s["cause"] for s in resumed.switches] == [s["cause"] for s in amp.switches]
+    assert resumed.switches[0]["cause"] == "fallback after non-finite loss or gradients at step 4"
+
+
 def test_a_step_schedule_under_manual_optimization_is_not_said_to_be_out_of_reach(tmp_path, recwarn):
     # Lightning's estimate counts batches; two optimizers take two steps a batch, so step 10 of 8 batches is reached.
     model = TwoOptimizers()
@@ -407,6 +433,11 @@ def test_a_step_schedule_under_manual_optimization_is_not_said_to_be_out_of_reac
     make_trainer(tmp_path, [amp], max_epochs=1, limit_train_batches=8).fit(model)
     assert not [w for w in recwarn if "never reached" in str(w.message)]
     assert steps_by_dtype(model)[10] == "bf16"
+    # With one optimizer a step is a batch: the estimate holds, and a key past it is said.
+    with pytest.warns(UserWarning, match=r"entries at steps \[100\] are never reached"):
+        make_trainer(tmp_path, [AMPScheduler(schedule={0: "32-true", 100: "bf16-mixed"}, interval="step")]).fit(
+            Recorder(manual=True)
+        )
 
 
 def test_manual_accumulation_delays_an_epoch_switch_to_the_next_step(tmp_path):

@@ -1096,6 +1096,11 @@ def test_a_new_trainer_reports_only_its_own_stages(tmp_path):
     tester = make_trainer(tmp_path / "tester", limit_test_batches=1, callbacks=[monitor])
     tester.test(model, verbose=False)
     assert set(_report(tester)["stages"]) == {"test"} and monitor.ledgers["test"].steps == 1
+    # ... and the first Trainer's run is not lost: a later fit() on it continues its totals (its lifetime's budget).
+    real.fit_loop.max_epochs = 2
+    real.fit(model)
+    assert monitor.ledgers["fit"].steps == 4 and len(monitor.ledgers["fit"].epochs_j) == 2
+    assert set(_report(real)["stages"]) <= {"fit", "validate"}
 
 
 def test_budget_covers_the_trainers_lifetime(tmp_path):

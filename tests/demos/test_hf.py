@@ -250,15 +250,22 @@ def test_pretrained_folders_that_are_no_causal_lm_are_refused_in_one_line(tmp_pa
     [
         ("llama", torch.full((2, 8), 300), r"a batch has token id 300, outside the model's vocabulary of 256"),
         ("llama", -torch.ones(2, 8, dtype=torch.long), r"a batch has token id -1, outside the model's vocabulary"),
-        ("llama", torch.zeros(2, 8), r"`input_ids` must be an integer tensor of token ids, not torch.float32"),
+        ("llama", torch.zeros(2, 8), r"must be token ids of dtype torch.int64 or torch.int32, not torch.float32"),
         ("gpt2", torch.zeros(2, 80, dtype=torch.long), r"sequences of 80 tokens are longer than the model's n_pos"),
     ],
 )
 def test_token_ids_the_model_cannot_read_are_refused_in_words(family, ids, match):
     # torch said "index out of range in self" from inside the embedding (or a device-side assert on a GPU).
     model = tiny_hf_module(family, hidden_size=32, num_layers=1, max_positions=64)
-    with pytest.raises(ValueError, match=rf"HFCausalLM: .*{match}"):
-        model.training_step({"input_ids": ids}, 0)
+    for step in (model.training_step, model.predict_step):
+        with pytest.raises(ValueError, match=rf"HFCausalLM: .*{match}"):
+            step({"input_ids": ids}, 0)
+
+
+def test_a_gpt2_folder_with_fewer_than_four_positions_loads(tmp_path):
+    # The causality check ran a 4-token forward: past GPT-2's 3 learned positions ("index out of range").
+    tiny_hf_module("gpt2", hidden_size=32, num_layers=1, max_positions=3).model.save_pretrained(tmp_path / "g")
+    assert HFCausalLM(pretrained_path=str(tmp_path / "g")).max_positions == 3
 
 
 def test_context_and_vocabulary_the_model_cannot_read_are_refused_in_setup(tmp_path):

@@ -409,9 +409,39 @@ def test_round_to_applies_at_the_final_prune_when_the_target_was_already_reached
     assert all(layer.mlp.up_proj.out_features == 96 for layer in model.model.layers)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_final_prune_whose_target_is_met_only_rounds(family):
+    # The search also cut the residual width (already a multiple, 384 -> 376), past the target for no reason.
+    model = tiny_causal_lm(family, hidden_size=512)
+    pruner = LLMPruner(round_to=8, prune_hidden=True)
+    dense, _ = pruner.count(model)
+    channels = pruner.channels(model)
+    pruner.prune(model, target_macs=dense / 2.0, dense_channels=channels, final=False)
+    hidden, mlp = model.config.hidden_size, model.config.intermediate_size
+    assert hidden % 8 == 0 and mlp % 8
+    pruner.prune(model, target_macs=dense / 1.5, dense_channels=channels, final=True)
+    assert (model.config.hidden_size, model.config.intermediate_size) == (hidden, mlp // 8 * 8)
+
+
+def test_a_dense_residual_width_off_round_to_waits_for_the_final_prune():
+    # 96 with round_to=64: the first prune of a gentle schedule (1.05x) cut it to 64 at once (1.5x).
+    model = tiny_causal_lm("qwen2", hidden_size=96)
+    pruner = LLMPruner(round_to=64, prune_hidden=True)
+    dense, _ = pruner.count(model)
+    channels = pruner.channels(model)
+    got = []
+    for k, speedup in enumerate((1.05, 1.1, 1.2), 1):
+        result = pruner.prune(model, target_macs=dense / speedup, dense_channels=channels, final=k == 3)
+        got.append((model.config.hidden_size, dense / result.macs))
+    assert [h for h, _ in got] == [96, 96, 64]
+    assert got[0][1] == pytest.approx(1.05, rel=0.02) and got[1][1] == pytest.approx(1.1, rel=0.02)
+
+
 def test_round_to_that_max_layer_ratio_leaves_nothing_to_cut_is_told():
     model = tiny_causal_lm("llama")
     pruner = LLMPruner(round_to=64, max_layer_ratio=0.3)
     with pytest.warns(UserWarning, match=r"MLP units are never cut: round_to=64 with max_layer_ratio=0.3 .* 90 .* 128"):
         pruner.prune(model, ratio=0.3)
     assert model.config.intermediate_size == 128
+    with pytest.warns(UserWarning, match=r"the residual width is never cut: round_to=256"):
+        LLMPruner(round_to=256, prune_hidden=True).prune(tiny_causal_lm("llama"), ratio=0.3)
