@@ -18,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from lightning_green.precision.capability import cpu_bf16_supported  # noqa: E402
+
 
 class EpochTimer(Callback):
     """Wall time of each training epoch (put it last in the callbacks so the others' epoch-end work counts)."""
@@ -48,6 +50,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cpu_bf16": cpu_bf16_supported(),  # bf16 figures on a CPU depend on it (~15x slower without)
     }
 
 

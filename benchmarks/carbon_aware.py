@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from _common import save_json  # noqa: E402
 
 from lightning_green.carbon import CarbonPlanner, IntensityTrace, read_trace  # noqa: E402
 
@@ -121,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:32} {fc:16} {r['median_ratio']:7.3f} {r['worst_ratio']:7.3f} {r['oracle_median_ratio']:7.3f} "
                 f"{r['oracle_share']:7.1%} {r['deadline_misses']:6d} {time.perf_counter() - t0:5.0f}"
             )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    save_json(out, args.json)  # its folder created
     return 0
 
 

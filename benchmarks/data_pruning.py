@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
 import os
 import sys
 import tempfile
@@ -58,6 +57,7 @@ from green_recipe import (  # noqa: E402
     announce,
     class_path,
     fit_round,
+    median_counting_misses,
     variant_configs,
     write_configs,
     write_json,
@@ -138,13 +138,9 @@ def median_energy_to_target(rounds: Sequence[dict[str, Any]]) -> float | None:
         >>> median_energy_to_target([r(0.6), r(None), r(0.7)]), median_energy_to_target([r(0.6), r(None), r(None)])
         (0.7, None)
     """
-    ratios = [
-        r["energy_to_target_ratio"] if r["energy_to_target_ratio"] is not None else math.inf
-        for r in rounds
-        if r["runs"]["full"]["reached"]
-    ]
-    median = _median(ratios) if ratios else None
-    return None if median is None or math.isinf(median) else median
+    return median_counting_misses(
+        [r["energy_to_target_ratio"] for r in rounds], [bool(r["runs"]["full"]["reached"]) for r in rounds]
+    )
 
 
 def worse_rounds(deltas: Sequence[float | None], sign: float, margin: float) -> dict[str, int]:
@@ -250,6 +246,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    if not 0 <= args.prune_ratio < 1:  # refused here, not by DataPruning after the first full fit
+        p.error(f"--prune-ratio must be in [0, 1), got {args.prune_ratio}")
+    if not 0 <= args.anneal_fraction <= 1:
+        p.error(f"--anneal-fraction must be in [0, 1], got {args.anneal_fraction}")
     if args.quick:
         args.rounds = 1
     return args
@@ -280,7 +282,8 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
         print(
             f"  round {k + 1}: energy-to-target {_num(fig['energy_to_target_ratio'], '{:.2f}x')}, samples "
             f"{_num(fig['samples_ratio'], '{:.2f}x')}, fit energy {_num(fig['energy_ratio'], '{:.2f}x')}, final "
-            f"{task.metric} {_num(fig['final_metric_delta'], '{:+.4f}')} (pruned vs full), target {_num(target)}, "
+            f"{task.metric} {_num(fig['final_metric_delta'], '{:+.4f}')} (pruned vs full), target {_num(cmp.target)}"
+            f"{f' ({cmp.target_source})' if target is None else ''}, "
             f"reached full/pruned {fig['runs']['full']['reached']}/{fig['runs']['pruned']['reached']} (full in "
             f"epoch {cmp.rows[0].target.epoch}; pruned energy through that epoch "
             f"{_num(fig['same_epoch_energy_ratio'], '{:.2f}x')})",
@@ -338,7 +341,11 @@ def run_task(name: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, A
     return {
         "preset": task.config,
         "metric": task.metric,
-        "target": f"full run's final {task.metric} {'-' if sign > 0 else '+'} {margin:g}",
+        "target": (
+            f"full run's final {task.metric} {'-' if sign > 0 else '+'} {margin:g}"
+            if not args.quick
+            else f"smoke run: each round's comparison default ({cmp.target_source})"
+        ),
         "margin": margin,
         **summary,
         "rounds": rounds,

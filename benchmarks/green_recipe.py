@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -57,6 +58,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from lightning_green.precision.capability import cpu_bf16_supported  # noqa: E402
 from lightning_green.report import Comparison, format_comparison, load_run, write_comparison  # noqa: E402
 from lightning_green.report.run import metric_mode  # noqa: E402
 
@@ -233,6 +235,20 @@ def _median(values: Sequence[float | None]) -> float | None:
     return float(statistics.median(kept)) if kept else None
 
 
+def median_counting_misses(ratios: Sequence[float | None], baseline_reached: Sequence[bool]) -> float | None:
+    """Median of a to-target ratio over the rounds whose baseline reached the target, a round whose other run did not
+    reach it counting as infinitely worse (not as missing, so the median does not hide it); ``None`` when the median
+    round did not reach it.
+
+    Example:
+        >>> median_counting_misses([0.6, None, 0.7], [True] * 3), median_counting_misses([0.6, None, None], [True] * 3)
+        (0.7, None)
+    """
+    kept = [math.inf if r is None else r for r, ok in zip(ratios, baseline_reached, strict=True) if ok]
+    median = float(statistics.median(kept)) if kept else None
+    return None if median is None or math.isinf(median) else median
+
+
 def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds: each variant's figures, the ratios green / baseline and the final-metric difference."""
     runs = {}
@@ -245,6 +261,9 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         runs[variant]["reached"] = sum(bool(row["reached"]) for row in rows)
         runs[variant]["label"] = rows[-1]["label"]
     ratios = {key: _median([r["ratios"][key] for r in rounds]) for key in rounds[0]["ratios"]}
+    reached = [bool(r["runs"]["baseline"]["reached"]) for r in rounds]
+    for key in ("energy_to_target", "time_to_target"):  # a round green never reached the target in counts
+        ratios[key] = median_counting_misses([r["ratios"][key] for r in rounds], reached)
     return {
         "rounds": len(rounds),
         "runs": runs,
@@ -342,6 +361,14 @@ def announce(script: str, argv: Sequence[str] | None, threads: int | None) -> tu
         f"torch {env['torch']}, {env['torch_threads']} thread(s) on {env['cpu_count']} CPU(s), GPU: {env['gpu']}, "
         f"load average {env['load_average']}"
     )
+    print(
+        f"CPU native bf16 (AVX-512-BF16/AMX): {env['cpu_bf16']}"
+        + (
+            ""
+            if env["cpu_bf16"] or env["gpu"]
+            else " -- the green preset's AMPScheduler(policy='auto') stays in fp32 here"
+        )
+    )
     return command, env
 
 
@@ -364,6 +391,8 @@ def environment(threads: int | None) -> dict[str, Any]:
         "torch_threads": threads or torch.get_num_threads(),
         "machine": platform.machine(),
         "gpu": gpu,
+        # AMPScheduler(policy="auto") trains in bf16 on a CPU only with native bf16: the green figures depend on it.
+        "cpu_bf16": cpu_bf16_supported(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

@@ -114,3 +114,18 @@ def test_the_controls_figures_are_against_the_full_run():
     )
     worse = bench.worse_rounds([fig["control"]["final_metric_delta"], 0.0], 1.0, 0.003)
     assert worse == {"worse": 1, "beyond_tolerance": 1}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prune-ratio", "1.5"], r"--prune-ratio must be in \[0, 1\), got 1.5"),
+        (["--anneal-fraction", "-0.1"], r"--anneal-fraction must be in \[0, 1\], got -0.1"),
+        (["--rounds", "0"], r"--rounds must be >= 1, got 0"),
+    ],
+)
+def test_bad_flags_are_refused_before_any_fit(flags, message, capsys):
+    # --prune-ratio 1.5 trained the full variant first, then failed with a 98-line traceback.
+    with pytest.raises(SystemExit):
+        bench.parse_args(flags)
+    assert __import__("re").search(message, capsys.readouterr().err)
