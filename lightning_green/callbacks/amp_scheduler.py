@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._internal.distributed import any_rank
-from lightning_green._internal.logging import log_metrics, log_step, should_log_step
+from lightning_green._internal.logging import epoch_log_step, log_metrics, log_step, should_log_step
 from lightning_green._internal.packages import require_lightning_package
 from lightning_green._internal.runs import PicklesWithoutTrainer, continue_run
 from lightning_green._internal.validation import (
@@ -511,7 +511,8 @@ class AMPScheduler(PicklesWithoutTrainer, Callback):
         # The run's last counts (a skip or overflow after the last logging step), so the last value logged is the
         # run's: what the green report reads.
         if self._active and trainer.loggers and trainer.log_every_n_steps and self._metrics() != self._logged_metrics:
-            self._log(trainer, log_step(trainer))
+            self._logged_step = epoch_log_step(trainer)  # the last batch's (a later fit() logs from the next one)
+            self._log(trainer, self._logged_step)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

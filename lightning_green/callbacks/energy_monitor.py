@@ -257,7 +257,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         (True, 'estimated')
     """
 
-    _trainer_refs = ("_trainer_ref", "_setup_for", "_run_of")
+    _trainer_refs = ("_trainer_ref", "_setup_for", "_stages_of")
 
     def __init__(
         self,
@@ -333,8 +333,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._in_flight_counted = False
         self._gs_last = 0
         self._trainer_ref: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last fit
-        self._run_of: weakref.ref[pl.Trainer] | None = None  # the Trainer of the last stage
-        self._run_stages: set[str] = set()  # the stages that Trainer ran (its report's)
+        self._run_stages: set[str] | None = None  # the stages that Trainer ran (its report's); None: no Trainer yet
+        self._stages_of: weakref.WeakKeyDictionary[pl.Trainer, set[str]] | None = weakref.WeakKeyDictionary()
         self._bar: dict[str, float] = {}
         self._epoch_mark_j = 0.0
         self._saved_at_last_batch = False
@@ -446,8 +446,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._report_sections[str(name)] = data
 
     def _reported(self) -> dict[str, StageLedger]:
-        """The ledgers of the stages the last Trainer ran (all of them before any stage ran)."""
-        if not self._run_stages:
+        """The ledgers of the stages the Trainer set up last ran (all of them before any Trainer set this one up)."""
+        if self._run_stages is None:
             return dict(self.ledgers)
         return {k: v for k, v in self.ledgers.items() if k in self._run_stages}
 
@@ -526,11 +526,11 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             # stays. Reset here, not only at on_fit_start: Lightning's Tuner saves a checkpoint between the two and
             # restores it, which would carry the last run's totals into this one.
             self._reset_run()
-        if self._run_of is None or self._run_of() is not trainer:
-            # This Trainer's report has the stages it runs: not a test or predict of another Trainer (whose fit stays
-            # in memory: a later fit() on that Trainer continues it, as the README's lifetime rule says).
-            self._run_stages = set()
-        self._run_of = weakref.ref(trainer)
+        # Each Trainer's report has the stages it ran: not a test or predict of another Trainer (whose fit stays in
+        # memory: a later fit() on that Trainer continues it, as the README's lifetime rule says).
+        if self._stages_of is None:  # pickled for ddp_spawn without its Trainers
+            self._stages_of = weakref.WeakKeyDictionary()
+        self._run_stages = self._stages_of.setdefault(trainer, set())
         if self._started_s is None:  # the run's start: a later test/validate (or fit) on this monitor is the same run
             self._started_s = time.time()
         self._rank = trainer.global_rank
@@ -562,6 +562,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         for stage in list(self.ledgers):
             self.carbon_tracker.reset(stage)
         self.ledgers = {}  # the fit's opened at its on_fit_start
+        if self._stages_of is not None:
+            self._stages_of.clear()  # another Trainer's stages are no longer here to report
         self._stage_status = {}
         self._fit_validation = None
         self._started_s = None
@@ -1078,7 +1080,8 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
             self._pending_batches = self._pending_samples = self._pending_tokens = 0
         self._gs_last = trainer.global_step
         self.ledgers.setdefault(stage, StageLedger())
-        self._run_stages |= {"fit", "validate"} if stage == "fit" else {stage}  # the fit's validation is the fit's
+        if self._run_stages is not None:  # the fit's validation is the fit's
+            self._run_stages |= {"fit", "validate"} if stage == "fit" else {stage}
         self._open.append(stage)
 
     def _close_stage(self, stage: str) -> None:

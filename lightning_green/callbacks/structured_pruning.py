@@ -152,8 +152,9 @@ class StructuredPruning(Callback):
             rounds the kept channels down, so the last prune can go past ``target_speedup`` (the digits CNN: 2.8x
             for 2.5x, 3.7x for 3x); the history and ``pruning/speedup`` give the figure reached. Models with
             ``nn.MultiheadAttention`` are always rounded to its number of heads (``round_to`` must be a multiple).
-            On a Hugging Face causal LM the residual width (one for the whole model) is a multiple at every prune,
-            and the MLP width after the last one, also when an earlier prune already reached ``target_speedup``.
+            On a Hugging Face causal LM the residual width (one for the whole model) is a multiple at every prune (a
+            dense width off any multiple is cut to one at the first), and the MLP width after the last one, also
+            when an earlier prune already reached ``target_speedup``.
         ignored_layers: Module names or glob patterns (``"head.*"``) never cut (relative to ``module`` when it is
             given). The output layer is added automatically.
         max_layer_ratio: Largest share of a layer's dense channels that may be removed, in (0, 1).

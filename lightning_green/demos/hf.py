@@ -432,14 +432,8 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
 
     def _losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence mean next-token cross-entropy (fp32) and the number of tokens each averages over."""
-        batch = to_causal_lm_batch(batch)
-        if not isinstance(batch, Mapping) or "input_ids" not in batch:
-            raise InvalidArgumentError(
-                f"{type(self).__name__}: a batch must be a dict with `input_ids` (and optionally `attention_mask`, "
-                f"`labels`) or an (x, y) pair of token tensors; got {type(batch).__name__}."
-            )
+        batch = self._batch(batch)
         input_ids = batch["input_ids"]
-        self._check_ids(input_ids)
         labels = batch.get("labels")
         if labels is None:
             labels = input_ids
@@ -448,6 +442,17 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
             labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
         losses = sequence_losses(self(input_ids, mask), labels, ignore_index=IGNORE_INDEX)
         return losses, (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+    def _batch(self, batch: Any) -> Mapping[str, torch.Tensor]:
+        """The batch as a Hugging Face dict, its token ids checked; refused in one line when it is none."""
+        batch = to_causal_lm_batch(batch)
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: a batch must be a dict with `input_ids` (and optionally `attention_mask`, "
+                f"`labels`) or an (x, y) pair of token tensors; got {type(batch).__name__}."
+            )
+        self._check_ids(batch["input_ids"])
+        return batch
 
     def _check_ids(self, input_ids: Any) -> None:
         """Refuse token ids the embedding cannot look up, in words (torch's is "index out of range in self")."""
@@ -509,8 +514,7 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The most likely next token at every position."""
-        batch = to_causal_lm_batch(batch)
-        self._check_ids(batch["input_ids"])
+        batch = self._batch(batch)
         return self(batch["input_ids"], batch.get("attention_mask")).argmax(dim=-1)
 
     @torch.no_grad()

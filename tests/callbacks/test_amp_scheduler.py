@@ -353,6 +353,7 @@ def test_fp16_overflow_storm_falls_back_then_retries(tmp_path):
     )
     logged = [r for r in memory.rows if "precision/overflows" in r]
     assert amp.overflows == 2 and logged[-1]["precision/overflows"] == 2.0 and len(logged) == 2
+    assert logged[-1]["step"] == 7  # the last batch's step (one past it, a later fit() logged that step again)
 
 
 @pytest.mark.cuda

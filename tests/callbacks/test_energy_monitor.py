@@ -1096,11 +1096,26 @@ def test_a_new_trainer_reports_only_its_own_stages(tmp_path):
     tester = make_trainer(tmp_path / "tester", limit_test_batches=1, callbacks=[monitor])
     tester.test(model, verbose=False)
     assert set(_report(tester)["stages"]) == {"test"} and monitor.ledgers["test"].steps == 1
-    # ... and the first Trainer's run is not lost: a later fit() on it continues its totals (its lifetime's budget).
+    # ... and the first Trainer's run is not lost: its report keeps its fit, and a later fit() on it continues its
+    # totals (its lifetime's budget).
+    real.test(model, verbose=False)
+    assert {"fit", "test"} <= set(monitor.report()["stages"])
     real.fit_loop.max_epochs = 2
     real.fit(model)
     assert monitor.ledgers["fit"].steps == 4 and len(monitor.ledgers["fit"].epochs_j) == 2
-    assert set(_report(real)["stages"]) <= {"fit", "validate"}
+    # A stage that fails on a new Trainer before it measured anything reports nothing of the other Trainer's.
+    broken = make_trainer(tmp_path / "broken", limit_test_batches=1, callbacks=[monitor])
+    with pytest.raises(ValueError, match="no test data"):
+        broken.test(model, dataloaders=_Broken(), verbose=False)
+    assert set(monitor.report()["stages"]) == set()
+
+
+class _Broken:
+    def __iter__(self):
+        raise ValueError("no test data")
+
+    def __len__(self):
+        return 1
 
 
 def test_budget_covers_the_trainers_lifetime(tmp_path):

@@ -147,7 +147,9 @@ def test_unsupported_hf_model_refused_at_setup_fast(tmp_path):
     model.model = tf.MixtralForCausalLM(cfg)
     trainer = make_trainer(tmp_path, callbacks=[StructuredPruning(verbose=False)])
     start = time.perf_counter()
-    with pytest.raises(ValueError, match=r"StructuredPruning: cannot prune MixtralForCausalLM at 'model' is a mixture"):
+    with pytest.raises(
+        ValueError, match=r"StructuredPruning: cannot prune MixtralForCausalLM at 'model': it is a mixture"
+    ):
         trainer.fit(model)
     assert time.perf_counter() - start < 2.0
 

@@ -262,6 +262,13 @@ def test_token_ids_the_model_cannot_read_are_refused_in_words(family, ids, match
             step({"input_ids": ids}, 0)
 
 
+def test_a_batch_that_is_no_token_dict_is_refused_in_prediction_too():
+    model = tiny_hf_module("llama", hidden_size=32, num_layers=1)
+    for batch in (torch.ones(2, 4, dtype=torch.long), [torch.ones(2, 4, dtype=torch.long)]):
+        with pytest.raises(ValueError, match=r"HFCausalLM: a batch must be a dict with `input_ids`"):
+            model.predict_step(batch, 0)
+
+
 def test_a_gpt2_folder_with_fewer_than_four_positions_loads(tmp_path):
     # The causality check ran a 4-token forward: past GPT-2's 3 learned positions ("index out of range").
     tiny_hf_module("gpt2", hidden_size=32, num_layers=1, max_positions=3).model.save_pretrained(tmp_path / "g")

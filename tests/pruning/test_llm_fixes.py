@@ -423,18 +423,18 @@ def test_a_final_prune_whose_target_is_met_only_rounds(family):
     assert (model.config.hidden_size, model.config.intermediate_size) == (hidden, mlp // 8 * 8)
 
 
-def test_a_dense_residual_width_off_round_to_waits_for_the_final_prune():
-    # 96 with round_to=64: the first prune of a gentle schedule (1.05x) cut it to 64 at once (1.5x).
-    model = tiny_causal_lm("qwen2", hidden_size=96)
+@pytest.mark.parametrize("speedups", [(1.3,), (1.1, 1.2, 1.3), (1.3, 1.3)])
+def test_a_dense_residual_width_off_round_to_is_cut_to_a_multiple_at_once(speedups):
+    # 96 with round_to=64: kept whole until the last prune, the MLP was cut for the target meanwhile, and the last
+    # prune then cut both (1.86x, or 2.45x, for 1.3x asked); a single prune gives 1.5x.
+    model = tiny_causal_lm("llama", hidden_size=96)
     pruner = LLMPruner(round_to=64, prune_hidden=True)
     dense, _ = pruner.count(model)
     channels = pruner.channels(model)
-    got = []
-    for k, speedup in enumerate((1.05, 1.1, 1.2), 1):
-        result = pruner.prune(model, target_macs=dense / speedup, dense_channels=channels, final=k == 3)
-        got.append((model.config.hidden_size, dense / result.macs))
-    assert [h for h, _ in got] == [96, 96, 64]
-    assert got[0][1] == pytest.approx(1.05, rel=0.02) and got[1][1] == pytest.approx(1.1, rel=0.02)
+    for k, speedup in enumerate(speedups, 1):
+        result = pruner.prune(model, target_macs=dense / speedup, dense_channels=channels, final=k == len(speedups))
+        assert model.config.hidden_size == 64
+    assert result.reached and dense / result.macs < 1.6
 
 
 def test_round_to_that_max_layer_ratio_leaves_nothing_to_cut_is_told():
