@@ -364,6 +364,7 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
                     raise
                 raise _config_error(name, config, exc, "a value the model can be built with") from exc
         self.max_positions = _max_positions(self.model.config)
+        self._ids_checked = False  # the token-id range of a batch on an accelerator was checked once
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
         self.example_input_array = torch.zeros(1, min(64, self.max_positions), dtype=torch.long)
@@ -468,7 +469,10 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
                 f"{name}: sequences of {input_ids.shape[-1]} tokens are longer than the model's n_positions="
                 f"{positions}; cut the sequences to at most {positions} tokens."
             )
+        if input_ids.device.type != "cpu" and self._ids_checked:
+            return  # on an accelerator the range check syncs: the first batch (same tokenizer for all) is checked
         lo, hi = torch.aminmax(input_ids) if input_ids.numel() else (torch.tensor(0), torch.tensor(0))
+        self._ids_checked = True
         if int(lo) < 0 or int(hi) >= cfg.vocab_size:
             raise InvalidArgumentError(
                 f"{name}: a batch has token id {int(hi) if int(hi) >= cfg.vocab_size else int(lo)}, outside the "
