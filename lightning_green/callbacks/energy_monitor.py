@@ -1098,6 +1098,9 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 self._validation_of_fit = False
             self.ledgers[stage] = StageLedger()  # a standalone validate/test/predict run starts from zero
             self.carbon_tracker.reset(stage)
+            for stages in (self._stages_of or {}).values():  # another Trainer's run of it is gone from the ledgers
+                if stages is not self._run_stages:
+                    stages.discard(stage)
         elif stage == "validate":
             self._validation_of_fit = True
         self._open_stage(trainer, stage)

@@ -1096,6 +1096,8 @@ def test_a_new_trainer_reports_only_its_own_stages(tmp_path):
     tester = make_trainer(tmp_path / "tester", limit_test_batches=1, callbacks=[monitor])
     tester.test(model, verbose=False)
     assert set(_report(tester)["stages"]) == {"test"} and monitor.ledgers["test"].steps == 1
+    real.predict(model)  # the tester's test (1 step) is not the first Trainer's (its own ledger is gone)
+    assert set(monitor.report()["stages"]) == {"fit", "validate", "predict"}
     # ... and the first Trainer's run is not lost: its report keeps its fit, and a later fit() on it continues its
     # totals (its lifetime's budget).
     real.test(model, verbose=False)

@@ -48,7 +48,7 @@ def test_a_newer_state_version_fails_clearly(make):
 
 def test_amp_scheduler_saves_only_what_it_reads():
     # load_state_dict/on_fit_start read these; `interval` and `low_precision` were written and never read.
-    read = {"version", "mode", "position", "tracker", "scaler", "forced", "switches"}
+    read = {"version", "mode", "position", "tracker", "scaler", "forced", "switches", "pending_cause"}
     assert set(AMPScheduler().state_dict()) == read
 
 
