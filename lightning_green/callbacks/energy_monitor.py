@@ -570,6 +570,9 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
 
     def _reset_fit_totals(self) -> None:
         """A new run's fit: no energy, epochs or forecast yet."""
+        for stages in (self._stages_of or {}).values():  # another Trainer's validate is gone from the ledgers too
+            if stages is not self._run_stages:
+                stages -= {"fit", "validate"}
         self.ledgers["fit"] = StageLedger()
         self.ledgers["validate"] = StageLedger()
         self.carbon_tracker.reset("fit")

@@ -401,6 +401,7 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Size ``example_input_array`` like the datamodule's windows; refuse what the model cannot read."""
+        self._ids_checked = False  # this stage's first batch on an accelerator is range-checked
         check_demo_data(
             self, ("token dicts", "token pairs"), "token data, e.g. lightning_green.demos.StdlibTextDataModule"
         )
@@ -469,16 +470,17 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
                 f"{name}: sequences of {input_ids.shape[-1]} tokens are longer than the model's n_positions="
                 f"{positions}; cut the sequences to at most {positions} tokens."
             )
-        if input_ids.device.type != "cpu" and self._ids_checked:
-            return  # on an accelerator the range check syncs: the first batch (same tokenizer for all) is checked
+        accelerator = input_ids.device.type != "cpu"
+        if accelerator and getattr(self, "_ids_checked", False):
+            return  # on an accelerator the range check syncs: the first batch of each stage is checked
         lo, hi = torch.aminmax(input_ids) if input_ids.numel() else (torch.tensor(0), torch.tensor(0))
-        self._ids_checked = True
         if int(lo) < 0 or int(hi) >= cfg.vocab_size:
             raise InvalidArgumentError(
                 f"{name}: a batch has token id {int(hi) if int(hi) >= cfg.vocab_size else int(lo)}, outside the "
                 f"model's vocabulary of {cfg.vocab_size} (ids 0-{cfg.vocab_size - 1}); tokenize for this model or "
                 "build it with a larger vocabulary."
             )
+        self._ids_checked = accelerator
 
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Mean next-token cross-entropy over the batch's tokens (fp32) and the number of tokens it averages over."""

@@ -1112,6 +1112,18 @@ def test_a_new_trainer_reports_only_its_own_stages(tmp_path):
     assert set(monitor.report()["stages"]) == set()
 
 
+def test_a_trainers_report_never_shows_another_trainers_fit_validation(tmp_path):
+    monitor = EnergyMonitor(min_window_s=0.0, print_summary=False)
+    model = SteadyModel(0.005)
+    first = make_trainer(tmp_path / "a", limit_val_batches=3, callbacks=[monitor])
+    first.validate(model, verbose=False)
+    make_trainer(tmp_path / "b", max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[monitor]).fit(
+        model
+    )
+    first.test(model, verbose=False)
+    assert set(monitor.report()["stages"]) == {"test"}  # its own validate is gone; the fit's one is not its own
+
+
 class _Broken:
     def __iter__(self):
         raise ValueError("no test data")

@@ -262,6 +262,26 @@ def test_token_ids_the_model_cannot_read_are_refused_in_words(family, ids, match
             step({"input_ids": ids}, 0)
 
 
+class _OnAccelerator(torch.Tensor):
+    """A CPU tensor that says it is on a GPU (the accelerator path of the id check, without one)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def test_on_an_accelerator_the_id_range_of_the_first_good_batch_is_checked():
+    model = tiny_hf_module("llama", hidden_size=32, num_layers=1)
+    on_gpu = lambda t: torch.Tensor._make_subclass(_OnAccelerator, t)  # noqa: E731
+    bad, good = torch.full((1, 4), 300), torch.ones(1, 4, dtype=torch.long)
+    model._check_ids(good)  # a CPU batch (a smoke test) does not stand for the accelerator's first one
+    for _ in range(2):  # a refused batch is refused again (it turned the check off)
+        with pytest.raises(ValueError, match="token id 300"):
+            model._check_ids(on_gpu(bad))
+    model._check_ids(on_gpu(good))
+    model._check_ids(on_gpu(bad))  # after the first good one: no sync per step
+
+
 def test_a_batch_that_is_no_token_dict_is_refused_in_prediction_too():
     model = tiny_hf_module("llama", hidden_size=32, num_layers=1)
     for batch in (torch.ones(2, 4, dtype=torch.long), [torch.ones(2, 4, dtype=torch.long)]):
