@@ -568,11 +568,15 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
         self._fit_validation = None
         self._started_s = None
 
+    def _replaced(self, *stages: str) -> None:
+        """These stages' ledgers start anew for the Trainer set up now: another Trainer's run of them is gone."""
+        for other in (self._stages_of or {}).values():
+            if other is not self._run_stages:
+                other.difference_update(stages)
+
     def _reset_fit_totals(self) -> None:
         """A new run's fit: no energy, epochs or forecast yet."""
-        for stages in (self._stages_of or {}).values():  # another Trainer's validate is gone from the ledgers too
-            if stages is not self._run_stages:
-                stages -= {"fit", "validate"}
+        self._replaced("fit", "validate")
         self.ledgers["fit"] = StageLedger()
         self.ledgers["validate"] = StageLedger()
         self.carbon_tracker.reset("fit")
@@ -1101,9 +1105,7 @@ class EnergyMonitor(PicklesWithoutTrainer, Callback):
                 self._validation_of_fit = False
             self.ledgers[stage] = StageLedger()  # a standalone validate/test/predict run starts from zero
             self.carbon_tracker.reset(stage)
-            for stages in (self._stages_of or {}).values():  # another Trainer's run of it is gone from the ledgers
-                if stages is not self._run_stages:
-                    stages.discard(stage)
+            self._replaced(stage)
         elif stage == "validate":
             self._validation_of_fit = True
         self._open_stage(trainer, stage)
