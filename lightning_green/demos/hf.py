@@ -364,7 +364,7 @@ class HFCausalLM(LoadsPrunedCheckpoints, pl.LightningModule):
                     raise
                 raise _config_error(name, config, exc, "a value the model can be built with") from exc
         self.max_positions = _max_positions(self.model.config)
-        self._ids_checked = False  # the token-id range of a batch on an accelerator was checked once
+        self._ids_checked = False  # a batch of this stage passed the token-id range check on an accelerator
         self.val_nll = MeanMetric()
         self.test_nll = MeanMetric()
         self.example_input_array = torch.zeros(1, min(64, self.max_positions), dtype=torch.long)

@@ -730,10 +730,10 @@ def _removed_count(
     """
     kept = _kept_after(dense, goal) if goal is not None else _kept_after(units, ratio)
     n = max(0, units - max(1, kept))
-    floor_keep = max(1, dense - int(math.floor(dense * max_ratio + 1e-9)))
+    floor_keep = _least_kept(dense, dense, max_ratio)
     n = min(n, max(0, units - floor_keep))
     if round_to:
-        lowest = max(round_to, math.ceil(floor_keep / round_to) * round_to)  # the fewest a final cut may keep
+        lowest = _least_multiple(floor_keep, round_to)  # the fewest a final cut may keep
         keep = units - n
         if final:
             keep = (keep // round_to) * round_to
@@ -744,6 +744,11 @@ def _removed_count(
 def _mean_influence(recorded: torch.Tensor) -> float:
     """A layer's Block Influence per batch from its ``[sum, batches]`` (a bare sum from earlier checkpoints)."""
     return float(recorded[0] / recorded[1]) if recorded.numel() == 2 else float(recorded.sum())
+
+
+def _least_multiple(least: int, round_to: int) -> int:
+    """The fewest units a cut may keep under ``round_to`` when at least ``least`` must stay (one multiple at least)."""
+    return max(round_to, math.ceil(least / round_to) * round_to)
 
 
 def _least_kept(units: int, dense: int, max_ratio: float) -> int:
@@ -1417,8 +1422,8 @@ class LLMPruner:
 
     def _check_round_to(self, kind: str, dense: int) -> None:
         """Say once when ``round_to`` and ``max_layer_ratio`` together leave a kind nothing to cut."""
-        floor_keep = max(1, dense - int(math.floor(dense * self.max_layer_ratio + 1e-9)))
-        lowest = max(self.round_to, math.ceil(floor_keep / self.round_to) * self.round_to)  # type: ignore[operator]
+        floor_keep = _least_kept(dense, dense, self.max_layer_ratio)
+        lowest = _least_multiple(floor_keep, self.round_to)  # type: ignore[arg-type]
         if lowest >= dense:
             self._warn_once(
                 f"{self.owner}: {_KIND_WORDS[kind]} {'is' if kind == 'hidden' else 'are'} never cut: "
